@@ -1,0 +1,43 @@
+# modelseal: `make run` runs the whole flow on loopback; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: run test lint typecheck imports pytest bench system clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[all,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+system:
+	@bash scripts/setup-system.sh
+
+run: venv
+	$(VENV)/bin/modelseal quickstart
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy src
+
+imports: venv
+	$(VENV)/bin/lint-imports
+
+pytest: venv system
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test: lint typecheck imports pytest
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

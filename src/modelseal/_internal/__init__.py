@@ -1,0 +1,1 @@
+"""Small helpers with no modelseal dependencies above ``errors``."""

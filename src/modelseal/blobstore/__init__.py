@@ -1,0 +1,1 @@
+"""Storage of sealed blobs behind one interface: local directory or S3."""

@@ -1,0 +1,83 @@
+"""``modelseal`` command line: a thin click group whose subcommands load lazily.
+
+Each subcommand lives in its own module and calls one library function; this module maps
+:class:`modelseal.errors.Error` to the exit codes of DESIGN.md section 10, so expected
+failures never print a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from modelseal import __version__
+from modelseal.errors import Error
+
+#: command name -> "module:attribute" of a click command or group
+COMMANDS: dict[str, str] = {
+    "keygen": "modelseal.cli.owner:keygen",
+    "seal": "modelseal.cli.owner:seal",
+    "unseal": "modelseal.cli.owner:unseal",
+    "inspect": "modelseal.cli.owner:inspect",
+    "verify": "modelseal.cli.owner:verify",
+    "kbs": "modelseal.cli.kbs:kbs",
+    "registry": "modelseal.cli.registry:registry",
+    "publish": "modelseal.cli.publish:publish",
+    "load": "modelseal.cli.load:load",
+    "attest": "modelseal.cli.evidence:attest",
+    "evidence": "modelseal.cli.evidence:evidence",
+    "quickstart": "modelseal.cli.quickstart:quickstart",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs (fast ``--help``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None
+            raise
+        command: click.Command = getattr(module, attr)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"auto_envvar_prefix": "MODELSEAL"})
+@click.version_option(__version__, prog_name="modelseal")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Seal AI models and release their keys only to attested TEEs."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the group, turning modelseal errors into exit codes."""
+    try:
+        rc = cli.main(args=argv, prog_name="modelseal", standalone_mode=False)
+    except Error as exc:
+        click.echo(f"error: {exc.diagnostics()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)

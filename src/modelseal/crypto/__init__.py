@@ -1,0 +1,1 @@
+"""The only package that imports ``cryptography.hazmat``: keys, KDFs, AEAD, JWE, signing."""

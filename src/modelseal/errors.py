@@ -1,0 +1,150 @@
+"""One error tree for all of modelseal.
+
+Every expected failure is an :class:`Error` subclass carrying the process exit code of
+DESIGN.md section 10, so the CLI maps errors to exit codes in one place::
+
+    Error (1)
+    ├── ConfigError (2)              bad settings, flags, missing extra
+    ├── FormatError (5)              malformed sealed file / header / length
+    │   └── IntegrityError (5)       manifest mismatch: missing, extra, swapped, rolled back
+    ├── DecryptionError (5)          ONE opaque error for every AEAD / unwrap failure
+    ├── AttestationError (4)
+    │   ├── EvidenceError (4)        signature, chain, collateral, binding, TCB
+    │   └── UnsupportedTee (4)       no attester/verifier for a kind, or sample not allowed
+    ├── AuthorizationError (4)
+    │   ├── TokenError (4)           missing/expired/forged token or session
+    │   └── PolicyDenied (4)         release policy said no (reasons: audit log only)
+    ├── NotFound (3)
+    │   ├── KeyNotFound / ModelNotFound / BlobNotFound
+    ├── UnsafeDestination (6)        plaintext would land on disk-backed storage
+    └── BackendError (75)            storage/network/collateral outage; original in __cause__
+        └── TransientError (75)      worth retrying
+
+Messages must never contain key material or plaintext; ``DecryptionError`` carries no detail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+__all__ = [
+    "AttestationError",
+    "AuthorizationError",
+    "BackendError",
+    "BlobNotFound",
+    "ConfigError",
+    "DecryptionError",
+    "Error",
+    "EvidenceError",
+    "FormatError",
+    "IntegrityError",
+    "KeyNotFound",
+    "ModelNotFound",
+    "NotFound",
+    "PolicyDenied",
+    "TokenError",
+    "TransientError",
+    "UnsafeDestination",
+    "UnsupportedTee",
+]
+
+
+class Error(Exception):
+    """Root of every modelseal error."""
+
+    exit_code: ClassVar[int] = 1
+    #: Short hint for operators: what to do about it.
+    hint: ClassVar[str] = ""
+
+    def diagnostics(self) -> str:
+        """Operator-facing text: the message plus the remediation hint."""
+        msg = str(self) or type(self).__name__
+        return f"{msg}\n  hint: {self.hint}" if self.hint else msg
+
+
+class ConfigError(Error):
+    exit_code = 2
+    hint = "check the command-line flags, MODELSEAL_* variables and configuration files"
+
+
+class FormatError(Error):
+    exit_code = 5
+    hint = "the input is not a valid sealed file; it may be corrupt, truncated or tampered with"
+
+
+class IntegrityError(FormatError):
+    """The model does not match its sealed manifest."""
+
+    def __init__(self, message: str, *, paths: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.paths = tuple(paths)
+
+
+class DecryptionError(Error):
+    """Opaque: wrong key, tampered ciphertext, header or tag. Never says which."""
+
+    exit_code = 5
+    hint = "wrong key, or the sealed data was modified"
+
+    def __init__(self, message: str = "authentication failed") -> None:
+        super().__init__(message)
+
+
+class AttestationError(Error):
+    exit_code = 4
+
+
+class EvidenceError(AttestationError):
+    """Evidence failed verification (signature, chain, collateral, binding, TCB, debug)."""
+
+
+class UnsupportedTee(AttestationError):
+    exit_code = 4
+    hint = "pick a supported --tee kind; the sample TEE needs --insecure-allow-sample on the KBS"
+
+
+class AuthorizationError(Error):
+    exit_code = 4
+
+
+class TokenError(AuthorizationError):
+    """Missing, expired, forged or replayed token, session or nonce."""
+
+
+class PolicyDenied(AuthorizationError):
+    """A release policy denied the request. ``reasons`` go to the audit log only."""
+
+    def __init__(self, message: str = "denied", *, reasons: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.reasons = tuple(reasons)
+
+
+class NotFound(Error):
+    exit_code = 3
+
+
+class KeyNotFound(NotFound):
+    pass
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class BlobNotFound(NotFound):
+    pass
+
+
+class UnsafeDestination(Error):
+    exit_code = 6
+    hint = "use a memory-backed directory (tmpfs, emptyDir medium: Memory) or pass --allow-disk"
+
+
+class BackendError(Error):
+    exit_code = 75
+    hint = "a storage, network or collateral service failed; retry later"
+
+
+class TransientError(BackendError):
+    """A failure worth retrying (connection reset, 5xx, 503)."""

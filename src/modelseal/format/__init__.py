@@ -1,0 +1,1 @@
+"""Sealed file format v1 (reader/writer), sealed manifest, CNAP legacy format."""

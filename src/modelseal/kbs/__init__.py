@@ -1,0 +1,1 @@
+"""Key Broker Service: RCAR attestation, tokens, release, admin API, audit log."""

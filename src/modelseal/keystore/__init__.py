@@ -1,0 +1,1 @@
+"""KBS-side storage of data keys, always wrapped under the KEK."""

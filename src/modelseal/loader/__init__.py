@@ -1,0 +1,1 @@
+"""Confidential model loader (runs inside the TEE; imports kept minimal)."""

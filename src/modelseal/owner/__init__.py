@@ -1,0 +1,1 @@
+"""Owner-side library: seal, unseal, inspect, verify, publish."""

@@ -1,0 +1,1 @@
+"""Release policies: typed declarative documents, validated at upload, default deny."""

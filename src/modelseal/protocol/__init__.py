@@ -1,0 +1,1 @@
+"""Wire and domain models shared by several processes (pydantic / frozen dataclasses)."""

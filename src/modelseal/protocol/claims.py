@@ -1,0 +1,43 @@
+"""Typed, verified claims: the only thing release policies ever look at."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verifier established about a TEE, normalized across kinds.
+
+    ``measurements`` maps lower-case claim names (``mr_td``, ``rtmr0``, ``measurement``,
+    ``pcr7``, ``kernel`` ...) to lower-case hex. ``init_data`` holds the ``[data]`` table of
+    a verified init-data document; ``extra`` keeps kind-specific facts for the audit log.
+    """
+
+    tee: str
+    debug: bool
+    report_data: bytes
+    tcb_status: str | None = None
+    advisories: tuple[str, ...] = ()
+    measurements: Mapping[str, str] = field(default_factory=dict)
+    init_data_digest: str | None = None
+    init_data: Mapping[str, str] = field(default_factory=dict)
+    insecure: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe form (bytes as hex) for tokens, the audit log and ``evidence verify``."""
+        return {
+            "tee": self.tee,
+            "debug": self.debug,
+            "tcb_status": self.tcb_status,
+            "advisories": list(self.advisories),
+            "measurements": dict(self.measurements),
+            "init_data_digest": self.init_data_digest,
+            "init_data": dict(self.init_data),
+            "report_data": self.report_data.hex(),
+            "insecure": self.insecure,
+            "extra": dict(self.extra),
+        }

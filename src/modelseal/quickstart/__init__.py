@@ -1,0 +1,1 @@
+"""The whole flow on loopback with embedded defaults (``modelseal quickstart``)."""

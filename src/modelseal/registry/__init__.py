@@ -1,0 +1,1 @@
+"""Model registry: model records and sealed blobs. Never touches keys."""

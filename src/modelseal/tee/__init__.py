@@ -1,0 +1,1 @@
+"""TEE plugins: an attester (inside the TEE) and a verifier (KBS side) per kind."""
