@@ -7,13 +7,13 @@ failures never print a traceback.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 
 import click
 
 from modelseal import __version__
+from modelseal.cli._lazy import LazyGroup
 from modelseal.errors import Error
 
 #: command name -> "module:attribute" of a click command or group
@@ -33,28 +33,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
-    """Imports a subcommand's module only when that subcommand runs (fast ``--help``)."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                return None
-            raise
-        command: click.Command = getattr(module, attr)
-        return command
-
-
-@click.group(cls=LazyGroup, context_settings={"auto_envvar_prefix": "MODELSEAL"})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"auto_envvar_prefix": "MODELSEAL"})
 @click.version_option(__version__, prog_name="modelseal")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
