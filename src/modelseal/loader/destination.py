@@ -1,0 +1,194 @@
+"""Where plaintext may land: memory-backed filesystems only, unless explicitly allowed.
+
+Decrypted weights must never reach a disk the host can read (DESIGN §8, §11). The kernel
+knows which filesystem backs a path: ``statfs(2)`` returns its magic number, and
+``/proc/self/mountinfo`` names its type and mount point. We trust ``statfs`` when libc is
+reachable and fall back to the longest matching mount point (the last one mounted wins when
+mounts are stacked) otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelseal.errors import ConfigError, UnsafeDestination
+
+#: filesystem types whose pages live only in RAM (and swap, which a TEE encrypts)
+MEMORY_FS_TYPES = frozenset({"tmpfs", "ramfs"})
+_MAGIC_TO_TYPE = {0x01021994: "tmpfs", 0x858458F6: "ramfs"}
+#: prefix of the private work directory created inside the destination
+TEMP_PREFIX = ".modelseal-tmp-"
+#: directory inside the destination holding the receipt and the ready marker
+META_DIR = ".modelseal"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A checked destination directory and what backs it."""
+
+    path: Path
+    fs_type: str
+    mount_point: str
+    memory_backed: bool
+    free_bytes: int
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal ``\\ooo``."""
+    out: list[str] = []
+    i = 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str]]:
+    """``(mount_point, fs_type)`` per line of ``/proc/<pid>/mountinfo``, in mount order."""
+    mounts: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        rest = right.split()
+        if len(fields) < 5 or not rest:
+            continue
+        mounts.append((_unescape(fields[4]), rest[0]))
+    return mounts
+
+
+def mount_for(path: Path, mounts: list[tuple[str, str]]) -> tuple[str, str]:
+    """The mount covering ``path``: longest mount point prefix, the latest on ties."""
+    target = str(path)
+    best: tuple[str, str] | None = None
+    for mount_point, fs_type in mounts:
+        prefix = mount_point.rstrip("/") + "/"
+        if (target == mount_point or target.startswith(prefix) or mount_point == "/") and (
+            best is None or len(mount_point) >= len(best[0])
+        ):
+            best = (mount_point, fs_type)
+    if best is None:
+        raise UnsafeDestination(f"{path}: no mount found in /proc/self/mountinfo")
+    return best
+
+
+class _Statfs(ctypes.Structure):
+    # struct statfs: f_type is the first word; the tail is oversized on purpose
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
+
+
+def statfs_type(path: Path) -> str | None:
+    """Filesystem type from ``statfs(2)``'s magic (``tmpfs``/``ramfs``/``other``), or None."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        buf = _Statfs()
+        if libc.statfs(os.fsencode(str(path)), ctypes.byref(buf)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return _MAGIC_TO_TYPE.get(buf.f_type & 0xFFFFFFFF, "other")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    return probe
+
+
+def inspect_destination(path: Path) -> Destination:
+    """Describe the filesystem that backs ``path`` (or its nearest existing ancestor)."""
+    resolved = Path(os.path.realpath(_existing_ancestor(path.absolute())))
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UnsafeDestination("cannot read /proc/self/mountinfo") from exc
+    mount_point, fs_type = mount_for(resolved, parse_mountinfo(mountinfo))
+    kernel_type = statfs_type(resolved)
+    memory = fs_type in MEMORY_FS_TYPES if kernel_type is None else kernel_type != "other"
+    if kernel_type is not None and kernel_type != "other":
+        fs_type = kernel_type
+    st = os.statvfs(resolved)
+    return Destination(
+        path=path.absolute(),
+        fs_type=fs_type,
+        mount_point=mount_point,
+        memory_backed=memory,
+        free_bytes=st.f_bavail * st.f_frsize,
+    )
+
+
+def check_destination(path: Path, *, allow_disk: bool, needed_bytes: int = 0) -> Destination:
+    """Refuse a destination that is not memory-backed (unless allowed) or too small.
+
+    Raises ``UnsafeDestination`` (exit 6). ``needed_bytes`` is the plaintext size about to be
+    written; checking it up front avoids filling the pod's memory limit half-way.
+    """
+    dest = inspect_destination(path)
+    if not dest.memory_backed and not allow_disk:
+        raise UnsafeDestination(
+            f"{path} is on {dest.fs_type} (mounted at {dest.mount_point}), not tmpfs/ramfs: "
+            "decrypted weights would reach disk"
+        )
+    if needed_bytes and dest.free_bytes < needed_bytes:
+        raise UnsafeDestination(
+            f"{path} has {dest.free_bytes} bytes free but the model needs {needed_bytes}"
+        )
+    return dest
+
+
+def prepare_destination(path: Path) -> None:
+    """Create the destination and remove leftovers of an interrupted earlier load."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"destination {path} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.name.startswith(TEMP_PREFIX):
+            wipe_tree(entry)
+
+
+def wipe_file(path: Path, *, overwrite: bool) -> None:
+    """Delete a plaintext file; zero it first when it may sit on a real disk."""
+    with contextlib.suppress(FileNotFoundError):
+        if overwrite and path.is_file() and not path.is_symlink():
+            size = path.stat().st_size
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                zeros = bytes(min(size, 1 << 20) or 1)
+                offset = 0
+                while offset < size:
+                    offset += os.pwrite(fd, zeros[: min(len(zeros), size - offset)], offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        path.unlink()
+
+
+def wipe_tree(path: Path, *, overwrite: bool = False) -> None:
+    """Delete a directory tree of (possibly partial) plaintext; ignores what is gone."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_file() or path.is_symlink():
+        wipe_file(path, overwrite=overwrite)
+        return
+    if overwrite:
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                wipe_file(Path(root) / name, overwrite=True)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,227 @@
+"""HTTP fetching for the loader: ranged reads that resume, bounded retries with jitter.
+
+Only transient failures are retried (connection reset/refused, timeouts, truncated bodies,
+HTTP 5xx and 429); a retry resumes with ``Range`` from the last byte received, so a registry
+restart mid-download costs one round trip, not the whole blob. Everything else maps to the
+error tree at once: 404 -> ``NotFound`` (3), 416/short blob -> ``FormatError`` (5), other
+4xx -> ``BackendError``. When the attempts run out: ``TransientError`` (75).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from modelseal.errors import (
+    AuthorizationError,
+    BackendError,
+    BlobNotFound,
+    FormatError,
+    NotFound,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+#: largest JSON document (model info) accepted from a registry
+MAX_JSON_BYTES = 16 << 20
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_jitter = random.SystemRandom()
+
+
+class _Progress:
+    """Bytes of the current range received so far (survives a failed attempt)."""
+
+    __slots__ = ("got",)
+
+    def __init__(self) -> None:
+        self.got = 0
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed transiently; ``reason`` is safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter (AWS architecture blog style)."""
+
+    attempts: int = 8
+    base_delay: float = 0.1
+    max_delay: float = 4.0
+
+    def delay(self, attempt: int) -> float:
+        """Sleep before retry number ``attempt`` (1-based)."""
+        return _jitter.uniform(0.0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
+
+
+def _status_error(url: str, response: httpx.Response, *, not_found: type[NotFound]) -> Exception:
+    status = response.status_code
+    if status == 404:
+        return not_found(f"{url}: not found")
+    if status in (401, 403):
+        return AuthorizationError(f"{url}: access denied (HTTP {status})")
+    if status == 429 or status >= 500:
+        return _Retry(f"HTTP {status}")
+    return BackendError(f"{url}: unexpected HTTP {status}")
+
+
+class Fetcher:
+    """One pooled, thread-safe HTTP client for a load; every request goes through here."""
+
+    def __init__(
+        self,
+        *,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 8,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._client = httpx.Client(
+            verify=verify,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=True,
+            transport=transport,
+            headers={"Accept-Encoding": "identity"},
+        )
+        #: number of attempts that were retried (for receipts and tests)
+        self.retried = 0
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _backoff(self, url: str, attempt: int, reason: str) -> None:
+        if attempt >= self.retry.attempts:
+            raise TransientError(f"{url}: {reason} (gave up after {attempt} attempts)")
+        self.retried += 1
+        delay = self.retry.delay(attempt)
+        log.info("retrying %s in %.2fs after: %s", url, delay, reason)
+        self._sleep(delay)
+
+    def get_json(self, url: str, *, not_found: type[NotFound] = NotFound) -> Any:
+        """GET a JSON document (bounded size), retrying transient failures."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._client.stream(
+                    "GET", url, headers={"Accept": "application/json"}
+                ) as response:
+                    if response.status_code != 200:
+                        raise _status_error(url, response, not_found=not_found)
+                    body = bytearray()
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                        if len(body) > MAX_JSON_BYTES:
+                            raise FormatError(f"{url}: JSON document larger than {MAX_JSON_BYTES}")
+            except _Retry as exc:
+                self._backoff(url, attempt, exc.reason)
+                continue
+            except httpx.TransportError as exc:
+                self._backoff(url, attempt, type(exc).__name__)
+                continue
+            try:
+                return json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FormatError(f"{url}: response is not JSON") from exc
+
+    def read_range(self, url: str, start: int, into: memoryview) -> None:
+        """Fill ``into`` with the bytes ``[start, start + len(into))`` of the blob at ``url``.
+
+        Resumes after a connection reset with a ``Range`` from the first missing byte; an
+        attempt that made progress does not count against the retry budget (but the total
+        number of attempts is still bounded).
+        """
+        length = len(into)
+        progress = _Progress()
+        attempt = 0
+        total_attempts = 0
+        while progress.got < length:
+            attempt += 1
+            total_attempts += 1
+            before = progress.got
+            try:
+                self._read_once(url, start, into, progress)
+                if progress.got < length:
+                    raise _Retry("connection closed before the end of the range")
+            except (_Retry, httpx.TransportError) as exc:
+                reason = exc.reason if isinstance(exc, _Retry) else type(exc).__name__
+                if progress.got > before and total_attempts < 4 * self.retry.attempts:
+                    attempt = 1  # progress: a resumed stream is not a failure streak
+                self._backoff(url, attempt, reason)
+
+    def _read_once(self, url: str, start: int, into: memoryview, progress: _Progress) -> None:
+        """One ranged GET from the first missing byte; ``progress.got`` advances as it reads."""
+        length = len(into)
+        first = start + progress.got
+        last = start + length - 1
+        headers = {"Range": f"bytes={first}-{last}"}
+        with self._client.stream("GET", url, headers=headers) as response:
+            status = response.status_code
+            if status == 416:
+                raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
+            if status == 200:
+                if first != 0:
+                    raise BackendError(f"{url}: server ignored the Range header")
+            elif status == 206:
+                match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+                if match is None or int(match.group(1)) != first:
+                    raise BackendError(f"{url}: bad Content-Range in a 206 response")
+                if int(match.group(2)) < last:
+                    raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
+            else:
+                raise _status_error(url, response, not_found=BlobNotFound)
+            got = progress.got
+            try:
+                for chunk in response.iter_raw():
+                    n = min(len(chunk), length - got)
+                    into[got : got + n] = memoryview(chunk)[:n]
+                    got += n
+                    progress.got = got
+                    if got == length:
+                        break
+            except httpx.TransportError as exc:
+                raise _Retry(f"{type(exc).__name__} after {got} of {length} bytes") from exc
+
+    def size(self, url: str) -> int:
+        """Blob length from ``HEAD`` (retried like every request)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._client.head(url)
+                if response.status_code != 200:
+                    raise _status_error(url, response, not_found=BlobNotFound)
+                try:
+                    return int(response.headers["content-length"])
+                except (KeyError, ValueError) as exc:
+                    raise BackendError(f"{url}: HEAD without a Content-Length") from exc
+            except _Retry as exc:
+                self._backoff(url, attempt, exc.reason)
+            except httpx.TransportError as exc:
+                self._backoff(url, attempt, type(exc).__name__)

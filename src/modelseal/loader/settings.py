@@ -1,0 +1,135 @@
+"""Loader settings: the initContainer contract of DESIGN §8 as one validated object.
+
+Every field has a flag in ``modelseal load`` and a ``MODELSEAL_*`` variable, so a Pod spec
+can configure the loader with ``env:`` alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from modelseal.errors import ConfigError
+
+DEFAULT_DEST = Path("/models")
+DEFAULT_WORKERS = 4
+MAX_WORKERS = 64
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+#: environment variable -> settings field
+ENV_VARS: dict[str, str] = {
+    "MODELSEAL_MODEL": "model",
+    "MODELSEAL_KBS_URL": "kbs_url",
+    "MODELSEAL_DEST": "dest",
+    "MODELSEAL_TEE": "tee",
+    "MODELSEAL_KBS_CA": "kbs_ca",
+    "MODELSEAL_REGISTRY_CA": "registry_ca",
+    "MODELSEAL_ALLOW_DISK": "allow_disk",
+    "MODELSEAL_WORKERS": "workers",
+    "MODELSEAL_MODEL_DIGEST": "model_digest",
+    "MODELSEAL_MOCK_TDX_DIR": "mock_tdx_dir",
+}
+
+
+def parse_bool(text: str, *, name: str) -> bool:
+    """Strict boolean for environment variables: a typo must not enable an unsafe mode."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected true/false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What to load, from where, into where, attested as which TEE."""
+
+    #: registry model URL (``.../models/<id>``) or a CNAP model-info URL
+    model: str
+    kbs_url: str | None = None
+    dest: Path = DEFAULT_DEST
+    #: ``auto`` detects the TEE of this machine; otherwise a kind of ``tee.registry``
+    tee: str = "auto"
+    #: CA bundle (PEM) for the KBS; None = system trust store
+    kbs_ca: Path | None = None
+    #: CA bundle (PEM) for the registry; None = system trust store
+    registry_ca: Path | None = None
+    allow_disk: bool = False
+    workers: int = DEFAULT_WORKERS
+    #: expected model digest (``sha256:<hex>``), e.g. carried by measured init-data
+    model_digest: str | None = None
+    #: mock-tdx attester material (tests and CI only)
+    mock_tdx_dir: Path | None = None
+    #: attempts per HTTP request for transient failures (connection reset, 5xx)
+    retries: int = 8
+    #: seconds of socket inactivity before a request counts as failed (then retried)
+    timeout: float = 30.0
+    extra_attester_options: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.model.startswith(("http://", "https://")):
+            raise ConfigError("model: an http(s) URL of the model info is required (--model)")
+        if self.kbs_url is not None and not self.kbs_url.startswith(("http://", "https://")):
+            raise ConfigError(f"kbs_url: not an http(s) URL: {self.kbs_url!r}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers: must be 1..{MAX_WORKERS}, got {self.workers}")
+        if self.model_digest is not None and not _DIGEST.fullmatch(self.model_digest):
+            raise ConfigError("model_digest: expected 'sha256:' followed by 64 lower-case hex")
+        if not self.tee:
+            raise ConfigError("tee: empty; use 'auto' or a TEE kind")
+        if self.retries < 1:
+            raise ConfigError("retries: must be at least 1")
+        for name in ("kbs_ca", "registry_ca"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(f"{name}: no such file: {value}")
+
+    def with_overrides(self, **changes: object) -> LoaderSettings:
+        """A copy with some fields replaced (validation runs again)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def kbs_verify(self) -> bool | str:
+        """``verify=`` argument for the KBS HTTP client."""
+        return str(self.kbs_ca) if self.kbs_ca else True
+
+    @property
+    def registry_verify(self) -> bool | str:
+        """``verify=`` argument for the registry HTTP client."""
+        return str(self.registry_ca) if self.registry_ca else True
+
+
+def settings_from_env(
+    environ: Mapping[str, str] | None = None, **overrides: object
+) -> LoaderSettings:
+    """Build settings from ``MODELSEAL_*`` variables; explicit ``overrides`` win."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for var, name in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        if name == "allow_disk":
+            values[name] = parse_bool(raw, name=var)
+        elif name == "workers":
+            try:
+                values[name] = int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}: not an integer: {raw!r}") from exc
+        elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir"}:
+            values[name] = Path(raw)
+        else:
+            values[name] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "model" not in values:
+        raise ConfigError("no model: pass --model URL or set MODELSEAL_MODEL")
+    try:
+        return LoaderSettings(**values)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError(f"bad loader settings: {exc}") from exc

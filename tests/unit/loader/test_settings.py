@@ -1,0 +1,73 @@
+"""Loader settings from flags and MODELSEAL_* variables, validated strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelseal import errors
+from modelseal.loader.settings import DEFAULT_DEST, LoaderSettings, settings_from_env
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_env_contract(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    s = settings_from_env(
+        {
+            "MODELSEAL_MODEL": "http://r/models/m",
+            "MODELSEAL_KBS_URL": "https://kbs:8080",
+            "MODELSEAL_DEST": "/dev/shm/m",
+            "MODELSEAL_TEE": "tdx",
+            "MODELSEAL_KBS_CA": str(ca),
+            "MODELSEAL_ALLOW_DISK": "true",
+            "MODELSEAL_WORKERS": "3",
+            "MODELSEAL_MODEL_DIGEST": DIGEST,
+        }
+    )
+    assert s.model == "http://r/models/m"
+    assert s.kbs_url == "https://kbs:8080"
+    assert s.dest == Path("/dev/shm/m")
+    assert s.tee == "tdx"
+    assert s.kbs_verify == str(ca)
+    assert s.registry_verify is True
+    assert s.allow_disk is True
+    assert s.workers == 3
+    assert s.model_digest == DIGEST
+
+
+def test_defaults_and_overrides() -> None:
+    s = settings_from_env({"MODELSEAL_MODEL": "http://r/m"}, workers=2, kbs_url=None)
+    assert s.dest == DEFAULT_DEST
+    assert s.tee == "auto"
+    assert s.allow_disk is False
+    assert s.workers == 2
+    assert s.kbs_url is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MODELSEAL_MODEL": "file:///etc/passwd"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_ALLOW_DISK": "maybe"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_WORKERS": "many"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_WORKERS": "0"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_MODEL_DIGEST": "sha256:XYZ"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_KBS_URL": "kbs:8080"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_KBS_CA": "/nonexistent/ca.pem"},
+    ],
+)
+def test_bad_settings_are_config_errors(env: dict[str, str]) -> None:
+    with pytest.raises(errors.ConfigError) as info:
+        settings_from_env(env)
+    assert info.value.exit_code == 2
+
+
+def test_with_overrides_revalidates() -> None:
+    s = LoaderSettings(model="http://r/m")
+    assert s.with_overrides(workers=8).workers == 8
+    with pytest.raises(errors.ConfigError):
+        s.with_overrides(workers=1000)
