@@ -1,0 +1,147 @@
+"""SEV-SNP verifier: report v2/v3/v5, VCEK/VLEK chain to the pinned AMD ARK, binding.
+
+Order of checks (each failure is an ``EvidenceError`` naming the reason):
+strict report parsing -> endorsement key (VCEK or VLEK as the report's SIGNING_KEY says)
+from the evidence cert table or ``snp_certs`` -> chain VEK <- ASK/ASVK <- pinned ARK at
+``now`` -> ECDSA P-384 report signature -> VEK SPL extensions == reported TCB and hwID ==
+CHIP_ID (VCEK) -> VMPL -> REPORT_DATA == zero-padded binding -> HOST_DATA == init-data
+digest. No network: missing certificates are a clear error (AMD KDS URL in the message).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from modelseal.crypto.snp_ecdsa import is_p384_key, verify_report_signature
+from modelseal.errors import EvidenceError
+from modelseal.protocol.claims import Claims
+from modelseal.tee.base import VerifierConfig, pad_report_data
+from modelseal.tee.snp import certs as amd
+from modelseal.tee.snp.claims import build_claims
+from modelseal.tee.snp.evidence import cert_chain_from_json, report_bytes_from_json
+from modelseal.tee.snp.initdata_binding import host_data_binding
+from modelseal.tee.snp.report import AttestationReport, Product, SigningKey, parse_report
+
+REPORT_DATA_SIZE = 64
+HOST_DATA_SIZE = 32
+KDS = "https://kdsintf.amd.com"
+
+
+def kds_vcek_url(report: AttestationReport, product: Product) -> str:
+    """Where an operator fetches the VCEK for this report (AMD KDS, documented form)."""
+    tcb = report.reported_tcb
+    hw = report.chip_id[:8] if product is Product.TURIN else report.chip_id
+    query = f"blSPL={tcb.bootloader:02}&teeSPL={tcb.tee:02}&snpSPL={tcb.snp:02}"
+    query += f"&ucodeSPL={tcb.microcode:02}"
+    if product is Product.TURIN:
+        query = f"fmcSPL={tcb.fmc or 0:02}&" + query
+    return f"{KDS}/vcek/v1/{product.value}/{hw.hex()}?{query}"
+
+
+class Verifier:
+    """Verifies Trustee-shaped SNP evidence; see the module docstring for the checks."""
+
+    tee: ClassVar[str] = "snp"
+
+    def __init__(self, certificates: Sequence[amd.AmdCert] = (), *, max_vmpl: int = 0) -> None:
+        self._configured = list(certificates)
+        self._max_vmpl = max_vmpl
+
+    @classmethod
+    def from_config(cls, config: VerifierConfig) -> Verifier:
+        certs = amd.load_cert_source(config.snp_certs) if config.snp_certs else []
+        return cls(certs)
+
+    def verify(
+        self,
+        evidence: Any,
+        *,
+        expected_report_data: bytes,
+        now: float,
+        init_data: bytes | None = None,
+    ) -> Claims:
+        if not isinstance(evidence, Mapping):
+            raise EvidenceError("SNP evidence must be a JSON object")
+        raw = report_bytes_from_json(evidence.get("attestation_report"))
+        supplied = []
+        for entry in cert_chain_from_json(evidence.get("cert_chain")):
+            if entry.cert_type in ("ARK", "ASK", "VCEK", "VLEK"):
+                try:
+                    supplied.append(amd.classify(amd.load_certificate(entry.data)))
+                except (ValueError, EvidenceError) as exc:
+                    raise EvidenceError(f"SNP cert_chain {entry.cert_type} is not DER") from exc
+        report, signer, chain = self.verify_report(raw, supplied, now=now)
+        if len(expected_report_data) > REPORT_DATA_SIZE:
+            raise EvidenceError("expected report data is longer than 64 bytes")
+        if not hmac.compare_digest(
+            report.report_data, pad_report_data(expected_report_data, REPORT_DATA_SIZE)
+        ):
+            raise EvidenceError("SNP REPORT_DATA does not match the runtime-data binding")
+        digest_hex: str | None = None
+        data: dict[str, str] = {}
+        if init_data is not None:
+            expected_host_data, digest_hex, data = host_data_binding(init_data, HOST_DATA_SIZE)
+            if not hmac.compare_digest(report.host_data, expected_host_data):
+                raise EvidenceError("SNP HOST_DATA does not match the init-data digest")
+        return build_claims(
+            report, signer=signer, chain=chain, init_data_digest=digest_hex, init_data=data
+        )
+
+    def verify_report(
+        self, raw: bytes, supplied: Sequence[amd.AmdCert] = (), *, now: float
+    ) -> tuple[AttestationReport, str, list[str]]:
+        """Everything but the bindings: parse, chain, signature, TCB, hwID, VMPL.
+
+        Returns the parsed report, the signer role (``VCEK``/``VLEK``) and the chain CNs.
+        """
+        try:
+            return self._verify_report(raw, supplied, now)
+        except ValueError as exc:  # a lazily parsed certificate field was malformed
+            raise EvidenceError(f"malformed SNP certificate: {exc}") from exc
+
+    def _verify_report(
+        self, raw: bytes, supplied: Sequence[amd.AmdCert], now: float
+    ) -> tuple[AttestationReport, str, list[str]]:
+        report = parse_report(raw)
+        key = report.signing_key
+        if key is SigningKey.NONE:
+            raise EvidenceError("SNP report is unsigned (SIGNING_KEY = none)")
+        role = key.name
+        candidates = [*supplied, *self._configured]
+        vek = amd.find_vek(role, candidates, report.chip_id, report.reported_tcb)
+        product = report.product or (vek.product if vek else None)
+        if vek is None:
+            where = f"; fetch it from {kds_vcek_url(report, product)}" if product else ""
+            raise EvidenceError(f"no {role} certificate for this SNP report{where}")
+        if product is None or vek.product is None:
+            raise EvidenceError(f"cannot tell the AMD product line of the {role} certificate")
+        if vek.product is not product:
+            raise EvidenceError(
+                f"{role} is for {vek.product.value} but the report is from {product.value}"
+            )
+        if report.product is None:
+            report = parse_report(raw, product=product)
+        chain = amd.verify_chain(vek, candidates, product, now)
+        if not is_p384_key(vek.cert):
+            raise EvidenceError(f"{role} public key is not ECDSA P-384")
+        if not verify_report_signature(
+            vek.cert, report.signed_bytes, report.signature_r, report.signature_s
+        ):
+            raise EvidenceError(f"SNP report signature is invalid under the {role}")
+        cert_tcb = amd.cert_tcb(vek.cert, product)
+        if cert_tcb.components() != report.reported_tcb.components():
+            raise EvidenceError(
+                f"SNP reported TCB {report.reported_tcb.components()} does not match the "
+                f"{role} TCB {cert_tcb.components()}"
+            )
+        if role == "VCEK":
+            hw = amd.hwid(vek.cert)
+            if hw is None or not hmac.compare_digest(report.chip_id[: len(hw)], hw):
+                raise EvidenceError("SNP CHIP_ID does not match the VCEK hwID")
+        if report.vmpl > self._max_vmpl:
+            raise EvidenceError(
+                f"SNP report was requested at VMPL {report.vmpl}; at most {self._max_vmpl} allowed"
+            )
+        return report, role, chain
