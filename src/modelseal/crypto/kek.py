@@ -1,0 +1,187 @@
+"""The key-encryption key (KEK) that wraps every DEK the KBS stores.
+
+The KEK file holds exactly 32 random bytes, mode 0600, generated once. It is never used
+directly: HKDF derives one sub-key for wrapping DEKs, one for MACs (audit head, nonces)
+and a public identifier, so the database records *which* KEK wrapped a row without
+revealing anything about it.
+
+Wrapped DEK layout (``WRAP_VERSION`` 1)::
+
+    0x01 ‖ nonce (12) ‖ AES-256-GCM(wrap_key, nonce, dek, aad) (len(dek) + 16)
+
+    aad = b"modelseal/v1 dek\\x00" ‖ kek_id ‖ b"\\x00" ‖ key_id     (both ASCII)
+
+Binding the key id into the AAD means a row's ciphertext cannot be moved to another key
+id; binding the KEK id means a row can only be unwrapped by the KEK it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Iterator
+from hashlib import sha256
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import ConfigError, DecryptionError
+
+__all__ = [
+    "KEK_SIZE",
+    "WRAP_VERSION",
+    "Kek",
+    "KekRing",
+    "create_secret_file",
+    "read_secret_file",
+]
+
+KEK_SIZE = 32
+WRAP_VERSION = 1
+_NONCE = 12
+_TAG = 16
+_HKDF_SALT = b"modelseal/v1 kek"
+
+
+def _derive(kek: bytes, label: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=label).derive(kek)
+
+
+class Kek:
+    """One KEK: wraps/unwraps DEKs and MACs small records. Holds only derived keys."""
+
+    __slots__ = ("_aead", "_mac_key", "id")
+
+    def __init__(self, material: SecretBytes) -> None:
+        raw = material.reveal()
+        if len(raw) != KEK_SIZE:
+            raise ConfigError(f"a KEK must be exactly {KEK_SIZE} bytes")
+        #: Public identifier recorded next to every row this KEK wraps.
+        self.id = "kek-" + _derive(raw, b"id", 8).hex()
+        self._aead = AESGCM(_derive(raw, b"wrap"))
+        self._mac_key = _derive(raw, b"mac")
+
+    @classmethod
+    def generate(cls) -> Kek:
+        return cls(SecretBytes(secrets.token_bytes(KEK_SIZE)))
+
+    def __repr__(self) -> str:
+        return f"Kek(id={self.id!r})"
+
+    def _aad(self, key_id: str) -> bytes:
+        return b"modelseal/v1 dek\x00" + self.id.encode("ascii") + b"\x00" + key_id.encode("utf-8")
+
+    def wrap(self, key_id: str, dek: SecretBytes) -> bytes:
+        """Encrypt ``dek`` for storage under ``key_id`` (fresh random nonce each time)."""
+        nonce = secrets.token_bytes(_NONCE)
+        sealed = self._aead.encrypt(nonce, dek.reveal(), self._aad(key_id))
+        return bytes([WRAP_VERSION]) + nonce + sealed
+
+    def unwrap(self, key_id: str, blob: bytes) -> SecretBytes:
+        """Decrypt a stored DEK; any mismatch (key id, KEK, bytes) is one DecryptionError."""
+        if len(blob) < 1 + _NONCE + _TAG or blob[0] != WRAP_VERSION:
+            raise DecryptionError()
+        nonce, sealed = blob[1 : 1 + _NONCE], blob[1 + _NONCE :]
+        try:
+            return SecretBytes(self._aead.decrypt(nonce, sealed, self._aad(key_id)))
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    def mac(self, label: str, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under a key derived from this KEK and ``label``."""
+        return hmac.new(self._mac_key, label.encode("ascii") + b"\x00" + data, sha256).digest()
+
+    def verify_mac(self, label: str, data: bytes, tag: bytes) -> bool:
+        return hmac.compare_digest(self.mac(label, data), tag)
+
+
+class KekRing:
+    """The active KEK plus any others still needed to unwrap rows (during a rotation)."""
+
+    def __init__(self, active: Kek, others: Iterable[Kek] = ()) -> None:
+        self.active = active
+        self._by_id = {k.id: k for k in (*others, active)}
+
+    def get(self, kek_id: str) -> Kek:
+        try:
+            return self._by_id[kek_id]
+        except KeyError:
+            raise ConfigError(
+                f"a stored key is wrapped under {kek_id}, which this KBS does not hold; "
+                "start it with the current KEK file"
+            ) from None
+
+    def __iter__(self) -> Iterator[Kek]:
+        return iter(self._by_id.values())
+
+
+def read_secret_file(path: Path, *, size: int, what: str) -> SecretBytes:
+    """Read a 0600 secret file of exactly ``size`` bytes, refusing loose permissions.
+
+    Symlinks are followed (Kubernetes mounts secrets through them); what matters is the
+    mode of the file they point to.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"{what} file {path} is not readable: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} file {path} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{what} file {path} has permissions {mode:04o}; it must be readable by its "
+            f"owner only (chmod 600 {path})"
+        )
+    if st.st_size != size:
+        raise ConfigError(f"{what} file {path} is malformed: expected exactly {size} bytes")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} file {path} is not readable: {exc.strerror}") from None
+    if len(data) != size:
+        raise ConfigError(f"{what} file {path} is malformed: expected exactly {size} bytes")
+    return SecretBytes(data)
+
+
+def create_secret_file(path: Path, *, size: int) -> bool:
+    """Create ``path`` with ``size`` random bytes, mode 0600, unless it exists.
+
+    The bytes are written to a temporary file, fsynced, then hard-linked into place, so a
+    concurrent starter never reads a half-written file and exactly one value wins.
+    Returns True when this call created the file.
+    """
+    if path.exists() or path.is_symlink():
+        return False
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(size))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

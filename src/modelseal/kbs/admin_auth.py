@@ -1,0 +1,191 @@
+"""Admin bearer tokens: short-lived HS256 JWTs signed with the data dir's admin credential.
+
+The KBS writes ``admin-credential`` (32 random bytes, 0600) on first start; only someone
+who can read the data directory can mint tokens (``modelseal kbs token``). Tokens carry
+roles; verification checks ``alg`` (exactly HS256), signature, ``aud``, ``iss``, ``iat``,
+``nbf``, ``exp`` (with a small clock-skew leeway) and a maximum lifetime.
+
+Roles:
+
+* ``admin``     everything;
+* ``publisher`` put keys (generate/import), set and read policies, bind model digests,
+  list keys and models - what ``modelseal publish`` needs; no revoke, delete or rotate;
+* ``auditor``   read-only: list keys/models/policies, read and verify the audit log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+from modelseal._internal.encoding import b64url_decode, b64url_encode
+from modelseal.crypto.kek import create_secret_file, read_secret_file
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import AuthorizationError, ConfigError, FormatError, TokenError
+
+__all__ = [
+    "ADMIN_CREDENTIAL_FILE",
+    "AUDIENCE",
+    "DEFAULT_TTL",
+    "ISSUER",
+    "MAX_TTL",
+    "ROLES",
+    "AdminPrincipal",
+    "ensure_admin_credential",
+    "load_admin_credential",
+    "mint_admin_token",
+    "verify_admin_token",
+]
+
+ADMIN_CREDENTIAL_FILE = "admin-credential"
+CREDENTIAL_SIZE = 32
+ISSUER = "modelseal-kbs"
+AUDIENCE = "modelseal-kbs-admin"
+ROLES = ("admin", "publisher", "auditor")
+DEFAULT_TTL = 900
+MAX_TTL = 24 * 3600
+LEEWAY = 30
+MAX_TOKEN_LEN = 4096
+
+
+@dataclass(frozen=True)
+class AdminPrincipal:
+    """Who called the admin API: the token's subject, roles and id (for the audit log)."""
+
+    subject: str
+    roles: frozenset[str]
+    token_id: str
+
+    @property
+    def actor(self) -> str:
+        return f"admin:{self.subject}"
+
+    def require(self, allowed: frozenset[str]) -> None:
+        if not (self.roles & allowed):
+            raise AuthorizationError("this token's role may not perform this operation")
+
+
+def ensure_admin_credential(data_dir: Path) -> SecretBytes:
+    """Create the admin credential once and return it (refusing loose permissions)."""
+    path = data_dir / ADMIN_CREDENTIAL_FILE
+    create_secret_file(path, size=CREDENTIAL_SIZE)
+    return load_admin_credential(data_dir)
+
+
+def load_admin_credential(data_dir: Path) -> SecretBytes:
+    path = Path(data_dir) / ADMIN_CREDENTIAL_FILE
+    if not (path.exists() or path.is_symlink()):
+        raise ConfigError(
+            f"no admin credential in {data_dir}; start the KBS once with this --data-dir"
+        )
+    return read_secret_file(path, size=CREDENTIAL_SIZE, what="admin credential")
+
+
+def _credential_id(key: SecretBytes) -> str:
+    return hmac.new(key.reveal(), b"modelseal admin credential id", sha256).hexdigest()[:16]
+
+
+def _sign(key: SecretBytes, signing_input: bytes) -> bytes:
+    return hmac.new(key.reveal(), signing_input, sha256).digest()
+
+
+def mint_admin_token(
+    key: SecretBytes,
+    *,
+    role: str = "admin",
+    ttl: int = DEFAULT_TTL,
+    subject: str = "operator",
+    now: float,
+) -> str:
+    """A compact JWS (HS256) for ``role`` valid for ``ttl`` seconds from ``now``."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if not 1 <= ttl <= MAX_TTL:
+        raise ConfigError(f"token lifetime must be between 1 and {MAX_TTL} seconds")
+    header = {"alg": "HS256", "typ": "JWT", "kid": _credential_id(key)}
+    iat = int(now)
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": subject,
+        "roles": [role],
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + ttl,
+        "jti": secrets.token_urlsafe(16),
+    }
+    signing_input = (
+        b64url_encode(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+    ).encode("ascii")
+    return signing_input.decode("ascii") + "." + b64url_encode(_sign(key, signing_input))
+
+
+def _json_part(part: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(b64url_decode(part, what=what))
+    except (FormatError, ValueError, UnicodeDecodeError):
+        raise TokenError(f"malformed admin token {what}") from None
+    if not isinstance(value, dict):
+        raise TokenError(f"malformed admin token {what}")
+    return value
+
+
+def _int_claim(claims: dict[str, Any], name: str, *, required: bool) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise TokenError(f"admin token has no {name} claim")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TokenError(f"admin token {name} claim is not an integer")
+    return value
+
+
+def verify_admin_token(token: str, key: SecretBytes, *, now: float) -> AdminPrincipal:
+    """Check an admin token; TokenError (HTTP 401) on any problem, never says which key."""
+    if len(token) > MAX_TOKEN_LEN or token.count(".") != 2:
+        raise TokenError("malformed admin token")
+    h64, p64, s64 = token.split(".")
+    header = _json_part(h64, "header")
+    if header.get("alg") != "HS256" or set(header) - {"alg", "typ", "kid"}:
+        raise TokenError("admin token must be HS256 with no other header parameters")
+    if header.get("typ", "JWT") != "JWT":
+        raise TokenError("admin token typ must be JWT")
+    try:
+        signature = b64url_decode(s64, what="signature")
+    except FormatError:
+        raise TokenError("malformed admin token signature") from None
+    if not hmac.compare_digest(_sign(key, f"{h64}.{p64}".encode("ascii")), signature):
+        raise TokenError("admin token signature is invalid")
+    claims = _json_part(p64, "payload")
+    if claims.get("iss") != ISSUER or claims.get("aud") != AUDIENCE:
+        raise TokenError("admin token issuer or audience is wrong")
+    iat = _int_claim(claims, "iat", required=True)
+    exp = _int_claim(claims, "exp", required=True)
+    nbf = _int_claim(claims, "nbf", required=False)
+    assert iat is not None
+    assert exp is not None
+    if exp - iat > MAX_TTL:
+        raise TokenError("admin token lifetime exceeds the maximum")
+    if now >= exp + LEEWAY:
+        raise TokenError("admin token has expired")
+    if iat > now + LEEWAY or (nbf is not None and nbf > now + LEEWAY):
+        raise TokenError("admin token is not valid yet")
+    roles = claims.get("roles")
+    if (
+        not isinstance(roles, list)
+        or not roles
+        or not all(isinstance(r, str) and r in ROLES for r in roles)
+    ):
+        raise TokenError("admin token roles are missing or unknown")
+    sub, jti = claims.get("sub"), claims.get("jti")
+    if not isinstance(sub, str) or not sub or len(sub) > 128 or not isinstance(jti, str):
+        raise TokenError("admin token subject or id is missing")
+    return AdminPrincipal(subject=sub, roles=frozenset(roles), token_id=jti[:64])

@@ -1,0 +1,374 @@
+"""Append-only, hash-chained audit log of every key decision and admin action.
+
+Each row stores ``prev_hash`` (the previous row's hash; 64 zeros for row 1) and
+``row_hash = SHA-256(RFC 8785 JSON of the row's fields including prev_hash)``. Editing,
+deleting, reordering or inserting a row breaks the chain at that row. Because anyone with
+database access could recompute a plain hash chain after an edit, the head of the chain
+(last seq and hash) is additionally MACed with a key derived from the KEK: rewriting the
+chain, truncating its tail or appending forged rows is detected unless the KEK is also
+stolen.
+
+Appends are serialized inside one transaction that first *writes* the head row (a write
+lock on SQLite, a row lock on PostgreSQL), so concurrent writers - threads, processes or
+KBS replicas - never fork the chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from hashlib import sha256
+from typing import Any
+
+from sqlalchemy import Integer, String, Text, func, select, update
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from modelseal._internal.canonical import canonical_json
+from modelseal._internal.clock import Clock, SystemClock
+from modelseal.crypto.kek import KekRing
+from modelseal.errors import BackendError, ConfigError
+from modelseal.kbs.db import Base, Database
+
+__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditVerification", "row_hash"]
+
+GENESIS = "0" * 64
+_HEAD_ID = 1
+_MAC_LABEL = "audit-head"
+_MAX_REASONS = 32
+_MAX_TEXT = 1024
+
+
+class AuditRow(Base):
+    __tablename__ = "ms_audit"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    time: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    tee: Mapped[str | None] = mapped_column(String(32))
+    claims_digest: Mapped[str | None] = mapped_column(String(80))
+    policy_digest: Mapped[str | None] = mapped_column(String(80))
+    decision: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain head: last seq and hash, MACed under the KEK named by ``kek_id``."""
+
+    __tablename__ = "ms_audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    row_hash: Mapped[str] = mapped_column(String(64))
+    kek_id: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    time: str
+    actor: str
+    action: str
+    key_id: str | None
+    tee: str | None
+    claims_digest: str | None
+    policy_digest: str | None
+    decision: str
+    reasons: tuple[str, ...]
+    prev_hash: str
+    row_hash: str
+
+    @classmethod
+    def of(cls, row: AuditRow) -> AuditEntry:
+        return cls(
+            seq=row.seq,
+            time=row.time,
+            actor=row.actor,
+            action=row.action,
+            key_id=row.key_id,
+            tee=row.tee,
+            claims_digest=row.claims_digest,
+            policy_digest=row.policy_digest,
+            decision=row.decision,
+            reasons=_load_reasons(row.reasons),
+            prev_hash=row.prev_hash,
+            row_hash=row.row_hash,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "actor": self.actor,
+            "action": self.action,
+            "key_id": self.key_id,
+            "tee": self.tee,
+            "claims_digest": self.claims_digest,
+            "policy_digest": self.policy_digest,
+            "decision": self.decision,
+            "reasons": list(self.reasons),
+            "prev_hash": self.prev_hash,
+            "row_hash": self.row_hash,
+        }
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """Result of :meth:`AuditLog.verify`: ``first_bad_seq`` names the first broken row."""
+
+    ok: bool
+    rows: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+        }
+
+
+def row_hash(fields: dict[str, Any]) -> str:
+    """SHA-256 hex over RFC 8785 JSON of a row's fields (everything but ``row_hash``)."""
+    body = {k: v for k, v in fields.items() if k != "row_hash"}
+    return sha256(canonical_json(body)).hexdigest()
+
+
+def _fields(row: AuditRow | AuditEntry) -> dict[str, Any]:
+    reasons = row.reasons if isinstance(row, AuditEntry) else _load_reasons(row.reasons)
+    return {
+        "seq": row.seq,
+        "time": row.time,
+        "actor": row.actor,
+        "action": row.action,
+        "key_id": row.key_id,
+        "tee": row.tee,
+        "claims_digest": row.claims_digest,
+        "policy_digest": row.policy_digest,
+        "decision": row.decision,
+        "reasons": list(reasons),
+        "prev_hash": row.prev_hash,
+    }
+
+
+def verify_chain(entries: Sequence[AuditEntry], *, start_prev: str = GENESIS) -> AuditVerification:
+    """Check seq continuity, links and hashes of a list of entries (client-side check).
+
+    Used by ``modelseal kbs audit --verify`` on the rows the server returned, so the
+    operator does not have to trust the server's own verdict on the chain itself.
+    """
+    prev, expected = start_prev, (entries[0].seq if entries else 1)
+    for entry in entries:
+        bad = _check_one(_fields(entry), entry.row_hash, expected, prev)
+        if bad is not None:
+            return AuditVerification(False, len(entries), *bad)
+        prev, expected = entry.row_hash, expected + 1
+    return AuditVerification(True, len(entries))
+
+
+def _check_one(
+    fields: dict[str, Any], stored_hash: str, expected: int, prev: str
+) -> tuple[int, str] | None:
+    seq = fields["seq"]
+    if seq != expected:
+        return expected, f"row {expected} is missing (next row is {seq})"
+    if fields["prev_hash"] != prev:
+        return seq, f"row {seq} does not link to the previous row (reordered or inserted)"
+    try:
+        recomputed = row_hash(fields)
+    except (TypeError, ValueError):
+        return seq, f"row {seq} is not valid"
+    if recomputed != stored_hash:
+        return seq, f"row {seq} was modified (its content does not match its hash)"
+    return None
+
+
+def _load_reasons(text: str) -> tuple[str, ...]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ("<unparseable reasons>",)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return ("<unparseable reasons>",)
+    return tuple(value)
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AuditLog:
+    """The audit log on the KBS database. ``ring`` supplies the KEK for the head MAC."""
+
+    def __init__(
+        self, db: Database, ring: Callable[[], KekRing], *, clock: Clock | None = None
+    ) -> None:
+        self._db = db
+        self._ring = ring
+        self._clock = clock or SystemClock()
+
+    def _head_mac(self, kek_ring: KekRing, kek_id: str, seq: int, last: str) -> str:
+        return kek_ring.get(kek_id).mac(_MAC_LABEL, f"{seq}:{last}".encode()).hex()
+
+    def init_head(self) -> None:
+        """Create the head row of an empty log (idempotent; safe when replicas race)."""
+        ring = self._ring()
+        try:
+            with self._db.begin() as s:
+                if s.get(AuditHead, _HEAD_ID) is not None:
+                    return
+                kek = ring.active
+                s.add(
+                    AuditHead(
+                        id=_HEAD_ID,
+                        seq=0,
+                        row_hash=GENESIS,
+                        kek_id=kek.id,
+                        mac=self._head_mac(ring, kek.id, 0, GENESIS),
+                    )
+                )
+        except BackendError as exc:
+            if not isinstance(exc.__cause__, SqlIntegrityError):
+                raise
+
+    def head_kek_id(self) -> str | None:
+        """Id of the KEK that MACed the head (None before :meth:`init_head`)."""
+        with self._db.begin() as s:
+            head = s.get(AuditHead, _HEAD_ID)
+            return None if head is None else head.kek_id
+
+    def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        key_id: str | None,
+        tee: str | None,
+        claims_digest: str | None,
+        policy_digest: str | None,
+        decision: str,
+        reasons: Sequence[str],
+    ) -> AuditEntry:
+        """Append one row. Raises BackendError if the head was tampered with or storage fails."""
+        ring = self._ring()
+        clipped = [r[:_MAX_TEXT] for r in list(reasons)[:_MAX_REASONS]]
+        with self._db.begin() as s:
+            # Write first: takes the write lock (SQLite) / row lock (PostgreSQL) before reading.
+            s.execute(
+                update(AuditHead)
+                .where(AuditHead.id == _HEAD_ID)
+                .values(seq=AuditHead.seq)
+                .execution_options(synchronize_session=False)
+            )
+            head = s.get(AuditHead, _HEAD_ID, populate_existing=True)
+            if head is None:
+                raise BackendError("audit log is not initialized")
+            try:
+                head_ok = head.mac == self._head_mac(ring, head.kek_id, head.seq, head.row_hash)
+            except ConfigError:
+                head_ok = False
+            if not head_ok:
+                raise BackendError(
+                    "audit log head failed verification; refusing to extend a tampered "
+                    "log (run `modelseal kbs audit --verify`)"
+                )
+            fields: dict[str, Any] = {
+                "seq": head.seq + 1,
+                "time": _utc(self._clock.now()),
+                "actor": _clip(actor) or "",
+                "action": action[:64],
+                "key_id": key_id,
+                "tee": tee,
+                "claims_digest": claims_digest,
+                "policy_digest": policy_digest,
+                "decision": decision[:16],
+                "reasons": clipped,
+                "prev_hash": head.row_hash,
+            }
+            digest = row_hash(fields)
+            row = AuditRow(
+                **{**fields, "reasons": json.dumps(clipped, ensure_ascii=False)},
+                row_hash=digest,
+            )
+            s.add(row)
+            kek = ring.active
+            head.seq, head.row_hash, head.kek_id = row.seq, digest, kek.id
+            head.mac = self._head_mac(ring, kek.id, row.seq, digest)
+            s.flush()
+            return AuditEntry.of(row)
+
+    def entries(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Rows with ``seq > after`` in order, at most ``limit`` (1..1000)."""
+        limit = max(1, min(limit, 1000))
+        with self._db.begin() as s:
+            q = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
+            return [AuditEntry.of(r) for r in s.scalars(q)]
+
+    def _iter_rows(self, upto: int, batch: int = 1000) -> Iterator[AuditRow]:
+        after = 0
+        while True:
+            with self._db.begin() as s:
+                q = (
+                    select(AuditRow)
+                    .where(AuditRow.seq > after, AuditRow.seq <= upto)
+                    .order_by(AuditRow.seq)
+                )
+                rows = list(s.scalars(q.limit(batch)))
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1].seq
+
+    def verify(self) -> AuditVerification:
+        """Walk the chain up to the MACed head; report the first bad seq.
+
+        Runs without blocking appends: the highest seq is read *before* the head, so a
+        legitimate concurrent append can only make the head newer, never older; rows
+        above the head therefore mean rows added outside the KBS.
+        """
+        ring = self._ring()
+        with self._db.begin() as s:
+            max_seq = s.scalar(select(func.max(AuditRow.seq))) or 0
+            head = s.get(AuditHead, _HEAD_ID)
+            if head is None:
+                return AuditVerification(False, 0, 1, "the audit head row is missing")
+            h_seq, h_hash, h_kek, h_mac = head.seq, head.row_hash, head.kek_id, head.mac
+        prev, expected, count = GENESIS, 1, 0
+        for row in self._iter_rows(h_seq):
+            bad = _check_one(_fields(row), row.row_hash, expected, prev)
+            if bad is not None:
+                return AuditVerification(False, count, *bad)
+            prev, expected, count = row.row_hash, expected + 1, count + 1
+        last = expected - 1
+        if max_seq > h_seq:
+            return AuditVerification(
+                False, count, h_seq + 1, f"row {h_seq + 1} was appended outside the KBS"
+            )
+        if last < h_seq:
+            return AuditVerification(
+                False, count, last + 1, f"row {last + 1} is missing (the log was truncated)"
+            )
+        try:
+            mac_ok = h_mac == self._head_mac(ring, h_kek, h_seq, h_hash)
+        except ConfigError:
+            mac_ok = False
+        if h_hash != prev or not mac_ok:
+            return AuditVerification(
+                False, count, max(last, 1), "the audit head does not authenticate the last row"
+            )
+        return AuditVerification(True, count)

@@ -1,0 +1,216 @@
+"""Everything the KBS keeps: data directory, database, KEK, admin credential, keys, audit.
+
+``KbsState.open(data_dir)`` is the one entry point (CONTRACTS seam 2). The data directory
+holds, each created once and refused when its permissions are too open::
+
+    DIR/                   0700
+      kbs.sqlite3          SQLite (WAL) unless --database-url selects PostgreSQL
+      kek                  32 random bytes, 0600: wraps every stored DEK
+      kek.next             only during a KEK rotation
+      admin-credential     32 random bytes, 0600: signs admin bearer tokens
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Float, String, delete
+from sqlalchemy.orm import Mapped, mapped_column
+
+from modelseal._internal.clock import Clock, SystemClock
+from modelseal.crypto.kek import KekRing
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import ConfigError, TokenError
+from modelseal.kbs.admin_auth import ADMIN_CREDENTIAL_FILE, ensure_admin_credential
+from modelseal.kbs.audit import AuditLog
+from modelseal.kbs.db import Base, Database, sqlite_url
+from modelseal.kbs.keys import KekFiles, KeyService
+from modelseal.kbs.release import release_key
+from modelseal.keystore.store import KeyStore, create_tables
+from modelseal.protocol.claims import Claims
+
+__all__ = ["KbsState", "TransferNonce", "ensure_data_dir"]
+
+log = logging.getLogger(__name__)
+
+#: How long a transfer nonce (ITA/CNAP round 1) stays valid.
+TRANSFER_NONCE_TTL = 300.0
+
+
+class TransferNonceRow(Base):
+    """A single-use nonce of the ITA/CNAP two-round key transfer (shared by replicas)."""
+
+    __tablename__ = "ms_transfer_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+@dataclass(frozen=True)
+class TransferNonce:
+    value: bytes
+    key_id: str
+    expires_at: float
+
+
+def ensure_data_dir(data_dir: Path) -> Path:
+    """Create ``data_dir`` (0700) or tighten an existing one we own to 0700."""
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = data_dir.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"data directory {data_dir} is not a directory")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        try:
+            os.chmod(data_dir, 0o700)
+        except OSError:
+            raise ConfigError(
+                f"data directory {data_dir} is accessible by other users and cannot be "
+                f"restricted (chmod 700 {data_dir})"
+            ) from None
+        log.warning("restricted data directory %s to mode 0700", data_dir)
+    return data_dir
+
+
+def _check_kek_matches(store: KeyStore, audit: AuditLog) -> None:
+    """Refuse to start with a KEK that cannot read the stored keys or the audit head."""
+    held = {k.id for k in store.ring}
+    foreign = sorted(set(store.count_by_kek()) - held)
+    head = audit.head_kek_id()
+    if head is not None and head not in held:
+        foreign.append(f"{head} (audit log)")
+    if foreign:
+        raise ConfigError(
+            f"the database was written under {', '.join(foreign)}, but the KEK file is "
+            f"{store.ring.active.id}; start the KBS with the KEK file it was created with"
+        )
+
+
+class KbsState:
+    """Opened state of one KBS (one replica). Thread-safe; share it between requests."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        db: Database,
+        store: KeyStore,
+        keys: KeyService,
+        audit: AuditLog,
+        admin_key: SecretBytes,
+        clock: Clock,
+    ) -> None:
+        self.data_dir = data_dir
+        self.db = db
+        self.store = store
+        self.keys = keys
+        self.audit = audit
+        self.admin_key = admin_key
+        self.clock = clock
+
+    @classmethod
+    def open(
+        cls, data_dir: Path, *, database_url: str | None = None, clock: Clock | None = None
+    ) -> KbsState:
+        """Create or open the data directory, database, KEK and admin credential."""
+        clock = clock or SystemClock()
+        data_dir = ensure_data_dir(Path(data_dir))
+        kek_files = KekFiles(data_dir)
+        kek_files.ensure()
+        ring = KekRing(kek_files.load())
+        admin_key = ensure_admin_credential(data_dir)
+        db = Database(database_url or sqlite_url(data_dir))
+        db.create_all()
+        create_tables(db.engine)
+        store = KeyStore(db.begin, ring, clock=clock)
+        audit = AuditLog(db, lambda: store.ring, clock=clock)
+        keys = KeyService(store, audit, kek_files)
+        keys.finish_interrupted_rotation()
+        _check_kek_matches(store, audit)
+        audit.init_head()
+        log.info(
+            "KBS state opened: data dir %s, database %s, KEK %s",
+            data_dir,
+            "sqlite" if db.is_sqlite else "postgresql",
+            store.ring.active.id,
+        )
+        return cls(
+            data_dir=data_dir,
+            db=db,
+            store=store,
+            keys=keys,
+            audit=audit,
+            admin_key=admin_key,
+            clock=clock,
+        )
+
+    @property
+    def admin_credential_path(self) -> Path:
+        return self.data_dir / ADMIN_CREDENTIAL_FILE
+
+    def release(
+        self, resource_path: str, claims: Claims, *, token_id: str, requester: str
+    ) -> SecretBytes:
+        """Policy-checked, audited release of a DEK (raises PolicyDenied / KeyNotFound)."""
+        return release_key(
+            self.store,
+            self.audit,
+            resource_path,
+            claims,
+            token_id=token_id,
+            requester=requester,
+            now=self.clock.now(),
+        )
+
+    def release_for_transfer(
+        self, key_id: str, claims: Claims, *, requester: str, nonce_id: str
+    ) -> SecretBytes:
+        """The same release decision for the ITA/CNAP transfer endpoint."""
+        return release_key(
+            self.store,
+            self.audit,
+            key_id,
+            claims,
+            token_id=nonce_id,
+            requester=requester,
+            now=self.clock.now(),
+            action="key.transfer",
+        )
+
+    # --- ITA/CNAP transfer nonces (single-use, TTL, in the database) --------------------
+
+    def issue_transfer_nonce(
+        self, key_id: str, *, ttl: float = TRANSFER_NONCE_TTL
+    ) -> TransferNonce:
+        value = secrets.token_bytes(32)
+        now = self.clock.now()
+        with self.db.begin() as s:
+            s.execute(delete(TransferNonceRow).where(TransferNonceRow.expires_at <= now))
+            s.add(TransferNonceRow(nonce=value.hex(), key_id=key_id, expires_at=now + ttl))
+        return TransferNonce(value, key_id, now + ttl)
+
+    def consume_transfer_nonce(self, value: bytes, key_id: str) -> None:
+        """Delete the nonce; TokenError unless it existed, was unexpired and for ``key_id``."""
+        now = self.clock.now()
+        with self.db.begin() as s:
+            result = s.execute(
+                delete(TransferNonceRow).where(
+                    TransferNonceRow.nonce == value.hex(),
+                    TransferNonceRow.key_id == key_id,
+                    TransferNonceRow.expires_at > now,
+                )
+            )
+            used = getattr(result, "rowcount", 0)
+        if used != 1:
+            raise TokenError("unknown, expired or already used nonce")
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,339 @@
+"""Key store: data keys wrapped under the KEK, with their model digest, policy and state.
+
+Every DEK is wrapped by :class:`modelseal.crypto.kek.Kek` before it reaches SQL; the row
+records the KEK id so a rotation can re-wrap all rows in one transaction and a KBS that
+lacks the right KEK fails clearly instead of returning garbage. Policies are stored as
+opaque canonical JSON here (the policy package validates them); this module never logs or
+returns key bytes except through :meth:`KeyStore.load`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Literal
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from modelseal._internal.canonical import canonical_json
+from modelseal._internal.clock import Clock, SystemClock
+from modelseal.crypto.kek import Kek, KekRing
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import BackendError, ConfigError, DecryptionError, KeyNotFound
+from modelseal.keystore.paths import validate_key_id, validate_model_digest
+from modelseal.keystore.tables import KeyRow, KeystoreBase
+
+__all__ = [
+    "ACTIVE",
+    "DEK_SIZES",
+    "REVOKED",
+    "KeyConflict",
+    "KeyRecord",
+    "KeyStore",
+    "LoadedKey",
+    "create_tables",
+]
+
+ACTIVE: Literal["active"] = "active"
+REVOKED: Literal["revoked"] = "revoked"
+#: Accepted DEK lengths: AES-128/192/256 (CNAP models may use shorter keys); generate = 32.
+DEK_SIZES = (16, 24, 32)
+
+Begin = Callable[[], AbstractContextManager[Session]]
+
+
+class KeyConflict(ConfigError):
+    """The key id exists with different bytes or model digest, or is revoked (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """Metadata of a stored key: everything except the key bytes."""
+
+    key_id: str
+    state: str
+    kek_id: str
+    size: int
+    model_digest: str | None
+    policy_digest: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def of(cls, row: KeyRow) -> KeyRecord:
+        return cls(
+            key_id=row.key_id,
+            state=row.state,
+            kek_id=row.kek_id,
+            size=row.size,
+            model_digest=row.model_digest,
+            policy_digest=row.policy_digest,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    """A key read for release: its record, its DEK and its stored policy JSON (or None)."""
+
+    record: KeyRecord
+    dek: SecretBytes
+    policy_json: str | None
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the key-store tables (idempotent)."""
+    try:
+        KeystoreBase.metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        raise BackendError(f"database unavailable: {type(exc).__name__}") from exc
+
+
+def check_dek(dek: SecretBytes) -> None:
+    if len(dek) not in DEK_SIZES:
+        raise ConfigError(f"a data key must be 16, 24 or 32 bytes, not {len(dek)}")
+
+
+class KeyStore:
+    """CRUD on wrapped keys. ``begin`` opens one database transaction (``Database.begin``)."""
+
+    def __init__(self, begin: Begin, ring: KekRing, *, clock: Clock | None = None) -> None:
+        self._begin = begin
+        self.ring = ring
+        self._clock = clock or SystemClock()
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, key_id: str) -> KeyRecord:
+        validate_key_id(key_id)
+        with self._begin() as s:
+            return KeyRecord.of(self._row(s, key_id))
+
+    def list_keys(self, *, model_digest: str | None = None) -> list[KeyRecord]:
+        with self._begin() as s:
+            q = select(KeyRow).order_by(KeyRow.key_id)
+            if model_digest is not None:
+                q = q.where(KeyRow.model_digest == model_digest)
+            return [KeyRecord.of(r) for r in s.scalars(q)]
+
+    def get_policy(self, key_id: str) -> str | None:
+        validate_key_id(key_id)
+        with self._begin() as s:
+            row = self._row(s, key_id)
+            _check_mac(self.ring.get(row.kek_id), row)
+            return row.policy_json
+
+    def load(self, key_id: str) -> LoadedKey:
+        """Read and unwrap a key (any state; the caller enforces revocation)."""
+        validate_key_id(key_id)
+        for attempt in (1, 2):
+            with self._begin() as s:
+                row = self._row(s, key_id)
+                try:
+                    kek = self.ring.get(row.kek_id)
+                except ConfigError:
+                    # A rotation may have committed between our read and the ring swap.
+                    if attempt == 1:
+                        continue
+                    raise
+                _check_mac(kek, row)
+                record, wrapped, policy = KeyRecord.of(row), row.wrapped, row.policy_json
+            return LoadedKey(record, self._unwrap(kek, key_id, wrapped), policy)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def count_by_kek(self) -> dict[str, int]:
+        with self._begin() as s:
+            rows = s.execute(select(KeyRow.kek_id, func.count()).group_by(KeyRow.kek_id))
+            return {kek_id: int(n) for kek_id, n in rows}
+
+    # --- writes ------------------------------------------------------------------------
+
+    def put(
+        self,
+        key_id: str,
+        dek: SecretBytes | None,
+        *,
+        model_digest: str | None = None,
+        policy_json: str | None = None,
+        policy_digest: str | None = None,
+    ) -> tuple[KeyRecord, bool]:
+        """Store a new key (``dek`` None = generate 32 random bytes).
+
+        Re-putting the same bytes is idempotent (safe retries of ``publish``); different
+        bytes, a different model digest, a revoked id or ``generate`` on an existing id
+        raise :class:`KeyConflict`. Returns the record and whether it was created.
+        """
+        validate_key_id(key_id)
+        if model_digest is not None:
+            model_digest = validate_model_digest(model_digest)
+        generated = dek is None
+        if dek is None:
+            dek = SecretBytes(secrets.token_bytes(32))
+        check_dek(dek)
+        now = self._clock.now()
+        try:
+            with self._begin() as s:
+                row = s.get(KeyRow, key_id)
+                if row is None:
+                    kek = self.ring.active
+                    row = KeyRow(
+                        key_id=key_id,
+                        wrapped=kek.wrap(key_id, dek),
+                        kek_id=kek.id,
+                        state=ACTIVE,
+                        size=len(dek),
+                        model_digest=model_digest,
+                        policy_json=policy_json,
+                        policy_digest=policy_digest,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    _seal(kek, row)
+                    s.add(row)
+                    s.flush()
+                    return KeyRecord.of(row), True
+                self._check_same(row, key_id, dek, generated, model_digest)
+                if model_digest is not None:
+                    row.model_digest = model_digest
+                if policy_json is not None:
+                    row.policy_json, row.policy_digest = policy_json, policy_digest
+                row.updated_at = now
+                _seal(self.ring.get(row.kek_id), row)
+                s.flush()
+                return KeyRecord.of(row), False
+        finally:
+            if generated:
+                dek.wipe()
+
+    def _check_same(
+        self, row: KeyRow, key_id: str, dek: SecretBytes, generated: bool, model_digest: str | None
+    ) -> None:
+        if row.state != ACTIVE:
+            raise KeyConflict(f"key {key_id} is {row.state}; delete it before reusing the id")
+        if generated:
+            raise KeyConflict(f"key {key_id} already exists")
+        _check_mac(self.ring.get(row.kek_id), row)
+        existing = self._unwrap(self.ring.get(row.kek_id), key_id, row.wrapped)
+        try:
+            if existing != dek:
+                raise KeyConflict(f"key {key_id} already exists with different key bytes")
+        finally:
+            existing.wipe()
+        if model_digest is not None and row.model_digest not in (None, model_digest):
+            raise KeyConflict(f"key {key_id} is bound to a different model digest")
+
+    def set_policy(
+        self, key_id: str, policy_json: str | None, policy_digest: str | None
+    ) -> KeyRecord:
+        validate_key_id(key_id)
+        with self._begin() as s:
+            row = self._row(s, key_id)
+            _check_mac(self.ring.get(row.kek_id), row)
+            row.policy_json, row.policy_digest = policy_json, policy_digest
+            row.updated_at = self._clock.now()
+            _seal(self.ring.get(row.kek_id), row)
+            s.flush()
+            return KeyRecord.of(row)
+
+    def set_model_digest(self, key_id: str, model_digest: str | None) -> KeyRecord:
+        validate_key_id(key_id)
+        if model_digest is not None:
+            model_digest = validate_model_digest(model_digest)
+        with self._begin() as s:
+            row = self._row(s, key_id)
+            _check_mac(self.ring.get(row.kek_id), row)
+            row.model_digest = model_digest
+            row.updated_at = self._clock.now()
+            _seal(self.ring.get(row.kek_id), row)
+            s.flush()
+            return KeyRecord.of(row)
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        """Mark a key revoked: every later release is denied; the row stays for the audit."""
+        validate_key_id(key_id)
+        with self._begin() as s:
+            row = self._row(s, key_id)
+            row.state = REVOKED
+            row.updated_at = self._clock.now()
+            _seal(self.ring.get(row.kek_id), row)
+            s.flush()
+            return KeyRecord.of(row)
+
+    def delete(self, key_id: str) -> KeyRecord:
+        validate_key_id(key_id)
+        with self._begin() as s:
+            row = self._row(s, key_id)
+            record = KeyRecord.of(row)
+            s.delete(row)
+            return record
+
+    def rewrap_all(self, new: Kek) -> int:
+        """Re-wrap every key not already under ``new`` in ONE transaction.
+
+        Sealed models are untouched (their DEKs do not change). Unwrapping uses whichever
+        KEK of the ring each row names; if any row fails, nothing is committed.
+        """
+        count = 0
+        with self._begin() as s:
+            for row in s.scalars(select(KeyRow).where(KeyRow.kek_id != new.id)):
+                old = self.ring.get(row.kek_id)
+                _check_mac(old, row)
+                dek = self._unwrap(old, row.key_id, row.wrapped)
+                try:
+                    row.wrapped = new.wrap(row.key_id, dek)
+                finally:
+                    dek.wipe()
+                row.kek_id = new.id
+                _seal(new, row)
+                count += 1
+            s.flush()
+        return count
+
+    # --- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _row(s: Session, key_id: str) -> KeyRow:
+        row = s.get(KeyRow, key_id)
+        if row is None:
+            raise KeyNotFound(f"no key {key_id}")
+        return row
+
+    @staticmethod
+    def _unwrap(kek: Kek, key_id: str, wrapped: bytes) -> SecretBytes:
+        try:
+            return kek.unwrap(key_id, wrapped)
+        except DecryptionError:
+            raise DecryptionError(f"stored key {key_id} failed to unwrap under {kek.id}") from None
+
+
+_ROW_MAC = "key-row"
+
+
+def _row_mac(kek: Kek, row: KeyRow) -> str:
+    body = {
+        "key_id": row.key_id,
+        "kek_id": row.kek_id,
+        "state": row.state,
+        "size": row.size,
+        "model_digest": row.model_digest,
+        "policy_digest": row.policy_digest,
+        "policy_sha256": sha256(row.policy_json.encode()).hexdigest() if row.policy_json else None,
+        "wrapped_sha256": sha256(row.wrapped).hexdigest(),
+    }
+    return kek.mac(_ROW_MAC, canonical_json(body)).hex()
+
+
+def _seal(kek: Kek, row: KeyRow) -> None:
+    row.mac = _row_mac(kek, row)
+
+
+def _check_mac(kek: Kek, row: KeyRow) -> None:
+    if not hmac.compare_digest(row.mac or "", _row_mac(kek, row)):
+        raise DecryptionError(f"stored record of key {row.key_id} failed authentication")

@@ -1,0 +1,98 @@
+"""Evaluate a release policy against verified, typed claims. Default deny.
+
+Every rule is checked (no short-circuit) so the audit log records all reasons a request
+failed; the requester only ever learns "denied".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from modelseal.policy.document import TCB_CHECKED_TEES, ReleasePolicy
+from modelseal.protocol.claims import Claims
+
+__all__ = ["MODEL_DIGEST_CLAIM", "Decision", "evaluate"]
+
+#: init-data claim the loader's TEE carries to say which model it will load.
+MODEL_DIGEST_CLAIM = "model_digest"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome and why. ``reasons`` are for the audit log only."""
+
+    allowed: bool
+    reasons: tuple[str, ...]
+
+    @property
+    def verdict(self) -> str:
+        return "allow" if self.allowed else "deny"
+
+
+def evaluate(policy: ReleasePolicy | None, claims: Claims, *, now: float) -> Decision:
+    """Decide whether ``claims`` satisfy ``policy``; ``None`` (no policy) denies."""
+    if policy is None:
+        return Decision(False, ("no release policy is set for this key (default deny)",))
+    failures: list[str] = []
+    notes: list[str] = []
+
+    if claims.tee not in policy.tee:
+        failures.append(f"tee {claims.tee!r} is not in the allowed kinds {list(policy.tee)}")
+    if claims.tee == "sample" and not claims.insecure:
+        failures.append("sample evidence is accepted only by a KBS started insecure")
+
+    if claims.debug and not policy.debug:
+        failures.append("the TEE runs in debug mode and the policy does not allow debug")
+
+    if claims.tee in TCB_CHECKED_TEES:
+        if claims.tcb_status is None:
+            failures.append(f"the {claims.tee} verifier reported no TCB status")
+        elif claims.tcb_status not in policy.tcb_status:
+            failures.append(f"TCB status {claims.tcb_status!r} is not in {list(policy.tcb_status)}")
+
+    if policy.measurements is not None:
+        matched = _match_measurements(policy.measurements, claims, failures)
+        if matched is not None:
+            notes.append(f"measurements entry {matched} matched")
+
+    for key, want in policy.init_data.items():
+        got = claims.init_data.get(key)
+        if got is None:
+            failures.append(f"init_data claim {key!r} is missing")
+        elif got != want:
+            failures.append(f"init_data claim {key!r} is {got[:128]!r}, policy requires {want!r}")
+
+    if policy.model_digest is not None:
+        got = claims.init_data.get(MODEL_DIGEST_CLAIM)
+        if got is None:
+            failures.append(f"init_data claim {MODEL_DIGEST_CLAIM!r} is missing")
+        elif got.lower() != policy.model_digest:
+            failures.append(
+                f"attested model digest {got[:80]!r} is not the policy's {policy.model_digest}"
+            )
+
+    if policy.not_after is not None and now >= policy.not_after.timestamp():
+        when = policy.not_after.astimezone(UTC).isoformat()
+        failures.append(f"the policy expired at {when}")
+
+    if failures:
+        return Decision(False, tuple(failures))
+    at = datetime.fromtimestamp(now, UTC).isoformat()
+    return Decision(True, (f"all policy conditions met at {at}", *notes))
+
+
+def _match_measurements(
+    entries: tuple[dict[str, str], ...], claims: Claims, failures: list[str]
+) -> int | None:
+    """Index of the first entry whose every value equals the claim (hex, case-insensitive)."""
+    observed = {k.lower(): v.lower() for k, v in claims.measurements.items()}
+    misses: list[str] = []
+    for i, entry in enumerate(entries):
+        bad = [name for name, want in entry.items() if observed.get(name) != want]
+        if not bad:
+            return i
+        if len(misses) < 8:
+            misses.append(f"entry {i}: {', '.join(sorted(bad))}")
+    failures.append("no measurements entry matched (" + "; ".join(misses) + ")")
+    return None
