@@ -208,6 +208,48 @@ class Fetcher:
             except httpx.TransportError as exc:
                 raise _Retry(f"{type(exc).__name__} after {got} of {length} bytes") from exc
 
+    def read_head(self, url: str, length: int) -> tuple[bytes, int]:
+        """Up to ``length`` first bytes of a blob and the blob's total length.
+
+        One ranged GET serves both the header parse and the truncation check: the total
+        comes from ``Content-Range`` (or ``Content-Length`` of a 200).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._client.stream(
+                    "GET", url, headers={"Range": f"bytes=0-{length - 1}"}
+                ) as response:
+                    status = response.status_code
+                    if status == 206:
+                        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+                        if match is None or match.group(1) != "0" or match.group(3) == "*":
+                            raise BackendError(f"{url}: bad Content-Range in a 206 response")
+                        total = int(match.group(3))
+                    elif status == 200:
+                        try:
+                            total = int(response.headers["content-length"])
+                        except (KeyError, ValueError) as exc:
+                            raise BackendError(f"{url}: response without a length") from exc
+                    elif status == 416:
+                        return b"", 0
+                    else:
+                        raise _status_error(url, response, not_found=BlobNotFound)
+                    body = bytearray()
+                    for chunk in response.iter_raw():
+                        body += chunk
+                        if len(body) >= length:
+                            break
+                    want = min(length, total)
+                    if len(body) < want:
+                        raise _Retry("connection closed before the end of the range")
+                    return bytes(body[:want]), total
+            except _Retry as exc:
+                self._backoff(url, attempt, exc.reason)
+            except httpx.TransportError as exc:
+                self._backoff(url, attempt, type(exc).__name__)
+
     def size(self, url: str) -> int:
         """Blob length from ``HEAD`` (retried like every request)."""
         attempt = 0

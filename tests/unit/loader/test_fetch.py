@@ -116,3 +116,15 @@ def test_backoff_is_bounded_and_jittered() -> None:
     delays = [policy.delay(a) for a in range(1, 10) for _ in range(20)]
     assert all(0.0 <= d <= 2.0 for d in delays)
     assert len(set(delays)) > 10
+
+
+def test_read_head_returns_total(blob_server: BlobServer) -> None:
+    blob_server.blobs["/b"] = BLOB
+    blob_server.blobs["/small"] = b"abc"
+    blob_server.blobs["/empty"] = b""
+    with _fetcher() as f:
+        assert f.read_head(blob_server.url + "/b", 100) == (BLOB[:100], len(BLOB))
+        assert f.read_head(blob_server.url + "/small", 100) == (b"abc", 3)
+        assert f.read_head(blob_server.url + "/empty", 100) == (b"", 0)
+        blob_server.faults.ignore_range = True
+        assert f.read_head(blob_server.url + "/b", 100) == (BLOB[:100], len(BLOB))
