@@ -1,0 +1,101 @@
+"""The one interface every sealed-blob store implements (local directory, S3).
+
+Blobs are ciphertext only (the registry never sees a key). Keys are ``/``-separated relative
+paths of validated segments (``modelseal.protocol.model_info.check_relpath``). Every
+operation streams: ``put`` consumes an async iterator of chunks and hashes while writing;
+``open_range`` yields chunks of at most ``chunk_size`` bytes, so memory stays constant in the
+size of the blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Final, Protocol, runtime_checkable
+
+from modelseal.errors import ConfigError
+from modelseal.protocol.model_info import check_relpath
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "BlobInfo",
+    "BlobStore",
+    "BlobTooLarge",
+    "DigestMismatch",
+    "check_key",
+]
+
+#: 1 MiB: large enough to amortise per-chunk costs, small enough for constant memory.
+DEFAULT_CHUNK: Final = 1 << 20
+
+
+class BlobTooLarge(ConfigError):
+    """An upload exceeded the store's size limit; nothing was stored."""
+
+
+class DigestMismatch(ConfigError):
+    """An upload's SHA-256 differs from the digest its sender announced; nothing was stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What a store knows about one stored blob."""
+
+    key: str
+    size: int
+    #: SHA-256 (lower hex) of the stored bytes, computed while they were written
+    sha256: str
+    #: store-specific identity of this exact object (local: sha256; S3: the object's ETag);
+    #: ``open_range`` reads this object or fails, never a newer one with the same key
+    version: str
+
+    @property
+    def etag(self) -> str:
+        """Strong HTTP entity tag: the quoted SHA-256."""
+        return f'"{self.sha256}"'
+
+
+def check_key(key: str) -> str:
+    """Validate a blob key (a relative path of safe segments) or raise ``ConfigError``."""
+    return check_relpath(key, what="blob key")
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Streaming blob storage. Implementations raise ``BlobNotFound`` for missing keys and
+    ``BackendError`` for storage failures; they never hold a whole blob in memory."""
+
+    async def put(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int | None = None,
+        expected_sha256: str | None = None,
+    ) -> BlobInfo:
+        """Store the streamed bytes under ``key``, replacing it atomically (readers see the old
+        or the new blob, never a mix). Raises ``BlobTooLarge`` / ``DigestMismatch`` and then
+        stores nothing."""
+        ...
+
+    async def stat(self, key: str) -> BlobInfo:
+        """Size, digest and identity of ``key``; ``BlobNotFound`` when absent."""
+        ...
+
+    def open_range(
+        self, info: BlobInfo, start: int, end: int, *, chunk_size: int = DEFAULT_CHUNK
+    ) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` of the object ``info`` describes, in chunks."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; ``BlobNotFound`` when absent."""
+        ...
+
+    def list_blobs(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        """Every blob whose key starts with ``prefix`` (a key path prefix, e.g. ``m/v1/``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients and threads."""
+        ...

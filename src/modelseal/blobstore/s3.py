@@ -1,0 +1,319 @@
+"""S3-compatible blob store (boto3; AWS S3, Ceph RGW, ...), for scale-out registries.
+
+Layout under ``s3://bucket/prefix``::
+
+    <prefix>/blobs/<key>        the sealed bytes (multipart upload, ranged GetObject)
+    <prefix>/meta/<key>.json    {"size", "sha256", "etag"}: written after the blob
+
+Uploads stream as multipart parts of ``part_size`` bytes while hashing, so memory stays at
+one part; the digest is checked *before* the upload is completed, so a mismatch or an
+oversize body never replaces the stored blob. A ranged read carries ``If-Match`` with the
+object ETag recorded in the metadata, so a read never mixes two versions of a key. boto3 is
+synchronous: every call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import anyio.to_thread
+
+from modelseal.blobstore.base import (
+    DEFAULT_CHUNK,
+    BlobInfo,
+    BlobTooLarge,
+    DigestMismatch,
+    check_key,
+)
+from modelseal.errors import BackendError, BlobNotFound, ConfigError, TransientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["S3BlobStore"]
+
+T = TypeVar("T")
+
+#: 8 MiB parts: above S3's 5 MiB minimum, and the most memory one upload holds.
+DEFAULT_PART_SIZE = 8 << 20
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_CHANGED = {"PreconditionFailed", "412"}
+
+
+class S3BlobStore:
+    """Blobs in an S3 bucket under a key prefix."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> None:
+        if part_size < 5 << 20:
+            raise ConfigError("S3 multipart parts must be at least 5 MiB")
+        self._client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.part_size = part_size
+
+    @classmethod
+    def from_url(cls, url: str) -> S3BlobStore:
+        """``s3://bucket/prefix?endpoint=http://host:port&region=us-east-1``.
+
+        Credentials come from boto3's usual chain (environment, config files, instance
+        role); a URL never carries them.
+        """
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:
+            raise ConfigError("the S3 blob store needs the 's3' extra (boto3)") from exc
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ConfigError(f"not an s3://bucket URL: {url!r}")
+        if parts.username or parts.password:
+            raise ConfigError("put S3 credentials in the environment, not in the URL")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"endpoint", "region"}
+        if unknown:
+            raise ConfigError(f"unknown s3 URL parameter(s): {', '.join(sorted(unknown))}")
+        endpoint = query.get("endpoint")
+        config = Config(
+            retries={"max_attempts": 5, "mode": "standard"},
+            max_pool_connections=32,
+            s3={"addressing_style": "path" if endpoint else "auto"},
+            signature_version="s3v4",
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=query.get("region", "us-east-1"),
+            config=config,
+        )
+        return cls(client, parts.netloc, parts.path)
+
+    def __repr__(self) -> str:
+        return f"S3BlobStore(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def _data_key(self, key: str) -> str:
+        return self._join("blobs", check_key(key))
+
+    def _meta_key(self, key: str) -> str:
+        return self._join("meta", check_key(key) + ".json")
+
+    def _join(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        def run() -> T:
+            return fn(*args, **kwargs)
+
+        try:
+            return await anyio.to_thread.run_sync(run)
+        except Exception as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    # -- put ---------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int | None = None,
+        expected_sha256: str | None = None,
+    ) -> BlobInfo:
+        data_key = self._data_key(key)
+        meta_key = self._meta_key(key)
+        hasher = hashlib.sha256()
+        size = 0
+        buf = bytearray()
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        completed = False
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if max_size is not None and size > max_size:
+                    raise BlobTooLarge(f"blob larger than the limit of {max_size} bytes")
+                hasher.update(chunk)
+                buf += chunk
+                while len(buf) >= self.part_size:
+                    if upload_id is None:
+                        created = await self._call(
+                            self._client.create_multipart_upload,
+                            Bucket=self.bucket,
+                            Key=data_key,
+                            ContentType="application/octet-stream",
+                        )
+                        upload_id = created["UploadId"]
+                    body = bytes(buf[: self.part_size])
+                    del buf[: self.part_size]
+                    number = len(parts) + 1
+                    res = await self._call(
+                        self._client.upload_part,
+                        Bucket=self.bucket,
+                        Key=data_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                    )
+                    parts.append({"PartNumber": number, "ETag": res["ETag"]})
+            sha = hasher.hexdigest()
+            if expected_sha256 is not None and expected_sha256.lower() != sha:
+                raise DigestMismatch("uploaded bytes do not match the announced SHA-256")
+            if upload_id is None:
+                put = await self._call(
+                    self._client.put_object,
+                    Bucket=self.bucket,
+                    Key=data_key,
+                    Body=bytes(buf),
+                    ContentType="application/octet-stream",
+                )
+                etag = put["ETag"]
+            else:
+                if buf:
+                    number = len(parts) + 1
+                    res = await self._call(
+                        self._client.upload_part,
+                        Bucket=self.bucket,
+                        Key=data_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=bytes(buf),
+                    )
+                    parts.append({"PartNumber": number, "ETag": res["ETag"]})
+                done = await self._call(
+                    self._client.complete_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=data_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+                etag = done["ETag"]
+            completed = True
+            buf.clear()
+            meta = json.dumps({"size": size, "sha256": sha, "etag": etag}).encode("utf-8")
+            await self._call(
+                self._client.put_object,
+                Bucket=self.bucket,
+                Key=meta_key,
+                Body=meta,
+                ContentType="application/json",
+            )
+            return BlobInfo(key=key, size=size, sha256=sha, version=etag)
+        finally:
+            if upload_id is not None and not completed:
+                with contextlib.suppress(BackendError):
+                    await self._call(
+                        self._client.abort_multipart_upload,
+                        Bucket=self.bucket,
+                        Key=data_key,
+                        UploadId=upload_id,
+                    )
+
+    # -- read --------------------------------------------------------------------------------
+
+    async def stat(self, key: str) -> BlobInfo:
+        meta_key = self._meta_key(key)
+        try:
+            obj = await self._call(self._client.get_object, Bucket=self.bucket, Key=meta_key)
+            raw = await self._call(obj["Body"].read)
+        except BlobNotFound:
+            raise BlobNotFound(f"no blob {key!r}") from None
+        try:
+            data = json.loads(raw)
+            size, sha, etag = data["size"], data["sha256"], data["etag"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"corrupt blob metadata for {key!r}") from exc
+        if not isinstance(size, int) or not isinstance(sha, str) or not isinstance(etag, str):
+            raise BackendError(f"corrupt blob metadata for {key!r}")
+        return BlobInfo(key=key, size=size, sha256=sha, version=etag)
+
+    async def open_range(
+        self, info: BlobInfo, start: int, end: int, *, chunk_size: int = DEFAULT_CHUNK
+    ) -> AsyncIterator[bytes]:
+        if not 0 <= start <= end <= info.size:
+            raise ConfigError(f"range [{start}, {end}) outside blob of {info.size} bytes")
+        if start == end:
+            return
+        obj = await self._call(
+            self._client.get_object,
+            Bucket=self.bucket,
+            Key=self._data_key(info.key),
+            Range=f"bytes={start}-{end - 1}",
+            IfMatch=info.version,
+        )
+        body = obj["Body"]
+        try:
+            remaining = end - start
+            while remaining > 0:
+                data: bytes = await self._call(body.read, min(chunk_size, remaining))
+                if not data:
+                    raise TransientError(f"blob {info.key!r} ended early")
+                remaining -= len(data)
+                yield data
+        finally:
+            body.close()
+
+    async def list_blobs(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        meta_root = self._join("meta") + "/"
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": meta_root + prefix}
+            if token is not None:
+                kwargs["ContinuationToken"] = token
+            page = await self._call(self._client.list_objects_v2, **kwargs)
+            for item in page.get("Contents", []):
+                name = item["Key"][len(meta_root) :]
+                if not name.endswith(".json"):
+                    continue
+                try:
+                    yield await self.stat(name[: -len(".json")])
+                except (BlobNotFound, ConfigError):
+                    continue
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    async def delete(self, key: str) -> None:
+        await self.stat(key)
+        await self._call(self._client.delete_object, Bucket=self.bucket, Key=self._meta_key(key))
+        await self._call(self._client.delete_object, Bucket=self.bucket, Key=self._data_key(key))
+
+    async def aclose(self) -> None:
+        await self._call(self._client.close)
+
+
+def _translate(exc: Exception) -> Exception:
+    """boto errors -> modelseal errors (messages carry codes, never request contents)."""
+    from botocore import exceptions as boto_exc
+
+    if isinstance(exc, boto_exc.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _NOT_FOUND:
+            return BlobNotFound("no such blob")
+        if code in _CHANGED:
+            return TransientError("blob changed while it was being read; retry")
+        if status >= 500 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
+            return TransientError(f"S3 error {code or status}")
+        return BackendError(f"S3 error {code or status}")
+    if isinstance(
+        exc,
+        boto_exc.EndpointConnectionError | boto_exc.ConnectionError | boto_exc.ReadTimeoutError,
+    ):
+        return TransientError("cannot reach the S3 endpoint")
+    if isinstance(exc, boto_exc.BotoCoreError):
+        return BackendError(f"S3 client error: {type(exc).__name__}")
+    return exc

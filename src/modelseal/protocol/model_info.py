@@ -1,0 +1,271 @@
+"""Registry wire models: the CNAP model-info JSON plus modelseal's fields (CONTRACTS seam 4).
+
+``ModelInfo`` is what ``GET /models/{id}`` returns and what the loader reads. Its first eleven
+fields are exactly CNAP's model-info object (``cnap-ccnp.md`` §a.2), so a CNAP client can use a
+modelseal registry; the modelseal fields (``format``, ``model_digest``, ``manifest_url``,
+``files``) default to the values of a plain CNAP record, so the loader can read a CNAP
+model-info server with the same model. Unknown fields are ignored on read (another server may
+add its own), but every name used to build a path is validated here, once, for every party:
+a malicious registry must not be able to make the loader write outside its destination.
+
+``ModelRegistration`` is the body of ``PUT /models/{id}/versions/{v}`` (publish -> registry):
+it names blobs relative to the model version, never absolute URLs, so the registry can build
+URLs for whatever host name it is reached by.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from modelseal.errors import ConfigError
+
+__all__ = [
+    "FORMAT_CNAP",
+    "FORMAT_V1",
+    "KBS_CNAP",
+    "KBS_TRUSTEE",
+    "MANIFEST_PATH",
+    "BlobPath",
+    "FileInfo",
+    "FileRecord",
+    "ModelInfo",
+    "ModelList",
+    "ModelName",
+    "ModelRecord",
+    "ModelRegistration",
+    "blob_key",
+    "check_name",
+    "check_relpath",
+]
+
+FORMAT_V1: Final = "modelseal/v1"
+FORMAT_CNAP: Final = "cnap"
+#: ``kbs`` value: a Trustee-compatible KBS (RCAR, protocol 0.4); ``kbs_url`` is its base URL
+#: and ``key_id`` the resource path ``repo/type/tag``.
+KBS_TRUSTEE: Final = "trustee"
+#: ``kbs`` value CNAP clients understand: ``kbs_url`` is the full key-transfer POST URL.
+KBS_CNAP: Final = "simple_kbs"
+#: Plaintext path of the sealed manifest inside a modelseal/v1 model.
+MANIFEST_PATH: Final = "modelseal-manifest.json"
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_SEGMENT: Final = 255
+MAX_PATH: Final = 1024
+MAX_DEPTH: Final = 32
+MAX_FILES: Final = 100_000
+
+
+def check_name(value: str, *, what: str = "name") -> str:
+    """One model id / version / path segment: ``[A-Za-z0-9_][A-Za-z0-9_.-]*``, ≤ 255 chars.
+
+    The first character can be neither ``.`` nor ``-``, which rules out ``.``, ``..``, hidden
+    files and option-like names in one rule.
+    """
+    if not isinstance(value, str) or len(value) > MAX_SEGMENT or not _SEGMENT.fullmatch(value):
+        raise ConfigError(f"invalid {what} {value!r}: expected [A-Za-z0-9_][A-Za-z0-9_.-]*")
+    return value
+
+
+def check_relpath(value: str, *, what: str = "path") -> str:
+    """A relative POSIX path of valid segments: no ``..``, no absolute, no empty segment."""
+    if not isinstance(value, str) or not value or len(value) > MAX_PATH:
+        raise ConfigError(f"invalid {what} {value!r}: empty or longer than {MAX_PATH}")
+    parts = value.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(f"invalid {what} {value!r}: deeper than {MAX_DEPTH}")
+    for part in parts:
+        try:
+            check_name(part)
+        except ConfigError:
+            raise ConfigError(
+                f"invalid {what} {value!r}: each segment must match [A-Za-z0-9_][A-Za-z0-9_.-]*"
+            ) from None
+    return value
+
+
+def blob_key(model_id: str, version: str, path: str) -> str:
+    """The blob-store key of a model file: ``<model_id>/<version>/<path>``, validated."""
+    check_name(model_id, what="model id")
+    check_name(version, what="version")
+    check_relpath(path, what="blob path")
+    return f"{model_id}/{version}/{path}"
+
+
+def _pyd_name(value: str) -> str:
+    try:
+        return check_name(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _pyd_path(value: str) -> str:
+    try:
+        return check_relpath(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: A validated model id or version (one segment).
+ModelName = Annotated[str, AfterValidator(_pyd_name)]
+#: A validated relative path (plaintext file path or blob path).
+BlobPath = Annotated[str, AfterValidator(_pyd_path)]
+Sha256Hex = Annotated[str, Field(pattern=_SHA256_HEX.pattern)]
+ModelDigest = Annotated[str, Field(pattern=_DIGEST.pattern)]
+ShortText = Annotated[str, Field(max_length=256)]
+Url = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class FileInfo(BaseModel):
+    """One sealed file of a model as the loader sees it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: plaintext relative path inside the model (where the loader writes it)
+    path: BlobPath
+    #: absolute URL of the sealed blob (GET with Range)
+    url: Url
+    #: exact length of the sealed blob in bytes
+    sealed_size: int = Field(ge=0)
+    #: SHA-256 (hex) of the sealed blob, also its ETag; null on servers that do not know it
+    sha256: Sha256Hex | None = None
+
+
+class ModelInfo(BaseModel):
+    """``GET /models/{id}``: CNAP model-info fields first, then modelseal's."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=MAX_SEGMENT)]
+    framework: ShortText | None = None
+    target: ShortText | None = None
+    #: CNAP: URL of the (single) sealed file; for a multi-file model the model root URL
+    url: Url
+    name: ShortText | None = None
+    version: ShortText | None = None
+    dtype: ShortText | None = None
+    #: CNAP clients decrypt only when this is literally ``true``
+    encrypted: bool = False
+    #: ``"trustee"`` (RCAR, ``kbs_url`` = base URL) or ``"simple_kbs"`` (CNAP transfer URL)
+    kbs: ShortText | None = None
+    kbs_url: Url | None = None
+    #: KBS resource path of the data key (``models/<id>/<version>`` by default)
+    key_id: Annotated[str, Field(max_length=MAX_PATH)] | None = None
+    format: Literal["modelseal/v1", "cnap"] = FORMAT_CNAP
+    #: ``"sha256:" + hex(SHA-256(plaintext manifest bytes))``; null for cnap
+    model_digest: ModelDigest | None = None
+    #: absolute URL of the sealed manifest blob; null for cnap
+    manifest_url: Url | None = None
+    files: Annotated[list[FileInfo], Field(max_length=MAX_FILES)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelInfo:
+        if self.format == FORMAT_V1:
+            if self.model_digest is None or self.manifest_url is None or not self.files:
+                raise ValueError("modelseal/v1 model info needs model_digest, manifest_url, files")
+            if not self.encrypted:
+                raise ValueError("modelseal/v1 model info must be encrypted")
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("duplicate file path in model info")
+        return self
+
+
+class ModelList(BaseModel):
+    """``GET /models``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    models: list[ModelInfo]
+
+
+class FileRecord(BaseModel):
+    """One sealed file in a registration: its plaintext path and its blob."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: plaintext relative path (for the manifest: ``modelseal-manifest.json``)
+    path: BlobPath
+    #: blob path relative to ``/blobs/<id>/<version>/`` (e.g. ``weights.safetensors.sealed``)
+    blob: BlobPath
+    sealed_size: int = Field(ge=0)
+    #: SHA-256 (hex) of the sealed blob; the registry checks it against the stored blob
+    sha256: Sha256Hex
+
+
+class ModelRegistration(BaseModel):
+    """Body of ``PUT /models/{id}/versions/{version}`` (sent by ``modelseal publish``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["modelseal/v1", "cnap"] = FORMAT_V1
+    name: ShortText | None = None
+    framework: ShortText | None = None
+    target: ShortText | None = None
+    dtype: ShortText | None = None
+    kbs: ShortText
+    kbs_url: Url
+    key_id: Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+    model_digest: ModelDigest | None = None
+    manifest: FileRecord | None = None
+    files: Annotated[list[FileRecord], Field(min_length=1, max_length=MAX_FILES)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelRegistration:
+        if self.format == FORMAT_V1 and (self.manifest is None or self.model_digest is None):
+            raise ValueError("a modelseal/v1 registration needs manifest and model_digest")
+        if self.format == FORMAT_CNAP and self.manifest is not None:
+            raise ValueError("a cnap registration has no manifest")
+        blobs = [f.blob for f in self.all_files()]
+        paths = [f.path for f in self.files]
+        if len(set(blobs)) != len(blobs) or len(set(paths)) != len(paths):
+            raise ValueError("duplicate path or blob in registration")
+        return self
+
+    def all_files(self) -> list[FileRecord]:
+        """Data files plus the manifest (if any): every blob the record references."""
+        return [*self.files, *([self.manifest] if self.manifest is not None else [])]
+
+
+class ModelRecord(BaseModel):
+    """What the registry stores per model version: the registration plus identity and time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: ModelName
+    version: ModelName
+    registered_at: float
+    #: monotonic per registry: orders versions when times tie
+    sequence: int = Field(ge=0)
+    registration: ModelRegistration
+
+    def to_info(self, base_url: str) -> ModelInfo:
+        """Build the wire model with absolute URLs under ``base_url`` (no trailing slash)."""
+        reg = self.registration
+        root = f"{base_url.rstrip('/')}/blobs/{self.id}/{self.version}/"
+        files = [
+            FileInfo(path=f.path, url=root + f.blob, sealed_size=f.sealed_size, sha256=f.sha256)
+            for f in reg.files
+        ]
+        data: dict[str, Any] = {
+            "id": self.id,
+            "framework": reg.framework,
+            "target": reg.target,
+            "url": files[0].url if len(files) == 1 else root,
+            "name": reg.name if reg.name is not None else self.id,
+            "version": self.version,
+            "dtype": reg.dtype,
+            "encrypted": True,
+            "kbs": reg.kbs,
+            "kbs_url": reg.kbs_url,
+            "key_id": reg.key_id,
+            "format": reg.format,
+            "model_digest": reg.model_digest,
+            "manifest_url": root + reg.manifest.blob if reg.manifest is not None else None,
+            "files": files,
+        }
+        return ModelInfo.model_validate(data)

@@ -1,0 +1,41 @@
+"""Run the registry under uvicorn (one process; the blob store streams, so one is plenty)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from modelseal.blobstore.factory import open_blob_store
+from modelseal.registry.app import create_app
+from modelseal.registry.settings import RegistrySettings
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: RegistrySettings) -> None:
+    """Serve until interrupted. Prints where the upload token lives, never the token."""
+    store = open_blob_store(settings.blob_store_url, default_root=settings.blob_root)
+    app = create_app(settings, store)
+    scheme = "https" if settings.tls_cert else "http"
+    log.warning(
+        "modelseal registry on %s://%s:%d, blobs in %r, upload token in %s",
+        scheme,
+        settings.host,
+        settings.port,
+        store,
+        settings.upload_token_path,
+    )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,248 @@
+"""The registry as a real uvicorn server on 127.0.0.1 (``modelseal registry serve``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
+
+
+@dataclass
+class RegistryServer:
+    """A ``modelseal registry serve`` subprocess and what a client needs to talk to it."""
+
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "upload-token").read_text().strip()
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_registry(data_dir: Path, *extra: str, port: int | None = None) -> RegistryServer:
+    """Start ``modelseal registry serve`` and wait until /healthz answers."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [*CLI, "registry", "serve", "--data-dir", str(data_dir), "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"registry exited with {proc.returncode}: {err}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return RegistryServer(url=url, data_dir=data_dir, proc=proc)
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("registry did not start")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    server = start_registry(tmp_path_factory.mktemp("registry") / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def blob(registry: RegistryServer) -> tuple[str, bytes]:
+    data = os.urandom(3 * (1 << 20) + 12345)
+    r = httpx.put(f"{registry.url}/blobs/m/v1/w.sealed", content=data, headers=registry.auth())
+    assert r.status_code == 201, r.text
+    return f"{registry.url}/blobs/m/v1/w.sealed", data
+
+
+def test_upload_needs_the_token(registry: RegistryServer) -> None:
+    url = f"{registry.url}/blobs/m/v1/x"
+    assert httpx.put(url, content=b"x").status_code == 401
+    assert httpx.put(url, content=b"x", headers={"Authorization": "Bearer no"}).status_code == 401
+    assert httpx.head(url).status_code == 404
+
+
+def test_head_and_etag(blob: tuple[str, bytes]) -> None:
+    url, data = blob
+    r = httpx.head(url)
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(len(data))
+    assert r.headers["accept-ranges"] == "bytes"
+    assert r.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert r.content == b""
+    full = httpx.get(url)
+    assert full.content == data
+    assert full.headers["etag"] == r.headers["etag"]
+    assert httpx.get(url, headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "end"),
+    [
+        ("bytes=0-0", 0, 1),
+        ("bytes=0-1048575", 0, 1 << 20),
+        ("bytes=1048576-", 1 << 20, None),
+        ("bytes=-1", -1, None),
+        ("bytes=-100000", -100000, None),
+        ("bytes=3000000-99999999", 3000000, None),
+        ("bytes=-99999999", 0, None),
+    ],
+)
+def test_ranges(blob: tuple[str, bytes], header: str, start: int, end: int | None) -> None:
+    url, data = blob
+    r = httpx.get(url, headers={"Range": header})
+    want = data[start:end]
+    assert r.status_code == 206
+    assert r.content == want
+    assert r.headers["content-length"] == str(len(want))
+    first = start if start >= 0 else len(data) + start
+    assert r.headers["content-range"] == f"bytes {first}-{first + len(want) - 1}/{len(data)}"
+
+
+@pytest.mark.parametrize("header", ["bytes=99999999-", "bytes=-0", "bytes=5-4", "bytes=x-"])
+def test_unsatisfiable_ranges(blob: tuple[str, bytes], header: str) -> None:
+    url, data = blob
+    r = httpx.get(url, headers={"Range": header})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == f"bytes */{len(data)}"
+
+
+def test_range_at_exact_end_is_416(blob: tuple[str, bytes]) -> None:
+    url, data = blob
+    r = httpx.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert r.status_code == 416
+    r = httpx.get(url, headers={"Range": f"bytes={len(data) - 1}-"})
+    assert r.status_code == 206
+    assert r.content == data[-1:]
+
+
+def test_concurrent_ranged_downloads(blob: tuple[str, bytes]) -> None:
+    """16 parallel clients fetch disjoint and overlapping ranges; every byte is right."""
+    url, data = blob
+    step = 256 * 1024
+    spans = [(i, min(len(data), i + step + 17)) for i in range(0, len(data), step)]
+
+    def fetch(span: tuple[int, int]) -> bytes:
+        with httpx.Client(timeout=30) as c:
+            return c.get(url, headers={"Range": f"bytes={span[0]}-{span[1] - 1}"}).content
+
+    with ThreadPoolExecutor(16) as pool:
+        parts = list(pool.map(fetch, spans))
+    for (s, e), part in zip(spans, parts, strict=True):
+        assert part == data[s:e]
+    with ThreadPoolExecutor(4) as pool:
+        fulls = list(pool.map(lambda _: httpx.get(url, timeout=30).content, range(4)))
+    assert all(f == data for f in fulls)
+
+
+def test_streamed_upload_and_download_in_constant_memory(registry: RegistryServer) -> None:
+    """256 MiB through the server raises its peak RSS by far less than the blob size."""
+    size = 256 << 20
+    block = os.urandom(1 << 20)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(size // len(block)):
+            yield block
+
+    def peak_rss() -> int:
+        status = Path(f"/proc/{registry.proc.pid}/status").read_text()
+        line = next(ln for ln in status.splitlines() if ln.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+
+    before = peak_rss()
+    url = f"{registry.url}/blobs/big/v1/w.sealed"
+    r = httpx.put(url, content=body(), headers=registry.auth(), timeout=120)
+    assert r.status_code == 201, r.text
+    expect = hashlib.sha256()
+    for _ in range(size // len(block)):
+        expect.update(block)
+    assert r.json()["sha256"] == expect.hexdigest()
+    got = hashlib.sha256()
+    n = 0
+    with httpx.stream("GET", url, timeout=120) as resp:
+        for chunk in resp.iter_bytes():
+            got.update(chunk)
+            n += len(chunk)
+    assert n == size
+    assert got.hexdigest() == expect.hexdigest()
+    assert peak_rss() - before < 64 << 20
+
+
+def test_model_info_over_http(registry: RegistryServer, blob: tuple[str, bytes]) -> None:
+    url, data = blob
+    r = httpx.put(
+        f"{registry.url}/models/m/versions/v1",
+        headers=registry.auth(),
+        json={
+            "format": "cnap",
+            "framework": "tensorflow",
+            "kbs": "simple_kbs",
+            "kbs_url": "http://127.0.0.1:9/kbs/v1/keys/k/transfer",
+            "key_id": "k",
+            "files": [
+                {
+                    "path": "w",
+                    "blob": "w.sealed",
+                    "sealed_size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            ],
+        },
+    )
+    assert r.status_code == 201, r.text
+    info = httpx.get(f"{registry.url}/models/m").json()
+    assert info["url"] == url
+    assert info["encrypted"] is True
+    assert info["format"] == "cnap"
+    # the version is now immutable
+    assert httpx.put(url, content=b"x", headers=registry.auth()).status_code == 409
+
+
+def test_restart_keeps_records_and_token(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "d")
+    token = server.token
+    try:
+        r = httpx.put(f"{server.url}/blobs/a/b/c", content=b"hello", headers=server.auth())
+        assert r.status_code == 201
+    finally:
+        server.stop()
+    again = start_registry(tmp_path / "d")
+    try:
+        assert again.token == token
+        assert httpx.get(f"{again.url}/blobs/a/b/c").content == b"hello"
+    finally:
+        again.stop()

@@ -1,0 +1,207 @@
+"""Model-info wire models and the name/path validation every party relies on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from modelseal.errors import ConfigError
+from modelseal.protocol.model_info import (
+    FORMAT_CNAP,
+    FORMAT_V1,
+    KBS_TRUSTEE,
+    FileRecord,
+    ModelInfo,
+    ModelRecord,
+    ModelRegistration,
+    blob_key,
+    check_name,
+    check_relpath,
+)
+
+SHA = "ab" * 32
+DIGEST = "sha256:" + "cd" * 32
+
+
+@pytest.mark.parametrize("name", ["a", "llama3-8b", "v1.2.3", "_x", "0", "A_b.c-d"])
+def test_valid_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", ".hidden", "-opt", "a/b", "a b", "é", "a\x00", "x" * 256]
+)
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(ConfigError):
+        check_name(name)
+
+
+@pytest.mark.parametrize("path", ["a", "a/b.sealed", "tok/vocab.json", "/".join(["d"] * 32)])
+def test_valid_paths(path: str) -> None:
+    assert check_relpath(path) == path
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["", "/abs", "a/../b", "..", "a//b", "a/", "./a", "a/./b", "a\\b", "/".join(["d"] * 33)],
+)
+def test_invalid_paths(path: str) -> None:
+    with pytest.raises(ConfigError):
+        check_relpath(path)
+
+
+@given(st.text(max_size=40))
+def test_relpath_never_escapes(text: str) -> None:
+    """Whatever passes validation stays strictly inside the directory it is joined to."""
+    try:
+        check_relpath(text)
+    except ConfigError:
+        return
+    parts = text.split("/")
+    assert all(p not in ("", ".", "..") and not p.startswith(("/", ".")) for p in parts)
+    assert "\\" not in text
+    assert "\x00" not in text
+
+
+def test_blob_key() -> None:
+    assert blob_key("m", "v1", "a/b.sealed") == "m/v1/a/b.sealed"
+    with pytest.raises(ConfigError):
+        blob_key("m", "..", "a")
+
+
+def _registration(**over: object) -> ModelRegistration:
+    data: dict[str, object] = {
+        "format": FORMAT_V1,
+        "framework": "safetensors",
+        "kbs": KBS_TRUSTEE,
+        "kbs_url": "http://127.0.0.1:8080",
+        "key_id": "models/m/v1",
+        "model_digest": DIGEST,
+        "manifest": {
+            "path": "modelseal-manifest.json",
+            "blob": "modelseal-manifest.json.sealed",
+            "sealed_size": 300,
+            "sha256": SHA,
+        },
+        "files": [
+            {
+                "path": "w.safetensors",
+                "blob": "w.safetensors.sealed",
+                "sealed_size": 10,
+                "sha256": SHA,
+            }
+        ],
+    }
+    data.update(over)
+    return ModelRegistration.model_validate(data)
+
+
+def test_record_to_info_builds_cnap_fields_and_urls() -> None:
+    record = ModelRecord(
+        id="m", version="v1", registered_at=1.0, sequence=0, registration=_registration()
+    )
+    info = record.to_info("http://reg:8090/")
+    doc = info.model_dump(mode="json")
+    assert list(doc)[:11] == [
+        "id", "framework", "target", "url", "name", "version", "dtype",
+        "encrypted", "kbs", "kbs_url", "key_id",
+    ]  # fmt: skip
+    assert doc["encrypted"] is True
+    assert doc["url"] == "http://reg:8090/blobs/m/v1/w.safetensors.sealed"
+    assert doc["manifest_url"] == "http://reg:8090/blobs/m/v1/modelseal-manifest.json.sealed"
+    assert doc["files"] == [
+        {
+            "path": "w.safetensors",
+            "url": "http://reg:8090/blobs/m/v1/w.safetensors.sealed",
+            "sealed_size": 10,
+            "sha256": SHA,
+        }
+    ]
+    assert doc["name"] == "m"
+    assert ModelInfo.model_validate_json(json.dumps(doc)) == info
+
+
+def test_multi_file_url_is_model_root() -> None:
+    files = [
+        {"path": f"f{i}", "blob": f"f{i}.sealed", "sealed_size": 1, "sha256": SHA} for i in range(2)
+    ]
+    record = ModelRecord(
+        id="m", version="v1", registered_at=1.0, sequence=0, registration=_registration(files=files)
+    )
+    assert record.to_info("http://r").url == "http://r/blobs/m/v1/"
+
+
+def test_cnap_model_info_from_a_cnap_server_parses() -> None:
+    """A plain CNAP model-info document (extra fields, no modelseal fields) is accepted."""
+    doc = {
+        "id": "2b4c6e3c-1111-4a5e-9a51-0d0a6a3f1f00",
+        "framework": "tensorflow",
+        "target": "object-detection",
+        "url": "http://models/ssdmobilenet_v10.pb.enc",
+        "name": "ssdmobilenet",
+        "version": "1.0",
+        "dtype": "int8",
+        "encrypted": True,
+        "kbs": "simple_kbs",
+        "kbs_url": "https://kbs/kbs/v1/keys/x/transfer",
+        "key_id": "2b4c6e3c-2222-4a5e-9a51-0d0a6a3f1f00",
+        "uploaded_date": "2024-01-01",
+    }
+    info = ModelInfo.model_validate(doc)
+    assert info.format == FORMAT_CNAP
+    assert info.files == []
+    assert info.model_digest is None
+
+
+def test_v1_info_requires_digest_manifest_files() -> None:
+    with pytest.raises(ValidationError):
+        ModelInfo.model_validate({"id": "m", "url": "http://x", "format": FORMAT_V1})
+
+
+def test_info_rejects_traversal_in_file_paths() -> None:
+    with pytest.raises(ValidationError):
+        ModelInfo.model_validate(
+            {"id": "m", "url": "u", "files": [{"path": "../etc/x", "url": "u", "sealed_size": 1}]}
+        )
+
+
+def test_info_rejects_duplicate_paths() -> None:
+    f = {"path": "a", "url": "u", "sealed_size": 1}
+    with pytest.raises(ValidationError):
+        ModelInfo.model_validate({"id": "m", "url": "u", "files": [f, f]})
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"manifest": None},
+        {"model_digest": None},
+        {"model_digest": "sha256:xyz"},
+        {"files": []},
+        {"format": "cnap"},
+        {"unknown": 1},
+        {"files": [{"path": "a", "blob": "b", "sealed_size": -1, "sha256": SHA}]},
+        {"files": [{"path": "a", "blob": "b", "sealed_size": 1, "sha256": "AB" * 32}]},
+        {"files": [{"path": "a", "blob": "../b", "sealed_size": 1, "sha256": SHA}]},
+        {
+            "files": [
+                {"path": "a", "blob": "x", "sealed_size": 1, "sha256": SHA},
+                {"path": "b", "blob": "x", "sealed_size": 1, "sha256": SHA},
+            ]
+        },
+    ],
+)
+def test_registration_rejects(over: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        _registration(**over)
+
+
+def test_cnap_registration() -> None:
+    reg = _registration(format="cnap", manifest=None, model_digest=None)
+    assert reg.all_files() == [
+        FileRecord(path="w.safetensors", blob="w.safetensors.sealed", sealed_size=10, sha256=SHA)
+    ]
