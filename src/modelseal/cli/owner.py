@@ -1,0 +1,257 @@
+"""Owner commands: ``keygen``, ``seal``, ``unseal``, ``inspect``, ``verify`` (DESIGN.md §10).
+
+Each command parses flags and calls one function of :mod:`modelseal.owner`; errors are
+:mod:`modelseal.errors` types that ``modelseal.cli.main`` maps to exit codes. Progress bars
+(rich, the ``owner`` extra) appear only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelseal.errors import Error
+from modelseal.format.header import DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
+from modelseal.owner import keys, sealing
+
+__all__ = ["inspect", "keygen", "seal", "unseal", "verify"]
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.I)
+
+
+class SegmentSize(click.ParamType[int]):
+    """``4M``, ``4MiB``, ``1048576``: a power of two in 4 KiB..64 MiB."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            n = value
+        else:
+            m = _SIZE.match(str(value))
+            if not m:
+                self.fail(f"{value!r} is not a size like 4M or 1048576", param, ctx)
+            n = int(m.group(1)) * _UNITS[m.group(2).lower()]
+        if not (MIN_SEGMENT_SIZE <= n <= MAX_SEGMENT_SIZE and n & (n - 1) == 0):
+            self.fail("segment size must be a power of two from 4K to 64M", param, ctx)
+        return n
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar with throughput on a TTY; nothing otherwise."""
+    if not sys.stderr.isatty() or total <= 0:
+        yield None
+        return
+    try:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+    except ImportError:  # the `owner` extra is not installed: stay quiet
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def _os_errors() -> Iterator[None]:
+    """Turn unexpected OS errors (disk full, I/O error) into one line instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise Error(f"{exc.strerror or exc}{where}") from exc
+
+
+_key_option = click.option(
+    "--key",
+    "key_file",
+    required=True,
+    envvar="MODELSEAL_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Key file written by `modelseal keygen` (base64url, 32 bytes).",
+)
+_workers_option = click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    envvar="MODELSEAL_WORKERS",
+    type=click.IntRange(1, 64),
+    help="Threads for AES-GCM (it releases the GIL).",
+)
+_force_option = click.option(
+    "--force", is_flag=True, help="Replace DST if it already exists (still atomically)."
+)
+
+
+@click.command()
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    envvar="MODELSEAL_OUTPUT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="New key file (created with mode 0600; never overwritten).",
+)
+def keygen(output: Path) -> None:
+    """Generate a new random 32-byte model key (DEK) into a key file."""
+    with keys.generate_key() as key, _os_errors():
+        keys.write_key_file(output, key)
+    click.echo(f"wrote a new 32-byte key to {output} (mode 0600); keep it safe")
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", "dst", required=True, type=click.Path(path_type=Path), help="Destination."
+)
+@_key_option
+@click.option(
+    "--key-id",
+    envvar="MODELSEAL_KEY_ID",
+    help="KBS resource path of the key, e.g. models/llama3-8b/v1 (required for v1).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["v1", "cnap"]),
+    default="v1",
+    show_default=True,
+    envvar="MODELSEAL_FORMAT",
+    help="v1 (segmented, random access) or the CNAP legacy whole-file layout (≤ 4 GiB).",
+)
+@click.option(
+    "--segment-size",
+    type=SegmentSize(),
+    default=DEFAULT_SEGMENT_SIZE,
+    envvar="MODELSEAL_SEGMENT_SIZE",
+    help="Plaintext bytes per segment: power of two, 4K..64M.  [default: 4M]",
+)
+@click.option("--model", envvar="MODELSEAL_MODEL_ID", help="Model id recorded in the headers.")
+@click.option(
+    "--model-version", envvar="MODELSEAL_MODEL_VERSION", help="Version recorded in the manifest."
+)
+@_workers_option
+@_force_option
+def seal(
+    src: Path,
+    dst: Path,
+    key_file: Path,
+    key_id: str | None,
+    fmt: str,
+    segment_size: int,
+    model: str | None,
+    model_version: str | None,
+    workers: int,
+    force: bool,
+) -> None:
+    """Seal (encrypt) a model file or model directory SRC into DST."""
+    with keys.read_key_file(key_file) as dek, _os_errors():
+        total = sealing.progress_total(src, sealed=False)
+        with _progress("sealing", total) as progress:
+            result = sealing.seal(
+                src,
+                dst,
+                dek,
+                key_id=key_id,
+                fmt="cnap" if fmt == "cnap" else "v1",
+                segment_size=segment_size,
+                model=model,
+                version=model_version,
+                workers=workers,
+                progress=progress,
+                overwrite=force,
+            )
+    if isinstance(result, sealing.SealedModel):
+        click.echo(
+            f"sealed {len(result.files)} files ({_human(result.manifest.total_size)}) "
+            f"into {result.directory}"
+        )
+        click.echo(f"model digest: {result.model_digest}")
+    else:
+        click.echo(
+            f"sealed {src} ({_human(result.size)}) into {result.path} [{result.format}, "
+            f"{_human(result.sealed_size)}]"
+        )
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", "dst", required=True, type=click.Path(path_type=Path), help="Destination."
+)
+@_key_option
+@_workers_option
+@_force_option
+def unseal(src: Path, dst: Path, key_file: Path, workers: int, force: bool) -> None:
+    """Unseal (decrypt and verify) a sealed file or model directory SRC into DST.
+
+    The format (v1 or CNAP) is detected. Nothing appears at DST unless everything verified.
+    """
+    with keys.read_key_file(key_file) as dek, _os_errors():
+        total = sealing.progress_total(src, sealed=True)
+        with _progress("unsealing", total) as progress:
+            result = sealing.unseal(
+                src, dst, dek, workers=workers, progress=progress, overwrite=force
+            )
+    click.echo(
+        f"unsealed {result.files} file(s) ({_human(result.size)}, {result.format}) "
+        f"into {result.path}"
+    )
+    if result.model_digest:
+        click.echo(f"model digest: {result.model_digest}")
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+def inspect(src: Path) -> None:
+    """Print the header(s) of a sealed file or directory as JSON; no key needed."""
+    with _os_errors():
+        info = sealing.inspect(src)
+    click.echo(json.dumps(info, indent=2, sort_keys=True))
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@_key_option
+@_workers_option
+def verify(src: Path, key_file: Path, workers: int) -> None:
+    """Authenticate every byte of a sealed file or directory; writes nothing."""
+    with keys.read_key_file(key_file) as dek, _os_errors():
+        total = sealing.progress_total(src, sealed=True)
+        with _progress("verifying", total) as progress:
+            result = sealing.verify(src, dek, workers=workers, progress=progress)
+    click.echo(f"OK: {result.files} file(s), {_human(result.size)} authenticated ({result.format})")
+    if result.model_digest:
+        click.echo(f"model digest: {result.model_digest}")

@@ -1,0 +1,213 @@
+"""Owner CLI end to end: real files, real crypto, exit codes of DESIGN.md section 10."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelseal import cli
+
+SEG = "4K"
+
+
+def run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    code = info.value.code
+    return code if isinstance(code, int) else 1
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    root = tmp_path / "model"
+    (root / "sub").mkdir(parents=True)
+    (root / "weights.bin").write_bytes(os.urandom(5 * 4096 + 123))
+    (root / "config.json").write_bytes(b'{"layers": 2}')
+    (root / "sub" / "tok.txt").write_bytes(os.urandom(4096))
+    (root / "empty").write_bytes(b"")
+    return root
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "model.key"
+    assert run(["keygen", "-o", str(path)]) == 0
+    return path
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_keygen_mode_and_no_overwrite(
+    tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    before = key.read_bytes()
+    assert len(before.strip()) == 43  # base64url of 32 bytes, unpadded
+    assert run(["keygen", "-o", str(key)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert key.read_bytes() == before
+
+
+def test_directory_round_trip(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sealed, out = tmp_path / "sealed", tmp_path / "out"
+    argv = ["seal", str(model), "-o", str(sealed), "--key", str(key)]
+    assert run([*argv, "--key-id", "models/m/v1", "--segment-size", SEG, "--model", "m"]) == 0
+    digest = capsys.readouterr().out.split("model digest: ")[1].strip()
+    assert digest.startswith("sha256:")
+    assert sorted(files_of(sealed)) == [
+        "config.json.sealed",
+        "empty.sealed",
+        "modelseal-manifest.json.sealed",
+        "sub/tok.txt.sealed",
+        "weights.bin.sealed",
+    ]
+    assert run(["verify", str(sealed), "--key", str(key)]) == 0
+    assert digest in capsys.readouterr().out
+    assert run(["unseal", str(sealed), "-o", str(out), "--key", str(key), "--workers", "1"]) == 0
+    assert files_of(out) == files_of(model)
+    capsys.readouterr()
+    assert run(["inspect", str(sealed)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["files"]["weights.bin.sealed"]["header"]["path"] == "weights.bin"
+    assert info["manifest"]["header"]["path"] == "modelseal-manifest.json"
+
+
+def test_single_file_v1_and_cnap(tmp_path: Path, model: Path, key: Path) -> None:
+    src = model / "weights.bin"
+    for fmt, suffix in (("v1", ".sealed"), ("cnap", ".enc")):
+        dest = tmp_path / fmt
+        dest.mkdir()
+        argv = ["seal", str(src), "-o", str(dest), "--key", str(key), "--format", fmt]
+        assert run([*argv, "--key-id", "models/m/v1", "--segment-size", SEG]) == 0
+        sealed = dest / ("weights.bin" + suffix)
+        assert sealed.is_file()
+        assert run(["verify", str(sealed), "--key", str(key)]) == 0
+        out = tmp_path / f"{fmt}.out"
+        assert run(["unseal", str(sealed), "-o", str(out), "--key", str(key)]) == 0
+        assert out.read_bytes() == src.read_bytes()
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_v1_needs_key_id(tmp_path: Path, model: Path, key: Path) -> None:
+    argv = ["seal", str(model / "config.json"), "-o", str(tmp_path / "c"), "--key", str(key)]
+    assert run(argv) == 2
+    assert not (tmp_path / "c").exists()
+
+
+def test_usage_errors_and_not_found(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "o")
+    assert run(["unseal", str(tmp_path / "missing"), "-o", out, "--key", str(key)]) == 3
+    assert run(["unseal", str(model), "-o", out, "--key", str(tmp_path / "nokey")]) == 3
+    argv = ["seal", str(model), "-o", out, "--key", str(key), "--key-id", "a/b/c"]
+    assert run([*argv, "--segment-size", "3K"]) == 2
+    assert run([*argv, "--segment-size", "128M"]) == 2
+    assert run([*argv, "--format", "cnap"]) == 2
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key\n")
+    assert run(["verify", str(model), "--key", str(bad_key)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "keygen" in err
+
+
+def test_existing_destination_needs_force(tmp_path: Path, model: Path, key: Path) -> None:
+    dst = tmp_path / "s"
+    argv = ["seal", str(model), "-o", str(dst), "--key", str(key), "--key-id", "a/b/c"]
+    assert run([*argv, "--segment-size", SEG]) == 0
+    first = files_of(dst)
+    assert run([*argv, "--segment-size", SEG]) == 2
+    assert files_of(dst) == first
+    assert run([*argv, "--segment-size", SEG, "--force"]) == 0
+    assert files_of(dst) != first  # fresh salts
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", "model.key", "s"]), (
+        "no temporary leftovers"
+    )
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_tampered_file_exit_5_and_nothing_written(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sealed = tmp_path / "w.sealed"
+    argv = ["seal", str(model / "weights.bin"), "-o", str(sealed), "--key", str(key)]
+    assert run([*argv, "--key-id", "a/b/c", "--segment-size", SEG]) == 0
+    blob = bytearray(sealed.read_bytes())
+    blob[-4096] ^= 0x40  # inside the last full segment
+    sealed.write_bytes(blob)
+    outdir = tmp_path / "outdir"
+    outdir.mkdir()
+    for workers in ("1", "2"):
+        argv = ["unseal", str(sealed), "-o", str(outdir / "w"), "--key", str(key)]
+        assert run([*argv, "--workers", workers]) == 5
+        assert _leftovers(outdir) == []
+    assert run(["verify", str(sealed), "--key", str(key)]) == 5
+    assert "authentication failed" in capsys.readouterr().err
+
+
+def test_tampered_directory_exit_5_names_file(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sealed = tmp_path / "sealed"
+    argv = ["seal", str(model), "-o", str(sealed), "--key", str(key), "--key-id", "a/b/c"]
+    assert run([*argv, "--segment-size", SEG]) == 0
+    os.replace(sealed / "config.json.sealed", tmp_path / "x")
+    os.replace(sealed / "sub" / "tok.txt.sealed", sealed / "config.json.sealed")
+    os.replace(tmp_path / "x", sealed / "sub" / "tok.txt.sealed")
+    before = _leftovers(tmp_path)
+    capsys.readouterr()
+    assert run(["unseal", str(sealed), "-o", str(tmp_path / "out"), "--key", str(key)]) == 5
+    assert "config.json.sealed" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == before
+    assert run(["verify", str(sealed), "--key", str(key)]) == 5
+
+
+def test_wrong_key_exit_5(tmp_path: Path, model: Path, key: Path) -> None:
+    sealed = tmp_path / "sealed"
+    argv = ["seal", str(model), "-o", str(sealed), "--key", str(key), "--key-id", "a/b/c"]
+    assert run([*argv, "--segment-size", SEG]) == 0
+    other = tmp_path / "other.key"
+    assert run(["keygen", "-o", str(other)]) == 0
+    assert run(["unseal", str(sealed), "-o", str(tmp_path / "out"), "--key", str(other)]) == 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_entry_point_subprocess(tmp_path: Path, model: Path, key: Path) -> None:
+    """The installed entry point, env-var flags (MODELSEAL_KEY), no traceback on exit 5."""
+    env = {**os.environ, "MODELSEAL_KEY": str(key)}
+    entry = [sys.executable, "-c", "from modelseal.cli import main; main()"]
+    sealed = tmp_path / "c.sealed"
+    done = subprocess.run(
+        [*entry, "seal", str(model / "config.json"), "-o", str(sealed), "--key-id", "a/b/c"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    sealed.write_bytes(sealed.read_bytes() + b"\0")
+    done = subprocess.run(
+        [*entry, "unseal", str(sealed), "-o", str(tmp_path / "c.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 5
+    assert "Traceback" not in done.stderr
+    assert "truncated or extended" in done.stderr
+    assert not (tmp_path / "c.json").exists()
