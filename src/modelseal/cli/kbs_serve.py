@@ -1,0 +1,249 @@
+"""``modelseal kbs serve`` and ``modelseal kbs get`` (diagnostic RCAR client)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from modelseal.errors import ConfigError
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    required=True,
+    envvar="MODELSEAL_DATA_DIR",
+    help="KBS state: SQLite database, KEK, token-signing key, admin credential.",
+)
+@click.option(
+    "--database-url",
+    envvar="MODELSEAL_DATABASE_URL",
+    default=None,
+    help="postgresql://... for N replicas (default: SQLite in the data dir).",
+)
+@click.option("--host", envvar="MODELSEAL_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="MODELSEAL_PORT", type=int, default=8080, show_default=True)
+@click.option(
+    "--tls-cert", envvar="MODELSEAL_TLS_CERT", default=None, help="PEM certificate chain."
+)
+@click.option("--tls-key", envvar="MODELSEAL_TLS_KEY", default=None, help="PEM private key.")
+@click.option(
+    "--insecure-http",
+    envvar="MODELSEAL_INSECURE_HTTP",
+    is_flag=True,
+    help="Allow plain HTTP on a non-loopback address (behind a TLS proxy).",
+)
+@click.option(
+    "--insecure-allow-sample",
+    envvar="MODELSEAL_INSECURE_ALLOW_SAMPLE",
+    is_flag=True,
+    help="DEV ONLY: accept the unsigned sample TEE (stamped into every token).",
+)
+@click.option(
+    "--collateral",
+    envvar="MODELSEAL_COLLATERAL",
+    default=None,
+    help="TDX/SGX offline collateral file or bundle directory.",
+)
+@click.option("--pccs-url", envvar="MODELSEAL_PCCS_URL", default=None, help="Intel PCS/PCCS URL.")
+@click.option(
+    "--mock-tdx-root",
+    envvar="MODELSEAL_MOCK_TDX_ROOT",
+    default=None,
+    help="TEST ONLY: PEM root CA that signs mock-tdx quotes.",
+)
+@click.option(
+    "--snp-certs",
+    envvar="MODELSEAL_SNP_CERTS",
+    default=None,
+    help="Directory of SNP VCEK/VLEK/ASK/ARK certificates.",
+)
+@click.option(
+    "--tpm-trusted-aks",
+    envvar="MODELSEAL_TPM_TRUSTED_AKS",
+    default=None,
+    help="File or directory of trusted TPM attestation keys.",
+)
+@click.option(
+    "--allow-cnap-oneshot",
+    envvar="MODELSEAL_ALLOW_CNAP_ONESHOT",
+    is_flag=True,
+    help="Serve CNAP's replayable nonce-less key transfer.",
+)
+@click.option(
+    "--token-ttl",
+    envvar="MODELSEAL_TOKEN_TTL",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Attestation token lifetime in seconds.",
+)
+@click.option(
+    "--session-ttl",
+    envvar="MODELSEAL_SESSION_TTL",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="RCAR session (nonce) lifetime in seconds.",
+)
+@click.option(
+    "--token-signing-key",
+    envvar="MODELSEAL_TOKEN_SIGNING_KEY",
+    default=None,
+    help="P-256 PEM key shared by replicas (default: created in the data dir).",
+)
+@click.option(
+    "--audience",
+    envvar="MODELSEAL_AUDIENCE",
+    default="modelseal-kbs",
+    show_default=True,
+    help="Token 'aud' (the KBS identity).",
+)
+@click.option(
+    "--log-level",
+    envvar="MODELSEAL_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(_LEVELS),
+)
+def serve(
+    data_dir: str,
+    database_url: str | None,
+    host: str,
+    port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
+    insecure_allow_sample: bool,
+    collateral: str | None,
+    pccs_url: str | None,
+    mock_tdx_root: str | None,
+    snp_certs: str | None,
+    tpm_trusted_aks: str | None,
+    allow_cnap_oneshot: bool,
+    token_ttl: float,
+    session_ttl: float,
+    token_signing_key: str | None,
+    audience: str,
+    log_level: str,
+) -> None:
+    """Serve the Key Broker Service (Trustee KBS protocol 0.4 + admin API)."""
+    from modelseal.kbs.server import serve as run
+    from modelseal.kbs.settings import KbsSettings
+
+    logging.getLogger("modelseal").setLevel(log_level.upper())
+    settings = KbsSettings(
+        data_dir=Path(data_dir),
+        database_url=database_url,
+        host=host,
+        port=port,
+        tls_cert=_path(tls_cert),
+        tls_key=_path(tls_key),
+        insecure_http=insecure_http,
+        insecure_allow_sample=insecure_allow_sample,
+        collateral=collateral,
+        pccs_url=pccs_url,
+        mock_tdx_root=mock_tdx_root,
+        snp_certs=snp_certs,
+        tpm_trusted_aks=tpm_trusted_aks,
+        allow_cnap_oneshot=allow_cnap_oneshot,
+        token_ttl=token_ttl,
+        session_ttl=session_ttl,
+        token_signing_key=_path(token_signing_key),
+        audience=audience,
+    ).validated()
+    scheme = "https" if settings.tls else "http"
+    click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
+    if settings.insecure_allow_sample:
+        click.echo("WARNING: INSECURE sample TEE accepted (--insecure-allow-sample)", err=True)
+    run(settings)
+
+
+@click.command()
+@click.argument("resource_path")
+@click.option("--kbs", "kbs_url", required=True, envvar="MODELSEAL_KBS_URL", help="KBS base URL.")
+@click.option(
+    "--tee",
+    default="sample",
+    show_default=True,
+    envvar="MODELSEAL_TEE",
+    help="TEE kind whose attester produces the evidence.",
+)
+@click.option(
+    "--key-alg",
+    default="ECDH-ES+A256KW-P256",
+    show_default=True,
+    type=click.Choice(
+        ["ECDH-ES+A256KW-P256", "ECDH-ES+A256KW-P384", "ECDH-ES+A256KW-P521", "RSA-OAEP-256"]
+    ),
+)
+@click.option(
+    "--cacert",
+    default=None,
+    envvar="MODELSEAL_KBS_CACERT",
+    help="CA bundle that signs the KBS's TLS certificate.",
+)
+@click.option(
+    "--init-data",
+    "init_data_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TOML init-data document this TEE was launched with.",
+)
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the raw resource bytes to this new file (mode 0600).",
+)
+def get(
+    resource_path: str,
+    kbs_url: str,
+    tee: str,
+    key_alg: str,
+    cacert: str | None,
+    init_data_file: str | None,
+    output: str | None,
+) -> None:
+    """Attest and fetch RESOURCE_PATH (repo/type/tag); print a summary, never the key."""
+    from modelseal.loader.kbs_client import KbsClient
+    from modelseal.tee.registry import attester_for
+
+    init_data = Path(init_data_file).read_text(encoding="utf-8") if init_data_file else None
+    attester = attester_for(tee)
+    with KbsClient(
+        kbs_url, attester, tee=tee, key_alg=key_alg, verify=cacert or True, init_data=init_data
+    ) as client:
+        secret = client.get_resource(resource_path)
+        try:
+            value = secret.reveal()
+            if output:
+                try:
+                    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError as exc:
+                    raise ConfigError(f"{output} exists; refusing to overwrite it") from exc
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(value)
+            summary = {
+                "resource": resource_path,
+                "bytes": len(value),
+                "sha256": hashlib.sha256(value).hexdigest(),
+                "token_id": client.token_id,
+                "written_to": output,
+            }
+            del value
+        finally:
+            secret.wipe()
+    click.echo(json.dumps(summary, indent=2))

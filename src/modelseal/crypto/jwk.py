@@ -1,0 +1,191 @@
+"""JSON Web Keys for the KBS protocol: the TEE's ephemeral key pair and its public JWK.
+
+The TEE sends its public key as ``runtime-data.tee-pubkey`` (Trustee kbs-types ``TeePubKey``);
+the KBS encrypts the released resource to it. Parsing is strict and fails closed: unknown
+``kty``/``crv``/``alg``, wrong coordinate lengths, points off the curve, weak RSA moduli and
+the deprecated ``RSA1_5`` are refused with :class:`~modelseal.errors.FormatError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from modelseal._internal.encoding import b64url_decode, b64url_encode
+from modelseal.errors import ConfigError, FormatError
+
+#: Key-management algorithms the KBS encrypts to.
+ALG_ECDH_ES_A256KW: Final = "ECDH-ES+A256KW"
+ALG_RSA_OAEP_256: Final = "RSA-OAEP-256"
+
+#: Client-side key choices (Trustee AA ``tee_key_algorithm`` names, plus P-384).
+KEY_ALGS: Final = (
+    "ECDH-ES+A256KW-P256",
+    "ECDH-ES+A256KW-P384",
+    "ECDH-ES+A256KW-P521",
+    "RSA-OAEP-256",
+)
+DEFAULT_KEY_ALG: Final = "ECDH-ES+A256KW-P256"
+
+#: JWK curve name -> (curve, coordinate length in bytes)
+CURVES: Final[dict[str, tuple[type[ec.EllipticCurve], int]]] = {
+    "P-256": (ec.SECP256R1, 32),
+    "P-384": (ec.SECP384R1, 48),
+    "P-521": (ec.SECP521R1, 66),
+}
+_CURVE_NAMES: Final[dict[str, str]] = {cls().name: name for name, (cls, _) in CURVES.items()}
+
+MIN_RSA_BITS: Final = 2048
+MAX_RSA_BITS: Final = 8192
+TEE_RSA_BITS: Final = 3072
+
+
+@dataclass(frozen=True)
+class RecipientKey:
+    """A validated public key the KBS may encrypt a resource to."""
+
+    alg: str
+    key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+    @property
+    def crv(self) -> str | None:
+        if isinstance(self.key, ec.EllipticCurvePublicKey):
+            return _CURVE_NAMES[self.key.curve.name]
+        return None
+
+
+def _int_to_b64url(value: int, length: int) -> str:
+    return b64url_encode(value.to_bytes(length, "big"))
+
+
+def ec_public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    """``{"crv","kty","x","y"}`` of an EC public key (fixed-length coordinates)."""
+    crv = _CURVE_NAMES.get(key.curve.name)
+    if crv is None:
+        raise FormatError("unsupported elliptic curve")
+    size = CURVES[crv][1]
+    numbers = key.public_numbers()
+    return {
+        "crv": crv,
+        "kty": "EC",
+        "x": _int_to_b64url(numbers.x, size),
+        "y": _int_to_b64url(numbers.y, size),
+    }
+
+
+def rsa_public_jwk(key: rsa.RSAPublicKey) -> dict[str, str]:
+    numbers = key.public_numbers()
+    n_len = (numbers.n.bit_length() + 7) // 8
+    e_len = max(1, (numbers.e.bit_length() + 7) // 8)
+    return {
+        "kty": "RSA",
+        "n": _int_to_b64url(numbers.n, n_len),
+        "e": _int_to_b64url(numbers.e, e_len),
+    }
+
+
+def _str_member(jwk: Mapping[str, Any], name: str) -> str:
+    value = jwk.get(name)
+    if not isinstance(value, str) or not value:
+        raise FormatError(f"tee-pubkey: member {name!r} missing or not a string")
+    return value
+
+
+def ec_public_key_from_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
+    """Strictly parse an EC public JWK; the point must lie on the named curve."""
+    crv = _str_member(jwk, "crv")
+    if crv not in CURVES:
+        raise FormatError(f"tee-pubkey: unsupported curve {crv!r}")
+    curve_cls, size = CURVES[crv]
+    x = b64url_decode(_str_member(jwk, "x"), what="tee-pubkey x")
+    y = b64url_decode(_str_member(jwk, "y"), what="tee-pubkey y")
+    if len(x) != size or len(y) != size:
+        raise FormatError(f"tee-pubkey: {crv} coordinates must be {size} bytes")
+    try:
+        return ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve_cls()
+        ).public_key()
+    except ValueError as exc:
+        raise FormatError("tee-pubkey: point is not on the curve") from exc
+
+
+def recipient_from_jwk(jwk: Any) -> RecipientKey:
+    """Validate a ``tee-pubkey`` JWK and return the key the KBS encrypts to."""
+    if not isinstance(jwk, Mapping):
+        raise FormatError("tee-pubkey must be a JSON object")
+    kty = jwk.get("kty")
+    alg = jwk.get("alg")
+    if kty == "EC":
+        if alg not in (None, ALG_ECDH_ES_A256KW):
+            raise FormatError(f"tee-pubkey: unsupported alg {alg!r} for an EC key")
+        return RecipientKey(ALG_ECDH_ES_A256KW, ec_public_key_from_jwk(jwk))
+    if kty == "RSA":
+        if alg not in (None, ALG_RSA_OAEP_256):
+            raise FormatError(
+                f"tee-pubkey: unsupported alg {alg!r} for an RSA key (RSA1_5 refused)"
+            )
+        n = int.from_bytes(b64url_decode(_str_member(jwk, "n"), what="tee-pubkey n"), "big")
+        e = int.from_bytes(b64url_decode(_str_member(jwk, "e"), what="tee-pubkey e"), "big")
+        if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
+            raise FormatError(f"tee-pubkey: RSA modulus must be {MIN_RSA_BITS}-{MAX_RSA_BITS} bits")
+        if e < 3 or e % 2 == 0 or e.bit_length() > 32:
+            raise FormatError("tee-pubkey: invalid RSA public exponent")
+        try:
+            key = rsa.RSAPublicNumbers(e, n).public_key()
+        except ValueError as exc:
+            raise FormatError("tee-pubkey: invalid RSA key") from exc
+        return RecipientKey(ALG_RSA_OAEP_256, key)
+    raise FormatError(f"tee-pubkey: unsupported kty {kty!r}")
+
+
+class TeeKeyPair:
+    """The TEE's ephemeral key pair: its public JWK goes into ``runtime-data``.
+
+    The private key never leaves this object. :meth:`close` drops it; Python cannot
+    overwrite OpenSSL's copy, so dropping the only reference is the best available effort.
+    """
+
+    def __init__(self, key_alg: str, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        self.key_alg = key_alg
+        self._private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = private_key
+        if isinstance(private_key, ec.EllipticCurvePrivateKey):
+            self.alg = ALG_ECDH_ES_A256KW
+            self._public_jwk: dict[str, str] = {
+                "alg": ALG_ECDH_ES_A256KW,
+                **ec_public_jwk(private_key.public_key()),
+            }
+        else:
+            self.alg = ALG_RSA_OAEP_256
+            self._public_jwk = {"alg": ALG_RSA_OAEP_256, **rsa_public_jwk(private_key.public_key())}
+
+    @classmethod
+    def generate(cls, key_alg: str = DEFAULT_KEY_ALG) -> TeeKeyPair:
+        """A fresh key for one of :data:`KEY_ALGS`."""
+        if key_alg == "RSA-OAEP-256":
+            return cls(key_alg, rsa.generate_private_key(65537, TEE_RSA_BITS))
+        prefix = ALG_ECDH_ES_A256KW + "-P"
+        if key_alg.startswith(prefix) and key_alg in KEY_ALGS:
+            crv = "P-" + key_alg[len(prefix) :]
+            return cls(key_alg, ec.generate_private_key(CURVES[crv][0]()))
+        raise ConfigError(
+            f"unknown TEE key algorithm {key_alg!r}; choose one of {', '.join(KEY_ALGS)}"
+        )
+
+    def public_jwk(self) -> dict[str, str]:
+        """The ``tee-pubkey`` JWK (a copy)."""
+        return dict(self._public_jwk)
+
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+        if self._private is None:
+            raise ConfigError("the TEE key pair has been closed")
+        return self._private
+
+    def close(self) -> None:
+        self._private = None
+
+    def __repr__(self) -> str:
+        return f"TeeKeyPair({self.key_alg}, <private key redacted>)"

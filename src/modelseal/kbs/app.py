@@ -1,0 +1,287 @@
+"""The KBS ASGI application: Trustee-compatible RCAR + resource endpoints, health, admin.
+
+``create_app(settings, state)`` wires the pieces: sessions in the KBS database (so replicas
+work), the attestation service, the token service (key file in the data directory), the
+resource service over ``state.release``, and K2's admin and CNAP transfer routers.
+Blocking work (database, verification, signing) runs in the thread pool so one slow
+verifier never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelseal import __version__
+from modelseal._internal.clock import Clock, SystemClock
+from modelseal._internal.encoding import b64_encode
+from modelseal.crypto.jwk import recipient_from_jwk
+from modelseal.crypto.secret import SecretBytes
+from modelseal.crypto.signing import TokenSigningKey
+from modelseal.errors import FormatError, TokenError, UnsupportedTee
+from modelseal.kbs.attestation import AttestationService
+from modelseal.kbs.db import Database
+from modelseal.kbs.errors_http import TOO_LARGE, error_response, problem
+from modelseal.kbs.resource import ResourceService
+from modelseal.kbs.sessions import SessionStore
+from modelseal.kbs.settings import KbsSettings
+from modelseal.kbs.tokens import TokenService
+from modelseal.protocol.binding import runtime_data_digest
+from modelseal.protocol.claims import Claims
+from modelseal.protocol.kbs import (
+    COOKIE_NAME,
+    AttestationRequest,
+    AuthRequest,
+    parse_model,
+    version_supported,
+)
+from modelseal.tee.registry import KINDS
+
+
+class KbsState(Protocol):
+    """What the app needs from ``modelseal.kbs.state.KbsState`` (CONTRACTS seam 2)."""
+
+    data_dir: Path
+    db: Database
+
+    def release(
+        self, resource_path: str, claims: Claims, *, token_id: str, requester: str
+    ) -> SecretBytes: ...
+
+
+log = logging.getLogger("modelseal.kbs")
+
+NONCE_BYTES = 32
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class BodyLimit:
+    """Pure ASGI guard: refuse a declared ``Content-Length`` above the limit with 400."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if not value.isdigit() or int(value) > self.limit:
+                        await problem(*TOO_LARGE)(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, streamed with a hard cap (chunked bodies included)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FormatError(TOO_LARGE[2])
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Kbs:
+    """The KBS's services, shared by the route handlers of one app."""
+
+    def __init__(self, settings: KbsSettings, state: KbsState, clock: Clock) -> None:
+        self.settings = settings
+        self.state = state
+        self.clock = clock
+        self.attestation = AttestationService(settings.verifier_config(), clock=clock)
+        self.sessions = SessionStore(state.db, ttl=settings.session_ttl, clock=clock)
+        self.tokens = TokenService(
+            TokenSigningKey.load_or_create(settings.signing_key_path),
+            issuer=settings.issuer,
+            audience=settings.audience,
+            ttl=settings.token_ttl,
+            insecure=settings.insecure_allow_sample,
+            clock=clock,
+        )
+        self.resources = ResourceService(state, self.tokens, self.sessions)
+
+    def cookie(self, session_id: str, max_age: float) -> str:
+        attrs = f"{COOKIE_NAME}={session_id}; Max-Age={max(0, int(max_age))}; Path=/kbs"
+        attrs += "; HttpOnly; SameSite=Strict"
+        if self.settings.tls:
+            attrs += "; Secure"
+        return attrs
+
+    # --- RCAR -------------------------------------------------------------------------
+
+    def auth(self, body: bytes) -> Response:
+        req = parse_model(AuthRequest, body, what="auth request")
+        if not version_supported(req.version):
+            log.info("auth refused: protocol version %r", req.version)
+            return problem(
+                401,
+                "AttestationError",
+                "KBS Client Protocol Version Mismatch: accepted >=0.4.0,<0.5.0",
+            )
+        if req.tee not in KINDS:
+            raise UnsupportedTee(f"unknown TEE kind {req.tee!r}")
+        if req.tee == "sample" and not self.attestation.allow_sample:
+            raise UnsupportedTee("sample TEE refused: no --insecure-allow-sample")
+        nonce = b64_encode(os.urandom(NONCE_BYTES))
+        session = self.sessions.create(req.tee, nonce)
+        body_out = json.dumps({"nonce": nonce, "extra-params": ""}).encode()
+        headers = {**_NO_STORE, "Set-Cookie": self.cookie(session.id, self.settings.session_ttl)}
+        return Response(body_out, media_type="application/json", headers=headers)
+
+    def attest(self, body: bytes, session_id: str | None) -> Response:
+        if not session_id:
+            raise TokenError("attest without a session cookie")
+        req = parse_model(AttestationRequest, body, what="attestation request")
+        pending = self.sessions.pending(session_id)
+        runtime = req.runtime_data
+        if runtime.nonce != pending.nonce:
+            self.sessions.burn(session_id)
+            raise TokenError("runtime-data nonce does not match the session nonce")
+        recipient_from_jwk(runtime.tee_pubkey)
+        digest = runtime_data_digest(
+            runtime.nonce, runtime.tee_pubkey, req.tee_evidence.additional_evidence
+        )
+        init_data = req.init_data.body.encode("utf-8") if req.init_data is not None else None
+        try:
+            claims = self.attestation.verify(
+                pending.tee,
+                req.tee_evidence.primary_evidence,
+                expected_report_data=digest,
+                init_data=init_data,
+            )
+        except Exception:
+            self.sessions.burn(session_id)
+            raise
+        token, jti, exp = self.tokens.issue(
+            claims, nonce=runtime.nonce, tee_pubkey=runtime.tee_pubkey
+        )
+        self.sessions.complete(pending, token, exp)
+        log.info(
+            "attested session=%s tee=%s token=%s%s",
+            session_id,
+            claims.tee,
+            jti,
+            " INSECURE (sample TEE)" if claims.insecure else "",
+        )
+        headers = {**_NO_STORE, "Set-Cookie": self.cookie(session_id, exp - self.clock.now())}
+        return Response(
+            json.dumps({"token": token}).encode(), media_type="application/json", headers=headers
+        )
+
+    def resource(self, path: str, request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
+        body = self.resources.get(
+            path,
+            authorization=request.headers.get("authorization"),
+            session_id=request.cookies.get(COOKIE_NAME),
+            requester=f"rcar:{client}",
+        )
+        return Response(body, media_type="application/json", headers=_NO_STORE)
+
+    def ready(self) -> bool:
+        try:
+            with self.state.db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # any driver failure means not ready
+            log.warning("readiness check: database unavailable", exc_info=True)
+            return False
+        return True
+
+
+async def _guarded(where: str, fn: Callable[[], Any]) -> Response:
+    try:
+        response: Response = await run_in_threadpool(fn)
+    except Exception as exc:
+        return error_response(exc, where=where)
+    return response
+
+
+def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
+    """Mount K2's admin API and CNAP transfer API."""
+    admin_router = importlib.import_module("modelseal.kbs.admin_api").admin_router
+    transfer_router = importlib.import_module("modelseal.kbs.transfer_api").transfer_router
+    app.include_router(admin_router(kbs.state), prefix="/modelseal/v1")
+    app.include_router(
+        transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),
+        prefix="/kbs/v1",
+    )
+
+
+def create_app(
+    settings: KbsSettings,
+    state: KbsState,
+    *,
+    clock: Clock | None = None,
+    mount_state_routers: bool = True,
+) -> FastAPI:
+    """The KBS FastAPI app for validated ``settings`` over an opened ``state``."""
+    kbs = Kbs(settings, state, clock or SystemClock())
+    kbs.state.db.create_all()
+    if settings.insecure_allow_sample:
+        log.warning(
+            "INSECURE: the sample TEE is accepted (--insecure-allow-sample); unsigned evidence "
+            "gets keys if a policy allows tee 'sample'. Every token is stamped insecure. "
+            "Never use this in production."
+        )
+    app = FastAPI(
+        title="modelseal KBS",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.kbs = kbs
+    limit = settings.max_body_bytes
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        if await run_in_threadpool(kbs.ready):
+            return Response(b'{"status":"ready"}', media_type="application/json")
+        return problem(503, "BackendUnavailable", "database unavailable")
+
+    @app.post("/kbs/v0/auth")
+    async def auth(request: Request) -> Response:
+        try:
+            body = await read_body(request, limit)
+        except Exception as exc:
+            return error_response(exc, where="auth")
+        return await _guarded("auth", lambda: kbs.auth(body))
+
+    @app.post("/kbs/v0/attest")
+    async def attest(request: Request) -> Response:
+        try:
+            body = await read_body(request, limit)
+        except Exception as exc:
+            return error_response(exc, where="attest")
+        session_id = request.cookies.get(COOKIE_NAME)
+        return await _guarded("attest", lambda: kbs.attest(body, session_id))
+
+    @app.get("/kbs/v0/resource/{path:path}")
+    async def resource(path: str, request: Request) -> Response:
+        return await _guarded("resource", lambda: kbs.resource(path, request))
+
+    if mount_state_routers:
+        _mount_state_routers(app, kbs)
+
+    app.add_middleware(BodyLimit, limit=limit)
+    return app

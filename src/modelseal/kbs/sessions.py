@@ -1,0 +1,155 @@
+"""RCAR sessions in the KBS database, so any replica can serve any step.
+
+A session is created by ``/auth`` (state ``authed`` with its nonce) and consumed by the
+first ``/attest``: one conditional ``UPDATE`` moves it to ``attested`` and stores the token,
+so a second use of the nonce fails atomically even across replicas. Expired rows are
+swept at most once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Connection, Float, Index, String, Table, Text, delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from modelseal._internal.clock import Clock, SystemClock
+from modelseal.errors import BackendError, TokenError
+from modelseal.kbs.db import Base, Database
+
+log = logging.getLogger(__name__)
+
+AUTHED = "authed"
+ATTESTED = "attested"
+SWEEP_INTERVAL = 60.0
+
+
+class RcarSession(Base):
+    """One RCAR handshake: the challenge nonce, then the issued token."""
+
+    __tablename__ = "kbs_rcar_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tee: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[float] = mapped_column(Float)
+    token: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_kbs_rcar_sessions_expires_at", "expires_at"),)
+
+
+_T = cast(Table, RcarSession.__table__)
+
+
+@dataclass(frozen=True)
+class PendingSession:
+    id: str
+    tee: str
+    nonce: str
+    expires_at: float
+
+
+class SessionStore:
+    """Create, consume and look up sessions with single-statement transactions."""
+
+    def __init__(self, db: Database, *, ttl: float, clock: Clock | None = None) -> None:
+        self.db = db
+        self.ttl = ttl
+        self.clock: Clock = clock or SystemClock()
+        self._last_sweep = 0.0
+        self._sweep_lock = threading.Lock()
+
+    @contextmanager
+    def _conn(self) -> Iterator[Connection]:
+        try:
+            with self.db.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise BackendError(f"session store unavailable: {type(exc).__name__}") from exc
+
+    def create(self, tee: str, nonce: str) -> PendingSession:
+        now = self.clock.now()
+        session = PendingSession(uuid.uuid4().hex, tee, nonce, now + self.ttl)
+        with self._conn() as conn:
+            conn.execute(
+                insert(_T).values(
+                    id=session.id,
+                    tee=tee,
+                    nonce=nonce,
+                    state=AUTHED,
+                    expires_at=session.expires_at,
+                    token=None,
+                )
+            )
+        self._maybe_sweep(now)
+        return session
+
+    def pending(self, session_id: str) -> PendingSession:
+        """The unconsumed, unexpired session ``session_id``, or TokenError."""
+        with self._conn() as conn:
+            row = conn.execute(
+                select(_T.c.tee, _T.c.nonce, _T.c.state, _T.c.expires_at).where(
+                    _T.c.id == session_id
+                )
+            ).first()
+        if row is None:
+            raise TokenError("session not found")
+        if row.state != AUTHED:
+            raise TokenError("session nonce already used")
+        if row.expires_at <= self.clock.now():
+            raise TokenError("session expired")
+        return PendingSession(session_id, row.tee, row.nonce, row.expires_at)
+
+    def complete(self, session: PendingSession, token: str, token_exp: float) -> None:
+        """Consume the nonce and store the token, atomically; a lost race is a replay."""
+        now = self.clock.now()
+        with self._conn() as conn:
+            result = conn.execute(
+                update(_T)
+                .where(
+                    _T.c.id == session.id,
+                    _T.c.state == AUTHED,
+                    _T.c.nonce == session.nonce,
+                    _T.c.expires_at > now,
+                )
+                .values(state=ATTESTED, token=token, expires_at=min(token_exp, now + self.ttl))
+            )
+            if result.rowcount != 1:
+                raise TokenError("session nonce already used or expired")
+
+    def burn(self, session_id: str) -> None:
+        """Make a session unusable after a failed attestation (its nonce is spent)."""
+        with self._conn() as conn:
+            conn.execute(delete(_T).where(_T.c.id == session_id))
+
+    def token_for(self, session_id: str) -> str:
+        """The token of an attested, unexpired session (cookie path), or TokenError."""
+        with self._conn() as conn:
+            row = conn.execute(
+                select(_T.c.state, _T.c.expires_at, _T.c.token).where(_T.c.id == session_id)
+            ).first()
+        if row is None or row.state != ATTESTED or row.token is None:
+            raise TokenError("session not found or not attested")
+        if row.expires_at <= self.clock.now():
+            raise TokenError("session expired")
+        return str(row.token)
+
+    def _maybe_sweep(self, now: float) -> None:
+        if now - self._last_sweep < SWEEP_INTERVAL or not self._sweep_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_sweep = now
+            with self._conn() as conn:
+                conn.execute(delete(_T).where(_T.c.expires_at < now))
+        except BackendError:
+            log.warning("could not sweep expired RCAR sessions; will retry")
+        finally:
+            self._sweep_lock.release()

@@ -1,0 +1,116 @@
+"""Validated KBS configuration: everything ``modelseal kbs serve`` needs, checked at start.
+
+Every problem is a :class:`~modelseal.errors.ConfigError` (exit 2) naming the flag, so a
+misconfigured KBS never starts half-working. Plain HTTP is refused off loopback unless
+``--insecure-http`` is given: the session cookie is a bearer credential.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelseal.errors import ConfigError
+from modelseal.tee.base import VerifierConfig
+
+TOKEN_SIGNING_KEY_FILE = "token-signing-key.pem"  # noqa: S105 - a file name
+DEFAULT_PORT = 8080
+DEFAULT_TTL = 300.0
+DEFAULT_MAX_BODY = 2 * 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class KbsSettings:
+    """KBS server settings; construct, then call :meth:`validated`."""
+
+    data_dir: Path
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_http: bool = False
+    insecure_allow_sample: bool = False
+    collateral: str | None = None
+    pccs_url: str | None = None
+    cache_dir: str | None = None
+    mock_tdx_root: str | None = None
+    snp_certs: str | None = None
+    tpm_trusted_aks: str | None = None
+    allow_cnap_oneshot: bool = False
+    token_ttl: float = DEFAULT_TTL
+    session_ttl: float = DEFAULT_TTL
+    token_signing_key: Path | None = None
+    issuer: str = "modelseal-kbs"
+    audience: str = "modelseal-kbs"
+    max_body_bytes: int = DEFAULT_MAX_BODY
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.token_signing_key or self.data_dir / TOKEN_SIGNING_KEY_FILE
+
+    def verifier_config(self) -> VerifierConfig:
+        return VerifierConfig(
+            allow_sample=self.insecure_allow_sample,
+            collateral=self.collateral,
+            pccs_url=self.pccs_url,
+            cache_dir=self.cache_dir or str(self.data_dir / "collateral-cache"),
+            mock_tdx_root=self.mock_tdx_root,
+            snp_certs=self.snp_certs,
+            tpm_trusted_aks=self.tpm_trusted_aks,
+        )
+
+    def validated(self) -> KbsSettings:
+        """Return the settings with paths normalized, or raise ConfigError."""
+        if not str(self.data_dir):
+            raise ConfigError("--data-dir is required")
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ConfigError(f"--data-dir {self.data_dir} exists and is not a directory")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port} is not a TCP port (1-65535)")
+        if not self.host:
+            raise ConfigError("--host must not be empty")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{flag} {path} is not a readable file")
+        if not self.tls and not is_loopback(self.host) and not self.insecure_http:
+            raise ConfigError(
+                f"refusing plain HTTP on non-loopback host {self.host!r}: give --tls-cert and "
+                "--tls-key, or --insecure-http behind a TLS-terminating proxy"
+            )
+        for flag, ttl in (("--token-ttl", self.token_ttl), ("--session-ttl", self.session_ttl)):
+            if not 1 <= ttl <= 86400:
+                raise ConfigError(f"{flag} must be between 1 and 86400 seconds")
+        if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
+            raise ConfigError("--max-body-bytes must be between 1 KiB and 64 MiB")
+        for flag, file in (
+            ("--mock-tdx-root", self.mock_tdx_root),
+            ("--collateral", self.collateral),
+            ("--snp-certs", self.snp_certs),
+            ("--tpm-trusted-aks", self.tpm_trusted_aks),
+        ):
+            if file is not None and not Path(file).exists():
+                raise ConfigError(f"{flag} {file} does not exist")
+        if self.pccs_url is not None and not self.pccs_url.startswith(("https://", "http://")):
+            raise ConfigError("--pccs-url must be an http(s) URL")
+        if not self.issuer or not self.audience:
+            raise ConfigError("token issuer and audience must not be empty")
+        return dataclasses.replace(self, data_dir=self.data_dir.expanduser())

@@ -1,0 +1,183 @@
+"""EAR attestation tokens (draft-ietf-rats-ear, JWT flavour) issued and verified by the KBS.
+
+Shape follows Trustee's attestation service so CoCo tooling can read it: per-device
+``submods`` with ``ear.status``, the AR4SI ``ear.trustworthiness-vector`` and
+``ear.veraison.annotated-evidence`` holding the typed claims and the runtime-data claims
+(nonce and ``tee-pubkey``, which is where the KBS reads the key to encrypt to). Unlike
+Trustee we add ``aud``, ``jti`` and an ``insecure`` stamp, and never embed raw evidence.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from modelseal import __version__
+from modelseal._internal.clock import Clock, SystemClock
+from modelseal.crypto.signing import TokenSigningKey
+from modelseal.errors import TokenError
+from modelseal.protocol.claims import Claims
+
+EAT_PROFILE: Final = "tag:github.com,2024:confidential-containers/Trustee"
+APPRAISAL_POLICY_ID: Final = "modelseal-default"
+ANNOTATED: Final = "ear.veraison.annotated-evidence"
+#: AR4SI tiers (draft-ietf-rats-ar4si): affirming 2..31, warning 32..95, contraindicated 96..
+_AFFIRMING, _WARNING, _CONTRAINDICATED, _NONE = 2, 32, 96, 0
+_VECTOR_KEYS: Final = (
+    "instance-identity",
+    "configuration",
+    "executables",
+    "file-system",
+    "hardware",
+    "runtime-opaque",
+    "storage-opaque",
+    "sourced-data",
+)
+
+
+def trustworthiness(claims: Claims) -> tuple[str, dict[str, int]]:
+    """AR4SI vector and the worst tier as ``ear.status``.
+
+    Verified hardware evidence is affirming; an outdated TCB is a configuration warning; a
+    debug TEE is contraindicated; an insecure (sample) TEE is a hardware warning.
+    """
+    vector = dict.fromkeys(_VECTOR_KEYS, _NONE)
+    vector["instance-identity"] = _AFFIRMING
+    vector["executables"] = _AFFIRMING if claims.measurements else _NONE
+    vector["hardware"] = _WARNING if claims.insecure else _AFFIRMING
+    vector["runtime-opaque"] = _AFFIRMING
+    tcb_ok = claims.tcb_status in (None, "UpToDate")
+    vector["configuration"] = _AFFIRMING if tcb_ok else _WARNING
+    if claims.debug:
+        vector["configuration"] = _CONTRAINDICATED
+        vector["runtime-opaque"] = _CONTRAINDICATED
+    worst = max(vector.values())
+    status = (
+        "contraindicated"
+        if worst >= _CONTRAINDICATED
+        else "warning"
+        if worst >= _WARNING
+        else "affirming"
+    )
+    return status, vector
+
+
+def claims_from_json(data: Any) -> Claims:
+    """Rebuild typed claims from :meth:`Claims.to_json` output carried in a token."""
+    if not isinstance(data, Mapping):
+        raise TokenError("token carries no typed claims")
+    try:
+        tee = data["tee"]
+        if not isinstance(tee, str) or not isinstance(data["debug"], bool):
+            raise TokenError("token claims are malformed")
+        return Claims(
+            tee=tee,
+            debug=data["debug"],
+            report_data=bytes.fromhex(data.get("report_data") or ""),
+            tcb_status=data.get("tcb_status"),
+            advisories=tuple(data.get("advisories") or ()),
+            measurements=dict(data.get("measurements") or {}),
+            init_data_digest=data.get("init_data_digest"),
+            init_data=dict(data.get("init_data") or {}),
+            insecure=bool(data.get("insecure", False)),
+            extra=dict(data.get("extra") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TokenError("token claims are malformed") from exc
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """What the resource endpoint needs from a verified token."""
+
+    jti: str
+    exp: float
+    claims: Claims
+    tee_pubkey: Mapping[str, Any]
+
+
+class TokenService:
+    """Issues EAR JWTs signed ES256 by the KBS key and verifies them on every request."""
+
+    def __init__(
+        self,
+        key: TokenSigningKey,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: float,
+        insecure: bool,
+        clock: Clock | None = None,
+        leeway: float = 5.0,
+    ) -> None:
+        self.key = key
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+        self.insecure = insecure
+        self.clock: Clock = clock or SystemClock()
+        self.leeway = leeway
+
+    def issue(
+        self, claims: Claims, *, nonce: str, tee_pubkey: Mapping[str, Any]
+    ) -> tuple[str, str, float]:
+        """Sign a token for ``claims``; returns ``(token, jti, exp)``."""
+        now = int(self.clock.now())
+        exp = now + int(self.ttl)
+        jti = uuid.uuid4().hex
+        status, vector = trustworthiness(claims)
+        annotated: dict[str, Any] = {
+            claims.tee: claims.to_json(),
+            "runtime_data_claims": {"nonce": nonce, "tee-pubkey": dict(tee_pubkey)},
+        }
+        if claims.init_data:
+            annotated["init_data_claims"] = dict(claims.init_data)
+        payload: dict[str, Any] = {
+            "eat_profile": EAT_PROFILE,
+            "iat": now,
+            "exp": exp,
+            "jti": jti,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "ear.verifier-id": {
+                "developer": "https://github.com/modelseal/modelseal",
+                "build": f"modelseal {__version__}",
+            },
+            "submods": {
+                "cpu0": {
+                    "ear.status": status,
+                    "ear.trustworthiness-vector": vector,
+                    "ear.appraisal-policy-id": APPRAISAL_POLICY_ID,
+                    ANNOTATED: annotated,
+                }
+            },
+        }
+        if self.insecure or claims.insecure:
+            payload["insecure"] = True
+        return self.key.sign_jwt(payload), jti, float(exp)
+
+    def verify(self, token: str) -> VerifiedToken:
+        """Verify signature and validity, then extract claims and the TEE key."""
+        payload = self.key.verify_jwt(
+            token,
+            now=self.clock.now(),
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway,
+        )
+        try:
+            annotated = payload["submods"]["cpu0"][ANNOTATED]
+            tee_pubkey = annotated["runtime_data_claims"]["tee-pubkey"]
+        except (KeyError, TypeError) as exc:
+            raise TokenError("token has no runtime-data claims") from exc
+        if not isinstance(annotated, Mapping) or not isinstance(tee_pubkey, Mapping):
+            raise TokenError("token has no runtime-data claims")
+        tees = [k for k in annotated if k not in ("runtime_data_claims", "init_data_claims")]
+        if len(tees) != 1:
+            raise TokenError("token must carry the claims of exactly one TEE")
+        claims = claims_from_json(annotated[tees[0]])
+        if claims.tee != tees[0]:
+            raise TokenError("token claims are inconsistent")
+        return VerifiedToken(str(payload["jti"]), float(payload["exp"]), claims, tee_pubkey)

@@ -1,0 +1,266 @@
+"""KBS client used inside the TEE: RCAR attestation, token caching, JWE-wrapped key fetch.
+
+Speaks Trustee's KBS protocol 0.4 (``/kbs/v0/auth`` → ``/kbs/v0/attest`` → ``GET
+/kbs/v0/resource/...``) through an :class:`httpx.Auth` flow: the token is cached for its
+lifetime and the handshake is repeated only when the KBS answers 401. Resources come back
+as flattened JWE encrypted to an ephemeral TEE key that never leaves this process and is
+dropped on :meth:`KbsClient.close`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelseal.crypto.jwe import decrypt
+from modelseal.crypto.jwk import DEFAULT_KEY_ALG, TeeKeyPair
+from modelseal.crypto.secret import SecretBytes
+from modelseal.crypto.signing import split_jwt
+from modelseal.errors import (
+    AttestationError,
+    BackendError,
+    ConfigError,
+    FormatError,
+    NotFound,
+    PolicyDenied,
+    TokenError,
+    TransientError,
+    UnsupportedTee,
+)
+from modelseal.protocol.binding import runtime_data_digest
+from modelseal.protocol.kbs import (
+    ATTEST_PATH,
+    AUTH_PATH,
+    COOKIE_NAME,
+    PROTOCOL_VERSION,
+    RESOURCE_PREFIX,
+    AttestationResponse,
+    Challenge,
+    check_resource_path,
+    parse_model,
+)
+from modelseal.tee.base import Attester
+
+log = logging.getLogger(__name__)
+
+#: Re-attest this long before the token's lifetime ends (the KBS clock may differ).
+TOKEN_MARGIN = 10.0
+MAX_RESPONSE_BYTES = 1 << 20
+
+
+def _detail(response: httpx.Response) -> str:
+    """The KBS's safe ``detail`` text of an error response, for diagnostics."""
+    try:
+        body = json.loads(response.content[:4096])
+        detail = body.get("detail") if isinstance(body, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        detail = None
+    return f"HTTP {response.status_code}" + (f": {detail}" if isinstance(detail, str) else "")
+
+
+def _raise_for_handshake(response: httpx.Response, step: str) -> None:
+    status = response.status_code
+    if status == 200:
+        return
+    if status >= 500:
+        raise TransientError(f"KBS {step} failed: {_detail(response)}")
+    if status == 401 and "TEE kind not accepted" in _detail(response):
+        raise UnsupportedTee(f"KBS {step} refused this TEE kind: {_detail(response)}")
+    if status in (400, 401, 403):
+        raise AttestationError(f"KBS {step} rejected: {_detail(response)}")
+    raise BackendError(f"KBS {step} returned {_detail(response)}")
+
+
+def _session_cookie(response: httpx.Response) -> str:
+    for header in response.headers.get_list("set-cookie"):
+        name, _, rest = header.partition("=")
+        if name.strip() == COOKIE_NAME:
+            value = rest.split(";", 1)[0].strip()
+            if value:
+                return value
+    raise AttestationError("KBS auth response set no kbs-session-id cookie")
+
+
+class RcarAuth(httpx.Auth):
+    """httpx auth flow: Bearer EAR token, obtained by an RCAR handshake when needed."""
+
+    requires_response_body = True
+
+    def __init__(
+        self,
+        base_url: str,
+        attester: Attester,
+        *,
+        tee: str,
+        keys: TeeKeyPair,
+        init_data: str | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.attester = attester
+        self.tee = tee
+        self.keys = keys
+        self.init_data = init_data
+        self.token: str | None = None
+        self.token_id: str | None = None
+        self._valid_until = 0.0
+        self._lock = threading.RLock()
+        self.handshakes = 0
+
+    def _cached(self) -> str | None:
+        if self.token is not None and time.monotonic() < self._valid_until:
+            return self.token
+        return None
+
+    def invalidate(self) -> None:
+        self.token = None
+        self._valid_until = 0.0
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        with self._lock:
+            token = self._cached()
+            if token is not None:
+                request.headers["Authorization"] = f"Bearer {token}"
+                response = yield request
+                if response.status_code != 401:
+                    return
+                log.info("KBS answered 401 to a cached token; re-attesting")
+                self.invalidate()
+            token = yield from self._handshake()
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request
+
+    def _handshake(self) -> Generator[httpx.Request, httpx.Response, str]:
+        self.handshakes += 1
+        auth_body = {"version": PROTOCOL_VERSION, "tee": self.tee, "extra-params": ""}
+        response = yield httpx.Request("POST", self.base_url + AUTH_PATH, json=auth_body)
+        _raise_for_handshake(response, "auth")
+        challenge = parse_model(Challenge, response.content, what="KBS challenge")
+        cookie = _session_cookie(response)
+        tee_pubkey = self.keys.public_jwk()
+        digest = runtime_data_digest(challenge.nonce, tee_pubkey, "")
+        evidence = self.attester.evidence(digest)
+        attestation: dict[str, Any] = {
+            "runtime-data": {"nonce": challenge.nonce, "tee-pubkey": tee_pubkey},
+            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+        }
+        if self.init_data is not None:
+            attestation["init-data"] = {"format": "toml", "body": self.init_data}
+        started = time.monotonic()
+        response = yield httpx.Request(
+            "POST",
+            self.base_url + ATTEST_PATH,
+            json=attestation,
+            headers={"Cookie": f"{COOKIE_NAME}={cookie}"},
+        )
+        _raise_for_handshake(response, "attest")
+        token = parse_model(AttestationResponse, response.content, what="KBS token").token
+        _header, payload, _input, _sig = split_jwt(token)
+        exp, iat = payload.get("exp"), payload.get("iat")
+        if not isinstance(exp, int | float) or not isinstance(iat, int | float) or exp <= iat:
+            raise AttestationError("KBS issued a token without a valid lifetime")
+        lifetime = float(exp) - float(iat)
+        self._valid_until = started + lifetime - min(TOKEN_MARGIN, lifetime / 2)
+        self.token = token
+        jti = payload.get("jti")
+        self.token_id = jti if isinstance(jti, str) else None
+        log.info(
+            "attested to the KBS as %s; token %s valid %.0fs", self.tee, self.token_id, lifetime
+        )
+        return token
+
+
+class KbsClient:
+    """Fetch resources (model keys) from a KBS after attesting this TEE.
+
+    ``key_alg`` picks the ephemeral TEE key the KBS encrypts to: ``ECDH-ES+A256KW-P256``
+    (default), ``-P384``, ``-P521`` or ``RSA-OAEP-256``. ``verify`` is httpx's TLS setting
+    (True, False or a CA bundle path). ``init_data`` is the TOML init-data document the TEE
+    was launched with, sent so the KBS can check it against the evidence.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        attester: Attester,
+        *,
+        tee: str,
+        key_alg: str = DEFAULT_KEY_ALG,
+        verify: bool | str | Path = True,
+        init_data: str | bytes | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"KBS URL must be http(s)://...: {base_url!r}")
+        if isinstance(init_data, bytes):
+            try:
+                init_data = init_data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError("init-data must be UTF-8 TOML text") from exc
+        self._keys = TeeKeyPair.generate(key_alg)
+        self._auth = RcarAuth(base_url, attester, tee=tee, keys=self._keys, init_data=init_data)
+        self._base = base_url.rstrip("/")
+        self._http = httpx.Client(
+            verify=str(verify) if isinstance(verify, Path) else verify,
+            timeout=timeout,
+            auth=self._auth,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    @property
+    def token_id(self) -> str | None:
+        """``jti`` of the last EAR token (for correlating with the KBS audit log)."""
+        return self._auth.token_id
+
+    @property
+    def handshakes(self) -> int:
+        """Number of RCAR handshakes performed so far."""
+        return self._auth.handshakes
+
+    def get_resource(self, path: str) -> SecretBytes:
+        """Attest if needed, fetch ``repo/type/tag`` and decrypt it with the TEE key."""
+        check_resource_path(path)
+        try:
+            response = self._http.get(self._base + RESOURCE_PREFIX + path)
+        except httpx.HTTPError as exc:
+            raise TransientError(f"KBS unreachable: {type(exc).__name__}") from exc
+        status = response.status_code
+        if status == 200:
+            if len(response.content) > MAX_RESPONSE_BYTES:
+                raise FormatError("KBS resource response is too large")
+            try:
+                jwe = json.loads(response.content)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FormatError("KBS resource response is not JSON") from exc
+            return decrypt(jwe, self._keys)
+        if status == 401:
+            self._auth.invalidate()
+            raise TokenError(f"KBS rejected a fresh token: {_detail(response)}")
+        if status == 403:
+            raise PolicyDenied(f"the KBS denied the release of {path}")
+        if status == 404:
+            raise NotFound(f"the KBS has no resource {path}")
+        if status == 400:
+            raise FormatError(f"KBS says the request is malformed: {_detail(response)}")
+        if status >= 500:
+            raise TransientError(f"KBS failed: {_detail(response)}")
+        raise BackendError(f"KBS returned {_detail(response)}")
+
+    def close(self) -> None:
+        """Close the connection pool and drop the TEE private key and token."""
+        self._http.close()
+        self._auth.invalidate()
+        self._keys.close()
+
+    def __enter__(self) -> KbsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
