@@ -1,0 +1,110 @@
+"""``modelseal load``: the confidential model loader (Kubernetes initContainer entry point).
+
+Every flag also reads the ``MODELSEAL_*`` variable of DESIGN §8, so a Pod spec needs only
+``env:``. Exit codes: 0 ok, 2 config, 3 not found, 4 attestation/policy, 5 integrity,
+6 unsafe destination, 75 transient.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option(
+    "--model", envvar="MODELSEAL_MODEL", help="Registry model URL or CNAP model-info URL."
+)
+@click.option(
+    "--dest",
+    envvar="MODELSEAL_DEST",
+    type=click.Path(path_type=Path),
+    help="Memory-backed destination directory [default: /models].",
+)
+@click.option("--tee", envvar="MODELSEAL_TEE", help="TEE kind to attest as, or 'auto' [default].")
+@click.option("--kbs-url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (else from model info).")
+@click.option(
+    "--kbs-ca",
+    envvar="MODELSEAL_KBS_CA",
+    type=click.Path(path_type=Path),
+    help="PEM CA bundle for the KBS.",
+)
+@click.option(
+    "--registry-ca",
+    envvar="MODELSEAL_REGISTRY_CA",
+    type=click.Path(path_type=Path),
+    help="PEM CA bundle for the registry.",
+)
+@click.option(
+    "--allow-disk/--no-allow-disk",
+    envvar="MODELSEAL_ALLOW_DISK",
+    default=None,
+    help="Allow a disk-backed destination (plaintext on disk!).",
+)
+@click.option(
+    "--workers",
+    envvar="MODELSEAL_WORKERS",
+    type=int,
+    help="Parallel download/decrypt workers [default: 4].",
+)
+@click.option(
+    "--model-digest",
+    envvar="MODELSEAL_MODEL_DIGEST",
+    help="Expected model digest sha256:<hex> (e.g. from init-data).",
+)
+@click.option(
+    "--mock-tdx-dir",
+    envvar="MODELSEAL_MOCK_TDX_DIR",
+    type=click.Path(path_type=Path),
+    help="mock-tdx attester material (tests only).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
+def load(
+    model: str | None,
+    dest: Path | None,
+    tee: str | None,
+    kbs_url: str | None,
+    kbs_ca: Path | None,
+    registry_ca: Path | None,
+    allow_disk: bool | None,
+    workers: int | None,
+    model_digest: str | None,
+    mock_tdx_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Attest, fetch the model key, decrypt the model into a memory-backed directory."""
+    from modelseal.loader.loader import load_model
+    from modelseal.loader.settings import settings_from_env
+
+    settings = settings_from_env(
+        {},
+        model=model,
+        dest=dest,
+        tee=tee,
+        kbs_url=kbs_url,
+        kbs_ca=kbs_ca,
+        registry_ca=registry_ca,
+        allow_disk=allow_disk,
+        workers=workers,
+        model_digest=model_digest,
+        mock_tdx_dir=mock_tdx_dir,
+    )
+    if settings.tee == "sample" and not quiet:
+        click.echo("WARNING: attesting as the INSECURE 'sample' TEE (development only)", err=True)
+    receipt = load_model(settings)
+    if not quiet:
+        summary = {
+            "model": receipt.model_id,
+            "version": receipt.version,
+            "model_digest": receipt.model_digest,
+            "files": len(receipt.files),
+            "bytes": receipt.bytes,
+            "tee": receipt.tee,
+            "destination": receipt.destination,
+            "seconds": round(sum(receipt.timings.values()), 3),
+        }
+        json.dump(summary, sys.stdout)
+        sys.stdout.write("\n")

@@ -1,0 +1,76 @@
+"""Attest this TEE to the KBS and obtain the model key (RCAR through ``KbsClient``).
+
+Only attesters are imported here (``tee.registry.attester_for``); verifier code stays on
+the KBS side. ``auto`` asks ``tee.detect`` which TEE this machine is; the insecure
+``sample`` TEE is never chosen automatically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import UnsupportedTee
+from modelseal.loader.kbs_client import KbsClient
+from modelseal.loader.settings import LoaderSettings
+from modelseal.tee.base import Attester
+from modelseal.tee.registry import attester_for
+
+log = logging.getLogger(__name__)
+
+#: TEE kinds whose evidence proves nothing (the KBS must run with an insecure flag)
+INSECURE_TEES = frozenset({"sample"})
+
+
+@dataclass
+class KeyRelease:
+    """The released DEK plus what the receipt records about the release."""
+
+    dek: SecretBytes
+    tee: str
+    token_id: str | None
+    kbs_url: str
+    insecure: bool
+
+
+def resolve_tee(settings: LoaderSettings) -> str:
+    """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``."""
+    if settings.tee != "auto":
+        return settings.tee
+    try:
+        detect = importlib.import_module("modelseal.tee.detect")
+    except ModuleNotFoundError as exc:
+        raise UnsupportedTee("TEE detection is not available in this build; pass --tee") from exc
+    found = detect.detect_tee()
+    kind = found if isinstance(found, str) else None
+    if kind is None:
+        raise UnsupportedTee(
+            "no TEE detected on this machine (no configfs-tsm, /dev/tdx_guest, /dev/sev-guest "
+            "or TPM); pass --tee KIND (sample only for development)"
+        )
+    return kind
+
+
+def build_attester(kind: str, settings: LoaderSettings) -> Attester:
+    """Instantiate the attester of ``kind`` with the options the settings carry."""
+    options: dict[str, Any] = dict(settings.extra_attester_options)
+    if kind == "mock-tdx" and settings.mock_tdx_dir is not None:
+        options.setdefault("material_dir", settings.mock_tdx_dir)
+    return attester_for(kind, **options)
+
+
+def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
+    """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes."""
+    kind = resolve_tee(settings)
+    attester = build_attester(kind, settings)
+    if kind in INSECURE_TEES:
+        log.warning("attesting as the INSECURE %r TEE: for development only", kind)
+    with KbsClient(kbs_url, attester, tee=kind, verify=settings.kbs_verify) as client:
+        dek = client.get_resource(key_id)
+        token_id = client.token_id
+    return KeyRelease(
+        dek=dek, tee=kind, token_id=token_id, kbs_url=kbs_url, insecure=kind in INSECURE_TEES
+    )

@@ -1,0 +1,353 @@
+"""``load_model``: the confidential model loader contract of DESIGN §8, end to end.
+
+model info → destination check → TEE attester → RCAR with the KBS → DEK → sealed manifest
+(decrypted, digest checked) → every file's header checked against the manifest → parallel
+ranged download + decryption into a private temp dir inside the destination → atomic
+placement → receipt + ready marker → keys zeroized. Any failure wipes the temp dir, so the
+destination never holds unauthenticated or partial plaintext.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pydantic import ValidationError
+
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import (
+    ConfigError,
+    FormatError,
+    IntegrityError,
+    ModelNotFound,
+    TransientError,
+)
+from modelseal.format.header import COMMIT_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, Header
+from modelseal.format.manifest import MAX_MANIFEST_LEN, Manifest, sealed_name
+from modelseal.format.v1 import FileDecryptor
+from modelseal.loader import cnap_loader
+from modelseal.loader.attest import KeyRelease, release_key
+from modelseal.loader.destination import (
+    TEMP_PREFIX,
+    Destination,
+    check_destination,
+    prepare_destination,
+    wipe_tree,
+)
+from modelseal.loader.fetch import Fetcher, RetryPolicy
+from modelseal.loader.pipeline import FileJob, Pipeline
+from modelseal.loader.receipt import LoadedFile, Receipt, Timings, clear_ready, read_receipt
+from modelseal.loader.settings import LoaderSettings
+from modelseal.protocol.model_info import FORMAT_V1, KBS_CNAP, FileInfo, ModelInfo
+
+log = logging.getLogger(__name__)
+
+#: obtains the DEK: ``(settings, kbs_url, key_id) -> KeyRelease``
+ReleaseFn = Callable[[LoaderSettings, str, str], KeyRelease]
+
+#: first bytes fetched per sealed file: preamble + a typical header + commitment
+HEAD_PROBE = 16 << 10
+
+
+@dataclass(frozen=True)
+class SealedFile:
+    """A sealed file whose header was fetched and checked against the manifest."""
+
+    info: FileInfo
+    header: Header
+    commitment: bytes
+    sealed_size: int
+
+
+def fetch_model_info(fetcher: Fetcher, url: str) -> ModelInfo:
+    """GET and validate the model info (registry or CNAP model-info server)."""
+    doc = fetcher.get_json(url, not_found=ModelNotFound)
+    try:
+        return ModelInfo.model_validate(doc)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors())
+        raise FormatError(f"{url}: invalid model info ({fields})") from None
+
+
+def fetch_sealed_head(fetcher: Fetcher, url: str) -> tuple[Header, bytes, int]:
+    """Header, key commitment and blob length of a sealed file (no key needed).
+
+    The blob length must be exactly what the header implies: truncated or extended blobs
+    are refused before anything is decrypted.
+    """
+    prefix, total = fetcher.read_head(url, HEAD_PROBE)
+    if len(prefix) < PREAMBLE_LEN:
+        raise FormatError(f"{url}: too short to be a sealed file")
+    header_len = int.from_bytes(prefix[10:14], "big")
+    need = PREAMBLE_LEN + min(header_len, MAX_HEADER_LEN) + COMMIT_LEN
+    if need > len(prefix) and total >= need:
+        buf = bytearray(need)
+        fetcher.read_range(url, 0, memoryview(buf))
+        prefix = bytes(buf)
+    header = Header.parse(prefix)
+    if total != header.sealed_size:
+        raise FormatError(
+            f"{url}: blob is {total} bytes but its header implies {header.sealed_size} "
+            "(truncated or extended)"
+        )
+    commitment = prefix[header.prefix_len : header.prefix_len + COMMIT_LEN]
+    if len(commitment) != COMMIT_LEN:
+        raise FormatError(f"{url}: ends inside the key commitment")
+    return header, bytes(commitment), total
+
+
+def fetch_manifest(
+    fetcher: Fetcher, info: ModelInfo, dek: SecretBytes, expected_digest: str | None
+) -> Manifest:
+    """Download, authenticate and parse the sealed manifest; check the model digest."""
+    if info.manifest_url is None:
+        raise FormatError("model info has no manifest_url")
+    header, commitment, total = fetch_sealed_head(fetcher, info.manifest_url)
+    if header.size > MAX_MANIFEST_LEN:
+        raise FormatError(f"manifest of {header.size} bytes exceeds {MAX_MANIFEST_LEN}")
+    sealed = bytearray(total)
+    fetcher.read_range(info.manifest_url, 0, memoryview(sealed))
+    dec = FileDecryptor(header, commitment, dek)
+    plain = bytearray(header.size)
+    try:
+        view = memoryview(sealed)
+        out = memoryview(plain)
+        for i in range(header.segment_count):
+            off = header.segment_offset(i)
+            n = header.segment_sealed_len(i)
+            start = i * header.segment_size
+            dec.decrypt_segment_into(i, view[off : off + n], out[start : start + n - 16])
+    finally:
+        dec.close()
+    manifest = Manifest.parse(bytes(plain))
+    manifest.check_manifest_header(header)
+    digest = manifest.digest
+    if info.model_digest is not None and info.model_digest != digest:
+        raise IntegrityError(
+            f"the registry announces model digest {info.model_digest} but the sealed manifest "
+            f"has {digest}"
+        )
+    if expected_digest is not None and expected_digest != digest:
+        raise IntegrityError(f"model digest {digest} is not the expected {expected_digest}")
+    if manifest.key_id != info.key_id:
+        raise IntegrityError("the sealed manifest names another key than the model info")
+    if manifest.model is not None and manifest.model != info.id:
+        raise IntegrityError(
+            f"the sealed manifest is for model {manifest.model!r}, not {info.id!r}"
+        )
+    if (
+        manifest.version is not None
+        and info.version is not None
+        and manifest.version != info.version
+    ):
+        raise IntegrityError(
+            f"the sealed manifest is version {manifest.version!r}, not {info.version!r}"
+        )
+    return manifest
+
+
+def fetch_heads(fetcher: Fetcher, info: ModelInfo, workers: int) -> list[SealedFile]:
+    """Fetch every sealed file's header in parallel (one small ranged GET each)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(info.files)))) as pool:
+        heads = list(pool.map(lambda f: fetch_sealed_head(fetcher, f.url), info.files))
+    return [SealedFile(f, h, c, t) for f, (h, c, t) in zip(info.files, heads, strict=True)]
+
+
+def check_placement(dest: Path, paths: Sequence[str]) -> list[str]:
+    """Top-level names the model will occupy in ``dest``; refuse to clobber foreign files.
+
+    Entries that a previous load placed (listed in its receipt) may be replaced.
+    """
+    tops = sorted({PurePosixPath(p).parts[0] for p in paths})
+    previous = read_receipt(dest) or {}
+    owned = {PurePosixPath(f["path"]).parts[0] for f in previous.get("files", []) if "path" in f}
+    clash = [t for t in tops if (dest / t).exists() and t not in owned]
+    if clash:
+        raise ConfigError(
+            f"destination {dest} already holds {', '.join(clash)} (not from an earlier load); "
+            "use an empty directory"
+        )
+    return tops
+
+
+def place(tmp: Path, dest: Path, tops: Sequence[str], *, overwrite: bool) -> None:
+    """Move each top-level entry from ``tmp`` into ``dest`` with ``rename`` (same fs)."""
+    for name in tops:
+        target = dest / name
+        source = tmp / name
+        if target.is_dir() and not target.is_symlink():
+            wipe_tree(target, overwrite=overwrite)
+        os.replace(source, target)
+
+
+@contextmanager
+def temp_dir(dest: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A private work dir inside ``dest``; deleted (with its plaintext) on any failure."""
+    tmp = dest / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+    tmp.mkdir(mode=0o700)
+    try:
+        yield tmp
+    except BaseException:
+        wipe_tree(tmp, overwrite=overwrite)
+        raise
+    wipe_tree(tmp, overwrite=overwrite)
+
+
+def _open_target(tmp: Path, relpath: str, size: int) -> int:
+    path = tmp / relpath
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def load_v1(
+    fetcher: Fetcher,
+    info: ModelInfo,
+    dek: SecretBytes,
+    tmp: Path,
+    settings: LoaderSettings,
+    dest: Destination,
+    timings: Timings,
+    on_progress: Callable[[int], None] | None,
+) -> tuple[str, list[LoadedFile]]:
+    """Manifest, headers, then the parallel pipeline into ``tmp``; returns the model digest."""
+    with timings.step("manifest"):
+        manifest = fetch_manifest(fetcher, info, dek, settings.model_digest)
+        files = fetch_heads(fetcher, info, settings.workers)
+        manifest.check_files({sealed_name(f.info.path): (f.header, f.sealed_size) for f in files})
+        check_destination(
+            settings.dest, allow_disk=settings.allow_disk, needed_bytes=manifest.total_size
+        )
+    with ExitStack() as stack:
+        jobs: list[FileJob] = []
+        for f in files:
+            dec = FileDecryptor(f.header, f.commitment, dek)
+            stack.callback(dec.close)
+            fd = _open_target(tmp, f.info.path, f.header.size)
+            stack.callback(os.close, fd)
+            jobs.append(FileJob(url=f.info.url, header=f.header, decryptor=dec, fd=fd))
+        with timings.step("download_decrypt"):
+            Pipeline(fetcher, workers=settings.workers, on_progress=on_progress).run(jobs)
+    loaded = [LoadedFile(f.info.path, f.header.size, f.sealed_size) for f in files]
+    return manifest.digest, loaded
+
+
+def load_model(
+    settings: LoaderSettings,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    release: ReleaseFn | None = None,
+) -> Receipt:
+    """Run the whole loader contract; return the receipt written into the destination.
+
+    ``release`` obtains the model key (default: attest to the KBS with ``KbsClient``).
+    Raises the typed errors of :mod:`modelseal.errors` (each with its exit code).
+    """
+    timings = Timings()
+    started = time.time()
+    with timings.step("check_destination"):
+        dest = check_destination(settings.dest, allow_disk=settings.allow_disk)
+        prepare_destination(settings.dest)
+    overwrite = not dest.memory_backed
+    with Fetcher(
+        verify=settings.registry_verify,
+        timeout=settings.timeout,
+        retry=RetryPolicy(attempts=settings.retries),
+        max_connections=settings.workers + 2,
+    ) as fetcher:
+        with timings.step("model_info"):
+            info = fetch_model_info(fetcher, settings.model)
+        key: KeyRelease | None = None
+        if info.encrypted or info.format == FORMAT_V1:
+            key = _release(settings, info, timings, release or release_key, fetcher.retry)
+        digest: str | None = None
+        try:
+            with temp_dir(settings.dest, overwrite=overwrite) as tmp:
+                if info.format == FORMAT_V1:
+                    assert key is not None
+                    digest, loaded = load_v1(
+                        fetcher, info, key.dek, tmp, settings, dest, timings, on_progress
+                    )
+                else:
+                    with timings.step("download_decrypt"):
+                        loaded = cnap_loader.load_cnap(
+                            fetcher,
+                            info,
+                            key.dek if key is not None else None,
+                            tmp,
+                            on_progress=on_progress,
+                        )
+                with timings.step("place"):
+                    tops = check_placement(settings.dest, [f.path for f in loaded])
+                    clear_ready(settings.dest)
+                    place(tmp, settings.dest, tops, overwrite=overwrite)
+        finally:
+            if key is not None:
+                key.dek.wipe()
+        receipt = Receipt(
+            model_id=info.id,
+            version=info.version,
+            format=info.format,
+            model_digest=digest,
+            model_url=settings.model,
+            kbs_url=key.kbs_url if key is not None else "",
+            key_id=info.key_id or "",
+            tee=key.tee if key is not None else "none",
+            token_id=key.token_id if key is not None else None,
+            destination=str(settings.dest),
+            files=tuple(loaded),
+            bytes=sum(f.size for f in loaded),
+            sealed_bytes=sum(f.sealed_size for f in loaded),
+            timings=dict(timings.steps),
+            retries=fetcher.retried,
+            loaded_at=started,
+            insecure_tee=key.insecure if key is not None else False,
+        )
+    receipt.write(settings.dest)
+    return receipt
+
+
+def _release(
+    settings: LoaderSettings,
+    info: ModelInfo,
+    timings: Timings,
+    release: ReleaseFn,
+    retry: RetryPolicy,
+) -> KeyRelease:
+    """Pick the KBS, then attest and fetch the key, retrying only transient failures."""
+    if not info.key_id:
+        raise FormatError("model info has no key_id")
+    kbs_url = settings.kbs_url
+    if kbs_url is None:
+        if info.kbs == KBS_CNAP:
+            raise ConfigError(
+                "the model's KBS is a CNAP key-transfer URL; pass --kbs-url of a "
+                "Trustee-compatible KBS (modelseal kbs serve) holding key "
+                f"{info.key_id!r}"
+            )
+        kbs_url = info.kbs_url
+    if not kbs_url:
+        raise ConfigError("no KBS URL: pass --kbs-url or publish the model with kbs_url")
+    with timings.step("attest_key_release"):
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return release(settings, kbs_url, info.key_id)
+            except TransientError as exc:
+                if attempt >= retry.attempts:
+                    raise
+                log.info("key release failed transiently (%s); retrying", exc)
+                time.sleep(retry.delay(attempt))

@@ -1,0 +1,145 @@
+"""load_model over real HTTP with a given key: placement, receipt, integrity failures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from modelseal import errors
+from modelseal.format.manifest import SEALED_MANIFEST_NAME
+from modelseal.loader.destination import TEMP_PREFIX
+from modelseal.loader.loader import load_model
+from modelseal.loader.settings import LoaderSettings
+from tests.integration.loader.conftest import FILES, SealedModelServer
+
+
+def _settings(model: SealedModelServer, dest: Path, **kw: object) -> LoaderSettings:
+    return LoaderSettings(
+        model=model.model_url, dest=dest, tee="sample", workers=3, retries=3, **kw
+    )  # type: ignore[arg-type]
+
+
+def _no_plaintext(dest: Path) -> None:
+    leftovers = [p for p in dest.rglob("*") if p.is_file()] if dest.exists() else []
+    assert leftovers == []
+
+
+def test_load_places_every_file(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    receipt = load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    for rel, data in FILES.items():
+        assert (shm_dest / rel).read_bytes() == data
+    assert not [p for p in shm_dest.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert receipt.model_digest == sealed_model.digest
+    assert receipt.bytes == sum(len(v) for v in FILES.values())
+    on_disk = json.loads((shm_dest / ".modelseal" / "receipt.json").read_text())
+    assert on_disk["model_digest"] == sealed_model.digest
+    assert on_disk["token_id"] == "t-1"
+    assert (shm_dest / ".modelseal" / "ready").exists()
+    assert {"model_info", "manifest", "download_decrypt", "place"} <= set(on_disk["timings"])
+    # a second load replaces the first one's files
+    load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    assert (shm_dest / "config.json").read_bytes() == FILES["config.json"]
+
+
+def test_expected_digest(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    load_model(
+        _settings(sealed_model, shm_dest, model_digest=sealed_model.digest),
+        release=sealed_model.release(),
+    )
+    with pytest.raises(errors.IntegrityError):
+        load_model(
+            _settings(sealed_model, shm_dest / "b", model_digest="sha256:" + "0" * 64),
+            release=sealed_model.release(),
+        )
+    _no_plaintext(shm_dest / "b")
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    b = bytearray(data)
+    b[at] ^= 1
+    return bytes(b)
+
+
+@pytest.mark.parametrize("where", ["segment", "last-byte", "header"])
+def test_tampered_blob_leaves_no_plaintext(
+    sealed_model: SealedModelServer, shm_dest: Path, where: str
+) -> None:
+    rel = "weights/model-00001.bin.sealed"
+    data = sealed_model.sealed[rel]
+    at = {"segment": len(data) // 2, "last-byte": len(data) - 1, "header": 20}[where]
+    sealed_model.server.blobs[f"/blobs/m1/v1/{rel}"] = _flip(data, at)
+    with pytest.raises(errors.Error) as info:
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    assert info.value.exit_code == 5
+    _no_plaintext(shm_dest)
+
+
+def test_swapped_files_are_integrity_errors(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    a, b = "weights/model-00001.bin.sealed", "weights/model-00002.bin.sealed"
+    sealed_model.server.blobs[f"/blobs/m1/v1/{a}"] = sealed_model.sealed[b]
+    sealed_model.server.blobs[f"/blobs/m1/v1/{b}"] = sealed_model.sealed[a]
+    with pytest.raises(errors.IntegrityError):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    _no_plaintext(shm_dest)
+
+
+def test_registry_dropping_a_file_is_detected(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    files = [f for f in sealed_model.info["files"] if f["path"] != "config.json"]  # type: ignore[union-attr,index]
+    sealed_model.info["files"] = files
+    sealed_model.publish()
+    with pytest.raises(errors.IntegrityError, match="missing"):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+
+
+def test_registry_lying_about_digest(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    sealed_model.info["model_digest"] = "sha256:" + "1" * 64
+    sealed_model.publish()
+    with pytest.raises(errors.IntegrityError):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+
+
+def test_wrong_key_is_decryption_error(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    sealed_model.dek = type(sealed_model.dek)(os.urandom(32))
+    with pytest.raises(errors.DecryptionError):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    _no_plaintext(shm_dest)
+
+
+def test_truncated_blob(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    rel = "weights/model-00002.bin.sealed"
+    sealed_model.server.blobs[f"/blobs/m1/v1/{rel}"] = sealed_model.sealed[rel][:-1]
+    with pytest.raises(errors.FormatError):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    _no_plaintext(shm_dest)
+
+
+def test_unknown_model_is_not_found(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    settings = _settings(sealed_model, shm_dest).with_overrides(
+        model=sealed_model.server.url + "/models/nope"
+    )
+    with pytest.raises(errors.ModelNotFound) as info:
+        load_model(settings, release=sealed_model.release())
+    assert info.value.exit_code == 3
+
+
+def test_resumes_after_cuts(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    sealed_model.server.faults.cut_after = [100, 5000, 20_000]
+    sealed_model.server.faults.statuses = [503]
+    receipt = load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    assert receipt.retries >= 1
+    for rel, data in FILES.items():
+        assert (shm_dest / rel).read_bytes() == data
+
+
+def test_manifest_is_fetched_from_its_url(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    del sealed_model.server.blobs[f"/blobs/m1/v1/{SEALED_MANIFEST_NAME}"]
+    with pytest.raises(errors.NotFound):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    _no_plaintext(shm_dest)
