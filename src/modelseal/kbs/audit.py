@@ -19,22 +19,21 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from hashlib import sha256
 from typing import Any
 
 from sqlalchemy import Integer, String, Text, func, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from modelseal._internal.canonical import canonical_json
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal.crypto.kek import KekRing
 from modelseal.errors import BackendError, ConfigError
 from modelseal.kbs.db import Base, Database
+from modelseal.protocol.admin import AUDIT_GENESIS, audit_row_hash, check_audit_row
 
-__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditVerification", "row_hash"]
+__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditVerification"]
 
-GENESIS = "0" * 64
+GENESIS = AUDIT_GENESIS
 _HEAD_ID = 1
 _MAC_LABEL = "audit-head"
 _MAX_REASONS = 32
@@ -137,14 +136,7 @@ class AuditVerification:
         }
 
 
-def row_hash(fields: dict[str, Any]) -> str:
-    """SHA-256 hex over RFC 8785 JSON of a row's fields (everything but ``row_hash``)."""
-    body = {k: v for k, v in fields.items() if k != "row_hash"}
-    return sha256(canonical_json(body)).hexdigest()
-
-
-def _fields(row: AuditRow | AuditEntry) -> dict[str, Any]:
-    reasons = row.reasons if isinstance(row, AuditEntry) else _load_reasons(row.reasons)
+def _fields(row: AuditRow) -> dict[str, Any]:
     return {
         "seq": row.seq,
         "time": row.time,
@@ -155,41 +147,9 @@ def _fields(row: AuditRow | AuditEntry) -> dict[str, Any]:
         "claims_digest": row.claims_digest,
         "policy_digest": row.policy_digest,
         "decision": row.decision,
-        "reasons": list(reasons),
+        "reasons": list(_load_reasons(row.reasons)),
         "prev_hash": row.prev_hash,
     }
-
-
-def verify_chain(entries: Sequence[AuditEntry], *, start_prev: str = GENESIS) -> AuditVerification:
-    """Check seq continuity, links and hashes of a list of entries (client-side check).
-
-    Used by ``modelseal kbs audit --verify`` on the rows the server returned, so the
-    operator does not have to trust the server's own verdict on the chain itself.
-    """
-    prev, expected = start_prev, (entries[0].seq if entries else 1)
-    for entry in entries:
-        bad = _check_one(_fields(entry), entry.row_hash, expected, prev)
-        if bad is not None:
-            return AuditVerification(False, len(entries), *bad)
-        prev, expected = entry.row_hash, expected + 1
-    return AuditVerification(True, len(entries))
-
-
-def _check_one(
-    fields: dict[str, Any], stored_hash: str, expected: int, prev: str
-) -> tuple[int, str] | None:
-    seq = fields["seq"]
-    if seq != expected:
-        return expected, f"row {expected} is missing (next row is {seq})"
-    if fields["prev_hash"] != prev:
-        return seq, f"row {seq} does not link to the previous row (reordered or inserted)"
-    try:
-        recomputed = row_hash(fields)
-    except (TypeError, ValueError):
-        return seq, f"row {seq} is not valid"
-    if recomputed != stored_hash:
-        return seq, f"row {seq} was modified (its content does not match its hash)"
-    return None
 
 
 def _load_reasons(text: str) -> tuple[str, ...]:
@@ -300,7 +260,7 @@ class AuditLog:
                 "reasons": clipped,
                 "prev_hash": head.row_hash,
             }
-            digest = row_hash(fields)
+            digest = audit_row_hash(fields)
             row = AuditRow(
                 **{**fields, "reasons": json.dumps(clipped, ensure_ascii=False)},
                 row_hash=digest,
@@ -350,7 +310,7 @@ class AuditLog:
             h_seq, h_hash, h_kek, h_mac = head.seq, head.row_hash, head.kek_id, head.mac
         prev, expected, count = GENESIS, 1, 0
         for row in self._iter_rows(h_seq):
-            bad = _check_one(_fields(row), row.row_hash, expected, prev)
+            bad = check_audit_row(_fields(row), row.row_hash, expected, prev)
             if bad is not None:
                 return AuditVerification(False, count, *bad)
             prev, expected, count = row.row_hash, expected + 1, count + 1
