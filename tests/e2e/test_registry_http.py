@@ -47,13 +47,16 @@ class RegistryServer:
                 self.proc.wait(5)
 
 
-def start_registry(data_dir: Path, *extra: str, port: int | None = None) -> RegistryServer:
+def start_registry(
+    data_dir: Path, *extra: str, port: int | None = None, env: dict[str, str] | None = None
+) -> RegistryServer:
     """Start ``modelseal registry serve`` and wait until /healthz answers."""
     port = port or free_port()
     proc = subprocess.Popen(
         [*CLI, "registry", "serve", "--data-dir", str(data_dir), "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -246,3 +249,41 @@ def test_restart_keeps_records_and_token(tmp_path: Path) -> None:
         assert httpx.get(f"{again.url}/blobs/a/b/c").content == b"hello"
     finally:
         again.stop()
+
+
+def test_registry_over_s3_blob_store(tmp_path: Path) -> None:
+    """``--blob-store s3://...`` end to end, against moto's S3 server (a mock of S3)."""
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    s3_port = free_port()
+    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    client.create_bucket(Bucket="models")
+    client.close()
+    server = start_registry(
+        tmp_path / "d", "--blob-store", f"s3://models/reg?endpoint={endpoint}", env=creds
+    )
+    try:
+        data = os.urandom(9 << 20)
+        url = f"{server.url}/blobs/m/v1/w.sealed"
+        assert httpx.put(url, content=data, headers=server.auth(), timeout=60).status_code == 201
+        head = httpx.head(url)
+        assert head.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+        r = httpx.get(url, headers={"Range": "bytes=8388600-8388620"})
+        assert r.status_code == 206
+        assert r.content == data[8388600:8388621]
+        assert httpx.get(url, timeout=60).content == data
+        assert httpx.get(url, headers={"Range": f"bytes={len(data)}-"}).status_code == 416
+    finally:
+        server.stop()
+        s3.stop()
