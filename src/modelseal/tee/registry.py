@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "mock-tdx": "mock_tdx",
     "snp": "snp",
     "tpm": "tpm",
+    "sgx": "tdx.sgx",
 }
 
 

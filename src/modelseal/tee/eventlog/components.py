@@ -1,0 +1,111 @@
+"""Measured boot components extracted from an event log, for release policies.
+
+What is extracted (digests in the log's bank, lower-case hex; all optional):
+
+* ``kernel_digest`` — the Linux kernel: the EV_IPL event GRUB writes with the kernel's
+  path right after its ``grub_cmd: linux <path>`` command; without GRUB's file
+  measurement, the last EV_EFI_BOOT_SERVICES_APPLICATION (the kernel EFI stub that OVMF
+  or shim started last).
+* ``cmdline_digest`` (+ ``cmdline`` text when the log carries it) — GRUB's
+  ``kernel_cmdline: ...`` EV_IPL event, else OVMF's tagged event
+  ``LOADED_IMAGE::LoadOptions`` (EV_EVENT_TAG, only the digest is in the log).
+* ``initrd_digest`` — OVMF's tagged event ``Linux initrd``.
+* ``efi_applications`` — digests of every EV_EFI_BOOT_SERVICES_APPLICATION, in order
+  (shim, GRUB, kernel ...), for audit.
+
+The values are trustworthy only after the log replayed to the attested registers.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from modelseal.tee.eventlog.tcg import (
+    EV_EFI_BOOT_SERVICES_APPLICATION,
+    EV_EVENT_TAG,
+    EV_IPL,
+    EventLog,
+)
+
+_TAG_LOAD_OPTIONS = b"LOADED_IMAGE::LoadOptions"
+_TAG_INITRD = b"Linux initrd"
+
+
+@dataclass(frozen=True)
+class MeasuredComponents:
+    kernel_digest: str | None = None
+    cmdline_digest: str | None = None
+    cmdline: str | None = None
+    initrd_digest: str | None = None
+    efi_applications: list[str] = field(default_factory=list)
+
+    def measurements(self) -> dict[str, str]:
+        """Claims for ``Claims.measurements`` (hex values only)."""
+        out = {}
+        if self.kernel_digest:
+            out["kernel_digest"] = self.kernel_digest
+        if self.cmdline_digest:
+            out["cmdline_digest"] = self.cmdline_digest
+        if self.initrd_digest:
+            out["initrd_digest"] = self.initrd_digest
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            **self.measurements(),
+            "cmdline": self.cmdline,
+            "efi_applications": self.efi_applications,
+        }
+
+
+def _tag_name(data: bytes) -> bytes:
+    if len(data) < 8:
+        return b""
+    _tag_id, size = struct.unpack_from("<II", data)
+    return data[8 : 8 + size].rstrip(b"\x00")
+
+
+def _text(data: bytes) -> str:
+    return data.rstrip(b"\x00").decode("utf-8", "replace")
+
+
+def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
+    """Find kernel, command line and initrd measurements in bank ``alg``."""
+    apps: list[str] = []
+    grub_kernel: str | None = None
+    cmdline_digest: str | None = None
+    cmdline: str | None = None
+    initrd: str | None = None
+    pending_linux_path: str | None = None
+    for ev in log.events:
+        digest = ev.digests.get(alg)
+        if digest is None:
+            continue
+        if ev.event_type == EV_EFI_BOOT_SERVICES_APPLICATION:
+            apps.append(digest.hex())
+        elif ev.event_type == EV_IPL:
+            text = _text(ev.data)
+            if text.startswith("grub_cmd: linux ") or text.startswith("grub_cmd: linuxefi "):
+                parts = text.split()
+                pending_linux_path = parts[2] if len(parts) > 2 else None
+            elif text.startswith("kernel_cmdline: "):
+                cmdline_digest = digest.hex()
+                cmdline = text[len("kernel_cmdline: ") :]
+            elif pending_linux_path is not None and text.endswith(pending_linux_path):
+                grub_kernel = digest.hex()
+                pending_linux_path = None
+        elif ev.event_type == EV_EVENT_TAG:
+            name = _tag_name(ev.data)
+            if name == _TAG_LOAD_OPTIONS and cmdline_digest is None:
+                cmdline_digest = digest.hex()
+            elif name == _TAG_INITRD:
+                initrd = digest.hex()
+    kernel = grub_kernel or (apps[-1] if apps else None)
+    return MeasuredComponents(
+        kernel_digest=kernel,
+        cmdline_digest=cmdline_digest,
+        cmdline=cmdline,
+        initrd_digest=initrd,
+        efi_applications=apps,
+    )

@@ -1,0 +1,99 @@
+"""Init-data: the launch-time workload description a TEE is bound to (Trustee-compatible).
+
+The document is TOML (``kbs/docs/initdata.md`` in Trustee)::
+
+    version = "0.1.0"
+    algorithm = "sha384"          # sha256 | sha384 | sha512
+    [data]
+    model_digest = "sha256:..."   # any workload facts; policies can require them
+
+Its digest is the declared hash over the document's raw bytes, exactly as sent (never
+re-serialized). The host sets it at launch into a field the hardware attests: TDX
+MRCONFIGID (48 B), SNP HOST_DATA (32 B). The digest is zero-padded (or truncated) to the
+field size, as Trustee does, then compared in constant time. After the check, the
+``[data]`` table becomes ``Claims.init_data`` and the digest ``Claims.init_data_digest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from modelseal.errors import EvidenceError
+
+#: Init-data larger than this is refused (it travels in every attestation request).
+MAX_INIT_DATA = 256 * 1024
+ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
+
+
+@dataclass(frozen=True)
+class InitData:
+    version: str
+    algorithm: str
+    data: dict[str, str]
+    digest: bytes
+
+    @property
+    def digest_hex(self) -> str:
+        return self.digest.hex()
+
+
+def _claim_value(value: Any) -> str:
+    """Strings stay as they are; other TOML values become canonical JSON text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def parse_init_data(raw: bytes | str) -> InitData:
+    """Parse and hash an init-data document; malformed input -> EvidenceError."""
+    body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    if len(body) > MAX_INIT_DATA:
+        raise EvidenceError(f"init-data too large ({len(body)} bytes > {MAX_INIT_DATA})")
+    try:
+        doc = tomllib.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise EvidenceError(f"init-data is not valid TOML: {exc}") from exc
+    version = doc.get("version")
+    algorithm = doc.get("algorithm")
+    data = doc.get("data", {})
+    if not isinstance(version, str):
+        raise EvidenceError("init-data: 'version' must be a string")
+    if algorithm not in ALGORITHMS:
+        raise EvidenceError(f"init-data: 'algorithm' must be one of {', '.join(ALGORITHMS)}")
+    if not isinstance(data, dict):
+        raise EvidenceError("init-data: [data] must be a table")
+    return InitData(
+        version=version,
+        algorithm=algorithm,
+        data={str(k): _claim_value(v) for k, v in data.items()},
+        digest=ALGORITHMS[algorithm](body).digest(),
+    )
+
+
+def check_init_data(init: InitData, field: bytes, *, field_name: str) -> None:
+    """The attested launch field must equal the digest, zero-padded/truncated to its size."""
+    expected = init.digest[: len(field)].ljust(len(field), b"\x00")
+    if not hmac.compare_digest(expected, field):
+        raise EvidenceError(
+            f"init-data binding mismatch: {field_name} is {field.hex()}, the init-data "
+            f"{init.algorithm} digest is {init.digest.hex()}"
+        )
+
+
+def bind_init_data(raw: bytes | str | None, field: bytes, *, field_name: str) -> InitData | None:
+    """Parse ``raw`` (if any) and check it against ``field``; None when there is none."""
+    if raw is None:
+        return None
+    init = parse_init_data(raw)
+    check_init_data(init, field, field_name=field_name)
+    return init
+
+
+def init_data_field(raw: bytes | str, size: int) -> bytes:
+    """The launch-field value a host must set for this document (attesters, mocks, docs)."""
+    return parse_init_data(raw).digest[:size].ljust(size, b"\x00")

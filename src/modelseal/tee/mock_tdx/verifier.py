@@ -1,0 +1,55 @@
+"""mock-tdx verifier: the full TDX/DCAP pipeline, anchored at an explicitly given test root.
+
+Refused (UnsupportedTee) unless ``VerifierConfig.mock_tdx_root`` names the test root PEM:
+a KBS never trusts the mock by accident. Collateral comes from
+``VerifierConfig.collateral`` if set, else ``collateral.json`` next to the root (the CA
+directory). Claims are TDX claims with ``tee = "mock-tdx"`` and ``extra.mock = true``, so
+a release policy must name ``mock-tdx`` explicitly to accept them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from modelseal.crypto.x509_test_ca import pem_to_der
+from modelseal.errors import ConfigError, UnsupportedTee
+from modelseal.protocol.claims import Claims
+from modelseal.tee.base import VerifierConfig
+from modelseal.tee.tdx.collateral import CollateralStore
+from modelseal.tee.tdx.dcap_verifier import DcapQuoteVerifier
+
+
+class Verifier(DcapQuoteVerifier):
+    tee: ClassVar[str] = "mock-tdx"
+    quote_tee: ClassVar[str] = "TDX"
+
+    @classmethod
+    def from_config(cls, config: VerifierConfig) -> Verifier:
+        if not config.mock_tdx_root:
+            raise UnsupportedTee(
+                "mock-tdx is a test TEE: it is trusted only when its test root CA is "
+                "configured explicitly (kbs serve --mock-tdx-root PEM)"
+            )
+        root = Path(config.mock_tdx_root)
+        try:
+            root_der = pem_to_der(root.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read the mock-tdx root {root}: {exc}") from exc
+        bundle = config.collateral or str(root.parent / "collateral.json")
+        return cls(CollateralStore(bundle=bundle), root_ca_der=root_der)
+
+    def verify(
+        self,
+        evidence: Any,
+        *,
+        expected_report_data: bytes,
+        now: float,
+        init_data: bytes | None = None,
+    ) -> Claims:
+        claims = super().verify(
+            evidence, expected_report_data=expected_report_data, now=now, init_data=init_data
+        )
+        return Claims(
+            **{**vars(claims), "extra": {**claims.extra, "mock": True}},
+        )

@@ -1,0 +1,225 @@
+"""Thin, typed wrapper around ``dcap-qvl`` (Intel DCAP quote verification, offline).
+
+dcap-qvl checks, against one collateral set: the root CA against the root CRL; TCB info
+and QE identity signatures, issuer chains and validity windows; the PCK chain up to the
+trusted root with CRLs (no unknown revocation status allowed); the QE report signature
+(PCK key) and that it binds the attestation key; the quote signature (attestation key);
+the platform TCB level (CPUSVN/PCESVN/TEE_TCB_SVN, TDX module identity) and the QE TCB;
+and the TD/enclave attributes (debug rejected, SEPT_VE_DISABLE required, no service TD).
+
+Its errors are plain ``ValueError`` strings; :func:`classify` turns them into one-line
+operator reasons (collateral expired, chain broken, TCB not supported, debug ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from modelseal.errors import ConfigError, EvidenceError
+
+try:
+    import dcap_qvl
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigError("TDX/SGX verification needs dcap-qvl: pip install 'modelseal[tdx]'") from exc
+
+
+@dataclass(frozen=True)
+class DcapResult:
+    """What dcap-qvl established beyond the quote bytes themselves."""
+
+    status: str
+    advisory_ids: tuple[str, ...]
+    qe_status: str
+    platform_status: str
+    ppid: str
+
+
+@dataclass(frozen=True)
+class PckInfo:
+    """Facts from the PCK leaf certificate's Intel SGX extension."""
+
+    fmspc: str
+    ca: str
+    cpu_svn: str
+    pce_svn: int
+    ppid: str
+
+
+#: (substring of dcap-qvl's message, category shown to operators) — first match wins.
+_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("CrlExpired", "collateral expired (a CRL is past its nextUpdate)"),
+    ("CertExpired", "collateral expired (a certificate is outside its validity)"),
+    ("CertNotValidYet", "collateral not yet valid (a certificate is not valid yet)"),
+    ("CrlNotValidYet", "collateral not yet valid (a CRL is not valid yet)"),
+    ("TCBInfo expired", "collateral expired (TCB info is past its nextUpdate)"),
+    ("QE Identity expired", "collateral expired (QE identity is past its nextUpdate)"),
+    ("issue date is in the future", "collateral not yet valid (issued after the check time)"),
+    ("CertRevoked", "certificate revoked (PCK or intermediate listed in a CRL)"),
+    ("Revoked", "TCB revoked"),
+    ("Debug mode is enabled", "debug TEE (attributes allow the host to read its memory)"),
+    ("No matching TCB level", "TCB level not supported by the collateral"),
+    ("TCB status is invalid", "TCB status not acceptable"),
+    ("ISV enclave report signature is invalid", "quote signature invalid"),
+    ("Signature is invalid for qe_report", "QE report signature invalid (PCK key)"),
+    ("QE report hash mismatch", "QE report does not bind the attestation key"),
+    ("Signature is invalid for tcb_info", "TCB info signature invalid"),
+    ("Signature is invalid for qe_identity", "QE identity signature invalid"),
+    ("Fmspc mismatch", "collateral is for another platform (FMSPC mismatch)"),
+    (
+        "InvalidCrlSignatureForPublicKey",
+        "certificate chain broken (CRL not signed by the trusted CA)",
+    ),
+    ("UnknownIssuer", "certificate chain broken (not issued by the trusted root)"),
+    ("InvalidSignatureForPublicKey", "certificate chain broken (bad certificate signature)"),
+    ("UnknownRevocationStatus", "certificate chain broken (no CRL covers a certificate)"),
+    ("certificate chain", "certificate chain broken"),
+    ("Failed to load root ca", "trusted root CA unusable"),
+    ("Failed to decode", "malformed quote or collateral"),
+    ("Unsupported", "unsupported quote or collateral"),
+    ("QE ", "QE identity mismatch"),
+    ("TDX module", "TDX module identity mismatch"),
+    ("SEPT_VE_DISABLE", "TD attributes not acceptable (SEPT_VE_DISABLE off)"),
+    ("Reserved bits", "TD attributes not acceptable (reserved bits set)"),
+    ("MR service TD", "TD has a service TD binding, which is not accepted"),
+)
+
+
+def classify(message: str) -> str:
+    """``"<category>: <dcap-qvl detail on one line>"``."""
+    detail = " ".join(
+        part.strip() for part in message.replace("Verification failed:", "").splitlines()
+    )
+    detail = " ".join(detail.split())
+    for needle, category in _CATEGORIES:
+        if needle in message:
+            return f"{category}: {detail}"
+    return f"quote verification failed: {detail}"
+
+
+def load_collateral(text: str) -> Any:
+    """Parse dcap-qvl ``QuoteCollateralV3`` JSON; malformed input -> EvidenceError."""
+    try:
+        return dcap_qvl.QuoteCollateralV3.from_json(text)
+    except (ValueError, TypeError) as exc:
+        raise EvidenceError(f"malformed collateral: {exc}") from exc
+
+
+def verify(
+    raw_quote: bytes, collateral: Any, now: float, *, root_ca_der: bytes | None = None
+) -> DcapResult:
+    """Run the full DCAP verification; any failure -> EvidenceError with a category."""
+    if now < 0:
+        raise EvidenceError("verification time must not be negative")
+    try:
+        if root_ca_der is None:
+            report = dcap_qvl.verify(raw_quote, collateral, int(now))
+        else:
+            report = dcap_qvl.verify_with_root_ca(raw_quote, collateral, root_ca_der, int(now))
+        doc = json.loads(report.to_json())
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise EvidenceError(classify(str(exc))) from exc
+    return DcapResult(
+        status=str(doc["status"]),
+        advisory_ids=tuple(str(a) for a in doc.get("advisory_ids", ())),
+        qe_status=str(doc.get("qe_status", {}).get("status", "")),
+        platform_status=str(doc.get("platform_status", {}).get("status", "")),
+        ppid=str(doc.get("ppid", "")),
+    )
+
+
+def pck_info(pck_chain_pem: bytes) -> PckInfo:
+    """FMSPC, CA type and SVNs from the PCK leaf (used to pick collateral)."""
+    try:
+        ext = dcap_qvl.parse_pck_extension_from_pem(pck_chain_pem)
+        leaf_issuer = _leaf_issuer_cn(pck_chain_pem)
+    except (ValueError, TypeError) as exc:
+        raise EvidenceError(f"malformed PCK certificate: {classify(str(exc))}") from exc
+    ca = "processor" if "Processor" in leaf_issuer else "platform"
+    return PckInfo(
+        fmspc=bytes(ext.fmspc).hex(),
+        ca=ca,
+        cpu_svn=bytes(ext.cpu_svn).hex(),
+        pce_svn=int(ext.pce_svn),
+        ppid=bytes(ext.ppid).hex(),
+    )
+
+
+def _linked_chain(pem: bytes | str, what: str) -> list[Any]:
+    """Certificates of a PEM chain, each signed by the next and the last self-signed."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise EvidenceError(f"certificate chain broken: malformed {what}") from exc
+    try:
+        for child, parent in itertools.pairwise(certs):
+            child.verify_directly_issued_by(parent)
+        certs[-1].verify_directly_issued_by(certs[-1])
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+        raise EvidenceError(f"certificate chain broken: the {what} does not link up") from exc
+    return certs
+
+
+def check_embedded_chain(pem: bytes, root_ca_der: bytes | None = None) -> Any:
+    """The quote's PCK chain must be internally consistent, including its root copy.
+
+    dcap-qvl anchors at its configured root and ignores the copy of the root the quote
+    carries; we also refuse a quote whose embedded chain does not link up (each
+    certificate signed by the next, the last self-signed and, when known, equal to the
+    trusted root), so no byte of the quote is left unauthenticated. Returns the root.
+    """
+    from cryptography import x509
+
+    certs = _linked_chain(pem, "PCK chain in the quote")
+    if root_ca_der is not None and certs[-1] != x509.load_der_x509_certificate(root_ca_der):
+        raise EvidenceError("certificate chain broken: not issued by the trusted root")
+    return certs[-1]
+
+
+def check_collateral_chains(text: str, root: Any) -> None:
+    """Authenticate the collateral parts dcap-qvl does not read itself.
+
+    dcap-qvl verifies CRLs with the certificates it validates and never looks at
+    ``pck_crl_issuer_chain`` or at the root copies at the end of each issuer chain; we
+    require every chain to link up to the same root as the quote, and the PCK CRL to be
+    signed by the first certificate of its issuer chain.
+    """
+    from cryptography import x509
+
+    try:
+        doc = json.loads(text)
+        pck_crl = x509.load_der_x509_crl(bytes.fromhex(doc["pck_crl"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EvidenceError("malformed collateral: PCK CRL") from exc
+    for key in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"):
+        certs = _linked_chain(str(doc.get(key, "")), key.replace("_", " "))
+        if certs[-1] != root:
+            raise EvidenceError(f"certificate chain broken: {key} ends at another root")
+        if key == "pck_crl_issuer_chain":
+            issuer = certs[0]
+            try:
+                valid = pck_crl.issuer == issuer.subject and pck_crl.is_signature_valid(
+                    issuer.public_key()
+                )
+            except (ValueError, TypeError):
+                valid = False
+            if not valid:
+                raise EvidenceError("collateral: PCK CRL is not signed by its issuer chain")
+
+
+def _leaf_issuer_cn(pem: bytes) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        leaf = x509.load_pem_x509_certificates(pem)[0]
+    except (ValueError, IndexError) as exc:
+        raise EvidenceError("malformed PCK certificate chain") from exc
+    names = leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""

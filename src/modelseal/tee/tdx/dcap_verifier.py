@@ -1,0 +1,119 @@
+"""The DCAP verification pipeline shared by the tdx, sgx and mock-tdx verifiers.
+
+Order: decode evidence → strict quote parse → pick collateral by the PCK's FMSPC →
+dcap-qvl (signatures, chains, CRLs, TCB, attributes) → REPORTDATA binding → CCEL replay
+against the RTMRs → init-data against MRCONFIGID → typed claims. Every failure is an
+:class:`EvidenceError` naming the reason, except missing collateral (BackendError: the KBS
+cannot decide, so it answers 503 instead of blaming the guest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+from modelseal.errors import EvidenceError
+from modelseal.protocol.claims import Claims
+from modelseal.tee.base import pad_report_data
+from modelseal.tee.eventlog.ccel import verify_ccel
+from modelseal.tee.initdata import bind_init_data
+from modelseal.tee.tdx import dcap
+from modelseal.tee.tdx.claims import build_claims
+from modelseal.tee.tdx.collateral import CollateralStore
+from modelseal.tee.tdx.evidence import decode_evidence
+from modelseal.tee.tdx.quote import TEE_TYPE_SGX, TEE_TYPE_TDX, Quote, TdReport, parse_quote
+
+
+class DcapQuoteVerifier:
+    """Verifies DCAP quotes of one TEE type against a trust root and a collateral store."""
+
+    tee: ClassVar[str] = "tdx"
+    #: "TDX" or "SGX": which quotes this verifier accepts
+    quote_tee: ClassVar[str] = "TDX"
+
+    def __init__(self, collateral: CollateralStore, *, root_ca_der: bytes | None = None) -> None:
+        self.collateral = collateral
+        self.root_ca_der = root_ca_der
+        self._parsed: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._checked: set[tuple[str, str]] = set()
+
+    def _dcap_collateral(self, text: str) -> Any:
+        """Parsed dcap-qvl collateral, memoized (parsing costs more than verifying)."""
+        key = hashlib.sha256(text.encode()).hexdigest()
+        with self._lock:
+            hit = self._parsed.get(key)
+            if hit is not None:
+                self._parsed.move_to_end(key)
+                return hit
+        parsed = dcap.load_collateral(text)
+        with self._lock:
+            self._parsed[key] = parsed
+            while len(self._parsed) > 64:
+                self._parsed.popitem(last=False)
+        return parsed
+
+    def _check_type(self, quote: Quote) -> None:
+        want = TEE_TYPE_TDX if self.quote_tee == "TDX" else TEE_TYPE_SGX
+        if quote.header.tee_type != want:
+            raise EvidenceError(f"{self.tee} verifier got a quote of another TEE type")
+
+    def verify(
+        self,
+        evidence: Any,
+        *,
+        expected_report_data: bytes,
+        now: float,
+        init_data: bytes | None = None,
+    ) -> Claims:
+        ev = decode_evidence(evidence)
+        quote = parse_quote(ev.quote)
+        self._check_type(quote)
+        root = dcap.check_embedded_chain(quote.signature.pck_chain_pem, self.root_ca_der)
+        pck = dcap.pck_info(quote.signature.pck_chain_pem)
+        collateral = self.collateral.get(self.quote_tee, pck.fmspc, pck.ca, now)
+        parsed = self._dcap_collateral(collateral.text)
+        checked = (
+            hashlib.sha256(collateral.text.encode()).hexdigest(),
+            hashlib.sha256(root.tbs_certificate_bytes).hexdigest(),
+        )
+        if checked not in self._checked:
+            dcap.check_collateral_chains(collateral.text, root)
+            with self._lock:
+                self._checked.add(checked)
+        result = dcap.verify(quote.raw, parsed, now, root_ca_der=self.root_ca_der)
+        report = quote.report
+        expected = pad_report_data(expected_report_data, 64)
+        if not hmac.compare_digest(expected, report.report_data):
+            raise EvidenceError(
+                "report data binding mismatch: the quote does not carry this session's "
+                "nonce and key (REPORTDATA differs)"
+            )
+        extra: dict[str, Any] = {}
+        event_claims: dict[str, str] = {}
+        init = None
+        if isinstance(report, TdReport):
+            if ev.cc_eventlog:
+                ccel = verify_ccel(ev.cc_eventlog, report.rtmrs)
+                event_claims = ccel.components.measurements()
+                extra["event_log"] = {"events": ccel.events, **ccel.components.to_json()}
+            if ev.aa_eventlog:
+                # Runtime (attestation-agent) events extend RTMR3; the quoted RTMR3 is
+                # attested either way, the text log is not interpreted.
+                extra["aa_eventlog"] = "present, not interpreted"
+            init = bind_init_data(init_data, report.mr_config_id, field_name="MRCONFIGID")
+        elif init_data is not None:
+            raise EvidenceError("init-data binding is not supported for SGX quotes")
+        return build_claims(
+            self.tee,
+            quote,
+            result,
+            pck,
+            event_claims=event_claims,
+            init_data_digest=init.digest_hex if init else None,
+            init_data=init.data if init else None,
+            extra=extra,
+        )

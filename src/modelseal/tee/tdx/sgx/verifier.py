@@ -1,0 +1,22 @@
+"""KBS-side SGX verifier: DCAP quote v3 with the same collateral machinery as TDX.
+
+Claims: ``mr_enclave``, ``mr_signer``, ``isv_prod_id``, ``isv_svn``; debug from the
+enclave's ATTRIBUTES.DEBUG (dcap-qvl rejects debug enclaves outright).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from modelseal.tee.base import VerifierConfig
+from modelseal.tee.tdx.dcap_verifier import DcapQuoteVerifier
+from modelseal.tee.tdx.verifier import collateral_store
+
+
+class Verifier(DcapQuoteVerifier):
+    tee: ClassVar[str] = "sgx"
+    quote_tee: ClassVar[str] = "SGX"
+
+    @classmethod
+    def from_config(cls, config: VerifierConfig) -> Verifier:
+        return cls(collateral_store(config))
