@@ -103,7 +103,11 @@ def encrypt(plaintext: bytes, recipient: RecipientKey) -> dict[str, str]:
 
 
 def parse_flattened(jwe: Any) -> dict[str, str]:
-    """Check the shape of a flattened JWE object (string members, size-capped)."""
+    """Check the shape of a flattened JWE object (string members, size-capped).
+
+    ``aad`` is refused (Trustee never sends it); unprotected headers are checked by
+    :func:`decrypt`.
+    """
     if not isinstance(jwe, Mapping):
         raise FormatError("JWE must be a JSON object")
     out: dict[str, str] = {}
@@ -112,9 +116,25 @@ def parse_flattened(jwe: Any) -> dict[str, str]:
         if not isinstance(value, str) or len(value) > MAX_MEMBER_CHARS:
             raise FormatError(f"JWE member {name!r} missing or invalid")
         out[name] = value
-    if "aad" in jwe or "unprotected" in jwe or "header" in jwe:
-        raise FormatError("JWE with aad/unprotected headers is not accepted")
+    if "aad" in jwe:
+        raise FormatError("JWE with additional authenticated data is not accepted")
     return out
+
+
+def _unprotected_epk(jwe: Mapping[str, Any], protected: Mapping[str, Any]) -> Any:
+    """``epk`` from a per-recipient/shared unprotected header (other JOSE libraries put it
+    there); ``alg``/``enc`` must always be integrity-protected."""
+    found: Any = None
+    for name in ("unprotected", "header"):
+        extra = jwe.get(name)
+        if extra is None:
+            continue
+        if not isinstance(extra, Mapping) or set(extra) - {"epk", "kid"}:
+            raise FormatError(f"JWE {name} header may only carry epk/kid")
+        if set(extra) & set(protected) or (found is not None and "epk" in extra):
+            raise FormatError("JWE header members must be disjoint")
+        found = extra.get("epk", found)
+    return found
 
 
 def decrypt(jwe: Any, key_pair: TeeKeyPair) -> SecretBytes:
@@ -144,7 +164,7 @@ def decrypt(jwe: Any, key_pair: TeeKeyPair) -> SecretBytes:
     cek: bytes | None = None
     try:
         if isinstance(private, ec.EllipticCurvePrivateKey):
-            epk = ec_public_key_from_jwk(header.get("epk") or {})
+            epk = ec_public_key_from_jwk(header.get("epk") or _unprotected_epk(jwe, header) or {})
             if epk.curve.name != private.curve.name:
                 raise DecryptionError()
             kek = _concat_kdf(private.exchange(ec.ECDH(), epk), ALG_ECDH_ES_A256KW)

@@ -182,7 +182,8 @@ class KbsClient:
     ``key_alg`` picks the ephemeral TEE key the KBS encrypts to: ``ECDH-ES+A256KW-P256``
     (default), ``-P384``, ``-P521`` or ``RSA-OAEP-256``. ``verify`` is httpx's TLS setting
     (True, False or a CA bundle path). ``init_data`` is the TOML init-data document the TEE
-    was launched with, sent so the KBS can check it against the evidence.
+    was launched with, sent so the KBS can check it against the evidence. ``transport``
+    replaces httpx's network transport (tests, custom proxies).
     """
 
     def __init__(
@@ -195,6 +196,7 @@ class KbsClient:
         verify: bool | str | Path = True,
         init_data: str | bytes | None = None,
         timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"KBS URL must be http(s)://...: {base_url!r}")
@@ -212,6 +214,7 @@ class KbsClient:
             auth=self._auth,
             follow_redirects=False,
             trust_env=False,
+            transport=transport,
         )
 
     @property

@@ -1,0 +1,108 @@
+"""EAR token issue/verify: claims shape, trust vector, round trip of typed claims."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelseal._internal.clock import FixedClock
+from modelseal.crypto.signing import TokenSigningKey, split_jwt
+from modelseal.errors import TokenError
+from modelseal.kbs.tokens import TokenService, claims_from_json, trustworthiness
+from modelseal.protocol.claims import Claims
+
+JWK = {"alg": "ECDH-ES+A256KW", "crv": "P-256", "kty": "EC", "x": "X", "y": "Y"}
+TDX = Claims(
+    tee="tdx",
+    debug=False,
+    report_data=b"\x01" * 64,
+    tcb_status="UpToDate",
+    advisories=("INTEL-SA-1",),
+    measurements={"mr_td": "ab" * 48},
+    init_data={"model": "m"},
+    extra={"fmspc": "00606a000000"},
+)
+
+
+def _service(clock: FixedClock, **kw: object) -> TokenService:
+    return TokenService(
+        TokenSigningKey.generate(),
+        issuer="iss",
+        audience="aud",
+        ttl=300,
+        insecure=False,
+        clock=clock,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_round_trip_keeps_typed_claims() -> None:
+    clock = FixedClock()
+    svc = _service(clock)
+    token, jti, exp = svc.issue(TDX, nonce="n", tee_pubkey=JWK)
+    verified = svc.verify(token)
+    assert verified.jti == jti
+    assert verified.exp == exp == int(clock.now()) + 300
+    assert verified.claims == TDX
+    assert verified.tee_pubkey == JWK
+    _, payload, _, _ = split_jwt(token)
+    assert "insecure" not in payload
+    assert payload["submods"]["cpu0"]["ear.status"] == "affirming"
+    annotated = payload["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+    assert annotated["init_data_claims"] == {"model": "m"}
+    assert annotated["runtime_data_claims"] == {"nonce": "n", "tee-pubkey": JWK}
+
+
+def test_insecure_server_stamps_every_token() -> None:
+    svc = _service(FixedClock())
+    svc.insecure = True
+    token, _, _ = svc.issue(TDX, nonce="n", tee_pubkey=JWK)
+    assert split_jwt(token)[1]["insecure"] is True
+
+
+def test_expired_and_foreign_tokens() -> None:
+    clock = FixedClock()
+    svc = _service(clock)
+    token, _, _ = svc.issue(TDX, nonce="n", tee_pubkey=JWK)
+    other = _service(clock)
+    with pytest.raises(TokenError):
+        other.verify(token)
+    clock.advance(306)
+    with pytest.raises(TokenError, match="expired"):
+        svc.verify(token)
+
+
+def test_token_without_runtime_claims_is_refused() -> None:
+    clock = FixedClock()
+    svc = _service(clock)
+    now = int(clock.now())
+    bare = svc.key.sign_jwt({"iat": now, "exp": now + 10, "aud": "aud", "iss": "iss", "jti": "j"})
+    with pytest.raises(TokenError, match="runtime-data"):
+        svc.verify(bare)
+
+
+@pytest.mark.parametrize(
+    ("claims", "status"),
+    [
+        (TDX, "affirming"),
+        (Claims(tee="tdx", debug=False, report_data=b"", tcb_status="OutOfDate"), "warning"),
+        (Claims(tee="tdx", debug=True, report_data=b"", tcb_status="UpToDate"), "contraindicated"),
+        (Claims(tee="sample", debug=False, report_data=b"", insecure=True), "warning"),
+    ],
+)
+def test_trustworthiness(claims: Claims, status: str) -> None:
+    assert trustworthiness(claims)[0] == status
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        {},
+        {"tee": 1, "debug": False},
+        {"tee": "t", "debug": "no"},
+        {"tee": "t", "debug": False, "report_data": "zz"},
+    ],
+)
+def test_claims_from_json_rejects(bad: object) -> None:
+    with pytest.raises(TokenError):
+        claims_from_json(bad)
