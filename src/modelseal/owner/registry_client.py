@@ -1,0 +1,259 @@
+"""HTTP client of the model registry for publishers (uploads, registration, reads).
+
+Uploads stream a file from disk with its length and SHA-256 announced up front
+(``Content-Length``, RFC 9530 ``Content-Digest``), so the registry can refuse an oversize
+body at once and never stores bytes that differ from what was hashed here. ``blob_status``
+(``HEAD``) lets a resumed publish skip blobs the registry already holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import httpx
+
+from modelseal.errors import (
+    AuthorizationError,
+    BackendError,
+    BlobNotFound,
+    ConfigError,
+    Error,
+    ModelNotFound,
+    TokenError,
+    TransientError,
+)
+from modelseal.protocol.model_info import (
+    ModelInfo,
+    ModelList,
+    ModelRegistration,
+    blob_key,
+    check_name,
+)
+
+__all__ = ["BlobStatus", "RegistryClient", "RegistryConflict"]
+
+_CHUNK: Final = 1 << 20
+_ATTEMPTS: Final = 4
+
+
+class RegistryConflict(ConfigError):
+    """The registry refused a write because the version is already published differently."""
+
+
+@dataclass(frozen=True)
+class BlobStatus:
+    size: int
+    sha256: str | None
+
+
+class RegistryClient:
+    """Synchronous registry client; ``token`` is the registry upload token (writes only)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        verify: bool | str = True,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"registry URL must be http(s)://...: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            verify=verify,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _auth(self) -> dict[str, str]:
+        if not self._token:
+            raise ConfigError(
+                "the registry needs its upload token for writes: pass --registry-token "
+                "(the content of <registry data dir>/upload-token)"
+            )
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _send(self, make: Callable[[], httpx.Response], what: str) -> httpx.Response:
+        """Run a request with bounded, jittered retries on connection errors and 5xx."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                response = make()
+            except httpx.TransportError as exc:
+                if attempt == _ATTEMPTS:
+                    raise TransientError(
+                        f"registry unreachable during {what}: {type(exc).__name__}"
+                    ) from exc
+            else:
+                if response.status_code < 500 or attempt == _ATTEMPTS:
+                    return response
+            time.sleep(min(4.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))  # noqa: S311
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_for(response: httpx.Response, what: str, *, missing: type[Error]) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        try:
+            detail = str(response.json().get("detail", ""))[:300]
+        except (ValueError, AttributeError):
+            detail = ""
+        text = f"{what}: registry answered {status}" + (f" ({detail})" if detail else "")
+        if status == 401:
+            raise TokenError(text + "; check --registry-token")
+        if status == 403:
+            raise AuthorizationError(text)
+        if status == 404:
+            raise missing(text)
+        if status == 409:
+            raise RegistryConflict(text)
+        if status in (400, 413, 416, 422):
+            raise ConfigError(text)
+        if status >= 500:
+            raise TransientError(text)
+        raise BackendError(text)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get_model(self, model_id: str, version: str | None = None) -> ModelInfo:
+        check_name(model_id, what="model id")
+        params = {} if version is None else {"version": check_name(version, what="version")}
+        r = self._send(lambda: self._client.get(f"/models/{model_id}", params=params), "get")
+        self._raise_for(r, f"model {model_id}", missing=ModelNotFound)
+        return ModelInfo.model_validate_json(r.content)
+
+    def find_model(self, model_id: str, version: str) -> ModelInfo | None:
+        """The model info of ``model_id`` at ``version``, or ``None`` when not registered."""
+        try:
+            return self.get_model(model_id, version)
+        except ModelNotFound:
+            return None
+
+    def list_models(self) -> list[ModelInfo]:
+        r = self._send(lambda: self._client.get("/models"), "list")
+        self._raise_for(r, "list models", missing=ModelNotFound)
+        return ModelList.model_validate_json(r.content).models
+
+    def blob_status(self, model_id: str, version: str, path: str) -> BlobStatus | None:
+        """``HEAD`` of a blob: its size and SHA-256 (from the strong ETag), or ``None``."""
+        key = blob_key(model_id, version, path)
+        r = self._send(lambda: self._client.head(f"/blobs/{key}"), "head")
+        if r.status_code == 404:
+            return None
+        self._raise_for(r, f"blob {path}", missing=BlobNotFound)
+        etag = r.headers.get("etag", "")
+        sha = etag[1:-1] if len(etag) == 66 and etag[0] == etag[-1] == '"' else None
+        return BlobStatus(size=int(r.headers.get("content-length", "-1")), sha256=sha)
+
+    def download(self, model_id: str, version: str, path: str, dest: Path) -> None:
+        """Stream a blob into ``dest`` (used by tests and tooling; the loader has its own)."""
+        key = blob_key(model_id, version, path)
+        with self._client.stream("GET", f"/blobs/{key}") as r:
+            if r.status_code >= 400:
+                r.read()
+                self._raise_for(r, f"blob {path}", missing=BlobNotFound)
+            with open(dest, "wb") as fh:
+                for chunk in r.iter_bytes(_CHUNK):
+                    fh.write(chunk)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def upload_blob(
+        self,
+        model_id: str,
+        version: str,
+        path: str,
+        source: Path,
+        *,
+        sha256: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> BlobStatus:
+        """Stream ``source`` to the registry as blob ``path`` of the model version."""
+        key = blob_key(model_id, version, path)
+        size = source.stat().st_size
+        digest = base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
+        headers = {
+            **self._auth(),
+            "Content-Length": str(size),
+            "Content-Digest": f"sha-256=:{digest}:",
+            "Content-Type": "application/octet-stream",
+        }
+        sent = [0]
+
+        def body() -> Iterator[bytes]:
+            if sent[0] and progress is not None:
+                progress(-sent[0])  # a retry starts over: undo the earlier progress
+            sent[0] = 0
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                while chunk := os.read(fd, _CHUNK):
+                    sent[0] += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                    yield chunk
+            finally:
+                os.close(fd)
+
+        r = self._send(
+            lambda: self._client.put(f"/blobs/{key}", content=body(), headers=headers),
+            f"upload of {path}",
+        )
+        self._raise_for(r, f"upload of {path}", missing=BlobNotFound)
+        data: dict[str, Any] = r.json()
+        if data.get("sha256") != sha256 or data.get("size") != size:
+            raise BackendError(f"upload of {path}: the registry stored different bytes")
+        return BlobStatus(size=size, sha256=sha256)
+
+    def register(
+        self, model_id: str, version: str, registration: ModelRegistration
+    ) -> tuple[ModelInfo, bool]:
+        """Register the model version; returns its model info and whether it is new."""
+        check_name(model_id, what="model id")
+        check_name(version, what="version")
+        body = registration.model_dump_json().encode("utf-8")
+        headers = {**self._auth(), "Content-Type": "application/json"}
+        r = self._send(
+            lambda: self._client.put(
+                f"/models/{model_id}/versions/{version}", content=body, headers=headers
+            ),
+            "registration",
+        )
+        self._raise_for(r, f"registration of {model_id} {version}", missing=ModelNotFound)
+        return ModelInfo.model_validate_json(r.content), r.status_code == 201
+
+    def delete_version(self, model_id: str, version: str) -> None:
+        check_name(model_id, what="model id")
+        check_name(version, what="version")
+        r = self._send(
+            lambda: self._client.delete(
+                f"/models/{model_id}/versions/{version}", headers=self._auth()
+            ),
+            "delete",
+        )
+        self._raise_for(r, f"delete of {model_id} {version}", missing=ModelNotFound)
