@@ -18,10 +18,10 @@ from modelseal.crypto.snp_ecdsa import is_p384_key, verify_report_signature
 from modelseal.errors import EvidenceError
 from modelseal.protocol.claims import Claims
 from modelseal.tee.base import VerifierConfig, pad_report_data
+from modelseal.tee.initdata import bind_init_data
 from modelseal.tee.snp import certs as amd
 from modelseal.tee.snp.claims import build_claims
 from modelseal.tee.snp.evidence import cert_chain_from_json, report_bytes_from_json
-from modelseal.tee.snp.initdata_binding import host_data_binding
 from modelseal.tee.snp.report import AttestationReport, Product, SigningKey, parse_report
 
 REPORT_DATA_SIZE = 64
@@ -79,14 +79,13 @@ class Verifier:
             report.report_data, pad_report_data(expected_report_data, REPORT_DATA_SIZE)
         ):
             raise EvidenceError("SNP REPORT_DATA does not match the runtime-data binding")
-        digest_hex: str | None = None
-        data: dict[str, str] = {}
-        if init_data is not None:
-            expected_host_data, digest_hex, data = host_data_binding(init_data, HOST_DATA_SIZE)
-            if not hmac.compare_digest(report.host_data, expected_host_data):
-                raise EvidenceError("SNP HOST_DATA does not match the init-data digest")
+        init = bind_init_data(init_data, report.host_data, field_name="HOST_DATA")
         return build_claims(
-            report, signer=signer, chain=chain, init_data_digest=digest_hex, init_data=data
+            report,
+            signer=signer,
+            chain=chain,
+            init_data_digest=init.digest_hex if init else None,
+            init_data=dict(init.data) if init else None,
         )
 
     def verify_report(

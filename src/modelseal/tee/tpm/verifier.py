@@ -1,0 +1,118 @@
+"""TPM 2.0 verifier: trusted AK, quote signature, nonce binding, PCR digest, event log.
+
+Checks, in order: evidence shape -> AK trusted (configured key, or AK certificate chain to
+a configured CA) -> optional TPM2B_PUBLIC of the AK matches and is a restricted signing
+key -> signature over TPMS_ATTEST -> extraData == the binding digest zero-padded to the
+nonce length (32..64 bytes; our attester uses 64) -> PCR digest -> event-log replay ->
+init-data (Trustee: PCR8 == SHA-256(32 zero bytes || digest)). Claims: ``pcr0``..``pcr23``
+of the quoted bank plus kernel/cmdline/initrd digests found in a replayed event log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any, ClassVar
+
+from modelseal.errors import EvidenceError, UnsupportedTee
+from modelseal.protocol.claims import Claims
+from modelseal.tee.base import VerifierConfig, pad_report_data
+from modelseal.tee.initdata import parse_init_data
+from modelseal.tee.tpm.evidence import parse_evidence
+from modelseal.tee.tpm.quote import VerifiedQuote, verify_quote
+from modelseal.tee.tpm.structures import parse_public, parse_signature
+from modelseal.tee.tpm.trust import TrustStore, spki_of_public
+
+MIN_NONCE = 32
+MAX_NONCE = 64
+INIT_DATA_PCR = 8
+
+
+class Verifier:
+    """Verifies TPM quotes by AKs from a :class:`TrustStore`."""
+
+    tee: ClassVar[str] = "tpm"
+
+    def __init__(self, trust: TrustStore) -> None:
+        self._trust = trust
+
+    @classmethod
+    def from_config(cls, config: VerifierConfig) -> Verifier:
+        if not config.tpm_trusted_aks:
+            raise UnsupportedTee("TPM evidence is refused: the KBS has no --tpm-trusted-aks")
+        return cls(TrustStore.load(config.tpm_trusted_aks))
+
+    def verify(
+        self,
+        evidence: Any,
+        *,
+        expected_report_data: bytes,
+        now: float,
+        init_data: bytes | None = None,
+    ) -> Claims:
+        ev = parse_evidence(evidence)
+        ak = ev.ak_public
+        if ev.ak_tpm_public is not None:
+            public = parse_public(ev.ak_tpm_public)
+            if spki_of_public(public) != ak:
+                raise EvidenceError("ak_tpm_public and ak_public are different keys")
+            if not public.is_attestation_key:
+                raise EvidenceError("the quoting key is not a restricted, TPM-resident signing key")
+        trust = self._trust.check(ak, ev.ak_certs, now)
+        verified = verify_quote(
+            ak, ev.message, parse_signature(ev.signature), ev.pcrs, event_log=ev.event_log
+        )
+        nonce = verified.attest.extra_data
+        if len(expected_report_data) > MAX_NONCE:
+            raise EvidenceError("expected report data is longer than 64 bytes")
+        if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+            raise EvidenceError(f"TPM quote nonce has {len(nonce)} bytes; 32..64 required")
+        if not hmac.compare_digest(nonce, pad_report_data(expected_report_data, len(nonce))):
+            raise EvidenceError("TPM quote nonce does not match the runtime-data binding")
+        digest_hex: str | None = None
+        data: dict[str, str] = {}
+        if init_data is not None:
+            init = parse_init_data(init_data)
+            _check_init_data_pcr(verified, init.digest)
+            digest_hex, data = init.digest_hex, dict(init.data)
+        return _claims(verified, trust, ak, digest_hex, data)
+
+
+def _check_init_data_pcr(quote: VerifiedQuote, digest: bytes) -> None:
+    """Trustee's TPM binding: init-data digest (32 B) extended once into SHA-256 PCR8."""
+    value = quote.pcrs.get(INIT_DATA_PCR)
+    if quote.bank != "sha256" or value is None:
+        raise EvidenceError("init-data needs a SHA-256 quote covering PCR8")
+    expected = hashlib.sha256(bytes(32) + digest[:32].ljust(32, b"\x00")).digest()
+    if not hmac.compare_digest(value, expected):
+        raise EvidenceError("TPM PCR8 does not match the init-data digest")
+
+
+def _claims(
+    quote: VerifiedQuote, trust: str, ak: bytes, digest_hex: str | None, data: dict[str, str]
+) -> Claims:
+    measurements = {f"pcr{i}": v.hex() for i, v in sorted(quote.pcrs.items())}
+    extra: dict[str, Any] = {
+        "bank": quote.bank,
+        "ak_sha256": hashlib.sha256(ak).hexdigest(),
+        "ak_trust": trust,
+        "qualified_signer": quote.attest.qualified_signer.hex(),
+        "clock": quote.attest.clock,
+        "reset_count": quote.attest.reset_count,
+        "restart_count": quote.attest.restart_count,
+        "firmware_version": f"{quote.attest.firmware_version:016x}",
+        "signature": f"{quote.signature.scheme}-{quote.signature.hash}",
+    }
+    if quote.components is not None:
+        measurements.update(quote.components.measurements())
+        extra["event_log"] = quote.components.to_json()
+    return Claims(
+        tee="tpm",
+        debug=False,
+        report_data=quote.attest.extra_data,
+        tcb_status=None,
+        measurements=measurements,
+        init_data_digest=digest_hex,
+        init_data=data,
+        extra=extra,
+    )

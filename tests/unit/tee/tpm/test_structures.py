@@ -1,0 +1,137 @@
+"""TPM structure parsers: strict, and never crash on arbitrary bytes or JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelseal.errors import ConfigError, EvidenceError, UnsupportedTee
+from modelseal.tee.base import VerifierConfig
+from modelseal.tee.tpm.evidence import build_evidence, parse_evidence
+from modelseal.tee.tpm.structures import (
+    TPM_GENERATED_VALUE,
+    TPM_ST_ATTEST_QUOTE,
+    parse_attest,
+    parse_public,
+    parse_signature,
+)
+from modelseal.tee.tpm.trust import TrustStore
+from modelseal.tee.tpm.verifier import Verifier
+
+
+def _attest(
+    *, magic: int = TPM_GENERATED_VALUE, kind: int = TPM_ST_ATTEST_QUOTE, extra: bytes = b"n" * 32
+) -> bytes:
+    body = struct.pack(">IH", magic, kind)
+    body += struct.pack(">H", 34) + b"\x00\x0b" + b"s" * 32
+    body += struct.pack(">H", len(extra)) + extra
+    body += struct.pack(">QIIB", 1, 2, 3, 1) + struct.pack(">Q", 7)
+    body += struct.pack(">I", 1) + b"\x00\x0b\x03\x01\x00\x01"  # sha256: PCR0, PCR16
+    body += struct.pack(">H", 32) + b"d" * 32
+    return body
+
+
+def test_attest_fields() -> None:
+    a = parse_attest(_attest())
+    assert a.extra_data == b"n" * 32
+    assert (a.clock, a.reset_count, a.restart_count, a.safe, a.firmware_version) == (
+        1,
+        2,
+        3,
+        True,
+        7,
+    )
+    assert a.pcr_select[0].bank == "sha256"
+    assert a.pcr_select[0].indices == (0, 16)
+    assert a.pcr_digest == b"d" * 32
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_attest(magic=0xFF544348), "magic"),
+        (_attest(kind=0x8017), "ATTEST_QUOTE"),
+        (_attest(extra=b"x" * 65), "too large"),
+        (_attest() + b"\x00", "trailing"),
+        (_attest()[:-1], "truncated"),
+    ],
+)
+def test_attest_strict(data: bytes, reason: str) -> None:
+    with pytest.raises(EvidenceError, match=reason):
+        parse_attest(data)
+
+
+def test_signature_and_public_strict() -> None:
+    ecdsa = parse_signature(b"\x00\x18\x00\x0b" + b"\x00\x02rr" + b"\x00\x02ss")
+    assert (ecdsa.scheme, ecdsa.hash, ecdsa.r, ecdsa.s) == ("ecdsa", "sha256", b"rr", b"ss")
+    with pytest.raises(EvidenceError, match="not supported"):
+        parse_signature(b"\x00\x10\x00\x0b")  # TPM_ALG_NULL signature
+    with pytest.raises(EvidenceError, match="hash"):
+        parse_signature(b"\x00\x14\x00\x99\x00\x00")
+    with pytest.raises(EvidenceError):
+        parse_public(b"\x00\x25" + bytes(20))  # symcipher object
+
+
+def test_evidence_round_trip_and_shape_errors() -> None:
+    doc = build_evidence(ak_public=b"k", message=b"m", signature=b"s", pcrs=[b"\x00" * 32])
+    ev = parse_evidence(doc)
+    assert (ev.ak_public, ev.message, ev.signature, ev.pcrs) == (b"k", b"m", b"s", [bytes(32)])
+    for bad in (
+        [],
+        {"tpm_quote": {}},
+        {**doc, "ak_public": "!!"},
+        {**doc, "tpm_quote": {**doc["tpm_quote"], "pcrs": ["zz"]}},
+        {**doc, "tpm_quote": {**doc["tpm_quote"], "pcrs": ["00"] * 25}},
+        {**doc, "ak_certs": "x"},
+    ):
+        with pytest.raises(EvidenceError):
+            parse_evidence(bad)
+
+
+def test_trust_store_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedTee, match="tpm-trusted-aks"):
+        Verifier.from_config(VerifierConfig())
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrustStore.load(tmp_path / "missing")
+    (tmp_path / "junk").write_bytes(b"not a key")
+    with pytest.raises(ConfigError, match="neither a key"):
+        TrustStore.load(tmp_path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_never_crash(data: bytes) -> None:
+    for parser in (parse_attest, parse_signature, parse_public):
+        with contextlib.suppress(EvidenceError):
+            parser(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=40, max_size=200))
+def test_mutated_attest_never_crashes(tail: bytes) -> None:
+    with contextlib.suppress(EvidenceError):
+        parse_attest(_attest()[:30] + tail)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 300) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_verifier_never_crashes_on_random_json(doc: Any) -> None:
+    verifier = Verifier(TrustStore(keys={b"k"}))
+    for evidence in (doc, {"ak_public": "aw==", "tpm_quote": doc}):
+        with contextlib.suppress(EvidenceError):
+            verifier.verify(evidence, expected_report_data=b"", now=0)
