@@ -14,3 +14,23 @@ The flow and the modules that perform each step:
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+#: SDK names exported lazily, so ``import modelseal`` stays light (no httpx, numpy, crypto)
+_LAZY = {
+    "open_model": "modelseal.loader.sdk",
+    "load_safetensors": "modelseal.loader.sdk",
+    "decrypt_file": "modelseal.loader.sdk",
+    "DecryptedModel": "modelseal.loader.sdk",
+    "load_model": "modelseal.loader.loader",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelseal' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from modelseal.crypto.aead import NONCE_LEN, TAG_LEN, GcmStreamDecryptor, wipe
@@ -41,12 +41,6 @@ def target_name(info: ModelInfo) -> tuple[str, str]:
     return check_relpath(name, what="CNAP model file name"), info.url
 
 
-def _open(tmp: Path, relpath: str) -> int:
-    path = tmp / relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-
-
 def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -59,31 +53,33 @@ def load_cnap(
     fetcher: Fetcher,
     info: ModelInfo,
     dek: SecretBytes | None,
-    tmp: Path,
+    open_target: Callable[[str, int], int],
     *,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[LoadedFile]:
-    """Download (and, when ``dek`` is given, decrypt) the single CNAP file into ``tmp``."""
+    """Download (and, when ``dek`` is given, decrypt) the single CNAP file into a target.
+
+    ``open_target(relpath, size)`` returns a writable fd (closed here).
+    """
     relpath, url = target_name(info)
     prefix, total = fetcher.read_head(url, HEADER_LEN + NONCE_LEN)
-    buf = bytearray(CHUNK)
+    dec: GcmStreamDecryptor | None = None
+    if dek is None:
+        start, end = 0, total
+    else:
+        header = parse_header(prefix, total)
+        iv = prefix[HEADER_LEN : HEADER_LEN + NONCE_LEN]
+        tag = bytearray(TAG_LEN)
+        fetcher.read_range(url, total - TAG_LEN, memoryview(tag))
+        dec = GcmStreamDecryptor(dek, bytes(iv), bytes(tag))
+        start, end = HEADER_LEN + NONCE_LEN, HEADER_LEN + NONCE_LEN + header.plaintext_len
+    buf = bytearray(min(CHUNK, max(end - start, 1)))
     view = memoryview(buf)
-    fd = _open(tmp, relpath)
+    fd = open_target(relpath, end - start)
     try:
-        if dek is None:
-            start, end = 0, total
-            dec = None
-        else:
-            header = parse_header(prefix, total)
-            iv = prefix[HEADER_LEN : HEADER_LEN + NONCE_LEN]
-            tag = bytearray(TAG_LEN)
-            fetcher.read_range(url, total - TAG_LEN, memoryview(tag))
-            dec = GcmStreamDecryptor(dek, bytes(iv), bytes(tag))
-            start, end = HEADER_LEN + NONCE_LEN, HEADER_LEN + NONCE_LEN + header.plaintext_len
-        os.ftruncate(fd, end - start)
         pos = start
         while pos < end:
-            n = min(CHUNK, end - pos)
+            n = min(len(buf), end - pos)
             fetcher.read_range(url, pos, view[:n])
             out = view[:n] if dec is None else memoryview(dec.update(view[:n]))
             _pwrite_all(fd, out, pos - start)

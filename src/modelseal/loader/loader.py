@@ -36,7 +36,6 @@ from modelseal.loader import cnap_loader
 from modelseal.loader.attest import KeyRelease, release_key
 from modelseal.loader.destination import (
     TEMP_PREFIX,
-    Destination,
     check_destination,
     prepare_destination,
     wipe_tree,
@@ -200,7 +199,12 @@ def temp_dir(dest: Path, *, overwrite: bool) -> Iterator[Path]:
     wipe_tree(tmp, overwrite=overwrite)
 
 
-def _open_target(tmp: Path, relpath: str, size: int) -> int:
+def _reserve(settings: LoaderSettings, needed: int) -> None:
+    check_destination(settings.dest, allow_disk=settings.allow_disk, needed_bytes=needed)
+
+
+def open_temp_target(tmp: Path, relpath: str, size: int) -> int:
+    """Create ``tmp/relpath`` (0644, parents 0755), sized to ``size``; return its fd."""
     path = tmp / relpath
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -212,34 +216,44 @@ def _open_target(tmp: Path, relpath: str, size: int) -> int:
     return fd
 
 
-def load_v1(
+#: creates the plaintext target of ``(relative path, size)`` and returns a writable fd
+OpenTarget = Callable[[str, int], int]
+
+
+def decrypt_v1(
     fetcher: Fetcher,
     info: ModelInfo,
     dek: SecretBytes,
-    tmp: Path,
-    settings: LoaderSettings,
-    dest: Destination,
+    *,
+    open_target: OpenTarget,
+    workers: int,
+    expected_digest: str | None,
     timings: Timings,
-    on_progress: Callable[[int], None] | None,
+    on_progress: Callable[[int], None] | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> tuple[str, list[LoadedFile]]:
-    """Manifest, headers, then the parallel pipeline into ``tmp``; returns the model digest."""
+    """Manifest, headers, then the parallel pipeline into fds from ``open_target``.
+
+    ``reserve(total plaintext bytes)`` runs after the manifest is authenticated and before
+    any target is created (the destination's free-space check). Returns the model digest.
+    The fds are closed before this returns.
+    """
     with timings.step("manifest"):
-        manifest = fetch_manifest(fetcher, info, dek, settings.model_digest)
-        files = fetch_heads(fetcher, info, settings.workers)
+        manifest = fetch_manifest(fetcher, info, dek, expected_digest)
+        files = fetch_heads(fetcher, info, workers)
         manifest.check_files({sealed_name(f.info.path): (f.header, f.sealed_size) for f in files})
-        check_destination(
-            settings.dest, allow_disk=settings.allow_disk, needed_bytes=manifest.total_size
-        )
+        if reserve is not None:
+            reserve(manifest.total_size)
     with ExitStack() as stack:
         jobs: list[FileJob] = []
         for f in files:
             dec = FileDecryptor(f.header, f.commitment, dek)
             stack.callback(dec.close)
-            fd = _open_target(tmp, f.info.path, f.header.size)
+            fd = open_target(f.info.path, f.header.size)
             stack.callback(os.close, fd)
             jobs.append(FileJob(url=f.info.url, header=f.header, decryptor=dec, fd=fd))
         with timings.step("download_decrypt"):
-            Pipeline(fetcher, workers=settings.workers, on_progress=on_progress).run(jobs)
+            Pipeline(fetcher, workers=workers, on_progress=on_progress).run(jobs)
     loaded = [LoadedFile(f.info.path, f.header.size, f.sealed_size) for f in files]
     return manifest.digest, loaded
 
@@ -271,14 +285,22 @@ def load_model(
             info = fetch_model_info(fetcher, settings.model)
         key: KeyRelease | None = None
         if info.encrypted or info.format == FORMAT_V1:
-            key = _release(settings, info, timings, release or release_key, fetcher.retry)
+            key = obtain_key(settings, info, timings, release, fetcher.retry)
         digest: str | None = None
         try:
             with temp_dir(settings.dest, overwrite=overwrite) as tmp:
                 if info.format == FORMAT_V1:
                     assert key is not None
-                    digest, loaded = load_v1(
-                        fetcher, info, key.dek, tmp, settings, dest, timings, on_progress
+                    digest, loaded = decrypt_v1(
+                        fetcher,
+                        info,
+                        key.dek,
+                        open_target=lambda rel, size: open_temp_target(tmp, rel, size),
+                        workers=settings.workers,
+                        expected_digest=settings.model_digest,
+                        timings=timings,
+                        on_progress=on_progress,
+                        reserve=lambda n: _reserve(settings, n),
                     )
                 else:
                     with timings.step("download_decrypt"):
@@ -286,7 +308,7 @@ def load_model(
                             fetcher,
                             info,
                             key.dek if key is not None else None,
-                            tmp,
+                            lambda rel, size: open_temp_target(tmp, rel, size),
                             on_progress=on_progress,
                         )
                 with timings.step("place"):
@@ -319,14 +341,18 @@ def load_model(
     return receipt
 
 
-def _release(
+def obtain_key(
     settings: LoaderSettings,
     info: ModelInfo,
     timings: Timings,
-    release: ReleaseFn,
+    release: ReleaseFn | None,
     retry: RetryPolicy,
 ) -> KeyRelease:
-    """Pick the KBS, then attest and fetch the key, retrying only transient failures."""
+    """Pick the KBS, then attest and fetch the key, retrying only transient failures.
+
+    ``release`` defaults to RCAR with :class:`KbsClient` (``attest.release_key``).
+    """
+    release = release or release_key
     if not info.key_id:
         raise FormatError("model info has no key_id")
     kbs_url = settings.kbs_url

@@ -1,0 +1,289 @@
+"""The in-process SDK: attest, fetch, decrypt into memory, hand out zero-copy views.
+
+``open_model`` runs the same contract as ``modelseal load`` (model info, RCAR key release,
+sealed manifest and header checks, parallel ranged download + decryption) but the targets
+are anonymous memory files (``memfd_create``): nothing is ever written to a filesystem. Each
+file is then ``mmap``-ed and exposed as a ``memoryview``; ``load_safetensors`` builds numpy
+(or torch) tensors directly on those pages (deps.md §2.5: no second copy, microseconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from modelseal._internal.encoding import b64url_decode
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import ConfigError, FormatError
+from modelseal.format.v1 import SealedReader
+from modelseal.loader import cnap_loader
+from modelseal.loader.fetch import Fetcher, RetryPolicy
+from modelseal.loader.loader import (
+    ReleaseFn,
+    decrypt_v1,
+    fetch_model_info,
+    obtain_key,
+)
+from modelseal.loader.receipt import Timings
+from modelseal.loader.safetensors_view import numpy_views, parse_layout, torch_views
+from modelseal.loader.settings import LoaderSettings
+from modelseal.protocol.model_info import FORMAT_V1
+
+Framework = Literal["numpy", "torch"]
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+class _MemFile:
+    """One decrypted file in anonymous memory (memfd pages, mapped once)."""
+
+    __slots__ = ("fd", "mm", "size")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.fd = os.memfd_create(f"modelseal:{name}"[:200], os.MFD_CLOEXEC)
+        self.size = size
+        self.mm: mmap.mmap | None = None
+        try:
+            os.ftruncate(self.fd, size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def map(self) -> None:
+        if self.size:
+            self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED)
+        os.close(self.fd)
+        self.fd = -1
+
+    def view(self) -> memoryview:
+        return memoryview(self.mm) if self.mm is not None else memoryview(bytearray())
+
+    def close(self) -> None:
+        """Zero the pages, then unmap (if nobody still holds a view)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.mm is not None and not self.mm.closed:
+            with memoryview(self.mm) as v:
+                v[:] = bytes(len(v))
+            with contextlib.suppress(BufferError):  # tensors still alive: freed when they die
+                self.mm.close()
+
+
+@dataclass
+class DecryptedModel(Mapping[str, memoryview]):
+    """Model files decrypted into memory: relative path -> writable ``memoryview``.
+
+    Close it (or use ``with``) to zero and release the plaintext.
+    """
+
+    model_id: str
+    version: str | None
+    model_digest: str | None
+    tee: str
+    token_id: str | None
+    _files: dict[str, _MemFile] = field(default_factory=dict, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, path: str) -> memoryview:
+        return self._files[path].view()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self._files.values())
+
+    def tensors(self, path: str | None = None, *, framework: Framework = "numpy") -> dict[str, Any]:
+        """Zero-copy tensors of one safetensors file, or of all of them (sharded models)."""
+        if path is not None:
+            names = [path]
+        else:
+            names = sorted(p for p in self._files if p.endswith(SAFETENSORS_SUFFIX))
+            if not names:
+                raise ConfigError(f"model {self.model_id} has no {SAFETENSORS_SUFFIX} file")
+        out: dict[str, Any] = {}
+        for name in names:
+            tensors = safetensors_views(self[name], framework=framework)
+            clash = set(tensors) & set(out)
+            if clash:
+                raise FormatError(f"tensor {sorted(clash)[0]!r} appears in two shards")
+            out.update(tensors)
+        return out
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def __enter__(self) -> DecryptedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def safetensors_views(buf: memoryview, *, framework: Framework = "numpy") -> dict[str, Any]:
+    """Tensors of a safetensors image in memory, as views (no copy)."""
+    layout = parse_layout(buf)
+    if framework == "numpy":
+        return numpy_views(buf, layout)
+    if framework == "torch":
+        return torch_views(buf, layout)
+    raise ConfigError(f"unknown framework {framework!r}; use 'numpy' or 'torch'")
+
+
+def open_model(
+    model_url: str,
+    *,
+    tee: str = "auto",
+    kbs_url: str | None = None,
+    kbs_ca: str | Path | None = None,
+    registry_ca: str | Path | None = None,
+    workers: int = 4,
+    model_digest: str | None = None,
+    mock_tdx_dir: str | Path | None = None,
+    release: ReleaseFn | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> DecryptedModel:
+    """Attest, fetch and decrypt a published model into memory; see :class:`DecryptedModel`."""
+    settings = LoaderSettings(
+        model=model_url,
+        tee=tee,
+        kbs_url=kbs_url,
+        kbs_ca=Path(kbs_ca) if kbs_ca else None,
+        registry_ca=Path(registry_ca) if registry_ca else None,
+        workers=workers,
+        model_digest=model_digest,
+        mock_tdx_dir=Path(mock_tdx_dir) if mock_tdx_dir else None,
+    )
+    timings = Timings()
+    files: dict[str, _MemFile] = {}
+
+    def open_target(relpath: str, size: int) -> int:
+        mem = _MemFile(relpath, size)
+        files[relpath] = mem
+        return os.dup(mem.fd)  # the pipeline closes its copy
+
+    with Fetcher(
+        verify=settings.registry_verify,
+        timeout=settings.timeout,
+        retry=RetryPolicy(attempts=settings.retries),
+        max_connections=settings.workers + 2,
+    ) as fetcher:
+        with timings.step("model_info"):
+            info = fetch_model_info(fetcher, model_url)
+        key = None
+        if info.encrypted or info.format == FORMAT_V1:
+            key = obtain_key(settings, info, timings, release, fetcher.retry)
+        digest: str | None = None
+        try:
+            if info.format == FORMAT_V1:
+                assert key is not None
+                digest, _loaded = decrypt_v1(
+                    fetcher,
+                    info,
+                    key.dek,
+                    open_target=open_target,
+                    workers=settings.workers,
+                    expected_digest=model_digest,
+                    timings=timings,
+                    on_progress=on_progress,
+                )
+            else:
+                with timings.step("download_decrypt"):
+                    cnap_loader.load_cnap(
+                        fetcher,
+                        info,
+                        key.dek if key is not None else None,
+                        open_target,
+                        on_progress=on_progress,
+                    )
+            for mem in files.values():
+                mem.map()
+        except BaseException:
+            for mem in files.values():
+                mem.close()
+            raise
+        finally:
+            if key is not None:
+                key.dek.wipe()
+    return DecryptedModel(
+        model_id=info.id,
+        version=info.version,
+        model_digest=digest,
+        tee=key.tee if key is not None else "none",
+        token_id=key.token_id if key is not None else None,
+        _files=files,
+        timings=dict(timings.steps),
+    )
+
+
+def _dek(key: SecretBytes | bytes | str | Path) -> SecretBytes:
+    if isinstance(key, SecretBytes):
+        return SecretBytes(key.reveal())
+    if isinstance(key, bytes):
+        return SecretBytes(key)
+    try:
+        text = Path(key).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read key file {key}") from exc
+    return SecretBytes(b64url_decode(text, what="key file"))
+
+
+def decrypt_file(
+    path: str | Path, key: SecretBytes | bytes | str | Path, *, workers: int = 2
+) -> memoryview:
+    """Decrypt a local sealed v1 file into anonymous memory; returns a view of it.
+
+    ``key`` is the DEK (``SecretBytes``/32 raw bytes) or the path of a key file written by
+    ``modelseal keygen``. The plaintext never touches a filesystem.
+    """
+    dek = _dek(key)
+    try:
+        with SealedReader.open(path, dek) as reader:
+            mem = _MemFile(Path(path).name, reader.size)
+            try:
+                reader.decrypt_to_fd(mem.fd, workers=workers)
+                mem.map()
+            except BaseException:
+                mem.close()
+                raise
+    finally:
+        dek.wipe()
+    return mem.view()
+
+
+def load_safetensors(
+    source: str | Path,
+    *,
+    key: SecretBytes | bytes | str | Path | None = None,
+    framework: Framework = "numpy",
+    file: str | None = None,
+    **open_options: Any,
+) -> dict[str, Any]:
+    """Tensors of a sealed safetensors model as zero-copy numpy arrays (or torch tensors).
+
+    * ``source`` an ``http(s)://`` model URL: attests and loads like :func:`open_model`
+      (``open_options`` are its keyword arguments); all ``.safetensors`` files are merged
+      unless ``file`` names one.
+    * ``source`` a local sealed file and ``key`` its DEK or key file: decrypted in memory.
+    """
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        if key is not None:
+            raise ConfigError("a model URL gets its key from the KBS; do not pass key=")
+        model = open_model(text, **open_options)
+        return model.tensors(file, framework=framework)
+    if key is None:
+        raise ConfigError("a local sealed file needs key= (the DEK or a key file path)")
+    if open_options:
+        raise ConfigError(f"unexpected options for a local file: {', '.join(open_options)}")
+    return safetensors_views(decrypt_file(source, key), framework=framework)
