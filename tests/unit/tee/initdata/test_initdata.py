@@ -1,0 +1,85 @@
+"""Init-data (Trustee TOML): parsing, hashing as raw text, binding to launch fields."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelseal.errors import EvidenceError
+from modelseal.tee.initdata import (
+    bind_init_data,
+    check_init_data,
+    init_data_field,
+    parse_init_data,
+)
+
+DOC = b"""version = "0.1.0"
+algorithm = "sha384"
+
+[data]
+model_digest = "sha256:1234"
+"aa.toml" = '''
+[token_configs]
+'''
+replicas = 3
+"""
+
+
+def test_parse_and_digest_raw_text() -> None:
+    init = parse_init_data(DOC)
+    assert init.version == "0.1.0"
+    assert init.algorithm == "sha384"
+    assert init.digest == hashlib.sha384(DOC).digest()
+    assert init.data["model_digest"] == "sha256:1234"
+    assert init.data["aa.toml"] == "[token_configs]\n"
+    assert init.data["replicas"] == "3"
+    # whitespace changes the digest: hashed as sent, never re-serialized
+    assert parse_init_data(DOC + b"\n").digest != init.digest
+
+
+@pytest.mark.parametrize(("alg", "size"), [("sha256", 32), ("sha384", 48), ("sha512", 64)])
+def test_binding_pads_or_truncates(alg: str, size: int) -> None:
+    doc = f'version = "0.1.0"\nalgorithm = "{alg}"\n[data]\n'.encode()
+    digest = hashlib.new(alg, doc).digest()
+    tdx = init_data_field(doc, 48)
+    snp = init_data_field(doc, 32)
+    assert tdx == digest[:48].ljust(48, b"\x00")
+    assert snp == digest[:32]
+    bound = bind_init_data(doc, tdx, field_name="MRCONFIGID")
+    assert bound is not None
+    assert bound.digest == digest
+    assert len(bound.digest) == size
+
+
+def test_binding_mismatch() -> None:
+    init = parse_init_data(DOC)
+    with pytest.raises(EvidenceError, match="MRCONFIGID"):
+        check_init_data(init, bytes(48), field_name="MRCONFIGID")
+    assert bind_init_data(None, bytes(48), field_name="MRCONFIGID") is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        (b"version = ", "not valid TOML"),
+        (b'algorithm = "sha384"', "version"),
+        (b'version = "0.1.0"\nalgorithm = "md5"', "algorithm"),
+        (b'version = "0.1.0"\nalgorithm = "sha256"\ndata = 3', r"\[data\]"),
+        (b"\xff\xfe", "not valid TOML"),
+        (b"x" * (256 * 1024 + 1), "too large"),
+    ],
+)
+def test_malformed(doc: bytes, reason: str) -> None:
+    with pytest.raises(EvidenceError, match=reason):
+        parse_init_data(doc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_input_typed_errors(blob: bytes) -> None:
+    with contextlib.suppress(EvidenceError):
+        parse_init_data(blob)

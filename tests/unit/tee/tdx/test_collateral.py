@@ -1,0 +1,148 @@
+"""Collateral store: bundle directories, freshness choice, PCCS download + disk cache."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelseal.crypto.x509_test_ca import pem_to_der
+from modelseal.errors import BackendError, ConfigError
+from modelseal.tee.mock_tdx.attester import Attester
+from modelseal.tee.mock_tdx.ca import MockTdxCA
+from modelseal.tee.mock_tdx.verifier import Verifier as MockVerifier
+from modelseal.tee.tdx.collateral import CollateralStore, load_bundle
+
+NOW = time.time()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> MockTdxCA:
+    return MockTdxCA.create(tmp_path_factory.mktemp("coll") / "ca")
+
+
+def test_bundle_directory_ignores_other_files(ca: MockTdxCA, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "whatever-name").write_text(ca.collateral_path.read_text())
+    sets = load_bundle(tmp_path)
+    assert [(s.tee, s.fmspc) for s in sets] == [("TDX", "feedfacecafe")]
+    with pytest.raises(ConfigError, match="no dcap-qvl collateral"):
+        load_bundle(tmp_path / "notes.txt")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_bundle(tmp_path / "absent")
+
+
+def test_fresh_set_preferred(ca: MockTdxCA, tmp_path: Path) -> None:
+    old = ca.collateral(issued=NOW - 90 * 86400, next_update=NOW - 60 * 86400)
+    new = ca.collateral(issued=NOW - 3600, next_update=NOW + 86400)
+    (tmp_path / "a.json").write_text(json.dumps([old, new]))
+    store = CollateralStore(bundle=tmp_path)
+    assert store.get("TDX", "FEEDFACECAFE", "platform", NOW).fresh_at(NOW)
+    # at an old time the old set is the valid one
+    assert store.get("TDX", "feedfacecafe", "platform", NOW - 70 * 86400).next_update < NOW
+    with pytest.raises(BackendError, match="no DCAP collateral for SGX"):
+        store.get("SGX", "feedfacecafe", "platform", NOW)
+
+
+class FakePccs(BaseHTTPRequestHandler):
+    ca: MockTdxCA
+    hits: list[str]
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        doc = self.ca.collateral(issued=NOW - 3600, next_update=NOW + 86400)
+        url = urllib.parse.urlparse(self.path)
+        headers: dict[str, str] = {}
+        if url.path == "/sgx/certification/v4/pckcrl":
+            body = bytes.fromhex(doc["pck_crl"])
+            headers["SGX-PCK-CRL-Issuer-Chain"] = urllib.parse.quote(doc["pck_crl_issuer_chain"])
+        elif url.path == "/sgx/certification/v4/rootcacrl":
+            body = doc["root_ca_crl"].encode()
+        elif url.path == "/tdx/certification/v4/tcb":
+            body = (
+                '{"tcbInfo":'
+                + doc["tcb_info"]
+                + ',"signature":"'
+                + doc["tcb_info_signature"]
+                + '"}'
+            ).encode()
+            headers["TCB-Info-Issuer-Chain"] = urllib.parse.quote(doc["tcb_info_issuer_chain"])
+        elif url.path == "/tdx/certification/v4/qe/identity":
+            body = (
+                '{"enclaveIdentity":'
+                + doc["qe_identity"]
+                + ',"signature":"'
+                + doc["qe_identity_signature"]
+                + '"}'
+            ).encode()
+            headers["SGX-Enclave-Identity-Issuer-Chain"] = urllib.parse.quote(
+                doc["qe_identity_issuer_chain"]
+            )
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def pccs(ca: MockTdxCA) -> Iterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+    handler = type("Handler", (FakePccs,), {"ca": ca, "hits": hits})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+    server.server_close()
+
+
+def test_pccs_download_cache_and_verify(
+    ca: MockTdxCA, pccs: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    url, hits = pccs
+    root = pem_to_der(ca.root_pem_path.read_bytes())
+    store = CollateralStore(pccs_url=url, cache_dir=tmp_path)
+    verifier = MockVerifier(store, root_ca_der=root)
+    ev = Attester(ca.directory).evidence(b"\x03" * 48)
+    claims = verifier.verify(ev, expected_report_data=b"\x03" * 48, now=NOW)
+    assert claims.tcb_status == "UpToDate"
+    assert len(hits) == 4
+    assert "/tdx/certification/v4/tcb?fmspc=FEEDFACECAFE" in hits
+    verifier.verify(ev, expected_report_data=b"\x03" * 48, now=NOW)
+    assert len(hits) == 4  # warm: in memory
+    cached = list((tmp_path / "dcap-collateral").iterdir())
+    assert [p.name for p in cached] == ["tdx-feedfacecafe.json"]
+    # a new process (new store) uses the disk cache without asking the PCCS
+    store2 = CollateralStore(pccs_url="http://127.0.0.1:9", cache_dir=tmp_path)
+    MockVerifier(store2, root_ca_der=root).verify(ev, expected_report_data=b"\x03" * 48, now=NOW)
+    assert len(hits) == 4
+
+
+def test_pccs_unreachable_is_backend_error(tmp_path: Path) -> None:
+    store = CollateralStore(pccs_url="http://127.0.0.1:9", cache_dir=tmp_path, timeout=2)
+    with pytest.raises(BackendError, match="unreachable"):
+        store.get("TDX", "feedfacecafe", "platform", NOW)
+
+
+def test_pccs_http_error_is_backend_error(pccs: tuple[str, list[str]]) -> None:
+    url, _ = pccs
+    store = CollateralStore(pccs_url=url + "/nothing-here")
+    with pytest.raises(BackendError, match="HTTP 404"):
+        store.get("TDX", "feedfacecafe", "platform", NOW)
