@@ -1,0 +1,219 @@
+"""Intel Trust Authority / CNAP key transfer, mounted at ``/kbs/v1`` (cnap-ccnp.md a.3-a.6).
+
+``POST /kbs/v1/keys/<repo>/<type>/<tag>/transfer`` - the key id is the three path segments
+(a ``%2F``-encoded single segment works too, because the path is decoded before routing).
+
+Round 1 (body empty or without ``quote``) returns a single-use nonce (5 min, stored in the
+database so any replica can finish the exchange) in ITA's shape::
+
+    {"val": b64(32 random bytes), "iat": b64(RFC 3339 issue time), "signature": b64(MAC)}
+
+Round 2 ``{"quote": b64, "nonce": {val, iat, signature}, "user_data": b64, "event_log"?: b64}``
+(``Attestation-Type: TDX``; unknown members rejected) requires the TD quote's REPORTDATA to
+equal ``SHA-512(val ‖ iat ‖ user_data)`` (all raw bytes after base64 decoding - ITA's
+TDX adapter rule). The quote goes through the same verifier, release policy and audit log
+as RCAR. The answer is ``{"wrapped_key", "wrapped_swk"}``: the model key in the CNAP
+12-byte-header layout under a fresh AES-256 SWK, and the SWK RSA-OAEP-SHA256-wrapped to
+the RSA key in ``user_data`` (DER SPKI or ITA exponent‖modulus, >= 3072 bits).
+
+CNAP's one-shot request ``{"quote", "user_data"}`` (no nonce; REPORTDATA =
+``SHA-512(user_data)``) can be replayed by anyone who saw it, so it is refused unless the
+KBS runs with ``--allow-cnap-oneshot``. ``Attestation-Type: TDX`` selects the ``tdx``
+verifier, or ``mock-tdx`` when the KBS is configured with a mock-tdx test root.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from datetime import UTC, datetime
+from hashlib import sha512
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from modelseal._internal.encoding import b64_decode, b64_encode
+from modelseal.crypto.cnap_wrap import WorkloadKey, new_swk
+from modelseal.errors import FormatError, TokenError, UnsupportedTee
+from modelseal.format import cnap
+from modelseal.kbs.errors_http import error_response
+from modelseal.kbs.state import KbsState
+from modelseal.keystore.paths import validate_key_id
+from modelseal.protocol.claims import Claims
+
+__all__ = ["MAX_TRANSFER_BODY", "TransferRequest", "transfer_router"]
+
+log = logging.getLogger("modelseal.kbs.transfer")
+
+MAX_TRANSFER_BODY = 4 * 1024 * 1024
+_NONCE_MAC = "transfer-nonce"
+
+
+class Attestation(Protocol):
+    """What the router needs from K1's ``AttestationService``."""
+
+    @property
+    def config(self) -> Any: ...
+
+    def verify(
+        self, tee: str, evidence: Any, *, expected_report_data: bytes, init_data: bytes | None
+    ) -> Claims: ...
+
+
+class NonceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    val: StrictStr = Field(max_length=128)
+    iat: StrictStr = Field(max_length=128)
+    signature: StrictStr = Field(max_length=128)
+
+
+class TransferRequest(BaseModel):
+    """Round 2 (or CNAP one-shot when ``nonce`` is absent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quote: StrictStr = Field(max_length=64 * 1024)
+    nonce: NonceModel | None = None
+    user_data: StrictStr = Field(max_length=8 * 1024)
+    event_log: StrictStr | None = Field(default=None, max_length=3 * 1024 * 1024)
+
+
+def _json_response(body: dict[str, str], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body).encode(),
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def _tee_for(header: str | None, attestation: Attestation) -> str:
+    kind = (header or "TDX").strip().upper()
+    if kind == "TDX":
+        return "mock-tdx" if getattr(attestation.config, "mock_tdx_root", None) else "tdx"
+    if kind == "MOCK-TDX":
+        return "mock-tdx"
+    raise UnsupportedTee(f"Attestation-Type {kind[:16]!r} is not supported (only TDX)")
+
+
+def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot: bool) -> APIRouter:
+    """The ITA/CNAP transfer route; K1's app mounts it at ``/kbs/v1``."""
+    router = APIRouter()
+    if allow_oneshot:
+        log.warning(
+            "INSECURE: CNAP one-shot key transfers (no nonce) are enabled; a captured "
+            "request can be replayed to obtain the key again (--allow-cnap-oneshot)"
+        )
+
+    def nonce_mac(val: bytes, iat: bytes) -> bytes:
+        return state.store.ring.active.mac(_NONCE_MAC, val + b"\x00" + iat)
+
+    def round1(key_id: str) -> Response:
+        nonce = state.issue_transfer_nonce(key_id)
+        iat = datetime.fromtimestamp(state.clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        iat_bytes = iat.encode("ascii")
+        body = {
+            "val": b64_encode(nonce.value),
+            "iat": b64_encode(iat_bytes),
+            "signature": b64_encode(nonce_mac(nonce.value, iat_bytes)),
+        }
+        return _json_response(body, {"Attestation-Type": "TDX"})
+
+    def round2(key_id: str, req: TransferRequest, tee_header: str | None, client: str) -> Response:
+        user_data = b64_decode(req.user_data, what="user_data")
+        workload = WorkloadKey.from_user_data(user_data)
+        quote = b64_decode(req.quote, what="quote")
+        event_log = b64_decode(req.event_log, what="event_log") if req.event_log else None
+        tee = _tee_for(tee_header, attestation)
+        if req.nonce is not None:
+            val = b64_decode(req.nonce.val, what="nonce.val")
+            iat = b64_decode(req.nonce.iat, what="nonce.iat")
+            sig = b64_decode(req.nonce.signature, what="nonce.signature")
+            if not hmac.compare_digest(nonce_mac(val, iat), sig):
+                raise TokenError("transfer nonce signature is invalid")
+            state.consume_transfer_nonce(val, key_id)
+            report_data = sha512(val + iat + user_data).digest()
+            nonce_id = "nonce:" + val.hex()[:16]
+        elif allow_oneshot:
+            report_data = sha512(user_data).digest()
+            nonce_id = "oneshot"
+        else:
+            raise TokenError("a nonce from round 1 is required (one-shot transfers are disabled)")
+        evidence = {
+            "quote": b64_encode(quote),
+            "cc_eventlog": b64_encode(event_log) if event_log else None,
+            "aa_eventlog": None,
+        }
+        claims = attestation.verify(tee, evidence, expected_report_data=report_data, init_data=None)
+        dek = state.release_for_transfer(
+            key_id, claims, requester=f"transfer:{client}", nonce_id=nonce_id
+        )
+        swk = new_swk()
+        try:
+            wrapped_key = cnap.encode(swk, dek.reveal())
+            wrapped_swk = workload.wrap(swk)
+        finally:
+            dek.wipe()
+            swk.wipe()
+        log.info("transferred %s to %s (tee %s, %s)", key_id, client, claims.tee, nonce_id)
+        return _json_response(
+            {"wrapped_key": b64_encode(wrapped_key), "wrapped_swk": b64_encode(wrapped_swk)}
+        )
+
+    @router.post("/keys/{repo}/{kind}/{tag}/transfer")
+    async def transfer(repo: str, kind: str, tag: str, request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
+        try:
+            key_id = validate_key_id(f"{repo}/{kind}/{tag}")
+        except Exception as exc:
+            return error_response(FormatError(str(exc)), where="transfer")
+        try:
+            body = await _read(request)
+            payload = _parse(body)
+            tee_header = request.headers.get("attestation-type")
+            if payload is None:
+                return await run_in_threadpool(round1, key_id)
+            return await run_in_threadpool(round2, key_id, payload, tee_header, client)
+        except Exception as exc:
+            return error_response(exc, where="transfer")
+
+    return router
+
+
+async def _read(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_TRANSFER_BODY:
+            raise FormatError("request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes) -> TransferRequest | None:
+    """None for round 1 (empty body, ``{}`` or no ``quote``), else the validated request."""
+    if not body.strip():
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise FormatError("transfer request is not JSON") from None
+    if not isinstance(value, dict):
+        raise FormatError("transfer request must be a JSON object")
+    if "quote" not in value:
+        if value:
+            raise FormatError("round 1 takes an empty body; round 2 needs quote and user_data")
+        return None
+    try:
+        return TransferRequest.model_validate(value)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise FormatError("invalid transfer request: " + "; ".join(problems[:5])) from None
