@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -213,7 +213,9 @@ def _check_validity(cert: x509.Certificate, role: str, now: float) -> None:
         raise EvidenceError(f"{role} certificate expired at {cert.not_valid_after_utc.isoformat()}")
 
 
+@lru_cache(maxsize=512)
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Signature check, cached per (child, parent) pair: KBS sees the same chains repeatedly."""
     try:
         child.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature):

@@ -56,9 +56,10 @@ class CertEntry:
 def _byte_array(value: Any, size: int, what: str) -> bytes:
     if not isinstance(value, list) or len(value) != size:
         raise EvidenceError(f"SNP evidence: {what} must be an array of {size} bytes")
-    if not all(type(b) is int and 0 <= b <= 255 for b in value):
-        raise EvidenceError(f"SNP evidence: {what} must contain integers 0..255")
-    return bytes(value)
+    try:
+        return bytes(value)  # rejects non-integers and values outside 0..255
+    except (TypeError, ValueError):
+        raise EvidenceError(f"SNP evidence: {what} must contain integers 0..255") from None
 
 
 def _uint(value: Any, bits: int, what: str) -> int:
