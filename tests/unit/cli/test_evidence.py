@@ -1,0 +1,262 @@
+"""``modelseal attest`` / ``evidence verify`` / ``evidence replay`` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelseal import cli
+from modelseal._internal.encoding import b64_decode
+from modelseal.tee.mock_tdx.ca import MockTdxCA
+
+RD = "ab" * 48
+INIT = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\nmodel_digest = "sha256:00"\n'
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    code = info.value.code
+    out = capsys.readouterr()
+    return (code if isinstance(code, int) else 1), out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "ca"
+    MockTdxCA.create(path)
+    return path
+
+
+@pytest.fixture
+def mock_evidence(ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    init = tmp_path / "init.toml"
+    init.write_bytes(INIT)
+    code, out, _ = _run(
+        [
+            "attest",
+            "--tee",
+            "mock-tdx",
+            "--report-data",
+            RD,
+            "--mock-tdx-dir",
+            str(ca_dir),
+            "--init-data",
+            str(init),
+        ],
+        capsys,
+    )
+    assert code == 0
+    path = tmp_path / "evidence.json"
+    path.write_text(out)
+    return path
+
+
+def _verify(ca_dir: Path, evidence: Path, *extra: str) -> list[str]:
+    return [
+        "evidence",
+        "verify",
+        "--tee",
+        "mock-tdx",
+        "--evidence",
+        str(evidence),
+        "--mock-tdx-root",
+        str(ca_dir / "root-ca.pem"),
+        *extra,
+    ]
+
+
+def test_attest_and_verify_mock(
+    ca_dir: Path, mock_evidence: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init = tmp_path / "init.toml"
+    code, out, err = _run(
+        _verify(ca_dir, mock_evidence, "--report-data", RD, "--init-data", str(init)), capsys
+    )
+    assert code == 0, err
+    claims: dict[str, Any] = json.loads(out)
+    assert claims["tee"] == "mock-tdx"
+    assert claims["tcb_status"] == "UpToDate"
+    assert claims["init_data"] == {"model_digest": "sha256:00"}
+    assert claims["report_data_checked"] is True
+    assert set(claims["measurements"]) >= {"mr_td", "rtmr0", "rtmr3", "kernel_digest"}
+
+
+def test_binary_and_hex_quote_input(
+    ca_dir: Path, mock_evidence: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quote = b64_decode(json.loads(mock_evidence.read_text())["quote"])
+    for name, data in (
+        ("q.bin", quote),
+        ("q.hex", quote.hex().encode()),
+        ("q0x.hex", b"0x" + quote.hex().encode() + b"\n"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        code, out, err = _run(_verify(ca_dir, path), capsys)
+        assert code == 0, (name, err)
+        assert json.loads(out)["report_data_checked"] is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (["--report-data", "cd" * 48], "binding mismatch"),
+        (["--at", str(time.time() + 500 * 86400)], "collateral expired"),
+        (["--at", str(time.time() - 5 * 86400)], "collateral not yet valid"),
+    ],
+)
+def test_rejections_exit_4(
+    ca_dir: Path,
+    mock_evidence: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    reason: str,
+) -> None:
+    code, out, err = _run(_verify(ca_dir, mock_evidence, *extra), capsys)
+    assert code == 4
+    assert reason in err
+    assert out == ""
+
+
+def test_tcb_status_policy(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelseal.tee.mock_tdx.attester import Attester
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(Attester(ca_dir, tcb="OutOfDate").evidence(b"")))
+    code, _, err = _run(_verify(ca_dir, path), capsys)
+    assert code == 4
+    assert "TCB status OutOfDate not accepted" in err
+    assert "MOCK-SA-00001" in err
+    code, out, _ = _run(_verify(ca_dir, path, "--tcb-status", "any"), capsys)
+    assert code == 0
+    assert json.loads(out)["advisories"] == ["MOCK-SA-00001", "MOCK-SA-00002"]
+
+
+def test_debug_rejected(ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelseal.tee.mock_tdx.attester import Attester
+
+    path = tmp_path / "debug.json"
+    path.write_text(json.dumps(Attester(ca_dir, debug=True).evidence(b"")))
+    code, _, err = _run(_verify(ca_dir, path), capsys)
+    assert code == 4
+    assert "debug TEE" in err
+
+
+def test_mock_refused_without_root(mock_evidence: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(
+        ["evidence", "verify", "--tee", "mock-tdx", "--evidence", str(mock_evidence)], capsys
+    )
+    assert code == 4
+    assert "trusted only when" in err
+
+
+def test_usage_errors(mock_evidence: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(
+        ["evidence", "verify", "--tee", "tpm", "--evidence", str(mock_evidence)], capsys
+    )
+    assert code == 2
+    assert "--report-data is required" in err
+    code, _, err = _run(["attest", "--tee", "mock-tdx", "--report-data", "zz"], capsys)
+    assert code == 2
+    assert "hex" in err
+    code, _, _ = _run(["attest", "--tee", "sample", "--mock-tdx-dir", "/tmp/x"], capsys)
+    assert code == 2
+
+
+def test_vector_verify_and_reasons(
+    shared_vectors: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["evidence", "verify", "--tee", "tdx"]
+    ok = base + [
+        "--evidence",
+        str(shared_vectors / "tdx/dcap-qvl/tdx-quote.hex"),
+        "--collateral",
+        str(shared_vectors / "tdx/dcap-qvl/tdx_quote_collateral.json"),
+        "--at",
+        "1752919234",
+    ]
+    code, _, err = _run(ok, capsys)
+    assert code == 4
+    assert "TCB level not supported" in err
+    code, out, err = _run(
+        base
+        + [
+            "--evidence",
+            str(shared_vectors / "tdx/dcap-qvl/tdx_quote"),
+            "--collateral",
+            str(shared_vectors / "tdx"),
+            "--at",
+            "1752919234",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["measurements"]["mr_td"].startswith("91eb2b44")
+    code, _, err = _run(
+        base
+        + [
+            "--evidence",
+            str(shared_vectors / "tdx/trustee/tdx_quote_4.dat"),
+            "--collateral",
+            str(shared_vectors / "tdx/go-tdx-guest"),
+            "--at",
+            "1688173200",
+        ],
+        capsys,
+    )
+    assert code == 4
+    assert "debug TEE" in err
+    code, out, err = _run(
+        [
+            "evidence",
+            "verify",
+            "--tee",
+            "sgx",
+            "--tcb-status",
+            "ConfigurationAndSWHardeningNeeded",
+            "--evidence",
+            str(shared_vectors / "sgx/dcap-qvl/sgx_quote"),
+            "--collateral",
+            str(shared_vectors / "sgx/dcap-qvl"),
+            "--at",
+            "1752919277",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["advisories"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
+
+
+def test_replay(shared_vectors: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = json.loads((shared_vectors / "expected.json").read_text())
+    rel = "eventlog/go-tdx-guest/ccel_data.dat"
+    code, out, _ = _run(["evidence", "replay", "--eventlog", str(shared_vectors / rel)], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "ccel"
+    for i in range(4):
+        assert doc[f"rtmr{i}"] == expected["ccel_rtmr_replay"][rel][f"rtmr{i}"]
+    rel = "eventlog/go-tpm-tools/rhel8-uefi.bin"
+    code, out, _ = _run(
+        ["evidence", "replay", "--kind", "tcg2", "--eventlog", str(shared_vectors / rel)], capsys
+    )
+    assert code == 0
+    doc = json.loads(out)
+    for bank, pcrs in expected["tcg2_pcr_replay"][rel].items():
+        for index, value in pcrs.items():
+            assert doc["pcrs"][bank][index] == value
+
+
+def test_replay_malformed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(b"junk")
+    code, _, err = _run(["evidence", "replay", "--eventlog", str(path)], capsys)
+    assert code == 4
+    assert "event log" in err
