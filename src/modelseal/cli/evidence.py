@@ -223,13 +223,13 @@ def verify_cmd(
     if claims.debug and not allow_debug:
         raise EvidenceError("debug TEE: its memory is readable by the host (--allow-debug)")
     accepted = {s.lower() for s in tcb_statuses}
-    if claims.tcb_status is not None and "any" not in accepted:
-        if claims.tcb_status.lower() not in accepted:
-            advisories = ", ".join(claims.advisories) or "none"
-            raise EvidenceError(
-                f"TCB status {claims.tcb_status} not accepted (accepted: "
-                f"{', '.join(tcb_statuses)}; advisories: {advisories})"
-            )
+    status = claims.tcb_status
+    if status is not None and "any" not in accepted and status.lower() not in accepted:
+        advisories = ", ".join(claims.advisories) or "none"
+        raise EvidenceError(
+            f"TCB status {status} not accepted (accepted: "
+            f"{', '.join(tcb_statuses)}; advisories: {advisories})"
+        )
     out = claims.to_json()
     out["report_data_checked"] = checked
     _print_json(out)

@@ -174,7 +174,8 @@ def test_vector_verify_and_reasons(
     shared_vectors: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = ["evidence", "verify", "--tee", "tdx"]
-    ok = base + [
+    ok = [
+        *base,
         "--evidence",
         str(shared_vectors / "tdx/dcap-qvl/tdx-quote.hex"),
         "--collateral",
@@ -186,8 +187,8 @@ def test_vector_verify_and_reasons(
     assert code == 4
     assert "TCB level not supported" in err
     code, out, err = _run(
-        base
-        + [
+        [
+            *base,
             "--evidence",
             str(shared_vectors / "tdx/dcap-qvl/tdx_quote"),
             "--collateral",
@@ -200,8 +201,8 @@ def test_vector_verify_and_reasons(
     assert code == 0, err
     assert json.loads(out)["measurements"]["mr_td"].startswith("91eb2b44")
     code, _, err = _run(
-        base
-        + [
+        [
+            *base,
             "--evidence",
             str(shared_vectors / "tdx/trustee/tdx_quote_4.dat"),
             "--collateral",
