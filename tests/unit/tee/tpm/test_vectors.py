@@ -188,23 +188,6 @@ def test_gce_attestation_through_the_verifier(shared_vectors: Path) -> None:
         )
 
 
-def test_gce_no_nonce_quotes(shared_vectors: Path) -> None:
-    exp = _expected(shared_vectors)["tpm_quotes"]["tpm/go-tpm-tools/gce-cos-85-no-nonce.pb"]
-    assert exp["extra_data"] == ""
-    gce = _gce(shared_vectors)
-    spki = spki_of_public(parse_public(bytes.fromhex(gce["ak_pub_tpmt_public"])))
-    quote = gce["quotes"][1]
-    # The nonce9009 quote is not a no-nonce quote: an empty expected nonce is refused.
-    with pytest.raises(EvidenceError, match="nonce"):
-        verify_quote(
-            spki,
-            bytes.fromhex(quote["tpms_attest"]),
-            parse_signature(bytes.fromhex(quote["tpmt_signature"])),
-            [bytes.fromhex(quote["pcrs"][str(i)]) for i in range(24)],
-            nonce_ok=b"",
-        )
-
-
 def _jwk_spki(hcl: bytes, kid: str = "HCLAkPub") -> bytes:
     start = 0x4D4
     claims = json.loads(hcl[start:].split(b"\x00", 1)[0])
@@ -299,3 +282,66 @@ def test_tcg2_replays_match_expected(shared_vectors: Path, log: str) -> None:
         replayed = replay_tcg2(parsed, HASH_IDS[bank])
         for index, value in pcrs.items():
             assert replayed[int(index)].hex() == value
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _proto(data: bytes) -> list[tuple[int, Any]]:
+    """Minimal protobuf wire decoding (varint and length-delimited fields only)."""
+    out: list[tuple[int, Any]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            value, pos = data[pos : pos + size], pos + size
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+        out.append((number, value))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "nonce"), [("gce-cos-85-nonce9009.pb", "9009"), ("gce-cos-85-no-nonce.pb", "")]
+)
+def test_gce_protobuf_attestations(shared_vectors: Path, name: str, nonce: str) -> None:
+    """go-tpm-tools Attestation protos: AK (TPMT_PUBLIC) + cert, 3 quotes, event log."""
+    exp = _expected(shared_vectors)["tpm_quotes"][f"tpm/go-tpm-tools/{name}"]
+    assert exp["extra_data"] == nonce
+    top = _proto((shared_vectors / "tpm/go-tpm-tools" / name).read_bytes())
+    ak = next(v for n, v in top if n == 1)
+    cert = next(v for n, v in top if n == 6)
+    log = next(v for n, v in top if n == 3)
+    spki = spki_of_public(parse_public(ak))
+    assert _gce_store(shared_vectors).check(spki, [cert], NOW) == "certificate"
+    banks = []
+    for quote in (v for n, v in top if n == 2):
+        fields = dict(_proto(quote))
+        pcr_map = {}
+        for number, entry in _proto(fields[3]):
+            if number == 2:
+                kv = dict(_proto(entry))
+                pcr_map[kv.get(1, 0)] = kv[2]
+        verified = verify_quote(
+            spki,
+            fields[1],
+            parse_signature(fields[2]),
+            [pcr_map[i] for i in range(24)],
+            nonce_ok=bytes.fromhex(nonce),
+            event_log=log,
+        )
+        banks.append(verified.bank)
+        assert sorted(verified.replayed) == list(range(10))
+    assert banks == ["sha1", "sha256", "sha384"]
