@@ -106,6 +106,17 @@ class Attester:
         """Extend ``index`` in ``bank`` with ``digest`` (init-data binding, runtime events)."""
         self._run("tpm2_pcrextend", f"{index}:{bank}={digest.hex()}")
 
+    def bind_init_data(self, init_data: bytes | str) -> None:
+        """Trustee's TPM init-data binding: extend SHA-256 PCR8 once with the digest.
+
+        The verifier expects PCR8 == SHA-256(32 zero bytes || digest), so this must be the
+        only extend of PCR8 since boot (it is what the guest's init does at start-up).
+        """
+        from modelseal.tee.initdata import parse_init_data
+
+        digest = parse_init_data(init_data).digest
+        self.extend_pcr(8, digest[:32].ljust(32, b"\x00"))
+
     def evidence(self, report_data: bytes) -> Any:
         if len(report_data) > NONCE_SIZE:
             raise AttestationError("TPM report data must be at most 64 bytes")

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from typing import Any, ClassVar
 
+from modelseal.crypto.tpm_sig import normalize_public_key
 from modelseal.errors import EvidenceError, UnsupportedTee
 from modelseal.protocol.claims import Claims
 from modelseal.tee.base import VerifierConfig, pad_report_data
@@ -51,7 +52,10 @@ class Verifier:
         init_data: bytes | None = None,
     ) -> Claims:
         ev = parse_evidence(evidence)
-        ak = ev.ak_public
+        try:
+            ak = normalize_public_key(ev.ak_public)
+        except ValueError as exc:
+            raise EvidenceError("ak_public is not an RSA or EC SubjectPublicKeyInfo") from exc
         if ev.ak_tpm_public is not None:
             public = parse_public(ev.ak_tpm_public)
             if spki_of_public(public) != ak:

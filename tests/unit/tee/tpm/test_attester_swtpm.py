@@ -133,3 +133,26 @@ def test_event_log_attached_when_present(tcti: str, tmp_path: Path) -> None:
     log.write_bytes(b"not really a log")
     ev = Attester(tcti=tcti, event_log=log).evidence(b"x")
     assert base64.b64decode(ev["event_log"]) == b"not really a log"
+
+
+def test_init_data_bound_through_pcr8(tcti: str, verifier: Verifier) -> None:
+    """PCR8 = SHA-256(0^32 || init-data digest) (Trustee's TPM binding) on a fresh swtpm."""
+    init_data = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\nmodel_digest = "sha256:ab"\n'
+    attester = Attester(tcti=tcti, event_log=None)
+    now = time.time()
+    assert attester.evidence(BINDING)["tpm_quote"]["pcrs"][8] == "00" * 32
+    with pytest.raises(EvidenceError, match="PCR8"):
+        verifier.verify(
+            attester.evidence(BINDING), expected_report_data=BINDING, now=now, init_data=init_data
+        )
+    attester.bind_init_data(init_data)
+    claims = verifier.verify(
+        attester.evidence(BINDING), expected_report_data=BINDING, now=now, init_data=init_data
+    )
+    assert claims.init_data == {"model_digest": "sha256:ab"}
+    assert claims.init_data_digest == hashlib.sha256(init_data).hexdigest()
+    other = init_data.replace(b"ab", b"cd")
+    with pytest.raises(EvidenceError, match="PCR8"):
+        verifier.verify(
+            attester.evidence(BINDING), expected_report_data=BINDING, now=now, init_data=other
+        )
