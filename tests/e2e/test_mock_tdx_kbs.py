@@ -1,0 +1,163 @@
+"""mock-tdx E2E: loader KbsClient → real ``modelseal kbs serve --mock-tdx-root`` → policy → key.
+
+The KBS verifies structurally real TDX quotes through the full DCAP path (dcap-qvl with
+the test root), replays the CCEL, checks init-data against MRCONFIGID, and the release
+policy decides on MRTD/RTMRs and the model digest. A wrong RTMR is denied by policy
+(403); a debug TD never gets that far: its quote fails verification (attestation error).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import AttestationError, PolicyDenied
+from modelseal.kbs.state import KbsState
+from modelseal.loader.kbs_client import KbsClient
+from modelseal.tee.mock_tdx.attester import Attester
+from modelseal.tee.mock_tdx.ca import MockTdxCA
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
+DEK = bytes(range(7, 39))
+KEY = "models/tdx-demo/1"
+WRONG_RTMR_KEY = "models/tdx-demo/wrong-rtmr"
+DIGEST_KEY = "models/tdx-demo/with-digest"
+MODEL_DIGEST = "sha256:" + "ab" * 32
+INIT_DATA = f'version = "0.1.0"\nalgorithm = "sha384"\n[data]\nmodel_digest = "{MODEL_DIGEST}"\n'
+
+
+@dataclass
+class Env:
+    url: str
+    ca_dir: Path
+
+
+def _policy(**extra: object) -> dict[str, object]:
+    return {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["mock-tdx"], **extra}
+
+
+def _start_kbs(data_dir: Path, root: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *CLI, "kbs", "serve", "--data-dir", str(data_dir), "--port", str(port),
+            "--mock-tdx-root", str(root), "--log-level", "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"kbs serve exited with {proc.returncode}: {err}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("kbs serve did not start")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("mock-tdx-kbs")
+    ca = MockTdxCA.create(root / "ca")
+    good = Attester(ca.directory).measurements
+    state = KbsState.open(root / "kbs")
+    pinned = {k: good[k] for k in ("mr_td", "rtmr0", "rtmr1", "rtmr2")}
+    state.keys.put(KEY, SecretBytes(DEK), policy=_policy(measurements=[pinned]), actor="test")
+    wrong = {**pinned, "rtmr1": "00" * 48}
+    state.keys.put(
+        WRONG_RTMR_KEY, SecretBytes(DEK), policy=_policy(measurements=[wrong]), actor="test"
+    )
+    state.keys.put(
+        DIGEST_KEY,
+        SecretBytes(DEK),
+        policy=_policy(measurements=[{"mr_td": good["mr_td"]}], model_digest=MODEL_DIGEST),
+        actor="test",
+    )
+    state.close()
+    url, proc = _start_kbs(root / "kbs", ca.root_pem_path)
+    try:
+        yield Env(url, ca.directory)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_policy_on_mrtd_and_rtmrs_releases_key(env: Env) -> None:
+    with KbsClient(env.url, Attester(env.ca_dir), tee="mock-tdx") as client:
+        assert client.get_resource(KEY).reveal() == DEK
+        assert client.token_id
+        with pytest.raises(PolicyDenied):
+            client.get_resource(WRONG_RTMR_KEY)
+
+
+def test_different_kernel_changes_rtmr_and_is_denied(env: Env) -> None:
+    attester = Attester(env.ca_dir, kernel=b"a different kernel")
+    with KbsClient(env.url, attester, tee="mock-tdx") as client, pytest.raises(PolicyDenied):
+        client.get_resource(KEY)
+
+
+def test_explicit_wrong_rtmr_denied(env: Env) -> None:
+    good = Attester(env.ca_dir).measurements
+    attester = Attester(env.ca_dir, measurements={**good, "rtmr2": "ee" * 48})
+    with KbsClient(env.url, attester, tee="mock-tdx") as client, pytest.raises(PolicyDenied):
+        client.get_resource(KEY)
+
+
+def test_debug_td_denied(env: Env) -> None:
+    with (
+        KbsClient(env.url, Attester(env.ca_dir, debug=True), tee="mock-tdx") as client,
+        pytest.raises((AttestationError, PolicyDenied)),
+    ):
+        client.get_resource(KEY)
+
+
+def test_out_of_date_tcb_denied(env: Env) -> None:
+    attester = Attester(env.ca_dir, tcb="OutOfDate")
+    with KbsClient(env.url, attester, tee="mock-tdx") as client, pytest.raises(PolicyDenied):
+        client.get_resource(KEY)
+
+
+def test_init_data_model_digest(env: Env) -> None:
+    attester = Attester(env.ca_dir, init_data=INIT_DATA)
+    with KbsClient(env.url, attester, tee="mock-tdx", init_data=INIT_DATA) as client:
+        assert client.get_resource(DIGEST_KEY).reveal() == DEK
+    # without init-data the model digest claim is absent: denied
+    with (
+        KbsClient(env.url, Attester(env.ca_dir), tee="mock-tdx") as client,
+        pytest.raises(PolicyDenied),
+    ):
+        client.get_resource(DIGEST_KEY)
+    # init-data that does not match MRCONFIGID fails attestation
+    forged = INIT_DATA.replace("ab", "cd")
+    with (
+        KbsClient(env.url, attester, tee="mock-tdx", init_data=forged) as client,
+        pytest.raises(AttestationError),
+    ):
+        client.get_resource(DIGEST_KEY)
