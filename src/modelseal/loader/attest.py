@@ -7,22 +7,21 @@ the KBS side. ``auto`` asks ``tee.detect`` which TEE this machine is; the insecu
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import UnsupportedTee
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.loader.settings import LoaderSettings
 from modelseal.tee.base import Attester
+from modelseal.tee.detect import detect
 from modelseal.tee.registry import attester_for
 
 log = logging.getLogger(__name__)
 
-#: TEE kinds whose evidence proves nothing (the KBS must run with an insecure flag)
-INSECURE_TEES = frozenset({"sample"})
+#: TEE kinds whose evidence proves nothing outside tests (the KBS needs an explicit flag)
+INSECURE_TEES = frozenset({"sample", "mock-tdx"})
 
 
 @dataclass
@@ -37,28 +36,20 @@ class KeyRelease:
 
 
 def resolve_tee(settings: LoaderSettings) -> str:
-    """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``."""
+    """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``.
+
+    Detection never answers ``sample`` or ``mock-tdx``: insecure kinds must be explicit.
+    """
     if settings.tee != "auto":
         return settings.tee
-    try:
-        detect = importlib.import_module("modelseal.tee.detect")
-    except ModuleNotFoundError as exc:
-        raise UnsupportedTee("TEE detection is not available in this build; pass --tee") from exc
-    found = detect.detect_tee()
-    kind = found if isinstance(found, str) else None
-    if kind is None:
-        raise UnsupportedTee(
-            "no TEE detected on this machine (no configfs-tsm, /dev/tdx_guest, /dev/sev-guest "
-            "or TPM); pass --tee KIND (sample only for development)"
-        )
-    return kind
+    return detect()
 
 
 def build_attester(kind: str, settings: LoaderSettings) -> Attester:
     """Instantiate the attester of ``kind`` with the options the settings carry."""
     options: dict[str, Any] = dict(settings.extra_attester_options)
     if kind == "mock-tdx" and settings.mock_tdx_dir is not None:
-        options.setdefault("material_dir", settings.mock_tdx_dir)
+        options.setdefault("ca_dir", settings.mock_tdx_dir)
     return attester_for(kind, **options)
 
 
