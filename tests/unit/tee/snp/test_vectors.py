@@ -288,3 +288,48 @@ def test_any_chain_byte_mutation_is_rejected(shared_vectors: Path) -> None:
             Verifier([amd.classify(cert)]).verify_report(raw, now=VERIFY_AT)
         rejected += 1
     assert rejected == 40
+
+
+def test_registry_builds_verifier_from_a_cert_directory(
+    shared_vectors: Path, tmp_path: Path
+) -> None:
+    """``--snp-certs DIR``: file names do not matter; DER and PEM are classified by content."""
+    from modelseal.errors import ConfigError
+    from modelseal.tee.base import VerifierConfig
+    from modelseal.tee.registry import verifier_for
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "a").write_bytes((shared_vectors / "snp/trustee/test-vcek.der").read_bytes())
+    (certs / "b.txt").write_bytes(
+        (shared_vectors / "snp/trustee/milan_ask_ark_asvk.pem").read_bytes()
+    )
+    name = "snp/trustee/test-report.bin"
+    raw = (shared_vectors / name).read_bytes()
+    verifier = verifier_for("snp", VerifierConfig(snp_certs=str(certs)))
+    report = parse_report(raw, product=Product.MILAN)
+    claims = verifier.verify(
+        build_evidence(raw), expected_report_data=report.report_data, now=VERIFY_AT
+    )
+    assert claims.measurements["chip_id"] == report.chip_id.hex()
+    assert claims.extra["chain"] == ["SEV-VCEK", "SEV-Milan", "ARK-Milan"]
+    (certs / "junk").write_bytes(b"not a certificate")
+    with pytest.raises(ConfigError, match="junk"):
+        verifier_for("snp", VerifierConfig(snp_certs=str(certs)))
+
+
+def test_foreign_ark_in_evidence_is_refused(shared_vectors: Path) -> None:
+    """An evidence chain may not bring its own root: only the pinned ARK anchors trust."""
+    name = "snp/trustee/test-report.bin"
+    raw = (shared_vectors / name).read_bytes()
+    vcek = (shared_vectors / "snp/trustee/test-vcek.der").read_bytes()
+    genoa_ark = amd.pinned(Product.GENOA)["ARK"]
+    fake = amd.AmdCert("ARK", Product.MILAN, genoa_ark)
+    with pytest.raises(EvidenceError, match="not the pinned AMD root"):
+        Verifier([amd.classify(amd.load_certificate(vcek)), fake]).verify_report(raw, now=VERIFY_AT)
+    # The VCEK alone (no chain at all) verifies against the packaged ASK and pinned ARK.
+    report, _, chain = Verifier([amd.classify(amd.load_certificate(vcek))]).verify_report(
+        raw, now=VERIFY_AT
+    )
+    assert chain == ["SEV-VCEK", "SEV-Milan", "ARK-Milan"]
+    assert report.vmpl == 0
