@@ -139,7 +139,6 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve the Key Broker Service (Trustee KBS protocol 0.4 + admin API)."""
-    from modelseal.kbs.server import serve as run
     from modelseal.kbs.settings import KbsSettings
 
     logging.getLogger("modelseal").setLevel(log_level.upper())
@@ -163,6 +162,8 @@ def serve(
         token_signing_key=_path(token_signing_key),
         audience=audience,
     ).validated()
+    from modelseal.kbs.server import serve as run
+
     scheme = "https" if settings.tls else "http"
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
     if settings.insecure_allow_sample:

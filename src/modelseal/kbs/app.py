@@ -9,13 +9,11 @@ verifier never stalls the event loop.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -28,18 +26,18 @@ from modelseal import __version__
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal._internal.encoding import b64_encode
 from modelseal.crypto.jwk import recipient_from_jwk
-from modelseal.crypto.secret import SecretBytes
 from modelseal.crypto.signing import TokenSigningKey
 from modelseal.errors import FormatError, TokenError, UnsupportedTee
+from modelseal.kbs.admin_api import admin_router
 from modelseal.kbs.attestation import AttestationService
-from modelseal.kbs.db import Database
 from modelseal.kbs.errors_http import TOO_LARGE, error_response, problem
 from modelseal.kbs.resource import ResourceService
 from modelseal.kbs.sessions import SessionStore
 from modelseal.kbs.settings import KbsSettings
+from modelseal.kbs.state import KbsState
 from modelseal.kbs.tokens import TokenService
+from modelseal.kbs.transfer_api import transfer_router
 from modelseal.protocol.binding import runtime_data_digest
-from modelseal.protocol.claims import Claims
 from modelseal.protocol.kbs import (
     COOKIE_NAME,
     AttestationRequest,
@@ -48,18 +46,6 @@ from modelseal.protocol.kbs import (
     version_supported,
 )
 from modelseal.tee.registry import KINDS
-
-
-class KbsState(Protocol):
-    """What the app needs from ``modelseal.kbs.state.KbsState`` (CONTRACTS seam 2)."""
-
-    data_dir: Path
-    db: Database
-
-    def release(
-        self, resource_path: str, claims: Claims, *, token_id: str, requester: str
-    ) -> SecretBytes: ...
-
 
 log = logging.getLogger("modelseal.kbs")
 
@@ -214,8 +200,6 @@ async def _guarded(where: str, fn: Callable[[], Any]) -> Response:
 
 def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
     """Mount K2's admin API and CNAP transfer API."""
-    admin_router = importlib.import_module("modelseal.kbs.admin_api").admin_router
-    transfer_router = importlib.import_module("modelseal.kbs.transfer_api").transfer_router
     app.include_router(admin_router(kbs.state), prefix="/modelseal/v1")
     app.include_router(
         transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),

@@ -19,7 +19,7 @@ from modelseal.kbs.tokens import TokenService
 from modelseal.protocol.kbs import check_resource_path
 
 if TYPE_CHECKING:
-    from modelseal.kbs.app import KbsState
+    from modelseal.kbs.state import KbsState
 
 log = logging.getLogger("modelseal.kbs")
 

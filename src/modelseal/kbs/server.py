@@ -8,14 +8,13 @@ import uvicorn
 
 from modelseal.kbs.app import create_app
 from modelseal.kbs.settings import KbsSettings
+from modelseal.kbs.state import KbsState
 
 log = logging.getLogger("modelseal.kbs")
 
 
 def build_server(settings: KbsSettings) -> uvicorn.Server:
     """Open the state in ``settings.data_dir`` and return a configured uvicorn server."""
-    from modelseal.kbs.state import KbsState
-
     settings = settings.validated()
     state = KbsState.open(settings.data_dir, database_url=settings.database_url)
     app = create_app(settings, state)

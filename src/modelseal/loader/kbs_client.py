@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Generator
@@ -53,6 +54,16 @@ log = logging.getLogger(__name__)
 #: Re-attest this long before the token's lifetime ends (the KBS clock may differ).
 TOKEN_MARGIN = 10.0
 MAX_RESPONSE_BYTES = 1 << 20
+
+
+def _tls_verify(verify: bool | str | Path) -> bool | ssl.SSLContext:
+    """httpx's ``verify``: True/False, or a context trusting the CA bundle at a path."""
+    if isinstance(verify, bool):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=str(verify))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the KBS CA bundle {verify}: {exc}") from exc
 
 
 def _detail(response: httpx.Response) -> str:
@@ -209,7 +220,7 @@ class KbsClient:
         self._auth = RcarAuth(base_url, attester, tee=tee, keys=self._keys, init_data=init_data)
         self._base = base_url.rstrip("/")
         self._http = httpx.Client(
-            verify=str(verify) if isinstance(verify, Path) else verify,
+            verify=_tls_verify(verify),
             timeout=timeout,
             auth=self._auth,
             follow_redirects=False,
