@@ -1,4 +1,4 @@
-"""ECDSA P-384 verification of SEV-SNP attestation reports (AMD's raw little-endian r, s).
+"""SEV-SNP signature checks: reports (ECDSA P-384, AMD's raw little-endian r, s) and CRLs.
 
 Kept here because it needs ``cryptography.hazmat``; the SNP verifier stays free of it.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 _P384_ORDER = int(
@@ -48,3 +48,17 @@ def verify_report_signature(
     except InvalidSignature:
         return False
     return True
+
+
+def crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """True if ``issuer``'s key (RSA, e.g. an AMD ARK, or EC) signed ``crl``."""
+    try:
+        key = issuer.public_key()
+    except ValueError:
+        return False
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        return False
+    try:
+        return crl.is_signature_valid(key)
+    except (ValueError, TypeError):
+        return False

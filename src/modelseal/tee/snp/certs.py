@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
+from modelseal.crypto.snp_ecdsa import crl_signed_by
 from modelseal.errors import ConfigError, EvidenceError
 from modelseal.tee.snp.report import Product, TcbVersion
 
@@ -102,21 +103,42 @@ def pinned(product: Product) -> dict[str, x509.Certificate]:
     return certs
 
 
-def load_cert_source(path: str | Path) -> list[AmdCert]:
-    """All certificates in a file or directory (DER or PEM, any names; CRLs refused)."""
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """One CRL, DER or PEM (AMD KDS serves ``/vcek/v1/<product>/crl`` as DER)."""
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+def load_sources(path: str | Path) -> tuple[list[AmdCert], list[x509.CertificateRevocationList]]:
+    """Certificates and CRLs in a file or directory (DER or PEM; file names never matter)."""
     root = Path(path)
     if not root.exists():
         raise ConfigError(f"SNP certificates: {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    out: list[AmdCert] = []
+    certs: list[AmdCert] = []
+    crls: list[x509.CertificateRevocationList] = []
     for file in files:
         if file.stat().st_size > MAX_CERT_FILE:
             raise ConfigError(f"SNP certificates: {file} is too large to be a certificate")
+        data = file.read_bytes()
         try:
-            out.extend(classify(c) for c in load_certificates(file.read_bytes()))
-        except (ValueError, EvidenceError) as exc:
-            raise ConfigError(f"SNP certificates: {file} is not a DER/PEM certificate") from exc
-    return out
+            certs.extend(classify(c) for c in load_certificates(data))
+            continue
+        except (ValueError, EvidenceError):
+            pass
+        try:
+            crls.append(load_crl(data))
+        except ValueError as exc:
+            raise ConfigError(
+                f"SNP certificates: {file} is neither a DER/PEM certificate nor a CRL"
+            ) from exc
+    return certs, crls
+
+
+def load_cert_source(path: str | Path) -> list[AmdCert]:
+    """The certificates of :func:`load_sources` (CRL files are skipped)."""
+    return load_sources(path)[0]
 
 
 # --- AMD extensions -------------------------------------------------------------------
@@ -223,13 +245,39 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
+def _revoked(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    crls: Sequence[x509.CertificateRevocationList],
+) -> bool:
+    """True if a CRL that ``issuer`` really signed lists ``cert``'s serial number.
+
+    CRLs by other issuers, or whose signature does not verify, are ignored: they can only
+    ever add revocations, so dropping a forged one never un-revokes anything.
+    """
+    for crl in crls:
+        if crl.issuer != issuer.subject:
+            continue
+        if not crl_signed_by(crl, issuer):
+            continue
+        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            return True
+    return False
+
+
 def verify_chain(
-    vek: AmdCert, candidates: Iterable[AmdCert], product: Product, now: float
+    vek: AmdCert,
+    candidates: Iterable[AmdCert],
+    product: Product,
+    now: float,
+    crls: Sequence[x509.CertificateRevocationList] = (),
 ) -> list[str]:
     """Verify VEK <- ASK/ASVK <- pinned ARK at ``now``; returns the chain's subject CNs.
 
     ``candidates`` (from evidence or configuration) may contribute an ASK/ASVK; an ARK
     among them must be the pinned ARK itself. Falls back to the packaged ASK/ASVK.
+    ``crls`` (AMD KDS CRLs, signed by the ARK) revoke an ASK/ASVK, or a VEK if its CA
+    published one.
     """
     anchors = pinned(product)
     ark = anchors["ARK"]
@@ -248,6 +296,10 @@ def verify_chain(
         if _issued_by(vek.cert, ca):
             _check_validity(ca, ca_role, now)
             _check_validity(vek.cert, vek.role, now)
+            if _revoked(ca, ark, crls):
+                raise EvidenceError(f"{ca_role} certificate is revoked by ARK-{product.value}")
+            if _revoked(vek.cert, ca, crls):
+                raise EvidenceError(f"{vek.role} certificate is revoked by its {ca_role}")
             return [_cn(vek.cert.subject), _cn(ca.subject), _cn(ark.subject)]
     raise EvidenceError(
         f"{vek.role} certificate signature invalid under the {ca_role} of {product.value}"

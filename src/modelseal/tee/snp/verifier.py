@@ -14,6 +14,8 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from cryptography import x509
+
 from modelseal.crypto.snp_ecdsa import is_p384_key, verify_report_signature
 from modelseal.errors import EvidenceError
 from modelseal.protocol.claims import Claims
@@ -45,14 +47,23 @@ class Verifier:
 
     tee: ClassVar[str] = "snp"
 
-    def __init__(self, certificates: Sequence[amd.AmdCert] = (), *, max_vmpl: int = 0) -> None:
+    def __init__(
+        self,
+        certificates: Sequence[amd.AmdCert] = (),
+        *,
+        crls: Sequence[x509.CertificateRevocationList] = (),
+        max_vmpl: int = 0,
+    ) -> None:
         self._configured = list(certificates)
+        self._crls = list(crls)
         self._max_vmpl = max_vmpl
 
     @classmethod
     def from_config(cls, config: VerifierConfig) -> Verifier:
-        certs = amd.load_cert_source(config.snp_certs) if config.snp_certs else []
-        return cls(certs)
+        if not config.snp_certs:
+            return cls()
+        certs, crls = amd.load_sources(config.snp_certs)
+        return cls(certs, crls=crls)
 
     def verify(
         self,
@@ -66,13 +77,16 @@ class Verifier:
             raise EvidenceError("SNP evidence must be a JSON object")
         raw = report_bytes_from_json(evidence.get("attestation_report"))
         supplied = []
+        crls = []
         for entry in cert_chain_from_json(evidence.get("cert_chain")):
-            if entry.cert_type in ("ARK", "ASK", "VCEK", "VLEK"):
-                try:
+            try:
+                if entry.cert_type in ("ARK", "ASK", "VCEK", "VLEK"):
                     supplied.append(amd.classify(amd.load_certificate(entry.data)))
-                except (ValueError, EvidenceError) as exc:
-                    raise EvidenceError(f"SNP cert_chain {entry.cert_type} is not DER") from exc
-        report, signer, chain = self.verify_report(raw, supplied, now=now)
+                elif entry.cert_type == "CRL":
+                    crls.append(amd.load_crl(entry.data))
+            except (ValueError, EvidenceError) as exc:
+                raise EvidenceError(f"SNP cert_chain {entry.cert_type} is not DER") from exc
+        report, signer, chain = self.verify_report(raw, supplied, now=now, crls=crls)
         if len(expected_report_data) > REPORT_DATA_SIZE:
             raise EvidenceError("expected report data is longer than 64 bytes")
         if not hmac.compare_digest(
@@ -89,19 +103,28 @@ class Verifier:
         )
 
     def verify_report(
-        self, raw: bytes, supplied: Sequence[amd.AmdCert] = (), *, now: float
+        self,
+        raw: bytes,
+        supplied: Sequence[amd.AmdCert] = (),
+        *,
+        now: float,
+        crls: Sequence[x509.CertificateRevocationList] = (),
     ) -> tuple[AttestationReport, str, list[str]]:
         """Everything but the bindings: parse, chain, signature, TCB, hwID, VMPL.
 
         Returns the parsed report, the signer role (``VCEK``/``VLEK``) and the chain CNs.
         """
         try:
-            return self._verify_report(raw, supplied, now)
+            return self._verify_report(raw, supplied, now, [*crls, *self._crls])
         except ValueError as exc:  # a lazily parsed certificate field was malformed
             raise EvidenceError(f"malformed SNP certificate: {exc}") from exc
 
     def _verify_report(
-        self, raw: bytes, supplied: Sequence[amd.AmdCert], now: float
+        self,
+        raw: bytes,
+        supplied: Sequence[amd.AmdCert],
+        now: float,
+        crls: Sequence[x509.CertificateRevocationList],
     ) -> tuple[AttestationReport, str, list[str]]:
         report = parse_report(raw)
         key = report.signing_key
@@ -122,7 +145,7 @@ class Verifier:
             )
         if report.product is None:
             report = parse_report(raw, product=product)
-        chain = amd.verify_chain(vek, candidates, product, now)
+        chain = amd.verify_chain(vek, candidates, product, now, crls)
         if not is_p384_key(vek.cert):
             raise EvidenceError(f"{role} public key is not ECDSA P-384")
         if not verify_report_signature(
