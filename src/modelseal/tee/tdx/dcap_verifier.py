@@ -40,6 +40,7 @@ class DcapQuoteVerifier:
         self._parsed: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._checked: set[tuple[str, str]] = set()
+        self._chains: OrderedDict[str, tuple[Any, dcap.PckInfo]] = OrderedDict()
 
     def _dcap_collateral(self, text: str) -> Any:
         """Parsed dcap-qvl collateral, memoized (parsing costs more than verifying)."""
@@ -55,6 +56,20 @@ class DcapQuoteVerifier:
             while len(self._parsed) > 64:
                 self._parsed.popitem(last=False)
         return parsed
+
+    def _chain_facts(self, pem: bytes) -> tuple[Any, dcap.PckInfo]:
+        """Embedded-chain check and PCK facts, memoized per chain (one per platform)."""
+        key = hashlib.sha256(pem).hexdigest()
+        with self._lock:
+            hit = self._chains.get(key)
+        if hit is not None:
+            return hit
+        facts = (dcap.check_embedded_chain(pem, self.root_ca_der), dcap.pck_info(pem))
+        with self._lock:
+            self._chains[key] = facts
+            while len(self._chains) > 1024:
+                self._chains.popitem(last=False)
+        return facts
 
     def _check_type(self, quote: Quote) -> None:
         want = TEE_TYPE_TDX if self.quote_tee == "TDX" else TEE_TYPE_SGX
@@ -72,8 +87,7 @@ class DcapQuoteVerifier:
         ev = decode_evidence(evidence)
         quote = parse_quote(ev.quote)
         self._check_type(quote)
-        root = dcap.check_embedded_chain(quote.signature.pck_chain_pem, self.root_ca_der)
-        pck = dcap.pck_info(quote.signature.pck_chain_pem)
+        root, pck = self._chain_facts(quote.signature.pck_chain_pem)
         collateral = self.collateral.get(self.quote_tee, pck.fmspc, pck.ca, now)
         parsed = self._dcap_collateral(collateral.text)
         checked = (
