@@ -1,0 +1,146 @@
+"""KeyService: admin operations leave audit rows; KEK rotation is atomic and crash-safe."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from modelseal.crypto.kek import Kek, KekRing
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import ConfigError
+from modelseal.kbs.keys import KekFiles
+from modelseal.kbs.state import KbsState
+from modelseal.policy import PolicyInvalid
+
+POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["sample"]}
+
+
+def test_admin_actions_are_audited(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path)
+    try:
+        state.keys.put("m/k/v1", None, actor="admin:a")
+        state.keys.put("m/k/v2", SecretBytes(os.urandom(32)), policy=POLICY, actor="admin:b")
+        policy = state.keys.set_policy("m/k/v1", POLICY, actor="admin:a")
+        assert state.keys.get_policy("m/k/v1") == policy
+        state.keys.set_model_digest("m/k/v1", "sha256:" + "00" * 32, actor="admin:a")
+        state.keys.clear_policy("m/k/v1", actor="admin:a")
+        assert state.keys.get_policy("m/k/v1") is None
+        state.keys.revoke("m/k/v1", actor="admin:a")
+        state.keys.delete("m/k/v1", actor="admin:a")
+        actions = [(e.actor, e.action, e.key_id) for e in state.audit.entries()]
+        assert actions == [
+            ("admin:a", "key.generate", "m/k/v1"),
+            ("admin:b", "key.import", "m/k/v2"),
+            ("admin:a", "policy.set", "m/k/v1"),
+            ("admin:a", "model.bind", "m/k/v1"),
+            ("admin:a", "policy.clear", "m/k/v1"),
+            ("admin:a", "key.revoke", "m/k/v1"),
+            ("admin:a", "key.delete", "m/k/v1"),
+        ]
+        assert state.audit.entries()[2].policy_digest == policy.digest
+    finally:
+        state.close()
+
+
+def test_invalid_policy_is_rejected_before_storing(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path)
+    try:
+        with pytest.raises(PolicyInvalid):
+            state.keys.put("m/k/v1", None, policy={**POLICY, "extra": 1}, actor="a")
+        assert state.keys.list_keys() == []
+        assert state.audit.entries() == []
+    finally:
+        state.close()
+
+
+def test_rotation_survives_restart(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path)
+    dek = SecretBytes(os.urandom(32))
+    state.keys.put("m/k/v1", dek, actor="a")
+    result = state.keys.rotate_kek(actor="a")
+    assert result.rewrapped == 1
+    state.close()
+    reopened = KbsState.open(tmp_path)
+    try:
+        assert reopened.store.ring.active.id == result.new_kek_id
+        assert reopened.store.load("m/k/v1").dek == dek
+        assert reopened.audit.verify().ok
+    finally:
+        reopened.close()
+
+
+def test_interrupted_rotation_before_rewrap_is_finished_at_start(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path)
+    dek = SecretBytes(os.urandom(32))
+    state.keys.put("m/k/v1", dek, actor="a")
+    old_id = state.store.ring.active.id
+    state.close()
+    # crash right after kek.next was written
+    nxt = KekFiles(tmp_path).create_next()
+    reopened = KbsState.open(tmp_path)
+    try:
+        assert not (tmp_path / "kek.next").exists()
+        assert reopened.store.ring.active.id == nxt.id != old_id
+        assert reopened.store.count_by_kek() == {nxt.id: 1}
+        assert reopened.store.load("m/k/v1").dek == dek
+        last = reopened.audit.entries()[-1]
+        assert last.action == "kek.rotate"
+        assert "resumed at start-up" in last.reasons
+        assert reopened.audit.verify().ok
+    finally:
+        reopened.close()
+
+
+def test_interrupted_rotation_after_commit_is_finished_at_start(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path)
+    dek = SecretBytes(os.urandom(32))
+    state.keys.put("m/k/v1", dek, actor="a")
+    files = KekFiles(tmp_path)
+    new = files.create_next()
+    state.store.ring = KekRing(new, [*state.store.ring])
+    state.store.rewrap_all(new)  # committed, but kek.next was never promoted (crash)
+    state.audit.record(
+        actor="a",
+        action="x",
+        key_id=None,
+        tee=None,
+        claims_digest=None,
+        policy_digest=None,
+        decision="ok",
+        reasons=[],
+    )
+    state.close()
+    reopened = KbsState.open(tmp_path)
+    try:
+        assert reopened.store.ring.active.id == new.id
+        assert reopened.store.load("m/k/v1").dek == dek
+        assert reopened.audit.verify().ok
+    finally:
+        reopened.close()
+
+
+def test_old_kek_cannot_read_after_rotation(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path)
+    old = (tmp_path / "kek").read_bytes()
+    state.keys.put("m/k/v1", None, actor="a")
+    state.keys.rotate_kek(actor="a")
+    state.close()
+    fd = os.open(tmp_path / "kek", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, old)
+    os.close(fd)
+    with pytest.raises(ConfigError, match="KEK file"):
+        KbsState.open(tmp_path)
+
+
+def test_rotation_keeps_kek_ids_distinct(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path)
+    try:
+        ids = {state.store.ring.active.id}
+        for _ in range(3):
+            ids.add(state.keys.rotate_kek(actor="a").new_kek_id)
+        assert len(ids) == 4
+        assert isinstance(state.store.ring.active, Kek)
+    finally:
+        state.close()
