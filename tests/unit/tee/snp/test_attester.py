@@ -62,3 +62,26 @@ def test_evidence_shape_from_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert set(evidence) == {"attestation_report", "cert_chain"}
     assert report_bytes_from_json(evidence["attestation_report"]) == _synthetic(3)
     assert evidence["cert_chain"] == [{"cert_type": "VCEK", "data": list(b"vcek")}]
+
+
+def test_ioctl_abi_constants() -> None:
+    """<linux/sev-guest.h>: _IOWR('S', nr, struct snp_guest_request_ioctl) with 32 bytes."""
+    import ctypes
+
+    from modelseal.tee.snp import attester as mod
+
+    size = ctypes.sizeof(mod._Request)
+    assert size == 32
+
+    def iowr(nr: int) -> int:
+        return (3 << 30) | (size << 16) | (ord("S") << 8) | nr
+
+    assert iowr(0) == mod.SNP_GET_REPORT
+    assert iowr(2) == mod.SNP_GET_EXT_REPORT
+
+
+def test_ioctl_device_that_cannot_be_opened(tmp_path: Path) -> None:
+    device = tmp_path / "sev-guest"
+    device.mkdir()  # exists, but open(O_RDWR) fails
+    with pytest.raises(UnsupportedTee, match="cannot open"):
+        Attester(tsm_root=tmp_path / "none", device=device).evidence(b"x")
