@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelseal.owner.registry_client import RegistryClient
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -287,3 +289,39 @@ def test_registry_over_s3_blob_store(tmp_path: Path) -> None:
     finally:
         server.stop()
         s3.stop()
+
+
+def test_tls(tmp_path: Path) -> None:
+    """``--tls-cert/--tls-key``: HTTPS with a certificate the client verifies."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, "registry", "serve", "--data-dir", str(tmp_path / "d"), "--port", str(port),
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    server = RegistryServer(url=f"https://127.0.0.1:{port}", data_dir=tmp_path / "d", proc=proc)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            try:
+                r = httpx.get(server.url + "/healthz", verify=ctx, timeout=1)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "registry did not start"
+                time.sleep(0.05)
+        assert r.json() == {"status": "ok"}
+        with RegistryClient(server.url, verify=str(cert)) as client:
+            assert client.list_models() == []
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.url + "/healthz", timeout=5)  # untrusted certificate
+    finally:
+        server.stop()

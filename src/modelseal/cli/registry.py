@@ -18,20 +18,29 @@ def registry() -> None:
 @click.option(
     "--data-dir",
     required=True,
+    envvar="MODELSEAL_DATA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
     help="Records, upload token and (by default) blobs live here.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="MODELSEAL_HOST")
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="MODELSEAL_PORT",
+)
 @click.option(
     "--blob-store",
     default=None,
+    envvar="MODELSEAL_BLOB_STORE",
     help="Blob store URL: a path, file:///path or s3://bucket/prefix?endpoint=URL "
     "(default: DATA_DIR/blobs).",
 )
 @click.option(
     "--public-url",
     default=None,
+    envvar="MODELSEAL_PUBLIC_URL",
     help="Base URL clients reach this registry by (default: the URL of each request).",
 )
 @click.option(
@@ -39,10 +48,21 @@ def registry() -> None:
     default=DEFAULT_MAX_BLOB_SIZE,
     show_default=True,
     type=click.IntRange(1),
+    envvar="MODELSEAL_MAX_BLOB_SIZE",
     help="Largest accepted upload in bytes.",
 )
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MODELSEAL_TLS_CERT",
+    help="PEM certificate chain (serve HTTPS).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MODELSEAL_TLS_KEY",
+    help="PEM private key of --tls-cert.",
+)
 def serve(
     data_dir: Path,
     host: str,

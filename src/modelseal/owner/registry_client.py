@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,16 @@ _CHUNK: Final = 1 << 20
 _ATTEMPTS: Final = 4
 
 
+def _tls(verify: bool | str) -> bool | ssl.SSLContext:
+    """httpx verification: ``True``/``False``, or a CA bundle path turned into a context."""
+    if isinstance(verify, bool):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA bundle {verify}: {exc}") from None
+
+
 class RegistryConflict(ConfigError):
     """The registry refused a write because the version is already published differently."""
 
@@ -72,7 +83,7 @@ class RegistryClient:
         self._token = token
         self._client = httpx.Client(
             base_url=self.base_url,
-            verify=verify,
+            verify=_tls(verify),
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
             follow_redirects=False,
