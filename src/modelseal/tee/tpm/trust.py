@@ -71,9 +71,21 @@ class TrustStore:
             except ValueError as exc:
                 raise ConfigError(f"trusted AKs: {origin} holds no usable PEM key") from exc
             return
-        for attempt in (self._der_cert, self._der_key, self._tpm_public):
+        for attempt in (self._der_cert, self._der_key):
             if attempt(data):
                 return
+        try:
+            public = parse_public(data)
+        except EvidenceError:
+            public = None
+        if public is not None:
+            # A non-restricted key could sign forged TPMS_ATTEST bytes: refuse it as an AK.
+            if not public.is_attestation_key:
+                raise ConfigError(
+                    f"trusted AKs: {origin} is not a restricted, TPM-resident signing key"
+                )
+            self.keys.add(spki_of_public(public))
+            return
         raise ConfigError(
             f"trusted AKs: {origin} is neither a key, a certificate nor a TPM2B_PUBLIC"
         )
@@ -95,13 +107,6 @@ class TrustStore:
         try:
             self.keys.add(normalize_public_key(data))
         except ValueError:
-            return False
-        return True
-
-    def _tpm_public(self, data: bytes) -> bool:
-        try:
-            self.keys.add(spki_of_public(parse_public(data)))
-        except EvidenceError:
             return False
         return True
 

@@ -135,3 +135,21 @@ def test_verifier_never_crashes_on_random_json(doc: Any) -> None:
     for evidence in (doc, {"ak_public": "aw==", "tpm_quote": doc}):
         with contextlib.suppress(EvidenceError):
             verifier.verify(evidence, expected_report_data=b"", now=0)
+
+
+def test_trust_store_refuses_unrestricted_tpm_key(shared_vectors: Path, tmp_path: Path) -> None:
+    """A TPM2B_PUBLIC without restricted|sign|fixedTPM could sign forged quotes."""
+    import json
+
+    gce = json.loads(
+        (shared_vectors / "tpm/go-tpm-tools/gce-cos-85-nonce9009.extracted.json").read_text()
+    )
+    public = bytearray(bytes.fromhex(gce["ak_pub_tpmt_public"]))
+    ok = tmp_path / "ok"
+    ok.write_bytes(bytes(public))
+    assert len(TrustStore.load(ok).keys) == 1
+    public[5] &= 0xFE  # objectAttributes (bytes 4..7, big-endian): clear restricted, bit 16
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(public))
+    with pytest.raises(ConfigError, match="restricted"):
+        TrustStore.load(bad)
