@@ -1,0 +1,280 @@
+"""End to end: the admin CLI (`modelseal kbs token|key|policy|audit`) against a real
+`modelseal kbs serve` process on 127.0.0.1, then RCAR/transfer releases of what it registered."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelseal.cli import main
+from modelseal.errors import PolicyDenied
+from modelseal.loader.kbs_client import KbsClient
+from modelseal.tee.sample.attester import Attester
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
+DEK = os.urandom(32)
+DIGEST = "sha256:" + "c0" * 32
+SAMPLE_POLICY_YAML = """\
+apiVersion: modelseal/v1
+kind: ReleasePolicy
+tee: [sample]
+init_data: {}
+"""
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [
+            *CLI,
+            "kbs",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--insecure-allow-sample",
+            "--log-level",
+            "debug",
+        ]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=_clean_env()
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("kbs-admin") / "data")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    text = srv.log.read_text(errors="replace")
+    for form in (
+        DEK.hex(),
+        base64.b64encode(DEK).decode(),
+        base64.urlsafe_b64encode(DEK).decode().rstrip("="),
+    ):
+        assert form not in text
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env={**_clean_env(), **(env or {})}
+    )
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process (same entry point and exit-code mapping as the binary)."""
+    capsys.readouterr()
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:
+        code = 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def admin_token(server: Server) -> str:
+    result = run("kbs", "token", "--data-dir", str(server.data_dir), "--ttl", "600")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_token_needs_the_credential(tmp_path: Path) -> None:
+    result = run("kbs", "token", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "admin credential" in result.stderr
+
+
+def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: Path) -> None:
+    key_file = tmp_path / "model.key"
+    key_file.write_text(base64.urlsafe_b64encode(DEK).decode().rstrip("=") + "\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(SAMPLE_POLICY_YAML)
+    result = run(
+        "kbs",
+        "key",
+        "put",
+        "models/cli/v1",
+        "--key-file",
+        str(key_file),
+        "--policy",
+        str(policy),
+        env={
+            "MODELSEAL_KBS": server.url,
+            "MODELSEAL_TOKEN": admin_token,
+            "MODELSEAL_MODEL_DIGEST": DIGEST,
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["key_id"] == "models/cli/v1"
+    assert info["model_digest"] == DIGEST
+    assert info["created"] is True
+    assert DEK.hex() not in result.stdout + result.stderr
+    with KbsClient(server.url, Attester(), tee="sample") as client:
+        assert client.get_resource("models/cli/v1").reveal() == DEK
+
+
+def test_key_lifecycle(
+    server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = ("--kbs", server.url, "--token", admin_token)
+    code, out, err = cli(capsys, "kbs", "key", "put", "models/cli/gen", *conn, "--generate")
+    assert code == 0, err
+    assert json.loads(out)["size"] == 32
+    assert "no release policy" in err
+    policy = tmp_path / "p.json"
+    policy.write_text(
+        json.dumps({"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["sample"]})
+    )
+    code, out, err = cli(
+        capsys, "kbs", "policy", "set", "models/cli/gen", *conn, "--file", str(policy)
+    )
+    assert code == 0, err
+    assert json.loads(out)["policy"]["tee"] == ["sample"]
+    code, out, _ = cli(capsys, "kbs", "policy", "get", "models/cli/gen", *conn)
+    assert json.loads(out)["policy_digest"].startswith("sha256:")
+    code, out, _ = cli(capsys, "kbs", "key", "list", *conn)
+    assert "models/cli/gen" in [k["key_id"] for k in json.loads(out)]
+    with KbsClient(server.url, Attester(), tee="sample") as client:
+        dek = client.get_resource("models/cli/gen")
+        assert len(dek) == 32
+        code, out, _ = cli(capsys, "kbs", "key", "revoke", "models/cli/gen", *conn)
+        assert json.loads(out)["state"] == "revoked"
+        with pytest.raises(PolicyDenied):
+            client.get_resource("models/cli/gen")
+    code, _, _ = cli(capsys, "kbs", "key", "delete", "models/cli/gen", *conn)
+    assert code == 0
+    code, _, err = cli(capsys, "kbs", "key", "get", "models/cli/gen", *conn)
+    assert code == 3, err
+
+
+def test_refusals_and_exit_codes(
+    server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put = ("kbs", "key", "put", "models/cli/x", "--kbs", server.url, "--generate")
+    code, _, err = cli(capsys, *put)
+    assert code == 2
+    assert "token is required" in err
+    code, _, err = cli(capsys, *put, "--token", admin_token[:-4] + "AAAA")
+    assert code == 4
+    publisher = run("kbs", "token", "--data-dir", str(server.data_dir), "--role", "publisher")
+    token = publisher.stdout.strip()
+    code, _, _ = cli(capsys, "kbs", "key", "rotate-kek", "--kbs", server.url, "--token", token)
+    assert code == 4
+    code, _, err = cli(
+        capsys, "kbs", "key", "put", "models/cli/x", "--kbs", server.url, "--token", admin_token
+    )
+    assert code == 2
+    bad_policy = tmp_path / "bad.yaml"
+    bad_policy.write_text("apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [tdx]\nbogus: 1\n")
+    code, _, err = cli(capsys, *put, "--token", admin_token, "--policy", str(bad_policy))
+    assert code == 2
+    assert "bogus: unknown field" in err
+    code, _, _ = cli(
+        capsys,
+        "kbs",
+        "key",
+        "list",
+        "--kbs",
+        f"http://127.0.0.1:{free_port()}",
+        "--token",
+        admin_token,
+    )
+    assert code == 75
+
+
+def test_rotate_kek_keeps_releases_working(
+    server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = ("--kbs", server.url, "--token", admin_token)
+    cli(capsys, "kbs", "key", "put", "models/cli/rot", *conn, "--generate")
+    code, out, err = cli(capsys, "kbs", "key", "rotate-kek", *conn)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["rewrapped"] >= 2
+    code, out, _ = cli(capsys, "kbs", "key", "list", *conn)
+    assert {k["kek_id"] for k in json.loads(out)} == {result["new_kek_id"]}
+    with KbsClient(server.url, Attester(), tee="sample") as client:
+        assert client.get_resource("models/cli/v1").reveal() == DEK
+
+
+def test_audit_verify_detects_tampering(
+    server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = ("--kbs", server.url, "--token", admin_token)
+    code, out, err = cli(capsys, "kbs", "audit", *conn)
+    assert code == 0, err
+    assert "key.release" in out
+    assert "allow" in out
+    code, out, _ = cli(capsys, "kbs", "audit", *conn, "--json", "--limit", "2")
+    assert [e["seq"] for e in json.loads(out)] == [1, 2]
+    result = run(
+        "kbs",
+        "audit",
+        "--verify",
+        env={"MODELSEAL_KBS_URL": server.url, "MODELSEAL_TOKEN": admin_token},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kbs"]["ok"] is True
+    # an operator with database access edits a denial into an allow
+    db = sqlite3.connect(server.data_dir / "kbs.sqlite3")
+    seq = db.execute("SELECT min(seq) FROM ms_audit WHERE decision = 'deny'").fetchone()[0]
+    db.execute("UPDATE ms_audit SET decision = 'allow' WHERE seq = ?", (seq,))
+    db.commit()
+    db.close()
+    code, out, err = cli(capsys, "kbs", "audit", *conn, "--verify")
+    assert code == 5
+    assert f"row {seq}" in err
+    verdict = json.loads(out)
+    assert verdict["local"]["first_bad_seq"] == seq
+    assert verdict["kbs"]["first_bad_seq"] == seq
