@@ -1,10 +1,10 @@
 """mock-tdx verifier: the full TDX/DCAP pipeline, anchored at an explicitly given test root.
 
 Refused (UnsupportedTee) unless ``VerifierConfig.mock_tdx_root`` names the test root PEM:
-a KBS never trusts the mock by accident. Collateral comes from
-``VerifierConfig.collateral`` if set, else ``collateral.json`` next to the root (the CA
-directory). Claims are TDX claims with ``tee = "mock-tdx"`` and ``extra.mock = true``, so
-a release policy must name ``mock-tdx`` explicitly to accept them.
+a KBS never trusts the mock by accident. Collateral: ``collateral.json`` next to the root
+(the CA directory) together with ``VerifierConfig.collateral`` when set. Claims are TDX
+claims with ``tee = "mock-tdx"`` and ``extra.mock = true``, so a release policy must name
+``mock-tdx`` explicitly to accept them.
 """
 
 from __future__ import annotations
@@ -36,8 +36,12 @@ class Verifier(DcapQuoteVerifier):
             root_der = pem_to_der(root.read_bytes())
         except OSError as exc:
             raise ConfigError(f"cannot read the mock-tdx root {root}: {exc}") from exc
-        bundle = config.collateral or str(root.parent / "collateral.json")
-        return cls(CollateralStore(bundle=bundle), root_ca_der=root_der)
+        # The CA directory's collateral, plus any configured bundle (sets are picked by
+        # FMSPC, so a real TDX bundle next to the mock one does no harm).
+        bundles = [p for p in (root.parent / "collateral.json",) if p.is_file()]
+        if config.collateral:
+            bundles.append(Path(config.collateral))
+        return cls(CollateralStore(bundle=bundles), root_ca_der=root_der)
 
     def verify(
         self,

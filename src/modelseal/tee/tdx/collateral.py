@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -125,15 +126,18 @@ class CollateralStore:
     def __init__(
         self,
         *,
-        bundle: str | Path | None = None,
+        bundle: str | Path | Sequence[str | Path] | None = None,
         pccs_url: str | None = None,
         cache_dir: str | Path | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self._sets: list[CollateralSet] = load_bundle(bundle) if bundle else []
+        bundles = [bundle] if isinstance(bundle, str | Path) else list(bundle or [])
+        self._sets: list[CollateralSet] = [s for b in bundles for s in load_bundle(b)]
         # One explicitly named file is used even for another FMSPC/TEE: dcap-qvl then
         # reports the precise mismatch (operators cross-check quotes this way).
-        self._single_file = bool(bundle) and Path(str(bundle)).is_file() and len(self._sets) == 1
+        self._single_file = (
+            len(bundles) == 1 and Path(bundles[0]).is_file() and len(self._sets) == 1
+        )
         self._pccs_url = pccs_url.rstrip("/") if pccs_url else None
         self._cache_dir = Path(cache_dir) / "dcap-collateral" if cache_dir else None
         self._timeout = timeout

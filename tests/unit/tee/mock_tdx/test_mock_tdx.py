@@ -213,3 +213,13 @@ def test_ca_created_on_demand(tmp_path: Path) -> None:
     Attester(target)
     assert (target / "root-ca.pem").is_file()
     assert os.access(target / "collateral.json", os.R_OK)
+
+
+def test_extra_bundle_does_not_hide_ca_collateral(ca_dir: Path, tmp_path: Path) -> None:
+    """A KBS with a real TDX bundle and --mock-tdx-root still finds the mock collateral."""
+    (tmp_path / "unrelated.json").write_text('{"not": "collateral"}')
+    verifier = _verifier(ca_dir, collateral=str(tmp_path))
+    claims = verifier.verify(
+        Attester(ca_dir).evidence(RD), expected_report_data=RD, now=time.time()
+    )
+    assert claims.tcb_status == "UpToDate"
