@@ -333,3 +333,28 @@ def test_foreign_ark_in_evidence_is_refused(shared_vectors: Path) -> None:
     )
     assert chain == ["SEV-VCEK", "SEV-Milan", "ARK-Milan"]
     assert report.vmpl == 0
+
+
+def test_mutated_ask_in_the_chain_is_rejected(shared_vectors: Path) -> None:
+    """Any flipped byte of an ASK supplied with the evidence fails the chain."""
+    name = "snp/trustee/test-report.bin"
+    raw = (shared_vectors / name).read_bytes()
+    vcek = amd.load_cert_source(shared_vectors / "snp/trustee/test-vcek.der")
+    pem = (shared_vectors / "snp/trustee/milan_ask_ark_asvk.pem").read_text()
+    first_block = pem.split("-----END CERTIFICATE-----")[0].split("-----\n", 1)[1]
+    ask_der = base64.b64decode("".join(first_block.split()))
+    ask = amd.classify(amd.load_certificate(ask_der))
+    assert ask.role == "ASK"
+    Verifier([*vcek, ask]).verify_report(raw, now=VERIFY_AT)
+    rng = random.Random(11)
+    for pos in _sampled_positions(rng, len(ask_der), 30):
+        bad = bytearray(ask_der)
+        bad[pos] ^= 0x10
+        try:
+            cert = amd.classify(amd.load_certificate(bytes(bad)))
+        except (ValueError, EvidenceError):
+            continue
+        if cert.role != "ASK":
+            continue  # renamed: simply not used as this chain's ASK
+        with pytest.raises(EvidenceError):
+            Verifier([*vcek, cert]).verify_report(raw, now=VERIFY_AT)
