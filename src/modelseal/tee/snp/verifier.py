@@ -27,7 +27,6 @@ from modelseal.tee.snp.evidence import cert_chain_from_json, report_bytes_from_j
 from modelseal.tee.snp.report import AttestationReport, Product, SigningKey, parse_report
 
 REPORT_DATA_SIZE = 64
-HOST_DATA_SIZE = 32
 KDS = "https://kdsintf.amd.com"
 
 
