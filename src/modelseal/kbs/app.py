@@ -9,11 +9,14 @@ verifier never stalls the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -31,7 +34,7 @@ from modelseal.errors import FormatError, TokenError, UnsupportedTee
 from modelseal.kbs.admin_api import admin_router
 from modelseal.kbs.attestation import AttestationService
 from modelseal.kbs.errors_http import TOO_LARGE, error_response, problem
-from modelseal.kbs.resource import ResourceService
+from modelseal.kbs.resource import ResourceService, bearer_token
 from modelseal.kbs.sessions import SessionStore
 from modelseal.kbs.settings import KbsSettings
 from modelseal.kbs.state import KbsState
@@ -42,12 +45,14 @@ from modelseal.protocol.kbs import (
     COOKIE_NAME,
     AttestationRequest,
     AuthRequest,
+    check_resource_path,
     parse_model,
     version_supported,
 )
 from modelseal.tee.registry import KINDS
 
 log = logging.getLogger("modelseal.kbs")
+T = TypeVar("T")
 
 NONCE_BYTES = 32
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -100,7 +105,12 @@ class Kbs:
             insecure=settings.insecure_allow_sample,
             clock=clock,
         )
-        self.resources = ResourceService(state, self.tokens, self.sessions)
+        self.resources = ResourceService(state, self.tokens)
+        self._db_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbs-sqlite")
+            if state.db.is_sqlite
+            else None
+        )
 
     def cookie(self, session_id: str, max_age: float) -> str:
         attrs = f"{COOKIE_NAME}={session_id}; Max-Age={max(0, int(max_age))}; Path=/kbs"
@@ -109,9 +119,17 @@ class Kbs:
             attrs += "; Secure"
         return attrs
 
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run database work: on SQLite in one dedicated thread (no lock contention and no
+        busy-wait sleeps between our own threads), otherwise in the shared thread pool."""
+        if self._db_executor is None:
+            return await run_in_threadpool(fn, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_executor, functools.partial(fn, *args))
+
     # --- RCAR -------------------------------------------------------------------------
 
-    def auth(self, body: bytes) -> Response:
+    async def auth(self, body: bytes) -> Response:
         req = parse_model(AuthRequest, body, what="auth request")
         if not version_supported(req.version):
             log.info("auth refused: protocol version %r", req.version)
@@ -125,19 +143,19 @@ class Kbs:
         if req.tee == "sample" and not self.attestation.allow_sample:
             raise UnsupportedTee("sample TEE refused: no --insecure-allow-sample")
         nonce = b64_encode(os.urandom(NONCE_BYTES))
-        session = self.sessions.create(req.tee, nonce)
+        session = await self.db(self.sessions.create, req.tee, nonce)
         body_out = json.dumps({"nonce": nonce, "extra-params": ""}).encode()
         headers = {**_NO_STORE, "Set-Cookie": self.cookie(session.id, self.settings.session_ttl)}
         return Response(body_out, media_type="application/json", headers=headers)
 
-    def attest(self, body: bytes, session_id: str | None) -> Response:
+    async def attest(self, body: bytes, session_id: str | None) -> Response:
         if not session_id:
             raise TokenError("attest without a session cookie")
         req = parse_model(AttestationRequest, body, what="attestation request")
-        pending = self.sessions.pending(session_id)
+        pending = await self.db(self.sessions.pending, session_id)
         runtime = req.runtime_data
         if runtime.nonce != pending.nonce:
-            self.sessions.burn(session_id)
+            await self.db(self.sessions.burn, session_id)
             raise TokenError("runtime-data nonce does not match the session nonce")
         recipient_from_jwk(runtime.tee_pubkey)
         digest = runtime_data_digest(
@@ -145,19 +163,22 @@ class Kbs:
         )
         init_data = req.init_data.body.encode("utf-8") if req.init_data is not None else None
         try:
-            claims = self.attestation.verify(
-                pending.tee,
-                req.tee_evidence.primary_evidence,
-                expected_report_data=digest,
-                init_data=init_data,
+            claims = await run_in_threadpool(
+                functools.partial(
+                    self.attestation.verify,
+                    pending.tee,
+                    req.tee_evidence.primary_evidence,
+                    expected_report_data=digest,
+                    init_data=init_data,
+                )
             )
         except Exception:
-            self.sessions.burn(session_id)
+            await self.db(self.sessions.burn, session_id)
             raise
         token, jti, exp = self.tokens.issue(
             claims, nonce=runtime.nonce, tee_pubkey=runtime.tee_pubkey
         )
-        self.sessions.complete(pending, token, exp)
+        await self.db(self.sessions.complete, pending, token, exp)
         log.info(
             "attested session=%s tee=%s token=%s%s",
             session_id,
@@ -170,14 +191,18 @@ class Kbs:
             json.dumps({"token": token}).encode(), media_type="application/json", headers=headers
         )
 
-    def resource(self, path: str, request: Request) -> Response:
+    async def resource(self, path: str, request: Request) -> Response:
+        check_resource_path(path)
+        token = bearer_token(request.headers.get("authorization"))
+        session_id = request.cookies.get(COOKIE_NAME)
+        if token is None and session_id:
+            token = await self.db(self.sessions.token_for, session_id)
+        if token is None:
+            raise TokenError("no token: send the session cookie or Authorization: Bearer")
+        verified, recipient = self.resources.verify(token)
         client = request.client.host if request.client else "unknown"
-        body = self.resources.get(
-            path,
-            authorization=request.headers.get("authorization"),
-            session_id=request.cookies.get(COOKIE_NAME),
-            requester=f"rcar:{client}",
-        )
+        dek = await self.db(self.resources.release, path, verified, f"rcar:{client}")
+        body = self.resources.wrap(path, dek, verified, recipient)
         return Response(body, media_type="application/json", headers=_NO_STORE)
 
     def ready(self) -> bool:
@@ -190,12 +215,11 @@ class Kbs:
         return True
 
 
-async def _guarded(where: str, fn: Callable[[], Any]) -> Response:
+async def _guarded(where: str, work: Awaitable[Response]) -> Response:
     try:
-        response: Response = await run_in_threadpool(fn)
+        return await work
     except Exception as exc:
         return error_response(exc, where=where)
-    return response
 
 
 def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
@@ -249,7 +273,7 @@ def create_app(
             body = await read_body(request, limit)
         except Exception as exc:
             return error_response(exc, where="auth")
-        return await _guarded("auth", lambda: kbs.auth(body))
+        return await _guarded("auth", kbs.auth(body))
 
     @app.post("/kbs/v0/attest")
     async def attest(request: Request) -> Response:
@@ -258,11 +282,11 @@ def create_app(
         except Exception as exc:
             return error_response(exc, where="attest")
         session_id = request.cookies.get(COOKIE_NAME)
-        return await _guarded("attest", lambda: kbs.attest(body, session_id))
+        return await _guarded("attest", kbs.attest(body, session_id))
 
     @app.get("/kbs/v0/resource/{path:path}")
     async def resource(path: str, request: Request) -> Response:
-        return await _guarded("resource", lambda: kbs.resource(path, request))
+        return await _guarded("resource", kbs.resource(path, request))
 
     if mount_state_routers:
         _mount_state_routers(app, kbs)

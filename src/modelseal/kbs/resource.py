@@ -2,7 +2,9 @@
 
 The token (Bearer header, else the session cookie's stored token) is re-verified as a JWT on
 every request. The release decision and its audit row belong to ``KbsState.release``; this
-module only encrypts what it returns to the TEE key named in the token and wipes the DEK.
+module verifies the token, asks for the DEK, encrypts it to the TEE key named in the token
+and wipes it. The three steps are separate so the app can run only the database step off
+the event loop.
 """
 
 from __future__ import annotations
@@ -12,11 +14,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from modelseal.crypto.jwe import encrypt
-from modelseal.crypto.jwk import recipient_from_jwk
-from modelseal.errors import TokenError
-from modelseal.kbs.sessions import SessionStore
-from modelseal.kbs.tokens import TokenService
-from modelseal.protocol.kbs import check_resource_path
+from modelseal.crypto.jwk import RecipientKey, recipient_from_jwk
+from modelseal.crypto.secret import SecretBytes
+from modelseal.kbs.tokens import TokenService, VerifiedToken
 
 if TYPE_CHECKING:
     from modelseal.kbs.state import KbsState
@@ -37,29 +37,23 @@ def bearer_token(authorization: str | None) -> str | None:
 class ResourceService:
     """Releases resources (model keys) as flattened JWE to attested TEEs."""
 
-    def __init__(self, state: KbsState, tokens: TokenService, sessions: SessionStore) -> None:
+    def __init__(self, state: KbsState, tokens: TokenService) -> None:
         self.state = state
         self.tokens = tokens
-        self.sessions = sessions
 
-    def get(
-        self,
-        path: str,
-        *,
-        authorization: str | None,
-        session_id: str | None,
-        requester: str,
-    ) -> bytes:
-        """Return the JSON bytes of the JWE; raises FormatError/TokenError/PolicyDenied/..."""
-        check_resource_path(path)
-        token = bearer_token(authorization)
-        if token is None and session_id:
-            token = self.sessions.token_for(session_id)
-        if token is None:
-            raise TokenError("no token: send the session cookie or Authorization: Bearer")
+    def verify(self, token: str) -> tuple[VerifiedToken, RecipientKey]:
+        """Verify the EAR token and the TEE key it names (TokenError / FormatError)."""
         verified = self.tokens.verify(token)
-        recipient = recipient_from_jwk(verified.tee_pubkey)
-        dek = self.state.release(path, verified.claims, token_id=verified.jti, requester=requester)
+        return verified, recipient_from_jwk(verified.tee_pubkey)
+
+    def release(self, path: str, verified: VerifiedToken, requester: str) -> SecretBytes:
+        """Policy decision + audit row (database); PolicyDenied / KeyNotFound → same 403."""
+        return self.state.release(path, verified.claims, token_id=verified.jti, requester=requester)
+
+    def wrap(
+        self, path: str, dek: SecretBytes, verified: VerifiedToken, recipient: RecipientKey
+    ) -> bytes:
+        """The JSON bytes of the flattened JWE of ``dek``; the DEK is wiped either way."""
         try:
             jwe = encrypt(dek.reveal(), recipient)
         finally:

@@ -1,0 +1,175 @@
+"""KBS key releases per second: full RCAR (auth + attest + resource) with the sample TEE.
+
+Starts ``modelseal kbs serve`` (SQLite, sample TEE allowed) as its own process, registers a
+key through the admin API, then drives it from this process with 1, 8 and 32 concurrent
+async clients. Every release uses a fresh TEE key and a fresh handshake, and every JWE is
+decrypted and checked, so a wrong key counts as an error.
+
+Run: ``python -m bench kbs_bench`` (optional env: KBS_BENCH_SECONDS, KBS_BENCH_WORKERS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from modelseal.crypto.jwe import decrypt
+from modelseal.crypto.jwk import TeeKeyPair
+from modelseal.crypto.secret import SecretBytes
+from modelseal.owner.kbs_admin import KbsAdminClient
+from modelseal.protocol.binding import runtime_data_digest
+from modelseal.tee.sample.attester import Attester
+
+KEY_ID = "models/bench/1"
+DEK = bytes(range(32))
+POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["sample"]}
+CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
+CONCURRENCY = (1, 8, 32)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        *CLI, "kbs", "serve", "--data-dir", str(data_dir), "--port", str(port),
+        "--insecure-allow-sample", "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("kbs serve did not start")
+
+
+def register_key(data_dir: Path, url: str) -> None:
+    token = subprocess.run(
+        [*CLI, "kbs", "token", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with KbsAdminClient(url, token) as admin:
+        admin.put_key(KEY_ID, SecretBytes(DEK), policy=POLICY)
+
+
+async def one_release(client: httpx.AsyncClient, attester: Attester) -> None:
+    """auth → attest → resource on a fresh session and TEE key; raises on any failure."""
+    keys = TeeKeyPair.generate()
+    r = await client.post(
+        "/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""}
+    )
+    r.raise_for_status()
+    nonce = r.json()["nonce"]
+    cookie = {"Cookie": f"kbs-session-id={r.cookies['kbs-session-id']}"}
+    jwk = keys.public_jwk()
+    evidence = attester.evidence(runtime_data_digest(nonce, jwk))
+    body = {
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+    }
+    r = await client.post("/kbs/v0/attest", json=body, headers=cookie)
+    r.raise_for_status()
+    token = r.json()["token"]
+    r = await client.get(f"/kbs/v0/resource/{KEY_ID}", headers={"Authorization": f"Bearer {token}"})
+    r.raise_for_status()
+    if decrypt(r.json(), keys).reveal() != DEK:
+        raise RuntimeError("wrong key released")
+
+
+async def run_level(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    attester = Attester()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        for _ in range(min(concurrency, 8)):  # warm-up: connections, server caches
+            await one_release(client, attester)
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    await one_release(client, attester)
+                except Exception:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t_start
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "releases": len(latencies),
+        "errors": errors,
+        "rate": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def main() -> None:
+    seconds = float(os.environ.get("KBS_BENCH_SECONDS", "10"))
+    with tempfile.TemporaryDirectory(prefix="kbs-bench-") as tmp:
+        data_dir = Path(tmp) / "kbs"
+        proc, url = start_server(data_dir)
+        try:
+            register_key(data_dir, url)
+            results = [asyncio.run(run_level(url, c, seconds)) for c in CONCURRENCY]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    rows = "\n".join(
+        f"| {r['concurrency']:.0f} | {r['rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+        f"| {r['releases']:.0f} | {r['errors']:.0f} |"
+        for r in results
+    )
+    md = f"""Command: `python -m bench kbs_bench` ({seconds:.0f} s per level; `KBS_BENCH_SECONDS`).
+
+One `modelseal kbs serve` process (1 uvicorn worker, SQLite WAL in a temp data dir, sample TEE
+allowed, ES256 tokens, ECDH-ES+A256KW P-256 JWE) and one load process (httpx async, keep-alive)
+on the same {os.cpu_count()}-CPU machine ({platform.python_implementation()} {platform.python_version()}).
+A release = `POST /kbs/v0/auth` + `POST /kbs/v0/attest` (fresh nonce, fresh TEE key, sample
+evidence bound to it) + `GET /kbs/v0/resource/...` (token verified, policy evaluated, audit row
+appended, DEK wrapped to the TEE key); the client decrypts and checks every key.
+
+| concurrent clients | releases/s | p50 latency (ms) | p99 latency (ms) | releases | errors |
+| ---: | ---: | ---: | ---: | ---: | ---: |
+{rows}
+
+Target: at least 300 releases/s at 32 clients with zero errors.
+"""
+    print(md)
+    from bench.report import write_section
+
+    write_section("KBS: key releases per second", md)
+
+
+if __name__ == "__main__":
+    main()
