@@ -22,7 +22,19 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.x509.oid import NameOID
 
+from modelseal.crypto.x509_pem import cert_der, cert_pem, load_certificate, pem_to_der
 from modelseal.errors import ConfigError
+
+__all__ = [
+    "P256Key",
+    "cert_der",
+    "cert_pem",
+    "issue_certificate",
+    "issue_crl",
+    "load_certificate",
+    "pem_to_der",
+    "verify_raw_p256",
+]
 
 
 class P256Key:
@@ -196,24 +208,3 @@ def issue_crl(
         )
     crl = builder.sign(issuer_key.private_key, hashes.SHA256())
     return crl.public_bytes(serialization.Encoding.DER)
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def cert_der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def load_certificate(pem: bytes) -> x509.Certificate:
-    """First certificate of a PEM file."""
-    try:
-        return x509.load_pem_x509_certificates(pem)[0]
-    except (ValueError, IndexError) as exc:
-        raise ConfigError("not a PEM certificate") from exc
-
-
-def pem_to_der(pem: bytes) -> bytes:
-    """DER of the first certificate in ``pem`` (trust anchors for dcap-qvl)."""
-    return cert_der(load_certificate(pem))

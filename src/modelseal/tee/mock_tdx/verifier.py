@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelseal.crypto.x509_test_ca import pem_to_der
+from modelseal.crypto.x509_pem import pem_to_der
 from modelseal.errors import ConfigError, UnsupportedTee
 from modelseal.protocol.claims import Claims
 from modelseal.tee.base import VerifierConfig

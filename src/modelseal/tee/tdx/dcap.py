@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from modelseal.crypto.x509_pem import cert_pem
 from modelseal.errors import ConfigError, EvidenceError
 
 try:
@@ -172,11 +173,17 @@ def check_embedded_chain(pem: bytes, root_ca_der: bytes | None = None) -> Any:
     dcap-qvl anchors at its configured root and ignores the copy of the root the quote
     carries; we also refuse a quote whose embedded chain does not link up (each
     certificate signed by the next, the last self-signed and, when known, equal to the
-    trusted root), so no byte of the quote is left unauthenticated. Returns the root.
+    trusted root) or is not in canonical PEM, so no byte of the quote is left
+    unauthenticated. Returns the root.
     """
     from cryptography import x509
 
     certs = _linked_chain(pem, "PCK chain in the quote")
+    # The PEM text itself is covered by no signature: require the canonical encoding
+    # (what every quoting enclave emits, optionally NUL-terminated) so no byte is free.
+    canonical = b"".join(cert_pem(c) for c in certs)
+    if pem not in (canonical, canonical + b"\x00"):
+        raise EvidenceError("malformed quote: PCK chain is not canonical PEM")
     if root_ca_der is not None and certs[-1] != x509.load_der_x509_certificate(root_ca_der):
         raise EvidenceError("certificate chain broken: not issued by the trusted root")
     return certs[-1]

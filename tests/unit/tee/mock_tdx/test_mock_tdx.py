@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelseal._internal.encoding import b64_decode, b64_encode
+from modelseal.crypto.x509_test_ca import pem_to_der
 from modelseal.errors import ConfigError, EvidenceError, UnsupportedTee
 from modelseal.tee import registry
 from modelseal.tee.base import VerifierConfig
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MOCK_ADVISORIES, MockTdxCA
+from modelseal.tee.mock_tdx.verifier import Verifier as MockVerifier
+from modelseal.tee.tdx.collateral import CollateralStore
 from modelseal.tee.tdx.quote import parse_quote
 
 RD = bytes(range(48))
@@ -223,3 +228,60 @@ def test_extra_bundle_does_not_hide_ca_collateral(ca_dir: Path, tmp_path: Path) 
         Attester(ca_dir).evidence(RD), expected_report_data=RD, now=time.time()
     )
     assert claims.tcb_status == "UpToDate"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_quote_mutation_rejected(ca_dir: Path, data: st.DataObject) -> None:
+    ev = _EVIDENCE.setdefault("ev", Attester(ca_dir).evidence(RD))
+    quote = b64_decode(ev["quote"])
+    pos = data.draw(st.integers(0, len(quote) - 1))
+    xor = data.draw(st.integers(1, 255))
+    with pytest.raises(EvidenceError):
+        _verify(ca_dir, _mutate_quote_xor(ev, pos, xor))
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_collateral_mutation_rejected(
+    ca_dir: Path, tmp_path: Path, data: st.DataObject
+) -> None:
+    doc = json.loads((ca_dir / "collateral.json").read_text())
+    key = data.draw(st.sampled_from(sorted(doc)))
+    value: str = doc[key]
+    if key.endswith(("_crl", "_signature")):
+        blob = bytearray(bytes.fromhex(value))
+        blob[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
+        doc[key] = blob.hex()
+    else:  # swap one digit for another: JSON/PEM stay well-formed, only the bytes differ
+        digits = [i for i, c in enumerate(value) if c.isdigit()]
+        i = data.draw(st.sampled_from(digits))
+        doc[key] = (
+            value[:i] + str((int(value[i]) + data.draw(st.integers(1, 9))) % 10) + value[i + 1 :]
+        )
+    path = tmp_path / f"mut-{data.draw(st.integers(0, 10**9))}.json"
+    path.write_text(json.dumps(doc))
+    root = pem_to_der((ca_dir / "root-ca.pem").read_bytes())
+    # the mutated file is the only collateral this verifier knows; a document whose dates
+    # no longer parse is refused when loading (ConfigError), everything else by the checks
+    evidence = Attester(ca_dir).evidence(RD)
+
+    def check() -> None:
+        verifier = MockVerifier(CollateralStore(bundle=path), root_ca_der=root)
+        verifier.verify(evidence, expected_report_data=RD, now=time.time())
+
+    with pytest.raises((EvidenceError, ConfigError)):
+        check()
+
+
+_EVIDENCE: dict[str, Any] = {}
+
+
+def _mutate_quote_xor(ev: dict[str, Any], pos: int, xor: int) -> dict[str, Any]:
+    quote = bytearray(b64_decode(ev["quote"]))
+    quote[pos] ^= xor
+    return {**ev, "quote": b64_encode(bytes(quote))}
