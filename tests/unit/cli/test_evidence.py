@@ -261,3 +261,43 @@ def test_replay_malformed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     code, _, err = _run(["evidence", "replay", "--eventlog", str(path)], capsys)
     assert code == 4
     assert "event log" in err
+
+
+def test_attest_auto_without_tee(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from modelseal.tee import detect as detect_module
+
+    real = detect_module.detect
+    monkeypatch.setattr(detect_module, "detect", lambda: real(tmp_path))
+    code, out, err = _run(["attest"], capsys)
+    assert code == 4
+    assert "no TEE detected" in err
+    assert out == ""
+
+
+def test_evidence_from_stdin(
+    ca_dir: Path,
+    mock_evidence: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import sys as _sys
+
+    monkeypatch.setattr(_sys, "stdin", io.TextIOWrapper(io.BytesIO(mock_evidence.read_bytes())))
+    code, out, err = _run(
+        [
+            "evidence",
+            "verify",
+            "--tee",
+            "mock-tdx",
+            "--evidence",
+            "-",
+            "--mock-tdx-root",
+            str(ca_dir / "root-ca.pem"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["tee"] == "mock-tdx"

@@ -109,3 +109,37 @@ def test_mutations_typed_errors(pos: int, xor: int) -> None:
         replay_ccel(log)
     except EvidenceError:
         pass
+
+
+def test_mock_boot_log_components() -> None:
+    from modelseal.tee.eventlog import extract_components
+    from modelseal.tee.mock_tdx.attester import boot_event_log
+
+    log = parse_event_log(boot_event_log(b"my kernel", "ro quiet"))
+    comp = extract_components(log, ALG_SHA384)
+    assert comp.kernel_digest == hashlib.sha384(b"my kernel").hexdigest()
+    assert comp.cmdline == "ro quiet"
+    assert comp.cmdline_digest == hashlib.sha384(b"kernel_cmdline: ro quiet\x00").hexdigest()
+    assert comp.measurements() == {
+        "kernel_digest": comp.kernel_digest,
+        "cmdline_digest": comp.cmdline_digest,
+    }
+
+
+def test_ccel_table_checks() -> None:
+    from modelseal.tee.eventlog.ccel import parse_ccel_table
+
+    table = bytearray(b"CCEL" + struct.pack("<I", 56) + bytes(48))
+    table[36] = 2
+    struct.pack_into("<QQ", table, 40, 0x10000, 0x7F000000)
+    table[9] = (-sum(table)) % 256
+    parsed = parse_ccel_table(bytes(table))
+    assert (parsed.cc_type, parsed.log_area_min_length) == (2, 0x10000)
+    bad = bytearray(table)
+    bad[40] ^= 1
+    with pytest.raises(EvidenceError, match="checksum"):
+        parse_ccel_table(bytes(bad))
+    with pytest.raises(EvidenceError, match="not a CCEL"):
+        parse_ccel_table(b"XSDT" + bytes(52))
+    with pytest.raises(EvidenceError, match="length"):
+        parse_ccel_table(bytes(table) + b"\x00")
