@@ -9,14 +9,18 @@ error tree at once: 404 -> ``NotFound`` (3), 416/short blob -> ``FormatError`` (
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import random
 import re
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
@@ -46,6 +50,10 @@ class _Progress:
         self.got = 0
 
 
+class _Redirected(Exception):
+    """Internal: the direct path got a redirect; httpx (which follows them) takes over."""
+
+
 class _Retry(Exception):
     """Internal: this attempt failed transiently; ``reason`` is safe to log."""
 
@@ -68,7 +76,10 @@ class RetryPolicy:
 
 
 def _status_error(url: str, response: httpx.Response, *, not_found: type[NotFound]) -> Exception:
-    status = response.status_code
+    return _status_code_error(url, response.status_code, not_found=not_found)
+
+
+def _status_code_error(url: str, status: int, *, not_found: type[NotFound]) -> Exception:
     if status == 404:
         return not_found(f"{url}: not found")
     if status in (401, 403):
@@ -76,6 +87,18 @@ def _status_error(url: str, response: httpx.Response, *, not_found: type[NotFoun
     if status == 429 or status >= 500:
         return _Retry(f"HTTP {status}")
     return BackendError(f"{url}: unexpected HTTP {status}")
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    """TLS settings equal to httpx's ``verify=``: True, a CA bundle path, or False."""
+    if verify is False:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return ssl.create_default_context()
 
 
 class Fetcher:
@@ -105,6 +128,14 @@ class Fetcher:
         )
         #: number of attempts that were retried (for receipts and tests)
         self.retried = 0
+        #: bulk ranged reads go through http.client straight into the caller's buffer
+        #: (``readinto``: no per-chunk bytes objects); httpx stays for everything else
+        self._direct = transport is None
+        self._timeout = timeout
+        self._ssl = _ssl_context(verify)
+        self._local = threading.local()
+        self._conns: list[http.client.HTTPConnection] = []
+        self._conns_lock = threading.Lock()
 
     def __enter__(self) -> Fetcher:
         return self
@@ -114,6 +145,98 @@ class Fetcher:
 
     def close(self) -> None:
         self._client.close()
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+    # -- direct ranged reads (http.client) -------------------------------------------------
+
+    def _connection(self, parts: SplitResult) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's keep-alive connection to the URL's origin; ``True`` if reused."""
+        cache: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(
+            self._local, "conns", None
+        )
+        if cache is None:
+            cache = self._local.conns = {}
+        key = (parts.scheme, parts.netloc)
+        conn = cache.get(key)
+        if conn is not None:
+            return conn, True
+        host = parts.hostname or ""
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                host, parts.port, timeout=self._timeout, context=self._ssl
+            )
+        else:
+            conn = http.client.HTTPConnection(host, parts.port, timeout=self._timeout)
+        cache[key] = conn
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn, False
+
+    def _drop(self, parts: SplitResult, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        cache = getattr(self._local, "conns", {})
+        cache.pop((parts.scheme, parts.netloc), None)
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+
+    def _read_direct(self, url: str, start: int, into: memoryview, progress: _Progress) -> None:
+        """Like :meth:`_read_once` but ``readinto`` the buffer over a pooled connection."""
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        length = len(into)
+        first = start + progress.got
+        last = start + length - 1
+        headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+        for _fresh_retry in range(2):
+            conn, reused = self._connection(parts)
+            try:
+                conn.request("GET", target, headers=headers)
+                response = conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(parts, conn)
+                if not reused:  # a stale keep-alive connection gets one free retry
+                    raise _Retry(type(exc).__name__) from exc
+        else:  # pragma: no cover - the loop always breaks or raises
+            raise _Retry("no connection")
+        reusable = False
+        try:
+            status = response.status
+            if status in (301, 302, 303, 307, 308):
+                raise _Redirected()
+            if status == 416:
+                raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
+            if status == 200:
+                if first != 0:
+                    raise BackendError(f"{url}: server ignored the Range header")
+            elif status == 206:
+                match = _CONTENT_RANGE.match(response.getheader("content-range") or "")
+                if match is None or int(match.group(1)) != first:
+                    raise BackendError(f"{url}: bad Content-Range in a 206 response")
+                if int(match.group(2)) < last:
+                    raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
+            else:
+                raise _status_code_error(url, status, not_found=BlobNotFound)
+            got = progress.got
+            try:
+                while got < length:
+                    n = response.readinto(into[got:])
+                    if not n:
+                        break
+                    got += n
+                    progress.got = got
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Retry(f"{type(exc).__name__} after {got} of {length} bytes") from exc
+            reusable = response.isclosed() and not response.will_close
+        finally:
+            if not reusable:
+                self._drop(parts, conn)
 
     def _backoff(self, url: str, attempt: int, reason: str) -> None:
         if attempt >= self.retry.attempts:
@@ -166,7 +289,13 @@ class Fetcher:
             total_attempts += 1
             before = progress.got
             try:
-                self._read_once(url, start, into, progress)
+                if self._direct and url.startswith(("http://", "https://")):
+                    try:
+                        self._read_direct(url, start, into, progress)
+                    except _Redirected:
+                        self._read_once(url, start, into, progress)
+                else:
+                    self._read_once(url, start, into, progress)
                 if progress.got < length:
                     raise _Retry("connection closed before the end of the range")
             except (_Retry, httpx.TransportError) as exc:

@@ -172,8 +172,18 @@ class Pipeline:
         except BaseException as exc:
             self._fail(exc)
         finally:
-            view[:] = bytes(len(view))
+            _zero(view)
             view.release()
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _zero(view: memoryview) -> None:
+    """Wipe a buffer in 1 MiB strides (no allocation the size of the buffer)."""
+    for pos in range(0, len(view), len(_ZEROS)):
+        end = min(len(view), pos + len(_ZEROS))
+        view[pos:end] = _ZEROS[: end - pos]
 
 
 def _is_integrity(exc: BaseException) -> bool:
