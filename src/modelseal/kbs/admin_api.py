@@ -54,7 +54,14 @@ from modelseal.protocol.admin import (
     iso_time,
 )
 
-__all__ = ["ADMIN", "AUDITOR", "PROBLEM_TYPE_PREFIX", "PUBLISHER", "admin_router"]
+__all__ = [
+    "ADMIN",
+    "AUDITOR",
+    "PROBLEM_TYPE_PREFIX",
+    "PUBLISHER",
+    "admin_router",
+    "trustee_admin_router",
+]
 
 log = logging.getLogger("modelseal.kbs.admin")
 
@@ -161,20 +168,41 @@ def _int_param(request: Request, name: str, default: int) -> int:
     return int(raw)
 
 
+def _principal(state: KbsState, request: Request, allowed: frozenset[str]) -> AdminPrincipal:
+    header = request.headers.get("authorization")
+    if header is None:
+        raise TokenError("no Authorization header")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenError("Authorization is not a Bearer token")
+    who = verify_admin_token(token.strip(), state.admin_key, now=state.clock.now())
+    who.require(allowed)
+    return who
+
+
+async def _run(
+    state: KbsState,
+    request: Request,
+    where: str,
+    allowed: frozenset[str],
+    work: Callable[[AdminPrincipal, bytes], Response],
+    *,
+    with_body: bool = False,
+) -> Response:
+    """Authenticate first (no body is read for a bad token), then work in the thread pool."""
+    try:
+        who = _principal(state, request, allowed)
+        body = await _body(request) if with_body else b""
+        response = await run_in_threadpool(work, who, body)
+    except Exception as exc:
+        return _error_response(exc, where)
+    log.info("admin %s by %s: %d", where, who.actor, response.status_code)
+    return response
+
+
 def admin_router(state: KbsState) -> APIRouter:
     """Routes of the admin API over ``state``; K1's app mounts it at ``/modelseal/v1``."""
     router = APIRouter()
-
-    def principal(request: Request, allowed: frozenset[str]) -> AdminPrincipal:
-        header = request.headers.get("authorization")
-        if header is None:
-            raise TokenError("no Authorization header")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise TokenError("Authorization is not a Bearer token")
-        who = verify_admin_token(token.strip(), state.admin_key, now=state.clock.now())
-        who.require(allowed)
-        return who
 
     async def run(
         request: Request,
@@ -184,14 +212,7 @@ def admin_router(state: KbsState) -> APIRouter:
         *,
         with_body: bool = False,
     ) -> Response:
-        try:
-            who = principal(request, allowed)
-            body = await _body(request) if with_body else b""
-            response = await run_in_threadpool(work, who, body)
-        except Exception as exc:
-            return _error_response(exc, where)
-        log.info("admin %s by %s: %d", where, who.actor, response.status_code)
-        return response
+        return await _run(state, request, where, allowed, work, with_body=with_body)
 
     def key_id(repo: str, kind: str, tag: str) -> str:
         return f"{repo}/{kind}/{tag}"
@@ -372,5 +393,45 @@ def admin_router(state: KbsState) -> APIRouter:
             return _json(AuditVerifyResponse(**result.to_json()))
 
         return await run(request, "verify audit", AUDITOR, work)
+
+    return router
+
+
+def trustee_admin_router(state: KbsState) -> APIRouter:
+    """Trustee ``kbs-client`` compatibility, mounted at the root of the app.
+
+    ``kbs-client --url URL config --admin-token-file F set-resource --path repo/type/tag
+    --resource-file key.bin`` sends ``POST /kbs/v0/resource/<path>`` with the raw bytes and
+    the pre-minted bearer token in F, so a token from ``modelseal kbs token`` works. The
+    bytes are imported as a key (16/24/32 bytes) with our semantics: identical re-upload is
+    a no-op, different bytes for an existing id are refused (409) because sealed models
+    depend on them. The key has no release policy until one is set (deny by default).
+    ``DELETE`` (``kbs-client ... delete-resource``) needs the admin role.
+    """
+    router = APIRouter()
+
+    @router.post("/kbs/v0/resource/{repo}/{kind}/{tag}")
+    async def set_resource(repo: str, kind: str, tag: str, request: Request) -> Response:
+        kid = f"{repo}/{kind}/{tag}"
+
+        def work(who: AdminPrincipal, body: bytes) -> Response:
+            dek = SecretBytes(body)
+            try:
+                _, created = state.keys.put(kid, dek, actor=who.actor)
+            finally:
+                dek.wipe()
+            return Response(status_code=201 if created else 200)
+
+        return await _run(state, request, "trustee set-resource", PUBLISHER, work, with_body=True)
+
+    @router.delete("/kbs/v0/resource/{repo}/{kind}/{tag}")
+    async def delete_resource(repo: str, kind: str, tag: str, request: Request) -> Response:
+        kid = f"{repo}/{kind}/{tag}"
+
+        def work(who: AdminPrincipal, _: bytes) -> Response:
+            state.keys.delete(kid, actor=who.actor)
+            return Response(status_code=200)
+
+        return await _run(state, request, "trustee delete-resource", ADMIN, work)
 
     return router

@@ -9,6 +9,7 @@ transaction; only then does ``kek.next`` replace ``kek``. A KBS that starts with
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -232,8 +233,13 @@ def _parse(policy: ReleasePolicy | Mapping[str, Any]) -> ReleasePolicy:
     return policy if isinstance(policy, ReleasePolicy) else parse_policy(dict(policy))
 
 
+@functools.lru_cache(maxsize=512)
 def stored_policy(text: str) -> ReleasePolicy:
-    """Re-validate a policy read from storage (never trust rows blindly)."""
+    """Re-validate a policy read from storage (never trust rows blindly).
+
+    Cached by exact text: releases re-read the same few policies all the time, and a
+    ReleasePolicy is immutable.
+    """
     try:
         document = json.loads(text)
     except ValueError:

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from modelseal._internal.clock import FixedClock
 from modelseal._internal.encoding import b64url_encode
 from modelseal.crypto.secret import SecretBytes
-from modelseal.kbs.admin_api import admin_router
+from modelseal.kbs.admin_api import admin_router, trustee_admin_router
 from modelseal.kbs.admin_auth import mint_admin_token
 from modelseal.kbs.state import KbsState
 from modelseal.protocol.claims import Claims
@@ -54,6 +54,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     state = KbsState.open(tmp_path / "kbs", clock=clock)
     app = FastAPI()
     app.include_router(admin_router(state), prefix=PREFIX)
+    app.include_router(trustee_admin_router(state))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE + PREFIX) as client:
         yield Env(client, state, clock)
@@ -285,3 +286,32 @@ async def test_audit_pages_and_tamper(env: Env) -> None:
     r = await env.client.get("/audit/verify", headers=env.auth())
     assert r.json()["ok"] is False
     assert r.json()["first_bad_seq"] == 3
+
+
+async def test_trustee_kbs_client_set_and_delete_resource(env: Env) -> None:
+    """What `kbs-client config --admin-token-file F set-resource|delete-resource` sends."""
+    url = BASE + "/kbs/v0/resource/models/trustee/key1"
+    raw = os.urandom(32)
+    octets = {"content-type": "application/octet-stream"}
+    r = await env.client.post(url, content=raw, headers=octets)
+    assert r.status_code == 401
+    r = await env.client.post(url, content=raw, headers=octets | env.auth("auditor"))
+    assert r.status_code == 403
+    r = await env.client.post(url, content=raw, headers=octets | env.auth("publisher"))
+    assert r.status_code == 201
+    r = await env.client.post(url, content=raw, headers=octets | env.auth())
+    assert r.status_code == 200
+    r = await env.client.post(url, content=os.urandom(32), headers=octets | env.auth())
+    assert r.status_code == 409
+    r = await env.client.post(url.replace("key1", "key2"), content=b"x" * 7, headers=env.auth())
+    assert r.status_code == 400
+    await env.client.put("/keys/models/trustee/key1/policy", json=POLICY, headers=env.auth())
+    claims = Claims(tee="sample", debug=False, report_data=b"", insecure=True)
+    got = env.state.release("models/trustee/key1", claims, token_id="t", requester="r")
+    assert got == SecretBytes(raw)
+    r = await env.client.delete(url, headers=env.auth("publisher"))
+    assert r.status_code == 403
+    r = await env.client.delete(url, headers=env.auth())
+    assert r.status_code == 200
+    r = await env.client.delete(url, headers=env.auth())
+    assert r.status_code == 404
