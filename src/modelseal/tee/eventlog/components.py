@@ -12,6 +12,8 @@ What is extracted (digests in the log's bank, lower-case hex; all optional):
 * ``initrd_digest`` — OVMF's tagged event ``Linux initrd``.
 * ``efi_applications`` — digests of every EV_EFI_BOOT_SERVICES_APPLICATION, in order
   (shim, GRUB, kernel ...), for audit.
+* ``runtime_events`` — CoCo attestation-agent events (EV_EVENT_TAG with tag "AAEL",
+  data ``"<domain> <operation> <content>"``, extended into RTMR3 at run time), for audit.
 
 The values are trustworthy only after the log replayed to the attested registers.
 """
@@ -39,6 +41,7 @@ class MeasuredComponents:
     cmdline: str | None = None
     initrd_digest: str | None = None
     efi_applications: list[str] = field(default_factory=list)
+    runtime_events: list[str] = field(default_factory=list)
 
     def measurements(self) -> dict[str, str]:
         """Claims for ``Claims.measurements`` (hex values only)."""
@@ -59,11 +62,15 @@ class MeasuredComponents:
         }
 
 
-def _tag_name(data: bytes) -> bytes:
+_TAG_AAEL = 0x4141454C  # "LEAA" in the log: the attestation agent's event log tag
+
+
+def _tagged(data: bytes) -> tuple[int, bytes]:
+    """TCG_PCClientTaggedEvent: (tag id, tag data)."""
     if len(data) < 8:
-        return b""
-    _tag_id, size = struct.unpack_from("<II", data)
-    return data[8 : 8 + size].rstrip(b"\x00")
+        return -1, b""
+    tag_id, size = struct.unpack_from("<II", data)
+    return tag_id, data[8 : 8 + size]
 
 
 def _text(data: bytes) -> str:
@@ -77,6 +84,7 @@ def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
     cmdline_digest: str | None = None
     cmdline: str | None = None
     initrd: str | None = None
+    runtime: list[str] = []
     pending_linux_path: str | None = None
     for ev in log.events:
         digest = ev.digests.get(alg)
@@ -96,8 +104,11 @@ def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
                 grub_kernel = digest.hex()
                 pending_linux_path = None
         elif ev.event_type == EV_EVENT_TAG:
-            name = _tag_name(ev.data)
-            if name == _TAG_LOAD_OPTIONS and cmdline_digest is None:
+            tag_id, tag_data = _tagged(ev.data)
+            name = tag_data.rstrip(b"\x00")
+            if tag_id == _TAG_AAEL:
+                runtime.append(_text(tag_data))
+            elif name == _TAG_LOAD_OPTIONS and cmdline_digest is None:
                 cmdline_digest = digest.hex()
             elif name == _TAG_INITRD:
                 initrd = digest.hex()
@@ -108,4 +119,5 @@ def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
         cmdline=cmdline,
         initrd_digest=initrd,
         efi_applications=apps,
+        runtime_events=runtime,
     )

@@ -134,3 +134,12 @@ def test_ovmf_components(shared_vectors: Path) -> None:
     assert comp.kernel_digest == comp.efi_applications[-1]
     assert comp.cmdline_digest
     assert comp.initrd_digest
+
+
+def test_attestation_agent_runtime_events(shared_vectors: Path) -> None:
+    log = parse_event_log((shared_vectors / "eventlog/trustee/CCEL_AAEL_alibabacloud").read_bytes())
+    comp = extract_components(log, ALG_SHA384)
+    assert comp.runtime_events == [
+        "coco.com some-operation some-content",
+        'coco.com some-operation {"key": "value", "nested-key": {"sub-key": "value"}}',
+    ]
