@@ -205,3 +205,25 @@ def test_read_header_without_key(tmp_path: Path, dek: SecretBytes) -> None:
         3,
     )
     assert header.to_json()["alg"] == "AES-256-GCM"
+
+
+def test_pread_fallback_matches_mmap_path(
+    tmp_path: Path, dek: SecretBytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Non-mappable inputs (the pread path) give the same plaintext and the same errors."""
+    import modelseal.format.v1 as v1
+
+    monkeypatch.setattr(v1, "_can_map", lambda fd: False)
+    data = os.urandom(3 * SEG + 9)
+    blob = bytearray(_seal_bytes(data, dek))
+    with SealedReader.open(_write(tmp_path, bytes(blob)), dek) as reader:
+        assert reader.read_range(0, len(data)) == data
+        reader.verify(workers=2)
+    blob[-20] ^= 1
+    with SealedReader.open(_write(tmp_path, bytes(blob), "bad"), dek) as reader:
+        with pytest.raises(DecryptionError):
+            reader.verify(workers=2)
+        out = bytearray(9)
+        with pytest.raises(DecryptionError):
+            reader.readinto_range(3 * SEG, out)
+        assert out == bytes(9)
