@@ -3,12 +3,13 @@
 What is extracted (digests in the log's bank, lower-case hex; all optional):
 
 * ``kernel_digest`` — the Linux kernel: the EV_IPL event GRUB writes with the kernel's
-  path right after its ``grub_cmd: linux <path>`` command; without GRUB's file
-  measurement, the last EV_EFI_BOOT_SERVICES_APPLICATION (the kernel EFI stub that OVMF
-  or shim started last).
+  path right after its ``grub_cmd: linux <path>`` command; else td-shim's payload
+  (EV_EFI_PLATFORM_FIRMWARE_BLOB2 described ``td_payload``); else the last
+  EV_EFI_BOOT_SERVICES_APPLICATION (the kernel EFI stub that OVMF or shim started last).
 * ``cmdline_digest`` (+ ``cmdline`` text when the log carries it) — GRUB's
-  ``kernel_cmdline: ...`` EV_IPL event, else OVMF's tagged event
-  ``LOADED_IMAGE::LoadOptions`` (EV_EVENT_TAG, only the digest is in the log).
+  ``kernel_cmdline: ...`` EV_IPL event, td-shim's ``td_payload_info`` platform-config
+  event, else OVMF's tagged event ``LOADED_IMAGE::LoadOptions`` (EV_EVENT_TAG, only the
+  digest is in the log).
 * ``initrd_digest`` — OVMF's tagged event ``Linux initrd``.
 * ``efi_applications`` — digests of every EV_EFI_BOOT_SERVICES_APPLICATION, in order
   (shim, GRUB, kernel ...), for audit.
@@ -25,13 +26,17 @@ from dataclasses import dataclass, field
 
 from modelseal.tee.eventlog.tcg import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
+    EV_EFI_PLATFORM_FIRMWARE_BLOB2,
     EV_EVENT_TAG,
     EV_IPL,
+    EV_PLATFORM_CONFIG_FLAGS,
     EventLog,
 )
 
 _TAG_LOAD_OPTIONS = b"LOADED_IMAGE::LoadOptions"
 _TAG_INITRD = b"Linux initrd"
+_TD_PAYLOAD = b"td_payload"
+_TD_PAYLOAD_INFO = b"td_payload_info\x00"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class MeasuredComponents:
             **self.measurements(),
             "cmdline": self.cmdline,
             "efi_applications": self.efi_applications,
+            "runtime_events": self.runtime_events,
         }
 
 
@@ -85,6 +91,7 @@ def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
     cmdline: str | None = None
     initrd: str | None = None
     runtime: list[str] = []
+    shim_payload: str | None = None
     pending_linux_path: str | None = None
     for ev in log.events:
         digest = ev.digests.get(alg)
@@ -103,6 +110,16 @@ def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
             elif pending_linux_path is not None and text.endswith(pending_linux_path):
                 grub_kernel = digest.hex()
                 pending_linux_path = None
+        elif ev.event_type == EV_EFI_PLATFORM_FIRMWARE_BLOB2:
+            size = ev.data[0] if ev.data else 0
+            if ev.data[1 : 1 + size].rstrip(b"\x00") == _TD_PAYLOAD:
+                shim_payload = digest.hex()
+        elif ev.event_type == EV_PLATFORM_CONFIG_FLAGS and ev.data.startswith(_TD_PAYLOAD_INFO):
+            # td-shim: 16-byte descriptor, u32 length, then the command line
+            if cmdline_digest is None and len(ev.data) >= 20:
+                (length,) = struct.unpack_from("<I", ev.data, 16)
+                cmdline_digest = digest.hex()
+                cmdline = _text(ev.data[20 : 20 + length].split(b"\x00", 1)[0])
         elif ev.event_type == EV_EVENT_TAG:
             tag_id, tag_data = _tagged(ev.data)
             name = tag_data.rstrip(b"\x00")
@@ -112,7 +129,7 @@ def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
                 cmdline_digest = digest.hex()
             elif name == _TAG_INITRD:
                 initrd = digest.hex()
-    kernel = grub_kernel or (apps[-1] if apps else None)
+    kernel = grub_kernel or shim_payload or (apps[-1] if apps else None)
     return MeasuredComponents(
         kernel_digest=kernel,
         cmdline_digest=cmdline_digest,

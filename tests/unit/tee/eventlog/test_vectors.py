@@ -143,3 +143,49 @@ def test_attestation_agent_runtime_events(shared_vectors: Path) -> None:
         "coco.com some-operation some-content",
         'coco.com some-operation {"key": "value", "nested-key": {"sub-key": "value"}}',
     ]
+
+
+def test_td_shim_payload_components(shared_vectors: Path) -> None:
+    """trustee CCEL_data (td-shim): payload and its command line, as trustee parses them."""
+    expected = json.loads(
+        (shared_vectors / "tdx/trustee/parse_tdx_claims_expected.json").read_text()
+    )
+    digests = {
+        e["details"].get("string"): e["digests"][0]["digest"]
+        for e in expected["uefi_event_logs"]
+        if e.get("details")
+    }
+    log = parse_event_log((shared_vectors / "eventlog/trustee/CCEL_data").read_bytes())
+    comp = extract_components(log, ALG_SHA384)
+    assert comp.kernel_digest == digests["td_payload"]
+    assert comp.cmdline == "root=/dev/vda1 console=hvc0 rw"
+    assert comp.cmdline_digest == digests["td_payload_info root=/dev/vda1 console=hvc0 rw"]
+    assert comp.to_json()["runtime_events"] == []
+
+
+def test_trustee_parsed_quote_claims(shared_vectors: Path) -> None:
+    """tdx_quote_4.dat parsed as trustee's claims.rs test expects (body, header, attributes)."""
+    from modelseal.tee.tdx.claims import td_attributes
+
+    expected = json.loads(
+        (shared_vectors / "tdx/trustee/parse_tdx_claims_expected.json").read_text()
+    )
+    quote = parse_quote((shared_vectors / "tdx/trustee/tdx_quote_4.dat").read_bytes())
+    body, report = expected["quote"]["body"], quote.td_report
+    names = {"mrsigner_seam": "mr_signer_seam", "tcb_svn": "tee_tcb_svn"}
+    for key, value in body.items():
+        if key.startswith("rtmr_"):
+            assert report.rtmrs[int(key[-1])].hex() == value
+        else:
+            assert getattr(report, names.get(key, key)).hex() == value, key
+    header = expected["quote"]["header"]
+    assert quote.header.qe_vendor_id.hex() == header["vendor_id"]
+    assert quote.header.user_data.hex() == header["user_data"]
+    assert quote.header.version.to_bytes(2, "little").hex() == header["version"]
+    attrs = td_attributes(report.td_attributes)
+    want = expected["td_attributes"]
+    assert attrs["debug"] is want["debug"]
+    assert attrs["sept_ve_disable"] is want["septve_disable"]
+    assert attrs["pks"] is want["protection_keys"]
+    assert attrs["key_locker"] is want["key_locker"]
+    assert attrs["perfmon"] is want["perfmon"]
