@@ -9,12 +9,14 @@ database so any replica can finish the exchange) in ITA's shape::
     {"val": b64(32 random bytes), "iat": b64(RFC 3339 issue time), "signature": b64(MAC)}
 
 Round 2 ``{"quote": b64, "nonce": {val, iat, signature}, "user_data": b64, "event_log"?: b64}``
-(``Attestation-Type: TDX``; unknown members rejected) requires the TD quote's REPORTDATA to
-equal ``SHA-512(val ‖ iat ‖ user_data)`` (all raw bytes after base64 decoding - ITA's
-TDX adapter rule). The quote goes through the same verifier, release policy and audit log
-as RCAR. The answer is ``{"wrapped_key", "wrapped_swk"}``: the model key in the CNAP
-12-byte-header layout under a fresh AES-256 SWK, and the SWK RSA-OAEP-SHA256-wrapped to
-the RSA key in ``user_data`` (DER SPKI or ITA exponent‖modulus, >= 3072 bits).
+(``Attestation-Type: TDX``; unknown members rejected) requires the TD quote's REPORTDATA
+to equal ``SHA-512(val ‖ iat ‖ user_data)`` (all raw bytes after base64 decoding - ITA's
+TDX adapter rule). modelseal adds one optional member, ``init_data`` (std base64 of the
+init-data TOML bound by MRCONFIGID), so ``init_data``/``model_digest`` rules can apply.
+The quote goes through the same verifier, release policy and audit log as RCAR. The
+answer is ``{"wrapped_key", "wrapped_swk"}``: the model key in the CNAP 12-byte-header
+layout under a fresh AES-256 SWK, and the SWK RSA-OAEP-SHA256-wrapped to the RSA key in
+``user_data`` (DER SPKI or ITA exponent‖modulus, >= 3072 bits).
 
 CNAP's one-shot request ``{"quote", "user_data"}`` (no nonce; REPORTDATA =
 ``SHA-512(user_data)``) can be replayed by anyone who saw it, so it is refused unless the
@@ -81,6 +83,9 @@ class TransferRequest(BaseModel):
     nonce: NonceModel | None = None
     user_data: StrictStr = Field(max_length=8 * 1024)
     event_log: StrictStr | None = Field(default=None, max_length=3 * 1024 * 1024)
+    #: modelseal extension: std base64 of the init-data TOML the TD was launched with
+    #: (bound by MRCONFIGID), so ``init_data``/``model_digest`` policy rules can apply.
+    init_data: StrictStr | None = Field(default=None, max_length=512 * 1024)
 
 
 def _json_response(body: dict[str, str], headers: dict[str, str] | None = None) -> Response:
@@ -128,6 +133,7 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
         workload = WorkloadKey.from_user_data(user_data)
         quote = b64_decode(req.quote, what="quote")
         event_log = b64_decode(req.event_log, what="event_log") if req.event_log else None
+        init_data = b64_decode(req.init_data, what="init_data") if req.init_data else None
         tee = _tee_for(tee_header, attestation)
         if req.nonce is not None:
             val = b64_decode(req.nonce.val, what="nonce.val")
@@ -148,7 +154,9 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
             "cc_eventlog": b64_encode(event_log) if event_log else None,
             "aa_eventlog": None,
         }
-        claims = attestation.verify(tee, evidence, expected_report_data=report_data, init_data=None)
+        claims = attestation.verify(
+            tee, evidence, expected_report_data=report_data, init_data=init_data
+        )
         dek = state.release_for_transfer(
             key_id, claims, requester=f"transfer:{client}", nonce_id=nonce_id
         )

@@ -270,3 +270,33 @@ async def test_no_key_bytes_in_logs(
     assert "transfer" in text
     assert DEK.hex() not in text
     assert b64_encode(DEK) not in text
+
+
+async def test_init_data_binds_the_model_digest(env: Env, workload: WorkloadKeyPair) -> None:
+    digest = "sha256:" + "5e" * 32
+    doc = f'version = "0.1.0"\nalgorithm = "sha384"\n[data]\nmodel_digest = "{digest}"\n'
+    attester = Attester(env.attester.ca.directory, init_data=doc)
+    policy = {
+        "apiVersion": "modelseal/v1",
+        "kind": "ReleasePolicy",
+        "tee": ["mock-tdx"],
+        "model_digest": digest,
+    }
+    env.state.keys.set_policy(KEY_ID, policy, actor="test")
+    user_data = workload.public.spki_der()
+    for sent, status in ((doc, 200), (None, 403)):
+        nonce = await _nonce(env)
+        raw = b64_decode(nonce["val"]) + b64_decode(nonce["iat"])
+        evidence = attester.evidence(hashlib.sha512(raw + user_data).digest())
+        body = {
+            "quote": evidence["quote"],
+            "nonce": nonce,
+            "user_data": b64_encode(user_data),
+            "event_log": evidence["cc_eventlog"],
+        }
+        if sent is not None:
+            body["init_data"] = b64_encode(sent.encode())
+        r = await env.client.post(_url(KEY_ID), json=body, headers=HEADERS)
+        assert r.status_code == status, r.text
+        if status == 200:
+            assert _unwrap(workload, r) == DEK
