@@ -20,10 +20,11 @@ def _ours() -> set[str]:
     return {p.name for p in SHM.glob("modelseal-quickstart-*")} if SHM.is_dir() else set()
 
 
-def test_quickstart_prints_accuracy_and_cleans_up() -> None:
+@pytest.mark.parametrize("tee", ["sample", "mock-tdx"])
+def test_quickstart_prints_accuracy_and_cleans_up(tee: str) -> None:
     before = _ours()
     done = subprocess.run(
-        [*MODELSEAL, "quickstart"],
+        [*MODELSEAL, "quickstart", "--tee", tee],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -31,7 +32,7 @@ def test_quickstart_prints_accuracy_and_cleans_up() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "INSECURE" in done.stdout
+    assert ("INSECURE" if tee == "sample" else "mock-tdx test root") in done.stdout
     match = re.search(r"ACCURACY: ([0-9.]+) on (\d+) held-out digits", done.stdout)
     assert match is not None, done.stdout
     assert float(match.group(1)) > 0.9

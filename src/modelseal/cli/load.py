@@ -61,6 +61,13 @@ import click
     type=click.Path(path_type=Path),
     help="mock-tdx attester material (tests only).",
 )
+@click.option(
+    "--init-data",
+    envvar="MODELSEAL_INIT_DATA",
+    type=click.Path(path_type=Path),
+    help="Init-data TOML this TEE was launched with (sent to the KBS; its model_digest is "
+    "enforced).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
 def load(
     model: str | None,
@@ -73,6 +80,7 @@ def load(
     workers: int | None,
     model_digest: str | None,
     mock_tdx_dir: Path | None,
+    init_data: Path | None,
     quiet: bool,
 ) -> None:
     """Attest, fetch the model key, decrypt the model into a memory-backed directory."""
@@ -91,6 +99,7 @@ def load(
         workers=workers,
         model_digest=model_digest,
         mock_tdx_dir=mock_tdx_dir,
+        init_data=init_data,
     )
     if settings.tee == "sample" and not quiet:
         click.echo("WARNING: attesting as the INSECURE 'sample' TEE (development only)", err=True)

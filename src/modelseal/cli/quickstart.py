@@ -10,7 +10,9 @@ import click
     "--tee",
     default="sample",
     show_default=True,
-    help="TEE to attest as: 'sample' (insecure, development only).",
+    type=click.Choice(["sample", "mock-tdx"]),
+    help="TEE to attest as: 'sample' (insecure, development only) or 'mock-tdx' (test CA, "
+    "full DCAP verification path, policy on MRTD + model digest via init-data).",
 )
 def quickstart(tee: str) -> None:
     """Train, publish, attest, load into tmpfs and serve a small model on 127.0.0.1."""

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import ConfigError
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.loader.settings import LoaderSettings
 from modelseal.tee.base import Attester
 from modelseal.tee.detect import detect
+from modelseal.tee.initdata import parse_init_data
 from modelseal.tee.registry import attester_for
 
 log = logging.getLogger(__name__)
@@ -45,21 +47,56 @@ def resolve_tee(settings: LoaderSettings) -> str:
     return detect()
 
 
-def build_attester(kind: str, settings: LoaderSettings) -> Attester:
-    """Instantiate the attester of ``kind`` with the options the settings carry."""
+def read_init_data(settings: LoaderSettings) -> InitData | None:
+    """The launch init-data document (raw text and parsed), if configured."""
+    if settings.init_data is None:
+        return None
+    try:
+        text = settings.init_data.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read init-data {settings.init_data}") from exc
+    return InitData(text, parse_init_data(text).data)
+
+
+@dataclass(frozen=True)
+class InitData:
+    text: str
+    data: dict[str, str]
+
+    @property
+    def model_digest(self) -> str | None:
+        return self.data.get("model_digest")
+
+
+def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | None) -> Attester:
+    """Instantiate the attester of ``kind`` with the options the settings carry.
+
+    On real hardware the host put the init-data digest into the attested launch field
+    (MRCONFIGID, HOST_DATA); the mock-tdx attester simulates that launch step.
+    """
     options: dict[str, Any] = dict(settings.extra_attester_options)
-    if kind == "mock-tdx" and settings.mock_tdx_dir is not None:
-        options.setdefault("ca_dir", settings.mock_tdx_dir)
+    if kind == "mock-tdx":
+        if settings.mock_tdx_dir is not None:
+            options.setdefault("ca_dir", settings.mock_tdx_dir)
+        if init_data is not None:
+            options.setdefault("init_data", init_data.text)
     return attester_for(kind, **options)
 
 
 def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
     """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes."""
     kind = resolve_tee(settings)
-    attester = build_attester(kind, settings)
+    init_data = read_init_data(settings)
+    attester = build_attester(kind, settings, init_data)
     if kind in INSECURE_TEES:
         log.warning("attesting as the INSECURE %r TEE: for development only", kind)
-    with KbsClient(kbs_url, attester, tee=kind, verify=settings.kbs_verify) as client:
+    with KbsClient(
+        kbs_url,
+        attester,
+        tee=kind,
+        verify=settings.kbs_verify,
+        init_data=init_data.text if init_data is not None else None,
+    ) as client:
         dek = client.get_resource(key_id)
         token_id = client.token_id
     return KeyRelease(

@@ -33,7 +33,7 @@ from modelseal.format.header import COMMIT_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, He
 from modelseal.format.manifest import MAX_MANIFEST_LEN, Manifest, sealed_name
 from modelseal.format.v1 import FileDecryptor
 from modelseal.loader import cnap_loader
-from modelseal.loader.attest import KeyRelease, release_key
+from modelseal.loader.attest import KeyRelease, read_init_data, release_key
 from modelseal.loader.destination import (
     TEMP_PREFIX,
     check_destination,
@@ -199,6 +199,14 @@ def temp_dir(dest: Path, *, overwrite: bool) -> Iterator[Path]:
     wipe_tree(tmp, overwrite=overwrite)
 
 
+def expected_digest(settings: LoaderSettings) -> str | None:
+    """The model digest this TEE must load: explicit, else from its launch init-data."""
+    if settings.model_digest is not None:
+        return settings.model_digest
+    init_data = read_init_data(settings)
+    return init_data.model_digest if init_data is not None else None
+
+
 def _reserve(settings: LoaderSettings, needed: int) -> None:
     check_destination(settings.dest, allow_disk=settings.allow_disk, needed_bytes=needed)
 
@@ -297,7 +305,7 @@ def load_model(
                         key.dek,
                         open_target=lambda rel, size: open_temp_target(tmp, rel, size),
                         workers=settings.workers,
-                        expected_digest=settings.model_digest,
+                        expected_digest=expected_digest(settings),
                         timings=timings,
                         on_progress=on_progress,
                         reserve=lambda n: _reserve(settings, n),

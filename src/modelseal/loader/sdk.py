@@ -26,6 +26,7 @@ from modelseal.loader.fetch import Fetcher, RetryPolicy
 from modelseal.loader.loader import (
     ReleaseFn,
     decrypt_v1,
+    expected_digest,
     fetch_model_info,
     obtain_key,
 )
@@ -150,6 +151,7 @@ def open_model(
     workers: int = 4,
     model_digest: str | None = None,
     mock_tdx_dir: str | Path | None = None,
+    init_data: str | Path | None = None,
     release: ReleaseFn | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> DecryptedModel:
@@ -163,6 +165,7 @@ def open_model(
         workers=workers,
         model_digest=model_digest,
         mock_tdx_dir=Path(mock_tdx_dir) if mock_tdx_dir else None,
+        init_data=Path(init_data) if init_data else None,
     )
     timings = Timings()
     files: dict[str, _MemFile] = {}
@@ -193,7 +196,7 @@ def open_model(
                     key.dek,
                     open_target=open_target,
                     workers=settings.workers,
-                    expected_digest=model_digest,
+                    expected_digest=expected_digest(settings),
                     timings=timings,
                     on_progress=on_progress,
                 )

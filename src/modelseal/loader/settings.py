@@ -33,6 +33,7 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_WORKERS": "workers",
     "MODELSEAL_MODEL_DIGEST": "model_digest",
     "MODELSEAL_MOCK_TDX_DIR": "mock_tdx_dir",
+    "MODELSEAL_INIT_DATA": "init_data",
 }
 
 
@@ -66,6 +67,9 @@ class LoaderSettings:
     model_digest: str | None = None
     #: mock-tdx attester material (tests and CI only)
     mock_tdx_dir: Path | None = None
+    #: the init-data TOML this TEE was launched with (sent to the KBS with the evidence;
+    #: its ``[data] model_digest`` becomes the expected model digest unless one is given)
+    init_data: Path | None = None
     #: attempts per HTTP request for transient failures (connection reset, 5xx)
     retries: int = 8
     #: seconds of socket inactivity before a request counts as failed (then retried)
@@ -85,7 +89,7 @@ class LoaderSettings:
             raise ConfigError("tee: empty; use 'auto' or a TEE kind")
         if self.retries < 1:
             raise ConfigError("retries: must be at least 1")
-        for name in ("kbs_ca", "registry_ca"):
+        for name in ("kbs_ca", "registry_ca", "init_data"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"{name}: no such file: {value}")
@@ -122,7 +126,7 @@ def settings_from_env(
                 values[name] = int(raw)
             except ValueError as exc:
                 raise ConfigError(f"{var}: not an integer: {raw!r}") from exc
-        elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir"}:
+        elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"}:
             values[name] = Path(raw)
         else:
             values[name] = raw

@@ -43,7 +43,7 @@ MODEL_ID = "digits-mlp"
 VERSION = "v1"
 SHM = Path("/dev/shm")  # noqa: S108 (mkdtemp below makes a private 0700 dir)
 #: TEE kinds the quickstart can attest as on a machine without a TEE
-TEES = ("sample",)
+TEES = ("sample", "mock-tdx")
 
 BANNER = """\
 ================================================================================
@@ -51,6 +51,14 @@ BANNER = """\
  The KBS runs with --insecure-allow-sample: it releases keys to the 'sample' TEE,
  whose evidence proves NOTHING. Every token it issues is stamped insecure.
  Never run a KBS like this outside a development machine.
+================================================================================"""
+
+BANNER_MOCK_TDX = """\
+================================================================================
+ modelseal quickstart — TEST SETUP, loopback only
+ The KBS trusts a throw-away mock-tdx test root CA created for this run: quotes
+ take the full DCAP verification path, but no hardware is involved. The release
+ policy pins MRTD and requires init-data naming the published model digest.
 ================================================================================"""
 
 
@@ -95,7 +103,7 @@ class Quickstart:
         self.steps.append(record)
 
     def run(self) -> QuickstartResult:
-        self.say(BANNER)
+        self.say(BANNER if self.tee == "sample" else BANNER_MOCK_TDX)
         work = Path(tempfile.mkdtemp(prefix="modelseal-quickstart-"))
         dest_root = _memory_dir()
         try:
@@ -111,12 +119,20 @@ class Quickstart:
         logs = work / "logs"
         logs.mkdir()
         # the servers boot (seconds of imports) while the model trains
-        kbs = kbs_service(work / "kbs", logs)
+        mock_root = None
+        if self.tee == "mock-tdx":
+            from modelseal.tee.mock_tdx.ca import MockTdxCA
+
+            mock_root = MockTdxCA.create(work / "mock-tdx-ca").root_pem_path
+        kbs = kbs_service(
+            work / "kbs", logs, allow_sample=self.tee == "sample", mock_tdx_root=mock_root
+        )
         registry = registry_service(work / "registry", logs)
         for service in (kbs, registry):
             self.services.append(service)
             service.spawn()
-        self.say(f"   KBS      {kbs.url}  (INSECURE: sample TEE allowed)")
+        trust = "INSECURE: sample TEE allowed" if self.tee == "sample" else "mock-tdx test root"
+        self.say(f"   KBS      {kbs.url}  ({trust})")
         self.say(f"   registry {registry.url}")
         with self.step("train model (numpy MLP on sklearn digits)") as s:
             from modelseal.quickstart.train import train
@@ -165,6 +181,11 @@ class Quickstart:
             "tee": [self.tee],
             "debug": False,
         }
+        if self.tee == "mock-tdx":
+            from modelseal.tee.mock_tdx.attester import Attester
+
+            mr_td = Attester(work / "mock-tdx-ca").measurements["mr_td"]
+            policy["measurements"] = [{"mr_td": mr_td}]
         request = PublishRequest(
             source=model_dir,
             registry_url=registry.url,
@@ -178,7 +199,11 @@ class Quickstart:
             workers=self.workers,
         )
         with KbsAdminClient(kbs.url, token) as admin:
-            return publish(request, admin)
+            result = publish(request, admin)
+            if self.tee == "mock-tdx":
+                # bind the key to TEEs launched for exactly this model (init-data claim)
+                admin.set_policy(result.key_id, {**policy, "model_digest": result.model_digest})
+        return result
 
     def _load(self, registry: Service, dest: Path, digest: str, work: Path) -> dict[str, Any]:
         args = [
@@ -194,6 +219,14 @@ class Quickstart:
             "--workers",
             str(self.workers),
         ]
+        if self.tee == "mock-tdx":
+            # what the host would pass at launch (MRCONFIGID = its digest)
+            init = work / "init-data.toml"
+            init.write_text(
+                f'version = "0.1.0"\nalgorithm = "sha384"\n[data]\nmodel_digest = "{digest}"\n',
+                encoding="utf-8",
+            )
+            args += ["--mock-tdx-dir", str(work / "mock-tdx-ca"), "--init-data", str(init)]
         done = run_cli(args, timeout=120)
         if done.returncode != 0:
             raise _child_error("modelseal load", done)
