@@ -132,11 +132,13 @@ def issue_certificate(
     path_length: int | None = None,
     organization: str = "modelseal test CA",
     extra_extensions: Sequence[tuple[str, bytes]] = (),
+    crl_url: str | None = None,
 ) -> x509.Certificate:
     """A v3 certificate (self-signed when ``issuer_cert`` is None), signed ECDSA-SHA256.
 
     ``extra_extensions`` are (dotted OID, DER value) pairs added as non-critical
-    extensions (e.g. Intel's SGX extension in a PCK certificate).
+    extensions (e.g. Intel's SGX extension in a PCK certificate); ``crl_url`` adds a CRL
+    distribution point.
     """
     subject = _name(subject_cn, organization)
     issuer = issuer_cert.subject if issuer_cert is not None else subject
@@ -171,6 +173,14 @@ def issue_certificate(
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_pub), critical=False
     )
+    if crl_url is not None:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     for oid, der in extra_extensions:
         builder = builder.add_extension(
             x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), der), critical=False

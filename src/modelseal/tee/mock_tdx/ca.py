@@ -76,8 +76,14 @@ class MockTdxCA:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, directory: str | Path, *, now: float | None = None) -> MockTdxCA:
-        """Mint a fresh test PKI in ``directory`` (must not already hold one)."""
+    def create(
+        cls, directory: str | Path, *, now: float | None = None, root_crl_url: str | None = None
+    ) -> MockTdxCA:
+        """Mint a fresh test PKI in ``directory`` (must not already hold one).
+
+        ``root_crl_url`` puts a CRL distribution point into the root certificate, as
+        Intel's root has (collateral clients fetch the root CRL from there).
+        """
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path, 0o700)
@@ -96,6 +102,7 @@ class MockTdxCA:
             not_before=nb,
             not_after=na,
             ca=True,
+            crl_url=root_crl_url,
         )
         certs["pck-ca"] = issue_certificate(
             subject_cn="modelseal mock-tdx PCK Platform CA",

@@ -193,7 +193,11 @@ class CollateralStore:
                 pck = _get(client, f"{base}/sgx/certification/v4/pckcrl?ca={ca}&encoding=der")
                 tcb = _get(client, f"{base}/{kind}/certification/v4/tcb?fmspc={fmspc.upper()}")
                 qe = _get(client, f"{base}/{kind}/certification/v4/qe/identity?update=standard")
-                root = _get(client, f"{base}/sgx/certification/v4/rootcacrl")
+                root = client.get(f"{base}/sgx/certification/v4/rootcacrl")
+                if root.status_code != 200:
+                    # Intel's PCS has no rootcacrl endpoint (PCCS does): use the CRL
+                    # distribution point of the root certificate, as Intel documents.
+                    root = _get(client, _root_crl_url(_chain(pck, "SGX-PCK-CRL-Issuer-Chain")))
         except httpx.HTTPError as exc:
             raise BackendError(f"collateral service {base} unreachable: {exc}") from exc
         tcb_text, tcb_sig = _signed_member(tcb.text, "tcbInfo")
@@ -230,6 +234,24 @@ def _chain(resp: Any, *names: str) -> str:
         if value:
             return urllib.parse.unquote(value)
     raise BackendError(f"collateral service: response lacks the {names[0]} header")
+
+
+def _root_crl_url(chain_pem: str) -> str:
+    """The CRL distribution point URL of the last (root) certificate of a PEM chain."""
+    from cryptography import x509
+
+    try:
+        root = x509.load_pem_x509_certificates(chain_pem.encode())[-1]
+        points = root.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except (ValueError, IndexError, x509.ExtensionNotFound) as exc:
+        raise BackendError("collateral service has no root CRL and the root names none") from exc
+    for point in points:
+        for name in point.full_name or []:
+            if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(
+                ("https://", "http://")
+            ):
+                return str(name.value)
+    raise BackendError("the root certificate names no http(s) CRL distribution point")
 
 
 def _crl_hex(body: bytes) -> str:

@@ -54,8 +54,11 @@ def test_fresh_set_preferred(ca: MockTdxCA, tmp_path: Path) -> None:
 
 
 class FakePccs(BaseHTTPRequestHandler):
+    """A PCCS (``intel_pcs`` False) or Intel's PCS, which has no rootcacrl endpoint."""
+
     ca: MockTdxCA
     hits: list[str]
+    intel_pcs = False
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -68,8 +71,10 @@ class FakePccs(BaseHTTPRequestHandler):
         if url.path == "/sgx/certification/v4/pckcrl":
             body = bytes.fromhex(doc["pck_crl"])
             headers["SGX-PCK-CRL-Issuer-Chain"] = urllib.parse.quote(doc["pck_crl_issuer_chain"])
-        elif url.path == "/sgx/certification/v4/rootcacrl":
+        elif url.path == "/sgx/certification/v4/rootcacrl" and not self.intel_pcs:
             body = doc["root_ca_crl"].encode()
+        elif url.path == "/IntelSGXRootCA.der" and self.intel_pcs:
+            body = bytes.fromhex(doc["root_ca_crl"])
         elif url.path == "/tdx/certification/v4/tcb":
             body = (
                 '{"tcbInfo":'
@@ -146,3 +151,39 @@ def test_pccs_http_error_is_backend_error(pccs: tuple[str, list[str]]) -> None:
     store = CollateralStore(pccs_url=url + "/nothing-here")
     with pytest.raises(BackendError, match="HTTP 404"):
         store.get("TDX", "feedfacecafe", "platform", NOW)
+
+
+def test_intel_pcs_root_crl_from_distribution_point(tmp_path: Path) -> None:
+    hits: list[str] = []
+    holder: dict[str, Any] = {"hits": hits, "intel_pcs": True}
+    handler = type("Handler", (FakePccs,), holder)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        ca = MockTdxCA.create(tmp_path / "ca", root_crl_url=f"{url}/IntelSGXRootCA.der")
+        handler.ca = ca
+        store = CollateralStore(pccs_url=url)
+        verifier = MockVerifier(store, root_ca_der=pem_to_der(ca.root_pem_path.read_bytes()))
+        ev = Attester(ca.directory).evidence(b"\x04" * 48)
+        claims = verifier.verify(ev, expected_report_data=b"\x04" * 48, now=NOW)
+        assert claims.tcb_status == "UpToDate"
+        assert "/IntelSGXRootCA.der" in hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_no_root_crl_anywhere(ca: MockTdxCA, tmp_path: Path) -> None:
+    hits: list[str] = []
+    handler = type("Handler", (FakePccs,), {"ca": ca, "hits": hits, "intel_pcs": True})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = CollateralStore(pccs_url=f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(BackendError, match="root names none"):
+            store.get("TDX", "feedfacecafe", "platform", NOW)
+    finally:
+        server.shutdown()
+        server.server_close()
