@@ -105,6 +105,8 @@ def mint_admin_token(
     """A compact JWS (HS256) for ``role`` valid for ``ttl`` seconds from ``now``."""
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if not subject or len(subject) > 128 or not subject.isprintable():
+        raise ConfigError("the token subject must be 1-128 printable characters")
     if not 1 <= ttl <= MAX_TTL:
         raise ConfigError(f"token lifetime must be between 1 and {MAX_TTL} seconds")
     header = {"alg": "HS256", "typ": "JWT", "kid": _credential_id(key)}
@@ -186,6 +188,8 @@ def verify_admin_token(token: str, key: SecretBytes, *, now: float) -> AdminPrin
     ):
         raise TokenError("admin token roles are missing or unknown")
     sub, jti = claims.get("sub"), claims.get("jti")
-    if not isinstance(sub, str) or not sub or len(sub) > 128 or not isinstance(jti, str):
-        raise TokenError("admin token subject or id is missing")
+    if not isinstance(sub, str) or not sub or len(sub) > 128 or not sub.isprintable():
+        raise TokenError("admin token subject is missing or not printable")
+    if not isinstance(jti, str) or not jti:
+        raise TokenError("admin token has no id")
     return AdminPrincipal(subject=sub, roles=frozenset(roles), token_id=jti[:64])

@@ -115,6 +115,7 @@ def test_header_confusion(header: dict[str, object]) -> None:
         _claims(exp=int(NOW) + MAX_TTL + 10),
         _claims(sub=""),
         _claims(sub=None),
+        _claims(sub="evil\nlog line"),
         _claims(jti=None),
     ],
 )

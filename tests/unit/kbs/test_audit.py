@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
 from modelseal.crypto.kek import Kek, KekRing
@@ -255,3 +257,60 @@ def test_concurrent_writers_processes(tmp_path: Path) -> None:
     assert result.ok
     assert result.rows == 90
     db.dispose()
+
+
+def _chain(n: int) -> list[AuditEntryModel]:
+    rows: list[AuditEntryModel] = []
+    prev = "0" * 64
+    for seq in range(1, n + 1):
+        fields = {
+            "seq": seq,
+            "time": f"2026-11-22T00:00:{seq:02d}.000000Z",
+            "actor": f"a{seq}",
+            "action": "key.release",
+            "key_id": "m/k/v1",
+            "tee": "tdx",
+            "claims_digest": None,
+            "policy_digest": None,
+            "decision": "allow",
+            "reasons": [str(seq)],
+            "prev_hash": prev,
+        }
+        prev = audit_row_hash(fields)
+        rows.append(AuditEntryModel(**fields, row_hash=prev))
+    return rows
+
+
+CHAIN = _chain(8)
+MUTABLE = ["time", "actor", "action", "key_id", "tee", "decision", "reasons", "prev_hash"]
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 7), st.sampled_from(MUTABLE), st.text(min_size=1, max_size=5))
+def test_any_single_edit_is_located(index: int, field: str, junk: str) -> None:
+    rows = list(CHAIN)
+    value: object = [junk] if field == "reasons" else junk
+    if getattr(rows[index], field) == value:
+        return
+    rows[index] = rows[index].model_copy(update={field: value})
+    result = verify_audit_chain(rows)
+    assert not result.ok
+    assert result.first_bad_seq == index + 1
+
+
+@given(st.integers(0, 7))
+def test_any_deletion_is_located(index: int) -> None:
+    rows = [r for i, r in enumerate(CHAIN) if i != index]
+    result = verify_audit_chain(rows)
+    if index == 7:
+        assert result.ok  # a cut tail is only visible to the server's MACed head
+    else:
+        assert not result.ok
+        assert result.first_bad_seq == index + 1
+
+
+@given(st.permutations(list(range(8))))
+def test_any_reordering_is_detected(order: list[int]) -> None:
+    rows = [CHAIN[i] for i in order]
+    result = verify_audit_chain(rows)
+    assert result.ok == (order == sorted(order))
