@@ -11,6 +11,7 @@ Run: ``python -m bench kbs_bench`` (optional env: KBS_BENCH_SECONDS, KBS_BENCH_W
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import statistics
@@ -45,12 +46,12 @@ def _free_port() -> int:
         return port
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: Path, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [
         *CLI, "kbs", "serve", "--data-dir", str(data_dir), "--port", str(port),
-        "--insecure-allow-sample", "--log-level", "warning",
+        "--insecure-allow-sample", "--log-level", "warning", "--workers", str(workers),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -75,54 +76,101 @@ def register_key(data_dir: Path, url: str) -> None:
         admin.put_key(KEY_ID, SecretBytes(DEK), policy=POLICY)
 
 
-async def one_release(client: httpx.AsyncClient, attester: Attester) -> None:
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams.
+
+    The load generator must be much cheaper than the server it measures; httpx costs about
+    as much CPU per request as the KBS itself, so it would hide the server's capacity.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        fields: dict[str, str] = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            fields[name.strip().lower()] = value.strip()
+        payload = await self.reader.readexactly(int(fields.get("content-length", "0")))
+        return status, fields, payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def one_release(conn: Connection, attester: Attester) -> None:
     """auth → attest → resource on a fresh session and TEE key; raises on any failure."""
     keys = TeeKeyPair.generate()
-    r = await client.post(
-        "/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""}
-    )
-    r.raise_for_status()
-    nonce = r.json()["nonce"]
-    cookie = {"Cookie": f"kbs-session-id={r.cookies['kbs-session-id']}"}
+    auth = b'{"version":"0.4.0","tee":"sample","extra-params":""}'
+    status, fields, body = await conn.request("POST", "/kbs/v0/auth", auth)
+    if status != 200:
+        raise RuntimeError(f"auth {status}")
+    nonce = json.loads(body)["nonce"]
+    cookie = fields["set-cookie"].split(";", 1)[0]
     jwk = keys.public_jwk()
     evidence = attester.evidence(runtime_data_digest(nonce, jwk))
-    body = {
+    attestation = {
         "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
         "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
     }
-    r = await client.post("/kbs/v0/attest", json=body, headers=cookie)
-    r.raise_for_status()
-    token = r.json()["token"]
-    r = await client.get(f"/kbs/v0/resource/{KEY_ID}", headers={"Authorization": f"Bearer {token}"})
-    r.raise_for_status()
-    if decrypt(r.json(), keys).reveal() != DEK:
+    status, _, body = await conn.request(
+        "POST", "/kbs/v0/attest", json.dumps(attestation).encode(), f"Cookie: {cookie}\r\n"
+    )
+    if status != 200:
+        raise RuntimeError(f"attest {status}")
+    token = json.loads(body)["token"]
+    status, _, body = await conn.request(
+        "GET", f"/kbs/v0/resource/{KEY_ID}", headers=f"Authorization: Bearer {token}\r\n"
+    )
+    if status != 200:
+        raise RuntimeError(f"resource {status}")
+    if decrypt(json.loads(body), keys).reveal() != DEK:
         raise RuntimeError("wrong key released")
 
 
 async def run_level(url: str, concurrency: int, seconds: float) -> dict[str, float]:
     attester = Attester()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    host, port = url.removeprefix("http://").split(":")
+    conns = [Connection(host, int(port)) for _ in range(concurrency)]
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        for _ in range(min(concurrency, 8)):  # warm-up: connections, server caches
-            await one_release(client, attester)
-        stop = time.perf_counter() + seconds
+    for conn in conns:  # warm-up: connections, server caches
+        await one_release(conn, attester)
+    stop = time.perf_counter() + seconds
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    await one_release(client, attester)
-                except Exception:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
+    async def worker(conn: Connection) -> None:
+        nonlocal errors
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                await one_release(conn, attester)
+            except Exception:
+                errors += 1
+                conn.close()
+                conn.writer = None
+                continue
+            latencies.append(time.perf_counter() - t0)
 
-        t_start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t_start
+    t_start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - t_start
+    for conn in conns:
+        conn.close()
     latencies.sort()
     return {
         "concurrency": concurrency,
@@ -153,8 +201,8 @@ def main() -> None:
     md = f"""Command: `python -m bench kbs_bench` ({seconds:.0f} s per level; `KBS_BENCH_SECONDS`).
 
 One `modelseal kbs serve` process (1 uvicorn worker, SQLite WAL in a temp data dir, sample TEE
-allowed, ES256 tokens, ECDH-ES+A256KW P-256 JWE) and one load process (httpx async, keep-alive)
-on the same {os.cpu_count()}-CPU machine ({platform.python_implementation()} {platform.python_version()}).
+allowed, ES256 tokens, ECDH-ES+A256KW P-256 JWE) and one load process (asyncio, keep-alive HTTP/1.1)
+on the same {os.cpu_count()}-CPU machine (Python {platform.python_version()}).
 A release = `POST /kbs/v0/auth` + `POST /kbs/v0/attest` (fresh nonce, fresh TEE key, sample
 evidence bound to it) + `GET /kbs/v0/resource/...` (token verified, policy evaluated, audit row
 appended, DEK wrapped to the TEE key); the client decrypts and checks every key.

@@ -111,6 +111,14 @@ def _path(value: str | None) -> Path | None:
     help="Token 'aud' (the KBS identity).",
 )
 @click.option(
+    "--workers",
+    envvar="MODELSEAL_WORKERS",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port (SQLite or PostgreSQL).",
+)
+@click.option(
     "--log-level",
     envvar="MODELSEAL_LOG_LEVEL",
     default="info",
@@ -136,6 +144,7 @@ def serve(
     session_ttl: float,
     token_signing_key: str | None,
     audience: str,
+    workers: int,
     log_level: str,
 ) -> None:
     """Serve the Key Broker Service (Trustee KBS protocol 0.4 + admin API)."""
@@ -168,7 +177,8 @@ def serve(
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
     if settings.insecure_allow_sample:
         click.echo("WARNING: INSECURE sample TEE accepted (--insecure-allow-sample)", err=True)
-    run(settings)
+    os.environ["MODELSEAL_LOG_LEVEL"] = log_level
+    run(settings, workers=workers)
 
 
 @click.command()

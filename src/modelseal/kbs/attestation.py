@@ -20,6 +20,9 @@ from modelseal.tee.registry import verifier_for
 
 log = logging.getLogger(__name__)
 
+#: Verifiers cheap enough to run on the event loop (the sample TEE only compares bytes).
+INLINE_KINDS = frozenset({"sample"})
+
 
 class AttestationService:
     """Verify evidence of any supported kind; ``sample`` only when explicitly allowed."""
@@ -29,6 +32,10 @@ class AttestationService:
         self.clock: Clock = clock or SystemClock()
         self._verifiers: dict[str, Verifier] = {}
         self._lock = threading.Lock()
+
+    def is_inline(self, tee: str) -> bool:
+        """True for kinds whose verification is a few microseconds of pure CPU (no I/O)."""
+        return tee in INLINE_KINDS
 
     @property
     def allow_sample(self) -> bool:

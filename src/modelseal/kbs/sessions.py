@@ -4,6 +4,11 @@ A session is created by ``/auth`` (state ``authed`` with its nonce) and consumed
 first ``/attest``: one conditional ``UPDATE`` moves it to ``attested`` and stores the token,
 so a second use of the nonce fails atomically even across replicas. Expired rows are
 swept at most once a minute.
+
+Each replica also remembers the pending sessions it created (bounded, expiring) so the
+common case -- ``/attest`` arriving at the replica that served ``/auth`` -- skips the read.
+The remembered copy is only a hint: the conditional ``UPDATE`` stays the one authority on
+whether the nonce is still unused.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 AUTHED = "authed"
 ATTESTED = "attested"
 SWEEP_INTERVAL = 60.0
+#: Pending sessions remembered per replica (about 200 bytes each).
+MAX_REMEMBERED = 100_000
 
 
 class RcarSession(Base):
@@ -66,6 +73,8 @@ class SessionStore:
         self.clock: Clock = clock or SystemClock()
         self._last_sweep = 0.0
         self._sweep_lock = threading.Lock()
+        self._recent: dict[str, PendingSession] = {}
+        self._recent_lock = threading.Lock()
 
     @contextmanager
     def _conn(self) -> Iterator[Connection]:
@@ -89,11 +98,22 @@ class SessionStore:
                     token=None,
                 )
             )
+        with self._recent_lock:
+            if len(self._recent) >= MAX_REMEMBERED:
+                self._recent = {k: v for k, v in self._recent.items() if v.expires_at > now}
+            if len(self._recent) < MAX_REMEMBERED:
+                self._recent[session.id] = session
         self._maybe_sweep(now)
         return session
 
     def pending(self, session_id: str) -> PendingSession:
         """The unconsumed, unexpired session ``session_id``, or TokenError."""
+        with self._recent_lock:
+            remembered = self._recent.pop(session_id, None)
+        if remembered is not None:
+            if remembered.expires_at <= self.clock.now():
+                raise TokenError("session expired")
+            return remembered
         with self._conn() as conn:
             row = conn.execute(
                 select(_T.c.tee, _T.c.nonce, _T.c.state, _T.c.expires_at).where(
@@ -127,6 +147,8 @@ class SessionStore:
 
     def burn(self, session_id: str) -> None:
         """Make a session unusable after a failed attestation (its nonce is spent)."""
+        with self._recent_lock:
+            self._recent.pop(session_id, None)
         with self._conn() as conn:
             conn.execute(delete(_T).where(_T.c.id == session_id))
 
