@@ -107,6 +107,8 @@ class DcapQuoteVerifier:
                 "nonce and key (REPORTDATA differs)"
             )
         extra: dict[str, Any] = {}
+        if ev.ignored:
+            extra["ignored_evidence_members"] = list(ev.ignored)
         event_claims: dict[str, str] = {}
         init = None
         if isinstance(report, TdReport):

@@ -7,6 +7,7 @@ Wire shape (``primary_evidence`` of the KBS attest request, CoCo guest-component
      "cc_eventlog": "<std base64 CCEL log area>" | null,
      "aa_eventlog": "<attestation-agent runtime event log text>" | null}
 
+Other members are accepted but not interpreted (they are named in the claims' ``extra``).
 Operators may also hand ``modelseal evidence verify`` a raw binary quote or a hex dump
 (with or without ``0x``); :func:`decode_evidence` accepts all of these.
 """
@@ -24,6 +25,7 @@ from modelseal.errors import EvidenceError, FormatError
 #: Largest evidence document accepted (quote + a 1 MiB event log, base64-encoded).
 MAX_EVIDENCE_BYTES = 4 * 1024 * 1024
 
+_KNOWN = frozenset({"quote", "cc_eventlog", "aa_eventlog"})
 _HEX = re.compile(r"^\s*(0x)?[0-9a-fA-F\s]+$")
 
 
@@ -32,6 +34,8 @@ class TdxEvidence:
     quote: bytes
     cc_eventlog: bytes | None = None
     aa_eventlog: str | None = None
+    #: members of the evidence object that were not interpreted
+    ignored: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,9 +46,11 @@ class TdxEvidence:
 
 
 def _from_mapping(value: dict[str, Any]) -> TdxEvidence:
-    unknown = set(value) - {"quote", "cc_eventlog", "aa_eventlog"}
-    if unknown:
-        raise EvidenceError(f"TDX evidence has unknown members: {', '.join(sorted(unknown))}")
+    # Members we do not know (newer guests add e.g. device evidence) are not verified and
+    # therefore not used; they are only named in the claims for the audit log.
+    unknown = tuple(sorted(str(k)[:64] for k in set(value) - _KNOWN))
+    if len(unknown) > 16:
+        raise EvidenceError("TDX evidence has too many unknown members")
     quote = value.get("quote")
     if not isinstance(quote, str):
         raise EvidenceError("TDX evidence: 'quote' must be a base64 string")
@@ -59,6 +65,7 @@ def _from_mapping(value: dict[str, Any]) -> TdxEvidence:
             quote=b64_decode(quote, what="TDX quote"),
             cc_eventlog=b64_decode(ccel, what="CC event log") if ccel else None,
             aa_eventlog=aael or None,
+            ignored=unknown,
         )
     except FormatError as exc:
         raise EvidenceError(str(exc)) from exc

@@ -75,6 +75,12 @@ def test_positive_full_path(ca_dir: Path) -> None:
     assert claims.extra["event_log"]["cmdline"] == "console=hvc0 root=/dev/vda1 ro"
 
 
+def test_unknown_evidence_members_recorded(ca_dir: Path) -> None:
+    ev = {**Attester(ca_dir).evidence(RD), "device_evidence": "opaque"}
+    claims = _verify(ca_dir, ev)
+    assert claims.extra["ignored_evidence_members"] == ["device_evidence"]
+
+
 def test_quote_v5(ca_dir: Path) -> None:
     ev = Attester(ca_dir, quote_version=5).evidence(RD)
     claims = _verify(ca_dir, ev)

@@ -108,7 +108,7 @@ def test_decode_evidence_forms(quote: bytes, tmp_path: Path) -> None:
     [
         {"quote": 3},
         {"quote": "!!"},
-        {"quote": "AAAA", "extra": 1},
+        {"quote": "AAAA", **{f"k{i}": 1 for i in range(17)}},
         {"quote": "AAAA", "cc_eventlog": 5},
         "{not json",
         "[1]",
@@ -119,3 +119,9 @@ def test_decode_evidence_forms(quote: bytes, tmp_path: Path) -> None:
 def test_decode_evidence_errors(bad: object) -> None:
     with pytest.raises(EvidenceError):
         decode_evidence(bad)
+
+
+def test_unknown_members_ignored(quote: bytes) -> None:
+    ev = decode_evidence({"quote": b64_encode(quote), "gpu_evidence_list": [], "x": 1})
+    assert ev.quote == quote
+    assert ev.ignored == ("gpu_evidence_list", "x")
