@@ -291,6 +291,8 @@ def load_model(
     ) as fetcher:
         with timings.step("model_info"):
             info = fetch_model_info(fetcher, settings.model)
+        planned = [f.path for f in info.files] or [cnap_loader.target_name(info)[0]]
+        check_placement(settings.dest, planned)  # fail before attesting, not after
         key: KeyRelease | None = None
         if info.encrypted or info.format == FORMAT_V1:
             key = obtain_key(settings, info, timings, release, fetcher.retry)

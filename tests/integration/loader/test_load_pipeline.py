@@ -143,3 +143,21 @@ def test_manifest_is_fetched_from_its_url(sealed_model: SealedModelServer, shm_d
     with pytest.raises(errors.NotFound):
         load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
     _no_plaintext(shm_dest)
+
+
+def test_foreign_files_are_never_overwritten(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    shm_dest.mkdir(parents=True)
+    (shm_dest / "config.json").write_text("the operator's own file")
+    calls: list[str] = []
+
+    def release(*args: object) -> object:
+        calls.append("attested")
+        raise AssertionError("must fail before attesting")
+
+    with pytest.raises(errors.ConfigError) as info:
+        load_model(_settings(sealed_model, shm_dest), release=release)  # type: ignore[arg-type]
+    assert info.value.exit_code == 2
+    assert calls == []
+    assert (shm_dest / "config.json").read_text() == "the operator's own file"
