@@ -14,6 +14,7 @@ whether the nonce is still unused.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Connection, Float, Index, String, Table, Text, delete, insert, select, update
+from sqlalchemy import Connection, Float, Index, String, Table, Text, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -75,6 +76,22 @@ class SessionStore:
         self._sweep_lock = threading.Lock()
         self._recent: dict[str, PendingSession] = {}
         self._recent_lock = threading.Lock()
+        # The two statements of every handshake go straight to the driver: building and
+        # caching SQLAlchemy constructs costs more than SQLite takes to run them.
+        self._insert_sql = self._driver_sql(
+            "INSERT INTO kbs_rcar_sessions (id, tee, nonce, state, expires_at, token) "
+            "VALUES (:id, :tee, :nonce, :state, :expires_at, NULL)"
+        )
+        self._complete_sql = self._driver_sql(
+            "UPDATE kbs_rcar_sessions SET state = :attested, token = :token, "
+            "expires_at = :new_expiry "
+            "WHERE id = :id AND state = :authed AND nonce = :nonce AND expires_at > :now"
+        )
+
+    def _driver_sql(self, sql: str) -> str:
+        """``:name`` placeholders in the driver's named style (sqlite3 ``:name``, psycopg
+        ``%(name)s``)."""
+        return sql if self.db.is_sqlite else re.sub(r":(\w+)", r"%(\1)s", sql)
 
     @contextmanager
     def _conn(self) -> Iterator[Connection]:
@@ -88,15 +105,15 @@ class SessionStore:
         now = self.clock.now()
         session = PendingSession(uuid.uuid4().hex, tee, nonce, now + self.ttl)
         with self._conn() as conn:
-            conn.execute(
-                insert(_T).values(
-                    id=session.id,
-                    tee=tee,
-                    nonce=nonce,
-                    state=AUTHED,
-                    expires_at=session.expires_at,
-                    token=None,
-                )
+            conn.exec_driver_sql(
+                self._insert_sql,
+                {
+                    "id": session.id,
+                    "tee": tee,
+                    "nonce": nonce,
+                    "state": AUTHED,
+                    "expires_at": session.expires_at,
+                },
             )
         with self._recent_lock:
             if len(self._recent) >= MAX_REMEMBERED:
@@ -132,15 +149,17 @@ class SessionStore:
         """Consume the nonce and store the token, atomically; a lost race is a replay."""
         now = self.clock.now()
         with self._conn() as conn:
-            result = conn.execute(
-                update(_T)
-                .where(
-                    _T.c.id == session.id,
-                    _T.c.state == AUTHED,
-                    _T.c.nonce == session.nonce,
-                    _T.c.expires_at > now,
-                )
-                .values(state=ATTESTED, token=token, expires_at=min(token_exp, now + self.ttl))
+            result = conn.exec_driver_sql(
+                self._complete_sql,
+                {
+                    "attested": ATTESTED,
+                    "token": token,
+                    "new_expiry": min(token_exp, now + self.ttl),
+                    "id": session.id,
+                    "authed": AUTHED,
+                    "nonce": session.nonce,
+                    "now": now,
+                },
             )
             if result.rowcount != 1:
                 raise TokenError("session nonce already used or expired")

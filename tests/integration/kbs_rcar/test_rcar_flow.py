@@ -288,3 +288,45 @@ async def test_no_key_bytes_in_logs(
     ):
         assert form not in text
     assert repr(DEK)[2:30] not in text
+
+
+async def test_two_replicas_share_sessions(tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    """Two apps over one database (two KBS replicas): auth on one, attest on the other,
+    replay on either fails, and both honour each other's tokens (shared signing key)."""
+    from modelseal.kbs.app import create_app
+    from modelseal.kbs.settings import KbsSettings
+    from modelseal.kbs.state import KbsState
+    from tests.integration.kbs_rcar.conftest import make_kbs
+
+    first = make_kbs(tmp_path, clock)
+    second_state = KbsState.open(tmp_path / "kbs", clock=clock)
+    second = create_app(
+        KbsSettings(data_dir=tmp_path / "kbs", insecure_allow_sample=True).validated(),
+        second_state,
+        clock=clock,
+    )
+    try:
+        a = httpx.AsyncClient(transport=httpx.ASGITransport(app=first.app), base_url="http://a")
+        b = httpx.AsyncClient(transport=httpx.ASGITransport(app=second), base_url="http://b")
+        async with a, b:
+            keys = TeeKeyPair.generate()
+            r = await a.post("/kbs/v0/auth", json=AUTH)
+            cookie = {"Cookie": f"kbs-session-id={r.cookies['kbs-session-id']}"}
+            a.cookies.clear()
+            body = attestation_body(r.json()["nonce"], keys)
+            attested = await b.post("/kbs/v0/attest", json=body, headers=cookie)
+            assert attested.status_code == 200
+            assert (await a.post("/kbs/v0/attest", json=body, headers=cookie)).status_code == 401
+            assert (await b.post("/kbs/v0/attest", json=body, headers=cookie)).status_code == 401
+            token = attested.json()["token"]
+            for replica in (a, b):
+                r = await replica.get(
+                    f"/kbs/v0/resource/{KEY_ID}", headers={"Authorization": f"Bearer {token}"}
+                )
+                assert open_jwe(r, keys) == DEK
+            # the cookie path works on the replica that did not run the handshake
+            r = await a.get(f"/kbs/v0/resource/{KEY_ID}", headers=cookie)
+            assert open_jwe(r, keys) == DEK
+    finally:
+        first.state.close()
+        second_state.close()
