@@ -182,33 +182,79 @@ async def run_level(url: str, concurrency: int, seconds: float) -> dict[str, flo
     }
 
 
-def main() -> None:
-    seconds = float(os.environ.get("KBS_BENCH_SECONDS", "10"))
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its direct children (uvicorn workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = stat(int(entry))
+        except OSError:
+            continue
+        if int(entry) == pid or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measure(workers: int, seconds: float) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="kbs-bench-") as tmp:
         data_dir = Path(tmp) / "kbs"
-        proc, url = start_server(data_dir)
+        proc, url = start_server(data_dir, workers)
         try:
             register_key(data_dir, url)
-            results = [asyncio.run(run_level(url, c, seconds)) for c in CONCURRENCY]
+            results = []
+            for concurrency in CONCURRENCY:
+                cpu0 = process_tree_cpu(proc.pid)
+                result = asyncio.run(run_level(url, concurrency, seconds))
+                used = process_tree_cpu(proc.pid) - cpu0
+                result["server_cpu_ms"] = 1000 * used / max(1.0, result["releases"] + concurrency)
+                result["workers"] = workers
+                results.append(result)
         finally:
             proc.terminate()
             proc.wait(10)
+    return results
+
+
+def main() -> None:
+    seconds = float(os.environ.get("KBS_BENCH_SECONDS", "10"))
+    worker_counts = [int(w) for w in os.environ.get("KBS_BENCH_WORKERS", "1,2").split(",")]
+    load_before = os.getloadavg()[0]
+    results = [r for w in worker_counts for r in measure(w, seconds)]
+    load_after = os.getloadavg()[0]
     rows = "\n".join(
-        f"| {r['concurrency']:.0f} | {r['rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-        f"| {r['releases']:.0f} | {r['errors']:.0f} |"
+        f"| {r['workers']:.0f} | {r['concurrency']:.0f} | **{r['rate']:.0f}** "
+        f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['releases']:.0f} | {r['errors']:.0f} "
+        f"| {r['server_cpu_ms']:.1f} |"
         for r in results
     )
-    md = f"""Command: `python -m bench kbs_bench` ({seconds:.0f} s per level; `KBS_BENCH_SECONDS`).
+    machine = f"{os.cpu_count()}-CPU machine, Python {platform.python_version()}"
+    header = (
+        "| workers | concurrent clients | releases/s | p50 (ms) | p99 (ms) | releases | errors "
+        "| server CPU (ms/release) |"
+    )
+    md = f"""Command: `python -m bench kbs_bench` ({seconds:.0f} s per level; environment
+`KBS_BENCH_SECONDS`, `KBS_BENCH_WORKERS`, default `1,2`).
 
-One `modelseal kbs serve` process (1 uvicorn worker, SQLite WAL in a temp data dir, sample TEE
-allowed, ES256 tokens, ECDH-ES+A256KW P-256 JWE) and one load process (asyncio, keep-alive HTTP/1.1)
-on the same {os.cpu_count()}-CPU machine (Python {platform.python_version()}).
+`modelseal kbs serve --insecure-allow-sample --workers N` (SQLite WAL in a temp data dir, ES256
+tokens, ECDH-ES+A256KW P-256 JWE) and one load process (asyncio, one keep-alive HTTP/1.1
+connection per client) on the same {machine}.
 A release = `POST /kbs/v0/auth` + `POST /kbs/v0/attest` (fresh nonce, fresh TEE key, sample
 evidence bound to it) + `GET /kbs/v0/resource/...` (token verified, policy evaluated, audit row
 appended, DEK wrapped to the TEE key); the client decrypts and checks every key.
+"server CPU" is the KBS processes' user+system CPU time per release, which does not depend on
+how busy the machine is with other work (1-minute load average {load_before:.1f} before,
+{load_after:.1f} after this run).
 
-| concurrent clients | releases/s | p50 latency (ms) | p99 latency (ms) | releases | errors |
-| ---: | ---: | ---: | ---: | ---: | ---: |
+{header}
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 
 Target: at least 300 releases/s at 32 clients with zero errors.
