@@ -35,6 +35,8 @@ DENIED = (403, "PolicyDeny", "access denied")
 UNAVAILABLE = (503, "BackendUnavailable", "service temporarily unavailable, retry later")
 INTERNAL = (500, "InternalError", "internal error")
 TOO_LARGE = (400, "SerdeError", "request body too large")
+#: 400 details echo what was wrong with the request; keep them short.
+MAX_DETAIL = 200
 
 
 def problem(status: int, variant: str, detail: str) -> Response:
@@ -46,7 +48,7 @@ def problem(status: int, variant: str, detail: str) -> Response:
 def classify(exc: BaseException) -> tuple[int, str, str]:
     """The public (status, variant, detail) of an exception; never reveals the reason."""
     if isinstance(exc, FormatError):
-        return (400, "SerdeError", str(exc) or MALFORMED[2])
+        return (400, "SerdeError", (str(exc) or MALFORMED[2])[:MAX_DETAIL])
     if isinstance(exc, TokenError):
         return UNAUTHENTICATED
     if isinstance(exc, UnsupportedTee):
@@ -70,7 +72,7 @@ def error_response(exc: BaseException, *, where: str) -> Response:
     else:
         reasons = getattr(exc, "reasons", ())
         log.info(
-            "%s refused (%d): %s: %s%s",
+            "%s refused (%d): %s: %.300s%s",
             where,
             status,
             type(exc).__name__,
