@@ -15,14 +15,28 @@ KBS replicas - never fork the chain.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Integer, String, Text, func, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelseal._internal.clock import Clock, SystemClock
@@ -31,7 +45,13 @@ from modelseal.errors import BackendError, ConfigError
 from modelseal.kbs.db import Base, Database
 from modelseal.protocol.admin import AUDIT_GENESIS, audit_row_hash, check_audit_row
 
-__all__ = ["GENESIS", "AuditEntry", "AuditLog", "AuditVerification"]
+__all__ = [
+    "GENESIS",
+    "AuditEntry",
+    "AuditLog",
+    "AuditVerification",
+    "core_transaction",
+]
 
 GENESIS = AUDIT_GENESIS
 _HEAD_ID = 1
@@ -67,6 +87,35 @@ class AuditHead(Base):
     row_hash: Mapped[str] = mapped_column(String(64))
     kek_id: Mapped[str] = mapped_column(String(64))
     mac: Mapped[str] = mapped_column(String(64))
+
+
+_HEADS = cast(Table, AuditHead.__table__)
+_ROWS = cast(Table, AuditRow.__table__)
+_LOCK_HEAD = update(_HEADS).where(_HEADS.c.id == _HEAD_ID).values(seq=_HEADS.c.seq)
+_READ_HEAD = select(_HEADS.c.seq, _HEADS.c.row_hash, _HEADS.c.kek_id, _HEADS.c.mac).where(
+    _HEADS.c.id == _HEAD_ID
+)
+_WRITE_HEAD = (
+    update(_HEADS)
+    .where(_HEADS.c.id == _HEAD_ID)
+    .values(
+        seq=bindparam("seq"),
+        row_hash=bindparam("row_hash"),
+        kek_id=bindparam("kek_id"),
+        mac=bindparam("mac"),
+    )
+)
+_INSERT_ROW = insert(_ROWS)
+
+
+@contextmanager
+def core_transaction(db: Database) -> Iterator[Connection]:
+    """One Core-level transaction (the hot release path skips the ORM's bookkeeping)."""
+    try:
+        with db.engine.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise BackendError(f"database error: {type(exc).__name__}") from exc
 
 
 @dataclass(frozen=True)
@@ -224,53 +273,93 @@ class AuditLog:
         decision: str,
         reasons: Sequence[str],
     ) -> AuditEntry:
-        """Append one row. Raises BackendError if the head was tampered with or storage fails."""
+        """Append one row in its own transaction.
+
+        Raises BackendError if the head was tampered with or storage fails.
+        """
+        with core_transaction(self._db) as conn:
+            self.lock(conn)
+            return self.append(
+                conn,
+                actor=actor,
+                action=action,
+                key_id=key_id,
+                tee=tee,
+                claims_digest=claims_digest,
+                policy_digest=policy_digest,
+                decision=decision,
+                reasons=reasons,
+            )
+
+    @staticmethod
+    def lock(conn: Connection) -> None:
+        """Take the append lock: a write to the head row, before anything is read.
+
+        On SQLite this acquires the database write lock (waiting up to busy_timeout); on
+        PostgreSQL a row lock. Call it first in any transaction that will :meth:`append`.
+        """
+        conn.execute(_LOCK_HEAD)
+
+    def append(
+        self,
+        conn: Connection,
+        *,
+        actor: str,
+        action: str,
+        key_id: str | None,
+        tee: str | None,
+        claims_digest: str | None,
+        policy_digest: str | None,
+        decision: str,
+        reasons: Sequence[str],
+    ) -> AuditEntry:
+        """Append one row inside the caller's transaction (after :meth:`lock`)."""
         ring = self._ring()
+        head = conn.execute(_READ_HEAD).first()
+        if head is None:
+            raise BackendError("audit log is not initialized")
+        try:
+            head_ok = hmac.compare_digest(
+                head.mac, self._head_mac(ring, head.kek_id, head.seq, head.row_hash)
+            )
+        except ConfigError:
+            head_ok = False
+        if not head_ok:
+            raise BackendError(
+                "audit log head failed verification; refusing to extend a tampered "
+                "log (run `modelseal kbs audit --verify`)"
+            )
         clipped = [r[:_MAX_TEXT] for r in list(reasons)[:_MAX_REASONS]]
-        with self._db.begin() as s:
-            # Write first: takes the write lock (SQLite) / row lock (PostgreSQL) before reading.
-            s.execute(
-                update(AuditHead)
-                .where(AuditHead.id == _HEAD_ID)
-                .values(seq=AuditHead.seq)
-                .execution_options(synchronize_session=False)
-            )
-            head = s.get(AuditHead, _HEAD_ID, populate_existing=True)
-            if head is None:
-                raise BackendError("audit log is not initialized")
-            try:
-                head_ok = head.mac == self._head_mac(ring, head.kek_id, head.seq, head.row_hash)
-            except ConfigError:
-                head_ok = False
-            if not head_ok:
-                raise BackendError(
-                    "audit log head failed verification; refusing to extend a tampered "
-                    "log (run `modelseal kbs audit --verify`)"
-                )
-            fields: dict[str, Any] = {
-                "seq": head.seq + 1,
-                "time": _utc(self._clock.now()),
-                "actor": _clip(actor) or "",
-                "action": action[:64],
-                "key_id": key_id,
-                "tee": tee,
-                "claims_digest": claims_digest,
-                "policy_digest": policy_digest,
-                "decision": decision[:16],
-                "reasons": clipped,
-                "prev_hash": head.row_hash,
-            }
-            digest = audit_row_hash(fields)
-            row = AuditRow(
-                **{**fields, "reasons": json.dumps(clipped, ensure_ascii=False)},
-                row_hash=digest,
-            )
-            s.add(row)
-            kek = ring.active
-            head.seq, head.row_hash, head.kek_id = row.seq, digest, kek.id
-            head.mac = self._head_mac(ring, kek.id, row.seq, digest)
-            s.flush()
-            return AuditEntry.of(row)
+        fields: dict[str, Any] = {
+            "seq": head.seq + 1,
+            "time": _utc(self._clock.now()),
+            "actor": _clip(actor) or "",
+            "action": action[:64],
+            "key_id": key_id,
+            "tee": tee,
+            "claims_digest": claims_digest,
+            "policy_digest": policy_digest,
+            "decision": decision[:16],
+            "reasons": clipped,
+            "prev_hash": head.row_hash,
+        }
+        digest = audit_row_hash(fields)
+        stored = {**fields, "reasons": json.dumps(clipped, ensure_ascii=False), "row_hash": digest}
+        conn.execute(_INSERT_ROW, stored)
+        kek = ring.active
+        conn.execute(
+            _WRITE_HEAD,
+            {
+                "seq": fields["seq"],
+                "row_hash": digest,
+                "kek_id": kek.id,
+                "mac": self._head_mac(ring, kek.id, fields["seq"], digest),
+            },
+        )
+        return AuditEntry(
+            **{**fields, "reasons": tuple(clipped)},
+            row_hash=digest,
+        )
 
     def entries(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Rows with ``seq > after`` in order, at most ``limit`` (1..1000)."""

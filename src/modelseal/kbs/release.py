@@ -1,20 +1,23 @@
 """The key-release decision: load the key, evaluate its policy, audit, return the DEK.
 
 One function serves every release path (Trustee RCAR resource requests and the ITA/CNAP
-transfer), so both are governed by the same policy and leave the same audit rows. The DEK
-is returned only after the audit row is committed; denials and unknown keys are audited
-too, and their reasons never leave the KBS.
+transfer), so both are governed by the same policy and leave the same audit rows. The
+decision and its audit row are ONE database transaction that starts by taking the audit
+append lock: the DEK is returned only after the row is committed, denials and unknown
+keys are audited too, and their reasons never leave the KBS.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from hashlib import sha256
 
 from modelseal._internal.canonical import canonical_json
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError, DecryptionError, KeyNotFound, PolicyDenied
-from modelseal.kbs.audit import AuditLog
+from modelseal.errors import ConfigError, DecryptionError, Error, KeyNotFound, PolicyDenied
+from modelseal.kbs.audit import AuditLog, core_transaction
+from modelseal.kbs.db import Database
 from modelseal.kbs.keys import stored_policy
 from modelseal.keystore.paths import is_valid_key_id
 from modelseal.keystore.store import ACTIVE, KeyStore, LoadedKey
@@ -35,7 +38,16 @@ def claims_digest(claims: Claims) -> str:
         return "sha256:" + sha256(repr(claims.to_json()).encode()).hexdigest()
 
 
+@dataclass
+class _Outcome:
+    decision: Decision
+    policy_digest: str | None = None
+    dek: SecretBytes | None = None
+    error: Error | None = None
+
+
 def release_key(
+    db: Database,
     store: KeyStore,
     audit: AuditLog,
     resource_path: str,
@@ -53,58 +65,102 @@ def release_key(
     """
     digest = claims_digest(claims)
     key_id = resource_path if is_valid_key_id(resource_path) else None
-    policy_digest: str | None = None
+    for attempt in (1, 2):
+        outcome: _Outcome | None = None
+        try:
+            with core_transaction(db) as conn:
+                audit.lock(conn)
+                if key_id is None:
+                    outcome = _Outcome(
+                        Decision(False, ("malformed resource path",)),
+                        error=KeyNotFound("no such key"),
+                    )
+                else:
+                    try:
+                        loaded = store.load_with(conn, key_id)
+                    except ConfigError:
+                        # Rotation raced with us (row names a KEK the ring just dropped):
+                        # retry once; a second failure is a real misconfiguration.
+                        if attempt == 1:
+                            continue
+                        raise
+                    outcome = _decide(loaded, claims, now)
+                audit.append(
+                    conn,
+                    actor=requester,
+                    action=action,
+                    key_id=key_id,
+                    tee=claims.tee,
+                    claims_digest=digest,
+                    policy_digest=outcome.policy_digest,
+                    decision=outcome.decision.verdict,
+                    reasons=[f"token_id={token_id}", *outcome.decision.reasons],
+                )
+        except KeyNotFound:
+            outcome = _Outcome(Decision(False, ("no such key",)), error=KeyNotFound("no such key"))
+            _record_alone(audit, outcome, key_id, claims, digest, requester, action, token_id)
+        except DecryptionError as exc:
+            outcome = _Outcome(
+                Decision(False, (f"stored key failed authentication: {exc}",)),
+                error=PolicyDenied(reasons=("stored key failed authentication",)),
+            )
+            _record_alone(audit, outcome, key_id, claims, digest, requester, action, token_id)
+        except ConfigError as exc:
+            outcome = _Outcome(Decision(False, (str(exc),)), error=exc)
+            _record_alone(audit, outcome, key_id, claims, digest, requester, action, token_id)
+        except BaseException:
+            if outcome is not None and outcome.dek is not None:
+                outcome.dek.wipe()
+            raise
+        break
+    assert outcome is not None
+    log.info(
+        "%s %s for %s (tee %s): %s",
+        action,
+        key_id or "<invalid path>",
+        requester,
+        claims.tee,
+        outcome.decision.verdict,
+    )
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.dek is not None
+    return outcome.dek
 
-    def record(decision: Decision) -> None:
-        audit.record(
-            actor=requester,
-            action=action,
-            key_id=key_id,
-            tee=claims.tee,
-            claims_digest=digest,
-            policy_digest=policy_digest,
-            decision=decision.verdict,
-            reasons=[f"token_id={token_id}", *decision.reasons],
-        )
-        log.info(
-            "%s %s for %s (tee %s): %s",
-            action,
-            key_id or "<invalid path>",
-            requester,
-            claims.tee,
-            decision.verdict,
-        )
 
-    if key_id is None:
-        record(Decision(False, ("malformed resource path",)))
-        raise KeyNotFound("no such key")
-    try:
-        loaded: LoadedKey = store.load(key_id)
-    except KeyNotFound:
-        record(Decision(False, ("no such key",)))
-        raise
-    except DecryptionError as exc:
-        record(Decision(False, (f"stored key failed authentication: {exc}",)))
-        raise PolicyDenied(reasons=("stored key failed authentication",)) from None
-    except ConfigError as exc:
-        record(Decision(False, (str(exc),)))
-        raise
-
-    dek = loaded.dek
-    try:
-        policy_digest = loaded.record.policy_digest
-        decision = _decide(loaded, claims, now)
-        record(decision)
-    except BaseException:
-        dek.wipe()
-        raise
-    if not decision.allowed:
-        dek.wipe()
-        raise PolicyDenied(reasons=decision.reasons)
-    return dek
+def _record_alone(
+    audit: AuditLog,
+    outcome: _Outcome,
+    key_id: str | None,
+    claims: Claims,
+    digest: str,
+    requester: str,
+    action: str,
+    token_id: str,
+) -> None:
+    """Audit a denial that was raised while reading the key (its transaction rolled back)."""
+    audit.record(
+        actor=requester,
+        action=action,
+        key_id=key_id,
+        tee=claims.tee,
+        claims_digest=digest,
+        policy_digest=outcome.policy_digest,
+        decision=outcome.decision.verdict,
+        reasons=[f"token_id={token_id}", *outcome.decision.reasons],
+    )
 
 
-def _decide(loaded: LoadedKey, claims: Claims, now: float) -> Decision:
+def _decide(loaded: LoadedKey, claims: Claims, now: float) -> _Outcome:
+    policy_digest = loaded.record.policy_digest
+    decision = _evaluate(loaded, claims, now)
+    if decision.allowed:
+        return _Outcome(decision, policy_digest, dek=loaded.dek)
+    loaded.dek.wipe()
+    return _Outcome(decision, policy_digest, error=PolicyDenied(reasons=decision.reasons))
+
+
+def _evaluate(loaded: LoadedKey, claims: Claims, now: float) -> Decision:
     if loaded.record.state != ACTIVE:
         return Decision(False, (f"key is {loaded.record.state}",))
     policy: ReleasePolicy | None = None

@@ -161,6 +161,7 @@ class KbsState:
     ) -> SecretBytes:
         """Policy-checked, audited release of a DEK (raises PolicyDenied / KeyNotFound)."""
         return release_key(
+            self.db,
             self.store,
             self.audit,
             resource_path,
@@ -175,6 +176,7 @@ class KbsState:
     ) -> SecretBytes:
         """The same release decision for the ITA/CNAP transfer endpoint."""
         return release_key(
+            self.db,
             self.store,
             self.audit,
             key_id,

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,9 @@ REVOKED: Literal["revoked"] = "revoked"
 DEK_SIZES = (16, 24, 32)
 
 Begin = Callable[[], AbstractContextManager[Session]]
+
+_KEYS = cast(Table, KeyRow.__table__)
+_SELECT_KEY = select(_KEYS).where(_KEYS.c.key_id == bindparam("key_id"))
 
 
 class KeyConflict(ConfigError):
@@ -132,21 +135,39 @@ class KeyStore:
 
     def load(self, key_id: str) -> LoadedKey:
         """Read and unwrap a key (any state; the caller enforces revocation)."""
-        validate_key_id(key_id)
         for attempt in (1, 2):
-            with self._begin() as s:
-                row = self._row(s, key_id)
-                try:
-                    kek = self.ring.get(row.kek_id)
-                except ConfigError:
-                    # A rotation may have committed between our read and the ring swap.
-                    if attempt == 1:
-                        continue
+            try:
+                with self._begin() as s:
+                    return self.load_with(s.connection(), key_id)
+            except ConfigError:
+                # A rotation may have committed between our read and the ring swap.
+                if attempt == 2:
                     raise
-                _check_mac(kek, row)
-                record, wrapped, policy = KeyRecord.of(row), row.wrapped, row.policy_json
-            return LoadedKey(record, self._unwrap(kek, key_id, wrapped), policy)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def load_with(self, conn: Connection, key_id: str) -> LoadedKey:
+        """:meth:`load` inside the caller's transaction (one Core query, no ORM).
+
+        Raises KeyNotFound, DecryptionError (row failed its MAC or unwrap) or ConfigError
+        (the row names a KEK this KBS does not hold, e.g. mid-rotation).
+        """
+        validate_key_id(key_id)
+        row = conn.execute(_SELECT_KEY, {"key_id": key_id}).first()
+        if row is None:
+            raise KeyNotFound(f"no key {key_id}")
+        kek = self.ring.get(row.kek_id)
+        _check_mac(kek, row)
+        record = KeyRecord(
+            key_id=row.key_id,
+            state=row.state,
+            kek_id=row.kek_id,
+            size=row.size,
+            model_digest=row.model_digest,
+            policy_digest=row.policy_digest,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+        return LoadedKey(record, self._unwrap(kek, key_id, row.wrapped), row.policy_json)
 
     def count_by_kek(self) -> dict[str, int]:
         with self._begin() as s:
@@ -316,7 +337,7 @@ class KeyStore:
 _ROW_MAC = "key-row"
 
 
-def _row_mac(kek: Kek, row: KeyRow) -> str:
+def _row_mac(kek: Kek, row: KeyRow | Row[Any]) -> str:
     body = {
         "key_id": row.key_id,
         "kek_id": row.kek_id,
@@ -334,6 +355,6 @@ def _seal(kek: Kek, row: KeyRow) -> None:
     row.mac = _row_mac(kek, row)
 
 
-def _check_mac(kek: Kek, row: KeyRow) -> None:
+def _check_mac(kek: Kek, row: KeyRow | Row[Any]) -> None:
     if not hmac.compare_digest(row.mac or "", _row_mac(kek, row)):
         raise DecryptionError(f"stored record of key {row.key_id} failed authentication")

@@ -134,3 +134,56 @@ def test_transfer_nonce_single_use_and_ttl(tmp_path: Path) -> None:
             state.consume_transfer_nonce(late.value, "models/m/v1")
     finally:
         state.close()
+
+
+def test_no_release_when_the_audit_row_cannot_be_written(tmp_path: Path) -> None:
+    import sqlite3
+
+    from modelseal.errors import BackendError
+
+    state = KbsState.open(tmp_path)
+    try:
+        state.keys.put("models/m/v1", None, policy=POLICY, actor="t")
+        rows = len(state.audit.entries())
+        db = sqlite3.connect(tmp_path / "kbs.sqlite3")
+        db.execute("UPDATE ms_audit_head SET mac = 'forged' WHERE id = 1")
+        db.commit()
+        db.close()
+        with pytest.raises(BackendError, match="head failed verification"):
+            state.release("models/m/v1", SAMPLE, token_id="t", requester="r")
+        assert len(state.audit.entries()) == rows
+    finally:
+        state.close()
+
+
+def test_concurrent_releases_keep_one_chain(tmp_path: Path) -> None:
+    import threading
+
+    state = KbsState.open(tmp_path)
+    try:
+        dek = SecretBytes(os.urandom(32))
+        state.keys.put("models/m/v1", dek, policy=POLICY, actor="t")
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for i in range(20):
+                    path = "models/m/v1" if i % 4 else "models/m/missing"
+                    try:
+                        assert state.release(path, SAMPLE, token_id="t", requester="r") == dek
+                    except KeyNotFound:
+                        assert path.endswith("missing")
+            except BaseException as exc:  # asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        result = state.audit.verify()
+        assert result.ok
+        assert result.rows == 1 + 120
+    finally:
+        state.close()
