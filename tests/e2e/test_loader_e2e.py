@@ -240,36 +240,55 @@ def _written(dest: Path) -> int:
     return total
 
 
-def test_registry_killed_mid_download_resumes(stack: Stack, shm: Path) -> None:
-    big = os.urandom(24 << 20)
-    stack.publish("resume", {"weights.bin": big}, segment_size=256 << 10)
+BIG = os.urandom(24 << 20)
+
+
+@pytest.fixture(scope="module")
+def big_model(stack: Stack) -> str:
+    stack.publish("resume", {"weights.bin": BIG}, segment_size=256 << 10)
+    return "resume"
+
+
+def _slow_load(url: str, dest: Path) -> subprocess.Popen[str]:
+    argv = [*MODELSEAL, "load", "--model", url, "--dest", str(dest), "--tee", "sample"]
+    return subprocess.Popen(
+        [*argv, "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+
+
+def _wait_written(proc: subprocess.Popen[str], dest: Path, nbytes: int) -> None:
+    deadline = time.monotonic() + 60
+    while _written(dest) < nbytes:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "download never started"
+        time.sleep(0.01)
+
+
+def test_sigterm_mid_download_wipes_the_partial_model(
+    stack: Stack, big_model: str, shm: Path
+) -> None:
+    registry_port = int(stack.registry.url.rsplit(":", 1)[1])
+    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=8 << 20) as proxy:
+        proc = _slow_load(stack.model_url(big_model, proxy.url), shm)
+        _wait_written(proc, shm, 2 << 20)
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode not in (0, None), err  # the CLI reports an abort
+    assert plaintext_files(shm) == []
+
+
+def test_registry_killed_mid_download_resumes(stack: Stack, big_model: str, shm: Path) -> None:
+    big = BIG
     # a throttling proxy in front of the registry makes the download last long enough
     # for the kill to land in the middle; the registry itself is killed and restarted
     registry_port = int(stack.registry.url.rsplit(":", 1)[1])
     with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=8 << 20) as proxy:
-        proc = subprocess.Popen(
-            [
-                *MODELSEAL,
-                "load",
-                "--model",
-                stack.model_url("resume", proxy.url),
-                "--dest",
-                str(shm),
-                "--tee",
-                "sample",
-                "--workers",
-                "2",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env(),
-        )
-        deadline = time.monotonic() + 60
-        while _written(shm) < (4 << 20):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "download never started"
-            time.sleep(0.01)
+        proc = _slow_load(stack.model_url(big_model, proxy.url), shm)
+        _wait_written(proc, shm, 4 << 20)
         stack.registry.kill()
         killed_at = _written(shm)
         time.sleep(1.0)

@@ -8,8 +8,10 @@ Every flag also reads the ``MODELSEAL_*`` variable of DESIGN §8, so a Pod spec 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -101,8 +103,9 @@ def load(
         mock_tdx_dir=mock_tdx_dir,
         init_data=init_data,
     )
-    if settings.tee == "sample" and not quiet:
-        click.echo("WARNING: attesting as the INSECURE 'sample' TEE (development only)", err=True)
+    # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
+    # temp dir (partial plaintext) is wiped before the process exits
+    signal.signal(signal.SIGTERM, _interrupt)
     receipt = load_model(settings)
     if not quiet:
         summary = {
@@ -117,3 +120,7 @@ def load(
         }
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
