@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelseal.owner.registry_client import RegistryClient
+from modelseal.errors import ConfigError, ModelNotFound, TokenError, TransientError
+from modelseal.owner.registry_client import RegistryClient, RegistryConflict
+from modelseal.protocol.model_info import ModelRegistration
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -175,8 +177,8 @@ def test_concurrent_ranged_downloads(blob: tuple[str, bytes]) -> None:
 
 
 def test_streamed_upload_and_download_in_constant_memory(registry: RegistryServer) -> None:
-    """256 MiB through the server raises its peak RSS by far less than the blob size."""
-    size = 256 << 20
+    """128 MiB through the server raises its peak RSS by far less than the blob size."""
+    size = 128 << 20
     block = os.urandom(1 << 20)
 
     def body() -> Iterator[bytes]:
@@ -237,6 +239,7 @@ def test_model_info_over_http(registry: RegistryServer, blob: tuple[str, bytes])
     assert httpx.put(url, content=b"x", headers=registry.auth()).status_code == 409
 
 
+@pytest.mark.slow
 def test_restart_keeps_records_and_token(tmp_path: Path) -> None:
     server = start_registry(tmp_path / "d")
     token = server.token
@@ -253,6 +256,7 @@ def test_restart_keeps_records_and_token(tmp_path: Path) -> None:
         again.stop()
 
 
+@pytest.mark.slow
 def test_registry_over_s3_blob_store(tmp_path: Path) -> None:
     """``--blob-store s3://...`` end to end, against moto's S3 server (a mock of S3)."""
     moto_server = pytest.importorskip("moto.server")
@@ -325,3 +329,74 @@ def test_tls(tmp_path: Path) -> None:
             httpx.get(server.url + "/healthz", timeout=5)  # untrusted certificate
     finally:
         server.stop()
+
+
+# -- the publisher's registry client -------------------------------------------------------
+
+
+def _file(tmp_path: Path, name: str, size: int) -> tuple[Path, str]:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_client_upload_status_register_read(registry: RegistryServer, tmp_path: Path) -> None:
+    blob, sha = _file(tmp_path, "w", 2_500_000)
+    seen: list[int] = []
+    with RegistryClient(registry.url, registry.token) as client:
+        assert client.blob_status("rc", "v1", "w.enc") is None
+        status = client.upload_blob("rc", "v1", "w.enc", blob, sha256=sha, progress=seen.append)
+        assert sum(seen) == blob.stat().st_size
+        assert client.blob_status("rc", "v1", "w.enc") == status
+        assert status.sha256 == sha
+        reg = ModelRegistration(
+            format="cnap",
+            kbs="simple_kbs",
+            kbs_url="http://kbs/kbs/v1/keys/a/b/c/transfer",
+            key_id="a/b/c",
+            files=[{"path": "w", "blob": "w.enc", "sealed_size": status.size, "sha256": sha}],  # type: ignore[list-item]
+        )
+        info, created = client.register("rc", "v1", reg)
+        assert created
+        assert info.url == f"{registry.url}/blobs/rc/v1/w.enc"
+        assert client.register("rc", "v1", reg) == (info, False)
+        assert client.get_model("rc") == info
+        assert client.find_model("m", "v2") is None
+        assert "rc" in [m.id for m in client.list_models()]
+        target = tmp_path / "back"
+        client.download("rc", "v1", "w.enc", target)
+        assert target.read_bytes() == blob.read_bytes()
+        with pytest.raises(RegistryConflict):
+            client.upload_blob("rc", "v1", "w.enc", blob, sha256=sha)
+        with pytest.raises(ModelNotFound):
+            client.get_model("nope")
+        client.delete_version("rc", "v1")
+        with pytest.raises(ModelNotFound):
+            client.get_model("rc")
+
+
+def test_client_wrong_or_missing_token(registry: RegistryServer, tmp_path: Path) -> None:
+    blob, sha = _file(tmp_path, "x", 10)
+    with RegistryClient(registry.url, "wrong") as client, pytest.raises(TokenError):
+        client.upload_blob("rc", "v9", "x", blob, sha256=sha)
+    with RegistryClient(registry.url) as client, pytest.raises(ConfigError):
+        client.upload_blob("rc", "v9", "x", blob, sha256=sha)
+
+
+def test_client_unreachable_registry_is_transient(tmp_path: Path) -> None:
+    client = RegistryClient(f"http://127.0.0.1:{free_port()}", backoff=0.01)
+    with client, pytest.raises(TransientError):
+        client.get_model("rc")
+
+
+def test_client_invalid_names_never_reach_the_wire(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    blob, sha = _file(tmp_path, "x", 10)
+    with RegistryClient(registry.url, registry.token) as client:
+        with pytest.raises(ConfigError):
+            client.upload_blob("rc", "v1", "../../etc/passwd", blob, sha256=sha)
+        with pytest.raises(ConfigError):
+            client.get_model("..")
+    with pytest.raises(ConfigError):
+        RegistryClient("ftp://x")

@@ -76,7 +76,12 @@ class RegistryClient:
         verify: bool | str = True,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        attempts: int = _ATTEMPTS,
+        backoff: float = 0.25,
     ) -> None:
+        if attempts < 1 or backoff < 0:
+            raise ConfigError("attempts must be at least 1 and backoff non-negative")
+        self._attempts, self._backoff = attempts, backoff
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"registry URL must be http(s)://...: {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -112,18 +117,19 @@ class RegistryClient:
 
     def _send(self, make: Callable[[], httpx.Response], what: str) -> httpx.Response:
         """Run a request with bounded, jittered retries on connection errors and 5xx."""
-        for attempt in range(1, _ATTEMPTS + 1):
+        for attempt in range(1, self._attempts + 1):
             try:
                 response = make()
             except httpx.TransportError as exc:
-                if attempt == _ATTEMPTS:
+                if attempt == self._attempts:
                     raise TransientError(
                         f"registry unreachable during {what}: {type(exc).__name__}"
                     ) from exc
             else:
-                if response.status_code < 500 or attempt == _ATTEMPTS:
+                if response.status_code < 500 or attempt == self._attempts:
                     return response
-            time.sleep(min(4.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))  # noqa: S311
+            delay = min(4.0, self._backoff * 2**attempt)
+            time.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
         raise AssertionError("unreachable")
 
     @staticmethod
