@@ -1,0 +1,75 @@
+"""TEE selection and attester construction for the loader (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelseal import errors
+from modelseal.loader import attest
+from modelseal.loader.settings import LoaderSettings
+from modelseal.tee.mock_tdx.ca import MockTdxCA
+
+DIGEST = "sha256:" + "ab" * 32
+INIT = f'version = "0.1.0"\nalgorithm = "sha384"\n[data]\nmodel_digest = "{DIGEST}"\n'
+
+
+def _settings(**kw: object) -> LoaderSettings:
+    return LoaderSettings(model="http://r/models/m", **kw)  # type: ignore[arg-type]
+
+
+def test_explicit_tee_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attest, "detect", lambda: pytest.fail("must not detect"))
+    assert attest.resolve_tee(_settings(tee="snp")) == "snp"
+
+
+def test_auto_uses_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attest, "detect", lambda: "tdx")
+    assert attest.resolve_tee(_settings()) == "tdx"
+
+
+def test_auto_without_a_tee_is_exit_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    def none() -> str:
+        raise errors.UnsupportedTee("no TEE detected")
+
+    monkeypatch.setattr(attest, "detect", none)
+    with pytest.raises(errors.UnsupportedTee) as info:
+        attest.resolve_tee(_settings())
+    assert info.value.exit_code == 4
+
+
+def test_unknown_kind_is_unsupported() -> None:
+    with pytest.raises(errors.UnsupportedTee):
+        attest.build_attester("quantum", _settings(tee="quantum"), None)
+
+
+def test_init_data_is_read_and_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "init.toml"
+    path.write_text(INIT)
+    init = attest.read_init_data(_settings(init_data=path))
+    assert init is not None
+    assert init.text == INIT
+    assert init.model_digest == DIGEST
+    assert attest.read_init_data(_settings()) is None
+    path.write_text("not = [toml")
+    with pytest.raises(errors.EvidenceError):
+        attest.read_init_data(_settings(init_data=path))
+
+
+def test_mock_tdx_attester_gets_ca_and_init_data(tmp_path: Path) -> None:
+    ca = MockTdxCA.create(tmp_path / "ca")
+    path = tmp_path / "init.toml"
+    path.write_text(INIT)
+    settings = _settings(tee="mock-tdx", mock_tdx_dir=ca.directory, init_data=path)
+    with_init = attest.build_attester("mock-tdx", settings, attest.read_init_data(settings))
+    without = attest.build_attester("mock-tdx", settings, None)
+    assert with_init.tee == "mock-tdx"
+    # the simulated launch puts the init-data digest into MRCONFIGID
+    assert with_init.measurements["mr_config_id"] != without.measurements["mr_config_id"]
+
+
+def test_sample_attester() -> None:
+    attester = attest.build_attester("sample", _settings(tee="sample"), None)
+    assert attester.evidence(b"\x01" * 48)["svn"] == "1"
+    assert "sample" in attest.INSECURE_TEES
