@@ -53,15 +53,22 @@ class _RichProgress:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._bar is not None:
+            if et is None:
+                self._finish()
             self._bar.stop()
+
+    def _finish(self) -> None:
+        if self._task is not None:
+            task = next(t for t in self._bar.tasks if t.id == self._task)
+            self._bar.update(self._task, completed=task.total)
 
     def phase(self, name: str, total: int) -> None:
         if self._bar is None:
             click.echo(f"{name}...", err=True)
             return
-        if self._task is not None:
-            self._bar.update(self._task, completed=self._bar.tasks[-1].total or 0)
-        self._task = self._bar.add_task(name, total=total or None)
+        self._finish()
+        # steps without a byte count (KBS and registry calls) show as one unit of work
+        self._task = self._bar.add_task(name, total=max(total, 1))
 
     def advance(self, n: int) -> None:
         if self._bar is not None and self._task is not None:
