@@ -91,7 +91,7 @@ class Pipeline:
         self.sealed_bytes = 0
 
     def _per_request(self, header: Header) -> int:
-        return max(1, self.request_bytes // (header.segment_size + TAG_LEN))
+        return max(1, self.request_bytes // header.segment_size)
 
     def run(self, jobs: Sequence[FileJob]) -> None:
         """Process every segment of every job; raise the first error after all workers stop."""
