@@ -26,6 +26,7 @@ from typing import Any, cast
 from sqlalchemy import (
     Connection,
     Integer,
+    Row,
     String,
     Table,
     Text,
@@ -134,7 +135,7 @@ class AuditEntry:
     row_hash: str
 
     @classmethod
-    def of(cls, row: AuditRow) -> AuditEntry:
+    def of(cls, row: AuditRow | Row[Any]) -> AuditEntry:
         return cls(
             seq=row.seq,
             time=row.time,
@@ -185,7 +186,7 @@ class AuditVerification:
         }
 
 
-def _fields(row: AuditRow) -> dict[str, Any]:
+def _fields(row: AuditRow | Row[Any]) -> dict[str, Any]:
     return {
         "seq": row.seq,
         "time": row.time,
@@ -364,20 +365,21 @@ class AuditLog:
     def entries(self, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Rows with ``seq > after`` in order, at most ``limit`` (1..1000)."""
         limit = max(1, min(limit, 1000))
-        with self._db.begin() as s:
-            q = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
-            return [AuditEntry.of(r) for r in s.scalars(q)]
+        q = select(_ROWS).where(_ROWS.c.seq > after).order_by(_ROWS.c.seq).limit(limit)
+        with core_transaction(self._db) as conn:
+            return [AuditEntry.of(r) for r in conn.execute(q)]
 
-    def _iter_rows(self, upto: int, batch: int = 1000) -> Iterator[AuditRow]:
+    def _iter_rows(self, upto: int, batch: int = 1000) -> Iterator[Row[Any]]:
         after = 0
         while True:
-            with self._db.begin() as s:
-                q = (
-                    select(AuditRow)
-                    .where(AuditRow.seq > after, AuditRow.seq <= upto)
-                    .order_by(AuditRow.seq)
-                )
-                rows = list(s.scalars(q.limit(batch)))
+            q = (
+                select(_ROWS)
+                .where(_ROWS.c.seq > after, _ROWS.c.seq <= upto)
+                .order_by(_ROWS.c.seq)
+                .limit(batch)
+            )
+            with core_transaction(self._db) as conn:
+                rows = list(conn.execute(q))
             yield from rows
             if len(rows) < batch:
                 return
