@@ -330,3 +330,32 @@ async def test_two_replicas_share_sessions(tmp_path, clock) -> None:  # type: ig
     finally:
         first.state.close()
         second_state.close()
+
+
+async def test_backend_outage_is_503(
+    client: httpx.AsyncClient, kbs: Kbs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelseal.errors import BackendError
+
+    keys = TeeKeyPair.generate()
+    token = await rcar(client, keys)
+
+    def down(*_a: object, **_k: object) -> None:
+        raise BackendError("database error: OperationalError")
+
+    monkeypatch.setattr(kbs.state, "release", down)
+    r = await client.get(f"/kbs/v0/resource/{KEY_ID}", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert r.json()["type"].endswith("/BackendUnavailable")
+    assert "OperationalError" not in r.text
+
+    monkeypatch.setattr(kbs.app.state.kbs.sessions, "create", down)
+    assert (await client.post("/kbs/v0/auth", json=AUTH)).status_code == 503
+
+    def no_db() -> None:
+        raise RuntimeError("connection refused")
+
+    monkeypatch.setattr(kbs.state.db.engine, "connect", no_db)
+    assert (await client.get("/readyz")).status_code == 503
+    assert (await client.get("/healthz")).status_code == 200
