@@ -94,7 +94,9 @@ class KeyService:
         self.store = store
         self._audit = audit
         self._kek_files = kek_files
-        self._rotation_lock = threading.Lock()
+        # Admin writes and KEK rotation exclude each other, so no key can be written
+        # under a KEK that a concurrent rotation is about to retire.
+        self._write_lock = threading.RLock()
 
     # --- queries -----------------------------------------------------------------------
 
@@ -122,13 +124,14 @@ class KeyService:
     ) -> tuple[KeyRecord, bool]:
         """Import ``dek`` (or generate one when None) with an optional policy and digest."""
         parsed = None if policy is None else _parse(policy)
-        record, created = self.store.put(
-            key_id,
-            dek,
-            model_digest=model_digest,
-            policy_json=None if parsed is None else parsed.canonical().decode(),
-            policy_digest=None if parsed is None else parsed.digest,
-        )
+        with self._write_lock:
+            record, created = self.store.put(
+                key_id,
+                dek,
+                model_digest=model_digest,
+                policy_json=None if parsed is None else parsed.canonical().decode(),
+                policy_digest=None if parsed is None else parsed.digest,
+            )
         action = "key.generate" if dek is None else "key.import"
         self._record(
             actor,
@@ -143,27 +146,32 @@ class KeyService:
         self, key_id: str, policy: ReleasePolicy | Mapping[str, Any], *, actor: str
     ) -> ReleasePolicy:
         parsed = _parse(policy)
-        self.store.set_policy(key_id, parsed.canonical().decode(), parsed.digest)
+        with self._write_lock:
+            self.store.set_policy(key_id, parsed.canonical().decode(), parsed.digest)
         self._record(actor, "policy.set", key_id, policy_digest=parsed.digest)
         return parsed
 
     def clear_policy(self, key_id: str, *, actor: str) -> KeyRecord:
-        record = self.store.set_policy(key_id, None, None)
+        with self._write_lock:
+            record = self.store.set_policy(key_id, None, None)
         self._record(actor, "policy.clear", key_id)
         return record
 
     def set_model_digest(self, key_id: str, model_digest: str | None, *, actor: str) -> KeyRecord:
-        record = self.store.set_model_digest(key_id, model_digest)
+        with self._write_lock:
+            record = self.store.set_model_digest(key_id, model_digest)
         self._record(actor, "model.bind", key_id, reasons=[f"model_digest={model_digest}"])
         return record
 
     def revoke(self, key_id: str, *, actor: str) -> KeyRecord:
-        record = self.store.revoke(key_id)
+        with self._write_lock:
+            record = self.store.revoke(key_id)
         self._record(actor, "key.revoke", key_id, policy_digest=record.policy_digest)
         return record
 
     def delete(self, key_id: str, *, actor: str) -> KeyRecord:
-        record = self.store.delete(key_id)
+        with self._write_lock:
+            record = self.store.delete(key_id)
         self._record(actor, "key.delete", key_id)
         return record
 
@@ -173,7 +181,7 @@ class KeyService:
         Sealed models are not touched (their DEKs are unchanged). Other KBS replicas must be
         restarted with the new KEK file afterwards; until then they fail closed.
         """
-        with self._rotation_lock:
+        with self._write_lock:
             old = self.store.ring.active
             new = self._kek_files.create_next()
             self.store.ring = KekRing(new, [*self.store.ring])
@@ -190,7 +198,7 @@ class KeyService:
 
     def finish_interrupted_rotation(self) -> RotationResult | None:
         """If ``kek.next`` exists (a rotation crashed), complete it before serving."""
-        with self._rotation_lock:
+        with self._write_lock:
             new = self._kek_files.load_next()
             if new is None:
                 return None

@@ -144,3 +144,40 @@ def test_rotation_keeps_kek_ids_distinct(tmp_path: Path) -> None:
         assert isinstance(state.store.ring.active, Kek)
     finally:
         state.close()
+
+
+def test_rotation_concurrent_with_puts_loses_no_key(tmp_path: Path) -> None:
+    import threading
+
+    state = KbsState.open(tmp_path)
+    try:
+        errors: list[BaseException] = []
+
+        def put_many(prefix: str) -> None:
+            try:
+                for i in range(15):
+                    state.keys.put(f"m/{prefix}/v{i}", None, actor="a")
+            except BaseException as exc:  # asserted below
+                errors.append(exc)
+
+        def rotate() -> None:
+            try:
+                for _ in range(3):
+                    state.keys.rotate_kek(actor="a")
+            except BaseException as exc:  # asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=put_many, args=(p,)) for p in "abc"]
+        threads.append(threading.Thread(target=rotate))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        active = state.store.ring.active.id
+        assert state.store.count_by_kek() == {active: 45}
+        for record in state.keys.list_keys():
+            assert len(state.store.load(record.key_id).dek) == 32
+        assert state.audit.verify().ok
+    finally:
+        state.close()
