@@ -28,6 +28,7 @@ from modelseal.errors import (
     AuthorizationError,
     BackendError,
     BlobNotFound,
+    ConfigError,
     FormatError,
     NotFound,
     TransientError,
@@ -89,6 +90,22 @@ def _status_code_error(url: str, status: int, *, not_found: type[NotFound]) -> E
     return BackendError(f"{url}: unexpected HTTP {status}")
 
 
+def _raise_if_untrusted(url: str, exc: BaseException) -> None:
+    """A certificate that does not verify is a trust problem, never worth retrying."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or (
+            isinstance(seen, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(seen)
+        ):
+            raise ConfigError(
+                f"{url}: the server's TLS certificate is not trusted "
+                "(pass the CA bundle: --registry-ca / MODELSEAL_REGISTRY_CA)"
+            ) from None
+        seen = seen.__cause__ or seen.__context__
+        if seen is exc:
+            break
+
+
 def _ssl_context(verify: bool | str) -> ssl.SSLContext:
     """TLS settings equal to httpx's ``verify=``: True, a CA bundle path, or False."""
     if verify is False:
@@ -116,8 +133,9 @@ class Fetcher:
     ) -> None:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._ssl = _ssl_context(verify)
         self._client = httpx.Client(
-            verify=verify,
+            verify=self._ssl,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -132,7 +150,6 @@ class Fetcher:
         #: (``readinto``: no per-chunk bytes objects); httpx stays for everything else
         self._direct = transport is None
         self._timeout = timeout
-        self._ssl = _ssl_context(verify)
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()
@@ -201,6 +218,7 @@ class Fetcher:
                 break
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(parts, conn)
+                _raise_if_untrusted(url, exc)
                 if not reused:  # a stale keep-alive connection gets one free retry
                     raise _Retry(type(exc).__name__) from exc
         else:  # pragma: no cover - the loop always breaks or raises
@@ -266,6 +284,7 @@ class Fetcher:
                 self._backoff(url, attempt, exc.reason)
                 continue
             except httpx.TransportError as exc:
+                _raise_if_untrusted(url, exc)
                 self._backoff(url, attempt, type(exc).__name__)
                 continue
             try:
@@ -299,6 +318,7 @@ class Fetcher:
                 if progress.got < length:
                     raise _Retry("connection closed before the end of the range")
             except (_Retry, httpx.TransportError) as exc:
+                _raise_if_untrusted(url, exc)
                 reason = exc.reason if isinstance(exc, _Retry) else type(exc).__name__
                 if progress.got > before and total_attempts < 4 * self.retry.attempts:
                     attempt = 1  # progress: a resumed stream is not a failure streak
@@ -377,6 +397,7 @@ class Fetcher:
             except _Retry as exc:
                 self._backoff(url, attempt, exc.reason)
             except httpx.TransportError as exc:
+                _raise_if_untrusted(url, exc)
                 self._backoff(url, attempt, type(exc).__name__)
 
     def size(self, url: str) -> int:
@@ -395,4 +416,5 @@ class Fetcher:
             except _Retry as exc:
                 self._backoff(url, attempt, exc.reason)
             except httpx.TransportError as exc:
+                _raise_if_untrusted(url, exc)
                 self._backoff(url, attempt, type(exc).__name__)

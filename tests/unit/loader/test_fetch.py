@@ -128,3 +128,37 @@ def test_read_head_returns_total(blob_server: BlobServer) -> None:
         assert f.read_head(blob_server.url + "/empty", 100) == (b"", 0)
         blob_server.faults.ignore_range = True
         assert f.read_head(blob_server.url + "/b", 100) == (BLOB[:100], len(BLOB))
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    import subprocess
+
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_https_with_ca_bundle_and_untrusted(tls_cert: tuple[str, str]) -> None:
+    with BlobServer(tls=tls_cert).running() as server:
+        server.blobs["/b"] = BLOB
+        server.blobs["/j"] = b"[1]"
+        url = server.url + "/b"
+        buf = bytearray(4096)
+        with Fetcher(verify=tls_cert[0], sleep=lambda _s: None) as f:
+            f.read_range(url, 10, memoryview(buf))  # direct http.client path
+            assert bytes(buf) == BLOB[10:4106]
+            assert f.get_json(server.url + "/j") == [1]  # httpx path
+            assert f.read_head(url, 8) == (BLOB[:8], len(BLOB))
+        with Fetcher(sleep=lambda _s: None) as f:  # system trust store: refused, no retries
+            with pytest.raises(errors.ConfigError, match="not trusted"):
+                f.read_range(url, 0, memoryview(buf))
+            with pytest.raises(errors.ConfigError, match="not trusted"):
+                f.get_json(server.url + "/j")
+            assert f.retried == 0
