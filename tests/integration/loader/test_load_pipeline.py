@@ -161,3 +161,15 @@ def test_foreign_files_are_never_overwritten(
     assert info.value.exit_code == 2
     assert calls == []
     assert (shm_dest / "config.json").read_text() == "the operator's own file"
+
+
+def test_unreachable_kbs_is_transient(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+    from tests.conftest import free_port
+
+    settings = _settings(sealed_model, shm_dest).with_overrides(
+        kbs_url=f"http://127.0.0.1:{free_port()}", retries=2
+    )
+    with pytest.raises(errors.TransientError) as info:
+        load_model(settings)  # the real RCAR client against a closed port
+    assert info.value.exit_code == 75
+    _no_plaintext(shm_dest)
