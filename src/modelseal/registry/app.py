@@ -75,6 +75,11 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     ``settings.data_dir``."""
     records = RecordStore(settings.data_dir)
     upload_token = ensure_upload_token(settings.data_dir)
+    # Registering a version and starting an upload into it exclude each other, and a version
+    # with uploads in flight cannot be registered: so a registered record always describes
+    # the blobs that stay stored (one registry process per data directory).
+    version_lock = anyio.Lock()
+    uploads_in_flight: dict[tuple[str, str], int] = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -164,17 +169,20 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
             registration = ModelRegistration.model_validate_json(body)
         except ValidationError as exc:
             raise _HttpError(422, "invalid-registration", _validation_text(exc)) from None
-        for f in registration.all_files():
-            key = blob_key(model_id, version, f.blob)
-            try:
-                blob = await store.stat(key)
-            except NotFound:
-                raise RecordConflict(f"blob {f.blob!r} was not uploaded") from None
-            if blob.size != f.sealed_size or blob.sha256 != f.sha256:
-                raise RecordConflict(f"blob {f.blob!r} differs from the registration")
-        record, created = await anyio.to_thread.run_sync(
-            records.register, model_id, version, registration
-        )
+        async with version_lock:
+            if uploads_in_flight.get((model_id, version)):
+                raise RecordConflict("uploads into this version are still in progress")
+            for f in registration.all_files():
+                key = blob_key(model_id, version, f.blob)
+                try:
+                    blob = await store.stat(key)
+                except NotFound:
+                    raise RecordConflict(f"blob {f.blob!r} was not uploaded") from None
+                if blob.size != f.sealed_size or blob.sha256 != f.sha256:
+                    raise RecordConflict(f"blob {f.blob!r} differs from the registration")
+            record, created = await anyio.to_thread.run_sync(
+                records.register, model_id, version, registration
+            )
         if created:
             log.info("registered model %s version %s", model_id, version)
         return JSONResponse(info_of(request, record), status_code=201 if created else 200)
@@ -182,12 +190,13 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     @app.delete("/models/{model_id}/versions/{version}")
     async def delete_model(request: Request, model_id: str, version: str) -> Response:
         require_upload_token(request)
-        record = await anyio.to_thread.run_sync(records.delete, model_id, version)
-        for f in record.registration.all_files():
-            try:
-                await store.delete(blob_key(model_id, version, f.blob))
-            except NotFound:
-                continue
+        async with version_lock:
+            record = await anyio.to_thread.run_sync(records.delete, model_id, version)
+            for f in record.registration.all_files():
+                try:
+                    await store.delete(blob_key(model_id, version, f.blob))
+                except NotFound:
+                    continue
         return Response(status_code=204)
 
     # -- blobs -------------------------------------------------------------------------------
@@ -231,10 +240,6 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     async def put_blob(request: Request, model_id: str, version: str, path: str) -> Response:
         require_upload_token(request)
         key = blob_key(model_id, version, path)
-        if await anyio.to_thread.run_sync(records.exists, model_id, version):
-            raise RecordConflict(
-                f"model {model_id!r} version {version!r} is registered; its blobs are immutable"
-            )
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -242,12 +247,19 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
             if int(declared) > settings.max_blob_size:
                 raise BlobTooLarge(f"blob larger than the limit of {settings.max_blob_size} bytes")
         expected = _content_digest(request.headers.get("content-digest"))
-        existed = True
+        slot = (model_id, version)
+        async with version_lock:
+            if await anyio.to_thread.run_sync(records.exists, model_id, version):
+                raise RecordConflict(
+                    f"model {model_id!r} version {version!r} is registered; its blobs are immutable"
+                )
+            uploads_in_flight[slot] = uploads_in_flight.get(slot, 0) + 1
         try:
-            await store.stat(key)
-        except NotFound:
-            existed = False
-        try:
+            existed = True
+            try:
+                await store.stat(key)
+            except NotFound:
+                existed = False
             info = await store.put(
                 key,
                 request.stream(),
@@ -258,6 +270,10 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
             raise ConfigError("upload interrupted by the client") from None
         except DigestMismatch as exc:
             raise _HttpError(400, "digest-mismatch", str(exc)) from None
+        finally:
+            uploads_in_flight[slot] -= 1
+            if not uploads_in_flight[slot]:
+                del uploads_in_flight[slot]
         headers = _blob_headers(info)
         return JSONResponse(
             {"key": info.key, "size": info.size, "sha256": info.sha256},

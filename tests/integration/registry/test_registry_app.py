@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -243,3 +244,41 @@ async def test_public_url_setting(tmp_path: Path) -> None:
         await _publish(c, token)
         info = ModelInfo.model_validate_json((await c.get("/models/m")).content)
     assert info.url == "https://models.example/reg/blobs/m/v1/"
+
+
+async def test_registration_waits_for_uploads_in_flight(
+    env: tuple[httpx.AsyncClient, str],
+) -> None:
+    """A version cannot be registered while a blob is still streaming into it, so a record
+    never describes a blob that an in-flight upload is about to replace."""
+    c, token = env
+    files = await _publish(c, token, "v0")  # reuse the helper's blobs as a template
+    body = _registration(files, b"M" * 300)
+    for path, data in [*files.items(), ("modelseal-manifest.json", b"M" * 300)]:
+        assert (await _upload(c, token, f"m/v1/{path}.sealed", data)).status_code == 201
+    started, release = anyio.Event(), anyio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"A" * 10
+        started.set()
+        await release.wait()
+        yield b"A" * 990
+
+    results: dict[str, int] = {}
+
+    async def upload() -> None:
+        r = await c.put(
+            "/blobs/m/v1/a.safetensors.sealed", content=slow_body(), headers=_auth(token)
+        )
+        results["upload"] = r.status_code
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(upload)
+        await started.wait()
+        r = await c.put("/models/m/versions/v1", json=body, headers=_auth(token))
+        results["register_during_upload"] = r.status_code
+        assert "in progress" in r.json()["detail"]
+        release.set()
+    assert results == {"upload": 200, "register_during_upload": 409}
+    r = await c.put("/models/m/versions/v1", json=body, headers=_auth(token))
+    assert r.status_code == 201
