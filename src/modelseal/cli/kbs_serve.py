@@ -111,6 +111,14 @@ def _path(value: str | None) -> Path | None:
     help="Token 'aud' (the KBS identity).",
 )
 @click.option(
+    "--max-body-bytes",
+    envvar="MODELSEAL_MAX_BODY_BYTES",
+    type=int,
+    default=2 * 1024 * 1024,
+    show_default=True,
+    help="Largest accepted request body.",
+)
+@click.option(
     "--workers",
     envvar="MODELSEAL_WORKERS",
     type=click.IntRange(1, 64),
@@ -144,6 +152,7 @@ def serve(
     session_ttl: float,
     token_signing_key: str | None,
     audience: str,
+    max_body_bytes: int,
     workers: int,
     log_level: str,
 ) -> None:
@@ -170,6 +179,7 @@ def serve(
         session_ttl=session_ttl,
         token_signing_key=_path(token_signing_key),
         audience=audience,
+        max_body_bytes=max_body_bytes,
     ).validated()
     from modelseal.kbs.server import serve as run
 
