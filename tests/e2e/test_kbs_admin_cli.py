@@ -215,6 +215,14 @@ def test_refusals_and_exit_codes(
         capsys, "kbs", "key", "put", "models/cli/x", "--kbs", server.url, "--token", admin_token
     )
     assert code == 2
+    conflict = ("kbs", "key", "put", "models/cli/conflict", "--kbs", server.url)
+    code, _, _ = cli(capsys, *conflict, "--token", admin_token, "--generate")
+    assert code == 0
+    other_key = tmp_path / "other.key"
+    other_key.write_bytes(os.urandom(32))
+    code, _, err = cli(capsys, *conflict, "--token", admin_token, "--key-file", str(other_key))
+    assert code == 2
+    assert "different key bytes" in err
     bad_policy = tmp_path / "bad.yaml"
     bad_policy.write_text("apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [tdx]\nbogus: 1\n")
     code, _, err = cli(capsys, *put, "--token", admin_token, "--policy", str(bad_policy))
@@ -234,28 +242,38 @@ def test_refusals_and_exit_codes(
 
 
 def test_rotate_kek_keeps_releases_working(
-    server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
+    server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conn = ("--kbs", server.url, "--token", admin_token)
-    cli(capsys, "kbs", "key", "put", "models/cli/rot", *conn, "--generate")
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SAMPLE_POLICY_YAML)
+    code, _, err = cli(
+        capsys, "kbs", "key", "put", "models/cli/rot", *conn, "--generate", "--policy", str(policy)
+    )
+    assert code == 0, err
+    with KbsClient(server.url, Attester(), tee="sample") as client:
+        before = client.get_resource("models/cli/rot").reveal()
     code, out, err = cli(capsys, "kbs", "key", "rotate-kek", *conn)
     assert code == 0, err
     result = json.loads(out)
-    assert result["rewrapped"] >= 2
+    assert result["rewrapped"] >= 1
     code, out, _ = cli(capsys, "kbs", "key", "list", *conn)
     assert {k["kek_id"] for k in json.loads(out)} == {result["new_kek_id"]}
     with KbsClient(server.url, Attester(), tee="sample") as client:
-        assert client.get_resource("models/cli/v1").reveal() == DEK
+        assert client.get_resource("models/cli/rot").reveal() == before
 
 
 def test_audit_verify_detects_tampering(
     server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conn = ("--kbs", server.url, "--token", admin_token)
+    cli(capsys, "kbs", "key", "put", "models/cli/audited", *conn, "--generate")
+    with KbsClient(server.url, Attester(), tee="sample") as client, pytest.raises(PolicyDenied):
+        client.get_resource("models/cli/audited")  # no policy: a denial to tamper with
     code, out, err = cli(capsys, "kbs", "audit", *conn)
     assert code == 0, err
     assert "key.release" in out
-    assert "allow" in out
+    assert "deny" in out
     code, out, _ = cli(capsys, "kbs", "audit", *conn, "--json", "--limit", "2")
     assert [e["seq"] for e in json.loads(out)] == [1, 2]
     result = run(
