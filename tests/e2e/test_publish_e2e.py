@@ -343,6 +343,13 @@ def test_auth_and_input_errors_have_exit_codes(
     )
     assert wrong_kbs_token.returncode == 4, wrong_kbs_token.stderr
     assert httpx.get(f"{registry.url}/models/y").status_code == 404
+    unused = tmp_path / "unused"
+    no_registry_token = _cli(
+        [*base, "--token", kbs.token, "--model-id", "t", "--staging-dir", str(unused)]
+    )
+    assert no_registry_token.returncode == 2
+    assert "--registry-token" in no_registry_token.stderr
+    assert not unused.exists()  # refused before sealing anything
     bad_id = _cli([*base, "--token", kbs.token, "--model-id", "../x", *staging])
     assert bad_id.returncode == 2
     assert "invalid model id" in bad_id.stderr

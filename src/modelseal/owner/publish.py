@@ -439,6 +439,13 @@ def publish(
     sink: PublishProgress = progress or _Quiet()
     own_client = registry is None
     client = registry or RegistryClient(req.registry_url, req.registry_token, verify=req.verify)
+    if not client.can_write:
+        if own_client:
+            client.close()
+        raise ConfigError(
+            "the registry needs its upload token: pass --registry-token "
+            "(the content of <registry data dir>/upload-token)"
+        )
     staging = _Staging(req.staging_dir or default_staging_dir(req.model_id, req.version))
     dek, key_from_file = _obtain_key(req)
     try:

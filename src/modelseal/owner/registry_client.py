@@ -94,6 +94,11 @@ class RegistryClient:
             follow_redirects=False,
         )
 
+    @property
+    def can_write(self) -> bool:
+        """Whether an upload token was given (uploads and registration need one)."""
+        return bool(self._token)
+
     def __enter__(self) -> RegistryClient:
         return self
 
