@@ -235,7 +235,12 @@ def key_put(
 
 @key.command("list")
 @_connection
-@click.option("--model-digest", envvar="MODELSEAL_MODEL_DIGEST", default=None)
+@click.option(
+    "--model-digest",
+    envvar="MODELSEAL_MODEL_DIGEST",
+    default=None,
+    help="Only keys bound to this sha256:<hex> model digest.",
+)
 def key_list(
     kbs_url: str,
     token_value: str | None,
@@ -349,9 +354,28 @@ def policy_get(
     default=False,
     help="Verify the whole hash chain here and on the KBS; exit 5 if it is broken.",
 )
-@click.option("--after", envvar="MODELSEAL_AFTER", type=click.IntRange(0), default=0)
-@click.option("--limit", envvar="MODELSEAL_LIMIT", type=click.IntRange(1), default=None)
-@click.option("--json", "as_json", envvar="MODELSEAL_JSON", is_flag=True, default=False)
+@click.option(
+    "--after",
+    envvar="MODELSEAL_AFTER",
+    type=click.IntRange(0),
+    default=0,
+    help="Only rows with a larger seq.",
+)
+@click.option(
+    "--limit",
+    envvar="MODELSEAL_LIMIT",
+    type=click.IntRange(1),
+    default=None,
+    help="At most N rows.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    envvar="MODELSEAL_JSON",
+    is_flag=True,
+    default=False,
+    help="Print rows as a JSON array (with hashes) instead of one line each.",
+)
 def audit(
     kbs_url: str,
     token_value: str | None,
