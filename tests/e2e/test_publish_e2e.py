@@ -364,3 +364,29 @@ def test_auth_and_input_errors_have_exit_codes(
                    "--registry-token", registry.token, *staging])  # fmt: skip
     assert denied.returncode == 2
     assert httpx.get(f"{registry.url}/models/p").status_code == 404
+
+
+def test_resume_with_changed_source_reseals_with_the_saved_key(
+    servers: tuple[RegistryServer, KbsServer], tmp_path: Path, policy_file: Path
+) -> None:
+    registry, kbs = servers
+    src = tmp_path / "model"
+    files = _model_dir(src)
+    staging = tmp_path / "staging"
+    key_file = tmp_path / "dek.key"
+    dead_kbs = f"http://127.0.0.1:{free_port()}"
+    common = ["--model-id", "changed", "--policy", str(policy_file), "--save-key", str(key_file)]
+    assert _publish(registry, dead_kbs, kbs.token, src, *common, staging=staging).returncode == 75
+    (src / "config.json").write_bytes(b'{"hidden": 16}')
+    files["config.json"] = b'{"hidden": 16}'
+    again = _publish(registry, kbs.url, kbs.token, src, *common, staging=staging)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" not in again.stderr
+    assert "discarding the previous staging directory" in again.stderr
+    info = ModelInfo.model_validate_json(again.stdout)
+    dek = read_key_file(key_file)
+    assert _release_key(kbs, "models/changed/v1").reveal() == dek.reveal()
+    _download_model(info, tmp_path / "sealed")
+    unseal_directory(tmp_path / "sealed", tmp_path / "plain", dek)
+    for rel, data in files.items():
+        assert (tmp_path / "plain" / rel).read_bytes() == data
