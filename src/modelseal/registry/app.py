@@ -48,7 +48,9 @@ class _HttpError(Exception):
         self.status, self.kind, self.detail, self.headers = status, kind, detail, headers or {}
 
 
-def _problem(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> Any:
+def _problem(
+    status: int, kind: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"type": _ERRORS + kind, "detail": detail}, status_code=status, headers=headers
     )
@@ -106,11 +108,11 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
         if status >= 500:
             log.warning("registry backend failure: %s", exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return _problem(status, kind, str(exc) or kind, headers)  # type: ignore[no-any-return]
+        return _problem(status, kind, str(exc) or kind, headers)
 
     @app.exception_handler(_HttpError)
     async def _on_http(_request: Request, exc: _HttpError) -> Response:
-        return _problem(exc.status, exc.kind, exc.detail, exc.headers)  # type: ignore[no-any-return]
+        return _problem(exc.status, exc.kind, exc.detail, exc.headers)
 
     def base_url(request: Request) -> str:
         return settings.public_url or str(request.base_url)
