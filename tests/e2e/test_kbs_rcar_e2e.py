@@ -62,20 +62,24 @@ class KbsProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave a server behind, whatever went wrong
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kbs serve exited {self.proc.returncode}: {self.output()}")
             try:
-                if (
-                    httpx.get(self.url + "/healthz", verify=self.verify, timeout=1).status_code
-                    == 200
-                ):
-                    break
+                health = httpx.get(self.url + "/healthz", verify=self.verify, timeout=1)
+                if health.status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                self.stop()
                 raise RuntimeError(f"kbs serve did not start: {self.output()}")
             time.sleep(0.05)
 
