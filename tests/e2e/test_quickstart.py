@@ -20,7 +20,7 @@ def _ours() -> set[str]:
     return {p.name for p in SHM.glob("modelseal-quickstart-*")} if SHM.is_dir() else set()
 
 
-@pytest.mark.parametrize("tee", ["sample", "mock-tdx"])
+@pytest.mark.parametrize("tee", ["sample"])
 def test_quickstart_prints_accuracy_and_cleans_up(tee: str) -> None:
     before = _ours()
     done = subprocess.run(
