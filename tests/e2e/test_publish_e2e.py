@@ -8,6 +8,7 @@ published policy. Resumption is exercised with and without ``--save-key``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -350,6 +351,15 @@ def test_auth_and_input_errors_have_exit_codes(
     assert no_registry_token.returncode == 2
     assert "--registry-token" in no_registry_token.stderr
     assert not unused.exists()  # refused before sealing anything
+    busy = tmp_path / "busy"
+    with open(tmp_path / "busy.lock", "w") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        concurrent = _cli(
+            [*base, "--token", kbs.token, "--model-id", "c", "--registry-token", registry.token,
+             "--staging-dir", str(busy)]
+        )  # fmt: skip
+    assert concurrent.returncode == 2
+    assert "another publish" in concurrent.stderr
     bad_id = _cli([*base, "--token", kbs.token, "--model-id", "../x", *staging])
     assert bad_id.returncode == 2
     assert "invalid model id" in bad_id.stderr

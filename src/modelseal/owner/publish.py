@@ -32,12 +32,14 @@ The DEK never touches the owner's disk except in ``--save-key`` FILE.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
@@ -285,6 +287,26 @@ class _Staging:
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive use of this staging directory (a sibling lock file, ``flock``)."""
+        lock_path = self.root.with_name(self.root.name + ".lock")
+        try:
+            lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the staging directory {self.root}: {exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"another publish is using {self.root}; wait for it or pass --staging-dir"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
 
 def _obtain_key(req: PublishRequest) -> tuple[SecretBytes, bool]:
     """The DEK and whether it came from an existing ``--save-key`` file."""
@@ -447,11 +469,14 @@ def publish(
             "(the content of <registry data dir>/upload-token)"
         )
     staging = _Staging(req.staging_dir or default_staging_dir(req.model_id, req.version))
-    dek, key_from_file = _obtain_key(req)
     try:
-        return _run(req, kbs, client, staging, dek, key_from_file, sink)
+        with staging.locked():
+            dek, key_from_file = _obtain_key(req)
+            try:
+                return _run(req, kbs, client, staging, dek, key_from_file, sink)
+            finally:
+                dek.wipe()
     finally:
-        dek.wipe()
         if own_client:
             client.close()
 
@@ -492,6 +517,10 @@ def _run(
         state = staging.load_state() or {}
         model_digest = state.get("model_digest")
 
+    policy = dict(req.policy) if req.policy is not None else None
+    if policy is not None and policy.get("model_digest") not in (None, model_digest):
+        raise ConfigError("the release policy names a different model_digest than this model")
+
     result_uploaded: list[str] = []
     skipped: list[str] = []
     to_send: list[_Blob] = []
@@ -513,9 +542,6 @@ def _run(
         sink.note(f"{len(skipped)} blob(s) already in the registry, skipped")
 
     sink.phase("register key", 0)
-    policy = dict(req.policy) if req.policy is not None else None
-    if policy is not None and policy.get("model_digest") not in (None, model_digest):
-        raise ConfigError("the release policy names a different model_digest than this model")
     if policy is None:
         sink.note(
             "no --policy: the KBS denies every release of this key until a policy is set "
