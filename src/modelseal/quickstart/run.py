@@ -29,7 +29,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from modelseal.errors import BackendError, ConfigError, Error, UnsafeDestination
+from modelseal.errors import (
+    AttestationError,
+    BackendError,
+    ConfigError,
+    Error,
+    IntegrityError,
+    NotFound,
+    TransientError,
+    UnsafeDestination,
+)
 from modelseal.quickstart import infer_server
 from modelseal.quickstart.services import (
     Service,
@@ -269,9 +278,22 @@ class Quickstart:
         self.say(f"loader steps: {inner}")
 
 
+#: a child's exit code -> the error that carries the same code (DESIGN §10)
+_BY_EXIT_CODE: dict[int, type[Error]] = {
+    2: ConfigError,
+    3: NotFound,
+    4: AttestationError,
+    5: IntegrityError,
+    6: UnsafeDestination,
+    75: TransientError,
+}
+
+
 def _child_error(what: str, done: subprocess.CompletedProcess[str]) -> Error:
+    """The child's failure as a modelseal error with the child's own exit code."""
     tail = "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-10:])
-    return BackendError(f"{what} failed with exit status {done.returncode}:\n{tail}")
+    kind = _BY_EXIT_CODE.get(done.returncode, BackendError)
+    return kind(f"{what} failed with exit status {done.returncode}:\n{tail}")
 
 
 def _memory_dir() -> Path:

@@ -57,3 +57,15 @@ def test_service_health_timeout(tmp_path: Path) -> None:
         svc.start(timeout=0.5)
     svc.kill()
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(("code", "expected"), [(2, 2), (4, 4), (5, 5), (6, 6), (75, 75), (9, 75)])
+def test_child_failures_keep_their_exit_code(code: int, expected: int) -> None:
+    import subprocess
+
+    from modelseal.quickstart.run import _child_error
+
+    done = subprocess.CompletedProcess(["x"], code, stdout="", stderr="error: denied\n")
+    err = _child_error("modelseal load", done)
+    assert err.exit_code == expected
+    assert "denied" in str(err)
