@@ -185,15 +185,16 @@ class Kbs:
         token, jti, exp = self.tokens.issue(
             claims, nonce=runtime.nonce, tee_pubkey=runtime.tee_pubkey
         )
-        await self.db(self.sessions.complete, pending, token, exp)
+        session_expiry = await self.db(self.sessions.complete, pending, token, exp)
+        # the session id is a (short-lived) credential: it is never logged, the token id is
         log.info(
-            "attested session=%s tee=%s token=%s%s",
-            session_id,
+            "attested tee=%s token=%s%s",
             claims.tee,
             jti,
             " INSECURE (sample TEE)" if claims.insecure else "",
         )
-        headers = {**_NO_STORE, "Set-Cookie": self.cookie(session_id, exp - self.clock.now())}
+        cookie = self.cookie(session_id, session_expiry - self.clock.now())
+        headers = {**_NO_STORE, "Set-Cookie": cookie}
         return Response(
             json.dumps({"token": token}).encode(), media_type="application/json", headers=headers
         )

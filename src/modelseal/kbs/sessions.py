@@ -145,16 +145,21 @@ class SessionStore:
             raise TokenError("session expired")
         return PendingSession(session_id, row.tee, row.nonce, row.expires_at)
 
-    def complete(self, session: PendingSession, token: str, token_exp: float) -> None:
-        """Consume the nonce and store the token, atomically; a lost race is a replay."""
+    def complete(self, session: PendingSession, token: str, token_exp: float) -> float:
+        """Consume the nonce and store the token, atomically; a lost race is a replay.
+
+        Returns when the attested session expires: the token's expiry or the session TTL
+        from now, whichever comes first.
+        """
         now = self.clock.now()
+        expiry = min(token_exp, now + self.ttl)
         with self._conn() as conn:
             result = conn.exec_driver_sql(
                 self._complete_sql,
                 {
                     "attested": ATTESTED,
                     "token": token,
-                    "new_expiry": min(token_exp, now + self.ttl),
+                    "new_expiry": expiry,
                     "id": session.id,
                     "authed": AUTHED,
                     "nonce": session.nonce,
@@ -163,6 +168,7 @@ class SessionStore:
             )
             if result.rowcount != 1:
                 raise TokenError("session nonce already used or expired")
+        return expiry
 
     def burn(self, session_id: str) -> None:
         """Make a session unusable after a failed attestation (its nonce is spent)."""

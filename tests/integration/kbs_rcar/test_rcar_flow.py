@@ -276,11 +276,15 @@ async def test_no_key_bytes_in_logs(
 ) -> None:
     caplog.set_level("DEBUG")
     keys = TeeKeyPair.generate()
-    await rcar(client, keys)
+    token = await rcar(client, keys)
+    session_id = client.cookies["kbs-session-id"]
     assert open_jwe(await client.get(f"/kbs/v0/resource/{KEY_ID}"), keys) == DEK
     await client.get(f"/kbs/v0/resource/{DENIED_KEY_ID}")
     text = caplog.text
     assert "released models/demo/1" in text
+    # credentials are not logged either: the session id and the token
+    assert session_id not in text
+    assert token.split(".")[2] not in text
     for form in (
         DEK.hex(),
         base64.b64encode(DEK).decode(),
