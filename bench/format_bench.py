@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,6 +41,17 @@ class Cell:
 
     times: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float, cpu: float, rss_kib: int = 0) -> None:
+        self.times.append(seconds)
+        self.cpu.append(cpu)
+        if rss_kib:
+            self.rss_kib.append(rss_kib)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
 
     @property
     def median(self) -> float:
@@ -61,6 +73,7 @@ def _child(argv: list[str]) -> int:
 
     op, src, dst, key, seg, workers = argv
     dek = read_key_file(key)
+    cpu0 = _cpu(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if op == "seal":
         seal_file(src, dst, dek, key_id="bench/model/v1", segment_size=int(seg),
@@ -73,12 +86,17 @@ def _child(argv: list[str]) -> int:
         for line in status:
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1])
-    print(f"{elapsed:.6f} {hwm}")
+    print(f"{elapsed:.6f} {hwm} {_cpu(resource.RUSAGE_SELF) - cpu0:.6f}")
     return 0
 
 
-def _run_child(*args: str) -> tuple[float, int]:
-    """(seconds, peak RSS KiB) of one child run."""
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_child(*args: str) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS KiB, CPU seconds) of one child run."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.format_bench", "--child", *args],
         cwd=ROOT,
@@ -92,14 +110,16 @@ def _run_child(*args: str) -> tuple[float, int]:
     proc.wait()
     if proc.returncode != 0:
         raise RuntimeError(f"child {args[0]} failed: {out.strip()}")
-    seconds, hwm_kib = out.strip().splitlines()[-1].split()
-    return float(seconds), int(hwm_kib)
+    seconds, hwm_kib, cpu = out.strip().splitlines()[-1].split()
+    return float(seconds), int(hwm_kib), float(cpu)
 
 
-def _cp(src: Path, dst: Path) -> float:
+def _cp(src: Path, dst: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``cp src dst``."""
+    cpu0 = _cpu(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(["cp", str(src), str(dst)], check=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu(resource.RUSAGE_CHILDREN) - cpu0
 
 
 def _make_plaintext(path: Path, size: int) -> None:
@@ -166,11 +186,10 @@ def run(sizes: list[int], reps_small: int, disk_dir: Path) -> str:
                         for dname, ddir in dests.items():
                             _warm(plain)
                             out = ddir / "sealed-out"
-                            t, rss = _run_child("seal", str(plain), str(out), str(key),
-                                                str(seg), str(workers))  # fmt: skip
+                            t, rss, cpu = _run_child("seal", str(plain), str(out), str(key),
+                                                     str(seg), str(workers))  # fmt: skip
                             cell = cells.setdefault((size, "seal", seg, workers, dname), Cell())
-                            cell.times.append(t)
-                            cell.rss_kib.append(rss)
+                            cell.add(t, cpu, rss)
                             if dname == "disk" and not sealed.exists():
                                 os.replace(out, sealed)
                             else:
@@ -179,17 +198,14 @@ def run(sizes: list[int], reps_small: int, disk_dir: Path) -> str:
                         for dname, ddir in dests.items():
                             _warm(sealed)
                             out = ddir / "plain-out"
-                            t, rss = _run_child("unseal", str(sealed), str(out), str(key),
-                                                str(seg), str(workers))  # fmt: skip
+                            t, rss, cpu = _run_child("unseal", str(sealed), str(out),
+                                                     str(key), str(seg), str(workers))  # fmt: skip
                             cell = cells.setdefault((size, "unseal", seg, workers, dname), Cell())
-                            cell.times.append(t)
-                            cell.rss_kib.append(rss)
+                            cell.add(t, cpu, rss)
                             out.unlink()
                             _warm(plain)
                             cp_out = ddir / "cp-out"
-                            cp_cells.setdefault((size, dname), Cell()).times.append(
-                                _cp(plain, cp_out)
-                            )
+                            cp_cells.setdefault((size, dname), Cell()).add(*_cp(plain, cp_out))
                             cp_out.unlink()
                 sealed.unlink()
             plain.unlink()
@@ -202,25 +218,28 @@ def run(sizes: list[int], reps_small: int, disk_dir: Path) -> str:
     def label(n: int) -> str:
         return f"{n // GIB} GiB" if n >= GIB else f"{n // MIB} MiB"
 
-    rows.append("| size | op | segment | workers | destination | best s | median s | GB/s (best)"
-                " | × cp (median) | × cp (best) | peak RSS MiB |")  # fmt: skip
-    rows.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows.append(
+        "| size | op | segment | workers | destination | best s | median s | GB/s (best)"
+        " | × cp (median) | × cp (best) | CPU s (median) | CPU × cp | peak RSS MiB |"
+    )
+    rows.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (size, op, seg, workers, dname), cell in cells.items():
         cp = cp_cells[(size, dname)]
         rows.append(
             f"| {label(size)} | {op} | {seg // MIB} MiB | {workers} | {dname} | {cell.best:.3f}"
             f" | {cell.median:.3f} | {_gbps(size, cell.best)} | {cell.median / cp.median:.2f}"
-            f" | {cell.best / cp.best:.2f} | {cell.rss_mib:.0f} |"
+            f" | {cell.best / cp.best:.2f} | {cell.cpu_median:.3f}"
+            f" | {cell.cpu_median / cp.cpu_median:.2f} | {cell.rss_mib:.0f} |"
         )
     for (size, dname), cp in cp_cells.items():
         rows.append(
             f"| {label(size)} | `cp` plaintext | – | 1 | {dname} | {cp.best:.3f} | {cp.median:.3f}"
-            f" | {_gbps(size, cp.best)} | 1.00 | 1.00 | – |"
+            f" | {_gbps(size, cp.best)} | 1.00 | 1.00 | {cp.cpu_median:.3f} | 1.00 | – |"
         )
     first = min(sizes[0], GIB)
     rows.append(
         f"| {label(first)} | one-shot `AESGCM.decrypt` in memory | – | 1 | – | {one_shot:.3f} |"
-        f" – | {_gbps(first, one_shot)} | – | – | – |"
+        f" – | {_gbps(first, one_shot)} | – | – | – | – | – |"
     )
 
     summary: list[str] = []
@@ -232,7 +251,8 @@ def run(sizes: list[int], reps_small: int, disk_dir: Path) -> str:
                 f"- 1 GiB unseal, 2 workers, {seg // MIB} MiB segments, into tmpfs: "
                 f"median {cell.median:.3f} s = **{cell.median / cp.median:.2f}× `cp`** "
                 f"(median {cp.median:.3f} s); best {cell.best:.3f} s = "
-                f"{cell.best / cp.best:.2f}× `cp` best {cp.best:.3f} s (target ≤ 1.15×)."
+                f"{cell.best / cp.best:.2f}× `cp` best {cp.best:.3f} s (target ≤ 1.15×); "
+                f"CPU {cell.cpu_median:.3f} s = {cell.cpu_median / cp.cpu_median:.2f}× `cp`."
             )
     big = [c for (size, op, *_), c in cells.items() if op == "unseal" and size >= 4 * GIB]
     if big:

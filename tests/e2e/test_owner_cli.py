@@ -211,3 +211,23 @@ def test_real_entry_point_subprocess(tmp_path: Path, model: Path, key: Path) -> 
     assert "Traceback" not in done.stderr
     assert "truncated or extended" in done.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_progress_bar_on_a_tty(
+    tmp_path: Path,
+    model: Path,
+    key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a terminal the rich progress bar runs (on stderr); results are identical."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    sealed = tmp_path / "sealed"
+    argv = ["seal", str(model), "-o", str(sealed), "--key", str(key), "--key-id", "a/b/c"]
+    assert run([*argv, "--segment-size", SEG]) == 0
+    assert run(["unseal", str(sealed), "-o", str(tmp_path / "out"), "--key", str(key)]) == 0
+    assert run(["verify", str(sealed), "--key", str(key)]) == 0
+    assert files_of(tmp_path / "out") == files_of(model)
+    out = capsys.readouterr().out
+    assert "model digest: sha256:" in out
+    assert "\x1b[" not in out, "progress output must not go to stdout"

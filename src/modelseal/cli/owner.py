@@ -72,12 +72,15 @@ def _progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
     except ImportError:  # the `owner` extra is not installed: stay quiet
         yield None
         return
+    from rich.console import Console
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=total)
