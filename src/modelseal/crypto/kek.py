@@ -22,7 +22,8 @@ import hmac
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from hashlib import sha256
 from pathlib import Path
 
@@ -103,23 +104,41 @@ class Kek:
 
 
 class KekRing:
-    """The active KEK plus any others still needed to unwrap rows (during a rotation)."""
+    """The active KEK plus any others still needed to unwrap rows (during a rotation).
 
-    def __init__(self, active: Kek, others: Iterable[Kek] = ()) -> None:
+    ``reload`` (optional) returns KEKs found on disk; it is called when a lookup misses,
+    so a process picks up a KEK that another process (another worker on the same data
+    directory) rotated to, instead of failing until restarted.
+    """
+
+    def __init__(
+        self,
+        active: Kek,
+        others: Iterable[Kek] = (),
+        *,
+        reload: Callable[[], Iterable[Kek]] | None = None,
+    ) -> None:
         self.active = active
         self._by_id = {k.id: k for k in (*others, active)}
+        self._reload = reload
+        self._lock = threading.Lock()
 
     def get(self, kek_id: str) -> Kek:
-        try:
-            return self._by_id[kek_id]
-        except KeyError:
+        kek = self._by_id.get(kek_id)
+        if kek is None and self._reload is not None:
+            with self._lock:
+                for found in self._reload():
+                    self._by_id.setdefault(found.id, found)
+            kek = self._by_id.get(kek_id)
+        if kek is None:
             raise ConfigError(
                 f"a stored key is wrapped under {kek_id}, which this KBS does not hold; "
                 "start it with the current KEK file"
-            ) from None
+            )
+        return kek
 
     def __iter__(self) -> Iterator[Kek]:
-        return iter(self._by_id.values())
+        return iter(list(self._by_id.values()))
 
 
 def read_secret_file(path: Path, *, size: int, what: str) -> SecretBytes:

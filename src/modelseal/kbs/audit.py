@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelseal._internal.clock import Clock, SystemClock
-from modelseal.crypto.kek import KekRing
+from modelseal.crypto.kek import Kek, KekRing
 from modelseal.errors import BackendError, ConfigError
 from modelseal.kbs.db import Base, Database
 from modelseal.protocol.admin import AUDIT_GENESIS, audit_row_hash, check_audit_row
@@ -96,6 +96,7 @@ _LOCK_HEAD = update(_HEADS).where(_HEADS.c.id == _HEAD_ID).values(seq=_HEADS.c.s
 _READ_HEAD = select(_HEADS.c.seq, _HEADS.c.row_hash, _HEADS.c.kek_id, _HEADS.c.mac).where(
     _HEADS.c.id == _HEAD_ID
 )
+_READ_HEAD_KEK = select(_HEADS.c.kek_id).where(_HEADS.c.id == _HEAD_ID)
 _WRITE_HEAD = (
     update(_HEADS)
     .where(_HEADS.c.id == _HEAD_ID)
@@ -301,6 +302,17 @@ class AuditLog:
         """
         conn.execute(_LOCK_HEAD)
 
+    def current_kek(self, conn: Connection) -> Kek:
+        """The deployment's current KEK: the one named by the audit head (after :meth:`lock`).
+
+        Writers wrap new keys under it, so a worker that has not yet seen a rotation
+        done by another process still writes under the new KEK (loaded from disk).
+        """
+        kek_id = conn.execute(_READ_HEAD_KEK).scalar()
+        if kek_id is None:
+            raise BackendError("audit log is not initialized")
+        return self._ring().get(kek_id)
+
     def append(
         self,
         conn: Connection,
@@ -313,15 +325,22 @@ class AuditLog:
         policy_digest: str | None,
         decision: str,
         reasons: Sequence[str],
+        rekey: Kek | None = None,
     ) -> AuditEntry:
-        """Append one row inside the caller's transaction (after :meth:`lock`)."""
+        """Append one row inside the caller's transaction (after :meth:`lock`).
+
+        The new head is MACed under the KEK that MACed the old one - the head names the
+        current KEK of the whole deployment - except when ``rekey`` (a KEK rotation in
+        this same transaction) moves it to a new KEK.
+        """
         ring = self._ring()
         head = conn.execute(_READ_HEAD).first()
         if head is None:
             raise BackendError("audit log is not initialized")
         try:
+            head_kek = ring.get(head.kek_id)
             head_ok = hmac.compare_digest(
-                head.mac, self._head_mac(ring, head.kek_id, head.seq, head.row_hash)
+                head.mac, head_kek.mac(_MAC_LABEL, f"{head.seq}:{head.row_hash}".encode()).hex()
             )
         except ConfigError:
             head_ok = False
@@ -347,14 +366,14 @@ class AuditLog:
         digest = audit_row_hash(fields)
         stored = {**fields, "reasons": json.dumps(clipped, ensure_ascii=False), "row_hash": digest}
         conn.execute(_INSERT_ROW, stored)
-        kek = ring.active
+        kek = rekey or head_kek
         conn.execute(
             _WRITE_HEAD,
             {
                 "seq": fields["seq"],
                 "row_hash": digest,
                 "kek_id": kek.id,
-                "mac": self._head_mac(ring, kek.id, fields["seq"], digest),
+                "mac": kek.mac(_MAC_LABEL, f"{fields['seq']}:{digest}".encode()).hex(),
             },
         )
         return AuditEntry(

@@ -1,9 +1,15 @@
 """Key administration on the KBS: the key store plus policies, audit rows and KEK rotation.
 
-Every admin operation writes an audit row (actor = the token's subject). KEK rotation is
-crash-safe: the new KEK is first written to ``kek.next``; all rows are re-wrapped in one
-transaction; only then does ``kek.next`` replace ``kek``. A KBS that starts with a
-``kek.next`` present finishes the interrupted rotation before serving.
+Every admin operation and its audit row (actor = the token's subject) are ONE transaction
+that starts by taking the audit append lock, so admin writes, releases and rotations of
+all processes sharing the database are serialized. New keys are wrapped under the KEK
+named by the audit head (the deployment's current KEK), which only a rotation changes.
+
+KEK rotation is crash-safe: the new KEK is first written to ``kek.next``; all rows are
+re-wrapped and the audit head moves to the new KEK in one transaction; only then does
+``kek.next`` replace ``kek``. A KBS that starts with a ``kek.next`` present finishes the
+interrupted rotation before serving. Other processes on the same data directory pick the
+new KEK up from disk the first time they meet it.
 """
 
 from __future__ import annotations
@@ -14,15 +20,19 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from modelseal.crypto.kek import KEK_SIZE, Kek, KekRing, create_secret_file, read_secret_file
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError
 from modelseal.kbs.audit import AuditLog
+from modelseal.kbs.db import Database
 from modelseal.keystore.store import KeyRecord, KeyStore
 from modelseal.policy.document import ReleasePolicy, parse_policy
 
@@ -69,9 +79,25 @@ class KekFiles:
         assert nxt is not None
         return nxt
 
-    def promote_next(self) -> None:
-        """Atomically make ``kek.next`` the KEK; the old KEK bytes are gone afterwards."""
-        os.replace(self.next_path, self.path)
+    def on_disk(self) -> list[Kek]:
+        """``kek`` and, mid-rotation, ``kek.next``: what a :class:`KekRing` reloads on a miss."""
+        keks = [self.load()]
+        nxt = self.load_next()
+        if nxt is not None:
+            keks.append(nxt)
+        return keks
+
+    def promote_next(self, new: Kek) -> None:
+        """Atomically make ``kek.next`` the KEK; the old KEK bytes are gone afterwards.
+
+        Idempotent: if another process already promoted it, ``kek`` is checked to be ``new``.
+        """
+        try:
+            os.replace(self.next_path, self.path)
+        except FileNotFoundError:
+            if self.load().id != new.id:
+                raise
+            return
         with contextlib.suppress(OSError):
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
@@ -88,15 +114,19 @@ class RotationResult:
 
 
 class KeyService:
-    """Admin-facing key operations; each one leaves an audit row."""
+    """Admin-facing key operations; each one is a transaction with its audit row."""
 
-    def __init__(self, store: KeyStore, audit: AuditLog, kek_files: KekFiles) -> None:
+    def __init__(self, db: Database, store: KeyStore, audit: AuditLog, kek_files: KekFiles) -> None:
+        self._db = db
         self.store = store
         self._audit = audit
         self._kek_files = kek_files
-        # Admin writes and KEK rotation exclude each other, so no key can be written
-        # under a KEK that a concurrent rotation is about to retire.
-        self._write_lock = threading.RLock()
+        # In-process guard around KEK rotation (the database lock covers other processes).
+        self._rotation_lock = threading.Lock()
+
+    def ring(self, active: Kek, *others: Kek) -> KekRing:
+        """A KEK ring that reloads the data directory's KEK files on a miss."""
+        return KekRing(active, others, reload=self._kek_files.on_disk)
 
     # --- queries -----------------------------------------------------------------------
 
@@ -113,6 +143,38 @@ class KeyService:
 
     # --- changes -----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _audited(self) -> Iterator[tuple[Session, Connection]]:
+        """One transaction holding the audit append lock (taken before anything is read)."""
+        with self._db.begin() as s:
+            conn = s.connection()
+            self._audit.lock(conn)
+            yield s, conn
+
+    def _append(
+        self,
+        conn: Connection,
+        actor: str,
+        action: str,
+        key_id: str | None,
+        *,
+        policy_digest: str | None = None,
+        reasons: list[str] | None = None,
+        rekey: Kek | None = None,
+    ) -> None:
+        self._audit.append(
+            conn,
+            actor=actor,
+            action=action,
+            key_id=key_id,
+            tee=None,
+            claims_digest=None,
+            policy_digest=policy_digest,
+            decision="ok",
+            reasons=reasons or [],
+            rekey=rekey,
+        )
+
     def put(
         self,
         key_id: str,
@@ -124,117 +186,110 @@ class KeyService:
     ) -> tuple[KeyRecord, bool]:
         """Import ``dek`` (or generate one when None) with an optional policy and digest."""
         parsed = None if policy is None else _parse(policy)
-        with self._write_lock:
+        with self._audited() as (s, conn):
             record, created = self.store.put(
                 key_id,
                 dek,
                 model_digest=model_digest,
                 policy_json=None if parsed is None else parsed.canonical().decode(),
                 policy_digest=None if parsed is None else parsed.digest,
+                wrap_with=self._audit.current_kek(conn),
+                session=s,
             )
-        action = "key.generate" if dek is None else "key.import"
-        self._record(
-            actor,
-            action if created else "key.put-existing",
-            key_id,
-            policy_digest=record.policy_digest,
-            reasons=[f"model_digest={record.model_digest}"] if record.model_digest else [],
-        )
+            action = "key.generate" if dek is None else "key.import"
+            self._append(
+                conn,
+                actor,
+                action if created else "key.put-existing",
+                key_id,
+                policy_digest=record.policy_digest,
+                reasons=[f"model_digest={record.model_digest}"] if record.model_digest else [],
+            )
         return record, created
 
     def set_policy(
         self, key_id: str, policy: ReleasePolicy | Mapping[str, Any], *, actor: str
     ) -> ReleasePolicy:
         parsed = _parse(policy)
-        with self._write_lock:
-            self.store.set_policy(key_id, parsed.canonical().decode(), parsed.digest)
-        self._record(actor, "policy.set", key_id, policy_digest=parsed.digest)
+        with self._audited() as (s, conn):
+            self.store.set_policy(key_id, parsed.canonical().decode(), parsed.digest, session=s)
+            self._append(conn, actor, "policy.set", key_id, policy_digest=parsed.digest)
         return parsed
 
     def clear_policy(self, key_id: str, *, actor: str) -> KeyRecord:
-        with self._write_lock:
-            record = self.store.set_policy(key_id, None, None)
-        self._record(actor, "policy.clear", key_id)
+        with self._audited() as (s, conn):
+            record = self.store.set_policy(key_id, None, None, session=s)
+            self._append(conn, actor, "policy.clear", key_id)
         return record
 
     def set_model_digest(self, key_id: str, model_digest: str | None, *, actor: str) -> KeyRecord:
-        with self._write_lock:
-            record = self.store.set_model_digest(key_id, model_digest)
-        self._record(actor, "model.bind", key_id, reasons=[f"model_digest={model_digest}"])
+        with self._audited() as (s, conn):
+            record = self.store.set_model_digest(key_id, model_digest, session=s)
+            self._append(
+                conn, actor, "model.bind", key_id, reasons=[f"model_digest={record.model_digest}"]
+            )
         return record
 
     def revoke(self, key_id: str, *, actor: str) -> KeyRecord:
-        with self._write_lock:
-            record = self.store.revoke(key_id)
-        self._record(actor, "key.revoke", key_id, policy_digest=record.policy_digest)
+        with self._audited() as (s, conn):
+            record = self.store.revoke(key_id, session=s)
+            self._append(conn, actor, "key.revoke", key_id, policy_digest=record.policy_digest)
         return record
 
     def delete(self, key_id: str, *, actor: str) -> KeyRecord:
-        with self._write_lock:
-            record = self.store.delete(key_id)
-        self._record(actor, "key.delete", key_id)
+        with self._audited() as (s, conn):
+            record = self.store.delete(key_id, session=s)
+            self._append(conn, actor, "key.delete", key_id)
         return record
 
     def rotate_kek(self, *, actor: str) -> RotationResult:
         """Generate a new KEK, re-wrap every key under it in one transaction, retire the old.
 
-        Sealed models are not touched (their DEKs are unchanged). Other KBS replicas must be
-        restarted with the new KEK file afterwards; until then they fail closed.
+        Sealed models are not touched (their DEKs are unchanged). KBS replicas on other
+        machines must get the new ``kek`` file; until then they fail closed.
         """
-        with self._write_lock:
-            old = self.store.ring.active
+        with self._rotation_lock:
+            before = self.store.ring
             new = self._kek_files.create_next()
-            self.store.ring = KekRing(new, [*self.store.ring])
-            count = self.store.rewrap_all(new)
-            # The audit head is re-MACed under the new KEK by this row, while the old
-            # KEK is still in the ring to authenticate the previous head.
-            self._record(
-                actor, "kek.rotate", None, reasons=[f"{old.id} -> {new.id}", f"rewrapped={count}"]
-            )
-            self._kek_files.promote_next()
-            self.store.ring = KekRing(new)
-            log.warning("KEK rotated: %s -> %s (%d keys re-wrapped)", old.id, new.id, count)
-            return RotationResult(old.id, new.id, count)
+            try:
+                return self._rotate(new, actor, [])
+            except BaseException:
+                # Nothing was committed: forget the new KEK so the next start does not
+                # try to "finish" a rotation that failed (e.g. on a tampered row).
+                self.store.ring = before
+                if self._kek_files.load().id != new.id:
+                    self._kek_files.next_path.unlink(missing_ok=True)
+                raise
 
     def finish_interrupted_rotation(self) -> RotationResult | None:
         """If ``kek.next`` exists (a rotation crashed), complete it before serving."""
-        with self._write_lock:
+        with self._rotation_lock:
             new = self._kek_files.load_next()
             if new is None:
                 return None
-            old = self.store.ring.active
-            self.store.ring = KekRing(new, [*self.store.ring])
-            count = self.store.rewrap_all(new)
-            self._record(
-                "kbs",
+            result = self._rotate(new, "kbs", ["resumed at start-up"])
+            log.warning("finished an interrupted KEK rotation: %s", result.new_kek_id)
+            return result
+
+    def _rotate(self, new: Kek, actor: str, notes: list[str]) -> RotationResult:
+        old = self.store.ring.active
+        self.store.ring = self.ring(new, *self.store.ring)
+        with self._audited() as (s, conn):
+            previous = self._audit.current_kek(conn)
+            count = self.store.rewrap_all(new, session=s)
+            s.flush()
+            self._append(
+                conn,
+                actor,
                 "kek.rotate",
                 None,
-                reasons=[f"{old.id} -> {new.id}", f"rewrapped={count}", "resumed at start-up"],
+                reasons=[f"{previous.id} -> {new.id}", f"rewrapped={count}", *notes],
+                rekey=new,
             )
-            self._kek_files.promote_next()
-            self.store.ring = KekRing(new)
-            log.warning("finished an interrupted KEK rotation: %s -> %s", old.id, new.id)
-            return RotationResult(old.id, new.id, count)
-
-    def _record(
-        self,
-        actor: str,
-        action: str,
-        key_id: str | None,
-        *,
-        policy_digest: str | None = None,
-        reasons: list[str] | None = None,
-    ) -> None:
-        self._audit.record(
-            actor=actor,
-            action=action,
-            key_id=key_id,
-            tee=None,
-            claims_digest=None,
-            policy_digest=policy_digest,
-            decision="ok",
-            reasons=reasons or [],
-        )
+        self._kek_files.promote_next(new)
+        self.store.ring = self.ring(new)
+        log.warning("KEK rotated: %s -> %s (%d keys re-wrapped)", old.id, new.id, count)
+        return RotationResult(previous.id, new.id, count)
 
 
 def _parse(policy: ReleasePolicy | Mapping[str, Any]) -> ReleasePolicy:

@@ -82,10 +82,17 @@ def ensure_data_dir(data_dir: Path) -> Path:
 
 def _check_kek_matches(store: KeyStore, audit: AuditLog) -> None:
     """Refuse to start with a KEK that cannot read the stored keys or the audit head."""
-    held = {k.id for k in store.ring}
-    foreign = sorted(set(store.count_by_kek()) - held)
+
+    def held(kek_id: str) -> bool:
+        try:
+            store.ring.get(kek_id)  # also finds kek.next of an interrupted rotation
+        except ConfigError:
+            return False
+        return True
+
+    foreign = sorted(k for k in store.count_by_kek() if not held(k))
     head = audit.head_kek_id()
-    if head is not None and head not in held:
+    if head is not None and not held(head):
         foreign.append(f"{head} (audit log)")
     if foreign:
         raise ConfigError(
@@ -125,17 +132,17 @@ class KbsState:
         data_dir = ensure_data_dir(Path(data_dir))
         kek_files = KekFiles(data_dir)
         kek_files.ensure()
-        ring = KekRing(kek_files.load())
+        ring = KekRing(kek_files.load(), reload=kek_files.on_disk)
         admin_key = ensure_admin_credential(data_dir)
         db = Database(database_url or sqlite_url(data_dir))
         db.create_all()
         create_tables(db.engine)
         store = KeyStore(db.begin, ring, clock=clock)
         audit = AuditLog(db, lambda: store.ring, clock=clock)
-        keys = KeyService(store, audit, kek_files)
-        keys.finish_interrupted_rotation()
+        keys = KeyService(db, store, audit, kek_files)
         _check_kek_matches(store, audit)
         audit.init_head()
+        keys.finish_interrupted_rotation()
         log.info(
             "KBS state opened: data dir %s, database %s, KEK %s",
             data_dir,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, Literal, cast
@@ -184,12 +184,16 @@ class KeyStore:
         model_digest: str | None = None,
         policy_json: str | None = None,
         policy_digest: str | None = None,
+        wrap_with: Kek | None = None,
+        session: Session | None = None,
     ) -> tuple[KeyRecord, bool]:
         """Store a new key (``dek`` None = generate 32 random bytes).
 
         Re-putting the same bytes is idempotent (safe retries of ``publish``); different
         bytes, a different model digest, a revoked id or ``generate`` on an existing id
         raise :class:`KeyConflict`. Returns the record and whether it was created.
+        ``wrap_with`` is the KEK for a new row (default: the ring's active KEK);
+        ``session`` runs the change inside the caller's transaction.
         """
         validate_key_id(key_id)
         if model_digest is not None:
@@ -200,10 +204,10 @@ class KeyStore:
         check_dek(dek)
         now = self._clock.now()
         try:
-            with self._begin() as s:
+            with self._tx(session) as s:
                 row = s.get(KeyRow, key_id)
                 if row is None:
-                    kek = self.ring.active
+                    kek = wrap_with or self.ring.active
                     row = KeyRow(
                         key_id=key_id,
                         wrapped=kek.wrap(key_id, dek),
@@ -251,10 +255,15 @@ class KeyStore:
             raise KeyConflict(f"key {key_id} is bound to a different model digest")
 
     def set_policy(
-        self, key_id: str, policy_json: str | None, policy_digest: str | None
+        self,
+        key_id: str,
+        policy_json: str | None,
+        policy_digest: str | None,
+        *,
+        session: Session | None = None,
     ) -> KeyRecord:
         validate_key_id(key_id)
-        with self._begin() as s:
+        with self._tx(session) as s:
             row = self._row(s, key_id)
             _check_mac(self.ring.get(row.kek_id), row)
             row.policy_json, row.policy_digest = policy_json, policy_digest
@@ -263,11 +272,13 @@ class KeyStore:
             s.flush()
             return KeyRecord.of(row)
 
-    def set_model_digest(self, key_id: str, model_digest: str | None) -> KeyRecord:
+    def set_model_digest(
+        self, key_id: str, model_digest: str | None, *, session: Session | None = None
+    ) -> KeyRecord:
         validate_key_id(key_id)
         if model_digest is not None:
             model_digest = validate_model_digest(model_digest)
-        with self._begin() as s:
+        with self._tx(session) as s:
             row = self._row(s, key_id)
             _check_mac(self.ring.get(row.kek_id), row)
             row.model_digest = model_digest
@@ -276,10 +287,10 @@ class KeyStore:
             s.flush()
             return KeyRecord.of(row)
 
-    def revoke(self, key_id: str) -> KeyRecord:
+    def revoke(self, key_id: str, *, session: Session | None = None) -> KeyRecord:
         """Mark a key revoked: every later release is denied; the row stays for the audit."""
         validate_key_id(key_id)
-        with self._begin() as s:
+        with self._tx(session) as s:
             row = self._row(s, key_id)
             row.state = REVOKED
             row.updated_at = self._clock.now()
@@ -287,22 +298,23 @@ class KeyStore:
             s.flush()
             return KeyRecord.of(row)
 
-    def delete(self, key_id: str) -> KeyRecord:
+    def delete(self, key_id: str, *, session: Session | None = None) -> KeyRecord:
         validate_key_id(key_id)
-        with self._begin() as s:
+        with self._tx(session) as s:
             row = self._row(s, key_id)
             record = KeyRecord.of(row)
             s.delete(row)
+            s.flush()
             return record
 
-    def rewrap_all(self, new: Kek) -> int:
+    def rewrap_all(self, new: Kek, *, session: Session | None = None) -> int:
         """Re-wrap every key not already under ``new`` in ONE transaction.
 
         Sealed models are untouched (their DEKs do not change). Unwrapping uses whichever
         KEK of the ring each row names; if any row fails, nothing is committed.
         """
         count = 0
-        with self._begin() as s:
+        with self._tx(session) as s:
             for row in s.scalars(select(KeyRow).where(KeyRow.kek_id != new.id)):
                 old = self.ring.get(row.kek_id)
                 _check_mac(old, row)
@@ -318,6 +330,15 @@ class KeyStore:
         return count
 
     # --- helpers -----------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, session: Session | None) -> Iterator[Session]:
+        """The caller's transaction if given, else a new one."""
+        if session is not None:
+            yield session
+        else:
+            with self._begin() as s:
+                yield s
 
     @staticmethod
     def _row(s: Session, key_id: str) -> KeyRow:

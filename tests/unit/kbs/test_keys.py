@@ -13,6 +13,7 @@ from modelseal.errors import ConfigError
 from modelseal.kbs.keys import KekFiles
 from modelseal.kbs.state import KbsState
 from modelseal.policy import PolicyInvalid
+from modelseal.protocol.claims import Claims
 
 POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["sample"]}
 
@@ -181,3 +182,49 @@ def test_rotation_concurrent_with_puts_loses_no_key(tmp_path: Path) -> None:
         assert state.audit.verify().ok
     finally:
         state.close()
+
+
+def test_two_workers_on_one_data_dir_follow_a_rotation(tmp_path: Path) -> None:
+    """`kbs serve --workers N`: each worker has its own KbsState over the same directory."""
+    a = KbsState.open(tmp_path)
+    b = KbsState.open(tmp_path)
+    try:
+        dek = SecretBytes(os.urandom(32))
+        a.keys.put("m/k/v1", dek, policy=POLICY, actor="a")
+        sample = Claims(tee="sample", debug=False, report_data=b"", insecure=True)
+        assert b.release("m/k/v1", sample, token_id="t", requester="r") == dek
+        new_id = a.keys.rotate_kek(actor="a").new_kek_id
+        # worker b never saw the rotation: it reloads the new KEK from disk when needed
+        assert b.release("m/k/v1", sample, token_id="t", requester="r") == dek
+        b.keys.put("m/k/v2", None, actor="b")
+        assert b.store.count_by_kek() == {new_id: 2}
+        assert a.store.load("m/k/v2").record.kek_id == new_id
+        b.keys.rotate_kek(actor="b")
+        assert a.release("m/k/v1", sample, token_id="t", requester="r") == dek
+        assert a.audit.verify().ok
+        assert b.audit.verify().ok
+    finally:
+        a.close()
+        b.close()
+
+
+def test_failed_rotation_changes_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    from modelseal.errors import DecryptionError
+
+    state = KbsState.open(tmp_path)
+    state.keys.put("m/k/v1", None, actor="a")
+    state.keys.put("m/k/v2", None, actor="a")
+    kek_before = (tmp_path / "kek").read_bytes()
+    db = sqlite3.connect(tmp_path / "kbs.sqlite3")
+    db.execute("UPDATE ms_keys SET size = 16 WHERE key_id = 'm/k/v2'")
+    db.commit()
+    db.close()
+    with pytest.raises(DecryptionError):
+        state.keys.rotate_kek(actor="a")
+    assert not (tmp_path / "kek.next").exists()
+    assert (tmp_path / "kek").read_bytes() == kek_before
+    assert len(state.store.load("m/k/v1").dek) == 32
+    state.close()
+    KbsState.open(tmp_path).close()
