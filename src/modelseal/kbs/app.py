@@ -2,9 +2,10 @@
 
 ``create_app(settings, state)`` wires the pieces: sessions in the KBS database (so replicas
 work), the attestation service, the token service (key file in the data directory), the
-resource service over ``state.release``, and K2's admin and CNAP transfer routers.
-Blocking work (database, verification, signing) runs in the thread pool so one slow
-verifier never stalls the event loop.
+resource service over ``state.release``, and the admin and CNAP transfer routers.
+Verifiers that may do network I/O run in the thread pool so one slow collateral fetch never
+stalls the event loop; embedded-SQLite statements and the small CPU steps (binding digest,
+ES256, JWE) run on the loop, where they are cheapest (see :meth:`Kbs.db`).
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ class Kbs:
             return fn(*args)
         return await run_in_threadpool(fn, *args)
 
-    async def verify(self, tee: str, evidence: Any, digest: bytes, init_data: bytes | None) -> Any:
+    async def verify(
+        self, tee: str, evidence: Any, digest: bytes, init_data: bytes | None
+    ) -> Claims:
         """Evidence verification: inline for pure-CPU kinds, else in the thread pool
         (verifiers may fetch collateral over the network)."""
         call = functools.partial(
@@ -138,7 +141,8 @@ class Kbs:
         )
         if self.attestation.is_inline(tee):
             return call()
-        return await run_in_threadpool(call)
+        claims: Claims = await run_in_threadpool(call)
+        return claims
 
     # --- RCAR -------------------------------------------------------------------------
 
@@ -176,7 +180,7 @@ class Kbs:
         )
         init_data = req.init_data.body.encode("utf-8") if req.init_data is not None else None
         try:
-            claims: Claims = await self.verify(
+            claims = await self.verify(
                 pending.tee, req.tee_evidence.primary_evidence, digest, init_data
             )
         except Exception:
@@ -231,7 +235,7 @@ async def _guarded(where: str, work: Awaitable[Response]) -> Response:
 
 
 def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
-    """Mount K2's admin API and CNAP transfer API."""
+    """Mount the admin API (``/modelseal/v1``) and the ITA/CNAP transfer API (``/kbs/v1``)."""
     app.include_router(admin_router(kbs.state), prefix="/modelseal/v1")
     app.include_router(
         transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),
@@ -244,7 +248,6 @@ def create_app(
     state: KbsState,
     *,
     clock: Clock | None = None,
-    mount_state_routers: bool = True,
 ) -> FastAPI:
     """The KBS FastAPI app for validated ``settings`` over an opened ``state``."""
     kbs = Kbs(settings, state, clock or SystemClock())
@@ -302,8 +305,7 @@ def create_app(
         "/kbs/v0/resource/{path:path}", resource, methods=["GET"], include_in_schema=False
     )
 
-    if mount_state_routers:
-        _mount_state_routers(app, kbs)
+    _mount_state_routers(app, kbs)
 
     app.add_middleware(BodyLimit, limit=limit)
     return app
