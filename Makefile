@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[all,dev]'
+	$(PY) -m pip install -qq --disable-pip-version-check -e '.[all,dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
