@@ -296,3 +296,33 @@ def test_audit_verify_detects_tampering(
     verdict = json.loads(out)
     assert verdict["local"]["first_bad_seq"] == seq
     assert verdict["kbs"]["first_bad_seq"] == seq
+
+
+def test_trustee_kbs_client_set_resource(
+    server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `kbs-client config --admin-token-file F set-resource` sends, then RCAR gets it."""
+    raw = os.urandom(32)
+    url = f"{server.url}/kbs/v0/resource/models/trustee/key1"
+    octets = {"Content-Type": "application/octet-stream"}
+    assert httpx.post(url, content=raw, headers=octets).status_code == 401
+    r = httpx.post(url, content=raw, headers={**octets, "Authorization": f"Bearer {admin_token}"})
+    assert r.status_code == 201, r.text
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SAMPLE_POLICY_YAML)
+    code, _, err = cli(
+        capsys,
+        "kbs",
+        "policy",
+        "set",
+        "models/trustee/key1",
+        "--kbs",
+        server.url,
+        "--token",
+        admin_token,
+        "--file",
+        str(policy),
+    )
+    assert code == 0, err
+    with KbsClient(server.url, Attester(), tee="sample") as client:
+        assert client.get_resource("models/trustee/key1").reveal() == raw

@@ -30,7 +30,7 @@ from modelseal._internal.encoding import b64_encode
 from modelseal.crypto.jwk import recipient_from_jwk
 from modelseal.crypto.signing import TokenSigningKey
 from modelseal.errors import FormatError, TokenError, UnsupportedTee
-from modelseal.kbs.admin_api import admin_router
+from modelseal.kbs.admin_api import admin_router, trustee_admin_router
 from modelseal.kbs.attestation import AttestationService
 from modelseal.kbs.errors_http import TOO_LARGE, error_response, problem
 from modelseal.kbs.resource import ResourceService, bearer_token
@@ -237,6 +237,7 @@ async def _guarded(where: str, work: Awaitable[Response]) -> Response:
 def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
     """Mount the admin API (``/modelseal/v1``) and the ITA/CNAP transfer API (``/kbs/v1``)."""
     app.include_router(admin_router(kbs.state), prefix="/modelseal/v1")
+    app.include_router(trustee_admin_router(kbs.state))  # kbs-client set-resource (K2)
     app.include_router(
         transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),
         prefix="/kbs/v1",
