@@ -77,7 +77,7 @@ def test_repr_hides_private_key() -> None:
     assert "redacted" in repr(PAIR)
 
 
-@settings(max_examples=200)
+@settings(deadline=None, max_examples=200)
 @given(st.binary(max_size=600))
 def test_random_user_data_never_crashes(data: bytes) -> None:
     try:
@@ -87,6 +87,7 @@ def test_random_user_data_never_crashes(data: bytes) -> None:
     assert key.bits >= MIN_RSA_BITS
 
 
+@settings(deadline=None)
 @given(st.binary(min_size=1, max_size=5000))
 def test_oversized_or_truncated_spki(data: bytes) -> None:
     spki = PAIR.public.spki_der()

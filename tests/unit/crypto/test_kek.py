@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelseal.crypto.kek import Kek, KekRing, create_secret_file, read_secret_file
@@ -56,12 +56,14 @@ def test_kek_size(size: int) -> None:
         Kek(SecretBytes(b"x" * size))
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=100))
 def test_garbage_unwrap_is_one_error(blob: bytes) -> None:
     with pytest.raises(DecryptionError):
         KEK.unwrap("models/m/v1", blob)
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=0, max_value=60), st.integers(min_value=1, max_value=255))
 def test_any_flipped_byte_fails(pos: int, delta: int) -> None:
     blob = bytearray(KEK.wrap("a/b/c", DEK))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelseal.crypto.kek import Kek, KekRing
@@ -222,6 +222,7 @@ def test_invalid_key_ids(key_id: str) -> None:
         validate_key_id(key_id)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=40))
 def test_key_id_grammar(key_id: str) -> None:
     if is_valid_key_id(key_id):

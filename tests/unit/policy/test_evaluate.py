@@ -6,7 +6,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelseal.policy import TEE_KINDS, evaluate, parse_policy
@@ -144,6 +144,7 @@ claims_strategy = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(claims_strategy, st.lists(st.sampled_from(TEE_KINDS), min_size=1, unique=True))
 def test_allow_implies_every_rule_holds(claims: Claims, tees: list[str]) -> None:
     d = evaluate(parse_policy({**BASE, "tee": tees}), claims, now=NOW)
@@ -157,11 +158,13 @@ def test_allow_implies_every_rule_holds(claims: Claims, tees: list[str]) -> None
         assert d.reasons
 
 
+@settings(deadline=None)
 @given(claims_strategy)
 def test_default_deny_always(claims: Claims) -> None:
     assert not evaluate(None, claims, now=NOW).allowed
 
 
+@settings(deadline=None)
 @given(claims_strategy, st.binary(min_size=1, max_size=4).map(bytes.hex))
 def test_measurement_mismatch_always_denies(claims: Claims, want: str) -> None:
     policy = parse_policy({**BASE, "tee": list(TEE_KINDS), "measurements": [{"mr_td": want}]})
