@@ -296,6 +296,18 @@ def test_audit_verify_detects_tampering(
     verdict = json.loads(out)
     assert verdict["local"]["first_bad_seq"] == seq
     assert verdict["kbs"]["first_bad_seq"] == seq
+    # the same verdict offline, straight from the data directory (no server, no token)
+    data = ("--data-dir", str(server.data_dir))
+    code, out, err = cli(capsys, "kbs", "audit", *data, "--verify")
+    assert code == 5
+    assert json.loads(out)["local"]["first_bad_seq"] == seq
+    code, out, _ = cli(capsys, "kbs", "audit", *data, "--json", "--limit", "3")
+    assert [e["seq"] for e in json.loads(out)] == [1, 2, 3]
+    code, _, err = cli(capsys, "kbs", "audit", *data, *conn)
+    assert code == 2
+    code, _, err = cli(capsys, "kbs", "audit", "--data-dir", str(server.data_dir.parent))
+    assert code == 2
+    assert "not a KBS data directory" in err
 
 
 def test_trustee_kbs_client_set_resource(

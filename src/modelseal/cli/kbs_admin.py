@@ -20,19 +20,26 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, IntegrityError
 
 if TYPE_CHECKING:
+    from modelseal.kbs.audit import AuditLog
     from modelseal.owner.kbs_admin import KbsAdminClient
+    from modelseal.protocol.admin import AuditVerifyResponse
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["audit", "key", "policy", "token"]
 
-_kbs_option = click.option(
-    "--kbs",
-    "kbs_url",
-    required=True,
-    envvar=["MODELSEAL_KBS", "MODELSEAL_KBS_URL"],
-    help="KBS base URL, e.g. https://kbs.example:8080.",
-)
+
+def _kbs_opt(required: bool) -> Callable[[F], F]:
+    return click.option(
+        "--kbs",
+        "kbs_url",
+        required=required,
+        default=None,
+        envvar=["MODELSEAL_KBS", "MODELSEAL_KBS_URL"],
+        help="KBS base URL, e.g. https://kbs.example:8080.",
+    )
+
+
 _token_option = click.option(
     "--token",
     "token_value",
@@ -57,7 +64,7 @@ _ca_option = click.option(
 
 
 def _connection(func: F) -> F:
-    for option in (_ca_option, _token_file_option, _token_option, _kbs_option):
+    for option in (_ca_option, _token_file_option, _token_option, _kbs_opt(True)):
         func = option(func)
     return func
 
@@ -345,7 +352,23 @@ def policy_get(
 
 
 @click.command()
-@_connection
+@_kbs_opt(False)
+@_token_option
+@_token_file_option
+@_ca_option
+@click.option(
+    "--data-dir",
+    envvar="MODELSEAL_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Read the log from this KBS data directory instead of --kbs (no server needed).",
+)
+@click.option(
+    "--database-url",
+    envvar="MODELSEAL_DATABASE_URL",
+    default=None,
+    help="With --data-dir: the KBS's PostgreSQL URL (default: the data dir's SQLite).",
+)
 @click.option(
     "--verify",
     "do_verify",
@@ -377,35 +400,47 @@ def policy_get(
     help="Print rows as a JSON array (with hashes) instead of one line each.",
 )
 def audit(
-    kbs_url: str,
+    kbs_url: str | None,
     token_value: str | None,
     token_file: Path | None,
     kbs_ca: str | None,
+    data_dir: Path | None,
+    database_url: str | None,
     do_verify: bool,
     after: int,
     limit: int | None,
     as_json: bool,
 ) -> None:
     """Print the KBS audit log, or verify its hash chain (--verify)."""
-    from modelseal.protocol.admin import verify_audit_chain
+    from modelseal.protocol.admin import AuditEntryModel, AuditVerifyResponse, verify_audit_chain
 
-    with _client(kbs_url, token_value, token_file, kbs_ca) as client:
+    if (kbs_url is None) == (data_dir is None):
+        raise ConfigError("give exactly one of --kbs URL (with a token) or --data-dir DIR")
+    entries: list[AuditEntryModel] = []
+    if data_dir is not None:
+        local_log = _local_audit(data_dir, database_url)
         if do_verify:
-            rows = list(client.iter_audit())
-            local = verify_audit_chain(rows)
-            remote = client.audit_verify()
-            result = {"local": local.model_dump(), "kbs": remote.model_dump()}
-            _print(result)
-            if not (local.ok and remote.ok):
-                bad = local.first_bad_seq if not local.ok else remote.first_bad_seq
-                reason = local.reason if not local.ok else remote.reason
-                raise IntegrityError(f"audit log verification failed at row {bad}: {reason}")
+            result = local_log.verify()
+            _finish_verify(AuditVerifyResponse(**result.to_json()), None)
             return
-        entries = []
-        for entry in client.iter_audit(after=after):
-            entries.append(entry)
-            if limit is not None and len(entries) >= limit:
+        cursor = after
+        while limit is None or len(entries) < limit:
+            page = local_log.entries(after=cursor, limit=1000)
+            entries.extend(AuditEntryModel(**row.to_json()) for row in page)
+            if len(page) < 1000:
                 break
+            cursor = page[-1].seq
+        entries = entries[:limit] if limit is not None else entries
+    else:
+        with _client(kbs_url or "", token_value, token_file, kbs_ca) as client:
+            if do_verify:
+                rows = list(client.iter_audit())
+                _finish_verify(verify_audit_chain(rows), client.audit_verify())
+                return
+            for entry in client.iter_audit(after=after):
+                entries.append(entry)
+                if limit is not None and len(entries) >= limit:
+                    break
     if as_json:
         _print([e.model_dump() for e in entries])
         return
@@ -417,3 +452,32 @@ def audit(
             + (f"  [{'; '.join(e.reasons)}]" if e.reasons else "")
             + "\n"
         )
+
+
+def _local_audit(data_dir: Path, database_url: str | None) -> AuditLog:
+    """The audit log of a data directory, opened read-only (no files or rows are created)."""
+    from modelseal.crypto.kek import KekRing
+    from modelseal.kbs.audit import AuditLog
+    from modelseal.kbs.db import Database, sqlite_url
+    from modelseal.kbs.keys import KekFiles
+
+    files = KekFiles(data_dir)
+    if not files.path.exists():
+        raise ConfigError(f"{data_dir} is not a KBS data directory (no kek file)")
+    if database_url is None and not (data_dir / "kbs.sqlite3").exists():
+        raise ConfigError(f"{data_dir} has no kbs.sqlite3; pass --database-url for PostgreSQL")
+    ring = KekRing(files.load(), reload=files.on_disk)
+    return AuditLog(Database(database_url or sqlite_url(data_dir)), lambda: ring)
+
+
+def _finish_verify(local: AuditVerifyResponse, remote: AuditVerifyResponse | None) -> None:
+    """Print both verdicts; IntegrityError (exit 5) naming the first bad row if either failed."""
+    result = {"local": local.model_dump()}
+    if remote is not None:
+        result["kbs"] = remote.model_dump()
+    _print(result)
+    for verdict in (local, remote):
+        if verdict is not None and not verdict.ok:
+            raise IntegrityError(
+                f"audit log verification failed at row {verdict.first_bad_seq}: {verdict.reason}"
+            )
