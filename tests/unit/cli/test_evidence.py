@@ -301,3 +301,183 @@ def test_evidence_from_stdin(
     )
     assert code == 0, err
     assert json.loads(out)["tee"] == "mock-tdx"
+
+
+# --- SNP and TPM: binary/hex evidence, collateral directories with arbitrary names -----------
+
+#: Documented verification time for the SNP vectors (the VLEK expires 2025-12-10).
+SNP_AT = "1748736000"  # 2025-06-01T00:00:00Z
+#: Verification time for the Trustee TPM vector (no certificate validity involved).
+TPM_AT = "1767225600"  # 2026-01-01T00:00:00Z
+
+
+def _snp_collateral(vectors: Path, dest: Path, vcek: str, *, pem: bool) -> Path:
+    """VCEK (DER or PEM) and the Milan ASK/ARK chain under names that mean nothing."""
+    import base64
+    import textwrap
+
+    dest.mkdir()
+    der = (vectors / vcek).read_bytes()
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    leaf = f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n".encode()
+    leaf = leaf if pem else der
+    (dest / "blob-1").write_bytes(leaf)
+    (dest / "zz.txt").write_bytes((vectors / "snp/trustee/milan_ask_ark_asvk.pem").read_bytes())
+    return dest
+
+
+def _snp_verify(evidence: Path, collateral: Path, *extra: str) -> list[str]:
+    return [
+        "evidence",
+        "verify",
+        "--tee",
+        "snp",
+        "--evidence",
+        str(evidence),
+        "--collateral",
+        str(collateral),
+        "--at",
+        SNP_AT,
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("pem", [False, True], ids=["vcek-der", "vcek-pem"])
+def test_snp_binary_and_hex_report_with_collateral_directory(
+    shared_vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], pem: bool
+) -> None:
+    expected = json.loads((shared_vectors / "expected.json").read_text())
+    fields = expected["snp_reports"]["snp/trustee/test-report.bin"]["fields"]
+    collateral = _snp_collateral(
+        shared_vectors, tmp_path / "c", "snp/trustee/test-vcek.der", pem=pem
+    )
+    report = (shared_vectors / "snp/trustee/test-report.bin").read_bytes()
+    for name, data in (
+        ("r.bin", report),
+        ("r.hex", report.hex().encode()),
+        ("r0x.hex", b"0x" + report.hex().upper().encode() + b"\n"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        code, out, err = _run(_snp_verify(path, collateral), capsys)
+        assert code == 0, (name, err)
+        claims = json.loads(out)
+        assert claims["tee"] == "snp"
+        assert claims["debug"] is False
+        assert claims["measurements"]["measurement"] == fields["measurement"]
+        assert claims["report_data"] == fields["report_data"]
+        assert claims["report_data_checked"] is False
+    code, out, err = _run(
+        _snp_verify(tmp_path / "r.bin", collateral, "--report-data", fields["report_data"]), capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["report_data_checked"] is True
+
+
+def test_snp_rejections_exit_4(
+    shared_vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _snp_collateral(
+        shared_vectors, tmp_path / "good", "snp/trustee/test-vcek.der", pem=False
+    )
+    report = tmp_path / "r.bin"
+    report.write_bytes((shared_vectors / "snp/trustee/test-report.bin").read_bytes())
+    code, out, err = _run(_snp_verify(report, good, "--report-data", "00" * 64), capsys)
+    assert (code, out) == (4, "")
+    assert "REPORT_DATA does not match" in err
+    broken = _snp_collateral(
+        shared_vectors, tmp_path / "broken", "snp/trustee/test-vcek-invalid-new.der", pem=False
+    )
+    code, out, err = _run(_snp_verify(report, broken), capsys)
+    assert (code, out) == (4, "")
+    assert "VCEK certificate signature invalid under the ASK" in err  # chain broken
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = _run(_snp_verify(report, empty), capsys)
+    assert code == 4
+    assert "no VCEK certificate" in err
+    debug = tmp_path / "debug.bin"
+    debug.write_bytes((shared_vectors / "snp/go-sev-guest/attestation.bin").read_bytes())
+    dbg = tmp_path / "dbg"
+    dbg.mkdir()
+    (dbg / "a").write_bytes((shared_vectors / "snp/go-sev-guest/vcek.der").read_bytes())
+    (dbg / "b").write_bytes(
+        (shared_vectors / "snp/go-sev-guest/trust_ask_ark_milan.pem").read_bytes()
+    )
+    code, _, err = _run(_snp_verify(debug, dbg), capsys)
+    assert code == 4
+    assert "debug TEE" in err
+    code, out, err = _run(_snp_verify(debug, dbg, "--allow-debug"), capsys)
+    assert code == 0, err
+    assert json.loads(out)["debug"] is True
+
+
+def _tpm_evidence(vectors: Path, tmp_path: Path) -> tuple[Path, Path, str]:
+    """The Trustee TPM quote, its AK public key in a directory under an arbitrary name."""
+    doc = json.loads((vectors / "tpm/trustee/tpm_evidence.json").read_text())
+    expected = json.loads((vectors / "expected.json").read_text())
+    nonce = expected["tpm_quotes"]["tpm/trustee/tpm_evidence.json"]["extra_data"][:96]
+    aks = tmp_path / "aks"
+    aks.mkdir()
+    (aks / "whatever.bin").write_bytes(b64_decode(doc["ak_public"]))
+    evidence = tmp_path / "tpm.json"
+    evidence.write_text(json.dumps(doc))
+    return evidence, aks, nonce
+
+
+def _tpm_verify(evidence: Path, aks: Path, nonce: str) -> list[str]:
+    return [
+        "evidence",
+        "verify",
+        "--tee",
+        "tpm",
+        "--evidence",
+        str(evidence),
+        "--collateral",
+        str(aks),
+        "--report-data",
+        nonce,
+        "--at",
+        TPM_AT,
+    ]
+
+
+def test_tpm_collateral_directory_and_rejections(
+    shared_vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evidence, aks, nonce = _tpm_evidence(shared_vectors, tmp_path)
+    code, out, err = _run(_tpm_verify(evidence, aks, nonce), capsys)
+    assert code == 0, err
+    claims = json.loads(out)
+    assert claims["tee"] == "tpm"
+    assert claims["measurements"]["pcr17"] == "ff" * 32
+    assert claims["report_data_checked"] is True
+    # the AK as a PEM file given directly (not a directory) works as well
+    import base64
+    import textwrap
+
+    der = (aks / "whatever.bin").read_bytes()
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    pem = tmp_path / "ak.pem"
+    pem.write_text(f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n")
+    code, _, err = _run(_tpm_verify(evidence, pem, nonce), capsys)
+    assert code == 0, err
+    code, out, err = _run(_tpm_verify(evidence, aks, "01" * 48), capsys)
+    assert (code, out) == (4, "")
+    assert "nonce" in err  # binding mismatch
+    other = tmp_path / "other"
+    other.mkdir()  # another key (an end-entity certificate's key) is not this AK
+    (other / "k").write_bytes((shared_vectors / "snp/go-sev-guest/vcek.der").read_bytes())
+    code, _, err = _run(_tpm_verify(evidence, other, nonce), capsys)
+    assert code == 4
+    assert "attestation key is not trusted" in err
+
+
+def test_mock_tdx_chain_broken_under_another_root(
+    mock_evidence: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other-ca"
+    MockTdxCA.create(other)
+    code, out, err = _run(_verify(other, mock_evidence), capsys)
+    assert (code, out) == (4, "")
+    assert "certificate chain broken" in err
