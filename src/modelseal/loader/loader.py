@@ -159,14 +159,26 @@ def fetch_heads(fetcher: Fetcher, info: ModelInfo, workers: int) -> list[SealedF
     return [SealedFile(f, h, c, t) for f, (h, c, t) in zip(info.files, heads, strict=True)]
 
 
+def previous_entries(dest: Path) -> set[str]:
+    """Top-level entries the last completed load placed in ``dest`` (from its receipt)."""
+    previous = read_receipt(dest) or {}
+    files = previous.get("files")
+    if not isinstance(files, list):
+        return set()
+    return {
+        PurePosixPath(f["path"]).parts[0]
+        for f in files
+        if isinstance(f, dict) and isinstance(f.get("path"), str) and f["path"]
+    }
+
+
 def check_placement(dest: Path, paths: Sequence[str]) -> list[str]:
     """Top-level names the model will occupy in ``dest``; refuse to clobber foreign files.
 
     Entries that a previous load placed (listed in its receipt) may be replaced.
     """
     tops = sorted({PurePosixPath(p).parts[0] for p in paths})
-    previous = read_receipt(dest) or {}
-    owned = {PurePosixPath(f["path"]).parts[0] for f in previous.get("files", []) if "path" in f}
+    owned = previous_entries(dest)
     clash = [t for t in tops if (dest / t).exists() and t not in owned]
     if clash:
         raise ConfigError(
@@ -176,14 +188,18 @@ def check_placement(dest: Path, paths: Sequence[str]) -> list[str]:
     return tops
 
 
-def place(tmp: Path, dest: Path, tops: Sequence[str], *, overwrite: bool) -> None:
-    """Move each top-level entry from ``tmp`` into ``dest`` with ``rename`` (same fs)."""
+def place(tmp: Path, dest: Path, tops: Sequence[str], *, stale: set[str], overwrite: bool) -> None:
+    """Move each top-level entry from ``tmp`` into ``dest`` with ``rename`` (same fs), then
+    remove ``stale``: what an earlier load left that the new model does not have."""
     for name in tops:
         target = dest / name
         source = tmp / name
         if target.is_dir() and not target.is_symlink():
             wipe_tree(target, overwrite=overwrite)
         os.replace(source, target)
+    for name in sorted(stale):
+        if not name.startswith("."):
+            wipe_tree(dest / name, overwrite=overwrite)
 
 
 @contextmanager
@@ -323,8 +339,9 @@ def load_model(
                         )
                 with timings.step("place"):
                     tops = check_placement(settings.dest, [f.path for f in loaded])
+                    stale = previous_entries(settings.dest) - set(tops)
                     clear_ready(settings.dest)
-                    place(tmp, settings.dest, tops, overwrite=overwrite)
+                    place(tmp, settings.dest, tops, stale=stale, overwrite=overwrite)
         finally:
             if key is not None:
                 key.dek.wipe()

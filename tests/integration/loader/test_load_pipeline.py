@@ -173,3 +173,70 @@ def test_unreachable_kbs_is_transient(sealed_model: SealedModelServer, shm_dest:
         load_model(settings)  # the real RCAR client against a closed port
     assert info.value.exit_code == 75
     _no_plaintext(shm_dest)
+
+
+def test_reload_of_another_model_removes_stale_files(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    # the owner publishes a new version without config.json
+    sealed_model.info["files"] = [
+        f
+        for f in sealed_model.info["files"]  # type: ignore[attr-defined]
+        if f["path"] != "config.json"
+    ]
+    sealed_model.publish()
+    with pytest.raises(errors.IntegrityError):  # the sealed manifest still lists it
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    # the earlier, complete model is untouched by the failed reload
+    assert (shm_dest / "config.json").read_bytes() == FILES["config.json"]
+
+
+def test_previous_entries_ignore_a_corrupt_receipt(shm_dest: Path) -> None:
+    from modelseal.loader.loader import previous_entries
+
+    (shm_dest / ".modelseal").mkdir(parents=True)
+    (shm_dest / ".modelseal" / "receipt.json").write_text('{"files": [1, {"path": 2}, "x"]}')
+    assert previous_entries(shm_dest) == set()
+    (shm_dest / ".modelseal" / "receipt.json").write_text('{"files": [{"path": "a/b.bin"}]}')
+    assert previous_entries(shm_dest) == {"a"}
+
+
+def test_loading_another_model_replaces_the_previous_one(
+    sealed_model: SealedModelServer, shm_dest: Path, tmp_path: Path
+) -> None:
+    import json as _json
+
+    from modelseal.format.manifest import sealed_name as _sealed_name
+    from modelseal.owner.sealing import seal_directory
+
+    load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    src = tmp_path / "m2"
+    src.mkdir()
+    (src / "other.bin").write_bytes(b"model two")
+    sealed = seal_directory(
+        src, tmp_path / "m2.sealed", sealed_model.dek, key_id="models/m1/v1",
+        model_id="m1", version="v2",
+    )  # fmt: skip
+    base = sealed_model.server.url + "/blobs/m1/v2/"
+    for rel in sealed.sealed_paths():
+        sealed_model.server.blobs[f"/blobs/m1/v2/{rel}"] = (
+            tmp_path / "m2.sealed" / rel
+        ).read_bytes()
+    info = {
+        **sealed_model.info,
+        "version": "v2",
+        "model_digest": sealed.model_digest,
+        "manifest_url": base + "modelseal-manifest.json.sealed",
+        "files": [
+            {
+                "path": "other.bin",
+                "url": base + _sealed_name("other.bin"),
+                "sealed_size": (tmp_path / "m2.sealed" / "other.bin.sealed").stat().st_size,
+            }
+        ],
+    }
+    sealed_model.server.blobs["/models/m1"] = _json.dumps(info).encode()
+    load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    assert sorted(p.name for p in shm_dest.iterdir()) == [".modelseal", "other.bin"]
+    assert (shm_dest / "other.bin").read_bytes() == b"model two"
