@@ -481,3 +481,28 @@ def test_mock_tdx_chain_broken_under_another_root(
     code, out, err = _run(_verify(other, mock_evidence), capsys)
     assert (code, out) == (4, "")
     assert "certificate chain broken" in err
+
+
+def test_tdx_hex_quote_with_renamed_collateral(
+    shared_vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory whose names mean nothing, other files ignored; window edges name the reason."""
+    collateral = tmp_path / "c"
+    collateral.mkdir()
+    (collateral / "x").write_bytes(
+        (shared_vectors / "tdx/dcap-qvl/tdx_quote_collateral.json").read_bytes()
+    )
+    (collateral / "notes.txt").write_text("not collateral")
+    quote = tmp_path / "q"
+    quote.write_text((shared_vectors / "tdx/dcap-qvl/tdx_quote").read_bytes().hex())
+
+    def verify(at: str) -> tuple[int, str, str]:
+        argv = ["evidence", "verify", "--tee", "tdx", "--evidence", str(quote)]
+        return _run([*argv, "--collateral", str(collateral), "--at", at], capsys)
+
+    code, out, err = verify("1752919234")
+    assert code == 0, err
+    assert json.loads(out)["tcb_status"] == "UpToDate"
+    code, out, err = verify("1752919235")
+    assert (code, out) == (4, "")
+    assert "collateral expired" in err
