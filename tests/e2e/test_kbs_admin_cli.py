@@ -46,6 +46,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
 
     def start(self) -> None:
         cmd = [
@@ -59,6 +60,7 @@ class Server:
             "--insecure-allow-sample",
             "--log-level",
             "debug",
+            *self.extra,
         ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -338,3 +340,44 @@ def test_trustee_kbs_client_set_resource(
     assert code == 0, err
     with KbsClient(server.url, Attester(), tee="sample") as client:
         assert client.get_resource("models/trustee/key1").reveal() == raw
+
+
+def test_rotation_under_several_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kbs serve --workers 2`: a rotation done by one worker is followed by the other."""
+    srv = Server(tmp_path / "data")
+    srv.extra = ["--workers", "2"]
+    srv.start()
+    try:
+        token = run("kbs", "token", "--data-dir", str(srv.data_dir)).stdout.strip()
+        conn = ("--kbs", srv.url, "--token", token)
+        policy = tmp_path / "p.yaml"
+        policy.write_text(SAMPLE_POLICY_YAML)
+        keys = []
+        for i in range(3):
+            code, _, err = cli(
+                capsys,
+                "kbs",
+                "key",
+                "put",
+                f"models/w/v{i}",
+                *conn,
+                "--generate",
+                "--policy",
+                str(policy),
+            )
+            assert code == 0, err
+            if i == 1:
+                code, _, err = cli(capsys, "kbs", "key", "rotate-kek", *conn)
+                assert code == 0, err
+        for i in range(3):
+            with KbsClient(srv.url, Attester(), tee="sample") as client:
+                keys.append(client.get_resource(f"models/w/v{i}").reveal())
+        for _ in range(6):  # new connections land on either worker
+            with KbsClient(srv.url, Attester(), tee="sample") as client:
+                assert [client.get_resource(f"models/w/v{i}").reveal() for i in range(3)] == keys
+        code, out, _ = cli(capsys, "kbs", "key", "list", *conn)
+        assert len({k["kek_id"] for k in json.loads(out)}) == 1
+        code, out, err = cli(capsys, "kbs", "audit", *conn, "--verify")
+        assert code == 0, err
+    finally:
+        srv.stop()
