@@ -181,7 +181,12 @@ def _verifier_config(kind: str, collateral: str | None, **kw: Any) -> Any:
     show_default=True,
     help="Accepted TCB statuses (repeat; 'any' accepts every status).",
 )
-@click.option("--allow-debug", is_flag=True, help="Do not reject debug TEEs.")
+@click.option(
+    "--allow-debug",
+    is_flag=True,
+    help="Print a debug guest's claims instead of rejecting it (SNP; DCAP verification "
+    "always rejects debug TDX/SGX quotes).",
+)
 def verify_cmd(
     tee: str,
     evidence_path: str,
