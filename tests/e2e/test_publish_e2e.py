@@ -272,6 +272,13 @@ def test_rerun_without_save_key_starts_over(
     common = ["--model-id", "fresh", "--policy", str(policy_file)]
     first = _publish(registry, dead_kbs, kbs.token, src, *common, staging=staging)
     assert first.returncode == 75
+    # without --save-key the DEK stays in memory: staging holds ciphertext and a key-free state
+    left = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
+    assert left == {"state.json", *(f"sealed/{rel}.sealed" for rel in files)} | {
+        p.relative_to(staging).as_posix() for p in (staging / "sealed").glob("*manifest*")
+    }
+    state = json.loads((staging / "state.json").read_text())
+    assert not {"key", "dek", "secret"} & {k.lower() for k in state}
     sealed_before = {
         p.relative_to(staging / "sealed").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in (staging / "sealed").rglob("*.sealed")
