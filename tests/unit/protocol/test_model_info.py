@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -205,3 +205,35 @@ def test_cnap_registration() -> None:
     assert reg.all_files() == [
         FileRecord(path="w.safetensors", blob="w.safetensors.sealed", sealed_size=10, sha256=SHA)
     ]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_FIELDS = ["format", "framework", "kbs", "kbs_url", "key_id", "model_digest", "manifest", "files"]
+
+
+@settings(max_examples=60)
+@given(st.sampled_from(_FIELDS), _JSON)
+def test_registration_with_any_field_value_validates_or_is_a_validation_error(
+    field: str, value: object
+) -> None:
+    """A hostile PUT body can only be a 422 (never an exception the app turns into a 500)."""
+    try:
+        reg = _registration(**{field: value})
+    except ValidationError:
+        return
+    for f in reg.all_files():  # whatever validated is safe to turn into blob keys
+        assert blob_key("m", "v1", f.blob).startswith("m/v1/")
+
+
+@settings(max_examples=60)
+@given(st.binary(max_size=200) | _JSON.map(lambda v: json.dumps(v).encode()))
+def test_wire_models_parse_any_bytes_into_a_validation_error(body: bytes) -> None:
+    for model in (ModelRegistration, ModelInfo):
+        with pytest.raises(ValidationError):
+            model.model_validate_json(body)
