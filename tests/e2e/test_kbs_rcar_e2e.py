@@ -34,7 +34,8 @@ TDX_POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["td
 KEY_ID = "models/demo/1"
 DENIED_ID = "models/locked/1"
 DEK = bytes.fromhex("5f3c9a0be1d24786a9c0ffee0123456789abcdef0011223344556677deadbeef")
-SESSION_TTL = 2.0
+#: short enough to test expiry, long enough for a handshake on a busy CI machine
+SESSION_TTL = 4.0
 CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 AUTH = {"version": "0.4.0", "tee": "sample", "extra-params": ""}
 
@@ -243,7 +244,7 @@ def test_independent_client(kbs: KbsProcess) -> None:
         # the bearer path with no cookie at all
         assert client.resource(KEY_ID, bearer=released.token).resource == DEK
         with pytest.raises(RcarFailure) as info:
-            client.resource(DENIED_ID)
+            client.resource(DENIED_ID, bearer=released.token)
         assert info.value.status == 403
         nonce = client.auth()
         bad = client.http.post(
