@@ -25,6 +25,8 @@ __all__ = ["attest", "evidence"]
 #: Evidence files larger than this are refused before parsing.
 MAX_EVIDENCE_FILE = 8 * 1024 * 1024
 DCAP_KINDS = ("tdx", "sgx", "mock-tdx")
+#: Kinds ``evidence verify`` knows (the verifiers of :mod:`modelseal.tee.registry`).
+VERIFY_KINDS = ("tdx", "sgx", "snp", "tpm", "mock-tdx", "sample")
 
 
 def _hex_arg(value: str | None, what: str) -> bytes | None:
@@ -148,7 +150,12 @@ def _verifier_config(kind: str, collateral: str | None, **kw: Any) -> Any:
 
 
 @evidence.command("verify")
-@click.option("--tee", required=True, help="TEE kind: tdx, sgx, snp, tpm, mock-tdx, sample.")
+@click.option(
+    "--tee",
+    required=True,
+    type=click.Choice(VERIFY_KINDS),
+    help="TEE kind of the evidence (an unknown kind is a usage error, exit 2).",
+)
 @click.option("--evidence", "evidence_path", required=True, help="Evidence file ('-' = stdin).")
 @click.option(
     "--collateral",

@@ -163,6 +163,11 @@ def test_usage_errors(mock_evidence: Path, capsys: pytest.CaptureFixture[str]) -
     )
     assert code == 2
     assert "--report-data is required" in err
+    code, _, err = _run(
+        ["evidence", "verify", "--tee", "nope", "--evidence", str(mock_evidence)], capsys
+    )
+    assert code == 2
+    assert "nope" in err
     code, _, err = _run(["attest", "--tee", "mock-tdx", "--report-data", "zz"], capsys)
     assert code == 2
     assert "hex" in err
