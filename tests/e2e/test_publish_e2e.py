@@ -87,13 +87,10 @@ def start_kbs(data_dir: Path) -> KbsServer:
             proc.kill()
             raise RuntimeError("kbs did not start")
         time.sleep(0.05)
-    token = subprocess.run(
-        [*CLI, "kbs", "token", "--data-dir", str(data_dir), "--role", "publisher"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return KbsServer(url=url, data_dir=data_dir, proc=proc, token=token)
+    # minted in this process (same CLI code, no second interpreter start-up)
+    minted = _cli(["kbs", "token", "--data-dir", str(data_dir), "--role", "publisher"])
+    assert minted.returncode == 0, minted.stderr
+    return KbsServer(url=url, data_dir=data_dir, proc=proc, token=minted.stdout.strip())
 
 
 @pytest.fixture(scope="module")
