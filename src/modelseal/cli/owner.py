@@ -165,6 +165,21 @@ def keygen(output: Path) -> None:
 @click.option(
     "--model-version", envvar="MODELSEAL_MODEL_VERSION", help="Version recorded in the manifest."
 )
+@click.option(
+    "--seal-tensors",
+    "tensors",
+    multiple=True,
+    metavar="GLOB",
+    help="Partial sealing of a .safetensors file: encrypt only tensors matching GLOB "
+    "(repeatable, e.g. 'lm_head.*'); the output stays a loadable safetensors file.",
+)
+@click.option(
+    "--seal-last-layers",
+    "last_layers",
+    type=click.IntRange(0),
+    default=0,
+    help="Partial sealing: also encrypt every tensor of the last N numbered layers.",
+)
 @_workers_option
 @_force_option
 def seal(
@@ -176,10 +191,16 @@ def seal(
     segment_size: int,
     model: str | None,
     model_version: str | None,
+    tensors: tuple[str, ...],
+    last_layers: int,
     workers: int,
     force: bool,
 ) -> None:
     """Seal (encrypt) a model file or model directory SRC into DST."""
+    if tensors or last_layers:
+        if fmt != "v1":
+            raise click.UsageError("--seal-tensors/--seal-last-layers cannot be used with cnap")
+        fmt = "partial"
     with keys.read_key_file(key_file) as dek, _os_errors():
         total = sealing.progress_total(src, sealed=False)
         with _progress("sealing", total) as progress:
@@ -188,13 +209,15 @@ def seal(
                 dst,
                 dek,
                 key_id=key_id,
-                fmt="cnap" if fmt == "cnap" else "v1",
+                fmt="cnap" if fmt == "cnap" else "partial" if fmt == "partial" else "v1",
                 segment_size=segment_size,
                 model=model,
                 version=model_version,
                 workers=workers,
                 progress=progress,
                 overwrite=force,
+                tensors=tensors,
+                last_layers=last_layers,
             )
     if isinstance(result, sealing.SealedModel):
         click.echo(

@@ -1,4 +1,5 @@
-"""Tell a modelseal v1 file from a CNAP legacy file by its first bytes and its length."""
+"""Tell a modelseal v1 file from a CNAP legacy file (first bytes and length) and from a
+partially sealed safetensors file (its metadata)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Literal
 from modelseal.errors import FormatError
 from modelseal.format.cnap import looks_like_cnap, parse_header
 from modelseal.format.header import MAGIC
+from modelseal.format.partial import is_partially_sealed
 
 __all__ = ["SealedFormat", "detect_fd", "detect_prefix"]
 
-SealedFormat = Literal["v1", "cnap"]
+SealedFormat = Literal["v1", "cnap", "partial"]
 
 #: ``<2I`` 12, 16: the start of every CNAP header
 CNAP_IV_TAG = struct.pack("<2I", 12, 16)
@@ -31,6 +33,12 @@ def detect_prefix(prefix: bytes, total_len: int) -> SealedFormat:
 
 
 def detect_fd(fd: int) -> SealedFormat:
-    """Detect the format of an open sealed file."""
+    """Detect the format of an open sealed file: v1, CNAP, or a partially sealed
+    safetensors file (``__metadata__["modelseal.partial"]``)."""
     prefix = os.pread(fd, 16, 0)
-    return detect_prefix(prefix, os.fstat(fd).st_size)
+    try:
+        return detect_prefix(prefix, os.fstat(fd).st_size)
+    except FormatError:
+        if is_partially_sealed(fd):
+            return "partial"
+        raise

@@ -13,7 +13,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, Error, FormatError, IntegrityError, NotFound
-from modelseal.format import cnap
+from modelseal.format import cnap, partial
 from modelseal.format.detect import detect_fd
 from modelseal.format.header import DEFAULT_SEGMENT_SIZE, Header, check_relpath
 from modelseal.format.manifest import (
@@ -54,7 +54,7 @@ __all__ = [
     "verify",
 ]
 
-SealFormat = Literal["v1", "cnap"]
+SealFormat = Literal["v1", "cnap", "partial"]
 CNAP_SUFFIX = ".enc"
 _HASH_CHUNK = 4 << 20
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -345,12 +345,35 @@ def seal_file(
     workers: int = 2,
     progress: Progress | None = None,
     overwrite: bool = False,
+    tensors: Sequence[str] = (),
+    last_layers: int = 0,
 ) -> SealedFile:
-    """Seal one file (v1, or the CNAP legacy layout with ``fmt="cnap"``) into ``dst``."""
+    """Seal one file (v1, or the CNAP legacy layout with ``fmt="cnap"``) into ``dst``.
+
+    ``fmt="partial"`` seals only the tensors of a safetensors file selected by the glob
+    ``tensors`` and/or the last ``last_layers`` numbered layers (format/partial.py).
+    """
     source, target = Path(src), Path(dst)
     fd = _open_ro(source)
     try:
         size = os.fstat(fd).st_size
+        if fmt == "partial":
+            if not key_id:
+                raise ConfigError("--key-id is required (the KBS resource path of the key)")
+            st_header = partial.read_safetensors_header(fd)
+            names = partial.select_tensors(st_header, tensors, last_layers=last_layers)
+            with _atomic_file(target, mode=0o644, overwrite=overwrite) as out_fd:
+                partial.seal_partial(
+                    fd,
+                    out_fd,
+                    dek,
+                    key_id=key_id,
+                    names=names,
+                    segment_size=segment_size,
+                    progress=progress,
+                )
+                sealed_size = os.fstat(out_fd).st_size
+            return SealedFile(target, "partial", size, sealed_size)
         if fmt == "cnap":
             if size > cnap.MAX_PLAINTEXT:
                 raise ConfigError(
@@ -365,7 +388,7 @@ def seal_file(
                 cnap.encrypt_stream(fin, fout, dek, size=size, progress=progress)
             return SealedFile(target, "cnap", size, size + cnap.OVERHEAD)
         if fmt != "v1":
-            raise ConfigError(f"unknown format {fmt!r}; use v1 or cnap")
+            raise ConfigError(f"unknown format {fmt!r}; use v1, cnap or partial")
         if not key_id:
             raise ConfigError("--key-id is required for the v1 format (the KBS resource path)")
         rel = path if path is not None else source.name
@@ -405,15 +428,17 @@ def seal(
     workers: int = 2,
     progress: Progress | None = None,
     overwrite: bool = False,
+    tensors: Sequence[str] = (),
+    last_layers: int = 0,
 ) -> SealedFile | SealedModel:
     """Seal a file or a model directory. A file sealed into an existing directory gets the
-    name ``<name>.sealed`` (``<name>.enc`` for CNAP)."""
+    name ``<name>.sealed`` (``<name>.enc`` for CNAP, unchanged for partial sealing)."""
     source, target = Path(src), Path(dst)
     if not source.exists():
         raise NotFound(f"{source} not found")
     if source.is_dir():
         if fmt != "v1":
-            raise ConfigError("the CNAP format seals single files only; use --format v1")
+            raise ConfigError(f"the {fmt} format seals single files only; use --format v1")
         if not key_id:
             raise ConfigError("--key-id is required (the KBS resource path of the key)")
         return seal_directory(
@@ -429,13 +454,16 @@ def seal(
             overwrite=overwrite,
         )
     if target.is_dir():
-        target = target / (source.name + (CNAP_SUFFIX if fmt == "cnap" else SEALED_SUFFIX))
+        suffix = {"cnap": CNAP_SUFFIX, "partial": ""}.get(fmt, SEALED_SUFFIX)
+        target = target / (source.name + suffix)
     return seal_file(
         source,
         target,
         dek,
         key_id=key_id,
         fmt=fmt,
+        tensors=tensors,
+        last_layers=last_layers,
         segment_size=segment_size,
         model=model,
         workers=workers,
@@ -566,6 +594,13 @@ def unseal_file(
                     reader.decrypt_to_fd(out_fd, workers=workers, progress=progress)
                 return UnsealResult(target, "v1", 1, reader.size)
         total = os.fstat(fd).st_size
+        if fmt == "partial":
+            if target.is_dir():
+                target = target / source.name
+            with _atomic_file(target, mode=0o600, overwrite=overwrite) as out_fd:
+                partial.unseal_partial(fd, out_fd, dek, progress=progress)
+                size = os.fstat(out_fd).st_size
+            return UnsealResult(target, "partial", 1, size)
         if target.is_dir():
             name = source.name
             name = name[: -len(CNAP_SUFFIX)] if name.endswith(CNAP_SUFFIX) else name + ".plain"
@@ -639,10 +674,15 @@ def verify(
         return UnsealResult(source, "v1", len(manifest.files), manifest.total_size, manifest.digest)
     fd = _open_ro(source)
     try:
-        if detect_fd(fd) == "v1":
+        fmt = detect_fd(fd)
+        if fmt == "v1":
             with SealedReader(fd, dek) as reader:
                 reader.verify(workers=workers, progress=progress)
                 return UnsealResult(source, "v1", 1, reader.size)
+        if fmt == "partial":
+            params = partial.unseal_partial(fd, None, dek, progress=progress)
+            size = 8 + len(params.header) + partial.read_safetensors_header(fd).data_len
+            return UnsealResult(source, "partial", 1, size)
         with open(fd, "rb", closefd=False) as fin:
             sink: Any = _Discard()
             header = cnap.decrypt_stream(
@@ -658,9 +698,21 @@ def verify(
 
 def _inspect_fd(fd: int) -> dict[str, Any]:
     total = os.fstat(fd).st_size
-    if detect_fd(fd) == "cnap":
+    fmt = detect_fd(fd)
+    if fmt == "cnap":
         prefix = os.pread(fd, cnap.HEADER_LEN, 0)
         return cnap.parse_header(prefix, total).to_json()
+    if fmt == "partial":
+        outer, params = partial.read_partial_params(fd)
+        return {
+            "format": partial.FORMAT_ID,
+            "alg": "AES-256-GCM",
+            "key_id": params.key_id,
+            "segment_size": params.segment_size,
+            "sealed": list(params.sealed),
+            "size": 8 + len(params.header) + outer.data_len,
+            "tensors": len(outer.tensors),
+        }
     header, _ = read_header(fd)
     return {
         "format": "modelseal/v1",
