@@ -79,7 +79,7 @@ def plain_download(url: str, dest: str, workers: int) -> None:
         size = fetcher.size(url)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.ftruncate(fd, size)
-        chunk = 8 << 20
+        chunk = 16 << 20
         offsets = list(range(0, size, chunk))
 
         def work(offset: int) -> None:
@@ -317,7 +317,7 @@ def _report(
             "Target ≤ 256 MiB regardless of model size: "
             + ("met" if max(rss_big, rss_small) <= 256 else "MISSED")
             + ". Decrypted pages live in tmpfs (shared memory, not the loader's RSS); the "
-            f"loader holds {WORKERS} reusable buffers of ~8 MiB.",
+            f"loader holds {WORKERS} reusable buffers of ~16 MiB.",
         ]
     )
 

@@ -265,7 +265,7 @@ def big_model(stack: Stack) -> str:
 def _slow_load(url: str, dest: Path) -> subprocess.Popen[str]:
     argv = [*MODELSEAL, "load", "--model", url, "--dest", str(dest), "--tee", "sample"]
     return subprocess.Popen(
-        [*argv, "--workers", "2"],
+        [*argv, "--workers", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -285,7 +285,7 @@ def test_sigterm_mid_download_wipes_the_partial_model(
     stack: Stack, big_model: str, shm: Path
 ) -> None:
     registry_port = int(stack.registry.url.rsplit(":", 1)[1])
-    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=3 << 20) as proxy:
+    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=6 << 20) as proxy:
         proc = _slow_load(stack.model_url(big_model, proxy.url), shm)
         _wait_written(proc, shm, 1)
         proc.terminate()
@@ -299,10 +299,10 @@ def test_registry_killed_mid_download_resumes(stack: Stack, big_model: str, shm:
     # a throttling proxy in front of the registry makes the download last long enough
     # for the kill to land in the middle; the registry itself is killed and restarted
     registry_port = int(stack.registry.url.rsplit(":", 1)[1])
-    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=3 << 20) as proxy:
+    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=6 << 20) as proxy:
         proc = _slow_load(stack.model_url(big_model, proxy.url), shm)
-        # plaintext appears once a worker's first 8 MiB run is in: about half is then
-        # still on the wire (2 workers, 3 MiB/s each)
+        # plaintext appears once the worker's first 16 MiB run is in: half of the model
+        # is then still on the wire (one worker at 6 MiB/s)
         _wait_written(proc, shm, 1)
         stack.registry.kill()
         killed_at = _written(shm)

@@ -25,7 +25,7 @@ from modelseal.format.header import TAG_LEN, Header
 from modelseal.loader.fetch import Fetcher
 
 #: target bytes of ciphertext per ranged request (rounded to whole segments)
-DEFAULT_REQUEST_BYTES = 8 << 20
+DEFAULT_REQUEST_BYTES = 16 << 20
 
 
 class SegmentDecryptor(Protocol):
