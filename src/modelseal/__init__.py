@@ -13,6 +13,8 @@ The flow and the modules that perform each step:
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 #: SDK names exported lazily, so ``import modelseal`` stays light (no httpx, numpy, crypto)
@@ -27,7 +29,10 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
+    # Any, not object: callers use these names as functions and classes. (Importing them
+    # under TYPE_CHECKING would make every module importing ``modelseal`` depend on the
+    # loader in import-linter's eyes.)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'modelseal' has no attribute {name!r}")
