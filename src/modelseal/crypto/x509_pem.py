@@ -6,6 +6,8 @@ may import; verifiers use these helpers instead.
 
 from __future__ import annotations
 
+import warnings
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -21,11 +23,43 @@ def cert_der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def parse_certificates(data: bytes) -> list[x509.Certificate]:
+    """DER (one) or PEM (one or more) certificates from untrusted bytes.
+
+    Every malformation is a ``ValueError``: pyca raises ``InvalidVersion`` (not a
+    ``ValueError``) for an unknown version field, which a flipped byte produces. pyca's
+    deprecation warnings (e.g. AMD's zero serial numbers) are silenced: vendor roots that
+    trip them are still the roots vendors sign with.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if b"-----BEGIN" in data:
+                certs = list(x509.load_pem_x509_certificates(data))
+            else:
+                certs = [x509.load_der_x509_certificate(data)]
+    except x509.InvalidVersion as exc:
+        raise ValueError(f"unsupported certificate version: {exc}") from None
+    if not certs:
+        raise ValueError("no certificate")
+    return certs
+
+
+def parse_crl(data: bytes) -> x509.CertificateRevocationList:
+    """One CRL, DER or PEM, from untrusted bytes; malformed -> ``ValueError`` (see above)."""
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except x509.InvalidVersion as exc:
+        raise ValueError(f"unsupported CRL version: {exc}") from None
+
+
 def load_certificate(pem: bytes) -> x509.Certificate:
     """First certificate of a PEM file."""
     try:
-        return x509.load_pem_x509_certificates(pem)[0]
-    except (ValueError, IndexError) as exc:
+        return parse_certificates(pem)[0]
+    except ValueError as exc:
         raise ConfigError("not a PEM certificate") from exc
 
 

@@ -8,7 +8,6 @@ one, an ASK/ASVK must be signed by it, and the VCEK/VLEK by that ASK/ASVK.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from modelseal.crypto.snp_ecdsa import crl_signed_by
+from modelseal.crypto.x509_pem import parse_certificates, parse_crl
 from modelseal.errors import ConfigError, EvidenceError
 from modelseal.tee.snp.report import Product, TcbVersion
 
@@ -46,19 +46,15 @@ class AmdCert:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """Load one DER certificate, tolerating AMD's zero serial numbers (deprecated in pyca)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return x509.load_der_x509_certificate(data)
+    """Load one DER certificate (AMD's zero serial numbers tolerated); ``ValueError`` if not."""
+    if b"-----BEGIN" in data:
+        raise ValueError("expected a DER certificate")
+    return parse_certificates(data)[0]
 
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """DER (one) or PEM (one or more) certificates; anything else raises ``ValueError``."""
-    if b"-----BEGIN" in data:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return list(x509.load_pem_x509_certificates(data))
-    return [load_certificate(data)]
+    return parse_certificates(data)
 
 
 def _cn(name: x509.Name) -> str:
@@ -105,9 +101,7 @@ def pinned(product: Product) -> dict[str, x509.Certificate]:
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
     """One CRL, DER or PEM (AMD KDS serves ``/vcek/v1/<product>/crl`` as DER)."""
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_crl(data)
-    return x509.load_der_x509_crl(data)
+    return parse_crl(data)
 
 
 def load_sources(path: str | Path) -> tuple[list[AmdCert], list[x509.CertificateRevocationList]]:

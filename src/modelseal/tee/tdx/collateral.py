@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from modelseal.crypto.x509_pem import parse_certificates
 from modelseal.errors import BackendError, ConfigError, EvidenceError
 
 #: A bundle file larger than this is not collateral.
@@ -241,7 +242,7 @@ def _root_crl_url(chain_pem: str) -> str:
     from cryptography import x509
 
     try:
-        root = x509.load_pem_x509_certificates(chain_pem.encode())[-1]
+        root = parse_certificates(chain_pem.encode())[-1]
         points = root.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     except (ValueError, IndexError, x509.ExtensionNotFound) as exc:
         raise BackendError("collateral service has no root CRL and the root names none") from exc

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from modelseal.crypto.x509_pem import cert_pem
+from modelseal.crypto.x509_pem import cert_pem, parse_certificates, parse_crl
 from modelseal.errors import ConfigError, EvidenceError
 
 try:
@@ -150,14 +150,15 @@ def pck_info(pck_chain_pem: bytes) -> PckInfo:
 
 def _linked_chain(pem: bytes | str, what: str) -> list[Any]:
     """Certificates of a PEM chain, each signed by the next and the last self-signed."""
-    from cryptography import x509
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
     data = pem.encode() if isinstance(pem, str) else pem
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        certs = parse_certificates(data) if b"-----BEGIN" in data else []
     except ValueError as exc:
         raise EvidenceError(f"certificate chain broken: malformed {what}") from exc
+    if not certs:
+        raise EvidenceError(f"certificate chain broken: malformed {what}")
     try:
         for child, parent in itertools.pairwise(certs):
             child.verify_directly_issued_by(parent)
@@ -197,11 +198,10 @@ def check_collateral_chains(text: str, root: Any) -> None:
     require every chain to link up to the same root as the quote, and the PCK CRL to be
     signed by the first certificate of its issuer chain.
     """
-    from cryptography import x509
 
     try:
         doc = json.loads(text)
-        pck_crl = x509.load_der_x509_crl(bytes.fromhex(doc["pck_crl"]))
+        pck_crl = parse_crl(bytes.fromhex(doc["pck_crl"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise EvidenceError("malformed collateral: PCK CRL") from exc
     for key in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"):
@@ -221,12 +221,13 @@ def check_collateral_chains(text: str, root: Any) -> None:
 
 
 def _leaf_issuer_cn(pem: bytes) -> str:
-    from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     try:
-        leaf = x509.load_pem_x509_certificates(pem)[0]
-    except (ValueError, IndexError) as exc:
-        raise EvidenceError("malformed PCK certificate chain") from exc
+        leaf = parse_certificates(pem)[0] if b"-----BEGIN" in pem else None
+    except ValueError:
+        leaf = None
+    if leaf is None:
+        raise EvidenceError("malformed PCK certificate chain")
     names = leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""

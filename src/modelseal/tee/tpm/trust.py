@@ -8,7 +8,6 @@ A key or a non-CA certificate makes that key a trusted AK; a CA certificate
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from modelseal.crypto.tpm_sig import certificate_spki, ecc_spki, normalize_public_key, rsa_spki
+from modelseal.crypto.x509_pem import parse_certificates
 from modelseal.errors import ConfigError, EvidenceError
 from modelseal.tee.tpm.structures import Public, parse_public
 
@@ -36,9 +36,10 @@ def spki_of_public(public: Public) -> bytes:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return x509.load_der_x509_certificate(data)
+    """One DER certificate from untrusted bytes; ``ValueError`` if it is not one."""
+    if b"-----BEGIN" in data:
+        raise ValueError("expected a DER certificate")
+    return parse_certificates(data)[0]
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -60,9 +61,12 @@ class TrustStore:
         """Add whatever ``data`` holds (see module doc); ``ConfigError`` if nothing usable."""
         if b"-----BEGIN" in data:
             if b"CERTIFICATE-----" in data:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    certs = x509.load_pem_x509_certificates(data)
+                try:
+                    certs = parse_certificates(data)
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"trusted AKs: {origin} holds a malformed certificate"
+                    ) from exc
                 for cert in certs:
                     self.add_certificate(cert)
                 return

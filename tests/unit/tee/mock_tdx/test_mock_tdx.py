@@ -241,7 +241,7 @@ def test_extra_bundle_does_not_hide_ca_collateral(ca_dir: Path, tmp_path: Path) 
 )
 @given(data=st.data())
 def test_any_quote_mutation_rejected(ca_dir: Path, data: st.DataObject) -> None:
-    ev = _EVIDENCE.setdefault("ev", Attester(ca_dir).evidence(RD))
+    ev = _good_evidence(ca_dir)
     quote = b64_decode(ev["quote"])
     pos = data.draw(st.integers(0, len(quote) - 1))
     xor = data.draw(st.integers(1, 255))
@@ -274,7 +274,7 @@ def test_any_collateral_mutation_rejected(
     root = pem_to_der((ca_dir / "root-ca.pem").read_bytes())
     # the mutated file is the only collateral this verifier knows; a document whose dates
     # no longer parse is refused when loading (ConfigError), everything else by the checks
-    evidence = Attester(ca_dir).evidence(RD)
+    evidence = _good_evidence(ca_dir)
 
     def check() -> None:
         verifier = MockVerifier(CollateralStore(bundle=path), root_ca_der=root)
@@ -287,7 +287,28 @@ def test_any_collateral_mutation_rejected(
 _EVIDENCE: dict[str, Any] = {}
 
 
+def _good_evidence(ca_dir: Path) -> Any:
+    """One valid evidence document per test run (quoting costs a signature + collateral)."""
+    if "ev" not in _EVIDENCE:
+        _EVIDENCE["ev"] = Attester(ca_dir).evidence(RD)
+    return _EVIDENCE["ev"]
+
+
 def _mutate_quote_xor(ev: dict[str, Any], pos: int, xor: int) -> dict[str, Any]:
     quote = bytearray(b64_decode(ev["quote"]))
     quote[pos] ^= xor
     return {**ev, "quote": b64_encode(bytes(quote))}
+
+
+def test_pck_crl_with_unknown_version_is_malformed_collateral(ca_dir: Path, tmp_path: Path) -> None:
+    """Regression (found by the mutation test): pyca's InvalidVersion is not a crash."""
+    doc = json.loads((ca_dir / "collateral.json").read_text())
+    crl = bytearray(bytes.fromhex(doc["pck_crl"]))
+    at = crl.find(bytes([0x02, 0x01, 0x01]))  # tbsCertList version INTEGER 1 (v2)
+    crl[at + 2] = 0
+    path = tmp_path / "bad-version.json"
+    path.write_text(json.dumps({**doc, "pck_crl": crl.hex()}))
+    root = pem_to_der((ca_dir / "root-ca.pem").read_bytes())
+    verifier = MockVerifier(CollateralStore(bundle=path), root_ca_der=root)
+    with pytest.raises(EvidenceError, match="malformed collateral: PCK CRL"):
+        verifier.verify(_good_evidence(ca_dir), expected_report_data=RD, now=time.time())

@@ -358,3 +358,14 @@ def test_mutated_ask_in_the_chain_is_rejected(shared_vectors: Path) -> None:
             continue  # renamed: simply not used as this chain's ASK
         with pytest.raises(EvidenceError):
             Verifier([*vcek, cert]).verify_report(raw, now=VERIFY_AT)
+
+
+def test_evidence_vcek_with_unknown_version_is_an_evidence_error(shared_vectors: Path) -> None:
+    """pyca's InvalidVersion for a supplied certificate becomes the verifier's typed error."""
+    raw = (shared_vectors / "snp/trustee/test-report.bin").read_bytes()
+    vcek = bytearray((shared_vectors / "snp/trustee/test-vcek.der").read_bytes())
+    at = vcek.find(bytes([0xA0, 0x03, 0x02, 0x01, 0x02]))
+    vcek[at + 4] = 7
+    evidence = build_evidence(raw, [CertEntry("VCEK", bytes(vcek))])
+    with pytest.raises(EvidenceError, match="not DER"):
+        Verifier().verify(evidence, expected_report_data=b"", now=VERIFY_AT)

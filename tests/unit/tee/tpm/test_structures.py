@@ -153,3 +153,13 @@ def test_trust_store_refuses_unrestricted_tpm_key(shared_vectors: Path, tmp_path
     bad.write_bytes(bytes(public))
     with pytest.raises(ConfigError, match="restricted"):
         TrustStore.load(bad)
+
+
+def test_ak_certificate_with_unknown_version_is_malformed(shared_vectors: Path) -> None:
+    """A flipped version byte in an evidence AK certificate is an EvidenceError, not a crash."""
+    der = bytearray((shared_vectors / "snp/go-sev-guest/vcek.der").read_bytes())
+    at = der.find(bytes([0xA0, 0x03, 0x02, 0x01, 0x02]))
+    der[at + 4] = 7
+    store = TrustStore(anchors=[])
+    with pytest.raises(EvidenceError, match="malformed"):
+        store.check(b"not-a-trusted-spki", [bytes(der)], now=0.0)

@@ -1,0 +1,82 @@
+"""Certificate/CRL loading from untrusted bytes: every malformation is a ``ValueError``.
+
+pyca raises ``InvalidVersion`` (not a ``ValueError``) for an unknown version field, which a
+single flipped byte of a quote's chain, a collateral CRL or an AK certificate produces; the
+verifiers rely on these loaders to turn that into their typed errors instead of a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+import pytest
+from cryptography import x509
+
+from modelseal.crypto.x509_pem import cert_der, cert_pem, parse_certificates, parse_crl
+from modelseal.crypto.x509_test_ca import P256Key, issue_certificate, issue_crl
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def issued() -> tuple[x509.Certificate, bytes]:
+    key = P256Key.generate()
+    cert = issue_certificate(
+        subject_cn="review root",
+        subject_key=key,
+        issuer_key=key,
+        issuer_cert=None,
+        serial=1,
+        not_before=NOW,
+        not_after=NOW + dt.timedelta(days=1),
+        ca=True,
+    )
+    crl = issue_crl(
+        issuer_key=key,
+        issuer_cert=cert,
+        revoked_serials=[5],
+        this_update=NOW,
+        next_update=NOW + dt.timedelta(days=1),
+    )
+    return cert, crl
+
+
+def _pem(der: bytes, label: str) -> bytes:
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN {label}-----\n{lines}\n-----END {label}-----\n".encode()
+
+
+def test_der_pem_and_chains(issued: tuple[x509.Certificate, bytes]) -> None:
+    cert, crl = issued
+    assert parse_certificates(cert_der(cert)) == [cert]
+    assert parse_certificates(cert_pem(cert) * 2) == [cert, cert]
+    assert parse_crl(crl).get_revoked_certificate_by_serial_number(5) is not None
+    assert parse_crl(_pem(crl, "X509 CRL")) == parse_crl(crl)
+
+
+@pytest.mark.parametrize("data", [b"", b"junk", b"-----BEGIN CERTIFICATE-----\n-----END"])
+def test_garbage_is_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_certificates(data)
+    with pytest.raises(ValueError):
+        parse_crl(data)
+
+
+def test_unknown_versions_are_value_errors(issued: tuple[x509.Certificate, bytes]) -> None:
+    cert, crl = issued
+    der = bytearray(cert_der(cert))
+    at = der.find(bytes([0xA0, 0x03, 0x02, 0x01, 0x02]))  # version [0] EXPLICIT INTEGER 2
+    assert at > 0
+    der[at + 4] = 7
+    for blob in (bytes(der), _pem(bytes(der), "CERTIFICATE")):
+        with pytest.raises(ValueError, match="version"):
+            parse_certificates(blob)
+    bad_crl = bytearray(crl)
+    at = bad_crl.find(bytes([0x02, 0x01, 0x01]))  # tbsCertList version INTEGER 1 (v2)
+    assert at > 0
+    bad_crl[at + 2] = 0
+    for blob in (bytes(bad_crl), _pem(bytes(bad_crl), "X509 CRL")):
+        with pytest.raises(ValueError, match="version"):
+            parse_crl(blob)
