@@ -26,8 +26,10 @@ def cert_der(cert: x509.Certificate) -> bytes:
 def parse_certificates(data: bytes) -> list[x509.Certificate]:
     """DER (one) or PEM (one or more) certificates from untrusted bytes.
 
-    Every malformation is a ``ValueError``: pyca raises ``InvalidVersion`` (not a
-    ``ValueError``) for an unknown version field, which a flipped byte produces. pyca's
+    Every malformation is a ``ValueError``: pyca raises ``InvalidVersion`` for an unknown
+    version field and ``DuplicateExtension`` (on first access to ``extensions``) for a
+    repeated extension, neither a ``ValueError``, and a flipped byte produces either. The
+    extensions are therefore parsed here, once, so later accesses cannot raise them. pyca's
     deprecation warnings (e.g. AMD's zero serial numbers) are silenced: vendor roots that
     trip them are still the roots vendors sign with.
     """
@@ -38,8 +40,12 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
                 certs = list(x509.load_pem_x509_certificates(data))
             else:
                 certs = [x509.load_der_x509_certificate(data)]
+            for cert in certs:
+                _ = cert.extensions  # parsed lazily by pyca; cached after this access
     except x509.InvalidVersion as exc:
         raise ValueError(f"unsupported certificate version: {exc}") from None
+    except x509.DuplicateExtension as exc:
+        raise ValueError(f"malformed certificate: {exc}") from None
     if not certs:
         raise ValueError("no certificate")
     return certs

@@ -80,3 +80,24 @@ def test_unknown_versions_are_value_errors(issued: tuple[x509.Certificate, bytes
     for blob in (bytes(bad_crl), _pem(bytes(bad_crl), "X509 CRL")):
         with pytest.raises(ValueError, match="version"):
             parse_crl(blob)
+
+
+def test_duplicate_extension_is_value_error() -> None:
+    """pyca raises DuplicateExtension lazily, on first ``.extensions``; the loader does it."""
+    key = P256Key.generate()
+    cert = issue_certificate(
+        subject_cn="dup",
+        subject_key=key,
+        issuer_key=key,
+        issuer_cert=None,
+        serial=2,
+        not_before=NOW,
+        not_after=NOW + dt.timedelta(days=1),
+        ca=False,
+        extra_extensions=[("1.2.3.4", b"\x05\x00"), ("1.2.3.5", b"\x05\x00")],
+    )
+    oid_4, oid_5 = bytes([0x06, 0x03, 0x2A, 0x03, 0x04]), bytes([0x06, 0x03, 0x2A, 0x03, 0x05])
+    der = cert_der(cert)
+    assert oid_5 in der
+    with pytest.raises(ValueError, match="Duplicate"):
+        parse_certificates(der.replace(oid_5, oid_4))
