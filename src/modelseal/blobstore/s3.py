@@ -159,16 +159,7 @@ class S3BlobStore:
                         upload_id = created["UploadId"]
                     body = bytes(buf[: self.part_size])
                     del buf[: self.part_size]
-                    number = len(parts) + 1
-                    res = await self._call(
-                        self._client.upload_part,
-                        Bucket=self.bucket,
-                        Key=data_key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=body,
-                    )
-                    parts.append({"PartNumber": number, "ETag": res["ETag"]})
+                    await self._upload_part(data_key, upload_id, parts, body)
             sha = hasher.hexdigest()
             if expected_sha256 is not None and expected_sha256.lower() != sha:
                 raise DigestMismatch("uploaded bytes do not match the announced SHA-256")
@@ -183,16 +174,7 @@ class S3BlobStore:
                 etag = put["ETag"]
             else:
                 if buf:
-                    number = len(parts) + 1
-                    res = await self._call(
-                        self._client.upload_part,
-                        Bucket=self.bucket,
-                        Key=data_key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=bytes(buf),
-                    )
-                    parts.append({"PartNumber": number, "ETag": res["ETag"]})
+                    await self._upload_part(data_key, upload_id, parts, bytes(buf))
                 done = await self._call(
                     self._client.complete_multipart_upload,
                     Bucket=self.bucket,
@@ -221,6 +203,21 @@ class S3BlobStore:
                         Key=data_key,
                         UploadId=upload_id,
                     )
+
+    async def _upload_part(
+        self, data_key: str, upload_id: str, parts: list[dict[str, Any]], body: bytes
+    ) -> None:
+        """Upload the next part of a multipart upload and record its number and ETag."""
+        number = len(parts) + 1
+        res = await self._call(
+            self._client.upload_part,
+            Bucket=self.bucket,
+            Key=data_key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        parts.append({"PartNumber": number, "ETag": res["ETag"]})
 
     # -- read --------------------------------------------------------------------------------
 
