@@ -21,6 +21,8 @@ from modelseal.tee.tdx.dcap_verifier import DcapQuoteVerifier
 
 
 class Verifier(DcapQuoteVerifier):
+    """The real TDX pipeline anchored at an explicitly configured test root, never Intel's."""
+
     tee: ClassVar[str] = "mock-tdx"
     quote_tee: ClassVar[str] = "TDX"
 

@@ -55,6 +55,7 @@ class CollateralSet:
     text: str  # dcap-qvl JSON, verbatim
 
     def fresh_at(self, now: float) -> bool:
+        """Inside [issued, next_update): the upper bound is exclusive, as in dcap-qvl."""
         return self.issued <= now < self.next_update
 
 
@@ -148,6 +149,11 @@ class CollateralStore:
             self._cached = load_bundle(self._cache_dir)
 
     def get(self, tee: str, fmspc: str, ca: str, now: float) -> CollateralSet:
+        """Collateral for this platform: a fresh bundled set, else the cache, else the PCCS.
+
+        A stale set is still returned when nothing fresher exists, so the verification
+        fails with "collateral expired" (the operator's cue) instead of "missing".
+        """
         tee, fmspc = tee.upper(), fmspc.lower()
         bundled = _pick(self._sets, tee, fmspc, now)
         if bundled is not None and (bundled.fresh_at(now) or not self._pccs_url):

@@ -14,6 +14,8 @@ from modelseal.tee.tdx.verifier import collateral_store
 
 
 class Verifier(DcapQuoteVerifier):
+    """SGX quotes share the DCAP pipeline; only the quote's TEE type and claims differ."""
+
     tee: ClassVar[str] = "sgx"
     quote_tee: ClassVar[str] = "SGX"
 
