@@ -103,7 +103,7 @@ class WorkloadKey:
     def ita_bytes(self) -> bytes:
         """The ITA encoding: uint32 LE exponent ‖ big-endian modulus."""
         numbers = self._key.public_numbers()
-        return numbers.e.to_bytes(4, "little") + numbers.n.to_bytes(self.bits // 8, "big")
+        return numbers.e.to_bytes(4, "little") + numbers.n.to_bytes((self.bits + 7) // 8, "big")
 
 
 class WorkloadKeyPair:

@@ -163,7 +163,8 @@ def _int_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    # isascii: str.isdigit() accepts e.g. "²", which int() then rejects (a 500 otherwise).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise _BadRequest(f"{name} must be a non-negative integer")
     return int(raw)
 

@@ -71,20 +71,21 @@ def release_key(
             with core_transaction(db) as conn:
                 audit.lock(conn)
                 if key_id is None:
-                    outcome = _Outcome(
-                        Decision(False, ("malformed resource path",)),
-                        error=KeyNotFound("no such key"),
-                    )
+                    outcome = _unknown("malformed resource path")
                 else:
                     try:
-                        loaded = store.load_with(conn, key_id)
+                        loaded: LoadedKey | None = store.load_with(conn, key_id)
+                    except KeyNotFound:
+                        # Decided and audited in this same transaction, like a denial, so
+                        # an unknown key costs the same round trips as a known one.
+                        loaded = None
                     except ConfigError:
                         # Rotation raced with us (row names a KEK the ring just dropped):
                         # retry once; a second failure is a real misconfiguration.
                         if attempt == 1:
                             continue
                         raise
-                    outcome = _decide(loaded, claims, now)
+                    outcome = _unknown() if loaded is None else _decide(loaded, claims, now)
                 audit.append(
                     conn,
                     actor=requester,
@@ -96,9 +97,6 @@ def release_key(
                     decision=outcome.decision.verdict,
                     reasons=[f"token_id={token_id}", *outcome.decision.reasons],
                 )
-        except KeyNotFound:
-            outcome = _Outcome(Decision(False, ("no such key",)), error=KeyNotFound("no such key"))
-            _record_alone(audit, outcome, key_id, claims, digest, requester, action, token_id)
         except DecryptionError as exc:
             outcome = _Outcome(
                 Decision(False, (f"stored key failed authentication: {exc}",)),
@@ -149,6 +147,11 @@ def _record_alone(
         decision=outcome.decision.verdict,
         reasons=[f"token_id={token_id}", *outcome.decision.reasons],
     )
+
+
+def _unknown(reason: str = "no such key") -> _Outcome:
+    """A denial for a path that names no stored key (the caller answers it like any deny)."""
+    return _Outcome(Decision(False, (reason,)), error=KeyNotFound("no such key"))
 
 
 def _decide(loaded: LoadedKey, claims: Claims, now: float) -> _Outcome:

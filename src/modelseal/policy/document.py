@@ -9,6 +9,7 @@ RFC 8785 canonical JSON.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import UTC, datetime
@@ -152,7 +153,11 @@ class ReleasePolicy(BaseModel):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("needs a time zone, e.g. 2027-01-01T00:00:00Z")
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            # e.g. 9999-12-31T23:59:59-01:00: pydantic reports only ValueError cleanly.
+            raise ValueError("is outside the representable UTC range") from None
 
     # --- serialization -----------------------------------------------------------------
 
@@ -242,8 +247,31 @@ def _load_yaml(text: str) -> Any:
             "YAML policies need PyYAML (pip install 'modelseal[server]'); or write JSON"
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_loader_class(yaml))  # noqa: S506 - a SafeLoader subclass
     except (yaml.YAMLError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PolicyInvalid(f"release policy is not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        why = f": {problem}" if isinstance(problem, str) else ""
+        raise PolicyInvalid(f"release policy is not valid YAML{where}{why}") from None
+
+
+@functools.cache
+def _loader_class(yaml: Any) -> Any:
+    """``yaml.SafeLoader`` without anchors/aliases.
+
+    A policy never needs them, and aliases let a 64 KiB document expand into millions of
+    nodes for the validator to walk (a "billion laughs" CPU bomb), so any alias is a
+    YAML error here.
+    """
+
+    class _NoAliasSafeLoader(yaml.SafeLoader):  # type: ignore[misc]
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "YAML aliases are not allowed in a release policy", event.start_mark
+                )
+            return super().compose_node(parent, index)
+
+    return _NoAliasSafeLoader

@@ -187,3 +187,37 @@ def test_concurrent_releases_keep_one_chain(tmp_path: Path) -> None:
         assert result.rows == 1 + 120
     finally:
         state.close()
+
+
+def test_unknown_and_denied_keys_take_the_same_path(tmp_path: Path) -> None:
+    """No existence oracle on the state side: an unknown key and a policy denial are each
+    ONE transaction (the same round trips to the database) with ONE audit row of the same
+    shape, and neither error carries the key id or a reason."""
+    from sqlalchemy import event
+
+    state = KbsState.open(tmp_path)
+    try:
+        state.keys.put("models/m/v1", None, policy=POLICY, actor="t")
+        secure = Claims(tee="sample", debug=False, report_data=b"")
+        transactions: list[int] = []
+        event.listen(state.db.engine, "begin", lambda conn: transactions.append(1))
+        seen: dict[str, tuple[int, Exception, object]] = {}
+        for path in ("models/m/v1", "models/m/missing", "../../x"):
+            before, rows = len(transactions), len(state.audit.entries())
+            with pytest.raises((PolicyDenied, KeyNotFound)) as err:
+                state.release(path, secure, token_id="t", requester="r")
+            spent = len(transactions) - before - 1  # minus the entries() read above
+            new_rows = state.audit.entries(after=rows)
+            assert len(new_rows) == 1
+            row = new_rows[0]
+            shape = (row.actor, row.action, row.tee, row.claims_digest, row.decision)
+            seen[path] = (spent, err.value, shape)
+        spent_counts = {v[0] for v in seen.values()}
+        assert spent_counts == {1}, seen
+        assert len({v[2] for v in seen.values()}) == 1
+        for _, exc, _ in seen.values():
+            assert "models/m" not in str(exc)
+            assert str(exc) in ("denied", "no such key")
+        assert state.audit.verify().ok
+    finally:
+        state.close()

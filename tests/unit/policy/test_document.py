@@ -206,3 +206,92 @@ def test_any_unknown_field_is_rejected(doc: dict[str, Any], name: str, value: An
 def test_arbitrary_json_never_crashes(value: Any) -> None:
     with contextlib.suppress(PolicyInvalid):
         parse_policy_text(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    "when", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59"]
+)
+def test_not_after_outside_the_utc_range_is_a_policy_error(when: str) -> None:
+    # astimezone(UTC) overflows here; that must be a validation error, not a crash (500).
+    with pytest.raises(PolicyInvalid, match="not_after"):
+        parse_policy({**BASE, "not_after": when})
+    with pytest.raises(PolicyInvalid, match="not_after"):
+        parse_policy_text(
+            f"apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [tdx]\nnot_after: {when}\n"
+        )
+
+
+def test_yaml_aliases_are_refused_billion_laughs() -> None:
+    # 9 levels of 9 aliases: ~387 million leaves once expanded; refused before validation.
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    lines += ["apiVersion: modelseal/v1", "kind: ReleasePolicy", "tee: *l8"]
+    with pytest.raises(PolicyInvalid, match="aliases are not allowed"):
+        parse_policy_text("\n".join(lines))
+
+
+def test_yaml_alias_amplified_measurements_are_refused() -> None:
+    # One 2,500-entry mapping aliased 1,024 times fits in 32 KiB; expanded, the validator
+    # would check 2.5 million measurements (seconds of CPU per request).
+    entries = "".join(f"  m{i}: ab\n" for i in range(2500))
+    text = (
+        "apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [tdx]\n"
+        f"x: &big\n{entries}measurements: [" + ", ".join(["*big"] * 1024) + "]\n"
+    )
+    assert len(text) < 64 * 1024
+    with pytest.raises(PolicyInvalid, match="aliases"):
+        parse_policy_text(text)
+
+
+@pytest.mark.parametrize("depth", [100, 1500])
+@pytest.mark.parametrize("form", ["json", "yaml"])
+def test_deep_nesting_is_a_policy_error(depth: int, form: str) -> None:
+    nested = "[" * depth + "]" * depth
+    text = (
+        f'{{"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": {nested}}}'
+        if form == "json"
+        else f"apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: {nested}\n"
+    )
+    with pytest.raises(PolicyInvalid):
+        parse_policy_text(text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(documents, st.data())
+def test_any_wrong_value_at_any_level_is_a_policy_error(doc: dict[str, Any], data: Any) -> None:
+    """Replace one value at any nesting level (field, list entry, map value or key) with
+    arbitrary JSON: the result is a valid policy or PolicyInvalid, never another error."""
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        paths.append(path)
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, (*path, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, (*path, i))
+
+    walk(doc, ())
+    path = data.draw(st.sampled_from(paths[1:]))
+    replacement = data.draw(json_values)
+    mutated = json.loads(json.dumps(doc))
+    parent = mutated
+    for part in path[:-1]:
+        parent = parent[part]
+    if isinstance(parent, dict) and data.draw(st.booleans()):
+        parent[data.draw(st.text(min_size=1, max_size=8))] = parent.pop(path[-1])
+    else:
+        parent[path[-1]] = replacement
+    # The same document through the JSON parser and (after a comment line) the YAML one.
+    for text in (json.dumps(mutated), "# yaml\n" + json.dumps(mutated)):
+        with contextlib.suppress(PolicyInvalid):
+            parse_policy_text(text)
