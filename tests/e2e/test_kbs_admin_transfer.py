@@ -114,16 +114,24 @@ def _transfer(env: Env, workload: WorkloadKeyPair, user_data: bytes) -> httpx.Re
         return http.post(url, json=body, headers=HEADERS)
 
 
-def test_cnap_client_gets_the_key(env: Env) -> None:
-    workload = WorkloadKeyPair(3072)
+@pytest.fixture(scope="module")
+def pairs() -> tuple[WorkloadKeyPair, WorkloadKeyPair]:
+    """Two workload key pairs for the module (RSA-3072 generation is the slow part)."""
+    return WorkloadKeyPair(3072), WorkloadKeyPair(3072)
+
+
+def test_cnap_client_gets_the_key(env: Env, pairs: tuple[WorkloadKeyPair, WorkloadKeyPair]) -> None:
+    workload = pairs[0]
     r = _transfer(env, workload, workload.public.spki_der())
     assert r.status_code == 200, r.text
     swk = workload.unwrap(b64_decode(r.json()["wrapped_swk"]))
     assert cnap.decode(swk, b64_decode(r.json()["wrapped_key"])) == DEK
 
 
-def test_wrong_workload_key_is_refused(env: Env) -> None:
-    workload, other = WorkloadKeyPair(3072), WorkloadKeyPair(3072)
+def test_wrong_workload_key_is_refused(
+    env: Env, pairs: tuple[WorkloadKeyPair, WorkloadKeyPair]
+) -> None:
+    workload, other = pairs
     url = f"{env.url}/kbs/v1/keys/{KEY_ID}/transfer"
     with httpx.Client(timeout=30) as http:
         nonce = http.post(url).json()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from hashlib import sha256
+from typing import Any
 
 from modelseal._internal.canonical import canonical_json
 from modelseal.crypto.secret import SecretBytes
@@ -65,6 +66,20 @@ def release_key(
     """
     digest = claims_digest(claims)
     key_id = resource_path if is_valid_key_id(resource_path) else None
+
+    def row(outcome: _Outcome) -> dict[str, Any]:
+        """The audit row of ``outcome`` (the same fields whichever path decided it)."""
+        return {
+            "actor": requester,
+            "action": action,
+            "key_id": key_id,
+            "tee": claims.tee,
+            "claims_digest": digest,
+            "policy_digest": outcome.policy_digest,
+            "decision": outcome.decision.verdict,
+            "reasons": [f"token_id={token_id}", *outcome.decision.reasons],
+        }
+
     for attempt in (1, 2):
         outcome: _Outcome | None = None
         try:
@@ -86,26 +101,18 @@ def release_key(
                             continue
                         raise
                     outcome = _unknown() if loaded is None else _decide(loaded, claims, now)
-                audit.append(
-                    conn,
-                    actor=requester,
-                    action=action,
-                    key_id=key_id,
-                    tee=claims.tee,
-                    claims_digest=digest,
-                    policy_digest=outcome.policy_digest,
-                    decision=outcome.decision.verdict,
-                    reasons=[f"token_id={token_id}", *outcome.decision.reasons],
-                )
+                audit.append(conn, **row(outcome))
         except DecryptionError as exc:
             outcome = _Outcome(
                 Decision(False, (f"stored key failed authentication: {exc}",)),
                 error=PolicyDenied(reasons=("stored key failed authentication",)),
             )
-            _record_alone(audit, outcome, key_id, claims, digest, requester, action, token_id)
+            # The key's transaction rolled back; the denial gets a transaction of its own.
+            audit.record(**row(outcome))
         except ConfigError as exc:
             outcome = _Outcome(Decision(False, (str(exc),)), error=exc)
-            _record_alone(audit, outcome, key_id, claims, digest, requester, action, token_id)
+            # The key's transaction rolled back; the denial gets a transaction of its own.
+            audit.record(**row(outcome))
         except BaseException:
             if outcome is not None and outcome.dek is not None:
                 outcome.dek.wipe()
@@ -124,29 +131,6 @@ def release_key(
         raise outcome.error
     assert outcome.dek is not None
     return outcome.dek
-
-
-def _record_alone(
-    audit: AuditLog,
-    outcome: _Outcome,
-    key_id: str | None,
-    claims: Claims,
-    digest: str,
-    requester: str,
-    action: str,
-    token_id: str,
-) -> None:
-    """Audit a denial that was raised while reading the key (its transaction rolled back)."""
-    audit.record(
-        actor=requester,
-        action=action,
-        key_id=key_id,
-        tee=claims.tee,
-        claims_digest=digest,
-        policy_digest=outcome.policy_digest,
-        decision=outcome.decision.verdict,
-        reasons=[f"token_id={token_id}", *outcome.decision.reasons],
-    )
 
 
 def _unknown(reason: str = "no such key") -> _Outcome:

@@ -69,7 +69,7 @@ class KeyRecord:
     updated_at: float
 
     @classmethod
-    def of(cls, row: KeyRow) -> KeyRecord:
+    def of(cls, row: KeyRow | Row[Any]) -> KeyRecord:
         return cls(
             key_id=row.key_id,
             state=row.state,
@@ -157,17 +157,7 @@ class KeyStore:
             raise KeyNotFound(f"no key {key_id}")
         kek = self.ring.get(row.kek_id)
         _check_mac(kek, row)
-        record = KeyRecord(
-            key_id=row.key_id,
-            state=row.state,
-            kek_id=row.kek_id,
-            size=row.size,
-            model_digest=row.model_digest,
-            policy_digest=row.policy_digest,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-        return LoadedKey(record, self._unwrap(kek, key_id, row.wrapped), row.policy_json)
+        return LoadedKey(KeyRecord.of(row), self._unwrap(kek, key_id, row.wrapped), row.policy_json)
 
     def count_by_kek(self) -> dict[str, int]:
         with self._begin() as s:
@@ -262,39 +252,52 @@ class KeyStore:
         *,
         session: Session | None = None,
     ) -> KeyRecord:
-        validate_key_id(key_id)
-        with self._tx(session) as s:
-            row = self._row(s, key_id)
-            _check_mac(self.ring.get(row.kek_id), row)
+        def change(row: KeyRow) -> None:
             row.policy_json, row.policy_digest = policy_json, policy_digest
-            row.updated_at = self._clock.now()
-            _seal(self.ring.get(row.kek_id), row)
-            s.flush()
-            return KeyRecord.of(row)
+
+        return self._update(key_id, change, session=session)
 
     def set_model_digest(
         self, key_id: str, model_digest: str | None, *, session: Session | None = None
     ) -> KeyRecord:
-        validate_key_id(key_id)
         if model_digest is not None:
             model_digest = validate_model_digest(model_digest)
-        with self._tx(session) as s:
-            row = self._row(s, key_id)
-            _check_mac(self.ring.get(row.kek_id), row)
+
+        def change(row: KeyRow) -> None:
             row.model_digest = model_digest
-            row.updated_at = self._clock.now()
-            _seal(self.ring.get(row.kek_id), row)
-            s.flush()
-            return KeyRecord.of(row)
+
+        return self._update(key_id, change, session=session)
 
     def revoke(self, key_id: str, *, session: Session | None = None) -> KeyRecord:
-        """Mark a key revoked: every later release is denied; the row stays for the audit."""
+        """Mark a key revoked: every later release is denied; the row stays for the audit.
+
+        The row's MAC is not checked first: a row that fails it (tampered in SQL) must
+        still be revocable, and revocation denies every release whatever the row says.
+        """
+
+        def change(row: KeyRow) -> None:
+            row.state = REVOKED
+
+        return self._update(key_id, change, session=session, check=False)
+
+    def _update(
+        self,
+        key_id: str,
+        change: Callable[[KeyRow], None],
+        *,
+        session: Session | None,
+        check: bool = True,
+    ) -> KeyRecord:
+        """Apply ``change`` to an authenticated row, then re-MAC it under its KEK."""
         validate_key_id(key_id)
         with self._tx(session) as s:
             row = self._row(s, key_id)
-            row.state = REVOKED
+            kek = self.ring.get(row.kek_id)
+            if check:
+                _check_mac(kek, row)
+            change(row)
             row.updated_at = self._clock.now()
-            _seal(self.ring.get(row.kek_id), row)
+            _seal(kek, row)
             s.flush()
             return KeyRecord.of(row)
 

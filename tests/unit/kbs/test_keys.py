@@ -228,3 +228,63 @@ def test_failed_rotation_changes_nothing(tmp_path: Path) -> None:
     assert len(state.store.load("m/k/v1").dek) == 32
     state.close()
     KbsState.open(tmp_path).close()
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    import base64
+
+    return [
+        secret,
+        secret.hex().encode(),
+        secret.hex().upper().encode(),
+        base64.b64encode(secret),
+        base64.urlsafe_b64encode(secret).rstrip(b"="),
+    ]
+
+
+def test_no_secret_at_rest_in_the_database_or_in_any_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEKs (imported and generated), KEKs and the admin credential never appear in any
+    encoding in the database files (incl. WAL) or in a log record, across import,
+    release, denial, a conflicting re-import, rotation and restart."""
+    import logging
+
+    from modelseal.errors import PolicyDenied
+
+    caplog.set_level(logging.DEBUG)
+    data = tmp_path / "kbs"
+    state = KbsState.open(data)
+    secrets = [(data / "kek").read_bytes(), (data / "admin-credential").read_bytes()]
+    try:
+        imported = os.urandom(32)
+        state.keys.put("m/k/imported", SecretBytes(imported), policy=POLICY, actor="admin:a")
+        state.keys.put("m/k/generated", None, policy=POLICY, actor="admin:a")
+        generated = state.store.load("m/k/generated").dek.reveal()
+        claims = Claims(tee="sample", debug=False, report_data=b"", insecure=True)
+        assert state.release("m/k/imported", claims, token_id="t", requester="r").reveal() == (
+            imported
+        )
+        with pytest.raises(PolicyDenied):
+            state.release(
+                "m/k/generated",
+                Claims(tee="tdx", debug=True, report_data=b""),
+                token_id="t",
+                requester="r",
+            )
+        with pytest.raises(ConfigError):
+            state.keys.put("m/k/imported", SecretBytes(os.urandom(32)), actor="admin:a")
+        state.keys.rotate_kek(actor="admin:a")
+        secrets.append((data / "kek").read_bytes())
+        files = {p: p.read_bytes() for p in data.iterdir() if p.name.startswith("kbs.sqlite3")}
+        assert files, "the database files were not found"
+    finally:
+        state.close()
+    KbsState.open(data).close()
+    files.update({p: p.read_bytes() for p in data.iterdir() if p.name.startswith("kbs.sqlite3")})
+    logged = (caplog.text + "".join(str(r.args) for r in caplog.records)).encode("utf-8", "replace")
+    for secret in [imported, generated, *secrets]:
+        for form in _forms(secret):
+            for path, content in files.items():
+                assert form not in content, path
+            assert form not in logged
