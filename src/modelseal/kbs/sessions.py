@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Float, Index, String, Table, Text, delete, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -88,6 +89,32 @@ class SessionStore:
             "WHERE id = :id AND state = :authed AND nonce = :nonce AND expires_at > :now"
         )
 
+        # Embedded SQLite: one dedicated driver connection (serialized by a lock) for those
+        # two statements skips the pool and transaction bookkeeping on the hot path.
+        self._raw: sqlite3.Connection | None = None
+        self._raw_lock = threading.Lock()
+        if db.is_sqlite:
+            try:
+                driver = db.engine.raw_connection().driver_connection
+            except SQLAlchemyError as exc:
+                raise BackendError(f"session store unavailable: {type(exc).__name__}") from exc
+            if isinstance(driver, sqlite3.Connection):
+                self._raw = driver
+
+    def _write(self, sql: str, params: dict[str, Any]) -> int:
+        """Run one INSERT/UPDATE in its own transaction; returns the affected row count."""
+        if self._raw is not None:
+            with self._raw_lock:
+                try:
+                    count = self._raw.execute(sql, params).rowcount
+                    self._raw.commit()
+                except sqlite3.Error as exc:
+                    self._raw.rollback()
+                    raise BackendError(f"session store unavailable: {type(exc).__name__}") from exc
+            return count
+        with self._conn() as conn:
+            return conn.exec_driver_sql(sql, params).rowcount
+
     def _driver_sql(self, sql: str) -> str:
         """``:name`` placeholders in the driver's named style (sqlite3 ``:name``, psycopg
         ``%(name)s``)."""
@@ -104,17 +131,16 @@ class SessionStore:
     def create(self, tee: str, nonce: str) -> PendingSession:
         now = self.clock.now()
         session = PendingSession(uuid.uuid4().hex, tee, nonce, now + self.ttl)
-        with self._conn() as conn:
-            conn.exec_driver_sql(
-                self._insert_sql,
-                {
-                    "id": session.id,
-                    "tee": tee,
-                    "nonce": nonce,
-                    "state": AUTHED,
-                    "expires_at": session.expires_at,
-                },
-            )
+        self._write(
+            self._insert_sql,
+            {
+                "id": session.id,
+                "tee": tee,
+                "nonce": nonce,
+                "state": AUTHED,
+                "expires_at": session.expires_at,
+            },
+        )
         with self._recent_lock:
             if len(self._recent) >= MAX_REMEMBERED:
                 self._recent = {k: v for k, v in self._recent.items() if v.expires_at > now}
@@ -153,21 +179,20 @@ class SessionStore:
         """
         now = self.clock.now()
         expiry = min(token_exp, now + self.ttl)
-        with self._conn() as conn:
-            result = conn.exec_driver_sql(
-                self._complete_sql,
-                {
-                    "attested": ATTESTED,
-                    "token": token,
-                    "new_expiry": expiry,
-                    "id": session.id,
-                    "authed": AUTHED,
-                    "nonce": session.nonce,
-                    "now": now,
-                },
-            )
-            if result.rowcount != 1:
-                raise TokenError("session nonce already used or expired")
+        updated = self._write(
+            self._complete_sql,
+            {
+                "attested": ATTESTED,
+                "token": token,
+                "new_expiry": expiry,
+                "id": session.id,
+                "authed": AUTHED,
+                "nonce": session.nonce,
+                "now": now,
+            },
+        )
+        if updated != 1:
+            raise TokenError("session nonce already used or expired")
         return expiry
 
     def burn(self, session_id: str) -> None:
