@@ -52,24 +52,33 @@ class RegistryServer:
 
 
 def start_registry(
-    data_dir: Path, *extra: str, port: int | None = None, env: dict[str, str] | None = None
+    data_dir: Path,
+    *extra: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> RegistryServer:
-    """Start ``modelseal registry serve`` and wait until /healthz answers."""
+    """Start ``modelseal registry serve`` (HTTPS with ``tls=(cert, key)``); wait for /healthz."""
     port = port or free_port()
+    if tls is not None:
+        extra = (*extra, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
     proc = subprocess.Popen(
         [*CLI, "registry", "serve", "--data-dir", str(data_dir), "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify: ssl.SSLContext | bool = True
+    if tls is not None:
+        verify = ssl.create_default_context(cafile=str(tls[0]))
     deadline = time.monotonic() + 20
     while True:
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise RuntimeError(f"registry exited with {proc.returncode}: {err}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            if httpx.get(url + "/healthz", timeout=1, verify=verify).status_code == 200:
                 return RegistryServer(url=url, data_dir=data_dir, proc=proc)
         except httpx.TransportError:
             pass
@@ -239,8 +248,21 @@ def test_model_info_over_http(registry: RegistryServer, blob: tuple[str, bytes])
     assert httpx.put(url, content=b"x", headers=registry.auth()).status_code == 409
 
 
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 @pytest.mark.slow
-def test_restart_keeps_records_and_token(tmp_path: Path) -> None:
+def test_restart_keeps_records_and_token_then_serves_tls(tmp_path: Path) -> None:
+    """Records, blobs and the upload token survive a restart; the restart also switches the
+    same data directory to ``--tls-cert/--tls-key`` (one server start serves both checks)."""
     server = start_registry(tmp_path / "d")
     token = server.token
     try:
@@ -248,10 +270,18 @@ def test_restart_keeps_records_and_token(tmp_path: Path) -> None:
         assert r.status_code == 201
     finally:
         server.stop()
-    again = start_registry(tmp_path / "d")
+    cert, key = _self_signed(tmp_path)
+    again = start_registry(tmp_path / "d", tls=(cert, key))
+    ctx = ssl.create_default_context(cafile=str(cert))
     try:
+        assert again.url.startswith("https://")
         assert again.token == token
-        assert httpx.get(f"{again.url}/blobs/a/b/c").content == b"hello"
+        assert httpx.get(f"{again.url}/blobs/a/b/c", verify=ctx).content == b"hello"
+        assert httpx.get(again.url + "/healthz", verify=ctx).json() == {"status": "ok"}
+        with RegistryClient(again.url, verify=str(cert)) as client:
+            assert client.list_models() == []
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(again.url + "/healthz", timeout=5)  # untrusted certificate
     finally:
         again.stop()
 
@@ -293,42 +323,6 @@ def test_registry_over_s3_blob_store(tmp_path: Path) -> None:
     finally:
         server.stop()
         s3.stop()
-
-
-def test_tls(tmp_path: Path) -> None:
-    """``--tls-cert/--tls-key``: HTTPS with a certificate the client verifies."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    port = free_port()
-    proc = subprocess.Popen(
-        [*CLI, "registry", "serve", "--data-dir", str(tmp_path / "d"), "--port", str(port),
-         "--tls-cert", str(cert), "--tls-key", str(key)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    server = RegistryServer(url=f"https://127.0.0.1:{port}", data_dir=tmp_path / "d", proc=proc)
-    ctx = ssl.create_default_context(cafile=str(cert))
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            try:
-                r = httpx.get(server.url + "/healthz", verify=ctx, timeout=1)
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline, "registry did not start"
-                time.sleep(0.05)
-        assert r.json() == {"status": "ok"}
-        with RegistryClient(server.url, verify=str(cert)) as client:
-            assert client.list_models() == []
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(server.url + "/healthz", timeout=5)  # untrusted certificate
-    finally:
-        server.stop()
 
 
 # -- the publisher's registry client -------------------------------------------------------
