@@ -23,8 +23,10 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import AttestationError, PolicyDenied
 from modelseal.kbs.state import KbsState
 from modelseal.loader.kbs_client import KbsClient
+from modelseal.tee.base import VerifierConfig
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
+from modelseal.tee.registry import verifier_for
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +36,7 @@ DEK = bytes(range(7, 39))
 KEY = "models/tdx-demo/1"
 WRONG_RTMR_KEY = "models/tdx-demo/wrong-rtmr"
 DIGEST_KEY = "models/tdx-demo/with-digest"
+COMPONENT_KEY = "models/tdx-demo/kernel-and-cmdline"
 MODEL_DIGEST = "sha256:" + "ab" * 32
 INIT_DATA = f'version = "0.1.0"\nalgorithm = "sha384"\n[data]\nmodel_digest = "{MODEL_DIGEST}"\n'
 
@@ -76,6 +79,15 @@ def _start_kbs(data_dir: Path, root: Path) -> tuple[str, subprocess.Popen[bytes]
         time.sleep(0.1)
 
 
+def _components(ca: MockTdxCA) -> dict[str, str]:
+    """The kernel and command-line digests the verifier derives from the default boot log."""
+    config = VerifierConfig(mock_tdx_root=str(ca.root_pem_path))
+    claims = verifier_for("mock-tdx", config).verify(
+        Attester(ca.directory).evidence(b"rd"), expected_report_data=b"rd", now=time.time()
+    )
+    return {k: claims.measurements[k] for k in ("kernel_digest", "cmdline_digest")}
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("mock-tdx-kbs")
@@ -93,6 +105,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         SecretBytes(DEK),
         policy=_policy(measurements=[{"mr_td": good["mr_td"]}], model_digest=MODEL_DIGEST),
         actor="test",
+    )
+    # a policy on measured components (event-log claims), not on registers
+    components = _components(ca)
+    state.keys.put(
+        COMPONENT_KEY, SecretBytes(DEK), policy=_policy(measurements=[components]), actor="test"
     )
     state.close()
     url, proc = _start_kbs(root / "kbs", ca.root_pem_path)
@@ -121,6 +138,21 @@ def test_different_kernel_changes_rtmr_and_is_denied(env: Env) -> None:
     attester = Attester(env.ca_dir, kernel=b"a different kernel")
     with KbsClient(env.url, attester, tee="mock-tdx") as client, pytest.raises(PolicyDenied):
         client.get_resource(KEY)
+
+
+def test_policy_on_measured_kernel_and_cmdline(env: Env) -> None:
+    """Event-log claims feed the policy: the same kernel/cmdline releases, another is denied."""
+    with KbsClient(env.url, Attester(env.ca_dir), tee="mock-tdx") as client:
+        assert client.get_resource(COMPONENT_KEY).reveal() == DEK
+    for other in (
+        Attester(env.ca_dir, kernel=b"a different kernel"),
+        Attester(env.ca_dir, cmdline="console=ttyS0 init=/bin/sh"),
+    ):
+        with (
+            KbsClient(env.url, other, tee="mock-tdx") as client,
+            pytest.raises(PolicyDenied),
+        ):
+            client.get_resource(COMPONENT_KEY)
 
 
 def test_explicit_wrong_rtmr_denied(env: Env) -> None:
