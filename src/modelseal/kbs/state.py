@@ -12,11 +12,13 @@ holds, each created once and refused when its permissions are too open::
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import secrets
 import stat
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
 from sqlalchemy import Float, String, delete
@@ -205,6 +207,17 @@ class KbsState:
             s.execute(delete(TransferNonceRow).where(TransferNonceRow.expires_at <= now))
             s.add(TransferNonceRow(nonce=value.hex(), key_id=key_id, expires_at=now + ttl))
         return TransferNonce(value, key_id, now + ttl)
+
+    def transfer_nonce_mac(self, value: bytes, iat: bytes) -> bytes:
+        """The ``signature`` binding a transfer nonce to its ``iat`` (round 1 -> round 2).
+
+        Keyed by a sub-key of the admin credential, not the KEK: every worker and replica
+        holds the same credential and it does not change when the KEK rotates, so a nonce
+        issued before a rotation (or by a worker that has not seen it yet) still verifies.
+        The label keeps it apart from admin-token signatures under the same credential.
+        """
+        key = hmac.new(self.admin_key.reveal(), b"modelseal transfer-nonce key", sha256).digest()
+        return hmac.new(key, value + b"\x00" + iat, sha256).digest()
 
     def consume_transfer_nonce(self, value: bytes, key_id: str) -> None:
         """Delete the nonce; TokenError unless it existed, was unexpired and for ``key_id``."""

@@ -52,7 +52,6 @@ __all__ = ["MAX_TRANSFER_BODY", "TransferRequest", "transfer_router"]
 log = logging.getLogger("modelseal.kbs.transfer")
 
 MAX_TRANSFER_BODY = 4 * 1024 * 1024
-_NONCE_MAC = "transfer-nonce"
 
 
 class Attestation(Protocol):
@@ -114,9 +113,6 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
             "request can be replayed to obtain the key again (--allow-cnap-oneshot)"
         )
 
-    def nonce_mac(val: bytes, iat: bytes) -> bytes:
-        return state.store.ring.active.mac(_NONCE_MAC, val + b"\x00" + iat)
-
     def round1(key_id: str) -> Response:
         nonce = state.issue_transfer_nonce(key_id)
         iat = datetime.fromtimestamp(state.clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -124,7 +120,7 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
         body = {
             "val": b64_encode(nonce.value),
             "iat": b64_encode(iat_bytes),
-            "signature": b64_encode(nonce_mac(nonce.value, iat_bytes)),
+            "signature": b64_encode(state.transfer_nonce_mac(nonce.value, iat_bytes)),
         }
         return _json_response(body, {"Attestation-Type": "TDX"})
 
@@ -139,7 +135,7 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
             val = b64_decode(req.nonce.val, what="nonce.val")
             iat = b64_decode(req.nonce.iat, what="nonce.iat")
             sig = b64_decode(req.nonce.signature, what="nonce.signature")
-            if not hmac.compare_digest(nonce_mac(val, iat), sig):
+            if not hmac.compare_digest(state.transfer_nonce_mac(val, iat), sig):
                 raise TokenError("transfer nonce signature is invalid")
             state.consume_transfer_nonce(val, key_id)
             report_data = sha512(val + iat + user_data).digest()

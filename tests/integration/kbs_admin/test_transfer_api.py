@@ -48,6 +48,12 @@ def workload() -> WorkloadKeyPair:
     return WorkloadKeyPair(3072)
 
 
+@pytest.fixture(scope="module")
+def attacker() -> WorkloadKeyPair:
+    """A second workload key (RSA-3072 generation is slow: once per module)."""
+    return WorkloadKeyPair(3072)
+
+
 @dataclass
 class Env:
     client: httpx.AsyncClient
@@ -180,8 +186,28 @@ async def test_forged_nonce_signature(env: Env, workload: WorkloadKeyPair) -> No
     assert r.status_code == 401
 
 
-async def test_report_data_must_bind_user_data(env: Env, workload: WorkloadKeyPair) -> None:
-    attacker = WorkloadKeyPair(3072)
+async def test_nonce_issued_before_a_kek_rotation_still_verifies(
+    env: Env, workload: WorkloadKeyPair
+) -> None:
+    """The nonce signature does not depend on the KEK: rotating between the rounds (or a
+    worker that has not yet seen another's rotation) must not turn a valid nonce into 401."""
+    nonce = await _nonce(env)
+    env.state.keys.rotate_kek(actor="test")
+    body = _round2(env, nonce, workload.public.spki_der())
+    r = await env.client.post(_url(KEY_ID), json=body, headers=HEADERS)
+    assert _unwrap(workload, r) == DEK
+    other = KbsState.open(env.state.data_dir)  # a second worker on the same data dir
+    try:
+        val, iat = b64_decode(nonce["val"]), b64_decode(nonce["iat"])
+        assert other.transfer_nonce_mac(val, iat) == env.state.transfer_nonce_mac(val, iat)
+        assert other.transfer_nonce_mac(val, iat + b"x") != env.state.transfer_nonce_mac(val, iat)
+    finally:
+        other.close()
+
+
+async def test_report_data_must_bind_user_data(
+    env: Env, workload: WorkloadKeyPair, attacker: WorkloadKeyPair
+) -> None:
     nonce = await _nonce(env)
     body = _round2(env, nonce, workload.public.spki_der())
     body["user_data"] = b64_encode(attacker.public.spki_der())
