@@ -27,8 +27,10 @@ from modelseal.cli import main
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format import cnap
 from modelseal.loader.kbs_client import KbsClient
+from modelseal.owner.kbs_admin import KbsAdminClient
 from modelseal.owner.keys import read_key_file
 from modelseal.owner.sealing import unseal_directory
+from modelseal.policy import parse_policy
 from modelseal.protocol.model_info import ModelInfo
 from modelseal.tee.sample.attester import Attester
 from tests.conftest import free_port
@@ -210,7 +212,13 @@ def test_publish_directory_then_decrypt_with_released_key(
     # the registry serves the same record
     served = ModelInfo.model_validate_json(httpx.get(f"{registry.url}/models/demo").content)
     assert served == info
-    # the KBS knows the key with the model digest; a TEE gets the key released
+    # the KBS knows the key with the model digest and the published policy
+    with KbsAdminClient(kbs.url, kbs.token) as admin:
+        key = admin.get_key("models/demo/v1")
+    assert key.model_digest == info.model_digest
+    assert key.policy_digest == parse_policy(SAMPLE_POLICY).digest
+    assert key.state == "active"
+    # a TEE gets the key released
     dek = _release_key(kbs, "models/demo/v1")
     sealed = tmp_path / "sealed"
     _download_model(info, sealed)
