@@ -434,7 +434,7 @@ class AuditLog:
                 False, count, last + 1, f"row {last + 1} is missing (the log was truncated)"
             )
         try:
-            mac_ok = h_mac == self._head_mac(ring, h_kek, h_seq, h_hash)
+            mac_ok = hmac.compare_digest(h_mac, self._head_mac(ring, h_kek, h_seq, h_hash))
         except ConfigError:
             mac_ok = False
         if h_hash != prev or not mac_ok:

@@ -117,6 +117,13 @@ def test_header_confusion(header: dict[str, object]) -> None:
         _claims(sub=None),
         _claims(sub="evil\nlog line"),
         _claims(jti=None),
+        _claims(nbf="later"),
+        _claims(nbf=int(NOW) + 3600),
+        _claims(exp=float(int(NOW) + 60)),
+        _claims(exp=int(NOW) - 3600),
+        _claims(iat=int(NOW) + 3600, exp=int(NOW) + 3700),
+        _claims(aud=["modelseal-kbs-admin"]),
+        _claims(roles=["admin", "root"]),
     ],
 )
 def test_claim_checks(claims: dict[str, object]) -> None:
