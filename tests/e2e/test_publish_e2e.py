@@ -142,12 +142,19 @@ class Ran:
     stderr: str
 
 
-def _cli(argv: list[str], *, in_process: bool = True) -> Ran:
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so the rich progress bars run."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _cli(argv: list[str], *, in_process: bool = True, tty: bool = False) -> Ran:
     """Run ``modelseal ARGV``: in this process (fast), or as a real subprocess."""
     if not in_process:
         done = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=120)
         return Ran(done.returncode, done.stdout, done.stderr)
-    out, err = io.StringIO(), io.StringIO()
+    out, err = io.StringIO(), (_Terminal() if tty else io.StringIO())
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -165,10 +172,11 @@ def _publish(
     *args: str,
     staging: Path,
     in_process: bool = True,
+    tty: bool = False,
 ) -> Ran:
     argv = ["publish", str(src), "--registry", registry.url, "--kbs", kbs_url, "--token", token]
     argv += ["--registry-token", registry.token, "--staging-dir", str(staging)]
-    return _cli([*argv, "--segment-size", "64K", *args], in_process=in_process)
+    return _cli([*argv, "--segment-size", "64K", *args], in_process=in_process, tty=tty)
 
 
 def _release_key(kbs: KbsServer, key_id: str) -> SecretBytes:
@@ -299,6 +307,26 @@ def test_rerun_without_save_key_starts_over(
     _download_model(info, tmp_path / "sealed")
     unseal_directory(tmp_path / "sealed", tmp_path / "plain", dek)
     assert (tmp_path / "plain" / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+def test_progress_bars_on_a_terminal(
+    servers: tuple[RegistryServer, KbsServer], tmp_path: Path, policy_file: Path
+) -> None:
+    """On a terminal every phase shows as a rich bar on stderr; stdout stays pure JSON."""
+    registry, kbs = servers
+    src = tmp_path / "model"
+    _model_dir(src)
+    done = _publish(
+        registry, kbs.url, kbs.token, src, "--model-id", "bars", "--policy", str(policy_file),
+        staging=tmp_path / "staging", tty=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ModelInfo.model_validate_json(done.stdout)  # nothing but the model info on stdout
+    assert "\x1b[" not in done.stdout
+    for phase in ("seal", "upload", "register key", "register model"):
+        assert phase in done.stderr
+    assert "━" in done.stderr  # rich's bar glyph: bars, not the plain one-line-per-phase form
+    assert "upload..." not in done.stderr
 
 
 def test_single_file_v1_and_cnap(
