@@ -270,3 +270,34 @@ def test_any_trustee_resource_body_is_answered_without_a_server_error(
 ) -> None:
     r = kbs.request("POST", "/kbs/v0/resource/r/trustee/fuzz", content=body, headers=kbs.auth())
     assert r.status_code in (200, 201, 400, 409), r.text
+
+
+#: Routes of the real app that are public by design (attestation is their authentication).
+PUBLIC = {("POST", "/kbs/v1/keys/{repo}/{kind}/{tag}/transfer")}
+
+
+def test_the_real_kbs_app_mounts_exactly_these_routes_and_guards_them(kbs: Kbs) -> None:
+    """Through ``create_app`` as served: every documented route that is not an attestation
+    route is in ``ALLOWED`` (so a route added to the app without a role rule fails here)
+    and answers 401 without a token."""
+    from modelseal.kbs.app import create_app
+    from modelseal.kbs.settings import KbsSettings
+
+    settings = KbsSettings(data_dir=kbs.state.data_dir).validated()
+    app = create_app(settings, kbs.state, clock=kbs.clock)
+    documented = {
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
+    }
+    assert documented - PUBLIC == set(ALLOWED)
+
+    async def probe() -> list[tuple[str, str, int]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            return [
+                (m, t, (await client.request(m, _concrete(t), json={"generate": True})).status_code)
+                for m, t in sorted(ALLOWED)
+            ]
+
+    assert {status for _, _, status in asyncio.run(probe())} == {401}
