@@ -288,3 +288,36 @@ def test_no_secret_at_rest_in_the_database_or_in_any_log(
             for path, content in files.items():
                 assert form not in content, path
             assert form not in logged
+
+
+def test_admin_change_and_its_audit_row_are_one_transaction(tmp_path: Path) -> None:
+    """When the audit row cannot be written (here: a forged head), the change it would
+    record is rolled back too: no unaudited key, policy, revocation or deletion."""
+    import sqlite3
+
+    from modelseal.errors import BackendError
+
+    state = KbsState.open(tmp_path)
+    try:
+        state.keys.put("m/k/v1", None, actor="admin:a")
+        before = (state.keys.list_keys(), state.audit.entries())
+        db = sqlite3.connect(tmp_path / "kbs.sqlite3")
+        db.execute("UPDATE ms_audit_head SET mac = 'forged' WHERE id = 1")
+        db.commit()
+        db.close()
+        attempts = [
+            lambda: state.keys.put("m/k/v2", None, actor="admin:a"),
+            lambda: state.keys.set_policy("m/k/v1", POLICY, actor="admin:a"),
+            lambda: state.keys.set_model_digest("m/k/v1", "sha256:" + "00" * 32, actor="a"),
+            lambda: state.keys.revoke("m/k/v1", actor="admin:a"),
+            lambda: state.keys.delete("m/k/v1", actor="admin:a"),
+            lambda: state.keys.rotate_kek(actor="admin:a"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(BackendError, match="head failed verification"):
+                attempt()
+        assert (state.keys.list_keys(), state.audit.entries()) == before
+        assert state.keys.get_policy("m/k/v1") is None
+        assert not (tmp_path / "kek.next").exists()
+    finally:
+        state.close()
