@@ -6,7 +6,7 @@ Kept here because it needs ``cryptography.hazmat``; the SNP verifier stays free 
 from __future__ import annotations
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -21,7 +21,7 @@ def is_p384_key(cert: x509.Certificate) -> bool:
     """True if the certificate carries an ECDSA P-384 public key (VCEK/VLEK requirement)."""
     try:
         key = cert.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):  # pyca: unknown key OID is not a ValueError
         return False
     return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1)
 
@@ -35,7 +35,7 @@ def verify_report_signature(
     """
     try:
         key = cert.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):  # pyca: unknown key OID is not a ValueError
         return False
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         return False
@@ -54,7 +54,7 @@ def crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate)
     """True if ``issuer``'s key (RSA, e.g. an AMD ARK, or EC) signed ``crl``."""
     try:
         key = issuer.public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):  # pyca: unknown key OID is not a ValueError
         return False
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         return False

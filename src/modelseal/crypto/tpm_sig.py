@@ -54,8 +54,15 @@ def normalize_public_key(data: bytes) -> bytes:
 
 
 def certificate_spki(cert: x509.Certificate) -> bytes:
-    """SPKI DER of a certificate's public key."""
-    return cert.public_key().public_bytes(*_SPKI)
+    """SPKI DER of a certificate's public key; ``ValueError`` for a key pyca cannot load.
+
+    pyca raises ``UnsupportedAlgorithm`` (not a ``ValueError``) for an unknown key OID,
+    which one flipped byte of an evidence certificate produces.
+    """
+    try:
+        return cert.public_key().public_bytes(*_SPKI)
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(f"unsupported certificate key: {exc}") from None
 
 
 def verify_quote_signature(

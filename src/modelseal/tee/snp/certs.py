@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
 from modelseal.crypto.snp_ecdsa import crl_signed_by
@@ -234,7 +234,7 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     """Signature check, cached per (child, parent) pair: KBS sees the same chains repeatedly."""
     try:
         child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 

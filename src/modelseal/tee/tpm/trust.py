@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from modelseal.crypto.tpm_sig import certificate_spki, ecc_spki, normalize_public_key, rsa_spki
 from modelseal.crypto.x509_pem import parse_certificates
@@ -67,8 +67,12 @@ class TrustStore:
                     raise ConfigError(
                         f"trusted AKs: {origin} holds a malformed certificate"
                     ) from exc
-                for cert in certs:
-                    self.add_certificate(cert)
+                try:
+                    for cert in certs:
+                        self.add_certificate(cert)
+                except ValueError as exc:
+                    msg = f"trusted AKs: {origin} holds a certificate with an unusable key"
+                    raise ConfigError(msg) from exc
                 return
             try:
                 self.keys.add(normalize_public_key(data))
@@ -168,6 +172,6 @@ class TrustStore:
 def _issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True

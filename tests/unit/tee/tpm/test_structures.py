@@ -163,3 +163,13 @@ def test_ak_certificate_with_unknown_version_is_malformed(shared_vectors: Path) 
     store = TrustStore(anchors=[])
     with pytest.raises(EvidenceError, match="malformed"):
         store.check(b"not-a-trusted-spki", [bytes(der)], now=0.0)
+
+
+def test_ak_certificate_with_unknown_key_algorithm_is_malformed(shared_vectors: Path) -> None:
+    """pyca's UnsupportedAlgorithm (an unknown SPKI OID) is an EvidenceError, not a crash."""
+    der = (shared_vectors / "snp/go-sev-guest/vcek.der").read_bytes()
+    ec_public_key = bytes.fromhex("06072a8648ce3d0201")  # OID 1.2.840.10045.2.1
+    assert ec_public_key in der
+    bad = der.replace(ec_public_key, bytes.fromhex("06072a8648ce3d5101"), 1)
+    with pytest.raises(EvidenceError, match="malformed"):
+        TrustStore(anchors=[]).check(b"not-a-trusted-spki", [bad], now=0.0)
