@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelseal.errors import ConfigError, EvidenceError, UnsupportedTee
@@ -173,3 +173,21 @@ def test_ak_certificate_with_unknown_key_algorithm_is_malformed(shared_vectors: 
     bad = der.replace(ec_public_key, bytes.fromhex("06072a8648ce3d5101"), 1)
     with pytest.raises(EvidenceError, match="malformed"):
         TrustStore(anchors=[]).check(b"not-a-trusted-spki", [bad], now=0.0)
+
+
+_FLIPS = st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=3)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(flips=_FLIPS)
+def test_mutated_ak_certificate_chain_never_crashes(
+    shared_vectors: Path, flips: list[tuple[int, int]]
+) -> None:
+    """Flipped bytes anywhere in an evidence AK certificate: typed EvidenceError, never a crash."""
+    der = bytearray((shared_vectors / "snp/go-sev-guest/vcek.der").read_bytes())
+    for pos, xor in flips:
+        der[pos % len(der)] ^= xor
+    with pytest.raises(EvidenceError):
+        TrustStore(anchors=[]).check(b"not-a-trusted-spki", [bytes(der)], now=0.0)
