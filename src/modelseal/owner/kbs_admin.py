@@ -77,7 +77,7 @@ class KbsAdminClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if not token or any(c.isspace() for c in token.strip()):
+        if not token.strip() or any(c.isspace() for c in token.strip()):
             raise ConfigError("an admin token is required (modelseal kbs token --data-dir DIR)")
         base = url.rstrip("/")
         if not base.startswith(("http://", "https://")):
@@ -231,6 +231,9 @@ class KbsAdminClient:
             yield from result.entries
             if result.next_after is None:
                 return
+            if result.next_after <= after:
+                # A KBS that does not advance would otherwise keep us paging forever.
+                raise BackendError("KBS audit paging did not advance")
             after = result.next_after
 
     def audit_verify(self) -> AuditVerifyResponse:
@@ -238,7 +241,10 @@ class KbsAdminClient:
         return self._model(AuditVerifyResponse, self._request("GET", "/audit/verify"))
 
     def whoami(self) -> dict[str, Any]:
-        value = self._request("GET", "/whoami").json()
+        try:
+            value = self._request("GET", "/whoami").json()
+        except ValueError:
+            raise BackendError("KBS sent an unexpected whoami response") from None
         return value if isinstance(value, dict) else {}
 
 
