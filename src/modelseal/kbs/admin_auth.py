@@ -152,7 +152,9 @@ def _int_claim(claims: dict[str, Any], name: str, *, required: bool) -> int | No
 
 def verify_admin_token(token: str, key: SecretBytes, *, now: float) -> AdminPrincipal:
     """Check an admin token; TokenError (HTTP 401) on any problem, never says which key."""
-    if len(token) > MAX_TOKEN_LEN or token.count(".") != 2:
+    # isascii first: the signing input is re-encoded as ASCII, and a header may carry
+    # any Latin-1 character.
+    if not token.isascii() or len(token) > MAX_TOKEN_LEN or token.count(".") != 2:
         raise TokenError("malformed admin token")
     h64, p64, s64 = token.split(".")
     header = _json_part(h64, "header")

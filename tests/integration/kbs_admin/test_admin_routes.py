@@ -122,9 +122,11 @@ def test_every_route_refuses_a_missing_bad_or_expired_token(kbs: Kbs) -> None:
         {"Authorization": f"Bearer {not_yet}"},
         {"Authorization": "Bearer " + "a" * 5000},
     ]
+    h, p, sig = kbs.auth()["Authorization"].removeprefix("Bearer ").split(".")
+    latin1 = {"Authorization": f"Bearer {h}.\xe9{p}.{sig}".encode("latin-1")}
     before = len(kbs.state.audit.entries(limit=1000))
     for method, template in ALLOWED:
-        for headers in bad:
+        for headers in [*bad, latin1]:
             r = kbs.request(method, _concrete(template), headers=headers, json={"generate": True})
             assert r.status_code == 401, (method, template, headers, r.text)
             assert r.headers["www-authenticate"].startswith("Bearer")

@@ -133,7 +133,18 @@ def test_claim_checks(claims: dict[str, object]) -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "a", "a.b", "a.b.c.d", "!!.!!.!!", "e30.e30.", "W10.e30.AA", "x" * 5000 + ".a.b"],
+    [
+        "",
+        "a",
+        "a.b",
+        "a.b.c.d",
+        "!!.!!.!!",
+        "e30.e30.",
+        "W10.e30.AA",
+        "x" * 5000 + ".a.b",
+        "e30.\xe9e30.AA",
+        "e30.e30.\u00e9",
+    ],
 )
 def test_malformed(token: str) -> None:
     with pytest.raises(TokenError):
@@ -156,3 +167,9 @@ def test_credential_file(tmp_path: Path) -> None:
     assert ensure_admin_credential(tmp_path) == key
     assert load_admin_credential(tmp_path) == key
     assert (tmp_path / "admin-credential").stat().st_mode & 0o777 == 0o600
+
+
+def test_non_ascii_payload_of_a_real_token_is_a_token_error() -> None:
+    h, p, sig = mint_admin_token(KEY, now=NOW).split(".")
+    with pytest.raises(TokenError):
+        verify_admin_token(f"{h}.\xe9{p}.{sig}", KEY, now=NOW)
