@@ -282,3 +282,23 @@ async def test_registration_waits_for_uploads_in_flight(
     assert results == {"upload": 200, "register_during_upload": 409}
     r = await c.put("/models/m/versions/v1", json=body, headers=_auth(token))
     assert r.status_code == 201
+
+
+async def test_registration_body_limit(tmp_path: Path) -> None:
+    """A record body beyond ``max_record_size`` is refused (413) before JSON parsing."""
+    settings = RegistrySettings(data_dir=tmp_path, max_record_size=4096)
+    app = create_app(settings, LocalBlobStore(tmp_path / "blobs"))
+    token = (tmp_path / "upload-token").read_text().strip()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
+        body = b'{"files": [' + b'"x",' * 2000 + b'"x"]}'
+        r = await c.put("/models/m/versions/v1", content=body, headers=_auth(token))
+        assert r.status_code == 413
+        assert r.json()["type"].endswith("too-large")
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+            for _ in range(10):
+                yield b" " * 1000
+
+        r = await c.put("/models/m/versions/v1", content=chunked(), headers=_auth(token))
+        assert r.status_code == 413
+        assert (await c.get("/models/m")).status_code == 404
