@@ -200,7 +200,7 @@ class CollateralStore:
                 pck = _get(client, f"{base}/sgx/certification/v4/pckcrl?ca={ca}&encoding=der")
                 tcb = _get(client, f"{base}/{kind}/certification/v4/tcb?fmspc={fmspc.upper()}")
                 qe = _get(client, f"{base}/{kind}/certification/v4/qe/identity?update=standard")
-                root = client.get(f"{base}/sgx/certification/v4/rootcacrl")
+                root = _get(client, f"{base}/sgx/certification/v4/rootcacrl", ok_only=False)
                 if root.status_code != 200:
                     # Intel's PCS has no rootcacrl endpoint (PCCS does): use the CRL
                     # distribution point of the root certificate, as Intel documents.
@@ -228,11 +228,32 @@ class CollateralStore:
             raise BackendError(f"collateral service {base} returned bad data: {exc}") from exc
 
 
-def _get(client: Any, url: str) -> Any:
-    resp = client.get(url)
-    if resp.status_code != 200:
-        raise BackendError(f"collateral service: GET {url} -> HTTP {resp.status_code}")
-    return resp
+@dataclass(frozen=True)
+class _Response:
+    """A collateral-service answer read within :data:`MAX_COLLATERAL_FILE` bytes."""
+
+    status_code: int
+    headers: Any
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+def _get(client: Any, url: str, *, ok_only: bool = True) -> _Response:
+    """GET with a size bound: a PCS/PCCS (or a proxy in front of it) cannot exhaust memory."""
+    with client.stream("GET", url) as resp:
+        if ok_only and resp.status_code != 200:
+            raise BackendError(f"collateral service: GET {url} -> HTTP {resp.status_code}")
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > MAX_COLLATERAL_FILE:
+                raise BackendError(
+                    f"collateral service: GET {url} answered more than {MAX_COLLATERAL_FILE} bytes"
+                )
+        return _Response(resp.status_code, resp.headers, bytes(body))
 
 
 def _chain(resp: Any, *names: str) -> str:

@@ -187,3 +187,35 @@ def test_no_root_crl_anywhere(ca: MockTdxCA, tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _HugePccs(BaseHTTPRequestHandler):
+    """Answers every request with more bytes than any collateral part can have (chunked)."""
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        block = b"0" * (1 << 20)
+        try:
+            for _ in range(8):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client stopped reading at its limit
+
+
+def test_pccs_response_size_is_bounded(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HugePccs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = CollateralStore(pccs_url=f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(BackendError, match="answered more than"):
+            store.get("TDX", "feedfacecafe", "platform", NOW)
+    finally:
+        server.shutdown()
+        server.server_close()
