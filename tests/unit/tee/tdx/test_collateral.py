@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -106,16 +107,25 @@ class FakePccs(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server for ``handler``; shuts down within one 50 ms poll."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @pytest.fixture
 def pccs(ca: MockTdxCA) -> Iterator[tuple[str, list[str]]]:
     hits: list[str] = []
-    handler = type("Handler", (FakePccs,), {"ca": ca, "hits": hits})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
-    server.server_close()
+    with _serving(type("Handler", (FakePccs,), {"ca": ca, "hits": hits})) as url:
+        yield url, hits
 
 
 def test_pccs_download_cache_and_verify(
@@ -157,11 +167,7 @@ def test_intel_pcs_root_crl_from_distribution_point(tmp_path: Path) -> None:
     hits: list[str] = []
     holder: dict[str, Any] = {"hits": hits, "intel_pcs": True}
     handler = type("Handler", (FakePccs,), holder)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with _serving(handler) as url:
         ca = MockTdxCA.create(tmp_path / "ca", root_crl_url=f"{url}/IntelSGXRootCA.der")
         handler.ca = ca
         store = CollateralStore(pccs_url=url)
@@ -170,23 +176,15 @@ def test_intel_pcs_root_crl_from_distribution_point(tmp_path: Path) -> None:
         claims = verifier.verify(ev, expected_report_data=b"\x04" * 48, now=NOW)
         assert claims.tcb_status == "UpToDate"
         assert "/IntelSGXRootCA.der" in hits
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_no_root_crl_anywhere(ca: MockTdxCA, tmp_path: Path) -> None:
     hits: list[str] = []
     handler = type("Handler", (FakePccs,), {"ca": ca, "hits": hits, "intel_pcs": True})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        store = CollateralStore(pccs_url=f"http://127.0.0.1:{server.server_address[1]}")
+    with _serving(handler) as url:
+        store = CollateralStore(pccs_url=url)
         with pytest.raises(BackendError, match="root names none"):
             store.get("TDX", "feedfacecafe", "platform", NOW)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class _HugePccs(BaseHTTPRequestHandler):
@@ -209,13 +207,7 @@ class _HugePccs(BaseHTTPRequestHandler):
 
 
 def test_pccs_response_size_is_bounded(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HugePccs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        store = CollateralStore(pccs_url=f"http://127.0.0.1:{server.server_address[1]}")
+    with _serving(_HugePccs) as url:
+        store = CollateralStore(pccs_url=url)
         with pytest.raises(BackendError, match="answered more than"):
             store.get("TDX", "feedfacecafe", "platform", NOW)
-    finally:
-        server.shutdown()
-        server.server_close()
