@@ -146,6 +146,21 @@ class ReleasePolicy(BaseModel):
             raise ValueError('must be "sha256:" followed by 64 hex digits')
         return lowered
 
+    @field_validator("not_after", mode="before")
+    @classmethod
+    def _not_after_is_text(cls, value: Any) -> Any:
+        # pydantic would read a number, or a numeric string, as Unix seconds *or
+        # milliseconds* (by magnitude), with no zone written down; the document rule is
+        # an RFC 3339 / ISO 8601 timestamp with a zone.
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError("must be an RFC 3339 timestamp with a time zone") from None
+        if value is not None and not isinstance(value, datetime):
+            raise ValueError("must be an RFC 3339 timestamp with a time zone (text)")
+        return value
+
     @field_validator("not_after")
     @classmethod
     def _not_after(cls, value: datetime | None) -> datetime | None:
@@ -248,10 +263,14 @@ def _load_yaml(text: str) -> Any:
         ) from None
     try:
         return yaml.load(text, Loader=_loader_class(yaml))  # noqa: S506 - a SafeLoader subclass
-    except (yaml.YAMLError, RecursionError) as exc:
+    except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
+        # ValueError/OverflowError: PyYAML's implicit timestamps build datetimes without
+        # range checks (``not_after: 2027-13-45T00:00:00Z``).
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None)
+        if isinstance(exc, ValueError | OverflowError):
+            problem = f"invalid timestamp ({str(exc)[:80]})"
         why = f": {problem}" if isinstance(problem, str) else ""
         raise PolicyInvalid(f"release policy is not valid YAML{where}{why}") from None
 

@@ -295,3 +295,26 @@ def test_any_wrong_value_at_any_level_is_a_policy_error(doc: dict[str, Any], dat
     for text in (json.dumps(mutated), "# yaml\n" + json.dumps(mutated)):
         with contextlib.suppress(PolicyInvalid):
             parse_policy_text(text)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not_after: 2027-13-45T00:00:00Z", "invalid timestamp"),
+        ("not_after: 0000-01-01T00:00:00Z", "invalid timestamp"),
+        ("not_after: 1767225600", "RFC 3339"),
+        ("not_after: 253402300800", "RFC 3339"),
+        ("not_after: 1.5e9", "RFC 3339"),
+        ("not_after: true", "RFC 3339"),
+        ("not_after: [2027-01-01T00:00:00Z]", "RFC 3339"),
+    ],
+)
+def test_not_after_must_be_a_real_timestamp_with_a_zone(line: str, message: str) -> None:
+    """YAML builds out-of-range timestamps without checks, and pydantic would read a
+    number as seconds or milliseconds by magnitude: both are policy errors."""
+    text = f"apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [tdx]\n{line}\n"
+    with pytest.raises(PolicyInvalid, match=message):
+        parse_policy_text(text)
+    value = line.split(": ", 1)[1]
+    with pytest.raises(PolicyInvalid):
+        parse_policy({**BASE, "not_after": value})  # the same value as JSON text
