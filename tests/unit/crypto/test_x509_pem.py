@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -19,19 +20,23 @@ from modelseal.crypto.x509_test_ca import P256Key, issue_certificate, issue_crl
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-@pytest.fixture(scope="module")
-def issued() -> tuple[x509.Certificate, bytes]:
-    key = P256Key.generate()
-    cert = issue_certificate(
-        subject_cn="review root",
+def _self_signed(key: P256Key, cn: str, **extra: Any) -> x509.Certificate:
+    return issue_certificate(
+        subject_cn=cn,
         subject_key=key,
         issuer_key=key,
         issuer_cert=None,
         serial=1,
         not_before=NOW,
         not_after=NOW + dt.timedelta(days=1),
-        ca=True,
+        **extra,
     )
+
+
+@pytest.fixture(scope="module")
+def issued() -> tuple[x509.Certificate, bytes]:
+    key = P256Key.generate()
+    cert = _self_signed(key, "review root", ca=True)
     crl = issue_crl(
         issuer_key=key,
         issuer_cert=cert,
@@ -84,18 +89,8 @@ def test_unknown_versions_are_value_errors(issued: tuple[x509.Certificate, bytes
 
 def test_duplicate_extension_is_value_error() -> None:
     """pyca raises DuplicateExtension lazily, on first ``.extensions``; the loader does it."""
-    key = P256Key.generate()
-    cert = issue_certificate(
-        subject_cn="dup",
-        subject_key=key,
-        issuer_key=key,
-        issuer_cert=None,
-        serial=2,
-        not_before=NOW,
-        not_after=NOW + dt.timedelta(days=1),
-        ca=False,
-        extra_extensions=[("1.2.3.4", b"\x05\x00"), ("1.2.3.5", b"\x05\x00")],
-    )
+    extensions = [("1.2.3.4", b"\x05\x00"), ("1.2.3.5", b"\x05\x00")]
+    cert = _self_signed(P256Key.generate(), "dup", ca=False, extra_extensions=extensions)
     oid_4, oid_5 = bytes([0x06, 0x03, 0x2A, 0x03, 0x04]), bytes([0x06, 0x03, 0x2A, 0x03, 0x05])
     der = cert_der(cert)
     assert oid_5 in der
