@@ -318,3 +318,48 @@ def test_not_after_must_be_a_real_timestamp_with_a_zone(line: str, message: str)
     value = line.split(": ", 1)[1]
     with pytest.raises(PolicyInvalid):
         parse_policy({**BASE, "not_after": value})  # the same value as JSON text
+
+
+yaml_scalars = st.one_of(
+    st.from_regex(
+        r"\d{4}-\d{1,2}-\d{1,2}([Tt ]\d{1,2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?)?",
+        fullmatch=True,
+    ),
+    st.from_regex(r"[-+]?(\d+|\.inf|\.nan|0x[0-9a-f]+|0o[0-7]+|\d+e\d+)", fullmatch=True),
+    st.sampled_from(["~", "null", "yes", "no", "on", "!!binary aGk=", "!!set {a}", "&a x", "*a"]),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "tee",
+                    "debug",
+                    "tcb_status",
+                    "measurements",
+                    "init_data",
+                    "model_digest",
+                    "not_after",
+                    "x",
+                ]
+            ),
+            yaml_scalars,
+            st.sampled_from(["{v}", "[{v}]", "{{k: {v}}}", "[{{mr_td: {v}}}]"]),
+        ),
+        max_size=5,
+    )
+)
+def test_any_yaml_scalar_anywhere_is_a_policy_error_or_valid(
+    lines: list[tuple[str, str, str]],
+) -> None:
+    """YAML's implicit typing (timestamps, octal/hex ints, booleans, tags) in any member
+    never escapes as anything but PolicyInvalid."""
+    text = "apiVersion: modelseal/v1\nkind: ReleasePolicy\n" + "".join(
+        f"{name}: {shape.format(v=value)}\n" for name, value, shape in lines
+    )
+    with contextlib.suppress(PolicyInvalid):
+        parse_policy_text(text)
