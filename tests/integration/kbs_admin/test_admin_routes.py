@@ -26,6 +26,7 @@ from modelseal._internal.encoding import b64url_encode
 from modelseal.kbs.admin_api import MAX_ADMIN_BODY, admin_router, trustee_admin_router
 from modelseal.kbs.admin_auth import mint_admin_token
 from modelseal.kbs.state import KbsState
+from tests.integration.kbs_admin.strategies import bodies, json_values
 
 BASE = "http://kbs.test"
 PREFIX = "/modelseal/v1"
@@ -232,11 +233,6 @@ def test_bad_list_filters_are_400(kbs: Kbs, query: str) -> None:
         assert r.status_code == 400, r.text
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
-    max_leaves=12,
-)
 put_bodies = st.fixed_dictionaries(
     {},
     optional={
@@ -253,9 +249,7 @@ put_bodies = st.fixed_dictionaries(
 )
 @given(
     st.sampled_from(["/keys/r/t/fuzz", "/keys/r/t/fuzz/policy", "/keys/r/t/fuzz/model"]),
-    put_bodies.map(json.dumps).map(str.encode)
-    | json_values.map(json.dumps).map(str.encode)
-    | st.binary(max_size=200),
+    bodies(put_bodies),
 )
 def test_any_body_is_answered_without_a_server_error(kbs: Kbs, suffix: str, body: bytes) -> None:
     r = kbs.request("PUT", PREFIX + suffix, content=body, headers=kbs.auth())

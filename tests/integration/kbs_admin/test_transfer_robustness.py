@@ -24,6 +24,7 @@ from modelseal.kbs.settings import KbsSettings
 from modelseal.kbs.state import KbsState
 from modelseal.kbs.transfer_api import MAX_TRANSFER_BODY
 from modelseal.tee.mock_tdx.ca import MockTdxCA
+from tests.integration.kbs_admin.strategies import bodies, json_values
 
 KEY_ID = "models/fuzz/v1"
 URL = f"/kbs/v1/keys/{KEY_ID}/transfer"
@@ -131,11 +132,6 @@ def test_malformed_key_ids_are_400_and_issue_no_nonce(kbs: Kbs) -> None:
         assert r.status_code in (400, 404), r.text
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
-    max_leaves=12,
-)
 fields = st.fixed_dictionaries(
     {},
     optional={
@@ -151,11 +147,7 @@ fields = st.fixed_dictionaries(
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    fields.map(json.dumps).map(str.encode)
-    | json_values.map(json.dumps).map(str.encode)
-    | st.binary(max_size=300)
-)
+@given(bodies(fields))
 def test_any_body_is_answered_without_a_server_error(kbs: Kbs, body: bytes) -> None:
     r = kbs.post(body)
     assert r.status_code in (200, 400, 401, 403), r.text
