@@ -321,3 +321,31 @@ def test_admin_change_and_its_audit_row_are_one_transaction(tmp_path: Path) -> N
         assert not (tmp_path / "kek.next").exists()
     finally:
         state.close()
+
+
+def test_revocation_made_final_by_a_rotation_survives_a_row_rollback(tmp_path: Path) -> None:
+    """A database writer who saved a key's row from before its revocation and writes it
+    back gets nothing once the KEK was rotated after the revocation: the old row names,
+    and is MACed and wrapped under, a KEK the KBS no longer holds."""
+    import sqlite3
+
+    from modelseal.errors import KeyNotFound, PolicyDenied
+
+    state = KbsState.open(tmp_path)
+    try:
+        state.keys.put("m/k/v1", SecretBytes(os.urandom(32)), policy=POLICY, actor="admin:a")
+        db = sqlite3.connect(tmp_path / "kbs.sqlite3")
+        saved = db.execute("SELECT * FROM ms_keys WHERE key_id = 'm/k/v1'").fetchone()
+        state.keys.revoke("m/k/v1", actor="admin:a")
+        state.keys.delete("m/k/v1", actor="admin:a")
+        state.keys.rotate_kek(actor="admin:a")
+        db.execute(f"INSERT INTO ms_keys VALUES ({', '.join('?' * len(saved))})", saved)
+        db.commit()
+        db.close()
+        claims = Claims(tee="sample", debug=False, report_data=b"", insecure=True)
+        with pytest.raises((ConfigError, PolicyDenied, KeyNotFound)):
+            state.release("m/k/v1", claims, token_id="t", requester="r")
+        last = state.audit.entries(after=0, limit=1000)[-1]
+        assert (last.action, last.key_id, last.decision) == ("key.release", "m/k/v1", "deny")
+    finally:
+        state.close()
