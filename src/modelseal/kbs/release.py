@@ -110,7 +110,15 @@ def release_key(
             # The key's transaction rolled back; the denial gets a transaction of its own.
             audit.record(**row(outcome))
         except ConfigError as exc:
-            outcome = _Outcome(Decision(False, (str(exc),)), error=exc)
+            # Even after the retry the row names a KEK this KBS does not hold: a row
+            # written back from before a rotation, or tampering (a wrong KEK file is
+            # refused at start-up). Fail closed like any failed authentication: the
+            # requester sees the usual denial, the reason goes to the audit log.
+            log.warning("release of %s refused: %s", key_id, exc)
+            outcome = _Outcome(
+                Decision(False, (str(exc),)),
+                error=PolicyDenied(reasons=("stored key names a KEK this KBS does not hold",)),
+            )
             # The key's transaction rolled back; the denial gets a transaction of its own.
             audit.record(**row(outcome))
         except BaseException:
