@@ -210,6 +210,8 @@ def verify_cmd(
     """Verify evidence; print typed claims as JSON, or exit 4 with the reason."""
     from modelseal.tee import registry
 
+    if tee == "tpm" and collateral is None:
+        raise ConfigError("--collateral (the trusted AK keys or certificates) is required for tpm")
     value = _evidence_value(tee, _read(evidence_path, "evidence"))
     expected = _hex_arg(report_data, "--report-data")
     checked = expected is not None

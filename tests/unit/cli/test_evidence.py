@@ -162,6 +162,10 @@ def test_usage_errors(mock_evidence: Path, capsys: pytest.CaptureFixture[str]) -
         ["evidence", "verify", "--tee", "tpm", "--evidence", str(mock_evidence)], capsys
     )
     assert code == 2
+    assert "--collateral (the trusted AK keys or certificates) is required" in err
+    tpm = ["evidence", "verify", "--tee", "tpm", "--evidence", str(mock_evidence)]
+    code, _, err = _run([*tpm, "--collateral", str(mock_evidence)], capsys)
+    assert code == 2
     assert "--report-data is required" in err
     code, _, err = _run(
         ["evidence", "verify", "--tee", "nope", "--evidence", str(mock_evidence)], capsys
