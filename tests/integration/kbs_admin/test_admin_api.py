@@ -61,44 +61,6 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     state.close()
 
 
-async def test_no_access_without_a_valid_token(env: Env) -> None:
-    routes = [
-        ("GET", "/keys"),
-        ("GET", "/keys/a/b/c"),
-        ("PUT", "/keys/a/b/c"),
-        ("DELETE", "/keys/a/b/c"),
-        ("POST", "/keys/a/b/c/revoke"),
-        ("GET", "/keys/a/b/c/policy"),
-        ("PUT", "/keys/a/b/c/policy"),
-        ("PUT", "/keys/a/b/c/model"),
-        ("GET", "/models"),
-        ("POST", "/kek/rotate"),
-        ("GET", "/audit"),
-        ("GET", "/audit/verify"),
-        ("GET", "/whoami"),
-    ]
-    other = KbsState.open(env.state.data_dir.parent / "other")
-    forged = mint_admin_token(other.admin_key, now=env.clock.now())
-    other.close()
-    expired = env.token(ttl=60)
-    env.clock.advance(60 + 31)
-    bad_headers: list[dict[str, str]] = [
-        {},
-        {"Authorization": "Bearer"},
-        {"Authorization": "Basic YWRtaW46YWRtaW4="},
-        {"Authorization": "Bearer not.a.jwt"},
-        {"Authorization": f"Bearer {forged}"},
-        {"Authorization": f"Bearer {expired}"},
-    ]
-    for method, path in routes:
-        for headers in bad_headers:
-            r = await env.client.request(method, path, headers=headers, json={"generate": True})
-            assert r.status_code == 401, (method, path, headers, r.text)
-            assert r.headers["www-authenticate"].startswith("Bearer")
-            assert r.json()["type"].endswith("/unauthorized")
-    assert env.state.keys.list_keys() == []
-
-
 async def test_alg_none_and_tampered_payload_rejected(env: Env) -> None:
     token = env.token("auditor")
     h, p, s = token.split(".")

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,17 +226,20 @@ def test_concurrent_writers_threads(log: AuditLog) -> None:
 
 
 WRITER = """
-import sys
+import sys, time
 from pathlib import Path
 from modelseal.crypto.kek import Kek, KekRing
 from modelseal.crypto.secret import SecretBytes
-from modelseal.crypto.secret import SecretBytes
 from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database, sqlite_url
-db = Database(sqlite_url(Path(sys.argv[1])))
+base = Path(sys.argv[1])
+db = Database(sqlite_url(base))
 kek = Kek(SecretBytes(bytes.fromhex(sys.argv[2])))
 log = AuditLog(db, lambda: KekRing(kek))
-for i in range(30):
+(base / f"ready-{sys.argv[3]}").touch()
+while not (base / "go").exists():  # start together, so the appends really interleave
+    time.sleep(0.005)
+for i in range(60):
     log.record(actor=sys.argv[3], action="a", key_id=None, tee=None, claims_digest=None,
                policy_digest=None, decision="ok", reasons=[str(i)])
 """
@@ -248,14 +252,23 @@ def test_concurrent_writers_processes(tmp_path: Path) -> None:
     db.create_all()
     log = AuditLog(db, lambda: KekRing(kek))
     log.init_head()
+    names = ["p0", "p1"]
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), material.hex(), f"p{i}"])
-        for i in range(3)
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), material.hex(), name])
+        for name in names
     ]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready-{n}").exists() for n in names):
+        assert time.monotonic() < deadline
+        assert all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
     result = log.verify()
     assert result.ok
-    assert result.rows == 90
+    assert result.rows == 120
+    actors = [e.actor for e in log.entries(limit=1000)]
+    assert sorted(set(actors)) == names
     db.dispose()
 
 
