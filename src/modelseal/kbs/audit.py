@@ -15,6 +15,7 @@ KBS replicas - never fork the chain.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -137,36 +138,11 @@ class AuditEntry:
 
     @classmethod
     def of(cls, row: AuditRow | Row[Any]) -> AuditEntry:
-        return cls(
-            seq=row.seq,
-            time=row.time,
-            actor=row.actor,
-            action=row.action,
-            key_id=row.key_id,
-            tee=row.tee,
-            claims_digest=row.claims_digest,
-            policy_digest=row.policy_digest,
-            decision=row.decision,
-            reasons=_load_reasons(row.reasons),
-            prev_hash=row.prev_hash,
-            row_hash=row.row_hash,
-        )
+        fields = _fields(row)
+        return cls(**{**fields, "reasons": tuple(fields["reasons"])}, row_hash=row.row_hash)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "time": self.time,
-            "actor": self.actor,
-            "action": self.action,
-            "key_id": self.key_id,
-            "tee": self.tee,
-            "claims_digest": self.claims_digest,
-            "policy_digest": self.policy_digest,
-            "decision": self.decision,
-            "reasons": list(self.reasons),
-            "prev_hash": self.prev_hash,
-            "row_hash": self.row_hash,
-        }
+        return {**dataclasses.asdict(self), "reasons": list(self.reasons)}
 
 
 @dataclass(frozen=True)
@@ -179,12 +155,7 @@ class AuditVerification:
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "rows": self.rows,
-            "first_bad_seq": self.first_bad_seq,
-            "reason": self.reason,
-        }
+        return dataclasses.asdict(self)
 
 
 def _fields(row: AuditRow | Row[Any]) -> dict[str, Any]:
