@@ -195,7 +195,8 @@ def _measure(model: dict[str, Any], runs: int, env: dict[str, str]) -> dict[str,
             receipt = json.loads((dest / "m" / ".modelseal" / "receipt.json").read_text())
             loader.append(seconds)
             rss.append(maxrss)
-            inner.append(receipt["timings"])
+            steps = {k: v for k, v in receipt["timings"].items() if k != "total"}
+            inner.append(steps)
         finally:
             shutil.rmtree(dest, ignore_errors=True)
         dest = Path(tempfile.mkdtemp(prefix="ms-bench-", dir=SHM))
