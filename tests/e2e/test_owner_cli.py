@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -231,3 +232,25 @@ def test_progress_bar_on_a_tty(
     out = capsys.readouterr().out
     assert "model digest: sha256:" in out
     assert "\x1b[" not in out, "progress output must not go to stdout"
+
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "format"
+_INDEX = json.loads((VECTORS / "index.json").read_text())
+NEGATIVE = [e for e in _INDEX["vectors"] if e["result"] != "ok"]
+
+
+@pytest.mark.parametrize(
+    "entry", NEGATIVE, ids=lambda e: e["file"] + ("+wrong-key" if e.get("key") else "")
+)
+def test_every_negative_vector_exit_5_no_output(tmp_path: Path, entry: dict[str, str]) -> None:
+    """Acceptance: every tamper case fails through the CLI with exit 5 and writes nothing."""
+    key_hex = _INDEX["wrong_key"] if entry.get("key") == "wrong" else _INDEX["key"]
+    key = tmp_path / "k"
+    key.write_text(base64.urlsafe_b64encode(bytes.fromhex(key_hex)).decode().rstrip("=") + "\n")
+    key.chmod(0o600)
+    out = tmp_path / "out"
+    out.mkdir()
+    src = str(VECTORS / entry["file"])
+    assert run(["unseal", src, "-o", str(out / "plain"), "--key", str(key)]) == 5
+    assert run(["verify", src, "--key", str(key)]) == 5
+    assert list(out.iterdir()) == []
