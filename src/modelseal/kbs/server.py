@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from modelseal.crypto.signing import TokenSigningKey
 from modelseal.errors import ConfigError
-from modelseal.kbs.app import create_app
+from modelseal.kbs.app import create_app, serving_app
 from modelseal.kbs.settings import KbsSettings
 from modelseal.kbs.state import KbsState
 
@@ -64,7 +64,7 @@ def settings_from_env(text: str) -> KbsSettings:
         raise ConfigError(f"invalid {SETTINGS_ENV}") from exc
 
 
-def app_factory() -> FastAPI:
+def app_factory() -> ASGIApp:
     """Build one worker's app from the settings the supervisor put into the environment."""
     text = os.environ.get(SETTINGS_ENV)
     if not text:
@@ -72,14 +72,14 @@ def app_factory() -> FastAPI:
     settings = settings_from_env(text)
     logging.getLogger("modelseal").setLevel(os.environ.get("MODELSEAL_LOG_LEVEL", "INFO").upper())
     state = KbsState.open(settings.data_dir, database_url=settings.database_url)
-    return create_app(settings, state)
+    return serving_app(create_app(settings, state))
 
 
 def build_server(settings: KbsSettings) -> uvicorn.Server:
     """Open the state in ``settings.data_dir`` and return a configured uvicorn server."""
     settings = settings.validated()
     state = KbsState.open(settings.data_dir, database_url=settings.database_url)
-    app = create_app(settings, state)
+    app = serving_app(create_app(settings, state))
     return uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings)))
 
 

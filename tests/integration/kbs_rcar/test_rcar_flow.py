@@ -363,3 +363,21 @@ async def test_backend_outage_is_503(
     monkeypatch.setattr(kbs.state.db.engine, "connect", no_db)
     assert (await client.get("/readyz")).status_code == 503
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_served_app_fast_path(kbs: Kbs) -> None:
+    """What uvicorn serves (serving_app): RCAR skips FastAPI's stack, the rest still reaches it."""
+    from modelseal.kbs.app import serving_app
+
+    transport = httpx.ASGITransport(app=serving_app(kbs.app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        keys = TeeKeyPair.generate()
+        await rcar(c, keys)
+        assert open_jwe(await c.get(f"/kbs/v0/resource/{KEY_ID}"), keys) == DEK
+        denied = await c.get(f"/kbs/v0/resource/{DENIED_KEY_ID}")
+        assert denied.status_code == 403
+        big = await c.post("/kbs/v0/auth", content=b" " * (3 * 1024 * 1024))
+        assert big.status_code == 400
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/modelseal/v1/keys")).status_code == 401  # admin API, no token
+        assert (await c.get("/kbs/v0/unknown")).status_code == 404
