@@ -136,6 +136,28 @@ def test_token_needs_the_credential(tmp_path: Path) -> None:
     assert "admin credential" in result.stderr
 
 
+def test_unbounded_input_files_are_refused_without_reading_them_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``/dev/zero`` as a key, token or policy file: a usage error (exit 2), read in bounded
+    chunks (never into memory whole), before any request is sent."""
+    dead = ("--kbs", f"http://127.0.0.1:{free_port()}")
+    put = ("kbs", "key", "put", "models/cli/zero", *dead)
+    code, _, err = cli(capsys, *put, "--token", "t", "--key-file", "/dev/zero")
+    assert code == 2
+    assert "not a key file" in err or "too large" in err
+    code, _, err = cli(capsys, *put, "--token", "t", "--generate", "--policy", "/dev/zero")
+    assert code == 2
+    code, _, err = cli(capsys, *put, "--token-file", "/dev/zero", "--generate")
+    assert code == 2
+    assert "too large" in err
+    big = tmp_path / "policy.yaml"
+    big.write_bytes(b"#" * (1 << 20))
+    code, _, err = cli(capsys, *put, "--token", "t", "--generate", "--policy", str(big))
+    assert code == 2
+    assert "at most" in err
+
+
 def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: Path) -> None:
     key_file = tmp_path / "model.key"
     key_file.write_text(base64.urlsafe_b64encode(DEK).decode().rstrip("=") + "\n")

@@ -75,16 +75,32 @@ def _client(
     from modelseal.owner.kbs_admin import KbsAdminClient
 
     if token_value is None and token_file is not None:
+        raw_token = _read_limited(token_file, 8192, "token file")
+        if len(raw_token) > 8192:
+            raise ConfigError(f"token file {token_file} is too large to hold a token")
         try:
-            token_value = token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from None
+            token_value = raw_token.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"token file {token_file} is not ASCII text") from None
     if not token_value:
         raise ConfigError(
             "an admin token is required: --token, --token-file or MODELSEAL_TOKEN "
             "(mint one with `modelseal kbs token --data-dir DIR`)"
         )
     return KbsAdminClient(kbs_url, token_value, verify=kbs_ca if kbs_ca else True)
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    """At most ``limit + 1`` bytes of ``path`` (the caller rejects the extra byte).
+
+    Reading a bounded amount keeps ``--key-file /dev/zero`` or a huge file from eating
+    memory; the limits are far above any real key, token or policy.
+    """
+    try:
+        with path.open("rb") as fh:
+            return fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def _print(value: Any) -> None:
@@ -150,10 +166,7 @@ def _read_key_file(path: Path) -> SecretBytes:
     from modelseal._internal.encoding import b64url_decode
     from modelseal.errors import FormatError
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    data = _read_limited(path, 1024, "key file")
     if len(data) > 1024:
         raise ConfigError(f"{path} is too large to be a key file")
     try:
@@ -169,13 +182,9 @@ def _read_key_file(path: Path) -> SecretBytes:
 
 
 def _read_policy(path: Path) -> dict[str, Any]:
-    from modelseal.policy.document import parse_policy_text
+    from modelseal.policy.document import MAX_POLICY_BYTES, parse_policy_text
 
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from None
-    return parse_policy_text(raw).to_document()
+    return parse_policy_text(_read_limited(path, MAX_POLICY_BYTES, "policy file")).to_document()
 
 
 @key.command("put")
