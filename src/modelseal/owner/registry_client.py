@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from modelseal.errors import (
     AuthorizationError,
@@ -43,6 +44,16 @@ __all__ = ["BlobStatus", "RegistryClient", "RegistryConflict"]
 
 _CHUNK: Final = 1 << 20
 _ATTEMPTS: Final = 4
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _decode(model: type[_M], response: httpx.Response, what: str) -> _M:
+    """A success body as ``model``; anything else (a proxy's HTML page, a truncated or foreign
+    JSON body) is a ``BackendError`` naming the request, never a validation traceback."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise BackendError(f"{what}: the registry answered an unexpected body") from exc
 
 
 def _tls(verify: bool | str) -> bool | ssl.SSLContext:
@@ -168,7 +179,7 @@ class RegistryClient:
         params = {} if version is None else {"version": check_name(version, what="version")}
         r = self._send(lambda: self._client.get(f"/models/{model_id}", params=params), "get")
         self._raise_for(r, f"model {model_id}", missing=ModelNotFound)
-        return ModelInfo.model_validate_json(r.content)
+        return _decode(ModelInfo, r, f"model {model_id}")
 
     def find_model(self, model_id: str, version: str) -> ModelInfo | None:
         """The model info of ``model_id`` at ``version``, or ``None`` when not registered."""
@@ -180,7 +191,7 @@ class RegistryClient:
     def list_models(self) -> list[ModelInfo]:
         r = self._send(lambda: self._client.get("/models"), "list")
         self._raise_for(r, "list models", missing=ModelNotFound)
-        return ModelList.model_validate_json(r.content).models
+        return _decode(ModelList, r, "list models").models
 
     def blob_status(self, model_id: str, version: str, path: str) -> BlobStatus | None:
         """``HEAD`` of a blob: its size and SHA-256 (from the strong ETag), or ``None``."""
@@ -191,7 +202,9 @@ class RegistryClient:
         self._raise_for(r, f"blob {path}", missing=BlobNotFound)
         etag = r.headers.get("etag", "")
         sha = etag[1:-1] if len(etag) == 66 and etag[0] == etag[-1] == '"' else None
-        return BlobStatus(size=int(r.headers.get("content-length", "-1")), sha256=sha)
+        length = r.headers.get("content-length", "")
+        # unknown size (-1) never matches a local file, so a resumed publish re-uploads it
+        return BlobStatus(size=int(length) if length.isdigit() else -1, sha256=sha)
 
     def download(self, model_id: str, version: str, path: str, dest: Path) -> None:
         """Stream a blob into ``dest`` (used by tests and tooling; the loader has its own)."""
@@ -247,8 +260,11 @@ class RegistryClient:
             f"upload of {path}",
         )
         self._raise_for(r, f"upload of {path}", missing=BlobNotFound)
-        data: dict[str, Any] = r.json()
-        if data.get("sha256") != sha256 or data.get("size") != size:
+        try:
+            data: Any = r.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or data.get("sha256") != sha256 or data.get("size") != size:
             raise BackendError(f"upload of {path}: the registry stored different bytes")
         return BlobStatus(size=size, sha256=sha256)
 
@@ -267,7 +283,8 @@ class RegistryClient:
             "registration",
         )
         self._raise_for(r, f"registration of {model_id} {version}", missing=ModelNotFound)
-        return ModelInfo.model_validate_json(r.content), r.status_code == 201
+        info = _decode(ModelInfo, r, f"registration of {model_id} {version}")
+        return info, r.status_code == 201
 
     def delete_version(self, model_id: str, version: str) -> None:
         check_name(model_id, what="model id")
