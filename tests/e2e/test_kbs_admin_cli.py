@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from modelseal.cli import main
+from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import PolicyDenied
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.tee.sample.attester import Attester
@@ -403,3 +404,27 @@ def test_rotation_under_several_workers(tmp_path: Path, capsys: pytest.CaptureFi
         assert code == 0, err
     finally:
         srv.stop()
+
+
+def test_every_admin_route_of_the_served_app_refuses_bad_tokens(server: Server) -> None:
+    """Against `kbs serve` itself (the ASGI app uvicorn really serves, not just
+    ``create_app``): every admin route, no token / forged / expired -> 401."""
+    from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
+    from tests.integration.kbs_admin.test_admin_routes import ALLOWED, concrete
+
+    forged = mint_admin_token(SecretBytes(os.urandom(32)), now=time.time())
+    expired = mint_admin_token(
+        load_admin_credential(server.data_dir), ttl=60, now=time.time() - 3600
+    )
+    failures = []
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for method, template in sorted(ALLOWED):
+            for headers in (
+                {},
+                {"Authorization": f"Bearer {forged}"},
+                {"Authorization": f"Bearer {expired}"},
+            ):
+                r = http.request(method, concrete(template), headers=headers, content=b"{}")
+                if r.status_code != 401:
+                    failures.append((method, template, r.status_code))
+    assert failures == []

@@ -96,7 +96,7 @@ def kbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kbs]:
     k.state.close()
 
 
-def _concrete(template: str, n: int = 0) -> str:
+def concrete(template: str, n: int = 0) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: f"{m.group(1)}{n}", template)
 
 
@@ -128,7 +128,7 @@ def test_every_route_refuses_a_missing_bad_or_expired_token(kbs: Kbs) -> None:
     before = len(kbs.state.audit.entries(limit=1000))
     for method, template in ALLOWED:
         for headers in [*bad, latin1]:
-            r = kbs.request(method, _concrete(template), headers=headers, json={"generate": True})
+            r = kbs.request(method, concrete(template), headers=headers, json={"generate": True})
             assert r.status_code == 401, (method, template, headers, r.text)
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert r.json()["type"].endswith("/unauthorized")
@@ -139,12 +139,12 @@ def test_every_route_refuses_a_missing_bad_or_expired_token(kbs: Kbs) -> None:
 def test_every_route_refuses_roles_it_does_not_allow(kbs: Kbs) -> None:
     for (method, template), allowed in ALLOWED.items():
         for role in sorted(ALL - allowed):
-            url = _concrete(template, 7)
+            url = concrete(template, 7)
             r = kbs.request(method, url, headers=kbs.auth(role), json={"generate": True})
             assert r.status_code == 403, (method, template, role, r.text)
             assert r.json()["type"].endswith("/forbidden")
         for role in sorted(allowed):
-            r = kbs.request(method, _concrete(template, 8), headers=kbs.auth(role))
+            r = kbs.request(method, concrete(template, 8), headers=kbs.auth(role))
             assert r.status_code != 403, (method, template, role, r.text)
     assert [k.key_id for k in kbs.state.keys.list_keys()] == []
 
@@ -292,7 +292,7 @@ def test_the_real_kbs_app_mounts_exactly_these_routes_and_guards_them(kbs: Kbs) 
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
             return [
-                (m, t, (await client.request(m, _concrete(t), json={"generate": True})).status_code)
+                (m, t, (await client.request(m, concrete(t), json={"generate": True})).status_code)
                 for m, t in sorted(ALLOWED)
             ]
 
