@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns Ctrl-C into Abort; keep the shell convention 128 + SIGINT.
         click.echo("aborted", err=True)
-        sys.exit(1)
+        sys.exit(130 if isinstance(exc.__cause__, KeyboardInterrupt) else 1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -25,6 +25,7 @@ def failing_command(monkeypatch: pytest.MonkeyPatch) -> None:
             "denied": errors.PolicyDenied(reasons=["secret reason"]),
             "tamper": errors.DecryptionError(),
             "disk": errors.UnsafeDestination("/var/lib is on disk"),
+            "interrupt": KeyboardInterrupt(),
         }[kind]
 
     cli.cli.add_command(boom, "boom")
@@ -52,3 +53,9 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_usage_error_is_exit_2() -> None:
     assert _run(["no-such-command"]) == 2
+
+
+@pytest.mark.usefixtures("failing_command")
+def test_ctrl_c_exits_130(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["boom", "interrupt"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
