@@ -94,3 +94,13 @@ def test_oversized_or_truncated_spki(data: bytes) -> None:
     for candidate in (spki[: len(data) % len(spki)], spki + data):
         with pytest.raises(FormatError):
             WorkloadKey.from_user_data(candidate)
+
+
+def test_ita_encoding_of_a_modulus_that_is_not_whole_bytes() -> None:
+    # A 3073-bit modulus needs 385 bytes; ita_bytes used to size it as bits // 8 (384).
+    modulus = int.from_bytes(os.urandom(385), "big") >> 7 | (1 << 3072) | 1
+    user_data = (65537).to_bytes(4, "little") + modulus.to_bytes(385, "big")
+    key = WorkloadKey.from_user_data(user_data)
+    assert key.bits == 3073
+    assert key.ita_bytes() == user_data
+    assert WorkloadKey.from_user_data(key.spki_der()).ita_bytes() == user_data
