@@ -27,6 +27,8 @@ from modelseal.errors import EvidenceError
 
 #: Init-data larger than this is refused (it travels in every attestation request).
 MAX_INIT_DATA = 256 * 1024
+#: Arrays/inline tables nested deeper than this are refused (claims are flat facts).
+MAX_DEPTH = 16
 ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 
@@ -49,6 +51,19 @@ def _claim_value(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _check_depth(doc: dict[str, Any]) -> None:
+    """Iteratively, so a deep document is refused before anything recurses over it."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EvidenceError(f"init-data nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def parse_init_data(raw: bytes | str) -> InitData:
     """Parse and hash an init-data document; malformed input -> EvidenceError."""
     body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
@@ -58,6 +73,9 @@ def parse_init_data(raw: bytes | str) -> InitData:
         doc = tomllib.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise EvidenceError(f"init-data is not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses per nesting level; the KBS must not crash
+        raise EvidenceError(f"init-data nests deeper than {MAX_DEPTH} levels") from None
+    _check_depth(doc)
     version = doc.get("version")
     algorithm = doc.get("algorithm")
     data = doc.get("data", {})

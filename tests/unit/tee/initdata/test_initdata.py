@@ -83,3 +83,27 @@ def test_malformed(doc: bytes, reason: str) -> None:
 def test_random_input_typed_errors(blob: bytes) -> None:
     with contextlib.suppress(EvidenceError):
         parse_init_data(blob)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # tomllib recursed into a RecursionError (HTTP 500)
+        b"{a=" * 50_000 + b"1" + b"}" * 50_000,
+        b"[" * 17 + b"]" * 17,
+    ],
+    ids=["deep-array", "deep-inline-table", "just-too-deep"],
+)
+def test_deep_nesting_is_a_typed_error(value: bytes) -> None:
+    doc = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\nx = ' + value + b"\n"
+    with pytest.raises(EvidenceError, match="nests deeper"):
+        parse_init_data(doc)
+
+
+def test_deep_dotted_keys_are_refused() -> None:
+    key = ".".join(["k"] * 40)
+    with pytest.raises(EvidenceError, match="nests deeper"):
+        parse_init_data(f'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n{key} = 1\n')
+    head = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
+    nested = parse_init_data(head + b"x = [[1], {a = [2]}]\n")
+    assert nested.data == {"x": '[[1],{"a":[2]}]'}
