@@ -108,7 +108,7 @@ def _evidence_value(kind: str, raw: bytes) -> Any:
     if text[:1] == b"{":
         try:
             return json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise EvidenceError("evidence file is not valid JSON") from exc
     if kind in DCAP_KINDS:
         return raw  # the TDX/SGX decoder takes binary or hex quotes itself

@@ -70,7 +70,7 @@ def parse_collateral(doc: Any, *, source: str) -> CollateralSet:
         fmspc = str(tcb["fmspc"]).lower()
         issued = max(_ts(tcb["issueDate"]), _ts(qe["issueDate"]))
         next_update = min(_ts(tcb["nextUpdate"]), _ts(qe["nextUpdate"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise EvidenceError(f"{source}: malformed TCB info / QE identity in collateral") from exc
     if tee not in ("TDX", "SGX"):
         raise EvidenceError(f"{source}: TCB info id {tee!r} is neither TDX nor SGX")
@@ -84,7 +84,7 @@ def _load_file(path: Path) -> list[CollateralSet]:
         if path.stat().st_size > MAX_COLLATERAL_FILE:
             return []
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return []
     docs = doc if isinstance(doc, list) else [doc]
     out = []
@@ -303,7 +303,7 @@ def _signed_member(body: str, member: str) -> tuple[str, str]:
     try:
         doc = json.loads(body)
         signature = str(doc["signature"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BackendError(f"collateral service: malformed {member} response") from exc
     key = f'"{member}"'
     start = body.find(key)

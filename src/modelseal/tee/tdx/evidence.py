@@ -71,6 +71,14 @@ def _from_mapping(value: dict[str, Any]) -> TdxEvidence:
         raise EvidenceError(str(exc)) from exc
 
 
+def _json(text: str) -> Any:
+    """``json.loads`` whose every failure, deep nesting included, is an ``EvidenceError``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # the C decoder recurses per nesting level
+        raise EvidenceError("evidence: invalid JSON") from exc
+
+
 def decode_evidence(value: Any) -> TdxEvidence:
     """Evidence from the wire JSON value, JSON text, hex text, or raw quote bytes."""
     if isinstance(value, dict):
@@ -98,18 +106,12 @@ def decode_evidence(value: Any) -> TdxEvidence:
             raise EvidenceError("evidence too large")
         text = value.strip()
         if text.startswith("{"):
-            try:
-                parsed = json.loads(text)
-            except ValueError as exc:
-                raise EvidenceError("evidence: invalid JSON") from exc
+            parsed = _json(text)
             if not isinstance(parsed, dict):
                 raise EvidenceError("evidence JSON must be an object")
             return _from_mapping(parsed)
         if text.startswith('"'):
-            try:
-                inner = json.loads(text)
-            except ValueError as exc:
-                raise EvidenceError("evidence: invalid JSON") from exc
+            inner = _json(text)
             if not isinstance(inner, str):
                 raise EvidenceError("evidence JSON string expected")
             text = inner.strip()

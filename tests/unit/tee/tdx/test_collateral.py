@@ -211,3 +211,11 @@ def test_pccs_response_size_is_bounded(tmp_path: Path) -> None:
         store = CollateralStore(pccs_url=url)
         with pytest.raises(BackendError, match="answered more than"):
             store.get("TDX", "feedfacecafe", "platform", NOW)
+
+
+def test_deeply_nested_collateral_file_is_ignored(ca: MockTdxCA, tmp_path: Path) -> None:
+    (tmp_path / "deep.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    doc = json.loads((ca.directory / "collateral.json").read_text())
+    deep_inner = '{"a":' * 100_000 + "1" + "}" * 100_000
+    (tmp_path / "deep-inner.json").write_text(json.dumps({**doc, "tcb_info": deep_inner}))
+    assert load_bundle(tmp_path) == []

@@ -125,3 +125,11 @@ def test_unknown_members_ignored(quote: bytes) -> None:
     ev = decode_evidence({"quote": b64_encode(quote), "gpu_evidence_list": [], "x": 1})
     assert ev.quote == quote
     assert ev.ignored == ("gpu_evidence_list", "x")
+
+
+def test_deeply_nested_json_evidence_is_a_typed_error() -> None:
+    """The C JSON decoder recurses per level: a RecursionError must not escape (HTTP 500)."""
+    deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+    for value in (deep, deep.encode(), '"' + "x" * 10 + '"'):
+        with pytest.raises(EvidenceError):
+            decode_evidence(value)
