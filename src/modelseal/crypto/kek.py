@@ -100,6 +100,7 @@ class Kek:
         return hmac.new(self._mac_key, label.encode("ascii") + b"\x00" + data, sha256).digest()
 
     def verify_mac(self, label: str, data: bytes, tag: bytes) -> bool:
+        """Constant-time check of a :meth:`mac` tag."""
         return hmac.compare_digest(self.mac(label, data), tag)
 
 
@@ -124,6 +125,7 @@ class KekRing:
         self._lock = threading.Lock()
 
     def get(self, kek_id: str) -> Kek:
+        """The KEK named ``kek_id``, reloading from disk once on a miss (see class doc)."""
         kek = self._by_id.get(kek_id)
         if kek is None and self._reload is not None:
             with self._lock:

@@ -66,6 +66,7 @@ class AdminPrincipal:
         return f"admin:{self.subject}"
 
     def require(self, allowed: frozenset[str]) -> None:
+        """AuthorizationError (HTTP 403) unless one of the token's roles is ``allowed``."""
         if not (self.roles & allowed):
             raise AuthorizationError("this token's role may not perform this operation")
 
@@ -78,6 +79,7 @@ def ensure_admin_credential(data_dir: Path) -> SecretBytes:
 
 
 def load_admin_credential(data_dir: Path) -> SecretBytes:
+    """Read the credential without creating it: minting needs an existing KBS data dir."""
     path = Path(data_dir) / ADMIN_CREDENTIAL_FILE
     if not (path.exists() or path.is_symlink()):
         raise ConfigError(

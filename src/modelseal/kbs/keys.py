@@ -74,6 +74,7 @@ class KekFiles:
         return Kek(read_secret_file(self.next_path, size=KEK_SIZE, what="next KEK"))
 
     def create_next(self) -> Kek:
+        """Write ``kek.next`` (or reuse one left by a crashed rotation, so it can finish)."""
         create_secret_file(self.next_path, size=KEK_SIZE)
         nxt = self.load_next()
         assert nxt is not None

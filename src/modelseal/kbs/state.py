@@ -201,6 +201,8 @@ class KbsState:
     def issue_transfer_nonce(
         self, key_id: str, *, ttl: float = TRANSFER_NONCE_TTL
     ) -> TransferNonce:
+        """Store a fresh single-use nonce for ``key_id`` in the database (shared by all
+        replicas); expired ones are purged on the way so the table stays small."""
         value = secrets.token_bytes(32)
         now = self.clock.now()
         with self.db.begin() as s:

@@ -100,6 +100,7 @@ def create_tables(engine: Engine) -> None:
 
 
 def check_dek(dek: SecretBytes) -> None:
+    """Refuse lengths no AES key has, so a truncated import fails here, not at unseal."""
     if len(dek) not in DEK_SIZES:
         raise ConfigError(f"a data key must be 16, 24 or 32 bytes, not {len(dek)}")
 
@@ -127,6 +128,7 @@ class KeyStore:
             return [KeyRecord.of(r) for r in s.scalars(q)]
 
     def get_policy(self, key_id: str) -> str | None:
+        """The stored policy JSON, after the row's MAC check (a swapped policy is refused)."""
         validate_key_id(key_id)
         with self._begin() as s:
             row = self._row(s, key_id)
