@@ -261,6 +261,7 @@ def _load_yaml(text: str) -> Any:
         raise PolicyInvalid(
             "YAML policies need PyYAML (pip install 'modelseal[server]'); or write JSON"
         ) from None
+    _check_flow_depth(text)
     try:
         return yaml.load(text, Loader=_loader_class(yaml))  # noqa: S506 - a SafeLoader subclass
     except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
@@ -273,6 +274,36 @@ def _load_yaml(text: str) -> Any:
             problem = f"invalid timestamp ({str(exc)[:80]})"
         why = f": {problem}" if isinstance(problem, str) else ""
         raise PolicyInvalid(f"release policy is not valid YAML{where}{why}") from None
+
+
+#: A policy nests three levels (``measurements: [{name: hex}]``); anything far deeper is
+#: refused before PyYAML spends seconds of CPU on it (64 KiB of ``[`` takes ~2.5 s).
+MAX_FLOW_DEPTH = 32
+
+
+def _check_flow_depth(text: str) -> None:
+    """Refuse YAML flow collections (``[``/``{``) nested deeper than MAX_FLOW_DEPTH.
+
+    A linear scan that skips quoted scalars and comments; it may over-count brackets inside
+    plain scalars, which only matters for documents no policy resembles.
+    """
+    depth, quote, comment = 0, "", False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                raise PolicyInvalid(f"release policy is nested more than {MAX_FLOW_DEPTH} levels")
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
 
 
 @functools.cache

@@ -193,7 +193,7 @@ def test_body_size_limit(kbs: Kbs, suffix: str) -> None:
         ("/keys/r/t/a/policy", b"", "mapping"),
         ("/keys/r/t/a/policy", b"\xff", "UTF-8"),
         ("/keys/r/t/a/policy", b"a: &x [1]\nb: *x\n", "aliases"),
-        ("/keys/r/t/a/policy", b"[" * 400, "YAML"),  # deeper nesting: tests/unit/policy
+        ("/keys/r/t/a/policy", b"[" * 400, "nested"),
         ("/keys/r/t/a/policy", b"{" + b'"a":[' * 3000, "JSON"),
         ("/keys/r/t/a/policy", b"x" * (64 * 1024 + 1), "at most"),
         ("/keys/r/t/a/policy", b"not_after: 0001-01-01T00:00:00+01:00\n", "not_after"),

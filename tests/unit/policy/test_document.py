@@ -363,3 +363,22 @@ def test_any_yaml_scalar_anywhere_is_a_policy_error_or_valid(
     )
     with contextlib.suppress(PolicyInvalid):
         parse_policy_text(text)
+
+
+def test_yaml_flow_nesting_is_capped_before_parsing() -> None:
+    with pytest.raises(PolicyInvalid, match="nested more than 32 levels"):
+        parse_policy_text("tee: " + "[" * 60000)
+    with pytest.raises(PolicyInvalid, match="nested more than 32 levels"):
+        parse_policy_text("tee: " + "[a, {b: " * 40)
+
+
+def test_brackets_in_quoted_values_and_comments_do_not_count_as_nesting() -> None:
+    text = (
+        "apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [tdx]  # " + "[" * 100 + "\n"
+        f"init_data: {{a: \"{'[' * 100}\", b: '{'{' * 100}', c: 'it''s {'[' * 40}'}}\n"
+    )
+    assert parse_policy_text(text).init_data == {
+        "a": "[" * 100,
+        "b": "{" * 100,
+        "c": "it's " + "[" * 40,
+    }
