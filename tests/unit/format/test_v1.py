@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,23 +209,35 @@ def test_read_header_without_key(tmp_path: Path, dek: SecretBytes) -> None:
     assert header.to_json()["alg"] == "AES-256-GCM"
 
 
-def test_pread_fallback_matches_mmap_path(
-    tmp_path: Path, dek: SecretBytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Non-mappable inputs (the pread path) give the same plaintext and the same errors."""
-    import modelseal.format.v1 as v1
+_TRUNCATE_WHILE_OPEN = """
+import os, sys
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import FormatError
+from modelseal.format.v1 import SealedReader
+path, key, seg = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+with SealedReader.open(path, SecretBytes(key)) as reader:
+    os.truncate(path, reader.header.segment_offset(1) + 5)
+    assert reader.read_range(0, 10) == b"a" * 10
+    out = bytearray(seg)
+    try:
+        reader.readinto_range(2 * seg, out)
+    except FormatError as exc:
+        assert out == bytes(seg), "partial output was not wiped"
+        print("refused:", exc)
+"""
 
-    monkeypatch.setattr(v1, "_can_map", lambda fd: False)
-    data = os.urandom(3 * SEG + 9)
-    blob = bytearray(_seal_bytes(data, dek))
-    with SealedReader.open(_write(tmp_path, bytes(blob)), dek) as reader:
-        assert reader.read_range(0, len(data)) == data
-        reader.verify(workers=2)
-    blob[-20] ^= 1
-    with SealedReader.open(_write(tmp_path, bytes(blob), "bad"), dek) as reader:
-        with pytest.raises(DecryptionError):
-            reader.verify(workers=2)
-        out = bytearray(9)
-        with pytest.raises(DecryptionError):
-            reader.readinto_range(3 * SEG, out)
-        assert out == bytes(9)
+
+def test_truncated_while_open_is_an_error_not_a_crash(tmp_path: Path, dek: SecretBytes) -> None:
+    """Another process truncating a sealed file under an open reader gives FormatError with
+    the output wiped. (The earlier mmap reader raised ValueError here, and died of SIGBUS
+    when the truncation hit while a window was mapped; a child process shows either.)"""
+    data = b"a" * (4 * SEG)
+    path = _write(tmp_path, _seal_bytes(data, dek))
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRUNCATE_WHILE_OPEN, str(path), dek.reveal().hex(), str(SEG)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: sealed file ended early" in proc.stdout

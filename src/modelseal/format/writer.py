@@ -1,0 +1,256 @@
+"""Sealed format v1 writers: a streaming writer for any byte stream and a parallel sealer
+for regular files.
+
+Both hold at most a couple of segments in memory (constant in the file size). The
+``_salt`` keyword is a test-only seam for deterministic vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import BinaryIO
+
+from modelseal.crypto.aead import wipe
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import ConfigError, FormatError
+from modelseal.format.fileio import pwrite_full
+from modelseal.format.header import (
+    DEFAULT_SEGMENT_SIZE,
+    SALT_LEN,
+    TAG_LEN,
+    Header,
+    build_header,
+)
+from modelseal.format.segments import Buffer, FileEncryptor
+from modelseal.format.workers import Progress, run_segments
+
+__all__ = ["SealWriter", "seal_fd", "seal_stream"]
+
+
+def _new_header(
+    *,
+    size: int,
+    key_id: str,
+    path: str,
+    segment_size: int,
+    model: str | None,
+    content_type: str | None,
+    created: str | None,
+    salt: bytes | None,
+) -> Header:
+    if salt is None:
+        salt = secrets.token_bytes(SALT_LEN)
+    return build_header(
+        size=size,
+        key_id=key_id,
+        path=path,
+        salt=salt,
+        segment_size=segment_size,
+        model=model,
+        content_type=content_type,
+        created=created,
+    )
+
+
+class SealWriter:
+    """Streaming writer: declare the plaintext size, ``write()`` bytes in any chunks, ``close()``.
+
+    Works on any writable binary stream (pipes, sockets, HTTP bodies); holds two segments.
+    ``_salt`` is a test-only seam for deterministic vectors; never pass it in production.
+    """
+
+    def __init__(
+        self,
+        dst: BinaryIO,
+        dek: SecretBytes,
+        *,
+        size: int,
+        key_id: str,
+        path: str,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        model: str | None = None,
+        content_type: str | None = None,
+        created: str | None = None,
+        _salt: bytes | None = None,
+    ) -> None:
+        self.header = _new_header(
+            size=size,
+            key_id=key_id,
+            path=path,
+            segment_size=segment_size,
+            model=model,
+            content_type=content_type,
+            created=created,
+            salt=_salt,
+        )
+        self._enc = FileEncryptor(self.header, dek)
+        self._dst = dst
+        self._buf = bytearray(self.header.segment_plain_len(0) + TAG_LEN)
+        self._fill = 0
+        self._index = 0
+        self._written = 0
+        self._closed = False
+        dst.write(self._enc.prefix)
+
+    def _flush_segment(self) -> None:
+        n = self._fill
+        view = memoryview(self._buf)
+        self._enc.encrypt_segment_into(self._index, view[:n], view[: n + TAG_LEN])
+        self._dst.write(view[: n + TAG_LEN])
+        self._index += 1
+        self._fill = 0
+
+    def write(self, data: Buffer) -> int:
+        """Append plaintext; refuses more bytes than the declared size."""
+        src = memoryview(data).cast("B")
+        if self._closed:
+            raise ValueError("writer is closed")
+        if self._written + len(src) > self.header.size:
+            raise FormatError("more plaintext than the declared size")
+        pos = 0
+        while pos < len(src):
+            want = self.header.segment_plain_len(self._index) - self._fill
+            take = min(want, len(src) - pos)
+            self._buf[self._fill : self._fill + take] = src[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self.header.segment_plain_len(self._index):
+                self._flush_segment()
+        self._written += len(src)
+        return len(src)
+
+    def close(self) -> Header:
+        """Write the final segment; the stream must have delivered exactly ``size`` bytes."""
+        if self._closed:
+            return self.header
+        try:
+            if self._written != self.header.size:
+                raise FormatError(
+                    f"input ended after {self._written} of {self.header.size} declared bytes"
+                )
+            if self._index < self.header.segment_count:  # only the empty file's segment
+                self._flush_segment()
+        finally:
+            self._closed = True
+            wipe(self._buf)
+            self._enc.close()
+        return self.header
+
+    def __enter__(self) -> SealWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+            wipe(self._buf)
+            self._enc.close()
+
+
+def seal_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    dek: SecretBytes,
+    *,
+    size: int,
+    key_id: str,
+    path: str,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    model: str | None = None,
+    content_type: str | None = None,
+    created: str | None = None,
+    progress: Progress | None = None,
+    _salt: bytes | None = None,
+) -> Header:
+    """Seal exactly ``size`` bytes read from ``src`` into ``dst`` (sequential, one thread)."""
+    with SealWriter(
+        dst,
+        dek,
+        size=size,
+        key_id=key_id,
+        path=path,
+        segment_size=segment_size,
+        model=model,
+        content_type=content_type,
+        created=created,
+        _salt=_salt,
+    ) as writer:
+        chunk = bytearray(min(segment_size, max(size, 1)))
+        view = memoryview(chunk)
+        try:
+            remaining = size
+            while remaining:
+                n = src.readinto(view[: min(len(view), remaining)])  # type: ignore[attr-defined]
+                if not n:
+                    break
+                writer.write(view[:n])
+                remaining -= n
+                if progress is not None:
+                    progress(n)
+            if src.read(1):
+                raise FormatError(f"input is longer than the declared {size} bytes")
+        finally:
+            wipe(chunk)
+    return writer.header
+
+
+def seal_fd(
+    src_fd: int,
+    dst_fd: int,
+    dek: SecretBytes,
+    *,
+    size: int,
+    key_id: str,
+    path: str,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    model: str | None = None,
+    content_type: str | None = None,
+    created: str | None = None,
+    workers: int = 2,
+    progress: Progress | None = None,
+    _salt: bytes | None = None,
+) -> Header:
+    """Seal a regular file (``size`` bytes at offset 0 of ``src_fd``) with ``workers`` threads,
+    each pread-encrypting-pwriting whole segments in place in one reusable buffer."""
+    header = _new_header(
+        size=size,
+        key_id=key_id,
+        path=path,
+        segment_size=segment_size,
+        model=model,
+        content_type=content_type,
+        created=created,
+        salt=_salt,
+    )
+    enc = FileEncryptor(header, dek)
+    try:
+        pwrite_full(dst_fd, memoryview(enc.prefix), 0)
+        seg = header.segment_size
+        base = header.data_offset
+
+        def work(buf: bytearray, i: int) -> int:
+            n = header.segment_plain_len(i)
+            view = memoryview(buf)
+            got = 0
+            while got < n:
+                k = os.preadv(src_fd, [view[got:n]], i * seg + got)
+                if k == 0:
+                    raise ConfigError(f"{path}: the file shrank while it was being sealed")
+                got += k
+            enc.encrypt_segment_into(i, view[:n], view[: n + TAG_LEN])
+            pwrite_full(dst_fd, view[: n + TAG_LEN], base + i * (seg + TAG_LEN))
+            return n
+
+        run_segments(
+            header.segment_count,
+            workers,
+            lambda: bytearray(header.segment_plain_len(0) + TAG_LEN),
+            work,
+            progress,
+        )
+        os.ftruncate(dst_fd, header.sealed_size)
+    finally:
+        enc.close()
+    return header
