@@ -428,3 +428,20 @@ def test_every_admin_route_of_the_served_app_refuses_bad_tokens(server: Server) 
                 if r.status_code != 401:
                     failures.append((method, template, r.status_code))
     assert failures == []
+
+
+def test_offline_audit_of_a_corrupt_database_is_an_integrity_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Garbage in place of kbs.sqlite3: exit 5 naming the file, not 75 ("retry later")."""
+    from modelseal.kbs.state import KbsState
+
+    data = tmp_path / "kbs"
+    KbsState.open(data).close()
+    for leftover in data.glob("kbs.sqlite3-*"):
+        leftover.unlink()
+    (data / "kbs.sqlite3").write_bytes(os.urandom(8192))
+    for extra in (("--verify",), ()):
+        code, _, err = cli(capsys, "kbs", "audit", "--data-dir", str(data), *extra)
+        assert code == 5, err
+        assert "not a readable SQLite database" in err

@@ -7,10 +7,11 @@ bearer token; every other command talks to a running KBS through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -428,17 +429,18 @@ def audit(
     entries: list[AuditEntryModel] = []
     if data_dir is not None:
         local_log = _local_audit(data_dir, database_url)
-        if do_verify:
-            result = local_log.verify()
-            _finish_verify(AuditVerifyResponse(**result.to_json()), None)
-            return
-        cursor = after
-        while limit is None or len(entries) < limit:
-            page = local_log.entries(after=cursor, limit=1000)
-            entries.extend(AuditEntryModel(**row.to_json()) for row in page)
-            if len(page) < 1000:
-                break
-            cursor = page[-1].seq
+        with _unreadable_is_integrity(data_dir, database_url):
+            if do_verify:
+                result = local_log.verify()
+                _finish_verify(AuditVerifyResponse(**result.to_json()), None)
+                return
+            cursor = after
+            while limit is None or len(entries) < limit:
+                page = local_log.entries(after=cursor, limit=1000)
+                entries.extend(AuditEntryModel(**row.to_json()) for row in page)
+                if len(page) < 1000:
+                    break
+                cursor = page[-1].seq
         entries = entries[:limit] if limit is not None else entries
     else:
         with _client(kbs_url or "", token_value, token_file, kbs_ca) as client:
@@ -461,6 +463,30 @@ def audit(
             + (f"  [{'; '.join(e.reasons)}]" if e.reasons else "")
             + "\n"
         )
+
+
+@contextlib.contextmanager
+def _unreadable_is_integrity(data_dir: Path, database_url: str | None) -> Iterator[None]:
+    """A data directory's SQLite file that is not a database (overwritten, truncated) is an
+    integrity failure (exit 5), not a transient outage (75); a locked database stays 75."""
+    from sqlalchemy.exc import DatabaseError, OperationalError
+
+    from modelseal.errors import BackendError
+
+    try:
+        yield
+    except BackendError as exc:
+        cause = exc.__cause__
+        if (
+            database_url is None
+            and isinstance(cause, DatabaseError)
+            and not isinstance(cause, OperationalError)
+        ):
+            raise IntegrityError(
+                f"{data_dir / 'kbs.sqlite3'} is not a readable SQLite database "
+                f"({type(cause).__name__}); the audit log cannot be verified"
+            ) from None
+        raise
 
 
 def _local_audit(data_dir: Path, database_url: str | None) -> AuditLog:
