@@ -254,3 +254,130 @@ def test_every_negative_vector_exit_5_no_output(tmp_path: Path, entry: dict[str,
     assert run(["unseal", src, "-o", str(out / "plain"), "--key", str(key)]) == 5
     assert run(["verify", src, "--key", str(key)]) == 5
     assert list(out.iterdir()) == []
+
+
+def _flip(path: Path, offset: int) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0x01
+    path.write_bytes(blob)
+
+
+def _seal_dir(model: Path, dst: Path, key: Path) -> None:
+    argv = ["seal", str(model), "-o", str(dst), "--key", str(key), "--key-id", "a/b/c"]
+    assert run([*argv, "--segment-size", SEG]) == 0
+
+
+def _roll_back(sealed: Path, model: Path, key: Path) -> None:
+    """Replace one file by an authentic sealing of other content under the same key."""
+    (model / "config.json").write_bytes(b'{"layers": 3}')
+    _seal_dir(model, sealed.parent / "newer", key)
+    os.replace(sealed.parent / "newer" / "config.json.sealed", sealed / "config.json.sealed")
+
+
+DIRECTORY_TAMPERS = {
+    "segment-bit": ("weights.bin.sealed", lambda s, m, k: _flip(s / "weights.bin.sealed", -100)),
+    "header-bit": ("sub/tok.txt.sealed", lambda s, m, k: _flip(s / "sub/tok.txt.sealed", 20)),
+    "empty-file-tag": ("empty.sealed", lambda s, m, k: _flip(s / "empty.sealed", -1)),
+    "manifest-bit": (
+        "modelseal-manifest.json.sealed",
+        lambda s, m, k: _flip(s / "modelseal-manifest.json.sealed", -3),
+    ),
+    "truncated": (
+        "weights.bin.sealed",
+        lambda s, m, k: os.truncate(s / "weights.bin.sealed", 5000),
+    ),
+    "appended": (
+        "config.json.sealed",
+        lambda s, m, k: (s / "config.json.sealed").write_bytes(
+            (s / "config.json.sealed").read_bytes() + b"\0"
+        ),
+    ),
+    "missing": ("sub/tok.txt.sealed", lambda s, m, k: (s / "sub/tok.txt.sealed").unlink()),
+    "extra": ("stray.sealed", lambda s, m, k: (s / "stray.sealed").write_bytes(b"x")),
+    "manifest-missing": (
+        "modelseal-manifest.json.sealed",
+        lambda s, m, k: (s / "modelseal-manifest.json.sealed").unlink(),
+    ),
+    "rolled-back": ("config.json.sealed", _roll_back),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIRECTORY_TAMPERS))
+def test_tampered_directory_every_case_exit_5_named_nothing_left(
+    tmp_path: Path, model: Path, key: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Acceptance, directories: each tamper case fails unseal and verify with exit 5, the
+    message names the sealed file, and no plaintext (not even a temporary) is left."""
+    name, tamper = DIRECTORY_TAMPERS[case]
+    sealed = tmp_path / "sealed"
+    _seal_dir(model, sealed, key)
+    tamper(sealed, model, key)
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    for workers in ("1", "2"):
+        argv = ["unseal", str(sealed), "-o", str(out / "m"), "--key", str(key)]
+        assert run([*argv, "--workers", workers]) == 5
+        assert list(out.iterdir()) == [], "no plaintext and no temporary directory"
+    assert run(["verify", str(sealed), "--key", str(key)]) == 5
+    err = capsys.readouterr().err
+    assert err.count(name) >= 3, err
+    assert "Traceback" not in err
+
+
+def test_directory_wrong_key_names_manifest_only(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong key fails on the manifest, opaque about why (no bytes, no key material)."""
+    _seal_dir(model, tmp_path / "sealed", key)
+    other = tmp_path / "other.key"
+    assert run(["keygen", "-o", str(other)]) == 0
+    capsys.readouterr()
+    assert run(["verify", str(tmp_path / "sealed"), "--key", str(other)]) == 5
+    err = capsys.readouterr().err
+    assert "modelseal-manifest.json.sealed: authentication failed" in err
+    assert "wrong key, or the sealed data was modified" in err
+
+
+def test_destination_overlapping_source_is_refused(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Inside the source, the source itself, or (with --force) a parent that would be
+    replaced, deleting the source: usage error 2, nothing written, source intact."""
+    before = files_of(model)
+    base = ["--key", str(key), "--key-id", "a/b/c", "--force"]
+    for dst in (model / "sealed", model, tmp_path):
+        assert run(["seal", str(model), "-o", str(dst), *base]) == 2
+        assert files_of(model) == before
+    assert "outside the source directory" in capsys.readouterr().err
+    _seal_dir(model, tmp_path / "s", key)
+    sealed_before = files_of(tmp_path / "s")
+    argv = ["unseal", str(tmp_path / "s"), "-o", str(tmp_path / "s" / "plain"), "--key", str(key)]
+    assert run(argv) == 2
+    assert files_of(tmp_path / "s") == sealed_before
+
+
+def test_source_edge_cases(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Empty files round-trip, empty directories are not recorded, symlinks to files are
+    followed, symlinked directories and non-UTF-8 names are refused with a usage error."""
+    (model / "emptydir").mkdir()
+    (model / "link.json").symlink_to(model / "config.json")
+    _seal_dir(model, tmp_path / "s", key)
+    assert run(["unseal", str(tmp_path / "s"), "-o", str(tmp_path / "o"), "--key", str(key)]) == 0
+    assert files_of(tmp_path / "o") == files_of(model)
+    assert (tmp_path / "o" / "empty").read_bytes() == b""
+    assert not (tmp_path / "o" / "emptydir").exists()
+    assert not (tmp_path / "o" / "link.json").is_symlink()
+    (model / "linkdir").symlink_to(model / "sub")
+    argv = ["seal", str(model), "-o", str(tmp_path / "s2"), "--key", str(key), "--key-id", "a/b/c"]
+    assert run(argv) == 2
+    (model / "linkdir").unlink()
+    bad = os.fsencode(str(model)) + b"/bad\xff.bin"
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    capsys.readouterr()
+    assert run(argv) == 2
+    assert "not valid UTF-8; rename it" in capsys.readouterr().err
+    assert not (tmp_path / "s2").exists()

@@ -113,6 +113,11 @@ _workers_option = click.option(
     type=click.IntRange(1, 64),
     help="Threads for AES-GCM (it releases the GIL).",
 )
+_EXIT_CODES = (
+    "Exit codes: 0 ok; 2 usage (bad flag, bad key file, DST exists without --force, DST "
+    "overlapping SRC, unsupported source file); 3 SRC or key file not found; 5 wrong key or "
+    "sealed data modified, truncated or not matching its manifest (nothing is written)."
+)
 _force_option = click.option(
     "--force", is_flag=True, help="Replace DST if it already exists (still atomically)."
 )
@@ -134,10 +139,16 @@ def keygen(output: Path) -> None:
     click.echo(f"wrote a new 32-byte key to {output} (mode 0600); keep it safe")
 
 
-@click.command()
+@click.command(epilog=_EXIT_CODES)
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--output", "dst", required=True, type=click.Path(path_type=Path), help="Destination."
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="New file or directory to write; an existing directory receives a sealed file "
+    "as <name>.sealed (<name>.enc for CNAP).",
 )
 @_key_option
 @click.option(
@@ -196,7 +207,17 @@ def seal(
     workers: int,
     force: bool,
 ) -> None:
-    """Seal (encrypt) a model file or model directory SRC into DST."""
+    """Seal (encrypt) a model file or model directory SRC into -o DST.
+
+    A directory becomes a directory of <path>.sealed files plus a sealed manifest, and the
+    model digest to register at the KBS is printed. Symlinks to files are followed;
+    symlinked directories, special files and non-UTF-8 names are refused; empty
+    directories are not recorded. Output is atomic: DST appears only when complete.
+
+    \b
+    Example:
+      modelseal seal ./llama -o ./llama.sealed --key model.key --key-id models/llama/v1
+    """
     if tensors or last_layers:
         if fmt != "v1":
             raise click.UsageError("--seal-tensors/--seal-last-layers cannot be used with cnap")
@@ -232,18 +253,30 @@ def seal(
         )
 
 
-@click.command()
+@click.command(epilog=_EXIT_CODES)
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--output", "dst", required=True, type=click.Path(path_type=Path), help="Destination."
+    "-o",
+    "--output",
+    "dst",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="New file or directory to write (plaintext, mode 0600 / 0700); an existing "
+    "directory receives a single file under its original name.",
 )
 @_key_option
 @_workers_option
 @_force_option
 def unseal(src: Path, dst: Path, key_file: Path, workers: int, force: bool) -> None:
-    """Unseal (decrypt and verify) a sealed file or model directory SRC into DST.
+    """Unseal (decrypt and verify) a sealed file or model directory SRC into -o DST.
 
-    The format (v1 or CNAP) is detected. Nothing appears at DST unless everything verified.
+    The format (v1, CNAP or partially sealed safetensors) is detected. A directory is
+    checked against its sealed manifest (missing, extra, swapped or rolled-back files are
+    refused, naming the file). Nothing appears at DST unless everything verified.
+
+    \b
+    Example:
+      modelseal unseal ./llama.sealed -o /dev/shm/llama --key model.key
     """
     with keys.read_key_file(key_file) as dek, _os_errors():
         total = sealing.progress_total(src, sealed=True)
@@ -268,7 +301,7 @@ def inspect(src: Path) -> None:
     click.echo(json.dumps(info, indent=2, sort_keys=True))
 
 
-@click.command()
+@click.command(epilog=_EXIT_CODES)
 @click.argument("src", type=click.Path(path_type=Path))
 @_key_option
 @_workers_option

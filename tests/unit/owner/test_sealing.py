@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError, DecryptionError, NotFound
+from modelseal.errors import ConfigError, DecryptionError, IntegrityError, NotFound
 from modelseal.format.manifest import SEALED_MANIFEST_NAME
 from modelseal.owner import sealing
 
@@ -109,3 +109,25 @@ def test_inspect_single_and_cnap(tmp_path: Path, model: Path) -> None:
     json.dumps(info)
     sealing.seal_file(src, tmp_path / "a.enc", KEY, key_id=None, fmt="cnap")
     assert sealing.inspect(tmp_path / "a.enc")["size"] == 3 * SEG + 1
+
+
+def test_directory_failures_name_the_file_and_stay_opaque(tmp_path: Path, model: Path) -> None:
+    """Library callers (publish, loaders) get the sealed file's name in the message, the
+    same opaque DecryptionError type, and nothing at the destination."""
+    sealing.seal_directory(model, tmp_path / "s", KEY, key_id="k", segment_size=SEG)
+    target = tmp_path / "s" / "w.safetensors.sealed"
+    blob = bytearray(target.read_bytes())
+    blob[-50] ^= 1
+    target.write_bytes(blob)
+    for call in (
+        lambda: sealing.unseal(tmp_path / "s", tmp_path / "o", KEY),
+        lambda: sealing.verify(tmp_path / "s", KEY),
+    ):
+        with pytest.raises(DecryptionError) as info:
+            call()
+        assert str(info.value) == "w.safetensors.sealed: authentication failed"
+    assert not (tmp_path / "o").exists()
+    os.truncate(target, 100)
+    with pytest.raises(IntegrityError) as bad:
+        sealing.verify(tmp_path / "s", KEY)
+    assert bad.value.paths == ("w.safetensors.sealed",)
