@@ -142,3 +142,51 @@ def test_cnap_tampered_reference_file_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(DecryptionError):
         unseal_file(src, out / "x", SecretBytes(KEY))
     assert list(out.iterdir()) == []
+
+
+def test_cnap_reference_and_cli_both_directions(tmp_path: Path) -> None:
+    """Acceptance through the CLI: `modelseal unseal` opens a file from the CNAP reference
+    encrypt_file (exit 0, same bytes; tampered: exit 5, nothing written), and the reference
+    decrypt opens `modelseal seal --format cnap` output."""
+    from modelseal import cli
+
+    def run(argv: list[str]) -> object:
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        return info.value.code
+
+    key_file = tmp_path / "k"
+    key_file.write_text("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\n")  # bytes 0..31
+    key_file.chmod(0o600)
+    data = os.urandom(300_001)
+    ref = tmp_path / "model.pb.enc"
+    ref.write_bytes(cnap_reference_encrypt(data, KEY))
+    assert run(["unseal", str(ref), "-o", str(tmp_path / "plain.pb"), "--key", str(key_file)]) == 0
+    assert (tmp_path / "plain.pb").read_bytes() == data
+    blob = bytearray(ref.read_bytes())
+    blob[-1] ^= 1
+    ref.write_bytes(bytes(blob))
+    assert run(["unseal", str(ref), "-o", str(tmp_path / "bad.pb"), "--key", str(key_file)]) == 5
+    assert not (tmp_path / "bad.pb").exists()
+    argv = ["seal", str(tmp_path / "plain.pb"), "-o", str(tmp_path / "ours.enc"), "--key",
+            str(key_file), "--format", "cnap"]  # fmt: skip
+    assert run(argv) == 0
+    assert cnap_reference_decrypt((tmp_path / "ours.enc").read_bytes(), KEY) == data
+
+
+def test_independent_implementation_stays_small_and_separate() -> None:
+    """The issue's bound: at most 60 lines of code (docstrings, comments and blank lines
+    aside), and no import of modelseal."""
+    import tokenize
+
+    source = Path(independent_v1.__file__).read_text()
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+            tokenize.STRING, tokenize.ENDMARKER}  # fmt: skip
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in skip:
+            code_lines.update(range(tok.start[0], tok.end[0] + 1))
+    assert len(code_lines) <= 60
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert imports
+    assert not [line for line in imports if "modelseal" in line]
