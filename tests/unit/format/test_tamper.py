@@ -3,6 +3,7 @@ and no plaintext is released (no output file, wiped buffers)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -12,12 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelseal import cli
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError, Error, FormatError, IntegrityError
 from modelseal.format.v1 import Header, SealedReader, seal_stream
 from modelseal.owner.sealing import seal_directory, seal_file, unseal, unseal_file, verify
 
 KEY = SecretBytes(bytes(range(32)))
+KEY_B64 = base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
 SEG = 4096
 DATA = os.urandom(4 * SEG + 1000)  # 5 segments, short last one
 
@@ -39,8 +42,16 @@ SEGS = [
 HEAD = BLOB[: HEADER.data_offset]
 
 
+def _cli(argv: list[str]) -> object:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    return info.value.code
+
+
 def _rejected(tmp: Path, blob: bytes, expected: type[Error] | tuple[type[Error], ...]) -> None:
-    """The package rejects ``blob`` in the reader and in unseal, leaving no output file."""
+    """The package rejects ``blob`` in the reader and in unseal with the documented error,
+    and the CLI (`unseal` with 1 and 2 workers, `verify`) exits 5; no output file, not even
+    a temporary, is left behind."""
     src = tmp / "t.sealed"
     src.write_bytes(blob)
     with pytest.raises(expected), SealedReader.open(src, KEY) as reader:
@@ -48,10 +59,16 @@ def _rejected(tmp: Path, blob: bytes, expected: type[Error] | tuple[type[Error],
     outdir = tmp / "out"
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir()
-    for workers in (1, 2):
-        with pytest.raises(expected):
-            unseal_file(src, outdir / "w.bin", KEY, workers=workers)
-        assert list(outdir.iterdir()) == [], "plaintext or temp file left behind"
+    with pytest.raises(expected):
+        unseal_file(src, outdir / "w.bin", KEY, workers=2)
+    key_file = tmp / "key"
+    key_file.write_text(KEY_B64 + "\n")
+    key_file.chmod(0o600)
+    for workers in ("1", "2"):
+        argv = ["unseal", str(src), "-o", str(outdir / "w.bin"), "--key", str(key_file)]
+        assert _cli([*argv, "--workers", workers]) == 5
+    assert _cli(["verify", str(src), "--key", str(key_file)]) == 5
+    assert list(outdir.iterdir()) == [], "plaintext or temp file left behind"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
