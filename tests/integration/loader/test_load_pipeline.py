@@ -130,12 +130,30 @@ def test_unknown_model_is_not_found(sealed_model: SealedModelServer, shm_dest: P
 
 
 def test_resumes_after_cuts(sealed_model: SealedModelServer, shm_dest: Path) -> None:
-    sealed_model.server.faults.cut_after = [100, 5000, 20_000]
-    sealed_model.server.faults.statuses = [503]
+    """Three cuts in one download and a 503 cost four retries, never a restart.
+
+    The faults are aimed at one blob and the cuts lie beyond the 16 KiB header probe, so
+    they land on the bulk read whatever the thread interleaving: the 503 hits the header
+    probe (attempt 2 of 3 succeeds) and each cut is followed by a resume from the first
+    missing byte, which resets the failure streak. The budget of 3 attempts is never
+    reached, however slow the machine.
+    """
+    blob = "/blobs/m1/v1/weights/model-00001.bin.sealed"
+    size = len(sealed_model.sealed["weights/model-00001.bin.sealed"])
+    faults = sealed_model.server.faults
+    faults.only_path = blob
+    faults.statuses = [503]
+    faults.cut_after = [20_000, 50_000, 50_000]
     receipt = load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
-    assert receipt.retries >= 1
+    assert receipt.retries >= 4
+    assert faults.statuses == []  # every fault was served
+    assert faults.cut_after == []
     for rel, data in FILES.items():
         assert (shm_dest / rel).read_bytes() == data
+    bulk = [r for _m, p, r in sealed_model.server.requests if p == blob and r != "bytes=0-16383"]
+    first = int(bulk[0].removeprefix("bytes=").split("-")[0])  # the first segment's offset
+    resumed = (0, 20_000, 70_000, 120_000)  # each cut resumes at the first missing byte
+    assert bulk == [f"bytes={first + got}-{size - 1}" for got in resumed]
 
 
 def test_manifest_is_fetched_from_its_url(sealed_model: SealedModelServer, shm_dest: Path) -> None:

@@ -20,20 +20,32 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 @dataclass
 class Faults:
-    """Scripted faults, consumed one per request (thread-safe)."""
+    """Scripted faults, consumed one per request (thread-safe).
+
+    ``only_path`` aims the faults at one blob, and a cut is only spent on a body longer
+    than the cut: which request gets which fault is then fixed, however the loader's
+    threads interleave (faults landing on whichever request came first made the retry
+    count of a test depend on scheduling).
+    """
 
     statuses: list[int] = field(default_factory=list)
     cut_after: list[int] = field(default_factory=list)
     ignore_range: bool = False
+    only_path: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_status(self) -> int | None:
-        with self.lock:
-            return self.statuses.pop(0) if self.statuses else None
+    def _aimed_at(self, path: str) -> bool:
+        return self.only_path is None or path == self.only_path
 
-    def next_cut(self) -> int | None:
+    def next_status(self, path: str) -> int | None:
         with self.lock:
-            return self.cut_after.pop(0) if self.cut_after else None
+            return self.statuses.pop(0) if self.statuses and self._aimed_at(path) else None
+
+    def next_cut(self, path: str, body_len: int) -> int | None:
+        with self.lock:
+            if self.cut_after and self._aimed_at(path) and self.cut_after[0] < body_len:
+                return self.cut_after.pop(0)
+            return None
 
 
 class BlobServer:
@@ -51,7 +63,7 @@ class BlobServer:
 
             def _serve(self, body: bool) -> None:
                 server.requests.append((self.command, self.path, self.headers.get("Range")))
-                status = server.faults.next_status()
+                status = server.faults.next_status(self.path)
                 if status is not None:
                     self.send_response(status)
                     self.send_header("Content-Length", "0")
@@ -86,7 +98,7 @@ class BlobServer:
                 self.end_headers()
                 if not body:
                     return
-                cut = server.faults.next_cut()
+                cut = server.faults.next_cut(self.path, len(payload))
                 if cut is not None:
                     self.wfile.write(payload[:cut])
                     self.wfile.flush()
