@@ -272,9 +272,10 @@ def run(sizes: list[int], reps_small: int, disk_dir: Path) -> str:
             "disk destination = /var/tmp on the root block device, no fsync (like `cp`); "
             "tmpfs = /dev/shm. Each seal/unseal is a child process timed from inside "
             "(interpreter start excluded); peak RSS = the child's `VmHWM`. `cp` runs "
-            "interleaved with the unseal runs of each cell. Unseal decrypts each segment from a "
-            "`MAP_POPULATE` read-only window of the sealed file and `pwrite`s authenticated "
-            "plaintext into a temporary file renamed at the end.",
+            "interleaved with the unseal runs of each cell. Unseal `pread`s each sealed segment "
+            "into a per-worker buffer, decrypts it in place and `pwrite`s authenticated "
+            "plaintext into a temporary file renamed at the end (no mmap: a sealed file "
+            "truncated under a mapping would kill the reader with SIGBUS).",
             "",
             *summary,
             "",
@@ -282,7 +283,7 @@ def run(sizes: list[int], reps_small: int, disk_dir: Path) -> str:
             "gets; this machine is shared with other jobs (see the load average), and under "
             "contention the wall ratio approaches the *CPU* ratio. `CPU × cp` is the "
             "load-independent cost: unseal does the same two copies as `cp` (page cache → "
-            "user, user → tmpfs) plus AES-GCM (and `munmap` of the windows). With 2 workers "
+            "user, user → tmpfs) plus AES-GCM. With 2 workers "
             "the AES of one segment runs while the other worker's `pwrite` holds the tmpfs "
             "inode lock, so on two otherwise idle cores the wall time can drop to about the "
             "write time alone; one worker cannot beat `cp`. Peak RSS is one segment buffer "
