@@ -1,0 +1,143 @@
+"""``modelseal load`` reads every variable of DESIGN §8 and stays lean as a process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelseal.cli import main
+from modelseal.loader import loader as loader_module
+from modelseal.loader.settings import LoaderSettings
+from tests.unit.loader.blobserver import BlobServer
+
+#: what must never be imported into the loader process (DESIGN §3, §9)
+FORBIDDEN_ROOTS = {"rich", "pygments", "fastapi", "sqlalchemy", "uvicorn", "starlette"}
+FORBIDDEN_PREFIXES = (
+    "modelseal.kbs",
+    "modelseal.keystore",
+    "modelseal.policy",
+    "modelseal.registry",
+    "modelseal.owner",
+)
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> LoaderSettings:
+    seen: list[LoaderSettings] = []
+
+    def fake_load(settings: LoaderSettings) -> object:
+        seen.append(settings)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(loader_module, "load_model", fake_load)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        main(["load", *args])
+    assert info.value.code == 0
+    return seen[0]
+
+
+def test_every_design_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "kbs-ca.pem"
+    ca.write_text("pem")
+    init = tmp_path / "initdata.toml"
+    init.write_text('version = "0.1.0"\nalgorithm = "sha384"\n[data]\n')
+    settings = _run(
+        monkeypatch,
+        {
+            "MODELSEAL_MODEL": "https://registry.example/models/m",
+            "MODELSEAL_KBS_URL": "https://kbs.example:8080",
+            "MODELSEAL_DEST": str(tmp_path / "dest"),
+            "MODELSEAL_TEE": "tdx",
+            "MODELSEAL_KBS_CA": str(ca),
+            "MODELSEAL_REGISTRY_CA": str(ca),
+            "MODELSEAL_ALLOW_DISK": "true",
+            "MODELSEAL_WORKERS": "3",
+            "MODELSEAL_MODEL_DIGEST": "sha256:" + "ab" * 32,
+            "MODELSEAL_INIT_DATA": str(init),
+        },
+    )
+    assert settings.model == "https://registry.example/models/m"
+    assert settings.kbs_url == "https://kbs.example:8080"
+    assert settings.dest == tmp_path / "dest"
+    assert settings.tee == "tdx"
+    assert settings.kbs_verify == str(ca)
+    assert settings.registry_verify == str(ca)
+    assert settings.allow_disk is True
+    assert settings.workers == 3
+    assert settings.model_digest == "sha256:" + "ab" * 32
+    assert settings.init_data == init
+
+
+def test_defaults_and_flags_beat_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _run(monkeypatch, {"MODELSEAL_MODEL": "http://r/models/m"})
+    assert settings.dest == Path("/models")
+    assert settings.tee == "auto"
+    assert settings.allow_disk is False
+    settings = _run(
+        monkeypatch,
+        {"MODELSEAL_MODEL": "http://r/models/m", "MODELSEAL_ALLOW_DISK": "1"},
+        "--model",
+        "http://other/models/x",
+        "--no-allow-disk",
+    )
+    assert settings.model == "http://other/models/x"
+    assert settings.allow_disk is False
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MODELSEAL_ALLOW_DISK": "maybe"},  # a typo must not enable plaintext on disk
+        {"MODELSEAL_WORKERS": "many"},
+        {"MODELSEAL_KBS_CA": "/nonexistent/ca.pem"},
+        {"MODELSEAL_MODEL_DIGEST": "sha256:XYZ"},
+        {"MODELSEAL_MODEL": "file:///etc/passwd"},
+    ],
+)
+def test_bad_variables_exit_2(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    monkeypatch.setenv("MODELSEAL_MODEL", "http://r/models/m")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(loader_module, "load_model", pytest.fail)
+    with pytest.raises(SystemExit) as info:
+        main(["load", "--dest", "/dev/shm/never"])
+    assert info.value.code == 2
+
+
+def test_loader_process_imports_no_server_or_rich_code(tmp_path: Path) -> None:
+    """The real CLI in a fresh interpreter, as in the TEE: what ends up in sys.modules.
+
+    import-linter checks our own imports; this also catches third-party ones (httpx
+    pulls rich and pygments in through its optional command-line client).
+    """
+    code = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: print(json.dumps(sorted(sys.modules))))\n"
+        "from modelseal.cli import main\n"
+        "main()\n"
+    )
+    with BlobServer().running() as server:  # answers 404: the load stops after model info
+        args = ["--model", server.url + "/models/none", "--dest", str(tmp_path / "dest")]
+        done = subprocess.run(
+            [sys.executable, "-c", code, "load", *args, "--tee", "sample", "--allow-disk"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "NO_PROXY": "127.0.0.1"},
+        )
+    assert done.returncode == 3, done.stderr
+    modules = json.loads(done.stdout.splitlines()[-1])
+    assert "modelseal.loader.kbs_client" in modules  # the loader really was imported
+    bad = [
+        m
+        for m in modules
+        if m.split(".")[0] in FORBIDDEN_ROOTS
+        or m.startswith(FORBIDDEN_PREFIXES)
+        or (m.startswith("modelseal.tee.") and m.endswith(".verifier"))
+    ]
+    assert bad == []
