@@ -118,6 +118,15 @@ _EXIT_CODES = (
     "overlapping SRC, unsupported source file); 3 SRC or key file not found; 5 wrong key or "
     "sealed data modified, truncated or not matching its manifest (nothing is written)."
 )
+
+
+def _output_option(text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--output DST`` of seal and unseal (their help texts differ)."""
+    return click.option(
+        "-o", "--output", "dst", required=True, type=click.Path(path_type=Path), help=text
+    )
+
+
 _force_option = click.option(
     "--force", is_flag=True, help="Replace DST if it already exists (still atomically)."
 )
@@ -141,14 +150,9 @@ def keygen(output: Path) -> None:
 
 @click.command(epilog=_EXIT_CODES)
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "dst",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="New file or directory to write; an existing directory receives a sealed file "
-    "as <name>.sealed (<name>.enc for CNAP).",
+@_output_option(
+    "New file or directory to write; an existing directory receives a sealed file as "
+    "<name>.sealed (<name>.enc for CNAP)."
 )
 @_key_option
 @click.option(
@@ -255,14 +259,9 @@ def seal(
 
 @click.command(epilog=_EXIT_CODES)
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "dst",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="New file or directory to write (plaintext, mode 0600 / 0700); an existing "
-    "directory receives a single file under its original name.",
+@_output_option(
+    "New file or directory to write (plaintext, mode 0600 / 0700); an existing directory "
+    "receives a single file under its original name."
 )
 @_key_option
 @_workers_option

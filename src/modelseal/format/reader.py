@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from modelseal.crypto.aead import wipe
 from modelseal.crypto.secret import SecretBytes
@@ -139,6 +139,26 @@ class SealedReader:
         finally:
             wipe(buf)
 
+    def _decrypt_all(
+        self,
+        workers: int,
+        progress: Progress | None,
+        sink: Callable[[memoryview, int], None] | None,
+    ) -> None:
+        """Authenticate and decrypt every segment on ``workers`` threads, handing each
+        plaintext with its offset to ``sink`` (None: discard after authentication)."""
+        header = self.header
+
+        def work(buf: bytearray, i: int) -> int:
+            n = header.segment_plain_len(i)
+            view = memoryview(buf)
+            self._decrypt(i, view, view[:n])
+            if sink is not None:
+                sink(view[:n], i * header.segment_size)
+            return n
+
+        run_segments(header, workers, work, progress)
+
     def decrypt_to_fd(
         self,
         out_fd: int,
@@ -151,45 +171,17 @@ class SealedReader:
 
         Each worker decrypts a segment into its own buffer and pwrites only authenticated
         plaintext. On failure some segments may already be written: the caller writes to a
-        temporary file and deletes it (see owner.sealing).
+        temporary file and deletes it (see owner.outputs).
         """
-        header = self.header
-        seg = header.segment_size
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-
-        def work(buf: bytearray, i: int) -> int:
-            n = header.segment_plain_len(i)
-            view = memoryview(buf)
-            self._decrypt(i, view, view[:n])
-            pwrite_full(out_fd, view[:n], out_offset + i * seg)
-            return n
-
-        run_segments(
-            header.segment_count,
-            workers,
-            lambda: bytearray(header.segment_plain_len(0) + TAG_LEN),
-            work,
-            progress,
+        self._decrypt_all(
+            workers, progress, lambda plain, at: pwrite_full(out_fd, plain, out_offset + at)
         )
 
     def verify(self, *, workers: int = 2, progress: Progress | None = None) -> None:
         """Authenticate every segment; plaintext only ever lands in wiped scratch buffers."""
-        header = self.header
-
-        def work(buf: bytearray, i: int) -> int:
-            n = header.segment_plain_len(i)
-            view = memoryview(buf)
-            self._decrypt(i, view, view[:n])
-            return n
-
-        run_segments(
-            header.segment_count,
-            workers,
-            lambda: bytearray(header.segment_plain_len(0) + TAG_LEN),
-            work,
-            progress,
-        )
+        self._decrypt_all(workers, progress, None)
 
     def close(self) -> None:
         """Wipe scratch buffers and the file key; close the fd if the reader owns it."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from modelseal.crypto.aead import wipe
 from modelseal.errors import DecryptionError
+from modelseal.format.header import TAG_LEN, Header
 
 __all__ = ["Progress", "run_segments"]
 
@@ -21,24 +22,26 @@ Progress = Callable[[int], None]
 
 
 def run_segments(
-    count: int,
+    header: Header,
     workers: int,
-    make_buffer: Callable[[], bytearray],
     work: Callable[[bytearray, int], int],
     progress: Progress | None,
 ) -> None:
-    """Run ``work(buffer, i)`` for ``i`` in ``range(count)`` on ``workers`` threads.
+    """Run ``work(buffer, i)`` for every segment ``i`` of ``header`` on ``workers`` threads;
+    ``work`` returns the plaintext bytes it processed (for ``progress``).
 
-    Each thread owns one reusable buffer, wiped when it finishes. The first error stops
-    every thread and is re-raised (an authentication failure wins over others).
+    Each thread owns one reusable buffer that holds a whole sealed segment (ciphertext and
+    tag), wiped when it finishes. The first error stops every thread and is re-raised (an
+    authentication failure wins over others).
     """
+    count = header.segment_count
     counter = itertools.count()
     stop = threading.Event()
     errors: list[BaseException] = []
     lock = threading.Lock()
 
     def run() -> None:
-        buf = make_buffer()
+        buf = bytearray(header.segment_plain_len(0) + TAG_LEN)
         try:
             while not stop.is_set():
                 i = next(counter)

@@ -243,13 +243,7 @@ def seal_fd(
             pwrite_full(dst_fd, view[: n + TAG_LEN], base + i * (seg + TAG_LEN))
             return n
 
-        run_segments(
-            header.segment_count,
-            workers,
-            lambda: bytearray(header.segment_plain_len(0) + TAG_LEN),
-            work,
-            progress,
-        )
+        run_segments(header, workers, work, progress)
         os.ftruncate(dst_fd, header.sealed_size)
     finally:
         enc.close()
