@@ -6,12 +6,12 @@ sealed ones read as noise). The original header is kept, byte for byte, inside
 ``__metadata__["modelseal.partial"]`` together with the key id, salt, GCM tags, a key
 commitment and a MAC, so unsealing restores the original file exactly and detects any change
 to the header, the sealed tensors (GCM) or the plaintext tensors (MAC). Normative text:
-docs/reference/format.md section 8.
+docs/reference/format.md section 8. The safetensors container itself is parsed in
+:mod:`modelseal.format.safetensors` (re-exported here).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import hmac
 import json
@@ -36,6 +36,15 @@ from modelseal.format.header import (
     SALT_LEN,
     TAG_LEN,
 )
+from modelseal.format.safetensors import (
+    SafetensorsHeader,
+    TensorInfo,
+    is_nonnegative_int,
+    no_duplicate_members,
+    pread_exact,
+    read_safetensors_header,
+    select_tensors,
+)
 
 __all__ = [
     "FORMAT_ID",
@@ -54,10 +63,7 @@ __all__ = [
 META_KEY: Final = "modelseal.partial"
 FORMAT_ID: Final = "modelseal-partial/1"
 INFO: Final = b"modelseal/partial/1"
-#: safetensors' own limit on the JSON header
-MAX_ST_HEADER: Final = 100_000_000
 _CHUNK = 4 << 20
-_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _PARAMS: Final = frozenset(
     {
         "format",
@@ -77,133 +83,6 @@ _PARAMS: Final = frozenset(
 #: Receives (absolute offset, bytes) of output; a no-op for verification.
 Sink = Callable[[int, memoryview], None]
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    start: int  # relative to the data buffer
-    end: int
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    """A validated safetensors header: ``raw`` JSON bytes exactly as stored."""
-
-    raw: bytes
-    members: dict[str, Any]
-    tensors: tuple[TensorInfo, ...]
-    data_len: int
-
-    @property
-    def data_start(self) -> int:
-        return 8 + len(self.raw)
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        meta = self.members.get("__metadata__") or {}
-        return dict(meta)
-
-    def tensor(self, name: str) -> TensorInfo:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise ConfigError(f"no tensor named {name!r}")
-
-    @classmethod
-    def parse(cls, raw: bytes, total_len: int) -> SafetensorsHeader:
-        """Validate the JSON header of a safetensors file of ``total_len`` bytes."""
-        try:
-            members = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_dup)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise FormatError("safetensors header is not valid UTF-8 JSON") from None
-        if not isinstance(members, dict):
-            raise FormatError("safetensors header must be a JSON object")
-        meta = members.get("__metadata__")
-        if meta is not None and (
-            not isinstance(meta, dict)
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
-        ):
-            raise FormatError("safetensors __metadata__ must map strings to strings")
-        tensors = []
-        for name, info in members.items():
-            if name == "__metadata__":
-                continue
-            if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
-                raise FormatError(f"safetensors tensor {name!r}: missing dtype")
-            shape, offsets = info.get("shape"), info.get("data_offsets")
-            if not isinstance(shape, list) or not all(_nonneg(d) for d in shape):
-                raise FormatError(f"safetensors tensor {name!r}: bad shape")
-            if (
-                not isinstance(offsets, list)
-                or len(offsets) != 2
-                or not all(_nonneg(o) for o in offsets)
-                or offsets[0] > offsets[1]
-            ):
-                raise FormatError(f"safetensors tensor {name!r}: bad data_offsets")
-            tensors.append(TensorInfo(name, offsets[0], offsets[1]))
-        tensors.sort(key=lambda t: (t.start, t.end))
-        data_len = total_len - 8 - len(raw)
-        pos = 0
-        for t in tensors:
-            if t.start != pos:
-                raise FormatError("safetensors data buffer has holes or overlapping tensors")
-            pos = t.end
-        if pos != data_len:
-            raise FormatError(
-                f"safetensors data buffer is {data_len} bytes but the tensors cover {pos}"
-            )
-        return cls(bytes(raw), members, tuple(tensors), data_len)
-
-
-def _nonneg(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _no_dup(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FormatError(f"duplicate JSON member {key!r}")
-        out[key] = value
-    return out
-
-
-def _pread(fd: int, n: int, offset: int) -> bytes:
-    data = os.pread(fd, n, offset)
-    if len(data) != n:
-        raise FormatError("file ended early")
-    return data
-
-
-def read_safetensors_header(fd: int) -> SafetensorsHeader:
-    """Read and validate the header of an open safetensors file."""
-    total = os.fstat(fd).st_size
-    if total < 8:
-        raise FormatError("too short to be a safetensors file")
-    (n,) = struct.unpack("<Q", _pread(fd, 8, 0))
-    if n > MAX_ST_HEADER or 8 + n > total:
-        raise FormatError("safetensors header length is out of range")
-    return SafetensorsHeader.parse(_pread(fd, n, 8), total)
-
-
-def select_tensors(
-    header: SafetensorsHeader, patterns: Sequence[str] = (), *, last_layers: int = 0
-) -> list[str]:
-    """Names matching any glob in ``patterns`` (e.g. ``lm_head.*``) plus every tensor of the
-    last ``last_layers`` numbered layers (``...layers.<i>.``, ``h.<i>.``, ``blocks.<i>.``)."""
-    names = {
-        t.name for t in header.tensors if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)
-    }
-    if last_layers > 0:
-        layer_of = {t.name: int(m.group(1)) for t in header.tensors if (m := _LAYER.search(t.name))}
-        if not layer_of:
-            raise ConfigError("no numbered layers found (expected names like model.layers.7.*)")
-        top = sorted(set(layer_of.values()))[-last_layers:]
-        names |= {n for n, layer in layer_of.items() if layer in top}
-    if not names:
-        raise ConfigError("no tensor matches the selection; nothing would be sealed")
-    return [t.name for t in header.tensors if t.name in names]
 
 
 @dataclass(frozen=True)
@@ -241,7 +120,7 @@ class PartialParams:
     @classmethod
     def from_json(cls, text: str) -> PartialParams:
         try:
-            doc = json.loads(text, object_pairs_hook=_no_dup)
+            doc = json.loads(text, object_pairs_hook=no_duplicate_members)
         except (ValueError, RecursionError):
             raise FormatError(f"{META_KEY} is not valid JSON") from None
         if not isinstance(doc, dict) or set(doc) != _PARAMS:
@@ -251,9 +130,8 @@ class PartialParams:
         if doc["alg"] != "AES-256-GCM":
             raise FormatError(f"unknown algorithm {doc['alg']!r}")
         seg = doc["segment_size"]
-        if not (
-            _nonneg(seg) and MIN_SEGMENT_SIZE <= seg <= MAX_SEGMENT_SIZE and seg & (seg - 1) == 0
-        ):
+        in_range = is_nonnegative_int(seg) and MIN_SEGMENT_SIZE <= seg <= MAX_SEGMENT_SIZE
+        if not (in_range and seg & (seg - 1) == 0):
             raise FormatError("segment_size must be a power of two in 4 KiB..64 MiB")
         sealed = doc["sealed"]
         if (
@@ -541,7 +419,7 @@ def unseal_partial(
             for k in range(n_seg):
                 off = k * seg
                 n = min(seg, length - off)
-                data = _pread(src_fd, n, src + off) if n else b""
+                data = pread_exact(src_fd, n, src + off) if n else b""
                 view[:n] = data
                 view[n : n + TAG_LEN] = params.tags[tag_pos : tag_pos + TAG_LEN]
                 tag_pos += TAG_LEN
