@@ -254,6 +254,9 @@ def _written(dest: Path) -> int:
 
 
 BIG = os.urandom(32 << 20)
+#: proxy rate: a 16 MiB run (the loader's request size) takes ~1.3 s on the wire, far
+#: longer than the 10 ms it takes the test to react once plaintext appears
+THROTTLE = 12 << 20
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +288,7 @@ def test_sigterm_mid_download_wipes_the_partial_model(
     stack: Stack, big_model: str, shm: Path
 ) -> None:
     registry_port = int(stack.registry.url.rsplit(":", 1)[1])
-    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=6 << 20) as proxy:
+    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=THROTTLE) as proxy:
         proc = _slow_load(stack.model_url(big_model, proxy.url), shm)
         _wait_written(proc, shm, 1)
         proc.terminate()
@@ -299,14 +302,14 @@ def test_registry_killed_mid_download_resumes(stack: Stack, big_model: str, shm:
     # a throttling proxy in front of the registry makes the download last long enough
     # for the kill to land in the middle; the registry itself is killed and restarted
     registry_port = int(stack.registry.url.rsplit(":", 1)[1])
-    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=6 << 20) as proxy:
+    with ThrottlingProxy(("127.0.0.1", registry_port), bytes_per_second=THROTTLE) as proxy:
         proc = _slow_load(stack.model_url(big_model, proxy.url), shm)
-        # plaintext appears once the worker's first 16 MiB run is in: half of the model
-        # is then still on the wire (one worker at 6 MiB/s)
+        # plaintext appears once the worker's first 16 MiB run is in; the second half of
+        # the model is still to come (one worker, 1.3 s per run through the proxy)
         _wait_written(proc, shm, 1)
         stack.registry.kill()
         killed_at = _written(shm)
-        time.sleep(1.0)
+        time.sleep(0.5)  # the loader meets a dead registry (resets) for a while
         stack.registry.start(timeout=60)
         _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

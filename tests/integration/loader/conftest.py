@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,8 @@ class SealedModelServer:
     digest: str
     sealed: dict[str, bytes]  # sealed relative path -> bytes
     info: dict[str, object]
+    #: every DEK handed to the loader (to check that it was zeroized afterwards)
+    released: list[SecretBytes] = field(default_factory=list)
 
     @property
     def model_url(self) -> str:
@@ -49,8 +51,10 @@ class SealedModelServer:
     def release(self) -> object:
         def fn(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
             assert key_id == KEY_ID
+            dek = SecretBytes(self.dek.reveal())
+            self.released.append(dek)
             return KeyRelease(
-                dek=SecretBytes(self.dek.reveal()),
+                dek=dek,
                 tee="sample",
                 token_id="t-1",
                 kbs_url=kbs_url,

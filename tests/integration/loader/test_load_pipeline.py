@@ -77,6 +77,25 @@ def test_tampered_blob_leaves_no_plaintext(
     _no_plaintext(shm_dest)
 
 
+def test_model_key_is_zeroized_after_success_and_failure(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    import modelseal
+
+    load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    with modelseal.open_model(sealed_model.model_url, release=sealed_model.release()):
+        pass
+    rel = "weights/model-00002.bin.sealed"
+    sealed_model.server.blobs[f"/blobs/m1/v1/{rel}"] = _flip(sealed_model.sealed[rel], 500)
+    with pytest.raises(errors.DecryptionError):
+        load_model(_settings(sealed_model, shm_dest / "b"), release=sealed_model.release())
+    with pytest.raises(errors.DecryptionError):
+        modelseal.open_model(sealed_model.model_url, release=sealed_model.release())
+    assert len(sealed_model.released) == 4
+    for dek in sealed_model.released:
+        assert dek.reveal() == bytes(32)
+
+
 def test_swapped_files_are_integrity_errors(
     sealed_model: SealedModelServer, shm_dest: Path
 ) -> None:
