@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 16 << 20
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _jitter = random.SystemRandom()
+_T = TypeVar("_T")
 
 
 class _Progress:
@@ -264,33 +265,42 @@ class Fetcher:
         log.info("retrying %s in %.2fs after: %s", url, delay, reason)
         self._sleep(delay)
 
-    def get_json(self, url: str, *, not_found: type[NotFound] = NotFound) -> Any:
-        """GET a JSON document (bounded size), retrying transient failures."""
-        attempt = 0
+    def _retrying(self, url: str, attempt: Callable[[], _T]) -> _T:
+        """Run one request ``attempt`` until it returns; back off on transient failures."""
+        number = 0
         while True:
-            attempt += 1
+            number += 1
             try:
-                with self._client.stream(
-                    "GET", url, headers={"Accept": "application/json"}
-                ) as response:
-                    if response.status_code != 200:
-                        raise _status_error(url, response, not_found=not_found)
-                    body = bytearray()
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) > MAX_JSON_BYTES:
-                            raise FormatError(f"{url}: JSON document larger than {MAX_JSON_BYTES}")
+                return attempt()
+            except httpx.UnsupportedProtocol as exc:
+                raise ConfigError(f"{url}: not an http(s) URL") from exc
             except _Retry as exc:
-                self._backoff(url, attempt, exc.reason)
-                continue
+                self._backoff(url, number, exc.reason)
             except httpx.TransportError as exc:
                 _raise_if_untrusted(url, exc)
-                self._backoff(url, attempt, type(exc).__name__)
-                continue
-            try:
-                return json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise FormatError(f"{url}: response is not JSON") from exc
+                self._backoff(url, number, type(exc).__name__)
+
+    def get_json(self, url: str, *, not_found: type[NotFound] = NotFound) -> Any:
+        """GET a JSON document (bounded size), retrying transient failures."""
+
+        def attempt() -> bytearray:
+            with self._client.stream(
+                "GET", url, headers={"Accept": "application/json"}
+            ) as response:
+                if response.status_code != 200:
+                    raise _status_error(url, response, not_found=not_found)
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JSON_BYTES:
+                        raise FormatError(f"{url}: JSON document larger than {MAX_JSON_BYTES}")
+                return body
+
+        body = self._retrying(url, attempt)
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FormatError(f"{url}: response is not JSON") from exc
 
     def read_range(self, url: str, start: int, into: memoryview) -> None:
         """Fill ``into`` with the bytes ``[start, start + len(into))`` of the blob at ``url``.
@@ -317,6 +327,8 @@ class Fetcher:
                     self._read_once(url, start, into, progress)
                 if progress.got < length:
                     raise _Retry("connection closed before the end of the range")
+            except httpx.UnsupportedProtocol as exc:
+                raise ConfigError(f"{url}: not an http(s) URL") from exc
             except (_Retry, httpx.TransportError) as exc:
                 _raise_if_untrusted(url, exc)
                 reason = exc.reason if isinstance(exc, _Retry) else type(exc).__name__
@@ -363,58 +375,48 @@ class Fetcher:
         One ranged GET serves both the header parse and the truncation check: the total
         comes from ``Content-Range`` (or ``Content-Length`` of a 200).
         """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                with self._client.stream(
-                    "GET", url, headers={"Range": f"bytes=0-{length - 1}"}
-                ) as response:
-                    status = response.status_code
-                    if status == 206:
-                        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-                        if match is None or match.group(1) != "0" or match.group(3) == "*":
-                            raise BackendError(f"{url}: bad Content-Range in a 206 response")
-                        total = int(match.group(3))
-                    elif status == 200:
-                        try:
-                            total = int(response.headers["content-length"])
-                        except (KeyError, ValueError) as exc:
-                            raise BackendError(f"{url}: response without a length") from exc
-                    elif status == 416:
-                        return b"", 0
-                    else:
-                        raise _status_error(url, response, not_found=BlobNotFound)
-                    body = bytearray()
-                    for chunk in response.iter_raw():
-                        body += chunk
-                        if len(body) >= length:
-                            break
-                    want = min(length, total)
-                    if len(body) < want:
-                        raise _Retry("connection closed before the end of the range")
-                    return bytes(body[:want]), total
-            except _Retry as exc:
-                self._backoff(url, attempt, exc.reason)
-            except httpx.TransportError as exc:
-                _raise_if_untrusted(url, exc)
-                self._backoff(url, attempt, type(exc).__name__)
+
+        def attempt() -> tuple[bytes, int]:
+            with self._client.stream(
+                "GET", url, headers={"Range": f"bytes=0-{length - 1}"}
+            ) as response:
+                status = response.status_code
+                if status == 206:
+                    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+                    if match is None or match.group(1) != "0" or match.group(3) == "*":
+                        raise BackendError(f"{url}: bad Content-Range in a 206 response")
+                    total = int(match.group(3))
+                elif status == 200:
+                    try:
+                        total = int(response.headers["content-length"])
+                    except (KeyError, ValueError) as exc:
+                        raise BackendError(f"{url}: response without a length") from exc
+                elif status == 416:
+                    return b"", 0
+                else:
+                    raise _status_error(url, response, not_found=BlobNotFound)
+                body = bytearray()
+                for chunk in response.iter_raw():
+                    body += chunk
+                    if len(body) >= length:
+                        break
+                want = min(length, total)
+                if len(body) < want:
+                    raise _Retry("connection closed before the end of the range")
+                return bytes(body[:want]), total
+
+        return self._retrying(url, attempt)
 
     def size(self, url: str) -> int:
         """Blob length from ``HEAD`` (retried like every request)."""
-        attempt = 0
-        while True:
-            attempt += 1
+
+        def attempt() -> int:
+            response = self._client.head(url)
+            if response.status_code != 200:
+                raise _status_error(url, response, not_found=BlobNotFound)
             try:
-                response = self._client.head(url)
-                if response.status_code != 200:
-                    raise _status_error(url, response, not_found=BlobNotFound)
-                try:
-                    return int(response.headers["content-length"])
-                except (KeyError, ValueError) as exc:
-                    raise BackendError(f"{url}: HEAD without a Content-Length") from exc
-            except _Retry as exc:
-                self._backoff(url, attempt, exc.reason)
-            except httpx.TransportError as exc:
-                _raise_if_untrusted(url, exc)
-                self._backoff(url, attempt, type(exc).__name__)
+                return int(response.headers["content-length"])
+            except (KeyError, ValueError) as exc:
+                raise BackendError(f"{url}: HEAD without a Content-Length") from exc
+
+        return self._retrying(url, attempt)

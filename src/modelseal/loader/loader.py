@@ -69,10 +69,18 @@ def fetch_model_info(fetcher: Fetcher, url: str) -> ModelInfo:
     """GET and validate the model info (registry or CNAP model-info server)."""
     doc = fetcher.get_json(url, not_found=ModelNotFound)
     try:
-        return ModelInfo.model_validate(doc)
+        info = ModelInfo.model_validate(doc)
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors())
         raise FormatError(f"{url}: invalid model info ({fields})") from None
+    # the loader fetches these: a file:// or ftp:// URL from the registry is a bad document,
+    # not a transient failure to retry
+    for name, value in [("url", info.url), ("manifest_url", info.manifest_url)] + [
+        (f"files[{i}].url", f.url) for i, f in enumerate(info.files)
+    ]:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise FormatError(f"{url}: invalid model info ({name} is not an http(s) URL)")
+    return info
 
 
 def fetch_sealed_head(fetcher: Fetcher, url: str) -> tuple[Header, bytes, int]:

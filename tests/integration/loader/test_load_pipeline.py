@@ -124,6 +124,20 @@ def test_registry_lying_about_digest(sealed_model: SealedModelServer, shm_dest: 
         load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
 
 
+@pytest.mark.parametrize("bad_url", ["file:///etc/passwd", "ftp://127.0.0.1/blob"])
+def test_registry_naming_a_non_http_blob_is_a_format_error(
+    sealed_model: SealedModelServer, shm_dest: Path, bad_url: str
+) -> None:
+    files = sealed_model.info["files"]
+    files[1] = {**files[1], "url": bad_url}  # type: ignore[index]
+    sealed_model.publish()
+    calls: list[object] = []
+    with pytest.raises(errors.FormatError, match="not an http"):  # not retried as transient
+        load_model(_settings(sealed_model, shm_dest), release=lambda *a: calls.append(a))  # type: ignore[arg-type,func-returns-value]
+    assert calls == []  # refused before attesting
+    _no_plaintext(shm_dest)
+
+
 def test_wrong_key_is_decryption_error(sealed_model: SealedModelServer, shm_dest: Path) -> None:
     sealed_model.dek = type(sealed_model.dek)(os.urandom(32))
     with pytest.raises(errors.DecryptionError):

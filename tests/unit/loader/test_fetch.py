@@ -162,3 +162,12 @@ def test_https_with_ca_bundle_and_untrusted(tls_cert: tuple[str, str]) -> None:
             with pytest.raises(errors.ConfigError, match="not trusted"):
                 f.get_json(server.url + "/j")
             assert f.retried == 0
+
+
+def test_non_http_url_is_a_config_error_not_retried() -> None:
+    with _fetcher(attempts=3) as f:
+        with pytest.raises(errors.ConfigError, match="not an http"):
+            f.get_json("ftp://127.0.0.1/x")
+        with pytest.raises(errors.ConfigError, match="not an http"):
+            f.read_range("file:///etc/passwd", 0, memoryview(bytearray(4)))
+        assert f.retried == 0
