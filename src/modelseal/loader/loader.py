@@ -307,44 +307,24 @@ def load_model(
         dest = check_destination(settings.dest, allow_disk=settings.allow_disk)
         prepare_destination(settings.dest)
     overwrite = not dest.memory_backed
-    with Fetcher(
-        verify=settings.registry_verify,
-        timeout=settings.timeout,
-        retry=RetryPolicy(attempts=settings.retries),
-        max_connections=settings.workers + 2,
-    ) as fetcher:
+    with open_fetcher(settings) as fetcher:
         with timings.step("model_info"):
             info = fetch_model_info(fetcher, settings.model)
         planned = [f.path for f in info.files] or [cnap_loader.target_name(info)[0]]
         check_placement(settings.dest, planned)  # fail before attesting, not after
-        key: KeyRelease | None = None
-        if info.encrypted or info.format == FORMAT_V1:
-            key = obtain_key(settings, info, timings, release, fetcher.retry)
-        digest: str | None = None
+        key = obtain_key_if_needed(settings, info, timings, release, fetcher.retry)
         try:
             with temp_dir(settings.dest, overwrite=overwrite) as tmp:
-                if info.format == FORMAT_V1:
-                    assert key is not None
-                    digest, loaded = decrypt_v1(
-                        fetcher,
-                        info,
-                        key.dek,
-                        open_target=lambda rel, size: open_temp_target(tmp, rel, size),
-                        workers=settings.workers,
-                        expected_digest=expected_digest(settings),
-                        timings=timings,
-                        on_progress=on_progress,
-                        reserve=lambda n: _reserve(settings, n),
-                    )
-                else:
-                    with timings.step("download_decrypt"):
-                        loaded = cnap_loader.load_cnap(
-                            fetcher,
-                            info,
-                            key.dek if key is not None else None,
-                            lambda rel, size: open_temp_target(tmp, rel, size),
-                            on_progress=on_progress,
-                        )
+                digest, loaded = decrypt_model(
+                    fetcher,
+                    settings,
+                    info,
+                    key,
+                    lambda rel, size: open_temp_target(tmp, rel, size),
+                    timings,
+                    on_progress=on_progress,
+                    reserve=lambda n: _reserve(settings, n),
+                )
                 with timings.step("place"):
                     tops = check_placement(settings.dest, [f.path for f in loaded])
                     stale = previous_entries(settings.dest) - set(tops)
@@ -374,6 +354,66 @@ def load_model(
         )
     receipt.write(settings.dest)
     return receipt
+
+
+def open_fetcher(settings: LoaderSettings) -> Fetcher:
+    """The one pooled HTTP client of a load (registry side), configured from the settings."""
+    return Fetcher(
+        verify=settings.registry_verify,
+        timeout=settings.timeout,
+        retry=RetryPolicy(attempts=settings.retries),
+        max_connections=settings.workers + 2,
+    )
+
+
+def decrypt_model(
+    fetcher: Fetcher,
+    settings: LoaderSettings,
+    info: ModelInfo,
+    key: KeyRelease | None,
+    open_target: OpenTarget,
+    timings: Timings,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    reserve: Callable[[int], None] | None = None,
+) -> tuple[str | None, list[LoadedFile]]:
+    """Decrypt a v1 model (manifest, headers, pipeline) or a CNAP file into ``open_target``.
+
+    Returns the model digest (None for CNAP, which has no manifest) and the files written.
+    """
+    if info.format == FORMAT_V1:
+        if key is None:
+            raise FormatError("a modelseal/v1 model is always sealed, but no key was released")
+        return decrypt_v1(
+            fetcher,
+            info,
+            key.dek,
+            open_target=open_target,
+            workers=settings.workers,
+            expected_digest=expected_digest(settings),
+            timings=timings,
+            on_progress=on_progress,
+            reserve=reserve,
+        )
+    with timings.step("download_decrypt"):
+        loaded = cnap_loader.load_cnap(
+            fetcher, info, key.dek if key is not None else None, open_target,
+            on_progress=on_progress,
+        )  # fmt: skip
+    return None, loaded
+
+
+def obtain_key_if_needed(
+    settings: LoaderSettings,
+    info: ModelInfo,
+    timings: Timings,
+    release: ReleaseFn | None,
+    retry: RetryPolicy,
+) -> KeyRelease | None:
+    """The released key, unless the model is a plaintext CNAP model (no attestation)."""
+    if info.encrypted or info.format == FORMAT_V1:
+        return obtain_key(settings, info, timings, release, retry)
+    return None
 
 
 def obtain_key(

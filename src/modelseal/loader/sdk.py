@@ -21,19 +21,16 @@ from modelseal._internal.encoding import b64url_decode
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError
 from modelseal.format.v1 import SealedReader
-from modelseal.loader import cnap_loader
-from modelseal.loader.fetch import Fetcher, RetryPolicy
 from modelseal.loader.loader import (
     ReleaseFn,
-    decrypt_v1,
-    expected_digest,
+    decrypt_model,
     fetch_model_info,
-    obtain_key,
+    obtain_key_if_needed,
+    open_fetcher,
 )
 from modelseal.loader.receipt import Timings
 from modelseal.loader.safetensors_view import numpy_views, parse_layout, torch_views
 from modelseal.loader.settings import LoaderSettings
-from modelseal.protocol.model_info import FORMAT_V1
 
 Framework = Literal["numpy", "torch"]
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -175,40 +172,14 @@ def open_model(
         files[relpath] = mem
         return os.dup(mem.fd)  # the pipeline closes its copy
 
-    with Fetcher(
-        verify=settings.registry_verify,
-        timeout=settings.timeout,
-        retry=RetryPolicy(attempts=settings.retries),
-        max_connections=settings.workers + 2,
-    ) as fetcher:
+    with open_fetcher(settings) as fetcher:
         with timings.step("model_info"):
             info = fetch_model_info(fetcher, model_url)
-        key = None
-        if info.encrypted or info.format == FORMAT_V1:
-            key = obtain_key(settings, info, timings, release, fetcher.retry)
-        digest: str | None = None
+        key = obtain_key_if_needed(settings, info, timings, release, fetcher.retry)
         try:
-            if info.format == FORMAT_V1:
-                assert key is not None
-                digest, _loaded = decrypt_v1(
-                    fetcher,
-                    info,
-                    key.dek,
-                    open_target=open_target,
-                    workers=settings.workers,
-                    expected_digest=expected_digest(settings),
-                    timings=timings,
-                    on_progress=on_progress,
-                )
-            else:
-                with timings.step("download_decrypt"):
-                    cnap_loader.load_cnap(
-                        fetcher,
-                        info,
-                        key.dek if key is not None else None,
-                        open_target,
-                        on_progress=on_progress,
-                    )
+            digest, _loaded = decrypt_model(
+                fetcher, settings, info, key, open_target, timings, on_progress=on_progress
+            )
             for mem in files.values():
                 mem.map()
         except BaseException:
