@@ -91,6 +91,28 @@ def _status_code_error(url: str, status: int, *, not_found: type[NotFound]) -> E
     return BackendError(f"{url}: unexpected HTTP {status}")
 
 
+def _check_range_answer(
+    url: str, status: int, content_range: str | None, first: int, last: int
+) -> None:
+    """Accept a 206 for exactly ``first..last`` (or a 200 when ``first`` is 0); else raise.
+
+    A short answer means the blob is shorter than its header says: FormatError, not retry.
+    """
+    if status == 416:
+        raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
+    if status == 200:
+        if first != 0:
+            raise BackendError(f"{url}: server ignored the Range header")
+        return
+    if status != 206:
+        raise _status_code_error(url, status, not_found=BlobNotFound)
+    match = _CONTENT_RANGE.match(content_range or "")
+    if match is None or int(match.group(1)) != first:
+        raise BackendError(f"{url}: bad Content-Range in a 206 response")
+    if int(match.group(2)) < last:
+        raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
+
+
 def _raise_if_untrusted(url: str, exc: BaseException) -> None:
     """A certificate that does not verify is a trust problem, never worth retrying."""
     seen: BaseException | None = exc
@@ -229,19 +251,7 @@ class Fetcher:
             status = response.status
             if status in (301, 302, 303, 307, 308):
                 raise _Redirected()
-            if status == 416:
-                raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
-            if status == 200:
-                if first != 0:
-                    raise BackendError(f"{url}: server ignored the Range header")
-            elif status == 206:
-                match = _CONTENT_RANGE.match(response.getheader("content-range") or "")
-                if match is None or int(match.group(1)) != first:
-                    raise BackendError(f"{url}: bad Content-Range in a 206 response")
-                if int(match.group(2)) < last:
-                    raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
-            else:
-                raise _status_code_error(url, status, not_found=BlobNotFound)
+            _check_range_answer(url, status, response.getheader("content-range"), first, last)
             got = progress.got
             try:
                 while got < length:
@@ -343,20 +353,9 @@ class Fetcher:
         last = start + length - 1
         headers = {"Range": f"bytes={first}-{last}"}
         with self._client.stream("GET", url, headers=headers) as response:
-            status = response.status_code
-            if status == 416:
-                raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
-            if status == 200:
-                if first != 0:
-                    raise BackendError(f"{url}: server ignored the Range header")
-            elif status == 206:
-                match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
-                if match is None or int(match.group(1)) != first:
-                    raise BackendError(f"{url}: bad Content-Range in a 206 response")
-                if int(match.group(2)) < last:
-                    raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
-            else:
-                raise _status_error(url, response, not_found=BlobNotFound)
+            _check_range_answer(
+                url, response.status_code, response.headers.get("content-range"), first, last
+            )
             got = progress.got
             try:
                 for chunk in response.iter_raw():
