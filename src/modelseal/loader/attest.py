@@ -60,6 +60,9 @@ def read_init_data(settings: LoaderSettings) -> InitData | None:
 
 @dataclass(frozen=True)
 class InitData:
+    """The init-data TOML as launched: ``text`` goes to the KBS verbatim (its digest is what
+    the hardware measured), ``data`` is its ``[data]`` table (e.g. ``model_digest``)."""
+
     text: str
     data: dict[str, str]
 
