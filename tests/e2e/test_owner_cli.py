@@ -274,6 +274,11 @@ def _roll_back(sealed: Path, model: Path, key: Path) -> None:
     os.replace(sealed.parent / "newer" / "config.json.sealed", sealed / "config.json.sealed")
 
 
+def _replace_by_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
 DIRECTORY_TAMPERS = {
     "segment-bit": ("weights.bin.sealed", lambda s, m, k: _flip(s / "weights.bin.sealed", -100)),
     "header-bit": ("sub/tok.txt.sealed", lambda s, m, k: _flip(s / "sub/tok.txt.sealed", 20)),
@@ -299,6 +304,10 @@ DIRECTORY_TAMPERS = {
         lambda s, m, k: (s / "modelseal-manifest.json.sealed").unlink(),
     ),
     "rolled-back": ("config.json.sealed", _roll_back),
+    "fifo-in-place": (
+        "config.json.sealed",
+        lambda s, m, k: _replace_by_fifo(s / "config.json.sealed"),
+    ),
 }
 
 
@@ -381,3 +390,21 @@ def test_source_edge_cases(
     assert run(argv) == 2
     assert "not valid UTF-8; rename it" in capsys.readouterr().err
     assert not (tmp_path / "s2").exists()
+
+
+def test_fifo_and_devices_are_refused_without_blocking(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO with no writer would block a plain open() forever; as SRC, sealed input or
+    key file it is a usage error (exit 2) at once. A device is no model file either."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out = str(tmp_path / "o")
+    assert run(["seal", str(fifo), "-o", out, "--key", str(key), "--key-id", "a/b/c"]) == 2
+    assert run(["unseal", str(fifo), "-o", out, "--key", str(key)]) == 2
+    assert run(["verify", str(fifo), "--key", str(key)]) == 2
+    assert run(["inspect", str(fifo)]) == 2
+    assert run(["verify", str(model), "--key", str(fifo)]) == 2
+    assert run(["seal", "/dev/zero", "-o", out, "--key", str(key), "--key-id", "a/b/c"]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert not Path(out).exists()

@@ -11,6 +11,7 @@ speed).
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 
@@ -68,8 +69,12 @@ class SealedReader:
     @classmethod
     def open(cls, path: str | os.PathLike[str], dek: SecretBytes) -> SealedReader:
         """Open ``path``; the reader owns (and closes) the file descriptor."""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; then regular files only
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FormatError(f"{os.fspath(path)!s} is not a regular file")
+            os.set_blocking(fd, True)
             return cls(fd, dek, close_fd=True)
         except BaseException:
             os.close(fd)

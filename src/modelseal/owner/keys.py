@@ -60,7 +60,8 @@ def read_key_file(path: str | os.PathLike[str]) -> SecretBytes:
     """Read a key file written by :func:`write_key_file` (base64url of 32 bytes)."""
     source = Path(path)
     try:
-        fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO passed as key file must not block the open forever
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise NotFound(f"key file {source} not found") from None
     except (PermissionError, IsADirectoryError):

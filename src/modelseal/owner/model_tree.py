@@ -38,8 +38,7 @@ def model_files(src: Path) -> list[tuple[str, Path]]:
             except FormatError as exc:
                 shown = os.fsencode(full).decode("utf-8", "backslashreplace")
                 raise ConfigError(
-                    f"cannot seal {shown}: {exc}; rename it (sealed names are UTF-8 "
-                    "relative paths)"
+                    f"cannot seal {shown}: {exc}; rename it (sealed names are UTF-8 relative paths)"
                 ) from None
             if rel == MANIFEST_NAME:
                 raise ConfigError(f"{full}: the name {MANIFEST_NAME} is reserved by modelseal")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,15 +108,23 @@ def atomic_dir(dst: Path, *, overwrite: bool) -> Iterator[Path]:
 
 
 def open_ro(path: Path) -> int:
-    """Open an input read-only, with the exit codes of DESIGN.md section 10."""
+    """Open a regular file read-only, with the exit codes of DESIGN.md section 10.
+
+    O_NONBLOCK keeps a FIFO from blocking the open forever (no writer); anything but a
+    regular file (FIFO, device, directory) is refused before a byte is read.
+    """
     try:
-        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"{path} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory") from None
     except PermissionError:
         raise ConfigError(f"cannot read {path}: permission denied") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        kind = "a directory" if path.is_dir() else "not a regular file (FIFO, device, socket)"
+        raise ConfigError(f"{path} is {kind}")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def new_file(path: Path, mode: int, *, dir_mode: int = 0o700) -> int:

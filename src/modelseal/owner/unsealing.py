@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,10 +79,10 @@ def _checked_headers(src: Path, manifest: Manifest) -> dict[str, Header]:
     headers: dict[str, Header] = {}
     for entry in manifest.files:
         name = sealed_name(entry.path)
+        if not (src / name).is_file():
+            raise IntegrityError(f"{name}: not a regular file", paths=[name])
         fd = open_ro(src / name)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise IntegrityError(f"{name}: not a regular file", paths=[name])
             with _naming(name):
                 header, _ = read_header(fd)
             manifest.check_file(name, header, os.fstat(fd).st_size)
