@@ -408,3 +408,17 @@ def test_fifo_and_devices_are_refused_without_blocking(
     assert run(["seal", "/dev/zero", "-o", out, "--key", str(key), "--key-id", "a/b/c"]) == 2
     assert "not a regular file" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_cnap_refuses_files_over_4_gib_before_reading(
+    tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CNAP layout's uint32 length: a (sparse) 4 GiB + 1 file is refused with a usage
+    error that names the fix, before a byte is read or written."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate((4 << 30) + 1)
+    out = tmp_path / "big.enc"
+    assert run(["seal", str(big), "-o", str(out), "--key", str(key), "--format", "cnap"]) == 2
+    assert "Use --format v1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "model.key"]
