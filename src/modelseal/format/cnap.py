@@ -27,6 +27,7 @@ from modelseal.crypto.aead import (
 )
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import FormatError
+from modelseal.format.fileio import read_exactly
 
 __all__ = [
     "HEADER_LEN",
@@ -145,22 +146,10 @@ def encrypt_stream(
     header = CnapHeader(NONCE_LEN, TAG_LEN, size + TAG_LEN)
     dst.write(_HEADER.pack(header.iv_len, header.tag_len, header.data_len) + iv)
     enc = GcmStreamEncryptor(key, iv)
-    buf = bytearray(min(_CHUNK, max(size, 1)))
-    view = memoryview(buf)
-    try:
-        remaining = size
-        while remaining:
-            n = src.readinto(view[: min(len(view), remaining)])  # type: ignore[attr-defined]
-            if not n:
-                raise FormatError(f"input ended {remaining} bytes before its declared size")
-            dst.write(enc.update(view[:n]))
-            remaining -= n
-            if progress is not None:
-                progress(n)
-        if src.read(1):
-            raise FormatError(f"input is longer than the declared {size} bytes")
-    finally:
-        wipe(buf)
+    for chunk in read_exactly(src, size, _CHUNK):
+        dst.write(enc.update(chunk))
+        if progress is not None:
+            progress(len(chunk))
     dst.write(enc.finalize())
     return header
 

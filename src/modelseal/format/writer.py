@@ -14,7 +14,7 @@ from typing import BinaryIO
 from modelseal.crypto.aead import wipe
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError
-from modelseal.format.fileio import pwrite_full
+from modelseal.format.fileio import pwrite_full, read_exactly
 from modelseal.format.header import (
     DEFAULT_SEGMENT_SIZE,
     SALT_LEN,
@@ -177,22 +177,10 @@ def seal_stream(
         created=created,
         _salt=_salt,
     ) as writer:
-        chunk = bytearray(min(segment_size, max(size, 1)))
-        view = memoryview(chunk)
-        try:
-            remaining = size
-            while remaining:
-                n = src.readinto(view[: min(len(view), remaining)])  # type: ignore[attr-defined]
-                if not n:
-                    break
-                writer.write(view[:n])
-                remaining -= n
-                if progress is not None:
-                    progress(n)
-            if src.read(1):
-                raise FormatError(f"input is longer than the declared {size} bytes")
-        finally:
-            wipe(chunk)
+        for chunk in read_exactly(src, size, segment_size):
+            writer.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
     return writer.header
 
 
