@@ -107,7 +107,11 @@ class RcarFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if path in _RCAR_PATHS or path.startswith(_RESOURCE_PREFIX):
+            # Only GET of a resource is the RCAR release; POST/DELETE there are Trustee's
+            # admin routes and belong to FastAPI.
+            if path in _RCAR_PATHS or (
+                scope["method"] == "GET" and path.startswith(_RESOURCE_PREFIX)
+            ):
                 await self.fast(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -70,13 +70,6 @@ def error_response(exc: BaseException, *, where: str) -> Response:
             "%s failed: %s: %s", where, type(exc).__name__, exc, exc_info=not isinstance(exc, Error)
         )
     else:
-        reasons = getattr(exc, "reasons", ())
-        log.info(
-            "%s refused (%d): %s: %.300s%s",
-            where,
-            status,
-            type(exc).__name__,
-            exc,
-            f" reasons={list(reasons)}" if reasons else "",
-        )
+        # Policy reasons are recorded in the audit log only (issue 3, DESIGN section 6).
+        log.info("%s refused (%d): %s: %.300s", where, status, type(exc).__name__, exc)
     return problem(status, variant, detail)
