@@ -93,7 +93,12 @@ class AuditHead(Base):
 
 _HEADS = cast(Table, AuditHead.__table__)
 _ROWS = cast(Table, AuditRow.__table__)
-_LOCK_HEAD = update(_HEADS).where(_HEADS.c.id == _HEAD_ID).values(seq=_HEADS.c.seq)
+_LOCK_HEAD = (
+    update(_HEADS)
+    .where(_HEADS.c.id == _HEAD_ID)
+    .values(seq=_HEADS.c.seq)
+    .returning(_HEADS.c.seq, _HEADS.c.row_hash, _HEADS.c.kek_id, _HEADS.c.mac)
+)
 _READ_HEAD = select(_HEADS.c.seq, _HEADS.c.row_hash, _HEADS.c.kek_id, _HEADS.c.mac).where(
     _HEADS.c.id == _HEAD_ID
 )
@@ -251,9 +256,10 @@ class AuditLog:
         Raises BackendError if the head was tampered with or storage fails.
         """
         with core_transaction(self._db) as conn:
-            self.lock(conn)
+            head = self.lock(conn)
             return self.append(
                 conn,
+                head=head,
                 actor=actor,
                 action=action,
                 key_id=key_id,
@@ -265,13 +271,15 @@ class AuditLog:
             )
 
     @staticmethod
-    def lock(conn: Connection) -> None:
+    def lock(conn: Connection) -> Row[Any] | None:
         """Take the append lock: a write to the head row, before anything is read.
 
         On SQLite this acquires the database write lock (waiting up to busy_timeout); on
         PostgreSQL a row lock. Call it first in any transaction that will :meth:`append`.
+        Returns the head row as locked (``UPDATE ... RETURNING``, one statement), which
+        :meth:`append` may take as ``head=`` when nothing wrote the head in between.
         """
-        conn.execute(_LOCK_HEAD)
+        return conn.execute(_LOCK_HEAD).first()
 
     def current_kek(self, conn: Connection) -> Kek:
         """The deployment's current KEK: the one named by the audit head (after :meth:`lock`).
@@ -297,15 +305,18 @@ class AuditLog:
         decision: str,
         reasons: Sequence[str],
         rekey: Kek | None = None,
+        head: Row[Any] | None = None,
     ) -> AuditEntry:
         """Append one row inside the caller's transaction (after :meth:`lock`).
 
         The new head is MACed under the KEK that MACed the old one - the head names the
         current KEK of the whole deployment - except when ``rekey`` (a KEK rotation in
-        this same transaction) moves it to a new KEK.
+        this same transaction) moves it to a new KEK. ``head`` is what :meth:`lock`
+        returned in this transaction (saves re-reading it); without it the head is read.
         """
         ring = self._ring()
-        head = conn.execute(_READ_HEAD).first()
+        if head is None:
+            head = cast("Row[Any] | None", conn.execute(_READ_HEAD).first())
         if head is None:
             raise BackendError("audit log is not initialized")
         try:

@@ -84,7 +84,7 @@ def release_key(
         outcome: _Outcome | None = None
         try:
             with core_transaction(db) as conn:
-                audit.lock(conn)
+                head = audit.lock(conn)
                 if key_id is None:
                     outcome = _unknown("malformed resource path")
                 else:
@@ -101,7 +101,7 @@ def release_key(
                             continue
                         raise
                     outcome = _unknown() if loaded is None else _decide(loaded, claims, now)
-                audit.append(conn, **row(outcome))
+                audit.append(conn, head=head, **row(outcome))
         except DecryptionError as exc:
             outcome = _Outcome(
                 Decision(False, (f"stored key failed authentication: {exc}",)),
