@@ -8,15 +8,12 @@ policy decides on MRTD/RTMRs and the model digest. A wrong RTMR is denied by pol
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from modelseal.crypto.secret import SecretBytes
@@ -27,11 +24,10 @@ from modelseal.tee.base import VerifierConfig
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from modelseal.tee.registry import verifier_for
-from tests.conftest import free_port
+from tests.e2e.kbs_process import start_kbs
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 DEK = bytes(range(7, 39))
 KEY = "models/tdx-demo/1"
 WRONG_RTMR_KEY = "models/tdx-demo/wrong-rtmr"
@@ -49,34 +45,6 @@ class Env:
 
 def _policy(**extra: object) -> dict[str, object]:
     return {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["mock-tdx"], **extra}
-
-
-def _start_kbs(data_dir: Path, root: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *CLI, "kbs", "serve", "--data-dir", str(data_dir), "--port", str(port),
-            "--mock-tdx-root", str(root), "--log-level", "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=dict(os.environ),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"kbs serve exited with {proc.returncode}: {err}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("kbs serve did not start")
-        time.sleep(0.1)
 
 
 def _components(ca: MockTdxCA) -> dict[str, str]:
@@ -112,7 +80,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         COMPONENT_KEY, SecretBytes(DEK), policy=_policy(measurements=[components]), actor="test"
     )
     state.close()
-    url, proc = _start_kbs(root / "kbs", ca.root_pem_path)
+    url, proc = start_kbs(root / "kbs", "--mock-tdx-root", str(ca.root_pem_path))
     try:
         yield Env(url, ca.directory)
     finally:

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 
 from modelseal.crypto.secret import SecretBytes
@@ -25,12 +20,11 @@ from modelseal.errors import PolicyDenied
 from modelseal.kbs.state import KbsState
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.tee.tpm.attester import Attester
-from tests.conftest import free_port
+from tests.e2e.kbs_process import start_kbs
 from tests.unit.tee.tpm.swtpm import running_swtpm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swtpm]
 
-CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 KEY_ID = "models/tpm-demo/1"
 OTHER_KEY_ID = "models/tpm-other/1"
 DEK = bytes(range(100, 132))
@@ -42,34 +36,6 @@ class Env:
     url: str
     attester: Attester
     proc: subprocess.Popen[bytes]
-
-
-def _start_kbs(data_dir: Path, trusted: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *CLI, "kbs", "serve", "--data-dir", str(data_dir), "--port", str(port),
-            "--tpm-trusted-aks", str(trusted), "--log-level", "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=dict(os.environ),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"kbs serve exited with {proc.returncode}: {err}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("kbs serve did not start")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +60,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         other = {**policy, "measurements": [{f"pcr{MEASURED_PCR}": "00" * 32}]}
         state.keys.put(OTHER_KEY_ID, SecretBytes(DEK), policy=other, actor="test")
         state.close()
-        url, proc = _start_kbs(root / "kbs", trusted)
+        url, proc = start_kbs(root / "kbs", "--tpm-trusted-aks", str(trusted))
         try:
             yield Env(url, attester, proc)
         finally:
