@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,32 +16,11 @@ from typing import Any
 
 import click
 
+from modelseal.cli._options import sealed_format_options
 from modelseal.errors import Error
-from modelseal.format.header import DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 from modelseal.owner import keys, sealing
 
 __all__ = ["inspect", "keygen", "seal", "unseal", "verify"]
-
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.I)
-
-
-class SegmentSize(click.ParamType[int]):
-    """``4M``, ``4MiB``, ``1048576``: a power of two in 4 KiB..64 MiB."""
-
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            n = value
-        else:
-            m = _SIZE.match(str(value))
-            if not m:
-                self.fail(f"{value!r} is not a size like 4M or 1048576", param, ctx)
-            n = int(m.group(1)) * _UNITS[m.group(2).lower()]
-        if not (MIN_SEGMENT_SIZE <= n <= MAX_SEGMENT_SIZE and n & (n - 1) == 0):
-            self.fail("segment size must be a power of two from 4K to 64M", param, ctx)
-        return n
 
 
 def _human(n: int) -> str:
@@ -160,22 +138,7 @@ def keygen(output: Path) -> None:
     envvar="MODELSEAL_KEY_ID",
     help="KBS resource path of the key, e.g. models/llama3-8b/v1 (required for v1).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["v1", "cnap"]),
-    default="v1",
-    show_default=True,
-    envvar="MODELSEAL_FORMAT",
-    help="v1 (segmented, random access) or the CNAP legacy whole-file layout (≤ 4 GiB).",
-)
-@click.option(
-    "--segment-size",
-    type=SegmentSize(),
-    default=DEFAULT_SEGMENT_SIZE,
-    envvar="MODELSEAL_SEGMENT_SIZE",
-    help="Plaintext bytes per segment: power of two, 4K..64M.  [default: 4M]",
-)
+@sealed_format_options
 @click.option("--model", envvar="MODELSEAL_MODEL_ID", help="Model id recorded in the headers.")
 @click.option(
     "--model-version", envvar="MODELSEAL_MODEL_VERSION", help="Version recorded in the manifest."

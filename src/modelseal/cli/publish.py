@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from modelseal.cli.owner import SegmentSize
-from modelseal.format.header import DEFAULT_SEGMENT_SIZE
+from modelseal.cli._options import sealed_format_options
 
 __all__ = ["publish"]
 
@@ -134,27 +133,13 @@ class _RichProgress:
     envvar="MODELSEAL_KEY_ID",
     help="KBS key id repo/type/tag  [default: models/<model-id>/<version>]",
 )
-@click.option(
-    "--segment-size",
-    type=SegmentSize(),
-    default=DEFAULT_SEGMENT_SIZE,
-    envvar="MODELSEAL_SEGMENT_SIZE",
-    help="Plaintext bytes per segment: power of two, 4K..64M.  [default: 4M]",
-)
+@sealed_format_options
 @click.option(
     "--save-key",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="MODELSEAL_SAVE_KEY",
     help="Keep the data key in this file (0600) so an interrupted publish can "
     "resume; an existing file is used as the key.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["v1", "cnap"]),
-    default="v1",
-    show_default=True,
-    envvar="MODELSEAL_FORMAT",
 )
 @click.option(
     "--kbs-public-url",
