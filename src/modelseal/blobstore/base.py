@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import BinaryIO, Final, Protocol, runtime_checkable
 
 from modelseal.errors import ConfigError
 from modelseal.protocol.model_info import check_relpath
@@ -22,6 +22,7 @@ __all__ = [
     "BlobStore",
     "BlobTooLarge",
     "DigestMismatch",
+    "FileBackedStore",
     "check_key",
 ]
 
@@ -98,4 +99,13 @@ class BlobStore(Protocol):
 
     async def aclose(self) -> None:
         """Release clients and threads."""
+        ...
+
+
+@runtime_checkable
+class FileBackedStore(Protocol):
+    """A store whose blobs are local files, so a server can ``sendfile`` them (zero copy)."""
+
+    async def open_file(self, info: BlobInfo) -> BinaryIO:
+        """The object of ``info`` opened for reading; ``BlobNotFound``/``BackendError``."""
         ...

@@ -8,19 +8,24 @@ its offset in the temporary destination file. Socket reads, AES-GCM and ``pwrite
 release the GIL, so while one worker decrypts the others download: the stages overlap
 without a queue between them.
 
+Writes into one file take turns (a lock per file): the kernel serialises them on the inode
+anyway, and tmpfs writers contending for it spin, which cost ~0.4 s of CPU per 2 GiB
+(measured) on the cores the downloads and AES-GCM need.
+
 Buffers are zeroed when the workers finish; a segment that fails authentication never
 reaches the file, because ``decrypt_segment_into`` wipes its output before raising.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelseal.errors import Error
+from modelseal.errors import Error, UnsafeDestination
 from modelseal.format.header import TAG_LEN, Header
 from modelseal.loader.fetch import Fetcher
 
@@ -45,6 +50,10 @@ class FileJob:
     header: Header
     decryptor: SegmentDecryptor
     fd: int
+    #: the file is in memory (tmpfs, memfd): allocate each run's pages with one
+    #: ``fallocate`` before writing them (a third of the kernel's cost of allocating page by
+    #: page inside ``pwrite``, measured on tmpfs), overlapped with the other downloads
+    preallocate: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,12 +114,15 @@ class Pipeline:
             for j in jobs
         )
         runs = _runs(jobs, self._per_request)
+        locks = {job.fd: threading.Lock() for job in jobs}
         count = min(
             self.workers,
             sum(-(-j.header.segment_count // self._per_request(j.header)) for j in jobs),
         )
         threads = [
-            threading.Thread(target=self._worker, args=(runs, cap), name=f"modelseal-load-{i}")
+            threading.Thread(
+                target=self._worker, args=(runs, cap, locks), name=f"modelseal-load-{i}"
+            )
             for i in range(count)
         ]
         for t in threads:
@@ -142,7 +154,7 @@ class Pipeline:
                 self._error = exc
         self._cancel.set()
 
-    def _worker(self, runs: Iterator[_Run], cap: int) -> None:
+    def _worker(self, runs: Iterator[_Run], cap: int, locks: dict[int, threading.Lock]) -> None:
         buf = bytearray(cap)
         view = memoryview(buf)
         try:
@@ -152,6 +164,9 @@ class Pipeline:
                 last = run.first + run.count - 1
                 end = header.segment_offset(last) + header.segment_sealed_len(last)
                 self.fetcher.read_range(run.job.url, start, view[: end - start])
+                if run.job.preallocate:
+                    with locks[run.job.fd]:
+                        _allocate(run.job, run.first, last)
                 pos = 0
                 plain = 0
                 for index in range(run.first, run.first + run.count):
@@ -161,7 +176,8 @@ class Pipeline:
                     sealed = view[pos : pos + n_sealed]
                     out = view[pos : pos + n_sealed - TAG_LEN]
                     run.job.decryptor.decrypt_segment_into(index, sealed, out)
-                    _pwrite_all(run.job.fd, out, index * header.segment_size)
+                    with locks[run.job.fd]:
+                        _pwrite_all(run.job.fd, out, index * header.segment_size)
                     pos += n_sealed
                     plain += n_sealed - TAG_LEN
                 with self._lock:
@@ -174,6 +190,23 @@ class Pipeline:
         finally:
             _zero(view)
             view.release()
+
+
+def _allocate(job: FileJob, first: int, last: int) -> None:
+    """Allocate the plaintext pages of segments ``first..last``; a full tmpfs is exit 6."""
+    start = first * job.header.segment_size
+    end = min(job.header.size, (last + 1) * job.header.segment_size)
+    if end <= start:
+        return
+    try:
+        os.posix_fallocate(job.fd, start, end - start)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UnsafeDestination(
+                f"the destination ran out of space ({job.header.size} bytes needed)"
+            ) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 _ZEROS = bytes(1 << 20)

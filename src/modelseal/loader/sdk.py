@@ -178,7 +178,14 @@ def open_model(
         key = obtain_key_if_needed(settings, info, timings, release, fetcher.retry)
         try:
             digest, _loaded = decrypt_model(
-                fetcher, settings, info, key, open_target, timings, on_progress=on_progress
+                fetcher,
+                settings,
+                info,
+                key,
+                open_target,
+                timings,
+                on_progress=on_progress,
+                preallocate=True,  # memfd pages are shmem, like tmpfs
             )
             for mem in files.values():
                 mem.map()

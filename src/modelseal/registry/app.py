@@ -21,7 +21,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from modelseal.blobstore.base import BlobInfo, BlobStore, BlobTooLarge, DigestMismatch
+from modelseal.blobstore.base import (
+    BlobInfo,
+    BlobStore,
+    BlobTooLarge,
+    DigestMismatch,
+    FileBackedStore,
+)
 from modelseal.errors import BackendError, ConfigError, Error, NotFound, TokenError
 from modelseal.protocol.model_info import (
     ModelInfo,
@@ -31,6 +37,7 @@ from modelseal.protocol.model_info import (
     blob_key,
     check_name,
 )
+from modelseal.registry.blob_response import ZeroCopyFileResponse, offers_zero_copy
 from modelseal.registry.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from modelseal.registry.records import RecordConflict, RecordStore
 from modelseal.registry.settings import RegistrySettings, ensure_upload_token
@@ -231,6 +238,9 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
+        if isinstance(store, FileBackedStore) and offers_zero_copy(request.scope):
+            file = await store.open_file(info)
+            return ZeroCopyFileResponse(file, start, end, status_code=status, headers=headers)
         return StreamingResponse(
             store.open_range(info, start, end),
             status_code=status,
