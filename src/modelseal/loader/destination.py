@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -88,13 +88,27 @@ class _Statfs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library already mapped into this process (``dlopen(NULL)``).
+
+    Not ``ctypes.util.find_library``: that runs ``ldconfig -p`` in a child process, twice
+    per load, on the initContainer's critical path.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.statfs  # noqa: B018 - resolve the symbol now; AttributeError if absent
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def statfs_type(path: Path) -> str | None:
     """Filesystem type from ``statfs(2)``'s magic (``tmpfs``/``ramfs``/``other``), or None."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
+    libc = _libc()
+    if libc is None:
         return None
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
         buf = _Statfs()
         if libc.statfs(os.fsencode(str(path)), ctypes.byref(buf)) != 0:
             return None

@@ -33,6 +33,7 @@ from modelseal.errors import (
     NotFound,
     TransientError,
 )
+from modelseal.loader.tls import system_trust
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext:
         return ctx
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
-    return ssl.create_default_context()
+    return system_trust()
 
 
 class Fetcher:

@@ -35,6 +35,7 @@ from modelseal.errors import (
     TransientError,
     UnsupportedTee,
 )
+from modelseal.loader.tls import certifi_trust
 from modelseal.protocol.binding import runtime_data_digest
 from modelseal.protocol.kbs import (
     ATTEST_PATH,
@@ -57,7 +58,10 @@ MAX_RESPONSE_BYTES = 1 << 20
 
 
 def _tls_verify(verify: bool | str | Path) -> bool | ssl.SSLContext:
-    """httpx's ``verify``: True/False, or a context trusting the CA bundle at a path."""
+    """httpx's ``verify``: True (certifi, read on the first handshake), False, or a context
+    trusting the CA bundle at a path."""
+    if verify is True:
+        return certifi_trust()
     if isinstance(verify, bool):
         return verify
     try:

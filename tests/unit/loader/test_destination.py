@@ -103,3 +103,18 @@ def test_wipe_tree_overwrites_then_deletes(tmp_path: Path) -> None:
     d.wipe_tree(tmp_path / "t", overwrite=True)
     assert not (tmp_path / "t").exists()
     d.wipe_tree(tmp_path / "t", overwrite=True)  # already gone: no error
+
+
+@needs_shm
+def test_statfs_runs_no_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filesystem check is a syscall: no ``ldconfig -p`` on the loader's critical path."""
+    import subprocess
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"spawned {args!r}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", forbidden)
+    monkeypatch.setattr(d.os, "posix_spawn", forbidden, raising=False)
+    d._libc.cache_clear()
+    assert d.statfs_type(SHM) == "tmpfs"
+    assert d.statfs_type(Path(tempfile.gettempdir())) in {"tmpfs", "other"}

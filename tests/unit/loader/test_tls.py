@@ -1,0 +1,77 @@
+"""Lazy-trust TLS contexts: verifying from the start, CA store read on the first handshake."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelseal.loader.tls import certifi_trust, system_trust
+
+
+def _loaded(ctx: ssl.SSLContext) -> int:
+    return int(ctx.cert_store_stats()["x509_ca"])
+
+
+@pytest.mark.parametrize("make", [system_trust, certifi_trust])
+def test_verifying_but_empty_until_first_use(make: object) -> None:
+    ctx = make()  # type: ignore[operator]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname
+    assert _loaded(ctx) == 0
+    with socket.socket() as raw:
+        ctx.wrap_socket(raw, server_hostname="example.com", do_handshake_on_connect=False)
+    if make is system_trust and not ssl.get_default_verify_paths().cafile:
+        pytest.skip("this machine has no system CA bundle")
+    assert _loaded(ctx) > 10  # the store is read before the (first) wrap, once
+    before = _loaded(ctx)
+    ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.com")
+    assert _loaded(ctx) == before
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[int]:
+    """A TLS server on 127.0.0.1 with a fresh self-signed certificate; yields its port."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"hello")
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield port
+    listener.close()
+    thread.join(5)
+
+
+def test_an_untrusted_certificate_is_refused(tls_server: int) -> None:
+    ctx = system_trust()
+    with (
+        socket.create_connection(("127.0.0.1", tls_server)) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1")
