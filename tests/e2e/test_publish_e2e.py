@@ -208,7 +208,7 @@ def test_publish_directory_then_decrypt_with_released_key(
         "--dtype", "float32", staging=staging, in_process=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    info = ModelInfo.model_validate_json(done.stdout)
+    info = ModelInfo.from_json(done.stdout)
     assert info.format == "modelseal/v1"
     assert info.key_id == "models/demo/v1"
     assert info.kbs == "trustee"
@@ -218,7 +218,7 @@ def test_publish_directory_then_decrypt_with_released_key(
     assert sorted(f.path for f in info.files) == sorted(files)
     assert not staging.exists()
     # the registry serves the same record
-    served = ModelInfo.model_validate_json(httpx.get(f"{registry.url}/models/demo").content)
+    served = ModelInfo.from_json(httpx.get(f"{registry.url}/models/demo").content)
     assert served == info
     # the KBS knows the key with the model digest and the published policy
     with KbsAdminClient(kbs.url, kbs.token) as admin:
@@ -265,7 +265,7 @@ def test_resume_with_save_key_skips_uploaded_blobs(
     assert "0 blob(s) uploaded" in second.stderr
     assert f"{len(files) + 1} skipped" in second.stderr
     assert not staging.exists()
-    info = ModelInfo.model_validate_json(second.stdout)
+    info = ModelInfo.from_json(second.stdout)
     dek = read_key_file(key_file)
     assert _release_key(kbs, info.key_id or "").reveal() == dek.reveal()
     _download_model(info, tmp_path / "sealed")
@@ -300,7 +300,7 @@ def test_rerun_without_save_key_starts_over(
     assert second.returncode == 0, second.stderr
     assert "discarding the previous staging directory" in second.stderr
     assert f"{len(files) + 1} blob(s) uploaded" in second.stderr
-    info = ModelInfo.model_validate_json(second.stdout)
+    info = ModelInfo.from_json(second.stdout)
     after = {f.path + ".sealed": f.sha256 for f in info.files}
     assert all(after[name] != sealed_before[name] for name in after)  # new key, new ciphertext
     dek = _release_key(kbs, "models/fresh/v1")
@@ -321,7 +321,7 @@ def test_progress_bars_on_a_terminal(
         staging=tmp_path / "staging", tty=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    ModelInfo.model_validate_json(done.stdout)  # nothing but the model info on stdout
+    ModelInfo.from_json(done.stdout)  # nothing but the model info on stdout
     assert "\x1b[" not in done.stdout
     for phase in ("seal", "upload", "register key", "register model"):
         assert phase in done.stderr
@@ -341,7 +341,7 @@ def test_single_file_v1_and_cnap(
         str(policy_file), staging=tmp_path / "s1",
     )  # fmt: skip
     assert one.returncode == 0, one.stderr
-    info = ModelInfo.model_validate_json(one.stdout)
+    info = ModelInfo.from_json(one.stdout)
     assert info.framework == "safetensors"
     assert [f.path for f in info.files] == ["w.safetensors"]
     assert info.url == info.files[0].url
@@ -356,7 +356,7 @@ def test_single_file_v1_and_cnap(
         "--key-id", "cnap/keys/legacy", "--policy", str(policy_file), staging=tmp_path / "s2",
     )  # fmt: skip
     assert legacy.returncode == 0, legacy.stderr
-    linfo = ModelInfo.model_validate_json(legacy.stdout)
+    linfo = ModelInfo.from_json(legacy.stdout)
     assert linfo.format == "cnap"
     assert linfo.kbs == "simple_kbs"
     assert linfo.kbs_url == f"{kbs.url}/kbs/v1/keys/cnap/keys/legacy/transfer"
@@ -433,7 +433,7 @@ def test_resume_with_changed_source_reseals_with_the_saved_key(
     assert again.returncode == 0, again.stderr
     assert "resuming" not in again.stderr
     assert "discarding the previous staging directory" in again.stderr
-    info = ModelInfo.model_validate_json(again.stdout)
+    info = ModelInfo.from_json(again.stdout)
     dek = read_key_file(key_file)
     assert _release_key(kbs, "models/changed/v1").reveal() == dek.reveal()
     _download_model(info, tmp_path / "sealed")

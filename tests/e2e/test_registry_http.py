@@ -343,12 +343,16 @@ def test_client_upload_status_register_read(registry: RegistryServer, tmp_path: 
         assert sum(seen) == blob.stat().st_size
         assert client.blob_status("rc", "v1", "w.enc") == status
         assert status.sha256 == sha
-        reg = ModelRegistration(
-            format="cnap",
-            kbs="simple_kbs",
-            kbs_url="http://kbs/kbs/v1/keys/a/b/c/transfer",
-            key_id="a/b/c",
-            files=[{"path": "w", "blob": "w.enc", "sealed_size": status.size, "sha256": sha}],  # type: ignore[list-item]
+        reg = ModelRegistration.from_data(
+            {
+                "format": "cnap",
+                "kbs": "simple_kbs",
+                "kbs_url": "http://kbs/kbs/v1/keys/a/b/c/transfer",
+                "key_id": "a/b/c",
+                "files": [
+                    {"path": "w", "blob": "w.enc", "sealed_size": status.size, "sha256": sha}
+                ],
+            }
         )
         info, created = client.register("rc", "v1", reg)
         assert created

@@ -110,7 +110,7 @@ def load(
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits
     signal.signal(signal.SIGTERM, _interrupt)
-    # the import-time heap (pydantic schemas, typing objects) is permanent: freezing it
+    # the import-time heap (modules, typing objects) is permanent: freezing it
     # keeps the collector from re-scanning it during the load and, frozen again at the
     # end, from spending 0.1-0.3 s of an initContainer's exit on collections that free
     # nothing of interest (buffers and keys are wiped explicitly, not by finalizers)

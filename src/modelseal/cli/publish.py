@@ -232,4 +232,4 @@ def publish(
         f"{len(result.skipped)} skipped",
         err=True,
     )
-    click.echo(json.dumps(result.model.model_dump(mode="json"), indent=2))
+    click.echo(json.dumps(result.model.to_data(), indent=2))

@@ -19,8 +19,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pydantic import ValidationError
-
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import (
     ConfigError,
@@ -45,6 +43,7 @@ from modelseal.loader.pipeline import FileJob, Pipeline
 from modelseal.loader.receipt import LoadedFile, Receipt, Timings, clear_ready, read_receipt
 from modelseal.loader.settings import LoaderSettings
 from modelseal.protocol.model_info import FORMAT_V1, KBS_CNAP, FileInfo, ModelInfo
+from modelseal.protocol.wire import WireError
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +68,9 @@ def fetch_model_info(fetcher: Fetcher, url: str) -> ModelInfo:
     """GET and validate the model info (registry or CNAP model-info server)."""
     doc = fetcher.get_json(url, not_found=ModelNotFound)
     try:
-        info = ModelInfo.model_validate(doc)
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors())
-        raise FormatError(f"{url}: invalid model info ({fields})") from None
+        info = ModelInfo.from_data(doc)
+    except WireError as exc:
+        raise FormatError(f"{url}: invalid model info ({exc})") from None
     # the loader fetches these: a file:// or ftp:// URL from the registry is a bad document,
     # not a transient failure to retry
     for name, value in [("url", info.url), ("manifest_url", info.manifest_url)] + [

@@ -64,6 +64,7 @@ from modelseal.protocol.model_info import (
     check_name,
     check_relpath,
 )
+from modelseal.protocol.wire import WireError
 
 __all__ = [
     "KeyRegistrar",
@@ -434,7 +435,7 @@ def _registration(
         kbs, kbs_url = KBS_CNAP, f"{kbs_public}/kbs/v1/keys/{req.resolved_key_id}/transfer"
     else:
         kbs, kbs_url = KBS_TRUSTEE, kbs_public
-    return ModelRegistration(
+    draft = ModelRegistration(
         format=FORMAT_CNAP if req.format == "cnap" else FORMAT_V1,
         name=req.name,
         framework=req.framework or _guess_framework(blobs),
@@ -447,6 +448,10 @@ def _registration(
         manifest=manifest.record() if manifest is not None else None,
         files=[b.record() for b in files],
     )
+    try:  # direct construction checks paths, not lengths and patterns: validate like the registry
+        return ModelRegistration.from_data(draft.to_data())
+    except WireError as exc:
+        raise ConfigError(f"invalid model registration: {exc}") from None
 
 
 def publish(

@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
 
 from modelseal.errors import (
     AuthorizationError,
@@ -39,20 +38,21 @@ from modelseal.protocol.model_info import (
     blob_key,
     check_name,
 )
+from modelseal.protocol.wire import WireError, WireModel
 
 __all__ = ["BlobStatus", "RegistryClient", "RegistryConflict"]
 
 _CHUNK: Final = 1 << 20
 _ATTEMPTS: Final = 4
-_M = TypeVar("_M", bound=BaseModel)
+_M = TypeVar("_M", bound=WireModel)
 
 
 def _decode(model: type[_M], response: httpx.Response, what: str) -> _M:
     """A success body as ``model``; anything else (a proxy's HTML page, a truncated or foreign
     JSON body) is a ``BackendError`` naming the request, never a validation traceback."""
     try:
-        return model.model_validate_json(response.content)
-    except ValidationError as exc:
+        return model.from_json(response.content)
+    except WireError as exc:
         raise BackendError(f"{what}: the registry answered an unexpected body") from exc
 
 
@@ -274,7 +274,7 @@ class RegistryClient:
         """Register the model version; returns its model info and whether it is new."""
         check_name(model_id, what="model id")
         check_name(version, what="version")
-        body = registration.model_dump_json().encode("utf-8")
+        body = registration.to_json()
         headers = {**self._auth(), "Content-Type": "application/json"}
         r = self._send(
             lambda: self._client.put(

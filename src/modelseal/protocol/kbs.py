@@ -1,18 +1,21 @@
 """Wire models of the KBS attestation protocol (RCAR), Trustee ``kbs-types`` 0.4 compatible.
 
 Field names follow the wire exactly (kebab-case at the top level, snake_case inside
-``tee-evidence``); Python attributes are snake_case aliases. Shared by the KBS and the
-loader's client, so both sides validate the same shapes.
+``tee-evidence``); Python attributes are snake_case, renamed on the wire. Shared by the KBS
+and the loader's client, so both sides validate the same shapes (msgspec models: see
+``protocol/wire.py`` for why).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
+from msgspec import Meta
 
 from modelseal.errors import FormatError
+from modelseal.protocol.wire import WireModel
 
 #: The protocol version our client sends (what Trustee requires exactly).
 PROTOCOL_VERSION: Final = "0.4.0"
@@ -34,7 +37,7 @@ _VERSION_RE = re.compile(
 )
 
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=WireModel)
 
 
 def version_supported(version: str) -> bool:
@@ -56,69 +59,71 @@ def check_resource_path(path: str) -> str:
     return path
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-
-class AuthRequest(_Wire):
+class AuthRequest(WireModel, frozen=True, kw_only=True, rename={"extra_params": "extra-params"}):
     """``POST /kbs/v0/auth`` body (kbs-types ``Request``)."""
 
-    version: str = Field(max_length=64)
-    tee: str = Field(max_length=64)
-    extra_params: Any = Field(default="", alias="extra-params")
+    version: Annotated[str, Meta(max_length=64)]
+    tee: Annotated[str, Meta(max_length=64)]
+    extra_params: Any = ""
 
 
-class Challenge(_Wire):
+class Challenge(WireModel, frozen=True, kw_only=True, rename={"extra_params": "extra-params"}):
     """``/kbs/v0/auth`` response: 32-byte nonce in standard base64, ``extra-params`` = ""."""
 
     nonce: str
-    extra_params: Any = Field(default="", alias="extra-params")
+    extra_params: Any = ""
 
 
-class InitData(_Wire):
+class InitData(WireModel, frozen=True, kw_only=True):
     """Init-data document the TEE was launched with (TOML text, Trustee ``InitData``)."""
 
     format: Literal["toml"]
-    body: str = Field(max_length=256 * 1024)
+    body: Annotated[str, Meta(max_length=256 * 1024)]
 
 
-class RuntimeData(_Wire):
-    nonce: str = Field(max_length=4096)
-    tee_pubkey: dict[str, Any] = Field(alias="tee-pubkey")
+class RuntimeData(WireModel, frozen=True, kw_only=True, rename={"tee_pubkey": "tee-pubkey"}):
+    nonce: Annotated[str, Meta(max_length=4096)]
+    tee_pubkey: dict[str, Any]
 
 
-class TeeEvidence(_Wire):
+class TeeEvidence(WireModel, frozen=True, kw_only=True):
     primary_evidence: Any
     additional_evidence: str = ""
 
-    @field_validator("primary_evidence")
-    @classmethod
-    def _present(cls, value: Any) -> Any:
-        if value is None:
+    def __post_init__(self) -> None:
+        if self.primary_evidence is None:
             raise ValueError("primary_evidence is required")
-        return value
 
 
-class AttestationRequest(_Wire):
+class AttestationRequest(
+    WireModel,
+    frozen=True,
+    kw_only=True,
+    rename={
+        "init_data": "init-data",
+        "runtime_data": "runtime-data",
+        "tee_evidence": "tee-evidence",
+    },
+):
     """``POST /kbs/v0/attest`` body (kbs-types ``Attestation``)."""
 
-    init_data: InitData | None = Field(default=None, alias="init-data")
-    runtime_data: RuntimeData = Field(alias="runtime-data")
-    tee_evidence: TeeEvidence = Field(alias="tee-evidence")
+    init_data: InitData | None = None
+    runtime_data: RuntimeData
+    tee_evidence: TeeEvidence
 
 
-class AttestationResponse(_Wire):
+class AttestationResponse(WireModel, frozen=True, kw_only=True):
     token: str
 
 
-class ErrorInformation(_Wire):
+class ErrorInformation(WireModel, frozen=True, kw_only=True):
     """RFC 7807-like error body: ``{"type": URI, "detail": safe text}``."""
 
     type: str
     detail: str
 
 
-class FlattenedJwe(_Wire):
+class FlattenedJwe(WireModel, frozen=True, kw_only=True):
     """Resource response: RFC 7516 flattened JSON serialization, no ``aad``."""
 
     protected: str
@@ -129,13 +134,13 @@ class FlattenedJwe(_Wire):
 
 
 def parse_model(model: type[M], body: bytes | str, *, what: str) -> M:
-    """Validate a JSON body into ``model``; any problem becomes a FormatError (HTTP 400)."""
+    """Validate a JSON body into ``model``; any problem becomes a FormatError (HTTP 400).
+
+    The message names the first offending field (``$.runtime-data.nonce``), never its value.
+    """
     try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[:1]
-        where = ".".join(str(p) for p in first[0]["loc"]) if first else ""
-        msg = first[0]["msg"] if first else "invalid"
-        raise FormatError(
-            f"malformed {what}: {where}: {msg}" if where else f"malformed {what}: {msg}"
-        ) from None
+        return model.from_json(body)
+    except msgspec.ValidationError as exc:
+        raise FormatError(f"malformed {what}: {exc}") from None
+    except msgspec.DecodeError:
+        raise FormatError(f"malformed {what}: not a JSON document") from None

@@ -16,11 +16,14 @@ URLs for whatever host name it is reached by.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+import msgspec
+from msgspec import Meta
 
 from modelseal.errors import ConfigError
+from modelseal.protocol.wire import WireModel
 
 __all__ = [
     "FORMAT_CNAP",
@@ -28,12 +31,10 @@ __all__ = [
     "KBS_CNAP",
     "KBS_TRUSTEE",
     "MANIFEST_PATH",
-    "BlobPath",
     "FileInfo",
     "FileRecord",
     "ModelInfo",
     "ModelList",
-    "ModelName",
     "ModelRecord",
     "ModelRegistration",
     "blob_key",
@@ -96,51 +97,41 @@ def blob_key(model_id: str, version: str, path: str) -> str:
     return f"{model_id}/{version}/{path}"
 
 
-def _pyd_name(value: str) -> str:
+def _in_model(check: Callable[[str], str], value: str) -> None:
+    """Run a name/path check inside a model: msgspec reports a ValueError with its field."""
     try:
-        return check_name(value)
+        check(value)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
 
 
-def _pyd_path(value: str) -> str:
-    try:
-        return check_relpath(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+Sha256Hex = Annotated[str, Meta(pattern=f"^{_SHA256_HEX.pattern}$")]
+ModelDigest = Annotated[str, Meta(pattern=f"^{_DIGEST.pattern}$")]
+ShortText = Annotated[str, Meta(max_length=256)]
+Url = Annotated[str, Meta(min_length=1, max_length=4096)]
+Size = Annotated[int, Meta(ge=0)]
 
 
-#: A validated model id or version (one segment).
-ModelName = Annotated[str, AfterValidator(_pyd_name)]
-#: A validated relative path (plaintext file path or blob path).
-BlobPath = Annotated[str, AfterValidator(_pyd_path)]
-Sha256Hex = Annotated[str, Field(pattern=_SHA256_HEX.pattern)]
-ModelDigest = Annotated[str, Field(pattern=_DIGEST.pattern)]
-ShortText = Annotated[str, Field(max_length=256)]
-Url = Annotated[str, Field(min_length=1, max_length=4096)]
-
-
-class FileInfo(BaseModel):
+class FileInfo(WireModel, frozen=True, kw_only=True):
     """One sealed file of a model as the loader sees it."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
     #: plaintext relative path inside the model (where the loader writes it)
-    path: BlobPath
+    path: str
     #: absolute URL of the sealed blob (GET with Range)
     url: Url
     #: exact length of the sealed blob in bytes
-    sealed_size: int = Field(ge=0)
+    sealed_size: Size
     #: SHA-256 (hex) of the sealed blob, also its ETag; null on servers that do not know it
     sha256: Sha256Hex | None = None
 
+    def __post_init__(self) -> None:
+        _in_model(check_relpath, self.path)
 
-class ModelInfo(BaseModel):
+
+class ModelInfo(WireModel, frozen=True, kw_only=True):
     """``GET /models/{id}``: CNAP model-info fields first, then modelseal's."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    id: Annotated[str, Field(min_length=1, max_length=MAX_SEGMENT)]
+    id: Annotated[str, Meta(min_length=1, max_length=MAX_SEGMENT)]
     framework: ShortText | None = None
     target: ShortText | None = None
     #: CNAP: URL of the (single) sealed file; for a multi-file model the model root URL
@@ -154,16 +145,17 @@ class ModelInfo(BaseModel):
     kbs: ShortText | None = None
     kbs_url: Url | None = None
     #: KBS resource path of the data key (``models/<id>/<version>`` by default)
-    key_id: Annotated[str, Field(max_length=MAX_PATH)] | None = None
+    key_id: Annotated[str, Meta(max_length=MAX_PATH)] | None = None
     format: Literal["modelseal/v1", "cnap"] = FORMAT_CNAP
     #: ``"sha256:" + hex(SHA-256(plaintext manifest bytes))``; null for cnap
     model_digest: ModelDigest | None = None
     #: absolute URL of the sealed manifest blob; null for cnap
     manifest_url: Url | None = None
-    files: Annotated[list[FileInfo], Field(max_length=MAX_FILES)] = Field(default_factory=list)
+    files: Annotated[list[FileInfo], Meta(max_length=MAX_FILES)] = msgspec.field(
+        default_factory=list
+    )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelInfo:
+    def __post_init__(self) -> None:
         if self.format == FORMAT_V1:
             if self.model_digest is None or self.manifest_url is None or not self.files:
                 raise ValueError("modelseal/v1 model info needs model_digest, manifest_url, files")
@@ -172,35 +164,32 @@ class ModelInfo(BaseModel):
         paths = [f.path for f in self.files]
         if len(set(paths)) != len(paths):
             raise ValueError("duplicate file path in model info")
-        return self
 
 
-class ModelList(BaseModel):
+class ModelList(WireModel, frozen=True, kw_only=True):
     """``GET /models``."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     models: list[ModelInfo]
 
 
-class FileRecord(BaseModel):
+class FileRecord(WireModel, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One sealed file in a registration: its plaintext path and its blob."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     #: plaintext relative path (for the manifest: ``modelseal-manifest.json``)
-    path: BlobPath
+    path: str
     #: blob path relative to ``/blobs/<id>/<version>/`` (e.g. ``weights.safetensors.sealed``)
-    blob: BlobPath
-    sealed_size: int = Field(ge=0)
+    blob: str
+    sealed_size: Size
     #: SHA-256 (hex) of the sealed blob; the registry checks it against the stored blob
     sha256: Sha256Hex
 
+    def __post_init__(self) -> None:
+        _in_model(check_relpath, self.path)
+        _in_model(check_relpath, self.blob)
 
-class ModelRegistration(BaseModel):
+
+class ModelRegistration(WireModel, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of ``PUT /models/{id}/versions/{version}`` (sent by ``modelseal publish``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal["modelseal/v1", "cnap"] = FORMAT_V1
     name: ShortText | None = None
@@ -209,13 +198,12 @@ class ModelRegistration(BaseModel):
     dtype: ShortText | None = None
     kbs: ShortText
     kbs_url: Url
-    key_id: Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+    key_id: Annotated[str, Meta(min_length=1, max_length=MAX_PATH)]
     model_digest: ModelDigest | None = None
     manifest: FileRecord | None = None
-    files: Annotated[list[FileRecord], Field(min_length=1, max_length=MAX_FILES)]
+    files: Annotated[list[FileRecord], Meta(min_length=1, max_length=MAX_FILES)]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelRegistration:
+    def __post_init__(self) -> None:
         if self.format == FORMAT_V1 and (self.manifest is None or self.model_digest is None):
             raise ValueError("a modelseal/v1 registration needs manifest and model_digest")
         if self.format == FORMAT_CNAP and self.manifest is not None:
@@ -224,38 +212,39 @@ class ModelRegistration(BaseModel):
         paths = [f.path for f in self.files]
         if len(set(blobs)) != len(blobs) or len(set(paths)) != len(paths):
             raise ValueError("duplicate path or blob in registration")
-        return self
 
     def all_files(self) -> list[FileRecord]:
         """Data files plus the manifest (if any): every blob the record references."""
         return [*self.files, *([self.manifest] if self.manifest is not None else [])]
 
 
-class ModelRecord(BaseModel):
+class ModelRecord(WireModel, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the registry stores per model version: the registration plus identity and time."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: ModelName
-    version: ModelName
+    id: str
+    version: str
     registered_at: float
     #: monotonic per registry: orders versions when times tie
-    sequence: int = Field(ge=0)
+    sequence: Size
     registration: ModelRegistration
+
+    def __post_init__(self) -> None:
+        _in_model(check_name, self.id)
+        _in_model(check_name, self.version)
 
     def to_info(self, base_url: str) -> ModelInfo:
         """Build the wire model with absolute URLs under ``base_url`` (no trailing slash)."""
         reg = self.registration
         root = f"{base_url.rstrip('/')}/blobs/{self.id}/{self.version}/"
         files = [
-            FileInfo(path=f.path, url=root + f.blob, sealed_size=f.sealed_size, sha256=f.sha256)
+            {"path": f.path, "url": root + f.blob, "sealed_size": f.sealed_size, "sha256": f.sha256}
             for f in reg.files
         ]
         data: dict[str, Any] = {
             "id": self.id,
             "framework": reg.framework,
             "target": reg.target,
-            "url": files[0].url if len(files) == 1 else root,
+            "url": files[0]["url"] if len(files) == 1 else root,
             "name": reg.name if reg.name is not None else self.id,
             "version": self.version,
             "dtype": reg.dtype,
@@ -268,4 +257,4 @@ class ModelRecord(BaseModel):
             "manifest_url": root + reg.manifest.blob if reg.manifest is not None else None,
             "files": files,
         }
-        return ModelInfo.model_validate(data)
+        return ModelInfo.from_data(data)

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from modelseal.blobstore.base import (
@@ -37,6 +36,7 @@ from modelseal.protocol.model_info import (
     blob_key,
     check_name,
 )
+from modelseal.protocol.wire import WireError
 from modelseal.registry.blob_response import ZeroCopyFileResponse, offers_zero_copy
 from modelseal.registry.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from modelseal.registry.records import RecordConflict, RecordStore
@@ -133,7 +133,7 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
 
     def info_of(request: Request, record: ModelRecord) -> dict[str, Any]:
         info: ModelInfo = record.to_info(base_url(request))
-        return info.model_dump(mode="json")
+        return info.to_data()
 
     # -- health ------------------------------------------------------------------------------
 
@@ -146,8 +146,8 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     @app.get("/models")
     async def list_models(request: Request) -> Response:
         latest = await anyio.to_thread.run_sync(records.latest_all)
-        body = ModelList.model_validate({"models": [info_of(request, r) for r in latest]})
-        return JSONResponse(body.model_dump(mode="json"))
+        body = ModelList(models=[r.to_info(base_url(request)) for r in latest])
+        return JSONResponse(body.to_data())
 
     @app.get("/models/{model_id}")
     async def get_model(
@@ -175,9 +175,9 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
         check_name(version, what="version")
         body = await _read_limited(request, settings.max_record_size)
         try:
-            registration = ModelRegistration.model_validate_json(body)
-        except ValidationError as exc:
-            raise _HttpError(422, "invalid-registration", _validation_text(exc)) from None
+            registration = ModelRegistration.from_json(body)
+        except WireError as exc:
+            raise _HttpError(422, "invalid-registration", str(exc)) from None
         async with version_lock:
             if uploads_in_flight.get((model_id, version)):
                 raise RecordConflict("uploads into this version are still in progress")
@@ -340,15 +340,3 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     except ClientDisconnect:
         raise ConfigError("request interrupted by the client") from None
     return bytes(body)
-
-
-def _validation_text(exc: ValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid registration"
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    more = exc.error_count() - 1
-    text = f"{where}: {msg}" if where else str(msg)
-    return text + (f" (+{more} more)" if more > 0 else "")

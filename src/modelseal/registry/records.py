@@ -16,10 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from modelseal.errors import BackendError, ConfigError, ModelNotFound
 from modelseal.protocol.model_info import ModelRecord, ModelRegistration, check_name
+from modelseal.protocol.wire import WireError
 
 __all__ = ["RecordConflict", "RecordStore"]
 
@@ -54,8 +53,8 @@ class RecordStore:
         except OSError as exc:
             raise BackendError(f"cannot read model record: {exc.strerror}") from exc
         try:
-            return ModelRecord.model_validate_json(raw)
-        except ValidationError as exc:
+            return ModelRecord.from_json(raw)
+        except WireError as exc:
             raise BackendError(f"corrupt model record {path.name}") from exc
 
     def versions(self, model_id: str) -> list[ModelRecord]:
@@ -135,7 +134,7 @@ class RecordStore:
                 registration=registration,
             )
             try:
-                _atomic_write(path, record.model_dump_json(indent=2).encode("utf-8"))
+                _atomic_write(path, record.to_json(indent=2))
             except OSError as exc:
                 raise BackendError(f"cannot write model record: {exc.strerror}") from exc
             return record, True

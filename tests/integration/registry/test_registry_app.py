@@ -89,7 +89,7 @@ async def test_publish_and_read_model_info(env: tuple[httpx.AsyncClient, str]) -
     files = await _publish(c, token)
     r = await c.get("/models/m")
     assert r.status_code == 200
-    info = ModelInfo.model_validate_json(r.content)
+    info = ModelInfo.from_json(r.content)
     assert info.id == "m"
     assert info.version == "v1"
     assert info.encrypted
@@ -106,7 +106,7 @@ async def test_publish_and_read_model_info(env: tuple[httpx.AsyncClient, str]) -
     assert r.status_code == 200
     # listing and versions
     await _publish(c, token, "v2")
-    listed = ModelList.model_validate_json((await c.get("/models")).content)
+    listed = ModelList.from_json((await c.get("/models")).content)
     assert [(m.id, m.version) for m in listed.models] == [("m", "v2")]
     assert (await c.get("/models/m")).json()["version"] == "v2"
     assert (await c.get("/models/m", params={"version": "v1"})).json()["version"] == "v1"
@@ -242,7 +242,7 @@ async def test_public_url_setting(tmp_path: Path) -> None:
     token = (tmp_path / "upload-token").read_text().strip()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as c:
         await _publish(c, token)
-        info = ModelInfo.model_validate_json((await c.get("/models/m")).content)
+        info = ModelInfo.from_json((await c.get("/models/m")).content)
     assert info.url == "https://models.example/reg/blobs/m/v1/"
 
 

@@ -1,7 +1,7 @@
 """RegistryClient against a scripted registry (httpx.MockTransport): unexpected bodies.
 
 A proxy's HTML page or a foreign JSON body under a 2xx status must be a ``BackendError``
-naming the request, never a pydantic/JSON traceback (exit 1).
+naming the request, never a validation or JSON traceback (exit 1).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ SHA = "ab" * 32
 
 
 def _reg(size: int = 1) -> ModelRegistration:
-    return ModelRegistration.model_validate(
+    return ModelRegistration.from_data(
         {
             "format": "cnap",
             "kbs": "simple_kbs",

@@ -1,0 +1,45 @@
+"""The base of the wire models every process shares (model info, RCAR messages).
+
+msgspec, not pydantic: these models run inside the TEE on the loader's start-up path, where
+importing pydantic and building its validators costs ~0.2 s of a ~0.4 s start
+(docs/benchmarks.md); msgspec validates the same constraints (types, lengths, patterns,
+``__post_init__`` checks) for ~15 ms. Server-only models (KBS admin API, policies) stay
+pydantic. Decoding is strict: no string-to-number coercion, unknown fields ignored unless a
+model forbids them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import msgspec
+
+__all__ = ["WireError", "WireModel"]
+
+#: raised by :meth:`WireModel.from_json` (malformed JSON or invalid fields) and
+#: :meth:`WireModel.from_data` (invalid fields); ``str()`` names the field, not its value
+WireError = msgspec.DecodeError
+
+
+class WireModel(msgspec.Struct, frozen=True, kw_only=True):
+    """A frozen, validated wire document; fields encode in declaration order."""
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        """Decode and validate a JSON document (``WireError`` on any problem)."""
+        return msgspec.json.decode(data, type=cls)
+
+    @classmethod
+    def from_data(cls, data: Any) -> Self:
+        """Validate decoded JSON data (dicts, lists, ...; ``WireError`` on any problem)."""
+        return msgspec.convert(data, type=cls)
+
+    def to_data(self) -> dict[str, Any]:
+        """The JSON-ready ``dict`` of this model (wire field names)."""
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        return data
+
+    def to_json(self, *, indent: int = 0) -> bytes:
+        """The JSON encoding of this model (wire field names)."""
+        raw = msgspec.json.encode(self)
+        return msgspec.json.format(raw, indent=indent) if indent else raw
