@@ -7,19 +7,21 @@ plaintext as a plain blob of the same registry. Then, alternating, several times
 * ``modelseal load`` (subprocess) into a fresh /dev/shm directory: attest, key release,
   manifest, parallel ranged download + decryption, placement, receipt;
 * the same plaintext downloaded into /dev/shm with the loader's own HTTP code (parallel
-  ranged GETs, same workers, ``pwrite``; no decryption) in a subprocess, and with ``curl``
-  (one stream) when installed.
+  ranged GETs, same workers, ``pwrite``; no decryption; ``bench/plain_download.py``) in a
+  subprocess, and with ``curl`` (one stream) when installed.
 
 Reports wall times (best of N), the ratio sealed/plaintext against the FASTER baseline,
 and the loader's peak RSS (``ru_maxrss`` of the subprocess from ``wait4``) for two model
 sizes, so "regardless of model size" is measured rather than assumed.
 
 Usage: ``python -m bench loader_bench`` (env: ``LOADER_BENCH_GIB`` = model size in GiB,
-default 2; ``LOADER_BENCH_RUNS`` = repetitions, default 3).
+default 2; ``LOADER_BENCH_RUNS`` = repetitions, default 5). Bytecode is compiled first, as
+an installed package has it.
 """
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import os
@@ -29,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,46 +70,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(16 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def plain_download(url: str, dest: str, workers: int) -> None:
-    """Baseline (run in a subprocess): parallel ranged GETs + pwrite, no decryption."""
-    from modelseal.loader.fetch import Fetcher
-
-    with Fetcher(max_connections=workers + 2) as fetcher:
-        size = fetcher.size(url)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.ftruncate(fd, size)
-        chunk = 16 << 20
-        offsets = list(range(0, size, chunk))
-
-        def work(offset: int) -> None:
-            buf = _local_buf(chunk)
-            n = min(chunk, size - offset)
-            view = memoryview(buf)[:n]
-            fetcher.read_range(url, offset, view)
-            done = 0
-            while done < n:
-                done += os.pwrite(fd, view[done:], offset + done)
-
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, offsets))
-        os.close(fd)
-
-
-_tls: Any = None
-
-
-def _local_buf(n: int) -> bytearray:
-    import threading
-
-    global _tls
-    if _tls is None:
-        _tls = threading.local()
-    buf: bytearray | None = getattr(_tls, "buf", None)
-    if buf is None:
-        buf = _tls.buf = bytearray(n)
-    return buf
 
 
 def _vm_hwm(pid: int) -> int:
@@ -204,11 +165,8 @@ def _measure(model: dict[str, Any], runs: int, env: dict[str, str]) -> dict[str,
             shutil.rmtree(dest, ignore_errors=True)
         dest = Path(tempfile.mkdtemp(prefix="ms-bench-", dir=SHM))
         try:
-            code = (
-                "import sys; from bench.loader_bench import plain_download; "
-                "plain_download(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
-            )
-            argv = [sys.executable, "-c", code, model["plain_url"], str(dest / "p"), str(WORKERS)]
+            argv = [sys.executable, "-m", "bench.plain_download", model["plain_url"]]
+            argv += [str(dest / "p"), str(WORKERS)]
             plain.append(_timed(argv, env)[0])
         finally:
             shutil.rmtree(dest, ignore_errors=True)
@@ -234,8 +192,12 @@ def main() -> None:
     from modelseal.quickstart.services import child_env, kbs_service, registry_service
 
     size = int(float(os.environ.get("LOADER_BENCH_GIB", "2")) * GIB)
-    runs = int(os.environ.get("LOADER_BENCH_RUNS", "3"))
+    runs = int(os.environ.get("LOADER_BENCH_RUNS", "5"))
     small = 256 << 20
+    here = Path(__file__).resolve().parent
+    # measured as deployed: bytecode compiled once (as pip does), not on every start
+    compileall.compile_dir(here.parent / "src" / "modelseal", quiet=1)
+    compileall.compile_dir(here, quiet=1)
     root = Path(tempfile.mkdtemp(prefix="ms-loader-bench-", dir="/var/tmp"))
     env = child_env({"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     kbs = kbs_service(root / "kbs", root)
@@ -325,27 +287,30 @@ def _report(
             "",
             f"Where the loader's {best_loader:.2f} s go (fastest run): "
             f"{startup:.2f} s from process start to the first step (interpreter start-up, "
-            "imports of click, the pydantic wire models, httpx and cryptography), "
-            f"{exit_time:.2f} s from the receipt to process exit, "
+            "imports of click, httpx, cryptography and the msgspec wire models), "
+            f"{exit_time:.2f} s outside the timed steps (HTTP client set-up, pipeline threads, "
+            "receipt, exit), "
             f"{sum(inner.values()) - inner.get('download_decrypt', 0.0):.2f} s model info + "
             f"attestation + manifest + placement, {inner.get('download_decrypt', 0.0):.2f} s "
             f"download + decryption (vs {best_plain:.2f} s for the whole plaintext download "
             "process with the same HTTP code"
             + (f", {best_curl:.2f} s for curl)." if best_curl is not None else ").")
-            + " Every process here competes for the same 2 vCPUs with the single-process "
-            "registry (and with whatever else runs on the VM), so the loader's extra CPU "
-            "(AES-GCM, start-up) turns directly into wall time; numbers move by tens of "
-            "percent between runs.",
+            + " Every process here competes for the same 2 vCPUs with the registry (and with "
+            "whatever else runs on the VM: this VM reports up to 50 % steal time), so numbers "
+            "move by tens of percent between runs; compare runs of the same invocation only.",
             "",
-            "Tried while optimising: httpx streaming for the bulk data (slower in every run: one "
-            "bytes object per 64 KiB chunk; replaced by `http.client` `readinto` straight into "
-            "the segment buffers), 1/2/4 workers, 8/16/32 MiB requests (16 MiB kept: half the "
-            "registry requests of 8 MiB, 4 x 16 MiB of buffers), decrypting into an mmap of "
-            "the target instead of `pwrite` (not faster on tmpfs). Kept: `gc.freeze()` after "
-            "the imports and after the load (the interpreter's final collections over the "
-            "import-time heap cost 0.1-0.3 s of every exit), and httpx's optional "
-            "command-line client (rich, pygments: ~70 ms of imports) kept out of the loader "
-            "process.",
+            "Kept while optimising (each measured here): the registry sends blob bodies with "
+            "`sendfile(2)` (0.27 s of registry CPU per 2 GiB instead of 1.23 s); the loader "
+            "reads no CA store for plain-HTTP endpoints (~0.15 s), checks the filesystem with "
+            "`statfs` instead of `ctypes.util.find_library` (two `ldconfig -p` children), "
+            "imports no pydantic (its wire models are msgspec: ~0.2 s) and writes each "
+            "authenticated 16 MiB run with one `pwritev`; `http.client` `readinto` straight "
+            "into 4 x 16 MiB buffers; `gc.freeze()` after the imports. Tried and dropped "
+            "(neutral or slower in the loaded pipeline, though some won alone): `fallocate` "
+            "of each run before writing it, of the whole file during start-up on the idle "
+            "core, a lock so writers into one file take turns, decrypting into an mmap of the "
+            "target, streaming GCM in 256 KiB pieces, 4/8/32 MiB requests (16 MiB is "
+            "fastest), 3/6 workers, httpx streaming for the bulk data.",
             "",
             "| model size | loader peak RSS (VmHWM) |",
             "| --- | ---: |",

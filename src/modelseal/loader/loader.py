@@ -261,14 +261,12 @@ def decrypt_v1(
     timings: Timings,
     on_progress: Callable[[int], None] | None = None,
     reserve: Callable[[int], None] | None = None,
-    preallocate: bool = False,
 ) -> tuple[str, list[LoadedFile]]:
     """Manifest, headers, then the parallel pipeline into fds from ``open_target``.
 
     ``reserve(total plaintext bytes)`` runs after the manifest is authenticated and before
-    any target is created (the destination's free-space check). ``preallocate``: the targets
-    are in memory (tmpfs, memfd), so the pipeline allocates each run's pages in bulk.
-    Returns the model digest. The fds are closed before this returns.
+    any target is created (the destination's free-space check). Returns the model digest.
+    The fds are closed before this returns.
     """
     with timings.step("manifest"):
         manifest = fetch_manifest(fetcher, info, dek, expected_digest)
@@ -283,15 +281,7 @@ def decrypt_v1(
             stack.callback(dec.close)
             fd = open_target(f.info.path, f.header.size)
             stack.callback(os.close, fd)
-            jobs.append(
-                FileJob(
-                    url=f.info.url,
-                    header=f.header,
-                    decryptor=dec,
-                    fd=fd,
-                    preallocate=preallocate,
-                )
-            )
+            jobs.append(FileJob(url=f.info.url, header=f.header, decryptor=dec, fd=fd))
         with timings.step("download_decrypt"):
             Pipeline(fetcher, workers=workers, on_progress=on_progress).run(jobs)
     loaded = [LoadedFile(f.info.path, f.header.size, f.sealed_size) for f in files]
@@ -332,7 +322,6 @@ def load_model(
                     timings,
                     on_progress=on_progress,
                     reserve=lambda n: _reserve(settings, n),
-                    preallocate=dest.memory_backed,
                 )
                 with timings.step("place"):
                     tops = check_placement(settings.dest, [f.path for f in loaded])
@@ -385,7 +374,6 @@ def decrypt_model(
     *,
     on_progress: Callable[[int], None] | None = None,
     reserve: Callable[[int], None] | None = None,
-    preallocate: bool = False,
 ) -> tuple[str | None, list[LoadedFile]]:
     """Decrypt a v1 model (manifest, headers, pipeline) or a CNAP file into ``open_target``.
 
@@ -404,7 +392,6 @@ def decrypt_model(
             timings=timings,
             on_progress=on_progress,
             reserve=reserve,
-            preallocate=preallocate,
         )
     with timings.step("download_decrypt"):
         loaded = cnap_loader.load_cnap(

@@ -3,17 +3,14 @@
 Each of ``workers`` threads owns one buffer (a run of a few segments of ciphertext ‖ tag),
 allocated once: memory is ``workers × request_bytes`` whatever the model size. A worker takes
 the next run of segments, downloads it with one ranged GET (which resumes after a reset),
-decrypts each segment in place with the file's decryptor and ``os.pwrite``s the plaintext at
-its offset in the temporary destination file. Socket reads, AES-GCM and ``pwrite`` all
-release the GIL, so while one worker decrypts the others download: the stages overlap
-without a queue between them.
+decrypts each segment in place with the file's decryptor and, once every segment of the run
+has authenticated, writes the run's plaintext with one ``os.pwritev`` at its offset in the
+temporary destination file. Socket reads, AES-GCM and ``pwritev`` all release the GIL, so
+while one worker decrypts the others download: the stages overlap without a queue between
+them.
 
-Writes into one file take turns (a lock per file): the kernel serialises them on the inode
-anyway, and tmpfs writers contending for it spin, which cost ~0.4 s of CPU per 2 GiB
-(measured) on the cores the downloads and AES-GCM need.
-
-Buffers are zeroed when the workers finish; a segment that fails authentication never
-reaches the file, because ``decrypt_segment_into`` wipes its output before raising.
+Buffers are zeroed when the workers finish; plaintext of a run reaches the file only after
+all its segments authenticated (``decrypt_segment_into`` wipes its output before raising).
 """
 
 from __future__ import annotations
@@ -50,10 +47,6 @@ class FileJob:
     header: Header
     decryptor: SegmentDecryptor
     fd: int
-    #: the file is in memory (tmpfs, memfd): allocate each run's pages with one
-    #: ``fallocate`` before writing them (a third of the kernel's cost of allocating page by
-    #: page inside ``pwrite``, measured on tmpfs), overlapped with the other downloads
-    preallocate: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,11 +64,22 @@ def _runs(jobs: Sequence[FileJob], per_request: Callable[[Header], int]) -> Iter
             yield _Run(job, first, min(step, n - first))
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data = data[written:]
-        offset += written
+def _pwritev_all(fd: int, parts: list[memoryview], offset: int) -> None:
+    """Write ``parts`` contiguously at ``offset`` (one ``pwritev`` unless it comes up short);
+    a full destination is ``UnsafeDestination`` (exit 6)."""
+    try:
+        written = os.pwritev(fd, parts, offset)
+        for part in parts:
+            rest = part[written:]
+            written = max(0, written - len(part))
+            while rest:
+                done = os.pwrite(fd, rest, offset + len(part) - len(rest))
+                rest = rest[done:]
+            offset += len(part)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UnsafeDestination("the destination ran out of space") from None
+        raise
 
 
 class Pipeline:
@@ -114,15 +118,12 @@ class Pipeline:
             for j in jobs
         )
         runs = _runs(jobs, self._per_request)
-        locks = {job.fd: threading.Lock() for job in jobs}
         count = min(
             self.workers,
             sum(-(-j.header.segment_count // self._per_request(j.header)) for j in jobs),
         )
         threads = [
-            threading.Thread(
-                target=self._worker, args=(runs, cap, locks), name=f"modelseal-load-{i}"
-            )
+            threading.Thread(target=self._worker, args=(runs, cap), name=f"modelseal-load-{i}")
             for i in range(count)
         ]
         for t in threads:
@@ -154,7 +155,7 @@ class Pipeline:
                 self._error = exc
         self._cancel.set()
 
-    def _worker(self, runs: Iterator[_Run], cap: int, locks: dict[int, threading.Lock]) -> None:
+    def _worker(self, runs: Iterator[_Run], cap: int) -> None:
         buf = bytearray(cap)
         view = memoryview(buf)
         try:
@@ -164,11 +165,9 @@ class Pipeline:
                 last = run.first + run.count - 1
                 end = header.segment_offset(last) + header.segment_sealed_len(last)
                 self.fetcher.read_range(run.job.url, start, view[: end - start])
-                if run.job.preallocate:
-                    with locks[run.job.fd]:
-                        _allocate(run.job, run.first, last)
                 pos = 0
                 plain = 0
+                outs: list[memoryview] = []
                 for index in range(run.first, run.first + run.count):
                     if self._cancel.is_set():
                         return
@@ -176,10 +175,11 @@ class Pipeline:
                     sealed = view[pos : pos + n_sealed]
                     out = view[pos : pos + n_sealed - TAG_LEN]
                     run.job.decryptor.decrypt_segment_into(index, sealed, out)
-                    with locks[run.job.fd]:
-                        _pwrite_all(run.job.fd, out, index * header.segment_size)
+                    outs.append(out)
                     pos += n_sealed
                     plain += n_sealed - TAG_LEN
+                # every segment of the run authenticated: one vectored write of the run
+                _pwritev_all(run.job.fd, outs, run.first * header.segment_size)
                 with self._lock:
                     self.plain_bytes += plain
                     self.sealed_bytes += pos
@@ -190,23 +190,6 @@ class Pipeline:
         finally:
             _zero(view)
             view.release()
-
-
-def _allocate(job: FileJob, first: int, last: int) -> None:
-    """Allocate the plaintext pages of segments ``first..last``; a full tmpfs is exit 6."""
-    start = first * job.header.segment_size
-    end = min(job.header.size, (last + 1) * job.header.segment_size)
-    if end <= start:
-        return
-    try:
-        os.posix_fallocate(job.fd, start, end - start)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UnsafeDestination(
-                f"the destination ran out of space ({job.header.size} bytes needed)"
-            ) from None
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
 
 
 _ZEROS = bytes(1 << 20)

@@ -178,14 +178,7 @@ def open_model(
         key = obtain_key_if_needed(settings, info, timings, release, fetcher.retry)
         try:
             digest, _loaded = decrypt_model(
-                fetcher,
-                settings,
-                info,
-                key,
-                open_target,
-                timings,
-                on_progress=on_progress,
-                preallocate=True,  # memfd pages are shmem, like tmpfs
+                fetcher, settings, info, key, open_target, timings, on_progress=on_progress
             )
             for mem in files.values():
                 mem.map()

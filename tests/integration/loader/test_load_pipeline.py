@@ -294,31 +294,14 @@ def test_loading_another_model_replaces_the_previous_one(
     assert (shm_dest / "other.bin").read_bytes() == b"model two"
 
 
-def test_targets_are_allocated_in_bulk_on_tmpfs(
-    sealed_model: SealedModelServer, shm_dest: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[int, int]] = []
-    real = os.posix_fallocate
-
-    def spy(fd: int, offset: int, length: int) -> None:
-        calls.append((offset, length))
-        real(fd, offset, length)
-
-    monkeypatch.setattr(os, "posix_fallocate", spy)
-    load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
-    for rel, data in FILES.items():
-        assert (shm_dest / rel).read_bytes() == data
-    # every plaintext byte of every non-empty file was allocated exactly once, in runs
-    assert sum(length for _, length in calls) == sum(len(v) for v in FILES.values())
-
-
 def test_destination_filling_up_is_exit_6_and_leaves_nothing(
     sealed_model: SealedModelServer, shm_dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(fd: int, offset: int, length: int) -> None:
+    def full(fd: int, data: object, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "posix_fallocate", full)
+    monkeypatch.setattr(os, "pwritev", full)
+    monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(errors.UnsafeDestination) as info:
         load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
     assert info.value.exit_code == 6
