@@ -13,7 +13,6 @@ from typing import Any
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError
-from modelseal.loader.kbs_client import KbsClient
 from modelseal.loader.settings import LoaderSettings
 from modelseal.tee.base import Attester
 from modelseal.tee.detect import detect
@@ -88,6 +87,10 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
 
 def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
     """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes."""
+    # imported here: the KBS client stack (JWE, TEE keys, RCAR models) loads while the
+    # loader's first ciphertext downloads are already running
+    from modelseal.loader.kbs_client import KbsClient
+
     kind = resolve_tee(settings)
     init_data = read_init_data(settings)
     attester = build_attester(kind, settings, init_data)

@@ -39,7 +39,7 @@ from modelseal.loader.destination import (
     wipe_tree,
 )
 from modelseal.loader.fetch import Fetcher, RetryPolicy
-from modelseal.loader.pipeline import FileJob, Pipeline
+from modelseal.loader.pipeline import Download, Pipeline, Target
 from modelseal.loader.receipt import LoadedFile, Receipt, Timings, clear_ready, read_receipt
 from modelseal.loader.settings import LoaderSettings
 from modelseal.protocol.model_info import FORMAT_V1, KBS_CNAP, FileInfo, ModelInfo
@@ -250,10 +250,33 @@ def open_temp_target(tmp: Path, relpath: str, size: int) -> int:
 OpenTarget = Callable[[str, int], int]
 
 
+class KeyBox:
+    """The model key, released on first use (attestation) and wiped by whoever made the box.
+
+    The v1 loader asks for it only after its downloads have started, so attestation, the
+    KBS round trips and the manifest overlap the first ranged GETs.
+    """
+
+    def __init__(self, obtain: Callable[[], KeyRelease | None]) -> None:
+        self._obtain = obtain
+        self._asked = False
+        self.key: KeyRelease | None = None
+
+    def get(self) -> KeyRelease | None:
+        if not self._asked:
+            self._asked = True
+            self.key = self._obtain()
+        return self.key
+
+    def wipe(self) -> None:
+        if self.key is not None:
+            self.key.dek.wipe()
+
+
 def decrypt_v1(
     fetcher: Fetcher,
     info: ModelInfo,
-    dek: SecretBytes,
+    get_dek: Callable[[], SecretBytes],
     *,
     open_target: OpenTarget,
     workers: int,
@@ -262,28 +285,41 @@ def decrypt_v1(
     on_progress: Callable[[int], None] | None = None,
     reserve: Callable[[int], None] | None = None,
 ) -> tuple[str, list[LoadedFile]]:
-    """Manifest, headers, then the parallel pipeline into fds from ``open_target``.
+    """Headers, downloads started, key, manifest, then decryption into ``open_target`` fds.
 
-    ``reserve(total plaintext bytes)`` runs after the manifest is authenticated and before
-    any target is created (the destination's free-space check). Returns the model digest.
-    The fds are closed before this returns.
+    The ciphertext downloads start before ``get_dek()`` attests (reading public ciphertext
+    needs no key); nothing is decrypted or written before the manifest is authenticated and
+    matches every header. ``reserve(total plaintext bytes)`` runs after that and before any
+    target is created (the destination's free-space check). Returns the model digest. The
+    fds are closed before this returns.
     """
-    with timings.step("manifest"):
-        manifest = fetch_manifest(fetcher, info, dek, expected_digest)
+    with timings.step("prefetch"):
         files = fetch_heads(fetcher, info, workers)
-        manifest.check_files({sealed_name(f.info.path): (f.header, f.sealed_size) for f in files})
-        if reserve is not None:
-            reserve(manifest.total_size)
+        pipeline = Pipeline(fetcher, workers=workers, on_progress=on_progress)
+        pipeline.start([Download(f.info.url, f.header) for f in files])
     with ExitStack() as stack:
-        jobs: list[FileJob] = []
-        for f in files:
-            dec = FileDecryptor(f.header, f.commitment, dek)
-            stack.callback(dec.close)
-            fd = open_target(f.info.path, f.header.size)
-            stack.callback(os.close, fd)
-            jobs.append(FileJob(url=f.info.url, header=f.header, decryptor=dec, fd=fd))
-        with timings.step("download_decrypt"):
-            Pipeline(fetcher, workers=workers, on_progress=on_progress).run(jobs)
+        try:
+            dek = get_dek()
+            with timings.step("manifest"):
+                manifest = fetch_manifest(fetcher, info, dek, expected_digest)
+                manifest.check_files(
+                    {sealed_name(f.info.path): (f.header, f.sealed_size) for f in files}
+                )
+                if reserve is not None:
+                    reserve(manifest.total_size)
+                targets: list[Target] = []
+                for f in files:
+                    dec = FileDecryptor(f.header, f.commitment, dek)
+                    stack.callback(dec.close)
+                    fd = open_target(f.info.path, f.header.size)
+                    stack.callback(os.close, fd)
+                    targets.append(Target(dec, fd))
+            with timings.step("download_decrypt"):
+                pipeline.provide(targets)
+                pipeline.wait()
+        except BaseException:
+            pipeline.cancel()  # every worker stopped before its fd and decryptor close
+            raise
     loaded = [LoadedFile(f.info.path, f.header.size, f.sealed_size) for f in files]
     return manifest.digest, loaded
 
@@ -310,14 +346,14 @@ def load_model(
             info = fetch_model_info(fetcher, settings.model)
         planned = [f.path for f in info.files] or [cnap_loader.target_name(info)[0]]
         check_placement(settings.dest, planned)  # fail before attesting, not after
-        key = obtain_key_if_needed(settings, info, timings, release, fetcher.retry)
+        box = KeyBox(lambda: obtain_key_if_needed(settings, info, timings, release, fetcher.retry))
         try:
             with temp_dir(settings.dest, overwrite=overwrite) as tmp:
                 digest, loaded = decrypt_model(
                     fetcher,
                     settings,
                     info,
-                    key,
+                    box,
                     lambda rel, size: open_temp_target(tmp, rel, size),
                     timings,
                     on_progress=on_progress,
@@ -329,8 +365,8 @@ def load_model(
                     clear_ready(settings.dest)
                     place(tmp, settings.dest, tops, stale=stale, overwrite=overwrite)
         finally:
-            if key is not None:
-                key.dek.wipe()
+            box.wipe()
+        key = box.key
         receipt = Receipt(
             model_id=info.id,
             version=info.version,
@@ -368,7 +404,7 @@ def decrypt_model(
     fetcher: Fetcher,
     settings: LoaderSettings,
     info: ModelInfo,
-    key: KeyRelease | None,
+    box: KeyBox,
     open_target: OpenTarget,
     timings: Timings,
     *,
@@ -377,15 +413,21 @@ def decrypt_model(
 ) -> tuple[str | None, list[LoadedFile]]:
     """Decrypt a v1 model (manifest, headers, pipeline) or a CNAP file into ``open_target``.
 
-    Returns the model digest (None for CNAP, which has no manifest) and the files written.
+    ``box`` releases the key when first asked (the caller wipes it). Returns the model
+    digest (None for CNAP, which has no manifest) and the files written.
     """
     if info.format == FORMAT_V1:
-        if key is None:
-            raise FormatError("a modelseal/v1 model is always sealed, but no key was released")
+
+        def dek() -> SecretBytes:
+            key = box.get()
+            if key is None:
+                raise FormatError("a modelseal/v1 model is always sealed, but no key was released")
+            return key.dek
+
         return decrypt_v1(
             fetcher,
             info,
-            key.dek,
+            dek,
             open_target=open_target,
             workers=settings.workers,
             expected_digest=expected_digest(settings),
@@ -393,6 +435,7 @@ def decrypt_model(
             on_progress=on_progress,
             reserve=reserve,
         )
+    key = box.get()
     with timings.step("download_decrypt"):
         loaded = cnap_loader.load_cnap(
             fetcher, info, key.dek if key is not None else None, open_target,

@@ -9,7 +9,10 @@ temporary destination file. Socket reads, AES-GCM and ``pwritev`` all release th
 while one worker decrypts the others download: the stages overlap without a queue between
 them.
 
-Buffers are zeroed when the workers finish; plaintext of a run reaches the file only after
+The downloads can start before the key is there (:meth:`Pipeline.start`): the loader
+attests and authenticates the manifest while the first runs arrive, then hands over the
+decryptors and target files (:meth:`Pipeline.provide`). Buffers are zeroed when the workers
+finish; plaintext of a run reaches the file only after
 all its segments authenticated (``decrypt_segment_into`` wipes its output before raising).
 """
 
@@ -40,28 +43,35 @@ class SegmentDecryptor(Protocol):
 
 
 @dataclass(frozen=True)
-class FileJob:
-    """One sealed file to download, decrypt and write to ``fd`` (an open temp file)."""
+class Download:
+    """Where a sealed file is and how it is laid out: all a worker needs to fetch it."""
 
     url: str
     header: Header
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a worker needs to use what it fetched: the file's decryptor and its temp fd."""
+
     decryptor: SegmentDecryptor
     fd: int
 
 
 @dataclass(frozen=True)
 class _Run:
-    job: FileJob
+    file: int
+    download: Download
     first: int
     count: int
 
 
-def _runs(jobs: Sequence[FileJob], per_request: Callable[[Header], int]) -> Iterator[_Run]:
-    for job in jobs:
-        n = job.header.segment_count
-        step = per_request(job.header)
+def _runs(downloads: Sequence[Download], per_request: Callable[[Header], int]) -> Iterator[_Run]:
+    for i, download in enumerate(downloads):
+        n = download.header.segment_count
+        step = per_request(download.header)
         for first in range(0, n, step):
-            yield _Run(job, first, min(step, n - first))
+            yield _Run(i, download, first, min(step, n - first))
 
 
 def _pwritev_all(fd: int, parts: list[memoryview], offset: int) -> None:
@@ -99,6 +109,7 @@ class Pipeline:
         self.on_progress = on_progress
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self._provided = threading.Event()
         self._error: BaseException | None = None
         self.plain_bytes = 0
         self.sealed_bytes = 0
@@ -106,39 +117,55 @@ class Pipeline:
     def _per_request(self, header: Header) -> int:
         return max(1, self.request_bytes // header.segment_size)
 
-    def run(self, jobs: Sequence[FileJob]) -> None:
-        """Process every segment of every job; raise the first error after all workers stop."""
-        if not jobs:
+    def start(self, downloads: Sequence[Download]) -> None:
+        """Start downloading (no key needed yet); workers hold their first run until
+        :meth:`provide` gives them the decryptors and target files."""
+        self._targets: Sequence[Target] = ()
+        self._threads: list[threading.Thread] = []
+        if not downloads:
+            self._provided.set()
             return
         cap = max(
             min(
-                self._per_request(j.header) * (j.header.segment_size + TAG_LEN),
-                j.header.sealed_size,
+                self._per_request(d.header) * (d.header.segment_size + TAG_LEN),
+                d.header.sealed_size,
             )
-            for j in jobs
+            for d in downloads
         )
-        runs = _runs(jobs, self._per_request)
+        runs = _runs(downloads, self._per_request)
         count = min(
             self.workers,
-            sum(-(-j.header.segment_count // self._per_request(j.header)) for j in jobs),
+            sum(-(-d.header.segment_count // self._per_request(d.header)) for d in downloads),
         )
-        threads = [
+        self._threads = [
             threading.Thread(target=self._worker, args=(runs, cap), name=f"modelseal-load-{i}")
             for i in range(count)
         ]
-        for t in threads:
+        for t in self._threads:
             t.start()
+
+    def provide(self, targets: Sequence[Target]) -> None:
+        """Hand over one target per download (same order); the workers go on decrypting."""
+        self._targets = targets
+        self._provided.set()
+
+    def wait(self) -> None:
+        """Wait for every worker; raise the first error. Interrupted: cancel, then re-raise."""
         try:
-            for t in threads:
+            for t in self._threads:
                 while t.is_alive():
                     t.join(0.2)
         except BaseException:
-            self._cancel.set()
-            for t in threads:
-                t.join()
+            self.cancel()
             raise
         if self._error is not None:
             raise self._error
+
+    def cancel(self) -> None:
+        """Stop every worker (buffers wiped) and wait for them; safe to call twice."""
+        self._cancel.set()
+        for t in getattr(self, "_threads", ()):
+            t.join()
 
     def _next(self, runs: Iterator[_Run]) -> _Run | None:
         with self._lock:
@@ -160,11 +187,15 @@ class Pipeline:
         view = memoryview(buf)
         try:
             while (run := self._next(runs)) is not None:
-                header = run.job.header
+                header = run.download.header
                 start = header.segment_offset(run.first)
                 last = run.first + run.count - 1
                 end = header.segment_offset(last) + header.segment_sealed_len(last)
-                self.fetcher.read_range(run.job.url, start, view[: end - start])
+                self.fetcher.read_range(run.download.url, start, view[: end - start])
+                while not self._provided.wait(0.05):
+                    if self._cancel.is_set():
+                        return
+                target = self._targets[run.file]
                 pos = 0
                 plain = 0
                 outs: list[memoryview] = []
@@ -174,12 +205,12 @@ class Pipeline:
                     n_sealed = header.segment_sealed_len(index)
                     sealed = view[pos : pos + n_sealed]
                     out = view[pos : pos + n_sealed - TAG_LEN]
-                    run.job.decryptor.decrypt_segment_into(index, sealed, out)
+                    target.decryptor.decrypt_segment_into(index, sealed, out)
                     outs.append(out)
                     pos += n_sealed
                     plain += n_sealed - TAG_LEN
                 # every segment of the run authenticated: one vectored write of the run
-                _pwritev_all(run.job.fd, outs, run.first * header.segment_size)
+                _pwritev_all(target.fd, outs, run.first * header.segment_size)
                 with self._lock:
                     self.plain_bytes += plain
                     self.sealed_bytes += pos

@@ -22,6 +22,7 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError
 from modelseal.format.v1 import SealedReader
 from modelseal.loader.loader import (
+    KeyBox,
     ReleaseFn,
     decrypt_model,
     fetch_model_info,
@@ -175,10 +176,10 @@ def open_model(
     with open_fetcher(settings) as fetcher:
         with timings.step("model_info"):
             info = fetch_model_info(fetcher, model_url)
-        key = obtain_key_if_needed(settings, info, timings, release, fetcher.retry)
+        box = KeyBox(lambda: obtain_key_if_needed(settings, info, timings, release, fetcher.retry))
         try:
             digest, _loaded = decrypt_model(
-                fetcher, settings, info, key, open_target, timings, on_progress=on_progress
+                fetcher, settings, info, box, open_target, timings, on_progress=on_progress
             )
             for mem in files.values():
                 mem.map()
@@ -187,8 +188,8 @@ def open_model(
                 mem.close()
             raise
         finally:
-            if key is not None:
-                key.dek.wipe()
+            box.wipe()
+    key = box.key
     return DecryptedModel(
         model_id=info.id,
         version=info.version,

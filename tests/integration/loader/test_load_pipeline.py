@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from modelseal import errors
-from modelseal.format.manifest import SEALED_MANIFEST_NAME
+from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
 from modelseal.loader.destination import TEMP_PREFIX
 from modelseal.loader.loader import load_model
 from modelseal.loader.settings import LoaderSettings
@@ -306,4 +308,67 @@ def test_destination_filling_up_is_exit_6_and_leaves_nothing(
         load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
     assert info.value.exit_code == 6
     assert "space" in str(info.value)
+    _no_plaintext(shm_dest)
+
+
+def test_downloads_start_before_the_key_is_released(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    """Public ciphertext is fetched while the loader attests; nothing is written before."""
+    inner = sealed_model.release()
+    seen: dict[str, object] = {}
+
+    def release(settings: LoaderSettings, kbs_url: str, key_id: str) -> object:
+        deadline = time.monotonic() + 10
+        while not _data_ranges(sealed_model) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the workers' first ranged GETs are under way
+        seen["ranges"] = _data_ranges(sealed_model)
+        seen["files"] = [p for p in shm_dest.rglob("*") if p.is_file()]
+        return inner(settings, kbs_url, key_id)  # type: ignore[operator]
+
+    load_model(_settings(sealed_model, shm_dest), release=release)
+    assert seen["ranges"], "no ciphertext was requested before the key release"
+    assert seen["files"] == []  # no target exists before the manifest is authenticated
+    for rel, data in FILES.items():
+        assert (shm_dest / rel).read_bytes() == data
+
+
+def _data_ranges(model: SealedModelServer) -> list[str]:
+    """The pipeline's ranged GETs: segments of data blobs (header probes start at byte 0)."""
+    return [
+        rng
+        for method, path, rng in list(model.server.requests)
+        if method == "GET" and path.startswith("/blobs/") and SEALED_MANIFEST_NAME not in path
+        and rng is not None and not rng.startswith("bytes=0-")
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [errors.PolicyDenied("denied"), errors.AttestationError("bad evidence")],
+    ids=["denied", "attestation"],
+)
+def test_refused_key_after_downloads_started_leaves_nothing(
+    sealed_model: SealedModelServer, shm_dest: Path, refusal: errors.Error
+) -> None:
+    def release(settings: LoaderSettings, kbs_url: str, key_id: str) -> object:
+        deadline = time.monotonic() + 10
+        while not _data_ranges(sealed_model) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise refusal
+
+    with pytest.raises(type(refusal)) as info:
+        load_model(_settings(sealed_model, shm_dest), release=release)
+    assert info.value.exit_code == 4
+    _no_plaintext(shm_dest)
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("modelseal-load-")]
+    assert workers == []  # every download worker stopped before the error surfaced
+
+
+def test_missing_blob_found_while_attesting_is_not_found(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    del sealed_model.server.blobs["/blobs/m1/v1/" + sealed_name("weights/model-00001.bin")]
+    with pytest.raises(errors.NotFound):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
     _no_plaintext(shm_dest)
