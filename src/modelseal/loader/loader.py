@@ -43,7 +43,7 @@ from modelseal.loader.pipeline import Download, Pipeline, Target
 from modelseal.loader.receipt import LoadedFile, Receipt, Timings, clear_ready, read_receipt
 from modelseal.loader.settings import LoaderSettings
 from modelseal.protocol.model_info import FORMAT_V1, KBS_CNAP, FileInfo, ModelInfo
-from modelseal.protocol.wire import WireError
+from modelseal.protocol.wire import WireError, describe
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def fetch_model_info(fetcher: Fetcher, url: str) -> ModelInfo:
     try:
         info = ModelInfo.from_data(doc)
     except WireError as exc:
-        raise FormatError(f"{url}: invalid model info ({exc})") from None
+        raise FormatError(f"{url}: invalid model info ({describe(exc)})") from None
     # the loader fetches these: a file:// or ftp:// URL from the registry is a bad document,
     # not a transient failure to retry
     for name, value in [("url", info.url), ("manifest_url", info.manifest_url)] + [
@@ -295,11 +295,14 @@ def decrypt_v1(
     """
     with timings.step("prefetch"):
         files = fetch_heads(fetcher, info, workers)
-        pipeline = Pipeline(fetcher, workers=workers, on_progress=on_progress)
-        pipeline.start([Download(f.info.url, f.header) for f in files])
+    pipeline = Pipeline(fetcher, workers=workers, on_progress=on_progress)
     with ExitStack() as stack:
         try:
+            with timings.step("prefetch"):
+                pipeline.start([Download(f.info.url, f.header) for f in files])
+            pipeline.check()
             dek = get_dek()
+            pipeline.check()  # a blob that failed meanwhile: stop before the manifest
             with timings.step("manifest"):
                 manifest = fetch_manifest(fetcher, info, dek, expected_digest)
                 manifest.check_files(

@@ -31,6 +31,8 @@ from modelseal.loader.fetch import Fetcher
 
 #: target bytes of ciphertext per ranged request (rounded to whole segments)
 DEFAULT_REQUEST_BYTES = 16 << 20
+#: most buffers one pwritev takes (Linux: 1024); bounds the segments of one run
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024, 1024)
 
 
 class SegmentDecryptor(Protocol):
@@ -87,7 +89,7 @@ def _pwritev_all(fd: int, parts: list[memoryview], offset: int) -> None:
                 rest = rest[done:]
             offset += len(part)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UnsafeDestination("the destination ran out of space") from None
         raise
 
@@ -115,7 +117,8 @@ class Pipeline:
         self.sealed_bytes = 0
 
     def _per_request(self, header: Header) -> int:
-        return max(1, self.request_bytes // header.segment_size)
+        # a run is written with one pwritev of one buffer per segment: at most IOV_MAX
+        return max(1, min(self.request_bytes // header.segment_size, _IOV_MAX))
 
     def start(self, downloads: Sequence[Download]) -> None:
         """Start downloading (no key needed yet); workers hold their first run until
@@ -137,12 +140,22 @@ class Pipeline:
             self.workers,
             sum(-(-d.header.segment_count // self._per_request(d.header)) for d in downloads),
         )
-        self._threads = [
-            threading.Thread(target=self._worker, args=(runs, cap), name=f"modelseal-load-{i}")
-            for i in range(count)
-        ]
-        for t in self._threads:
-            t.start()
+        self._threads = []
+        try:
+            for i in range(count):
+                thread = threading.Thread(
+                    target=self._worker, args=(runs, cap), name=f"modelseal-load-{i}"
+                )
+                thread.start()
+                self._threads.append(thread)
+        except BaseException:
+            self.cancel()  # e.g. "can't start new thread" under a pids limit
+            raise
+
+    def check(self) -> None:
+        """Raise a worker's error now (a blob missing or truncated), before asking for a key."""
+        if self._error is not None:
+            raise self._error
 
     def provide(self, targets: Sequence[Target]) -> None:
         """Hand over one target per download (same order); the workers go on decrypting."""

@@ -10,6 +10,7 @@ and is still read at once, so a wrong path fails before anything is downloaded.
 from __future__ import annotations
 
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,9 @@ class _LazyTrustContext(ssl.SSLContext):
 
     def _ensure_trust(self) -> None:
         with self._trust_lock:
-            loader, self._trust_loader = self._trust_loader, None
-            if loader is not None:
-                loader(self)
+            if self._trust_loader is not None:
+                self._trust_loader(self)  # raises (and is retried next time) if it fails
+                self._trust_loader = None
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         self._ensure_trust()
@@ -40,6 +41,8 @@ class _LazyTrustContext(ssl.SSLContext):
 
 def _lazy(loader: Callable[[ssl.SSLContext], None]) -> ssl.SSLContext:
     ctx = _LazyTrustContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
+    if sys.version_info >= (3, 13):  # what create_default_context() adds there
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
     ctx._trust_loader = loader
     ctx._trust_lock = threading.Lock()
     return ctx

@@ -64,7 +64,7 @@ from modelseal.protocol.model_info import (
     check_name,
     check_relpath,
 )
-from modelseal.protocol.wire import WireError
+from modelseal.protocol.wire import WireError, describe
 
 __all__ = [
     "KeyRegistrar",
@@ -451,7 +451,7 @@ def _registration(
     try:  # direct construction checks paths, not lengths and patterns: validate like the registry
         return ModelRegistration.from_data(draft.to_data())
     except WireError as exc:
-        raise ConfigError(f"invalid model registration: {exc}") from None
+        raise ConfigError(f"invalid model registration: {describe(exc)}") from None
 
 
 def publish(

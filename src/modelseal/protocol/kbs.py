@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from modelseal.errors import FormatError
-from modelseal.protocol.wire import WireModel
+from modelseal.protocol.wire import WireModel, describe
 
 #: The protocol version our client sends (what Trustee requires exactly).
 PROTOCOL_VERSION: Final = "0.4.0"
@@ -141,6 +141,6 @@ def parse_model(model: type[M], body: bytes | str, *, what: str) -> M:
     try:
         return model.from_json(body)
     except msgspec.ValidationError as exc:
-        raise FormatError(f"malformed {what}: {exc}") from None
+        raise FormatError(f"malformed {what}: {describe(exc)}") from None
     except msgspec.DecodeError:
         raise FormatError(f"malformed {what}: not a JSON document") from None

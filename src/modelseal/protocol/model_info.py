@@ -98,15 +98,22 @@ def blob_key(model_id: str, version: str, path: str) -> str:
 
 
 def _in_model(check: Callable[[str], str], value: str) -> None:
-    """Run a name/path check inside a model: msgspec reports a ValueError with its field."""
+    """Run a name/path check inside a model: msgspec reports a ValueError with its field.
+
+    The message says what is allowed, never the value (it comes from an untrusted party).
+    """
     try:
         check(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+    except ConfigError:
+        raise ValueError(
+            "invalid name or path: segments of [A-Za-z0-9_][A-Za-z0-9_.-]*, "
+            f"at most {MAX_SEGMENT} characters each, {MAX_PATH} in all, {MAX_DEPTH} deep"
+        ) from None
 
 
-Sha256Hex = Annotated[str, Meta(pattern=f"^{_SHA256_HEX.pattern}$")]
-ModelDigest = Annotated[str, Meta(pattern=f"^{_DIGEST.pattern}$")]
+# \A...\Z: msgspec searches, and "$" would also accept a trailing newline
+Sha256Hex = Annotated[str, Meta(pattern=rf"\A{_SHA256_HEX.pattern}\Z")]
+ModelDigest = Annotated[str, Meta(pattern=rf"\A{_DIGEST.pattern}\Z")]
 ShortText = Annotated[str, Meta(max_length=256)]
 Url = Annotated[str, Meta(min_length=1, max_length=4096)]
 Size = Annotated[int, Meta(ge=0)]

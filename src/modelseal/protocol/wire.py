@@ -10,15 +10,27 @@ model forbids them.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Self
 
 import msgspec
 
-__all__ = ["WireError", "WireModel"]
+__all__ = ["WireError", "WireModel", "describe"]
 
 #: raised by :meth:`WireModel.from_json` (malformed JSON or invalid fields) and
-#: :meth:`WireModel.from_data` (invalid fields); ``str()`` names the field, not its value
+#: :meth:`WireModel.from_data` (invalid fields); report it with :func:`describe`
 WireError = msgspec.DecodeError
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
+
+
+def describe(exc: WireError) -> str:
+    """What is wrong and where (``$.files[0].sealed_size``), without the offending value.
+
+    msgspec quotes a rejected enum value in its message; values come from untrusted peers
+    and must not reach logs or errors unbounded.
+    """
+    return _QUOTED.sub("'…'", str(exc))[:300]
 
 
 class WireModel(msgspec.Struct, frozen=True, kw_only=True):

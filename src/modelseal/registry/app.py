@@ -36,7 +36,7 @@ from modelseal.protocol.model_info import (
     blob_key,
     check_name,
 )
-from modelseal.protocol.wire import WireError
+from modelseal.protocol.wire import WireError, describe
 from modelseal.registry.blob_response import ZeroCopyFileResponse, offers_zero_copy
 from modelseal.registry.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from modelseal.registry.records import RecordConflict, RecordStore
@@ -177,7 +177,7 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
         try:
             registration = ModelRegistration.from_json(body)
         except WireError as exc:
-            raise _HttpError(422, "invalid-registration", str(exc)) from None
+            raise _HttpError(422, "invalid-registration", describe(exc)) from None
         async with version_lock:
             if uploads_in_flight.get((model_id, version)):
                 raise RecordConflict("uploads into this version are still in progress")

@@ -89,6 +89,8 @@ async def _with_zero_copy(
 
 
 async def _send_file(cycle: RequestResponseCycle, send: _Send, message: _Message) -> None:
+    if cycle.disconnected or cycle.transport.is_closing():
+        return  # the client went away (uvicorn drops later messages the same way)
     if not cycle.response_started or cycle.response_complete:
         raise RuntimeError(f"{EXTENSION} outside a started, unfinished response")
     if cycle.chunked_encoding is not False:
@@ -99,12 +101,19 @@ async def _send_file(cycle: RequestResponseCycle, send: _Send, message: _Message
     more_body = bool(message.get("more_body", False))
     if count > cycle.expected_content_length:
         raise RuntimeError("Response content longer than Content-Length")
-    if cycle.disconnected:
-        return
     if count:
-        sent = await asyncio.get_running_loop().sendfile(
-            cycle.transport, file, offset, count, fallback=True
-        )
+        try:
+            sent = await asyncio.get_running_loop().sendfile(
+                cycle.transport, file, offset, count, fallback=True
+            )
+        except (ConnectionError, RuntimeError) as exc:
+            # ConnectionError: the client hung up mid-body (a cancelled load, a killed pod);
+            # RuntimeError: asyncio refusing a transport that is already closing. Routine.
+            if isinstance(exc, RuntimeError) and not cycle.transport.is_closing():
+                raise
+            log.debug("zero-copy send ended by the client: %s", type(exc).__name__)
+            cycle.transport.close()
+            return
         if sent != count:
             # the file shrank under us: never pad, never pretend; drop the connection
             log.warning("zero-copy send stopped after %d of %d bytes", sent, count)

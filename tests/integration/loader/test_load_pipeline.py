@@ -12,11 +12,15 @@ from pathlib import Path
 import pytest
 
 from modelseal import errors
+from modelseal.crypto.secret import SecretBytes
 from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.loader.attest import KeyRelease
 from modelseal.loader.destination import TEMP_PREFIX
 from modelseal.loader.loader import load_model
 from modelseal.loader.settings import LoaderSettings
-from tests.integration.loader.conftest import FILES, SealedModelServer
+from modelseal.owner.sealing import seal_directory
+from tests.integration.loader.conftest import FILES, KEY_ID, SealedModelServer
+from tests.unit.loader.blobserver import BlobServer
 
 
 def _settings(model: SealedModelServer, dest: Path, **kw: object) -> LoaderSettings:
@@ -371,4 +375,63 @@ def test_missing_blob_found_while_attesting_is_not_found(
     del sealed_model.server.blobs["/blobs/m1/v1/" + sealed_name("weights/model-00001.bin")]
     with pytest.raises(errors.NotFound):
         load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    _no_plaintext(shm_dest)
+
+
+def test_small_segments_load_in_runs_within_iov_max(tmp_path: Path, shm_dest: Path) -> None:
+    """4 KiB segments: a 16 MiB run would be 4096 buffers, more than one pwritev takes."""
+    src = tmp_path / "model"
+    src.mkdir()
+    data = os.urandom((5 << 20) + 123)  # 1281 segments of 4 KiB
+    (src / "w.bin").write_bytes(data)
+    dek = SecretBytes(os.urandom(32))
+    sealed = seal_directory(
+        src, tmp_path / "sealed", dek, key_id=KEY_ID, model_id="m1", version="v1",
+        segment_size=4 << 10,
+    )  # fmt: skip
+    with BlobServer().running() as server:
+        base = server.url + "/blobs/m1/v1/"
+        for rel in sealed.sealed_paths():
+            server.blobs["/blobs/m1/v1/" + rel] = (tmp_path / "sealed" / rel).read_bytes()
+        size = len(server.blobs["/blobs/m1/v1/" + sealed_name("w.bin")])
+        server.blobs["/models/m1"] = json.dumps(
+            {
+                "id": "m1", "url": base, "version": "v1", "encrypted": True, "kbs": "trustee",
+                "kbs_url": "http://127.0.0.1:9/", "key_id": KEY_ID, "format": "modelseal/v1",
+                "model_digest": sealed.model_digest, "manifest_url": base + SEALED_MANIFEST_NAME,
+                "files": [{"path": "w.bin", "url": base + sealed_name("w.bin"),
+                           "sealed_size": size}],
+            }
+        ).encode()  # fmt: skip
+
+        def release(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
+            return KeyRelease(SecretBytes(dek.reveal()), "sample", None, kbs_url, True)
+
+        settings = LoaderSettings(
+            model=server.url + "/models/m1", dest=shm_dest, tee="sample", workers=2
+        )  # type: ignore[call-arg]
+        load_model(settings, release=release)
+    assert (shm_dest / "w.bin").read_bytes() == data
+
+
+def test_a_worker_that_cannot_start_stops_the_others(
+    sealed_model: SealedModelServer, shm_dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. a pids limit: the workers already running are cancelled, nothing hangs."""
+    real = threading.Thread.start
+    started: list[str] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("modelseal-load-"):
+            if started:
+                raise RuntimeError("can't start new thread")
+            started.append(self.name)
+        real(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        load_model(_settings(sealed_model, shm_dest), release=sealed_model.release())
+    assert started == ["modelseal-load-0"]
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("modelseal-load-")]
+    assert workers == []
     _no_plaintext(shm_dest)

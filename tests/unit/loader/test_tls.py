@@ -75,3 +75,27 @@ def test_an_untrusted_certificate_is_refused(tls_server: int) -> None:
         pytest.raises(ssl.SSLCertVerificationError),
     ):
         ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_a_failed_ca_load_is_retried_not_skipped() -> None:
+    """A store that failed to load must not leave a context that handshakes without it."""
+    from modelseal.loader import tls
+
+    calls: list[int] = []
+
+    def flaky(ctx: ssl.SSLContext) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ssl.SSLError("cannot read the bundle")
+        import certifi
+
+        ctx.load_verify_locations(cafile=certifi.where())
+
+    ctx = tls._lazy(flaky)
+    with socket.socket() as raw, pytest.raises(ssl.SSLError, match="cannot read"):
+        ctx.wrap_socket(raw, server_hostname="example.com", do_handshake_on_connect=False)
+    assert _loaded(ctx) == 0
+    with socket.socket() as raw:
+        ctx.wrap_socket(raw, server_hostname="example.com", do_handshake_on_connect=False)
+    assert len(calls) == 2
+    assert _loaded(ctx) > 10

@@ -21,7 +21,7 @@ from modelseal.protocol.model_info import (
     check_name,
     check_relpath,
 )
-from modelseal.protocol.wire import WireError
+from modelseal.protocol.wire import WireError, describe
 
 SHA = "ab" * 32
 DIGEST = "sha256:" + "cd" * 32
@@ -237,3 +237,30 @@ def test_wire_models_parse_any_bytes_into_a_validation_error(body: bytes) -> Non
     for model in (ModelRegistration, ModelInfo):
         with pytest.raises(WireError):
             model.from_json(body)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"id": "m", "url": "u", "format": "SECRET" * 1000},
+        {"id": "m", "url": "u", "files": [{"path": "../SECRET", "url": "u", "sealed_size": 1}]},
+        {"id": "m", "url": "u", "files": [{"path": "a", "url": "u", "sealed_size": 1,
+                                           "sha256": "SECRET"}]},
+    ],
+)  # fmt: skip
+def test_errors_name_the_field_never_the_value(doc: dict[str, object]) -> None:
+    with pytest.raises(WireError) as info:
+        ModelInfo.from_data(doc)
+    text = describe(info.value)
+    assert "SECRET" not in text
+    assert "$." in text
+    assert len(text) <= 300
+
+
+def test_digest_patterns_are_anchored_at_both_ends() -> None:
+    for bad in ["a" * 64 + "\n", "zz" + "a" * 64, "a" * 64 + "zz", "A" * 64]:
+        with pytest.raises(WireError):
+            ModelInfo.from_data(
+                {"id": "m", "url": "u", "files": [{"path": "a", "url": "u", "sealed_size": 1,
+                                                   "sha256": bad}]}
+            )  # fmt: skip

@@ -399,3 +399,33 @@ def test_zero_copy_needs_a_content_length(blob_file: tuple[Path, bytes]) -> None
     anyio.run(main)
     assert len(errors) == 1
     assert "needs a Content-Length" in str(errors[0])
+
+
+def test_a_client_hanging_up_mid_body_ends_the_send_quietly(tmp_path: Path) -> None:
+    """A cancelled load or a killed pod drops its connection: no exception, no traceback."""
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(16 << 20))  # far more than the socket buffers hold
+    raised: list[BaseException] = []
+    done = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", str(16 << 20).encode())]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            with path.open("rb") as f:
+                await send({"type": EXTENSION, "file": f, "offset": 0, "count": 16 << 20})
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+        finally:
+            done.set()
+
+    async def main() -> None:
+        async with _Conn(app) as conn:
+            await conn.request("/")
+            assert await conn._fill()  # the head and the first bytes arrived
+            conn.client.close()  # hang up with most of the body unsent
+            await asyncio.wait_for(done.wait(), 10)
+
+    anyio.run(main)
+    assert raised == []
