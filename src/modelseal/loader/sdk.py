@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from modelseal._internal.encoding import b64url_decode
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError, FormatError
+from modelseal.errors import ConfigError, FormatError, NotFound
 from modelseal.format.v1 import SealedReader
 from modelseal.loader.loader import (
     KeyBox,
@@ -208,6 +208,8 @@ def _dek(key: SecretBytes | bytes | str | Path) -> SecretBytes:
         return SecretBytes(key)
     try:
         text = Path(key).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise NotFound(f"key file {key} not found") from None  # exit 3, as in the owner CLI
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read key file {key}") from exc
     return SecretBytes(b64url_decode(text, what="key file"))

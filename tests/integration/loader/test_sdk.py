@@ -129,3 +129,16 @@ def test_load_safetensors_local_file_with_key(
         modelseal.load_safetensors(sealed_file, key=os.urandom(32))
     with pytest.raises(errors.ConfigError):
         modelseal.load_safetensors(sealed_file)
+
+
+def test_a_missing_key_file_is_not_found_like_the_owner_cli(tmp_path: Path) -> None:
+    sealed_file = tmp_path / "w.safetensors.sealed"
+    sealed_file.write_bytes(b"irrelevant: the key is read first")
+    with pytest.raises(errors.NotFound) as info:
+        modelseal.load_safetensors(sealed_file, key=tmp_path / "missing.key")
+    assert info.value.exit_code == 3
+    unreadable = tmp_path / "dir.key"
+    unreadable.mkdir()
+    with pytest.raises(errors.ConfigError) as bad:
+        modelseal.load_safetensors(sealed_file, key=unreadable)
+    assert bad.value.exit_code == 2
