@@ -1,8 +1,9 @@
-"""Shared fixtures: the shared vectors folder, and free loopback ports."""
+"""Shared fixtures: the shared vectors folder, free loopback ports, a TLS certificate."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A fresh P-256 certificate for 127.0.0.1 (1 day) and its key, as PEM files in
+    ``directory``: ``(cert, key)``."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -24,7 +24,7 @@ from modelseal.loader.kbs_client import KbsClient
 from modelseal.owner.kbs_admin import KbsAdminClient
 from modelseal.protocol.binding import runtime_data_digest
 from modelseal.tee.sample.attester import Attester
-from tests.conftest import free_port
+from tests.conftest import free_port, self_signed_cert
 from tests.e2e.independent_rcar_client import IndependentRcarClient, RcarFailure
 
 pytestmark = pytest.mark.e2e
@@ -281,31 +281,7 @@ def test_sample_refused_without_flag(tmp_path: Path) -> None:
 
 
 def test_https_with_secure_cookie(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path)
     data_dir = tmp_path / "tls"
     server = KbsProcess(
         data_dir,

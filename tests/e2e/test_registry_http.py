@@ -19,7 +19,7 @@ import pytest
 from modelseal.errors import ConfigError, ModelNotFound, TokenError, TransientError
 from modelseal.owner.registry_client import RegistryClient, RegistryConflict
 from modelseal.protocol.model_info import ModelRegistration
-from tests.conftest import free_port
+from tests.conftest import free_port, self_signed_cert
 
 pytestmark = pytest.mark.e2e
 
@@ -248,17 +248,6 @@ def test_model_info_over_http(registry: RegistryServer, blob: tuple[str, bytes])
     assert httpx.put(url, content=b"x", headers=registry.auth()).status_code == 409
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.mark.slow
 def test_restart_keeps_records_and_token_then_serves_tls(tmp_path: Path) -> None:
     """Records, blobs and the upload token survive a restart; the restart also switches the
@@ -270,7 +259,7 @@ def test_restart_keeps_records_and_token_then_serves_tls(tmp_path: Path) -> None
         assert r.status_code == 201
     finally:
         server.stop()
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     again = start_registry(tmp_path / "d", tls=(cert, key))
     ctx = ssl.create_default_context(cafile=str(cert))
     try:

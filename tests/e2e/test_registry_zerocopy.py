@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.e2e.test_registry_http import RegistryServer, _self_signed, start_registry
+from tests.conftest import free_port, self_signed_cert
+from tests.e2e.test_registry_http import RegistryServer, start_registry
 
 pytestmark = pytest.mark.e2e
 
@@ -271,7 +271,7 @@ def test_blob_bodies_bypass_python(registry: RegistryServer, tmp_path: Path) -> 
 @pytest.mark.slow
 def test_tls_registry_streams_correct_bytes(tmp_path: Path) -> None:
     """TLS cannot use sendfile: the registry falls back to streaming, byte-exact."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     server = start_registry(tmp_path / "data", tls=(cert, key))
     ctx = ssl.create_default_context(cafile=str(cert))
     blob = os.urandom(SIZE)

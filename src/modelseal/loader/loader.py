@@ -293,14 +293,12 @@ def decrypt_v1(
     target is created (the destination's free-space check). Returns the model digest. The
     fds are closed before this returns.
     """
-    with timings.step("prefetch"):
-        files = fetch_heads(fetcher, info, workers)
     pipeline = Pipeline(fetcher, workers=workers, on_progress=on_progress)
     with ExitStack() as stack:
         try:
             with timings.step("prefetch"):
+                files = fetch_heads(fetcher, info, workers)
                 pipeline.start([Download(f.info.url, f.header) for f in files])
-            pipeline.check()
             dek = get_dek()
             pipeline.check()  # a blob that failed meanwhile: stop before the manifest
             with timings.step("manifest"):

@@ -112,6 +112,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._provided = threading.Event()
+        self._targets: Sequence[Target] = ()
+        self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
         self.plain_bytes = 0
         self.sealed_bytes = 0
@@ -123,8 +125,6 @@ class Pipeline:
     def start(self, downloads: Sequence[Download]) -> None:
         """Start downloading (no key needed yet); workers hold their first run until
         :meth:`provide` gives them the decryptors and target files."""
-        self._targets: Sequence[Target] = ()
-        self._threads: list[threading.Thread] = []
         if not downloads:
             self._provided.set()
             return
@@ -140,7 +140,6 @@ class Pipeline:
             self.workers,
             sum(-(-d.header.segment_count // self._per_request(d.header)) for d in downloads),
         )
-        self._threads = []
         try:
             for i in range(count):
                 thread = threading.Thread(
@@ -171,13 +170,12 @@ class Pipeline:
         except BaseException:
             self.cancel()
             raise
-        if self._error is not None:
-            raise self._error
+        self.check()
 
     def cancel(self) -> None:
         """Stop every worker (buffers wiped) and wait for them; safe to call twice."""
         self._cancel.set()
-        for t in getattr(self, "_threads", ()):
+        for t in self._threads:
             t.join()
 
     def _next(self, runs: Iterator[_Run]) -> _Run | None:

@@ -8,6 +8,7 @@ import pytest
 
 from modelseal import errors
 from modelseal.loader.fetch import Fetcher, RetryPolicy
+from tests.conftest import self_signed_cert
 from tests.unit.loader.blobserver import BlobServer
 
 BLOB = os.urandom(300_000)
@@ -132,17 +133,8 @@ def test_read_head_returns_total(blob_server: BlobServer) -> None:
 
 @pytest.fixture(scope="module")
 def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    import subprocess
-
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    cert, key = self_signed_cert(tmp_path_factory.mktemp("tls"))
+    return str(cert), str(key)
 
 
 def test_https_with_ca_bundle_and_untrusted(tls_cert: tuple[str, str]) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelseal.loader.tls import certifi_trust, system_trust
+from tests.conftest import self_signed_cert
+from tests.unit.loader.blobserver import BlobServer
 
 
 def _loaded(ctx: ssl.SSLContext) -> int:
@@ -37,35 +37,9 @@ def test_verifying_but_empty_until_first_use(make: object) -> None:
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[int]:
     """A TLS server on 127.0.0.1 with a fresh self-signed certificate; yields its port."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                with server_ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.sendall(b"hello")
-            except (ssl.SSLError, OSError):
-                conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield port
-    listener.close()
-    thread.join(5)
+    cert, key = self_signed_cert(tmp_path)
+    with BlobServer(tls=(str(cert), str(key))).running() as server:
+        yield int(server.url.rsplit(":", 1)[1])
 
 
 def test_an_untrusted_certificate_is_refused(tls_server: int) -> None:
