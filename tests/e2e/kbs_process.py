@@ -46,3 +46,14 @@ def start_kbs(data_dir: Path, *extra_args: str) -> tuple[str, subprocess.Popen[b
             proc.kill()
             raise RuntimeError("kbs serve did not start")
         time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server started by these helpers; kill it if it does not exit in 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

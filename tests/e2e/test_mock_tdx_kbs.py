@@ -8,7 +8,6 @@ policy decides on MRTD/RTMRs and the model digest. A wrong RTMR is denied by pol
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from modelseal.tee.base import VerifierConfig
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from modelseal.tee.registry import verifier_for
-from tests.e2e.kbs_process import start_kbs
+from tests.e2e.kbs_process import start_kbs, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -84,12 +83,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     try:
         yield Env(url, ca.directory)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 

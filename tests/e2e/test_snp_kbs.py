@@ -23,6 +23,7 @@ from modelseal.kbs.state import KbsState
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.tee.snp.evidence import CertEntry, build_evidence
 from tests.conftest import free_port
+from tests.e2e.kbs_process import stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -86,12 +87,7 @@ def test_recorded_report_cannot_answer_a_fresh_challenge(
         assert len(attester.calls) == 1
         assert len(attester.calls[0]) in (32, 48, 64)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         log = proc.stderr.read().decode() if proc.stderr else ""
         if proc.stderr:
             proc.stderr.close()

@@ -20,7 +20,7 @@ from modelseal.errors import PolicyDenied
 from modelseal.kbs.state import KbsState
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.tee.tpm.attester import Attester
-from tests.e2e.kbs_process import start_kbs
+from tests.e2e.kbs_process import start_kbs, stop_process
 from tests.unit.tee.tpm.swtpm import running_swtpm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swtpm]
@@ -64,12 +64,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         try:
             yield Env(url, attester, proc)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc)
             if proc.stderr:
                 proc.stderr.close()
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64url_decode, b64url_encode
 from modelseal.crypto.jwk import (
     ALG_ECDH_ES_A256KW,
@@ -40,6 +41,8 @@ _IV_LEN: Final = 12
 _TAG_LEN: Final = 16
 #: Upper bound on any JWE member we are willing to parse (resources are small keys).
 MAX_MEMBER_CHARS: Final = 1 << 20
+#: A protected header is a handful of short members (alg, enc, epk with two coordinates).
+MAX_HEADER_BYTES: Final = 16 * 1024
 JWE_MEMBERS: Final = ("protected", "encrypted_key", "iv", "ciphertext", "tag")
 
 
@@ -144,10 +147,11 @@ def decrypt(jwe: Any, key_pair: TeeKeyPair) -> SecretBytes:
     tampered header, key or ciphertext) raises the one opaque :class:`DecryptionError`.
     """
     members = parse_flattened(jwe)
-    try:
-        header = json.loads(b64url_decode(members["protected"], what="JWE protected header"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError("JWE protected header is not JSON") from exc
+    header = load_json(
+        b64url_decode(members["protected"], what="JWE protected header"),
+        what="JWE protected header",
+        max_bytes=MAX_HEADER_BYTES,
+    )
     if not isinstance(header, dict):
         raise FormatError("JWE protected header is not a JSON object")
     if header.get("enc") != ENC_A256GCM or header.get("alg") != key_pair.alg:
@@ -164,7 +168,8 @@ def decrypt(jwe: Any, key_pair: TeeKeyPair) -> SecretBytes:
     cek: bytes | None = None
     try:
         if isinstance(private, ec.EllipticCurvePrivateKey):
-            epk = ec_public_key_from_jwk(header.get("epk") or _unprotected_epk(jwe, header) or {})
+            epk_jwk = header["epk"] if "epk" in header else _unprotected_epk(jwe, header)
+            epk = ec_public_key_from_jwk(epk_jwk, what="JWE epk")
             if epk.curve.name != private.curve.name:
                 raise DecryptionError()
             kek = _concat_kdf(private.exchange(ec.ECDH(), epk), ALG_ECDH_ES_A256KW)

@@ -87,48 +87,58 @@ def rsa_public_jwk(key: rsa.RSAPublicKey) -> dict[str, str]:
     }
 
 
-def _str_member(jwk: Mapping[str, Any], name: str) -> str:
+#: Longest base64url member of a JWK we accept (an 8192-bit modulus is 1366 characters).
+MAX_MEMBER_CHARS: Final = 2048
+
+
+def _str_member(jwk: Mapping[str, Any], name: str, what: str) -> str:
     value = jwk.get(name)
-    if not isinstance(value, str) or not value:
-        raise FormatError(f"tee-pubkey: member {name!r} missing or not a string")
+    if not isinstance(value, str) or not value or len(value) > MAX_MEMBER_CHARS:
+        raise FormatError(f"{what}: member {name!r} missing, not a string or too long")
     return value
 
 
-def ec_public_key_from_jwk(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
-    """Strictly parse an EC public JWK; the point must lie on the named curve."""
-    crv = _str_member(jwk, "crv")
+def ec_public_key_from_jwk(jwk: Any, *, what: str = "tee-pubkey") -> ec.EllipticCurvePublicKey:
+    """Strictly parse an EC public JWK; the point must lie on the named curve.
+
+    Any malformed input is a FormatError naming ``what`` and the member, never a value.
+    """
+    if not isinstance(jwk, Mapping):
+        raise FormatError(f"{what} must be a JSON object")
+    if jwk.get("kty", "EC") != "EC":
+        raise FormatError(f"{what}: kty must be EC")
+    crv = _str_member(jwk, "crv", what)
     if crv not in CURVES:
-        raise FormatError(f"tee-pubkey: unsupported curve {crv!r}")
+        raise FormatError(f"{what}: unsupported curve")
     curve_cls, size = CURVES[crv]
-    x = b64url_decode(_str_member(jwk, "x"), what="tee-pubkey x")
-    y = b64url_decode(_str_member(jwk, "y"), what="tee-pubkey y")
+    x = b64url_decode(_str_member(jwk, "x", what), what=f"{what} x")
+    y = b64url_decode(_str_member(jwk, "y", what), what=f"{what} y")
     if len(x) != size or len(y) != size:
-        raise FormatError(f"tee-pubkey: {crv} coordinates must be {size} bytes")
+        raise FormatError(f"{what}: {crv} coordinates must be {size} bytes")
     try:
         return ec.EllipticCurvePublicNumbers(
             int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve_cls()
         ).public_key()
     except ValueError as exc:
-        raise FormatError("tee-pubkey: point is not on the curve") from exc
+        raise FormatError(f"{what}: point is not on the curve") from exc
 
 
 def recipient_from_jwk(jwk: Any) -> RecipientKey:
     """Validate a ``tee-pubkey`` JWK and return the key the KBS encrypts to."""
+    what = "tee-pubkey"
     if not isinstance(jwk, Mapping):
-        raise FormatError("tee-pubkey must be a JSON object")
+        raise FormatError(f"{what} must be a JSON object")
     kty = jwk.get("kty")
     alg = jwk.get("alg")
     if kty == "EC":
         if alg not in (None, ALG_ECDH_ES_A256KW):
-            raise FormatError(f"tee-pubkey: unsupported alg {alg!r} for an EC key")
-        return RecipientKey(ALG_ECDH_ES_A256KW, ec_public_key_from_jwk(jwk))
+            raise FormatError(f"{what}: unsupported alg for an EC key")
+        return RecipientKey(ALG_ECDH_ES_A256KW, ec_public_key_from_jwk(jwk, what=what))
     if kty == "RSA":
         if alg not in (None, ALG_RSA_OAEP_256):
-            raise FormatError(
-                f"tee-pubkey: unsupported alg {alg!r} for an RSA key (RSA1_5 refused)"
-            )
-        n = int.from_bytes(b64url_decode(_str_member(jwk, "n"), what="tee-pubkey n"), "big")
-        e = int.from_bytes(b64url_decode(_str_member(jwk, "e"), what="tee-pubkey e"), "big")
+            raise FormatError(f"{what}: unsupported alg for an RSA key (RSA1_5 refused)")
+        n = int.from_bytes(b64url_decode(_str_member(jwk, "n", what), what=f"{what} n"), "big")
+        e = int.from_bytes(b64url_decode(_str_member(jwk, "e", what), what=f"{what} e"), "big")
         if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
             raise FormatError(f"tee-pubkey: RSA modulus must be {MIN_RSA_BITS}-{MAX_RSA_BITS} bits")
         if e < 3 or e % 2 == 0 or e.bit_length() > 32:
@@ -138,7 +148,7 @@ def recipient_from_jwk(jwk: Any) -> RecipientKey:
         except ValueError as exc:
             raise FormatError("tee-pubkey: invalid RSA key") from exc
         return RecipientKey(ALG_RSA_OAEP_256, key)
-    raise FormatError(f"tee-pubkey: unsupported kty {kty!r}")
+    raise FormatError(f"{what}: unsupported kty")
 
 
 class TeeKeyPair:

@@ -4,6 +4,16 @@ Verification is deliberately narrow: the header must say ``ES256`` (no ``none``,
 algorithm chosen by the token), the signature is checked against the KBS's own key (never a
 key named in the token), and ``exp``/``iat``/``nbf``/``aud``/``iss`` are enforced. Every
 failure is a :class:`~modelseal.errors.TokenError` whose message names no secret.
+
+Signatures are low-S only. ECDSA accepts both ``(r, s)`` and ``(r, n - s)`` for the same
+message, so anyone holding one token could mint a second, byte-different one that verifies:
+harmless for authorization here, but it breaks any use of the token bytes as an identifier
+(caches, logs, replay lists). :meth:`TokenSigningKey.sign_jwt` therefore always emits the
+low half (``s <= n/2``) and :meth:`~TokenSigningKey.verify_jwt` refuses the high-S twin, as
+Bitcoin (BIP 62/146) and Ethereum (EIP-2) do. Time claims must be integers in the I-JSON
+range (RFC 7519 NumericDate, without fractions): ``NaN``, infinities, floats, booleans and
+strings are refused even under a valid signature, so a signer's bug cannot mint a token that
+never expires.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64url_decode, b64url_encode
 from modelseal.crypto.jwk import ec_public_jwk
 from modelseal.errors import ConfigError, FormatError, TokenError
@@ -30,16 +41,24 @@ from modelseal.errors import ConfigError, FormatError, TokenError
 ALG_ES256: Final = "ES256"
 #: Tokens travel in headers; anything bigger is refused before parsing.
 MAX_TOKEN_CHARS: Final = 16 * 1024
+#: Order of the P-256 group: signatures need ``0 < r < n`` and ``0 < s <= n // 2``.
+P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+#: Largest accepted time claim: the I-JSON safe integer range.
+MAX_NUMERIC_DATE: Final = 2**53 - 1
 
 
 def _json_segment(value: Mapping[str, Any]) -> str:
-    return b64url_encode(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    # allow_nan=False: NaN/Infinity are not JSON, and no verifier here would accept them
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return b64url_encode(text.encode())
 
 
 def _decode_segment(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment, what=what))
-    except (FormatError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        value = load_json(
+            b64url_decode(segment, what=what), what=f"token {what}", max_bytes=MAX_TOKEN_CHARS
+        )
+    except FormatError as exc:
         raise TokenError(f"token {what} is malformed") from exc
     if not isinstance(value, dict):
         raise TokenError(f"token {what} is not a JSON object")
@@ -62,11 +81,17 @@ def split_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]
     return header, payload, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
 
 
-def _number(payload: Mapping[str, Any], name: str) -> float:
+def time_claim(payload: Mapping[str, Any], name: str) -> int:
+    """The NumericDate claim ``name``: an integer in ``[0, 2**53 - 1]``, else TokenError."""
     value = payload.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TokenError(f"token claim {name!r} missing or not a number")
-    return float(value)
+    if type(value) is not int or not 0 <= value <= MAX_NUMERIC_DATE:
+        raise TokenError(f"token claim {name!r} missing or not an integer time")
+    return value
+
+
+def low_s(s: int) -> int:
+    """The low half of an ECDSA ``s`` (``n - s`` when ``s > n/2``): same signature, one form."""
+    return P256_ORDER - s if s > P256_ORDER // 2 else s
 
 
 class TokenSigningKey:
@@ -131,7 +156,8 @@ class TokenSigningKey:
         signing_input = f"{_json_segment(header)}.{_json_segment(payload)}"
         der = self._key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
-        return f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+        raw = r.to_bytes(32, "big") + low_s(s).to_bytes(32, "big")
+        return f"{signing_input}.{b64url_encode(raw)}"
 
     def verify_jwt(
         self,
@@ -150,16 +176,17 @@ class TokenSigningKey:
             raise TokenError("token has critical header members")
         if len(signature) != 64:
             raise TokenError("token signature has the wrong length")
-        der = encode_dss_signature(
-            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        )
+        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        if not (0 < r < P256_ORDER and 0 < s <= P256_ORDER // 2):
+            raise TokenError("token signature is not a low-S ES256 signature")
+        der = encode_dss_signature(r, s)
         try:
             self.public_key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature as exc:
             raise TokenError("token signature is invalid") from exc
-        exp = _number(payload, "exp")
-        iat = _number(payload, "iat")
-        nbf = _number(payload, "nbf") if "nbf" in payload else None
+        exp = time_claim(payload, "exp")
+        iat = time_claim(payload, "iat")
+        nbf = time_claim(payload, "nbf") if "nbf" in payload else None
         if now >= exp + leeway:
             raise TokenError("token expired")
         if iat > now + leeway or (nbf is not None and nbf > now + leeway):

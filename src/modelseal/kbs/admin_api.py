@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from modelseal._internal.bounded import check_json
 from modelseal._internal.encoding import b64url_decode
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import (
@@ -35,6 +36,7 @@ from modelseal.errors import (
 )
 from modelseal.kbs.admin_auth import AdminPrincipal, verify_admin_token
 from modelseal.kbs.audit import AuditEntry
+from modelseal.kbs.errors_http import ADMIN_PROBLEM_PREFIX, admin_problem
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.paths import validate_model_digest
 from modelseal.keystore.store import KeyConflict, KeyRecord
@@ -65,7 +67,7 @@ __all__ = [
 
 log = logging.getLogger("modelseal.kbs.admin")
 
-PROBLEM_TYPE_PREFIX = "https://modelseal.dev/problems/admin/"
+PROBLEM_TYPE_PREFIX = ADMIN_PROBLEM_PREFIX
 MAX_ADMIN_BODY = 256 * 1024
 
 ADMIN = frozenset({"admin"})
@@ -78,12 +80,7 @@ class _BadRequest(Error):
     """Malformed admin request body (HTTP 400)."""
 
 
-def _problem(status: int, kind: str, detail: str) -> Response:
-    body = json.dumps({"type": PROBLEM_TYPE_PREFIX + kind, "detail": detail}).encode()
-    headers = {"Cache-Control": "no-store"}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="modelseal-kbs-admin"'
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+_problem = admin_problem
 
 
 def _error_response(exc: BaseException, where: str) -> Response:
@@ -138,6 +135,7 @@ def _entry(entry: AuditEntry) -> AuditEntryModel:
 
 
 def _validated(model: type[BaseModel], body: bytes) -> Any:
+    check_json(body, what="request body", max_bytes=MAX_ADMIN_BODY)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:

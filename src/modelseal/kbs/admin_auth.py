@@ -23,6 +23,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64url_decode, b64url_encode
 from modelseal.crypto.kek import create_secret_file, read_secret_file
 from modelseal.crypto.secret import SecretBytes
@@ -133,8 +134,10 @@ def mint_admin_token(
 
 def _json_part(part: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(part, what=what))
-    except (FormatError, ValueError, UnicodeDecodeError):
+        value = load_json(
+            b64url_decode(part, what=what), what=f"admin token {what}", max_bytes=MAX_TOKEN_LEN
+        )
+    except FormatError:
         raise TokenError(f"malformed admin token {what}") from None
     if not isinstance(value, dict):
         raise TokenError(f"malformed admin token {what}")

@@ -33,7 +33,13 @@ from modelseal.crypto.signing import TokenSigningKey
 from modelseal.errors import FormatError, TokenError, UnsupportedTee
 from modelseal.kbs.admin_api import admin_router, trustee_admin_router
 from modelseal.kbs.attestation import AttestationService
-from modelseal.kbs.errors_http import TOO_LARGE, error_response, problem
+from modelseal.kbs.errors_http import (
+    TOO_LARGE,
+    body_too_large,
+    error_response,
+    install_error_handlers,
+    problem,
+)
 from modelseal.kbs.resource import ResourceService, bearer_token
 from modelseal.kbs.sessions import SessionStore
 from modelseal.kbs.settings import KbsSettings
@@ -73,7 +79,7 @@ class BodyLimit:
             for name, value in scope["headers"]:
                 if name == b"content-length":
                     if not value.isdigit() or int(value) > self.limit:
-                        await problem(*TOO_LARGE)(scope, receive, send)
+                        await body_too_large(scope["path"])(scope, receive, send)
                         return
                     break
         await self.app(scope, receive, send)
@@ -108,9 +114,11 @@ class RcarFastPath:
         if scope["type"] == "http":
             path = scope["path"]
             # Only GET of a resource is the RCAR release; POST/DELETE there are Trustee's
-            # admin routes and belong to FastAPI.
-            if path in _RCAR_PATHS or (
-                scope["method"] == "GET" and path.startswith(_RESOURCE_PREFIX)
+            # admin routes and belong to FastAPI, as does every wrong method (its 405
+            # handler answers in the documented shape).
+            method = scope["method"]
+            if (method == "POST" and path in _RCAR_PATHS) or (
+                method == "GET" and path.startswith(_RESOURCE_PREFIX)
             ):
                 await self.fast(scope, receive, send)
                 return
@@ -301,6 +309,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.kbs = kbs
+    install_error_handlers(app)
     limit = settings.max_body_bytes
 
     @app.get("/healthz", include_in_schema=False)

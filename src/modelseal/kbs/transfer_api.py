@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64_decode, b64_encode
 from modelseal.crypto.cnap_wrap import WorkloadKey, new_swk
 from modelseal.errors import FormatError, TokenError, UnsupportedTee
@@ -203,10 +204,7 @@ def _parse(body: bytes) -> TransferRequest | None:
     """None for round 1 (empty body, ``{}`` or no ``quote``), else the validated request."""
     if not body.strip():
         return None
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
-        raise FormatError("transfer request is not JSON") from None
+    value = load_json(body, what="transfer request", max_bytes=MAX_TRANSFER_BODY)
     if not isinstance(value, dict):
         raise FormatError("transfer request must be a JSON object")
     if "quote" not in value:

@@ -9,8 +9,6 @@ RFC 8785 canonical JSON.
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -26,8 +24,9 @@ from pydantic import (
     field_validator,
 )
 
+from modelseal._internal.bounded import load_json, load_yaml
 from modelseal._internal.canonical import canonical_json
-from modelseal.errors import ConfigError
+from modelseal.errors import ConfigError, FormatError
 
 __all__ = [
     "MAX_POLICY_BYTES",
@@ -236,92 +235,29 @@ def parse_policy(document: Any) -> ReleasePolicy:
 
 
 def parse_policy_text(text: str | bytes) -> ReleasePolicy:
-    """Parse and validate a policy file's content: JSON, or YAML (needs PyYAML)."""
+    """Parse and validate a policy file's content: JSON, or YAML (needs PyYAML).
+
+    Both go through the bounded parsers of ``_internal/bounded.py``: at most
+    :data:`MAX_POLICY_BYTES`, nested at most :data:`MAX_NESTING` levels (a policy needs
+    three: ``measurements: [{name: hex}]``), and YAML without aliases (a "billion laughs"
+    document expands into millions of nodes for the validator to walk).
+    """
     raw = text.encode("utf-8") if isinstance(text, str) else text
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyInvalid(f"a release policy must be at most {MAX_POLICY_BYTES} bytes")
     try:
-        decoded = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PolicyInvalid("a release policy must be UTF-8 text") from None
-    if decoded.lstrip().startswith("{"):
-        try:
-            document = json.loads(decoded)
-        except (ValueError, RecursionError) as exc:
-            raise PolicyInvalid(f"release policy is not valid JSON: {exc}") from None
-    else:
-        document = _load_yaml(decoded)
+        if raw.lstrip().startswith(b"{"):
+            document = load_json(
+                raw, what="release policy", max_bytes=MAX_POLICY_BYTES, max_depth=MAX_NESTING
+            )
+        else:
+            document = load_yaml(
+                raw, what="release policy", max_bytes=MAX_POLICY_BYTES, max_depth=MAX_NESTING
+            )
+    except FormatError as exc:
+        raise PolicyInvalid(str(exc)) from None
     return parse_policy(document)
 
 
-def _load_yaml(text: str) -> Any:
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - yaml is in the server extra and dev deps
-        raise PolicyInvalid(
-            "YAML policies need PyYAML (pip install 'modelseal[server]'); or write JSON"
-        ) from None
-    _check_flow_depth(text)
-    try:
-        return yaml.load(text, Loader=_loader_class(yaml))  # noqa: S506 - a SafeLoader subclass
-    except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
-        # ValueError/OverflowError: PyYAML's implicit timestamps build datetimes without
-        # range checks (``not_after: 2027-13-45T00:00:00Z``).
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
-        if isinstance(exc, ValueError | OverflowError):
-            problem = f"invalid timestamp ({str(exc)[:80]})"
-        why = f": {problem}" if isinstance(problem, str) else ""
-        raise PolicyInvalid(f"release policy is not valid YAML{where}{why}") from None
-
-
-#: A policy nests three levels (``measurements: [{name: hex}]``); anything far deeper is
-#: refused before PyYAML spends seconds of CPU on it (64 KiB of ``[`` takes ~2.5 s).
-MAX_FLOW_DEPTH = 32
-
-
-def _check_flow_depth(text: str) -> None:
-    """Refuse YAML flow collections (``[``/``{``) nested deeper than MAX_FLOW_DEPTH.
-
-    A linear scan that skips quoted scalars and comments; it may over-count brackets inside
-    plain scalars, which only matters for documents no policy resembles.
-    """
-    depth, quote, comment = 0, "", False
-    for ch in text:
-        if comment:
-            comment = ch != "\n"
-        elif quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#":
-            comment = True
-        elif ch in "[{":
-            depth += 1
-            if depth > MAX_FLOW_DEPTH:
-                raise PolicyInvalid(f"release policy is nested more than {MAX_FLOW_DEPTH} levels")
-        elif ch in "]}":
-            depth = max(depth - 1, 0)
-
-
-@functools.cache
-def _loader_class(yaml: Any) -> Any:
-    """``yaml.SafeLoader`` without anchors/aliases.
-
-    A policy never needs them, and aliases let a 64 KiB document expand into millions of
-    nodes for the validator to walk (a "billion laughs" CPU bomb), so any alias is a
-    YAML error here.
-    """
-
-    class _NoAliasSafeLoader(yaml.SafeLoader):  # type: ignore[misc]
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise yaml.composer.ComposerError(
-                    None, None, "YAML aliases are not allowed in a release policy", event.start_mark
-                )
-            return super().compose_node(parent, index)
-
-    return _NoAliasSafeLoader
+#: Nesting cap of policy documents (JSON and YAML, flow and block collections alike).
+MAX_NESTING = 32

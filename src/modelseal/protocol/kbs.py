@@ -137,9 +137,11 @@ def parse_model(model: type[M], body: bytes | str, *, what: str) -> M:
     """Validate a JSON body into ``model``; any problem becomes a FormatError (HTTP 400).
 
     The message names the first offending field (``$.runtime-data.nonce``), never its value.
+    Bodies nested deeper than :data:`~modelseal._internal.bounded.MAX_DEPTH` are refused
+    before decoding; the byte cap is the caller's (the KBS reads bodies with one).
     """
     try:
-        return model.from_json(body)
+        return model.from_json(body, what=what)
     except msgspec.ValidationError as exc:
         raise FormatError(f"malformed {what}: {describe(exc)}") from None
     except msgspec.DecodeError:

@@ -5,7 +5,8 @@ importing pydantic and building its validators costs ~0.2 s of a ~0.4 s start
 (docs/benchmarks.md); msgspec validates the same constraints (types, lengths, patterns,
 ``__post_init__`` checks) for ~15 ms. Server-only models (KBS admin API, policies) stay
 pydantic. Decoding is strict: no string-to-number coercion, unknown fields ignored unless a
-model forbids them.
+model forbids them. Every JSON text passes the byte and depth caps of
+``_internal/bounded.py`` before msgspec sees it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from typing import Any, Self
 
 import msgspec
 
+from modelseal._internal.bounded import MAX_DEPTH, check_json
+from modelseal.errors import FormatError
+
 __all__ = ["WireError", "WireModel", "describe"]
 
 #: raised by :meth:`WireModel.from_json` (malformed JSON or invalid fields) and
 #: :meth:`WireModel.from_data` (invalid fields); report it with :func:`describe`
 WireError = msgspec.DecodeError
+
+#: Default byte cap of :meth:`WireModel.from_json`; callers pass tighter ones.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
 
@@ -37,9 +44,26 @@ class WireModel(msgspec.Struct, frozen=True, kw_only=True):
     """A frozen, validated wire document; fields encode in declaration order."""
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> Self:
-        """Decode and validate a JSON document (``WireError`` on any problem)."""
-        return msgspec.json.decode(data, type=cls)
+    def from_json(
+        cls,
+        data: bytes | str,
+        *,
+        what: str | None = None,
+        max_bytes: int = MAX_JSON_BYTES,
+        max_depth: int = MAX_DEPTH,
+    ) -> Self:
+        """Decode and validate a JSON document.
+
+        ``FormatError`` (naming ``what``, by default the model) when the text is larger
+        than ``max_bytes`` or nested deeper than ``max_depth``; ``WireError`` on any
+        other problem.
+        """
+        name = what or cls.__name__
+        raw = check_json(data, what=name, max_bytes=max_bytes, max_depth=max_depth)
+        try:
+            return msgspec.json.decode(raw, type=cls)
+        except RecursionError:  # only if the caller's stack is already nearly exhausted
+            raise FormatError(f"{name}: nested deeper than {max_depth} levels") from None
 
     @classmethod
     def from_data(cls, data: Any) -> Self:

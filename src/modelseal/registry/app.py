@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from modelseal.blobstore.base import (
@@ -27,7 +29,7 @@ from modelseal.blobstore.base import (
     DigestMismatch,
     FileBackedStore,
 )
-from modelseal.errors import BackendError, ConfigError, Error, NotFound, TokenError
+from modelseal.errors import BackendError, ConfigError, Error, FormatError, NotFound, TokenError
 from modelseal.protocol.model_info import (
     ModelInfo,
     ModelList,
@@ -63,6 +65,9 @@ def _problem(
     )
 
 
+_FRAMEWORK_KINDS = {404: "not-found", 405: "method-not-allowed"}
+
+
 def _status_of(exc: Error) -> tuple[int, str]:
     if isinstance(exc, NotFound):
         return 404, "not-found"
@@ -72,7 +77,7 @@ def _status_of(exc: Error) -> tuple[int, str]:
         return 413, "too-large"
     if isinstance(exc, TokenError):
         return 401, "unauthorized"
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | FormatError):
         return 400, "bad-request"
     if isinstance(exc, BackendError):
         return 503, "backend"
@@ -120,6 +125,26 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     @app.exception_handler(_HttpError)
     async def _on_http(_request: Request, exc: _HttpError) -> Response:
         return _problem(exc.status, exc.kind, exc.detail, exc.headers)
+
+    # What the framework answers on its own (unknown route, wrong method, invalid query
+    # parameter, a bug) gets the same shape instead of FastAPI's ``{"detail": ...}``.
+    @app.exception_handler(HTTPException)
+    async def _on_framework(_request: Request, exc: HTTPException) -> Response:
+        status = exc.status_code
+        kind = _FRAMEWORK_KINDS.get(status, "bad-request" if status < 500 else "internal")
+        allow = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
+        return _problem(status, kind, kind.replace("-", " "), allow)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(_request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's default echoes the offending input; name only where it was
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
+        return _problem(400, "bad-request", f"invalid request parameter: {where}"[:300])
+
+    @app.exception_handler(Exception)
+    async def _on_bug(_request: Request, exc: Exception) -> Response:
+        # ServerErrorMiddleware still logs the traceback of this bug after we answer
+        return _problem(500, "internal", "internal error")
 
     def base_url(request: Request) -> str:
         return settings.public_url or str(request.base_url)
@@ -175,7 +200,9 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
         check_name(version, what="version")
         body = await _read_limited(request, settings.max_record_size)
         try:
-            registration = ModelRegistration.from_json(body)
+            registration = ModelRegistration.from_json(
+                body, what="registration", max_bytes=settings.max_record_size
+            )
         except WireError as exc:
             raise _HttpError(422, "invalid-registration", describe(exc)) from None
         async with version_lock:

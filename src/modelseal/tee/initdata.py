@@ -19,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from modelseal.errors import EvidenceError
+from modelseal._internal.bounded import load_toml
+from modelseal.errors import EvidenceError, FormatError
 
 #: Init-data larger than this is refused (it travels in every attestation request).
 MAX_INIT_DATA = 256 * 1024
@@ -51,31 +51,17 @@ def _claim_value(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _check_depth(doc: dict[str, Any]) -> None:
-    """Iteratively, so a deep document is refused before anything recurses over it."""
-    stack: list[tuple[Any, int]] = [(doc, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise EvidenceError(f"init-data nests deeper than {MAX_DEPTH} levels")
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-
-
 def parse_init_data(raw: bytes | str) -> InitData:
-    """Parse and hash an init-data document; malformed input -> EvidenceError."""
+    """Parse and hash an init-data document; malformed input -> EvidenceError.
+
+    Size and depth are capped (``_internal/bounded.py``) before anything walks the
+    document: it comes from the guest, so a KBS must treat it as hostile.
+    """
     body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-    if len(body) > MAX_INIT_DATA:
-        raise EvidenceError(f"init-data too large ({len(body)} bytes > {MAX_INIT_DATA})")
     try:
-        doc = tomllib.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise EvidenceError(f"init-data is not valid TOML: {exc}") from exc
-    except RecursionError:  # tomllib recurses per nesting level; the KBS must not crash
-        raise EvidenceError(f"init-data nests deeper than {MAX_DEPTH} levels") from None
-    _check_depth(doc)
+        doc = load_toml(body, what="init-data", max_bytes=MAX_INIT_DATA, max_depth=MAX_DEPTH)
+    except FormatError as exc:
+        raise EvidenceError(str(exc)) from None
     version = doc.get("version")
     algorithm = doc.get("algorithm")
     data = doc.get("data", {})

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import tomllib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from modelseal._internal.bounded import load_toml
 from modelseal._internal.encoding import b64_decode
 from modelseal.errors import EvidenceError, FormatError, UnsupportedTee
 from modelseal.protocol.claims import Claims
 from modelseal.tee.base import VerifierConfig, pad_report_data
+from modelseal.tee.initdata import MAX_DEPTH, MAX_INIT_DATA
 
 REPORT_DATA_SIZE = 64
 MAX_EVIDENCE_FIELD = 256
@@ -29,9 +30,9 @@ def _init_data_claims(init_data: bytes) -> tuple[str, dict[str, str]]:
     and audits see what the guest claimed, and the token is marked insecure anyway.
     """
     try:
-        doc = tomllib.loads(init_data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise EvidenceError("init-data is not a valid TOML document") from exc
+        doc = load_toml(init_data, what="init-data", max_bytes=MAX_INIT_DATA, max_depth=MAX_DEPTH)
+    except FormatError as exc:
+        raise EvidenceError(str(exc)) from None
     algorithm = doc.get("algorithm")
     fn = _INIT_DATA_HASHES.get(algorithm) if isinstance(algorithm, str) else None
     if fn is None:

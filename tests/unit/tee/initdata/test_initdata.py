@@ -96,13 +96,13 @@ def test_random_input_typed_errors(blob: bytes) -> None:
 )
 def test_deep_nesting_is_a_typed_error(value: bytes) -> None:
     doc = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\nx = ' + value + b"\n"
-    with pytest.raises(EvidenceError, match="nests deeper"):
+    with pytest.raises(EvidenceError, match="nested deeper"):
         parse_init_data(doc)
 
 
 def test_deep_dotted_keys_are_refused() -> None:
     key = ".".join(["k"] * 40)
-    with pytest.raises(EvidenceError, match="nests deeper"):
+    with pytest.raises(EvidenceError, match="nested deeper"):
         parse_init_data(f'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n{key} = 1\n')
     head = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
     nested = parse_init_data(head + b"x = [[1], {a = [2]}]\n")
