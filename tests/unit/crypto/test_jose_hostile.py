@@ -1,22 +1,20 @@
 """Hostile JOSE: malformed JWE headers and JWKs, high-S ES256 twins, non-integer token times.
 
-Tokens here are signed with the real KBS key over the exact bytes under test, so every
-refusal is the verifier's rule and not a broken signature.
+Tokens here are signed with the real KBS key (its PEM file, through jwcrypto as an
+independent signer) over the exact bytes under test, so every refusal is the verifier's rule
+and not a broken signature.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from jwcrypto import jwk as jw_jwk
+from jwcrypto import jws as jw_jws
 
 from modelseal.crypto.jwe import decrypt, encrypt
 from modelseal.crypto.jwk import TeeKeyPair, ec_public_key_from_jwk, recipient_from_jwk
@@ -61,12 +59,15 @@ def test_any_malformed_epk_is_a_format_error(keys: TeeKeyPair, epk: Any) -> None
         decrypt(with_header(jwe, header), keys)
 
 
+ALG_ENC = b'{"alg": "ECDH-ES+A256KW", "enc": "A256GCM"'
+
+
 @pytest.mark.parametrize(
     "header",
     [
-        b'{"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        ALG_ENC + b', "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
         b"[" * 900 + b"]" * 900,
-        b'{"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "epk": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}",
+        ALG_ENC + b', "epk": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}",
         b'{"alg": NaN}',
         b"\xff\xfe",
         b'"just a string"',
@@ -102,70 +103,87 @@ def test_malformed_tee_pubkeys_are_format_errors_without_values(jwk: Any) -> Non
 
 
 def test_epk_parser_names_its_document() -> None:
-    with pytest.raises(FormatError, match="^JWE epk must be a JSON object$"):
+    with pytest.raises(FormatError, match=r"^JWE epk must be a JSON object$"):
         ec_public_key_from_jwk([1, 2], what="JWE epk")
 
 
 # --- ES256 low-S ---------------------------------------------------------------------------
 
 
+@dataclass
+class Signer:
+    key: TokenSigningKey
+    pem: jw_jwk.JWK
+
+
 @pytest.fixture(scope="module")
-def signer() -> TokenSigningKey:
-    return TokenSigningKey.generate()
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
+    path = tmp_path_factory.mktemp("token-key") / "token-signing.pem"
+    key = TokenSigningKey.load_or_create(path)
+    return Signer(key, jw_jwk.JWK.from_pem(path.read_bytes()))
 
 
 def payload(**over: Any) -> dict[str, Any]:
     return {"iat": NOW, "exp": NOW + 300, "aud": AUD, "iss": ISS, "jti": "j1", **over}
 
 
-def verify(signer: TokenSigningKey, token: str) -> dict[str, Any]:
-    return signer.verify_jwt(token, now=NOW, audience=AUD, issuer=ISS)
+def verify(signer: Signer, token: str) -> dict[str, Any]:
+    return signer.key.verify_jwt(token, now=NOW, audience=AUD, issuer=ISS)
 
 
-def raw_sign(signer: TokenSigningKey, header: bytes, body: bytes, *, high_s: bool) -> str:
-    """A compact JWS over exactly these segment bytes, with the s of our choice."""
-    signing_input = f"{b64(header)}.{b64(body)}"
-    der = signer._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
-    r, s = decode_dss_signature(der)
-    s = low_s(s)
-    if high_s:
-        s = P256_ORDER - s
+def split_sig(token: str) -> tuple[str, int, int]:
+    signing_input, sig = token.rsplit(".", 1)
+    raw = b64d(sig)
+    return signing_input, int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+
+
+def with_s(signing_input: str, r: int, s: int) -> str:
     return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
-def test_signatures_we_issue_are_low_s(signer: TokenSigningKey) -> None:
+def raw_sign(signer: Signer, header: str, body: bytes, *, high_s: bool) -> str:
+    """A compact ES256 JWS over exactly these bytes, with the half of s we ask for."""
+    jws = jw_jws.JWS(body)
+    jws.add_signature(signer.pem, alg="ES256", protected=header)
+    signing_input, r, s = split_sig(jws.serialize(compact=True))
+    low = min(s, P256_ORDER - s)
+    return with_s(signing_input, r, P256_ORDER - low if high_s else low)
+
+
+HEADER = '{"alg":"ES256","typ":"JWT"}'
+
+
+def test_signatures_we_issue_are_low_s(signer: Signer) -> None:
     # ECDSA picks s at random: in 64 signatures about half would be high without the rule
     for i in range(64):
-        token = signer.sign_jwt(payload(jti=f"j{i}"))
-        s = int.from_bytes(b64d(token.rsplit(".", 1)[1])[32:], "big")
+        token = signer.key.sign_jwt(payload(jti=f"j{i}"))
+        _, _, s = split_sig(token)
         assert 0 < s <= P256_ORDER // 2
         assert verify(signer, token)["jti"] == f"j{i}"
+    assert low_s(P256_ORDER - 5) == 5
+    assert low_s(5) == 5
 
 
-def test_the_high_s_twin_of_a_valid_signature_is_refused(signer: TokenSigningKey) -> None:
-    header = json.dumps({"alg": "ES256", "typ": "JWT"}).encode()
+def test_the_high_s_twin_of_a_valid_signature_is_refused(signer: Signer) -> None:
     body = json.dumps(payload()).encode()
-    good = raw_sign(signer, header, body, high_s=False)
-    twin = raw_sign(signer, header, body, high_s=True)
+    good = raw_sign(signer, HEADER, body, high_s=False)
+    twin = raw_sign(signer, HEADER, body, high_s=True)
+    assert good.rsplit(".", 1)[0] == twin.rsplit(".", 1)[0]
     assert verify(signer, good)["jti"] == "j1"
-    # the twin is a mathematically valid ECDSA signature of the same input ...
-    r = int.from_bytes(b64d(twin.rsplit(".", 1)[1])[:32], "big")
-    s = int.from_bytes(b64d(twin.rsplit(".", 1)[1])[32:], "big")
-    signer.public_key.verify(
-        encode_dss_signature(r, s), twin.rsplit(".", 1)[0].encode(), ec.ECDSA(hashes.SHA256())
-    )
-    # ... and still refused
+    # the twin is a valid ECDSA signature of the same input for an independent verifier ...
+    check = jw_jws.JWS()
+    check.deserialize(twin)
+    check.verify(jw_jwk.JWK(**signer.key.public_jwk()))
+    # ... and still refused here
     with pytest.raises(TokenError, match="low-S"):
         verify(signer, twin)
 
 
 @pytest.mark.parametrize("r_value", [0, P256_ORDER, 2**256 - 1])
-def test_out_of_range_r_is_refused(signer: TokenSigningKey, r_value: int) -> None:
-    token = signer.sign_jwt(payload())
-    head, body, sig = token.split(".")
-    forged = b64(r_value.to_bytes(32, "big") + b64d(sig)[32:])
+def test_out_of_range_r_is_refused(signer: Signer, r_value: int) -> None:
+    signing_input, _, s = split_sig(signer.key.sign_jwt(payload()))
     with pytest.raises(TokenError):
-        verify(signer, f"{head}.{body}.{forged}")
+        verify(signer, with_s(signing_input, r_value, s))
 
 
 # --- time claims ---------------------------------------------------------------------------
@@ -194,28 +212,29 @@ def test_out_of_range_r_is_refused(signer: TokenSigningKey, r_value: int) -> Non
     ],
 )
 def test_time_claims_must_be_integers_even_when_signed(
-    signer: TokenSigningKey, claim: str, literal: str
+    signer: Signer, claim: str, literal: str
 ) -> None:
     body = json.dumps(payload(**{claim: "@@"})).replace('"@@"', literal).encode()
-    token = raw_sign(signer, b'{"alg":"ES256","typ":"JWT"}', body, high_s=False)
+    token = raw_sign(signer, HEADER, body, high_s=False)
     with pytest.raises(TokenError):
         verify(signer, token)
 
 
-def test_integer_times_still_verify(signer: TokenSigningKey) -> None:
+def test_integer_times_still_verify(signer: Signer) -> None:
     body = json.dumps(payload(nbf=NOW - 1)).encode()
-    token = raw_sign(signer, b'{"alg":"ES256","typ":"JWT"}', body, high_s=False)
+    token = raw_sign(signer, HEADER, body, high_s=False)
     assert verify(signer, token)["nbf"] == NOW - 1
 
 
-def test_the_signer_refuses_non_finite_claims(signer: TokenSigningKey) -> None:
+def test_the_signer_refuses_non_finite_claims(signer: Signer) -> None:
     with pytest.raises(ValueError):
-        signer.sign_jwt(payload(exp=float("nan")))
+        signer.key.sign_jwt(payload(exp=float("nan")))
 
 
-def test_deep_token_segments_are_token_errors(signer: TokenSigningKey) -> None:
+def test_deep_token_segments_are_token_errors(signer: Signer) -> None:
     deep = b"[" * 5000 + b"]" * 5000
-    for header, body in ((deep, b"{}"), (b'{"alg":"ES256"}', deep)):
-        token = raw_sign(signer, header, body, high_s=False)
+    signed = raw_sign(signer, HEADER, deep, high_s=False)  # deep payload, valid signature
+    header_first = f"{b64(deep)}.{b64(b'{}')}.{b64(bytes(64))}"  # parsed before the signature
+    for token in (signed, header_first):
         with pytest.raises(TokenError, match="malformed"):
             verify(signer, token)
