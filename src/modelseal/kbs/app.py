@@ -3,9 +3,9 @@
 ``create_app(settings, state)`` wires the pieces: sessions in the KBS database (so replicas
 work), the attestation service, the token service (key file in the data directory), the
 resource service over ``state.release``, and the admin and CNAP transfer routers.
-Verifiers that may do network I/O run in the thread pool so one slow collateral fetch never
-stalls the event loop; embedded-SQLite statements and the small CPU steps (binding digest,
-ES256, JWE) run on the loop, where they are cheapest (see :meth:`Kbs.db`).
+Verifiers that may do network I/O and every database call run in the thread pool, so one
+slow collateral fetch or a queued writer never stalls the event loop; the small CPU steps
+(binding digest, ES256, JWE) run on the loop, where they are cheapest.
 """
 
 from __future__ import annotations
@@ -140,7 +140,6 @@ class Kbs:
             clock=clock,
         )
         self.resources = ResourceService(state, self.tokens)
-        self._inline_db = state.db.is_sqlite
 
     def cookie(self, session_id: str, max_age: float) -> str:
         attrs = f"{COOKIE_NAME}={session_id}; Max-Age={max(0, int(max_age))}; Path=/kbs"
@@ -150,15 +149,11 @@ class Kbs:
         return attrs
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run database work.
+        """Run blocking database work in the thread pool, never on the event loop.
 
-        Embedded SQLite answers in well under a millisecond and allows one writer at a time,
-        so its statements run right here on the event loop: no thread hand-offs, no GIL
-        convoy between the loop and worker threads, no busy-wait sleeps between our own
-        writers. A network database (PostgreSQL) runs in the thread pool instead.
+        Each call is one transaction on a connection of its own (``Database.write`` /
+        ``read_connection``): a slow disk or a waiting writer stalls that request only.
         """
-        if self._inline_db:
-            return fn(*args)
         return await run_in_threadpool(fn, *args)
 
     async def verify(
