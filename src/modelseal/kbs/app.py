@@ -198,7 +198,9 @@ class Kbs:
         if not session_id:
             raise TokenError("attest without a session cookie")
         req = parse_model(AttestationRequest, body, what="attestation request")
-        pending = await self.db(self.sessions.pending, session_id)
+        pending = self.sessions.remembered(session_id)
+        if pending is None:
+            pending = await self.db(self.sessions.pending, session_id)
         runtime = req.runtime_data
         if runtime.nonce != pending.nonce:
             await self.db(self.sessions.burn, session_id)

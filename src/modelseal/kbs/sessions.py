@@ -120,13 +120,21 @@ class SessionStore:
         self._maybe_sweep(now)
         return session
 
-    def pending(self, session_id: str) -> PendingSession:
-        """The unconsumed, unexpired session ``session_id``, or TokenError."""
+    def remembered(self, session_id: str) -> PendingSession | None:
+        """The pending session if this replica created it (no I/O: safe on the event loop),
+        None if it must be read from the database with :meth:`pending`; TokenError if
+        expired. Taking it out is harmless: the conditional ``UPDATE`` of :meth:`complete`
+        still decides whether the nonce is unused."""
         with self._recent_lock:
             remembered = self._recent.pop(session_id, None)
+        if remembered is not None and remembered.expires_at <= self.clock.now():
+            raise TokenError("session expired")
+        return remembered
+
+    def pending(self, session_id: str) -> PendingSession:
+        """The unconsumed, unexpired session ``session_id``, or TokenError."""
+        remembered = self.remembered(session_id)
         if remembered is not None:
-            if remembered.expires_at <= self.clock.now():
-                raise TokenError("session expired")
             return remembered
         with self.db.read_connection() as conn:
             row = conn.execute(
