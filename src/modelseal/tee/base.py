@@ -83,7 +83,7 @@ class Verifier(abc.ABC):
     #: Smallest and largest report-data field this kind's evidence may carry.
     report_data_sizes: ClassVar[tuple[int, int]] = (64, 64)
     #: What the kind calls its report-data field (error messages name it).
-    report_data_field: ClassVar[str] = "report data"
+    report_data_field: ClassVar[str] = "the report data"
     #: Evidence of this kind proves nothing (no hardware signature): claims are always
     #: marked insecure and init-data is reported without a launch-time binding.
     insecure: ClassVar[bool] = False
@@ -141,19 +141,19 @@ class Verifier(abc.ABC):
     def _check_binding(self, found: bytes, expected: bytes) -> None:
         """The report data must be this session's binding digest, zero-padded, in full."""
         low, high = self.report_data_sizes
-        field = f"{self.tee} {self.report_data_field}"
+        field = self.report_data_field
         if not low <= len(found) <= high:
             sizes = f"{low}" if low == high else f"{low}..{high}"
-            raise EvidenceError(f"the {field} has {len(found)} bytes; {sizes} required")
+            raise EvidenceError(f"{field} has {len(found)} bytes; {sizes} required")
         if len(expected) > len(found):
             raise EvidenceError(
                 f"the {len(expected)}-byte binding digest does not fit the "
-                f"{len(found)}-byte {field}"
+                f"{len(found)} bytes of {field}"
             )
         if not hmac.compare_digest(found, pad_report_data(expected, len(found))):
             raise EvidenceError(
-                f"report data binding mismatch: the {field} does not match this session's "
-                "binding of nonce and TEE key"
+                f"report data binding mismatch: {field} does not match the runtime-data "
+                "binding (this session's nonce and TEE key)"
             )
 
     @final

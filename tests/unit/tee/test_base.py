@@ -48,7 +48,7 @@ class CarelessNonce(Careless):
     """A kind whose report-data field may be 32..64 bytes (like a TPM quote nonce)."""
 
     report_data_sizes: ClassVar[tuple[int, int]] = (32, 64)
-    report_data_field: ClassVar[str] = "nonce"
+    report_data_field: ClassVar[str] = "the nonce"
 
 
 class CarelessInsecure(Careless):

@@ -27,6 +27,7 @@ class Verifier(base.Verifier):
 
     tee: ClassVar[str] = "sample"
     insecure: ClassVar[bool] = True
+    report_data_field: ClassVar[str] = "sample report_data"
 
     @classmethod
     def from_config(cls, config: VerifierConfig) -> Verifier:

@@ -44,7 +44,7 @@ class Verifier(base.Verifier):
     """Verifies Trustee-shaped SNP evidence; see the module docstring for the checks."""
 
     tee: ClassVar[str] = "snp"
-    report_data_field: ClassVar[str] = "REPORT_DATA"
+    report_data_field: ClassVar[str] = "SNP REPORT_DATA"
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ class DcapQuoteVerifier(Verifier):
     tee: ClassVar[str] = "tdx"
     #: "TDX" or "SGX": which quotes this verifier accepts
     quote_tee: ClassVar[str] = "TDX"
-    report_data_field: ClassVar[str] = "REPORTDATA"
+    report_data_field: ClassVar[str] = "the quote's REPORTDATA"
     #: Facts every claim of this verifier carries (mock-tdx: ``{"mock": true}``).
     extra_claims: ClassVar[Mapping[str, Any]] = {}
 

@@ -36,7 +36,7 @@ class Verifier(base.Verifier):
     tee: ClassVar[str] = "tpm"
     #: Our attester uses 64 bytes; other attesters may use as few as 32.
     report_data_sizes: ClassVar[tuple[int, int]] = (MIN_NONCE, MAX_NONCE)
-    report_data_field: ClassVar[str] = "quote nonce (extraData)"
+    report_data_field: ClassVar[str] = "TPM quote nonce (extraData)"
 
     def __init__(self, trust: TrustStore) -> None:
         self._trust = trust
