@@ -74,8 +74,8 @@ class Verifier(abc.ABC):
     A template method: :meth:`verify` is final and runs the kind's own evidence checks
     (:meth:`_verify_evidence`), then the checks every kind needs and none may forget:
     the claims are of this verifier's kind, the report data binds this session, and the
-    init-data document matches its launch-time field. A kind that skipped its binding
-    check still cannot get unbound evidence accepted.
+    init-data document matches its launch-time field. A kind only reports the report
+    data it found and never compares the binding itself, so no kind can forget to.
     """
 
     #: The TEE kind name (``tdx``, ``snp``, ...); claims must carry the same name.
