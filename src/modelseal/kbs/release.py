@@ -175,6 +175,12 @@ def _decide(stored: StoredKey, claims: Claims, now: float) -> _Outcome:
 
 
 def _evaluate(stored: StoredKey, claims: Claims, now: float) -> Decision:
+    """Deny or allow on the row's metadata, which is not authenticated yet.
+
+    A row edited in SQL can only make this deny (nothing is released on a deny); an edit
+    that makes it allow fails the row's MAC in :meth:`KeyStore.unwrap`. So an unreadable
+    stored policy is a denial here, never an exception.
+    """
     if stored.record.state != ACTIVE:
         return Decision(False, (f"key is {stored.record.state}",))
     policy: ReleasePolicy | None = None
@@ -183,4 +189,6 @@ def _evaluate(stored: StoredKey, claims: Claims, now: float) -> Decision:
             policy = stored_policy(stored.policy_json)
         except (ConfigError, DecryptionError) as exc:
             return Decision(False, (f"stored policy is invalid: {exc}",))
+        except RecursionError:
+            return Decision(False, ("stored policy is invalid: nested too deeply",))
     return evaluate(policy, claims, now=now)

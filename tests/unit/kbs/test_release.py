@@ -129,3 +129,40 @@ def test_revoked_key_is_denied_without_unwrapping(state: KbsState, unwrapped: li
     state.keys.revoke(KEY_ID, actor="admin:t")
     assert _denial(state, ALLOWED) == ("key is revoked",)
     assert unwrapped == []
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("policy_json", '{"apiVersion":"modelseal/v1","kind":"ReleasePolicy","tee":["sample"]}'),
+        ("state", "active"),
+    ],
+    ids=["permissive-policy", "revoked-to-active"],
+)
+def test_row_edited_to_allow_fails_its_mac(
+    state: KbsState, unwrapped: list[str], column: str, value: str
+) -> None:
+    # Deciding on metadata before the MAC check is safe: an edit that turns a denial
+    # into an allow reaches the MAC check, which covers the metadata decided on.
+    state.keys.set_policy(KEY_ID, {**POLICY, "tee": ["tdx"]}, actor="admin:t")
+    if column == "state":
+        state.keys.set_policy(KEY_ID, POLICY, actor="admin:t")
+        state.keys.revoke(KEY_ID, actor="admin:t")
+    assert _denial(state, ALLOWED) != ("stored key failed authentication",)
+    _sql(state, f"UPDATE ms_keys SET {column} = ? WHERE key_id = ?", value, KEY_ID)
+    assert _denial(state, ALLOWED) == ("stored key failed authentication",)
+    assert unwrapped == [KEY_ID]
+    assert _last_release(state).decision == "deny"
+
+
+@pytest.mark.parametrize(
+    "policy_json", ["not json", "[" * 100_000 + "]" * 100_000, '{"kind": "ReleasePolicy"}']
+)
+def test_unreadable_stored_policy_is_a_denial(
+    state: KbsState, unwrapped: list[str], policy_json: str
+) -> None:
+    _sql(state, "UPDATE ms_keys SET policy_json = ? WHERE key_id = ?", policy_json, KEY_ID)
+    reasons = _denial(state, ALLOWED)
+    assert reasons[0].startswith("stored policy is invalid")
+    assert unwrapped == []
+    assert _last_release(state).decision == "deny"
