@@ -1,13 +1,13 @@
 """AttestationService: picks the verifier for a TEE kind and returns typed claims.
 
 The KBS never trusts the ``tee`` name alone: the verifier of that kind must accept the
-evidence and its binding to the runtime data. Verifiers are built once per kind (they may
-hold collateral caches) and reused across requests.
+evidence and its binding to the runtime data (both checked by the base verifier's
+``verify``, whatever the kind). Verifiers are built once per kind (they may hold
+collateral caches) and reused across requests.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from typing import Any
@@ -62,15 +62,14 @@ class AttestationService:
         expected_report_data: bytes,
         init_data: bytes | None,
     ) -> Claims:
-        """Verify ``evidence``; raises EvidenceError / UnsupportedTee / BackendError."""
-        claims = self.verifier(tee).verify(
+        """Verify ``evidence``; raises EvidenceError / UnsupportedTee / BackendError.
+
+        The claims are of kind ``tee`` and bound to ``expected_report_data``: the verifier
+        of ``tee`` (built by the registry, which checks its kind) refuses anything else.
+        """
+        return self.verifier(tee).verify(
             evidence,
             expected_report_data=expected_report_data,
             now=self.clock.now(),
             init_data=init_data,
         )
-        if claims.tee != tee:
-            raise UnsupportedTee(f"verifier for {tee!r} returned claims for {claims.tee!r}")
-        if tee == "sample" and not claims.insecure:
-            claims = dataclasses.replace(claims, insecure=True)
-        return claims
