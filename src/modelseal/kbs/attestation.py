@@ -20,10 +20,6 @@ from modelseal.tee.registry import verifier_for
 
 log = logging.getLogger(__name__)
 
-#: Verifiers cheap enough to run on the event loop (the sample TEE only compares bytes).
-INLINE_KINDS = frozenset({"sample"})
-
-
 class AttestationService:
     """Verify evidence of any supported kind; ``sample`` only when explicitly allowed."""
 
@@ -34,8 +30,8 @@ class AttestationService:
         self._lock = threading.Lock()
 
     def is_inline(self, tee: str) -> bool:
-        """True for kinds whose verification is a few microseconds of pure CPU (no I/O)."""
-        return tee in INLINE_KINDS
+        """True when ``tee``'s verifier never waits on I/O: run it on the event loop."""
+        return not self.verifier(tee).may_block()
 
     @property
     def allow_sample(self) -> bool:

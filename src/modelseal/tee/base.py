@@ -88,6 +88,13 @@ class Verifier(abc.ABC):
     #: marked insecure and init-data is reported without a launch-time binding.
     insecure: ClassVar[bool] = False
 
+    def may_block(self) -> bool:
+        """True when :meth:`verify` may wait on I/O (a collateral download), so a server
+        runs it in a thread; False for pure-CPU verification, which a server runs on its
+        event loop (a thread would only add a hand-off, as the GIL is held throughout).
+        Kinds whose evidence is verified from local material only say False."""
+        return True
+
     @classmethod
     @abc.abstractmethod
     def from_config(cls, config: VerifierConfig) -> Verifier:

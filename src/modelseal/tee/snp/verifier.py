@@ -43,6 +43,9 @@ def kds_vcek_url(report: AttestationReport, product: Product) -> str:
 class Verifier(base.Verifier):
     """Verifies Trustee-shaped SNP evidence; see the module docstring for the checks."""
 
+    def may_block(self) -> bool:
+        return False  # local material only: no collateral is ever downloaded
+
     tee: ClassVar[str] = "snp"
     report_data_field: ClassVar[str] = "SNP REPORT_DATA"
 

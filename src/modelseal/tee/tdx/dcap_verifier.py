@@ -44,6 +44,9 @@ class DcapQuoteVerifier(Verifier):
         self._checked: set[tuple[str, str]] = set()
         self._chains: OrderedDict[str, tuple[Any, dcap.PckInfo]] = OrderedDict()
 
+    def may_block(self) -> bool:
+        return self.collateral.may_fetch
+
     def _dcap_collateral(self, text: str) -> Any:
         """Parsed dcap-qvl collateral, memoized (parsing costs more than verifying)."""
         key = hashlib.sha256(text.encode()).hexdigest()

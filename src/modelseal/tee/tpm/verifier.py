@@ -33,6 +33,9 @@ INIT_DATA_PCR = 8
 class Verifier(base.Verifier):
     """Verifies TPM quotes by AKs from a :class:`TrustStore`."""
 
+    def may_block(self) -> bool:
+        return False  # local material only: no collateral is ever downloaded
+
     tee: ClassVar[str] = "tpm"
     #: Our attester uses 64 bytes; other attesters may use as few as 32.
     report_data_sizes: ClassVar[tuple[int, int]] = (MIN_NONCE, MAX_NONCE)
