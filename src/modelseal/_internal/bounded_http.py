@@ -104,7 +104,9 @@ def read_body(
         raise FormatError(f"{what}: response of {int(declared)} bytes exceeds the {limit}-byte cap")
     body = bytearray()
     try:
-        for chunk in response.iter_raw():
+        # identity only (checked above): iter_bytes decodes nothing, and it also serves a
+        # response whose body was loaded up front (mock transports)
+        for chunk in response.iter_bytes():
             room = limit - len(body)
             if len(chunk) > room:
                 if truncate:
