@@ -48,7 +48,9 @@ class Deadline:
 
     def __init__(self, seconds: float) -> None:
         if not (seconds > 0 and math.isfinite(seconds)):
-            raise ConfigError(f"a response deadline must be a positive number of seconds: {seconds}")
+            raise ConfigError(
+                f"a response deadline must be a positive number of seconds: {seconds}"
+            )
         self.seconds = seconds
         self._end = time.monotonic() + seconds
 
@@ -71,7 +73,10 @@ class Deadline:
             return left if value is None else min(value, left)
 
         return httpx.Timeout(
-            connect=cap(base.connect), read=cap(base.read), write=cap(base.write), pool=cap(base.pool)
+            connect=cap(base.connect),
+            read=cap(base.read),
+            write=cap(base.write),
+            pool=cap(base.pool),
         )
 
 
@@ -142,21 +147,25 @@ def send(
     limit: int,
     seconds: float,
     what: str,
+    upload: bool = False,
     **kwargs: Any,
 ) -> Reply:
     """One request through ``client`` whose whole exchange ends within ``seconds``.
 
     A success body (status < 400) may hold ``limit`` bytes (more: :class:`FormatError`); an
     error body is cut at :data:`ERROR_BODY_BYTES`, since only its ``detail`` is used.
+    With ``upload`` (a request body that may take long to send) the deadline starts when the
+    response headers arrive, and sending is bounded by the client's per-operation timeouts.
     httpx transport errors (refused, reset, a connect or header timeout) propagate for the
     caller's retry policy; ``kwargs`` go to :meth:`httpx.Client.stream`.
     """
     deadline = Deadline(seconds)
     headers = {**IDENTITY, **(kwargs.pop("headers", None) or {})}
+    timeout = client.timeout if upload else deadline.timeout(client.timeout)
     try:
-        with client.stream(
-            method, url, headers=headers, timeout=deadline.timeout(client.timeout), **kwargs
-        ) as response:
+        with client.stream(method, url, headers=headers, timeout=timeout, **kwargs) as response:
+            if upload:
+                deadline = Deadline(seconds)
             ok = response.status_code < 400
             body = read_body(
                 response,

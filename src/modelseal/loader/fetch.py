@@ -410,9 +410,7 @@ class Fetcher:
                     return b"", 0
                 else:
                     raise _status_error(url, response, not_found=BlobNotFound)
-                body = read_body(
-                    response, limit=length, deadline=deadline, what=url, truncate=True
-                )
+                body = read_body(response, limit=length, deadline=deadline, what=url, truncate=True)
                 want = min(length, total)
                 if len(body) < want:
                     raise _Retry("connection closed before the end of the range")
