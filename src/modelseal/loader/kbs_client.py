@@ -277,7 +277,7 @@ class KbsClient:
         """Attest if needed, fetch ``repo/type/tag`` and decrypt it with the TEE key."""
         check_resource_path(path)
         url = self._base + RESOURCE_PREFIX + path
-        what = "KBS resource response"
+        what = "KBS resource"
         response: Reply | None = None
         token = self._auth.cached()
         if token is not None:
@@ -294,7 +294,7 @@ class KbsClient:
             try:
                 jwe = decode_json(response.content)
             except WireError as exc:
-                raise FormatError(f"{what} is not JSON ({describe(exc)})") from None
+                raise FormatError(f"{what} response is not JSON ({describe(exc)})") from None
             return decrypt(jwe, self._keys)
         if status == 401:
             self._auth.invalidate()
