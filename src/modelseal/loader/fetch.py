@@ -324,29 +324,41 @@ class Fetcher:
 
         return self._retrying(url, attempt)
 
-    def read_range(self, url: str, start: int, into: memoryview) -> None:
+    @property
+    def timeout(self) -> float:
+        """Seconds: the overall deadline of a small answer, the longest single socket wait."""
+        return self._timeout
+
+    def read_range(
+        self, url: str, start: int, into: memoryview, *, deadline: Deadline | None = None
+    ) -> None:
         """Fill ``into`` with the bytes ``[start, start + len(into))`` of the blob at ``url``.
 
         Resumes after a connection reset with a ``Range`` from the first missing byte; an
         attempt that made progress does not count against the retry budget (but the total
-        number of attempts is still bounded).
+        number of attempts is still bounded). With a ``deadline`` (a header, the manifest)
+        the whole range, retries included, must arrive in time (``TransientError``); bulk
+        downloads go without one, through ``readinto`` straight into ``into``.
         """
         length = len(into)
         progress = _Progress()
         attempt = 0
         total_attempts = 0
+        direct = self._direct and deadline is None and url.startswith(("http://", "https://"))
         while progress.got < length:
             attempt += 1
             total_attempts += 1
             before = progress.got
+            if deadline is not None:
+                deadline.check(url)
             try:
-                if self._direct and url.startswith(("http://", "https://")):
+                if direct:
                     try:
                         self._read_direct(url, start, into, progress)
                     except _Redirected:
                         self._read_once(url, start, into, progress)
                 else:
-                    self._read_once(url, start, into, progress)
+                    self._read_once(url, start, into, progress, deadline)
                 if progress.got < length:
                     raise _Retry("connection closed before the end of the range")
             except httpx.UnsupportedProtocol as exc:
@@ -358,13 +370,24 @@ class Fetcher:
                     attempt = 1  # progress: a resumed stream is not a failure streak
                 self._backoff(url, attempt, reason)
 
-    def _read_once(self, url: str, start: int, into: memoryview, progress: _Progress) -> None:
-        """One ranged GET from the first missing byte; ``progress.got`` advances as it reads."""
+    def _read_once(
+        self,
+        url: str,
+        start: int,
+        into: memoryview,
+        progress: _Progress,
+        deadline: Deadline | None = None,
+    ) -> None:
+        """One ranged GET from the first missing byte; ``progress.got`` advances as it reads
+        (one socket read per chunk, each checked against ``deadline``)."""
         length = len(into)
         first = start + progress.got
         last = start + length - 1
         headers = {"Range": f"bytes={first}-{last}"}
-        with self._client.stream("GET", url, headers=headers) as response:
+        timeout = (
+            self._client.timeout if deadline is None else deadline.timeout(self._client.timeout)
+        )
+        with self._client.stream("GET", url, headers=headers, timeout=timeout) as response:
             _check_range_answer(
                 url, response.status_code, response.headers.get("content-range"), first, last
             )
@@ -377,7 +400,11 @@ class Fetcher:
                     progress.got = got
                     if got == length:
                         break
+                    if deadline is not None:
+                        deadline.check(url)
             except httpx.TransportError as exc:
+                if deadline is not None:
+                    deadline.check(url)
                 raise _Retry(f"{type(exc).__name__} after {got} of {length} bytes") from exc
 
     def read_head(self, url: str, length: int) -> tuple[bytes, int]:

@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from modelseal._internal.bounded_http import Deadline
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import (
     ConfigError,
@@ -129,7 +130,7 @@ def fetch_sealed_head(
     need = PREAMBLE_LEN + header_len + COMMIT_LEN
     if need > len(prefix) and total >= need:
         prefix = bytearray(need)
-        fetcher.read_range(url, 0, memoryview(prefix))
+        fetcher.read_range(url, 0, memoryview(prefix), deadline=Deadline(fetcher.timeout))
     header = Header.parse(prefix)
     if total != header.sealed_size:
         raise FormatError(
@@ -156,7 +157,8 @@ def fetch_manifest(
     if header.size > MAX_MANIFEST_LEN:
         raise FormatError(f"manifest of {header.size} bytes exceeds {MAX_MANIFEST_LEN}")
     sealed = bytearray(total)
-    fetcher.read_range(info.manifest_url, 0, memoryview(sealed))
+    deadline = Deadline(fetcher.timeout)
+    fetcher.read_range(info.manifest_url, 0, memoryview(sealed), deadline=deadline)
     dec = FileDecryptor(header, commitment, dek)
     plain = bytearray(header.size)
     try:

@@ -11,18 +11,26 @@ import base64
 import json
 import tracemalloc
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
+from modelseal._internal.bounded_http import Deadline
 from modelseal.errors import BackendError, FormatError, TransientError
 from modelseal.format.header import MAX_HEADER_LEN
 from modelseal.loader.fetch import Fetcher, RetryPolicy
 from modelseal.loader.kbs_client import MAX_RESPONSE_BYTES, KbsClient
-from modelseal.loader.loader import HeaderBudget, fetch_heads, fetch_model_info
+from modelseal.loader.loader import (
+    HEAD_PROBE,
+    HeaderBudget,
+    fetch_heads,
+    fetch_model_info,
+    fetch_sealed_head,
+)
 from modelseal.protocol.model_info import ModelInfo
 from modelseal.tee.sample.attester import Attester
-from tests.hostile_http import HostileServer, answer, endless, padded_sealed_blob
+from tests.hostile_http import HostileServer, Script, answer, endless, padded_sealed_blob
 from tests.unit.loader.blobserver import BlobServer
 
 FILES = 64
@@ -251,3 +259,45 @@ def test_kbs_unknown_status_with_endless_body() -> None:
     server = hostile_kbs(endless(800 << 20, status=418))
     with server.running(), pytest.raises(BackendError, match="HTTP 418"):
         _get(server)
+
+
+def _trickle_after(head: bytes, total: int) -> Script:
+    """Ranged answers: the first ``len(head)`` bytes at once (the loader's head probe), any
+    other range one byte every 20 ms (a long header, the manifest)."""
+
+    def script(handler: BaseHTTPRequestHandler) -> None:
+        first, last = (int(x) for x in handler.headers["Range"][6:].split("-"))
+        last = min(last, total - 1)
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {first}-{last}/{total}")
+        handler.send_header("Content-Length", str(last - first + 1))
+        handler.end_headers()
+        if last < len(head):
+            handler.wfile.write(head[first : last + 1])
+            return
+        endless(last - first + 1, chunk=1, delay=0.02)(handler)
+
+    return script
+
+
+def test_trickling_long_header_hits_the_deadline() -> None:
+    blob = padded_sealed_blob(64 << 10)
+    server = HostileServer({"GET /f": _trickle_after(blob[:HEAD_PROBE], len(blob))})
+    with (
+        server.running(),
+        Fetcher(timeout=0.3, retry=RetryPolicy(attempts=3)) as fetcher,
+        pytest.raises(TransientError, match=r"/f: no complete answer within 0\.3 s"),
+    ):
+        fetch_sealed_head(fetcher, server.url + "/f", HeaderBudget())
+
+
+def test_read_range_with_a_deadline_ends_a_trickle() -> None:
+    server = HostileServer({"GET /blob": _trickle_after(b"", 1 << 20)})
+    with (
+        server.running(),
+        Fetcher(timeout=30, retry=RetryPolicy(attempts=3)) as fetcher,
+        pytest.raises(TransientError, match=r"within 0\.3 s"),
+    ):
+        fetcher.read_range(
+            server.url + "/blob", 0, memoryview(bytearray(1 << 20)), deadline=Deadline(0.3)
+        )
