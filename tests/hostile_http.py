@@ -9,11 +9,14 @@ went out per path.
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 Script = Callable[[BaseHTTPRequestHandler], None]
 
@@ -157,3 +160,41 @@ def padded_sealed_blob(header_len: int, *, path: str = "w.bin") -> bytes:
     header = members + b" " * (header_len - len(members))
     preamble = b"\x89MSEAL\r\n" + (1).to_bytes(2, "big") + header_len.to_bytes(4, "big")
     return preamble + header + bytes(32) + bytes(16)  # commitment, the one (empty) tag
+
+
+def model_info(base: str, files: int) -> dict[str, Any]:
+    """Model info of a v1 model whose ``files`` blobs live at ``base/f<i>``."""
+    return {
+        "id": "m",
+        "url": base + "/",
+        "format": "modelseal/v1",
+        "encrypted": True,
+        "kbs": "trustee",
+        "kbs_url": "http://127.0.0.1:9",
+        "key_id": "models/m/v1",
+        "model_digest": "sha256:" + "0" * 64,
+        "manifest_url": base + "/manifest",
+        "files": [
+            {"path": f"f{i}.bin", "url": f"{base}/f{i}", "sealed_size": 0} for i in range(files)
+        ],
+    }
+
+
+def _b64(doc: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+
+TOKEN = f"{_b64({'alg': 'ES256'})}.{_b64({'iat': 1, 'exp': 1000, 'jti': 't'})}.c2ln"
+
+
+def hostile_kbs(resource: Any) -> HostileServer:
+    """A KBS that completes the RCAR handshake (it does not check evidence) and answers the
+    resource request with ``resource``."""
+    challenge = json.dumps({"nonce": "A" * 43 + "=", "extra-params": ""}).encode()
+    return HostileServer(
+        {
+            "POST /kbs/v0/auth": answer(200, challenge, {"Set-Cookie": "kbs-session-id=abc"}),
+            "POST /kbs/v0/attest": answer(200, json.dumps({"token": TOKEN}).encode()),
+            "GET": resource,
+        }
+    )

@@ -18,9 +18,15 @@ import pytest
 
 from modelseal.format.header import MAX_HEADER_LEN
 from modelseal.quickstart.services import MODELSEAL, child_env
-from tests.hostile_http import HostileServer, answer, endless, padded_sealed_blob
+from tests.hostile_http import (
+    HostileServer,
+    answer,
+    endless,
+    hostile_kbs,
+    model_info,
+    padded_sealed_blob,
+)
 from tests.unit.loader.blobserver import BlobServer
-from tests.unit.loader.test_hostile_peers import _model_info, hostile_kbs
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +57,7 @@ def registry() -> Iterator[BlobServer]:
 
 
 def publish_info(registry: BlobServer, files: int, kbs_url: str) -> str:
-    info = _model_info(registry.url, files)
+    info = model_info(registry.url, files)
     info["kbs_url"] = kbs_url
     registry.blobs["/models/m"] = json.dumps(info).encode()
     return registry.url + "/models/m"

@@ -12,7 +12,6 @@ import json
 import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
-from typing import Any
 
 import pytest
 
@@ -30,28 +29,19 @@ from modelseal.loader.loader import (
 )
 from modelseal.protocol.model_info import ModelInfo
 from modelseal.tee.sample.attester import Attester
-from tests.hostile_http import HostileServer, Script, answer, endless, padded_sealed_blob
+from tests.hostile_http import (
+    HostileServer,
+    Script,
+    answer,
+    endless,
+    hostile_kbs,
+    model_info,
+    padded_sealed_blob,
+)
 from tests.unit.loader.blobserver import BlobServer
 
 FILES = 64
 DEEP = b"[" * 100_000 + b"]" * 100_000
-
-
-def _model_info(base: str, files: int) -> dict[str, Any]:
-    return {
-        "id": "m",
-        "url": base + "/",
-        "format": "modelseal/v1",
-        "encrypted": True,
-        "kbs": "trustee",
-        "kbs_url": "http://127.0.0.1:9",
-        "key_id": "models/m/v1",
-        "model_digest": "sha256:" + "0" * 64,
-        "manifest_url": base + "/manifest",
-        "files": [
-            {"path": f"f{i}.bin", "url": f"{base}/f{i}", "sealed_size": 0} for i in range(files)
-        ],
-    }
 
 
 @pytest.fixture
@@ -61,7 +51,7 @@ def padded_registry() -> Iterator[tuple[BlobServer, ModelInfo]]:
     with BlobServer().running() as server:
         for i in range(FILES):
             server.blobs[f"/f{i}"] = blob
-        yield server, ModelInfo.from_data(_model_info(server.url, FILES))
+        yield server, ModelInfo.from_data(model_info(server.url, FILES))
 
 
 def test_parsed_heads_keep_no_header_bytes(padded_registry: tuple[BlobServer, ModelInfo]) -> None:
@@ -134,26 +124,6 @@ def test_trickling_model_info_hits_the_deadline() -> None:
 
 
 # --- KBS ------------------------------------------------------------------------------------
-
-
-def _b64(doc: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
-
-
-TOKEN = f"{_b64({'alg': 'ES256'})}.{_b64({'iat': 1, 'exp': 1000, 'jti': 't'})}.c2ln"
-
-
-def hostile_kbs(resource: Any) -> HostileServer:
-    """A KBS that completes the RCAR handshake (it does not check evidence) and answers the
-    resource request with ``resource``."""
-    challenge = json.dumps({"nonce": "A" * 43 + "=", "extra-params": ""}).encode()
-    return HostileServer(
-        {
-            "POST /kbs/v0/auth": answer(200, challenge, {"Set-Cookie": "kbs-session-id=abc"}),
-            "POST /kbs/v0/attest": answer(200, json.dumps({"token": TOKEN}).encode()),
-            "GET": resource,
-        }
-    )
 
 
 def _get(server: HostileServer, timeout: float = 30.0) -> None:
