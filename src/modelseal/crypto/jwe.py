@@ -146,7 +146,7 @@ def decrypt(jwe: Any, key_pair: TeeKeyPair) -> SecretBytes:
     members = parse_flattened(jwe)
     try:
         header = json.loads(b64url_decode(members["protected"], what="JWE protected header"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError("JWE protected header is not JSON") from exc
     if not isinstance(header, dict):
         raise FormatError("JWE protected header is not a JSON object")
@@ -164,7 +164,10 @@ def decrypt(jwe: Any, key_pair: TeeKeyPair) -> SecretBytes:
     cek: bytes | None = None
     try:
         if isinstance(private, ec.EllipticCurvePrivateKey):
-            epk = ec_public_key_from_jwk(header.get("epk") or _unprotected_epk(jwe, header) or {})
+            epk_jwk = header.get("epk") or _unprotected_epk(jwe, header) or {}
+            if not isinstance(epk_jwk, Mapping):
+                raise FormatError("JWE epk must be a JSON object")
+            epk = ec_public_key_from_jwk(epk_jwk)
             if epk.curve.name != private.curve.name:
                 raise DecryptionError()
             kek = _concat_kdf(private.exchange(ec.ECDH(), epk), ALG_ECDH_ES_A256KW)

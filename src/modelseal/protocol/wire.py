@@ -6,6 +6,12 @@ importing pydantic and building its validators costs ~0.2 s of a ~0.4 s start
 ``__post_init__`` checks) for ~15 ms. Server-only models (KBS admin API, policies) stay
 pydantic. Decoding is strict: no string-to-number coercion, unknown fields ignored unless a
 model forbids them.
+
+Nesting depth: msgspec (like the standard ``json`` module) decodes nested arrays and objects
+recursively and stops at the interpreter's recursion limit with ``RecursionError``. That
+bounds the stack, but it is not an error a caller expects from a decoder; every decode here
+turns it into ``WireError``, so a deeply nested document from a peer ends in the caller's
+documented error like any other malformed body.
 """
 
 from __future__ import annotations
@@ -15,13 +21,22 @@ from typing import Any, Self
 
 import msgspec
 
-__all__ = ["WireError", "WireModel", "describe"]
+__all__ = ["WireError", "WireModel", "decode_json", "describe"]
 
 #: raised by :meth:`WireModel.from_json` (malformed JSON or invalid fields) and
 #: :meth:`WireModel.from_data` (invalid fields); report it with :func:`describe`
 WireError = msgspec.DecodeError
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
+_TOO_DEEP = "JSON document nested too deeply"
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Decode a JSON document of any shape (``WireError`` if malformed or nested too deeply)."""
+    try:
+        return msgspec.json.decode(data)
+    except RecursionError:
+        raise WireError(_TOO_DEEP) from None
 
 
 def describe(exc: WireError) -> str:
@@ -39,12 +54,18 @@ class WireModel(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_json(cls, data: bytes | str) -> Self:
         """Decode and validate a JSON document (``WireError`` on any problem)."""
-        return msgspec.json.decode(data, type=cls)
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except RecursionError:
+            raise WireError(_TOO_DEEP) from None
 
     @classmethod
     def from_data(cls, data: Any) -> Self:
         """Validate decoded JSON data (dicts, lists, ...; ``WireError`` on any problem)."""
-        return msgspec.convert(data, type=cls)
+        try:
+            return msgspec.convert(data, type=cls)
+        except RecursionError:
+            raise WireError(_TOO_DEEP) from None
 
     def to_data(self) -> dict[str, Any]:
         """The JSON-ready ``dict`` of this model (wire field names)."""
