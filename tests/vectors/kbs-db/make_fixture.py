@@ -18,6 +18,7 @@ and rotates the KEK, so every table has rows and the audit chain crosses a rotat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -104,10 +105,8 @@ def make(out: Path) -> dict[str, object]:
                 pass
             else:
                 raise AssertionError(f"{key_id} was released")
-        try:
+        with contextlib.suppress(KeyNotFound):
             state.release("models/fixture/missing", SAMPLE, token_id="tok-x", requester="r")
-        except KeyNotFound:
-            pass
         clock.advance(1)
         rotation = keys.rotate_kek(actor="fixture-admin")
         keys.delete("models/fixture/deleted", actor="fixture-admin")
@@ -148,7 +147,7 @@ def make(out: Path) -> dict[str, object]:
             "audit_rows": verification.rows,
             "audit_head_hash": head.row_hash,
             "audit_actions": [e.action for e in state.audit.entries(limit=1000)],
-            "tables": sorted(Base.metadata.tables) + ["ms_keys"],
+            "tables": [*sorted(Base.metadata.tables), "ms_keys"],
         }
     finally:
         state.close()
