@@ -187,19 +187,23 @@ def _upgrade(conn: Connection, applied: list[str]) -> None:
 
 
 def _describe(diff: Any) -> str:
-    """One line for an Alembic autogenerate difference (names only, never row data)."""
+    """One line for an Alembic autogenerate difference, from the database's side (names
+    and types only, never row data). Alembic words them as what to do to the database:
+    ``add_*`` is missing there, ``remove_*`` is there but not expected."""
     if isinstance(diff, list):
         return "; ".join(_describe(d) for d in diff)
-    kind = diff[0]
-    if kind in ("add_table", "remove_table"):
-        return f"{kind} {diff[1].name}"
-    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
-        return f"{kind} {diff[1].name} on {diff[1].table.name}"
-    if kind in ("add_column", "remove_column"):
-        return f"{kind} {diff[2]}.{diff[3].name}"
-    if kind.startswith("modify_"):
-        return f"{kind} {diff[2]}.{diff[3]}: {diff[5]!s} -> {diff[6]!s}"
-    return str(kind)
+    kind: str = diff[0]
+    verb, _, what = kind.partition("_")
+    state = {"add": "missing", "remove": "unexpected"}.get(verb)
+    if what == "table" and state:
+        return f"table {diff[1].name} {state}"
+    if what in ("index", "constraint") and state:
+        return f"{what} {diff[1].name} on {diff[1].table.name} {state}"
+    if what == "column" and state:
+        return f"column {diff[2]}.{diff[3].name} {state}"
+    if verb == "modify":
+        return f"column {diff[2]}.{diff[3]} {what} is {diff[5]!s}, expected {diff[6]!s}"
+    return kind
 
 
 def differences(conn: Connection, metadata: MetaData) -> list[Any]:
