@@ -5,7 +5,7 @@ Two entry points:
 * :func:`ensure_current` (every ``KbsState.open``, so every ``kbs serve`` worker and replica):
   a database at the head revision is used as it is; a database with no KBS tables at all is
   created at head on the spot, so a first start needs no extra step; anything else -- a
-  database behind head, one made before migrations existed (no ``alembic_version`` table),
+  database behind head, one made before migrations existed (no version table),
   or one stamped with a revision this modelseal does not know (made by a newer release) --
   is refused with a :class:`ConfigError` naming ``modelseal kbs migrate``.
 * :func:`migrate` (``modelseal kbs migrate``): brings any database this code can read to
@@ -52,6 +52,7 @@ from modelseal.kbs.migrations import baseline
 __all__ = [
     "MIGRATIONS_DIR",
     "MigrationReport",
+    "VERSION_TABLE",
     "SchemaStatus",
     "differences",
     "ensure_current",
@@ -64,7 +65,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-VERSION_TABLE = "alembic_version"
+#: Where the revision is recorded: not Alembic's default ``alembic_version``, so a KBS can
+#: share a PostgreSQL database (schema) with another Alembic-managed application.
+VERSION_TABLE = "ms_schema_version"
 #: PostgreSQL advisory lock key held by the migrating transaction: a fixed number that
 #: every modelseal release uses, so migrators of all versions exclude each other.
 _PG_LOCK_KEY = 0x2B0E_6F3A_91C4_5D17
@@ -112,8 +115,12 @@ class SchemaStatus:
         return self.revision == head()
 
 
+def _context(conn: Connection, **opts: Any) -> MigrationContext:
+    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, **opts})
+
+
 def _read_status(conn: Connection) -> SchemaStatus:
-    heads = MigrationContext.configure(conn).get_current_heads()
+    heads = _context(conn).get_current_heads()
     if len(heads) > 1:
         raise ConfigError(f"the KBS database names several schema revisions {sorted(heads)}")
     known = set(baseline.metadata().tables)
@@ -173,15 +180,7 @@ def _upgrade(conn: Connection, applied: list[str]) -> None:
     def record(*, step: Any, **_: Any) -> None:
         applied.extend(step.up_revision_ids)
 
-    ctx = MigrationContext.configure(
-        conn,
-        opts={
-            "script": script,
-            "fn": steps,
-            "transactional_ddl": True,
-            "on_version_apply": [record],
-        },
-    )
+    ctx = _context(conn, script=script, fn=steps, transactional_ddl=True, on_version_apply=[record])
     with Operations.context(ctx):
         ctx.run_migrations()
 
@@ -213,7 +212,7 @@ def differences(conn: Connection, metadata: MetaData) -> list[Any]:
     def ours(name: str | None, type_: str, _parents: Any) -> bool:
         return type_ != "table" or name in metadata.tables
 
-    ctx = MigrationContext.configure(conn, opts={"include_name": ours, "compare_type": True})
+    ctx = _context(conn, include_name=ours, compare_type=True)
     return list(compare_metadata(ctx, metadata))
 
 
@@ -243,7 +242,7 @@ def _adopt(conn: Connection) -> tuple[str, ...]:
     created = tuple(sorted(missing))
     if created:
         meta.create_all(conn, tables=[meta.tables[name] for name in created], checkfirst=False)
-    MigrationContext.configure(conn).stamp(scripts(), baseline.REVISION)
+    _context(conn).stamp(scripts(), baseline.REVISION)
     return created
 
 

@@ -181,7 +181,7 @@ def test_unknown_revision_is_refused(tmp_path: Path) -> None:
     """A database migrated by a newer release: neither serve nor migrate touches it."""
     KbsState.open(tmp_path).close()
     with sqlite3.connect(tmp_path / "kbs.sqlite3") as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        conn.execute("UPDATE ms_schema_version SET version_num = '9999'")
     with pytest.raises(ConfigError, match="revision 9999, which this modelseal does not know"):
         KbsState.open(tmp_path)
     db = _db(tmp_path)
@@ -246,7 +246,7 @@ def test_failed_upgrade_leaves_the_database_as_it_was(
     try:
         with pytest.raises(RuntimeError, match="simulated failure"):
             schema.migrate(db)
-        assert _tables(data) == before  # no index, no alembic_version, no stamp
+        assert _tables(data) == before  # no index, no version table, no stamp
         monkeypatch.setattr(Operations, "batch_alter_table", real)
         report = schema.migrate(db)
         assert report.adopted

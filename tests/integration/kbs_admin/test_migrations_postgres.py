@@ -33,7 +33,7 @@ __all__ = ["pg_server", "pg_url"]  # fixtures used by the tests below
 
 
 def _legacy_postgres(pg_url: str, data_dir: Path) -> None:
-    """What old code left in PostgreSQL: its tables (no alembic_version) and the rows."""
+    """What old code left in PostgreSQL: its tables (no version table) and the rows."""
     meta = baseline.metadata()
     db = Database(pg_url)
     try:

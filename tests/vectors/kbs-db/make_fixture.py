@@ -4,7 +4,7 @@ Usage: ``.venv/bin/python tests/vectors/kbs-db/make_fixture.py [OUTDIR]``
 
 This script was run with the code of the last commit before schema migrations existed
 (when ``KbsState.open`` still made the schema with ``create_all()``), so ``kbs.sqlite3`` holds
-exactly the tables and rows that code wrote and no ``alembic_version`` table. Run with later
+exactly the tables and rows that code wrote and no schema version table. Run with later
 code it makes a database that is already at the migration head, which is NOT what the
 upgrade test needs: regenerate only from that old commit.
 
