@@ -291,7 +291,6 @@ def create_app(
 ) -> FastAPI:
     """The KBS FastAPI app for validated ``settings`` over an opened ``state``."""
     kbs = Kbs(settings, state, clock or SystemClock())
-    kbs.state.db.create_all()
     if settings.insecure_allow_sample:
         log.warning(
             "INSECURE: the sample TEE is accepted (--insecure-allow-sample); unsigned evidence "

@@ -107,7 +107,11 @@ class StoredKey:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the key-store tables (idempotent)."""
+    """Create the key-store tables (idempotent), for using the store on its own (tests).
+
+    A KBS never makes its schema this way: ``modelseal.kbs.schema`` creates and upgrades
+    it through the migrations, which also record the schema revision.
+    """
     try:
         KeystoreBase.metadata.create_all(engine)
     except SQLAlchemyError as exc:
