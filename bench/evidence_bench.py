@@ -3,7 +3,7 @@
 Run: ``python -m bench evidence_bench`` (rewrites the "Evidence verification latency"
 section of docs/benchmarks.md). Latencies are medians of warm runs: collateral already
 loaded and parsed, i.e. what a running KBS pays per attestation. Real-evidence rows need
-``../shared/vectors`` and are skipped without it. The releases/s part starts a real
+``tests/vectors/attestation``. The releases/s part starts a real
 ``modelseal kbs serve --mock-tdx-root`` on 127.0.0.1 and drives it with the loader's
 ``KbsClient`` (full RCAR handshake + JWE resource per release, or cached token).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT.parent / "shared" / "vectors"
+VECTORS = ROOT / "tests" / "vectors" / "attestation"
 RUNS = 300
 
 

@@ -4,7 +4,7 @@
 and trusted keys already loaded, i.e. what a running KBS pays per attestation):
 
 * ``snp`` — Trustee-shaped SNP evidence (real Milan report + VCEK from
-  ``../shared/vectors``): JSON re-encoding, strict parse, VCEK <- ASK <- pinned ARK chain,
+  ``tests/vectors/attestation``): JSON re-encoding, strict parse, VCEK <- ASK <- pinned ARK chain,
   ECDSA P-384 report signature, TCB/hwID, REPORT_DATA. Skipped when the vectors are absent.
 * ``tpm`` — a fresh swtpm quote (ECDSA P-256 AK, 24 SHA-256 PCRs): evidence parse, AK trust,
   signature, nonce, PCR digest. Falls back to the trustee RSA vector without swtpm.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-VECTORS = ROOT.parent / "shared" / "vectors"
+VECTORS = ROOT / "tests" / "vectors" / "attestation"
 RUNS = 200
 
 

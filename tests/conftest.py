@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared vectors folder, free loopback ports, a TLS certificate."""
+"""Shared fixtures: the attestation vectors, free loopback ports, a TLS certificate."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_VECTORS = ROOT.parent / "shared" / "vectors"
+ATTESTATION_VECTORS = ROOT / "tests" / "vectors" / "attestation"
 
 
 @pytest.fixture(scope="session")
 def shared_vectors() -> Path:
-    """``../shared/vectors`` (real attestation evidence), or skip when it is absent."""
-    if not SHARED_VECTORS.is_dir():
-        pytest.skip(f"{SHARED_VECTORS} is absent: real-evidence vectors not available")
-    return SHARED_VECTORS
+    """``tests/vectors/attestation``: real public attestation evidence (TDX, SGX, SNP, TPM,
+    NVIDIA, event logs) with expected results; its README names each file's source
+    repository, commit and license. Part of the repository, so no test skips for it."""
+    assert (ATTESTATION_VECTORS / "expected.json").is_file(), ATTESTATION_VECTORS
+    return ATTESTATION_VECTORS
 
 
 def free_port() -> int:

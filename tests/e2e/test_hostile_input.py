@@ -141,7 +141,7 @@ def test_deep_extra_params_in_auth(servers: Servers) -> None:
         servers.kbs + "/kbs/v0/auth",
         content=body({"version": "0.4.0", "tee": "sample", "extra-params": deep_json()}),
     )
-    assert "nested deeper than" in trustee(r, 400, "SerdeError")
+    assert "nested too deeply" in trustee(r, 400, "SerdeError")
 
 
 def test_moderately_deep_body_is_400_not_a_recursion_error(servers: Servers) -> None:
@@ -347,5 +347,5 @@ def test_deep_registry_registration(servers: Servers, payload: Any) -> None:
         content=body(payload),
         headers=reg.auth(),
     )
-    detail = assert_problem(r, 400, REGISTRY_PREFIX, "bad-request")
-    assert "nested deeper than" in detail
+    detail = assert_problem(r, 422, REGISTRY_PREFIX, "invalid-registration")
+    assert "nested too deeply" in detail

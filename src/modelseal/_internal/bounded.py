@@ -33,6 +33,8 @@ __all__ = [
     "load_json",
     "load_toml",
     "load_yaml",
+    "too_deep",
+    "too_large",
 ]
 
 #: Default nesting cap. Every document modelseal reads from a peer nests fewer than ten
@@ -100,15 +102,25 @@ def json_depth(data: bytes, *, limit: int = MAX_DEPTH) -> int:
     return removed + _bracket_depth(s)
 
 
+def too_deep(what: str, max_depth: int) -> FormatError:
+    """The error for a document nested deeper than ``max_depth`` (names it, never quotes it)."""
+    return FormatError(f"{what} nested too deeply (more than {max_depth} levels)")
+
+
+def too_large(what: str, max_bytes: int) -> FormatError:
+    """The error for a document larger than ``max_bytes``."""
+    return FormatError(f"{what} too large (more than {max_bytes} bytes)")
+
+
 def _as_bytes(data: bytes | bytearray | memoryview | str, what: str, max_bytes: int) -> bytes:
     if isinstance(data, str):
         if len(data) > max_bytes:  # every character is at least one byte
-            raise FormatError(f"{what}: too large (more than {max_bytes} bytes)")
+            raise too_large(what, max_bytes)
         data = data.encode("utf-8", "surrogatepass")
     else:
         data = bytes(data)
     if len(data) > max_bytes:
-        raise FormatError(f"{what}: too large (more than {max_bytes} bytes)")
+        raise too_large(what, max_bytes)
     return data
 
 
@@ -125,7 +137,7 @@ def check_json(
     """
     raw = _as_bytes(data, what, max_bytes)
     if json_depth(raw, limit=max_depth) > max_depth:
-        raise FormatError(f"{what}: nested deeper than {max_depth} levels")
+        raise too_deep(what, max_depth)
     return raw
 
 
@@ -142,9 +154,9 @@ def load_json(
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         # msgspec's messages give a byte offset or a path, never the offending value
-        raise FormatError(f"{what}: not valid JSON ({str(exc)[:120]})") from None
+        raise FormatError(f"{what} is not valid JSON ({str(exc)[:120]})") from None
     except RecursionError:  # only if the caller's stack is already nearly exhausted
-        raise FormatError(f"{what}: nested deeper than {max_depth} levels") from None
+        raise too_deep(what, max_depth) from None
 
 
 def check_depth(value: Any, *, what: str, max_depth: int = MAX_DEPTH) -> None:
@@ -162,7 +174,7 @@ def check_depth(value: Any, *, what: str, max_depth: int = MAX_DEPTH) -> None:
         else:
             continue
         if depth >= max_depth:
-            raise FormatError(f"{what}: nested deeper than {max_depth} levels")
+            raise too_deep(what, max_depth)
         stack.extend((child, depth + 1) for child in children)
 
 
@@ -185,12 +197,12 @@ def load_toml(
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise FormatError(f"{what}: not valid TOML (not UTF-8 text)") from None
+        raise FormatError(f"{what} is not valid TOML (not UTF-8 text)") from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib's messages give a line and column, never the offending text
-        raise FormatError(f"{what}: not valid TOML ({str(exc)[:120]})") from None
+        raise FormatError(f"{what} is not valid TOML ({str(exc)[:120]})") from None
     except RecursionError:
-        raise FormatError(f"{what}: nested deeper than {max_depth} levels") from None
+        raise too_deep(what, max_depth) from None
     check_depth(doc, what=what, max_depth=max_depth)
     return doc
 
@@ -213,7 +225,7 @@ def load_yaml(
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise FormatError(f"{what}: not valid YAML (not UTF-8 text)") from None
+        raise FormatError(f"{what} is not valid YAML (not UTF-8 text)") from None
     _check_yaml_flow_depth(text, what, max_depth)
     yaml = _yaml()
     try:
@@ -225,11 +237,11 @@ def load_yaml(
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None)
         if isinstance(exc, RecursionError):
-            problem = f"nested deeper than {max_depth} levels"
+            problem = f"nested too deeply (more than {max_depth} levels)"
         elif isinstance(exc, ValueError | OverflowError):
             problem = "invalid timestamp"
         why = f": {problem}" if isinstance(problem, str) else ""
-        raise FormatError(f"{what}: not valid YAML{where}{why}"[:300]) from None
+        raise FormatError(f"{what} is not valid YAML{where}{why}"[:300]) from None
 
 
 def _check_yaml_flow_depth(text: str, what: str, max_depth: int) -> None:
@@ -258,7 +270,7 @@ def _check_yaml_flow_depth(text: str, what: str, max_depth: int) -> None:
         elif ch in "[{":
             depth += 1
             if depth > max_depth:
-                raise FormatError(f"{what}: nested deeper than {max_depth} levels")
+                raise too_deep(what, max_depth)
         elif ch in "]}":
             depth = max(depth - 1, 0)
         prev = ch
@@ -294,7 +306,7 @@ def _bounded_loader(yaml: Any, max_depth: int) -> Any:
                 raise yaml.composer.ComposerError(
                     None,
                     None,
-                    f"nested deeper than {max_depth} levels",
+                    f"nested too deeply (more than {max_depth} levels)",
                     self.peek_event().start_mark,
                 )
             self._depth += 1

@@ -8,6 +8,7 @@ from modelseal.cli._lazy import LazyGroup
 
 KBS_COMMANDS: dict[str, str] = {
     "serve": "modelseal.cli.kbs_serve:serve",
+    "migrate": "modelseal.cli.kbs_migrate:migrate",
     "get": "modelseal.cli.kbs_serve:get",
     "token": "modelseal.cli.kbs_admin:token",
     "key": "modelseal.cli.kbs_admin:key",
@@ -18,4 +19,5 @@ KBS_COMMANDS: dict[str, str] = {
 
 @click.group(cls=LazyGroup, lazy=KBS_COMMANDS)
 def kbs() -> None:
-    """Key Broker Service: serve it, get a resource, administer keys, policies, audit."""
+    """Key Broker Service: serve it, migrate its database, get a resource, administer keys,
+    policies, audit."""

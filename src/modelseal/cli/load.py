@@ -71,6 +71,13 @@ import click
     help="Init-data TOML this TEE was launched with (sent to the KBS; its model_digest is "
     "enforced).",
 )
+@click.option(
+    "--timeout",
+    envvar="MODELSEAL_TIMEOUT",
+    type=float,
+    help="Seconds within which each small answer (model info, header, KBS) must be complete, "
+    "and the longest stall of a download [default: 30].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
 def load(
     model: str | None,
@@ -84,6 +91,7 @@ def load(
     model_digest: str | None,
     mock_tdx_dir: Path | None,
     init_data: Path | None,
+    timeout: float | None,
     quiet: bool,
 ) -> None:
     """Attest, fetch the model key, decrypt the model into a memory-backed directory."""
@@ -106,6 +114,7 @@ def load(
         model_digest=model_digest,
         mock_tdx_dir=mock_tdx_dir,
         init_data=init_data,
+        timeout=timeout,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits

@@ -12,7 +12,7 @@ import json
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from modelseal._internal.canonical import canonical_json
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "MAGIC",
     "MAX_HEADER_LEN",
+    "MAX_MODEL_HEADER_BYTES",
     "MAX_SEGMENT_SIZE",
     "MAX_SIZE",
     "MIN_SEGMENT_SIZE",
@@ -47,6 +48,11 @@ COMMIT_LEN: Final = 32
 TAG_LEN: Final = 16
 SALT_LEN: Final = 32
 MAX_HEADER_LEN: Final = 1 << 20
+#: Sum of ``header_len`` over every sealed file of one model (manifest included) that a
+#: reader of whole models accepts. Writers emit ~300-byte headers, so this is ~100,000
+#: files (the most model info may list); a registry padding each header towards 1 MiB
+#: hits it after ~32 files instead of making the loader download a gigabyte of headers.
+MAX_MODEL_HEADER_BYTES: Final = 32 << 20
 MIN_SEGMENT_SIZE: Final = 4 << 10
 MAX_SEGMENT_SIZE: Final = 64 << 20
 DEFAULT_SEGMENT_SIZE: Final = 4 << 20
@@ -139,16 +145,21 @@ def _int(members: Mapping[str, Any], name: str) -> int:
     return value
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Header:
     """A parsed, validated v1 header plus the layout it implies.
 
-    ``raw`` are the header bytes exactly as stored (they are hashed, never re-serialized);
-    ``digest`` is ``H = SHA-256(preamble ‖ header)``.
+    The header bytes themselves are not kept: ``digest`` (``H = SHA-256(preamble ‖
+    header)``) is what authenticates them (it enters the file key's HKDF info, and the
+    manifest lists it as ``header_sha256``), ``header_len`` fixes the layout, and the
+    validated members below are everything a reader uses. A loader holds one Header per
+    file before anything is authenticated; keeping up to 1 MiB of (possibly whitespace-
+    padded) bytes for each would let a hostile registry grow its memory with the file
+    count. :attr:`raw` re-encodes the members for writers, whose headers are canonical.
     """
 
-    raw: bytes
     digest: bytes
+    header_len: int
     alg: str
     segment_size: int
     size: int
@@ -158,7 +169,6 @@ class Header:
     model: str | None = None
     content_type: str | None = None
     created: str | None = None
-    members: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # --- parsing -------------------------------------------------------------------------
     @classmethod
@@ -168,14 +178,16 @@ class Header:
         end = PREAMBLE_LEN + header_len
         if len(prefix) < end:
             raise FormatError("file ends inside the header")
-        preamble = bytes(prefix[:PREAMBLE_LEN])
-        raw = bytes(prefix[PREAMBLE_LEN:end])
-        return cls._from_raw(preamble, raw)
+        view = memoryview(prefix)[:end]
+        try:
+            return cls._from_raw(hashlib.sha256(view).digest(), view[PREAMBLE_LEN:])
+        finally:
+            view.release()
 
     @classmethod
-    def _from_raw(cls, preamble: bytes, raw: bytes) -> Header:
+    def _from_raw(cls, digest: bytes, raw: bytes | memoryview) -> Header:
         try:
-            text = raw.decode("utf-8")
+            text = str(raw, "utf-8")
         except UnicodeDecodeError:
             raise FormatError("header is not valid UTF-8") from None
         try:
@@ -184,6 +196,7 @@ class Header:
             )
         except (ValueError, RecursionError):
             raise FormatError("header is not valid JSON") from None
+        del text
         if not isinstance(members, dict):
             raise FormatError("header must be a JSON object")
         missing = [name for name in _REQUIRED if name not in members]
@@ -216,9 +229,9 @@ class Header:
         path = check_relpath(members["path"], what="header path")
         assert key_id is not None
         return cls(
-            raw=raw,
-            digest=hashlib.sha256(preamble + raw).digest(),
-            alg=alg,
+            digest=digest,
+            header_len=len(raw),
+            alg=ALG_AES_256_GCM,
             segment_size=segment_size,
             size=size,
             salt=salt,
@@ -227,27 +240,38 @@ class Header:
             model=_text(members, "model", required=False),
             content_type=_text(members, "content_type", required=False),
             created=_text(members, "created", required=False),
-            members=members,
         )
+
+    @property
+    def raw(self) -> bytes:
+        """The header bytes, re-encoded from the members (RFC 8785, as writers emit them).
+
+        Raises :class:`FormatError` for a header that was not stored canonically (its
+        exact bytes were not kept, and no other encoding has this header's digest).
+        """
+        raw = canonical_json(self.to_json())
+        if (
+            len(raw) != self.header_len
+            or hashlib.sha256(_PREAMBLE.pack(MAGIC, VERSION, len(raw)) + raw).digest()
+            != self.digest
+        ):
+            raise FormatError("header bytes are not canonical JSON and were not kept")
+        return raw
 
     # --- layout --------------------------------------------------------------------------
     @property
     def preamble(self) -> bytes:
-        return _PREAMBLE.pack(MAGIC, VERSION, len(self.raw))
-
-    @property
-    def header_len(self) -> int:
-        return len(self.raw)
+        return _PREAMBLE.pack(MAGIC, VERSION, self.header_len)
 
     @property
     def prefix_len(self) -> int:
         """Bytes before the commitment: ``14 + header_len``."""
-        return PREAMBLE_LEN + len(self.raw)
+        return PREAMBLE_LEN + self.header_len
 
     @property
     def data_offset(self) -> int:
         """Offset of segment 0: ``14 + header_len + 32``."""
-        return PREAMBLE_LEN + len(self.raw) + COMMIT_LEN
+        return PREAMBLE_LEN + self.header_len + COMMIT_LEN
 
     @property
     def segment_count(self) -> int:
@@ -255,7 +279,7 @@ class Header:
 
     @property
     def sealed_size(self) -> int:
-        return sealed_size(self.size, self.segment_size, len(self.raw))
+        return sealed_size(self.size, self.segment_size, self.header_len)
 
     @property
     def digest_hex(self) -> str:
@@ -288,8 +312,24 @@ class Header:
         return range(offset // self.segment_size, (offset + length - 1) // self.segment_size + 1)
 
     def to_json(self) -> dict[str, Any]:
-        """The header members as stored (for ``modelseal inspect``)."""
-        return dict(self.members)
+        """The header members (for ``modelseal inspect``): every member a valid header can
+        hold is a field here, so this is exactly the stored object."""
+        members: dict[str, Any] = {
+            "alg": self.alg,
+            "segment_size": self.segment_size,
+            "size": self.size,
+            "salt": b64url_encode(self.salt),
+            "key_id": self.key_id,
+            "path": self.path,
+        }
+        for name, value in (
+            ("model", self.model),
+            ("content_type", self.content_type),
+            ("created", self.created),
+        ):
+            if value is not None:
+                members[name] = value
+        return members
 
 
 def build_header(
@@ -320,4 +360,4 @@ def build_header(
     if len(raw) > MAX_HEADER_LEN:
         raise FormatError("header would exceed 1 MiB")
     preamble = _PREAMBLE.pack(MAGIC, VERSION, len(raw))
-    return Header._from_raw(preamble, raw)
+    return Header._from_raw(hashlib.sha256(preamble + raw).digest(), raw)

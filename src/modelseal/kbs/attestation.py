@@ -1,13 +1,13 @@
 """AttestationService: picks the verifier for a TEE kind and returns typed claims.
 
 The KBS never trusts the ``tee`` name alone: the verifier of that kind must accept the
-evidence and its binding to the runtime data. Verifiers are built once per kind (they may
-hold collateral caches) and reused across requests.
+evidence and its binding to the runtime data (both checked by the base verifier's
+``verify``, whatever the kind). Verifiers are built once per kind (they may hold
+collateral caches) and reused across requests.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from typing import Any
@@ -20,10 +20,6 @@ from modelseal.tee.registry import verifier_for
 
 log = logging.getLogger(__name__)
 
-#: Verifiers cheap enough to run on the event loop (the sample TEE only compares bytes).
-INLINE_KINDS = frozenset({"sample"})
-
-
 class AttestationService:
     """Verify evidence of any supported kind; ``sample`` only when explicitly allowed."""
 
@@ -34,8 +30,8 @@ class AttestationService:
         self._lock = threading.Lock()
 
     def is_inline(self, tee: str) -> bool:
-        """True for kinds whose verification is a few microseconds of pure CPU (no I/O)."""
-        return tee in INLINE_KINDS
+        """True when ``tee``'s verifier never waits on I/O: run it on the event loop."""
+        return not self.verifier(tee).may_block()
 
     @property
     def allow_sample(self) -> bool:
@@ -62,15 +58,14 @@ class AttestationService:
         expected_report_data: bytes,
         init_data: bytes | None,
     ) -> Claims:
-        """Verify ``evidence``; raises EvidenceError / UnsupportedTee / BackendError."""
-        claims = self.verifier(tee).verify(
+        """Verify ``evidence``; raises EvidenceError / UnsupportedTee / BackendError.
+
+        The claims are of kind ``tee`` and bound to ``expected_report_data``: the verifier
+        of ``tee`` (built by the registry, which checks its kind) refuses anything else.
+        """
+        return self.verifier(tee).verify(
             evidence,
             expected_report_data=expected_report_data,
             now=self.clock.now(),
             init_data=init_data,
         )
-        if claims.tee != tee:
-            raise UnsupportedTee(f"verifier for {tee!r} returned claims for {claims.tee!r}")
-        if tee == "sample" and not claims.insecure:
-            claims = dataclasses.replace(claims, insecure=True)
-        return claims

@@ -38,7 +38,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelseal._internal.clock import Clock, SystemClock
@@ -118,12 +117,9 @@ _INSERT_ROW = insert(_ROWS)
 
 @contextmanager
 def core_transaction(db: Database) -> Iterator[Connection]:
-    """One Core-level transaction (the hot release path skips the ORM's bookkeeping)."""
-    try:
-        with db.engine.begin() as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        raise BackendError(f"database error: {type(exc).__name__}") from exc
+    """One Core-level write transaction (the hot release path skips the ORM's bookkeeping)."""
+    with db.write() as conn:
+        yield conn
 
 
 @dataclass(frozen=True)
@@ -235,7 +231,7 @@ class AuditLog:
 
     def head_kek_id(self) -> str | None:
         """Id of the KEK that MACed the head (None before :meth:`init_head`)."""
-        with self._db.begin() as s:
+        with self._db.read() as s:
             head = s.get(AuditHead, _HEAD_ID)
             return None if head is None else head.kek_id
 
@@ -367,7 +363,7 @@ class AuditLog:
         """Rows with ``seq > after`` in order, at most ``limit`` (1..1000)."""
         limit = max(1, min(limit, 1000))
         q = select(_ROWS).where(_ROWS.c.seq > after).order_by(_ROWS.c.seq).limit(limit)
-        with core_transaction(self._db) as conn:
+        with self._db.read_connection() as conn:
             return [AuditEntry.of(r) for r in conn.execute(q)]
 
     def _iter_rows(self, upto: int, batch: int = 1000) -> Iterator[Row[Any]]:
@@ -379,7 +375,7 @@ class AuditLog:
                 .order_by(_ROWS.c.seq)
                 .limit(batch)
             )
-            with core_transaction(self._db) as conn:
+            with self._db.read_connection() as conn:
                 rows = list(conn.execute(q))
             yield from rows
             if len(rows) < batch:
@@ -394,7 +390,7 @@ class AuditLog:
         above the head therefore mean rows added outside the KBS.
         """
         ring = self._ring()
-        with self._db.begin() as s:
+        with self._db.read() as s:
             max_seq = s.scalar(select(func.max(AuditRow.seq))) or 0
             head = s.get(AuditHead, _HEAD_ID)
             if head is None:

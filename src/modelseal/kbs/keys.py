@@ -5,16 +5,19 @@ that starts by taking the audit append lock, so admin writes, releases and rotat
 all processes sharing the database are serialized. New keys are wrapped under the KEK
 named by the audit head (the deployment's current KEK), which only a rotation changes.
 
-KEK rotation is crash-safe: the new KEK is first written to ``kek.next``; all rows are
-re-wrapped and the audit head moves to the new KEK in one transaction; only then does
-``kek.next`` replace ``kek``. A KBS that starts with a ``kek.next`` present finishes the
-interrupted rotation before serving. Other processes on the same data directory pick the
-new KEK up from disk the first time they meet it.
+KEK rotation is crash-safe: the new KEK is first written to ``kek.next`` (fsynced); all
+rows are re-wrapped and the audit head moves to the new KEK in one transaction; only then
+does ``kek.next`` replace ``kek``. A KBS that starts with a ``kek.next`` present finishes
+the interrupted rotation before serving. The whole sequence holds an exclusive ``flock`` on
+``kek.lock`` in the data directory, so two processes never rotate at once and one never
+removes the ``kek.next`` another is committing rows under. Other processes on the same
+data directory pick the new KEK up from disk the first time they meet it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 KEK_FILE = "kek"
 KEK_NEXT_FILE = "kek.next"
+KEK_LOCK_FILE = "kek.lock"
 
 
 class KekFiles:
@@ -57,6 +61,18 @@ class KekFiles:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / KEK_FILE
         self.next_path = data_dir / KEK_NEXT_FILE
+        self.lock_path = data_dir / KEK_LOCK_FILE
+
+    @contextlib.contextmanager
+    def rotation_lock(self) -> Iterator[None]:
+        """Exclusive across every process on this data directory for one rotation (the
+        kernel drops it if the holder dies, so a crash never leaves it held)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def ensure(self) -> bool:
         """Generate the KEK once; True when this call created it."""
@@ -147,7 +163,7 @@ class KeyService:
     @contextlib.contextmanager
     def _audited(self) -> Iterator[tuple[Session, Connection]]:
         """One transaction holding the audit append lock (taken before anything is read)."""
-        with self._db.begin() as s:
+        with self._db.begin(durable=True) as s:
             conn = s.connection()
             self._audit.lock(conn)
             yield s, conn
@@ -249,22 +265,35 @@ class KeyService:
         Sealed models are not touched (their DEKs are unchanged). KBS replicas on other
         machines must get the new ``kek`` file; until then they fail closed.
         """
-        with self._rotation_lock:
+        with self._rotation_lock, self._kek_files.rotation_lock():
             before = self.store.ring
             new = self._kek_files.create_next()
             try:
                 return self._rotate(new, actor, [])
             except BaseException:
-                # Nothing was committed: forget the new KEK so the next start does not
-                # try to "finish" a rotation that failed (e.g. on a tampered row).
-                self.store.ring = before
-                if self._kek_files.load().id != new.id:
-                    self._kek_files.next_path.unlink(missing_ok=True)
+                # Forget the new KEK only when the database provably names it nowhere (a
+                # rotation refused on, e.g., a tampered row), so the next start does not
+                # "finish" it. If the commit's outcome is unknown (the database went away
+                # mid-commit) ``kek.next`` stays: it may be the only copy of the KEK that
+                # wraps every key, and the next start completes the rotation.
+                if not self._references(new):
+                    self.store.ring = before
+                    if self._kek_files.load().id != new.id:
+                        self._kek_files.next_path.unlink(missing_ok=True)
                 raise
+
+    def _references(self, kek: Kek) -> bool:
+        """True unless the database is readable and names ``kek`` in no key row and not
+        in the audit head."""
+        try:
+            return kek.id in self.store.count_by_kek() or self._audit.head_kek_id() == kek.id
+        except Exception:  # unreadable: assume it does, keep the KEK
+            log.warning("could not check whether KEK %s is in use; keeping kek.next", kek.id)
+            return True
 
     def finish_interrupted_rotation(self) -> RotationResult | None:
         """If ``kek.next`` exists (a rotation crashed), complete it before serving."""
-        with self._rotation_lock:
+        with self._rotation_lock, self._kek_files.rotation_lock():
             new = self._kek_files.load_next()
             if new is None:
                 return None

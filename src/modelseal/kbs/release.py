@@ -1,10 +1,15 @@
-"""The key-release decision: load the key, evaluate its policy, audit, return the DEK.
+"""The key-release decision: read the key's row, evaluate its policy, audit, return the DEK.
 
 One function serves every release path (Trustee RCAR resource requests and the ITA/CNAP
 transfer), so both are governed by the same policy and leave the same audit rows. The
 decision and its audit row are ONE database transaction that starts by taking the audit
 append lock: the DEK is returned only after the row is committed, denials and unknown
 keys are audited too, and their reasons never leave the KBS.
+
+The decision uses the row's metadata only (state, policy) and the claims. Only an allowed
+release authenticates the row (its MAC covers that metadata and the wrapped DEK) and
+unwraps the DEK, inside the same transaction: a denied request never touches the wrapped
+key, and a row tampered with so as to allow fails its MAC before anything is released.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
+from sqlalchemy import Connection
+
 from modelseal._internal.canonical import canonical_json
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, Error, KeyNotFound, PolicyDenied
@@ -21,7 +28,7 @@ from modelseal.kbs.audit import AuditLog, core_transaction
 from modelseal.kbs.db import Database
 from modelseal.kbs.keys import stored_policy
 from modelseal.keystore.paths import is_valid_key_id
-from modelseal.keystore.store import ACTIVE, KeyStore, LoadedKey
+from modelseal.keystore.store import ACTIVE, KeyStore, StoredKey
 from modelseal.policy.document import ReleasePolicy
 from modelseal.policy.evaluate import Decision, evaluate
 from modelseal.protocol.claims import Claims
@@ -85,22 +92,22 @@ def release_key(
         try:
             with core_transaction(db) as conn:
                 head = audit.lock(conn)
-                if key_id is None:
-                    outcome = _unknown("malformed resource path")
+                stored = None if key_id is None else _read(store, conn, key_id)
+                if stored is None:
+                    outcome = _unknown("malformed resource path" if key_id is None else None)
                 else:
+                    outcome = _decide(stored, claims, now)
+                if stored is not None and outcome.error is None:
+                    # Allowed on the row's metadata: only now is the row authenticated
+                    # and its DEK unwrapped.
                     try:
-                        loaded: LoadedKey | None = store.load_with(conn, key_id)
-                    except KeyNotFound:
-                        # Decided and audited in this same transaction, like a denial, so
-                        # an unknown key costs the same round trips as a known one.
-                        loaded = None
+                        outcome.dek = store.unwrap(stored)
                     except ConfigError:
                         # Rotation raced with us (row names a KEK the ring just dropped):
                         # retry once; a second failure is a real misconfiguration.
                         if attempt == 1:
                             continue
                         raise
-                    outcome = _unknown() if loaded is None else _decide(loaded, claims, now)
                 audit.append(conn, head=head, **row(outcome))
         except DecryptionError as exc:
             outcome = _Outcome(
@@ -141,27 +148,47 @@ def release_key(
     return outcome.dek
 
 
-def _unknown(reason: str = "no such key") -> _Outcome:
+def _read(store: KeyStore, conn: Connection, key_id: str) -> StoredKey | None:
+    """The key's row, or None for an unknown key.
+
+    An unknown key is decided and audited in the same transaction as a denial, so it
+    costs the same round trips as a known one.
+    """
+    try:
+        return store.read_with(conn, key_id)
+    except KeyNotFound:
+        return None
+
+
+def _unknown(reason: str | None = None) -> _Outcome:
     """A denial for a path that names no stored key (the caller answers it like any deny)."""
-    return _Outcome(Decision(False, (reason,)), error=KeyNotFound("no such key"))
+    return _Outcome(Decision(False, (reason or "no such key",)), error=KeyNotFound("no such key"))
 
 
-def _decide(loaded: LoadedKey, claims: Claims, now: float) -> _Outcome:
-    policy_digest = loaded.record.policy_digest
-    decision = _evaluate(loaded, claims, now)
+def _decide(stored: StoredKey, claims: Claims, now: float) -> _Outcome:
+    """The decision on metadata alone (state, policy, claims); the DEK is not touched."""
+    policy_digest = stored.record.policy_digest
+    decision = _evaluate(stored, claims, now)
     if decision.allowed:
-        return _Outcome(decision, policy_digest, dek=loaded.dek)
-    loaded.dek.wipe()
+        return _Outcome(decision, policy_digest)
     return _Outcome(decision, policy_digest, error=PolicyDenied(reasons=decision.reasons))
 
 
-def _evaluate(loaded: LoadedKey, claims: Claims, now: float) -> Decision:
-    if loaded.record.state != ACTIVE:
-        return Decision(False, (f"key is {loaded.record.state}",))
+def _evaluate(stored: StoredKey, claims: Claims, now: float) -> Decision:
+    """Deny or allow on the row's metadata, which is not authenticated yet.
+
+    A row edited in SQL can only make this deny (nothing is released on a deny); an edit
+    that makes it allow fails the row's MAC in :meth:`KeyStore.unwrap`. So an unreadable
+    stored policy is a denial here, never an exception.
+    """
+    if stored.record.state != ACTIVE:
+        return Decision(False, (f"key is {stored.record.state}",))
     policy: ReleasePolicy | None = None
-    if loaded.policy_json is not None:
+    if stored.policy_json is not None:
         try:
-            policy = stored_policy(loaded.policy_json)
+            policy = stored_policy(stored.policy_json)
         except (ConfigError, DecryptionError) as exc:
             return Decision(False, (f"stored policy is invalid: {exc}",))
+        except RecursionError:
+            return Decision(False, ("stored policy is invalid: nested too deeply",))
     return evaluate(policy, claims, now=now)

@@ -5,6 +5,10 @@ first ``/attest``: one conditional ``UPDATE`` moves it to ``attested`` and store
 so a second use of the nonce fails atomically even across replicas. Expired rows are
 swept at most once a minute.
 
+Every statement runs in a transaction of its own on a connection checked out for exactly
+that long (``Database.write`` / ``Database.read_connection``); the calls block, so the app
+runs them off the event loop.
+
 Each replica also remembers the pending sessions it created (bounded, expiring) so the
 common case -- ``/attest`` arriving at the replica that served ``/auth`` -- skips the read.
 The remembered copy is only a hint: the conditional ``UPDATE`` stays the one authority on
@@ -15,16 +19,12 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Float, Index, String, Table, Text, delete, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Float, Index, String, Table, Text, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelseal._internal.clock import Clock, SystemClock
@@ -78,7 +78,7 @@ class SessionStore:
         self._recent: dict[str, PendingSession] = {}
         self._recent_lock = threading.Lock()
         # The two statements of every handshake go straight to the driver: building and
-        # caching SQLAlchemy constructs costs more than SQLite takes to run them.
+        # caching SQLAlchemy constructs costs more than the database takes to run them.
         self._insert_sql = self._driver_sql(
             "INSERT INTO kbs_rcar_sessions (id, tee, nonce, state, expires_at, token) "
             "VALUES (:id, :tee, :nonce, :state, :expires_at, NULL)"
@@ -89,44 +89,15 @@ class SessionStore:
             "WHERE id = :id AND state = :authed AND nonce = :nonce AND expires_at > :now"
         )
 
-        # Embedded SQLite: one dedicated driver connection (serialized by a lock) for those
-        # two statements skips the pool and transaction bookkeeping on the hot path.
-        self._raw: sqlite3.Connection | None = None
-        self._raw_lock = threading.Lock()
-        if db.is_sqlite:
-            try:
-                driver = db.engine.raw_connection().driver_connection
-            except SQLAlchemyError as exc:
-                raise BackendError(f"session store unavailable: {type(exc).__name__}") from exc
-            if isinstance(driver, sqlite3.Connection):
-                self._raw = driver
-
     def _write(self, sql: str, params: dict[str, Any]) -> int:
         """Run one INSERT/UPDATE in its own transaction; returns the affected row count."""
-        if self._raw is not None:
-            with self._raw_lock:
-                try:
-                    count = self._raw.execute(sql, params).rowcount
-                    self._raw.commit()
-                except sqlite3.Error as exc:
-                    self._raw.rollback()
-                    raise BackendError(f"session store unavailable: {type(exc).__name__}") from exc
-            return count
-        with self._conn() as conn:
+        with self.db.write() as conn:
             return conn.exec_driver_sql(sql, params).rowcount
 
     def _driver_sql(self, sql: str) -> str:
         """``:name`` placeholders in the driver's named style (sqlite3 ``:name``, psycopg
         ``%(name)s``)."""
         return sql if self.db.is_sqlite else re.sub(r":(\w+)", r"%(\1)s", sql)
-
-    @contextmanager
-    def _conn(self) -> Iterator[Connection]:
-        try:
-            with self.db.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise BackendError(f"session store unavailable: {type(exc).__name__}") from exc
 
     def create(self, tee: str, nonce: str) -> PendingSession:
         now = self.clock.now()
@@ -149,15 +120,23 @@ class SessionStore:
         self._maybe_sweep(now)
         return session
 
-    def pending(self, session_id: str) -> PendingSession:
-        """The unconsumed, unexpired session ``session_id``, or TokenError."""
+    def remembered(self, session_id: str) -> PendingSession | None:
+        """The pending session if this replica created it (no I/O: safe on the event loop),
+        None if it must be read from the database with :meth:`pending`; TokenError if
+        expired. Taking it out is harmless: the conditional ``UPDATE`` of :meth:`complete`
+        still decides whether the nonce is unused."""
         with self._recent_lock:
             remembered = self._recent.pop(session_id, None)
+        if remembered is not None and remembered.expires_at <= self.clock.now():
+            raise TokenError("session expired")
+        return remembered
+
+    def pending(self, session_id: str) -> PendingSession:
+        """The unconsumed, unexpired session ``session_id``, or TokenError."""
+        remembered = self.remembered(session_id)
         if remembered is not None:
-            if remembered.expires_at <= self.clock.now():
-                raise TokenError("session expired")
             return remembered
-        with self._conn() as conn:
+        with self.db.read_connection() as conn:
             row = conn.execute(
                 select(_T.c.tee, _T.c.nonce, _T.c.state, _T.c.expires_at).where(
                     _T.c.id == session_id
@@ -199,12 +178,12 @@ class SessionStore:
         """Make a session unusable after a failed attestation (its nonce is spent)."""
         with self._recent_lock:
             self._recent.pop(session_id, None)
-        with self._conn() as conn:
+        with self.db.write() as conn:
             conn.execute(delete(_T).where(_T.c.id == session_id))
 
     def token_for(self, session_id: str) -> str:
         """The token of an attested, unexpired session (cookie path), or TokenError."""
-        with self._conn() as conn:
+        with self.db.read_connection() as conn:
             row = conn.execute(
                 select(_T.c.state, _T.c.expires_at, _T.c.token).where(_T.c.id == session_id)
             ).first()
@@ -219,7 +198,7 @@ class SessionStore:
             return
         try:
             self._last_sweep = now
-            with self._conn() as conn:
+            with self.db.write() as conn:
                 conn.execute(delete(_T).where(_T.c.expires_at < now))
         except BackendError:
             log.warning("could not sweep expired RCAR sessions; will retry")

@@ -4,7 +4,8 @@
 holds, each created once and refused when its permissions are too open::
 
     DIR/                   0700
-      kbs.sqlite3          SQLite (WAL) unless --database-url selects PostgreSQL
+      kbs.sqlite3          SQLite (WAL) unless --database-url selects PostgreSQL; its
+                           schema is made and upgraded by modelseal.kbs.schema (Alembic)
       kek                  32 random bytes, 0600: wraps every stored DEK
       kek.next             only during a KEK rotation
       admin-credential     32 random bytes, 0600: signs admin bearer tokens
@@ -33,7 +34,8 @@ from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Base, Database, sqlite_url
 from modelseal.kbs.keys import KekFiles, KeyService
 from modelseal.kbs.release import release_key
-from modelseal.keystore.store import KeyStore, create_tables
+from modelseal.kbs.schema import ensure_current
+from modelseal.keystore.store import KeyStore
 from modelseal.protocol.claims import Claims
 
 __all__ = ["KbsState", "TransferNonce", "ensure_data_dir"]
@@ -137,8 +139,7 @@ class KbsState:
         ring = KekRing(kek_files.load(), reload=kek_files.on_disk)
         admin_key = ensure_admin_credential(data_dir)
         db = Database(database_url or sqlite_url(data_dir))
-        db.create_all()
-        create_tables(db.engine)
+        ensure_current(db, data_dir, database_url=database_url)
         store = KeyStore(db.begin, ring, clock=clock)
         audit = AuditLog(db, lambda: store.ring, clock=clock)
         keys = KeyService(db, store, audit, kek_files)

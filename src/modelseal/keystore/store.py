@@ -13,7 +13,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any, Literal, cast
 
@@ -37,6 +37,7 @@ __all__ = [
     "KeyRecord",
     "KeyStore",
     "LoadedKey",
+    "StoredKey",
     "create_tables",
 ]
 
@@ -91,8 +92,26 @@ class LoadedKey:
     policy_json: str | None
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    """A key row read for a release decision: its metadata, the wrapped DEK left untouched.
+
+    The metadata is not authenticated yet: a decision may deny on it (denying on a
+    tampered row releases nothing), but only :meth:`KeyStore.unwrap` — which checks the
+    row's MAC over these same values and the wrapped bytes — may lead to a release.
+    """
+
+    record: KeyRecord
+    policy_json: str | None
+    _row: Row[Any] = field(repr=False)
+
+
 def create_tables(engine: Engine) -> None:
-    """Create the key-store tables (idempotent)."""
+    """Create the key-store tables (idempotent), for using the store on its own (tests).
+
+    A KBS never makes its schema this way: ``modelseal.kbs.schema`` creates and upgrades
+    it through the migrations, which also record the schema revision.
+    """
     try:
         KeystoreBase.metadata.create_all(engine)
     except SQLAlchemyError as exc:
@@ -140,26 +159,35 @@ class KeyStore:
         for attempt in (1, 2):
             try:
                 with self._begin() as s:
-                    return self.load_with(s.connection(), key_id)
+                    stored = self.read_with(s.connection(), key_id)
+                    return LoadedKey(stored.record, self.unwrap(stored), stored.policy_json)
             except ConfigError:
                 # A rotation may have committed between our read and the ring swap.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def load_with(self, conn: Connection, key_id: str) -> LoadedKey:
-        """:meth:`load` inside the caller's transaction (one Core query, no ORM).
+    def read_with(self, conn: Connection, key_id: str) -> StoredKey:
+        """A key's row inside the caller's transaction (one Core query, no ORM, no KEK).
 
-        Raises KeyNotFound, DecryptionError (row failed its MAC or unwrap) or ConfigError
-        (the row names a KEK this KBS does not hold, e.g. mid-rotation).
+        Nothing is authenticated or unwrapped here; raises KeyNotFound.
         """
         validate_key_id(key_id)
         row = conn.execute(_SELECT_KEY, {"key_id": key_id}).first()
         if row is None:
             raise KeyNotFound(f"no key {key_id}")
+        return StoredKey(KeyRecord.of(row), row.policy_json, row)
+
+    def unwrap(self, stored: StoredKey) -> SecretBytes:
+        """Authenticate the row ``stored`` was read from (MAC) and unwrap its DEK.
+
+        Raises DecryptionError (row failed its MAC or unwrap) or ConfigError (the row
+        names a KEK this KBS does not hold, e.g. mid-rotation).
+        """
+        row = stored._row
         kek = self.ring.get(row.kek_id)
         _check_mac(kek, row)
-        return LoadedKey(KeyRecord.of(row), self._unwrap(kek, key_id, row.wrapped), row.policy_json)
+        return self._unwrap(kek, row.key_id, row.wrapped)
 
     def count_by_kek(self) -> dict[str, int]:
         with self._begin() as s:

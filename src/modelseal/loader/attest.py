@@ -101,6 +101,7 @@ def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelea
         attester,
         tee=kind,
         verify=settings.kbs_verify,
+        timeout=settings.timeout,
         init_data=init_data.text if init_data is not None else None,
     ) as client:
         dek = client.get_resource(key_id)

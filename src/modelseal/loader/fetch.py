@@ -5,12 +5,16 @@ HTTP 5xx and 429); a retry resumes with ``Range`` from the last byte received, s
 restart mid-download costs one round trip, not the whole blob. Everything else maps to the
 error tree at once: 404 -> ``NotFound`` (3), 416/short blob -> ``FormatError`` (5), other
 4xx -> ``BackendError``. When the attempts run out: ``TransientError`` (75).
+
+Small documents (model info, the head of a sealed file) are read through
+:mod:`modelseal._internal.bounded_http`: a byte cap (``FormatError``, never retried) and an
+overall deadline of ``timeout`` seconds per attempt (``TransientError`` at once: a peer
+trickling bytes is not retried for ``attempts × timeout``).
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import random
 import re
@@ -24,6 +28,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
+from modelseal._internal.bounded_http import IDENTITY, Deadline, read_body
 from modelseal.errors import (
     AuthorizationError,
     BackendError,
@@ -34,6 +39,7 @@ from modelseal.errors import (
     TransientError,
 )
 from modelseal.loader.tls import system_trust
+from modelseal.protocol.wire import WireError, decode_json, describe
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +172,7 @@ class Fetcher:
             ),
             follow_redirects=True,
             transport=transport,
-            headers={"Accept-Encoding": "identity"},
+            headers=IDENTITY,
         )
         #: number of attempts that were retried (for receipts and tests)
         self.retried = 0
@@ -292,50 +298,67 @@ class Fetcher:
                 self._backoff(url, number, type(exc).__name__)
 
     def get_json(self, url: str, *, not_found: type[NotFound] = NotFound) -> Any:
-        """GET a JSON document (bounded size), retrying transient failures."""
+        """GET and decode a JSON document (bounded like :meth:`get_document`)."""
+        try:
+            return decode_json(self.get_document(url, not_found=not_found))
+        except WireError as exc:
+            raise FormatError(f"{url}: response is not JSON ({describe(exc)})") from None
 
-        def attempt() -> bytearray:
+    def get_document(self, url: str, *, not_found: type[NotFound] = NotFound) -> bytes:
+        """GET a JSON document's bytes (at most :data:`MAX_JSON_BYTES`, within ``timeout``
+        seconds per attempt), retrying transient failures; the caller decodes them."""
+
+        def attempt() -> bytes:
+            deadline = Deadline(self._timeout)
             with self._client.stream(
-                "GET", url, headers={"Accept": "application/json"}
+                "GET",
+                url,
+                headers={"Accept": "application/json"},
+                timeout=deadline.timeout(self._client.timeout),
             ) as response:
                 if response.status_code != 200:
                     raise _status_error(url, response, not_found=not_found)
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_JSON_BYTES:
-                        raise FormatError(f"{url}: JSON document larger than {MAX_JSON_BYTES}")
-                return body
+                return read_body(
+                    response, limit=MAX_JSON_BYTES, deadline=deadline, what=f"{url} (JSON)"
+                )
 
-        body = self._retrying(url, attempt)
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FormatError(f"{url}: response is not JSON") from exc
+        return self._retrying(url, attempt)
 
-    def read_range(self, url: str, start: int, into: memoryview) -> None:
+    @property
+    def timeout(self) -> float:
+        """Seconds: the overall deadline of a small answer, the longest single socket wait."""
+        return self._timeout
+
+    def read_range(
+        self, url: str, start: int, into: memoryview, *, deadline: Deadline | None = None
+    ) -> None:
         """Fill ``into`` with the bytes ``[start, start + len(into))`` of the blob at ``url``.
 
         Resumes after a connection reset with a ``Range`` from the first missing byte; an
         attempt that made progress does not count against the retry budget (but the total
-        number of attempts is still bounded).
+        number of attempts is still bounded). With a ``deadline`` (a header, the manifest)
+        the whole range, retries included, must arrive in time (``TransientError``); bulk
+        downloads go without one, through ``readinto`` straight into ``into``.
         """
         length = len(into)
         progress = _Progress()
         attempt = 0
         total_attempts = 0
+        direct = self._direct and deadline is None and url.startswith(("http://", "https://"))
         while progress.got < length:
             attempt += 1
             total_attempts += 1
             before = progress.got
+            if deadline is not None:
+                deadline.check(url)
             try:
-                if self._direct and url.startswith(("http://", "https://")):
+                if direct:
                     try:
                         self._read_direct(url, start, into, progress)
                     except _Redirected:
                         self._read_once(url, start, into, progress)
                 else:
-                    self._read_once(url, start, into, progress)
+                    self._read_once(url, start, into, progress, deadline)
                 if progress.got < length:
                     raise _Retry("connection closed before the end of the range")
             except httpx.UnsupportedProtocol as exc:
@@ -347,13 +370,24 @@ class Fetcher:
                     attempt = 1  # progress: a resumed stream is not a failure streak
                 self._backoff(url, attempt, reason)
 
-    def _read_once(self, url: str, start: int, into: memoryview, progress: _Progress) -> None:
-        """One ranged GET from the first missing byte; ``progress.got`` advances as it reads."""
+    def _read_once(
+        self,
+        url: str,
+        start: int,
+        into: memoryview,
+        progress: _Progress,
+        deadline: Deadline | None = None,
+    ) -> None:
+        """One ranged GET from the first missing byte; ``progress.got`` advances as it reads
+        (one socket read per chunk, each checked against ``deadline``)."""
         length = len(into)
         first = start + progress.got
         last = start + length - 1
         headers = {"Range": f"bytes={first}-{last}"}
-        with self._client.stream("GET", url, headers=headers) as response:
+        timeout = (
+            self._client.timeout if deadline is None else deadline.timeout(self._client.timeout)
+        )
+        with self._client.stream("GET", url, headers=headers, timeout=timeout) as response:
             _check_range_answer(
                 url, response.status_code, response.headers.get("content-range"), first, last
             )
@@ -366,7 +400,11 @@ class Fetcher:
                     progress.got = got
                     if got == length:
                         break
+                    if deadline is not None:
+                        deadline.check(url)
             except httpx.TransportError as exc:
+                if deadline is not None:
+                    deadline.check(url)
                 raise _Retry(f"{type(exc).__name__} after {got} of {length} bytes") from exc
 
     def read_head(self, url: str, length: int) -> tuple[bytes, int]:
@@ -377,8 +415,12 @@ class Fetcher:
         """
 
         def attempt() -> tuple[bytes, int]:
+            deadline = Deadline(self._timeout)
             with self._client.stream(
-                "GET", url, headers={"Range": f"bytes=0-{length - 1}"}
+                "GET",
+                url,
+                headers={"Range": f"bytes=0-{length - 1}"},
+                timeout=deadline.timeout(self._client.timeout),
             ) as response:
                 status = response.status_code
                 if status == 206:
@@ -395,15 +437,11 @@ class Fetcher:
                     return b"", 0
                 else:
                     raise _status_error(url, response, not_found=BlobNotFound)
-                body = bytearray()
-                for chunk in response.iter_raw():
-                    body += chunk
-                    if len(body) >= length:
-                        break
+                body = read_body(response, limit=length, deadline=deadline, what=url, truncate=True)
                 want = min(length, total)
                 if len(body) < want:
                     raise _Retry("connection closed before the end of the range")
-                return bytes(body[:want]), total
+                return body[:want], total
 
         return self._retrying(url, attempt)
 

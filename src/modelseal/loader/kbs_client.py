@@ -1,25 +1,30 @@
 """KBS client used inside the TEE: RCAR attestation, token caching, JWE-wrapped key fetch.
 
 Speaks Trustee's KBS protocol 0.4 (``/kbs/v0/auth`` → ``/kbs/v0/attest`` → ``GET
-/kbs/v0/resource/...``) through an :class:`httpx.Auth` flow: the token is cached for its
-lifetime and the handshake is repeated only when the KBS answers 401. Resources come back
-as flattened JWE encrypted to an ephemeral TEE key that never leaves this process and is
-dropped on :meth:`KbsClient.close`.
+/kbs/v0/resource/...``): the token is cached for its lifetime and the handshake is repeated
+only when the KBS answers 401. Resources come back as flattened JWE encrypted to an
+ephemeral TEE key that never leaves this process and is dropped on :meth:`KbsClient.close`.
+
+The KBS is a peer like any other until its answer decrypts: every response (challenge,
+token, resource, error) is read as a stream of at most :data:`MAX_RESPONSE_BYTES` that must
+be complete within ``timeout`` seconds (:mod:`modelseal._internal.bounded_http`). An
+httpx auth flow would buffer whole intermediate responses, so the handshake is explicit.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import ssl
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from modelseal._internal.bounded_http import Reply, send
 from modelseal.crypto.jwe import decrypt
 from modelseal.crypto.jwk import DEFAULT_KEY_ALG, TeeKeyPair
 from modelseal.crypto.secret import SecretBytes
@@ -48,12 +53,14 @@ from modelseal.protocol.kbs import (
     check_resource_path,
     parse_model,
 )
+from modelseal.protocol.wire import WireError, decode_json, describe
 from modelseal.tee.base import Attester
 
 log = logging.getLogger(__name__)
 
 #: Re-attest this long before the token's lifetime ends (the KBS clock may differ).
 TOKEN_MARGIN = 10.0
+#: largest KBS answer read (challenge, token, JWE resource, error body cut at 64 KiB)
 MAX_RESPONSE_BYTES = 1 << 20
 
 
@@ -70,17 +77,23 @@ def _tls_verify(verify: bool | str | Path) -> bool | ssl.SSLContext:
         raise ConfigError(f"cannot load the KBS CA bundle {verify}: {exc}") from exc
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Reply) -> str:
     """The KBS's safe ``detail`` text of an error response, for diagnostics."""
     try:
-        body = json.loads(response.content[:4096])
+        body = decode_json(response.content[:4096])
         detail = body.get("detail") if isinstance(body, dict) else None
-    except (ValueError, UnicodeDecodeError):
+    except WireError:
         detail = None
-    return f"HTTP {response.status_code}" + (f": {detail}" if isinstance(detail, str) else "")
+    text = f": {_printable(detail)}" if isinstance(detail, str) else ""
+    return f"HTTP {response.status_code}{text}"
 
 
-def _raise_for_handshake(response: httpx.Response, step: str) -> None:
+def _printable(text: str) -> str:
+    """A peer's text cut to a printable line (it ends up in logs and error messages)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:300])
+
+
+def _raise_for_handshake(response: Reply, step: str) -> None:
     status = response.status_code
     if status == 200:
         return
@@ -93,7 +106,7 @@ def _raise_for_handshake(response: httpx.Response, step: str) -> None:
     raise BackendError(f"KBS {step} returned {_detail(response)}")
 
 
-def _session_cookie(response: httpx.Response) -> str:
+def _session_cookie(response: Reply) -> str:
     for header in response.headers.get_list("set-cookie"):
         name, _, rest = header.partition("=")
         if name.strip() == COOKIE_NAME:
@@ -103,10 +116,16 @@ def _session_cookie(response: httpx.Response) -> str:
     raise AttestationError("KBS auth response set no kbs-session-id cookie")
 
 
-class RcarAuth(httpx.Auth):
-    """httpx auth flow: Bearer EAR token, obtained by an RCAR handshake when needed."""
+#: sends one request to the KBS: ``(method, url, what, **httpx stream options) -> Reply``
+Exchange = Callable[..., Reply]
 
-    requires_response_body = True
+
+class RcarSession:
+    """The EAR token of one TEE key: cached for its lifetime, renewed by an RCAR handshake.
+
+    Every KBS answer is read through ``exchange`` (a bounded read: size cap and deadline),
+    never buffered by httpx on its own.
+    """
 
     def __init__(
         self,
@@ -128,67 +147,63 @@ class RcarAuth(httpx.Auth):
         self._lock = threading.RLock()
         self.handshakes = 0
 
-    def _cached(self) -> str | None:
-        if self.token is not None and time.monotonic() < self._valid_until:
-            return self.token
-        return None
+    def cached(self) -> str | None:
+        with self._lock:
+            if self.token is not None and time.monotonic() < self._valid_until:
+                return self.token
+            return None
 
     def invalidate(self) -> None:
-        self.token = None
-        self._valid_until = 0.0
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         with self._lock:
-            token = self._cached()
-            if token is not None:
-                request.headers["Authorization"] = f"Bearer {token}"
-                response = yield request
-                if response.status_code != 401:
-                    return
-                log.info("KBS answered 401 to a cached token; re-attesting")
-                self.invalidate()
-            token = yield from self._handshake()
-            request.headers["Authorization"] = f"Bearer {token}"
-            yield request
+            self.token = None
+            self._valid_until = 0.0
 
-    def _handshake(self) -> Generator[httpx.Request, httpx.Response, str]:
-        self.handshakes += 1
-        auth_body = {"version": PROTOCOL_VERSION, "tee": self.tee, "extra-params": ""}
-        response = yield httpx.Request("POST", self.base_url + AUTH_PATH, json=auth_body)
-        _raise_for_handshake(response, "auth")
-        challenge = parse_model(Challenge, response.content, what="KBS challenge")
-        cookie = _session_cookie(response)
-        tee_pubkey = self.keys.public_jwk()
-        digest = runtime_data_digest(challenge.nonce, tee_pubkey, "")
-        evidence = self.attester.evidence(digest)
-        attestation: dict[str, Any] = {
-            "runtime-data": {"nonce": challenge.nonce, "tee-pubkey": tee_pubkey},
-            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
-        }
-        if self.init_data is not None:
-            attestation["init-data"] = {"format": "toml", "body": self.init_data}
-        started = time.monotonic()
-        response = yield httpx.Request(
-            "POST",
-            self.base_url + ATTEST_PATH,
-            json=attestation,
-            headers={"Cookie": f"{COOKIE_NAME}={cookie}"},
-        )
-        _raise_for_handshake(response, "attest")
-        token = parse_model(AttestationResponse, response.content, what="KBS token").token
-        _header, payload, _input, _sig = split_jwt(token)
-        exp, iat = payload.get("exp"), payload.get("iat")
-        if not isinstance(exp, int | float) or not isinstance(iat, int | float) or exp <= iat:
-            raise AttestationError("KBS issued a token without a valid lifetime")
-        lifetime = float(exp) - float(iat)
-        self._valid_until = started + lifetime - min(TOKEN_MARGIN, lifetime / 2)
-        self.token = token
-        jti = payload.get("jti")
-        self.token_id = jti if isinstance(jti, str) else None
-        log.info(
-            "attested to the KBS as %s; token %s valid %.0fs", self.tee, self.token_id, lifetime
-        )
-        return token
+    def handshake(self, exchange: Exchange) -> str:
+        """``/auth`` then ``/attest``: a fresh token for this TEE key."""
+        with self._lock:
+            self.handshakes += 1
+            auth_body = {"version": PROTOCOL_VERSION, "tee": self.tee, "extra-params": ""}
+            response = exchange("POST", self.base_url + AUTH_PATH, "KBS auth", json=auth_body)
+            _raise_for_handshake(response, "auth")
+            challenge = parse_model(Challenge, response.content, what="KBS challenge")
+            cookie = _session_cookie(response)
+            tee_pubkey = self.keys.public_jwk()
+            digest = runtime_data_digest(challenge.nonce, tee_pubkey, "")
+            evidence = self.attester.evidence(digest)
+            attestation: dict[str, Any] = {
+                "runtime-data": {"nonce": challenge.nonce, "tee-pubkey": tee_pubkey},
+                "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+            }
+            if self.init_data is not None:
+                attestation["init-data"] = {"format": "toml", "body": self.init_data}
+            started = time.monotonic()
+            response = exchange(
+                "POST",
+                self.base_url + ATTEST_PATH,
+                "KBS attest",
+                json=attestation,
+                headers={"Cookie": f"{COOKIE_NAME}={cookie}"},
+            )
+            _raise_for_handshake(response, "attest")
+            token = parse_model(AttestationResponse, response.content, what="KBS token").token
+            _header, payload, _input, _sig = split_jwt(token)
+            exp, iat = payload.get("exp"), payload.get("iat")
+            if (
+                not isinstance(exp, int | float)
+                or not isinstance(iat, int | float)
+                or not (math.isfinite(exp) and math.isfinite(iat))
+                or exp <= iat
+            ):
+                raise AttestationError("KBS issued a token without a valid lifetime")
+            lifetime = float(exp) - float(iat)
+            self._valid_until = started + lifetime - min(TOKEN_MARGIN, lifetime / 2)
+            self.token = token
+            jti = payload.get("jti")
+            self.token_id = jti if isinstance(jti, str) else None
+            log.info(
+                "attested to the KBS as %s; token %s valid %.0fs", self.tee, self.token_id, lifetime
+            )
+            return token
 
 
 class KbsClient:
@@ -221,12 +236,12 @@ class KbsClient:
             except UnicodeDecodeError as exc:
                 raise ConfigError("init-data must be UTF-8 TOML text") from exc
         self._keys = TeeKeyPair.generate(key_alg)
-        self._auth = RcarAuth(base_url, attester, tee=tee, keys=self._keys, init_data=init_data)
+        self._auth = RcarSession(base_url, attester, tee=tee, keys=self._keys, init_data=init_data)
         self._base = base_url.rstrip("/")
+        self._timeout = timeout
         self._http = httpx.Client(
             verify=_tls_verify(verify),
             timeout=timeout,
-            auth=self._auth,
             follow_redirects=False,
             trust_env=False,
             transport=transport,
@@ -242,21 +257,44 @@ class KbsClient:
         """Number of RCAR handshakes performed so far."""
         return self._auth.handshakes
 
+    def _exchange(self, method: str, url: str, what: str, **options: Any) -> Reply:
+        """One request; the answer must fit :data:`MAX_RESPONSE_BYTES` and arrive within
+        ``timeout`` seconds in all (FormatError / TransientError otherwise)."""
+        try:
+            return send(
+                self._http,
+                method,
+                url,
+                limit=MAX_RESPONSE_BYTES,
+                seconds=self._timeout,
+                what=what,
+                **options,
+            )
+        except httpx.HTTPError as exc:
+            raise TransientError(f"KBS unreachable: {type(exc).__name__}") from exc
+
     def get_resource(self, path: str) -> SecretBytes:
         """Attest if needed, fetch ``repo/type/tag`` and decrypt it with the TEE key."""
         check_resource_path(path)
-        try:
-            response = self._http.get(self._base + RESOURCE_PREFIX + path)
-        except httpx.HTTPError as exc:
-            raise TransientError(f"KBS unreachable: {type(exc).__name__}") from exc
+        url = self._base + RESOURCE_PREFIX + path
+        what = "KBS resource"
+        response: Reply | None = None
+        token = self._auth.cached()
+        if token is not None:
+            response = self._exchange("GET", url, what, headers=_bearer(token))
+            if response.status_code == 401:
+                log.info("KBS answered 401 to a cached token; re-attesting")
+                self._auth.invalidate()
+                response = None
+        if response is None:
+            token = self._auth.handshake(self._exchange)
+            response = self._exchange("GET", url, what, headers=_bearer(token))
         status = response.status_code
         if status == 200:
-            if len(response.content) > MAX_RESPONSE_BYTES:
-                raise FormatError("KBS resource response is too large")
             try:
-                jwe = json.loads(response.content)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise FormatError("KBS resource response is not JSON") from exc
+                jwe = decode_json(response.content)
+            except WireError as exc:
+                raise FormatError(f"{what} response is not JSON ({describe(exc)})") from None
             return decrypt(jwe, self._keys)
         if status == 401:
             self._auth.invalidate()
@@ -282,3 +320,7 @@ class KbsClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from modelseal._internal.bounded_http import Deadline
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import (
     ConfigError,
@@ -27,7 +29,13 @@ from modelseal.errors import (
     ModelNotFound,
     TransientError,
 )
-from modelseal.format.header import COMMIT_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, Header
+from modelseal.format.header import (
+    COMMIT_LEN,
+    MAX_MODEL_HEADER_BYTES,
+    PREAMBLE_LEN,
+    Header,
+    parse_preamble,
+)
 from modelseal.format.manifest import MAX_MANIFEST_LEN, Manifest, sealed_name
 from modelseal.format.v1 import FileDecryptor
 from modelseal.loader import cnap_loader
@@ -66,9 +74,9 @@ class SealedFile:
 
 def fetch_model_info(fetcher: Fetcher, url: str) -> ModelInfo:
     """GET and validate the model info (registry or CNAP model-info server)."""
-    doc = fetcher.get_json(url, not_found=ModelNotFound)
+    doc = fetcher.get_document(url, not_found=ModelNotFound)
     try:
-        info = ModelInfo.from_data(doc)
+        info = ModelInfo.from_json(doc)
     except WireError as exc:
         raise FormatError(f"{url}: invalid model info ({describe(exc)})") from None
     # the loader fetches these: a file:// or ftp:// URL from the registry is a bad document,
@@ -81,44 +89,76 @@ def fetch_model_info(fetcher: Fetcher, url: str) -> ModelInfo:
     return info
 
 
-def fetch_sealed_head(fetcher: Fetcher, url: str) -> tuple[Header, bytes, int]:
+class HeaderBudget:
+    """The header bytes one model may still make the loader fetch (thread-safe).
+
+    Sealed headers are read before anything is authenticated, so the registry alone decides
+    their length (up to 1 MiB each); the sum over a model is capped at
+    :data:`~modelseal.format.header.MAX_MODEL_HEADER_BYTES` before the bytes are fetched.
+    """
+
+    def __init__(self, limit: int = MAX_MODEL_HEADER_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, header_len: int, url: str) -> None:
+        with self._lock:
+            if self.used + header_len > self.limit:
+                raise FormatError(
+                    f"{url}: the sealed headers of this model exceed {self.limit} bytes in "
+                    f"total (this one declares {header_len} bytes after {self.used}); "
+                    "refusing to fetch more"
+                )
+            self.used += header_len
+
+
+def fetch_sealed_head(
+    fetcher: Fetcher, url: str, budget: HeaderBudget | None = None
+) -> tuple[Header, bytes, int]:
     """Header, key commitment and blob length of a sealed file (no key needed).
 
     The blob length must be exactly what the header implies: truncated or extended blobs
-    are refused before anything is decrypted.
+    are refused before anything is decrypted. ``header_len`` is charged to ``budget``
+    before the rest of a long header is fetched. Only the parsed fields are kept.
     """
+    prefix: bytes | bytearray
     prefix, total = fetcher.read_head(url, HEAD_PROBE)
-    if len(prefix) < PREAMBLE_LEN:
-        raise FormatError(f"{url}: too short to be a sealed file")
-    header_len = int.from_bytes(prefix[10:14], "big")
-    need = PREAMBLE_LEN + min(header_len, MAX_HEADER_LEN) + COMMIT_LEN
+    header_len = parse_preamble(prefix)
+    if budget is not None:
+        budget.take(header_len, url)
+    need = PREAMBLE_LEN + header_len + COMMIT_LEN
     if need > len(prefix) and total >= need:
-        buf = bytearray(need)
-        fetcher.read_range(url, 0, memoryview(buf))
-        prefix = bytes(buf)
+        prefix = bytearray(need)
+        fetcher.read_range(url, 0, memoryview(prefix), deadline=Deadline(fetcher.timeout))
     header = Header.parse(prefix)
     if total != header.sealed_size:
         raise FormatError(
             f"{url}: blob is {total} bytes but its header implies {header.sealed_size} "
             "(truncated or extended)"
         )
-    commitment = prefix[header.prefix_len : header.prefix_len + COMMIT_LEN]
+    commitment = bytes(prefix[header.prefix_len : header.prefix_len + COMMIT_LEN])
     if len(commitment) != COMMIT_LEN:
         raise FormatError(f"{url}: ends inside the key commitment")
-    return header, bytes(commitment), total
+    return header, commitment, total
 
 
 def fetch_manifest(
-    fetcher: Fetcher, info: ModelInfo, dek: SecretBytes, expected_digest: str | None
+    fetcher: Fetcher,
+    info: ModelInfo,
+    dek: SecretBytes,
+    expected_digest: str | None,
+    budget: HeaderBudget | None = None,
 ) -> Manifest:
     """Download, authenticate and parse the sealed manifest; check the model digest."""
     if info.manifest_url is None:
         raise FormatError("model info has no manifest_url")
-    header, commitment, total = fetch_sealed_head(fetcher, info.manifest_url)
+    header, commitment, total = fetch_sealed_head(fetcher, info.manifest_url, budget)
     if header.size > MAX_MANIFEST_LEN:
         raise FormatError(f"manifest of {header.size} bytes exceeds {MAX_MANIFEST_LEN}")
     sealed = bytearray(total)
-    fetcher.read_range(info.manifest_url, 0, memoryview(sealed))
+    deadline = Deadline(fetcher.timeout)
+    fetcher.read_range(info.manifest_url, 0, memoryview(sealed), deadline=deadline)
     dec = FileDecryptor(header, commitment, dek)
     plain = bytearray(header.size)
     try:
@@ -158,10 +198,19 @@ def fetch_manifest(
     return manifest
 
 
-def fetch_heads(fetcher: Fetcher, info: ModelInfo, workers: int) -> list[SealedFile]:
-    """Fetch every sealed file's header in parallel (one small ranged GET each)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(info.files)))) as pool:
-        heads = list(pool.map(lambda f: fetch_sealed_head(fetcher, f.url), info.files))
+def fetch_heads(
+    fetcher: Fetcher, info: ModelInfo, workers: int, budget: HeaderBudget | None = None
+) -> list[SealedFile]:
+    """Fetch every sealed file's header in parallel (one small ranged GET each), within
+    ``budget`` (a fresh :class:`HeaderBudget` if none)."""
+    budget = budget or HeaderBudget()
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(info.files))))
+    try:
+        heads = list(pool.map(lambda f: fetch_sealed_head(fetcher, f.url, budget), info.files))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # the first failure ends the prefetch
+        raise
+    pool.shutdown()
     return [SealedFile(f, h, c, t) for f, (h, c, t) in zip(info.files, heads, strict=True)]
 
 
@@ -294,15 +343,16 @@ def decrypt_v1(
     fds are closed before this returns.
     """
     pipeline = Pipeline(fetcher, workers=workers, on_progress=on_progress)
+    budget = HeaderBudget()
     with ExitStack() as stack:
         try:
             with timings.step("prefetch"):
-                files = fetch_heads(fetcher, info, workers)
+                files = fetch_heads(fetcher, info, workers, budget)
                 pipeline.start([Download(f.info.url, f.header) for f in files])
             dek = get_dek()
             pipeline.check()  # a blob that failed meanwhile: stop before the manifest
             with timings.step("manifest"):
-                manifest = fetch_manifest(fetcher, info, dek, expected_digest)
+                manifest = fetch_manifest(fetcher, info, dek, expected_digest, budget)
                 manifest.check_files(
                     {sealed_name(f.info.path): (f.header, f.sealed_size) for f in files}
                 )

@@ -152,8 +152,13 @@ def open_model(
     init_data: str | Path | None = None,
     release: ReleaseFn | None = None,
     on_progress: Callable[[int], None] | None = None,
+    timeout: float = 30.0,
 ) -> DecryptedModel:
-    """Attest, fetch and decrypt a published model into memory; see :class:`DecryptedModel`."""
+    """Attest, fetch and decrypt a published model into memory; see :class:`DecryptedModel`.
+
+    ``timeout``: seconds within which each small answer (model info, a sealed header, each
+    KBS answer) must be complete, as ``modelseal load --timeout``.
+    """
     settings = LoaderSettings(
         model=model_url,
         tee=tee,
@@ -164,6 +169,7 @@ def open_model(
         model_digest=model_digest,
         mock_tdx_dir=Path(mock_tdx_dir) if mock_tdx_dir else None,
         init_data=Path(init_data) if init_data else None,
+        timeout=timeout,
     )
     timings = Timings()
     files: dict[str, _MemFile] = {}

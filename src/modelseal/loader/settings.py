@@ -34,6 +34,7 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_MODEL_DIGEST": "model_digest",
     "MODELSEAL_MOCK_TDX_DIR": "mock_tdx_dir",
     "MODELSEAL_INIT_DATA": "init_data",
+    "MODELSEAL_TIMEOUT": "timeout",
 }
 
 
@@ -72,7 +73,9 @@ class LoaderSettings:
     init_data: Path | None = None
     #: attempts per HTTP request for transient failures (connection reset, 5xx)
     retries: int = 8
-    #: seconds of socket inactivity before a request counts as failed (then retried)
+    #: seconds: a small answer (model info, a sealed header, each KBS answer) must be complete
+    #: within it, whatever the peer's pace; also the longest wait for one socket read of a
+    #: blob download (such a stall is retried)
     timeout: float = 30.0
     extra_attester_options: Mapping[str, object] = field(default_factory=dict)
 
@@ -89,6 +92,8 @@ class LoaderSettings:
             raise ConfigError("tee: empty; use 'auto' or a TEE kind")
         if self.retries < 1:
             raise ConfigError("retries: must be at least 1")
+        if not (isinstance(self.timeout, int | float) and 0 < self.timeout < float("inf")):
+            raise ConfigError(f"timeout: must be a positive number of seconds, got {self.timeout}")
         for name in ("kbs_ca", "registry_ca", "init_data"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
@@ -126,6 +131,11 @@ def settings_from_env(
                 values[name] = int(raw)
             except ValueError as exc:
                 raise ConfigError(f"{var}: not an integer: {raw!r}") from exc
+        elif name == "timeout":
+            try:
+                values[name] = float(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
         elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"}:
             values[name] = Path(raw)
         else:

@@ -4,7 +4,8 @@
 reads the audit log. HTTP failures become typed errors: 401 ``TokenError``, 403
 ``AuthorizationError``, 404 ``KeyNotFound``, 400/409 ``ConfigError``, 5xx and connection
 failures ``TransientError``. Key bytes are sent once (over TLS in production) and never
-logged.
+logged. Answers are read with a byte cap (:data:`MAX_BODY_BYTES`, ``FormatError``) and an
+overall deadline of ``timeout`` seconds (``TransientError``), never buffered unbounded.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import json
 import ssl
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from modelseal._internal.bounded_http import IDENTITY, Reply, send
 from modelseal._internal.encoding import b64url_encode
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import (
@@ -41,10 +43,13 @@ from modelseal.protocol.admin import (
     PolicyInfo,
     RotateResponse,
 )
+from modelseal.protocol.wire import WireError, decode_json
 
 __all__ = ["KbsAdminClient", "KeyConflictError"]
 
 M = TypeVar("M", bound=BaseModel)
+#: largest admin answer read (an audit page of 1000 rows is well under 1 MiB)
+MAX_BODY_BYTES: Final = 16 << 20
 
 
 class KeyConflictError(ConfigError):
@@ -83,9 +88,14 @@ class KbsAdminClient:
         if not base.startswith(("http://", "https://")):
             raise ConfigError(f"KBS URL must start with http:// or https://, not {url!r}")
         self.url = base
+        self._timeout = timeout
         self._client = httpx.Client(
             base_url=base + API_PREFIX,
-            headers={"Authorization": f"Bearer {token.strip()}", "Accept": "application/json"},
+            headers={
+                "Authorization": f"Bearer {token.strip()}",
+                "Accept": "application/json",
+                **IDENTITY,
+            },
             verify=_verify_arg(verify),
             timeout=timeout,
             transport=transport,
@@ -115,12 +125,20 @@ class KbsAdminClient:
         json_body: Any = None,
         params: Mapping[str, str | int] | None = None,
         ok: tuple[int, ...] = (200,),
-    ) -> httpx.Response:
+    ) -> Reply:
         content = None if json_body is None else json.dumps(json_body).encode()
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
-            response = self._client.request(
-                method, path, content=content, headers=headers, params=params
+            response = send(
+                self._client,
+                method,
+                path,
+                limit=MAX_BODY_BYTES,
+                seconds=self._timeout,
+                what=f"KBS {self.url}",
+                content=content,
+                headers=headers,
+                params=params,
             )
         except httpx.TransportError as exc:
             raise TransientError(f"KBS {self.url} unreachable: {type(exc).__name__}") from exc
@@ -142,7 +160,7 @@ class KbsAdminClient:
             raise TransientError(f"KBS unavailable ({status}): {detail}")
         raise BackendError(f"KBS error ({status}): {detail}")
 
-    def _model(self, model: type[M], response: httpx.Response) -> M:
+    def _model(self, model: type[M], response: Reply) -> M:
         try:
             return model.model_validate_json(response.content)
         except ValidationError:
@@ -242,8 +260,8 @@ class KbsAdminClient:
 
     def whoami(self) -> dict[str, Any]:
         try:
-            value = self._request("GET", "/whoami").json()
-        except ValueError:
+            value = decode_json(self._request("GET", "/whoami").content)
+        except WireError:
             raise BackendError("KBS sent an unexpected whoami response") from None
         return value if isinstance(value, dict) else {}
 
@@ -253,10 +271,10 @@ def _policy_doc(policy: Mapping[str, Any] | ReleasePolicy) -> dict[str, Any]:
     return parsed.to_document()
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Reply) -> str:
     try:
-        value = response.json()
-    except ValueError:
+        value = decode_json(response.content)
+    except WireError:
         return response.reason_phrase or "error"
     if isinstance(value, dict) and isinstance(value.get("detail"), str):
         return str(value["detail"])[:500]

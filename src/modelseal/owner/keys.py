@@ -1,4 +1,11 @@
-"""Owner key files: one 32-byte DEK as base64url text, mode 0600, never overwritten."""
+"""Owner key files: one 32-byte DEK, mode 0600, never overwritten.
+
+``modelseal keygen`` writes base64url text. Reading also accepts the two forms people make
+with openssl: the raw 32 bytes (``openssl rand -out model.key 32``) and 64 hex digits
+(``openssl rand -hex 32 > model.key``). The three cannot be confused: base64url text of 32
+bytes is 43 characters, so a 32-byte file is never valid base64url of a key, and 64 hex
+digits decode as base64url to 48 bytes, never 32.
+"""
 
 from __future__ import annotations
 
@@ -77,14 +84,25 @@ def read_key_file(path: str | os.PathLike[str]) -> SecretBytes:
         os.close(fd)
     buf = bytearray(data)
     try:
-        text = buf.decode("ascii").strip()
-        raw = b64url_decode(text, what="key file")
-    except (UnicodeDecodeError, FormatError):
-        raise ConfigError(
-            f"{source} does not hold a base64url key; create one with `modelseal keygen -o FILE`"
-        ) from None
+        if len(buf) == DEK_LEN:
+            return SecretBytes(bytes(buf))
+        raw = _decode_text(buf, source)
     finally:
         buf[:] = bytes(len(buf))
     if len(raw) != DEK_LEN:
         raise ConfigError(f"{source} holds {len(raw)} bytes; a model key must be {DEK_LEN} bytes")
     return SecretBytes(raw)
+
+
+def _decode_text(buf: bytearray, source: Path) -> bytes:
+    """64 hex digits or base64url text (surrounding white space ignored)."""
+    try:
+        text = buf.decode("ascii").strip()
+        if len(text) == 2 * DEK_LEN and all(c in "0123456789abcdefABCDEF" for c in text):
+            return bytes.fromhex(text)
+        return b64url_decode(text, what="key file")
+    except (UnicodeDecodeError, FormatError):
+        raise ConfigError(
+            f"{source} does not hold a key (base64url text, 64 hex digits or 32 raw bytes); "
+            "create one with `modelseal keygen -o FILE`"
+        ) from None

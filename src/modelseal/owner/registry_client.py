@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 
 import httpx
 
+from modelseal._internal.bounded_http import IDENTITY, Deadline, Reply, read_body, send
 from modelseal.errors import (
     AuthorizationError,
     BackendError,
@@ -38,16 +39,18 @@ from modelseal.protocol.model_info import (
     blob_key,
     check_name,
 )
-from modelseal.protocol.wire import WireError, WireModel
+from modelseal.protocol.wire import WireError, WireModel, decode_json
 
 __all__ = ["BlobStatus", "RegistryClient", "RegistryConflict"]
 
 _CHUNK: Final = 1 << 20
 _ATTEMPTS: Final = 4
+#: largest registry answer read (the model list; one model info is at most 16 MiB)
+MAX_BODY_BYTES: Final = 64 << 20
 _M = TypeVar("_M", bound=WireModel)
 
 
-def _decode(model: type[_M], response: httpx.Response, what: str) -> _M:
+def _decode(model: type[_M], response: Reply, what: str) -> _M:
     """A success body as ``model``; anything else (a proxy's HTML page, a truncated or foreign
     JSON body) is a ``BackendError`` naming the request, never a validation traceback."""
     try:
@@ -97,12 +100,14 @@ class RegistryClient:
             raise ConfigError(f"registry URL must be http(s)://...: {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self._token = token
+        self._timeout = timeout
         self._client = httpx.Client(
             base_url=self.base_url,
             verify=_tls(verify),
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
             follow_redirects=False,
+            headers=IDENTITY,
         )
 
     @property
@@ -131,11 +136,20 @@ class RegistryClient:
             )
         return {"Authorization": f"Bearer {self._token}"}
 
-    def _send(self, make: Callable[[], httpx.Response], what: str) -> httpx.Response:
-        """Run a request with bounded, jittered retries on connection errors and 5xx."""
+    def _send(self, method: str, url: str, what: str, **options: Any) -> Reply:
+        """One request with bounded, jittered retries on connection errors and 5xx; its
+        answer is read within :data:`MAX_BODY_BYTES` and ``timeout`` seconds."""
         for attempt in range(1, self._attempts + 1):
             try:
-                response = make()
+                response = send(
+                    self._client,
+                    method,
+                    url,
+                    limit=MAX_BODY_BYTES,
+                    seconds=self._timeout,
+                    what=f"registry {what}",
+                    **options,
+                )
             except httpx.TransportError as exc:
                 if attempt == self._attempts:
                     raise TransientError(
@@ -149,13 +163,14 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _raise_for(response: httpx.Response, what: str, *, missing: type[Error]) -> None:
+    def _raise_for(response: Reply, what: str, *, missing: type[Error]) -> None:
         status = response.status_code
         if status < 400:
             return
         try:
-            detail = str(response.json().get("detail", ""))[:300]
-        except (ValueError, AttributeError):
+            body = decode_json(response.content)
+            detail = str(body.get("detail", ""))[:300] if isinstance(body, dict) else ""
+        except WireError:
             detail = ""
         text = f"{what}: registry answered {status}" + (f" ({detail})" if detail else "")
         if status == 401:
@@ -177,7 +192,7 @@ class RegistryClient:
     def get_model(self, model_id: str, version: str | None = None) -> ModelInfo:
         check_name(model_id, what="model id")
         params = {} if version is None else {"version": check_name(version, what="version")}
-        r = self._send(lambda: self._client.get(f"/models/{model_id}", params=params), "get")
+        r = self._send("GET", f"/models/{model_id}", "get", params=params)
         self._raise_for(r, f"model {model_id}", missing=ModelNotFound)
         return _decode(ModelInfo, r, f"model {model_id}")
 
@@ -189,14 +204,14 @@ class RegistryClient:
             return None
 
     def list_models(self) -> list[ModelInfo]:
-        r = self._send(lambda: self._client.get("/models"), "list")
+        r = self._send("GET", "/models", "list")
         self._raise_for(r, "list models", missing=ModelNotFound)
         return _decode(ModelList, r, "list models").models
 
     def blob_status(self, model_id: str, version: str, path: str) -> BlobStatus | None:
         """``HEAD`` of a blob: its size and SHA-256 (from the strong ETag), or ``None``."""
         key = blob_key(model_id, version, path)
-        r = self._send(lambda: self._client.head(f"/blobs/{key}"), "head")
+        r = self._send("HEAD", f"/blobs/{key}", "head")
         if r.status_code == 404:
             return None
         self._raise_for(r, f"blob {path}", missing=BlobNotFound)
@@ -211,8 +226,15 @@ class RegistryClient:
         key = blob_key(model_id, version, path)
         with self._client.stream("GET", f"/blobs/{key}") as r:
             if r.status_code >= 400:
-                r.read()
-                self._raise_for(r, f"blob {path}", missing=BlobNotFound)
+                body = read_body(
+                    r,
+                    limit=1 << 16,
+                    deadline=Deadline(self._timeout),
+                    what="registry",
+                    truncate=True,
+                )
+                reply = Reply(r.status_code, r.headers, body, r.reason_phrase)
+                self._raise_for(reply, f"blob {path}", missing=BlobNotFound)
             with open(dest, "wb") as fh:
                 for chunk in r.iter_bytes(_CHUNK):
                     fh.write(chunk)
@@ -256,13 +278,17 @@ class RegistryClient:
                 os.close(fd)
 
         r = self._send(
-            lambda: self._client.put(f"/blobs/{key}", content=body(), headers=headers),
+            "PUT",
+            f"/blobs/{key}",
             f"upload of {path}",
+            upload=True,
+            content=body(),
+            headers=headers,
         )
         self._raise_for(r, f"upload of {path}", missing=BlobNotFound)
         try:
-            data: Any = r.json()
-        except ValueError:
+            data: Any = decode_json(r.content)
+        except WireError:
             data = None
         if not isinstance(data, dict) or data.get("sha256") != sha256 or data.get("size") != size:
             raise BackendError(f"upload of {path}: the registry stored different bytes")
@@ -277,10 +303,11 @@ class RegistryClient:
         body = registration.to_json()
         headers = {**self._auth(), "Content-Type": "application/json"}
         r = self._send(
-            lambda: self._client.put(
-                f"/models/{model_id}/versions/{version}", content=body, headers=headers
-            ),
+            "PUT",
+            f"/models/{model_id}/versions/{version}",
             "registration",
+            content=body,
+            headers=headers,
         )
         self._raise_for(r, f"registration of {model_id} {version}", missing=ModelNotFound)
         info = _decode(ModelInfo, r, f"registration of {model_id} {version}")
@@ -290,9 +317,6 @@ class RegistryClient:
         check_name(model_id, what="model id")
         check_name(version, what="version")
         r = self._send(
-            lambda: self._client.delete(
-                f"/models/{model_id}/versions/{version}", headers=self._auth()
-            ),
-            "delete",
+            "DELETE", f"/models/{model_id}/versions/{version}", "delete", headers=self._auth()
         )
         self._raise_for(r, f"delete of {model_id} {version}", missing=ModelNotFound)

@@ -137,12 +137,11 @@ def parse_model(model: type[M], body: bytes | str, *, what: str) -> M:
     """Validate a JSON body into ``model``; any problem becomes a FormatError (HTTP 400).
 
     The message names the first offending field (``$.runtime-data.nonce``), never its value.
-    Bodies nested deeper than :data:`~modelseal._internal.bounded.MAX_DEPTH` are refused
-    before decoding; the byte cap is the caller's (the KBS reads bodies with one).
+    Bodies nested more than :data:`~modelseal._internal.bounded.MAX_DEPTH` levels deep are
+    refused before decoding; the byte cap is the caller's (the KBS reads bodies with one).
     """
     try:
-        return model.from_json(body, what=what)
-    except msgspec.ValidationError as exc:
+        return model.from_json(body)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        # invalid fields name their path, malformed JSON a byte offset, the caps their limit
         raise FormatError(f"malformed {what}: {describe(exc)}") from None
-    except msgspec.DecodeError:
-        raise FormatError(f"malformed {what}: not a JSON document") from None

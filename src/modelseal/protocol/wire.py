@@ -5,8 +5,13 @@ importing pydantic and building its validators costs ~0.2 s of a ~0.4 s start
 (docs/benchmarks.md); msgspec validates the same constraints (types, lengths, patterns,
 ``__post_init__`` checks) for ~15 ms. Server-only models (KBS admin API, policies) stay
 pydantic. Decoding is strict: no string-to-number coercion, unknown fields ignored unless a
-model forbids them. Every JSON text passes the byte and depth caps of
-``_internal/bounded.py`` before msgspec sees it.
+model forbids them.
+
+Every JSON text passes the byte and depth caps of ``_internal/bounded.py`` before msgspec
+sees it: msgspec (like the standard ``json`` module) decodes nested arrays and objects
+recursively and would otherwise stop only at the interpreter's recursion limit, with a
+``RecursionError`` no caller expects from a decoder. A document over a cap is a
+``WireError`` like any other malformed body, so it ends in the caller's documented error.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import msgspec
 from modelseal._internal.bounded import MAX_DEPTH, check_json
 from modelseal.errors import FormatError
 
-__all__ = ["WireError", "WireModel", "describe"]
+__all__ = ["MAX_JSON_BYTES", "WireError", "WireModel", "decode_json", "describe"]
 
 #: raised by :meth:`WireModel.from_json` (malformed JSON or invalid fields) and
 #: :meth:`WireModel.from_data` (invalid fields); report it with :func:`describe`
@@ -29,6 +34,26 @@ WireError = msgspec.DecodeError
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
+_TOO_DEEP = "JSON document nested too deeply"
+
+
+def _capped(data: bytes | str, max_bytes: int, max_depth: int) -> bytes:
+    try:
+        return check_json(data, what="JSON document", max_bytes=max_bytes, max_depth=max_depth)
+    except FormatError as exc:
+        raise WireError(str(exc)) from None
+
+
+def decode_json(
+    data: bytes | str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH
+) -> Any:
+    """Decode a JSON document of any shape (``WireError`` if malformed, too large or nested
+    too deeply)."""
+    raw = _capped(data, max_bytes, max_depth)
+    try:
+        return msgspec.json.decode(raw)
+    except RecursionError:
+        raise WireError(_TOO_DEEP) from None
 
 
 def describe(exc: WireError) -> str:
@@ -45,30 +70,22 @@ class WireModel(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_json(
-        cls,
-        data: bytes | str,
-        *,
-        what: str | None = None,
-        max_bytes: int = MAX_JSON_BYTES,
-        max_depth: int = MAX_DEPTH,
+        cls, data: bytes | str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH
     ) -> Self:
-        """Decode and validate a JSON document.
-
-        ``FormatError`` (naming ``what``, by default the model) when the text is larger
-        than ``max_bytes`` or nested deeper than ``max_depth``; ``WireError`` on any
-        other problem.
-        """
-        name = what or cls.__name__
-        raw = check_json(data, what=name, max_bytes=max_bytes, max_depth=max_depth)
+        """Decode and validate a JSON document (``WireError`` on any problem, caps included)."""
+        raw = _capped(data, max_bytes, max_depth)
         try:
             return msgspec.json.decode(raw, type=cls)
         except RecursionError:  # only if the caller's stack is already nearly exhausted
-            raise FormatError(f"{name}: nested deeper than {max_depth} levels") from None
+            raise WireError(_TOO_DEEP) from None
 
     @classmethod
     def from_data(cls, data: Any) -> Self:
         """Validate decoded JSON data (dicts, lists, ...; ``WireError`` on any problem)."""
-        return msgspec.convert(data, type=cls)
+        try:
+            return msgspec.convert(data, type=cls)
+        except RecursionError:
+            raise WireError(_TOO_DEEP) from None
 
     def to_data(self) -> dict[str, Any]:
         """The JSON-ready ``dict`` of this model (wire field names)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,22 @@ def _train(
     np.savez(test_data, x=x_all[test_idx] * 16.0, y=y_all[test_idx])
     size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
     return TrainedModel(model_dir, test_data, train_acc, len(test_idx), size)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m modelseal.quickstart.train DIR``: a real model to try the CLI on (the
+    README tour); the held-out digits go next to DIR as ``DIR.heldout.npz``."""
+    if len(argv) != 1:
+        print("usage: python -m modelseal.quickstart.train MODEL_DIR", file=sys.stderr)
+        return 2
+    model_dir = Path(argv[0])
+    model_dir.mkdir(parents=True, exist_ok=True)
+    result = train(model_dir, model_dir.with_name(model_dir.name + ".heldout.npz"))
+    print(
+        f"trained {result.directory} ({result.bytes} bytes, {result.train_accuracy:.3f} accuracy)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

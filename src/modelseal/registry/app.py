@@ -200,9 +200,7 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
         check_name(version, what="version")
         body = await _read_limited(request, settings.max_record_size)
         try:
-            registration = ModelRegistration.from_json(
-                body, what="registration", max_bytes=settings.max_record_size
-            )
+            registration = ModelRegistration.from_json(body, max_bytes=settings.max_record_size)
         except WireError as exc:
             raise _HttpError(422, "invalid-registration", describe(exc)) from None
         async with version_lock:

@@ -10,14 +10,14 @@ The document is TOML (``kbs/docs/initdata.md`` in Trustee)::
 Its digest is the declared hash over the document's raw bytes, exactly as sent (never
 re-serialized). The host sets it at launch into a field the hardware attests: TDX
 MRCONFIGID (48 B), SNP HOST_DATA (32 B). The digest is zero-padded (or truncated) to the
-field size, as Trustee does, then compared in constant time. After the check, the
-``[data]`` table becomes ``Claims.init_data`` and the digest ``Claims.init_data_digest``.
+field size, as Trustee does; the base verifier (:mod:`modelseal.tee.base`) compares it in
+constant time. After the check, the ``[data]`` table becomes ``Claims.init_data`` and the
+digest ``Claims.init_data_digest``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -77,25 +77,6 @@ def parse_init_data(raw: bytes | str) -> InitData:
         data={str(k): _claim_value(v) for k, v in data.items()},
         digest=ALGORITHMS[algorithm](body).digest(),
     )
-
-
-def check_init_data(init: InitData, field: bytes, *, field_name: str) -> None:
-    """The attested launch field must equal the digest, zero-padded/truncated to its size."""
-    expected = init.digest[: len(field)].ljust(len(field), b"\x00")
-    if not hmac.compare_digest(expected, field):
-        raise EvidenceError(
-            f"init-data binding mismatch: {field_name} is {field.hex()}, the init-data "
-            f"{init.algorithm} digest is {init.digest.hex()}"
-        )
-
-
-def bind_init_data(raw: bytes | str | None, field: bytes, *, field_name: str) -> InitData | None:
-    """Parse ``raw`` (if any) and check it against ``field``; None when there is none."""
-    if raw is None:
-        return None
-    init = parse_init_data(raw)
-    check_init_data(init, field, field_name=field_name)
-    return init
 
 
 def init_data_field(raw: bytes | str, size: int) -> bytes:

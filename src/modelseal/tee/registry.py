@@ -35,8 +35,14 @@ def _module(kind: str, role: str) -> Any:
 
 
 def verifier_for(kind: str, config: VerifierConfig) -> Verifier:
-    """Build the verifier of ``kind``; raises ``UnsupportedTee`` if unknown or not allowed."""
+    """Build the verifier of ``kind``; raises ``UnsupportedTee`` if unknown or not allowed.
+
+    The verifier's own kind must be ``kind``: :meth:`Verifier.verify` then refuses claims
+    of any other kind, so evidence is only ever accepted as the kind the session named.
+    """
     verifier: Verifier = _module(kind, "verifier").Verifier.from_config(config)
+    if verifier.tee != kind:
+        raise UnsupportedTee(f"the verifier registered for {kind!r} verifies {verifier.tee!r}")
     return verifier
 
 

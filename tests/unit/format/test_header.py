@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelseal._internal.canonical import canonical_json
 from modelseal.errors import FormatError
 from modelseal.format.header import (
     MAGIC,
     MAX_HEADER_LEN,
+    PREAMBLE_LEN,
     Header,
     build_header,
     check_relpath,
@@ -43,7 +45,27 @@ def test_good_header_parses_and_digest_covers_preamble() -> None:
     import hashlib
 
     assert h.digest == hashlib.sha256(blob()).digest()
-    assert h.preamble + h.raw == blob()
+    assert h.header_len == len(blob()) - PREAMBLE_LEN
+    assert h.preamble == blob()[:PREAMBLE_LEN]
+    # json.dumps puts spaces after separators: not canonical, and the bytes are not kept
+    with pytest.raises(FormatError, match="not canonical"):
+        _ = h.raw
+    canonical = blob(raw=canonical_json(GOOD))
+    again = Header.parse(canonical)
+    assert again.preamble + again.raw == canonical
+
+
+def test_parsed_header_keeps_no_header_bytes() -> None:
+    """A header padded to 1 MiB leaves only its fields behind (a loader holds one per file)."""
+    padded = json.dumps(GOOD).encode() + b" " * (MAX_HEADER_LEN - 200)
+    h = Header.parse(blob(raw=padded))
+    assert h.header_len == len(padded)
+    assert h.to_json() == {**GOOD, "salt": "A" * 43}
+    assert not hasattr(h, "__dict__")  # slots: no hidden per-instance storage
+    assert all(
+        not isinstance(getattr(h, name), bytes) or len(getattr(h, name)) <= 32
+        for name in h.__slots__
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.hostile_http import serving
+
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -129,10 +131,5 @@ class BlobServer:
 
     @contextmanager
     def running(self) -> Iterator[BlobServer]:
-        thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        try:
+        with serving(self.httpd):
             yield self
-        finally:
-            self.httpd.shutdown()
-            self.httpd.server_close()

@@ -45,6 +45,11 @@ def test_defaults_and_overrides() -> None:
     assert s.allow_disk is False
     assert s.workers == 2
     assert s.kbs_url is None
+    assert s.timeout == 30.0
+    assert (
+        settings_from_env({"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "2.5"}).timeout
+        == 2.5
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,6 +63,11 @@ def test_defaults_and_overrides() -> None:
         {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_MODEL_DIGEST": "sha256:XYZ"},
         {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_KBS_URL": "kbs:8080"},
         {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_KBS_CA": "/nonexistent/ca.pem"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "soon"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "0"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "-1"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "inf"},
+        {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "nan"},
     ],
 )
 def test_bad_settings_are_config_errors(env: dict[str, str]) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,21 @@ def test_warns_on_group_readable(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING):
         read_key_file(path)
     assert "chmod 600" in caplog.text
+
+
+def test_openssl_key_files(tmp_path: Path) -> None:
+    """`openssl rand -out k 32` (raw) and `openssl rand -hex 32` (hex) both read as keys."""
+    raw = tmp_path / "raw.key"
+    subprocess.run(["openssl", "rand", "-out", str(raw), "32"], check=True)
+    assert read_key_file(raw).reveal() == raw.read_bytes()
+    hexed = tmp_path / "hex.key"
+    with hexed.open("w") as fh:
+        subprocess.run(["openssl", "rand", "-hex", "32"], check=True, stdout=fh)
+    assert read_key_file(hexed).reveal() == bytes.fromhex(hexed.read_text().strip())
+    # one byte more or less than a raw key, or 63/65 hex digits, is refused
+    for content in (os.urandom(31), os.urandom(33), b"ab" * 31 + b"a", b"ab" * 32 + b"a"):
+        bad = tmp_path / "bad.key"
+        bad.write_bytes(content)
+        with pytest.raises(ConfigError):
+            read_key_file(bad)
+        bad.unlink()

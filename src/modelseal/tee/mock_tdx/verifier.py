@@ -9,12 +9,12 @@ claims with ``tee = "mock-tdx"`` and ``extra.mock = true``, so a release policy 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from modelseal.crypto.x509_pem import pem_to_der
 from modelseal.errors import ConfigError, UnsupportedTee
-from modelseal.protocol.claims import Claims
 from modelseal.tee.base import VerifierConfig
 from modelseal.tee.tdx.collateral import CollateralStore
 from modelseal.tee.tdx.dcap_verifier import DcapQuoteVerifier
@@ -25,6 +25,7 @@ class Verifier(DcapQuoteVerifier):
 
     tee: ClassVar[str] = "mock-tdx"
     quote_tee: ClassVar[str] = "TDX"
+    extra_claims: ClassVar[Mapping[str, Any]] = {"mock": True}
 
     @classmethod
     def from_config(cls, config: VerifierConfig) -> Verifier:
@@ -44,18 +45,3 @@ class Verifier(DcapQuoteVerifier):
         if config.collateral:
             bundles.append(Path(config.collateral))
         return cls(CollateralStore(bundle=bundles), root_ca_der=root_der)
-
-    def verify(
-        self,
-        evidence: Any,
-        *,
-        expected_report_data: bytes,
-        now: float,
-        init_data: bytes | None = None,
-    ) -> Claims:
-        claims = super().verify(
-            evidence, expected_report_data=expected_report_data, now=now, init_data=init_data
-        )
-        return Claims(
-            **{**vars(claims), "extra": {**claims.extra, "mock": True}},
-        )

@@ -4,8 +4,9 @@ Order of checks (each failure is an ``EvidenceError`` naming the reason):
 strict report parsing -> endorsement key (VCEK or VLEK as the report's SIGNING_KEY says)
 from the evidence cert table or ``snp_certs`` -> chain VEK <- ASK/ASVK <- pinned ARK at
 ``now`` -> ECDSA P-384 report signature -> VEK SPL extensions == reported TCB and hwID ==
-CHIP_ID (VCEK) -> VMPL -> REPORT_DATA == zero-padded binding -> HOST_DATA == init-data
-digest. No network: missing certificates are a clear error (AMD KDS URL in the message).
+CHIP_ID (VCEK) -> VMPL; then the base verifier: REPORT_DATA == zero-padded binding and
+HOST_DATA == init-data digest. No network: missing certificates are a clear error (AMD
+KDS URL in the message).
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from cryptography import x509
 
 from modelseal.crypto.snp_ecdsa import is_p384_key, verify_report_signature
 from modelseal.errors import EvidenceError
-from modelseal.protocol.claims import Claims
-from modelseal.tee.base import VerifierConfig, pad_report_data
-from modelseal.tee.initdata import bind_init_data
+from modelseal.tee import base
+from modelseal.tee.base import Authenticated, InitDataField, VerifierConfig
 from modelseal.tee.snp import certs as amd
 from modelseal.tee.snp.claims import build_claims
 from modelseal.tee.snp.evidence import cert_chain_from_json, report_bytes_from_json
 from modelseal.tee.snp.report import AttestationReport, Product, SigningKey, parse_report
 
-REPORT_DATA_SIZE = 64
 KDS = "https://kdsintf.amd.com"
 
 
@@ -41,10 +40,14 @@ def kds_vcek_url(report: AttestationReport, product: Product) -> str:
     return f"{KDS}/vcek/v1/{product.value}/{hw.hex()}?{query}"
 
 
-class Verifier:
+class Verifier(base.Verifier):
     """Verifies Trustee-shaped SNP evidence; see the module docstring for the checks."""
 
+    def may_block(self) -> bool:
+        return False  # local material only: no collateral is ever downloaded
+
     tee: ClassVar[str] = "snp"
+    report_data_field: ClassVar[str] = "SNP REPORT_DATA"
 
     def __init__(
         self,
@@ -64,14 +67,7 @@ class Verifier:
         certs, crls = amd.load_sources(config.snp_certs)
         return cls(certs, crls=crls)
 
-    def verify(
-        self,
-        evidence: Any,
-        *,
-        expected_report_data: bytes,
-        now: float,
-        init_data: bytes | None = None,
-    ) -> Claims:
+    def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:
         if not isinstance(evidence, Mapping):
             raise EvidenceError("SNP evidence must be a JSON object")
         raw = report_bytes_from_json(evidence.get("attestation_report"))
@@ -86,19 +82,9 @@ class Verifier:
             except (ValueError, EvidenceError) as exc:
                 raise EvidenceError(f"SNP cert_chain {entry.cert_type} is not DER") from exc
         report, signer, chain = self.verify_report(raw, supplied, now=now, crls=crls)
-        if len(expected_report_data) > REPORT_DATA_SIZE:
-            raise EvidenceError("expected report data is longer than 64 bytes")
-        if not hmac.compare_digest(
-            report.report_data, pad_report_data(expected_report_data, REPORT_DATA_SIZE)
-        ):
-            raise EvidenceError("SNP REPORT_DATA does not match the runtime-data binding")
-        init = bind_init_data(init_data, report.host_data, field_name="HOST_DATA")
-        return build_claims(
-            report,
-            signer=signer,
-            chain=chain,
-            init_data_digest=init.digest_hex if init else None,
-            init_data=dict(init.data) if init else None,
+        return Authenticated(
+            build_claims(report, signer=signer, chain=chain),
+            init_data_field=InitDataField("HOST_DATA", report.host_data),
         )
 
     def verify_report(

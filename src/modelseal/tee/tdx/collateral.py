@@ -148,6 +148,11 @@ class CollateralStore:
         if self._cache_dir and self._cache_dir.is_dir():
             self._cached = load_bundle(self._cache_dir)
 
+    @property
+    def may_fetch(self) -> bool:
+        """True when a lookup may download collateral (a PCS/PCCS URL is configured)."""
+        return self._pccs_url is not None
+
     def get(self, tee: str, fmspc: str, ca: str, now: float) -> CollateralSet:
         """Collateral for this platform: a fresh bundled set, else the cache, else the PCCS.
 

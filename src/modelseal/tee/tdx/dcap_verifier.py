@@ -1,8 +1,9 @@
 """The DCAP verification pipeline shared by the tdx, sgx and mock-tdx verifiers.
 
 Order: decode evidence → strict quote parse → pick collateral by the PCK's FMSPC →
-dcap-qvl (signatures, chains, CRLs, TCB, attributes) → REPORTDATA binding → CCEL replay
-against the RTMRs → init-data against MRCONFIGID → typed claims. Every failure is an
+dcap-qvl (signatures, chains, CRLs, TCB, attributes) → CCEL replay against the RTMRs →
+typed claims; the base verifier then checks REPORTDATA against the session's binding and
+init-data against MRCONFIGID (TD quotes only). Every failure is an
 :class:`EvidenceError` naming the reason, except missing collateral (BackendError: the KBS
 cannot decide, so it answers 503 instead of blaming the guest).
 """
@@ -10,16 +11,14 @@ cannot decide, so it answers 503 instead of blaming the guest).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from modelseal.errors import EvidenceError
-from modelseal.protocol.claims import Claims
-from modelseal.tee.base import pad_report_data
+from modelseal.tee.base import Authenticated, InitDataField, Verifier
 from modelseal.tee.eventlog.ccel import verify_ccel
-from modelseal.tee.initdata import bind_init_data
 from modelseal.tee.tdx import dcap
 from modelseal.tee.tdx.claims import build_claims
 from modelseal.tee.tdx.collateral import CollateralStore
@@ -27,12 +26,15 @@ from modelseal.tee.tdx.evidence import decode_evidence
 from modelseal.tee.tdx.quote import TEE_TYPE_SGX, TEE_TYPE_TDX, Quote, TdReport, parse_quote
 
 
-class DcapQuoteVerifier:
+class DcapQuoteVerifier(Verifier):
     """Verifies DCAP quotes of one TEE type against a trust root and a collateral store."""
 
     tee: ClassVar[str] = "tdx"
     #: "TDX" or "SGX": which quotes this verifier accepts
     quote_tee: ClassVar[str] = "TDX"
+    report_data_field: ClassVar[str] = "the quote's REPORTDATA"
+    #: Facts every claim of this verifier carries (mock-tdx: ``{"mock": true}``).
+    extra_claims: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, collateral: CollateralStore, *, root_ca_der: bytes | None = None) -> None:
         self.collateral = collateral
@@ -41,6 +43,9 @@ class DcapQuoteVerifier:
         self._lock = threading.Lock()
         self._checked: set[tuple[str, str]] = set()
         self._chains: OrderedDict[str, tuple[Any, dcap.PckInfo]] = OrderedDict()
+
+    def may_block(self) -> bool:
+        return self.collateral.may_fetch
 
     def _dcap_collateral(self, text: str) -> Any:
         """Parsed dcap-qvl collateral, memoized (parsing costs more than verifying)."""
@@ -76,14 +81,7 @@ class DcapQuoteVerifier:
         if quote.header.tee_type != want:
             raise EvidenceError(f"{self.tee} verifier got a quote of another TEE type")
 
-    def verify(
-        self,
-        evidence: Any,
-        *,
-        expected_report_data: bytes,
-        now: float,
-        init_data: bytes | None = None,
-    ) -> Claims:
+    def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:
         ev = decode_evidence(evidence)
         quote = parse_quote(ev.quote)
         self._check_type(quote)
@@ -100,17 +98,11 @@ class DcapQuoteVerifier:
                 self._checked.add(checked)
         result = dcap.verify(quote.raw, parsed, now, root_ca_der=self.root_ca_der)
         report = quote.report
-        expected = pad_report_data(expected_report_data, 64)
-        if not hmac.compare_digest(expected, report.report_data):
-            raise EvidenceError(
-                "report data binding mismatch: the quote does not carry this session's "
-                "nonce and key (REPORTDATA differs)"
-            )
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(self.extra_claims)
         if ev.ignored:
             extra["ignored_evidence_members"] = list(ev.ignored)
         event_claims: dict[str, str] = {}
-        init = None
+        launch: InitDataField | None = None
         if isinstance(report, TdReport):
             if ev.cc_eventlog:
                 ccel = verify_ccel(ev.cc_eventlog, report.rtmrs)
@@ -120,16 +112,10 @@ class DcapQuoteVerifier:
                 # Runtime (attestation-agent) events extend RTMR3; the quoted RTMR3 is
                 # attested either way, the text log is not interpreted.
                 extra["aa_eventlog"] = "present, not interpreted"
-            init = bind_init_data(init_data, report.mr_config_id, field_name="MRCONFIGID")
-        elif init_data is not None:
-            raise EvidenceError("init-data binding is not supported for SGX quotes")
-        return build_claims(
-            self.tee,
-            quote,
-            result,
-            pck,
-            event_claims=event_claims,
-            init_data_digest=init.digest_hex if init else None,
-            init_data=init.data if init else None,
-            extra=extra,
+            launch = InitDataField("MRCONFIGID", report.mr_config_id)
+        claims = build_claims(self.tee, quote, result, pck, event_claims=event_claims, extra=extra)
+        return Authenticated(
+            claims,
+            init_data_field=launch,
+            init_data_refusal="init-data binding is not supported for SGX quotes",
         )

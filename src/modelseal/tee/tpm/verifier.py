@@ -2,23 +2,24 @@
 
 Checks, in order: evidence shape -> AK trusted (configured key, or AK certificate chain to
 a configured CA) -> optional TPM2B_PUBLIC of the AK matches and is a restricted signing
-key -> signature over TPMS_ATTEST -> extraData == the binding digest zero-padded to the
-nonce length (32..64 bytes; our attester uses 64) -> PCR digest -> event-log replay ->
-init-data (Trustee: PCR8 == SHA-256(32 zero bytes || digest)). Claims: ``pcr0``..``pcr23``
-of the quoted bank plus kernel/cmdline/initrd digests found in a replayed event log.
+key -> signature over TPMS_ATTEST -> PCR digest -> event-log replay; then the base
+verifier: extraData == the binding digest zero-padded to the nonce length (32..64 bytes;
+our attester uses 64) and init-data (Trustee: PCR8 == SHA-256(32 zero bytes || digest)).
+Claims: ``pcr0``..``pcr23`` of the quoted bank plus kernel/cmdline/initrd digests found in
+a replayed event log.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from modelseal.crypto.tpm_sig import normalize_public_key
 from modelseal.errors import EvidenceError, UnsupportedTee
 from modelseal.protocol.claims import Claims
-from modelseal.tee.base import VerifierConfig, pad_report_data
-from modelseal.tee.initdata import parse_init_data
+from modelseal.tee import base
+from modelseal.tee.base import Authenticated, InitDataField, VerifierConfig
 from modelseal.tee.tpm.evidence import parse_evidence
 from modelseal.tee.tpm.quote import VerifiedQuote, verify_quote
 from modelseal.tee.tpm.structures import parse_public, parse_signature
@@ -29,10 +30,16 @@ MAX_NONCE = 64
 INIT_DATA_PCR = 8
 
 
-class Verifier:
+class Verifier(base.Verifier):
     """Verifies TPM quotes by AKs from a :class:`TrustStore`."""
 
+    def may_block(self) -> bool:
+        return False  # local material only: no collateral is ever downloaded
+
     tee: ClassVar[str] = "tpm"
+    #: Our attester uses 64 bytes; other attesters may use as few as 32.
+    report_data_sizes: ClassVar[tuple[int, int]] = (MIN_NONCE, MAX_NONCE)
+    report_data_field: ClassVar[str] = "TPM quote nonce (extraData)"
 
     def __init__(self, trust: TrustStore) -> None:
         self._trust = trust
@@ -43,14 +50,7 @@ class Verifier:
             raise UnsupportedTee("TPM evidence is refused: the KBS has no --tpm-trusted-aks")
         return cls(TrustStore.load(config.tpm_trusted_aks))
 
-    def verify(
-        self,
-        evidence: Any,
-        *,
-        expected_report_data: bytes,
-        now: float,
-        init_data: bytes | None = None,
-    ) -> Claims:
+    def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:
         ev = parse_evidence(evidence)
         try:
             ak = normalize_public_key(ev.ak_public)
@@ -66,35 +66,24 @@ class Verifier:
         verified = verify_quote(
             ak, ev.message, parse_signature(ev.signature), ev.pcrs, event_log=ev.event_log
         )
-        nonce = verified.attest.extra_data
-        if len(expected_report_data) > MAX_NONCE:
-            raise EvidenceError("expected report data is longer than 64 bytes")
-        if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-            raise EvidenceError(f"TPM quote nonce has {len(nonce)} bytes; 32..64 required")
-        if not hmac.compare_digest(nonce, pad_report_data(expected_report_data, len(nonce))):
-            raise EvidenceError("TPM quote nonce does not match the runtime-data binding")
-        digest_hex: str | None = None
-        data: dict[str, str] = {}
-        if init_data is not None:
-            init = parse_init_data(init_data)
-            _check_init_data_pcr(verified, init.digest)
-            digest_hex, data = init.digest_hex, dict(init.data)
-        return _claims(verified, trust, ak, digest_hex, data)
+        pcr8 = verified.pcrs.get(INIT_DATA_PCR)
+        launch = Pcr8Field("PCR8", pcr8) if verified.bank == "sha256" and pcr8 is not None else None
+        return Authenticated(
+            _claims(verified, trust, ak),
+            init_data_field=launch,
+            init_data_refusal="init-data needs a SHA-256 quote covering PCR8",
+        )
 
 
-def _check_init_data_pcr(quote: VerifiedQuote, digest: bytes) -> None:
-    """Trustee's TPM binding: init-data digest (32 B) extended once into SHA-256 PCR8."""
-    value = quote.pcrs.get(INIT_DATA_PCR)
-    if quote.bank != "sha256" or value is None:
-        raise EvidenceError("init-data needs a SHA-256 quote covering PCR8")
-    expected = hashlib.sha256(bytes(32) + digest[:32].ljust(32, b"\x00")).digest()
-    if not hmac.compare_digest(value, expected):
-        raise EvidenceError("TPM PCR8 does not match the init-data digest")
+@dataclass(frozen=True)
+class Pcr8Field(InitDataField):
+    """Trustee's TPM binding: the init-data digest (32 B) extended once into SHA-256 PCR8."""
+
+    def expected(self, digest: bytes) -> bytes:
+        return hashlib.sha256(bytes(32) + digest[:32].ljust(32, b"\x00")).digest()
 
 
-def _claims(
-    quote: VerifiedQuote, trust: str, ak: bytes, digest_hex: str | None, data: dict[str, str]
-) -> Claims:
+def _claims(quote: VerifiedQuote, trust: str, ak: bytes) -> Claims:
     measurements = {f"pcr{i}": v.hex() for i, v in sorted(quote.pcrs.items())}
     extra: dict[str, Any] = {
         "bank": quote.bank,
@@ -116,7 +105,5 @@ def _claims(
         report_data=quote.attest.extra_data,
         tcb_status=None,
         measurements=measurements,
-        init_data_digest=digest_hex,
-        init_data=data,
         extra=extra,
     )

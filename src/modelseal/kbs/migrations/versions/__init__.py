@@ -1,0 +1,1 @@
+"""KBS schema revisions, oldest first (``v0001_...``); loaded by Alembic by file path."""

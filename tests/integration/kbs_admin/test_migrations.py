@@ -1,0 +1,255 @@
+"""KBS schema migrations on SQLite: the pre-migration fixture, fresh databases, refusals.
+
+Process-level tests (``kbs serve`` refusing, ``kill -9`` during ``kbs migrate``) are in
+tests/e2e/test_kbs_migrate_cli.py; the PostgreSQL ones in test_migrations_postgres.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from modelseal.errors import ConfigError
+from modelseal.kbs import schema
+from modelseal.kbs.db import Database, sqlite_url
+from modelseal.kbs.migrations import baseline
+from modelseal.kbs.state import KbsState
+from tests.integration.kbs_admin.fixture_db import (
+    check_contents,
+    check_still_serves,
+    copy_fixture,
+    expected,
+    model_metadata,
+    scripts_with_extra,
+)
+
+
+def _db(data_dir: Path) -> Database:
+    return Database(sqlite_url(data_dir))
+
+
+def _tables(data_dir: Path) -> list[tuple[str, str]]:
+    """The schema as SQLite stores it (type, name, SQL), to compare before/after."""
+    with sqlite3.connect(data_dir / "kbs.sqlite3") as conn:
+        return sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+
+
+def test_fixture_upgrades_to_head_with_data_intact(tmp_path: Path) -> None:
+    data = copy_fixture(tmp_path / "kbs")
+    exp = expected()
+    with pytest.raises(ConfigError) as refused:
+        KbsState.open(data)
+    assert f"modelseal kbs migrate --data-dir {data}" in str(refused.value)
+    assert "before schema migrations" in str(refused.value)
+
+    db = _db(data)
+    try:
+        report = schema.migrate(db)
+        assert report.adopted
+        assert not report.fresh
+        assert report.before is None
+        assert report.after == schema.head()
+        assert report.created_tables == ()
+        assert schema.status(db).current
+        again = schema.migrate(db)  # idempotent
+        assert (again.before, again.applied, again.adopted) == (schema.head(), (), False)
+    finally:
+        db.dispose()
+
+    state = KbsState.open(data)
+    try:
+        check_contents(state, exp)
+        check_still_serves(state, exp)
+    finally:
+        state.close()
+
+
+def test_head_matches_the_models(tmp_path: Path) -> None:
+    """A database made by the migrations is exactly what the models declare: a model
+    change without its revision fails here, listing the differences."""
+    state = KbsState.open(tmp_path / "kbs")
+    try:
+        with state.db.engine.connect() as conn:
+            assert schema.differences(conn, model_metadata()) == []
+            assert schema.differences(conn, baseline.metadata()) == []
+    finally:
+        state.close()
+
+
+def test_fresh_database_is_created_at_head(tmp_path: Path) -> None:
+    state = KbsState.open(tmp_path / "kbs")
+    try:
+        found = schema.status(state.db)
+        assert found.revision == schema.head()
+        assert found.tables == frozenset(baseline.metadata().tables)
+    finally:
+        state.close()
+    KbsState.open(tmp_path / "kbs").close()  # reopening a current database changes nothing
+
+
+def test_migrate_on_an_empty_database_creates_it(tmp_path: Path) -> None:
+    (tmp_path / "kbs.sqlite3").touch()
+    db = _db(tmp_path)
+    try:
+        report = schema.migrate(db)
+        assert report.fresh
+        assert report.after == schema.head()
+        assert "empty database" in report.lines()[0]
+        assert schema.status(db).current
+    finally:
+        db.dispose()
+
+
+def test_concurrent_first_opens_create_the_schema_once(tmp_path: Path) -> None:
+    """Workers starting together on an empty database: one creates it, all start."""
+    dbs = [_db(tmp_path) for _ in range(6)]
+    errors: list[BaseException] = []
+
+    def open_one(db: Database) -> None:
+        try:
+            schema.ensure_current(db, tmp_path, database_url=None)
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(db,)) for db in dbs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert schema.status(dbs[0]).current
+    finally:
+        for db in dbs:
+            db.dispose()
+
+
+def test_pre_migration_database_missing_the_session_table(tmp_path: Path) -> None:
+    """Old code made kbs_rcar_sessions only when the HTTP app started; adoption creates it."""
+    data = copy_fixture(tmp_path / "kbs")
+    with sqlite3.connect(data / "kbs.sqlite3") as conn:
+        conn.execute("DROP TABLE kbs_rcar_sessions")
+    db = _db(data)
+    try:
+        report = schema.migrate(db)
+        assert report.adopted
+        assert report.created_tables == ("kbs_rcar_sessions",)
+        assert "created missing tables: kbs_rcar_sessions" in report.lines()
+        with db.engine.connect() as conn:
+            assert schema.differences(conn, baseline.metadata()) == []
+    finally:
+        db.dispose()
+    state = KbsState.open(data)
+    try:
+        check_contents(state, expected())
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ("DROP INDEX ix_ms_keys_kek_id", "index ix_ms_keys_kek_id on ms_keys missing"),
+        ("ALTER TABLE ms_audit ADD COLUMN extra TEXT", "column ms_audit.extra unexpected"),
+        (
+            "ALTER TABLE ms_transfer_nonces DROP COLUMN key_id",
+            "column ms_transfer_nonces.key_id missing",
+        ),
+    ],
+)
+def test_pre_migration_database_that_does_not_match_is_refused(
+    tmp_path: Path, edit: str, named: str
+) -> None:
+    data = copy_fixture(tmp_path / "kbs")
+    with sqlite3.connect(data / "kbs.sqlite3") as conn:
+        conn.execute(edit)
+    before = _tables(data)
+    db = _db(data)
+    try:
+        with pytest.raises(ConfigError, match="cannot be adopted") as refused:
+            schema.migrate(db)
+        assert named in str(refused.value)
+    finally:
+        db.dispose()
+    assert _tables(data) == before  # nothing stamped, nothing created
+
+
+def test_unknown_revision_is_refused(tmp_path: Path) -> None:
+    """A database migrated by a newer release: neither serve nor migrate touches it."""
+    KbsState.open(tmp_path).close()
+    with sqlite3.connect(tmp_path / "kbs.sqlite3") as conn:
+        conn.execute("UPDATE ms_schema_version SET version_num = '9999'")
+    with pytest.raises(ConfigError, match="revision 9999, which this modelseal does not know"):
+        KbsState.open(tmp_path)
+    db = _db(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="newer release"):
+            schema.migrate(db)
+    finally:
+        db.dispose()
+
+
+def test_database_behind_head_is_refused_then_upgraded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a (test-only) revision 0002 after 0001, a 0001 database is behind head."""
+    data = copy_fixture(tmp_path / "kbs")
+    db = _db(data)
+    try:
+        schema.migrate(db)  # the fixture at 0001
+    finally:
+        db.dispose()
+    monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+    assert schema.head() == "0002"
+    with pytest.raises(ConfigError) as refused:
+        KbsState.open(data)
+    message = str(refused.value)
+    assert "revision 0001, behind this release's 0002" in message
+    assert f"`modelseal kbs migrate --data-dir {data}`" in message
+
+    db = _db(data)
+    try:
+        report = schema.migrate(db)
+        assert (report.before, report.applied, report.after) == ("0001", ("0002",), "0002")
+        assert report.lines()[-2:] == ["applied revisions: 0002", "now at revision 0002 (head)"]
+    finally:
+        db.dispose()
+    state = KbsState.open(data)
+    try:
+        check_contents(state, expected())
+    finally:
+        state.close()
+    with sqlite3.connect(data / "kbs.sqlite3") as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(ms_keys)")]
+    assert "note_test" in columns
+
+
+def test_failed_upgrade_leaves_the_database_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error midway through a revision rolls back its DDL and the adoption before it."""
+    data = copy_fixture(tmp_path / "kbs")
+    before = _tables(data)
+    monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+    from alembic.operations import Operations
+
+    real = Operations.batch_alter_table
+
+    def failing(self: Operations, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("simulated failure after the index was created")
+
+    monkeypatch.setattr(Operations, "batch_alter_table", failing)
+    db = _db(data)
+    try:
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            schema.migrate(db)
+        assert _tables(data) == before  # no index, no version table, no stamp
+        monkeypatch.setattr(Operations, "batch_alter_table", real)
+        report = schema.migrate(db)
+        assert report.adopted
+        assert report.applied == ("0002",)
+    finally:
+        db.dispose()
