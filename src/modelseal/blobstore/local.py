@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 import anyio.to_thread
 
+from modelseal._internal.bounded import load_json
 from modelseal.blobstore.base import (
     DEFAULT_CHUNK,
     BlobInfo,
@@ -35,11 +36,13 @@ from modelseal.blobstore.base import (
     DigestMismatch,
     check_key,
 )
-from modelseal.errors import BackendError, BlobNotFound, ConfigError
+from modelseal.errors import BackendError, BlobNotFound, ConfigError, FormatError
 
 __all__ = ["LocalBlobStore"]
 
 _REF_SUFFIX = ".ref"
+#: A reference is ``{"size": N, "sha256": hex}``; anything bigger is corrupt.
+_MAX_META_BYTES = 4096
 _WRITE_BUFFER = 4 << 20
 
 
@@ -291,9 +294,9 @@ def _read_ref(ref: Path) -> dict[str, Any] | None:
     except NotADirectoryError:
         return None
     try:
-        data = json.loads(raw)
+        data = load_json(raw, what="blob reference", max_bytes=_MAX_META_BYTES)
         size, sha = data["size"], data["sha256"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (FormatError, KeyError, TypeError) as exc:
         raise BackendError(f"corrupt blob reference {ref.name}") from exc
     if not isinstance(size, int) or not isinstance(sha, str) or len(sha) != 64:
         raise BackendError(f"corrupt blob reference {ref.name}")

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio.to_thread
 
+from modelseal._internal.bounded import load_json
 from modelseal.blobstore.base import (
     DEFAULT_CHUNK,
     BlobInfo,
@@ -30,7 +31,7 @@ from modelseal.blobstore.base import (
     DigestMismatch,
     check_key,
 )
-from modelseal.errors import BackendError, BlobNotFound, ConfigError, TransientError
+from modelseal.errors import BackendError, BlobNotFound, ConfigError, FormatError, TransientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -41,6 +42,8 @@ T = TypeVar("T")
 
 #: 8 MiB parts: above S3's 5 MiB minimum, and the most memory one upload holds.
 DEFAULT_PART_SIZE = 8 << 20
+#: Metadata is ``{"size", "sha256", "etag"}``; the bucket is untrusted, so reads are capped.
+_MAX_META_BYTES = 4096
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CHANGED = {"PreconditionFailed", "412"}
 
@@ -225,13 +228,13 @@ class S3BlobStore:
         meta_key = self._meta_key(key)
         try:
             obj = await self._call(self._client.get_object, Bucket=self.bucket, Key=meta_key)
-            raw = await self._call(obj["Body"].read)
+            raw = await self._call(obj["Body"].read, _MAX_META_BYTES + 1)
         except BlobNotFound:
             raise BlobNotFound(f"no blob {key!r}") from None
         try:
-            data = json.loads(raw)
+            data = load_json(raw, what="blob metadata", max_bytes=_MAX_META_BYTES)
             size, sha, etag = data["size"], data["sha256"], data["etag"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (FormatError, KeyError, TypeError) as exc:
             raise BackendError(f"corrupt blob metadata for {key!r}") from exc
         if not isinstance(size, int) or not isinstance(sha, str) or not isinstance(etag, str):
             raise BackendError(f"corrupt blob metadata for {key!r}")

@@ -154,14 +154,19 @@ def test_directories_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
 
 
-def test_corrupt_ref_is_a_backend_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[" * 100_000 + "]" * 100_000, '{"size": 1, "sha256": "' + "a" * 5000 + '"}'],
+    ids=["malformed", "deep", "huge"],
+)
+def test_corrupt_ref_is_a_backend_error(tmp_path: Path, content: str) -> None:
     from modelseal.errors import BackendError
 
     async def main() -> None:
         store = LocalBlobStore(tmp_path)
         await store.put("k", _aiter([b"x"]))
-        (tmp_path / "refs" / "k.ref").write_text("{not json")
-        with pytest.raises(BackendError):
+        (tmp_path / "refs" / "k.ref").write_text(content)
+        with pytest.raises(BackendError, match="corrupt blob reference"):
             await store.stat("k")
 
     anyio.run(main)

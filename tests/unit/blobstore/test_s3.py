@@ -121,3 +121,21 @@ def test_missing_and_invalid(store: S3BlobStore) -> None:
 def test_bad_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         S3BlobStore.from_url(url)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"size": 1, "sha256": "' + b"a" * 1_000_000 + b'"}'],
+    ids=["deep", "huge"],
+)
+def test_hostile_metadata_in_the_bucket_is_a_backend_error(store: S3BlobStore, meta: bytes) -> None:
+    """The bucket is not trusted: its metadata objects are parsed with a size and depth cap."""
+    from modelseal.errors import BackendError
+
+    async def main() -> None:
+        await store.put("m/v1/x", _aiter([b"x"]))
+        store._client.put_object(Bucket=store.bucket, Key=store._meta_key("m/v1/x"), Body=meta)
+        with pytest.raises(BackendError, match="corrupt blob metadata"):
+            await store.stat("m/v1/x")
+
+    anyio.run(main)
