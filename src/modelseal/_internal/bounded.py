@@ -117,11 +117,29 @@ def _as_bytes(data: bytes | bytearray | memoryview | str, what: str, max_bytes: 
         if len(data) > max_bytes:  # every character is at least one byte
             raise too_large(what, max_bytes)
         data = data.encode("utf-8", "surrogatepass")
-    else:
+    elif not isinstance(data, bytes):
         data = bytes(data)
     if len(data) > max_bytes:
         raise too_large(what, max_bytes)
     return data
+
+
+def _few_brackets(raw: bytes, limit: int) -> bool:
+    """True when ``raw`` holds at most ``limit`` opening brackets, so it cannot nest deeper.
+
+    Strings can only add brackets, so this bounds the depth without looking at the structure.
+    It is the common case (small bodies, base64 evidence) and costs at most ``2 * limit``
+    ``find`` calls, which run at memchr speed (``bytes.count`` of one byte is ~20x slower).
+    """
+    found = 0
+    for bracket in (b"[", b"{"):
+        pos = raw.find(bracket)
+        while pos >= 0:
+            found += 1
+            if found > limit:
+                return False
+            pos = raw.find(bracket, pos + 1)
+    return True
 
 
 def check_json(
@@ -136,7 +154,7 @@ def check_json(
     For callers that decode with their own parser (a typed msgspec or pydantic model).
     """
     raw = _as_bytes(data, what, max_bytes)
-    if json_depth(raw, limit=max_depth) > max_depth:
+    if not _few_brackets(raw, max_depth) and json_depth(raw, limit=max_depth) > max_depth:
         raise too_deep(what, max_depth)
     return raw
 

@@ -50,8 +50,11 @@ def test_json_depth_is_exact_for_valid_json(value: Any, indent: int | None) -> N
     assert json_depth(text, limit=1000) == expected
     if expected > 3:
         assert json_depth(text, limit=3) > 3
+        with pytest.raises(FormatError, match="nested too deeply"):
+            check_json(text, what="doc", max_bytes=1 << 20, max_depth=3)
     else:
         assert json_depth(text, limit=3) == expected
+        assert check_json(text, what="doc", max_bytes=1 << 20, max_depth=3) == text
 
 
 @pytest.mark.parametrize(
