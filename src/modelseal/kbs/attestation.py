@@ -20,6 +20,7 @@ from modelseal.tee.registry import verifier_for
 
 log = logging.getLogger(__name__)
 
+
 class AttestationService:
     """Verify evidence of any supported kind; ``sample`` only when explicitly allowed."""
 
