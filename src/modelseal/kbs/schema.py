@@ -17,11 +17,11 @@ Atomicity: all of it -- the comparison, created tables, every revision and the v
 stamp -- is ONE database transaction, so a crash (``kill -9``) or error at any point leaves
 the database exactly as it was and a rerun starts over. PostgreSQL has transactional DDL.
 SQLite does too, but Python's ``sqlite3`` driver commits implicitly before DDL unless it is
-left in autocommit mode with the transaction begun explicitly; the migration connection
-therefore sets ``isolation_level = None`` and issues ``BEGIN IMMEDIATE`` itself, and Alembic
+left in autocommit mode with the transaction begun explicitly, which is how every KBS
+connection runs (``Database.write``: ``BEGIN IMMEDIATE`` under the writer lock), and Alembic
 is told the DDL is transactional. Concurrent migrators (replicas or workers starting on an
-empty database at once) are serialized: ``BEGIN IMMEDIATE`` takes SQLite's write lock up
-front, and on PostgreSQL the transaction first takes an advisory lock; each re-reads the
+empty database at once) are serialized: on SQLite by the writer lock and ``BEGIN
+IMMEDIATE``, on PostgreSQL the transaction first takes an advisory lock; each re-reads the
 revision after acquiring it, so the second finds the work done.
 """
 
@@ -41,9 +41,8 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, MetaData, create_engine, event, inspect, text
+from sqlalchemy import Connection, MetaData, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from modelseal.errors import BackendError, ConfigError
 from modelseal.kbs.db import Database
@@ -71,8 +70,6 @@ VERSION_TABLE = "ms_schema_version"
 #: PostgreSQL advisory lock key held by the migrating transaction: a fixed number that
 #: every modelseal release uses, so migrators of all versions exclude each other.
 _PG_LOCK_KEY = 0x2B0E_6F3A_91C4_5D17
-#: How long a migrator waits for another one (SQLite busy timeout, seconds).
-_SQLITE_LOCK_WAIT = 60.0
 
 
 @lru_cache(maxsize=1)
@@ -142,23 +139,10 @@ def _migration_transaction(db: Database) -> Iterator[Connection]:
     """One transaction with transactional DDL, holding the migration lock (see module doc)."""
     try:
         if db.is_sqlite:
-            engine = create_engine(
-                db.url, poolclass=NullPool, connect_args={"timeout": _SQLITE_LOCK_WAIT}
-            )
-
-            def autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
-                dbapi_conn.isolation_level = None  # no implicit COMMIT before DDL
-
-            def begin_immediate(conn: Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-            event.listen(engine, "connect", autocommit_driver)
-            event.listen(engine, "begin", begin_immediate)
-            try:
-                with engine.begin() as conn:
-                    yield conn
-            finally:
-                engine.dispose()
+            # Database.write: BEGIN IMMEDIATE on a driver connection in autocommit mode (no
+            # implicit COMMIT before DDL) under the writer lock every KBS process takes
+            with db.write() as conn:
+                yield conn
         else:
             with db.engine.begin() as conn:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
