@@ -1,12 +1,18 @@
-"""Shared fixtures: the shared vectors folder, free loopback ports, a TLS certificate."""
+"""Shared fixtures: the shared vectors folder, free loopback ports, a TLS certificate, a
+throwaway PostgreSQL server with one fresh database per test."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.pg import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_VECTORS = ROOT.parent / "shared" / "vectors"
@@ -39,3 +45,27 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the whole run (skips without the binaries)."""
+    from tests.pg import PgServer, bin_dir
+
+    bindir = bin_dir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql-15)")
+    try:
+        server = PgServer(bindir)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL server, for this test only."""
+    return pg_server.create_database(request.node.name)
