@@ -71,7 +71,14 @@ from modelseal.keystore.store import KeyStore
 from modelseal.policy.document import parse_policy
 from modelseal.protocol.binding import runtime_data_digest
 from modelseal.tee.sample.attester import Attester
-from tests.e2e.durability.processes import CLI, ServerDidNotStart, ServerProcess, clean_env
+from tests.e2e.durability.processes import (
+    CLI,
+    DurabilityFailure,
+    ServerDidNotStart,
+    ServerProcess,
+    Stopwatch,
+    clean_env,
+)
 
 __all__ = [
     "DurabilityFailure",
@@ -89,10 +96,6 @@ AUTH_BODY = b'{"version":"0.4.0","tee":"sample","extra-params":""}'
 HTTP_TIMEOUT = 30.0
 #: Pause of a traffic thread after a failed request (the server is likely down).
 BACKOFF = 0.05
-
-
-class DurabilityFailure(AssertionError):
-    """A durability property failed; the message names the seed, the kill point and why."""
 
 
 def permissive_policy(n: int) -> dict[str, Any]:
@@ -414,9 +417,11 @@ class Traffic:
         ) as http:
             yield http
 
-    def _call(self, what: str, send: Callable[[], httpx.Response]) -> httpx.Response | None:
+    def _call(
+        self, http: httpx.Client, what: str, method: str, url: str, **kwargs: Any
+    ) -> httpx.Response | None:
         try:
-            response = send()
+            response = http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             self.ledger.outcome(what, type(exc).__name__)
             self.stopping.wait(BACKOFF)  # the server is down: do not spin until it is back
@@ -434,9 +439,7 @@ class Traffic:
                 key_id, _ = self.ledger.new_key(dek, digest)
                 url = rng.choice(self.urls)
                 body = {"key": b64url(dek), "policy": doc}
-                r = self._call(
-                    "put", lambda: http.put(f"{url}{ADMIN_PREFIX}/keys/{key_id}", json=body)
-                )
+                r = self._call(http, "put", "PUT", f"{url}{ADMIN_PREFIX}/keys/{key_id}", json=body)
                 if r is not None and r.status_code in (200, 201):
                     self.ledger.ack_key(key_id, digest)
 
@@ -452,19 +455,15 @@ class Traffic:
                 digest = policy_digest(doc)
                 self.ledger.policy_sent(key_id, digest)
                 url = rng.choice(self.urls)
-                r = self._call(
-                    "policy",
-                    lambda: http.put(f"{url}{ADMIN_PREFIX}/keys/{key_id}/policy", json=doc),
-                )
+                policy_url = f"{url}{ADMIN_PREFIX}/keys/{key_id}/policy"
+                r = self._call(http, "policy", "PUT", policy_url, json=doc)
                 if r is not None and r.status_code == 200:
                     self.ledger.ack_policy(key_id, digest)
 
     def _rotator(self, rng: random.Random) -> None:
         with self._admin() as http:
             while not self.stopping.wait(rng.uniform(*self.mix.rotate_every)):
-                r = self._call(
-                    "rotate", lambda: http.post(f"{self.urls[0]}{ADMIN_PREFIX}/kek/rotate")
-                )
+                r = self._call(http, "rotate", "POST", f"{self.urls[0]}{ADMIN_PREFIX}/kek/rotate")
                 if r is not None and r.status_code == 200:
                     self.ledger.ack_rotation(str(r.json()["new_kek_id"]))
                     self.cluster.sync_kek()
@@ -551,7 +550,9 @@ class Checker:
         problems = []
         for kek_id, count in sorted(store.count_by_kek().items()):
             if kek_id != current:
-                problems.append(f"{count} key row(s) wrapped under {kek_id}, not the current {current}")
+                problems.append(
+                    f"{count} key row(s) wrapped under {kek_id}, not the current {current}"
+                )
         head = audit.head_kek_id()
         if head != current:
             problems.append(f"audit head MACed under {head}, not the current KEK {current}")
@@ -575,7 +576,9 @@ class Checker:
                 continue  # reported above
             allowed = {ledger.policy.get(key_id), *ledger.policy_pending.get(key_id, ())}
             if stored not in allowed:
-                problems.append(f"{key_id}: policy {stored} is neither the acknowledged one nor a later one")
+                problems.append(
+                    f"{key_id}: policy {stored} is neither the acknowledged one nor a later one"
+                )
             elif stored is not None:
                 ledger.policy[key_id] = stored
             ledger.policy_pending.pop(key_id, None)
@@ -665,6 +668,8 @@ class RunReport:
     kill_points: int
     ledger: Ledger
     victims: Counter[str] = field(default_factory=Counter)
+    #: wall seconds spent in traffic, in stopping it, in restarts and in checks
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         ok = sum(n for k, n in self.ledger.outcomes.items() if k.split()[1] in ("200", "201", "ok"))
@@ -672,7 +677,8 @@ class RunReport:
             f"seed {self.seed}: {self.kill_points} kill points ({dict(self.victims)}), "
             f"{len(self.ledger.keys)} keys, {sum(self.ledger.releases.values())} releases, "
             f"{len(self.ledger.rotations)} rotations acknowledged; {ok} requests ok; "
-            f"outcomes {dict(sorted(self.ledger.outcomes.items()))}"
+            f"outcomes {dict(sorted(self.ledger.outcomes.items()))}; "
+            f"seconds { ({k: round(v, 1) for k, v in self.seconds.items()}) }"
         )
 
 
@@ -706,18 +712,23 @@ def run_kbs_durability(
     try:
         cluster.start()
         for point in range(1, kill_points + 1):
+            clock = Stopwatch(report.seconds)
             traffic = Traffic(cluster, ledger, mix, rng).start()
             time.sleep(rng.uniform(*window))
             victims = _victims(rng, config.replicas)
             cluster.kill9(victims)
+            clock.lap("traffic")
             traffic.stop()
+            clock.lap("stop")
             report.victims[",".join(map(str, victims))] += 1
             report.kill_points = point
             try:
                 cluster.start(victims)
             except ServerDidNotStart as exc:
                 raise fail(point, [f"the KBS does not start after kill -9: {exc}"]) from None
+            clock.lap("restart")
             problems = checker.check()
+            clock.lap("check")
             if problems:
                 raise fail(point, problems)
     finally:

@@ -23,10 +23,35 @@ import httpx
 
 from tests.conftest import free_port
 
-__all__ = ["CLI", "ServerDidNotStart", "ServerProcess", "clean_env", "wait_healthy"]
+__all__ = [
+    "CLI",
+    "DurabilityFailure",
+    "ServerDidNotStart",
+    "ServerProcess",
+    "Stopwatch",
+    "clean_env",
+    "wait_healthy",
+]
 
 CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 START_TIMEOUT = 60.0
+
+
+class DurabilityFailure(AssertionError):
+    """A durability property failed; the message names the seed, the kill point and why."""
+
+
+class Stopwatch:
+    """Adds the wall time between :meth:`lap` calls to ``into[name]`` (for run reports)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.into[name] = self.into.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 class ServerDidNotStart(RuntimeError):
@@ -113,10 +138,8 @@ class ServerProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
         self.kill9()
 
     def log_tail(self, limit: int = 3000) -> str:
