@@ -72,8 +72,11 @@ from modelseal.policy.document import parse_policy
 from modelseal.protocol.binding import runtime_data_digest
 from modelseal.tee.sample.attester import Attester
 from tests.e2e.durability.processes import (
+    BACKOFF,
     CLI,
+    HTTP_TIMEOUT,
     DurabilityFailure,
+    Load,
     ServerDidNotStart,
     ServerProcess,
     Stopwatch,
@@ -93,9 +96,6 @@ __all__ = [
 
 ADMIN_PREFIX = "/modelseal/v1"
 AUTH_BODY = b'{"version":"0.4.0","tee":"sample","extra-params":""}'
-HTTP_TIMEOUT = 30.0
-#: Pause of a traffic thread after a failed request (the server is likely down).
-BACKOFF = 0.05
 
 
 def permissive_policy(n: int) -> dict[str, Any]:
@@ -369,19 +369,18 @@ class TrafficMix:
     releases_per_session: int = 2
 
 
-class Traffic:
+class Traffic(Load):
     """The concurrent load of one kill window; :meth:`stop` ends it and joins the threads."""
 
     def __init__(
         self, cluster: KbsCluster, ledger: Ledger, mix: TrafficMix, rng: random.Random
     ) -> None:
+        super().__init__(ledger.outcome)
         self.cluster = cluster
         self.ledger = ledger
         self.mix = mix
-        self.stopping = threading.Event()
         self.token = cluster.admin_token()
         self.urls = list(cluster.urls)
-        seeds = [rng.getrandbits(64) for _ in range(64)]
         jobs: list[Callable[[random.Random], None]] = [
             *[self._putter] * mix.putters,
             *[self._policy_setter] * mix.policy_setters,
@@ -389,26 +388,8 @@ class Traffic:
         ]
         if mix.rotate_every[1] > 0:
             jobs.append(self._rotator)
-        self.threads = [
-            threading.Thread(target=self._guard, args=(job, random.Random(seed)), daemon=True)
-            for job, seed in zip(jobs, seeds, strict=False)
-        ]
-
-    def start(self) -> Traffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(HTTP_TIMEOUT + 10)
-
-    def _guard(self, job: Callable[[random.Random], None], rng: random.Random) -> None:
-        try:
-            job(rng)
-        except BaseException as exc:  # a driver bug must not pass as a quiet thread death
-            self.ledger.violation(f"traffic thread crashed: {type(exc).__name__}: {exc}")
+        for job in jobs:
+            self.spawn(job, random.Random(rng.getrandbits(64)))
 
     @contextlib.contextmanager
     def _admin(self) -> Iterator[httpx.Client]:
@@ -416,18 +397,6 @@ class Traffic:
             timeout=HTTP_TIMEOUT, headers={"Authorization": f"Bearer {self.token}"}
         ) as http:
             yield http
-
-    def _call(
-        self, http: httpx.Client, what: str, method: str, url: str, **kwargs: Any
-    ) -> httpx.Response | None:
-        try:
-            response = http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            self.ledger.outcome(what, type(exc).__name__)
-            self.stopping.wait(BACKOFF)  # the server is down: do not spin until it is back
-            return None
-        self.ledger.outcome(what, str(response.status_code))
-        return response
 
     def _putter(self, rng: random.Random) -> None:
         with self._admin() as http:
@@ -439,7 +408,7 @@ class Traffic:
                 key_id, _ = self.ledger.new_key(dek, digest)
                 url = rng.choice(self.urls)
                 body = {"key": b64url(dek), "policy": doc}
-                r = self._call(http, "put", "PUT", f"{url}{ADMIN_PREFIX}/keys/{key_id}", json=body)
+                r = self.call(http, "put", "PUT", f"{url}{ADMIN_PREFIX}/keys/{key_id}", json=body)
                 if r is not None and r.status_code in (200, 201):
                     self.ledger.ack_key(key_id, digest)
 
@@ -456,14 +425,14 @@ class Traffic:
                 self.ledger.policy_sent(key_id, digest)
                 url = rng.choice(self.urls)
                 policy_url = f"{url}{ADMIN_PREFIX}/keys/{key_id}/policy"
-                r = self._call(http, "policy", "PUT", policy_url, json=doc)
+                r = self.call(http, "policy", "PUT", policy_url, json=doc)
                 if r is not None and r.status_code == 200:
                     self.ledger.ack_policy(key_id, digest)
 
     def _rotator(self, rng: random.Random) -> None:
         with self._admin() as http:
             while not self.stopping.wait(rng.uniform(*self.mix.rotate_every)):
-                r = self._call(http, "rotate", "POST", f"{self.urls[0]}{ADMIN_PREFIX}/kek/rotate")
+                r = self.call(http, "rotate", "POST", f"{self.urls[0]}{ADMIN_PREFIX}/kek/rotate")
                 if r is not None and r.status_code == 200:
                     self.ledger.ack_rotation(str(r.json()["new_kek_id"]))
                     self.cluster.sync_kek()
@@ -719,6 +688,7 @@ def run_kbs_durability(
             cluster.kill9(victims)
             clock.lap("traffic")
             traffic.stop()
+            ledger.violations.extend(traffic.crashes)
             clock.lap("stop")
             report.victims[",".join(map(str, victims))] += 1
             report.kill_points = point

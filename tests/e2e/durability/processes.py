@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -26,6 +29,7 @@ from tests.conftest import free_port
 __all__ = [
     "CLI",
     "DurabilityFailure",
+    "Load",
     "ServerDidNotStart",
     "ServerProcess",
     "Stopwatch",
@@ -35,6 +39,9 @@ __all__ = [
 
 CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 START_TIMEOUT = 60.0
+HTTP_TIMEOUT = 30.0
+#: Pause of a traffic thread after a failed request (the server is likely down).
+BACKOFF = 0.05
 
 
 class DurabilityFailure(AssertionError):
@@ -168,3 +175,47 @@ def _live_members(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+class Load:
+    """Traffic threads that run until :meth:`stop`; ``outcome(what, result)`` counts every
+    request's status code or transport error. A thread that dies of an exception is a
+    driver bug, kept in :attr:`crashes` so it cannot pass as a quiet loss of traffic."""
+
+    def __init__(self, outcome: Callable[[str, str], None]) -> None:
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.crashes: list[str] = []
+        self._outcome = outcome
+
+    def spawn(self, job: Callable[[random.Random], None], rng: random.Random) -> None:
+        self.threads.append(threading.Thread(target=self._guard, args=(job, rng), daemon=True))
+
+    def start(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(HTTP_TIMEOUT + 10)
+
+    def _guard(self, job: Callable[[random.Random], None], rng: random.Random) -> None:
+        try:
+            job(rng)
+        except BaseException as exc:
+            self.crashes.append(f"traffic thread crashed: {type(exc).__name__}: {exc}")
+
+    def call(
+        self, http: httpx.Client, what: str, method: str, url: str, **kwargs: Any
+    ) -> httpx.Response | None:
+        """One request; None (after a short pause) when it failed in transport."""
+        try:
+            response = http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            self._outcome(what, type(exc).__name__)
+            self.stopping.wait(BACKOFF)  # the server is down: do not spin until it is back
+            return None
+        self._outcome(what, str(response.status_code))
+        return response

@@ -38,7 +38,9 @@ import httpx
 from modelseal.blobstore.local import LocalBlobStore
 from tests.e2e.durability.processes import (
     CLI,
+    HTTP_TIMEOUT,
     DurabilityFailure,
+    Load,
     ServerDidNotStart,
     ServerProcess,
     Stopwatch,
@@ -46,8 +48,6 @@ from tests.e2e.durability.processes import (
 
 __all__ = ["RegistryLedger", "run_registry_durability"]
 
-HTTP_TIMEOUT = 30.0
-BACKOFF = 0.05
 SIZES = (1024, 64 * 1024, 700 * 1024, 3 * 1024 * 1024)
 
 
@@ -90,42 +90,23 @@ class RegistryLedger:
             self.outcomes[f"{what} {result}"] += 1
 
 
-class RegistryTraffic:
+class RegistryTraffic(Load):
     """Uploader threads publishing model versions until :meth:`stop`."""
 
     def __init__(
         self, url: str, token: str, ledger: RegistryLedger, rng: random.Random, uploaders: int
     ) -> None:
+        super().__init__(ledger.outcome)
         self.url = url
         self.token = token
         self.ledger = ledger
-        self.stopping = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._uploader, args=(random.Random(rng.getrandbits(64)),))
-            for _ in range(uploaders)
-        ]
-
-    def start(self) -> RegistryTraffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(HTTP_TIMEOUT + 10)
+        for _ in range(uploaders):
+            self.spawn(self._uploader, random.Random(rng.getrandbits(64)))
 
     def _send(
         self, http: httpx.Client, what: str, method: str, path: str, **kwargs: Any
     ) -> httpx.Response | None:
-        try:
-            r = http.request(method, self.url + path, **kwargs)
-        except httpx.HTTPError as exc:
-            self.ledger.outcome(what, type(exc).__name__)
-            self.stopping.wait(BACKOFF)
-            return None
-        self.ledger.outcome(what, str(r.status_code))
-        return r
+        return self.call(http, what, method, self.url + path, **kwargs)
 
     def _uploader(self, rng: random.Random) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -350,12 +331,13 @@ def run_registry_durability(
             clock.lap("traffic")
             traffic.stop()
             report.kill_points = point
+            crashes = list(traffic.crashes)
             try:
                 server.start()
             except ServerDidNotStart as exc:
                 raise fail(point, [f"the registry does not start after kill -9: {exc}"]) from None
             clock.lap("restart")
-            problems = checker.check(server.url)
+            problems = crashes + checker.check(server.url)
             clock.lap("check")
             if problems:
                 raise fail(point, problems)
