@@ -711,3 +711,101 @@ def _victims(rng: random.Random, replicas: int) -> list[int]:
     if replicas == 1 or rng.random() < 1 / 3:
         return list(range(replicas))
     return [rng.randrange(replicas)]
+
+
+# --- admin writes under release load ------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What :func:`admin_under_load` saw: every put's latency and any failures."""
+
+    put_seconds: list[float]
+    put_errors: list[str]
+    releases: int
+    release_seconds: float
+    outcomes: Counter[str]
+    problems: list[str]
+
+    @property
+    def release_failures(self) -> dict[str, int]:
+        return {k: n for k, n in self.outcomes.items() if k.startswith("rcar") and k != "rcar ok"}
+
+
+def admin_under_load(
+    base: Path,
+    *,
+    clients: int = 32,
+    puts: int = 200,
+    config: KbsConfig | None = None,
+    database_url: str | None = None,
+    seed: int = 0,
+) -> LoadResult:
+    """``clients`` RCAR threads release keys nonstop while one admin client puts ``puts``
+    new keys one after another; then the stored state is checked like after a restart."""
+    rng = random.Random(seed)
+    cluster = KbsCluster(base, config or KbsConfig(), database_url)
+    ledger = Ledger(tag=f"load{seed % 100000}")
+    stopping = threading.Event()
+    put_seconds: list[float] = []
+    put_errors: list[str] = []
+
+    def releaser(thread_rng: random.Random) -> None:
+        client = RcarClient()
+        try:
+            while not stopping.is_set():
+                release_round(
+                    client, ledger, thread_rng, cluster.urls, ledger.pick_keys(thread_rng, 2)
+                )
+        finally:
+            client.close()
+
+    cluster.start()
+    try:
+        with httpx.Client(
+            timeout=HTTP_TIMEOUT, headers={"Authorization": f"Bearer {cluster.admin_token()}"}
+        ) as admin:
+
+            def put() -> None:
+                dek = rng.randbytes(32)
+                doc = permissive_policy(rng.getrandbits(30))
+                key_id, _ = ledger.new_key(dek, policy_digest(doc))
+                body = {"key": b64url(dek), "policy": doc}
+                t0 = time.perf_counter()
+                try:
+                    r = admin.put(f"{cluster.urls[0]}{ADMIN_PREFIX}/keys/{key_id}", json=body)
+                except httpx.HTTPError as exc:
+                    put_errors.append(f"{key_id}: {type(exc).__name__}")
+                    return
+                put_seconds.append(time.perf_counter() - t0)
+                if r.status_code == 201:
+                    ledger.ack_key(key_id, policy_digest(doc))
+                else:
+                    put_errors.append(f"{key_id}: HTTP {r.status_code} {r.text[:200]}")
+
+            for _ in range(4):  # keys to release before the measured puts
+                put()
+            put_seconds.clear()
+            threads = [
+                threading.Thread(target=releaser, args=(random.Random(rng.getrandbits(64)),))
+                for _ in range(clients)
+            ]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 60
+            while sum(ledger.releases.values()) < clients and time.monotonic() < deadline:
+                time.sleep(0.05)  # every client under way before the measured puts start
+            released_before = sum(ledger.releases.values())
+            t_start = time.perf_counter()
+            for _ in range(puts):
+                put()
+            elapsed = time.perf_counter() - t_start
+            released = sum(ledger.releases.values()) - released_before
+            stopping.set()
+            for t in threads:
+                t.join(HTTP_TIMEOUT + 10)
+        problems = Checker(cluster, ledger, rng).check()
+    finally:
+        stopping.set()
+        cluster.stop()
+    return LoadResult(put_seconds, put_errors, released, elapsed, ledger.outcomes, problems)
