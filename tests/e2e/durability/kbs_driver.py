@@ -81,6 +81,7 @@ from tests.e2e.durability.processes import (
     ServerProcess,
     Stopwatch,
     clean_env,
+    wait_for_progress,
 )
 
 __all__ = [
@@ -95,6 +96,8 @@ __all__ = [
 ]
 
 ADMIN_PREFIX = "/modelseal/v1"
+#: Acknowledged requests a kill window waits for before its random kill moment starts.
+WARM_ACKS = 10
 AUTH_BODY = b'{"version":"0.4.0","tee":"sample","extra-params":""}'
 
 
@@ -212,15 +215,16 @@ class KbsCluster:
     def database(self) -> Database:
         return Database(self.database_url or sqlite_url(self.primary))
 
-    def audit_cli(self) -> subprocess.CompletedProcess[str]:
-        """``modelseal kbs audit --data-dir <first replica> [--database-url U] --verify``."""
+    def audit_cli(self) -> subprocess.Popen[str]:
+        """Start ``modelseal kbs audit --data-dir <first replica> [--database-url U]
+        --verify`` (it runs while the other checks read the store)."""
         extra = ["--database-url", self.database_url] if self.database_url else []
-        return subprocess.run(
+        return subprocess.Popen(
             [*CLI, "kbs", "audit", "--data-dir", str(self.primary), *extra, "--verify"],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env=clean_env(),
-            timeout=120,
         )
 
     def log_tails(self) -> str:
@@ -243,6 +247,8 @@ class Ledger:
     rotations: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    #: acknowledged requests so far (to see that a kill window's traffic is flowing)
+    acks: int = 0
     _next: int = 0
     _key_list: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -260,6 +266,7 @@ class Ledger:
             self.keys[key_id] = self.unacked_keys.pop(key_id)
             self._key_list.append(key_id)
             self._ack_policy(key_id, digest)
+            self.acks += 1
 
     def policy_sent(self, key_id: str, digest: str) -> None:
         with self.lock:
@@ -270,16 +277,19 @@ class Ledger:
             self._ack_policy(key_id, digest)
 
     def _ack_policy(self, key_id: str, digest: str) -> None:
+        self.acks += 1
         self.policy[key_id] = digest
         self.policy_pending.pop(key_id, None)
 
     def ack_release(self, token: str, key_id: str) -> None:
         with self.lock:
             self.releases[(token, key_id)] += 1
+            self.acks += 1
 
     def ack_rotation(self, new_kek_id: str) -> None:
         with self.lock:
             self.rotations.append(new_kek_id)
+            self.acks += 1
 
     def outcome(self, what: str, result: str) -> None:
         with self.lock:
@@ -364,7 +374,7 @@ class TrafficMix:
 
     putters: int = 2
     policy_setters: int = 1
-    rcar_clients: int = 6
+    rcar_clients: int = 8
     rotate_every: tuple[float, float] = (0.15, 0.5)
     releases_per_session: int = 2
 
@@ -493,6 +503,7 @@ class Checker:
     def check(self) -> list[str]:
         problems = list(self.ledger.violations)
         self.ledger.violations.clear()
+        cli = self.cluster.audit_cli()
         files = KekFiles(self.cluster.primary)
         if files.next_path.exists():
             problems.append("kek.next is still present after a successful start")
@@ -507,11 +518,9 @@ class Checker:
             problems += self._audit_rows(audit, current.id)
         finally:
             db.dispose()
-        cli = self.cluster.audit_cli()
+        output, _ = cli.communicate(timeout=120)
         if cli.returncode != 0:
-            problems.append(
-                f"`kbs audit --verify` exited {cli.returncode}: {(cli.stdout + cli.stderr)[-800:]}"
-            )
+            problems.append(f"`kbs audit --verify` exited {cli.returncode}: {output[-800:]}")
         problems += self._live_releases()
         return problems
 
@@ -661,8 +670,9 @@ def run_kbs_durability(
     window: tuple[float, float] = (0.3, 1.5),
     mix: TrafficMix | None = None,
 ) -> RunReport:
-    """Start the cluster, then ``kill_points`` times: traffic, ``kill -9`` after a random
-    moment within ``window`` seconds, restart, check. Raises DurabilityFailure."""
+    """Start the cluster, then ``kill_points`` times: traffic, ``kill -9`` at a random
+    moment ``window`` seconds after the traffic is flowing, restart, check. Raises
+    DurabilityFailure."""
     mix = mix or TrafficMix()
     rng = random.Random(seed)
     ledger = Ledger(tag=f"s{seed % 100000}")
@@ -683,6 +693,7 @@ def run_kbs_durability(
         for point in range(1, kill_points + 1):
             clock = Stopwatch(report.seconds)
             traffic = Traffic(cluster, ledger, mix, rng).start()
+            wait_for_progress(lambda: ledger.acks, WARM_ACKS)
             time.sleep(rng.uniform(*window))
             victims = _victims(rng, config.replicas)
             cluster.kill9(victims)

@@ -34,6 +34,7 @@ __all__ = [
     "ServerProcess",
     "Stopwatch",
     "clean_env",
+    "wait_for_progress",
     "wait_healthy",
 ]
 
@@ -59,6 +60,19 @@ class Stopwatch:
         now = time.monotonic()
         self.into[name] = self.into.get(name, 0.0) + now - self.last
         self.last = now
+
+
+def wait_for_progress(count: Callable[[], int], at_least: int, timeout: float = 20.0) -> None:
+    """Wait until ``count()`` grew by ``at_least`` (or ``timeout`` passed).
+
+    A kill window starts its random delay only once the traffic is flowing: on a slow or
+    busy machine the first requests after a restart can take seconds, and a kill before
+    any of them were answered would test nothing.
+    """
+    start = count()
+    deadline = time.monotonic() + timeout
+    while count() - start < at_least and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 class ServerDidNotStart(RuntimeError):

@@ -44,11 +44,14 @@ from tests.e2e.durability.processes import (
     ServerDidNotStart,
     ServerProcess,
     Stopwatch,
+    wait_for_progress,
 )
 
 __all__ = ["RegistryLedger", "run_registry_durability"]
 
 SIZES = (1024, 64 * 1024, 700 * 1024, 3 * 1024 * 1024)
+#: Acknowledged requests a kill window waits for before its random kill moment starts.
+WARM_ACKS = 3
 
 
 def _sha(data: bytes) -> str:
@@ -64,6 +67,8 @@ class RegistryLedger:
     blob_pending: dict[str, set[str]] = field(default_factory=dict)  # sent after the ack
     models: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
+    #: acknowledged requests so far (to see that a kill window's traffic is flowing)
+    acks: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _next: int = 0
 
@@ -80,10 +85,12 @@ class RegistryLedger:
         with self.lock:
             self.blobs[key] = sha
             self.blob_pending.pop(key, None)
+            self.acks += 1
 
     def ack_model(self, model_id: str, version: str, registration: dict[str, Any]) -> None:
         with self.lock:
             self.models[(model_id, version)] = registration
+            self.acks += 1
 
     def outcome(self, what: str, result: str) -> None:
         with self.lock:
@@ -301,7 +308,8 @@ def run_registry_durability(
     window: tuple[float, float] = (0.3, 1.5),
     uploaders: int = 3,
 ) -> RegistryRunReport:
-    """``kill_points`` times: uploads, ``kill -9`` within ``window`` seconds, restart, check."""
+    """``kill_points`` times: uploads, ``kill -9`` at a random moment ``window`` seconds
+    after they are flowing, restart, check."""
     rng = random.Random(seed)
     data_dir = base / "registry"
     ledger = RegistryLedger(tag=f"s{seed % 100000}")
@@ -326,6 +334,7 @@ def run_registry_durability(
         for point in range(1, kill_points + 1):
             clock = Stopwatch(report.seconds)
             traffic = RegistryTraffic(server.url, token, ledger, rng, uploaders).start()
+            wait_for_progress(lambda: ledger.acks, WARM_ACKS)
             time.sleep(rng.uniform(*window))
             server.kill9()
             clock.lap("traffic")
