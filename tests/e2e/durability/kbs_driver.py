@@ -85,13 +85,18 @@ from tests.e2e.durability.processes import (
 )
 
 __all__ = [
+    "Checker",
     "DurabilityFailure",
     "KbsCluster",
     "KbsConfig",
     "Ledger",
+    "LoadResult",
     "RcarClient",
     "Traffic",
+    "TrafficMix",
+    "admin_under_load",
     "permissive_policy",
+    "release_round",
     "run_kbs_durability",
 ]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.durability import settings
-from tests.e2e.durability.kbs_driver import KbsConfig, run_kbs_durability
+from tests.e2e.durability.kbs_driver import KbsConfig, TrafficMix, run_kbs_durability
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -55,6 +55,7 @@ def test_sqlite_soak(case: tuple[KbsConfig, int], tmp_path: Path) -> None:
         kill_points=settings.SOAK_KILLS,
         seed=settings.seed(),
         window=(0.2, settings.SOAK_WINDOW),
+        mix=TrafficMix(rcar_clients=settings.SOAK_CLIENTS),
     )
     print(report.summary())
 
@@ -70,5 +71,6 @@ def test_postgres_soak(case: tuple[KbsConfig, int], tmp_path: Path, pg_url: str)
         seed=settings.seed(),
         database_url=pg_url,
         window=(0.2, settings.SOAK_WINDOW),
+        mix=TrafficMix(rcar_clients=settings.SOAK_CLIENTS),
     )
     print(report.summary())
