@@ -10,9 +10,9 @@ blob's size and SHA-256. A request counts as *acknowledged* when its 2xx answer 
 After every restart (:class:`RegistryChecker`):
 
 - the registry starts;
-- no partial object is visible: every blob ref in the store serves exactly ``size`` bytes
-  whose SHA-256 is the ref's digest (each ref is downloaded once per content), and every
-  object file's bytes hash to its name;
+- no partial object is visible: every blob ref in the store points to an existing object
+  and serves exactly ``size`` bytes whose SHA-256 is the ref's digest (each ref is
+  downloaded once per content), and every object file's bytes hash to its name;
 - every acknowledged blob upload is served with the acknowledged bytes (or with bytes of a
   later upload to the same key that was cut off);
 - every registered version (``GET /models``, ``/models/<id>/versions``) points only at
@@ -202,7 +202,11 @@ class RegistryChecker:
 
     def _served_refs(self, http: httpx.Client, refs: dict[str, tuple[int, str]]) -> list[str]:
         problems = []
+        objects = self.data_dir / "blobs" / "objects"
         for key, (size, sha) in sorted(refs.items()):
+            if not (objects / sha[:2] / sha).is_file():
+                problems.append(f"blob {key} points to a missing object {sha}")
+                continue
             if (key, sha) in self.verified_refs:
                 continue
             r = http.get(f"/blobs/{key}")

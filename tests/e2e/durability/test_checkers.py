@@ -167,3 +167,20 @@ def test_registry_checker_sees_a_torn_object(registry: tuple[ServerProcess, Path
     problems = "\n".join(RegistryChecker(data_dir, ledger).check(server.url))
     assert f"object file {obj.name} does not hash to its name" in problems
     assert "m1/v1/w.sealed" in problems
+
+
+def test_registry_checker_sees_a_ref_to_a_missing_object(
+    registry: tuple[ServerProcess, Path],
+) -> None:
+    server, data_dir = registry
+    token = (data_dir / "upload-token").read_text().strip()
+    r = httpx.put(
+        f"{server.url}/blobs/m2/v1/w.sealed",
+        content=b"gone soon",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 201, r.text
+    sha = r.json()["sha256"]
+    (data_dir / "blobs" / "objects" / sha[:2] / sha).unlink()  # collected while referenced
+    problems = RegistryChecker(data_dir, RegistryLedger(tag="chk")).check(server.url)
+    assert f"blob m2/v1/w.sealed points to a missing object {sha}" in problems
