@@ -18,6 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_VECTORS = ROOT.parent / "shared" / "vectors"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave ``soak`` tests out unless the ``-m`` expression names them (``make soak``), so
+    a plain run, or ``-m postgres``, never starts a run of hundreds of kill points."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
 @pytest.fixture(scope="session")
 def shared_vectors() -> Path:
     """``../shared/vectors`` (real attestation evidence), or skip when it is absent."""
