@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint typecheck imports pytest bench system clean venv
+.PHONY: run test lint typecheck imports pytest soak bench system clean venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,13 @@ pytest: venv system
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test: lint typecheck imports pytest
+
+# kill -9 durability runs of the KBS (SQLite, PostgreSQL, replicas) and the registry:
+# SOAK_KILLS kill points per configuration (MODELSEAL_DURABILITY_SEED=N replays a run).
+SOAK_KILLS ?= 200
+soak: venv system
+	MODELSEAL_SOAK_KILLS=$(SOAK_KILLS) $(VENV)/bin/pytest -q -p no:cacheprovider -m soak \
+		--timeout 0 -s tests/e2e/durability
 
 bench: venv
 	$(PY) -m bench

@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["format_bench", "kbs_bench", "loader_bench", "evidence_bench", "bounded_bench"]
+BENCHES = [
+    "format_bench",
+    "kbs_bench",
+    "loader_bench",
+    "evidence_bench",
+    "admin_under_load",
+    "bounded_bench",
+]
 
 
 def main() -> int:

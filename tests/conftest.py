@@ -1,15 +1,32 @@
-"""Shared fixtures: the attestation vectors, free loopback ports, a TLS certificate."""
+"""Shared fixtures: the attestation vectors, free loopback ports, a TLS certificate, a
+throwaway PostgreSQL server with one fresh database per test."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from tests.pg import PgServer
+
 ROOT = Path(__file__).resolve().parent.parent
 ATTESTATION_VECTORS = ROOT / "tests" / "vectors" / "attestation"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave ``soak`` tests out unless the ``-m`` expression names them (``make soak``), so
+    a plain run, or ``-m postgres``, never starts a run of hundreds of kill points."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +57,27 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the whole run (skips without the binaries)."""
+    from tests.pg import PgServer, bin_dir
+
+    bindir = bin_dir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql-15)")
+    try:
+        server = PgServer(bindir)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's PostgreSQL server, for this test only."""
+    return pg_server.create_database(request.node.name)

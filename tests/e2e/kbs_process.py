@@ -32,7 +32,8 @@ def start_kbs(data_dir: Path, *extra_args: str) -> tuple[str, subprocess.Popen[b
         env=dict(os.environ),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    # generous: on a loaded 2-core machine two spawned workers take a while to import
+    deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""

@@ -49,7 +49,7 @@ def _sockets(pid: int) -> int:
     return count
 
 
-def _wait_for(predicate: object, what: str, timeout: float = 30) -> None:
+def _wait_for(predicate: object, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:
@@ -107,3 +107,26 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert _children(proc.pid) == []
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    """kill -9 of the supervisor takes its workers along (no orphan keeps the port)."""
+    url, proc = start_kbs(tmp_path / "kbs", "--workers", "2")
+    _wait_for(lambda: len(_children(proc.pid)) == 2, "two workers")
+    workers = _children(proc.pid)
+    proc.kill()
+    proc.wait(30)
+
+    def gone() -> bool:
+        return all(not os.path.exists(f"/proc/{w}") or _zombie(w) for w in workers)
+
+    _wait_for(gone, "the workers to exit")
+    assert not _healthy(url)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

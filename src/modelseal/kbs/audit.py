@@ -286,7 +286,16 @@ class AuditLog:
         kek_id = conn.execute(_READ_HEAD_KEK).scalar()
         if kek_id is None:
             raise BackendError("audit log is not initialized")
-        return self._ring().get(kek_id)
+        try:
+            return self._ring().get(kek_id)
+        except ConfigError:
+            # Another replica rotated the KEK and this one has not been given the new
+            # ``kek`` file yet: a server-side condition that clears when it arrives (503),
+            # not a fault of the request.
+            raise BackendError(
+                f"this KBS does not hold the deployment's current KEK {kek_id}; "
+                "install the rotated kek file on every replica"
+            ) from None
 
     def append(
         self,

@@ -110,8 +110,22 @@ def _listening_socket(host: str, port: int, *, listen: bool = True) -> socket.so
     return sock
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this worker when the supervisor dies, even by ``kill -9``:
+    orphaned workers would keep serving a port nobody supervises and block a restart."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("could not tie the worker's life to the supervisor's (prctl failed)")
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main(port: int) -> None:
     """One worker process: its own listening socket, its own app, uvicorn's server loop."""
+    _die_with_parent()
     settings = settings_from_env(os.environ[SETTINGS_ENV])
     sock = _listening_socket(settings.host, port)
     options = {**_uvicorn_options(settings), "port": port}

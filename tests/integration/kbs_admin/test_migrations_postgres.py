@@ -26,10 +26,8 @@ from tests.integration.kbs_admin.fixture_db import (
     model_metadata,
     scripts_with_extra,
 )
-from tests.integration.kbs_admin.test_postgres import pg_server, pg_url
 
 pytestmark = pytest.mark.postgres
-__all__ = ["pg_server", "pg_url"]  # fixtures used by the tests below
 
 
 def _legacy_postgres(pg_url: str, data_dir: Path) -> None:

@@ -1,18 +1,11 @@
-"""The same KBS state code on PostgreSQL: a throwaway server started by this fixture.
-
-Needs the Debian ``postgresql-15`` binaries (scripts/system-packages.txt); skips when they
-are absent. As root the server runs as the ``postgres`` user (PostgreSQL refuses root).
-"""
+"""The same KBS state code on PostgreSQL, on the shared throwaway server (``pg_url`` in
+tests/conftest.py: one fresh database per test; skips without the server binaries)."""
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import subprocess
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,86 +14,11 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import PolicyDenied
 from modelseal.kbs.state import KbsState
 from modelseal.protocol.claims import Claims
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.postgres
 
 POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["sample"]}
 SAMPLE = Claims(tee="sample", debug=False, report_data=b"", insecure=True)
-
-
-def _bin_dir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[tuple[list[str], Path, int]]:
-    bindir = _bin_dir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql-15)")
-    # not under pytest's 0700 tmp root: the postgres user must be able to reach it
-    base = Path(tempfile.mkdtemp(prefix="modelseal-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser")
-        shutil.chown(base, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", free_port()
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            opts,
-            "-l",
-            str(base / "log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield as_user, bindir, port
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def pg_url(pg_server: tuple[list[str], Path, int], request: pytest.FixtureRequest) -> str:
-    """A fresh database per test on the module's server."""
-    as_user, bindir, port = pg_server
-    name = "kbs_" + request.node.name.replace("[", "_").replace("]", "").lower()[:40]
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "postgres",
-            name,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return f"postgresql://postgres@127.0.0.1:{port}/{name}"
 
 
 def test_state_on_postgres(pg_url: str, tmp_path: Path) -> None:

@@ -161,3 +161,27 @@ def test_storage_failure_is_a_backend_error(tmp_path: Path) -> None:
             conn.exec_driver_sql("INSERT INTO no_such_table VALUES (1)")
     finally:
         state.close()
+
+
+def test_a_replica_without_the_rotated_kek_answers_unavailable(tmp_path: Path) -> None:
+    """A replica that has not been given the rotated ``kek`` file refuses writes with
+    BackendError (503: install the file), not a client error; with the file it works."""
+    import shutil
+
+    first = KbsState.open(tmp_path / "a")
+    url = f"sqlite:///{first.data_dir / 'kbs.sqlite3'}"
+    second_dir = tmp_path / "b"
+    second_dir.mkdir(mode=0o700)
+    for name in ("kek", "admin-credential"):
+        shutil.copy2(first.data_dir / name, second_dir / name)
+    second = KbsState.open(second_dir, database_url=url)
+    try:
+        first.keys.rotate_kek(actor="t")
+        with pytest.raises(BackendError, match="install the rotated kek file"):
+            second.keys.put("models/r/v1", None, policy=POLICY, actor="t")
+        shutil.copy2(first.data_dir / "kek", second_dir / "kek")
+        second.keys.put("models/r/v1", None, policy=POLICY, actor="t")
+        assert second.audit.verify().ok
+    finally:
+        first.close()
+        second.close()
