@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import logging
 import os
 import threading
@@ -31,13 +30,14 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from modelseal._internal.bounded import load_json
 from modelseal.crypto.kek import KEK_SIZE, Kek, KekRing, create_secret_file, read_secret_file
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import DecryptionError
+from modelseal.errors import DecryptionError, FormatError
 from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database
 from modelseal.keystore.store import KeyRecord, KeyStore
-from modelseal.policy.document import ReleasePolicy, parse_policy
+from modelseal.policy.document import MAX_POLICY_BYTES, ReleasePolicy, parse_policy
 
 __all__ = [
     "KEK_FILE",
@@ -334,7 +334,8 @@ def stored_policy(text: str) -> ReleasePolicy:
     ReleasePolicy is immutable.
     """
     try:
-        document = json.loads(text)
-    except ValueError:
+        # the stored normal form (defaults filled in) of an upload of at most the cap
+        document = load_json(text, what="stored policy", max_bytes=4 * MAX_POLICY_BYTES)
+    except FormatError:
         raise DecryptionError("stored policy is not valid JSON") from None
     return parse_policy(document)

@@ -22,11 +22,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from modelseal._internal.bounded import load_json
 from modelseal.crypto.x509_pem import parse_certificates
-from modelseal.errors import BackendError, ConfigError, EvidenceError
+from modelseal.errors import BackendError, ConfigError, EvidenceError, FormatError
 
 #: A bundle file larger than this is not collateral.
 MAX_COLLATERAL_FILE = 4 * 1024 * 1024
+#: Largest TCB info / QE identity / PCCS answer member read (real ones are a few KiB).
+_MAX_MEMBER = 1 << 20
 _REQUIRED = (
     "pck_crl_issuer_chain",
     "root_ca_crl",
@@ -64,13 +67,13 @@ def parse_collateral(doc: Any, *, source: str) -> CollateralSet:
     if not isinstance(doc, dict) or any(k not in doc for k in _REQUIRED):
         raise EvidenceError(f"{source}: not dcap-qvl collateral JSON (need {', '.join(_REQUIRED)})")
     try:
-        tcb = json.loads(doc["tcb_info"])
-        qe = json.loads(doc["qe_identity"])
+        tcb = load_json(doc["tcb_info"], what=f"{source}: tcb_info", max_bytes=_MAX_MEMBER)
+        qe = load_json(doc["qe_identity"], what=f"{source}: qe_identity", max_bytes=_MAX_MEMBER)
         tee = str(tcb["id"]).upper()
         fmspc = str(tcb["fmspc"]).lower()
         issued = max(_ts(tcb["issueDate"]), _ts(qe["issueDate"]))
         next_update = min(_ts(tcb["nextUpdate"]), _ts(qe["nextUpdate"]))
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except (FormatError, ValueError, KeyError, TypeError) as exc:
         raise EvidenceError(f"{source}: malformed TCB info / QE identity in collateral") from exc
     if tee not in ("TDX", "SGX"):
         raise EvidenceError(f"{source}: TCB info id {tee!r} is neither TDX nor SGX")
@@ -306,9 +309,9 @@ def _crl_hex(body: bytes) -> str:
 def _signed_member(body: str, member: str) -> tuple[str, str]:
     """The exact text of ``member`` (signatures cover the bytes as served) and the signature."""
     try:
-        doc = json.loads(body)
+        doc = load_json(body, what=f"{member} response", max_bytes=_MAX_MEMBER)
         signature = str(doc["signature"])
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except (FormatError, KeyError, TypeError) as exc:
         raise BackendError(f"collateral service: malformed {member} response") from exc
     key = f'"{member}"'
     start = body.find(key)

@@ -202,7 +202,7 @@ def check_collateral_chains(text: str, root: Any) -> None:
     try:
         doc = json.loads(text)
         pck_crl = parse_crl(bytes.fromhex(doc["pck_crl"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise EvidenceError("malformed collateral: PCK CRL") from exc
     for key in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"):
         certs = _linked_chain(str(doc.get(key, "")), key.replace("_", " "))

@@ -219,3 +219,15 @@ def test_deeply_nested_collateral_file_is_ignored(ca: MockTdxCA, tmp_path: Path)
     deep_inner = '{"a":' * 100_000 + "1" + "}" * 100_000
     (tmp_path / "deep-inner.json").write_text(json.dumps({**doc, "tcb_info": deep_inner}))
     assert load_bundle(tmp_path) == []
+
+
+def test_deeply_nested_collateral_members_are_evidence_errors() -> None:
+    """A hostile bundle or PCCS answer nesting TCB info 100,000 deep: a documented error."""
+    from modelseal.errors import EvidenceError
+    from modelseal.tee.tdx.collateral import _REQUIRED, parse_collateral
+
+    doc = dict.fromkeys(_REQUIRED, "")
+    doc["tcb_info"] = "[" * 100_000
+    doc["qe_identity"] = "{}"
+    with pytest.raises(EvidenceError, match="malformed TCB info"):
+        parse_collateral(doc, source="bundle")
