@@ -30,7 +30,7 @@ from starlette.types import ASGIApp
 
 from modelseal.crypto.signing import TokenSigningKey
 from modelseal.errors import ConfigError
-from modelseal.kbs.app import create_app, serving_app
+from modelseal.kbs.app import create_app
 from modelseal.kbs.settings import KbsSettings
 from modelseal.kbs.state import KbsState
 
@@ -82,14 +82,14 @@ def app_factory() -> ASGIApp:
     settings = settings_from_env(text)
     logging.getLogger("modelseal").setLevel(os.environ.get("MODELSEAL_LOG_LEVEL", "INFO").upper())
     state = KbsState.open(settings.data_dir, database_url=settings.database_url)
-    return serving_app(create_app(settings, state))
+    return create_app(settings, state)
 
 
 def build_server(settings: KbsSettings) -> uvicorn.Server:
     """Open the state in ``settings.data_dir`` and return a configured uvicorn server."""
     settings = settings.validated()
     state = KbsState.open(settings.data_dir, database_url=settings.database_url)
-    app = serving_app(create_app(settings, state))
+    app = create_app(settings, state)
     return uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings)))
 
 

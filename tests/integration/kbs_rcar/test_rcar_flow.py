@@ -365,11 +365,9 @@ async def test_backend_outage_is_503(
     assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_served_app_fast_path(kbs: Kbs) -> None:
-    """What uvicorn serves (serving_app): RCAR skips FastAPI's stack, the rest still reaches it."""
-    from modelseal.kbs.app import serving_app
-
-    transport = httpx.ASGITransport(app=serving_app(kbs.app))
+async def test_served_app_routes(kbs: Kbs) -> None:
+    """The app uvicorn serves: RCAR, body limits, health, admin and unknown paths."""
+    transport = httpx.ASGITransport(app=kbs.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         keys = TeeKeyPair.generate()
         await rcar(c, keys)
