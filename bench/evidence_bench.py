@@ -43,6 +43,29 @@ def _timing(fn: Callable[[], object], runs: int = RUNS) -> tuple[float, float]:
     return statistics.median(samples), min(samples)
 
 
+def _overhead(call: Callable[[], object], raw: bytes) -> tuple[float, float]:
+    """Timing of ``call`` with ``dcap_qvl.verify`` answering instantly from a recording.
+
+    Isolates the pipeline's own work (evidence decode, parse, memo lookups, report decode,
+    claims, binding) from dcap-qvl's signature and chain checks, which dominate and vary.
+    """
+    from modelseal.tee.tdx import dcap
+
+    real = dcap.dcap_qvl.verify
+    recorded = {}
+
+    def replay(quote: bytes, collateral: object, now: int) -> object:
+        if quote not in recorded:
+            recorded[quote] = real(quote, collateral, now)
+        return recorded[quote]
+
+    dcap.dcap_qvl.verify = replay
+    try:
+        return _timing(call, runs=3000)
+    finally:
+        dcap.dcap_qvl.verify = real
+
+
 def _dcap_rows() -> list[Row]:
     from modelseal.tee.base import VerifierConfig
     from modelseal.tee.eventlog import parse_event_log, replay_ccel
@@ -76,6 +99,14 @@ def _dcap_rows() -> list[Row]:
         )
     )
     rows.append(("tdx: quote parse only", *_timing(lambda: parse_quote(raw)), "strict parser"))
+    rows.append(
+        (
+            "tdx: pipeline beyond dcap-qvl",
+            *_overhead(lambda: tdx.verify(raw, expected_report_data=rd, now=1752919234), raw),
+            "everything of ours in the full pipeline (target <= 0.1 ms): dcap-qvl's own "
+            "verify is replaced by its recorded answer for this quote",
+        )
+    )
     v5 = (VECTORS / "tdx/go-tdx-guest/quote_v5_sample.dat").read_bytes()
     rd5 = parse_quote(v5).report.report_data
     rows.append(

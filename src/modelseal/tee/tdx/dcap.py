@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from modelseal.crypto.x509_pem import cert_pem, parse_certificates, parse_crl
 from modelseal.errors import ConfigError, EvidenceError
 
@@ -100,6 +102,24 @@ def classify(message: str) -> str:
     return f"quote verification failed: {detail}"
 
 
+class _Status(msgspec.Struct):
+    status: str = ""
+
+
+class _VerifiedReport(msgspec.Struct):
+    """The members of dcap-qvl's report JSON the claims use; its large ``report`` member
+    (the quote body again, already parsed by us) is skipped, not decoded."""
+
+    status: str
+    advisory_ids: list[str] = msgspec.field(default_factory=list)
+    ppid: str = ""
+    qe_status: _Status = msgspec.field(default_factory=_Status)
+    platform_status: _Status = msgspec.field(default_factory=_Status)
+
+
+_REPORT_DECODER = msgspec.json.Decoder(_VerifiedReport)
+
+
 def load_collateral(text: str) -> Any:
     """Parse dcap-qvl ``QuoteCollateralV3`` JSON; malformed input -> EvidenceError."""
     try:
@@ -119,15 +139,19 @@ def verify(
             report = dcap_qvl.verify(raw_quote, collateral, int(now))
         else:
             report = dcap_qvl.verify_with_root_ca(raw_quote, collateral, root_ca_der, int(now))
-        doc = json.loads(report.to_json())
+        text = report.to_json()
     except (ValueError, TypeError, OverflowError) as exc:
         raise EvidenceError(classify(str(exc))) from exc
+    try:
+        doc = _REPORT_DECODER.decode(text)
+    except msgspec.ValidationError as exc:  # dcap-qvl's own output: never expected
+        raise EvidenceError(f"unexpected dcap-qvl report: {exc}") from None
     return DcapResult(
-        status=str(doc["status"]),
-        advisory_ids=tuple(str(a) for a in doc.get("advisory_ids", ())),
-        qe_status=str(doc.get("qe_status", {}).get("status", "")),
-        platform_status=str(doc.get("platform_status", {}).get("status", "")),
-        ppid=str(doc.get("ppid", "")),
+        status=doc.status,
+        advisory_ids=tuple(doc.advisory_ids),
+        qe_status=doc.qe_status.status,
+        platform_status=doc.platform_status.status,
+        ppid=doc.ppid,
     )
 
 

@@ -10,7 +10,6 @@ cannot decide, so it answers 503 instead of blaming the guest).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -39,32 +38,34 @@ class DcapQuoteVerifier(Verifier):
     def __init__(self, collateral: CollateralStore, *, root_ca_der: bytes | None = None) -> None:
         self.collateral = collateral
         self.root_ca_der = root_ca_der
+        # Memos keyed by the texts and DER themselves: Python caches a str's hash, and the
+        # collateral text and root objects are the same ones call after call, so a lookup
+        # costs a pointer compare instead of hashing tens of KiB with SHA-256 per quote.
         self._parsed: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self._checked: set[tuple[str, str]] = set()
-        self._chains: OrderedDict[str, tuple[Any, dcap.PckInfo]] = OrderedDict()
+        self._checked: set[tuple[str, bytes]] = set()
+        self._chains: OrderedDict[bytes, tuple[Any, dcap.PckInfo]] = OrderedDict()
 
     def may_block(self) -> bool:
         return self.collateral.may_fetch
 
     def _dcap_collateral(self, text: str) -> Any:
         """Parsed dcap-qvl collateral, memoized (parsing costs more than verifying)."""
-        key = hashlib.sha256(text.encode()).hexdigest()
         with self._lock:
-            hit = self._parsed.get(key)
+            hit = self._parsed.get(text)
             if hit is not None:
-                self._parsed.move_to_end(key)
+                self._parsed.move_to_end(text)
                 return hit
         parsed = dcap.load_collateral(text)
         with self._lock:
-            self._parsed[key] = parsed
+            self._parsed[text] = parsed
             while len(self._parsed) > 64:
                 self._parsed.popitem(last=False)
         return parsed
 
     def _chain_facts(self, pem: bytes) -> tuple[Any, dcap.PckInfo]:
         """Embedded-chain check and PCK facts, memoized per chain (one per platform)."""
-        key = hashlib.sha256(pem).hexdigest()
+        key = bytes(pem)
         with self._lock:
             hit = self._chains.get(key)
         if hit is not None:
@@ -88,10 +89,7 @@ class DcapQuoteVerifier(Verifier):
         root, pck = self._chain_facts(quote.signature.pck_chain_pem)
         collateral = self.collateral.get(self.quote_tee, pck.fmspc, pck.ca, now)
         parsed = self._dcap_collateral(collateral.text)
-        checked = (
-            hashlib.sha256(collateral.text.encode()).hexdigest(),
-            hashlib.sha256(root.tbs_certificate_bytes).hexdigest(),
-        )
+        checked = (collateral.text, root.tbs_certificate_bytes)
         if checked not in self._checked:
             dcap.check_collateral_chains(collateral.text, root)
             with self._lock:
