@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["format_bench", "kbs_bench", "loader_bench", "evidence_bench"]
+BENCHES = ["format_bench", "kbs_bench", "loader_bench", "evidence_bench", "registry_bench"]
 
 
 def main() -> int:
