@@ -34,22 +34,14 @@ def _app(settings: RegistrySettings) -> Any:
 
 
 async def _pathsend_body(
-    store: BlobStore,
-    info: BlobInfo,
-    start: int,
-    end: int,
-    *,
-    status_code: int,
-    headers: dict[str, str],
+    store: BlobStore, info: BlobInfo, start: int, end: int, **response: Any
 ) -> Any:
     """``blob_body``, except that a whole object is sent by path (``pathsend``)."""
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
 
     if not (isinstance(store, LocalBlobStore) and start == 0 and end == info.size):
-        return await blob_response.blob_body(
-            store, info, start, end, status_code=status_code, headers=headers
-        )
+        return await blob_response.blob_body(store, info, start, end, **response)
     await store.check_object(info)
     path = str(store._object_path(info.version))
 
@@ -60,7 +52,7 @@ async def _pathsend_body(
             await send({**start_message, "headers": self.raw_headers})
             await send({"type": PATHSEND, "path": path})
 
-    return PathSend(status_code=status_code, headers=headers)
+    return PathSend(**response)
 
 
 def main(server: str, chunk: int, data_dir: Path, port: int) -> None:
