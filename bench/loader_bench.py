@@ -305,8 +305,8 @@ def _report(
             "whatever else runs on the VM: this VM reports up to 50 % steal time), so numbers "
             "move by tens of percent between runs; compare runs of the same invocation only.",
             "",
-            "Kept while optimising (each measured here): the registry sends blob bodies with "
-            "`sendfile(2)` (0.27 s of registry CPU per 2 GiB instead of 1.23 s); the loader "
+            "Kept while optimising (each measured here): the registry streams blob bodies in "
+            "16 MiB reads (its CPU per 2 GiB: the registry section); the loader "
             "reads no CA store for plain-HTTP endpoints (~0.15 s), checks the filesystem with "
             "`statfs` instead of `ctypes.util.find_library` (two `ldconfig -p` children), "
             "imports no pydantic (its wire models are msgspec: ~0.2 s), starts the ciphertext "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from modelseal.errors import ConfigError
 from modelseal.protocol.model_info import check_relpath
@@ -104,8 +104,10 @@ class BlobStore(Protocol):
 
 @runtime_checkable
 class FileBackedStore(Protocol):
-    """A store whose blobs are local files, so a server can ``sendfile`` them (zero copy)."""
+    """A store whose objects are local files, which it can check before a body is sent."""
 
-    async def open_file(self, info: BlobInfo) -> BinaryIO:
-        """The object of ``info`` opened for reading; ``BlobNotFound``/``BackendError``."""
+    async def check_object(self, info: BlobInfo) -> None:
+        """Raise ``BlobNotFound`` when ``info``'s object is gone, ``BackendError`` when its
+        size differs from ``info.size`` (a damaged object must not be answered with a
+        ``Content-Length`` it cannot fill)."""
         ...

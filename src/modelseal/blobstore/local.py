@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import anyio.to_thread
 
@@ -154,29 +154,16 @@ class LocalBlobStore:
             raise BlobNotFound(f"no blob {key!r}")
         return BlobInfo(key=key, size=data["size"], sha256=data["sha256"], version=data["sha256"])
 
-    async def open_file(self, info: BlobInfo) -> BinaryIO:
-        """The stored object of ``info`` opened for reading (for zero-copy sends).
-
-        Refuses an object shorter than its ref records, so a response never starts with a
-        ``Content-Length`` the file cannot fill.
-        """
-
-        def opened() -> BinaryIO:
-            f = self._object_path(info.version).open("rb", buffering=0)
-            try:
-                if os.fstat(f.fileno()).st_size < info.size:
-                    raise BackendError(f"blob {info.key!r} is shorter than recorded")
-            except BaseException:
-                f.close()
-                raise
-            return f
-
+    async def check_object(self, info: BlobInfo) -> None:
+        path = self._object_path(info.version)
         try:
-            return await anyio.to_thread.run_sync(opened)
+            size = (await anyio.to_thread.run_sync(os.stat, path)).st_size
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {info.key!r}") from None
         except OSError as exc:
             raise BackendError(f"blob store read failed: {exc.strerror}") from exc
+        if size != info.size:
+            raise BackendError(f"blob {info.key!r} is {size} bytes on disk, not {info.size}")
 
     async def open_range(
         self, info: BlobInfo, start: int, end: int, *, chunk_size: int = DEFAULT_CHUNK

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -27,7 +27,6 @@ from modelseal.blobstore.base import (
     BlobStore,
     BlobTooLarge,
     DigestMismatch,
-    FileBackedStore,
 )
 from modelseal.errors import BackendError, ConfigError, Error, FormatError, NotFound, TokenError
 from modelseal.protocol.model_info import (
@@ -39,7 +38,7 @@ from modelseal.protocol.model_info import (
     check_name,
 )
 from modelseal.protocol.wire import WireError, describe
-from modelseal.registry.blob_response import ZeroCopyFileResponse, offers_zero_copy
+from modelseal.registry.blob_response import blob_body
 from modelseal.registry.ranges import RangeNotSatisfiable, etag_matches, parse_range
 from modelseal.registry.records import RecordConflict, RecordStore
 from modelseal.registry.settings import RegistrySettings, ensure_upload_token
@@ -263,15 +262,7 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        if isinstance(store, FileBackedStore) and offers_zero_copy(request.scope):
-            file = await store.open_file(info)
-            return ZeroCopyFileResponse(file, start, end, status_code=status, headers=headers)
-        return StreamingResponse(
-            store.open_range(info, start, end),
-            status_code=status,
-            headers=headers,
-            media_type="application/octet-stream",
-        )
+        return await blob_body(store, info, start, end, status_code=status, headers=headers)
 
     @app.put("/blobs/{model_id}/{version}/{path:path}")
     async def put_blob(request: Request, model_id: str, version: str, path: str) -> Response:

@@ -1,58 +1,50 @@
-"""A blob byte range sent with the ASGI zero-copy extension (``sendfile``), when offered.
+"""The body of a blob ``GET``: bytes ``[start, end)`` of a stored object, streamed.
 
-The server advertises ``http.response.zerocopysend`` in the scope (``registry.zerocopy``
-does for uvicorn on plain TCP); the body then never passes through Python. Where it is not
-offered (TLS, another server, S3-backed stores) the registry streams as before.
+Every body goes through the app as a Starlette ``StreamingResponse`` over the store's
+``open_range``, on the server's public ASGI interface. What that costs the registry in CPU
+depends mostly on the read size: each read is a thread hand-off and a fresh ``bytes`` the
+server then writes, so fewer, larger reads are cheaper. ``bench/registry_bench.py``
+measures the candidates (``docs/benchmarks.md``); :data:`STREAM_CHUNK` is the pick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, BinaryIO, Final
+from typing import Final
 
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response, StreamingResponse
 
-__all__ = ["EXTENSION", "ZeroCopyFileResponse", "offers_zero_copy"]
+from modelseal.blobstore.base import BlobInfo, BlobStore, FileBackedStore
 
-EXTENSION: Final = "http.response.zerocopysend"
+__all__ = ["STREAM_CHUNK", "blob_body"]
+
+#: Read size of streamed bodies. 16 MiB, the loader's range size, makes each of its ranged
+#: GETs one read: the least registry CPU measured for them, about a fifth less than 1 MiB
+#: reads and a quarter of Starlette ``FileResponse``'s 64 KiB. Memory: at most two reads
+#: (32 MiB) per response in flight, one being read and one in the server's write buffer.
+STREAM_CHUNK: Final = 16 << 20
 
 
-def offers_zero_copy(scope: Mapping[str, Any]) -> bool:
-    """Whether the server handling ``scope`` accepts ``http.response.zerocopysend``."""
-    return EXTENSION in (scope.get("extensions") or {})
+async def blob_body(
+    store: BlobStore,
+    info: BlobInfo,
+    start: int,
+    end: int,
+    *,
+    status_code: int,
+    headers: dict[str, str],
+) -> Response:
+    """The response for bytes ``[start, end)`` of ``info``'s object.
 
-
-class ZeroCopyFileResponse(Response):
-    """Bytes ``[start, end)`` of an open file; the response owns (and closes) the file."""
-
-    media_type = "application/octet-stream"
-
-    def __init__(
-        self, file: BinaryIO, start: int, end: int, *, status_code: int, headers: dict[str, str]
-    ) -> None:
-        super().__init__(status_code=status_code, headers=headers)
-        self.file = file
-        self.start = start
-        self.end = end
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            await send(
-                {
-                    "type": EXTENSION,
-                    "file": self.file,
-                    "offset": self.start,
-                    "count": self.end - self.start,
-                    "more_body": False,
-                }
-            )
-        finally:
-            self.file.close()
+    A local object whose size on disk differs from its record raises ``BackendError``
+    (-> 503) here, before the status line: a damaged object is never answered with a
+    ``200``/``206`` and a ``Content-Length`` it cannot fill. Were it damaged later, mid-body,
+    the read fails and the server drops the connection short of that length.
+    """
+    if isinstance(store, FileBackedStore):
+        await store.check_object(info)
+    return StreamingResponse(
+        store.open_range(info, start, end, chunk_size=STREAM_CHUNK),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/octet-stream",
+    )

@@ -1,16 +1,19 @@
-"""Run the registry under uvicorn (one process; the blob store streams, so one is plenty)."""
+"""Run the registry under uvicorn (one process; the blob store streams, so one is plenty).
+
+uvicorn picks uvloop and httptools when installed (the ``server`` extra installs both):
+with the large reads blob bodies stream in, uvloop writes them with less CPU than the
+stdlib loop (half as much for the loader's ranged GETs; ``bench/registry_bench.py``).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import uvicorn
 
 from modelseal.blobstore.factory import open_blob_store
 from modelseal.registry.app import create_app
 from modelseal.registry.settings import RegistrySettings
-from modelseal.registry.zerocopy import ZeroCopyHttpToolsProtocol, supported
 
 __all__ = ["serve"]
 
@@ -39,18 +42,5 @@ def serve(settings: RegistrySettings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=5,
         server_header=False,
-        **_zero_copy_options(),
     )
     uvicorn.Server(config).run()
-
-
-def _zero_copy_options() -> dict[str, Any]:
-    """uvicorn settings that turn on ``sendfile`` for blob bodies, when this uvicorn allows.
-
-    The stdlib event loop, not uvloop: asyncio's ``loop.sendfile`` on a plain TCP transport
-    is the kernel's ``sendfile(2)``.
-    """
-    if not supported():
-        log.warning("this uvicorn lacks what zero-copy blob sends need: streaming instead")
-        return {}
-    return {"http": ZeroCopyHttpToolsProtocol, "loop": "asyncio"}
