@@ -66,7 +66,11 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_begin(conn: Connection) -> None:
     mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    # straight to the driver: this runs for every transaction, and SQLAlchemy's statement
+    # machinery (events, cursor wrapping) would cost more than SQLite's BEGIN itself
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"BEGIN {mode}")
 
 
 class _FairLock:
@@ -241,6 +245,38 @@ class Database:
         """One Core transaction that may write (the hot release path skips the ORM)."""
         with self._writer_held(), self._guard(), self._write_engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def write_driver(self) -> Iterator[Any]:
+        """One write transaction on a DBAPI connection checked out from the pool for exactly
+        that long (the RCAR session statements: one statement each, where SQLAlchemy's
+        Connection and event machinery cost more than the database). Statements use the
+        driver's placeholder style; commit on success, roll back on error, return to the
+        pool either way."""
+        with self._writer_held(), self._driver_guard():
+            fairy = self.engine.raw_connection()
+            try:
+                driver: Any = fairy.driver_connection
+                if self.is_sqlite:
+                    driver.execute("BEGIN IMMEDIATE")
+                try:
+                    yield driver
+                    driver.commit()
+                except BaseException:
+                    driver.rollback()
+                    raise
+            finally:
+                fairy.close()
+
+    @contextmanager
+    def _driver_guard(self) -> Iterator[None]:
+        dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise BackendError(f"database error: {type(exc).__name__}") from exc
+        except dbapi_error as exc:
+            raise BackendError(f"database error: {type(exc).__name__}") from exc
 
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:
