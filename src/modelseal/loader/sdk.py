@@ -20,6 +20,7 @@ from typing import Any, Literal
 from modelseal._internal.encoding import b64url_decode
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError, NotFound
+from modelseal.format.safetensors import parse_safetensors
 from modelseal.format.v1 import SealedReader
 from modelseal.loader.loader import (
     KeyBox,
@@ -30,7 +31,7 @@ from modelseal.loader.loader import (
     open_fetcher,
 )
 from modelseal.loader.receipt import Timings
-from modelseal.loader.safetensors_view import numpy_views, parse_layout, torch_views
+from modelseal.loader.safetensors_view import numpy_views, torch_views
 from modelseal.loader.settings import LoaderSettings
 
 Framework = Literal["numpy", "torch"]
@@ -131,11 +132,11 @@ class DecryptedModel(Mapping[str, memoryview]):
 
 def safetensors_views(buf: memoryview, *, framework: Framework = "numpy") -> dict[str, Any]:
     """Tensors of a safetensors image in memory, as views (no copy)."""
-    layout = parse_layout(buf)
+    header = parse_safetensors(buf)
     if framework == "numpy":
-        return numpy_views(buf, layout)
+        return numpy_views(buf, header)
     if framework == "torch":
-        return torch_views(buf, layout)
+        return torch_views(buf, header)
     raise ConfigError(f"unknown framework {framework!r}; use 'numpy' or 'torch'")
 
 
