@@ -22,7 +22,7 @@ from modelseal.format.header import (
     sealed_size,
     segment_count,
 )
-from modelseal.format.reader import SealedReader, read_header
+from modelseal.format.reader import SealedReader, decrypt_whole, head_len, parse_head, read_header
 from modelseal.format.segments import (
     DEK_LEN,
     INFO_PREFIX,
@@ -47,6 +47,9 @@ __all__ = [
     "Progress",
     "SealWriter",
     "SealedReader",
+    "decrypt_whole",
+    "head_len",
+    "parse_head",
     "parse_preamble",
     "read_header",
     "seal_fd",

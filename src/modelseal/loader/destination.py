@@ -28,6 +28,43 @@ TEMP_PREFIX = ".modelseal-tmp-"
 META_DIR = ".modelseal"
 
 
+#: group- and world-writable and executable bits a plaintext file never gets
+_FORBIDDEN_BITS = 0o7133
+
+
+@dataclass(frozen=True)
+class FileModes:
+    """Permission bits of what the loader places: plaintext files and their directories.
+
+    The default, 0640 files in 0750 directories, lets the inference container read the
+    model when it shares the loader's group (Kubernetes ``fsGroup`` makes a shared
+    ``emptyDir`` setgid, so every file the loader creates carries that group) and keeps
+    every other user out. ``0600`` serves a server running as the loader's own user.
+    """
+
+    file: int = 0o640
+
+    def __post_init__(self) -> None:
+        if self.file & _FORBIDDEN_BITS or not self.file & 0o400:
+            raise ConfigError(
+                f"file mode {self.file:04o}: plaintext must be readable by its owner and "
+                "never writable by group/others or executable (e.g. 0600, 0640, 0644)"
+            )
+
+    @property
+    def directory(self) -> int:
+        """The file mode plus search (x) permission wherever it grants read."""
+        return 0o700 | self.file | ((self.file & 0o044) >> 2)
+
+    @classmethod
+    def parse(cls, text: str) -> FileModes:
+        """An octal mode such as ``0640`` or ``640``."""
+        try:
+            return cls(int(text, 8))
+        except ValueError:
+            raise ConfigError(f"file mode {text!r}: expected an octal mode like 0640") from None
+
+
 @dataclass(frozen=True)
 class Destination:
     """A checked destination directory and what backs it."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelseal.errors import ConfigError
+from modelseal.loader.destination import FileModes
 
 DEFAULT_DEST = Path("/models")
 DEFAULT_WORKERS = 4
@@ -35,6 +36,7 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_MOCK_TDX_DIR": "mock_tdx_dir",
     "MODELSEAL_INIT_DATA": "init_data",
     "MODELSEAL_TIMEOUT": "timeout",
+    "MODELSEAL_FILE_MODE": "file_modes",
 }
 
 
@@ -77,6 +79,8 @@ class LoaderSettings:
     #: within it, whatever the peer's pace; also the longest wait for one socket read of a
     #: blob download (such a stall is retried)
     timeout: float = 30.0
+    #: permissions of the placed plaintext files (directories get the matching x bits)
+    file_modes: FileModes = field(default_factory=FileModes)
     extra_attester_options: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,6 +140,8 @@ def settings_from_env(
                 values[name] = float(raw)
             except ValueError as exc:
                 raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
+        elif name == "file_modes":
+            values[name] = FileModes.parse(raw)
         elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"}:
             values[name] = Path(raw)
         else:

@@ -15,7 +15,7 @@ from modelseal import errors
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
 from modelseal.loader.attest import KeyRelease
-from modelseal.loader.destination import TEMP_PREFIX
+from modelseal.loader.destination import TEMP_PREFIX, FileModes
 from modelseal.loader.loader import load_model
 from modelseal.loader.settings import LoaderSettings
 from modelseal.owner.sealing import seal_directory
@@ -251,7 +251,7 @@ def test_reload_of_another_model_removes_stale_files(
 
 
 def test_previous_entries_ignore_a_corrupt_receipt(shm_dest: Path) -> None:
-    from modelseal.loader.loader import previous_entries
+    from modelseal.loader.targets import previous_entries
 
     (shm_dest / ".modelseal").mkdir(parents=True)
     (shm_dest / ".modelseal" / "receipt.json").write_text('{"files": [1, {"path": 2}, "x"]}')
@@ -435,3 +435,41 @@ def test_a_worker_that_cannot_start_stops_the_others(
     workers = [t.name for t in threading.enumerate() if t.name.startswith("modelseal-load-")]
     assert workers == []
     _no_plaintext(shm_dest)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_mode & 0o7777
+        for p in root.rglob("*")
+        if not p.name.startswith(".") and ".modelseal" not in p.parts
+    }
+
+
+@pytest.mark.parametrize(("file_mode", "dir_mode"), [(0o640, 0o750), (0o600, 0o700)])
+def test_placed_files_get_the_chosen_modes_whatever_the_umask(
+    sealed_model: SealedModelServer, shm_dest: Path, file_mode: int, dir_mode: int
+) -> None:
+    """Group-readable by default (the server container shares the pod's fsGroup), exact
+    even under a umask that would otherwise strip the group bits."""
+    modes = FileModes(file_mode)
+    old = os.umask(0o077)
+    try:
+        settings = _settings(sealed_model, shm_dest, file_modes=modes)
+        load_model(settings, release=sealed_model.release())
+    finally:
+        os.umask(old)
+    expected = {
+        rel: (dir_mode if (shm_dest / rel).is_dir() else file_mode) for rel in _modes(shm_dest)
+    }
+    assert _modes(shm_dest) == expected
+    assert "weights" in expected  # a directory was placed too
+    assert (shm_dest / "weights").stat().st_mode & 0o7777 == dir_mode
+    meta = shm_dest / ".modelseal"
+    assert meta.stat().st_mode & 0o7777 == dir_mode
+    assert (meta / "receipt.json").stat().st_mode & 0o7777 == file_mode
+    assert (meta / "ready").stat().st_mode & 0o7777 == file_mode
+
+
+def test_default_file_mode_is_group_readable(sealed_model: SealedModelServer) -> None:
+    assert _settings(sealed_model, Path("/dev/shm/x")).file_modes == FileModes(0o640)
+    assert FileModes().directory == 0o750

@@ -118,3 +118,18 @@ def test_statfs_runs_no_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
     d._libc.cache_clear()
     assert d.statfs_type(SHM) == "tmpfs"
     assert d.statfs_type(Path(tempfile.gettempdir())) in {"tmpfs", "other"}
+
+
+@pytest.mark.parametrize(
+    ("text", "file_mode", "dir_mode"),
+    [("0640", 0o640, 0o750), ("600", 0o600, 0o700), ("0644", 0o644, 0o755), ("0400", 0o400, 0o700)],
+)
+def test_file_modes(text: str, file_mode: int, dir_mode: int) -> None:
+    modes = d.FileModes.parse(text)
+    assert (modes.file, modes.directory) == (file_mode, dir_mode)
+
+
+@pytest.mark.parametrize("text", ["0660", "0602", "0740", "4640", "0200", "0o7", "", "-1"])
+def test_unsafe_or_malformed_file_modes(text: str) -> None:
+    with pytest.raises(errors.ConfigError):
+        d.FileModes.parse(text)

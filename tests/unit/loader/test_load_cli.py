@@ -11,6 +11,7 @@ import pytest
 
 from modelseal.cli import main
 from modelseal.loader import loader as loader_module
+from modelseal.loader.destination import FileModes
 from modelseal.loader.settings import LoaderSettings
 from tests.unit.loader.blobserver import BlobServer
 
@@ -67,6 +68,7 @@ def test_every_design_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path
             "MODELSEAL_WORKERS": "3",
             "MODELSEAL_MODEL_DIGEST": "sha256:" + "ab" * 32,
             "MODELSEAL_INIT_DATA": str(init),
+            "MODELSEAL_FILE_MODE": "0600",
         },
     )
     assert settings.model == "https://registry.example/models/m"
@@ -79,6 +81,7 @@ def test_every_design_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert settings.workers == 3
     assert settings.model_digest == "sha256:" + "ab" * 32
     assert settings.init_data == init
+    assert settings.file_modes == FileModes(0o600)
 
 
 def test_defaults_and_flags_beat_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,6 +108,9 @@ def test_defaults_and_flags_beat_variables(monkeypatch: pytest.MonkeyPatch) -> N
         {"MODELSEAL_KBS_CA": "/nonexistent/ca.pem"},
         {"MODELSEAL_MODEL_DIGEST": "sha256:XYZ"},
         {"MODELSEAL_MODEL": "file:///etc/passwd"},
+        {"MODELSEAL_FILE_MODE": "0666"},  # world-writable plaintext
+        {"MODELSEAL_FILE_MODE": "0755"},  # executable plaintext
+        {"MODELSEAL_FILE_MODE": "rw-r-----"},
     ],
 )
 def test_bad_variables_exit_2(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
