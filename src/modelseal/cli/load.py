@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -106,6 +107,8 @@ def load(
     # httpx imports its optional command-line client (rich, pygments: ~70 ms) when it can;
     # the loader process never needs it, and the TEE image should not run it
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    if quiet:  # errors only: no retry notices, no insecure-TEE warning
+        logging.getLogger().setLevel(logging.ERROR)
     from modelseal.loader.destination import FileModes
     from modelseal.loader.loader import load_model
     from modelseal.loader.settings import settings_from_env

@@ -34,7 +34,13 @@ from modelseal.format.header import COMMIT_LEN, MAX_MODEL_HEADER_BYTES, PREAMBLE
 from modelseal.format.manifest import MAX_MANIFEST_LEN, Manifest, sealed_name
 from modelseal.format.v1 import FileDecryptor, decrypt_whole, head_len, parse_head
 from modelseal.loader import cnap_loader
-from modelseal.loader.attest import KeyRelease, read_init_data, release_key
+from modelseal.loader.attest import (
+    KeyRelease,
+    read_init_data,
+    release_key,
+    resolve_tee,
+    warn_if_insecure,
+)
 from modelseal.loader.fetch import Fetcher, RetryPolicy
 from modelseal.loader.pipeline import Download, Pipeline, Target
 from modelseal.loader.receipt import LoadedFile, Receipt, Timings
@@ -431,9 +437,9 @@ def obtain_key(
 ) -> KeyRelease:
     """Pick the KBS, then attest and fetch the key, retrying only transient failures.
 
-    ``release`` defaults to RCAR with :class:`KbsClient` (``attest.release_key``).
+    ``release`` defaults to RCAR with :class:`KbsClient` (``attest.release_key``), for
+    the TEE kind resolved once here.
     """
-    release = release or release_key
     if not info.key_id:
         raise FormatError("model info has no key_id")
     kbs_url = settings.kbs_url
@@ -447,6 +453,11 @@ def obtain_key(
         kbs_url = info.kbs_url
     if not kbs_url:
         raise ConfigError("no KBS URL: pass --kbs-url or publish the model with kbs_url")
+    if release is None:
+        # detect the TEE and warn about an insecure one once, not on every retry
+        settings = settings.with_overrides(tee=resolve_tee(settings))
+        warn_if_insecure(settings.tee)
+        release = release_key
     with timings.step("attest_key_release"):
         attempt = 0
         while True:

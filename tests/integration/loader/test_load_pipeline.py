@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import threading
 import time
@@ -221,15 +222,21 @@ def test_foreign_files_are_never_overwritten(
     assert (shm_dest / "config.json").read_text() == "the operator's own file"
 
 
-def test_unreachable_kbs_is_transient(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+def test_unreachable_kbs_is_transient(
+    sealed_model: SealedModelServer, shm_dest: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from tests.conftest import free_port
 
-    settings = _settings(sealed_model, shm_dest).with_overrides(
-        kbs_url=f"http://127.0.0.1:{free_port()}", retries=2
-    )
-    with pytest.raises(errors.TransientError) as info:
+    kbs_url = f"http://127.0.0.1:{free_port()}"
+    settings = _settings(sealed_model, shm_dest).with_overrides(kbs_url=kbs_url, retries=3)
+    with caplog.at_level(logging.WARNING), pytest.raises(errors.TransientError) as info:
         load_model(settings)  # the real RCAR client against a closed port
     assert info.value.exit_code == 75
+    # the final error names the KBS it could not reach
+    assert f"KBS unreachable at {kbs_url}/kbs/v0/auth: ConnectError" in str(info.value)
+    # three attempts, one warning that the TEE is insecure
+    insecure = [r for r in caplog.records if "INSECURE" in r.getMessage()]
+    assert len(insecure) == 1
     _no_plaintext(shm_dest)
 
 
