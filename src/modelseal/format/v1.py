@@ -22,6 +22,7 @@ from modelseal.format.header import (
     sealed_size,
     segment_count,
 )
+from modelseal.format.options import SealOptions
 from modelseal.format.reader import SealedReader, decrypt_whole, head_len, parse_head, read_header
 from modelseal.format.segments import (
     DEK_LEN,
@@ -45,6 +46,7 @@ __all__ = [
     "FileEncryptor",
     "Header",
     "Progress",
+    "SealOptions",
     "SealWriter",
     "SealedReader",
     "decrypt_whole",

@@ -15,6 +15,7 @@ import pytest
 from modelseal import errors
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.options import SealOptions
 from modelseal.loader.attest import KeyRelease
 from modelseal.loader.destination import TEMP_PREFIX, FileModes
 from modelseal.loader.loader import load_model
@@ -280,9 +281,12 @@ def test_loading_another_model_replaces_the_previous_one(
     src.mkdir()
     (src / "other.bin").write_bytes(b"model two")
     sealed = seal_directory(
-        src, tmp_path / "m2.sealed", sealed_model.dek, key_id="models/m1/v1",
-        model_id="m1", version="v2",
-    )  # fmt: skip
+        src,
+        tmp_path / "m2.sealed",
+        sealed_model.dek,
+        SealOptions(key_id="models/m1/v1", model="m1"),
+        version="v2",
+    )
     base = sealed_model.server.url + "/blobs/m1/v2/"
     for rel in sealed.sealed_paths():
         sealed_model.server.blobs[f"/blobs/m1/v2/{rel}"] = (
@@ -393,9 +397,12 @@ def test_small_segments_load_in_runs_within_iov_max(tmp_path: Path, shm_dest: Pa
     (src / "w.bin").write_bytes(data)
     dek = SecretBytes(os.urandom(32))
     sealed = seal_directory(
-        src, tmp_path / "sealed", dek, key_id=KEY_ID, model_id="m1", version="v1",
-        segment_size=4 << 10,
-    )  # fmt: skip
+        src,
+        tmp_path / "sealed",
+        dek,
+        SealOptions(key_id=KEY_ID, model="m1", segment_size=4 << 10),
+        version="v1",
+    )
     with BlobServer().running() as server:
         base = server.url + "/blobs/m1/v1/"
         for rel in sealed.sealed_paths():
