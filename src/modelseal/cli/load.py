@@ -86,6 +86,12 @@ import click
     "[default: 0640, directories 0750: the inference container reads the model through "
     "the pod's shared group (fsGroup)]. 0600 if it runs as the loader's user.",
 )
+@click.option(
+    "--group",
+    envvar="MODELSEAL_GROUP",
+    help="Group (name or id) given to every placed file and directory, for a loader running "
+    "as root next to a server of another user without fsGroup [default: unchanged].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (no warnings either).")
 def load(
     model: str | None,
@@ -101,6 +107,7 @@ def load(
     init_data: Path | None,
     timeout: float | None,
     file_mode: str | None,
+    group: str | None,
     quiet: bool,
 ) -> None:
     """Attest, fetch the model key, decrypt the model into a memory-backed directory."""
@@ -113,6 +120,9 @@ def load(
     from modelseal.loader.loader import load_model
     from modelseal.loader.settings import settings_from_env
 
+    modes = FileModes.parse(file_mode) if file_mode else None
+    if group:
+        modes = (modes or FileModes()).with_group(group)
     settings = settings_from_env(
         {},
         model=model,
@@ -127,7 +137,7 @@ def load(
         mock_tdx_dir=mock_tdx_dir,
         init_data=init_data,
         timeout=timeout,
-        file_modes=FileModes.parse(file_mode) if file_mode else None,
+        file_modes=modes,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits

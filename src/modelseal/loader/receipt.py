@@ -85,21 +85,21 @@ class Receipt:
         modes = modes or FileModes()
         meta = dest / META_DIR
         meta.mkdir(exist_ok=True)
-        os.chmod(meta, modes.directory)
+        modes.apply_to_directory(meta)
         path = meta / RECEIPT_NAME
         text = json.dumps(self.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        _atomic_write(path, text, modes.file)
+        _atomic_write(path, text, modes)
         _atomic_write(
-            meta / READY_NAME, (self.model_digest or self.model_id).encode() + b"\n", modes.file
+            meta / READY_NAME, (self.model_digest or self.model_id).encode() + b"\n", modes
         )
         return path
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+def _atomic_write(path: Path, data: bytes, modes: FileModes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, mode)
+        modes.apply_to_file(fd)
         os.write(fd, data)
     finally:
         os.close(fd)

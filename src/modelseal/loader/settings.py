@@ -37,6 +37,7 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_INIT_DATA": "init_data",
     "MODELSEAL_TIMEOUT": "timeout",
     "MODELSEAL_FILE_MODE": "file_modes",
+    "MODELSEAL_GROUP": "file_modes",
 }
 
 
@@ -79,7 +80,8 @@ class LoaderSettings:
     #: within it, whatever the peer's pace; also the longest wait for one socket read of a
     #: blob download (such a stall is retried)
     timeout: float = 30.0
-    #: permissions of the placed plaintext files (directories get the matching x bits)
+    #: permissions (and group) of the placed plaintext files; directories get the matching
+    #: x bits
     file_modes: FileModes = field(default_factory=FileModes)
     extra_attester_options: Mapping[str, object] = field(default_factory=dict)
 
@@ -140,8 +142,11 @@ def settings_from_env(
                 values[name] = float(raw)
             except ValueError as exc:
                 raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
-        elif name == "file_modes":
+        elif var == "MODELSEAL_FILE_MODE":
             values[name] = FileModes.parse(raw)
+        elif var == "MODELSEAL_GROUP":  # after MODELSEAL_FILE_MODE (dict order)
+            modes = values.get(name)
+            values[name] = (modes if isinstance(modes, FileModes) else FileModes()).with_group(raw)
         elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"}:
             values[name] = Path(raw)
         else:

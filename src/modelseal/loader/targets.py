@@ -9,7 +9,8 @@ failure :meth:`ModelTarget.abort` destroys what was written.
 * :class:`DirectoryTarget`: a memory-backed directory for an unchanged inference server
   (the Kubernetes initContainer pattern). Files go into a private temporary directory
   inside the destination and are renamed into place; they get :attr:`FileModes.file`
-  and directories :attr:`FileModes.directory`, set explicitly (whatever the umask).
+  and directories :attr:`FileModes.directory` (and :attr:`FileModes.group`), set
+  explicitly, whatever the umask.
 * :class:`MemoryTarget`: anonymous memory files (``memfd_create``) mapped into this
   process; nothing ever reaches a filesystem.
 """
@@ -143,7 +144,7 @@ class DirectoryTarget:
             path = path / part
             if path not in self._dirs:
                 path.mkdir(exist_ok=True)  # FileExistsError if a file holds the name
-                os.chmod(path, self.modes.directory)  # exact, whatever the umask
+                self.modes.apply_to_directory(path)
                 self._dirs.add(path)
         return path
 
@@ -154,7 +155,7 @@ class DirectoryTarget:
         path = self._mkdirs(tmp, rel.parent) / rel.name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.fchmod(fd, self.modes.file)
+            self.modes.apply_to_file(fd)
             os.ftruncate(fd, size)
         except BaseException:
             os.close(fd)

@@ -487,3 +487,26 @@ def test_placed_files_get_the_chosen_modes_whatever_the_umask(
 def test_default_file_mode_is_group_readable(sealed_model: SealedModelServer) -> None:
     assert _settings(sealed_model, Path("/dev/shm/x")).file_modes == FileModes(0o640)
     assert FileModes().directory == 0o750
+
+
+def _other_group() -> int:
+    """A group this process may give files: any as root, else a supplementary one."""
+    if os.geteuid() == 0:
+        return 4242
+    return next((g for g in os.getgroups() if g != os.getegid()), os.getegid())
+
+
+def test_group_option_gives_every_placed_entry_that_group(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    gid = _other_group()
+    settings = _settings(sealed_model, shm_dest, file_modes=FileModes(0o640, group=gid))
+    load_model(settings, release=sealed_model.release())
+    placed = [p for p in shm_dest.rglob("*") if not p.name.startswith(".modelseal-tmp")]
+    assert {p.relative_to(shm_dest).as_posix() for p in placed} >= {
+        "config.json",
+        "weights",
+        ".modelseal/receipt.json",
+        ".modelseal/ready",
+    }
+    assert {p.stat().st_gid for p in placed} == {gid}

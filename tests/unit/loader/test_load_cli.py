@@ -72,6 +72,7 @@ def test_every_design_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path
             "MODELSEAL_MODEL_DIGEST": "sha256:" + "ab" * 32,
             "MODELSEAL_INIT_DATA": str(init),
             "MODELSEAL_FILE_MODE": "0600",
+            "MODELSEAL_GROUP": "4242",
         },
     )
     assert settings.model == "https://registry.example/models/m"
@@ -84,7 +85,7 @@ def test_every_design_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert settings.workers == 3
     assert settings.model_digest == "sha256:" + "ab" * 32
     assert settings.init_data == init
-    assert settings.file_modes == FileModes(0o600)
+    assert settings.file_modes == FileModes(0o600, group=4242)
 
 
 def test_defaults_and_flags_beat_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,6 +115,7 @@ def test_defaults_and_flags_beat_variables(monkeypatch: pytest.MonkeyPatch) -> N
         {"MODELSEAL_FILE_MODE": "0666"},  # world-writable plaintext
         {"MODELSEAL_FILE_MODE": "0755"},  # executable plaintext
         {"MODELSEAL_FILE_MODE": "rw-r-----"},
+        {"MODELSEAL_GROUP": "no-such-group-modelseal"},
     ],
 )
 def test_bad_variables_exit_2(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
