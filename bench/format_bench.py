@@ -69,15 +69,15 @@ class Cell:
 def _child(argv: list[str]) -> int:
     """Run one seal/unseal in this (child) process and print its wall time."""
     from modelseal.owner.keys import read_key_file
-    from modelseal.owner.sealing import seal_file, unseal_file
+    from modelseal.owner.sealing import SealOptions, seal_file, unseal_file
 
     op, src, dst, key, seg, workers = argv
     dek = read_key_file(key)
     cpu0 = _cpu(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if op == "seal":
-        seal_file(src, dst, dek, key_id="bench/model/v1", segment_size=int(seg),
-                  workers=int(workers), overwrite=True)  # fmt: skip
+        options = SealOptions(key_id="bench/model/v1", segment_size=int(seg), workers=int(workers))
+        seal_file(src, dst, dek, options, overwrite=True)
     else:
         unseal_file(src, dst, dek, workers=int(workers), overwrite=True)
     elapsed = time.perf_counter() - start

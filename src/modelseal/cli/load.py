@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -78,7 +79,20 @@ import click
     help="Seconds within which each small answer (model info, header, KBS) must be complete, "
     "and the longest stall of a download [default: 30].",
 )
-@click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
+@click.option(
+    "--file-mode",
+    envvar="MODELSEAL_FILE_MODE",
+    help="Octal permissions of the plaintext files; directories get the matching x bits "
+    "[default: 0640, directories 0750: the inference container reads the model through "
+    "the pod's shared group (fsGroup)]. 0600 if it runs as the loader's user.",
+)
+@click.option(
+    "--group",
+    envvar="MODELSEAL_GROUP",
+    help="Group (name or id) given to every placed file and directory, for a loader running "
+    "as root next to a server of another user without fsGroup [default: unchanged].",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors (no warnings either).")
 def load(
     model: str | None,
     dest: Path | None,
@@ -92,15 +106,23 @@ def load(
     mock_tdx_dir: Path | None,
     init_data: Path | None,
     timeout: float | None,
+    file_mode: str | None,
+    group: str | None,
     quiet: bool,
 ) -> None:
     """Attest, fetch the model key, decrypt the model into a memory-backed directory."""
     # httpx imports its optional command-line client (rich, pygments: ~70 ms) when it can;
     # the loader process never needs it, and the TEE image should not run it
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    if quiet:  # errors only: no retry notices, no insecure-TEE warning
+        logging.getLogger().setLevel(logging.ERROR)
+    from modelseal.loader.destination import FileModes
     from modelseal.loader.loader import load_model
     from modelseal.loader.settings import settings_from_env
 
+    modes = FileModes.parse(file_mode) if file_mode else None
+    if group:
+        modes = (modes or FileModes()).with_group(group)
     settings = settings_from_env(
         {},
         model=model,
@@ -115,6 +137,7 @@ def load(
         mock_tdx_dir=mock_tdx_dir,
         init_data=init_data,
         timeout=timeout,
+        file_modes=modes,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits

@@ -192,17 +192,20 @@ def seal(
     with keys.read_key_file(key_file) as dek, _os_errors():
         total = sealing.progress_total(src, sealed=False)
         with _progress("sealing", total) as progress:
+            options = sealing.SealOptions(
+                key_id=key_id,
+                segment_size=segment_size,
+                model=model,
+                workers=workers,
+                progress=progress,
+            )
             result = sealing.seal(
                 src,
                 dst,
                 dek,
-                key_id=key_id,
+                options,
                 fmt="cnap" if fmt == "cnap" else "partial" if fmt == "partial" else "v1",
-                segment_size=segment_size,
-                model=model,
                 version=model_version,
-                workers=workers,
-                progress=progress,
                 overwrite=force,
                 tensors=tensors,
                 last_layers=last_layers,

@@ -30,12 +30,12 @@ from modelseal.crypto.kdf import hkdf_sha256
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, FormatError
 from modelseal.format.header import (
-    DEFAULT_SEGMENT_SIZE,
     MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
     SALT_LEN,
     TAG_LEN,
 )
+from modelseal.format.options import SealOptions
 from modelseal.format.safetensors import (
     SafetensorsHeader,
     TensorInfo,
@@ -247,18 +247,20 @@ def seal_partial(
     src_fd: int,
     dst_fd: int,
     dek: SecretBytes,
+    options: SealOptions,
     *,
-    key_id: str,
     names: Iterable[str],
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-    progress: Progress | None = None,
     _salt: bytes | None = None,
 ) -> PartialParams:
     """Write a partially sealed copy of the safetensors file ``src_fd`` to ``dst_fd``.
 
     The output header's length is fixed before any data is written (tags and MAC have fixed
     encoded sizes), the data is streamed once, then the final header is written in place.
+    Of ``options`` it uses the key id, segment size and progress.
     """
+    key_id = options.require_key_id()
+    segment_size = options.segment_size
+    progress = options.progress
     original = read_safetensors_header(src_fd)
     if META_KEY in original.metadata:
         raise ConfigError("this safetensors file is already partially sealed")

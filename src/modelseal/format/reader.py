@@ -23,7 +23,37 @@ from modelseal.format.header import COMMIT_LEN, PREAMBLE_LEN, TAG_LEN, Header, p
 from modelseal.format.segments import FileDecryptor
 from modelseal.format.workers import Progress, run_segments
 
-__all__ = ["SealedReader", "read_header"]
+__all__ = ["SealedReader", "decrypt_whole", "head_len", "parse_head", "read_header"]
+
+
+def head_len(preamble: bytes | bytearray | memoryview) -> int:
+    """Bytes before segment 0 (preamble, header, commitment), from the first 14 bytes.
+
+    A reader fetching a file over the network asks for this much next; checking magic and
+    version first means a wrong file costs 14 bytes, not a header's worth.
+    """
+    return PREAMBLE_LEN + parse_preamble(preamble) + COMMIT_LEN
+
+
+def parse_head(
+    prefix: bytes | bytearray | memoryview, total: int | None = None
+) -> tuple[Header, bytes]:
+    """Header and key commitment from the first :func:`head_len` (or more) bytes of a file.
+
+    With ``total`` (the file's length) the length must be exactly what the header implies:
+    truncated or extended files are refused before anything is decrypted. Only the parsed
+    fields and the 32-byte commitment are kept.
+    """
+    header = Header.parse(prefix)
+    if total is not None and total != header.sealed_size:
+        raise FormatError(
+            f"sealed file is {total} bytes but its header implies {header.sealed_size}: "
+            "truncated or extended"
+        )
+    commitment = bytes(prefix[header.prefix_len : header.prefix_len + COMMIT_LEN])
+    if len(commitment) != COMMIT_LEN:
+        raise FormatError("file ends inside the key commitment")
+    return header, commitment
 
 
 def read_header(fd: int, *, check_length: bool = True) -> tuple[Header, bytes]:
@@ -34,18 +64,38 @@ def read_header(fd: int, *, check_length: bool = True) -> tuple[Header, bytes]:
     """
     pre = bytearray(PREAMBLE_LEN)
     pread_full(fd, memoryview(pre), 0)
-    header_len = parse_preamble(pre)
-    rest = bytearray(header_len + COMMIT_LEN)
-    pread_full(fd, memoryview(rest), PREAMBLE_LEN)
-    header = Header.parse(bytes(pre) + bytes(rest[:header_len]))
-    if check_length:
-        actual = os.fstat(fd).st_size
-        if actual != header.sealed_size:
-            raise FormatError(
-                f"sealed file is {actual} bytes but its header implies {header.sealed_size}: "
-                "truncated or extended"
-            )
-    return header, bytes(rest[header_len:])
+    prefix = bytearray(head_len(pre))
+    prefix[:PREAMBLE_LEN] = pre
+    pread_full(fd, memoryview(prefix)[PREAMBLE_LEN:], PREAMBLE_LEN)
+    return parse_head(prefix, os.fstat(fd).st_size if check_length else None)
+
+
+def decrypt_whole(
+    sealed: bytes | bytearray | memoryview, header: Header, commitment: bytes, dek: SecretBytes
+) -> bytearray:
+    """Authenticate and decrypt a whole sealed file held in memory (a small one: the
+    manifest); ``sealed`` is the complete file, as :func:`parse_head` checked it."""
+    view = memoryview(sealed)
+    if len(view) != header.sealed_size:
+        raise FormatError(
+            f"sealed file is {len(view)} bytes but its header implies {header.sealed_size}: "
+            "truncated or extended"
+        )
+    plain = bytearray(header.size)
+    out = memoryview(plain)
+    dec = FileDecryptor(header, commitment, dek)
+    try:
+        for i in range(header.segment_count):
+            off = header.segment_offset(i)
+            start = i * header.segment_size
+            n = header.segment_plain_len(i)
+            dec.decrypt_segment_into(i, view[off : off + n + TAG_LEN], out[start : start + n])
+    except Error:
+        wipe(plain)  # earlier segments authenticated, but the file as a whole did not
+        raise
+    finally:
+        dec.close()
+    return plain
 
 
 class SealedReader:

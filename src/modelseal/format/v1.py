@@ -22,7 +22,8 @@ from modelseal.format.header import (
     sealed_size,
     segment_count,
 )
-from modelseal.format.reader import SealedReader, read_header
+from modelseal.format.options import SealOptions
+from modelseal.format.reader import SealedReader, decrypt_whole, head_len, parse_head, read_header
 from modelseal.format.segments import (
     DEK_LEN,
     INFO_PREFIX,
@@ -45,8 +46,12 @@ __all__ = [
     "FileEncryptor",
     "Header",
     "Progress",
+    "SealOptions",
     "SealWriter",
     "SealedReader",
+    "decrypt_whole",
+    "head_len",
+    "parse_head",
     "parse_preamble",
     "read_header",
     "seal_fd",

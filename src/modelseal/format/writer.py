@@ -8,49 +8,18 @@ Both hold at most a couple of segments in memory (constant in the file size). Th
 from __future__ import annotations
 
 import os
-import secrets
 from typing import BinaryIO
 
 from modelseal.crypto.aead import wipe
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError
 from modelseal.format.fileio import pwrite_full, read_exactly
-from modelseal.format.header import (
-    DEFAULT_SEGMENT_SIZE,
-    SALT_LEN,
-    TAG_LEN,
-    Header,
-    build_header,
-)
+from modelseal.format.header import TAG_LEN, Header
+from modelseal.format.options import SealOptions
 from modelseal.format.segments import Buffer, FileEncryptor
-from modelseal.format.workers import Progress, run_segments
+from modelseal.format.workers import run_segments
 
 __all__ = ["SealWriter", "seal_fd", "seal_stream"]
-
-
-def _new_header(
-    *,
-    size: int,
-    key_id: str,
-    path: str,
-    segment_size: int,
-    model: str | None,
-    content_type: str | None,
-    created: str | None,
-    salt: bytes | None,
-) -> Header:
-    if salt is None:
-        salt = secrets.token_bytes(SALT_LEN)
-    return build_header(
-        size=size,
-        key_id=key_id,
-        path=path,
-        salt=salt,
-        segment_size=segment_size,
-        model=model,
-        content_type=content_type,
-        created=created,
-    )
 
 
 class SealWriter:
@@ -64,26 +33,13 @@ class SealWriter:
         self,
         dst: BinaryIO,
         dek: SecretBytes,
+        options: SealOptions,
         *,
         size: int,
-        key_id: str,
         path: str,
-        segment_size: int = DEFAULT_SEGMENT_SIZE,
-        model: str | None = None,
-        content_type: str | None = None,
-        created: str | None = None,
         _salt: bytes | None = None,
     ) -> None:
-        self.header = _new_header(
-            size=size,
-            key_id=key_id,
-            path=path,
-            segment_size=segment_size,
-            model=model,
-            content_type=content_type,
-            created=created,
-            salt=_salt,
-        )
+        self.header = options.header(size=size, path=path, salt=_salt)
         self._enc = FileEncryptor(self.header, dek)
         self._dst = dst
         self._buf = bytearray(self.header.segment_plain_len(0) + TAG_LEN)
@@ -153,31 +109,16 @@ def seal_stream(
     src: BinaryIO,
     dst: BinaryIO,
     dek: SecretBytes,
+    options: SealOptions,
     *,
     size: int,
-    key_id: str,
     path: str,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-    model: str | None = None,
-    content_type: str | None = None,
-    created: str | None = None,
-    progress: Progress | None = None,
     _salt: bytes | None = None,
 ) -> Header:
     """Seal exactly ``size`` bytes read from ``src`` into ``dst`` (sequential, one thread)."""
-    with SealWriter(
-        dst,
-        dek,
-        size=size,
-        key_id=key_id,
-        path=path,
-        segment_size=segment_size,
-        model=model,
-        content_type=content_type,
-        created=created,
-        _salt=_salt,
-    ) as writer:
-        for chunk in read_exactly(src, size, segment_size):
+    progress = options.progress
+    with SealWriter(dst, dek, options, size=size, path=path, _salt=_salt) as writer:
+        for chunk in read_exactly(src, size, options.segment_size):
             writer.write(chunk)
             if progress is not None:
                 progress(len(chunk))
@@ -188,30 +129,16 @@ def seal_fd(
     src_fd: int,
     dst_fd: int,
     dek: SecretBytes,
+    options: SealOptions,
     *,
     size: int,
-    key_id: str,
     path: str,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-    model: str | None = None,
-    content_type: str | None = None,
-    created: str | None = None,
-    workers: int = 2,
-    progress: Progress | None = None,
     _salt: bytes | None = None,
 ) -> Header:
-    """Seal a regular file (``size`` bytes at offset 0 of ``src_fd``) with ``workers`` threads,
-    each pread-encrypting-pwriting whole segments in place in one reusable buffer."""
-    header = _new_header(
-        size=size,
-        key_id=key_id,
-        path=path,
-        segment_size=segment_size,
-        model=model,
-        content_type=content_type,
-        created=created,
-        salt=_salt,
-    )
+    """Seal a regular file (``size`` bytes at offset 0 of ``src_fd``) with
+    ``options.workers`` threads, each pread-encrypting-pwriting whole segments in place in
+    one reusable buffer."""
+    header = options.header(size=size, path=path, salt=_salt)
     enc = FileEncryptor(header, dek)
     try:
         pwrite_full(dst_fd, memoryview(enc.prefix), 0)
@@ -231,7 +158,7 @@ def seal_fd(
             pwrite_full(dst_fd, view[: n + TAG_LEN], base + i * (seg + TAG_LEN))
             return n
 
-        run_segments(header, workers, work, progress)
+        run_segments(header, options.workers, work, options.progress)
         os.ftruncate(dst_fd, header.sealed_size)
     finally:
         enc.close()

@@ -7,17 +7,18 @@ the KBS side. ``auto`` asks ``tee.detect`` which TEE this machine is; the insecu
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError
+from modelseal.errors import ConfigError, UnsupportedTee
 from modelseal.loader.settings import LoaderSettings
 from modelseal.tee.base import Attester
 from modelseal.tee.detect import detect
 from modelseal.tee.initdata import parse_init_data
-from modelseal.tee.registry import attester_for
+from modelseal.tee.registry import KINDS, attester_for
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,36 @@ class KeyRelease:
     insecure: bool
 
 
+def attester_kinds() -> list[str]:
+    """The TEE kinds this build can attest as (those with an attester module)."""
+    return sorted(
+        kind
+        for kind, package in KINDS.items()
+        if importlib.util.find_spec(f"modelseal.tee.{package}.attester") is not None
+    )
+
+
 def resolve_tee(settings: LoaderSettings) -> str:
     """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``.
 
     Detection never answers ``sample`` or ``mock-tdx``: insecure kinds must be explicit.
+    No TEE on this machine is a configuration error (exit 2), not a denied attestation:
+    nothing was attested, and the fix is ``--tee``, which the message spells out.
     """
     if settings.tee != "auto":
         return settings.tee
-    return detect()
+    try:
+        return detect()
+    except UnsupportedTee as exc:
+        raise ConfigError(
+            f"{exc}. --tee (MODELSEAL_TEE) accepts: auto, {', '.join(attester_kinds())}"
+        ) from None
+
+
+def warn_if_insecure(kind: str) -> None:
+    """Say loudly (once per load, not per retry) that this TEE kind proves nothing."""
+    if kind in INSECURE_TEES:
+        log.warning("attesting as the INSECURE %r TEE: for development only", kind)
 
 
 def read_init_data(settings: LoaderSettings) -> InitData | None:
@@ -86,7 +109,11 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
 
 
 def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
-    """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes."""
+    """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes.
+
+    One attempt: the caller retries transient failures, and resolves ``auto`` and warns
+    about an insecure kind once before the first attempt (:func:`warn_if_insecure`).
+    """
     # imported here: the KBS client stack (JWE, TEE keys, RCAR models) loads while the
     # loader's first ciphertext downloads are already running
     from modelseal.loader.kbs_client import KbsClient
@@ -94,8 +121,6 @@ def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelea
     kind = resolve_tee(settings)
     init_data = read_init_data(settings)
     attester = build_attester(kind, settings, init_data)
-    if kind in INSECURE_TEES:
-        log.warning("attesting as the INSECURE %r TEE: for development only", kind)
     with KbsClient(
         kbs_url,
         attester,

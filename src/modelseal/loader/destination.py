@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import grp
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelseal.errors import ConfigError, UnsafeDestination
@@ -26,6 +28,78 @@ _MAGIC_TO_TYPE = {0x01021994: "tmpfs", 0x858458F6: "ramfs"}
 TEMP_PREFIX = ".modelseal-tmp-"
 #: directory inside the destination holding the receipt and the ready marker
 META_DIR = ".modelseal"
+
+
+#: group- and world-writable and executable bits a plaintext file never gets
+_FORBIDDEN_BITS = 0o7133
+
+
+@dataclass(frozen=True)
+class FileModes:
+    """Permission bits (and optionally the group) of what the loader places.
+
+    The default, 0640 files in 0750 directories, lets the inference container read the
+    model when it shares the loader's group (Kubernetes ``fsGroup`` makes a shared
+    ``emptyDir`` setgid, so every file the loader creates carries that group) and keeps
+    every other user out. ``0600`` serves a server running as the loader's own user.
+    ``group`` gives every placed file and directory that group, for a loader running as
+    root next to a server of another UID without ``fsGroup``.
+    """
+
+    file: int = 0o640
+    group: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.file & _FORBIDDEN_BITS or not self.file & 0o400:
+            raise ConfigError(
+                f"file mode {self.file:04o}: plaintext must be readable by its owner and "
+                "never writable by group/others or executable (e.g. 0600, 0640, 0644)"
+            )
+        if self.group is not None and self.group < 0:
+            raise ConfigError(f"group {self.group}: not a group id")
+
+    @property
+    def directory(self) -> int:
+        """The file mode plus search (x) permission wherever it grants read."""
+        return 0o700 | self.file | ((self.file & 0o044) >> 2)
+
+    @classmethod
+    def parse(cls, text: str) -> FileModes:
+        """An octal mode such as ``0640`` or ``640``."""
+        try:
+            return cls(int(text, 8))
+        except ValueError:
+            raise ConfigError(f"file mode {text!r}: expected an octal mode like 0640") from None
+
+    def with_group(self, text: str) -> FileModes:
+        """A copy owned by group ``text``: a numeric id or a name from the group database."""
+        if text.isdigit():
+            return replace(self, group=int(text))
+        try:
+            return replace(self, group=grp.getgrnam(text).gr_gid)
+        except KeyError:
+            raise ConfigError(f"group {text!r}: no such group") from None
+
+    def apply_to_file(self, fd: int) -> None:
+        """Give an open file exactly these permissions (and group), whatever the umask."""
+        self._chown(lambda gid: os.fchown(fd, -1, gid))
+        os.fchmod(fd, self.file)
+
+    def apply_to_directory(self, path: Path) -> None:
+        """Give a directory the matching permissions (and group)."""
+        self._chown(lambda gid: os.chown(path, -1, gid))
+        os.chmod(path, self.directory)
+
+    def _chown(self, chown: Callable[[int], None]) -> None:
+        if self.group is None:
+            return
+        try:
+            chown(self.group)
+        except PermissionError:
+            raise ConfigError(
+                f"cannot give the model files group {self.group}: run the loader as root or "
+                "as a member of that group (or use the pod's fsGroup instead of --group)"
+            ) from None
 
 
 @dataclass(frozen=True)

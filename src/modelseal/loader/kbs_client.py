@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from modelseal._internal.bounded_http import Reply, send
+from modelseal._internal.urls import display_url
 from modelseal.crypto.jwe import decrypt
 from modelseal.crypto.jwk import DEFAULT_KEY_ALG, TeeKeyPair
 from modelseal.crypto.secret import SecretBytes
@@ -271,7 +272,9 @@ class KbsClient:
                 **options,
             )
         except httpx.HTTPError as exc:
-            raise TransientError(f"KBS unreachable: {type(exc).__name__}") from exc
+            raise TransientError(
+                f"KBS unreachable at {display_url(url)}: {type(exc).__name__}"
+            ) from exc
 
     def get_resource(self, path: str) -> SecretBytes:
         """Attest if needed, fetch ``repo/type/tag`` and decrypt it with the TEE key."""

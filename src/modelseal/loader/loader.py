@@ -1,24 +1,25 @@
-"""``load_model``: the confidential model loader contract of DESIGN §8, end to end.
+"""The load sequence (:func:`run_load`) and ``load_model``, the loader contract of DESIGN §8.
 
-model info → destination check → TEE attester → RCAR with the KBS → DEK → sealed manifest
-(decrypted, digest checked) → every file's header checked against the manifest → parallel
-ranged download + decryption into a private temp dir inside the destination → atomic
-placement → receipt + ready marker → keys zeroized. Any failure wipes the temp dir, so the
-destination never holds unauthenticated or partial plaintext.
+model info → headers and ranged downloads start → TEE attester → RCAR with the KBS → DEK →
+sealed manifest (decrypted, digest checked) → every file's header checked against the
+manifest → parallel decryption into a target → commit → keys zeroized. ``load_model``
+runs it into a :class:`~modelseal.loader.targets.DirectoryTarget` (a private temp dir
+inside a memory-backed destination, placed atomically, then receipt + ready marker);
+``modelseal.loader.sdk.open_model`` runs the same sequence into a
+:class:`~modelseal.loader.targets.MemoryTarget`. Any failure aborts the target, so no
+unauthenticated or partial plaintext survives.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 
 from modelseal._internal.bounded_http import Deadline
 from modelseal.crypto.secret import SecretBytes
@@ -29,27 +30,22 @@ from modelseal.errors import (
     ModelNotFound,
     TransientError,
 )
-from modelseal.format.header import (
-    COMMIT_LEN,
-    MAX_MODEL_HEADER_BYTES,
-    PREAMBLE_LEN,
-    Header,
-    parse_preamble,
-)
+from modelseal.format.header import COMMIT_LEN, MAX_MODEL_HEADER_BYTES, PREAMBLE_LEN, Header
 from modelseal.format.manifest import MAX_MANIFEST_LEN, Manifest, sealed_name
-from modelseal.format.v1 import FileDecryptor
+from modelseal.format.v1 import FileDecryptor, decrypt_whole, head_len, parse_head
 from modelseal.loader import cnap_loader
-from modelseal.loader.attest import KeyRelease, read_init_data, release_key
-from modelseal.loader.destination import (
-    TEMP_PREFIX,
-    check_destination,
-    prepare_destination,
-    wipe_tree,
+from modelseal.loader.attest import (
+    KeyRelease,
+    read_init_data,
+    release_key,
+    resolve_tee,
+    warn_if_insecure,
 )
 from modelseal.loader.fetch import Fetcher, RetryPolicy
 from modelseal.loader.pipeline import Download, Pipeline, Target
-from modelseal.loader.receipt import LoadedFile, Receipt, Timings, clear_ready, read_receipt
+from modelseal.loader.receipt import LoadedFile, Receipt, Timings
 from modelseal.loader.settings import LoaderSettings
+from modelseal.loader.targets import DirectoryTarget, ModelTarget
 from modelseal.protocol.model_info import FORMAT_V1, KBS_CNAP, FileInfo, ModelInfo
 from modelseal.protocol.wire import WireError, describe
 
@@ -124,22 +120,16 @@ def fetch_sealed_head(
     """
     prefix: bytes | bytearray
     prefix, total = fetcher.read_head(url, HEAD_PROBE)
-    header_len = parse_preamble(prefix)
+    need = head_len(prefix)
     if budget is not None:
-        budget.take(header_len, url)
-    need = PREAMBLE_LEN + header_len + COMMIT_LEN
+        budget.take(need - PREAMBLE_LEN - COMMIT_LEN, url)
     if need > len(prefix) and total >= need:
         prefix = bytearray(need)
         fetcher.read_range(url, 0, memoryview(prefix), deadline=Deadline(fetcher.timeout))
-    header = Header.parse(prefix)
-    if total != header.sealed_size:
-        raise FormatError(
-            f"{url}: blob is {total} bytes but its header implies {header.sealed_size} "
-            "(truncated or extended)"
-        )
-    commitment = bytes(prefix[header.prefix_len : header.prefix_len + COMMIT_LEN])
-    if len(commitment) != COMMIT_LEN:
-        raise FormatError(f"{url}: ends inside the key commitment")
+    try:
+        header, commitment = parse_head(prefix, total)
+    except FormatError as exc:
+        raise FormatError(f"{url}: {exc}") from None
     return header, commitment, total
 
 
@@ -159,18 +149,7 @@ def fetch_manifest(
     sealed = bytearray(total)
     deadline = Deadline(fetcher.timeout)
     fetcher.read_range(info.manifest_url, 0, memoryview(sealed), deadline=deadline)
-    dec = FileDecryptor(header, commitment, dek)
-    plain = bytearray(header.size)
-    try:
-        view = memoryview(sealed)
-        out = memoryview(plain)
-        for i in range(header.segment_count):
-            off = header.segment_offset(i)
-            n = header.segment_sealed_len(i)
-            start = i * header.segment_size
-            dec.decrypt_segment_into(i, view[off : off + n], out[start : start + n - 16])
-    finally:
-        dec.close()
+    plain = decrypt_whole(sealed, header, commitment, dek)
     manifest = Manifest.parse(bytes(plain))
     manifest.check_manifest_header(header)
     digest = manifest.digest
@@ -214,89 +193,12 @@ def fetch_heads(
     return [SealedFile(f, h, c, t) for f, (h, c, t) in zip(info.files, heads, strict=True)]
 
 
-def previous_entries(dest: Path) -> set[str]:
-    """Top-level entries the last completed load placed in ``dest`` (from its receipt)."""
-    previous = read_receipt(dest) or {}
-    files = previous.get("files")
-    if not isinstance(files, list):
-        return set()
-    return {
-        PurePosixPath(f["path"]).parts[0]
-        for f in files
-        if isinstance(f, dict) and isinstance(f.get("path"), str) and f["path"]
-    }
-
-
-def check_placement(dest: Path, paths: Sequence[str]) -> list[str]:
-    """Top-level names the model will occupy in ``dest``; refuse to clobber foreign files.
-
-    Entries that a previous load placed (listed in its receipt) may be replaced.
-    """
-    tops = sorted({PurePosixPath(p).parts[0] for p in paths})
-    owned = previous_entries(dest)
-    clash = [t for t in tops if (dest / t).exists() and t not in owned]
-    if clash:
-        raise ConfigError(
-            f"destination {dest} already holds {', '.join(clash)} (not from an earlier load); "
-            "use an empty directory"
-        )
-    return tops
-
-
-def place(tmp: Path, dest: Path, tops: Sequence[str], *, stale: set[str], overwrite: bool) -> None:
-    """Move each top-level entry from ``tmp`` into ``dest`` with ``rename`` (same fs), then
-    remove ``stale``: what an earlier load left that the new model does not have."""
-    for name in tops:
-        target = dest / name
-        source = tmp / name
-        if target.is_dir() and not target.is_symlink():
-            wipe_tree(target, overwrite=overwrite)
-        os.replace(source, target)
-    for name in sorted(stale):
-        if not name.startswith("."):
-            wipe_tree(dest / name, overwrite=overwrite)
-
-
-@contextmanager
-def temp_dir(dest: Path, *, overwrite: bool) -> Iterator[Path]:
-    """A private work dir inside ``dest``; deleted (with its plaintext) on any failure."""
-    tmp = dest / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
-    tmp.mkdir(mode=0o700)
-    try:
-        yield tmp
-    except BaseException:
-        wipe_tree(tmp, overwrite=overwrite)
-        raise
-    wipe_tree(tmp, overwrite=overwrite)
-
-
 def expected_digest(settings: LoaderSettings) -> str | None:
     """The model digest this TEE must load: explicit, else from its launch init-data."""
     if settings.model_digest is not None:
         return settings.model_digest
     init_data = read_init_data(settings)
     return init_data.model_digest if init_data is not None else None
-
-
-def _reserve(settings: LoaderSettings, needed: int) -> None:
-    check_destination(settings.dest, allow_disk=settings.allow_disk, needed_bytes=needed)
-
-
-def open_temp_target(tmp: Path, relpath: str, size: int) -> int:
-    """Create ``tmp/relpath`` (0644, parents 0755), sized to ``size``; return its fd."""
-    path = tmp / relpath
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        os.ftruncate(fd, size)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-#: creates the plaintext target of ``(relative path, size)`` and returns a writable fd
-OpenTarget = Callable[[str, int], int]
 
 
 class KeyBox:
@@ -326,21 +228,20 @@ def decrypt_v1(
     fetcher: Fetcher,
     info: ModelInfo,
     get_dek: Callable[[], SecretBytes],
+    target: ModelTarget,
     *,
-    open_target: OpenTarget,
     workers: int,
     expected_digest: str | None,
     timings: Timings,
     on_progress: Callable[[int], None] | None = None,
-    reserve: Callable[[int], None] | None = None,
 ) -> tuple[str, list[LoadedFile]]:
-    """Headers, downloads started, key, manifest, then decryption into ``open_target`` fds.
+    """Headers, downloads started, key, manifest, then decryption into ``target``'s fds.
 
     The ciphertext downloads start before ``get_dek()`` attests (reading public ciphertext
     needs no key); nothing is decrypted or written before the manifest is authenticated and
-    matches every header. ``reserve(total plaintext bytes)`` runs after that and before any
-    target is created (the destination's free-space check). Returns the model digest. The
-    fds are closed before this returns.
+    matches every header. ``target.reserve(total plaintext bytes)`` runs after that and
+    before any target file is created (the destination's free-space check). Returns the
+    model digest. The fds are closed before this returns.
     """
     pipeline = Pipeline(fetcher, workers=workers, on_progress=on_progress)
     budget = HeaderBudget()
@@ -356,13 +257,12 @@ def decrypt_v1(
                 manifest.check_files(
                     {sealed_name(f.info.path): (f.header, f.sealed_size) for f in files}
                 )
-                if reserve is not None:
-                    reserve(manifest.total_size)
+                target.reserve(manifest.total_size)
                 targets: list[Target] = []
                 for f in files:
                     dec = FileDecryptor(f.header, f.commitment, dek)
                     stack.callback(dec.close)
-                    fd = open_target(f.info.path, f.header.size)
+                    fd = target.open(f.info.path, f.header.size)
                     stack.callback(os.close, fd)
                     targets.append(Target(dec, fd))
             with timings.step("download_decrypt"):
@@ -373,6 +273,53 @@ def decrypt_v1(
             raise
     loaded = [LoadedFile(f.info.path, f.header.size, f.sealed_size) for f in files]
     return manifest.digest, loaded
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one run of the load sequence produced (the plaintext is in its target)."""
+
+    info: ModelInfo
+    #: SHA-256 of the sealed manifest (None for a CNAP model, which has none)
+    model_digest: str | None
+    files: list[LoadedFile]
+    #: the release that gave the key (its DEK already wiped); None for plaintext CNAP
+    key: KeyRelease | None
+    retries: int
+
+
+def run_load(
+    settings: LoaderSettings,
+    target: ModelTarget,
+    timings: Timings,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    release: ReleaseFn | None = None,
+) -> LoadResult:
+    """The one load sequence, for a directory (``modelseal load``) or memory (the SDK).
+
+    model info → ``target.plan`` (refuse before attesting) → headers and ranged downloads
+    start → attestation and key release → sealed manifest checked against every header →
+    ``target.reserve`` → decryption into ``target.open`` fds → ``target.commit``. Any
+    failure calls ``target.abort`` (no partial plaintext survives) and the key is wiped
+    whatever happens.
+    """
+    with open_fetcher(settings) as fetcher:
+        with timings.step("model_info"):
+            info = fetch_model_info(fetcher, settings.model)
+        target.plan([f.path for f in info.files] or [cnap_loader.target_name(info)[0]])
+        box = KeyBox(lambda: obtain_key_if_needed(settings, info, timings, release, fetcher.retry))
+        try:
+            digest, loaded = decrypt_model(
+                fetcher, settings, info, box, target, timings, on_progress=on_progress
+            )
+            target.commit(loaded, timings)
+        except BaseException:
+            target.abort()
+            raise
+        finally:
+            box.wipe()
+        return LoadResult(info, digest, loaded, box.key, fetcher.retried)
 
 
 def load_model(
@@ -388,56 +335,31 @@ def load_model(
     """
     timings = Timings()
     started = time.time()
-    with timings.step("check_destination"):
-        dest = check_destination(settings.dest, allow_disk=settings.allow_disk)
-        prepare_destination(settings.dest)
-    overwrite = not dest.memory_backed
-    with open_fetcher(settings) as fetcher:
-        with timings.step("model_info"):
-            info = fetch_model_info(fetcher, settings.model)
-        planned = [f.path for f in info.files] or [cnap_loader.target_name(info)[0]]
-        check_placement(settings.dest, planned)  # fail before attesting, not after
-        box = KeyBox(lambda: obtain_key_if_needed(settings, info, timings, release, fetcher.retry))
-        try:
-            with temp_dir(settings.dest, overwrite=overwrite) as tmp:
-                digest, loaded = decrypt_model(
-                    fetcher,
-                    settings,
-                    info,
-                    box,
-                    lambda rel, size: open_temp_target(tmp, rel, size),
-                    timings,
-                    on_progress=on_progress,
-                    reserve=lambda n: _reserve(settings, n),
-                )
-                with timings.step("place"):
-                    tops = check_placement(settings.dest, [f.path for f in loaded])
-                    stale = previous_entries(settings.dest) - set(tops)
-                    clear_ready(settings.dest)
-                    place(tmp, settings.dest, tops, stale=stale, overwrite=overwrite)
-        finally:
-            box.wipe()
-        key = box.key
-        receipt = Receipt(
-            model_id=info.id,
-            version=info.version,
-            format=info.format,
-            model_digest=digest,
-            model_url=settings.model,
-            kbs_url=key.kbs_url if key is not None else "",
-            key_id=info.key_id or "",
-            tee=key.tee if key is not None else "none",
-            token_id=key.token_id if key is not None else None,
-            destination=str(settings.dest),
-            files=tuple(loaded),
-            bytes=sum(f.size for f in loaded),
-            sealed_bytes=sum(f.sealed_size for f in loaded),
-            timings=dict(timings.steps),
-            retries=fetcher.retried,
-            loaded_at=started,
-            insecure_tee=key.insecure if key is not None else False,
-        )
-    receipt.write(settings.dest)
+    target = DirectoryTarget(
+        settings.dest, allow_disk=settings.allow_disk, modes=settings.file_modes, timings=timings
+    )
+    done = run_load(settings, target, timings, on_progress=on_progress, release=release)
+    key = done.key
+    receipt = Receipt(
+        model_id=done.info.id,
+        version=done.info.version,
+        format=done.info.format,
+        model_digest=done.model_digest,
+        model_url=settings.model,
+        kbs_url=key.kbs_url if key is not None else "",
+        key_id=done.info.key_id or "",
+        tee=key.tee if key is not None else "none",
+        token_id=key.token_id if key is not None else None,
+        destination=str(settings.dest),
+        files=tuple(done.files),
+        bytes=sum(f.size for f in done.files),
+        sealed_bytes=sum(f.sealed_size for f in done.files),
+        timings=dict(timings.steps),
+        retries=done.retries,
+        loaded_at=started,
+        insecure_tee=key.insecure if key is not None else False,
+    )
+    receipt.write(settings.dest, modes=settings.file_modes)
     return receipt
 
 
@@ -456,13 +378,12 @@ def decrypt_model(
     settings: LoaderSettings,
     info: ModelInfo,
     box: KeyBox,
-    open_target: OpenTarget,
+    target: ModelTarget,
     timings: Timings,
     *,
     on_progress: Callable[[int], None] | None = None,
-    reserve: Callable[[int], None] | None = None,
 ) -> tuple[str | None, list[LoadedFile]]:
-    """Decrypt a v1 model (manifest, headers, pipeline) or a CNAP file into ``open_target``.
+    """Decrypt a v1 model (manifest, headers, pipeline) or a CNAP file into ``target``.
 
     ``box`` releases the key when first asked (the caller wipes it). Returns the model
     digest (None for CNAP, which has no manifest) and the files written.
@@ -479,17 +400,16 @@ def decrypt_model(
             fetcher,
             info,
             dek,
-            open_target=open_target,
+            target,
             workers=settings.workers,
             expected_digest=expected_digest(settings),
             timings=timings,
             on_progress=on_progress,
-            reserve=reserve,
         )
     key = box.get()
     with timings.step("download_decrypt"):
         loaded = cnap_loader.load_cnap(
-            fetcher, info, key.dek if key is not None else None, open_target,
+            fetcher, info, key.dek if key is not None else None, target.open,
             on_progress=on_progress,
         )  # fmt: skip
     return None, loaded
@@ -517,9 +437,9 @@ def obtain_key(
 ) -> KeyRelease:
     """Pick the KBS, then attest and fetch the key, retrying only transient failures.
 
-    ``release`` defaults to RCAR with :class:`KbsClient` (``attest.release_key``).
+    ``release`` defaults to RCAR with :class:`KbsClient` (``attest.release_key``), for
+    the TEE kind resolved once here.
     """
-    release = release or release_key
     if not info.key_id:
         raise FormatError("model info has no key_id")
     kbs_url = settings.kbs_url
@@ -533,6 +453,11 @@ def obtain_key(
         kbs_url = info.kbs_url
     if not kbs_url:
         raise ConfigError("no KBS URL: pass --kbs-url or publish the model with kbs_url")
+    if release is None:
+        # detect the TEE and warn about an insecure one once, not on every retry
+        settings = settings.with_overrides(tee=resolve_tee(settings))
+        warn_if_insecure(settings.tee)
+        release = release_key
     with timings.step("attest_key_release"):
         attempt = 0
         while True:

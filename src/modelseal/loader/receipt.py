@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelseal.loader.destination import META_DIR
+from modelseal.loader.destination import META_DIR, FileModes
 
 RECEIPT_FORMAT = "modelseal-receipt/1"
 RECEIPT_NAME = "receipt.json"
@@ -79,20 +79,27 @@ class Receipt:
         data["timings"] = {**self.timings, "total": round(sum(self.timings.values()), 6)}
         return {"format_version": RECEIPT_FORMAT, **data}
 
-    def write(self, dest: Path) -> Path:
-        """Write the receipt, then the ready marker (each atomically, in that order)."""
+    def write(self, dest: Path, *, modes: FileModes | None = None) -> Path:
+        """Write the receipt, then the ready marker (each atomically, in that order), with
+        the permissions of the model files: whoever may read the model reads its receipt."""
+        modes = modes or FileModes()
         meta = dest / META_DIR
-        meta.mkdir(mode=0o755, exist_ok=True)
+        meta.mkdir(exist_ok=True)
+        modes.apply_to_directory(meta)
         path = meta / RECEIPT_NAME
-        _atomic_write(path, json.dumps(self.to_json(), indent=2, sort_keys=True).encode() + b"\n")
-        _atomic_write(meta / READY_NAME, (self.model_digest or self.model_id).encode() + b"\n")
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+        _atomic_write(path, text, modes)
+        _atomic_write(
+            meta / READY_NAME, (self.model_digest or self.model_id).encode() + b"\n", modes
+        )
         return path
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, modes: FileModes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        modes.apply_to_file(fd)
         os.write(fd, data)
     finally:
         os.close(fd)

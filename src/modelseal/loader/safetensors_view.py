@@ -1,136 +1,72 @@
-"""Zero-copy safetensors: parse the header ourselves, view tensors in the decrypted buffer.
+"""Zero-copy tensors over a decrypted safetensors image in memory.
 
 ``safetensors.numpy.load``/``torch.load`` accept only ``bytes`` and copy every tensor (2x
-peak memory, ~0.5-0.9 s/GiB, reference/deps.md §2.5). The format is simple enough to read
-directly: an 8-byte little-endian header length N, N bytes of JSON mapping tensor names to
-``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the data after the
-header) plus an optional ``"__metadata__"`` string map. ``np.frombuffer`` /
-``torch.frombuffer`` then build views in microseconds. Every malformed header is a
-``FormatError``.
+peak memory, ~0.5-0.9 s/GiB). The header is validated by the one safetensors parser of the
+format layer (:func:`modelseal.format.safetensors.parse_safetensors`: every range inside
+the buffer and the size its dtype and shape imply); ``np.frombuffer`` / ``torch.frombuffer``
+then build views in microseconds.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from modelseal.errors import ConfigError, FormatError
+from modelseal.errors import ConfigError
+from modelseal.format.safetensors import SafetensorsHeader, parse_safetensors
 
-#: safetensors' own limit on the JSON header
-MAX_HEADER_LEN = 100_000_000
-
-#: safetensors dtype -> (numpy dtype name or None, item size, torch dtype attribute)
-DTYPES: dict[str, tuple[str | None, int, str]] = {
-    "BOOL": ("bool", 1, "bool"),
-    "U8": ("uint8", 1, "uint8"),
-    "I8": ("int8", 1, "int8"),
-    "U16": ("<u2", 2, "uint16"),
-    "I16": ("<i2", 2, "int16"),
-    "F16": ("<f2", 2, "float16"),
-    "BF16": (None, 2, "bfloat16"),
-    "U32": ("<u4", 4, "uint32"),
-    "I32": ("<i4", 4, "int32"),
-    "F32": ("<f4", 4, "float32"),
-    "U64": ("<u8", 8, "uint64"),
-    "I64": ("<i8", 8, "int64"),
-    "F64": ("<f8", 8, "float64"),
-    "F8_E4M3": (None, 1, "float8_e4m3fn"),
-    "F8_E5M2": (None, 1, "float8_e5m2"),
+#: safetensors dtype -> (numpy dtype name or None, torch dtype attribute or None)
+VIEW_DTYPES: dict[str, tuple[str | None, str | None]] = {
+    "BOOL": ("bool", "bool"),
+    "U8": ("uint8", "uint8"),
+    "I8": ("int8", "int8"),
+    "U16": ("<u2", "uint16"),
+    "I16": ("<i2", "int16"),
+    "F16": ("<f2", "float16"),
+    "BF16": (None, "bfloat16"),
+    "U32": ("<u4", "uint32"),
+    "I32": ("<i4", "int32"),
+    "F32": ("<f4", "float32"),
+    "U64": ("<u8", "uint64"),
+    "I64": ("<i8", "int64"),
+    "F64": ("<f8", "float64"),
+    "C64": ("<c8", "complex64"),
+    "F8_E4M3": (None, "float8_e4m3fn"),
+    "F8_E5M2": (None, "float8_e5m2"),
+    "F8_E8M0": (None, "float8_e8m0fnu"),
 }
+#: dtypes numpy lacks, provided by the ``ml_dtypes`` package
+_ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor: dtype, shape and absolute byte range inside the file buffer."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
+def _unviewable(dtype: str, framework: str) -> ConfigError:
+    return ConfigError(f"safetensors dtype {dtype} has no {framework} view")
 
 
-@dataclass(frozen=True)
-class SafetensorsLayout:
-    tensors: Mapping[str, TensorInfo]
-    metadata: Mapping[str, str]
-    data_start: int
-
-
-def parse_layout(buf: memoryview | bytes | bytearray) -> SafetensorsLayout:
-    """Validate a safetensors header against the buffer and return every tensor's range."""
-    view = memoryview(buf).cast("B")
-    if len(view) < 8:
-        raise FormatError("safetensors: shorter than its 8-byte header length")
-    n = int.from_bytes(view[:8], "little")
-    if n > MAX_HEADER_LEN or 8 + n > len(view):
-        raise FormatError("safetensors: header length exceeds the file")
-    try:
-        doc = json.loads(bytes(view[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise FormatError("safetensors: header is not UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise FormatError("safetensors: header must be a JSON object")
-    data_start = 8 + n
-    data_len = len(view) - data_start
-    metadata: dict[str, str] = {}
-    raw_meta = doc.pop("__metadata__", None)
-    if raw_meta is not None:
-        if not isinstance(raw_meta, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in raw_meta.items()
-        ):
-            raise FormatError("safetensors: __metadata__ must map strings to strings")
-        metadata = dict(raw_meta)
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in doc.items():
-        tensors[name] = _tensor(name, entry, data_start, data_len)
-    return SafetensorsLayout(tensors, metadata, data_start)
-
-
-def _tensor(name: str, entry: Any, data_start: int, data_len: int) -> TensorInfo:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise FormatError(f"safetensors: tensor {name!r} needs exactly dtype, shape, data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise FormatError(f"safetensors: tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise FormatError(f"safetensors: tensor {name!r} has an invalid shape")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1] <= data_len
-    ):
-        raise FormatError(f"safetensors: tensor {name!r} has offsets outside the data")
-    if (offsets[1] - offsets[0]) != math.prod(shape) * DTYPES[dtype][1]:
-        raise FormatError(f"safetensors: tensor {name!r} byte length does not match its shape")
-    return TensorInfo(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
-
-
-def numpy_views(buf: memoryview, layout: SafetensorsLayout | None = None) -> dict[str, Any]:
+def numpy_views(buf: memoryview, header: SafetensorsHeader | None = None) -> dict[str, Any]:
     """name -> ``numpy.ndarray`` sharing memory with ``buf`` (no copy)."""
     import numpy as np
 
-    layout = layout or parse_layout(buf)
+    header = header or parse_safetensors(buf)
     out: dict[str, Any] = {}
-    for name, t in layout.tensors.items():
-        np_dtype = DTYPES[t.dtype][0]
+    for t in header.tensors:
+        np_dtype: Any = VIEW_DTYPES.get(t.dtype, (None, None))[0]
         if np_dtype is None:
             np_dtype = _extended_numpy_dtype(t.dtype)
         count = math.prod(t.shape)
         if count == 0:
-            out[name] = np.empty(t.shape, dtype=np_dtype)
+            out[t.name] = np.empty(t.shape, dtype=np_dtype)
             continue
-        out[name] = np.frombuffer(buf, dtype=np_dtype, count=count, offset=t.start).reshape(t.shape)
+        offset = header.data_start + t.start
+        out[t.name] = np.frombuffer(buf, dtype=np_dtype, count=count, offset=offset).reshape(
+            t.shape
+        )
     return out
 
 
 def _extended_numpy_dtype(dtype: str) -> Any:
+    if dtype not in _ML_DTYPES:
+        raise _unviewable(dtype, "numpy")
     try:
         import ml_dtypes  # type: ignore[import-not-found]
     except ImportError:
@@ -138,25 +74,27 @@ def _extended_numpy_dtype(dtype: str) -> Any:
             f"safetensors dtype {dtype} has no numpy equivalent; install ml_dtypes or use "
             "framework='torch'"
         ) from None
-    return {
-        "BF16": ml_dtypes.bfloat16,
-        "F8_E4M3": ml_dtypes.float8_e4m3fn,
-        "F8_E5M2": ml_dtypes.float8_e5m2,
-    }[dtype]
+    return getattr(ml_dtypes, _ML_DTYPES[dtype])
 
 
-def torch_views(buf: memoryview, layout: SafetensorsLayout | None = None) -> dict[str, Any]:
+def torch_views(buf: memoryview, header: SafetensorsHeader | None = None) -> dict[str, Any]:
     """name -> ``torch.Tensor`` sharing memory with ``buf`` (no copy; CPU)."""
     try:
         import torch
     except ImportError:
         raise ConfigError("framework='torch' needs PyTorch installed") from None
-    layout = layout or parse_layout(buf)
+    header = header or parse_safetensors(buf)
     out: dict[str, Any] = {}
-    for name, t in layout.tensors.items():
-        tdtype = getattr(torch, DTYPES[t.dtype][2])
+    for t in header.tensors:
+        name = VIEW_DTYPES.get(t.dtype, (None, None))[1]
+        tdtype = getattr(torch, name, None) if name is not None else None
+        if tdtype is None:
+            raise _unviewable(t.dtype, "torch")
         if t.end == t.start:
-            out[name] = torch.empty(t.shape, dtype=tdtype)
+            out[t.name] = torch.empty(t.shape, dtype=tdtype)
             continue
-        out[name] = torch.frombuffer(buf[t.start : t.end], dtype=tdtype).view(t.shape)
+        start = header.data_start + t.start
+        out[t.name] = torch.frombuffer(buf[start : header.data_start + t.end], dtype=tdtype).view(
+            t.shape
+        )
     return out

@@ -1,17 +1,16 @@
 """The in-process SDK: attest, fetch, decrypt into memory, hand out zero-copy views.
 
-``open_model`` runs the same contract as ``modelseal load`` (model info, RCAR key release,
-sealed manifest and header checks, parallel ranged download + decryption) but the targets
-are anonymous memory files (``memfd_create``): nothing is ever written to a filesystem. Each
+``open_model`` runs the same load sequence as ``modelseal load``
+(:func:`modelseal.loader.loader.run_load`: model info, RCAR key release, sealed manifest
+and header checks, parallel ranged download + decryption) into a
+:class:`~modelseal.loader.targets.MemoryTarget`: anonymous memory files
+(``memfd_create``), never a filesystem. Each
 file is then ``mmap``-ed and exposed as a ``memoryview``; ``load_safetensors`` builds numpy
 (or torch) tensors directly on those pages (deps.md §2.5: no second copy, microseconds).
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,57 +19,16 @@ from typing import Any, Literal
 from modelseal._internal.encoding import b64url_decode
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError, NotFound
+from modelseal.format.safetensors import parse_safetensors
 from modelseal.format.v1 import SealedReader
-from modelseal.loader.loader import (
-    KeyBox,
-    ReleaseFn,
-    decrypt_model,
-    fetch_model_info,
-    obtain_key_if_needed,
-    open_fetcher,
-)
+from modelseal.loader.loader import ReleaseFn, run_load
 from modelseal.loader.receipt import Timings
-from modelseal.loader.safetensors_view import numpy_views, parse_layout, torch_views
+from modelseal.loader.safetensors_view import numpy_views, torch_views
 from modelseal.loader.settings import LoaderSettings
+from modelseal.loader.targets import MemFile, MemoryTarget
 
 Framework = Literal["numpy", "torch"]
 SAFETENSORS_SUFFIX = ".safetensors"
-
-
-class _MemFile:
-    """One decrypted file in anonymous memory (memfd pages, mapped once)."""
-
-    __slots__ = ("fd", "mm", "size")
-
-    def __init__(self, name: str, size: int) -> None:
-        self.fd = os.memfd_create(f"modelseal:{name}"[:200], os.MFD_CLOEXEC)
-        self.size = size
-        self.mm: mmap.mmap | None = None
-        try:
-            os.ftruncate(self.fd, size)
-        except BaseException:
-            os.close(self.fd)
-            raise
-
-    def map(self) -> None:
-        if self.size:
-            self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED)
-        os.close(self.fd)
-        self.fd = -1
-
-    def view(self) -> memoryview:
-        return memoryview(self.mm) if self.mm is not None else memoryview(bytearray())
-
-    def close(self) -> None:
-        """Zero the pages, then unmap (if nobody still holds a view)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.mm is not None and not self.mm.closed:
-            with memoryview(self.mm) as v:
-                v[:] = bytes(len(v))
-            with contextlib.suppress(BufferError):  # tensors still alive: freed when they die
-                self.mm.close()
 
 
 @dataclass
@@ -85,7 +43,7 @@ class DecryptedModel(Mapping[str, memoryview]):
     model_digest: str | None
     tee: str
     token_id: str | None
-    _files: dict[str, _MemFile] = field(default_factory=dict, repr=False)
+    _files: dict[str, MemFile] = field(default_factory=dict, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
 
     def __getitem__(self, path: str) -> memoryview:
@@ -131,11 +89,11 @@ class DecryptedModel(Mapping[str, memoryview]):
 
 def safetensors_views(buf: memoryview, *, framework: Framework = "numpy") -> dict[str, Any]:
     """Tensors of a safetensors image in memory, as views (no copy)."""
-    layout = parse_layout(buf)
+    header = parse_safetensors(buf)
     if framework == "numpy":
-        return numpy_views(buf, layout)
+        return numpy_views(buf, header)
     if framework == "torch":
-        return torch_views(buf, layout)
+        return torch_views(buf, header)
     raise ConfigError(f"unknown framework {framework!r}; use 'numpy' or 'torch'")
 
 
@@ -172,37 +130,16 @@ def open_model(
         timeout=timeout,
     )
     timings = Timings()
-    files: dict[str, _MemFile] = {}
-
-    def open_target(relpath: str, size: int) -> int:
-        mem = _MemFile(relpath, size)
-        files[relpath] = mem
-        return os.dup(mem.fd)  # the pipeline closes its copy
-
-    with open_fetcher(settings) as fetcher:
-        with timings.step("model_info"):
-            info = fetch_model_info(fetcher, model_url)
-        box = KeyBox(lambda: obtain_key_if_needed(settings, info, timings, release, fetcher.retry))
-        try:
-            digest, _loaded = decrypt_model(
-                fetcher, settings, info, box, open_target, timings, on_progress=on_progress
-            )
-            for mem in files.values():
-                mem.map()
-        except BaseException:
-            for mem in files.values():
-                mem.close()
-            raise
-        finally:
-            box.wipe()
-    key = box.key
+    target = MemoryTarget()
+    done = run_load(settings, target, timings, on_progress=on_progress, release=release)
+    key = done.key
     return DecryptedModel(
-        model_id=info.id,
-        version=info.version,
-        model_digest=digest,
+        model_id=done.info.id,
+        version=done.info.version,
+        model_digest=done.model_digest,
         tee=key.tee if key is not None else "none",
         token_id=key.token_id if key is not None else None,
-        _files=files,
+        _files=target.files,
         timings=dict(timings.steps),
     )
 
@@ -232,7 +169,7 @@ def decrypt_file(
     dek = _dek(key)
     try:
         with SealedReader.open(path, dek) as reader:
-            mem = _MemFile(Path(path).name, reader.size)
+            mem = MemFile(Path(path).name, reader.size)
             try:
                 reader.decrypt_to_fd(mem.fd, workers=workers)
                 mem.map()

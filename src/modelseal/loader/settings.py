@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from modelseal.errors import ConfigError
+from modelseal.loader.destination import FileModes
 
 DEFAULT_DEST = Path("/models")
 DEFAULT_WORKERS = 4
@@ -35,6 +36,8 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_MOCK_TDX_DIR": "mock_tdx_dir",
     "MODELSEAL_INIT_DATA": "init_data",
     "MODELSEAL_TIMEOUT": "timeout",
+    "MODELSEAL_FILE_MODE": "file_modes",
+    "MODELSEAL_GROUP": "file_modes",
 }
 
 
@@ -77,6 +80,9 @@ class LoaderSettings:
     #: within it, whatever the peer's pace; also the longest wait for one socket read of a
     #: blob download (such a stall is retried)
     timeout: float = 30.0
+    #: permissions (and group) of the placed plaintext files; directories get the matching
+    #: x bits
+    file_modes: FileModes = field(default_factory=FileModes)
     extra_attester_options: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,6 +142,11 @@ def settings_from_env(
                 values[name] = float(raw)
             except ValueError as exc:
                 raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
+        elif var == "MODELSEAL_FILE_MODE":
+            values[name] = FileModes.parse(raw)
+        elif var == "MODELSEAL_GROUP":  # after MODELSEAL_FILE_MODE (dict order)
+            modes = values.get(name)
+            values[name] = (modes if isinstance(modes, FileModes) else FileModes()).with_group(raw)
         elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"}:
             values[name] = Path(raw)
         else:

@@ -48,6 +48,7 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, FormatError, NotFound
 from modelseal.format.header import DEFAULT_SEGMENT_SIZE
 from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.options import SealOptions
 from modelseal.owner.kbs_admin import KeyConflictError
 from modelseal.owner.keys import generate_key, read_key_file, write_key_file
 from modelseal.owner.registry_client import RegistryClient
@@ -365,18 +366,17 @@ def _seal(
 ) -> tuple[list[_Blob], str | None]:
     total = sum(full.stat().st_size for _, full in _source_files(req.source))
     progress.phase("seal", total)
-    key_id = req.resolved_key_id
+    options = SealOptions(
+        key_id=req.resolved_key_id,
+        segment_size=req.segment_size,
+        model=req.model_id,
+        workers=req.workers,
+        progress=progress.advance,
+    )
     if req.format == "cnap":
         staging.sealed.mkdir(mode=0o700)
         blob = req.source.name + CNAP_SUFFIX
-        sealed = seal_file(
-            req.source,
-            staging.sealed / blob,
-            dek,
-            key_id=key_id,
-            fmt="cnap",
-            progress=progress.advance,
-        )
+        sealed = seal_file(req.source, staging.sealed / blob, dek, options, fmt="cnap")
         local = staging.sealed / blob
         entries = [_Blob(req.source.name, blob, local, sealed.sealed_size, _sha256_file(local))]
         return entries, None
@@ -388,17 +388,7 @@ def _seal(
         (src_dir / req.source.name).symlink_to(req.source.resolve())
     else:
         src_dir = req.source
-    model = seal_directory(
-        src_dir,
-        staging.sealed,
-        dek,
-        key_id=key_id,
-        model_id=req.model_id,
-        version=req.version,
-        segment_size=req.segment_size,
-        workers=req.workers,
-        progress=progress.advance,
-    )
+    model = seal_directory(src_dir, staging.sealed, dek, options, version=req.version)
     progress.phase("hash", sum(e.sealed_size for e in model.files))
     blobs = []
     manifest_local = staging.sealed / SEALED_MANIFEST_NAME

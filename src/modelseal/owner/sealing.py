@@ -18,7 +18,7 @@ from pathlib import Path
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError, NotFound
 from modelseal.format import cnap, partial
-from modelseal.format.header import DEFAULT_SEGMENT_SIZE, check_relpath
+from modelseal.format.header import check_relpath
 from modelseal.format.manifest import (
     MANIFEST_NAME,
     SEALED_MANIFEST_NAME,
@@ -27,7 +27,7 @@ from modelseal.format.manifest import (
     Manifest,
     sealed_name,
 )
-from modelseal.format.v1 import Progress, SealWriter, seal_fd
+from modelseal.format.v1 import SealOptions, SealWriter, seal_fd
 from modelseal.owner.inspection import inspect, progress_total
 from modelseal.owner.model_tree import model_files
 from modelseal.owner.outputs import (
@@ -50,6 +50,7 @@ from modelseal.owner.unsealing import open_manifest, unseal, unseal_directory, u
 __all__ = [
     "CNAP_SUFFIX",
     "SealFormat",
+    "SealOptions",
     "SealedFile",
     "SealedModel",
     "UnsealResult",
@@ -67,16 +68,7 @@ __all__ = [
 
 
 def _seal_model_file(
-    src: Path,
-    rel: str,
-    out_path: Path,
-    dek: SecretBytes,
-    *,
-    key_id: str,
-    model: str | None,
-    segment_size: int,
-    workers: int,
-    progress: Progress | None,
+    src: Path, rel: str, out_path: Path, dek: SecretBytes, options: SealOptions
 ) -> FileEntry:
     fd = open_ro(src)
     try:
@@ -85,18 +77,7 @@ def _seal_model_file(
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="modelseal-hash") as pool:
                 digest = pool.submit(sha256_fd, fd, before.st_size)
-                header = seal_fd(
-                    fd,
-                    out_fd,
-                    dek,
-                    size=before.st_size,
-                    key_id=key_id,
-                    path=rel,
-                    segment_size=segment_size,
-                    model=model,
-                    workers=workers,
-                    progress=progress,
-                )
+                header = seal_fd(fd, out_fd, dek, options, size=before.st_size, path=rel)
                 sha256 = digest.result()
         finally:
             os.close(out_fd)
@@ -118,20 +99,18 @@ def seal_directory(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     dek: SecretBytes,
+    options: SealOptions,
     *,
-    key_id: str,
-    model_id: str | None = None,
     version: str | None = None,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-    workers: int = 2,
-    progress: Progress | None = None,
     overwrite: bool = False,
 ) -> SealedModel:
     """Seal every file of the model directory ``src`` into the new directory ``dst``
     (``<path>.sealed`` each, plus ``modelseal-manifest.json.sealed``).
 
-    Returns the manifest and the model digest to register with the key.
+    ``options.model`` is the model id written into every header and the manifest. Returns
+    the manifest and the model digest to register with the key.
     """
+    key_id = options.require_key_id()
     source, target = Path(src), Path(dst)
     if not source.is_dir():
         raise NotFound(f"{source} is not a directory")
@@ -139,30 +118,18 @@ def seal_directory(
     files = model_files(source)
     with atomic_dir(target, overwrite=overwrite) as tmp:
         entries = [
-            _seal_model_file(
-                full,
-                rel,
-                tmp / sealed_name(rel),
-                dek,
-                key_id=key_id,
-                model=model_id,
-                segment_size=segment_size,
-                workers=workers,
-                progress=progress,
-            )
-            for rel, full in files
+            _seal_model_file(full, rel, tmp / sealed_name(rel), dek, options) for rel, full in files
         ]
-        manifest = Manifest.build(key_id=key_id, files=entries, model=model_id, version=version)
+        manifest = Manifest.build(
+            key_id=key_id, files=entries, model=options.model, version=version
+        )
         with open(new_file(tmp / SEALED_MANIFEST_NAME, 0o644, dir_mode=0o755), "wb") as out:
             writer = SealWriter(
                 out,
                 dek,
+                options.but(content_type="application/json"),
                 size=len(manifest.raw),
-                key_id=key_id,
                 path=MANIFEST_NAME,
-                segment_size=segment_size,
-                model=model_id,
-                content_type="application/json",
             )
             writer.write(manifest.raw)
             writer.close()
@@ -174,15 +141,10 @@ def seal_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     dek: SecretBytes,
+    options: SealOptions,
     *,
-    key_id: str | None,
     fmt: SealFormat = "v1",
     path: str | None = None,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-    model: str | None = None,
-    content_type: str | None = None,
-    workers: int = 2,
-    progress: Progress | None = None,
     overwrite: bool = False,
     tensors: Sequence[str] = (),
     last_layers: int = 0,
@@ -197,20 +159,11 @@ def seal_file(
     try:
         size = os.fstat(fd).st_size
         if fmt == "partial":
-            if not key_id:
-                raise ConfigError("--key-id is required (the KBS resource path of the key)")
+            options.require_key_id()
             st_header = partial.read_safetensors_header(fd)
             names = partial.select_tensors(st_header, tensors, last_layers=last_layers)
             with atomic_file(target, mode=0o644, overwrite=overwrite) as out_fd:
-                partial.seal_partial(
-                    fd,
-                    out_fd,
-                    dek,
-                    key_id=key_id,
-                    names=names,
-                    segment_size=segment_size,
-                    progress=progress,
-                )
+                partial.seal_partial(fd, out_fd, dek, options, names=names)
                 sealed_size = os.fstat(out_fd).st_size
             return SealedFile(target, "partial", size, sealed_size)
         if fmt == "cnap":
@@ -224,31 +177,18 @@ def seal_file(
                 open(fd, "rb", closefd=False) as fin,
                 open(out_fd, "wb", closefd=False) as fout,
             ):
-                cnap.encrypt_stream(fin, fout, dek, size=size, progress=progress)
+                cnap.encrypt_stream(fin, fout, dek, size=size, progress=options.progress)
             return SealedFile(target, "cnap", size, size + cnap.OVERHEAD)
         if fmt != "v1":
             raise ConfigError(f"unknown format {fmt!r}; use v1, cnap or partial")
-        if not key_id:
-            raise ConfigError("--key-id is required for the v1 format (the KBS resource path)")
+        options.require_key_id()
         rel = path if path is not None else source.name
         try:
             check_relpath(rel, what="--path")
         except FormatError as exc:
             raise ConfigError(str(exc)) from None
         with atomic_file(target, mode=0o644, overwrite=overwrite) as out_fd:
-            header = seal_fd(
-                fd,
-                out_fd,
-                dek,
-                size=size,
-                key_id=key_id,
-                path=rel,
-                segment_size=segment_size,
-                model=model,
-                content_type=content_type,
-                workers=workers,
-                progress=progress,
-            )
+            header = seal_fd(fd, out_fd, dek, options, size=size, path=rel)
         return SealedFile(target, "v1", size, header.sealed_size, header)
     finally:
         os.close(fd)
@@ -258,14 +198,10 @@ def seal(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     dek: SecretBytes,
+    options: SealOptions,
     *,
-    key_id: str | None,
     fmt: SealFormat = "v1",
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-    model: str | None = None,
     version: str | None = None,
-    workers: int = 2,
-    progress: Progress | None = None,
     overwrite: bool = False,
     tensors: Sequence[str] = (),
     last_layers: int = 0,
@@ -278,20 +214,7 @@ def seal(
     if source.is_dir():
         if fmt != "v1":
             raise ConfigError(f"the {fmt} format seals single files only; use --format v1")
-        if not key_id:
-            raise ConfigError("--key-id is required (the KBS resource path of the key)")
-        return seal_directory(
-            source,
-            target,
-            dek,
-            key_id=key_id,
-            model_id=model,
-            version=version,
-            segment_size=segment_size,
-            workers=workers,
-            progress=progress,
-            overwrite=overwrite,
-        )
+        return seal_directory(source, target, dek, options, version=version, overwrite=overwrite)
     if target.is_dir():
         suffix = {"cnap": CNAP_SUFFIX, "partial": ""}.get(fmt, SEALED_SUFFIX)
         target = target / (source.name + suffix)
@@ -299,13 +222,9 @@ def seal(
         source,
         target,
         dek,
-        key_id=key_id,
+        options,
         fmt=fmt,
         tensors=tensors,
         last_layers=last_layers,
-        segment_size=segment_size,
-        model=model,
-        workers=workers,
-        progress=progress,
         overwrite=overwrite,
     )

@@ -14,6 +14,7 @@ import pytest
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.options import SealOptions
 from modelseal.loader.attest import KeyRelease
 from modelseal.loader.destination import statfs_type
 from modelseal.loader.settings import LoaderSettings
@@ -86,10 +87,8 @@ def sealed_model(tmp_path: Path) -> Iterator[SealedModelServer]:
         src,
         tmp_path / "sealed",
         dek,
-        key_id=KEY_ID,
-        model_id="m1",
+        SealOptions(key_id=KEY_ID, model="m1", segment_size=16 << 10),
         version="v1",
-        segment_size=16 << 10,
     )
     blobs = {rel: (tmp_path / "sealed" / rel).read_bytes() for rel in sealed.sealed_paths()}
     with BlobServer().running() as server:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import threading
 import time
@@ -14,8 +15,9 @@ import pytest
 from modelseal import errors
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.options import SealOptions
 from modelseal.loader.attest import KeyRelease
-from modelseal.loader.destination import TEMP_PREFIX
+from modelseal.loader.destination import TEMP_PREFIX, FileModes
 from modelseal.loader.loader import load_model
 from modelseal.loader.settings import LoaderSettings
 from modelseal.owner.sealing import seal_directory
@@ -221,15 +223,21 @@ def test_foreign_files_are_never_overwritten(
     assert (shm_dest / "config.json").read_text() == "the operator's own file"
 
 
-def test_unreachable_kbs_is_transient(sealed_model: SealedModelServer, shm_dest: Path) -> None:
+def test_unreachable_kbs_is_transient(
+    sealed_model: SealedModelServer, shm_dest: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from tests.conftest import free_port
 
-    settings = _settings(sealed_model, shm_dest).with_overrides(
-        kbs_url=f"http://127.0.0.1:{free_port()}", retries=2
-    )
-    with pytest.raises(errors.TransientError) as info:
+    kbs_url = f"http://127.0.0.1:{free_port()}"
+    settings = _settings(sealed_model, shm_dest).with_overrides(kbs_url=kbs_url, retries=3)
+    with caplog.at_level(logging.WARNING), pytest.raises(errors.TransientError) as info:
         load_model(settings)  # the real RCAR client against a closed port
     assert info.value.exit_code == 75
+    # the final error names the KBS it could not reach
+    assert f"KBS unreachable at {kbs_url}/kbs/v0/auth: ConnectError" in str(info.value)
+    # three attempts, one warning that the TEE is insecure
+    insecure = [r for r in caplog.records if "INSECURE" in r.getMessage()]
+    assert len(insecure) == 1
     _no_plaintext(shm_dest)
 
 
@@ -251,7 +259,7 @@ def test_reload_of_another_model_removes_stale_files(
 
 
 def test_previous_entries_ignore_a_corrupt_receipt(shm_dest: Path) -> None:
-    from modelseal.loader.loader import previous_entries
+    from modelseal.loader.targets import previous_entries
 
     (shm_dest / ".modelseal").mkdir(parents=True)
     (shm_dest / ".modelseal" / "receipt.json").write_text('{"files": [1, {"path": 2}, "x"]}')
@@ -273,9 +281,12 @@ def test_loading_another_model_replaces_the_previous_one(
     src.mkdir()
     (src / "other.bin").write_bytes(b"model two")
     sealed = seal_directory(
-        src, tmp_path / "m2.sealed", sealed_model.dek, key_id="models/m1/v1",
-        model_id="m1", version="v2",
-    )  # fmt: skip
+        src,
+        tmp_path / "m2.sealed",
+        sealed_model.dek,
+        SealOptions(key_id="models/m1/v1", model="m1"),
+        version="v2",
+    )
     base = sealed_model.server.url + "/blobs/m1/v2/"
     for rel in sealed.sealed_paths():
         sealed_model.server.blobs[f"/blobs/m1/v2/{rel}"] = (
@@ -386,9 +397,12 @@ def test_small_segments_load_in_runs_within_iov_max(tmp_path: Path, shm_dest: Pa
     (src / "w.bin").write_bytes(data)
     dek = SecretBytes(os.urandom(32))
     sealed = seal_directory(
-        src, tmp_path / "sealed", dek, key_id=KEY_ID, model_id="m1", version="v1",
-        segment_size=4 << 10,
-    )  # fmt: skip
+        src,
+        tmp_path / "sealed",
+        dek,
+        SealOptions(key_id=KEY_ID, model="m1", segment_size=4 << 10),
+        version="v1",
+    )
     with BlobServer().running() as server:
         base = server.url + "/blobs/m1/v1/"
         for rel in sealed.sealed_paths():
@@ -435,3 +449,64 @@ def test_a_worker_that_cannot_start_stops_the_others(
     workers = [t.name for t in threading.enumerate() if t.name.startswith("modelseal-load-")]
     assert workers == []
     _no_plaintext(shm_dest)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_mode & 0o7777
+        for p in root.rglob("*")
+        if not p.name.startswith(".") and ".modelseal" not in p.parts
+    }
+
+
+@pytest.mark.parametrize(("file_mode", "dir_mode"), [(0o640, 0o750), (0o600, 0o700)])
+def test_placed_files_get_the_chosen_modes_whatever_the_umask(
+    sealed_model: SealedModelServer, shm_dest: Path, file_mode: int, dir_mode: int
+) -> None:
+    """Group-readable by default (the server container shares the pod's fsGroup), exact
+    even under a umask that would otherwise strip the group bits."""
+    modes = FileModes(file_mode)
+    old = os.umask(0o077)
+    try:
+        settings = _settings(sealed_model, shm_dest, file_modes=modes)
+        load_model(settings, release=sealed_model.release())
+    finally:
+        os.umask(old)
+    expected = {
+        rel: (dir_mode if (shm_dest / rel).is_dir() else file_mode) for rel in _modes(shm_dest)
+    }
+    assert _modes(shm_dest) == expected
+    assert "weights" in expected  # a directory was placed too
+    assert (shm_dest / "weights").stat().st_mode & 0o7777 == dir_mode
+    meta = shm_dest / ".modelseal"
+    assert meta.stat().st_mode & 0o7777 == dir_mode
+    assert (meta / "receipt.json").stat().st_mode & 0o7777 == file_mode
+    assert (meta / "ready").stat().st_mode & 0o7777 == file_mode
+
+
+def test_default_file_mode_is_group_readable(sealed_model: SealedModelServer) -> None:
+    assert _settings(sealed_model, Path("/dev/shm/x")).file_modes == FileModes(0o640)
+    assert FileModes().directory == 0o750
+
+
+def _other_group() -> int:
+    """A group this process may give files: any as root, else a supplementary one."""
+    if os.geteuid() == 0:
+        return 4242
+    return next((g for g in os.getgroups() if g != os.getegid()), os.getegid())
+
+
+def test_group_option_gives_every_placed_entry_that_group(
+    sealed_model: SealedModelServer, shm_dest: Path
+) -> None:
+    gid = _other_group()
+    settings = _settings(sealed_model, shm_dest, file_modes=FileModes(0o640, group=gid))
+    load_model(settings, release=sealed_model.release())
+    placed = [p for p in shm_dest.rglob("*") if not p.name.startswith(".modelseal-tmp")]
+    assert {p.relative_to(shm_dest).as_posix() for p in placed} >= {
+        "config.json",
+        "weights",
+        ".modelseal/receipt.json",
+        ".modelseal/ready",
+    }
+    assert {p.stat().st_gid for p in placed} == {gid}

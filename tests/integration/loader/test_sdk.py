@@ -14,6 +14,7 @@ import modelseal
 from modelseal import errors
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.options import SealOptions
 from modelseal.loader.attest import KeyRelease
 from modelseal.owner.sealing import seal_directory
 from modelseal.protocol.model_info import MANIFEST_PATH
@@ -64,7 +65,7 @@ def test_load_safetensors_from_registry(
     src, expected = sharded_model
     dek = SecretBytes(os.urandom(32))
     sealed = seal_directory(
-        src, tmp_path / "sealed", dek, key_id="models/st/v1", model_id="st", version="v1"
+        src, tmp_path / "sealed", dek, SealOptions(key_id="models/st/v1", model="st"), version="v1"
     )
     with BlobServer().running() as server:
         base = server.url + "/blobs/st/v1/"
@@ -119,7 +120,7 @@ def test_load_safetensors_local_file_with_key(
 
     key_file.write_text(b64url_encode(raw_key) + "\n")
     sealed_dir = tmp_path / "sealed"
-    seal_directory(src, sealed_dir, SecretBytes(raw_key), key_id="models/st/v1")
+    seal_directory(src, sealed_dir, SecretBytes(raw_key), SealOptions(key_id="models/st/v1"))
     sealed_file = sealed_dir / "model-00001.safetensors.sealed"
     for key in (raw_key, SecretBytes(raw_key), key_file, str(key_file)):
         tensors = modelseal.load_safetensors(sealed_file, key=key)

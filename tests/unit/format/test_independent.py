@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError
 from modelseal.format import cnap
+from modelseal.format.options import SealOptions
 from modelseal.format.v1 import SealedReader, seal_stream
 from modelseal.owner.sealing import seal_file, unseal_file
 from tests.unit.format import independent_v1
@@ -33,8 +34,14 @@ SEG = 4096
 
 def _package_seal(data: bytes, seg: int = SEG) -> bytes:
     out = io.BytesIO()
-    seal_stream(io.BytesIO(data), out, SecretBytes(KEY), size=len(data), key_id="m/k/v1",
-                path="model.safetensors", segment_size=seg)  # fmt: skip
+    seal_stream(
+        io.BytesIO(data),
+        out,
+        SecretBytes(KEY),
+        SealOptions(key_id="m/k/v1", segment_size=seg),
+        size=len(data),
+        path="model.safetensors",
+    )
     return out.getvalue()
 
 
@@ -125,7 +132,9 @@ def test_modelseal_cnap_output_decrypts_with_reference(tmp_path: Path, size: int
     data = os.urandom(size)
     src = tmp_path / "m.bin"
     src.write_bytes(data)
-    sealed = seal_file(src, tmp_path / "m.bin.enc", SecretBytes(KEY), key_id=None, fmt="cnap")
+    sealed = seal_file(
+        src, tmp_path / "m.bin.enc", SecretBytes(KEY), SealOptions(key_id=None), fmt="cnap"
+    )
     blob = sealed.path.read_bytes()
     assert cnap_reference_decrypt(blob, KEY) == data
     assert struct.unpack("<3I", blob[:12]) == (12, 16, size + 16)

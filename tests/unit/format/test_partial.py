@@ -15,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, Error, FormatError
 from modelseal.format import partial
+from modelseal.format.options import SealOptions
 from modelseal.owner import sealing
 
 KEY = SecretBytes(bytes(range(32)))
@@ -34,8 +35,9 @@ def model(tmp_path: Path) -> Path:
 
 
 def _seal(model: Path, out: Path, **kw: object) -> sealing.SealedFile:
-    args = {"tensors": ["lm_head.*", "empty"], "last_layers": 1, "segment_size": SEG, **kw}
-    return sealing.seal_file(model, out, KEY, key_id="models/m/v1", fmt="partial", **args)  # type: ignore[arg-type]
+    args = {"tensors": ["lm_head.*", "empty"], "last_layers": 1, **kw}
+    options = SealOptions(key_id="models/m/v1", segment_size=SEG)
+    return sealing.seal_file(model, out, KEY, options, fmt="partial", **args)  # type: ignore[arg-type]
 
 
 def test_round_trip_exact_and_stock_loader(tmp_path: Path, model: Path) -> None:
@@ -199,7 +201,9 @@ def test_not_safetensors(tmp_path: Path) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(struct.pack("<Q", 5) + b'{"a":' + bytes(10))
     with pytest.raises(FormatError):
-        sealing.seal_file(junk, tmp_path / "o", KEY, key_id="k", fmt="partial", tensors=["*"])
+        sealing.seal_file(
+            junk, tmp_path / "o", KEY, SealOptions(key_id="k"), fmt="partial", tensors=["*"]
+        )
     with pytest.raises(FormatError, match="not a modelseal v1 or CNAP"):
         sealing.verify(junk, KEY)
 

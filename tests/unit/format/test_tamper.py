@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from modelseal import cli
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError, Error, FormatError, IntegrityError
+from modelseal.format.options import SealOptions
 from modelseal.format.v1 import Header, SealedReader, seal_stream
 from modelseal.owner.sealing import seal_directory, seal_file, unseal, unseal_file, verify
 
@@ -27,8 +28,14 @@ DATA = os.urandom(4 * SEG + 1000)  # 5 segments, short last one
 
 def _seal(data: bytes = DATA) -> bytes:
     out = io.BytesIO()
-    seal_stream(io.BytesIO(data), out, KEY, size=len(data), key_id="m/k/v1", path="w.bin",
-                segment_size=SEG)  # fmt: skip
+    seal_stream(
+        io.BytesIO(data),
+        out,
+        KEY,
+        SealOptions(key_id="m/k/v1", segment_size=SEG),
+        size=len(data),
+        path="w.bin",
+    )
     return out.getvalue()
 
 
@@ -194,8 +201,9 @@ def sealed_model(tmp_path: Path) -> Path:
     (src / "b.bin").write_bytes(os.urandom(3 * SEG))
     (src / "layers" / "0.bin").write_bytes(os.urandom(100))
     dst = tmp_path / "sealed"
-    seal_directory(src, dst, KEY, key_id="models/m/v1", model_id="m", version="1",
-                   segment_size=SEG)  # fmt: skip
+    seal_directory(
+        src, dst, KEY, SealOptions(key_id="models/m/v1", model="m", segment_size=SEG), version="1"
+    )
     return dst
 
 
@@ -232,8 +240,14 @@ def test_model_rolled_back_file(sealed_model: Path, tmp_path: Path) -> None:
     """An older sealing of the same path with the same key: valid alone, not in this model."""
     old = tmp_path / "a.bin"
     old.write_bytes(os.urandom(3 * SEG))
-    seal_file(old, sealed_model / "a.bin.sealed", KEY, key_id="models/m/v1", path="a.bin",
-              segment_size=SEG, overwrite=True)  # fmt: skip
+    seal_file(
+        old,
+        sealed_model / "a.bin.sealed",
+        KEY,
+        SealOptions(key_id="models/m/v1", segment_size=SEG),
+        path="a.bin",
+        overwrite=True,
+    )
     _model_rejected(sealed_model, r"a\.bin\.sealed: does not match the model manifest")
 
 
@@ -262,7 +276,9 @@ def test_model_manifest_from_another_model(sealed_model: Path, tmp_path: Path) -
         (src / name).write_bytes(os.urandom(10))
     (src / "layers").mkdir()
     (src / "layers" / "0.bin").write_bytes(os.urandom(100))
-    seal_directory(src, tmp_path / "other-sealed", KEY, key_id="models/m/v1", segment_size=SEG)
+    seal_directory(
+        src, tmp_path / "other-sealed", KEY, SealOptions(key_id="models/m/v1", segment_size=SEG)
+    )
     shutil.copy(tmp_path / "other-sealed" / "modelseal-manifest.json.sealed",
                 sealed_model / "modelseal-manifest.json.sealed")  # fmt: skip
     _model_rejected(sealed_model, "does not match the model manifest")
@@ -272,6 +288,12 @@ def test_model_file_sealed_with_other_key(sealed_model: Path, tmp_path: Path) ->
     other_key = SecretBytes(os.urandom(32))
     old = tmp_path / "x"
     old.write_bytes(os.urandom(100))
-    seal_file(old, sealed_model / "layers" / "0.bin.sealed", other_key, key_id="models/m/v1",
-              path="layers/0.bin", segment_size=SEG, overwrite=True)  # fmt: skip
+    seal_file(
+        old,
+        sealed_model / "layers" / "0.bin.sealed",
+        other_key,
+        SealOptions(key_id="models/m/v1", segment_size=SEG),
+        path="layers/0.bin",
+        overwrite=True,
+    )
     _model_rejected(sealed_model, r"layers/0\.bin\.sealed: does not match")

@@ -12,6 +12,7 @@ import pytest
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, FormatError
+from modelseal.format.options import SealOptions
 from modelseal.format.v1 import (
     COMMIT_LEN,
     PREAMBLE_LEN,
@@ -31,18 +32,12 @@ SEG = 4096
 SIZES = [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG, 3 * SEG + 17]
 
 
-def _seal_bytes(data: bytes, dek: SecretBytes, **kw: object) -> bytes:
+def _seal_bytes(
+    data: bytes, dek: SecretBytes, *, _salt: bytes | None = None, **kw: object
+) -> bytes:
     out = io.BytesIO()
-    seal_stream(
-        io.BytesIO(data),
-        out,
-        dek,
-        size=len(data),
-        key_id="m/k/1",
-        path="w.bin",
-        segment_size=SEG,
-        **kw,
-    )  # type: ignore[arg-type]
+    options = SealOptions(key_id="m/k/1", segment_size=SEG).but(**kw)
+    seal_stream(io.BytesIO(data), out, dek, options, size=len(data), path="w.bin", _salt=_salt)
     return out.getvalue()
 
 
@@ -85,11 +80,9 @@ def test_parallel_seal_fd_matches_stream(tmp_path: Path, dek: SecretBytes, worke
             sfd,
             dfd,
             dek,
+            SealOptions(key_id="m/k/1", segment_size=SEG, workers=workers),
             size=len(data),
-            key_id="m/k/1",
             path="w.bin",
-            segment_size=SEG,
-            workers=workers,
             _salt=salt,
         )
     finally:
@@ -172,7 +165,12 @@ def test_streaming_writer_any_chunking(dek: SecretBytes) -> None:
     for chunk in (1, 7, SEG, SEG + 1, len(data)):
         out = io.BytesIO()
         with SealWriter(
-            out, dek, size=len(data), key_id="m/k/1", path="w.bin", segment_size=SEG, _salt=salt
+            out,
+            dek,
+            SealOptions(key_id="m/k/1", segment_size=SEG),
+            size=len(data),
+            path="w.bin",
+            _salt=salt,
         ) as w:
             for i in range(0, len(data), chunk):
                 w.write(data[i : i + chunk])
@@ -180,7 +178,9 @@ def test_streaming_writer_any_chunking(dek: SecretBytes) -> None:
 
 
 def test_writer_enforces_declared_size(dek: SecretBytes) -> None:
-    w = SealWriter(io.BytesIO(), dek, size=10, key_id="m/k/1", path="x", segment_size=SEG)
+    w = SealWriter(
+        io.BytesIO(), dek, SealOptions(key_id="m/k/1", segment_size=SEG), size=10, path="x"
+    )
     with pytest.raises(FormatError):
         w.write(b"x" * 11)
     w.write(b"x" * 9)
@@ -188,7 +188,9 @@ def test_writer_enforces_declared_size(dek: SecretBytes) -> None:
         w.close()
     src = io.BytesIO(b"y" * 20)
     with pytest.raises(FormatError, match="longer"):
-        seal_stream(src, io.BytesIO(), dek, size=10, key_id="m", path="x", segment_size=SEG)
+        seal_stream(
+            src, io.BytesIO(), dek, SealOptions(key_id="m", segment_size=SEG), size=10, path="x"
+        )
 
 
 def test_read_header_without_key(tmp_path: Path, dek: SecretBytes) -> None:

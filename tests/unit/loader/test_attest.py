@@ -29,14 +29,21 @@ def test_auto_uses_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert attest.resolve_tee(_settings()) == "tdx"
 
 
-def test_auto_without_a_tee_is_exit_4(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_without_a_tee_is_a_config_error_naming_the_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def none() -> str:
         raise errors.UnsupportedTee("no TEE detected")
 
     monkeypatch.setattr(attest, "detect", none)
-    with pytest.raises(errors.UnsupportedTee) as info:
+    with pytest.raises(errors.ConfigError) as info:
         attest.resolve_tee(_settings())
-    assert info.value.exit_code == 4
+    assert info.value.exit_code == 2
+    message = str(info.value)
+    assert message.startswith("no TEE detected. --tee (MODELSEAL_TEE) accepts: auto, ")
+    for kind in ("tdx", "snp", "tpm", "sample", "mock-tdx"):
+        assert kind in message.split("accepts: ")[1].split(", ")
+    assert "sgx" not in message  # a verifier-only kind: this build cannot attest as it
 
 
 def test_unknown_kind_is_unsupported() -> None:

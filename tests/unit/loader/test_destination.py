@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -118,3 +119,43 @@ def test_statfs_runs_no_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
     d._libc.cache_clear()
     assert d.statfs_type(SHM) == "tmpfs"
     assert d.statfs_type(Path(tempfile.gettempdir())) in {"tmpfs", "other"}
+
+
+@pytest.mark.parametrize(
+    ("text", "file_mode", "dir_mode"),
+    [("0640", 0o640, 0o750), ("600", 0o600, 0o700), ("0644", 0o644, 0o755), ("0400", 0o400, 0o700)],
+)
+def test_file_modes(text: str, file_mode: int, dir_mode: int) -> None:
+    modes = d.FileModes.parse(text)
+    assert (modes.file, modes.directory) == (file_mode, dir_mode)
+
+
+@pytest.mark.parametrize("text", ["0660", "0602", "0740", "4640", "0200", "0o7", "", "-1"])
+def test_unsafe_or_malformed_file_modes(text: str) -> None:
+    with pytest.raises(errors.ConfigError):
+        d.FileModes.parse(text)
+
+
+def test_group_by_name_or_id() -> None:
+    import grp
+
+    name = grp.getgrgid(os.getgid()).gr_name
+    assert d.FileModes().with_group(name).group == os.getgid()
+    assert d.FileModes(0o600).with_group("4242") == d.FileModes(0o600, group=4242)
+    with pytest.raises(errors.ConfigError, match="no such group"):
+        d.FileModes().with_group("no-such-group-modelseal")
+
+
+def test_group_not_permitted_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(errors.ConfigError, match="cannot give the model files group 4242"):
+            d.FileModes(group=4242).apply_to_file(fd)
+    finally:
+        os.close(fd)

@@ -161,11 +161,19 @@ def test_connection_error_is_transient() -> None:
 
     with (
         KbsClient(
-            "http://kbs.test", Attester(), tee="sample", transport=httpx.MockTransport(refuse)
+            "http://user:s3cret@kbs.test:8080/base",
+            Attester(),
+            tee="sample",
+            transport=httpx.MockTransport(refuse),
         ) as c,
-        pytest.raises(TransientError),
+        pytest.raises(TransientError) as info,
     ):
         c.get_resource("models/m/1")
+    # the message names the endpoint, never the credential in the URL
+    assert "http://kbs.test:8080/base/kbs/v0/auth" in str(info.value)
+    assert "ConnectError" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert "user" not in str(info.value)
 
 
 def test_bad_inputs(make_client: Callable[..., KbsClient]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from modelseal.cli import main
+from modelseal.errors import UnsupportedTee
 from modelseal.loader import loader as loader_module
+from modelseal.loader.destination import FileModes
 from modelseal.loader.settings import LoaderSettings
+from tests.hostile_http import model_info, padded_sealed_blob
 from tests.unit.loader.blobserver import BlobServer
 
 #: what must never be imported into the loader process (DESIGN §3, §9)
@@ -67,6 +71,8 @@ def test_every_design_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path
             "MODELSEAL_WORKERS": "3",
             "MODELSEAL_MODEL_DIGEST": "sha256:" + "ab" * 32,
             "MODELSEAL_INIT_DATA": str(init),
+            "MODELSEAL_FILE_MODE": "0600",
+            "MODELSEAL_GROUP": "4242",
         },
     )
     assert settings.model == "https://registry.example/models/m"
@@ -79,6 +85,7 @@ def test_every_design_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert settings.workers == 3
     assert settings.model_digest == "sha256:" + "ab" * 32
     assert settings.init_data == init
+    assert settings.file_modes == FileModes(0o600, group=4242)
 
 
 def test_defaults_and_flags_beat_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,6 +112,10 @@ def test_defaults_and_flags_beat_variables(monkeypatch: pytest.MonkeyPatch) -> N
         {"MODELSEAL_KBS_CA": "/nonexistent/ca.pem"},
         {"MODELSEAL_MODEL_DIGEST": "sha256:XYZ"},
         {"MODELSEAL_MODEL": "file:///etc/passwd"},
+        {"MODELSEAL_FILE_MODE": "0666"},  # world-writable plaintext
+        {"MODELSEAL_FILE_MODE": "0755"},  # executable plaintext
+        {"MODELSEAL_FILE_MODE": "rw-r-----"},
+        {"MODELSEAL_GROUP": "no-such-group-modelseal"},
     ],
 )
 def test_bad_variables_exit_2(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
@@ -152,3 +163,46 @@ def test_loader_process_imports_no_server_or_rich_code(tmp_path: Path) -> None:
         or (m.startswith("modelseal.tee.") and m.endswith(".verifier"))
     ]
     assert bad == []
+
+
+def test_quiet_silences_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-q``: the loader's retry notices and insecure-TEE warning are not shown."""
+    root = logging.getLogger()
+    level = root.level
+    enabled: list[bool] = []
+
+    def fake_load(settings: LoaderSettings) -> object:
+        enabled.append(logging.getLogger("modelseal.loader.attest").isEnabledFor(logging.WARNING))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(loader_module, "load_model", fake_load)
+    monkeypatch.setenv("MODELSEAL_MODEL", "http://r/models/m")
+    try:
+        for args in (["load"], ["load", "-q"]):
+            with pytest.raises(SystemExit):
+                main(args)
+            root.setLevel(level)
+    finally:
+        root.setLevel(level)
+    assert enabled == [True, False]
+
+
+def test_no_tee_detected_is_exit_2_naming_the_choices(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """On a development machine without TEE devices ``--tee auto`` is a usage error."""
+    from modelseal.loader import attest
+
+    def none() -> str:
+        raise UnsupportedTee("no TEE detected: no /dev/tdx_guest")
+
+    monkeypatch.setattr(attest, "detect", none)
+    with BlobServer().running() as server:
+        server.blobs["/models/m"] = json.dumps(model_info(server.url, 1)).encode()
+        server.blobs["/f0"] = padded_sealed_blob(200, path="f0.bin")
+        with pytest.raises(SystemExit) as info:
+            main(["load", "--model", server.url + "/models/m", "--dest", str(tmp_path / "d"),
+                  "--allow-disk"])  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--tee (MODELSEAL_TEE) accepts: auto, " in err

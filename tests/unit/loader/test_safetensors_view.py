@@ -14,7 +14,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from modelseal import errors
-from modelseal.loader.safetensors_view import numpy_views, parse_layout, torch_views
+from modelseal.format.safetensors import parse_safetensors
+from modelseal.loader.safetensors_view import numpy_views, torch_views
 
 DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool", "uint16"]
 
@@ -42,14 +43,15 @@ def test_views_equal_stock_loader(spec: dict[str, tuple[str, list[int]]]) -> Non
         assert arr.dtype == expected[name].dtype
         assert arr.shape == expected[name].shape
         assert np.array_equal(arr, expected[name])
-    assert parse_layout(buf).metadata == {"k": "v"}
+    assert parse_safetensors(buf).metadata == {"k": "v"}
 
 
 def test_views_share_memory() -> None:
     blob = bytearray(st_save({"w": np.arange(16, dtype=np.float32)}))
     views = numpy_views(memoryview(blob))
-    layout = parse_layout(blob)
-    blob[layout.tensors["w"].start : layout.tensors["w"].start + 4] = struct.pack("<f", 42.0)
+    header = parse_safetensors(blob)
+    start = header.data_start + header.tensor("w").start
+    blob[start : start + 4] = struct.pack("<f", 42.0)
     assert views["w"][0] == 42.0  # a view, not a copy
 
 
@@ -76,13 +78,13 @@ def _raw(header: object, data: bytes = b"") -> bytes:
 )
 def test_malformed_headers(blob: bytes) -> None:
     with pytest.raises(errors.FormatError):
-        parse_layout(blob)
+        parse_safetensors(blob)
 
 
 @given(st.binary(max_size=200))
 def test_parser_never_crashes(blob: bytes) -> None:
     with contextlib.suppress(errors.FormatError):
-        parse_layout(blob)
+        parse_safetensors(blob)
 
 
 def test_bf16_needs_torch_or_ml_dtypes() -> None:

@@ -9,13 +9,14 @@ import pytest
 from safetensors.numpy import save
 
 from modelseal import errors
-from modelseal.loader.sdk import DecryptedModel, _MemFile, safetensors_views
+from modelseal.loader.sdk import DecryptedModel, safetensors_views
+from modelseal.loader.targets import MemFile
 
 
 def _model(files: dict[str, bytes]) -> DecryptedModel:
     mems = {}
     for path, data in files.items():
-        mem = _MemFile(path, len(data))
+        mem = MemFile(path, len(data))
         os.pwrite(mem.fd, data, 0)
         mem.map()
         mems[path] = mem

@@ -12,6 +12,7 @@ import pytest
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, IntegrityError, NotFound
 from modelseal.format.manifest import SEALED_MANIFEST_NAME
+from modelseal.format.options import SealOptions
 from modelseal.owner import sealing
 
 KEY = SecretBytes(bytes(range(32)))
@@ -28,8 +29,13 @@ def model(tmp_path: Path) -> Path:
 
 
 def test_seal_directory_result_and_manifest(tmp_path: Path, model: Path) -> None:
-    result = sealing.seal_directory(model, tmp_path / "s", KEY, key_id="models/m/v1",
-                                    model_id="m", version="2", segment_size=SEG)  # fmt: skip
+    result = sealing.seal_directory(
+        model,
+        tmp_path / "s",
+        KEY,
+        SealOptions(key_id="models/m/v1", model="m", segment_size=SEG),
+        version="2",
+    )
     assert result.sealed_paths() == [SEALED_MANIFEST_NAME, "d/e/x.json.sealed",
                                      "w.safetensors.sealed"]  # fmt: skip
     assert [(f.path, f.size) for f in result.files] == [("d/e/x.json", 2),
@@ -46,7 +52,7 @@ def test_seal_directory_result_and_manifest(tmp_path: Path, model: Path) -> None
 
 
 def test_unsealed_modes_and_progress(tmp_path: Path, model: Path) -> None:
-    sealing.seal_directory(model, tmp_path / "s", KEY, key_id="k", segment_size=SEG)
+    sealing.seal_directory(model, tmp_path / "s", KEY, SealOptions(key_id="k", segment_size=SEG))
     seen: list[int] = []
     sealing.unseal(tmp_path / "s", tmp_path / "o", KEY, progress=seen.append)
     assert sum(seen) == 3 * SEG + 3
@@ -56,37 +62,41 @@ def test_unsealed_modes_and_progress(tmp_path: Path, model: Path) -> None:
 
 def test_symlinked_file_followed_symlinked_dir_refused(tmp_path: Path, model: Path) -> None:
     (model / "link.bin").symlink_to(model / "w.safetensors")
-    r = sealing.seal_directory(model, tmp_path / "s", KEY, key_id="k", segment_size=SEG)
+    r = sealing.seal_directory(
+        model, tmp_path / "s", KEY, SealOptions(key_id="k", segment_size=SEG)
+    )
     assert "link.bin" in [f.path for f in r.files]
     (model / "dirlink").symlink_to(model / "d")
     with pytest.raises(ConfigError, match="symlinked directory"):
-        sealing.seal_directory(model, tmp_path / "s2", KEY, key_id="k", segment_size=SEG)
+        sealing.seal_directory(
+            model, tmp_path / "s2", KEY, SealOptions(key_id="k", segment_size=SEG)
+        )
     assert not (tmp_path / "s2").exists()
 
 
 def test_reserved_name_and_empty_dir(tmp_path: Path, model: Path) -> None:
     (model / "modelseal-manifest.json").write_text("{}")
     with pytest.raises(ConfigError, match="reserved"):
-        sealing.seal_directory(model, tmp_path / "s", KEY, key_id="k")
+        sealing.seal_directory(model, tmp_path / "s", KEY, SealOptions(key_id="k"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no files"):
-        sealing.seal_directory(tmp_path / "empty", tmp_path / "s", KEY, key_id="k")
+        sealing.seal_directory(tmp_path / "empty", tmp_path / "s", KEY, SealOptions(key_id="k"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "model"]
 
 
 def test_seal_file_into_directory_and_cnap_refuses_dirs(tmp_path: Path, model: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    r = sealing.seal(model / "w.safetensors", out, KEY, key_id="k", segment_size=SEG)
+    r = sealing.seal(model / "w.safetensors", out, KEY, SealOptions(key_id="k", segment_size=SEG))
     assert r.path == out / "w.safetensors.sealed"  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="single files"):
-        sealing.seal(model, tmp_path / "c", KEY, key_id="k", fmt="cnap")
+        sealing.seal(model, tmp_path / "c", KEY, SealOptions(key_id="k"), fmt="cnap")
     with pytest.raises(NotFound):
-        sealing.seal(tmp_path / "absent", tmp_path / "c", KEY, key_id="k")
+        sealing.seal(tmp_path / "absent", tmp_path / "c", KEY, SealOptions(key_id="k"))
 
 
 def test_failed_unseal_removes_temp_dir_and_keeps_old_dst(tmp_path: Path, model: Path) -> None:
-    sealing.seal_directory(model, tmp_path / "s", KEY, key_id="k", segment_size=SEG)
+    sealing.seal_directory(model, tmp_path / "s", KEY, SealOptions(key_id="k", segment_size=SEG))
     sealing.unseal(tmp_path / "s", tmp_path / "o", KEY)
     marker = (tmp_path / "o" / "w.safetensors").read_bytes()
     victim = tmp_path / "s" / "w.safetensors.sealed"
@@ -101,20 +111,24 @@ def test_failed_unseal_removes_temp_dir_and_keeps_old_dst(tmp_path: Path, model:
 
 def test_inspect_single_and_cnap(tmp_path: Path, model: Path) -> None:
     src = model / "w.safetensors"
-    sealing.seal_file(src, tmp_path / "a.sealed", KEY, key_id="k/a/b", segment_size=SEG,
-                      content_type="safetensors")  # fmt: skip
+    sealing.seal_file(
+        src,
+        tmp_path / "a.sealed",
+        KEY,
+        SealOptions(key_id="k/a/b", segment_size=SEG, content_type="safetensors"),
+    )
     info = sealing.inspect(tmp_path / "a.sealed")
     assert info["header"]["content_type"] == "safetensors"
     assert info["segments"] == 4
     json.dumps(info)
-    sealing.seal_file(src, tmp_path / "a.enc", KEY, key_id=None, fmt="cnap")
+    sealing.seal_file(src, tmp_path / "a.enc", KEY, SealOptions(key_id=None), fmt="cnap")
     assert sealing.inspect(tmp_path / "a.enc")["size"] == 3 * SEG + 1
 
 
 def test_directory_failures_name_the_file_and_stay_opaque(tmp_path: Path, model: Path) -> None:
     """Library callers (publish, loaders) get the sealed file's name in the message, the
     same opaque DecryptionError type, and nothing at the destination."""
-    sealing.seal_directory(model, tmp_path / "s", KEY, key_id="k", segment_size=SEG)
+    sealing.seal_directory(model, tmp_path / "s", KEY, SealOptions(key_id="k", segment_size=SEG))
     target = tmp_path / "s" / "w.safetensors.sealed"
     blob = bytearray(target.read_bytes())
     blob[-50] ^= 1

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: TID251
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format import cnap
+from modelseal.format.options import SealOptions
 from modelseal.format.v1 import SealWriter
 
 HERE = Path(__file__).resolve().parent
@@ -53,15 +54,10 @@ def seal(data: bytes, label: str, **extra: Any) -> bytes:
     import io
 
     out = io.BytesIO()
+    path = extra.pop("path", f"{label}.bin")
+    options = SealOptions(key_id=KEY_ID, segment_size=SEG).but(**extra)
     with SealWriter(
-        out,
-        SecretBytes(KEY),
-        size=len(data),
-        key_id=KEY_ID,
-        path=extra.pop("path", f"{label}.bin"),
-        segment_size=SEG,
-        _salt=salt(label),
-        **extra,
+        out, SecretBytes(KEY), options, size=len(data), path=path, _salt=salt(label)
     ) as writer:
         writer.write(data)
     return out.getvalue()
