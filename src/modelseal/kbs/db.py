@@ -31,14 +31,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session
 
 from modelseal.errors import BackendError, ConfigError
 
 __all__ = ["Base", "Database", "sqlite_url"]
-
-#: Execution option naming how a SQLite transaction begins (``IMMEDIATE`` for writers).
-_BEGIN_OPTION = "modelseal_sqlite_begin"
 
 
 class Base(DeclarativeBase):
@@ -64,10 +61,11 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _sqlite_begin(conn: Connection) -> None:
-    mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
-    # straight to the driver: this runs for every transaction, and SQLAlchemy's statement
-    # machinery (events, cursor wrapping) would cost more than SQLite's BEGIN itself
+def _sqlite_begin(conn: Connection, mode: str) -> None:
+    """Open the SQLite transaction on the driver (which runs in autocommit mode here), so a
+    writer can say ``BEGIN IMMEDIATE``. Done by hand instead of in SQLAlchemy's "begin" event
+    hook: any engine-level event listener makes SQLAlchemy dispatch events around every
+    statement (measured: +1,000 Python calls per key release)."""
     driver = conn.connection.driver_connection
     assert driver is not None
     driver.execute(f"BEGIN {mode}")
@@ -160,25 +158,20 @@ class Database:
         if not (url.startswith("sqlite:") or url.startswith("postgresql+psycopg:")):
             raise ConfigError("database URL must be sqlite:///PATH or postgresql://...")
         self._writer: _SqliteWriter | None = None
-        self._write_engine: Engine
         try:
             if url.startswith("sqlite:"):
                 self.engine: Engine = create_engine(
                     url, connect_args={"check_same_thread": False, "timeout": 10}
                 )
                 event.listen(self.engine, "connect", _sqlite_connect)
-                event.listen(self.engine, "begin", _sqlite_begin)
                 database = self.engine.url.database
                 if database and database != ":memory:":
                     self._writer = _SqliteWriter(Path(database))
-                self._write_engine = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
             else:
                 self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-                self._write_engine = self.engine
         except (SQLAlchemyError, ImportError) as exc:
             raise ConfigError(f"cannot use database URL: {type(exc).__name__}") from exc
         self.url = url
-        self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite without a file (tests' :memory:) still serializes this process's writers.
         self._memory_lock = _FairLock()
 
@@ -190,7 +183,7 @@ class Database:
         """Create every table whose module has been imported (idempotent)."""
         try:
             with self._writer_held():
-                Base.metadata.create_all(self._write_engine)
+                Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise BackendError(f"database unavailable: {type(exc).__name__}") from exc
 
@@ -217,12 +210,15 @@ class Database:
         Storage failures surface as :class:`BackendError` (HTTP 503) with the original
         exception chained, never as a raw driver error.
         """
-        with self._writer_held(), self._guard(), self._write_engine.connect() as conn:
+        with self._writer_held(), self._guard(), self.engine.connect() as conn:
             full = durable and self.is_sqlite
             if full:
                 _driver_pragma(conn, "synchronous=FULL")
             try:
-                with conn.begin(), Session(bind=conn, expire_on_commit=False) as session:
+                with (
+                    self._transaction(conn, "IMMEDIATE"),
+                    Session(bind=conn, expire_on_commit=False) as session,
+                ):
                     yield session
                     session.flush()
             finally:
@@ -232,18 +228,23 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """One read-only ORM transaction (no writer lock)."""
-        with self._guard():
-            session = self._read_sessions()
-            try:
-                with session.begin():
-                    yield session
-            finally:
-                session.close()
+        with (
+            self._guard(),
+            self.engine.connect() as conn,
+            self._transaction(conn, "DEFERRED"),
+            Session(bind=conn, expire_on_commit=False) as session,
+        ):
+            yield session
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One Core transaction that may write (the hot release path skips the ORM)."""
-        with self._writer_held(), self._guard(), self._write_engine.begin() as conn:
+        with (
+            self._writer_held(),
+            self._guard(),
+            self.engine.connect() as conn,
+            self._transaction(conn, "IMMEDIATE"),
+        ):
             yield conn
 
     @contextmanager
@@ -281,8 +282,17 @@ class Database:
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:
         """One read-only Core transaction (no writer lock)."""
-        with self._guard(), self.engine.begin() as conn:
+        with self._guard(), self.engine.connect() as conn, self._transaction(conn, "DEFERRED"):
             yield conn
+
+    @contextmanager
+    def _transaction(self, conn: Connection, sqlite_mode: str) -> Iterator[None]:
+        """``conn``'s transaction: SQLAlchemy commits or rolls back; on SQLite the driver
+        first opens it in ``sqlite_mode`` (SQLAlchemy's own begin is a no-op there)."""
+        if self.is_sqlite:
+            _sqlite_begin(conn, sqlite_mode)
+        with conn.begin():
+            yield
 
     @staticmethod
     @contextmanager
