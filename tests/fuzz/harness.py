@@ -243,3 +243,22 @@ def with_fd(parse: Callable[[int], object]) -> Callable[[bytes], object]:
             os.close(fd)
 
     return call
+
+
+def json_input(parse: Callable[[Any], object]) -> Callable[[bytes], object]:
+    """Adapt a validator of decoded JSON to bytes: text that is not JSON is the caller's
+    problem (each caller maps it to its own error), so only JSON values reach ``parse``."""
+
+    def call(data: bytes) -> object:
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+        return parse(value)
+
+    return call
+
+
+def text_input(parse: Callable[[str], object]) -> Callable[[bytes], object]:
+    """Adapt a parser of text (a header or cookie value) to bytes, one character a byte."""
+    return lambda data: parse(data.decode("latin-1"))
