@@ -66,7 +66,10 @@ def _number(payload: Mapping[str, Any], name: str) -> float:
     value = payload.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenError(f"token claim {name!r} missing or not a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond the float range
+        raise TokenError(f"token claim {name!r} is out of range") from None
 
 
 class TokenSigningKey:
