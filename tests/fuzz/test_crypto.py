@@ -1,0 +1,133 @@
+"""Fuzz targets: the JOSE objects peers send (the TEE's public JWK, the KBS's JWE resource
+response, the KBS's own EAR tokens presented back to it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import strategies as st
+
+from modelseal._internal.clock import FixedClock
+from modelseal.crypto.jwe import decrypt, encrypt
+from modelseal.crypto.jwk import TeeKeyPair, recipient_from_jwk
+from modelseal.crypto.signing import TokenSigningKey, split_jwt
+from modelseal.kbs.tokens import TokenService
+from modelseal.protocol.claims import Claims
+from tests.fuzz.harness import HOSTILE_TEXT, Target, json_input, json_mutated, run, text_input
+
+NOW = 1_790_000_000.0
+CLAIMS = Claims(
+    tee="tdx",
+    debug=False,
+    report_data=b"\x01" * 64,
+    tcb_status="UpToDate",
+    advisories=("INTEL-SA-1",),
+    measurements={"mr_td": "ab" * 48},
+    init_data={"model": "m"},
+    extra={"fmspc": "00606a000000"},
+)
+
+
+@cache
+def _pairs() -> tuple[TeeKeyPair, ...]:
+    return (TeeKeyPair.generate("ECDH-ES+A256KW-P256"), TeeKeyPair.generate("RSA-OAEP-256"))
+
+
+@cache
+def _tokens() -> TokenService:
+    return TokenService(
+        TokenSigningKey.generate(),
+        issuer="kbs",
+        audience="kbs",
+        ttl=300,
+        insecure=False,
+        clock=FixedClock(NOW),
+    )
+
+
+def _jwe_docs() -> list[Any]:
+    return [encrypt(b"\x07" * 32, recipient_from_jwk(p.public_jwk())) for p in _pairs()]
+
+
+def _jwe_decrypt(data: bytes) -> object:
+    """Decrypt with the key whose algorithm the document names (EC for most mutations)."""
+    ec_pair, rsa_pair = _pairs()
+    pair = rsa_pair if b"RSA-OAEP" in data[:2000] else ec_pair
+    return json_input(lambda doc: decrypt(doc, pair))(data)
+
+
+def _real_tokens() -> list[bytes]:
+    svc = _tokens()
+    jwk = _pairs()[0].public_jwk()
+    return [svc.issue(CLAIMS, nonce="bm9uY2U=", tee_pubkey=jwk)[0].encode()]
+
+
+def _payloads() -> list[Any]:
+    _, payload, _, _ = split_jwt(_real_tokens()[0].decode())
+    return [payload]
+
+
+def _signed_payload(data: bytes) -> object:
+    """What the KBS's verification path does with a payload that carries a valid signature:
+    the KBS signs the mutated payload, so everything after the signature check is reached."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    svc = _tokens()
+    try:
+        token = svc.key.sign_jwt(payload)
+    except UnicodeEncodeError:  # lone surrogates: no JSON text, so no token, carries them
+        return None
+    return svc.verify(token)
+
+
+@st.composite
+def _token_parts(draw: st.DrawFn) -> bytes:
+    """A real token with one segment replaced by base64url of mutated or random JSON."""
+    parts = _real_tokens()[0].decode().split(".")
+    i = draw(st.integers(0, 2))
+    raw = draw(json_mutated(_payloads()) | st.binary(max_size=200))
+    parts[i] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return ".".join(parts).encode()
+
+
+TARGETS = [
+    Target(
+        "jwk-recipient",
+        json_input(recipient_from_jwk),
+        lambda: [json.dumps(p.public_jwk()).encode() for p in _pairs()],
+        extra=lambda: json_mutated([p.public_jwk() for p in _pairs()]),
+    ),
+    Target(
+        "jwe-decrypt",
+        _jwe_decrypt,
+        lambda: [json.dumps(d).encode() for d in _jwe_docs()],
+        extra=lambda: json_mutated(_jwe_docs()),
+    ),
+    Target("jwt-split", text_input(split_jwt), _real_tokens, extra=_token_parts),
+    Target(
+        "token-verify",
+        text_input(lambda t: _tokens().verify(t)),
+        _real_tokens,
+        extra=_token_parts,
+    ),
+    Target(
+        "token-claims",
+        _signed_payload,
+        lambda: [json.dumps(p).encode() for p in _payloads()],
+        extra=lambda: json_mutated(_payloads()),
+        hostile=HOSTILE_TEXT[2:],
+    ),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=str)
+def test_fuzz(target: Target) -> None:
+    run(target)
