@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint typecheck imports pytest bench system clean venv
+.PHONY: run test lint typecheck imports pytest bench fuzz system clean venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,15 @@ pytest: venv system
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test: lint typecheck imports pytest
+
+# every fuzz target for FUZZ_SECONDS each: hypothesis (structure-aware), then atheris
+# (coverage-guided, from the real seeds); FUZZ_TARGETS="tdx-quote snp-report" narrows it
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: venv
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=0 \
+		tests/fuzz $(if $(FUZZ_TARGETS),-k "$(subst $(eval) , or ,$(strip $(FUZZ_TARGETS)))")
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 bench: venv
 	$(PY) -m bench

@@ -32,7 +32,7 @@ FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS") or 0)
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
     "fuzz-quick",
-    max_examples=int(os.environ.get("FUZZ_QUICK_EXAMPLES") or 30),
+    max_examples=int(os.environ.get("FUZZ_QUICK_EXAMPLES") or 50),
     deadline=None,
     suppress_health_check=_HEALTH,
 )

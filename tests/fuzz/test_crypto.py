@@ -127,6 +127,8 @@ TARGETS = [
     ),
 ]
 
+pytestmark = pytest.mark.fuzz
+
 
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 def test_fuzz(target: Target) -> None:

@@ -149,6 +149,8 @@ TARGETS = [
     Target("partial-unseal", with_fd(lambda fd: unseal_partial(fd, None, KEY)), _partial),
 ]
 
+pytestmark = pytest.mark.fuzz
+
 
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 def test_fuzz(target: Target) -> None:

@@ -136,6 +136,8 @@ TARGETS = [
     Target("snp-cert-table", parse_cert_table, require(_cert_tables), max_random=400),
 ]
 
+pytestmark = pytest.mark.fuzz
+
 
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 def test_fuzz(target: Target) -> None:

@@ -86,6 +86,9 @@ def read_json_seed(path: Any) -> list[bytes]:
     return [path.read_bytes()] if path.is_file() else []
 
 
+pytestmark = pytest.mark.fuzz
+
+
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 def test_fuzz(target: Target) -> None:
     run(target)
