@@ -12,6 +12,7 @@ import pytest
 from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
+from modelseal.crypto.cnap_wrap import WorkloadKey, WorkloadKeyPair
 from modelseal.crypto.jwe import decrypt, encrypt
 from modelseal.crypto.jwk import TeeKeyPair, recipient_from_jwk
 from modelseal.crypto.signing import TokenSigningKey, split_jwt
@@ -98,7 +99,15 @@ def _token_parts(draw: st.DrawFn) -> bytes:
     return ".".join(parts).encode()
 
 
+@cache
+def _workload_keys() -> tuple[bytes, ...]:
+    """A workload's RSA public key as CNAP (DER SPKI) and ITA (exponent, modulus) send it."""
+    key = WorkloadKeyPair(3072).public
+    return (key.spki_der(), key.ita_bytes())
+
+
 TARGETS = [
+    Target("cnap-workload-key", WorkloadKey.from_user_data, _workload_keys),
     Target(
         "jwk-recipient",
         json_input(recipient_from_jwk),

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from modelseal.kbs import transfer_api
 from modelseal.protocol import admin
 from modelseal.protocol.kbs import (
     AttestationRequest,
@@ -136,7 +137,22 @@ def _admin(
     )
 
 
+TRANSFER = {
+    "quote": "AAAA",
+    "nonce": {"val": "bm9uY2U=", "iat": "2026-11-22T00:00:00Z", "signature": "c2ln"},
+    "user_data": "MIIBIjAN",
+    "event_log": None,
+    "init_data": None,
+}
+
 TARGETS = [
+    Target(
+        "cnap-transfer",
+        transfer_api._parse,
+        lambda: [json.dumps(TRANSFER).encode(), b"", b"{}"],
+        extra=lambda: json_mutated([TRANSFER]),
+        hostile=HOSTILE_TEXT,
+    ),
     _wire(ModelInfo, INFO, CNAP_INFO),
     _wire(ModelList, {"models": [INFO, CNAP_INFO]}),
     _wire(ModelRegistration, REGISTRATION),
