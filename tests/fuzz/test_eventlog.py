@@ -10,7 +10,7 @@ import pytest
 from modelseal.tee.eventlog import extract_components, parse_event_log, replay_tcg2
 from modelseal.tee.eventlog.ccel import parse_ccel_table, verify_ccel
 from modelseal.tee.tpm.structures import HASH_IDS
-from tests.fuzz.harness import Target, read_vectors, require, run, shared
+from tests.fuzz.harness import Target, read_vectors, run, shared
 
 CCEL = [
     shared("eventlog", "trustee", name)
@@ -57,12 +57,12 @@ def _replay_tcg2(data: bytes) -> object:
 
 
 TARGETS = [
-    Target("ccel-verify", lambda b: verify_ccel(b, None), require(_ccel)),
-    Target("tcg2-replay", _replay_tcg2, require(_tcg2)),
+    Target("ccel-verify", lambda b: verify_ccel(b, None), _ccel),
+    Target("tcg2-replay", _replay_tcg2, _tcg2),
     Target(
         "ccel-table",
         parse_ccel_table,
-        require(lambda: read_vectors(shared("eventlog", "go-tdx-guest", "ccel_table.dat"))),
+        lambda: read_vectors(shared("eventlog", "go-tdx-guest", "ccel_table.dat")),
         max_random=100,
     ),
 ]

@@ -112,7 +112,7 @@ def _verify_with_collateral(doc: Any) -> object:
 
 
 TARGETS = [
-    Target("tdx-quote", parse_quote, require(_quotes), max_random=1_000),
+    Target("tdx-quote", parse_quote, _quotes, max_random=1_000),
     Target("tdx-evidence-bytes", decode_evidence, require(_evidence_forms), hostile=HOSTILE_TEXT),
     Target(
         "tdx-evidence-json",

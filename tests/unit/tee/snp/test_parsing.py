@@ -197,25 +197,11 @@ def test_evidence_without_certificates_names_kds_url() -> None:
         Verifier().verify(evidence, expected_report_data=bytes(64), now=0)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=0, max_size=1300))
-def test_parse_report_never_crashes(data: bytes) -> None:
-    with contextlib.suppress(EvidenceError):
-        parse_report(data)
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=REPORT_SIZE, max_size=REPORT_SIZE))
 def test_full_size_random_reports_never_crash(data: bytes) -> None:
     with contextlib.suppress(EvidenceError):
         Verifier().verify_report(data, now=0)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=400))
-def test_cert_table_never_crashes(data: bytes) -> None:
-    with contextlib.suppress(EvidenceError):
-        parse_cert_table(data)
 
 
 _json = st.recursive(
