@@ -134,7 +134,7 @@ def mint_admin_token(
 def _json_part(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(part, what=what))
-    except (FormatError, ValueError, UnicodeDecodeError):
+    except (FormatError, ValueError, UnicodeDecodeError, RecursionError):  # deep nesting
         raise TokenError(f"malformed admin token {what}") from None
     if not isinstance(value, dict):
         raise TokenError(f"malformed admin token {what}")
