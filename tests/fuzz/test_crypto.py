@@ -4,6 +4,8 @@ response, the KBS's own EAR tokens presented back to it)."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from functools import cache
 from typing import Any
@@ -12,10 +14,13 @@ import pytest
 from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
+from modelseal._internal.encoding import b64url_encode
 from modelseal.crypto.cnap_wrap import WorkloadKey, WorkloadKeyPair
 from modelseal.crypto.jwe import decrypt, encrypt
 from modelseal.crypto.jwk import TeeKeyPair, recipient_from_jwk
+from modelseal.crypto.secret import SecretBytes
 from modelseal.crypto.signing import TokenSigningKey, split_jwt
+from modelseal.kbs.admin_auth import mint_admin_token, verify_admin_token
 from modelseal.kbs.tokens import TokenService
 from modelseal.protocol.claims import Claims
 from tests.fuzz.harness import HOSTILE_TEXT, Target, json_input, json_mutated, run, text_input
@@ -106,7 +111,42 @@ def _workload_keys() -> tuple[bytes, ...]:
     return (key.spki_der(), key.ita_bytes())
 
 
+ADMIN_KEY = SecretBytes(bytes(range(32)))
+
+
+def _admin_tokens() -> list[bytes]:
+    return [
+        mint_admin_token(ADMIN_KEY, role=role, now=NOW).encode() for role in ("admin", "auditor")
+    ]
+
+
+def _admin_signed(data: bytes) -> object:
+    """An admin token whose (fuzzed) payload carries a valid HMAC: the claim checks."""
+    header = b64url_encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64url_encode(data)}".encode()
+    mac = hmac.new(ADMIN_KEY.reveal(), signing_input, hashlib.sha256).digest()
+    return verify_admin_token(f"{signing_input.decode()}.{b64url_encode(mac)}", ADMIN_KEY, now=NOW)
+
+
+def _admin_payloads() -> list[Any]:
+    return [json.loads(base64.urlsafe_b64decode(t.split(b".")[1] + b"==")) for t in _admin_tokens()]
+
+
 TARGETS = [
+    Target(
+        "admin-token",
+        text_input(lambda t: verify_admin_token(t, ADMIN_KEY, now=NOW)),
+        _admin_tokens,
+        # nesting deep enough to exhaust the recursion limit, short enough to pass the length cap
+        hostile=[b64url_encode(b"[" * 2_500).encode() + b".e30.AA"],
+    ),
+    Target(
+        "admin-token-claims",
+        _admin_signed,
+        lambda: [json.dumps(p).encode() for p in _admin_payloads()],
+        extra=lambda: json_mutated(_admin_payloads()),
+        hostile=HOSTILE_TEXT,
+    ),
     Target("cnap-workload-key", WorkloadKey.from_user_data, _workload_keys),
     Target(
         "jwk-recipient",
