@@ -30,7 +30,8 @@ def _init_data_claims(init_data: bytes) -> tuple[str, dict[str, str]]:
     """
     try:
         doc = tomllib.loads(init_data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
+        # tomllib recurses per nesting level; integers over 4,300 digits raise ValueError
         raise EvidenceError("init-data is not a valid TOML document") from exc
     algorithm = doc.get("algorithm")
     fn = _INIT_DATA_HASHES.get(algorithm) if isinstance(algorithm, str) else None
