@@ -66,6 +66,13 @@ def _jwe_decrypt(data: bytes) -> object:
     return json_input(lambda doc: decrypt(doc, pair))(data)
 
 
+def _jwe_with_header(protected: bytes) -> bytes:
+    """A JWE whose protected header is ``protected`` (the other members are well formed)."""
+    members = ("encrypted_key", "iv", "ciphertext", "tag")
+    doc = {"protected": b64url_encode(protected), **{m: b64url_encode(bytes(16)) for m in members}}
+    return json.dumps(doc).encode()
+
+
 def _real_tokens() -> list[bytes]:
     svc = _tokens()
     jwk = _pairs()[0].public_jwk()
@@ -159,6 +166,7 @@ TARGETS = [
         _jwe_decrypt,
         lambda: [json.dumps(d).encode() for d in _jwe_docs()],
         extra=lambda: json_mutated(_jwe_docs()),
+        hostile=[_jwe_with_header(h) for h in (b"[" * 5_000, b"9" * 5_000)],
     ),
     Target("jwt-split", text_input(split_jwt), _real_tokens, extra=_token_parts),
     Target(

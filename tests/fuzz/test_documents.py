@@ -12,6 +12,7 @@ import yaml
 
 from modelseal.policy.document import parse_policy_text
 from modelseal.tee.initdata import parse_init_data
+from modelseal.tee.sample.verifier import Verifier as SampleVerifier
 from tests.conftest import ROOT
 from tests.fuzz.harness import HOSTILE_TEXT, HOSTILE_TOML, Target, json_mutated, run
 
@@ -33,6 +34,15 @@ HOSTILE_YAML = (
     b"- " * 50_000 + b"x",
 )
 
+
+def _sample_verify(init_data: bytes) -> object:
+    """The sample TEE's verifier reads the init-data claims itself."""
+    evidence = {"svn": "1", "report_data": "AQID"}
+    return SampleVerifier().verify(
+        evidence, expected_report_data=b"\x01\x02\x03", now=0, init_data=init_data
+    )
+
+
 TARGETS = [
     Target(
         "policy",
@@ -47,6 +57,12 @@ TARGETS = [
     Target(
         "init-data",
         parse_init_data,
+        lambda: [(EXAMPLES / "initdata.toml").read_bytes()],
+        hostile=HOSTILE_TOML,
+    ),
+    Target(
+        "sample-init-data",
+        _sample_verify,
         lambda: [(EXAMPLES / "initdata.toml").read_bytes()],
         hostile=HOSTILE_TOML,
     ),
