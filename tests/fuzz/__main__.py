@@ -14,6 +14,7 @@ structure-aware mutations). A crash leaves its input in ``--artifacts`` (default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import subprocess
@@ -34,20 +35,27 @@ FAMILIES = (
 )
 
 
-def _targets() -> dict[str, Any]:
+def _targets(stack: contextlib.ExitStack | None = None) -> dict[str, Any]:
+    """Every target by name; with ``stack``, also those needing a live loopback server
+    (their servers stop when the stack closes)."""
     found: dict[str, Any] = {}
     for name in FAMILIES:
-        for target in importlib.import_module(name).TARGETS:
+        module = importlib.import_module(name)
+        targets = list(module.TARGETS)
+        served = getattr(module, "served_targets", None)
+        if served is not None and stack is not None:
+            targets += stack.enter_context(served())
+        for target in targets:
             found[target.name] = target
     return found
 
 
-def _instrumented_targets() -> dict[str, Any]:
+def _instrumented_targets(stack: contextlib.ExitStack) -> dict[str, Any]:
     """The targets, with modelseal imported under atheris's coverage instrumentation."""
     import atheris
 
     with atheris.instrument_imports(include=["modelseal"]):
-        return _targets()
+        return _targets(stack)
 
 
 def _run_one(name: str, seconds: int, mode: str, artifacts: Path) -> int:
@@ -57,7 +65,8 @@ def _run_one(name: str, seconds: int, mode: str, artifacts: Path) -> int:
 
     from tests.fuzz.harness import check
 
-    target = _instrumented_targets()[name]
+    stack = contextlib.ExitStack()
+    target = _instrumented_targets(stack)[name]
     try:
         seeds = list(target.seeds())
     except pytest.skip.Exception as exc:
@@ -97,7 +106,8 @@ def _run_one(name: str, seconds: int, mode: str, artifacts: Path) -> int:
 def _replay(path: Path, name: str) -> int:
     from tests.fuzz.harness import check
 
-    check(_targets()[name], path.read_bytes())
+    with contextlib.ExitStack() as stack:
+        check(_targets(stack)[name], path.read_bytes())
     print(f"{name}: {path} ends in success or a documented error")
     return 0
 
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_one(args.one, args.seconds, args.mode, args.artifacts / args.one)
     if args.replay:
         return _replay(args.replay, args.names[0])
-    names = list(_targets())
+    with contextlib.ExitStack() as stack:
+        names = list(_targets(stack))
     if args.list:
         print("\n".join(names))
         return 0

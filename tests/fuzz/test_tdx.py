@@ -4,16 +4,20 @@ the parsers up to the full verifier, mutating real quotes and collateral."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import urllib.parse
+from collections.abc import Iterator
 from functools import cache
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
 
 import pytest
 
 from modelseal._internal.encoding import hex_decode
 from modelseal.errors import EvidenceError
 from modelseal.tee.base import VerifierConfig
-from modelseal.tee.tdx.collateral import CollateralSet, parse_collateral
+from modelseal.tee.tdx.collateral import CollateralSet, CollateralStore, parse_collateral
 from modelseal.tee.tdx.evidence import decode_evidence
 from modelseal.tee.tdx.quote import parse_quote
 from modelseal.tee.tdx.sgx.verifier import Verifier as SgxVerifier
@@ -28,6 +32,7 @@ from tests.fuzz.harness import (
     run,
     shared,
 )
+from tests.unit.tee.tdx.test_collateral import _serving
 
 #: inside the validity window of tdx_quote_collateral.json and sgx_quote_collateral.json
 NOW = 1752919234
@@ -111,6 +116,72 @@ def _verify_with_collateral(doc: Any) -> object:
     )
 
 
+#: PCCS endpoints (path, issuer-chain header, collateral member of the chain)
+PCCS = (
+    ("/sgx/certification/v4/pckcrl", "SGX-PCK-CRL-Issuer-Chain", "pck_crl_issuer_chain"),
+    ("/sgx/certification/v4/rootcacrl", None, None),
+    ("/tdx/certification/v4/tcb", "TCB-Info-Issuer-Chain", "tcb_info_issuer_chain"),
+    (
+        "/tdx/certification/v4/qe/identity",
+        "SGX-Enclave-Identity-Issuer-Chain",
+        "qe_identity_issuer_chain",
+    ),
+)
+
+
+def _pccs_bodies() -> list[bytes]:
+    """What a PCCS serves for the real collateral, endpoint by endpoint."""
+    doc = _collateral_docs()[0]
+    return [
+        bytes.fromhex(doc["pck_crl"]),
+        doc["root_ca_crl"].encode(),
+        f'{{"tcbInfo":{doc["tcb_info"]},"signature":"{doc["tcb_info_signature"]}"}}'.encode(),
+        f'{{"enclaveIdentity":{doc["qe_identity"]},"signature":"{doc["qe_identity_signature"]}"}}'.encode(),
+    ]  # fmt: skip
+
+
+class _Pccs(BaseHTTPRequestHandler):
+    """Serves the real collateral, with one endpoint's body replaced by the fuzzed one."""
+
+    bodies: ClassVar[list[bytes]] = []
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlparse(self.path).path
+        index = next((i for i, e in enumerate(PCCS) if e[0] == path), None)
+        if index is None:
+            self.send_error(404)
+            return
+        body, header = self.bodies[index], PCCS[index][1]
+        self.send_response(200)
+        if header is not None:
+            member = PCCS[index][2]
+            self.send_header(header, urllib.parse.quote(_collateral_docs()[0][member]))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _pccs_target(url: str) -> Target:
+    """Collateral downloaded from a hostile PCCS: the first byte picks the endpoint whose
+    body the rest replaces (seeds: each real body)."""
+
+    def fetch(data: bytes) -> object:
+        bodies = _pccs_bodies()
+        if data:
+            bodies[data[0] % len(bodies)] = data[1:]
+        _Pccs.bodies = bodies
+        return CollateralStore(pccs_url=url, timeout=5).get("TDX", "b0c06f000000", "platform", NOW)
+
+    return Target(
+        "tdx-pccs",
+        fetch,
+        require(lambda: [bytes([i]) + body for i, body in enumerate(_pccs_bodies())]),
+    )
+
+
 TARGETS = [
     Target("tdx-quote", parse_quote, _quotes, max_random=1_000),
     Target("tdx-evidence-bytes", decode_evidence, require(_evidence_forms), hostile=HOSTILE_TEXT),
@@ -141,3 +212,16 @@ pytestmark = pytest.mark.fuzz
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 def test_fuzz(target: Target) -> None:
     run(target)
+
+
+@contextlib.contextmanager
+def served_targets() -> Iterator[list[Target]]:
+    """Targets that need a live loopback server (the atheris runner uses this too)."""
+    with _serving(_Pccs) as url:
+        yield [_pccs_target(url)]
+
+
+def test_fuzz_served() -> None:
+    with served_targets() as targets:
+        for target in targets:
+            run(target)
