@@ -5,6 +5,7 @@ the full verifier, mutating real reports and certificates."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import struct
 import uuid
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from modelseal.crypto.x509_test_ca import P256Key, issue_crl
 from modelseal.errors import EvidenceError
+from modelseal.tee.snp.certs import pinned
 from modelseal.tee.snp.evidence import (
     CERT_GUIDS,
     CertEntry,
@@ -22,7 +25,7 @@ from modelseal.tee.snp.evidence import (
     parse_cert_table,
     report_bytes_from_json,
 )
-from modelseal.tee.snp.report import parse_report
+from modelseal.tee.snp.report import Product, parse_report
 from modelseal.tee.snp.verifier import Verifier
 from tests.fuzz.harness import Target, json_input, json_mutated, require, run, shared
 
@@ -93,6 +96,31 @@ def _verify_certificate(data: bytes) -> object:
     return _verify(json.loads(json.dumps(evidence)))
 
 
+@cache
+def _crls() -> tuple[bytes, ...]:
+    """CRLs in the pinned Milan ARK's name (so the verifier reaches the signature check),
+    signed by a test key; DER as AMD's KDS serves them."""
+    ark = pinned(Product.MILAN)["ARK"]
+    now = dt.datetime.fromtimestamp(NOW, dt.UTC)
+    return tuple(
+        issue_crl(
+            issuer_key=P256Key.generate(),
+            issuer_cert=ark,
+            revoked_serials=serials,
+            this_update=now - dt.timedelta(days=1),
+            next_update=now + dt.timedelta(days=30),
+        )
+        for serials in ([], [1, 2**64])
+    )
+
+
+def _verify_crl(data: bytes) -> object:
+    """The real Milan report and VCEK with a fuzzed CRL alongside."""
+    report, key, kind = _pairs()[0]
+    evidence = build_evidence(report, [CertEntry(kind, key), CertEntry("CRL", data)])
+    return _verify(json.loads(json.dumps(evidence)))
+
+
 def _common_prefix(a: bytes, b: bytes) -> int:
     return next(
         (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
@@ -127,6 +155,7 @@ TARGETS = [
     Target(
         "snp-verify-certificate", _verify_certificate, require(lambda: [k for _, k, _ in _pairs()])
     ),
+    Target("snp-verify-crl", _verify_crl, require(lambda: _crls() if _pairs() else ())),
     Target(
         "snp-evidence-json",
         json_input(_verify),
