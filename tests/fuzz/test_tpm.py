@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from modelseal.crypto.tpm_sig import certificate_spki
+from modelseal.crypto.x509_pem import cert_der, parse_certificates
 from modelseal.errors import EvidenceError
 from modelseal.tee.tpm.structures import parse_attest, parse_public, parse_signature
 from modelseal.tee.tpm.trust import TrustStore
@@ -68,10 +70,41 @@ def _verify_message(data: bytes) -> object:
     return _verify(doc)
 
 
+GOOGLE = shared("tpm", "go-tpm-tools")
+
+
+@cache
+def _google_chain() -> tuple[bytes, bytes, Any] | None:
+    """(GCE AK certificate, its intermediate CA, the root CA): a real AK chain."""
+    gce = _json(GCE)
+    if gce is None:
+        return None
+    intermediate, root = (
+        parse_certificates((GOOGLE / name).read_bytes())[0]
+        for name in ("tpm_ek_intermediate_2.crt", "tpm_ek_root_1.cer")
+    )
+    return bytes.fromhex(gce["ak_cert_der"]), cert_der(intermediate), root
+
+
+def _check_ak_certificate(data: bytes) -> object:
+    """The KBS's AK-certificate path: a fuzzed AK certificate, the real intermediate, the
+    real root as the configured anchor, the real AK as the quoting key."""
+    chain = _google_chain()
+    assert chain is not None
+    ak, intermediate, root = chain
+    ak_spki = certificate_spki(parse_certificates(ak)[0])
+    return TrustStore(anchors=[root]).check(ak_spki, [data, intermediate], now=NOW)
+
+
 TARGETS = [
     Target("tpm-attest", parse_attest, lambda: _parts("message"), max_random=400),
     Target("tpm-signature", parse_signature, lambda: _parts("signature"), max_random=600),
     Target("tpm-public", parse_public, lambda: _parts("public"), max_random=600),
+    Target(
+        "tpm-ak-certificate",
+        _check_ak_certificate,
+        require(lambda: [c[0] for c in [_google_chain()] if c is not None]),
+    ),
     Target("tpm-verify-message", _verify_message, require(lambda: _parts("message")[:1])),
     Target(
         "tpm-evidence-json",
