@@ -126,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", type=Path, help="feed this file to the one named target")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not (args.list or args.replay):
+        try:
+            import atheris  # noqa: F401
+        except ImportError:
+            print(
+                "atheris is not installed (the dev extra has it on Linux x86-64)", file=sys.stderr
+            )
+            return 2
     if args.one:
         return _run_one(args.one, args.seconds, args.mode, args.artifacts / args.one)
     if args.replay:
