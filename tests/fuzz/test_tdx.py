@@ -179,6 +179,7 @@ def _pccs_target(url: str) -> Target:
         "tdx-pccs",
         fetch,
         require(lambda: [bytes([i]) + body for i, body in enumerate(_pccs_bodies())]),
+        quick_examples=15,  # four loopback HTTP requests each
     )
 
 
