@@ -41,9 +41,11 @@ test: lint typecheck imports pytest
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=
 fuzz: venv
-	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=0 \
-		tests/fuzz $(if $(FUZZ_TARGETS),-k "$(subst $(eval) , or ,$(strip $(FUZZ_TARGETS)))")
-	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+	@status=0; \
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=0 tests/fuzz \
+		$(if $(FUZZ_TARGETS),-k "$(subst $(eval) , or ,$(strip $(FUZZ_TARGETS)))") || status=1; \
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS) || status=1; \
+	exit $$status
 
 bench: venv
 	$(PY) -m bench
