@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint typecheck imports pytest soak bench system clean venv
+.PHONY: run test lint typecheck imports pytest soak bench fuzz system clean venv
 
 venv: $(STAMP)
 
@@ -42,6 +42,17 @@ SOAK_KILLS ?= 200
 soak: venv system
 	MODELSEAL_SOAK_KILLS=$(SOAK_KILLS) $(VENV)/bin/pytest -q -p no:cacheprovider -m soak \
 		--timeout 0 -s tests/e2e/durability
+
+# every fuzz target for FUZZ_SECONDS each: hypothesis (structure-aware), then atheris
+# (coverage-guided, from the real seeds); FUZZ_TARGETS="tdx-quote snp-report" narrows it
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: venv
+	@status=0; \
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=0 tests/fuzz \
+		$(if $(FUZZ_TARGETS),-k "$(subst $(eval) , or ,$(strip $(FUZZ_TARGETS)))") || status=1; \
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS) || status=1; \
+	exit $$status
 
 bench: venv
 	$(PY) -m bench

@@ -220,6 +220,9 @@ def load_toml(
         raise FormatError(f"{what} is not valid TOML ({str(exc)[:120]})") from None
     except RecursionError:
         raise too_deep(what, max_depth) from None
+    except ValueError:
+        # an integer of more digits than Python converts (sys.get_int_max_str_digits())
+        raise FormatError(f"{what} is not valid TOML (a number is too long)") from None
     check_depth(doc, what=what, max_depth=max_depth)
     return doc
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -72,7 +73,7 @@ class WorkloadKey:
         if user_data[0] == 0x30:
             try:
                 key = serialization.load_der_public_key(user_data)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, UnsupportedAlgorithm):  # unknown algorithm OID
                 key = None
             if key is not None:
                 if not isinstance(key, rsa.RSAPublicKey):

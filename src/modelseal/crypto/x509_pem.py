@@ -27,8 +27,10 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
     """DER (one) or PEM (one or more) certificates from untrusted bytes.
 
     Every malformation is a ``ValueError``: pyca raises ``InvalidVersion`` for an unknown
-    version field and ``DuplicateExtension`` (on first access to ``extensions``) for a
-    repeated extension, neither a ``ValueError``, and a flipped byte produces either. The
+    version field, ``DuplicateExtension`` (on first access to ``extensions``) for a
+    repeated extension and ``TypeError`` for a name attribute of the wrong ASN.1 type inside
+    an extension (a BIT STRING under another OID than x500UniqueIdentifier), none of them a
+    ``ValueError``, and a flipped byte produces any of them. The
     extensions are therefore parsed here, once, so later accesses cannot raise them. pyca's
     deprecation warnings (e.g. AMD's zero serial numbers) are silenced: vendor roots that
     trip them are still the roots vendors sign with.
@@ -44,7 +46,7 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
                 _ = cert.extensions  # parsed lazily by pyca; cached after this access
     except x509.InvalidVersion as exc:
         raise ValueError(f"unsupported certificate version: {exc}") from None
-    except x509.DuplicateExtension as exc:
+    except (x509.DuplicateExtension, TypeError) as exc:
         raise ValueError(f"malformed certificate: {exc}") from None
     if not certs:
         raise ValueError("no certificate")

@@ -73,6 +73,16 @@ def test_non_rsa_spki_refused() -> None:
         WorkloadKey.from_user_data(EC_SPKI)
 
 
+def test_spki_with_an_unknown_algorithm_refused() -> None:
+    """rsaEncryption's OID changed to 1.2.840.113549.1.1.99 (same length): cryptography raises
+    UnsupportedAlgorithm, which escaped the documented FormatError (found by fuzzing)."""
+    spki = PAIR.public.spki_der()
+    rsa_oid = bytes.fromhex("2a864886f70d010101")
+    assert spki.count(rsa_oid) == 1
+    with pytest.raises(FormatError):
+        WorkloadKey.from_user_data(spki.replace(rsa_oid, rsa_oid[:-1] + b"\x63"))
+
+
 def test_repr_hides_private_key() -> None:
     assert "redacted" in repr(PAIR)
 

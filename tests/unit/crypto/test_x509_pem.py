@@ -96,3 +96,15 @@ def test_duplicate_extension_is_value_error() -> None:
     assert oid_5 in der
     with pytest.raises(ValueError, match="Duplicate"):
         parse_certificates(der.replace(oid_5, oid_4))
+
+
+def test_name_attribute_of_the_wrong_type_is_a_value_error() -> None:
+    """A subjectAltName directoryName whose attribute is a BIT STRING under an OID other
+    than x500UniqueIdentifier: pyca raised TypeError while parsing the extensions, which
+    escaped the TPM AK-certificate check (found by fuzzing)."""
+    attribute = bytes.fromhex("3009 060355042e 03020001")  # SEQUENCE { 2.5.4.46, BIT STRING }
+    name = b"\x30\x0d\x31\x0b" + attribute
+    san = b"\x30\x11\xa4\x0f" + name  # GeneralNames [ directoryName ]
+    cert = _self_signed(P256Key.generate(), "ak", ca=False, extra_extensions=[("2.5.29.17", san)])
+    with pytest.raises(ValueError, match="malformed certificate"):
+        parse_certificates(cert_der(cert))

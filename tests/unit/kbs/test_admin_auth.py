@@ -78,6 +78,14 @@ def test_not_yet_valid() -> None:
         verify_admin_token(early, KEY, now=NOW)
 
 
+def test_deeply_nested_header_is_a_token_error() -> None:
+    """Parsed before the signature check, so anyone could send it; it raised RecursionError
+    (found by fuzzing)."""
+    token = b64url_encode(b"[" * 2_500) + ".e30.AA"
+    with pytest.raises(TokenError, match="malformed admin token header"):
+        verify_admin_token(token, KEY, now=NOW)
+
+
 def test_wrong_key() -> None:
     token = mint_admin_token(KEY, now=NOW)
     with pytest.raises(TokenError, match="signature"):

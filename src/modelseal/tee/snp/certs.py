@@ -79,7 +79,7 @@ def classify(cert: x509.Certificate) -> AmdCert:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             subject, issuer = _cn(cert.subject), _cn(cert.issuer)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: an attribute of the wrong ASN.1 type
         raise EvidenceError("malformed certificate name") from exc
     if subject.startswith("ARK-"):
         return AmdCert("ARK", _product_of(subject), cert)
@@ -255,7 +255,11 @@ def _revoked(
     ever add revocations, so dropping a forged one never un-revokes anything.
     """
     for crl in crls:
-        if crl.issuer != issuer.subject:
+        try:
+            same_issuer = crl.issuer == issuer.subject
+        except (ValueError, TypeError):  # a malformed name (pyca parses names lazily)
+            same_issuer = False
+        if not same_issuer:
             continue
         if not crl_signed_by(crl, issuer):
             continue

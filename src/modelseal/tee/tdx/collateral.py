@@ -43,7 +43,10 @@ _REQUIRED = (
 )
 
 
-def _ts(text: str) -> float:
+def _ts(text: object) -> float:
+    """An ISO 8601 date of the collateral; ``TypeError``/``ValueError`` if it is not one."""
+    if not isinstance(text, str):
+        raise TypeError("collateral date is not a string")
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 

@@ -82,6 +82,18 @@ def test_init_data_claims() -> None:
             )
 
 
+@pytest.mark.parametrize(
+    "bad", [b"a = " + b"[" * 2_000 + b"]" * 2_000, b"a = " + b"9" * 5_000], ids=["deep", "digits"]
+)
+def test_hostile_init_data_is_an_evidence_error(bad: bytes) -> None:
+    """tomllib recurses per nesting level and refuses integers over 4,300 digits with a plain
+    ValueError: both escaped as other exception types (found by fuzzing)."""
+    with pytest.raises(EvidenceError):
+        _verifier().verify(
+            Attester().evidence(DIGEST), expected_report_data=DIGEST, now=0, init_data=bad
+        )
+
+
 def test_attester_refuses_oversize() -> None:
     with pytest.raises(FormatError):
         Attester().evidence(bytes(65))

@@ -78,3 +78,17 @@ def test_revoked_ask_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert len(crls) == 1
     with pytest.raises(EvidenceError, match="revoked"):
         amd.verify_chain(certs[0], [], Product.MILAN, now, crls)
+
+
+def test_crl_with_a_malformed_issuer_name_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CRL whose issuer CN is re-tagged as a BIT STRING still loads, but comparing its
+    name raised an exception pyca does not document (found by fuzzing): it is ignored, like
+    any CRL not provably from the issuer."""
+    ark_key, ark, ask, vcek = _pki()
+    monkeypatch.setattr(amd, "pinned", lambda product: {"ARK": ark, "ASK": ask, "ASVK": ask})
+    der = bytearray(_crl_der(ark_key, ark, [ASK_SERIAL]))
+    cn = bytes.fromhex("0603550403") + bytes([0x0C, len("ARK-Milan")])  # OID 2.5.4.3, UTF8String
+    der[der.index(cn) + 5] = 0x03
+    crl = amd.load_crl(bytes(der))
+    vek = amd.classify(vcek)
+    assert amd.verify_chain(vek, [], Product.MILAN, NOW.timestamp(), [crl])[-1] == "ARK-Milan"

@@ -1,4 +1,4 @@
-"""Real SEV-SNP reports from ../shared/vectors reproduce expected.json, and tampering fails."""
+"""Real SEV-SNP reports (tests/vectors/attestation) reproduce expected.json; tampering fails."""
 
 from __future__ import annotations
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from modelseal.crypto.x509_test_ca import pem_to_der
-from modelseal.errors import BackendError, ConfigError
+from modelseal.errors import BackendError, ConfigError, EvidenceError
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from modelseal.tee.mock_tdx.verifier import Verifier as MockVerifier
-from modelseal.tee.tdx.collateral import CollateralStore, load_bundle
+from modelseal.tee.tdx.collateral import _REQUIRED, CollateralStore, load_bundle, parse_collateral
 
 NOW = time.time()
 
@@ -231,3 +231,16 @@ def test_deeply_nested_collateral_members_are_evidence_errors() -> None:
     doc["qe_identity"] = "{}"
     with pytest.raises(EvidenceError, match="malformed TCB info"):
         parse_collateral(doc, source="bundle")
+
+
+@pytest.mark.parametrize("date", [[], 17, None], ids=["list", "int", "null"])
+def test_non_string_dates_are_evidence_errors(date: object) -> None:
+    """A TCB info date that is not a string raised AttributeError (found by fuzzing)."""
+    tcb = {"id": "TDX", "fmspc": "00", "issueDate": "2025-01-01T00:00:00Z", "nextUpdate": date}
+    qe = {"issueDate": "2025-01-01T00:00:00Z", "nextUpdate": "2025-02-01T00:00:00Z"}
+    doc = dict.fromkeys(_REQUIRED, "") | {
+        "tcb_info": json.dumps(tcb),
+        "qe_identity": json.dumps(qe),
+    }
+    with pytest.raises(EvidenceError, match="malformed TCB info"):
+        parse_collateral(doc, source="test")

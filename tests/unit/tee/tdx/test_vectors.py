@@ -1,4 +1,4 @@
-"""Every TDX/SGX vector in ../shared/vectors: parsed fields, verdicts, reasons, mutations."""
+"""Every TDX/SGX vector in tests/vectors/attestation: fields, verdicts, reasons, mutations."""
 
 from __future__ import annotations
 

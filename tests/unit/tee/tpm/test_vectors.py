@@ -1,4 +1,4 @@
-"""Real TPM 2.0 quotes and TCG2 logs from ../shared/vectors reproduce expected.json."""
+"""Real TPM 2.0 quotes and TCG2 logs from tests/vectors/attestation reproduce expected.json."""
 
 from __future__ import annotations
 
