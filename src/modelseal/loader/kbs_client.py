@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 
 from modelseal._internal.bounded_http import Reply, send
-from modelseal.crypto.jwe import decrypt
-from modelseal.crypto.jwk import DEFAULT_KEY_ALG, TeeKeyPair
+from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwe import decrypt
+from modelseal.crypto.jose.jwk import DEFAULT_KEY_ALG, TeeKeyPair
 from modelseal.crypto.secret import SecretBytes
-from modelseal.crypto.signing import split_jwt
 from modelseal.errors import (
     AttestationError,
     BackendError,

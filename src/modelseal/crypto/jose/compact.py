@@ -1,0 +1,74 @@
+"""Bounded reading of a compact JWS (``header.payload.signature``) without verifying it.
+
+Both token verifiers (:mod:`modelseal.crypto.jose.jwt`) call :func:`split_jwt` before the JWS
+library sees a byte, so every hostile shape - too long, wrong number of segments, bad
+base64url, a JSON segment that is not an object, nested deeper than
+:data:`~modelseal._internal.bounded.MAX_DEPTH` or not JSON at all - ends in one
+:class:`~modelseal.errors.TokenError` naming the segment, never its bytes. The loader uses it
+alone to read the lifetime of the token the KBS gave it (it cannot verify the KBS's
+signature and need not: the KBS verifies the token again on every request).
+
+No JWS library is imported here: the loader runs inside the TEE, where start-up time counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from modelseal._internal.bounded import load_json
+from modelseal._internal.encoding import b64url_decode
+from modelseal.errors import FormatError, TokenError
+
+#: Tokens travel in HTTP headers; anything bigger is refused before parsing.
+MAX_TOKEN_CHARS: Final = 16 * 1024
+#: Largest accepted time claim: the I-JSON safe integer range (RFC 7493).
+MAX_NUMERIC_DATE: Final = 2**53 - 1
+
+
+def _decode_segment(segment: str, what: str, max_chars: int) -> dict[str, Any]:
+    try:
+        value = load_json(
+            b64url_decode(segment, what=what), what=f"token {what}", max_bytes=max_chars
+        )
+    except FormatError as exc:
+        raise TokenError(f"token {what} is malformed") from exc
+    if not isinstance(value, dict):
+        raise TokenError(f"token {what} is not a JSON object")
+    return value
+
+
+def split_jwt(
+    token: str, *, max_chars: int = MAX_TOKEN_CHARS
+) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Parse ``header.payload.signature`` without verifying: (header, payload, input, sig).
+
+    ``token`` must be ASCII (base64url segments and dots) and at most ``max_chars`` long.
+    """
+    if not isinstance(token, str) or not token or len(token) > max_chars:
+        raise TokenError("token missing or too large")
+    if not token.isascii():
+        raise TokenError("token is not a compact JWS")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("token is not a compact JWS")
+    header = _decode_segment(parts[0], "header", max_chars)
+    payload = _decode_segment(parts[1], "payload", max_chars)
+    try:
+        signature = b64url_decode(parts[2], what="signature")
+    except FormatError as exc:
+        raise TokenError("token signature is malformed") from exc
+    return header, payload, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
+
+
+def time_claim(payload: Mapping[str, Any], name: str, *, what: str = "token") -> int:
+    """The NumericDate claim ``name``: an integer in ``[0, 2**53 - 1]``, else TokenError.
+
+    RFC 7519 allows fractions; we do not, and refuse floats, ``NaN``, infinities, booleans
+    and strings even under a valid signature, so a signer's bug cannot mint a token that
+    never expires (every comparison with ``NaN`` is false).
+    """
+    value = payload.get(name)
+    if type(value) is not int or not 0 <= value <= MAX_NUMERIC_DATE:
+        raise TokenError(f"{what} claim {name!r} missing or not an integer time")
+    return value
