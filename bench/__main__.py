@@ -15,6 +15,7 @@ BENCHES = [
     "evidence_bench",
     "admin_under_load",
     "bounded_bench",
+    "jose_bench",
 ]
 
 

@@ -26,11 +26,10 @@ MAX_TOKEN_CHARS: Final = 16 * 1024
 MAX_NUMERIC_DATE: Final = 2**53 - 1
 
 
-def _decode_segment(segment: str, what: str, max_chars: int) -> dict[str, Any]:
+def json_object(data: bytes, what: str, *, max_chars: int = MAX_TOKEN_CHARS) -> dict[str, Any]:
+    """A token's JSON segment (``what`` is ``header`` or ``payload``), bounded; TokenError."""
     try:
-        value = load_json(
-            b64url_decode(segment, what=what), what=f"token {what}", max_bytes=max_chars
-        )
+        value = load_json(data, what=f"token {what}", max_bytes=max_chars)
     except FormatError as exc:
         raise TokenError(f"token {what} is malformed") from exc
     if not isinstance(value, dict):
@@ -38,26 +37,32 @@ def _decode_segment(segment: str, what: str, max_chars: int) -> dict[str, Any]:
     return value
 
 
+def segments(token: str, *, max_chars: int = MAX_TOKEN_CHARS) -> list[str]:
+    """The three base64url segments of a compact JWS of at most ``max_chars`` ASCII chars."""
+    if not isinstance(token, str) or not token or len(token) > max_chars:
+        raise TokenError("token missing or too large")
+    parts = token.split(".")
+    if len(parts) != 3 or not token.isascii():
+        raise TokenError("token is not a compact JWS")
+    return parts
+
+
+def decode_segment(segment: str, what: str) -> bytes:
+    """base64url-decode one segment; TokenError naming ``what`` (never the bytes)."""
+    try:
+        return b64url_decode(segment, what=what)
+    except FormatError as exc:
+        raise TokenError(f"token {what} is malformed") from exc
+
+
 def split_jwt(
     token: str, *, max_chars: int = MAX_TOKEN_CHARS
 ) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    """Parse ``header.payload.signature`` without verifying: (header, payload, input, sig).
-
-    ``token`` must be ASCII (base64url segments and dots) and at most ``max_chars`` long.
-    """
-    if not isinstance(token, str) or not token or len(token) > max_chars:
-        raise TokenError("token missing or too large")
-    if not token.isascii():
-        raise TokenError("token is not a compact JWS")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise TokenError("token is not a compact JWS")
-    header = _decode_segment(parts[0], "header", max_chars)
-    payload = _decode_segment(parts[1], "payload", max_chars)
-    try:
-        signature = b64url_decode(parts[2], what="signature")
-    except FormatError as exc:
-        raise TokenError("token signature is malformed") from exc
+    """Parse ``header.payload.signature`` without verifying: (header, payload, input, sig)."""
+    parts = segments(token, max_chars=max_chars)
+    header = json_object(decode_segment(parts[0], "header"), "header", max_chars=max_chars)
+    payload = json_object(decode_segment(parts[1], "payload"), "payload", max_chars=max_chars)
+    signature = decode_segment(parts[2], "signature")
     return header, payload, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
 
 

@@ -6,9 +6,9 @@ own (:class:`_Registry`) and knows two algorithms only, so ``none``, RSA and the
 exist for these tokens whatever the header says, and each verifier pins exactly one of them.
 On top of the library, every token passes rules it does not have:
 
-* **Bounded parsing first.** :func:`~modelseal.crypto.jose.compact.split_jwt` (size cap,
-  depth cap, objects only) reads the token before joserfc sees it, and the payload the
-  caller gets is that bounded parse, not a second unbounded ``json.loads``.
+* **Bounded parsing.** The token's size and shape and its header (byte and depth caps,
+  objects only: :mod:`~modelseal.crypto.jose.compact`) are checked before joserfc sees it;
+  the payload is parsed the same bounded way, and only once its signature verified.
 * **A pinned header.** ``alg`` must be the verifier's one algorithm; ``crit`` (and with it
   the unencoded payloads of RFC 7797) is refused; only the members we issue may appear;
   ``typ``, when present, is ``JWT``. The key is always the verifier's own, never one named
@@ -44,9 +44,16 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwa import ESAlgorithm, HMACAlgorithm, JWSAlgModel
 from joserfc.jwk import ECKey, OctKey
+from joserfc.registry import JWS_HEADER_REGISTRY
 
 from modelseal._internal.encoding import b64url_encode
-from modelseal.crypto.jose.compact import MAX_TOKEN_CHARS, split_jwt, time_claim
+from modelseal.crypto.jose.compact import (
+    MAX_TOKEN_CHARS,
+    decode_segment,
+    json_object,
+    segments,
+    time_claim,
+)
 from modelseal.crypto.jose.jwk import ec_public_jwk
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, TokenError
@@ -114,6 +121,11 @@ class _Registry(jws.JWSRegistry):
         ALG_HS256: HMACAlgorithm(256),
     }
     recommended: list[str] = []  # noqa: RUF012 - every use names its algorithm
+    #: Only the members we issue: with ``strict_check_header`` the library refuses the rest
+    #: too (and checks fewer entries per token).
+    default_header_registry = {  # noqa: RUF012 - joserfc's class-level table
+        name: JWS_HEADER_REGISTRY[name] for name in sorted(_ES256_HEADER | _HS256_HEADER)
+    }
 
 
 _ES256_ONLY: Final = _Registry(algorithms=[ALG_ES256])
@@ -165,11 +177,16 @@ def check_claims(payload: Mapping[str, Any], rules: ClaimRules, *, now: float) -
         raise TokenError(f"{what} has no jti")
 
 
-def _checked_parts(
+def _checked_header(
     token: str, *, alg: str, members: frozenset[str], max_chars: int, what: str
-) -> tuple[dict[str, Any], bytes]:
-    """Bounded parse and header rules; returns (payload, signature) still unverified."""
-    header, payload, _signing_input, signature = split_jwt(token, max_chars=max_chars)
+) -> bytes:
+    """Bounded parse of the header and its rules; returns the (unverified) signature.
+
+    The payload is left to the library's base64url decoding and parsed, bounded, only once
+    the signature verified: a forged token's payload is never parsed at all.
+    """
+    header_b64, _payload_b64, signature_b64 = segments(token, max_chars=max_chars)
+    header = json_object(decode_segment(header_b64, "header"), "header", max_chars=max_chars)
     if header.get("alg") != alg:
         raise TokenError(f"{what} algorithm is not {alg}")
     if "crit" in header:
@@ -178,14 +195,18 @@ def _checked_parts(
         raise TokenError(f"{what} header may only carry {', '.join(sorted(members))}")
     if header.get("typ", "JWT") != "JWT":
         raise TokenError(f"{what} typ must be JWT")
-    return payload, signature
+    return decode_segment(signature_b64, "signature")
 
 
-def _library_verify(token: str, key: ECKey | OctKey, registry: _Registry, what: str) -> None:
+def _verified_payload(
+    token: str, key: ECKey | OctKey, registry: _Registry, *, max_chars: int, what: str
+) -> dict[str, Any]:
+    """The library verifies the signature; the payload it decoded is then parsed bounded."""
     try:
-        jws.deserialize_compact(token, key, registry=registry)
+        verified = jws.deserialize_compact(token, key, registry=registry)
     except (JoseError, ValueError) as exc:
         raise TokenError(f"{what} signature is invalid") from exc
+    return json_object(verified.payload, "payload", max_chars=max_chars)
 
 
 class TokenSigningKey:
@@ -264,14 +285,16 @@ class TokenSigningKey:
     ) -> dict[str, Any]:
         """Verify a token this key signed and return its payload, or raise TokenError."""
         rules = ClaimRules(issuer=issuer, audience=audience, leeway=leeway)
-        payload, signature = _checked_parts(
+        signature = _checked_header(
             token, alg=ALG_ES256, members=_ES256_HEADER, max_chars=MAX_TOKEN_CHARS, what="token"
         )
         if len(signature) != 2 * _P256_BYTES:
             raise TokenError("token signature has the wrong length")
         if not _is_low_s_p256(signature):
             raise TokenError("token signature is not a low-S ES256 signature")
-        _library_verify(token, self._verifier, _ES256_ONLY, "token")
+        payload = _verified_payload(
+            token, self._verifier, _ES256_ONLY, max_chars=MAX_TOKEN_CHARS, what="token"
+        )
         check_claims(payload, rules, now=now)
         return payload
 
@@ -293,9 +316,11 @@ def verify_hs256(
     token: str, secret: SecretBytes, *, rules: ClaimRules, now: float, max_chars: int
 ) -> dict[str, Any]:
     """Verify an HS256 token under ``secret`` and ``rules``; its payload, or TokenError."""
-    payload, _signature = _checked_parts(
+    _checked_header(
         token, alg=ALG_HS256, members=_HS256_HEADER, max_chars=max_chars, what=rules.what
     )
-    _library_verify(token, _oct_key(secret), _HS256_ONLY, rules.what)
+    payload = _verified_payload(
+        token, _oct_key(secret), _HS256_ONLY, max_chars=max_chars, what=rules.what
+    )
     check_claims(payload, rules, now=now)
     return payload
