@@ -1,12 +1,13 @@
 """Bounded reading of a compact JWS (``header.payload.signature``) without verifying it.
 
-Both token verifiers (:mod:`modelseal.crypto.jose.jwt`) call :func:`split_jwt` before the JWS
-library sees a byte, so every hostile shape - too long, wrong number of segments, bad
-base64url, a JSON segment that is not an object, nested deeper than
+Both token verifiers (:mod:`modelseal.crypto.jose.jwt`) check a token's size and shape and
+parse its header here before the JWS library sees it, and parse the payload here once the
+library verified the signature. Every hostile shape - too long, not ASCII, wrong number of
+segments, bad base64url, a JSON segment that is not an object, nested deeper than
 :data:`~modelseal._internal.bounded.MAX_DEPTH` or not JSON at all - ends in one
-:class:`~modelseal.errors.TokenError` naming the segment, never its bytes. The loader uses it
-alone to read the lifetime of the token the KBS gave it (it cannot verify the KBS's
-signature and need not: the KBS verifies the token again on every request).
+:class:`~modelseal.errors.TokenError` naming the segment, never its bytes. The loader uses
+:func:`split_jwt` alone to read the lifetime of the token the KBS gave it (it cannot verify
+the KBS's signature and need not: the KBS verifies the token again on every request).
 
 No JWS library is imported here: the loader runs inside the TEE, where start-up time counts.
 """
