@@ -16,6 +16,7 @@ BENCHES = [
     "admin_under_load",
     "bounded_bench",
     "registry_bench",
+    "jose_bench",
 ]
 
 

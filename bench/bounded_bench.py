@@ -22,7 +22,7 @@ import msgspec
 
 from bench.report import write_section
 from modelseal._internal.bounded import MAX_DEPTH, check_json
-from modelseal.crypto.jwk import TeeKeyPair
+from modelseal.crypto.jose.jwk import TeeKeyPair
 from modelseal.errors import FormatError
 from modelseal.protocol.kbs import AttestationRequest, AuthRequest
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import httpx
 
-from modelseal.crypto.jwe import decrypt
-from modelseal.crypto.jwk import TeeKeyPair
+from modelseal.crypto.jose.jwe import decrypt
+from modelseal.crypto.jose.jwk import TeeKeyPair
 from modelseal.crypto.secret import SecretBytes
 from modelseal.owner.kbs_admin import KbsAdminClient
 from modelseal.protocol.binding import runtime_data_digest

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelseal.crypto.jwk import TeeKeyPair
+from modelseal.crypto.jose.jwk import TeeKeyPair
 from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
 from modelseal.protocol.binding import runtime_data_digest
 from modelseal.protocol.kbs import ERROR_TYPE_PREFIX

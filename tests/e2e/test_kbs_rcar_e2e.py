@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelseal.crypto.jwk import KEY_ALGS, TeeKeyPair
+from modelseal.crypto.jose.jwk import KEY_ALGS, TeeKeyPair
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import PolicyDenied, UnsupportedTee
 from modelseal.loader.kbs_client import KbsClient

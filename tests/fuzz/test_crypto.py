@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from modelseal._internal.clock import FixedClock
 from modelseal._internal.encoding import b64url_encode
 from modelseal.crypto.cnap_wrap import WorkloadKey, WorkloadKeyPair
-from modelseal.crypto.jwe import decrypt, encrypt
-from modelseal.crypto.jwk import TeeKeyPair, recipient_from_jwk
+from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwe import decrypt, encrypt
+from modelseal.crypto.jose.jwk import TeeKeyPair, recipient_from_jwk
+from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.crypto.secret import SecretBytes
-from modelseal.crypto.signing import TokenSigningKey, split_jwt
 from modelseal.kbs.admin_auth import mint_admin_token, verify_admin_token
 from modelseal.kbs.tokens import TokenService
 from modelseal.protocol.claims import Claims

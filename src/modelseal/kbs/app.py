@@ -30,8 +30,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelseal import __version__
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal._internal.encoding import b64_encode
-from modelseal.crypto.jwk import recipient_from_jwk
-from modelseal.crypto.signing import TokenSigningKey
+from modelseal.crypto.jose.jwk import recipient_from_jwk
+from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import FormatError, TokenError, UnsupportedTee
 from modelseal.kbs.admin_api import admin_router, trustee_admin_router
 from modelseal.kbs.attestation import AttestationService

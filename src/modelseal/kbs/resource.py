@@ -13,8 +13,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from modelseal.crypto.jwe import encrypt
-from modelseal.crypto.jwk import RecipientKey, recipient_from_jwk
+from modelseal.crypto.jose.jwe import encrypt
+from modelseal.crypto.jose.jwk import RecipientKey, recipient_from_jwk
 from modelseal.crypto.secret import SecretBytes
 from modelseal.kbs.tokens import TokenService, VerifiedToken
 

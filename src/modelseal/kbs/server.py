@@ -28,7 +28,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from modelseal.crypto.signing import TokenSigningKey
+from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import ConfigError
 from modelseal.kbs.app import create_app
 from modelseal.kbs.settings import KbsSettings

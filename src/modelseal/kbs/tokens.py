@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from modelseal import __version__
 from modelseal._internal.clock import Clock, SystemClock
-from modelseal.crypto.signing import TokenSigningKey
+from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import TokenError
 from modelseal.protocol.claims import Claims
 

@@ -26,10 +26,10 @@ import httpx
 
 from modelseal._internal.bounded_http import Reply, send
 from modelseal._internal.urls import display_url
-from modelseal.crypto.jwe import decrypt
-from modelseal.crypto.jwk import DEFAULT_KEY_ALG, TeeKeyPair
+from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwe import decrypt
+from modelseal.crypto.jose.jwk import DEFAULT_KEY_ALG, TeeKeyPair
 from modelseal.crypto.secret import SecretBytes
-from modelseal.crypto.signing import split_jwt
 from modelseal.errors import (
     AttestationError,
     BackendError,

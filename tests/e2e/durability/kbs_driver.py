@@ -58,8 +58,8 @@ from typing import Any
 
 import httpx
 
-from modelseal.crypto.jwe import decrypt
-from modelseal.crypto.jwk import TeeKeyPair
+from modelseal.crypto.jose.jwe import decrypt
+from modelseal.crypto.jose.jwk import TeeKeyPair
 from modelseal.crypto.kek import KekRing
 from modelseal.errors import ConfigError, DecryptionError, Error, KeyNotFound
 from modelseal.kbs.admin_auth import ADMIN_CREDENTIAL_FILE, load_admin_credential, mint_admin_token

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from modelseal._internal.clock import FixedClock
-from modelseal.crypto.jwe import decrypt
-from modelseal.crypto.jwk import TeeKeyPair
+from modelseal.crypto.jose.jwe import decrypt
+from modelseal.crypto.jose.jwk import TeeKeyPair
 from modelseal.crypto.secret import SecretBytes
 from modelseal.kbs.app import create_app
 from modelseal.kbs.settings import KbsSettings

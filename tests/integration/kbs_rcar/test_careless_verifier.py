@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from modelseal._internal.clock import FixedClock
-from modelseal.crypto.jwk import TeeKeyPair
+from modelseal.crypto.jose.jwk import TeeKeyPair
 from modelseal.protocol.binding import runtime_data_digest
 from modelseal.protocol.claims import Claims
 from modelseal.tee.base import Authenticated, Verifier, VerifierConfig, pad_report_data

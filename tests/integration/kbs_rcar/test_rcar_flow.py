@@ -9,8 +9,8 @@ import re
 import httpx
 import pytest
 
-from modelseal.crypto.jwk import KEY_ALGS, TeeKeyPair
-from modelseal.crypto.signing import split_jwt
+from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwk import KEY_ALGS, TeeKeyPair
 from tests.integration.kbs_rcar.conftest import (
     DEK,
     DENIED_KEY_ID,

@@ -16,9 +16,9 @@ import pytest
 from jwcrypto import jwk as jw_jwk
 from jwcrypto import jws as jw_jws
 
-from modelseal.crypto.jwe import decrypt, encrypt
-from modelseal.crypto.jwk import TeeKeyPair, ec_public_key_from_jwk, recipient_from_jwk
-from modelseal.crypto.signing import P256_ORDER, TokenSigningKey, low_s
+from modelseal.crypto.jose.jwe import decrypt, encrypt
+from modelseal.crypto.jose.jwk import TeeKeyPair, ec_public_key_from_jwk, recipient_from_jwk
+from modelseal.crypto.jose.jwt import P256_ORDER, TokenSigningKey, low_s
 from modelseal.errors import FormatError, TokenError
 
 NOW = 1_800_000_000

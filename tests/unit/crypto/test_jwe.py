@@ -9,8 +9,8 @@ import pytest
 from jwcrypto import jwe as jw_jwe
 from jwcrypto import jwk as jw_jwk
 
-from modelseal.crypto.jwe import decrypt, encrypt, protected_header_bytes
-from modelseal.crypto.jwk import KEY_ALGS, TeeKeyPair, recipient_from_jwk
+from modelseal.crypto.jose.jwe import decrypt, encrypt, protected_header_bytes
+from modelseal.crypto.jose.jwk import KEY_ALGS, TeeKeyPair, recipient_from_jwk
 from modelseal.errors import DecryptionError, FormatError
 
 PLAINTEXT = bytes(range(32))

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelseal._internal.encoding import b64url_encode
-from modelseal.crypto.jwk import KEY_ALGS, TeeKeyPair, recipient_from_jwk
+from modelseal.crypto.jose.jwk import KEY_ALGS, TeeKeyPair, recipient_from_jwk
 from modelseal.errors import ConfigError, FormatError
 
 

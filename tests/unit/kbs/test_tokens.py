@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelseal._internal.clock import FixedClock
-from modelseal.crypto.signing import TokenSigningKey, split_jwt
+from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import TokenError
 from modelseal.kbs.tokens import TokenService, claims_from_json, trustworthiness
 from modelseal.protocol.claims import Claims

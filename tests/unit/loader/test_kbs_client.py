@@ -8,9 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from modelseal.crypto.jwe import encrypt
-from modelseal.crypto.jwk import recipient_from_jwk
-from modelseal.crypto.signing import TokenSigningKey
+from modelseal.crypto.jose.jwe import encrypt
+from modelseal.crypto.jose.jwk import recipient_from_jwk
+from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import (
     AttestationError,
     ConfigError,

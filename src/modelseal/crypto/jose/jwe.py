@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64url_decode, b64url_encode
-from modelseal.crypto.jwk import (
+from modelseal.crypto.jose.jwk import (
     ALG_ECDH_ES_A256KW,
     ALG_RSA_OAEP_256,
     RecipientKey,

@@ -1,4 +1,4 @@
-"""ES256 token signing and the narrow verification rules (expiry, forgery, alg confusion)."""
+"""ES256 tokens through joserfc: the narrow verification rules (expiry, forgery, alg confusion)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from modelseal.crypto.signing import TokenSigningKey, split_jwt
+from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import ConfigError, TokenError
 
 NOW = 1_800_000_000.0
@@ -58,9 +59,9 @@ def test_expiry_and_not_yet_valid(key: TokenSigningKey) -> None:
     token = key.sign_jwt(_payload())
     with pytest.raises(TokenError, match="expired"):
         _verify(key, token, now=NOW + 300)
-    with pytest.raises(TokenError, match="not yet valid"):
+    with pytest.raises(TokenError, match="not valid yet"):
         _verify(key, token, now=NOW - 10)
-    with pytest.raises(TokenError, match="not yet valid"):
+    with pytest.raises(TokenError, match="not valid yet"):
         _verify(key, key.sign_jwt(_payload(nbf=int(NOW) + 100)))
     assert key.verify_jwt(token, now=NOW + 302, audience=AUD, issuer=ISS, leeway=5)
 
