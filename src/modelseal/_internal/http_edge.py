@@ -229,6 +229,9 @@ def guarded_route(table: ErrorTable) -> type[APIRoute]:
     parameter validation, the endpoint) from ``table``; the log names the route."""
 
     class GuardedRoute(APIRoute):
+        #: the table this route answers from (tests walk the routes by it)
+        error_table: ErrorTable = table
+
         def get_route_handler(self) -> Endpoint:
             handler = super().get_route_handler()
             where = self.name
