@@ -217,7 +217,7 @@ class Kbs:
 def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
     """Mount the admin API (``/modelseal/v1``) and the ITA/CNAP transfer API (``/kbs/v1``)."""
     app.include_router(admin_router(kbs.state), prefix="/modelseal/v1")
-    app.include_router(trustee_admin_router(kbs.state))  # kbs-client set-resource (K2)
+    app.include_router(trustee_admin_router(kbs.state))  # Trustee kbs-client set-resource
     app.include_router(
         transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),
         prefix="/kbs/v1",
