@@ -15,9 +15,10 @@ are the same and live here once:
 * :func:`read_body` is the one capped request-body reader: a declared ``Content-Length``
   over the limit is refused before anything is read, a chunked body is cut at the limit.
   Both raise :class:`BodyTooLarge`, a :class:`~modelseal.errors.FormatError`.
-* :func:`guarded_route` makes a FastAPI route class that turns anything raised in a route
-  (its dependencies included) into its table's answer, and :func:`install_error_handlers`
-  does the same for the app's framework answers, picking the table by path.
+* :func:`guard` wraps an endpoint so that anything raised in it becomes its table's
+  answer; :func:`guarded_route` is the FastAPI route class that guards every route of a
+  router (dependencies included), and :func:`install_error_handlers` does the same for the
+  app's framework answers, picking the table by path.
 
 Details never carry secrets: modelseal error messages are written without them, and each
 table decides per row whether the exception's message is shown or a fixed text is.
@@ -47,6 +48,7 @@ __all__ = [
     "ErrorTable",
     "Problem",
     "ProblemShape",
+    "guard",
     "guarded_route",
     "install_error_handlers",
     "read_body",
@@ -224,29 +226,34 @@ def _too_large_text(limit: int) -> str:
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
+def guard(table: ErrorTable, where: str, handler: Endpoint) -> Endpoint:
+    """``handler`` with everything it raises (dependencies and parameter validation
+    included) answered from ``table``; the log names ``where``. The result carries the
+    table as ``error_table``, so a test can check that no route escapes its API's table."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RequestValidationError as exc:
+            return table.invalid(exc, where=where)
+        except HTTPException as exc:
+            return table.framework(exc.status_code, exc.headers)
+        except Exception as exc:
+            return table.respond(exc, where=where)
+
+    guarded.error_table = table  # type: ignore[attr-defined]
+    return guarded
+
+
 def guarded_route(table: ErrorTable) -> type[APIRoute]:
-    """A route class whose handler answers everything raised inside it (dependencies,
-    parameter validation, the endpoint) from ``table``; the log names the route."""
+    """A FastAPI route class whose handler is :func:`guard`-ed with ``table``."""
 
     class GuardedRoute(APIRoute):
         #: the table this route answers from (tests walk the routes by it)
         error_table: ErrorTable = table
 
         def get_route_handler(self) -> Endpoint:
-            handler = super().get_route_handler()
-            where = self.name
-
-            async def guarded(request: Request) -> Response:
-                try:
-                    return await handler(request)
-                except RequestValidationError as exc:
-                    return table.invalid(exc, where=where)
-                except HTTPException as exc:
-                    return table.framework(exc.status_code, exc.headers)
-                except Exception as exc:
-                    return table.respond(exc, where=where)
-
-            return guarded
+            return guard(table, self.name, super().get_route_handler())
 
     GuardedRoute.__name__ = GuardedRoute.__qualname__ = f"GuardedRoute[{table.name}]"
     return GuardedRoute
