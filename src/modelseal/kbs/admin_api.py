@@ -14,7 +14,7 @@ Status codes: 400 malformed body or invalid policy, 401 bad token, 403 wrong rol
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -100,7 +100,7 @@ def _entry(entry: AuditEntry) -> AuditEntryModel:
 # --- request dependencies ----------------------------------------------------------------
 
 
-def key_id(repo: str, kind: str, tag: str) -> str:
+async def key_id(repo: str, kind: str, tag: str) -> str:
     """Dependency: the key id named by the three path segments."""
     return f"{repo}/{kind}/{tag}"
 
@@ -123,7 +123,7 @@ class JsonBody:
     def __init__(self, model: type[BaseModel]) -> None:
         self.model = model
 
-    def __call__(self, body: RawBody) -> Any:
+    async def __call__(self, body: RawBody) -> Any:
         check_json(body, what="request body", max_bytes=MAX_ADMIN_BODY)
         try:
             return self.model.model_validate_json(body)
@@ -144,7 +144,7 @@ def _int_param(raw: str | None, name: str, default: int) -> int:
     return int(raw)
 
 
-def audit_window(after: str | None = None, limit: str | None = None) -> tuple[int, int]:
+async def audit_window(after: str | None = None, limit: str | None = None) -> tuple[int, int]:
     """Dependency: the ``after``/``limit`` query parameters of an audit page."""
     first, count = _int_param(after, "after", 0), _int_param(limit, "limit", 100)
     if first < 0 or not 1 <= count <= 1000:
@@ -167,10 +167,13 @@ class AdminApi:
     def __init__(self, state: KbsState) -> None:
         self.state = state
 
-    def role(self, allowed: frozenset[str]) -> Callable[..., AdminPrincipal]:
-        """Dependency: the verified caller, whose role must be one of ``allowed``."""
+    def role(self, allowed: frozenset[str]) -> Callable[..., Awaitable[AdminPrincipal]]:
+        """Dependency: the verified caller, whose role must be one of ``allowed``.
 
-        def principal(
+        The dependencies here are coroutines: FastAPI runs plain functions in the thread
+        pool, a hop that costs more than the work they do."""
+
+        async def principal(
             authorization: Annotated[str | None, Header()] = None,
         ) -> AdminPrincipal:
             if authorization is None:

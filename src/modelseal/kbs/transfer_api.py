@@ -180,7 +180,7 @@ class TransferService:
         )
 
 
-def transfer_key_id(repo: str, kind: str, tag: str) -> str:
+async def transfer_key_id(repo: str, kind: str, tag: str) -> str:
     """Dependency: the validated key id of the three path segments (400 if invalid)."""
     try:
         return validate_key_id(f"{repo}/{kind}/{tag}")

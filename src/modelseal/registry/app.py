@@ -118,7 +118,9 @@ class Registry:
 
     # -- request dependencies ------------------------------------------------------------
 
-    def require_upload_token(self, authorization: Annotated[str | None, Header()] = None) -> None:
+    async def require_upload_token(
+        self, authorization: Annotated[str | None, Header()] = None
+    ) -> None:
         """Dependency of every write: ``Authorization: Bearer <upload token>``."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -216,7 +218,7 @@ class Registry:
         return info, not existed
 
 
-def model_slot(model_id: str, version: str) -> tuple[str, str]:
+async def model_slot(model_id: str, version: str) -> tuple[str, str]:
     """Dependency: a model id and version that are valid names."""
     check_name(model_id, what="model id")
     check_name(version, what="version")
