@@ -9,37 +9,30 @@ Status codes: 400 malformed body or invalid policy, 401 bad token, 403 wrong rol
 404 unknown key, 409 conflicting key, 503 storage outage. Body ``{"type", "detail"}``.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the routes' ``Annotated``
+# dependencies at definition time, and they name per-app objects local to a function.
 
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from modelseal._internal.bounded import check_json
 from modelseal._internal.encoding import b64url_decode
+from modelseal._internal.http_edge import guarded_route, read_body
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import (
-    AuthorizationError,
-    BackendError,
-    ConfigError,
-    DecryptionError,
-    Error,
-    FormatError,
-    NotFound,
-    TokenError,
-)
+from modelseal.errors import FormatError, TokenError
 from modelseal.kbs.admin_auth import AdminPrincipal, verify_admin_token
 from modelseal.kbs.audit import AuditEntry
-from modelseal.kbs.errors_http import ADMIN_PROBLEM_PREFIX, admin_problem
+from modelseal.kbs.errors_http import ADMIN_ERRORS, ADMIN_PROBLEM_PREFIX, AdminBadRequest
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.paths import validate_model_digest
-from modelseal.keystore.store import KeyConflict, KeyRecord
+from modelseal.keystore.store import KeyRecord
 from modelseal.policy.document import parse_policy_text
 from modelseal.protocol.admin import (
     AuditEntryModel,
@@ -61,6 +54,7 @@ __all__ = [
     "AUDITOR",
     "PROBLEM_TYPE_PREFIX",
     "PUBLISHER",
+    "AdminApi",
     "admin_router",
     "trustee_admin_router",
 ]
@@ -74,37 +68,6 @@ ADMIN = frozenset({"admin"})
 PUBLISHER = frozenset({"admin", "publisher"})
 AUDITOR = frozenset({"admin", "auditor"})
 READER = frozenset({"admin", "publisher", "auditor"})
-
-
-class _BadRequest(Error):
-    """Malformed admin request body (HTTP 400)."""
-
-
-_problem = admin_problem
-
-
-def _error_response(exc: BaseException, where: str) -> Response:
-    """Map an error to a response. Messages of modelseal errors carry no secrets."""
-    if isinstance(exc, TokenError):
-        log.warning("admin %s: rejected token: %s", where, exc)
-        return _problem(401, "unauthorized", "missing, invalid or expired admin token")
-    if isinstance(exc, AuthorizationError):
-        log.warning("admin %s: %s", where, exc)
-        return _problem(403, "forbidden", str(exc))
-    if isinstance(exc, NotFound):
-        return _problem(404, "not-found", str(exc))
-    if isinstance(exc, KeyConflict):
-        return _problem(409, "conflict", str(exc))
-    if isinstance(exc, _BadRequest | ConfigError | FormatError):
-        return _problem(400, "bad-request", str(exc))
-    if isinstance(exc, BackendError):
-        log.error("admin %s: backend failure: %s", where, exc)
-        return _problem(503, "unavailable", "storage temporarily unavailable, retry later")
-    if isinstance(exc, DecryptionError):
-        log.error("admin %s: %s", where, exc)
-        return _problem(500, "integrity", str(exc))
-    log.error("admin %s failed: %s", where, type(exc).__name__, exc_info=True)
-    return _problem(500, "internal", "internal error")
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -134,264 +97,273 @@ def _entry(entry: AuditEntry) -> AuditEntryModel:
     return AuditEntryModel(**entry.to_json())
 
 
-def _validated(model: type[BaseModel], body: bytes) -> Any:
-    check_json(body, what="request body", max_bytes=MAX_ADMIN_BODY)
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        raise _BadRequest("invalid request: " + "; ".join(problems[:10])) from None
+# --- request dependencies ----------------------------------------------------------------
 
 
-async def _body(request: Request) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_ADMIN_BODY:
-            raise _BadRequest(f"request body larger than {MAX_ADMIN_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def key_id(repo: str, kind: str, tag: str) -> str:
+    """Dependency: the key id named by the three path segments."""
+    return f"{repo}/{kind}/{tag}"
 
 
-def _int_param(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
+KeyId = Annotated[str, Depends(key_id)]
+
+
+async def raw_body(request: Request) -> bytes:
+    """Dependency: the request body, capped at :data:`MAX_ADMIN_BODY`."""
+    return await read_body(request, MAX_ADMIN_BODY)
+
+
+RawBody = Annotated[bytes, Depends(raw_body)]
+
+
+class JsonBody:
+    """Dependency: the capped body validated as a pydantic request model; the problems
+    are named by location, never echoing the input."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+
+    async def __call__(self, body: RawBody) -> Any:
+        check_json(body, what="request body", max_bytes=MAX_ADMIN_BODY)
+        try:
+            return self.model.model_validate_json(body)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            raise AdminBadRequest("invalid request: " + "; ".join(problems[:10])) from None
+
+
+def _int_param(raw: str | None, name: str, default: int) -> int:
     if raw is None:
         return default
     # isascii: str.isdigit() accepts e.g. "²", which int() then rejects (a 500 otherwise).
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise _BadRequest(f"{name} must be a non-negative integer")
+        raise AdminBadRequest(f"{name} must be a non-negative integer")
     return int(raw)
 
 
-def _principal(state: KbsState, request: Request, allowed: frozenset[str]) -> AdminPrincipal:
-    header = request.headers.get("authorization")
-    if header is None:
-        raise TokenError("no Authorization header")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise TokenError("Authorization is not a Bearer token")
-    who = verify_admin_token(token.strip(), state.admin_key, now=state.clock.now())
-    who.require(allowed)
-    return who
+async def audit_window(after: str | None = None, limit: str | None = None) -> tuple[int, int]:
+    """Dependency: the ``after``/``limit`` query parameters of an audit page."""
+    first, count = _int_param(after, "after", 0), _int_param(limit, "limit", 100)
+    if first < 0 or not 1 <= count <= 1000:
+        raise AdminBadRequest("after must be >= 0 and limit between 1 and 1000")
+    return first, count
 
 
-async def _run(
-    state: KbsState,
-    request: Request,
-    where: str,
-    allowed: frozenset[str],
-    work: Callable[[AdminPrincipal, bytes], Response],
-    *,
-    with_body: bool = False,
-) -> Response:
-    """Authenticate first (no body is read for a bad token), then work in the thread pool."""
-    try:
-        who = _principal(state, request, allowed)
-        body = await _body(request) if with_body else b""
-        response = await run_in_threadpool(work, who, body)
-    except Exception as exc:
-        return _error_response(exc, where)
-    log.info("admin %s by %s: %d", where, who.actor, response.status_code)
-    return response
+def model_digest_param(raw: str | None) -> str | None:
+    return None if raw is None else validate_model_digest(raw)
+
+
+class AdminApi:
+    """The admin operations over one :class:`KbsState`; the routes only wire requests in.
+
+    Every operation authenticates first (:meth:`role` is the routes' first dependency, so
+    no body is read for a bad token), then works in the thread pool: the key store and the
+    audit log are blocking database calls.
+    """
+
+    def __init__(self, state: KbsState) -> None:
+        self.state = state
+
+    def role(self, allowed: frozenset[str]) -> Callable[..., Awaitable[AdminPrincipal]]:
+        """Dependency: the verified caller, whose role must be one of ``allowed``.
+
+        The dependencies here are coroutines: FastAPI runs plain functions in the thread
+        pool, a hop that costs more than the work they do."""
+
+        async def principal(
+            authorization: Annotated[str | None, Header()] = None,
+        ) -> AdminPrincipal:
+            if authorization is None:
+                raise TokenError("no Authorization header")
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise TokenError("Authorization is not a Bearer token")
+            who = verify_admin_token(
+                token.strip(), self.state.admin_key, now=self.state.clock.now()
+            )
+            who.require(allowed)
+            return who
+
+        return principal
+
+    async def run(self, where: str, who: AdminPrincipal, work: Callable[[], Response]) -> Response:
+        response = await run_in_threadpool(work)
+        log.info("admin %s by %s: %d", where, who.actor, response.status_code)
+        return response
+
+    # --- operations (blocking; called in the thread pool) -------------------------------
+
+    def list_keys(self, digest: str | None) -> Response:
+        records = self.state.keys.list_keys(model_digest=model_digest_param(digest))
+        return _json(KeyList(keys=[_key_info(r) for r in records]))
+
+    def get_key(self, kid: str) -> Response:
+        return _json(_key_info(self.state.keys.get(kid)))
+
+    def put_key(self, who: AdminPrincipal, kid: str, req: PutKeyRequest) -> Response:
+        dek = None
+        if req.key is not None:
+            try:
+                dek = SecretBytes(b64url_decode(req.key, what="key"))
+            except FormatError:
+                raise AdminBadRequest("key is not base64url") from None
+        try:
+            record, created = self.state.keys.put(
+                kid, dek, policy=req.policy, model_digest=req.model_digest, actor=who.actor
+            )
+        finally:
+            if dek is not None:
+                dek.wipe()
+        return _json(_key_info(record, created), 201 if created else 200)
+
+    def revoke_key(self, who: AdminPrincipal, kid: str) -> Response:
+        return _json(_key_info(self.state.keys.revoke(kid, actor=who.actor)))
+
+    def delete_key(self, who: AdminPrincipal, kid: str) -> Response:
+        return _json(_key_info(self.state.keys.delete(kid, actor=who.actor)))
+
+    def policy_info(self, kid: str) -> Response:
+        policy = self.state.keys.get_policy(kid)
+        return _json(
+            PolicyInfo(
+                key_id=kid,
+                policy=None if policy is None else policy.to_document(),
+                policy_digest=None if policy is None else policy.digest,
+            )
+        )
+
+    def set_policy(self, who: AdminPrincipal, kid: str, body: bytes) -> Response:
+        policy = parse_policy_text(body)
+        self.state.keys.set_policy(kid, policy, actor=who.actor)
+        return self.policy_info(kid)
+
+    def clear_policy(self, who: AdminPrincipal, kid: str) -> Response:
+        return _json(_key_info(self.state.keys.clear_policy(kid, actor=who.actor)))
+
+    def bind_model(self, who: AdminPrincipal, kid: str, req: ModelDigestRequest) -> Response:
+        record = self.state.keys.set_model_digest(kid, req.model_digest, actor=who.actor)
+        return _json(_key_info(record))
+
+    def list_models(self, digest: str | None) -> Response:
+        models = [
+            ModelRecord(
+                model_digest=r.model_digest,
+                key_id=r.key_id,
+                state=r.state,
+                policy_digest=r.policy_digest,
+            )
+            for r in self.state.keys.list_keys(model_digest=model_digest_param(digest))
+            if r.model_digest is not None
+        ]
+        return _json(ModelList(models=models))
+
+    def rotate_kek(self, who: AdminPrincipal) -> Response:
+        result = self.state.keys.rotate_kek(actor=who.actor)
+        return _json(
+            RotateResponse(
+                old_kek_id=result.old_kek_id,
+                new_kek_id=result.new_kek_id,
+                rewrapped=result.rewrapped,
+            )
+        )
+
+    def audit_page(self, after: int, limit: int) -> Response:
+        rows = self.state.audit.entries(after=after, limit=limit)
+        next_after = rows[-1].seq if len(rows) == limit else None
+        return _json(AuditPage(entries=[_entry(e) for e in rows], next_after=next_after))
+
+    def audit_verify(self) -> Response:
+        return _json(AuditVerifyResponse(**self.state.audit.verify().to_json()))
+
+    def import_resource(self, who: AdminPrincipal, kid: str, body: bytes) -> Response:
+        dek = SecretBytes(body)
+        try:
+            _, created = self.state.keys.put(kid, dek, actor=who.actor)
+        finally:
+            dek.wipe()
+        return Response(status_code=201 if created else 200)
+
+    def delete_resource(self, who: AdminPrincipal, kid: str) -> Response:
+        self.state.keys.delete(kid, actor=who.actor)
+        return Response(status_code=200)
 
 
 def admin_router(state: KbsState) -> APIRouter:
-    """Routes of the admin API over ``state``; K1's app mounts it at ``/modelseal/v1``."""
-    router = APIRouter()
-
-    async def run(
-        request: Request,
-        where: str,
-        allowed: frozenset[str],
-        work: Callable[[AdminPrincipal, bytes], Response],
-        *,
-        with_body: bool = False,
-    ) -> Response:
-        return await _run(state, request, where, allowed, work, with_body=with_body)
-
-    def key_id(repo: str, kind: str, tag: str) -> str:
-        return f"{repo}/{kind}/{tag}"
-
-    # --- identity ----------------------------------------------------------------------
+    """Routes of the admin API over ``state``; the KBS app mounts it at ``/modelseal/v1``."""
+    api = AdminApi(state)
+    router = APIRouter(route_class=guarded_route(ADMIN_ERRORS))
+    Reader = Annotated[AdminPrincipal, Depends(api.role(READER))]  # noqa: N806
+    Publisher = Annotated[AdminPrincipal, Depends(api.role(PUBLISHER))]  # noqa: N806
+    Admin = Annotated[AdminPrincipal, Depends(api.role(ADMIN))]  # noqa: N806
+    Auditor = Annotated[AdminPrincipal, Depends(api.role(AUDITOR))]  # noqa: N806
 
     @router.get("/whoami")
-    async def whoami(request: Request) -> Response:
-        def work(who: AdminPrincipal, _: bytes) -> Response:
-            body = {"subject": who.subject, "roles": sorted(who.roles)}
-            return Response(json.dumps(body).encode(), media_type="application/json")
-
-        return await run(request, "whoami", READER, work)
-
-    # --- keys --------------------------------------------------------------------------
+    async def whoami(who: Reader) -> Response:
+        body = json.dumps({"subject": who.subject, "roles": sorted(who.roles)}).encode()
+        return await api.run("whoami", who, lambda: Response(body, media_type="application/json"))
 
     @router.get("/keys")
-    async def list_keys(request: Request) -> Response:
-        def work(who: AdminPrincipal, _: bytes) -> Response:
-            raw = request.query_params.get("model_digest")
-            digest = None if raw is None else validate_model_digest(raw)
-            records = state.keys.list_keys(model_digest=digest)
-            return _json(KeyList(keys=[_key_info(r) for r in records]))
-
-        return await run(request, "list keys", READER, work)
+    async def list_keys(who: Reader, model_digest: str | None = None) -> Response:
+        return await api.run("list keys", who, lambda: api.list_keys(model_digest))
 
     @router.get("/keys/{repo}/{kind}/{tag}")
-    async def get_key(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-        return await run(
-            request, "get key", READER, lambda who, _: _json(_key_info(state.keys.get(kid)))
-        )
+    async def get_key(who: Reader, kid: KeyId) -> Response:
+        return await api.run("get key", who, lambda: api.get_key(kid))
 
     @router.put("/keys/{repo}/{kind}/{tag}")
-    async def put_key(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-
-        def work(who: AdminPrincipal, body: bytes) -> Response:
-            req: PutKeyRequest = _validated(PutKeyRequest, body)
-            dek = None
-            if req.key is not None:
-                try:
-                    dek = SecretBytes(b64url_decode(req.key, what="key"))
-                except FormatError:
-                    raise _BadRequest("key is not base64url") from None
-            try:
-                record, created = state.keys.put(
-                    kid, dek, policy=req.policy, model_digest=req.model_digest, actor=who.actor
-                )
-            finally:
-                if dek is not None:
-                    dek.wipe()
-            return _json(_key_info(record, created), 201 if created else 200)
-
-        return await run(request, "put key", PUBLISHER, work, with_body=True)
+    async def put_key(
+        who: Publisher, kid: KeyId, req: Annotated[PutKeyRequest, Depends(JsonBody(PutKeyRequest))]
+    ) -> Response:
+        return await api.run("put key", who, lambda: api.put_key(who, kid, req))
 
     @router.post("/keys/{repo}/{kind}/{tag}/revoke")
-    async def revoke_key(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-        return await run(
-            request,
-            "revoke key",
-            ADMIN,
-            lambda who, _: _json(_key_info(state.keys.revoke(kid, actor=who.actor))),
-        )
+    async def revoke_key(who: Admin, kid: KeyId) -> Response:
+        return await api.run("revoke key", who, lambda: api.revoke_key(who, kid))
 
     @router.delete("/keys/{repo}/{kind}/{tag}")
-    async def delete_key(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-        return await run(
-            request,
-            "delete key",
-            ADMIN,
-            lambda who, _: _json(_key_info(state.keys.delete(kid, actor=who.actor))),
-        )
-
-    # --- policies and model digests ----------------------------------------------------
-
-    def policy_info(kid: str) -> PolicyInfo:
-        policy = state.keys.get_policy(kid)
-        return PolicyInfo(
-            key_id=kid,
-            policy=None if policy is None else policy.to_document(),
-            policy_digest=None if policy is None else policy.digest,
-        )
+    async def delete_key(who: Admin, kid: KeyId) -> Response:
+        return await api.run("delete key", who, lambda: api.delete_key(who, kid))
 
     @router.get("/keys/{repo}/{kind}/{tag}/policy")
-    async def get_policy(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-        return await run(request, "get policy", READER, lambda who, _: _json(policy_info(kid)))
+    async def get_policy(who: Reader, kid: KeyId) -> Response:
+        return await api.run("get policy", who, lambda: api.policy_info(kid))
 
     @router.put("/keys/{repo}/{kind}/{tag}/policy")
-    async def set_policy(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-
-        def work(who: AdminPrincipal, body: bytes) -> Response:
-            policy = parse_policy_text(body)
-            state.keys.set_policy(kid, policy, actor=who.actor)
-            return _json(policy_info(kid))
-
-        return await run(request, "set policy", PUBLISHER, work, with_body=True)
+    async def set_policy(who: Publisher, kid: KeyId, body: RawBody) -> Response:
+        return await api.run("set policy", who, lambda: api.set_policy(who, kid, body))
 
     @router.delete("/keys/{repo}/{kind}/{tag}/policy")
-    async def clear_policy(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-        return await run(
-            request,
-            "clear policy",
-            ADMIN,
-            lambda who, _: _json(_key_info(state.keys.clear_policy(kid, actor=who.actor))),
-        )
+    async def clear_policy(who: Admin, kid: KeyId) -> Response:
+        return await api.run("clear policy", who, lambda: api.clear_policy(who, kid))
 
     @router.put("/keys/{repo}/{kind}/{tag}/model")
-    async def bind_model(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = key_id(repo, kind, tag)
-
-        def work(who: AdminPrincipal, body: bytes) -> Response:
-            req: ModelDigestRequest = _validated(ModelDigestRequest, body)
-            record = state.keys.set_model_digest(kid, req.model_digest, actor=who.actor)
-            return _json(_key_info(record))
-
-        return await run(request, "bind model", PUBLISHER, work, with_body=True)
+    async def bind_model(
+        who: Publisher,
+        kid: KeyId,
+        req: Annotated[ModelDigestRequest, Depends(JsonBody(ModelDigestRequest))],
+    ) -> Response:
+        return await api.run("bind model", who, lambda: api.bind_model(who, kid, req))
 
     @router.get("/models")
-    async def list_models(request: Request) -> Response:
-        def work(who: AdminPrincipal, _: bytes) -> Response:
-            raw = request.query_params.get("digest")
-            wanted = None if raw is None else validate_model_digest(raw)
-            models = [
-                ModelRecord(
-                    model_digest=r.model_digest,
-                    key_id=r.key_id,
-                    state=r.state,
-                    policy_digest=r.policy_digest,
-                )
-                for r in state.keys.list_keys(model_digest=wanted)
-                if r.model_digest is not None
-            ]
-            return _json(ModelList(models=models))
-
-        return await run(request, "list models", READER, work)
-
-    # --- KEK -----------------------------------------------------------------------------
+    async def list_models(who: Reader, digest: str | None = None) -> Response:
+        return await api.run("list models", who, lambda: api.list_models(digest))
 
     @router.post("/kek/rotate")
-    async def rotate_kek(request: Request) -> Response:
-        def work(who: AdminPrincipal, _: bytes) -> Response:
-            result = state.keys.rotate_kek(actor=who.actor)
-            return _json(
-                RotateResponse(
-                    old_kek_id=result.old_kek_id,
-                    new_kek_id=result.new_kek_id,
-                    rewrapped=result.rewrapped,
-                )
-            )
-
-        return await run(request, "rotate KEK", ADMIN, work)
-
-    # --- audit ---------------------------------------------------------------------------
+    async def rotate_kek(who: Admin) -> Response:
+        return await api.run("rotate KEK", who, lambda: api.rotate_kek(who))
 
     @router.get("/audit")
-    async def audit(request: Request) -> Response:
-        def work(who: AdminPrincipal, _: bytes) -> Response:
-            after = _int_param(request, "after", 0)
-            limit = _int_param(request, "limit", 100)
-            if after < 0 or not 1 <= limit <= 1000:
-                raise _BadRequest("after must be >= 0 and limit between 1 and 1000")
-            rows = state.audit.entries(after=after, limit=limit)
-            next_after = rows[-1].seq if len(rows) == limit else None
-            return _json(AuditPage(entries=[_entry(e) for e in rows], next_after=next_after))
-
-        return await run(request, "read audit", AUDITOR, work)
+    async def audit(
+        who: Auditor, window: Annotated[tuple[int, int], Depends(audit_window)]
+    ) -> Response:
+        return await api.run("read audit", who, lambda: api.audit_page(*window))
 
     @router.get("/audit/verify")
-    async def audit_verify(request: Request) -> Response:
-        def work(who: AdminPrincipal, _: bytes) -> Response:
-            result = state.audit.verify()
-            return _json(AuditVerifyResponse(**result.to_json()))
-
-        return await run(request, "verify audit", AUDITOR, work)
+    async def audit_verify(who: Auditor) -> Response:
+        return await api.run("verify audit", who, api.audit_verify)
 
     return router
 
@@ -407,30 +379,19 @@ def trustee_admin_router(state: KbsState) -> APIRouter:
     depend on them. The key has no release policy until one is set (deny by default).
     ``DELETE`` (``kbs-client ... delete-resource``) needs the admin role.
     """
-    router = APIRouter()
+    api = AdminApi(state)
+    router = APIRouter(route_class=guarded_route(ADMIN_ERRORS))
+    Publisher = Annotated[AdminPrincipal, Depends(api.role(PUBLISHER))]  # noqa: N806
+    Admin = Annotated[AdminPrincipal, Depends(api.role(ADMIN))]  # noqa: N806
 
     @router.post("/kbs/v0/resource/{repo}/{kind}/{tag}")
-    async def set_resource(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = f"{repo}/{kind}/{tag}"
-
-        def work(who: AdminPrincipal, body: bytes) -> Response:
-            dek = SecretBytes(body)
-            try:
-                _, created = state.keys.put(kid, dek, actor=who.actor)
-            finally:
-                dek.wipe()
-            return Response(status_code=201 if created else 200)
-
-        return await _run(state, request, "trustee set-resource", PUBLISHER, work, with_body=True)
+    async def set_resource(who: Publisher, kid: KeyId, body: RawBody) -> Response:
+        return await api.run(
+            "trustee set-resource", who, lambda: api.import_resource(who, kid, body)
+        )
 
     @router.delete("/kbs/v0/resource/{repo}/{kind}/{tag}")
-    async def delete_resource(repo: str, kind: str, tag: str, request: Request) -> Response:
-        kid = f"{repo}/{kind}/{tag}"
-
-        def work(who: AdminPrincipal, _: bytes) -> Response:
-            state.keys.delete(kid, actor=who.actor)
-            return Response(status_code=200)
-
-        return await _run(state, request, "trustee delete-resource", ADMIN, work)
+    async def delete_resource(who: Admin, kid: KeyId) -> Response:
+        return await api.run("trustee delete-resource", who, lambda: api.delete_resource(who, kid))
 
     return router

@@ -31,24 +31,25 @@ import json
 import logging
 from datetime import UTC, datetime
 from hashlib import sha512
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64_decode, b64_encode
+from modelseal._internal.http_edge import guarded_route, read_body
 from modelseal.crypto.cnap_wrap import WorkloadKey, new_swk
 from modelseal.errors import FormatError, TokenError, UnsupportedTee
 from modelseal.format import cnap
-from modelseal.kbs.errors_http import error_response
+from modelseal.kbs.errors_http import RCAR_ERRORS
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.paths import validate_key_id
 from modelseal.protocol.claims import Claims
 
-__all__ = ["MAX_TRANSFER_BODY", "TransferRequest", "transfer_router"]
+__all__ = ["MAX_TRANSFER_BODY", "TransferRequest", "TransferService", "transfer_router"]
 
 log = logging.getLogger("modelseal.kbs.transfer")
 
@@ -56,7 +57,7 @@ MAX_TRANSFER_BODY = 4 * 1024 * 1024
 
 
 class Attestation(Protocol):
-    """What the router needs from K1's ``AttestationService``."""
+    """What the transfer service needs from the KBS's ``AttestationService``."""
 
     @property
     def config(self) -> Any: ...
@@ -105,16 +106,22 @@ def _tee_for(header: str | None, attestation: Attestation) -> str:
     raise UnsupportedTee(f"Attestation-Type {kind[:16]!r} is not supported (only TDX)")
 
 
-def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot: bool) -> APIRouter:
-    """The ITA/CNAP transfer route; K1's app mounts it at ``/kbs/v1``."""
-    router = APIRouter()
-    if allow_oneshot:
-        log.warning(
-            "INSECURE: CNAP one-shot key transfers (no nonce) are enabled; a captured "
-            "request can be replayed to obtain the key again (--allow-cnap-oneshot)"
-        )
+class TransferService:
+    """The two rounds of a key transfer over one :class:`KbsState` (blocking: both touch
+    the database, round 2 also the verifier; the route runs them in the thread pool)."""
 
-    def round1(key_id: str) -> Response:
+    def __init__(self, state: KbsState, attestation: Attestation, *, allow_oneshot: bool) -> None:
+        self.state = state
+        self.attestation = attestation
+        self.allow_oneshot = allow_oneshot
+        if allow_oneshot:
+            log.warning(
+                "INSECURE: CNAP one-shot key transfers (no nonce) are enabled; a captured "
+                "request can be replayed to obtain the key again (--allow-cnap-oneshot)"
+            )
+
+    def round1(self, key_id: str) -> Response:
+        state = self.state
         nonce = state.issue_transfer_nonce(key_id)
         iat = datetime.fromtimestamp(state.clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         iat_bytes = iat.encode("ascii")
@@ -125,7 +132,10 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
         }
         return _json_response(body, {"Attestation-Type": "TDX"})
 
-    def round2(key_id: str, req: TransferRequest, tee_header: str | None, client: str) -> Response:
+    def round2(
+        self, key_id: str, req: TransferRequest, tee_header: str | None, client: str
+    ) -> Response:
+        state, attestation = self.state, self.attestation
         user_data = b64_decode(req.user_data, what="user_data")
         workload = WorkloadKey.from_user_data(user_data)
         quote = b64_decode(req.quote, what="quote")
@@ -141,7 +151,7 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
             state.consume_transfer_nonce(val, key_id)
             report_data = sha512(val + iat + user_data).digest()
             nonce_id = "nonce:" + val.hex()[:16]
-        elif allow_oneshot:
+        elif self.allow_oneshot:
             report_data = sha512(user_data).digest()
             nonce_id = "oneshot"
         else:
@@ -169,35 +179,38 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
             {"wrapped_key": b64_encode(wrapped_key), "wrapped_swk": b64_encode(wrapped_swk)}
         )
 
+
+async def transfer_key_id(repo: str, kind: str, tag: str) -> str:
+    """Dependency: the validated key id of the three path segments (400 if invalid)."""
+    try:
+        return validate_key_id(f"{repo}/{kind}/{tag}")
+    except Exception as exc:
+        raise FormatError(str(exc)) from None
+
+
+async def transfer_body(request: Request) -> TransferRequest | None:
+    """Dependency: None for round 1, else the validated round-2 request."""
+    return _parse(await read_body(request, MAX_TRANSFER_BODY))
+
+
+def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot: bool) -> APIRouter:
+    """The ITA/CNAP transfer route; the KBS app mounts it at ``/kbs/v1``."""
+    service = TransferService(state, attestation, allow_oneshot=allow_oneshot)
+    router = APIRouter(route_class=guarded_route(RCAR_ERRORS))
+
     @router.post("/keys/{repo}/{kind}/{tag}/transfer")
-    async def transfer(repo: str, kind: str, tag: str, request: Request) -> Response:
+    async def transfer(
+        key_id: Annotated[str, Depends(transfer_key_id)],
+        payload: Annotated[TransferRequest | None, Depends(transfer_body)],
+        request: Request,
+        attestation_type: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        if payload is None:
+            return await run_in_threadpool(service.round1, key_id)
         client = request.client.host if request.client else "unknown"
-        try:
-            key_id = validate_key_id(f"{repo}/{kind}/{tag}")
-        except Exception as exc:
-            return error_response(FormatError(str(exc)), where="transfer")
-        try:
-            body = await _read(request)
-            payload = _parse(body)
-            tee_header = request.headers.get("attestation-type")
-            if payload is None:
-                return await run_in_threadpool(round1, key_id)
-            return await run_in_threadpool(round2, key_id, payload, tee_header, client)
-        except Exception as exc:
-            return error_response(exc, where="transfer")
+        return await run_in_threadpool(service.round2, key_id, payload, attestation_type, client)
 
     return router
-
-
-async def _read(request: Request) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_TRANSFER_BODY:
-            raise FormatError("request body too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse(body: bytes) -> TransferRequest | None:

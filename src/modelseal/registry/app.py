@@ -1,11 +1,16 @@
-"""The registry HTTP API (CONTRACTS seam 4): model records and sealed blobs, no keys.
+"""The registry HTTP API: model records and sealed blobs, no keys.
 
 Reads are open (the registry only ever holds ciphertext and public metadata; the KBS decides
 who gets a key). Writes need ``Authorization: Bearer <upload token>``. Every blob transfer
 streams in bounded chunks in both directions.
+
+Errors are problem documents ``{"type": "https://modelseal.dev/errors/<kind>", "detail"}``
+from :data:`REGISTRY_ERRORS` (:mod:`modelseal._internal.http_edge`), for the routes' own
+failures and for what the framework answers on its own alike.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI reads the routes' ``Annotated``
+# dependencies at definition time, and they name the per-app service object.
 
 import base64
 import binascii
@@ -13,22 +18,29 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import anyio.to_thread
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from modelseal._internal import http_edge
+from modelseal._internal.http_edge import (
+    BodyTooLarge,
+    ErrorTable,
+    Problem,
+    ProblemShape,
+    guarded_route,
+    read_body,
+)
 from modelseal.blobstore.base import (
     BlobInfo,
     BlobStore,
     BlobTooLarge,
     DigestMismatch,
 )
-from modelseal.errors import BackendError, ConfigError, Error, FormatError, NotFound, TokenError
+from modelseal.errors import BackendError, ConfigError, FormatError, NotFound, TokenError
 from modelseal.protocol.model_info import (
     ModelInfo,
     ModelList,
@@ -43,56 +55,180 @@ from modelseal.registry.ranges import RangeNotSatisfiable, etag_matches, parse_r
 from modelseal.registry.records import RecordConflict, RecordStore
 from modelseal.registry.settings import RegistrySettings, ensure_upload_token
 
-__all__ = ["create_app"]
+__all__ = ["REGISTRY_ERRORS", "Registry", "create_app"]
 
 log = logging.getLogger(__name__)
 
-_ERRORS = "https://modelseal.dev/errors/"
+
+class InvalidRegistration(FormatError):
+    """A registration document that does not match the schema (HTTP 422)."""
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, kind: str, detail: str, headers: dict[str, str] | None = None):
-        super().__init__(detail)
-        self.status, self.kind, self.detail, self.headers = status, kind, detail, headers or {}
+_BAD_REQUEST: Final = Problem(400, "bad-request")
+_TOO_LARGE: Final = Problem(413, "too-large")
+
+REGISTRY_ERRORS: Final = ErrorTable(
+    "registry",
+    ProblemShape(
+        "https://modelseal.dev/errors/", status_headers={401: {"WWW-Authenticate": "Bearer"}}
+    ),
+    {
+        NotFound: Problem(404, "not-found"),
+        RecordConflict: Problem(409, "conflict"),
+        BlobTooLarge: _TOO_LARGE,
+        BodyTooLarge: _TOO_LARGE,
+        DigestMismatch: Problem(400, "digest-mismatch"),
+        InvalidRegistration: Problem(422, "invalid-registration"),
+        TokenError: Problem(401, "unauthorized"),
+        ConfigError: _BAD_REQUEST,
+        FormatError: _BAD_REQUEST,
+        BackendError: Problem(503, "backend"),
+    },
+    default=Problem(500, "internal", "internal error"),
+    framework={
+        400: Problem(400, "bad-request", "bad request"),
+        404: Problem(404, "not-found", "not found"),
+        405: Problem(405, "method-not-allowed", "method not allowed"),
+        500: Problem(500, "internal", "internal error"),
+    },
+    too_large=Problem(413, "too-large", "request body too large"),
+    logger=log,
+    # reads are open and a missing model is an everyday answer: refusals go to debug
+    refusal_level=logging.DEBUG,
+    name_invalid_parameters=True,
+)
 
 
-def _problem(
-    status: int, kind: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"type": _ERRORS + kind, "detail": detail}, status_code=status, headers=headers
-    )
+class Registry:
+    """The registry's state (records, blob store, upload token) and its write operations.
+
+    Registering a version and starting an upload into it exclude each other, and a version
+    with uploads in flight cannot be registered: so a registered record always describes
+    the blobs that stay stored (one registry process per data directory).
+    """
+
+    def __init__(self, settings: RegistrySettings, store: BlobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.records = RecordStore(settings.data_dir)
+        self.upload_token = ensure_upload_token(settings.data_dir)
+        self.version_lock = anyio.Lock()
+        self.uploads_in_flight: dict[tuple[str, str], int] = {}
+
+    # -- request dependencies ------------------------------------------------------------
+
+    async def require_upload_token(
+        self, authorization: Annotated[str | None, Header()] = None
+    ) -> None:
+        """Dependency of every write: ``Authorization: Bearer <upload token>``."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8", "replace"), self.upload_token.encode("ascii")
+        ):
+            raise TokenError("missing or wrong upload token")
+
+    async def registration(self, request: Request) -> ModelRegistration:
+        """Dependency: the capped body parsed as a registration document."""
+        limit = self.settings.max_record_size
+        body = await read_body(request, limit)
+        try:
+            return ModelRegistration.from_json(body, max_bytes=limit)
+        except WireError as exc:
+            raise InvalidRegistration(describe(exc)) from None
+
+    # -- operations ------------------------------------------------------------------------
+
+    def base_url(self, request: Request) -> str:
+        return self.settings.public_url or str(request.base_url)
+
+    def info_of(self, request: Request, record: ModelRecord) -> dict[str, Any]:
+        info: ModelInfo = record.to_info(self.base_url(request))
+        return info.to_data()
+
+    async def register(
+        self, model_id: str, version: str, registration: ModelRegistration
+    ) -> tuple[ModelRecord, bool]:
+        async with self.version_lock:
+            if self.uploads_in_flight.get((model_id, version)):
+                raise RecordConflict("uploads into this version are still in progress")
+            for f in registration.all_files():
+                key = blob_key(model_id, version, f.blob)
+                try:
+                    blob = await self.store.stat(key)
+                except NotFound:
+                    raise RecordConflict(f"blob {f.blob!r} was not uploaded") from None
+                if blob.size != f.sealed_size or blob.sha256 != f.sha256:
+                    raise RecordConflict(f"blob {f.blob!r} differs from the registration")
+            record, created = await anyio.to_thread.run_sync(
+                self.records.register, model_id, version, registration
+            )
+        if created:
+            log.info("registered model %s version %s", model_id, version)
+        return record, created
+
+    async def delete(self, model_id: str, version: str) -> None:
+        async with self.version_lock:
+            record = await anyio.to_thread.run_sync(self.records.delete, model_id, version)
+            for f in record.registration.all_files():
+                try:
+                    await self.store.delete(blob_key(model_id, version, f.blob))
+                except NotFound:
+                    continue
+
+    async def upload(
+        self, request: Request, model_id: str, version: str, path: str
+    ) -> tuple[BlobInfo, bool]:
+        """Stream a blob into the store (verified against ``Content-Digest`` if sent);
+        True when it was new. Blobs of a registered version are immutable."""
+        settings, store = self.settings, self.store
+        key = blob_key(model_id, version, path)
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise ConfigError("invalid Content-Length")
+            if int(declared) > settings.max_blob_size:
+                raise BlobTooLarge(f"blob larger than the limit of {settings.max_blob_size} bytes")
+        expected = _content_digest(request.headers.get("content-digest"))
+        slot = (model_id, version)
+        async with self.version_lock:
+            if await anyio.to_thread.run_sync(self.records.exists, model_id, version):
+                raise RecordConflict(
+                    f"model {model_id!r} version {version!r} is registered; its blobs are immutable"
+                )
+            self.uploads_in_flight[slot] = self.uploads_in_flight.get(slot, 0) + 1
+        try:
+            existed = True
+            try:
+                await store.stat(key)
+            except NotFound:
+                existed = False
+            info = await store.put(
+                key,
+                request.stream(),
+                max_size=settings.max_blob_size,
+                expected_sha256=expected,
+            )
+        except ClientDisconnect:
+            raise ConfigError("upload interrupted by the client") from None
+        finally:
+            self.uploads_in_flight[slot] -= 1
+            if not self.uploads_in_flight[slot]:
+                del self.uploads_in_flight[slot]
+        return info, not existed
 
 
-_FRAMEWORK_KINDS = {404: "not-found", 405: "method-not-allowed"}
-
-
-def _status_of(exc: Error) -> tuple[int, str]:
-    if isinstance(exc, NotFound):
-        return 404, "not-found"
-    if isinstance(exc, RecordConflict):
-        return 409, "conflict"
-    if isinstance(exc, BlobTooLarge):
-        return 413, "too-large"
-    if isinstance(exc, TokenError):
-        return 401, "unauthorized"
-    if isinstance(exc, ConfigError | FormatError):
-        return 400, "bad-request"
-    if isinstance(exc, BackendError):
-        return 503, "backend"
-    return 500, "internal"
+async def model_slot(model_id: str, version: str) -> tuple[str, str]:
+    """Dependency: a model id and version that are valid names."""
+    check_name(model_id, what="model id")
+    check_name(version, what="version")
+    return model_id, version
 
 
 def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     """The registry ASGI app over ``store`` with records and the upload token in
     ``settings.data_dir``."""
-    records = RecordStore(settings.data_dir)
-    upload_token = ensure_upload_token(settings.data_dir)
-    # Registering a version and starting an upload into it exclude each other, and a version
-    # with uploads in flight cannot be registered: so a registered record always describes
-    # the blobs that stay stored (one registry process per data directory).
-    version_lock = anyio.Lock()
-    uploads_in_flight: dict[tuple[str, str], int] = {}
+    registry = Registry(settings, store)
+    records = registry.records
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -112,68 +248,27 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.records = records
-
-    @app.exception_handler(Error)
-    async def _on_error(_request: Request, exc: Error) -> Response:
-        status, kind = _status_of(exc)
-        if status >= 500:
-            log.warning("registry backend failure: %s", exc)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return _problem(status, kind, str(exc) or kind, headers)
-
-    @app.exception_handler(_HttpError)
-    async def _on_http(_request: Request, exc: _HttpError) -> Response:
-        return _problem(exc.status, exc.kind, exc.detail, exc.headers)
-
-    # What the framework answers on its own (unknown route, wrong method, invalid query
-    # parameter, a bug) gets the same shape instead of FastAPI's ``{"detail": ...}``.
-    @app.exception_handler(HTTPException)
-    async def _on_framework(_request: Request, exc: HTTPException) -> Response:
-        status = exc.status_code
-        kind = _FRAMEWORK_KINDS.get(status, "bad-request" if status < 500 else "internal")
-        allow = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
-        return _problem(status, kind, kind.replace("-", " "), allow)
-
-    @app.exception_handler(RequestValidationError)
-    async def _on_invalid(_request: Request, exc: RequestValidationError) -> Response:
-        # FastAPI's default echoes the offending input; name only where it was
-        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()[:5])
-        return _problem(400, "bad-request", f"invalid request parameter: {where}"[:300])
-
-    @app.exception_handler(Exception)
-    async def _on_bug(_request: Request, exc: Exception) -> Response:
-        # ServerErrorMiddleware still logs the traceback of this bug after we answer
-        return _problem(500, "internal", "internal error")
-
-    def base_url(request: Request) -> str:
-        return settings.public_url or str(request.base_url)
-
-    def require_upload_token(request: Request) -> None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode("utf-8", "replace"), upload_token.encode("ascii")
-        ):
-            raise TokenError("missing or wrong upload token")
-
-    def info_of(request: Request, record: ModelRecord) -> dict[str, Any]:
-        info: ModelInfo = record.to_info(base_url(request))
-        return info.to_data()
+    app.state.registry = registry
+    http_edge.install_error_handlers(app, lambda _path: REGISTRY_ERRORS)
+    router = APIRouter(route_class=guarded_route(REGISTRY_ERRORS))
+    upload = [Depends(registry.require_upload_token)]
+    info_of = registry.info_of
 
     # -- health ------------------------------------------------------------------------------
 
-    @app.get("/healthz")
+    @router.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     # -- model records -----------------------------------------------------------------------
 
-    @app.get("/models")
+    @router.get("/models")
     async def list_models(request: Request) -> Response:
         latest = await anyio.to_thread.run_sync(records.latest_all)
-        body = ModelList(models=[r.to_info(base_url(request)) for r in latest])
+        body = ModelList(models=[r.to_info(registry.base_url(request)) for r in latest])
         return JSONResponse(body.to_data())
 
-    @app.get("/models/{model_id}")
+    @router.get("/models/{model_id}")
     async def get_model(
         request: Request,
         model_id: str,
@@ -185,56 +280,30 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
         record = await anyio.to_thread.run_sync(records.get, model_id, version)
         return JSONResponse(info_of(request, record))
 
-    @app.get("/models/{model_id}/versions")
+    @router.get("/models/{model_id}/versions")
     async def list_versions(request: Request, model_id: str) -> Response:
         found = await anyio.to_thread.run_sync(records.versions, model_id)
         if not found:
             raise NotFound(f"no model {model_id!r}")
         return JSONResponse({"models": [info_of(request, r) for r in found]})
 
-    @app.put("/models/{model_id}/versions/{version}")
-    async def register_model(request: Request, model_id: str, version: str) -> Response:
-        require_upload_token(request)
-        check_name(model_id, what="model id")
-        check_name(version, what="version")
-        body = await _read_limited(request, settings.max_record_size)
-        try:
-            registration = ModelRegistration.from_json(body, max_bytes=settings.max_record_size)
-        except WireError as exc:
-            raise _HttpError(422, "invalid-registration", describe(exc)) from None
-        async with version_lock:
-            if uploads_in_flight.get((model_id, version)):
-                raise RecordConflict("uploads into this version are still in progress")
-            for f in registration.all_files():
-                key = blob_key(model_id, version, f.blob)
-                try:
-                    blob = await store.stat(key)
-                except NotFound:
-                    raise RecordConflict(f"blob {f.blob!r} was not uploaded") from None
-                if blob.size != f.sealed_size or blob.sha256 != f.sha256:
-                    raise RecordConflict(f"blob {f.blob!r} differs from the registration")
-            record, created = await anyio.to_thread.run_sync(
-                records.register, model_id, version, registration
-            )
-        if created:
-            log.info("registered model %s version %s", model_id, version)
+    @router.put("/models/{model_id}/versions/{version}", dependencies=upload)
+    async def register_model(
+        request: Request,
+        slot: Annotated[tuple[str, str], Depends(model_slot)],
+        registration: Annotated[ModelRegistration, Depends(registry.registration)],
+    ) -> Response:
+        record, created = await registry.register(*slot, registration)
         return JSONResponse(info_of(request, record), status_code=201 if created else 200)
 
-    @app.delete("/models/{model_id}/versions/{version}")
-    async def delete_model(request: Request, model_id: str, version: str) -> Response:
-        require_upload_token(request)
-        async with version_lock:
-            record = await anyio.to_thread.run_sync(records.delete, model_id, version)
-            for f in record.registration.all_files():
-                try:
-                    await store.delete(blob_key(model_id, version, f.blob))
-                except NotFound:
-                    continue
+    @router.delete("/models/{model_id}/versions/{version}", dependencies=upload)
+    async def delete_model(model_id: str, version: str) -> Response:
+        await registry.delete(model_id, version)
         return Response(status_code=204)
 
     # -- blobs -------------------------------------------------------------------------------
 
-    @app.api_route("/blobs/{model_id}/{version}/{path:path}", methods=["GET", "HEAD"])
+    @router.api_route("/blobs/{model_id}/{version}/{path:path}", methods=["GET", "HEAD"])
     async def get_blob(request: Request, model_id: str, version: str, path: str) -> Response:
         info = await store.stat(blob_key(model_id, version, path))
         headers = _blob_headers(info)
@@ -264,51 +333,16 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
             return Response(status_code=status, headers=headers)
         return await blob_body(store, info, start, end, status_code=status, headers=headers)
 
-    @app.put("/blobs/{model_id}/{version}/{path:path}")
+    @router.put("/blobs/{model_id}/{version}/{path:path}", dependencies=upload)
     async def put_blob(request: Request, model_id: str, version: str, path: str) -> Response:
-        require_upload_token(request)
-        key = blob_key(model_id, version, path)
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ConfigError("invalid Content-Length")
-            if int(declared) > settings.max_blob_size:
-                raise BlobTooLarge(f"blob larger than the limit of {settings.max_blob_size} bytes")
-        expected = _content_digest(request.headers.get("content-digest"))
-        slot = (model_id, version)
-        async with version_lock:
-            if await anyio.to_thread.run_sync(records.exists, model_id, version):
-                raise RecordConflict(
-                    f"model {model_id!r} version {version!r} is registered; its blobs are immutable"
-                )
-            uploads_in_flight[slot] = uploads_in_flight.get(slot, 0) + 1
-        try:
-            existed = True
-            try:
-                await store.stat(key)
-            except NotFound:
-                existed = False
-            info = await store.put(
-                key,
-                request.stream(),
-                max_size=settings.max_blob_size,
-                expected_sha256=expected,
-            )
-        except ClientDisconnect:
-            raise ConfigError("upload interrupted by the client") from None
-        except DigestMismatch as exc:
-            raise _HttpError(400, "digest-mismatch", str(exc)) from None
-        finally:
-            uploads_in_flight[slot] -= 1
-            if not uploads_in_flight[slot]:
-                del uploads_in_flight[slot]
-        headers = _blob_headers(info)
+        info, created = await registry.upload(request, model_id, version, path)
         return JSONResponse(
             {"key": info.key, "size": info.size, "sha256": info.sha256},
-            status_code=200 if existed else 201,
-            headers=headers,
+            status_code=201 if created else 200,
+            headers=_blob_headers(info),
         )
 
+    app.include_router(router)
     return app
 
 
@@ -341,18 +375,3 @@ def _content_digest(header: str | None) -> str | None:
             raise ConfigError("malformed Content-Digest")
         return raw.hex()
     return None
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BlobTooLarge(f"body larger than {limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BlobTooLarge(f"body larger than {limit} bytes")
-    except ClientDisconnect:
-        raise ConfigError("request interrupted by the client") from None
-    return bytes(body)
