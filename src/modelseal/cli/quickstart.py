@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import click
 
+from modelseal.tee import registry
+
 
 @click.command()
 @click.option(
     "--tee",
-    default="sample",
+    default=registry.DEVELOPMENT_KIND,
     show_default=True,
-    type=click.Choice(["sample", "mock-tdx"]),
-    help="TEE to attest as: 'sample' (insecure, development only) or 'mock-tdx' (test CA, "
-    "full DCAP verification path, policy on MRTD + model digest via init-data).",
+    type=click.Choice([name for name, p in registry.PLUGINS.items() if p.testbed_module]),
+    help="TEE to attest as, one that runs without its hardware: "
+    + "; ".join(
+        f"'{name}' ({p.summary})" for name, p in registry.PLUGINS.items() if p.testbed_module
+    )
+    + ".",
 )
 def quickstart(tee: str) -> None:
     """Train, publish, attest, load into tmpfs and serve a small model on 127.0.0.1."""
