@@ -112,8 +112,8 @@ def evidence() -> None:
 def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
     """``kind``'s config from the options given; naming an opt-in kind on the command
     line is the opt-in. Before the kinds' options were shared with ``kbs serve``, one
-    ``--collateral`` carried every kind's material: a single other path option given for
-    a kind with one material option is still read as that option (deprecated)."""
+    catch-all option (``--collateral``) carried every kind's material: for a kind with
+    one material option it is still read as that option (deprecated)."""
     specs = registry.plugin(kind).config.options()
     own = {spec.name for spec in specs}
     values = {name: value for name, value in values.items() if value not in (None, False)}
@@ -122,7 +122,7 @@ def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
             values[spec.name] = True
     foreign = {name: values.pop(name) for name in list(values) if name not in own}
     material = [s for s in specs if s.type == "path" and not s.enables and s.name not in values]
-    paths = {s.name: s for s in registry.options() if s.type == "path"}
+    paths = {s.name: s for s in registry.options() if s.catch_all}
     if len(foreign) == 1 and len(material) == 1 and set(foreign) <= set(paths):
         ((old, value),) = foreign.items()
         new = material[0]
@@ -132,6 +132,9 @@ def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
         values[new.name] = value
     elif foreign:
         raise ConfigError(f"{_flags(set(foreign))} do not apply to --tee {kind}")
+    for spec in specs:
+        if spec.required and values.get(spec.name) is None:
+            raise ConfigError(f"{spec.flag} ({spec.help}) is required for --tee {kind}")
     return registry.build_config(kind, values)
 
 
@@ -182,14 +185,15 @@ def verify_cmd(
     ``--mock-tdx-root`` ...): the same verifier runs with the same configuration.
     """
     config = _verifier_config(tee, values)
-    verifier = registry.verifier_for(tee, config)
-    value = verifier.evidence_from_file(_read(evidence_path, "evidence"))
+    kind = registry.plugin(tee).verifier_class()
+    value = kind.evidence_from_file(_read(evidence_path, "evidence"))
     expected = _hex_arg(report_data, "--report-data")
     checked = expected is not None
     if expected is None:
-        expected = verifier.own_report_data(value)
+        expected = kind.own_report_data(value)
         if expected is None:
             raise ConfigError(f"--report-data is required for --tee {tee}")
+    verifier = registry.verifier_for(tee, config)
     claims = verifier.verify(
         value,
         expected_report_data=expected,

@@ -39,13 +39,18 @@ class OptionSpec:
     """One option of the shared vocabulary, as a config field or an attester input declares.
 
     ``name`` is the Python identifier (``snp_certs``); :attr:`flag` and :attr:`envvar` are
-    derived from it. ``enables`` marks the option that opts a kind in at a KBS.
+    derived from it. ``enables`` marks the option that opts a kind in at a KBS;
+    ``required`` one without which the kind's verifier refuses all evidence;
+    ``catch_all`` the option older ``evidence verify`` read as any kind's material
+    (still accepted there for a kind with one material option, with a deprecation note).
     """
 
     name: str
     help: str
     type: OptionType = "path"
     enables: bool = False
+    required: bool = False
+    catch_all: bool = False
 
     @property
     def flag(self) -> str:

@@ -10,6 +10,7 @@ from modelseal.tee.plugin import KindConfig, OptionSpec, option
 COLLATERAL = OptionSpec(
     "collateral",
     "TDX/SGX: dcap-qvl collateral file or bundle directory (offline verification).",
+    catch_all=True,
 )
 PCCS_URL = OptionSpec(
     "pccs_url", "TDX/SGX: Intel PCS/PCCS base URL for collateral not in the bundle.", type="url"
