@@ -159,8 +159,8 @@ def serve(
 
     scheme = "https" if settings.tls else "http"
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
-    if settings.accepts_insecure:
-        click.echo("WARNING: an INSECURE TEE kind (unsigned evidence) is accepted", err=True)
+    for kind in settings.insecure_kinds():
+        click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
     os.environ["MODELSEAL_LOG_LEVEL"] = log_level
     run(settings, workers=workers)
 

@@ -12,10 +12,11 @@ from modelseal.tee import registry
     "--tee",
     default=registry.DEVELOPMENT_KIND,
     show_default=True,
-    type=click.Choice([name for name, p in registry.PLUGINS.items() if p.testbed_module]),
+    type=click.Choice(registry.kinds(runs_without_hardware=True)),
     help="TEE to attest as, one that runs without its hardware: "
     + "; ".join(
-        f"'{name}' ({p.summary})" for name, p in registry.PLUGINS.items() if p.testbed_module
+        f"'{kind}' ({registry.plugin(kind).summary})"
+        for kind in registry.kinds(runs_without_hardware=True)
     )
     + ".",
 )

@@ -260,11 +260,12 @@ def create_app(
 ) -> FastAPI:
     """The KBS FastAPI app for validated ``settings`` over an opened ``state``."""
     kbs = Kbs(settings, state, clock or SystemClock())
-    if settings.accepts_insecure:
+    for kind in settings.insecure_kinds():
         log.warning(
-            "INSECURE: a TEE kind whose evidence proves nothing is accepted; unsigned "
-            "evidence gets keys if a policy allows it. Every token is stamped insecure. "
-            "Never use this in production."
+            "INSECURE: the %s TEE is accepted; its unsigned evidence gets keys if a policy "
+            "allows tee %r. Every token is stamped insecure. Never use this in production.",
+            kind,
+            kind,
         )
     app = FastAPI(
         title="modelseal KBS",

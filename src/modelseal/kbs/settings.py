@@ -76,12 +76,16 @@ class KbsSettings:
         cache = {spec.name: str(self.data_dir / "collateral-cache") for spec in _CACHE_DIRS}
         return registry.build_configs({**cache, **self.tee_options})
 
+    def insecure_kinds(self) -> tuple[str, ...]:
+        """The opted-in kinds whose evidence proves nothing."""
+        configs = self.tee_configs()
+        return tuple(kind for kind in registry.kinds(insecure=True) if configs[kind].enabled())
+
     @property
     def accepts_insecure(self) -> bool:
         """True when a kind whose evidence proves nothing is opted in: every token this
         KBS issues is then stamped insecure."""
-        configs = self.tee_configs()
-        return any(configs[kind].enabled() for kind in registry.kinds(insecure=True))
+        return bool(self.insecure_kinds())
 
     def _check_tee_options(self) -> None:
         specs = {spec.name: spec for spec in registry.options()}

@@ -53,7 +53,7 @@ MODEL_ID = "digits-mlp"
 VERSION = "v1"
 SHM = Path("/dev/shm")  # noqa: S108 (mkdtemp below makes a private 0700 dir)
 #: TEE kinds the quickstart can attest as on a machine without a TEE (those with a testbed)
-TEES = tuple(name for name, p in tee_registry.PLUGINS.items() if p.testbed_module)
+TEES = tee_registry.kinds(runs_without_hardware=True)
 
 
 @dataclass

@@ -189,6 +189,11 @@ class TeePlugin:
     summary: str = ""
 
     @property
+    def runs_without_hardware(self) -> bool:
+        """True when the kind has a testbed (the quickstart can attest as it anywhere)."""
+        return self.testbed_module is not None
+
+    @property
     def needs_opt_in(self) -> bool:
         """True when a KBS refuses the kind until one of its options is given."""
         return any(spec.enables for spec in self.config.options())
