@@ -23,8 +23,10 @@ _ALIASED = "modelseal.aliased"
 
 
 def _click_type(spec: OptionSpec) -> click.ParamType[Any] | None:
+    # existence is checked with the other settings (registry.check_options: exit 2
+    # with the flag named), not by click
     if spec.type == "path":
-        return click.Path(exists=True)
+        return click.Path()
     if spec.type == "dir":
         return click.Path(file_okay=False)
     return None

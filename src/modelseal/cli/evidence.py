@@ -135,6 +135,7 @@ def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
     for spec in specs:
         if spec.required and values.get(spec.name) is None:
             raise ConfigError(f"{spec.flag} ({spec.help}) is required for --tee {kind}")
+    registry.check_options(values)
     return registry.build_config(kind, values)
 
 

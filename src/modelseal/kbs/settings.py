@@ -87,19 +87,6 @@ class KbsSettings:
         KBS issues is then stamped insecure."""
         return bool(self.insecure_kinds())
 
-    def _check_tee_options(self) -> None:
-        specs = {spec.name: spec for spec in registry.options()}
-        for name, value in self.tee_options.items():
-            spec = specs.get(name)
-            if spec is None:
-                raise ConfigError(f"unknown TEE option {name!r}")
-            if value is None or value is False:
-                continue
-            if spec.type == "path" and not Path(str(value)).exists():
-                raise ConfigError(f"{spec.flag} {value} does not exist")
-            if spec.type == "url" and not str(value).startswith(("https://", "http://")):
-                raise ConfigError(f"{spec.flag} must be an http(s) URL")
-
     def validated(self) -> KbsSettings:
         """Return the settings with paths normalized, or raise ConfigError."""
         if not str(self.data_dir):
@@ -125,7 +112,7 @@ class KbsSettings:
                 raise ConfigError(f"{flag} must be between 1 and 86400 seconds")
         if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
             raise ConfigError("--max-body-bytes must be between 1 KiB and 64 MiB")
-        self._check_tee_options()
+        registry.check_options(self.tee_options)
         if not self.issuer or not self.audience:
             raise ConfigError("token issuer and audience must not be empty")
         return dataclasses.replace(self, data_dir=self.data_dir.expanduser())

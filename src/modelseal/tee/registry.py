@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from modelseal.errors import UnsupportedTee
+from modelseal.errors import ConfigError, UnsupportedTee
 from modelseal.tee.base import Attester, Verifier
 from modelseal.tee.plugin import KindConfig, OptionSpec, TeePlugin
 
@@ -80,6 +81,22 @@ def options() -> tuple[OptionSpec, ...]:
 def attester_options() -> tuple[OptionSpec, ...]:
     """Every attester input option of every kind, once each (``load``, ``attest``, ...)."""
     return _dedup(i.option for p in PLUGINS.values() for i in p.attester_inputs)
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """``ConfigError`` naming the flag for an unknown option, a missing path or a URL
+    that is not http(s); unset values (None, False) pass."""
+    specs = {spec.name: spec for spec in options()}
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown TEE option {name!r}")
+        if value is None or value is False:
+            continue
+        if spec.type == "path" and not Path(str(value)).exists():
+            raise ConfigError(f"{spec.flag} {value} does not exist")
+        if spec.type == "url" and not str(value).startswith(("https://", "http://")):
+            raise ConfigError(f"{spec.flag} must be an http(s) URL")
 
 
 def build_config(kind: str, values: Mapping[str, Any]) -> KindConfig:
