@@ -27,11 +27,20 @@ class AttestationService:
     """Verify evidence of any supported kind; insecure kinds only when explicitly allowed."""
 
     def __init__(self, configs: Mapping[str, KindConfig], *, clock: Clock | None = None) -> None:
-        #: each kind's own config (``registry.build_configs``)
-        self.configs = dict(configs)
+        #: each kind's own config (``registry.build_configs``; defaults for kinds left out)
+        self.configs = {
+            kind: configs.get(kind) or registry.build_config(kind, {}) for kind in registry.KINDS
+        }
         self.clock: Clock = clock or SystemClock()
         self._verifiers: dict[str, Verifier] = {}
         self._lock = threading.Lock()
+        #: insecure kinds not opted in -> why they are refused (decided once, at start)
+        self._refused = {
+            kind: f"{kind} TEE refused: the KBS runs without "
+            + " or ".join(self.configs[kind].opt_in_flags())
+            for kind in registry.kinds(insecure=True)
+            if not self.configs[kind].enabled()
+        }
 
     def is_inline(self, tee: str) -> bool:
         """True when ``tee``'s verifier never waits on I/O: run it on the event loop."""
@@ -43,18 +52,11 @@ class AttestationService:
         Called before a session is created, so a KBS never hands a nonce to a kind whose
         evidence proves nothing unless its operator asked for it.
         """
-        plugin = registry.plugin(tee)
-        config = self.config_for(tee)
-        if plugin.insecure and not config.enabled():
-            flags = " or ".join(config.opt_in_flags())
-            raise UnsupportedTee(f"{tee} TEE refused: the KBS runs without {flags}")
-
-    def config_for(self, tee: str) -> KindConfig:
-        """``tee``'s config (the defaults when none was given)."""
-        config = self.configs.get(tee)
-        if config is None:
-            config = registry.build_config(tee, {})
-        return config
+        if tee not in self.configs:
+            registry.plugin(tee)  # raises, naming the known kinds
+        refusal = self._refused.get(tee)
+        if refusal is not None:
+            raise UnsupportedTee(refusal)
 
     def verifier(self, tee: str) -> Verifier:
         """The (cached) verifier of ``tee``; raises UnsupportedTee if unknown or refused."""
@@ -64,7 +66,7 @@ class AttestationService:
             with self._lock:
                 verifier = self._verifiers.get(tee)
                 if verifier is None:
-                    verifier = registry.verifier_for(tee, self.config_for(tee))
+                    verifier = registry.verifier_for(tee, self.configs[tee])
                     self._verifiers[tee] = verifier
         return verifier
 
