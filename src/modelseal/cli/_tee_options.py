@@ -32,8 +32,13 @@ def _click_type(spec: OptionSpec) -> click.ParamType[Any] | None:
     return None
 
 
+def _help(spec: OptionSpec) -> str:
+    return f"{', '.join(registry.kinds_reading(spec))}: {spec.help}"
+
+
 def spec_options(specs: Iterable[OptionSpec]) -> Callable[[F], F]:
-    """Add one click option per spec (flag and ``MODELSEAL_*`` variable from its name)."""
+    """Add one click option per spec (flag and ``MODELSEAL_*`` variable from its name);
+    the help text names the kinds that read it, from the registry."""
 
     def decorate(f: F) -> F:
         for spec in reversed(tuple(specs)):
@@ -44,7 +49,7 @@ def spec_options(specs: Iterable[OptionSpec]) -> Callable[[F], F]:
                     envvar=spec.envvar,
                     is_flag=True,
                     default=False,
-                    help=spec.help,
+                    help=_help(spec),
                 )(f)
             else:
                 f = click.option(
@@ -53,7 +58,7 @@ def spec_options(specs: Iterable[OptionSpec]) -> Callable[[F], F]:
                     envvar=spec.envvar,
                     default=None,
                     type=_click_type(spec),
-                    help=spec.help,
+                    help=_help(spec),
                 )(f)
         return f
 

@@ -99,6 +99,15 @@ def check_options(values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{spec.flag} must be an http(s) URL")
 
 
+def kinds_reading(spec: OptionSpec) -> tuple[str, ...]:
+    """The kinds whose config or attester reads the option ``spec`` (for help texts)."""
+    return tuple(
+        name
+        for name, p in PLUGINS.items()
+        if spec in p.config.options() or spec in (i.option for i in p.attester_inputs)
+    )
+
+
 def build_config(kind: str, values: Mapping[str, Any]) -> KindConfig:
     """The one factory: ``kind``'s own config from the shared option values."""
     return plugin(kind).config.from_options(values)

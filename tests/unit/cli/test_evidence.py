@@ -162,7 +162,7 @@ def test_usage_errors(mock_evidence: Path, capsys: pytest.CaptureFixture[str]) -
         ["evidence", "verify", "--tee", "tpm", "--evidence", str(mock_evidence)], capsys
     )
     assert code == 2
-    assert "--tpm-trusted-aks (TPM: file or directory of trusted attestation keys" in err
+    assert "--tpm-trusted-aks (file or directory of trusted attestation keys" in err
     assert "is required for --tee tpm" in err
     tpm = ["evidence", "verify", "--tee", "tpm", "--evidence", str(mock_evidence)]
     code, _, err = _run([*tpm, "--tpm-trusted-aks", str(mock_evidence)], capsys)

@@ -13,11 +13,9 @@ from typing import ClassVar
 from modelseal.tee.plugin import AttesterInput, KindConfig, OptionSpec, TeePlugin, option
 from modelseal.tee.tdx.config import COLLATERAL
 
-ROOT = OptionSpec(
-    "mock_tdx_root", "TEST ONLY: PEM root CA that signs mock-tdx quotes.", enables=True
-)
+ROOT = OptionSpec("mock_tdx_root", "TEST ONLY: PEM root CA that signs test quotes.", enables=True)
 CA_DIR = OptionSpec(
-    "mock_tdx_dir", "TEST ONLY: mock-tdx attester CA directory (created on demand).", type="dir"
+    "mock_tdx_dir", "TEST ONLY: the attester's test CA directory (created on demand).", type="dir"
 )
 
 

@@ -13,7 +13,7 @@ from modelseal.tee.plugin import KindConfig, OptionSpec, TeePlugin, option
 
 ALLOW = OptionSpec(
     "insecure_allow_sample",
-    "DEV ONLY: accept the unsigned sample TEE (stamped into every token).",
+    "DEV ONLY: accept unsigned evidence (stamped into every token).",
     type="flag",
     enables=True,
 )

@@ -9,7 +9,7 @@ from modelseal.tee.plugin import Detection, KindConfig, OptionSpec, TeePlugin, o
 
 CERTS = OptionSpec(
     "snp_certs",
-    "SNP: directory or file of VCEK/VLEK/ASK/ARK certificates (and CRLs).",
+    "directory or file of VCEK/VLEK/ASK/ARK certificates (and CRLs).",
 )
 
 

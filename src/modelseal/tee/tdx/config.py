@@ -9,13 +9,13 @@ from modelseal.tee.plugin import KindConfig, OptionSpec, option
 
 COLLATERAL = OptionSpec(
     "collateral",
-    "TDX/SGX: dcap-qvl collateral file or bundle directory (offline verification).",
+    "dcap-qvl collateral file or bundle directory (offline verification).",
     catch_all=True,
 )
 PCCS_URL = OptionSpec(
-    "pccs_url", "TDX/SGX: Intel PCS/PCCS base URL for collateral not in the bundle.", type="url"
+    "pccs_url", "Intel PCS/PCCS base URL for collateral not in the bundle.", type="url"
 )
-CACHE_DIR = OptionSpec("cache_dir", "TDX/SGX: where downloaded collateral is cached.", type="dir")
+CACHE_DIR = OptionSpec("cache_dir", "where downloaded collateral is cached.", type="dir")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from modelseal.tee.plugin import Detection, KindConfig, OptionSpec, TeePlugin, o
 
 TRUSTED_AKS = OptionSpec(
     "tpm_trusted_aks",
-    "TPM: file or directory of trusted attestation keys / AK CA certificates.",
+    "file or directory of trusted attestation keys / AK CA certificates.",
     required=True,
 )
 
