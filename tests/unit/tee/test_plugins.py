@@ -123,3 +123,9 @@ def test_kbs_serve_takes_every_verifier_option() -> None:
 
     flags = {opt for p in serve.params for opt in p.opts}
     assert {spec.flag for spec in registry.options()} <= flags
+
+
+def test_help_names_the_kinds_reading_an_option() -> None:
+    by_name = {spec.name: spec for spec in registry.options() + registry.attester_options()}
+    assert registry.kinds_reading(by_name["collateral"]) == ("tdx", "sgx", "mock-tdx")
+    assert registry.kinds_reading(by_name["mock_tdx_dir"]) == ("mock-tdx",)
