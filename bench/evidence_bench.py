@@ -67,8 +67,8 @@ def _overhead(call: Callable[[], object], raw: bytes) -> tuple[float, float]:
 
 
 def _dcap_rows() -> list[Row]:
-    from modelseal.tee.base import VerifierConfig
     from modelseal.tee.eventlog import parse_event_log, replay_ccel
+    from modelseal.tee.registry import build_config
     from modelseal.tee.tdx import dcap
     from modelseal.tee.tdx.quote import parse_quote
     from modelseal.tee.tdx.sgx.verifier import Verifier as SgxVerifier
@@ -80,7 +80,7 @@ def _dcap_rows() -> list[Row]:
         return rows
     raw = quote_path.read_bytes()
     rd = parse_quote(raw).report.report_data
-    tdx = TdxVerifier.from_config(VerifierConfig(collateral=str(VECTORS / "tdx")))
+    tdx = TdxVerifier.from_config(build_config("tdx", {"collateral": str(VECTORS / "tdx")}))
     rows.append(
         (
             "tdx",
@@ -118,7 +118,7 @@ def _dcap_rows() -> list[Row]:
     )
     sgx_raw = (VECTORS / "sgx/dcap-qvl/sgx_quote").read_bytes()
     sgx_rd = parse_quote(sgx_raw).report.report_data
-    sgx = SgxVerifier.from_config(VerifierConfig(collateral=str(VECTORS / "sgx")))
+    sgx = SgxVerifier.from_config(build_config("sgx", {"collateral": str(VECTORS / "sgx")}))
     rows.append(
         (
             "sgx",
@@ -139,13 +139,13 @@ def _dcap_rows() -> list[Row]:
 
 def _mock_rows(ca_dir: Path) -> list[Row]:
     from modelseal.tee import registry
-    from modelseal.tee.base import VerifierConfig
     from modelseal.tee.mock_tdx.attester import Attester
+    from modelseal.tee.registry import build_config
 
     attester = Attester(ca_dir)
     evidence = attester.evidence(b"\x11" * 48)
     verifier = registry.verifier_for(
-        "mock-tdx", VerifierConfig(mock_tdx_root=str(ca_dir / "root-ca.pem"))
+        "mock-tdx", build_config("mock-tdx", {"mock_tdx_root": str(ca_dir / "root-ca.pem")})
     )
     now = time.time()
     return [

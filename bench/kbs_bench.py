@@ -277,7 +277,9 @@ def component_costs(n: int = 300) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="kbs-bench-") as tmp:
         state = KbsState.open(Path(tmp) / "kbs")
         state.keys.put(KEY_ID, SecretBytes(DEK), policy=POLICY, actor="bench")
-        settings = KbsSettings(data_dir=Path(tmp) / "kbs", insecure_allow_sample=True)
+        settings = KbsSettings(
+            data_dir=Path(tmp) / "kbs", tee_options={"insecure_allow_sample": True}
+        )
         kbs = create_app(settings.validated(), state).state.kbs
 
         async def releases(count: int) -> float:

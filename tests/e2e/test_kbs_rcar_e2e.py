@@ -151,7 +151,7 @@ def test_kbs_get_cli(kbs: KbsProcess, tmp_path: Path) -> None:
             "kbs",
             "get",
             KEY_ID,
-            "--kbs",
+            "--kbs-url",
             kbs.url,
             "--key-alg",
             "ECDH-ES+A256KW-P384",
@@ -169,10 +169,18 @@ def test_kbs_get_cli(kbs: KbsProcess, tmp_path: Path) -> None:
     assert summary["bytes"] == 32
     for form in key_forms(DEK):
         assert form not in result.stdout + result.stderr
+    # the older spellings (--kbs, --cacert) still work, with a note naming the new ones
     denied = subprocess.run(
         [*CLI, "kbs", "get", DENIED_ID, "--kbs", kbs.url], capture_output=True, text=True
     )
     assert denied.returncode == 4
+    assert "--kbs is deprecated; use --kbs-url" in denied.stderr
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+    missing = subprocess.run(
+        [*CLI, "kbs", "get", KEY_ID], capture_output=True, text=True, env=clean
+    )
+    assert missing.returncode == 2
+    assert "--kbs-url" in missing.stderr
 
 
 def _handshake(http: httpx.Client, kbs: KbsProcess) -> tuple[str, TeeKeyPair]:

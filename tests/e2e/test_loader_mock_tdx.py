@@ -53,7 +53,7 @@ def tdx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TdxStack]:
     root = tmp_path_factory.mktemp("loader-mock-tdx")
     ca = MockTdxCA.create(root / "ca")
     mr_td = Attester(ca.directory).measurements["mr_td"]
-    kbs = kbs_service(root / "kbs", root, allow_sample=False, mock_tdx_root=ca.root_pem_path)
+    kbs = kbs_service(root / "kbs", root, tee_options={"mock_tdx_root": str(ca.root_pem_path)})
     registry = registry_service(root / "registry", root)
     try:
         with ThreadPoolExecutor(2) as pool:

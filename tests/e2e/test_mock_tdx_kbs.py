@@ -19,7 +19,7 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import AttestationError, PolicyDenied
 from modelseal.kbs.state import KbsState
 from modelseal.loader.kbs_client import KbsClient
-from modelseal.tee.base import VerifierConfig
+from modelseal.tee.mock_tdx import MockTdxConfig
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from modelseal.tee.registry import verifier_for
@@ -48,7 +48,7 @@ def _policy(**extra: object) -> dict[str, object]:
 
 def _components(ca: MockTdxCA) -> dict[str, str]:
     """The kernel and command-line digests the verifier derives from the default boot log."""
-    config = VerifierConfig(mock_tdx_root=str(ca.root_pem_path))
+    config = MockTdxConfig(root=str(ca.root_pem_path))
     claims = verifier_for("mock-tdx", config).verify(
         Attester(ca.directory).evidence(b"rd"), expected_report_data=b"rd", now=time.time()
     )

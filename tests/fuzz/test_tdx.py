@@ -16,8 +16,8 @@ import pytest
 
 from modelseal._internal.encoding import hex_decode
 from modelseal.errors import EvidenceError
-from modelseal.tee.base import VerifierConfig
 from modelseal.tee.tdx.collateral import CollateralSet, CollateralStore, parse_collateral
+from modelseal.tee.tdx.config import SgxConfig, TdxConfig
 from modelseal.tee.tdx.evidence import decode_evidence
 from modelseal.tee.tdx.quote import parse_quote
 from modelseal.tee.tdx.sgx.verifier import Verifier as SgxVerifier
@@ -77,8 +77,8 @@ def _evidence_forms() -> list[bytes]:
 @cache
 def _verifiers() -> tuple[TdxVerifier, SgxVerifier]:
     return (
-        TdxVerifier.from_config(VerifierConfig(collateral=str(TDX_COLLATERAL))),
-        SgxVerifier.from_config(VerifierConfig(collateral=str(SGX_COLLATERAL))),
+        TdxVerifier.from_config(TdxConfig(collateral=str(TDX_COLLATERAL))),
+        SgxVerifier.from_config(SgxConfig(collateral=str(SGX_COLLATERAL))),
     )
 
 

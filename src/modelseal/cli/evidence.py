@@ -18,15 +18,20 @@ from typing import Any
 import click
 
 from modelseal._internal.encoding import hex_decode
+from modelseal.cli._tee_options import (
+    attester_options,
+    spec_options,
+    tee_choice,
+    verifier_options,
+)
 from modelseal.errors import ConfigError, EvidenceError, FormatError
+from modelseal.tee import registry
+from modelseal.tee.plugin import KindConfig
 
 __all__ = ["attest", "evidence"]
 
 #: Evidence files larger than this are refused before parsing.
 MAX_EVIDENCE_FILE = 8 * 1024 * 1024
-DCAP_KINDS = ("tdx", "sgx", "mock-tdx")
-#: Kinds ``evidence verify`` knows (the verifiers of :mod:`modelseal.tee.registry`).
-VERIFY_KINDS = ("tdx", "sgx", "snp", "tpm", "mock-tdx", "sample")
 
 
 def _hex_arg(value: str | None, what: str) -> bytes | None:
@@ -61,39 +66,41 @@ def _print_json(value: Any) -> None:
 
 # ---------------------------------------------------------------------------- attest
 @click.command()
-@click.option("--tee", default="auto", show_default=True, help="TEE kind, or auto-detect.")
-@click.option("--report-data", default=None, help="Hex bytes for the report-data field.")
 @click.option(
-    "--mock-tdx-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="mock-tdx: test CA directory (created on demand).",
+    "--tee",
+    default="auto",
+    show_default=True,
+    type=tee_choice(registry.attestable_kinds(), "auto"),
+    help="TEE kind, or auto-detect.",
 )
+@click.option("--report-data", default=None, help="Hex bytes for the report-data field.")
+@spec_options(attester_options())
 @click.option(
     "--init-data",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="mock-tdx: init-data TOML whose digest becomes MRCONFIGID.",
+    help="Init-data TOML whose digest a test TEE puts into its launch field (MRCONFIGID).",
 )
-def attest(
-    tee: str, report_data: str | None, mock_tdx_dir: Path | None, init_data: Path | None
-) -> None:
+def attest(tee: str, report_data: str | None, init_data: Path | None, **values: Any) -> None:
     """Print this machine's attestation evidence as JSON."""
-    from modelseal.tee import registry
     from modelseal.tee.detect import detect
 
     kind = detect() if tee == "auto" else tee
-    options: dict[str, Any] = {}
-    if kind == "mock-tdx":
-        if mock_tdx_dir is not None:
-            options["ca_dir"] = str(mock_tdx_dir)
-        if init_data is not None:
-            options["init_data"] = init_data.read_bytes()
-    elif mock_tdx_dir is not None or init_data is not None:
-        raise ConfigError("--mock-tdx-dir and --init-data apply to --tee mock-tdx only")
+    plugin = registry.plugin(kind)
+    given = {name for name, value in values.items() if value is not None}
+    own = {i.option.name for i in plugin.attester_inputs}
+    if given - own or (init_data is not None and not plugin.simulates_launch):
+        raise ConfigError(f"{_flags(given - own) or '--init-data'} do not apply to --tee {kind}")
+    options = registry.attester_keywords(
+        kind, values, init_data=init_data.read_bytes() if init_data is not None else None
+    )
     data = _hex_arg(report_data, "--report-data") or bytes(64)
     attester = registry.attester_for(kind, **options)
     _print_json(attester.evidence(data))
+
+
+def _flags(names: set[str]) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in sorted(names))
 
 
 # ---------------------------------------------------------------------------- evidence
@@ -102,68 +109,45 @@ def evidence() -> None:
     """Verify evidence or replay event logs offline, as a KBS would."""
 
 
-def _evidence_value(kind: str, raw: bytes) -> Any:
-    """JSON when the file is JSON; binary/hex quotes and SNP reports otherwise."""
-    text = raw.strip()
-    if text[:1] == b"{":
-        try:
-            return json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise EvidenceError("evidence file is not valid JSON") from exc
-    if kind in DCAP_KINDS:
-        return raw  # the TDX/SGX decoder takes binary or hex quotes itself
-    if kind == "snp":
-        from modelseal.tee.snp.evidence import build_evidence
-
-        try:
-            report = hex_decode(text.decode("ascii"), what="SNP report")
-        except (UnicodeDecodeError, FormatError):
-            report = raw
-        return build_evidence(report)
-    raise EvidenceError(f"{kind} evidence must be the JSON document a KBS receives")
-
-
-def _own_report_data(kind: str, value: Any) -> bytes | None:
-    """The evidence's own report data, when --report-data was not given (no binding check)."""
-    if kind in DCAP_KINDS:
-        from modelseal.tee.tdx.evidence import decode_evidence
-        from modelseal.tee.tdx.quote import parse_quote
-
-        return parse_quote(decode_evidence(value).quote).report.report_data
-    if kind == "snp":
-        from modelseal.tee.snp.evidence import report_bytes_from_json
-        from modelseal.tee.snp.report import parse_report
-
-        if isinstance(value, dict):
-            return parse_report(report_bytes_from_json(value.get("attestation_report"))).report_data
-    return None
-
-
-def _verifier_config(kind: str, collateral: str | None, **kw: Any) -> Any:
-    from modelseal.tee.base import VerifierConfig
-
-    if kind == "snp":
-        return VerifierConfig(snp_certs=collateral, **kw)
-    if kind == "tpm":
-        return VerifierConfig(tpm_trusted_aks=collateral, **kw)
-    return VerifierConfig(collateral=collateral, **kw)
+def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
+    """``kind``'s config from the options given; naming an opt-in kind on the command
+    line is the opt-in. Before the kinds' options were shared with ``kbs serve``, one
+    catch-all option (``--collateral``) carried every kind's material: for a kind with
+    one material option it is still read as that option (deprecated)."""
+    specs = registry.plugin(kind).config.options()
+    own = {spec.name for spec in specs}
+    values = {name: value for name, value in values.items() if value not in (None, False)}
+    for spec in specs:
+        if spec.enables and spec.type == "flag":
+            values[spec.name] = True
+    foreign = {name: values.pop(name) for name in list(values) if name not in own}
+    material = [s for s in specs if s.type == "path" and not s.enables and s.name not in values]
+    paths = {s.name: s for s in registry.options() if s.catch_all}
+    if len(foreign) == 1 and len(material) == 1 and set(foreign) <= set(paths):
+        ((old, value),) = foreign.items()
+        new = material[0]
+        click.echo(
+            f"note: {paths[old].flag} for --tee {kind} is deprecated; use {new.flag}", err=True
+        )
+        values[new.name] = value
+    elif foreign:
+        raise ConfigError(f"{_flags(set(foreign))} do not apply to --tee {kind}")
+    for spec in specs:
+        if spec.required and values.get(spec.name) is None:
+            raise ConfigError(f"{spec.flag} ({spec.help}) is required for --tee {kind}")
+    registry.check_options(values)
+    return registry.build_config(kind, values)
 
 
 @evidence.command("verify")
 @click.option(
     "--tee",
     required=True,
-    type=click.Choice(VERIFY_KINDS),
+    type=tee_choice(registry.KINDS),
     help="TEE kind of the evidence (an unknown kind is a usage error, exit 2).",
 )
 @click.option("--evidence", "evidence_path", required=True, help="Evidence file ('-' = stdin).")
-@click.option(
-    "--collateral",
-    type=click.Path(exists=True),
-    default=None,
-    help="TDX/SGX: dcap-qvl collateral file or directory; SNP: VCEK/VLEK + ASK/ARK; "
-    "TPM: trusted AK keys/certificates.",
-)
+@spec_options(verifier_options())
 @click.option("--at", "at", type=float, default=None, help="Verification time (Unix seconds).")
 @click.option("--report-data", default=None, help="Expected binding (hex, zero-padded).")
 @click.option(
@@ -172,14 +156,6 @@ def _verifier_config(kind: str, collateral: str | None, **kw: Any) -> Any:
     default=None,
     help="Init-data TOML the TEE claims (checked against MRCONFIGID / HOST_DATA).",
 )
-@click.option(
-    "--mock-tdx-root",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TEST ONLY: trust this mock-tdx root CA (PEM).",
-)
-@click.option("--pccs-url", default=None, help="TDX/SGX: PCS/PCCS URL for missing collateral.")
-@click.option("--cache-dir", default=None, help="Collateral download cache directory.")
 @click.option(
     "--tcb-status",
     "tcb_statuses",
@@ -197,36 +173,27 @@ def _verifier_config(kind: str, collateral: str | None, **kw: Any) -> Any:
 def verify_cmd(
     tee: str,
     evidence_path: str,
-    collateral: str | None,
     at: float | None,
     report_data: str | None,
     init_data: Path | None,
-    mock_tdx_root: str | None,
-    pccs_url: str | None,
-    cache_dir: str | None,
     tcb_statuses: tuple[str, ...],
     allow_debug: bool,
+    **values: Any,
 ) -> None:
-    """Verify evidence; print typed claims as JSON, or exit 4 with the reason."""
-    from modelseal.tee import registry
+    """Verify evidence; print typed claims as JSON, or exit 4 with the reason.
 
-    if tee == "tpm" and collateral is None:
-        raise ConfigError("--collateral (the trusted AK keys or certificates) is required for tpm")
-    value = _evidence_value(tee, _read(evidence_path, "evidence"))
+    The kind's options are those ``kbs serve`` takes (``--snp-certs``, ``--collateral``,
+    ``--mock-tdx-root`` ...): the same verifier runs with the same configuration.
+    """
+    config = _verifier_config(tee, values)
+    kind = registry.plugin(tee).verifier_class()
+    value = kind.evidence_from_file(_read(evidence_path, "evidence"))
     expected = _hex_arg(report_data, "--report-data")
     checked = expected is not None
     if expected is None:
-        expected = _own_report_data(tee, value)
+        expected = kind.own_report_data(value)
         if expected is None:
             raise ConfigError(f"--report-data is required for --tee {tee}")
-    config = _verifier_config(
-        tee,
-        collateral,
-        allow_sample=tee == "sample",
-        pccs_url=pccs_url,
-        cache_dir=cache_dir,
-        mock_tdx_root=mock_tdx_root,
-    )
     verifier = registry.verifier_for(tee, config)
     claims = verifier.verify(
         value,

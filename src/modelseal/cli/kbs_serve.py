@@ -7,10 +7,20 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
+from modelseal.cli._tee_options import (
+    aliased,
+    attester_options,
+    deprecated_alias,
+    spec_options,
+    tee_choice,
+    verifier_options,
+)
 from modelseal.errors import ConfigError
+from modelseal.tee import registry
 
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -44,37 +54,7 @@ def _path(value: str | None) -> Path | None:
     is_flag=True,
     help="Allow plain HTTP on a non-loopback address (behind a TLS proxy).",
 )
-@click.option(
-    "--insecure-allow-sample",
-    envvar="MODELSEAL_INSECURE_ALLOW_SAMPLE",
-    is_flag=True,
-    help="DEV ONLY: accept the unsigned sample TEE (stamped into every token).",
-)
-@click.option(
-    "--collateral",
-    envvar="MODELSEAL_COLLATERAL",
-    default=None,
-    help="TDX/SGX offline collateral file or bundle directory.",
-)
-@click.option("--pccs-url", envvar="MODELSEAL_PCCS_URL", default=None, help="Intel PCS/PCCS URL.")
-@click.option(
-    "--mock-tdx-root",
-    envvar="MODELSEAL_MOCK_TDX_ROOT",
-    default=None,
-    help="TEST ONLY: PEM root CA that signs mock-tdx quotes.",
-)
-@click.option(
-    "--snp-certs",
-    envvar="MODELSEAL_SNP_CERTS",
-    default=None,
-    help="Directory of SNP VCEK/VLEK/ASK/ARK certificates.",
-)
-@click.option(
-    "--tpm-trusted-aks",
-    envvar="MODELSEAL_TPM_TRUSTED_AKS",
-    default=None,
-    help="File or directory of trusted TPM attestation keys.",
-)
+@spec_options(verifier_options())
 @click.option(
     "--allow-cnap-oneshot",
     envvar="MODELSEAL_ALLOW_CNAP_ONESHOT",
@@ -141,12 +121,6 @@ def serve(
     tls_cert: str | None,
     tls_key: str | None,
     insecure_http: bool,
-    insecure_allow_sample: bool,
-    collateral: str | None,
-    pccs_url: str | None,
-    mock_tdx_root: str | None,
-    snp_certs: str | None,
-    tpm_trusted_aks: str | None,
     allow_cnap_oneshot: bool,
     token_ttl: float,
     session_ttl: float,
@@ -155,8 +129,13 @@ def serve(
     max_body_bytes: int,
     workers: int,
     log_level: str,
+    **tee_options: Any,
 ) -> None:
-    """Serve the Key Broker Service (Trustee KBS protocol 0.4 + admin API)."""
+    """Serve the Key Broker Service (Trustee KBS protocol 0.4 + admin API).
+
+    Each TEE kind's options (collateral, trusted keys, test roots, opt-ins) come from
+    the kind's own config; a kind that needs material refuses evidence until it is given.
+    """
     from modelseal.kbs.settings import KbsSettings
 
     logging.getLogger("modelseal").setLevel(log_level.upper())
@@ -168,12 +147,7 @@ def serve(
         tls_cert=_path(tls_cert),
         tls_key=_path(tls_key),
         insecure_http=insecure_http,
-        insecure_allow_sample=insecure_allow_sample,
-        collateral=collateral,
-        pccs_url=pccs_url,
-        mock_tdx_root=mock_tdx_root,
-        snp_certs=snp_certs,
-        tpm_trusted_aks=tpm_trusted_aks,
+        tee_options=tee_options,
         allow_cnap_oneshot=allow_cnap_oneshot,
         token_ttl=token_ttl,
         session_ttl=session_ttl,
@@ -185,20 +159,22 @@ def serve(
 
     scheme = "https" if settings.tls else "http"
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
-    if settings.insecure_allow_sample:
-        click.echo("WARNING: INSECURE sample TEE accepted (--insecure-allow-sample)", err=True)
+    for kind in settings.insecure_kinds():
+        click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
     os.environ["MODELSEAL_LOG_LEVEL"] = log_level
     run(settings, workers=workers)
 
 
 @click.command()
 @click.argument("resource_path")
-@click.option("--kbs", "kbs_url", required=True, envvar="MODELSEAL_KBS_URL", help="KBS base URL.")
+@click.option("--kbs-url", "kbs_url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (required).")
+@deprecated_alias("--kbs", "--kbs-url", "kbs_url")
 @click.option(
     "--tee",
-    default="sample",
+    default=registry.DEVELOPMENT_KIND,
     show_default=True,
     envvar="MODELSEAL_TEE",
+    type=tee_choice(registry.attestable_kinds()),
     help="TEE kind whose attester produces the evidence.",
 )
 @click.option(
@@ -210,11 +186,12 @@ def serve(
     ),
 )
 @click.option(
-    "--cacert",
+    "--kbs-ca",
     default=None,
-    envvar="MODELSEAL_KBS_CACERT",
+    envvar="MODELSEAL_KBS_CA",
     help="CA bundle that signs the KBS's TLS certificate.",
 )
+@deprecated_alias("--cacert", "--kbs-ca", "kbs_ca", envvar="MODELSEAL_KBS_CACERT")
 @click.option(
     "--init-data",
     "init_data_file",
@@ -229,23 +206,29 @@ def serve(
     type=click.Path(dir_okay=False),
     help="Write the raw resource bytes to this new file (mode 0600).",
 )
+@spec_options(attester_options())
 def get(
     resource_path: str,
-    kbs_url: str,
+    kbs_url: str | None,
     tee: str,
     key_alg: str,
-    cacert: str | None,
+    kbs_ca: str | None,
     init_data_file: str | None,
     output: str | None,
+    **attester_values: Any,
 ) -> None:
     """Attest and fetch RESOURCE_PATH (repo/type/tag); print a summary, never the key."""
     from modelseal.loader.kbs_client import KbsClient
-    from modelseal.tee.registry import attester_for
 
+    kbs_url = aliased("kbs_url", kbs_url)
+    kbs_ca = aliased("kbs_ca", kbs_ca)
+    if not kbs_url:
+        raise click.UsageError("Missing option '--kbs-url'.")
     init_data = Path(init_data_file).read_text(encoding="utf-8") if init_data_file else None
-    attester = attester_for(tee)
+    keywords = registry.attester_keywords(tee, attester_values, init_data=init_data)
+    attester = registry.attester_for(tee, **keywords)
     with KbsClient(
-        kbs_url, attester, tee=tee, key_alg=key_alg, verify=cacert or True, init_data=init_data
+        kbs_url, attester, tee=tee, key_alg=key_alg, verify=kbs_ca or True, init_data=init_data
     ) as client:
         secret = client.get_resource(resource_path)
         try:

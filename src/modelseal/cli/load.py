@@ -17,6 +17,9 @@ from types import FrameType
 
 import click
 
+from modelseal.cli._tee_options import attester_options, spec_options, tee_choice
+from modelseal.tee import registry
+
 
 @click.command()
 @click.option(
@@ -28,7 +31,12 @@ import click
     type=click.Path(path_type=Path),
     help="Memory-backed destination directory [default: /models].",
 )
-@click.option("--tee", envvar="MODELSEAL_TEE", help="TEE kind to attest as, or 'auto' [default].")
+@click.option(
+    "--tee",
+    envvar="MODELSEAL_TEE",
+    type=tee_choice(registry.attestable_kinds(), "auto"),
+    help="TEE kind to attest as, or 'auto' [default].",
+)
 @click.option("--kbs-url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (else from model info).")
 @click.option(
     "--kbs-ca",
@@ -59,12 +67,7 @@ import click
     envvar="MODELSEAL_MODEL_DIGEST",
     help="Expected model digest sha256:<hex> (e.g. from init-data).",
 )
-@click.option(
-    "--mock-tdx-dir",
-    envvar="MODELSEAL_MOCK_TDX_DIR",
-    type=click.Path(path_type=Path),
-    help="mock-tdx attester material (tests only).",
-)
+@spec_options(attester_options())
 @click.option(
     "--init-data",
     envvar="MODELSEAL_INIT_DATA",
@@ -103,12 +106,12 @@ def load(
     allow_disk: bool | None,
     workers: int | None,
     model_digest: str | None,
-    mock_tdx_dir: Path | None,
     init_data: Path | None,
     timeout: float | None,
     file_mode: str | None,
     group: str | None,
     quiet: bool,
+    **attester_values: str | None,
 ) -> None:
     """Attest, fetch the model key, decrypt the model into a memory-backed directory."""
     # httpx imports its optional command-line client (rich, pygments: ~70 ms) when it can;
@@ -134,7 +137,7 @@ def load(
         allow_disk=allow_disk,
         workers=workers,
         model_digest=model_digest,
-        mock_tdx_dir=mock_tdx_dir,
+        **{name: Path(value) if value else None for name, value in attester_values.items()},
         init_data=init_data,
         timeout=timeout,
         file_modes=modes,

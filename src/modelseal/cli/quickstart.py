@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import click
 
+from modelseal.tee import registry
+
 
 @click.command()
 @click.option(
     "--tee",
-    default="sample",
+    default=registry.DEVELOPMENT_KIND,
     show_default=True,
-    type=click.Choice(["sample", "mock-tdx"]),
-    help="TEE to attest as: 'sample' (insecure, development only) or 'mock-tdx' (test CA, "
-    "full DCAP verification path, policy on MRTD + model digest via init-data).",
+    type=click.Choice(registry.kinds(runs_without_hardware=True)),
+    help="TEE to attest as, one that runs without its hardware: "
+    + "; ".join(
+        f"'{kind}' ({registry.plugin(kind).summary})"
+        for kind in registry.kinds(runs_without_hardware=True)
+    )
+    + ".",
 )
 def quickstart(tee: str) -> None:
     """Train, publish, attest, load into tmpfs and serve a small model on 127.0.0.1."""

@@ -33,7 +33,7 @@ from modelseal._internal.encoding import b64_encode
 from modelseal._internal.http_edge import BodyLimit, guard, guarded_route, read_body
 from modelseal.crypto.jose.jwk import recipient_from_jwk
 from modelseal.crypto.jose.jwt import TokenSigningKey
-from modelseal.errors import TokenError, UnsupportedTee
+from modelseal.errors import TokenError
 from modelseal.kbs.admin_api import admin_router, trustee_admin_router
 from modelseal.kbs.attestation import AttestationService
 from modelseal.kbs.errors_http import RCAR_ERRORS, install_error_handlers, problem, table_for
@@ -54,7 +54,6 @@ from modelseal.protocol.kbs import (
     version_supported,
 )
 from modelseal.protocol.wire import WireModel
-from modelseal.tee.registry import KINDS
 
 log = logging.getLogger("modelseal.kbs")
 T = TypeVar("T")
@@ -76,14 +75,14 @@ class Kbs:
         self.settings = settings
         self.state = state
         self.clock = clock
-        self.attestation = AttestationService(settings.verifier_config(), clock=clock)
+        self.attestation = AttestationService(settings.tee_configs(), clock=clock)
         self.sessions = SessionStore(state.db, ttl=settings.session_ttl, clock=clock)
         self.tokens = TokenService(
             TokenSigningKey.load_or_create(settings.signing_key_path),
             issuer=settings.issuer,
             audience=settings.audience,
             ttl=settings.token_ttl,
-            insecure=settings.insecure_allow_sample,
+            insecure=settings.accepts_insecure,
             clock=clock,
         )
         self.resources = ResourceService(state, self.tokens)
@@ -136,10 +135,7 @@ class Kbs:
                 "AttestationError",
                 "KBS Client Protocol Version Mismatch: accepted >=0.4.0,<0.5.0",
             )
-        if req.tee not in KINDS:
-            raise UnsupportedTee(f"unknown TEE kind {req.tee!r}")
-        if req.tee == "sample" and not self.attestation.allow_sample:
-            raise UnsupportedTee("sample TEE refused: no --insecure-allow-sample")
+        self.attestation.check_allowed(req.tee)
         nonce = b64_encode(os.urandom(NONCE_BYTES))
         session = await self.db(self.sessions.create, req.tee, nonce)
         body_out = json.dumps({"nonce": nonce, "extra-params": ""}).encode()
@@ -227,11 +223,12 @@ def create_app(
 ) -> FastAPI:
     """The KBS FastAPI app for validated ``settings`` over an opened ``state``."""
     kbs = Kbs(settings, state, clock or SystemClock())
-    if settings.insecure_allow_sample:
+    for kind in settings.insecure_kinds():
         log.warning(
-            "INSECURE: the sample TEE is accepted (--insecure-allow-sample); unsigned evidence "
-            "gets keys if a policy allows tee 'sample'. Every token is stamped insecure. "
-            "Never use this in production."
+            "INSECURE: the %s TEE is accepted; its unsigned evidence gets keys if a policy "
+            "allows tee %r. Every token is stamped insecure. Never use this in production.",
+            kind,
+            kind,
         )
     app = FastAPI(
         title="modelseal KBS",

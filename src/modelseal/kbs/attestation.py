@@ -10,44 +10,63 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal.errors import UnsupportedTee
 from modelseal.protocol.claims import Claims
-from modelseal.tee.base import Verifier, VerifierConfig
-from modelseal.tee.registry import verifier_for
+from modelseal.tee import registry
+from modelseal.tee.base import Verifier
+from modelseal.tee.plugin import KindConfig
 
 log = logging.getLogger(__name__)
 
 
 class AttestationService:
-    """Verify evidence of any supported kind; ``sample`` only when explicitly allowed."""
+    """Verify evidence of any supported kind; insecure kinds only when explicitly allowed."""
 
-    def __init__(self, config: VerifierConfig, *, clock: Clock | None = None) -> None:
-        self.config = config
+    def __init__(self, configs: Mapping[str, KindConfig], *, clock: Clock | None = None) -> None:
+        #: each kind's own config (``registry.build_configs``; defaults for kinds left out)
+        self.configs = {
+            kind: configs.get(kind) or registry.build_config(kind, {}) for kind in registry.KINDS
+        }
         self.clock: Clock = clock or SystemClock()
         self._verifiers: dict[str, Verifier] = {}
         self._lock = threading.Lock()
+        #: insecure kinds not opted in -> why they are refused (decided once, at start)
+        self._refused = {
+            kind: f"{kind} TEE refused: the KBS runs without "
+            + " or ".join(self.configs[kind].opt_in_flags())
+            for kind in registry.kinds(insecure=True)
+            if not self.configs[kind].enabled()
+        }
 
     def is_inline(self, tee: str) -> bool:
         """True when ``tee``'s verifier never waits on I/O: run it on the event loop."""
         return not self.verifier(tee).may_block()
 
-    @property
-    def allow_sample(self) -> bool:
-        return self.config.allow_sample
+    def check_allowed(self, tee: str) -> None:
+        """Raise UnsupportedTee for an unknown kind, or an insecure one not opted in.
+
+        Called before a session is created, so a KBS never hands a nonce to a kind whose
+        evidence proves nothing unless its operator asked for it.
+        """
+        if tee not in self.configs:
+            registry.plugin(tee)  # raises, naming the known kinds
+        refusal = self._refused.get(tee)
+        if refusal is not None:
+            raise UnsupportedTee(refusal)
 
     def verifier(self, tee: str) -> Verifier:
         """The (cached) verifier of ``tee``; raises UnsupportedTee if unknown or refused."""
-        if tee == "sample" and not self.config.allow_sample:
-            raise UnsupportedTee("sample TEE refused: KBS runs without --insecure-allow-sample")
+        self.check_allowed(tee)
         verifier = self._verifiers.get(tee)
         if verifier is None:
             with self._lock:
                 verifier = self._verifiers.get(tee)
                 if verifier is None:
-                    verifier = verifier_for(tee, self.config)
+                    verifier = registry.verifier_for(tee, self.configs[tee])
                     self._verifiers[tee] = verifier
         return verifier
 

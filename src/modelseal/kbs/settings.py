@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelseal.errors import ConfigError
-from modelseal.tee.base import VerifierConfig
+from modelseal.tee import registry
+from modelseal.tee.plugin import KindConfig
 
 TOKEN_SIGNING_KEY_FILE = "token-signing-key.pem"  # noqa: S105 - a file name
 DEFAULT_PORT = 8080
@@ -31,6 +34,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: Options naming a collateral download cache (defaulted into the data directory).
+_CACHE_DIRS = tuple(spec for spec in registry.options() if spec.type == "dir")
+
+
 @dataclass(frozen=True)
 class KbsSettings:
     """KBS server settings; construct, then call :meth:`validated`."""
@@ -42,13 +49,9 @@ class KbsSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure_http: bool = False
-    insecure_allow_sample: bool = False
-    collateral: str | None = None
-    pccs_url: str | None = None
-    cache_dir: str | None = None
-    mock_tdx_root: str | None = None
-    snp_certs: str | None = None
-    tpm_trusted_aks: str | None = None
+    #: Values of the TEE kinds' options (``registry.options()``: ``collateral``,
+    #: ``snp_certs``, ``insecure_allow_sample``, ...), by option name.
+    tee_options: Mapping[str, Any] = field(default_factory=dict)
     allow_cnap_oneshot: bool = False
     token_ttl: float = DEFAULT_TTL
     session_ttl: float = DEFAULT_TTL
@@ -65,16 +68,24 @@ class KbsSettings:
     def signing_key_path(self) -> Path:
         return self.token_signing_key or self.data_dir / TOKEN_SIGNING_KEY_FILE
 
-    def verifier_config(self) -> VerifierConfig:
-        return VerifierConfig(
-            allow_sample=self.insecure_allow_sample,
-            collateral=self.collateral,
-            pccs_url=self.pccs_url,
-            cache_dir=self.cache_dir or str(self.data_dir / "collateral-cache"),
-            mock_tdx_root=self.mock_tdx_root,
-            snp_certs=self.snp_certs,
-            tpm_trusted_aks=self.tpm_trusted_aks,
-        )
+    def tee_configs(self) -> dict[str, KindConfig]:
+        """Every kind's own verifier config, built by the registry's one factory.
+
+        Downloaded collateral is cached in the data directory unless a cache is named.
+        """
+        cache = {spec.name: str(self.data_dir / "collateral-cache") for spec in _CACHE_DIRS}
+        return registry.build_configs({**cache, **self.tee_options})
+
+    def insecure_kinds(self) -> tuple[str, ...]:
+        """The opted-in kinds whose evidence proves nothing."""
+        configs = self.tee_configs()
+        return tuple(kind for kind in registry.kinds(insecure=True) if configs[kind].enabled())
+
+    @property
+    def accepts_insecure(self) -> bool:
+        """True when a kind whose evidence proves nothing is opted in: every token this
+        KBS issues is then stamped insecure."""
+        return bool(self.insecure_kinds())
 
     def validated(self) -> KbsSettings:
         """Return the settings with paths normalized, or raise ConfigError."""
@@ -101,16 +112,7 @@ class KbsSettings:
                 raise ConfigError(f"{flag} must be between 1 and 86400 seconds")
         if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
             raise ConfigError("--max-body-bytes must be between 1 KiB and 64 MiB")
-        for flag, file in (
-            ("--mock-tdx-root", self.mock_tdx_root),
-            ("--collateral", self.collateral),
-            ("--snp-certs", self.snp_certs),
-            ("--tpm-trusted-aks", self.tpm_trusted_aks),
-        ):
-            if file is not None and not Path(file).exists():
-                raise ConfigError(f"{flag} {file} does not exist")
-        if self.pccs_url is not None and not self.pccs_url.startswith(("https://", "http://")):
-            raise ConfigError("--pccs-url must be an http(s) URL")
+        registry.check_options(self.tee_options)
         if not self.issuer or not self.audience:
             raise ConfigError("token issuer and audience must not be empty")
         return dataclasses.replace(self, data_dir=self.data_dir.expanduser())

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from hashlib import sha512
 from typing import Annotated, Any, Protocol
@@ -42,12 +43,14 @@ from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64_decode, b64_encode
 from modelseal._internal.http_edge import guarded_route, read_body
 from modelseal.crypto.cnap_wrap import WorkloadKey, new_swk
-from modelseal.errors import FormatError, TokenError, UnsupportedTee
+from modelseal.errors import FormatError, TokenError
 from modelseal.format import cnap
 from modelseal.kbs.errors_http import RCAR_ERRORS
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.paths import validate_key_id
 from modelseal.protocol.claims import Claims
+from modelseal.tee.plugin import KindConfig
+from modelseal.tee.registry import kind_for_transfer_type
 
 __all__ = ["MAX_TRANSFER_BODY", "TransferRequest", "TransferService", "transfer_router"]
 
@@ -60,7 +63,7 @@ class Attestation(Protocol):
     """What the transfer service needs from the KBS's ``AttestationService``."""
 
     @property
-    def config(self) -> Any: ...
+    def configs(self) -> Mapping[str, KindConfig]: ...
 
     def verify(
         self, tee: str, evidence: Any, *, expected_report_data: bytes, init_data: bytes | None
@@ -98,12 +101,7 @@ def _json_response(body: dict[str, str], headers: dict[str, str] | None = None) 
 
 
 def _tee_for(header: str | None, attestation: Attestation) -> str:
-    kind = (header or "TDX").strip().upper()
-    if kind == "TDX":
-        return "mock-tdx" if getattr(attestation.config, "mock_tdx_root", None) else "tdx"
-    if kind == "MOCK-TDX":
-        return "mock-tdx"
-    raise UnsupportedTee(f"Attestation-Type {kind[:16]!r} is not supported (only TDX)")
+    return kind_for_transfer_type(header or "TDX", attestation.configs)
 
 
 class TransferService:

@@ -1,13 +1,12 @@
 """Attest this TEE to the KBS and obtain the model key (RCAR through ``KbsClient``).
 
 Only attesters are imported here (``tee.registry.attester_for``); verifier code stays on
-the KBS side. ``auto`` asks ``tee.detect`` which TEE this machine is; the insecure
-``sample`` TEE is never chosen automatically.
+the KBS side. ``auto`` asks ``tee.detect`` which TEE this machine is; test-only kinds are
+never chosen automatically.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -15,15 +14,15 @@ from typing import Any
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, UnsupportedTee
 from modelseal.loader.settings import LoaderSettings
+from modelseal.tee import registry
 from modelseal.tee.base import Attester
 from modelseal.tee.detect import detect
 from modelseal.tee.initdata import parse_init_data
-from modelseal.tee.registry import KINDS, attester_for
 
 log = logging.getLogger(__name__)
 
 #: TEE kinds whose evidence proves nothing outside tests (the KBS needs an explicit flag)
-INSECURE_TEES = frozenset({"sample", "mock-tdx"})
+INSECURE_TEES = frozenset(registry.kinds(test_only=True))
 
 
 @dataclass
@@ -38,20 +37,16 @@ class KeyRelease:
 
 
 def attester_kinds() -> list[str]:
-    """The TEE kinds this build can attest as (those with an attester module)."""
-    return sorted(
-        kind
-        for kind, package in KINDS.items()
-        if importlib.util.find_spec(f"modelseal.tee.{package}.attester") is not None
-    )
+    """The TEE kinds this build can attest as (those with an attester)."""
+    return sorted(registry.attestable_kinds())
 
 
 def resolve_tee(settings: LoaderSettings) -> str:
     """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``.
 
-    Detection never answers ``sample`` or ``mock-tdx``: insecure kinds must be explicit.
-    No TEE on this machine is a configuration error (exit 2), not a denied attestation:
-    nothing was attested, and the fix is ``--tee``, which the message spells out.
+    Detection never answers a test-only kind: those must be named explicitly. No TEE on
+    this machine is a configuration error (exit 2), not a denied attestation: nothing was
+    attested, and the fix is ``--tee``, which the message spells out.
     """
     if settings.tee != "auto":
         return settings.tee
@@ -97,15 +92,16 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
     """Instantiate the attester of ``kind`` with the options the settings carry.
 
     On real hardware the host put the init-data digest into the attested launch field
-    (MRCONFIGID, HOST_DATA); the mock-tdx attester simulates that launch step.
+    (MRCONFIGID, HOST_DATA); a test attester that simulates that launch step gets the
+    document. Attester inputs (a test CA directory) are the settings fields of the same
+    option names.
     """
-    options: dict[str, Any] = dict(settings.extra_attester_options)
-    if kind == "mock-tdx":
-        if settings.mock_tdx_dir is not None:
-            options.setdefault("ca_dir", settings.mock_tdx_dir)
-        if init_data is not None:
-            options.setdefault("init_data", init_data.text)
-    return attester_for(kind, **options)
+    values = {spec.name: getattr(settings, spec.name, None) for spec in registry.attester_options()}
+    options: dict[str, Any] = registry.attester_keywords(
+        kind, values, init_data=init_data.text if init_data is not None else None
+    )
+    options.update(settings.extra_attester_options)
+    return registry.attester_for(kind, **options)
 
 
 def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:

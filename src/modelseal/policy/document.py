@@ -15,6 +15,7 @@ from hashlib import sha256
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +28,7 @@ from pydantic import (
 from modelseal._internal.bounded import load_json, load_yaml
 from modelseal._internal.canonical import canonical_json
 from modelseal.errors import ConfigError, FormatError
+from modelseal.tee import registry
 
 __all__ = [
     "MAX_POLICY_BYTES",
@@ -39,8 +41,9 @@ __all__ = [
     "parse_policy_text",
 ]
 
-#: TEE kinds a policy may name. ``sample`` is honoured only on a KBS started insecure.
-TEE_KINDS = ("tdx", "snp", "sgx", "tpm", "mock-tdx", "sample")
+#: TEE kinds a policy may name (every registered kind). Insecure kinds are honoured only
+#: on a KBS started insecure.
+TEE_KINDS = registry.KINDS
 #: TCB states as reported by Intel DCAP (and mapped to by the SNP verifier).
 TCB_STATUSES = (
     "UpToDate",
@@ -51,7 +54,7 @@ TCB_STATUSES = (
     "OutOfDateConfigurationNeeded",
 )
 #: Kinds whose verifier reports a TCB status; for them ``tcb_status`` is enforced.
-TCB_CHECKED_TEES = frozenset({"tdx", "sgx", "snp", "mock-tdx"})
+TCB_CHECKED_TEES = frozenset(registry.kinds(tcb_checked=True))
 MAX_POLICY_BYTES = 64 * 1024
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
@@ -59,7 +62,18 @@ _HEX = re.compile(r"(?:[0-9a-f]{2}){1,512}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _INIT_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 
-TeeKind = Literal["tdx", "snp", "sgx", "tpm", "mock-tdx", "sample"]
+
+def _registered_kind(value: str) -> str:
+    if value not in TEE_KINDS:
+        raise ValueError(f"unknown TEE kind; allowed: {', '.join(TEE_KINDS)}")
+    return value
+
+
+TeeKind = Annotated[
+    StrictStr,
+    AfterValidator(_registered_kind),
+    Field(json_schema_extra={"enum": list(TEE_KINDS)}),
+]
 TcbStatus = Literal[
     "UpToDate",
     "SWHardeningNeeded",

@@ -11,8 +11,12 @@ from datetime import UTC, datetime
 
 from modelseal.policy.document import TCB_CHECKED_TEES, ReleasePolicy
 from modelseal.protocol.claims import Claims
+from modelseal.tee import registry
 
 __all__ = ["MODEL_DIGEST_CLAIM", "Decision", "evaluate"]
+
+#: Kinds whose evidence proves nothing: their claims must say so (a KBS started insecure).
+INSECURE_TEES = frozenset(registry.kinds(insecure=True))
 
 #: init-data claim the loader's TEE carries to say which model it will load.
 MODEL_DIGEST_CLAIM = "model_digest"
@@ -39,8 +43,8 @@ def evaluate(policy: ReleasePolicy | None, claims: Claims, *, now: float) -> Dec
 
     if claims.tee not in policy.tee:
         failures.append(f"tee {claims.tee!r} is not in the allowed kinds {list(policy.tee)}")
-    if claims.tee == "sample" and not claims.insecure:
-        failures.append("sample evidence is accepted only by a KBS started insecure")
+    if claims.tee in INSECURE_TEES and not claims.insecure:
+        failures.append(f"{claims.tee} evidence is accepted only by a KBS started insecure")
 
     if claims.debug and not policy.debug:
         failures.append("the TEE runs in debug mode and the policy does not allow debug")

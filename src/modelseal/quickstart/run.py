@@ -47,28 +47,13 @@ from modelseal.quickstart.services import (
     registry_service,
     run_cli,
 )
+from modelseal.tee import registry as tee_registry
 
 MODEL_ID = "digits-mlp"
 VERSION = "v1"
 SHM = Path("/dev/shm")  # noqa: S108 (mkdtemp below makes a private 0700 dir)
-#: TEE kinds the quickstart can attest as on a machine without a TEE
-TEES = ("sample", "mock-tdx")
-
-BANNER = """\
-================================================================================
- modelseal quickstart — INSECURE DEVELOPMENT SETUP, loopback only
- The KBS runs with --insecure-allow-sample: it releases keys to the 'sample' TEE,
- whose evidence proves NOTHING. Every token it issues is stamped insecure.
- Never run a KBS like this outside a development machine.
-================================================================================"""
-
-BANNER_MOCK_TDX = """\
-================================================================================
- modelseal quickstart — TEST SETUP, loopback only
- The KBS trusts a throw-away mock-tdx test root CA created for this run: quotes
- take the full DCAP verification path, but no hardware is involved. The release
- policy pins MRTD and requires init-data naming the published model digest.
-================================================================================"""
+#: TEE kinds the quickstart can attest as on a machine without a TEE (those with a testbed)
+TEES = tee_registry.kinds(runs_without_hardware=True)
 
 
 @dataclass
@@ -90,10 +75,17 @@ class QuickstartResult:
 class Quickstart:
     """One run; ``out`` receives the human-readable report."""
 
-    def __init__(self, *, tee: str = "sample", out: TextIO | None = None, workers: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        tee: str = tee_registry.DEVELOPMENT_KIND,
+        out: TextIO | None = None,
+        workers: int = 2,
+    ) -> None:
         if tee not in TEES:
             raise ConfigError(f"quickstart --tee must be one of {', '.join(TEES)}")
         self.tee = tee
+        self.plugin = tee_registry.plugin(tee)
         self.out = out or sys.stdout
         self.workers = workers
         self.steps: list[Step] = []
@@ -112,8 +104,9 @@ class Quickstart:
         self.steps.append(record)
 
     def run(self) -> QuickstartResult:
-        self.say(BANNER if self.tee == "sample" else BANNER_MOCK_TDX)
         work = Path(tempfile.mkdtemp(prefix="modelseal-quickstart-"))
+        self.testbed = self.plugin.provision_testbed(work)
+        self.say(self.testbed.banner)
         dest_root = _memory_dir()
         try:
             return self._run(work, dest_root / "models")
@@ -128,20 +121,12 @@ class Quickstart:
         logs = work / "logs"
         logs.mkdir()
         # the servers boot (seconds of imports) while the model trains
-        mock_root = None
-        if self.tee == "mock-tdx":
-            from modelseal.tee.mock_tdx.ca import MockTdxCA
-
-            mock_root = MockTdxCA.create(work / "mock-tdx-ca").root_pem_path
-        kbs = kbs_service(
-            work / "kbs", logs, allow_sample=self.tee == "sample", mock_tdx_root=mock_root
-        )
+        kbs = kbs_service(work / "kbs", logs, tee_options=self.testbed.kbs_options)
         registry = registry_service(work / "registry", logs)
         for service in (kbs, registry):
             self.services.append(service)
             service.spawn()
-        trust = "INSECURE: sample TEE allowed" if self.tee == "sample" else "mock-tdx test root"
-        self.say(f"   KBS      {kbs.url}  ({trust})")
+        self.say(f"   KBS      {kbs.url}  ({self.testbed.trust})")
         self.say(f"   registry {registry.url}")
         with self.step("train model (numpy MLP on sklearn digits)") as s:
             from modelseal.quickstart.train import train
@@ -190,11 +175,8 @@ class Quickstart:
             "tee": [self.tee],
             "debug": False,
         }
-        if self.tee == "mock-tdx":
-            from modelseal.tee.mock_tdx.attester import Attester
-
-            mr_td = Attester(work / "mock-tdx-ca").measurements["mr_td"]
-            policy["measurements"] = [{"mr_td": mr_td}]
+        if self.testbed.measurements:
+            policy["measurements"] = [dict(self.testbed.measurements)]
         request = PublishRequest(
             source=model_dir,
             registry_url=registry.url,
@@ -209,7 +191,7 @@ class Quickstart:
         )
         with KbsAdminClient(kbs.url, token) as admin:
             result = publish(request, admin)
-            if self.tee == "mock-tdx":
+            if self.plugin.simulates_launch:
                 # bind the key to TEEs launched for exactly this model (init-data claim)
                 admin.set_policy(result.key_id, {**policy, "model_digest": result.model_digest})
         return result
@@ -228,14 +210,16 @@ class Quickstart:
             "--workers",
             str(self.workers),
         ]
-        if self.tee == "mock-tdx":
+        for name, value in self.testbed.attester_values.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        if self.plugin.simulates_launch:
             # what the host would pass at launch (MRCONFIGID = its digest)
             init = work / "init-data.toml"
             init.write_text(
                 f'version = "0.1.0"\nalgorithm = "sha384"\n[data]\nmodel_digest = "{digest}"\n',
                 encoding="utf-8",
             )
-            args += ["--mock-tdx-dir", str(work / "mock-tdx-ca"), "--init-data", str(init)]
+            args += ["--init-data", str(init)]
         done = run_cli(args, timeout=120)
         if done.returncode != 0:
             raise _child_error("modelseal load", done)
@@ -319,7 +303,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_quickstart(*, tee: str = "sample", out: TextIO | None = None) -> QuickstartResult:
+def run_quickstart(
+    *, tee: str = tee_registry.DEVELOPMENT_KIND, out: TextIO | None = None
+) -> QuickstartResult:
     """Run the quickstart; raises a modelseal error (with its exit code) on failure."""
     with _sigterm_as_interrupt():
         return Quickstart(tee=tee, out=out).run()

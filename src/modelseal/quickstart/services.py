@@ -16,10 +16,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from modelseal.errors import BackendError
+from modelseal.tee import registry as tee_registry
 
 #: the CLI of this very installation (works in a venv without PATH)
 MODELSEAL = [sys.executable, "-c", "from modelseal.cli import main; main()"]
@@ -138,17 +140,22 @@ def kbs_service(
     log_dir: Path,
     *,
     port: int | None = None,
-    allow_sample: bool = True,
-    mock_tdx_root: Path | None = None,
+    tee_options: Mapping[str, Any] | None = None,
 ) -> Service:
-    """``modelseal kbs serve`` on 127.0.0.1 (sample TEE allowed: development only)."""
+    """``modelseal kbs serve`` on 127.0.0.1 with the TEE kinds' ``tee_options`` (option
+    name -> value; default: the development kind opted in, for development only)."""
     port = port or free_port()
     argv = [*MODELSEAL, "kbs", "serve", "--data-dir", str(data_dir), "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--log-level", "warning"]
-    if allow_sample:
-        argv.append("--insecure-allow-sample")
-    if mock_tdx_root is not None:
-        argv += ["--mock-tdx-root", str(mock_tdx_root)]
+    if tee_options is None:
+        dev = tee_registry.plugin(tee_registry.DEVELOPMENT_KIND).config.options()
+        tee_options = {spec.name: True for spec in dev if spec.enables}
+    specs = {spec.name: spec for spec in tee_registry.options()}
+    for name, value in tee_options.items():
+        if value is True:
+            argv.append(specs[name].flag)
+        elif value not in (None, False):
+            argv += [specs[name].flag, str(value)]
     return Service("kbs", argv, f"http://127.0.0.1:{port}", log_dir / "kbs.log")
 
 

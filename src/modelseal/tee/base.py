@@ -9,12 +9,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hmac
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, final
 
 from modelseal.errors import EvidenceError
 from modelseal.protocol.claims import Claims
 from modelseal.tee.initdata import parse_init_data
+from modelseal.tee.plugin import KindConfig
 
 #: JSON value of ``primary_evidence`` as sent on the wire.
 EvidenceJSON = Any
@@ -97,8 +99,28 @@ class Verifier(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, config: VerifierConfig) -> Verifier:
-        """Build from KBS settings; raises ``UnsupportedTee`` when the kind is refused."""
+    def from_config(cls, config: KindConfig) -> Verifier:
+        """Build from the kind's own config (built by ``registry.build_config``); raises
+        ``UnsupportedTee`` when the kind is refused (e.g. not opted in)."""
+
+    @classmethod
+    def evidence_from_file(cls, raw: bytes) -> EvidenceJSON:
+        """Evidence as an operator saves it to a file (``evidence verify``): the JSON a
+        KBS receives; kinds with a binary form (a raw quote or report) accept it too."""
+        text = raw.strip()
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise EvidenceError(
+                f"{cls.tee} evidence must be the JSON document a KBS receives"
+            ) from exc
+
+    @classmethod
+    def own_report_data(cls, evidence: EvidenceJSON) -> bytes | None:
+        """The report data the evidence carries, for checking it without a known binding
+        (``evidence verify`` without ``--report-data``); None when it cannot be read
+        before verification."""
+        return None
 
     @final
     def verify(
@@ -187,35 +209,3 @@ class Verifier(abc.ABC):
 def pad_report_data(data: bytes, size: int = 64) -> bytes:
     """Zero-pad (or truncate) ``data`` to a TEE's report-data field, as Trustee does."""
     return data[:size].ljust(size, b"\x00")
-
-
-class VerifierConfig:
-    """KBS-side settings every verifier may read; each kind uses the fields it needs.
-
-    Kept deliberately flat so ``kbs serve`` flags map one-to-one onto it.
-    """
-
-    def __init__(
-        self,
-        *,
-        allow_sample: bool = False,
-        collateral: str | None = None,
-        pccs_url: str | None = None,
-        cache_dir: str | None = None,
-        mock_tdx_root: str | None = None,
-        snp_certs: str | None = None,
-        tpm_trusted_aks: str | None = None,
-    ) -> None:
-        self.allow_sample = allow_sample
-        #: TDX/SGX: offline collateral file or bundle directory (dcap-qvl JSON).
-        self.collateral = collateral
-        #: TDX/SGX: PCS/PCCS base URL used when collateral is not in the bundle.
-        self.pccs_url = pccs_url
-        #: Where fetched collateral and certificates are cached.
-        self.cache_dir = cache_dir
-        #: PEM file of the mock-tdx test root CA; mock-tdx is refused unless set.
-        self.mock_tdx_root = mock_tdx_root
-        #: SNP: directory of VCEK/VLEK/ASK/ARK certificates.
-        self.snp_certs = snp_certs
-        #: TPM: directory or file of trusted AK public keys / certificates.
-        self.tpm_trusted_aks = tpm_trusted_aks

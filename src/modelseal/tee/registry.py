@@ -1,52 +1,179 @@
-"""Name -> implementation maps for attesters and verifiers, imported lazily.
+"""The TEE kinds of this build, and every list derived from their plugin descriptions.
 
-Lazy imports keep verifier code (and its dependencies) out of the loader inside the TEE.
+Each kind package exports ``PLUGIN`` (:class:`~modelseal.tee.plugin.TeePlugin`). Callers
+outside ``modelseal.tee`` never name a kind: they ask here for the kinds with a property
+(``kinds(tcb_checked=True)``), the options of the shared vocabulary (:func:`options`),
+the config of a kind built from option values (:func:`build_config`, the one factory),
+and the verifier or attester of a kind. Importing this module loads only the small
+package ``__init__`` modules: attester and verifier code is imported on first use, so the
+loader inside the TEE never loads verifier code.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from modelseal.errors import UnsupportedTee
-from modelseal.tee.base import Attester, Verifier, VerifierConfig
+from modelseal.errors import ConfigError, UnsupportedTee
+from modelseal.tee.base import Attester, Verifier
+from modelseal.tee.plugin import KindConfig, OptionSpec, TeePlugin
 
-#: kind -> package under ``modelseal.tee``
-KINDS: dict[str, str] = {
-    "sample": "sample",
-    "tdx": "tdx",
-    "mock-tdx": "mock_tdx",
-    "snp": "snp",
-    "tpm": "tpm",
-    "sgx": "tdx.sgx",
-}
+#: The kind packages under ``modelseal.tee``, in the order lists show them.
+_PACKAGES = ("tdx", "tdx.sgx", "snp", "tpm", "mock_tdx", "sample")
 
 
-def _module(kind: str, role: str) -> Any:
-    pkg = KINDS.get(kind)
-    if pkg is None:
+def _load(packages: Iterable[str]) -> dict[str, TeePlugin]:
+    found: dict[str, TeePlugin] = {}
+    for package in packages:
+        plugin: TeePlugin = importlib.import_module(f"modelseal.tee.{package}").PLUGIN
+        if plugin.name in found or plugin.config.kind != plugin.name:
+            raise RuntimeError(f"TEE plugin {package}: duplicate name or mistagged config")
+        found[plugin.name] = plugin
+    return found
+
+
+#: kind name -> plugin description
+PLUGINS: Mapping[str, TeePlugin] = _load(_PACKAGES)
+#: every kind name, in display order
+KINDS: tuple[str, ...] = tuple(PLUGINS)
+#: The kind that runs anywhere with no setup (unsigned evidence): what diagnostic
+#: commands and the quickstart attest as unless told otherwise.
+DEVELOPMENT_KIND: str = next(name for name, p in PLUGINS.items() if p.insecure)
+
+
+def plugin(kind: str) -> TeePlugin:
+    """The plugin of ``kind``; ``UnsupportedTee`` naming the known kinds otherwise."""
+    found = PLUGINS.get(kind)
+    if found is None:
         raise UnsupportedTee(f"unknown TEE kind {kind!r}; known: {', '.join(sorted(KINDS))}")
-    try:
-        return importlib.import_module(f"modelseal.tee.{pkg}.{role}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("modelseal."):
-            raise UnsupportedTee(f"TEE kind {kind!r} has no {role} in this build") from exc
-        raise UnsupportedTee(f"TEE kind {kind!r} needs a missing package: {exc.name}") from exc
+    return found
 
 
-def verifier_for(kind: str, config: VerifierConfig) -> Verifier:
+def kinds(**flags: bool) -> tuple[str, ...]:
+    """The kinds whose plugin flags have the given values, e.g. ``kinds(insecure=True)``."""
+    return tuple(
+        name
+        for name, p in PLUGINS.items()
+        if all(bool(getattr(p, flag)) == want for flag, want in flags.items())
+    )
+
+
+def attestable_kinds() -> tuple[str, ...]:
+    """Kinds with an attester in this build (``--tee`` choices of attesting commands)."""
+    return tuple(name for name, p in PLUGINS.items() if p.attester_module is not None)
+
+
+def _dedup(specs: Iterable[OptionSpec]) -> tuple[OptionSpec, ...]:
+    seen: dict[str, OptionSpec] = {}
+    for spec in specs:
+        if seen.setdefault(spec.name, spec) != spec:
+            raise RuntimeError(f"TEE option {spec.name!r} is declared two different ways")
+    return tuple(seen.values())
+
+
+def options() -> tuple[OptionSpec, ...]:
+    """Every verifier option of every kind, once each (``kbs serve``, ``evidence verify``)."""
+    return _dedup(spec for p in PLUGINS.values() for spec in p.config.options())
+
+
+def attester_options() -> tuple[OptionSpec, ...]:
+    """Every attester input option of every kind, once each (``load``, ``attest``, ...)."""
+    return _dedup(i.option for p in PLUGINS.values() for i in p.attester_inputs)
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """``ConfigError`` naming the flag for an unknown option, a missing path or a URL
+    that is not http(s); unset values (None, False) pass."""
+    specs = {spec.name: spec for spec in options()}
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown TEE option {name!r}")
+        if value is None or value is False:
+            continue
+        if spec.type == "path" and not Path(str(value)).exists():
+            raise ConfigError(f"{spec.flag} {value} does not exist")
+        if spec.type == "url" and not str(value).startswith(("https://", "http://")):
+            raise ConfigError(f"{spec.flag} must be an http(s) URL")
+
+
+def kinds_reading(spec: OptionSpec) -> tuple[str, ...]:
+    """The kinds whose config or attester reads the option ``spec`` (for help texts)."""
+    return tuple(
+        name
+        for name, p in PLUGINS.items()
+        if spec in p.config.options() or spec in (i.option for i in p.attester_inputs)
+    )
+
+
+def build_config(kind: str, values: Mapping[str, Any]) -> KindConfig:
+    """The one factory: ``kind``'s own config from the shared option values."""
+    return plugin(kind).config.from_options(values)
+
+
+def build_configs(values: Mapping[str, Any]) -> dict[str, KindConfig]:
+    """Every kind's config from the same option values (what a KBS verifies with)."""
+    return {name: build_config(name, values) for name in KINDS}
+
+
+def verifier_for(kind: str, config: KindConfig) -> Verifier:
     """Build the verifier of ``kind``; raises ``UnsupportedTee`` if unknown or not allowed.
 
     The verifier's own kind must be ``kind``: :meth:`Verifier.verify` then refuses claims
     of any other kind, so evidence is only ever accepted as the kind the session named.
     """
-    verifier: Verifier = _module(kind, "verifier").Verifier.from_config(config)
+    found = plugin(kind)
+    if config.kind != kind:
+        raise UnsupportedTee(f"a {config.kind} config cannot build the {kind} verifier")
+    verifier = found.verifier_class().from_config(config)
     if verifier.tee != kind:
         raise UnsupportedTee(f"the verifier registered for {kind!r} verifies {verifier.tee!r}")
     return verifier
 
 
 def attester_for(kind: str, **options: Any) -> Attester:
-    """Build the attester of ``kind`` (``options`` are kind-specific)."""
-    attester: Attester = _module(kind, "attester").Attester(**options)
+    """Build the attester of ``kind`` (``options`` are kind-specific keywords)."""
+    attester: Attester = plugin(kind).attester_class()(**options)
     return attester
+
+
+def attester_keywords(
+    kind: str, values: Mapping[str, Any], *, init_data: bytes | str | None = None
+) -> dict[str, Any]:
+    """Keywords for ``kind``'s attester from option values (``mock_tdx_dir`` -> ``ca_dir``)
+    and, for an attester that simulates the launch, the init-data document."""
+    found = plugin(kind)
+    keywords = {
+        i.keyword: values[i.option.name]
+        for i in found.attester_inputs
+        if values.get(i.option.name) is not None
+    }
+    if init_data is not None and found.simulates_launch:
+        keywords["init_data"] = init_data
+    return keywords
+
+
+def kind_for_transfer_type(header: str, configs: Mapping[str, KindConfig]) -> str:
+    """The kind an ``Attestation-Type`` header names, given what the KBS is configured for.
+
+    When several kinds answer to the same header (a TDX quote may come from a test CA),
+    a kind the KBS was explicitly opted into wins over the production kind; an unknown
+    header is ``UnsupportedTee``.
+    """
+    wanted = header.strip().upper()
+    candidates = [p for p in PLUGINS.values() if wanted in p.transfer_types]
+    if not candidates:
+        known = sorted({t for p in PLUGINS.values() for t in p.transfer_types})
+        raise UnsupportedTee(
+            f"Attestation-Type {wanted[:16]!r} is not supported (only {', '.join(known)})"
+        )
+    for p in candidates:
+        config = configs.get(p.name)
+        if p.needs_opt_in and config is not None and config.enabled():
+            return p.name
+    for p in candidates:
+        if not p.needs_opt_in:
+            return p.name
+    return candidates[0].name

@@ -75,7 +75,9 @@ async def _make(tmp_path: Path, ca_dir: Path, **settings: Any) -> AsyncIterator[
     state.keys.put(KEY_ID, SecretBytes(DEK), policy=policy, actor="test")
     state.keys.put(DENIED, SecretBytes(DEK), policy={**policy, "tee": ["tdx"]}, actor="test")
     config = KbsSettings(
-        data_dir=tmp_path / "kbs", mock_tdx_root=str(ca_dir / "root-ca.pem"), **settings
+        data_dir=tmp_path / "kbs",
+        tee_options={"mock_tdx_root": str(ca_dir / "root-ca.pem")},
+        **settings,
     )
     app = create_app(config.validated(), state, clock=clock)
     transport = httpx.ASGITransport(app=app)

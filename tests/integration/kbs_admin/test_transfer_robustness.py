@@ -37,7 +37,9 @@ class Kbs:
         MockTdxCA.create(base / "ca")
         self.state = KbsState.open(base / "kbs")
         self.state.keys.put(KEY_ID, SecretBytes(b"k" * 32), policy=POLICY, actor="test")
-        config = KbsSettings(data_dir=base / "kbs", mock_tdx_root=str(base / "ca" / "root-ca.pem"))
+        config = KbsSettings(
+            data_dir=base / "kbs", tee_options={"mock_tdx_root": str(base / "ca" / "root-ca.pem")}
+        )
         self.app: FastAPI = create_app(config.validated(), self.state)
 
     def post(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:

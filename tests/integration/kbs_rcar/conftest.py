@@ -48,7 +48,9 @@ def make_kbs(tmp_path: Path, clock: FixedClock, **overrides: Any) -> Kbs:
     if state.keys.list_keys() == []:
         state.keys.put(KEY_ID, SecretBytes(DEK), policy=SAMPLE_POLICY, actor="test")
         state.keys.put(DENIED_KEY_ID, SecretBytes(DEK), policy=DENY_POLICY, actor="test")
-    settings = KbsSettings(data_dir=data_dir, **{"insecure_allow_sample": True, **overrides})
+    settings = KbsSettings(
+        data_dir=data_dir, **{"tee_options": {"insecure_allow_sample": True}, **overrides}
+    )
     app = create_app(settings.validated(), state, clock=clock)
     return Kbs(state, settings, clock, app)
 

@@ -21,7 +21,8 @@ from modelseal._internal.clock import FixedClock
 from modelseal.crypto.jose.jwk import TeeKeyPair
 from modelseal.protocol.binding import runtime_data_digest
 from modelseal.protocol.claims import Claims
-from modelseal.tee.base import Authenticated, Verifier, VerifierConfig, pad_report_data
+from modelseal.tee.base import Authenticated, Verifier, pad_report_data
+from modelseal.tee.plugin import KindConfig
 from tests.integration.kbs_rcar.conftest import attestation_body, make_kbs
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +36,7 @@ class CarelessSample(Verifier):
     claims_kind: ClassVar[str] = "sample"
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> CarelessSample:
+    def from_config(cls, config: KindConfig) -> CarelessSample:
         return cls()
 
     def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:
@@ -55,7 +56,7 @@ async def _kbs_with(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A KBS whose attestation service builds ``verifier`` for every kind."""
     monkeypatch.setattr(
-        "modelseal.kbs.attestation.verifier_for",
+        "modelseal.tee.registry.verifier_for",
         lambda kind, config: verifier.from_config(config),
     )
     kbs = make_kbs(tmp_path, clock)

@@ -242,7 +242,7 @@ async def test_unknown_tee_is_refused(client: httpx.AsyncClient) -> None:
 
 
 async def test_sample_refused_without_flag(kbs_factory) -> None:  # type: ignore[no-untyped-def]
-    kbs = kbs_factory(insecure_allow_sample=False)
+    kbs = kbs_factory(tee_options={})
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=kbs.app), base_url="http://127.0.0.1"
     ) as c:
@@ -305,7 +305,9 @@ async def test_two_replicas_share_sessions(tmp_path, clock) -> None:  # type: ig
     first = make_kbs(tmp_path, clock)
     second_state = KbsState.open(tmp_path / "kbs", clock=clock)
     second = create_app(
-        KbsSettings(data_dir=tmp_path / "kbs", insecure_allow_sample=True).validated(),
+        KbsSettings(
+            data_dir=tmp_path / "kbs", tee_options={"insecure_allow_sample": True}
+        ).validated(),
         second_state,
         clock=clock,
     )

@@ -162,11 +162,20 @@ def test_usage_errors(mock_evidence: Path, capsys: pytest.CaptureFixture[str]) -
         ["evidence", "verify", "--tee", "tpm", "--evidence", str(mock_evidence)], capsys
     )
     assert code == 2
-    assert "--collateral (the trusted AK keys or certificates) is required" in err
+    assert "--tpm-trusted-aks (file or directory of trusted attestation keys" in err
+    assert "is required for --tee tpm" in err
     tpm = ["evidence", "verify", "--tee", "tpm", "--evidence", str(mock_evidence)]
+    code, _, err = _run([*tpm, "--tpm-trusted-aks", str(mock_evidence)], capsys)
+    assert code == 2
+    assert "--report-data is required" in err
+    # the older spelling still works, with a note naming the new one
     code, _, err = _run([*tpm, "--collateral", str(mock_evidence)], capsys)
     assert code == 2
     assert "--report-data is required" in err
+    assert "--collateral for --tee tpm is deprecated; use --tpm-trusted-aks" in err
+    code, _, err = _run([*tpm, "--mock-tdx-root", str(mock_evidence)], capsys)
+    assert code == 2
+    assert "--mock-tdx-root do not apply to --tee tpm" in err
     code, _, err = _run(
         ["evidence", "verify", "--tee", "nope", "--evidence", str(mock_evidence)], capsys
     )
@@ -343,7 +352,7 @@ def _snp_verify(evidence: Path, collateral: Path, *extra: str) -> list[str]:
         "snp",
         "--evidence",
         str(evidence),
-        "--collateral",
+        "--snp-certs",
         str(collateral),
         "--at",
         SNP_AT,
@@ -442,7 +451,7 @@ def _tpm_verify(evidence: Path, aks: Path, nonce: str) -> list[str]:
         "tpm",
         "--evidence",
         str(evidence),
-        "--collateral",
+        "--tpm-trusted-aks",
         str(aks),
         "--report-data",
         nonce,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelseal.kbs.attestation import AttestationService
-from modelseal.tee.base import VerifierConfig
 from modelseal.tee.mock_tdx.ca import MockTdxCA
+from modelseal.tee.registry import build_configs
 
 
 def test_local_material_verifies_inline_a_pccs_url_goes_to_a_thread(
@@ -14,16 +14,18 @@ def test_local_material_verifies_inline_a_pccs_url_goes_to_a_thread(
 ) -> None:
     ca = MockTdxCA.create(tmp_path / "ca")
     local = AttestationService(
-        VerifierConfig(
-            allow_sample=True,
-            mock_tdx_root=str(ca.root_pem_path),
-            collateral=str(shared_vectors / "tdx"),
+        build_configs(
+            {
+                "insecure_allow_sample": True,
+                "mock_tdx_root": str(ca.root_pem_path),
+                "collateral": str(shared_vectors / "tdx"),
+            }
         )
     )
     for kind in ("sample", "mock-tdx", "tdx"):
         assert local.is_inline(kind), kind
     # a PCS/PCCS URL means a collateral miss downloads: never on the event loop
     fetching = AttestationService(
-        VerifierConfig(collateral=str(shared_vectors / "tdx"), pccs_url="http://127.0.0.1:9")
+        build_configs({"collateral": str(shared_vectors / "tdx"), "pccs_url": "http://127.0.0.1:9"})
     )
     assert not fetching.is_inline("tdx")

@@ -26,7 +26,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.token_ttl == 300
     assert s.signing_key_path == tmp_path / "token-signing-key.pem"
     assert not s.tls
-    assert s.verifier_config().allow_sample is False
+    assert s.accepts_insecure is False
+    assert all(not c.enabled() for c in s.tee_configs().values() if c.opt_in_flags())
 
 
 @pytest.mark.parametrize(
@@ -39,8 +40,9 @@ def test_defaults(tmp_path: Path) -> None:
         ({"tls_cert": Path("/nonexistent"), "tls_key": Path("/nonexistent")}, "--tls-cert"),
         ({"token_ttl": 0}, "--token-ttl"),
         ({"session_ttl": 100000}, "--session-ttl"),
-        ({"mock_tdx_root": "/nonexistent.pem"}, "--mock-tdx-root"),
-        ({"pccs_url": "ftp://x"}, "--pccs-url"),
+        ({"tee_options": {"mock_tdx_root": "/nonexistent.pem"}}, "--mock-tdx-root"),
+        ({"tee_options": {"pccs_url": "ftp://x"}}, "--pccs-url"),
+        ({"tee_options": {"no_such_option": "x"}}, "unknown TEE option"),
         ({"max_body_bytes": 10}, "--max-body-bytes"),
     ],
 )

@@ -7,16 +7,16 @@ and returns whatever claims the test hands it. ``Verifier.verify`` must still re
 from __future__ import annotations
 
 import hashlib
-import importlib
 from typing import Any, ClassVar
 
 import pytest
 
 from modelseal.errors import EvidenceError
 from modelseal.protocol.claims import Claims
-from modelseal.tee.base import Authenticated, InitDataField, Verifier, VerifierConfig
+from modelseal.tee.base import Authenticated, InitDataField, Verifier
 from modelseal.tee.initdata import init_data_field
-from modelseal.tee.registry import KINDS
+from modelseal.tee.plugin import KindConfig
+from modelseal.tee.registry import KINDS, PLUGINS
 
 #: A full-length (SHA-512) binding and a SHA-384 one, as the KBS computes them.
 BINDING_64 = hashlib.sha512(b"nonce and tee-pubkey").digest()
@@ -37,7 +37,7 @@ class Careless(Verifier):
         self.found = found
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> Careless:
+    def from_config(cls, config: KindConfig) -> Careless:
         raise AssertionError("built directly by the tests")
 
     def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:
@@ -162,7 +162,7 @@ def test_insecure_kinds_are_always_marked_and_report_init_data_unbound() -> None
 def test_every_kind_uses_the_template(kind: str) -> None:
     # mypy refuses an override of the @final verify; this catches a kind that is not a
     # base.Verifier at all, or one registered under a name its claims would not carry.
-    cls = importlib.import_module(f"modelseal.tee.{KINDS[kind]}.verifier").Verifier
+    cls = PLUGINS[kind].verifier_class()
     assert issubclass(cls, Verifier)
     assert cls.verify is Verifier.verify
     assert cls.tee == kind

@@ -6,12 +6,13 @@ import pytest
 
 from modelseal.errors import UnsupportedTee
 from modelseal.tee import registry
-from modelseal.tee.base import VerifierConfig, pad_report_data
+from modelseal.tee.base import pad_report_data
+from modelseal.tee.sample import SampleConfig
 
 
 def test_unknown_kind_is_unsupported() -> None:
     with pytest.raises(UnsupportedTee, match="unknown TEE kind"):
-        registry.verifier_for("quantum", VerifierConfig())
+        registry.verifier_for("quantum", SampleConfig())
     with pytest.raises(UnsupportedTee):
         registry.attester_for("quantum")
 

@@ -1,8 +1,8 @@
 """mock-tdx verifier: the full TDX/DCAP pipeline, anchored at an explicitly given test root.
 
-Refused (UnsupportedTee) unless ``VerifierConfig.mock_tdx_root`` names the test root PEM:
+Refused (UnsupportedTee) unless ``MockTdxConfig.root`` names the test root PEM:
 a KBS never trusts the mock by accident. Collateral: ``collateral.json`` next to the root
-(the CA directory) together with ``VerifierConfig.collateral`` when set. Claims are TDX
+(the CA directory) together with ``MockTdxConfig.collateral`` when set. Claims are TDX
 claims with ``tee = "mock-tdx"`` and ``extra.mock = true``, so a release policy must name
 ``mock-tdx`` explicitly to accept them.
 """
@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 from modelseal.crypto.x509_pem import pem_to_der
 from modelseal.errors import ConfigError, UnsupportedTee
-from modelseal.tee.base import VerifierConfig
+from modelseal.tee.mock_tdx import ROOT, MockTdxConfig
+from modelseal.tee.plugin import KindConfig
 from modelseal.tee.tdx.collateral import CollateralStore
 from modelseal.tee.tdx.dcap_verifier import DcapQuoteVerifier
 
@@ -28,13 +29,13 @@ class Verifier(DcapQuoteVerifier):
     extra_claims: ClassVar[Mapping[str, Any]] = {"mock": True}
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> Verifier:
-        if not config.mock_tdx_root:
+    def from_config(cls, config: KindConfig) -> Verifier:
+        if not isinstance(config, MockTdxConfig) or not config.root:
             raise UnsupportedTee(
                 "mock-tdx is a test TEE: it is trusted only when its test root CA is "
-                "configured explicitly (kbs serve --mock-tdx-root PEM)"
+                f"configured explicitly (kbs serve {ROOT.flag} PEM)"
             )
-        root = Path(config.mock_tdx_root)
+        root = Path(config.root)
         try:
             root_der = pem_to_der(root.read_bytes())
         except OSError as exc:

@@ -1,6 +1,6 @@
 """Sample verifier: checks only the evidence shape; claims are fixed and insecure.
 
-Refused by :meth:`Verifier.from_config` unless the KBS allows the sample TEE, so a
+Refused by :meth:`Verifier.from_config` unless its config opts in, so a
 production KBS can never be talked into trusting unsigned evidence. The report-data
 binding and the init-data report are the base verifier's; the sample TEE has no
 launch-time field, so init-data is reported but bound to nothing (the claims are marked
@@ -16,7 +16,9 @@ from modelseal._internal.encoding import b64_decode
 from modelseal.errors import EvidenceError, FormatError, UnsupportedTee
 from modelseal.protocol.claims import Claims
 from modelseal.tee import base
-from modelseal.tee.base import Authenticated, VerifierConfig, pad_report_data
+from modelseal.tee.base import Authenticated, pad_report_data
+from modelseal.tee.plugin import KindConfig
+from modelseal.tee.sample import ALLOW, SampleConfig
 
 REPORT_DATA_SIZE = 64
 MAX_EVIDENCE_FIELD = 256
@@ -33,11 +35,9 @@ class Verifier(base.Verifier):
     report_data_field: ClassVar[str] = "sample report_data"
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> Verifier:
-        if not config.allow_sample:
-            raise UnsupportedTee(
-                "the sample TEE is refused: the KBS was not started with --insecure-allow-sample"
-            )
+    def from_config(cls, config: KindConfig) -> Verifier:
+        if not isinstance(config, SampleConfig) or not config.allow:
+            raise UnsupportedTee(f"the sample TEE is refused: not started with {ALLOW.flag}")
         return cls()
 
     def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:

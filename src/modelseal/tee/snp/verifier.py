@@ -2,7 +2,7 @@
 
 Order of checks (each failure is an ``EvidenceError`` naming the reason):
 strict report parsing -> endorsement key (VCEK or VLEK as the report's SIGNING_KEY says)
-from the evidence cert table or ``snp_certs`` -> chain VEK <- ASK/ASVK <- pinned ARK at
+from the evidence cert table or ``--snp-certs`` -> chain VEK <- ASK/ASVK <- pinned ARK at
 ``now`` -> ECDSA P-384 report signature -> VEK SPL extensions == reported TCB and hwID ==
 CHIP_ID (VCEK) -> VMPL; then the base verifier: REPORT_DATA == zero-padded binding and
 HOST_DATA == init-data digest. No network: missing certificates are a clear error (AMD
@@ -17,13 +17,20 @@ from typing import Any, ClassVar
 
 from cryptography import x509
 
+from modelseal._internal.encoding import hex_decode
 from modelseal.crypto.snp_ecdsa import is_p384_key, verify_report_signature
-from modelseal.errors import EvidenceError
+from modelseal.errors import EvidenceError, FormatError
 from modelseal.tee import base
-from modelseal.tee.base import Authenticated, InitDataField, VerifierConfig
+from modelseal.tee.base import Authenticated, InitDataField
+from modelseal.tee.plugin import KindConfig
+from modelseal.tee.snp import SnpConfig
 from modelseal.tee.snp import certs as amd
 from modelseal.tee.snp.claims import build_claims
-from modelseal.tee.snp.evidence import cert_chain_from_json, report_bytes_from_json
+from modelseal.tee.snp.evidence import (
+    build_evidence,
+    cert_chain_from_json,
+    report_bytes_from_json,
+)
 from modelseal.tee.snp.report import AttestationReport, Product, SigningKey, parse_report
 
 KDS = "https://kdsintf.amd.com"
@@ -61,11 +68,30 @@ class Verifier(base.Verifier):
         self._max_vmpl = max_vmpl
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> Verifier:
-        if not config.snp_certs:
+    def from_config(cls, config: KindConfig) -> Verifier:
+        if not isinstance(config, SnpConfig) or not config.certs:
             return cls()
-        certs, crls = amd.load_sources(config.snp_certs)
+        certs, crls = amd.load_sources(config.certs)
         return cls(certs, crls=crls)
+
+    @classmethod
+    def evidence_from_file(cls, raw: bytes) -> Any:
+        """The evidence JSON, or a bare report (binary or hex) wrapped as evidence."""
+        text = raw.strip()
+        if text[:1] == b"{":
+            return super().evidence_from_file(raw)
+        try:
+            report = hex_decode(text.decode("ascii"), what="SNP report")
+        except (UnicodeDecodeError, FormatError):
+            report = raw
+        return build_evidence(report)
+
+    @classmethod
+    def own_report_data(cls, evidence: Any) -> bytes | None:
+        """REPORT_DATA as the (not yet verified) report carries it."""
+        if not isinstance(evidence, Mapping):
+            return None
+        return parse_report(report_bytes_from_json(evidence.get("attestation_report"))).report_data
 
     def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:
         if not isinstance(evidence, Mapping):

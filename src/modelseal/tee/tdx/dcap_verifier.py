@@ -46,6 +46,18 @@ class DcapQuoteVerifier(Verifier):
         self._checked: set[tuple[str, bytes]] = set()
         self._chains: OrderedDict[bytes, tuple[Any, dcap.PckInfo]] = OrderedDict()
 
+    @classmethod
+    def evidence_from_file(cls, raw: bytes) -> Any:
+        """The evidence JSON, or a binary or hex quote (the decoder takes both itself)."""
+        if raw.strip()[:1] == b"{":
+            return super().evidence_from_file(raw)
+        return raw
+
+    @classmethod
+    def own_report_data(cls, evidence: Any) -> bytes | None:
+        """REPORTDATA as the (not yet verified) quote carries it."""
+        return parse_quote(decode_evidence(evidence).quote).report.report_data
+
     def may_block(self) -> bool:
         return self.collateral.may_fetch
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from modelseal.tee.base import VerifierConfig
+from modelseal.errors import UnsupportedTee
+from modelseal.tee.plugin import KindConfig
 from modelseal.tee.tdx.collateral import CollateralStore
+from modelseal.tee.tdx.config import DcapConfig
 from modelseal.tee.tdx.dcap_verifier import DcapQuoteVerifier
 
 
-def collateral_store(config: VerifierConfig) -> CollateralStore:
+def collateral_store(config: KindConfig) -> CollateralStore:
     """Collateral from ``config.collateral`` (file/dir), ``pccs_url`` and ``cache_dir``."""
+    if not isinstance(config, DcapConfig):
+        raise UnsupportedTee(f"a {config.kind} config carries no DCAP collateral settings")
     return CollateralStore(
         bundle=config.collateral, pccs_url=config.pccs_url, cache_dir=config.cache_dir
     )
@@ -23,5 +27,5 @@ class Verifier(DcapQuoteVerifier):
     quote_tee: ClassVar[str] = "TDX"
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> Verifier:
+    def from_config(cls, config: KindConfig) -> Verifier:
         return cls(collateral_store(config))

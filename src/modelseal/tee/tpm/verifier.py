@@ -19,7 +19,9 @@ from modelseal.crypto.tpm_sig import normalize_public_key
 from modelseal.errors import EvidenceError, UnsupportedTee
 from modelseal.protocol.claims import Claims
 from modelseal.tee import base
-from modelseal.tee.base import Authenticated, InitDataField, VerifierConfig
+from modelseal.tee.base import Authenticated, InitDataField
+from modelseal.tee.plugin import KindConfig
+from modelseal.tee.tpm import TRUSTED_AKS, TpmConfig
 from modelseal.tee.tpm.evidence import parse_evidence
 from modelseal.tee.tpm.quote import VerifiedQuote, verify_quote
 from modelseal.tee.tpm.structures import parse_public, parse_signature
@@ -45,10 +47,10 @@ class Verifier(base.Verifier):
         self._trust = trust
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> Verifier:
-        if not config.tpm_trusted_aks:
-            raise UnsupportedTee("TPM evidence is refused: the KBS has no --tpm-trusted-aks")
-        return cls(TrustStore.load(config.tpm_trusted_aks))
+    def from_config(cls, config: KindConfig) -> Verifier:
+        if not isinstance(config, TpmConfig) or not config.trusted_aks:
+            raise UnsupportedTee(f"TPM evidence is refused: no {TRUSTED_AKS.flag} configured")
+        return cls(TrustStore.load(config.trusted_aks))
 
     def _verify_evidence(self, evidence: Any, *, now: float) -> Authenticated:
         ev = parse_evidence(evidence)

@@ -17,11 +17,12 @@ from modelseal._internal.encoding import b64_decode, b64_encode
 from modelseal.crypto.x509_test_ca import pem_to_der
 from modelseal.errors import ConfigError, EvidenceError, UnsupportedTee
 from modelseal.tee import registry
-from modelseal.tee.base import VerifierConfig
+from modelseal.tee.mock_tdx import MockTdxConfig
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MOCK_ADVISORIES, MockTdxCA
 from modelseal.tee.mock_tdx.verifier import Verifier as MockVerifier
 from modelseal.tee.tdx.collateral import CollateralStore
+from modelseal.tee.tdx.config import TdxConfig
 from modelseal.tee.tdx.quote import parse_quote
 
 RD = bytes(range(48))
@@ -36,9 +37,7 @@ def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _verifier(ca_dir: Path, **kw: Any) -> Any:
-    return registry.verifier_for(
-        "mock-tdx", VerifierConfig(mock_tdx_root=str(ca_dir / "root-ca.pem"), **kw)
-    )
+    return registry.verifier_for("mock-tdx", MockTdxConfig(root=str(ca_dir / "root-ca.pem"), **kw))
 
 
 def _verify(ca_dir: Path, evidence: Any, **kw: Any) -> Any:
@@ -103,7 +102,7 @@ def test_explicit_measurements(ca_dir: Path) -> None:
 
 def test_unsupported_without_root(ca_dir: Path) -> None:
     with pytest.raises(UnsupportedTee, match="explicitly"):
-        registry.verifier_for("mock-tdx", VerifierConfig())
+        registry.verifier_for("mock-tdx", MockTdxConfig())
 
 
 def test_wrong_root_rejected(ca_dir: Path, tmp_path: Path) -> None:
@@ -111,9 +110,7 @@ def test_wrong_root_rejected(ca_dir: Path, tmp_path: Path) -> None:
     ev = Attester(ca_dir).evidence(RD)
     verifier = registry.verifier_for(
         "mock-tdx",
-        VerifierConfig(
-            mock_tdx_root=str(other.root_pem_path), collateral=str(ca_dir / "collateral.json")
-        ),
+        MockTdxConfig(root=str(other.root_pem_path), collateral=str(ca_dir / "collateral.json")),
     )
     with pytest.raises(EvidenceError, match="certificate chain broken"):
         verifier.verify(ev, expected_report_data=RD, now=time.time())
@@ -121,7 +118,7 @@ def test_wrong_root_rejected(ca_dir: Path, tmp_path: Path) -> None:
 
 def test_real_tdx_verifier_refuses_mock_quotes(ca_dir: Path) -> None:
     ev = Attester(ca_dir).evidence(RD)
-    verifier = registry.verifier_for("tdx", VerifierConfig(collateral=str(ca_dir)))
+    verifier = registry.verifier_for("tdx", TdxConfig(collateral=str(ca_dir)))
     with pytest.raises(EvidenceError, match="certificate chain broken"):
         verifier.verify(ev, expected_report_data=RD, now=time.time())
 

@@ -8,8 +8,8 @@ import hashlib
 import pytest
 
 from modelseal.errors import EvidenceError, FormatError, UnsupportedTee
-from modelseal.tee.base import VerifierConfig
 from modelseal.tee.registry import attester_for, verifier_for
+from modelseal.tee.sample import SampleConfig
 from modelseal.tee.sample.attester import Attester
 from modelseal.tee.sample.verifier import Verifier
 
@@ -17,7 +17,7 @@ DIGEST = hashlib.sha384(b"binding").digest()
 
 
 def _verifier() -> Verifier:
-    return Verifier.from_config(VerifierConfig(allow_sample=True))
+    return Verifier.from_config(SampleConfig(allow=True))
 
 
 def test_evidence_shape() -> None:
@@ -27,12 +27,12 @@ def test_evidence_shape() -> None:
 
 def test_registry_builds_both() -> None:
     assert attester_for("sample").tee == "sample"
-    assert verifier_for("sample", VerifierConfig(allow_sample=True)).tee == "sample"
+    assert verifier_for("sample", SampleConfig(allow=True)).tee == "sample"
 
 
 def test_refused_without_flag() -> None:
     with pytest.raises(UnsupportedTee, match="insecure-allow-sample"):
-        verifier_for("sample", VerifierConfig())
+        verifier_for("sample", SampleConfig())
 
 
 def test_fixed_insecure_claims() -> None:

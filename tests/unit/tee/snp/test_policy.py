@@ -14,7 +14,7 @@ from modelseal.kbs.attestation import AttestationService
 from modelseal.policy.document import ReleasePolicy, parse_policy
 from modelseal.policy.evaluate import evaluate
 from modelseal.protocol.claims import Claims
-from modelseal.tee.base import VerifierConfig
+from modelseal.tee.registry import build_configs
 from modelseal.tee.snp.evidence import build_evidence
 from modelseal.tee.snp.report import Product, parse_report
 
@@ -26,7 +26,9 @@ def _claims(vectors: Path, tmp_path: Path, report: str, key: str, chain: str) ->
     certs.mkdir()
     (certs / "1").write_bytes((vectors / key).read_bytes())
     (certs / "2").write_bytes((vectors / chain).read_bytes())
-    service = AttestationService(VerifierConfig(snp_certs=str(certs)), clock=FixedClock(VERIFY_AT))
+    service = AttestationService(
+        build_configs({"snp_certs": str(certs)}), clock=FixedClock(VERIFY_AT)
+    )
     raw = (vectors / report).read_bytes()
     binding = parse_report(raw, product=Product.MILAN).report_data
     return service.verify("snp", build_evidence(raw), expected_report_data=binding, init_data=None)

@@ -295,8 +295,8 @@ def test_registry_builds_verifier_from_a_cert_directory(
 ) -> None:
     """``--snp-certs DIR``: file names do not matter; DER and PEM are classified by content."""
     from modelseal.errors import ConfigError
-    from modelseal.tee.base import VerifierConfig
     from modelseal.tee.registry import verifier_for
+    from modelseal.tee.snp import SnpConfig
 
     certs = tmp_path / "certs"
     certs.mkdir()
@@ -306,7 +306,7 @@ def test_registry_builds_verifier_from_a_cert_directory(
     )
     name = "snp/trustee/test-report.bin"
     raw = (shared_vectors / name).read_bytes()
-    verifier = verifier_for("snp", VerifierConfig(snp_certs=str(certs)))
+    verifier = verifier_for("snp", SnpConfig(certs=str(certs)))
     report = parse_report(raw, product=Product.MILAN)
     claims = verifier.verify(
         build_evidence(raw), expected_report_data=report.report_data, now=VERIFY_AT
@@ -315,7 +315,7 @@ def test_registry_builds_verifier_from_a_cert_directory(
     assert claims.extra["chain"] == ["SEV-VCEK", "SEV-Milan", "ARK-Milan"]
     (certs / "junk").write_bytes(b"not a certificate")
     with pytest.raises(ConfigError, match="junk"):
-        verifier_for("snp", VerifierConfig(snp_certs=str(certs)))
+        verifier_for("snp", SnpConfig(certs=str(certs)))
 
 
 def test_foreign_ark_in_evidence_is_refused(shared_vectors: Path) -> None:

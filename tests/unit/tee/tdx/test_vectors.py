@@ -10,8 +10,8 @@ import pytest
 
 from modelseal._internal.encoding import hex_decode
 from modelseal.errors import BackendError, EvidenceError
-from modelseal.tee.base import VerifierConfig
 from modelseal.tee.tdx import dcap
+from modelseal.tee.tdx.config import SgxConfig, TdxConfig
 from modelseal.tee.tdx.evidence import decode_evidence
 from modelseal.tee.tdx.quote import EnclaveReport, TdReport, parse_quote
 from modelseal.tee.tdx.sgx.verifier import Verifier as SgxVerifier
@@ -36,7 +36,9 @@ def _quote_bytes(vectors: Path, rel: str) -> bytes:
 
 def _verifier(vectors: Path, rel_quote: str, collateral: str) -> Any:
     cls = SgxVerifier if rel_quote.startswith("sgx/") else TdxVerifier
-    return cls.from_config(VerifierConfig(collateral=str(vectors / collateral)))
+    return cls.from_config(
+        (SgxConfig if cls.tee == "sgx" else TdxConfig)(collateral=str(vectors / collateral))
+    )
 
 
 def test_quote_fields_match_expected(shared_vectors: Path) -> None:
@@ -94,7 +96,7 @@ def test_dcap_verdicts_reproduced(shared_vectors: Path) -> None:
 def test_positive_vector_claims(shared_vectors: Path) -> None:
     exp = _expected(shared_vectors)["quote_fields"]["tdx/dcap-qvl/tdx_quote"]
     raw = (shared_vectors / "tdx/dcap-qvl/tdx_quote").read_bytes()
-    verifier = TdxVerifier.from_config(VerifierConfig(collateral=str(shared_vectors / "tdx")))
+    verifier = TdxVerifier.from_config(TdxConfig(collateral=str(shared_vectors / "tdx")))
     evidence = decode_evidence(raw).to_json()  # Trustee JSON shape
     claims = verifier.verify(
         evidence, expected_report_data=bytes.fromhex(exp["report_data"]), now=1752919234
@@ -145,7 +147,7 @@ def test_non_production_root_rejected(shared_vectors: Path) -> None:
 def test_missing_collateral_is_backend_error(shared_vectors: Path) -> None:
     """tdx_quote_6.dat: no CRLs for its FMSPC are available -> 503-style BackendError."""
     raw = (shared_vectors / "tdx/trustee/tdx_quote_6.dat").read_bytes()
-    verifier = TdxVerifier.from_config(VerifierConfig(collateral=str(shared_vectors / "tdx")))
+    verifier = TdxVerifier.from_config(TdxConfig(collateral=str(shared_vectors / "tdx")))
     with pytest.raises(BackendError, match="no DCAP collateral for TDX FMSPC 00a06d080000"):
         verifier.verify(raw, expected_report_data=b"", now=1763000000)
 
@@ -210,6 +212,6 @@ def test_mutating_collateral_rejected(shared_vectors: Path, tmp_path: Path) -> N
     for key, pos in cases:
         path = tmp_path / f"{key}-{pos}.json"
         path.write_text(json.dumps(mutated(key, pos)))
-        verifier = TdxVerifier.from_config(VerifierConfig(collateral=str(path)))
+        verifier = TdxVerifier.from_config(TdxConfig(collateral=str(path)))
         with pytest.raises(EvidenceError):
             verifier.verify(raw, expected_report_data=rd, now=1752919234)

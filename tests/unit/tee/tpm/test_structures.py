@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelseal.errors import ConfigError, EvidenceError, UnsupportedTee
-from modelseal.tee.base import VerifierConfig
+from modelseal.tee.tpm import TpmConfig
 from modelseal.tee.tpm.evidence import build_evidence, parse_evidence
 from modelseal.tee.tpm.structures import (
     TPM_GENERATED_VALUE,
@@ -96,7 +96,7 @@ def test_evidence_round_trip_and_shape_errors() -> None:
 
 def test_trust_store_config_errors(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedTee, match="tpm-trusted-aks"):
-        Verifier.from_config(VerifierConfig())
+        Verifier.from_config(TpmConfig())
     with pytest.raises(ConfigError, match="does not exist"):
         TrustStore.load(tmp_path / "missing")
     (tmp_path / "junk").write_bytes(b"not a key")

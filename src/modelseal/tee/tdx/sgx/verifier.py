@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from modelseal.tee.base import VerifierConfig
+from modelseal.tee.plugin import KindConfig
 from modelseal.tee.tdx.dcap_verifier import DcapQuoteVerifier
 from modelseal.tee.tdx.verifier import collateral_store
 
@@ -20,5 +20,5 @@ class Verifier(DcapQuoteVerifier):
     quote_tee: ClassVar[str] = "SGX"
 
     @classmethod
-    def from_config(cls, config: VerifierConfig) -> Verifier:
+    def from_config(cls, config: KindConfig) -> Verifier:
         return cls(collateral_store(config))

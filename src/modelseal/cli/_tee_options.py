@@ -1,0 +1,113 @@
+"""Click options generated from the TEE kinds' plugin descriptions, and deprecated aliases.
+
+Kind-specific options come from :mod:`modelseal.tee.registry` (each kind's config declares
+them once), so ``kbs serve``, ``evidence verify``, ``attest``, ``load`` and ``kbs get``
+spell them the same way and a new kind needs no CLI edit. Older spellings stay accepted as
+hidden aliases that print a deprecation note, so scripts keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import click
+
+from modelseal.tee import registry
+from modelseal.tee.plugin import OptionSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``ctx.meta`` key holding the values given through deprecated aliases
+_ALIASED = "modelseal.aliased"
+
+
+def _click_type(spec: OptionSpec) -> click.ParamType[Any] | None:
+    # existence is checked with the other settings (registry.check_options: exit 2
+    # with the flag named), not by click
+    if spec.type == "path":
+        return click.Path()
+    if spec.type == "dir":
+        return click.Path(file_okay=False)
+    return None
+
+
+def _help(spec: OptionSpec) -> str:
+    return f"{', '.join(registry.kinds_reading(spec))}: {spec.help}"
+
+
+def spec_options(specs: Iterable[OptionSpec]) -> Callable[[F], F]:
+    """Add one click option per spec (flag and ``MODELSEAL_*`` variable from its name);
+    the help text names the kinds that read it, from the registry."""
+
+    def decorate(f: F) -> F:
+        for spec in reversed(tuple(specs)):
+            if spec.type == "flag":
+                f = click.option(
+                    spec.flag,
+                    spec.name,
+                    envvar=spec.envvar,
+                    is_flag=True,
+                    default=False,
+                    help=_help(spec),
+                )(f)
+            else:
+                f = click.option(
+                    spec.flag,
+                    spec.name,
+                    envvar=spec.envvar,
+                    default=None,
+                    type=_click_type(spec),
+                    help=_help(spec),
+                )(f)
+        return f
+
+    return decorate
+
+
+def tee_values(params: dict[str, Any], specs: Iterable[OptionSpec]) -> dict[str, Any]:
+    """Pop the spec options' values out of a command's keyword arguments."""
+    return {spec.name: params.pop(spec.name) for spec in specs}
+
+
+def tee_choice(kinds: Iterable[str], *extra: str) -> click.Choice[str]:
+    """``--tee`` choices from the registry (plus e.g. ``auto``)."""
+    return click.Choice([*extra, *kinds])
+
+
+def deprecated_alias(old: str, new: str, name: str, **attrs: Any) -> Callable[[F], F]:
+    """A hidden ``old`` flag for option ``new`` (parameter ``name``); using it prints a
+    note. The command reads the value back with :func:`aliased`."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            click.echo(f"note: {old} is deprecated; use {new}", err=True)
+            ctx.meta.setdefault(_ALIASED, {})[name] = value
+        return value
+
+    return click.option(
+        old,
+        f"_alias_{name}",
+        hidden=True,
+        expose_value=False,
+        default=None,
+        callback=remember,
+        **attrs,
+    )
+
+
+def aliased(name: str, value: Any) -> Any:
+    """``value`` if the current option was given, else what its deprecated alias carried."""
+    if value is not None:
+        return value
+    return click.get_current_context().meta.get(_ALIASED, {}).get(name)
+
+
+def verifier_options() -> tuple[OptionSpec, ...]:
+    """Every kind's verifier options (``kbs serve``, ``evidence verify``)."""
+    return registry.options()
+
+
+def attester_options() -> tuple[OptionSpec, ...]:
+    """Every kind's attester inputs (``attest``, ``load``, ``kbs get``)."""
+    return registry.attester_options()
