@@ -258,7 +258,7 @@ def main() -> None:
             from bench.evidence_snp_tpm import measure
 
             for kind, ms in measure():
-                rows.append((kind, ms, None, "T2's verifier (bench/evidence_snp_tpm.py)"))
+                rows.append((kind, ms, None, "the SNP/TPM verifier (bench/evidence_snp_tpm.py)"))
         except ImportError:
             pass
         releases = _releases(tmp, ca.directory)

@@ -1,6 +1,6 @@
 """Sealed format throughput: seal / unseal vs ``cp`` and a one-shot AES-GCM decrypt.
 
-``python -m bench format_bench`` (or ``make bench``) runs the matrix of issue 2:
+``python -m bench format_bench`` (or ``make bench``) runs this matrix:
 1 GiB and 4 GiB files, 1 and 2 workers, segment sizes 1/4/16 MiB, destination on disk and
 in tmpfs (/dev/shm). Every seal/unseal runs in a child process that reports its wall time
 and its own peak RSS (``VmHWM``); ``cp`` of the plaintext to the same destination runs

@@ -1,7 +1,7 @@
 """One error tree for all of modelseal.
 
 Every expected failure is an :class:`Error` subclass carrying the process exit code of
-DESIGN.md section 10, so the CLI maps errors to exit codes in one place::
+the README ("Exit codes"), so the CLI maps errors to exit codes in one place::
 
     Error (1)
     ├── ConfigError (2)              bad settings, flags, missing extra

@@ -1,6 +1,6 @@
 """End to end: ``modelseal kbs serve`` as a real process on 127.0.0.1, keys registered
 through the admin API, RCAR with the sample TEE, JWE decrypted for every key-wrap algorithm,
-and every refusal of the acceptance list (issue 3)."""
+and every refusal the protocol reference lists."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Owner CLI end to end: real files, real crypto, exit codes of DESIGN.md section 10."""
+"""Owner CLI end to end: real files, real crypto, the documented exit codes."""
 
 from __future__ import annotations
 

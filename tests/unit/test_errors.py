@@ -1,4 +1,4 @@
-"""The error tree carries the exit codes of DESIGN.md section 10."""
+"""The error tree carries the exit codes listed in the README."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``modelseal`` command line: a thin click group whose subcommands load lazily.
 
 Each subcommand lives in its own module and calls one library function; this module maps
-:class:`modelseal.errors.Error` to the exit codes of DESIGN.md section 10, so expected
+:class:`modelseal.errors.Error` to the exit codes listed in the README, so expected
 failures never print a traceback.
 """
 

@@ -1,4 +1,4 @@
-"""``modelseal attest`` and ``modelseal evidence verify|replay`` (DESIGN section 10).
+"""``modelseal attest`` and ``modelseal evidence verify|replay``.
 
 ``attest`` prints this machine's evidence (the JSON a KBS receives as
 ``primary_evidence``). ``evidence verify`` runs the same verifier a KBS runs and prints

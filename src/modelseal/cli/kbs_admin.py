@@ -1,4 +1,4 @@
-"""``modelseal kbs token|key|policy|audit``: administer a KBS (DESIGN section 10).
+"""``modelseal kbs token|key|policy|audit``: administer a KBS.
 
 ``token`` reads the admin credential from the KBS data directory and prints a short-lived
 bearer token; every other command talks to a running KBS through

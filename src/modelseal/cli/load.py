@@ -1,7 +1,7 @@
 """``modelseal load``: the confidential model loader (Kubernetes initContainer entry point).
 
-Every flag also reads the ``MODELSEAL_*`` variable of DESIGN §8, so a Pod spec needs only
-``env:``. Exit codes: 0 ok, 2 config, 3 not found, 4 attestation/policy, 5 integrity,
+Every flag also reads its ``MODELSEAL_*`` variable (docs/guides/loader.md), so a Pod spec
+needs only ``env:``. Exit codes: 0 ok, 2 config, 3 not found, 4 attestation/policy, 5 integrity,
 6 unsafe destination, 75 transient.
 """
 

@@ -1,4 +1,4 @@
-"""Owner commands: ``keygen``, ``seal``, ``unseal``, ``inspect``, ``verify`` (DESIGN.md §10).
+"""Owner commands: ``keygen``, ``seal``, ``unseal``, ``inspect``, ``verify``.
 
 Each command parses flags and calls one function of :mod:`modelseal.owner`; errors are
 :mod:`modelseal.errors` types that ``modelseal.cli.main`` maps to exit codes. Progress bars

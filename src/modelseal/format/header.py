@@ -2,7 +2,7 @@
 
 Everything here works without a key: the registry, ``modelseal inspect`` and the loader parse
 headers and compute segment offsets before (or without) holding the DEK. The normative text
-is docs/reference/format.md; the numbers below are DESIGN.md section 4.
+is docs/reference/format.md; the numbers below are its limits.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ DEFAULT_SEGMENT_SIZE: Final = 4 << 20
 #: Largest plaintext a v1 file may declare (far above any model file; keeps arithmetic sane).
 MAX_SIZE: Final = (1 << 62) - 1
 ALG_AES_256_GCM: Final = "AES-256-GCM"
-#: Reserved by DESIGN.md section 4; recognised, but not implemented by this reader.
+#: Reserved by the format reference; recognised, but not implemented by this reader.
 RESERVED_ALGS: Final = frozenset({"ChaCha20-Poly1305"})
 
 _MAX_TEXT = 1024

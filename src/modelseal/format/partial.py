@@ -1,4 +1,4 @@
-"""Partially sealed safetensors (DESIGN.md section 4, Enkrypt-style selective protection).
+"""Partially sealed safetensors (docs/reference/format.md; Enkrypt-style selective protection).
 
 Only the tensors chosen by name are encrypted, in place and with the same byte length, so the
 file stays a valid safetensors file: stock ``safetensors`` loads its plaintext tensors (the

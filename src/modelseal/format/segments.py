@@ -1,4 +1,4 @@
-"""Sealed format v1 key schedule and per-segment AES-256-GCM (DESIGN.md section 4).
+"""Sealed format v1 key schedule and per-segment AES-256-GCM (docs/reference/format.md).
 
 Kept apart from file I/O so that every reader (owner CLI, loader, registry checks) shares
 the one place that turns (header, DEK) into a file key, checks the key commitment and

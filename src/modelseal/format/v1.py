@@ -1,4 +1,4 @@
-"""Sealed format v1: the public API in one import (DESIGN.md section 4).
+"""Sealed format v1: the public API in one import (normative: docs/reference/format.md).
 
 The implementation lives in small modules: :mod:`~modelseal.format.header` (byte layout),
 :mod:`~modelseal.format.segments` (key schedule, commitment, per-segment AES-GCM),

@@ -1,4 +1,4 @@
-"""Admin/owner API of the KBS, mounted at ``/modelseal/v1`` (DESIGN section 5).
+"""Admin/owner API of the KBS, mounted at ``/modelseal/v1`` (docs/guides/kbs-operator.md).
 
 Every route requires ``Authorization: Bearer <admin JWT>`` (``modelseal kbs token``): no
 token, a forged or expired one gives 401, a token whose role does not allow the operation

@@ -1,4 +1,4 @@
-"""The KBS's error tables: what each of its APIs answers for each failure (DESIGN §5).
+"""The KBS's error tables: what each API answers for each failure (docs/reference/protocol.md).
 
 The mechanics (problem bodies, the capped body reader, the route class that applies a
 table) are in :mod:`modelseal._internal.http_edge`; this module is data.

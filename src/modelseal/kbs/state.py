@@ -1,6 +1,6 @@
 """Everything the KBS keeps: data directory, database, KEK, admin credential, keys, audit.
 
-``KbsState.open(data_dir)`` is the one entry point (CONTRACTS seam 2). The data directory
+``KbsState.open(data_dir)`` is the one entry point for servers and tools. The data directory
 holds, each created once and refused when its permissions are too open::
 
     DIR/                   0700

@@ -1,7 +1,7 @@
 """Where plaintext may land: memory-backed filesystems only, unless explicitly allowed.
 
-Decrypted weights must never reach a disk the host can read (DESIGN §8, §11). The kernel
-knows which filesystem backs a path: ``statfs(2)`` returns its magic number, and
+Decrypted weights must never reach a disk the host can read (docs/concepts/threat-model.md).
+The kernel knows which filesystem backs a path: ``statfs(2)`` returns its magic number, and
 ``/proc/self/mountinfo`` names its type and mount point. We trust ``statfs`` when libc is
 reachable and fall back to the longest matching mount point (the last one mounted wins when
 mounts are stacked) otherwise.

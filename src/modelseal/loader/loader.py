@@ -1,4 +1,4 @@
-"""The load sequence (:func:`run_load`) and ``load_model``, the loader contract of DESIGN §8.
+"""The load sequence (:func:`run_load`) and ``load_model`` (contract: docs/guides/loader.md).
 
 model info → headers and ranged downloads start → TEE attester → RCAR with the KBS → DEK →
 sealed manifest (decrypted, digest checked) → every file's header checked against the

@@ -1,4 +1,4 @@
-"""Loader settings: the initContainer contract of DESIGN §8 as one validated object.
+"""Loader settings: the initContainer contract of docs/guides/loader.md as one validated object.
 
 Every field has a flag in ``modelseal load`` and a ``MODELSEAL_*`` variable, so a Pod spec
 can configure the loader with ``env:`` alone.

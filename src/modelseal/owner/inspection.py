@@ -1,6 +1,6 @@
 """Keyless inspection of sealed files and directories, and progress-bar totals.
 
-Headers are public by design (DESIGN.md section 4), so ``inspect`` needs no key; it
+Headers are public by design (docs/reference/format.md), so ``inspect`` needs no key; it
 reports per-file errors instead of stopping, because it is a diagnostic tool.
 """
 

@@ -108,7 +108,7 @@ def atomic_dir(dst: Path, *, overwrite: bool) -> Iterator[Path]:
 
 
 def open_ro(path: Path) -> int:
-    """Open a regular file read-only, with the exit codes of DESIGN.md section 10.
+    """Open a regular file read-only, with the CLI's documented exit codes.
 
     O_NONBLOCK keeps a FIFO from blocking the open forever (no writer); anything but a
     regular file (FIFO, device, directory) is refused before a byte is read.

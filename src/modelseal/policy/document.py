@@ -1,4 +1,4 @@
-"""The release-policy document (DESIGN.md section 6; normative: docs/reference/policy.md).
+"""The release-policy document (normative: docs/reference/policy.md).
 
 A policy is a small declarative YAML or JSON document. It is validated strictly at upload
 (unknown fields, unknown TEE kinds, unknown TCB states, malformed hex are all rejected) so a

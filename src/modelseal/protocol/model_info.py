@@ -1,4 +1,4 @@
-"""Registry wire models: the CNAP model-info JSON plus modelseal's fields (CONTRACTS seam 4).
+"""Registry wire models: the CNAP model-info JSON plus modelseal's fields (docs/guides/registry.md).
 
 ``ModelInfo`` is what ``GET /models/{id}`` returns and what the loader reads. Its first eleven
 fields are exactly CNAP's model-info object (``cnap-ccnp.md`` §a.2), so a CNAP client can use a

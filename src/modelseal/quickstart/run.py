@@ -262,7 +262,7 @@ class Quickstart:
         self.say(f"loader steps: {inner}")
 
 
-#: a child's exit code -> the error that carries the same code (DESIGN §10)
+#: a child's exit code -> the error that carries the same code
 _BY_EXIT_CODE: dict[int, type[Error]] = {
     2: ConfigError,
     3: NotFound,

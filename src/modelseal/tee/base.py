@@ -1,4 +1,4 @@
-"""Attester and Verifier contracts shared by every TEE kind (DESIGN.md section 6).
+"""Attester and Verifier contracts shared by every TEE kind (docs/reference/evidence.md).
 
 Evidence travels as the JSON value of Trustee's ``tee-evidence.primary_evidence`` so the
 KBS stays wire-compatible with CoCo guests; each kind documents its own shape.

@@ -3,7 +3,7 @@
 Routes are read from the mounted routers rather than listed by hand, so a route added
 later without an entry in ``ALLOWED`` fails here, and each one is proven to answer 401
 without a valid token and 403 to a role it does not allow. Malformed bodies, documents
-and query parameters (DESIGN section 11) must give a typed 4xx, never a 500.
+and query parameters (docs/concepts/threat-model.md) must give a typed 4xx, never a 500.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ITA/CNAP transfer endpoint under malformed input (DESIGN section 11): typed 4xx, never 500.
+"""ITA/CNAP transfer endpoint under malformed input: typed 4xx, never 500.
 
 One KBS app per module (mock-tdx root configured); requests through httpx.ASGITransport.
 """

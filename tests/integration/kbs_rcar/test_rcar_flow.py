@@ -1,4 +1,4 @@
-"""RCAR over ASGI: every status code of DESIGN §5 and the byte shapes of trustee.md §2."""
+"""RCAR over ASGI: every status code and byte shape of docs/reference/protocol.md."""
 
 from __future__ import annotations
 

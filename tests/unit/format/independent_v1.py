@@ -1,4 +1,4 @@
-"""An independent v1 reader and writer written from DESIGN.md section 4 only.
+"""An independent v1 reader and writer written from docs/reference/format.md only.
 
 It deliberately imports nothing from modelseal.format: it is the second implementation the
 package is checked against (both directions). Keep it at most 60 lines of code.

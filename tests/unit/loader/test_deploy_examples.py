@@ -1,4 +1,4 @@
-"""The Kubernetes example stays consistent with the loader contract (DESIGN §8)."""
+"""The Kubernetes example stays consistent with the loader contract (docs/guides/loader.md)."""
 
 from __future__ import annotations
 

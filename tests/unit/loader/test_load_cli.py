@@ -1,4 +1,4 @@
-"""``modelseal load`` reads every variable of DESIGN §8 and stays lean as a process."""
+"""``modelseal load`` reads every variable of docs/guides/loader.md and stays lean as a process."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from modelseal.loader.settings import LoaderSettings
 from tests.hostile_http import model_info, padded_sealed_blob
 from tests.unit.loader.blobserver import BlobServer
 
-#: what must never be imported into the loader process (DESIGN §3, §9)
+#: never imported into the loader process (see the import-linter contracts in pyproject.toml)
 FORBIDDEN_ROOTS = {
     "rich",
     "pygments",
