@@ -31,8 +31,10 @@ typecheck: venv
 imports: venv
 	$(VENV)/bin/lint-imports
 
+# most end-to-end tests wait on real servers and subprocesses: more workers than cores pays
+PYTEST_WORKERS ?= 4
 pytest: venv system
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
 
 test: lint typecheck imports pytest
 

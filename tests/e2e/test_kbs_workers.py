@@ -95,6 +95,9 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         _wait_for(lambda: len(_children(proc.pid)) == 2, "two workers")
         victim = _children(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
+        # once the victim's socket is gone, new connections go to the survivor (a connection
+        # made while it was dying could still land in its backlog and be reset)
+        _wait_for(lambda: _zombie(victim) or victim not in _children(proc.pid), "the kill")
         assert _healthy(url)  # the other worker keeps serving
         _wait_for(
             lambda: len(_children(proc.pid)) == 2 and victim not in _children(proc.pid),

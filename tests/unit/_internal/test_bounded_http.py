@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -36,7 +37,11 @@ def test_endless_body_stops_at_the_cap(server: HostileServer, client: httpx.Clie
     server.routes["GET /big"] = endless(800 << 20, sent=server.sent)
     with pytest.raises(FormatError, match=r"big answer: response exceeds the 1048576-byte cap"):
         send(client, "GET", server.url + "/big", limit=1 << 20, seconds=30, what="big answer")
-    assert server.sent["/big"] < 800 << 20
+    # the server thread records each chunk after its write returns: wait for the first
+    deadline = time.monotonic() + 30
+    while "/big" not in server.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 0 < server.sent["/big"] < 800 << 20
 
 
 def test_declared_length_over_the_cap_is_refused_before_reading(
