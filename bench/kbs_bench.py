@@ -247,6 +247,9 @@ def component_costs(n: int = 300) -> dict[str, float]:
     report can say where the server's time goes.
     """
     from modelseal.kbs.app import create_app
+    from modelseal.protocol.kbs import AttestationRequest, AuthRequest, parse_model
+
+    auth = b'{"version":"0.4.0","tee":"sample"}'
     from modelseal.kbs.settings import KbsSettings
     from modelseal.kbs.state import KbsState
     from modelseal.protocol.claims import Claims
@@ -285,14 +288,14 @@ def component_costs(n: int = 300) -> dict[str, float]:
         async def releases(count: int) -> float:
             guest = 0.0
             for _ in range(count):
-                r = await kbs.auth(b'{"version":"0.4.0","tee":"sample"}')
+                r = await kbs.auth(parse_model(AuthRequest, auth, what="auth"))
                 nonce = json.loads(r.body)["nonce"]
                 sid = r.headers["set-cookie"].split("=", 1)[1].split(";", 1)[0]
                 g0 = time.process_time()
                 _keys, attestation = guest_side()
                 body = attestation(nonce)
                 guest += time.process_time() - g0
-                r = await kbs.attest(body, sid)
+                r = await kbs.attest(parse_model(AttestationRequest, body, what="attest"), sid)
                 await kbs.resource(KEY_ID, _Request(json.loads(r.body)["token"]))
             return guest
 

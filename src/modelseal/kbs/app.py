@@ -90,7 +90,9 @@ class Kbs:
         # about a quarter less CPU than anyio's general thread pool (measured ~63 vs ~85 us
         # per call), and admin requests in anyio's pool never queue behind releases.
         self._pool = ThreadPoolExecutor(
-            max_workers=8 if state.db.is_sqlite else 32, thread_name_prefix="kbs-rcar"
+            # SQLite runs one writer at a time: more threads would only queue on its lock
+            max_workers=3 if state.db.is_sqlite else 32,
+            thread_name_prefix="kbs-rcar",
         )
 
     def cookie(self, session_id: str, max_age: float) -> str:
