@@ -326,11 +326,16 @@ class AuditLog:
             raise BackendError("audit log is not initialized")
         try:
             head_kek = ring.get(head.kek_id)
-            head_ok = hmac.compare_digest(
-                head.mac, head_kek.mac(_MAC_LABEL, f"{head.seq}:{head.row_hash}".encode()).hex()
-            )
         except ConfigError:
-            head_ok = False
+            # Another replica rotated the KEK and this one lacks the new file: say so (503),
+            # rather than calling an intact log tampered.
+            raise BackendError(
+                f"this KBS does not hold the deployment's current KEK {head.kek_id}; "
+                "install the rotated kek file on every replica"
+            ) from None
+        head_ok = hmac.compare_digest(
+            head.mac, head_kek.mac(_MAC_LABEL, f"{head.seq}:{head.row_hash}".encode()).hex()
+        )
         if not head_ok:
             raise BackendError(
                 "audit log head failed verification; refusing to extend a tampered "

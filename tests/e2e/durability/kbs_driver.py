@@ -32,7 +32,8 @@ fail closed until they get the new file. The driver therefore rotates on the fir
 only and, after each acknowledged rotation and before restarting another replica, copies
 the first replica's ``kek`` into the other directories (atomic replace, mode 0600), as an
 operator's secret distribution would. The first replica always restarts first, so a
-rotation interrupted by the kill is finished (``kek.next``) before the KEK is copied.
+rotation interrupted by the kill is finished (``kek.next``) before the KEK is copied; after
+it restarts, the KEK is copied to the replicas that kept running too.
 
 The run is reproducible up to thread timing: everything random (kill moments, victims, key
 bytes, which keys are released) comes from one seed, printed in every failure.
@@ -187,6 +188,10 @@ class KbsCluster:
                 self._seed_replica(self.dirs[i])
                 self.sync_kek()
             self.servers[i].start()
+            if i == 0 and len(self.servers) > 1:
+                # a rotation the kill interrupted was finished by this start: hand the KEK
+                # to the replicas still running, as an operator would after any rotation
+                self.sync_kek()
 
     def _seed_replica(self, directory: Path) -> None:
         if directory.exists():
