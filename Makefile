@@ -33,8 +33,12 @@ imports: venv
 
 # most end-to-end tests wait on real servers and subprocesses: more workers than cores pays
 PYTEST_WORKERS ?= 4
+# Bytecode on: the end-to-end tests start hundreds of modelseal processes, and compiling every
+# module from source in each (PYTHONDONTWRITEBYTECODE set in the environment) costs more CPU
+# than many tests themselves. Compiled once here, reused by every process.
 pytest: venv system
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
+	$(PY) -m compileall -q -x '/vectors/' src tests bench
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
 
 test: lint typecheck imports pytest
 

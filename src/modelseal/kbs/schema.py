@@ -126,12 +126,11 @@ def _read_status(conn: Connection) -> SchemaStatus:
 
 
 def status(db: Database) -> SchemaStatus:
-    """Read the database's revision and KBS tables (no lock, no writes)."""
-    try:
-        with db.engine.connect() as conn:
-            return _read_status(conn)
-    except SQLAlchemyError as exc:
-        raise BackendError(f"database unavailable: {type(exc).__name__}") from exc
+    """Read the database's revision and KBS tables (no lock, no writes), in one read
+    transaction: two separate reads could see tables another process just committed but
+    not the version stamp committed with them."""
+    with db.read_connection() as conn:
+        return _read_status(conn)
 
 
 @contextmanager
