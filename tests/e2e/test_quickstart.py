@@ -57,9 +57,12 @@ def test_quickstart_cleans_up_when_interrupted() -> None:
     deadline = time.monotonic() + 90
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("-> publish") or time.monotonic() > deadline:
+        if line.startswith("-> train") or time.monotonic() > deadline:
             break
+    # The whole run takes ~2 s: freeze it first, so SIGTERM lands mid-run, not after it
+    proc.send_signal(signal.SIGSTOP)
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
     rest, _ = proc.communicate(timeout=60)
     output = "".join(lines) + rest
     assert proc.returncode != 0, output
