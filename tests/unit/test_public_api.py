@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +136,14 @@ def test_owner_facade_keeps_sealing_free_of_http_clients() -> None:
     modules = set(json.loads(done.stdout))
     assert "httpx" not in modules
     assert "modelseal.owner.publish" not in modules
+
+
+def test_api_reference_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example in docs/reference/api.md is run as written (in an empty directory)."""
+    text = (Path(__file__).parents[2] / "docs" / "reference" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "docs/reference/api.md", "exec"), {})
+    assert (tmp_path / "model.sealed").is_dir()
+    assert (tmp_path / "model.key").stat().st_mode & 0o777 == 0o600
