@@ -9,6 +9,12 @@ The flow and the modules that perform each step:
 5. release    ``modelseal.kbs`` -> ``modelseal.policy`` -> JWE to the TEE key
 6. decrypt    ``modelseal.loader`` -> ``modelseal.format`` (verifies the manifest)
 7. load       unchanged inference server reading the tmpfs directory, or the SDK
+
+Supported API: the names in ``__all__`` of ``modelseal`` (the loader SDK below),
+``modelseal.owner`` (seal, verify, publish), ``modelseal.clients`` (KBS admin, KBS
+attestation and registry clients) and ``modelseal.errors`` (the error tree with exit
+codes). They stay compatible across minor releases; every other module and name is
+internal and may change without notice.
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ _LAZY = {
     "load_model": "modelseal.loader.loader",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "DecryptedModel",
+    "__version__",
+    "decrypt_file",
+    "load_model",
+    "load_safetensors",
+    "open_model",
+]
 
 
 def __getattr__(name: str) -> Any:

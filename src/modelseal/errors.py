@@ -64,11 +64,15 @@ class Error(Exception):
 
 
 class ConfigError(Error):
+    """Bad settings, flags, configuration files, or a missing optional dependency."""
+
     exit_code = 2
     hint = "check the command-line flags, MODELSEAL_* variables and configuration files"
 
 
 class FormatError(Error):
+    """Malformed input: a sealed file, header, manifest or peer message that does not parse."""
+
     exit_code = 5
     hint = "the input is not a valid sealed file; it may be corrupt, truncated or tampered with"
 
@@ -92,6 +96,8 @@ class DecryptionError(Error):
 
 
 class AttestationError(Error):
+    """This TEE could not be attested (the evidence is missing, invalid or unsupported)."""
+
     exit_code = 4
 
 
@@ -100,11 +106,15 @@ class EvidenceError(AttestationError):
 
 
 class UnsupportedTee(AttestationError):
+    """No attester or verifier for a TEE kind, or an insecure kind the peer does not allow."""
+
     exit_code = 4
     hint = "pick a supported --tee kind; the sample TEE needs --insecure-allow-sample on the KBS"
 
 
 class AuthorizationError(Error):
+    """The request was authenticated or attested but is not allowed."""
+
     exit_code = 4
 
 
@@ -121,27 +131,33 @@ class PolicyDenied(AuthorizationError):
 
 
 class NotFound(Error):
+    """A named key, model or blob does not exist."""
+
     exit_code = 3
 
 
 class KeyNotFound(NotFound):
-    pass
+    """No key is stored under this key id."""
 
 
 class ModelNotFound(NotFound):
-    pass
+    """No model record for this name and version."""
 
 
 class BlobNotFound(NotFound):
-    pass
+    """No blob with this digest."""
 
 
 class UnsafeDestination(Error):
+    """Plaintext would land on disk-backed storage where it could outlive the process."""
+
     exit_code = 6
     hint = "use a memory-backed directory (tmpfs, emptyDir medium: Memory) or pass --allow-disk"
 
 
 class BackendError(Error):
+    """A storage, network or collateral service failed; the original error is ``__cause__``."""
+
     exit_code = 75
     hint = "a storage, network or collateral service failed; retry later"
 

@@ -7,11 +7,10 @@ bearer token; every other command talks to a running KBS through
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,7 +20,6 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, IntegrityError
 
 if TYPE_CHECKING:
-    from modelseal.kbs.audit import AuditLog
     from modelseal.owner.kbs_admin import KbsAdminClient
     from modelseal.protocol.admin import AuditVerifyResponse
 
@@ -428,20 +426,14 @@ def audit(
         raise ConfigError("give exactly one of --kbs URL (with a token) or --data-dir DIR")
     entries: list[AuditEntryModel] = []
     if data_dir is not None:
-        local_log = _local_audit(data_dir, database_url)
-        with _unreadable_is_integrity(data_dir, database_url):
-            if do_verify:
-                result = local_log.verify()
-                _finish_verify(AuditVerifyResponse(**result.to_json()), None)
-                return
-            cursor = after
-            while limit is None or len(entries) < limit:
-                page = local_log.entries(after=cursor, limit=1000)
-                entries.extend(AuditEntryModel(**row.to_json()) for row in page)
-                if len(page) < 1000:
-                    break
-                cursor = page[-1].seq
-        entries = entries[:limit] if limit is not None else entries
+        from modelseal.kbs.state import offline_audit_entries, offline_audit_verify
+
+        if do_verify:
+            result = offline_audit_verify(data_dir, database_url)
+            _finish_verify(AuditVerifyResponse(**result.to_json()), None)
+            return
+        found = offline_audit_entries(data_dir, database_url, after=after, limit=limit)
+        entries = [AuditEntryModel(**row.to_json()) for row in found]
     else:
         with _client(kbs_url or "", token_value, token_file, kbs_ca) as client:
             if do_verify:
@@ -463,46 +455,6 @@ def audit(
             + (f"  [{'; '.join(e.reasons)}]" if e.reasons else "")
             + "\n"
         )
-
-
-@contextlib.contextmanager
-def _unreadable_is_integrity(data_dir: Path, database_url: str | None) -> Iterator[None]:
-    """A data directory's SQLite file that is not a database (overwritten, truncated) is an
-    integrity failure (exit 5), not a transient outage (75); a locked database stays 75."""
-    from sqlalchemy.exc import DatabaseError, OperationalError
-
-    from modelseal.errors import BackendError
-
-    try:
-        yield
-    except BackendError as exc:
-        cause = exc.__cause__
-        if (
-            database_url is None
-            and isinstance(cause, DatabaseError)
-            and not isinstance(cause, OperationalError)
-        ):
-            raise IntegrityError(
-                f"{data_dir / 'kbs.sqlite3'} is not a readable SQLite database "
-                f"({type(cause).__name__}); the audit log cannot be verified"
-            ) from None
-        raise
-
-
-def _local_audit(data_dir: Path, database_url: str | None) -> AuditLog:
-    """The audit log of a data directory, opened read-only (no files or rows are created)."""
-    from modelseal.crypto.kek import KekRing
-    from modelseal.kbs.audit import AuditLog
-    from modelseal.kbs.db import Database, sqlite_url
-    from modelseal.kbs.keys import KekFiles
-
-    files = KekFiles(data_dir)
-    if not files.path.exists():
-        raise ConfigError(f"{data_dir} is not a KBS data directory (no kek file)")
-    if database_url is None and not (data_dir / "kbs.sqlite3").exists():
-        raise ConfigError(f"{data_dir} has no kbs.sqlite3; pass --database-url for PostgreSQL")
-    ring = KekRing(files.load(), reload=files.on_disk)
-    return AuditLog(Database(database_url or sqlite_url(data_dir)), lambda: ring)
 
 
 def _finish_verify(local: AuditVerifyResponse, remote: AuditVerifyResponse | None) -> None:

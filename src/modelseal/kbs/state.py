@@ -13,24 +13,27 @@ holds, each created once and refused when its permissions are too open::
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 
 from sqlalchemy import Float, String, delete
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal.crypto.kek import KekRing
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError, TokenError
+from modelseal.errors import BackendError, ConfigError, IntegrityError, TokenError
 from modelseal.kbs.admin_auth import ADMIN_CREDENTIAL_FILE, ensure_admin_credential
-from modelseal.kbs.audit import AuditLog
+from modelseal.kbs.audit import AuditEntry, AuditLog, AuditVerification
 from modelseal.kbs.db import Base, Database, sqlite_url
 from modelseal.kbs.keys import KekFiles, KeyService
 from modelseal.kbs.release import release_key
@@ -38,7 +41,13 @@ from modelseal.kbs.schema import ensure_current
 from modelseal.keystore.store import KeyStore
 from modelseal.protocol.claims import Claims
 
-__all__ = ["KbsState", "TransferNonce", "ensure_data_dir"]
+__all__ = [
+    "KbsState",
+    "TransferNonce",
+    "ensure_data_dir",
+    "offline_audit_entries",
+    "offline_audit_verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +248,75 @@ class KbsState:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+#: Rows read per query when an offline reader pages through the audit log.
+_AUDIT_PAGE = 1000
+
+
+def _offline_audit(data_dir: Path, database_url: str | None) -> AuditLog:
+    """The audit log of a data directory, opened without creating files or rows.
+
+    Unlike :meth:`KbsState.open` this neither makes nor upgrades anything, so an auditor can
+    read a copy of a data directory (or a stopped KBS's) without changing what is audited.
+    """
+    files = KekFiles(data_dir)
+    if not files.path.exists():
+        raise ConfigError(f"{data_dir} is not a KBS data directory (no kek file)")
+    if database_url is None and not (data_dir / "kbs.sqlite3").exists():
+        raise ConfigError(f"{data_dir} has no kbs.sqlite3; pass --database-url for PostgreSQL")
+    ring = KekRing(files.load(), reload=files.on_disk)
+    return AuditLog(Database(database_url or sqlite_url(data_dir)), lambda: ring)
+
+
+@contextlib.contextmanager
+def _unreadable_is_integrity(data_dir: Path, database_url: str | None) -> Iterator[None]:
+    """A data directory's SQLite file that is not a database (overwritten, truncated) is an
+    integrity failure (exit 5), not a transient outage (75); a locked database stays 75."""
+    try:
+        yield
+    except BackendError as exc:
+        cause = exc.__cause__
+        if (
+            database_url is None
+            and isinstance(cause, DatabaseError)
+            and not isinstance(cause, OperationalError)
+        ):
+            raise IntegrityError(
+                f"{data_dir / 'kbs.sqlite3'} is not a readable SQLite database "
+                f"({type(cause).__name__}); the audit log cannot be verified"
+            ) from None
+        raise
+
+
+def offline_audit_entries(
+    data_dir: Path,
+    database_url: str | None = None,
+    *,
+    after: int = 0,
+    limit: int | None = None,
+) -> list[AuditEntry]:
+    """Audit rows after ``seq`` ``after`` (at most ``limit``), read from a data directory.
+
+    ConfigError when ``data_dir`` is not a KBS data directory; IntegrityError when its SQLite
+    file is not a database; BackendError when the database cannot be reached.
+    """
+    log = _offline_audit(data_dir, database_url)
+    entries: list[AuditEntry] = []
+    with _unreadable_is_integrity(data_dir, database_url):
+        cursor = after
+        while limit is None or len(entries) < limit:
+            page = log.entries(after=cursor, limit=_AUDIT_PAGE)
+            entries.extend(page)
+            if len(page) < _AUDIT_PAGE:
+                break
+            cursor = page[-1].seq
+    return entries[:limit] if limit is not None else entries
+
+
+def offline_audit_verify(data_dir: Path, database_url: str | None = None) -> AuditVerification:
+    """Verify the hash chain and head MAC of a data directory's audit log (errors as
+    :func:`offline_audit_entries`; a broken chain is a verdict, not an exception)."""
+    log = _offline_audit(data_dir, database_url)
+    with _unreadable_is_integrity(data_dir, database_url):
+        return log.verify()

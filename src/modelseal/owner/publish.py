@@ -166,6 +166,8 @@ class PublishRequest:
 
 @dataclass
 class PublishResult:
+    """The registered model record and what this run uploaded, skipped or resumed."""
+
     model: ModelInfo
     key_id: str
     model_digest: str | None

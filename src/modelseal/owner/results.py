@@ -46,6 +46,8 @@ class SealedModel:
 
 @dataclass(frozen=True)
 class UnsealResult:
+    """What unseal or verify produced: where, which format, how many files and bytes."""
+
     path: Path
     format: SealFormat
     files: int
