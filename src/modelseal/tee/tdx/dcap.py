@@ -99,6 +99,12 @@ FRESHNESS_HINT = (
     "verify at the time it was made with --at UNIX_SECONDS"
 )
 
+#: What to do when the chain does not reach the trusted root.
+_ROOT_HINT = (
+    "the quote and its collateral must chain to the trusted root CA "
+    "(Intel's production root unless another is configured)"
+)
+
 #: A Rust ``Debug`` struct dump in dcap-qvl's text: ``Name { field: value, ... }``.
 _RUST_STRUCT = re.compile(r"(\w+) \{ ([^{}]*) \}")
 _UNIX_TIME = re.compile(r"UnixTime\((\d+)\)")
@@ -221,9 +227,11 @@ def classify(message: str, *, now: float | None = None, collateral: Any = None) 
     detail = " ".join(
         part.strip() for part in message.replace("Verification failed:", "").splitlines()
     )
-    detail = _plain(" ".join(detail.split()))
+    detail = _plain(" ".join(detail.split())).replace(" Caused by: ", ", caused by ")
     for needle, category in _CATEGORIES:
         if needle in message:
+            if category.startswith(("certificate chain broken", "trusted root")):
+                return f"{category}: {detail}; {_ROOT_HINT}"
             return f"{category}: {detail}"
     return f"quote verification failed: {detail}"
 
