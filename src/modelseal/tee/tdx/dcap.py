@@ -54,6 +54,8 @@ class PckInfo:
 
 
 #: (substring of dcap-qvl's message, category shown to operators) — first match wins.
+#: Validity-window failures are first put in words by ``_window`` (which names the item
+#: and its dates); their rows here cover texts it does not recognise.
 _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("CrlExpired", "collateral expired (a CRL is past its nextUpdate)"),
     ("CertExpired", "collateral expired (a certificate is outside its validity)"),
@@ -62,6 +64,7 @@ _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("TCBInfo expired", "collateral expired (TCB info is past its nextUpdate)"),
     ("QE Identity expired", "collateral expired (QE identity is past its nextUpdate)"),
     ("issue date is in the future", "collateral not yet valid (issued after the check time)"),
+    ("Collateral expired", "collateral expired"),
     ("CertRevoked", "certificate revoked (PCK or intermediate listed in a CRL)"),
     ("Revoked", "TCB revoked"),
     ("Debug mode is enabled", "debug TEE (attributes allow the host to read its memory)"),
@@ -232,6 +235,8 @@ def classify(message: str, *, now: float | None = None, collateral: Any = None) 
         if needle in message:
             if category.startswith(("certificate chain broken", "trusted root")):
                 return f"{category}: {detail}; {_ROOT_HINT}"
+            if category.startswith(("collateral expired", "collateral not yet valid")):
+                return f"{category}: {detail}; {FRESHNESS_HINT}"
             return f"{category}: {detail}"
     return f"quote verification failed: {detail}"
 

@@ -121,6 +121,17 @@ def test_webpki_window_errors_without_debug_syntax(
     _plain(message)
 
 
+def test_unrecognised_window_error_still_says_what_to_do() -> None:
+    message = dcap.classify(
+        "Verification failed: CrlNotValidYet { time: UnixTime(0), this_update: UnixTime(60) }"
+    )
+    assert message == (
+        "collateral not yet valid (a CRL is not valid yet): CrlNotValidYet (time "
+        f"1970-01-01T00:00:00Z, this_update 1970-01-01T00:01:00Z); {FRESHNESS}"
+    )
+    _plain(message)
+
+
 def test_unknown_struct_errors_are_flattened() -> None:
     message = dcap.classify("Verification failed: Weird { inner: Other { at: UnixTime(0) }, n: 3 }")
     assert message == (
