@@ -370,7 +370,10 @@ def check_collateral_chains(text: str, root: Any) -> None:
     for key in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"):
         certs = _linked_chain(str(doc.get(key, "")), key.replace("_", " "))
         if certs[-1] != root:
-            raise EvidenceError(f"certificate chain broken: {key} ends at another root")
+            raise EvidenceError(
+                f"certificate chain broken: the collateral's {key.replace('_', ' ')} ends at "
+                f"another root than the quote's PCK chain; {_ROOT_HINT}"
+            )
         if key == "pck_crl_issuer_chain":
             issuer = certs[0]
             try:

@@ -159,6 +159,30 @@ def test_wrong_root_says_what_to_check(shared_vectors: Path, tmp_path: Path) -> 
     _plain(message)
 
 
+def test_cli_quote_under_another_root_exit_4(
+    shared_vectors: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """evidence-api/quote.bin chains to a pre-production root, the collateral to Intel's."""
+    code, err = _cli(
+        [
+            "--evidence",
+            str(shared_vectors / "eventlog/evidence-api/quote.bin"),
+            "--collateral",
+            str(shared_vectors / COLLATERAL),
+            "--at",
+            "1752919234",
+        ],
+        capsys,
+    )
+    assert code == 4
+    assert err == (
+        "error: certificate chain broken: the collateral's pck crl issuer chain ends at "
+        "another root than the quote's PCK chain; the quote and its collateral must chain "
+        "to the trusted root CA (Intel's production root unless another is configured)\n"
+    )
+    _plain(err)
+
+
 def test_missing_collateral_is_a_configuration_gap(shared_vectors: Path) -> None:
     """tdx_quote_6.dat's FMSPC has no bundle entry and no PCCS is set: not "retry later"."""
     raw = (shared_vectors / "tdx/trustee/tdx_quote_6.dat").read_bytes()
