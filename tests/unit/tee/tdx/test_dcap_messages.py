@@ -164,14 +164,9 @@ def test_cli_quote_under_another_root_exit_4(
 ) -> None:
     """evidence-api/quote.bin chains to a pre-production root, the collateral to Intel's."""
     code, err = _cli(
-        [
-            "--evidence",
-            str(shared_vectors / "eventlog/evidence-api/quote.bin"),
-            "--collateral",
-            str(shared_vectors / COLLATERAL),
-            "--at",
-            "1752919234",
-        ],
+        str(shared_vectors / "eventlog/evidence-api/quote.bin"),
+        str(shared_vectors / COLLATERAL),
+        "1752919234",
         capsys,
     )
     assert code == 4
@@ -198,7 +193,10 @@ def test_missing_collateral_is_a_configuration_gap(shared_vectors: Path) -> None
     assert str(exc).startswith("no DCAP collateral for TDX FMSPC 00a06d080000")
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def _cli(
+    evidence: str, collateral: str, at: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    argv = ["--evidence", evidence, "--collateral", collateral, "--at", at]
     with pytest.raises(SystemExit) as info:
         cli.main(["evidence", "verify", "--tee", "tdx", *argv])
     code = info.value.code
@@ -209,15 +207,7 @@ def test_cli_expired_collateral_exit_4(
     shared_vectors: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, err = _cli(
-        [
-            "--evidence",
-            str(shared_vectors / QUOTE),
-            "--collateral",
-            str(shared_vectors / COLLATERAL),
-            "--at",
-            str(LATE),
-        ],
-        capsys,
+        str(shared_vectors / QUOTE), str(shared_vectors / COLLATERAL), str(LATE), capsys
     )
     assert code == 4
     assert err == (
@@ -231,14 +221,9 @@ def test_cli_missing_collateral_exit_2(
     shared_vectors: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, err = _cli(
-        [
-            "--evidence",
-            str(shared_vectors / "tdx/trustee/tdx_quote_6.dat"),
-            "--collateral",
-            str(shared_vectors / "tdx"),
-            "--at",
-            "1763000000",
-        ],
+        str(shared_vectors / "tdx/trustee/tdx_quote_6.dat"),
+        str(shared_vectors / "tdx"),
+        "1763000000",
         capsys,
     )
     assert code == 2
