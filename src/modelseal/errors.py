@@ -18,7 +18,8 @@ the README ("Exit codes"), so the CLI maps errors to exit codes in one place::
     │   ├── KeyNotFound / ModelNotFound / BlobNotFound
     ├── UnsafeDestination (6)        plaintext would land on disk-backed storage
     └── BackendError (75)            storage/network/collateral outage; original in __cause__
-        └── TransientError (75)      worth retrying
+        ├── TransientError (75)      worth retrying
+        └── CollateralMissing (2)    no DCAP collateral configured for a platform (KBS: 503)
 
 Messages must never contain key material or plaintext; ``DecryptionError`` carries no detail.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "AuthorizationError",
     "BackendError",
     "BlobNotFound",
+    "CollateralMissing",
     "ConfigError",
     "DecryptionError",
     "Error",
@@ -164,3 +166,18 @@ class BackendError(Error):
 
 class TransientError(BackendError):
     """A failure worth retrying (connection reset, 5xx, 503)."""
+
+
+class CollateralMissing(BackendError):
+    """No DCAP collateral for the quote's platform: neither a bundle entry nor a PCCS URL.
+
+    A configuration gap, not an outage: retrying changes nothing until the operator adds
+    collateral. It stays a :class:`BackendError` so the KBS still answers 503 (the guest is
+    not at fault), while the CLI exits 2 and the hint names the flags that supply it.
+    """
+
+    exit_code = 2
+    hint = (
+        "give collateral for this platform: --collateral FILE_OR_DIR (a bundle holding its "
+        "FMSPC) or --pccs-url URL (an Intel PCS/PCCS to fetch it from)"
+    )

@@ -22,6 +22,7 @@ from modelseal.crypto.secret import SecretBytes
         (errors.DecryptionError, 5),
         (errors.UnsafeDestination, 6),
         (errors.TransientError, 75),
+        (errors.CollateralMissing, 2),
     ],
 )
 def test_exit_codes(cls: type[errors.Error], code: int) -> None:

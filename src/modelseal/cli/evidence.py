@@ -3,8 +3,10 @@
 ``attest`` prints this machine's evidence (the JSON a KBS receives as
 ``primary_evidence``). ``evidence verify`` runs the same verifier a KBS runs and prints
 the typed claims, or exits 4 with the reason (collateral expired, TCB out of date, debug,
-chain broken, binding mismatch ...). ``evidence replay`` prints the registers an event
-log replays to. Every flag also reads ``MODELSEAL_<FLAG>``.
+chain broken, binding mismatch ...), or 2 when no collateral covers the quote's platform
+(a configuration gap: the hint names ``--collateral`` / ``--pccs-url``).
+``evidence replay`` prints the registers an event log replays to. Every flag also reads
+``MODELSEAL_<FLAG>``.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ def verify_cmd(
     allow_debug: bool,
     **values: Any,
 ) -> None:
-    """Verify evidence; print typed claims as JSON, or exit 4 with the reason.
+    """Verify evidence; print typed claims as JSON, or exit 4 with the reason (2 when
+    no collateral covers the quote's platform).
 
     The kind's options are those ``kbs serve`` takes (``--snp-certs``, ``--collateral``,
     ``--mock-tdx-root`` ...): the same verifier runs with the same configuration.

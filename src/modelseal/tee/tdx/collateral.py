@@ -5,7 +5,8 @@ dcap-qvl ``QuoteCollateralV3`` JSON, keyed by TEE type (``TDX``/``SGX``) and FMS
 platform. Lookup order for a quote: the offline bundle (a file, or a directory whose file
 names do not matter), then the on-disk cache of earlier downloads that is still valid at
 the verification time, then the configured PCS/PCCS URL (result cached). No collateral ⇒
-:class:`BackendError` (the KBS answers 503: an outage, not the guest's fault); collateral
+:class:`CollateralMissing` (a configuration gap: the CLI exits 2, the KBS answers 503 as
+the guest is not at fault); a PCCS that fails ⇒ :class:`BackendError`; collateral
 that exists but is expired ⇒ dcap-qvl's check fails ⇒ :class:`EvidenceError`.
 """
 
@@ -24,7 +25,13 @@ from typing import Any
 
 from modelseal._internal.bounded import load_json
 from modelseal.crypto.x509_pem import parse_certificates
-from modelseal.errors import BackendError, ConfigError, EvidenceError, FormatError
+from modelseal.errors import (
+    BackendError,
+    CollateralMissing,
+    ConfigError,
+    EvidenceError,
+    FormatError,
+)
 
 #: A bundle file larger than this is not collateral.
 MAX_COLLATERAL_FILE = 4 * 1024 * 1024
@@ -183,9 +190,9 @@ class CollateralStore:
             return cached
         if self._single_file:
             return self._sets[0]
-        raise BackendError(
-            f"no DCAP collateral for {tee} FMSPC {fmspc}: add it to the collateral bundle "
-            "or configure a PCCS URL"
+        raise CollateralMissing(
+            f"no DCAP collateral for {tee} FMSPC {fmspc}: the collateral bundle has no entry "
+            "for it and no PCCS URL is configured (add it to the bundle or set a PCCS URL)"
         )
 
     def _store(self, cs: CollateralSet) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -52,6 +54,8 @@ class PckInfo:
 
 
 #: (substring of dcap-qvl's message, category shown to operators) — first match wins.
+#: Validity-window failures are first put in words by ``_window`` (which names the item
+#: and its dates); their rows here cover texts it does not recognise.
 _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("CrlExpired", "collateral expired (a CRL is past its nextUpdate)"),
     ("CertExpired", "collateral expired (a certificate is outside its validity)"),
@@ -60,6 +64,7 @@ _CATEGORIES: tuple[tuple[str, str], ...] = (
     ("TCBInfo expired", "collateral expired (TCB info is past its nextUpdate)"),
     ("QE Identity expired", "collateral expired (QE identity is past its nextUpdate)"),
     ("issue date is in the future", "collateral not yet valid (issued after the check time)"),
+    ("Collateral expired", "collateral expired"),
     ("CertRevoked", "certificate revoked (PCK or intermediate listed in a CRL)"),
     ("Revoked", "TCB revoked"),
     ("Debug mode is enabled", "debug TEE (attributes allow the host to read its memory)"),
@@ -90,14 +95,148 @@ _CATEGORIES: tuple[tuple[str, str], ...] = (
 )
 
 
-def classify(message: str) -> str:
-    """``"<category>: <dcap-qvl detail on one line>"``."""
+#: What to do about collateral outside its validity window (said in every such message:
+#: the KBS log line carries only the message, not the CLI hint).
+FRESHNESS_HINT = (
+    "fetch fresher collateral (--pccs-url or a newer bundle) or, for recorded evidence, "
+    "verify at the time it was made with --at UNIX_SECONDS"
+)
+
+#: What to do when the chain does not reach the trusted root.
+_ROOT_HINT = (
+    "the quote and its collateral must chain to the trusted root CA "
+    "(Intel's production root unless another is configured)"
+)
+
+#: A Rust ``Debug`` struct dump in dcap-qvl's text: ``Name { field: value, ... }``.
+_RUST_STRUCT = re.compile(r"(\w+) \{ ([^{}]*) \}")
+_UNIX_TIME = re.compile(r"UnixTime\((\d+)\)")
+_MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z: later values are shown as numbers
+
+
+def _iso(seconds: float) -> str:
+    if not 0 <= seconds <= _MAX_TIME:
+        return str(int(seconds))
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(text: str) -> str:
+    """dcap-qvl's text without Rust debug syntax: times in ISO 8601, structs as words."""
+    text = _UNIX_TIME.sub(lambda m: _iso(int(m.group(1))), text)
+    for _ in range(8):  # nested structs, innermost first; bounded
+        text, n = _RUST_STRUCT.subn(
+            lambda m: f"{m.group(1)} ({m.group(2).replace(': ', ' ')})", text
+        )
+        if not n:
+            break
+    return text.replace("{", "(").replace("}", ")")
+
+
+def _struct_times(message: str, variant: str) -> dict[str, int]:
+    """The ``UnixTime`` fields of ``variant { ... }`` in ``message``."""
+    match = re.search(re.escape(variant) + r" \{ ([^{}]*) \}", message)
+    fields: dict[str, int] = {}
+    for part in match.group(1).split(", ") if match else ():
+        name, _, value = part.partition(": ")
+        number = _UNIX_TIME.fullmatch(value.strip())
+        if number:
+            fields[name.strip()] = int(number.group(1))
+    return fields
+
+
+def _crl_name(collateral: Any, next_update: int) -> str:
+    """Which CRL of the collateral has this nextUpdate ("a CRL" when none or unknown)."""
+    from cryptography import x509
+
+    for attr, name in (("root_ca_crl", "root CA CRL"), ("pck_crl", "PCK CRL")):
+        raw = getattr(collateral, attr, None)
+        try:
+            crl = x509.load_der_x509_crl(bytes(raw)) if raw else None
+            stamp = crl.next_update_utc if crl is not None else None
+        except (ValueError, TypeError):
+            continue
+        if stamp is not None and int(stamp.timestamp()) == next_update:
+            return f"the {name}"
+    return "a CRL"
+
+
+def _signed_time(collateral: Any, attr: str, key: str) -> str | None:
+    """``issueDate``/``nextUpdate`` of the collateral's TCB info or QE identity JSON."""
+    raw = getattr(collateral, attr, None)
+    try:
+        value = json.loads(raw)[key] if isinstance(raw, str) and len(raw) < 1 << 20 else None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return value if isinstance(value, str) and len(value) <= 40 else None
+
+
+def _window(message: str, now: float | None, collateral: Any) -> str | None:
+    """A sentence for collateral outside its validity window, else None."""
+    at = _iso(now) if now is not None else None
+
+    def when(time: int | None) -> str:
+        shown = _iso(time) if time is not None else at
+        return f" (verification time {shown})" if shown else ""
+
+    if "CrlExpired" in message:
+        times = _struct_times(message, "CrlExpired")
+        nxt = times.get("next_update")
+        what = _crl_name(collateral, nxt) if nxt is not None else "a CRL"
+        since = f" at {_iso(nxt)}" if nxt is not None else ""
+        return f"collateral expired: {what} expired{since}{when(times.get('time'))}"
+    if "CertExpired" in message:
+        times = _struct_times(message, "CertExpired")
+        end = times.get("not_after")
+        since = f" at {_iso(end)}" if end is not None else ""
+        return (
+            f"collateral expired: a certificate in the chain expired{since}"
+            f"{when(times.get('time'))}"
+        )
+    if "CertNotValidYet" in message:
+        times = _struct_times(message, "CertNotValidYet")
+        start = times.get("not_before")
+        since = f" from {_iso(start)}" if start is not None else " later"
+        return (
+            f"collateral not yet valid: a certificate in the chain is valid only{since}"
+            f"{when(times.get('time'))}"
+        )
+    for needle, attr, name in (
+        ("TCBInfo", "tcb_info", "TCB info"),
+        ("QE Identity", "qe_identity", "QE identity"),
+    ):
+        if f"{needle} expired" in message:
+            stamp = _signed_time(collateral, attr, "nextUpdate")
+            since = f" at {stamp}" if stamp else ""
+            return f"collateral expired: the {name} expired{since}{when(None)}"
+        if f"{needle} issue date is in the future" in message:
+            stamp = _signed_time(collateral, attr, "issueDate")
+            since = f" at {stamp}" if stamp else ""
+            return (
+                f"collateral not yet valid: the {name} was issued{since}, after the "
+                f"verification time{f' {at}' if at else ''}"
+            )
+    return None
+
+
+def classify(message: str, *, now: float | None = None, collateral: Any = None) -> str:
+    """One plain operator sentence for a dcap-qvl error: what failed, and what to do.
+
+    ``now`` (the verification time) and ``collateral`` (the dcap-qvl collateral object)
+    let validity-window failures name the CRL / TCB info / QE identity and its dates.
+    """
+    window = _window(message, now, collateral)
+    if window is not None:
+        return f"{window}; {FRESHNESS_HINT}"
     detail = " ".join(
         part.strip() for part in message.replace("Verification failed:", "").splitlines()
     )
-    detail = " ".join(detail.split())
+    detail = _plain(" ".join(detail.split())).replace(" Caused by: ", ", caused by ")
     for needle, category in _CATEGORIES:
         if needle in message:
+            if category.startswith(("certificate chain broken", "trusted root")):
+                return f"{category}: {detail}; {_ROOT_HINT}"
+            if category.startswith(("collateral expired", "collateral not yet valid")):
+                return f"{category}: {detail}; {FRESHNESS_HINT}"
             return f"{category}: {detail}"
     return f"quote verification failed: {detail}"
 
@@ -141,7 +280,7 @@ def verify(
             report = dcap_qvl.verify_with_root_ca(raw_quote, collateral, root_ca_der, int(now))
         text = report.to_json()
     except (ValueError, TypeError, OverflowError) as exc:
-        raise EvidenceError(classify(str(exc))) from exc
+        raise EvidenceError(classify(str(exc), now=now, collateral=collateral)) from exc
     try:
         doc = _REPORT_DECODER.decode(text)
     except msgspec.ValidationError as exc:  # dcap-qvl's own output: never expected
@@ -231,7 +370,10 @@ def check_collateral_chains(text: str, root: Any) -> None:
     for key in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain"):
         certs = _linked_chain(str(doc.get(key, "")), key.replace("_", " "))
         if certs[-1] != root:
-            raise EvidenceError(f"certificate chain broken: {key} ends at another root")
+            raise EvidenceError(
+                f"certificate chain broken: the collateral's {key.replace('_', ' ')} ends at "
+                f"another root than the quote's PCK chain; {_ROOT_HINT}"
+            )
         if key == "pck_crl_issuer_chain":
             issuer = certs[0]
             try:

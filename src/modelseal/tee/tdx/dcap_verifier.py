@@ -4,8 +4,8 @@ Order: decode evidence → strict quote parse → pick collateral by the PCK's F
 dcap-qvl (signatures, chains, CRLs, TCB, attributes) → CCEL replay against the RTMRs →
 typed claims; the base verifier then checks REPORTDATA against the session's binding and
 init-data against MRCONFIGID (TD quotes only). Every failure is an
-:class:`EvidenceError` naming the reason, except missing collateral (BackendError: the KBS
-cannot decide, so it answers 503 instead of blaming the guest).
+:class:`EvidenceError` naming the reason, except missing collateral (CollateralMissing, a
+BackendError: the KBS cannot decide, so it answers 503 instead of blaming the guest).
 """
 
 from __future__ import annotations
