@@ -36,6 +36,7 @@ PUBLIC_API: dict[str, set[str]] = {
         "AuthorizationError",
         "BackendError",
         "BlobNotFound",
+        "CollateralMissing",
         "ConfigError",
         "DecryptionError",
         "Error",
