@@ -28,6 +28,7 @@ def test_sqlite_admin_writes_under_load(tmp_path: Path) -> None:
     _assert_flowing(admin_under_load(tmp_path, seed=settings.seed()))
 
 
+@pytest.mark.soak  # ~35 s on 2 cores: `make soak` (the SQLite run stays in `make test`)
 @pytest.mark.postgres
 def test_postgres_admin_writes_under_load(tmp_path: Path, pg_url: str) -> None:
     _assert_flowing(admin_under_load(tmp_path, database_url=pg_url, seed=settings.seed()))
