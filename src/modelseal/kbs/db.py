@@ -115,6 +115,7 @@ class _SqliteWriter:
         self._path = db_path.with_name(db_path.name + ".writer-lock")
         self._local = _FairLock()
         self._fd: int | None = None
+        self._pid = -1
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -139,8 +140,6 @@ class _SqliteWriter:
                 raise BackendError(f"database lock unavailable: {exc.strerror}") from None
             self._pid = os.getpid()
         return self._fd
-
-    _pid: int = -1
 
 
 def _driver_pragma(conn: Connection, pragma: str) -> None:

@@ -58,13 +58,6 @@ class RcarSession(Base):
 _T = cast(Table, RcarSession.__table__)
 
 
-def _pg(conn: Any, sql: str, params: dict[str, Any]) -> Any:
-    """psycopg runs statements on a cursor (sqlite3 connections have ``execute``)."""
-    cursor = conn.cursor()
-    cursor.execute(sql, params)
-    return cursor
-
-
 @dataclass(frozen=True)
 class PendingSession:
     id: str
@@ -99,7 +92,8 @@ class SessionStore:
     def _write(self, sql: str, params: dict[str, Any]) -> int:
         """Run one INSERT/UPDATE in its own transaction; returns the affected row count."""
         with self.db.write_driver() as conn:
-            cursor = conn.execute(sql, params) if self.db.is_sqlite else _pg(conn, sql, params)
+            # sqlite3 and psycopg connections both have ``execute`` returning a cursor
+            cursor = conn.execute(sql, params)
             return int(cursor.rowcount)
 
     def _driver_sql(self, sql: str) -> str:

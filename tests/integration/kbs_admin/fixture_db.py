@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import MetaData
 
 import modelseal.kbs.sessions  # noqa: F401  (registers its table on Base.metadata)
 from modelseal.kbs import schema
-from modelseal.kbs.db import Base
+from modelseal.kbs.db import Base, Database
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.tables import KeystoreBase
 from modelseal.protocol.claims import Claims
@@ -100,3 +101,27 @@ def check_still_serves(state: KbsState, exp: dict[str, Any]) -> None:
     verdict = state.audit.verify()
     assert verdict.ok, verdict
     assert verdict.rows == exp["audit_rows"] + 1
+
+
+def open_concurrently(dbs: list[Database], data_dir: Path, database_url: str | None) -> None:
+    """Run ``schema.ensure_current`` on every database at once (workers or replicas starting
+    together on an empty database): all must start and the schema must end at head."""
+    errors: list[BaseException] = []
+
+    def start(db: Database) -> None:
+        try:
+            schema.ensure_current(db, data_dir, database_url=database_url)
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(db,)) for db in dbs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert schema.status(dbs[0]).current
+    finally:
+        for db in dbs:
+            db.dispose()

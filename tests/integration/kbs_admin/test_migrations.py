@@ -7,7 +7,6 @@ tests/e2e/test_kbs_migrate_cli.py; the PostgreSQL ones in test_migrations_postgr
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from tests.integration.kbs_admin.fixture_db import (
     copy_fixture,
     expected,
     model_metadata,
+    open_concurrently,
     scripts_with_extra,
 )
 
@@ -105,26 +105,7 @@ def test_migrate_on_an_empty_database_creates_it(tmp_path: Path) -> None:
 
 def test_concurrent_first_opens_create_the_schema_once(tmp_path: Path) -> None:
     """Workers starting together on an empty database: one creates it, all start."""
-    dbs = [_db(tmp_path) for _ in range(6)]
-    errors: list[BaseException] = []
-
-    def open_one(db: Database) -> None:
-        try:
-            schema.ensure_current(db, tmp_path, database_url=None)
-        except BaseException as exc:  # asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_one, args=(db,)) for db in dbs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert errors == []
-        assert schema.status(dbs[0]).current
-    finally:
-        for db in dbs:
-            db.dispose()
+    open_concurrently([_db(tmp_path) for _ in range(6)], tmp_path, None)
 
 
 def test_pre_migration_database_missing_the_session_table(tmp_path: Path) -> None:

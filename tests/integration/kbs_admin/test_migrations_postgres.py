@@ -7,7 +7,6 @@ the way old code's ``create_all()`` did and copying the SQLite fixture's rows in
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from tests.integration.kbs_admin.fixture_db import (
     copy_fixture,
     expected,
     model_metadata,
+    open_concurrently,
     scripts_with_extra,
 )
 
@@ -88,26 +88,7 @@ def test_fresh_postgres_is_created_at_head_and_matches_the_models(
 
 
 def test_replicas_starting_on_an_empty_postgres_create_it_once(pg_url: str, tmp_path: Path) -> None:
-    dbs = [Database(pg_url) for _ in range(4)]
-    errors: list[BaseException] = []
-
-    def start(db: Database) -> None:
-        try:
-            schema.ensure_current(db, tmp_path, database_url=pg_url)
-        except BaseException as exc:  # asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(db,)) for db in dbs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert errors == []
-        assert schema.status(dbs[0]).current
-    finally:
-        for db in dbs:
-            db.dispose()
+    open_concurrently([Database(pg_url) for _ in range(4)], tmp_path, pg_url)
 
 
 def test_type_and_nullability_mismatches_are_refused(pg_url: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from alembic import op
 
+from modelseal.errors import ConfigError
 from modelseal.kbs.migrations import baseline
 
 revision = baseline.REVISION
@@ -24,7 +25,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Forward-only: dropping these tables would destroy every key."""
-    raise NotImplementedError(
+    raise ConfigError(
         "KBS schema migrations are forward-only; restore the backup taken before "
         "`modelseal kbs migrate` instead"
     )
