@@ -21,7 +21,16 @@ from modelseal.tee.base import Attester, Verifier
 from modelseal.tee.plugin import KindConfig, OptionSpec, TeePlugin
 
 #: The kind packages under ``modelseal.tee``, in the order lists show them.
-_PACKAGES = ("tdx", "tdx.sgx", "snp", "tpm", "mock_tdx", "sample")
+_PACKAGES = (
+    "tdx",
+    "tdx.sgx",
+    "snp",
+    "tpm",
+    "az_snp_vtpm",
+    "az_tdx_vtpm",
+    "mock_tdx",
+    "sample",
+)
 
 
 def _load(packages: Iterable[str]) -> dict[str, TeePlugin]:
