@@ -31,12 +31,15 @@ GENOA_NONCE = bytes.fromhex(
     "a05475f8b46094de6b64270ea35d950f"
 )
 # What Trustee's own tests assert (tpm.pcr00) for each evidence file.
+PCR0_V1 = "e15c44796beabf46abcec7c57e590942041e47497e4ec27571c8b7664f48dced"
+PCR0_V2 = "84275b2f4312cd4fc6cbe6b152ad3c3683e513d9f1e23c34fca160c8cca7a6a7"
+PCR0_GENOA = "afd689d0bb1c5f36f023fbaf574135f555a28a10c1f6b938d2a25e70c7783338"
 SNP_CASES = [
-    ("evidence-v0.json", CHALLENGE, "e15c44796beabf46abcec7c57e590942041e47497e4ec27571c8b7664f48dced"),
-    ("evidence-v1.json", CHALLENGE, "e15c44796beabf46abcec7c57e590942041e47497e4ec27571c8b7664f48dced"),
-    ("evidence-v2.json", V2_NONCE, "84275b2f4312cd4fc6cbe6b152ad3c3683e513d9f1e23c34fca160c8cca7a6a7"),
-    ("evidence-genoa.json", GENOA_NONCE, "afd689d0bb1c5f36f023fbaf574135f555a28a10c1f6b938d2a25e70c7783338"),
-]  # fmt: skip
+    ("evidence-v0.json", CHALLENGE, PCR0_V1),
+    ("evidence-v1.json", CHALLENGE, PCR0_V1),
+    ("evidence-v2.json", V2_NONCE, PCR0_V2),
+    ("evidence-genoa.json", GENOA_NONCE, PCR0_GENOA),
+]
 TDX_PCR0 = "782b20b10f55cc46e2142cc2145d548698073e5beb82752c8d7f9279f0d8a273"
 V1_MEASUREMENT = (
     "6a063be9dd79f6371c842e480f8dc3b5c725961344e57130e88c5adf49e8f7f6"
