@@ -127,9 +127,7 @@ def _paravisor(tcti: str, work: Path, jwk: dict[str, Any], kind: int, user_data:
     if kind == REPORT_TYPE_TDX:
         hw = _td_report(bound)
     else:
-        hw = bytearray(SNP_REPORT_SIZE)
-        hw[0x50:0x90] = bound
-        hw = bytes(hw)
+        hw = bytes(0x50) + bound + bytes(SNP_REPORT_SIZE - 0x90)
     _write_hcl(tcti, work, build_hcl_report(hw, runtime, report_type=kind, size=NV_SIZE))
     return runtime
 
@@ -173,7 +171,9 @@ class _Imds(BaseHTTPRequestHandler):
 def imds(
     tmp_path_factory: pytest.TempPathFactory, shared_vectors: Path
 ) -> Iterator[tuple[str, type[_Imds]]]:
-    handler = type("Imds", (_Imds,), {})
+    class handler(_Imds):  # noqa: N801 - one fresh handler class per module run
+        pass
+
     handler.ca = MockTdxCA.create(tmp_path_factory.mktemp("azure-ca") / "ca")
     handler.vcek_pem = (shared_vectors / "tpm/trustee-az-snp-vtpm/vcek-genoa.pem").read_text()
     handler.requests = []
