@@ -34,6 +34,7 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_WORKERS": "workers",
     "MODELSEAL_MODEL_DIGEST": "model_digest",
     "MODELSEAL_MOCK_TDX_DIR": "mock_tdx_dir",
+    "MODELSEAL_AZURE_IMDS_URL": "azure_imds_url",
     "MODELSEAL_INIT_DATA": "init_data",
     "MODELSEAL_TIMEOUT": "timeout",
     "MODELSEAL_FILE_MODE": "file_modes",
@@ -71,6 +72,8 @@ class LoaderSettings:
     model_digest: str | None = None
     #: mock-tdx attester material (tests and CI only)
     mock_tdx_dir: Path | None = None
+    #: Azure instance metadata service base URL (Azure CVM attesters); None: link-local
+    azure_imds_url: str | None = None
     #: the init-data TOML this TEE was launched with (sent to the KBS with the evidence;
     #: its ``[data] model_digest`` becomes the expected model digest unless one is given)
     init_data: Path | None = None
