@@ -281,3 +281,30 @@ def test_wrong_machine_kind_is_unsupported(
     _paravisor(tcti, tmp_path, jwk, REPORT_TYPE_TDX, BINDING)
     with pytest.raises(UnsupportedTee, match="az-snp-vtpm"):
         SnpAttester(imds_url=imds[0], tcti=tcti, refresh_timeout=0.3).evidence(BINDING)
+
+
+def test_attest_cli_for_both_kinds(
+    vtpm: tuple[str, dict[str, Any]],
+    imds: tuple[str, type[_Imds]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``modelseal attest --tee az-*-vtpm --azure-imds-url URL`` prints the evidence."""
+    from modelseal import cli
+
+    tcti, jwk = vtpm
+    monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
+    for kind, report_type, member in (
+        ("az-tdx-vtpm", REPORT_TYPE_TDX, "td_quote"),
+        ("az-snp-vtpm", REPORT_TYPE_SNP, "vcek"),
+    ):
+        _paravisor(tcti, tmp_path, jwk, report_type, BINDING)
+        argv = ["attest", "--tee", kind, "--report-data", BINDING.hex()]
+        with pytest.raises(SystemExit) as info:
+            cli.main([*argv, "--azure-imds-url", imds[0]])
+        out = capsys.readouterr()
+        assert info.value.code == 0, out.err
+        doc = json.loads(out.out)
+        assert doc["version"] == 2
+        assert member in doc
