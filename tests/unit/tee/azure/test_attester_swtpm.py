@@ -28,6 +28,7 @@ import pytest
 
 from modelseal.crypto.x509_pem import pem_to_der
 from modelseal.errors import AttestationError, EvidenceError
+from modelseal.policy import evaluate, parse_policy
 from modelseal.tee.az_snp_vtpm.attester import Attester as SnpAttester
 from modelseal.tee.az_tdx_vtpm.attester import Attester as TdxAttester
 from modelseal.tee.az_tdx_vtpm.verifier import Verifier as AzTdxVerifier
@@ -217,6 +218,16 @@ def test_tdx_attester_evidence_verifies_end_to_end(
     assert claims.extra["hcl"]["runtime_data_sha256"] == hashlib.sha256(runtime).hexdigest()
     pcrs = _tpm(tcti, "tpm2_pcrread", "sha256:17")
     assert claims.measurements["pcr17"] in pcrs.decode().lower()
+
+    policy = parse_policy(
+        {
+            "apiVersion": "modelseal/v1",
+            "kind": "ReleasePolicy",
+            "tee": ["az-tdx-vtpm"],
+            "measurements": [{"mr_td": MR_TD.hex(), "pcr17": claims.measurements["pcr17"]}],
+        }
+    )
+    assert evaluate(policy, claims, now=time.time()).allowed
 
     wrong = BINDING[:-1] + bytes([BINDING[-1] ^ 1])
     with pytest.raises(EvidenceError, match="report data binding mismatch"):
