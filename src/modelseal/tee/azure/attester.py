@@ -17,6 +17,7 @@ guest-components' Azure attesters do through the TSS:
 
 from __future__ import annotations
 
+import abc
 import hmac
 import json
 import os
@@ -49,7 +50,7 @@ _POLL = 0.2
 _NV_SIZE = re.compile(rb"^\s*size:\s*(\d+)\s*$", re.MULTILINE)
 
 
-class VtpmAttester:
+class VtpmAttester(abc.ABC):
     """Evidence of an Azure CVM; subclasses add the hardware half (:meth:`hardware`)."""
 
     tee: ClassVar[str]
@@ -174,9 +175,9 @@ class VtpmAttester:
             raise AttestationError(f"{what} answered HTTP {reply.status_code}")
         return load_json(reply.content, what=what, max_bytes=limit)
 
+    @abc.abstractmethod
     def hardware(self, hcl: HclReport) -> dict[str, bytes]:
         """The kind's hardware member(s) of the evidence (``vcek`` or ``td_quote``)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ evidence
     def evidence(self, report_data: bytes) -> Any:

@@ -319,3 +319,20 @@ def test_attest_cli_for_both_kinds(
         doc = json.loads(out.out)
         assert doc["version"] == 2
         assert member in doc
+
+
+def test_imds_failures(
+    vtpm: tuple[str, dict[str, Any]], imds: tuple[str, type[_Imds]], tmp_path: Path
+) -> None:
+    """IMDS unreachable: transient (exit 75); a path it does not serve: attestation error."""
+    from modelseal.errors import TransientError
+    from tests.conftest import free_port
+
+    tcti, jwk = vtpm
+    _paravisor(tcti, tmp_path, jwk, REPORT_TYPE_SNP, BINDING)
+    down = SnpAttester(imds_url=f"http://127.0.0.1:{free_port()}", tcti=tcti, timeout=5)
+    with pytest.raises(TransientError, match="Azure IMDS"):
+        down.evidence(BINDING)
+    wrong = SnpAttester(imds_url=imds[0] + "/elsewhere", tcti=tcti, timeout=5)
+    with pytest.raises(AttestationError, match="HTTP 404"):
+        wrong.evidence(BINDING)
