@@ -21,6 +21,15 @@ from modelseal.cli._tee_options import attester_options, spec_options, tee_choic
 from modelseal.tee import registry
 
 
+def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
+    """Attester option values as loader settings: paths become ``Path``, URLs stay text."""
+    kinds = {spec.name: spec.type for spec in attester_options()}
+    return {
+        name: (Path(value) if kinds.get(name) in ("path", "dir") else value) if value else None
+        for name, value in values.items()
+    }
+
+
 @click.command()
 @click.option(
     "--model", envvar="MODELSEAL_MODEL", help="Registry model URL or CNAP model-info URL."
@@ -137,7 +146,7 @@ def load(
         allow_disk=allow_disk,
         workers=workers,
         model_digest=model_digest,
-        **{name: Path(value) if value else None for name, value in attester_values.items()},
+        **_attester_settings(attester_values),
         init_data=init_data,
         timeout=timeout,
         file_modes=modes,
