@@ -31,6 +31,7 @@ FAMILIES = (
     "tests.fuzz.test_tdx",
     "tests.fuzz.test_snp",
     "tests.fuzz.test_tpm",
+    "tests.fuzz.test_azure",
     "tests.fuzz.test_eventlog",
 )
 
