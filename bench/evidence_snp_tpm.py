@@ -9,6 +9,8 @@ and trusted keys already loaded, i.e. what a running KBS pays per attestation):
 * ``tpm`` — a fresh swtpm quote (ECDSA P-256 AK, 24 SHA-256 PCRs): evidence parse, AK trust,
   signature, nonce, PCR digest. Falls back to the trustee RSA vector without swtpm.
 * ``tpm+eventlog`` — the GCE quote (RSA-2048) with its 24 KB TCG2 log replayed.
+* ``az-snp-vtpm`` — Trustee's Azure SEV-SNP evidence (version 1): HCL report, vTPM quote
+  (RSA-2048), the SNP report through the ``snp`` verifier, the runtime-claims binding.
 
 Also runnable alone: ``python -m bench.evidence_snp_tpm`` prints the table.
 """
@@ -116,6 +118,18 @@ def _tpm_eventlog() -> float | None:
     return _median_ms(run, runs=50)
 
 
+def _az_snp() -> float | None:
+    from modelseal.tee.registry import build_config, verifier_for
+
+    path = VECTORS / "tpm/trustee-az-snp-vtpm/evidence-v1.json"
+    if not path.is_file():
+        return None
+    doc: dict[str, Any] = json.loads(path.read_text())
+    verifier = verifier_for("az-snp-vtpm", build_config("az-snp-vtpm", {}))
+    now = 1_767_225_600.0  # 2026-01-01, inside the VCEK's validity
+    return _median_ms(lambda: verifier.verify(doc, expected_report_data=b"challenge", now=now))
+
+
 def measure() -> list[tuple[str, float]]:
     """(kind, median ms) for every measurement whose inputs are available here."""
     out: list[tuple[str, float]] = []
@@ -132,6 +146,9 @@ def measure() -> list[tuple[str, float]]:
     logged = _tpm_eventlog()
     if logged is not None:
         out.append(("tpm+eventlog", logged))
+    azure = _az_snp()
+    if azure is not None:
+        out.append(("az-snp-vtpm", azure))
     return out
 
 
