@@ -336,3 +336,25 @@ def test_imds_failures(
     wrong = SnpAttester(imds_url=imds[0] + "/elsewhere", tcti=tcti, timeout=5)
     with pytest.raises(AttestationError, match="HTTP 404"):
         wrong.evidence(BINDING)
+
+
+def test_report_data_index_of_another_size_is_redefined(
+    vtpm: tuple[str, dict[str, Any]], imds: tuple[str, type[_Imds]], tmp_path: Path
+) -> None:
+    """guest-components defines NV 0x01400002 with the report data's own length; the
+    attester redefines it at 64 bytes instead of failing its write."""
+    from modelseal.tee.azure.attester import REPORT_DATA_INDEX
+
+    tcti, jwk = vtpm
+    index = f"0x{REPORT_DATA_INDEX:08x}"
+    env = {"TPM2TOOLS_TCTI": tcti, "PATH": "/usr/bin:/bin"}
+    subprocess.run(
+        ["tpm2_nvundefine", index, "-C", "o"], env=env, capture_output=True, check=False, timeout=30
+    )
+    _tpm(tcti, "tpm2_nvdefine", index, "-C", "o", "-s", "32", "-a", "ownerread|ownerwrite")
+    _paravisor(tcti, tmp_path, jwk, REPORT_TYPE_TDX, BINDING)
+    TdxAttester(imds_url=imds[0], tcti=tcti, refresh_timeout=2).evidence(BINDING)
+    assert b"size: 64" in _tpm(tcti, "tpm2_nvreadpublic", index)
+    written = tmp_path / "written.bin"
+    _tpm(tcti, "tpm2_nvread", index, "-C", "o", "-o", str(written))
+    assert written.read_bytes() == pad_report_data(BINDING, 64)
