@@ -47,6 +47,8 @@ DEFAULT_IMDS = "http://169.254.169.254"
 PCR_SELECTION = "sha256:" + ",".join(str(i) for i in range(24))
 _RETRIES = 3
 _POLL = 0.2
+#: Largest IMDS answer read (a TD quote with its PCK chain, base64url in JSON).
+MAX_IMDS_ANSWER = 2 * MAX_QUOTE
 _NV_SIZE = re.compile(rb"^\s*size:\s*(\d+)\s*$", re.MULTILINE)
 
 
@@ -194,7 +196,3 @@ class VtpmAttester(abc.ABC):
             hcl_report=hcl.raw,
             **self.hardware(hcl),
         )
-
-
-#: Largest IMDS answer read (a TD quote with its PCK chain, base64url in JSON).
-MAX_IMDS_ANSWER = 2 * MAX_QUOTE
