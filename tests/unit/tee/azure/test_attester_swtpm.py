@@ -205,3 +205,25 @@ def test_report_data_index_of_another_size_is_redefined(
     written = tmp_path / "written.bin"
     tpm(tcti, "tpm2_nvread", index, "-C", "o", "-o", str(written))
     assert written.read_bytes() == pad_report_data(BINDING, 64)
+
+
+def test_init_data_is_bound_through_pcr8(
+    vtpm: tuple[str, dict[str, Any]], imds: tuple[str, type[Imds]], tmp_path: Path
+) -> None:
+    """Trustee's Azure binding: PCR8 extended once with the init-data digest at start-up.
+    The matching document is accepted and its claims reported; another one is refused."""
+    from modelseal.tee.tpm.attester import Attester as TpmAttester
+
+    tcti, jwk = vtpm
+    init = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\nmodel_digest = "sha256:00"\n'
+    TpmAttester(tcti=tcti, event_log=None).bind_init_data(init)
+    paravisor(tcti, tmp_path, jwk, REPORT_TYPE_TDX, BINDING)
+    evidence = TdxAttester(imds_url=imds[0], tcti=tcti, refresh_timeout=2).evidence(BINDING)
+    verifier = tdx_verifier(imds[1].ca)
+    claims = verifier.verify(
+        evidence, expected_report_data=BINDING, now=time.time(), init_data=init
+    )
+    assert claims.init_data == {"model_digest": "sha256:00"}
+    other = init.replace(b"sha256:00", b"sha256:01")
+    with pytest.raises(EvidenceError, match="init-data binding mismatch: PCR8"):
+        verifier.verify(evidence, expected_report_data=BINDING, now=time.time(), init_data=other)
