@@ -378,6 +378,12 @@ def policy_get(
     help="With --data-dir: the KBS's PostgreSQL URL (default: the data dir's SQLite).",
 )
 @click.option(
+    "--kek-uri",
+    envvar="MODELSEAL_KEK_URI",
+    default=None,
+    help="With --data-dir: the pkcs11: URI of the KBS's KEK token (default: the kek file).",
+)
+@click.option(
     "--verify",
     "do_verify",
     envvar="MODELSEAL_VERIFY",
@@ -414,6 +420,7 @@ def audit(
     kbs_ca: str | None,
     data_dir: Path | None,
     database_url: str | None,
+    kek_uri: str | None,
     do_verify: bool,
     after: int,
     limit: int | None,
@@ -429,10 +436,12 @@ def audit(
         from modelseal.kbs.state import offline_audit_entries, offline_audit_verify
 
         if do_verify:
-            result = offline_audit_verify(data_dir, database_url)
+            result = offline_audit_verify(data_dir, database_url, kek_uri=kek_uri)
             _finish_verify(AuditVerifyResponse(**result.to_json()), None)
             return
-        found = offline_audit_entries(data_dir, database_url, after=after, limit=limit)
+        found = offline_audit_entries(
+            data_dir, database_url, after=after, limit=limit, kek_uri=kek_uri
+        )
         entries = [AuditEntryModel(**row.to_json()) for row in found]
     else:
         with _client(kbs_url or "", token_value, token_file, kbs_ca) as client:
