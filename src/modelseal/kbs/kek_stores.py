@@ -60,6 +60,10 @@ class KekStore(Protocol):
 
     def has_active(self) -> bool: ...
 
+    def recover(self) -> None:
+        """Complete what a crash interrupted in the store itself (before anything loads)."""
+        ...
+
     def ensure(self) -> bool:
         """Create the active KEK unless one exists; True when this call created it."""
         ...
@@ -112,6 +116,10 @@ class TokenKeks:
 
     def has_active(self) -> bool:
         return self._one(self._active) is not None or self._one(self._retired) is not None
+
+    def recover(self) -> None:
+        with self.rotation_lock():
+            self._repair()
 
     def ensure(self) -> bool:
         with self.rotation_lock():
@@ -194,6 +202,11 @@ class KekSources:
         return self.primary.has_active() or (
             self.previous is not None and self.previous.has_active()
         )
+
+    def recover(self) -> None:
+        self.primary.recover()
+        if self.previous is not None:
+            self.previous.recover()
 
     def ensure(self) -> bool:
         """Create a KEK in the primary store only when no store holds one: a KBS pointed at

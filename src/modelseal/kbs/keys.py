@@ -80,6 +80,9 @@ class KekFiles:
     def has_active(self) -> bool:
         return self.path.exists() or self.path.is_symlink()
 
+    def recover(self) -> None:
+        """Nothing to do: promoting ``kek.next`` is one atomic rename."""
+
     def ensure(self) -> bool:
         """Generate the KEK once; True when this call created it."""
         created = create_secret_file(self.path, size=KEK_SIZE)

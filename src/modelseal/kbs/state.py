@@ -117,6 +117,20 @@ def _check_kek_matches(store: KeyStore, audit: AuditLog) -> None:
         )
 
 
+def _ensure_kek(stores: KekSources, head_kek_id: str | None) -> None:
+    """Generate the first KEK for a new database only: a database that names a KEK no
+    store holds is refused, and no stray KEK is left behind by the refusal."""
+    stores.recover()
+    if head_kek_id is None:
+        stores.ensure()
+    elif not stores.has_active() and stores.load_next() is None:
+        raise ConfigError(
+            f"the database was written under {head_kek_id}, but no KEK is in "
+            f"{stores.describe()}; start the KBS with the KEK file it was created with "
+            "(for a KEK in a PKCS#11 token: --kek-uri, or --kek-previous-uri while moving)"
+        )
+
+
 class KbsState:
     """Opened state of one KBS (one replica). Thread-safe; share it between requests."""
 
@@ -158,11 +172,11 @@ class KbsState:
         clock = clock or SystemClock()
         data_dir = ensure_data_dir(Path(data_dir))
         kek_files = open_kek_sources(data_dir, kek_uri, kek_previous_uri)
-        kek_files.ensure()
-        ring = KekRing(kek_files.load(), reload=kek_files.on_disk)
         admin_key = ensure_admin_credential(data_dir)
         db = Database(database_url or sqlite_url(data_dir))
         ensure_current(db, data_dir, database_url=database_url)
+        _ensure_kek(kek_files, AuditLog(db, lambda: store.ring).head_kek_id())
+        ring = KekRing(kek_files.load(), reload=kek_files.on_disk)
         store = KeyStore(db.begin, ring, clock=clock)
         audit = AuditLog(db, lambda: store.ring, clock=clock)
         keys = KeyService(db, store, audit, kek_files)
