@@ -117,7 +117,7 @@ class KekFiles:
 
     def on_disk(self) -> list[Kek]:
         """``kek`` and, mid-rotation, ``kek.next``: what a :class:`KekRing` reloads on a miss."""
-        keks = [self.load()]
+        keks = [self.load()] if self.has_active() else []
         nxt = self.load_next()
         if nxt is not None:
             keks.append(nxt)
