@@ -250,7 +250,7 @@ class KbsCluster:
                 *extra,
                 *self.config.kek_args(),
                 "--verify",
-            ],  # fmt: skip
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
