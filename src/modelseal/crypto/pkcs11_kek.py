@@ -6,7 +6,11 @@ every operation on it:
 
 - wrapping DEKs: ``CKM_AES_GCM`` with a 12-byte random nonce and 128-bit tag, producing the
   same wrapped layout as a KEK file (:mod:`modelseal.crypto.kek`);
-- MACs (audit head, key rows): ``CKM_AES_CMAC`` (16-byte tags);
+- MACs (audit head, key rows): ``CKM_AES_CMAC`` (16-byte tags) under a MAC key derived in
+  the token (``CKM_AES_ECB_ENCRYPT_DATA`` of two fixed blocks whose 32-bit counter field is
+  zero: AES-GCM with 96-bit nonces never encrypts such a block, and neither is the all-zero
+  block that gives GCM's hash key, so the MAC key is separate from everything GCM uses);
+  the derived key is a session object, non-extractable, gone when the process exits;
 - the public KEK id: ``"kek-"`` and the first 8 bytes of the CMAC of a fixed label, so the
   id is a function of the secret, as for a KEK file, and reveals nothing about it.
 
@@ -42,6 +46,8 @@ __all__ = ["DEFAULT_OBJECT", "Pkcs11Kek", "Pkcs11Token", "Pkcs11Uri", "parse_pkc
 
 DEFAULT_OBJECT = "modelseal-kek"
 _ID_LABEL = b"modelseal/v1 kek id"
+#: Two AES blocks, each 12 label bytes and a zero 32-bit counter field (see module doc).
+_MAC_KEY_BLOCKS = b"modelseal/v1" + bytes(4) + b"kek mac key." + bytes(4)
 _MAX_URI = 4096
 _MAX_PIN = 256
 _PATH_ATTRS = frozenset({"token", "object", "manufacturer", "model", "serial", "slot-id", "type"})
@@ -208,8 +214,9 @@ class Pkcs11Token:
             attr.EXTRACTABLE: False,
             attr.ENCRYPT: True,
             attr.DECRYPT: True,
-            attr.SIGN: True,
-            attr.VERIFY: True,
+            attr.SIGN: False,
+            attr.VERIFY: False,
+            attr.DERIVE: True,
             attr.WRAP: False,
             attr.UNWRAP: False,
         }
@@ -229,7 +236,7 @@ class Pkcs11Token:
 class Pkcs11Kek(Kek):
     """A KEK that lives in a PKCS#11 token; every operation runs inside the token."""
 
-    __slots__ = ("_token", "handle")
+    __slots__ = ("_mac_key", "_token", "handle")
 
     def __init__(self, token: Pkcs11Token, handle: Any) -> None:
         self._token = token
@@ -240,6 +247,20 @@ class Pkcs11Kek(Kek):
                 f"the KEK object {handle[attr.LABEL]!r} in {token.uri} is extractable or not "
                 "sensitive; modelseal only uses keys that cannot leave the token"
             )
+        try:
+            self._mac_key = handle.derive_key(
+                token._mod.KeyType.AES,
+                256,
+                mechanism=token._mod.Mechanism.AES_ECB_ENCRYPT_DATA,
+                mechanism_param=_MAC_KEY_BLOCKS,
+                store=False,
+                template={attr.SIGN: True, attr.EXTRACTABLE: False, attr.SENSITIVE: True},
+            )
+        except token._mod.exceptions.PKCS11Error as exc:
+            raise ConfigError(
+                f"cannot derive the MAC key from {handle[attr.LABEL]!r} in {token.uri} "
+                f"({type(exc).__name__}); modelseal's KEK objects allow CKA_DERIVE"
+            ) from None
         self.id = "kek-" + self._mac(_ID_LABEL)[:8].hex()
 
     @property
@@ -270,4 +291,4 @@ class Pkcs11Kek(Kek):
 
     def _mac(self, message: bytes) -> bytes:
         with self._token._call("MAC"):
-            return bytes(self.handle.sign(message, mechanism=self._token._mod.Mechanism.AES_CMAC))
+            return bytes(self._mac_key.sign(message, mechanism=self._token._mod.Mechanism.AES_CMAC))
