@@ -139,7 +139,15 @@ def _print(value: Any) -> None:
     show_default=True,
     help="Name recorded as the actor in the audit log.",
 )
-def token(data_dir: Path, role: str, ttl: int, subject: str) -> None:
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    envvar="MODELSEAL_NAMESPACES",
+    help="Publisher tokens: a namespace the token may manage (repo or repo/type, e.g. "
+    "'models/llama'; repeat for several; '*' for every key). Required with --role publisher.",
+)
+def token(data_dir: Path, role: str, ttl: int, subject: str, namespaces: tuple[str, ...]) -> None:
     """Print a short-lived admin bearer token signed with the data dir's admin credential."""
     from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
 
@@ -147,7 +155,11 @@ def token(data_dir: Path, role: str, ttl: int, subject: str) -> None:
         raise ConfigError("--subject must be 1-128 printable characters")
     key = load_admin_credential(data_dir)
     try:
-        click.echo(mint_admin_token(key, role=role, ttl=ttl, subject=subject, now=time.time()))
+        click.echo(
+            mint_admin_token(
+                key, role=role, ttl=ttl, subject=subject, namespaces=namespaces, now=time.time()
+            )
+        )
     finally:
         key.wipe()
 
