@@ -3,6 +3,7 @@ throwaway PostgreSQL server with one fresh database per test."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.hsm import SoftHsm
     from tests.pg import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,37 @@ def pg_server() -> Iterator[PgServer]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def softhsm() -> Iterator[SoftHsm]:
+    """A SoftHSM2 token directory for the whole run (skips without softhsm2), with one token
+    ``modelseal`` made before this process loads the module (see tests/hsm.py)."""
+    from tests.hsm import SoftHsm, module_path
+
+    module = module_path()
+    if module is None:
+        pytest.skip("SoftHSM2 is not installed (apt-get install softhsm2)")
+    hsm = SoftHsm.create(module)
+    hsm.token("modelseal")
+    previous = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    try:
+        yield hsm
+    finally:
+        if previous is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = previous
+        hsm.remove()
+
+
+@pytest.fixture
+def kek_uri(softhsm: SoftHsm) -> str:
+    """A pkcs11: URI of a KEK label no other test uses, in the session's token."""
+    from tests.hsm import unique_object
+
+    return softhsm.uri("modelseal", softhsm.base / "modelseal.pin", unique_object())
 
 
 @pytest.fixture

@@ -232,7 +232,16 @@ def test_refusals_and_exit_codes(
     assert "token is required" in err
     code, _, err = cli(capsys, *put, "--token", admin_token[:-4] + "AAAA")
     assert code == 4
-    publisher = run("kbs", "token", "--data-dir", str(server.data_dir), "--role", "publisher")
+    publisher = run(
+        "kbs",
+        "token",
+        "--data-dir",
+        str(server.data_dir),
+        "--role",
+        "publisher",
+        "--namespace",
+        "*",
+    )
     token = publisher.stdout.strip()
     code, _, _ = cli(capsys, "kbs", "key", "rotate-kek", "--kbs", server.url, "--token", token)
     assert code == 4

@@ -76,7 +76,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         attester = Attester(ca.directory)
-        token = mint_admin_token(load_admin_credential(data_dir), role="publisher", now=time.time())
+        token = mint_admin_token(
+            load_admin_credential(data_dir), role="publisher", namespaces=["*"], now=time.time()
+        )
         policy = {
             "apiVersion": "modelseal/v1",
             "kind": "ReleasePolicy",

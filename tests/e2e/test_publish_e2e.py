@@ -90,7 +90,10 @@ def start_kbs(data_dir: Path) -> KbsServer:
             raise RuntimeError("kbs did not start")
         time.sleep(0.05)
     # minted in this process (same CLI code, no second interpreter start-up)
-    minted = _cli(["kbs", "token", "--data-dir", str(data_dir), "--role", "publisher"])
+    minted = _cli(
+        ["kbs", "token", "--data-dir", str(data_dir), "--role", "publisher",
+         "--namespace", "models", "--namespace", "cnap"]
+    )  # fmt: skip
     assert minted.returncode == 0, minted.stderr
     return KbsServer(url=url, data_dir=data_dir, proc=proc, token=minted.stdout.strip())
 

@@ -139,7 +139,15 @@ def _print(value: Any) -> None:
     show_default=True,
     help="Name recorded as the actor in the audit log.",
 )
-def token(data_dir: Path, role: str, ttl: int, subject: str) -> None:
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    envvar="MODELSEAL_NAMESPACES",
+    help="Publisher tokens: a namespace the token may manage (repo or repo/type, e.g. "
+    "'models/llama'; repeat for several; '*' for every key). Required with --role publisher.",
+)
+def token(data_dir: Path, role: str, ttl: int, subject: str, namespaces: tuple[str, ...]) -> None:
     """Print a short-lived admin bearer token signed with the data dir's admin credential."""
     from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
 
@@ -147,7 +155,11 @@ def token(data_dir: Path, role: str, ttl: int, subject: str) -> None:
         raise ConfigError("--subject must be 1-128 printable characters")
     key = load_admin_credential(data_dir)
     try:
-        click.echo(mint_admin_token(key, role=role, ttl=ttl, subject=subject, now=time.time()))
+        click.echo(
+            mint_admin_token(
+                key, role=role, ttl=ttl, subject=subject, namespaces=namespaces, now=time.time()
+            )
+        )
     finally:
         key.wipe()
 
@@ -378,6 +390,12 @@ def policy_get(
     help="With --data-dir: the KBS's PostgreSQL URL (default: the data dir's SQLite).",
 )
 @click.option(
+    "--kek-uri",
+    envvar="MODELSEAL_KEK_URI",
+    default=None,
+    help="With --data-dir: the pkcs11: URI of the KBS's KEK token (default: the kek file).",
+)
+@click.option(
     "--verify",
     "do_verify",
     envvar="MODELSEAL_VERIFY",
@@ -414,6 +432,7 @@ def audit(
     kbs_ca: str | None,
     data_dir: Path | None,
     database_url: str | None,
+    kek_uri: str | None,
     do_verify: bool,
     after: int,
     limit: int | None,
@@ -429,10 +448,12 @@ def audit(
         from modelseal.kbs.state import offline_audit_entries, offline_audit_verify
 
         if do_verify:
-            result = offline_audit_verify(data_dir, database_url)
+            result = offline_audit_verify(data_dir, database_url, kek_uri=kek_uri)
             _finish_verify(AuditVerifyResponse(**result.to_json()), None)
             return
-        found = offline_audit_entries(data_dir, database_url, after=after, limit=limit)
+        found = offline_audit_entries(
+            data_dir, database_url, after=after, limit=limit, kek_uri=kek_uri
+        )
         entries = [AuditEntryModel(**row.to_json()) for row in found]
     else:
         with _client(kbs_url or "", token_value, token_file, kbs_ca) as client:

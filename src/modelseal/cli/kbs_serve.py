@@ -42,6 +42,20 @@ def _path(value: str | None) -> Path | None:
     default=None,
     help="postgresql://... for N replicas (default: SQLite in the data dir).",
 )
+@click.option(
+    "--kek-uri",
+    envvar="MODELSEAL_KEK_URI",
+    default=None,
+    help="Where KEKs live: 'file' (the data dir, default) or a pkcs11: URI (RFC 7512) of an "
+    "HSM token, with pin-source=file:/path.",
+)
+@click.option(
+    "--kek-previous-uri",
+    envvar="MODELSEAL_KEK_PREVIOUS_URI",
+    default=None,
+    help="A KEK store being moved away from ('file' or pkcs11:...): still read; the next "
+    "`kbs key rotate-kek` moves every key out of it and deletes its KEK.",
+)
 @click.option("--host", envvar="MODELSEAL_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="MODELSEAL_PORT", type=int, default=8080, show_default=True)
 @click.option(
@@ -116,6 +130,8 @@ def _path(value: str | None) -> Path | None:
 def serve(
     data_dir: str,
     database_url: str | None,
+    kek_uri: str | None,
+    kek_previous_uri: str | None,
     host: str,
     port: int,
     tls_cert: str | None,
@@ -142,6 +158,8 @@ def serve(
     settings = KbsSettings(
         data_dir=Path(data_dir),
         database_url=database_url,
+        kek_uri=kek_uri,
+        kek_previous_uri=kek_previous_uri,
         host=host,
         port=port,
         tls_cert=_path(tls_cert),

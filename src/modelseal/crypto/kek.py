@@ -5,6 +5,9 @@ directly: HKDF derives one sub-key for wrapping DEKs, one for MACs (audit head, 
 and a public identifier, so the database records *which* KEK wrapped a row without
 revealing anything about it.
 
+A KEK can also live in a PKCS#11 token (an HSM); then the token does the AEAD and MAC
+operations and the KEK is never exported (:mod:`modelseal.crypto.pkcs11_kek`).
+
 Wrapped DEK layout (``WRAP_VERSION`` 1)::
 
     0x01 ‖ nonce (12) ‖ AES-256-GCM(wrap_key, nonce, dek, aad) (len(dek) + 16)
@@ -23,6 +26,7 @@ import os
 import secrets
 import stat
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import sha256
 from pathlib import Path
@@ -40,7 +44,9 @@ __all__ = [
     "WRAP_VERSION",
     "Kek",
     "KekRing",
+    "SoftwareKek",
     "create_secret_file",
+    "fsync_dir",
     "read_secret_file",
 ]
 
@@ -55,26 +61,33 @@ def _derive(kek: bytes, label: bytes, length: int = 32) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=label).derive(kek)
 
 
-class Kek:
-    """One KEK: wraps/unwraps DEKs and MACs small records. Holds only derived keys."""
+class Kek(ABC):
+    """One KEK: wraps/unwraps DEKs and MACs small records, wherever its secret lives.
 
-    __slots__ = ("_aead", "_mac_key", "id")
+    The wrapped layout (module doc) is the same for every kind of KEK; a kind only supplies
+    the AEAD and MAC operations. :class:`SoftwareKek` holds derived keys in memory; a KEK in
+    a PKCS#11 token (:mod:`modelseal.crypto.pkcs11_kek`) never leaves the token.
+    """
 
-    def __init__(self, material: SecretBytes) -> None:
-        raw = material.reveal()
-        if len(raw) != KEK_SIZE:
-            raise ConfigError(f"a KEK must be exactly {KEK_SIZE} bytes")
-        #: Public identifier recorded next to every row this KEK wraps.
-        self.id = "kek-" + _derive(raw, b"id", 8).hex()
-        self._aead = AESGCM(_derive(raw, b"wrap"))
-        self._mac_key = _derive(raw, b"mac")
+    __slots__ = ("id",)
 
-    @classmethod
-    def generate(cls) -> Kek:
-        return cls(SecretBytes(secrets.token_bytes(KEK_SIZE)))
+    #: Public identifier recorded next to every row this KEK wraps.
+    id: str
 
     def __repr__(self) -> str:
-        return f"Kek(id={self.id!r})"
+        return f"{type(self).__name__}(id={self.id!r})"
+
+    @abstractmethod
+    def _seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM encryption: ciphertext followed by the 16-byte tag."""
+
+    @abstractmethod
+    def _open(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM decryption; raises :class:`DecryptionError` on any mismatch."""
+
+    @abstractmethod
+    def _mac(self, message: bytes) -> bytes:
+        """A MAC of ``message`` under a key that only this KEK holds."""
 
     def _aad(self, key_id: str) -> bytes:
         return b"modelseal/v1 dek\x00" + self.id.encode("ascii") + b"\x00" + key_id.encode("utf-8")
@@ -82,7 +95,7 @@ class Kek:
     def wrap(self, key_id: str, dek: SecretBytes) -> bytes:
         """Encrypt ``dek`` for storage under ``key_id`` (fresh random nonce each time)."""
         nonce = secrets.token_bytes(_NONCE)
-        sealed = self._aead.encrypt(nonce, dek.reveal(), self._aad(key_id))
+        sealed = self._seal(nonce, dek.reveal(), self._aad(key_id))
         return bytes([WRAP_VERSION]) + nonce + sealed
 
     def unwrap(self, key_id: str, blob: bytes) -> SecretBytes:
@@ -90,18 +103,48 @@ class Kek:
         if len(blob) < 1 + _NONCE + _TAG or blob[0] != WRAP_VERSION:
             raise DecryptionError()
         nonce, sealed = blob[1 : 1 + _NONCE], blob[1 + _NONCE :]
-        try:
-            return SecretBytes(self._aead.decrypt(nonce, sealed, self._aad(key_id)))
-        except InvalidTag:
-            raise DecryptionError() from None
+        return SecretBytes(self._open(nonce, sealed, self._aad(key_id)))
 
     def mac(self, label: str, data: bytes) -> bytes:
-        """HMAC-SHA256 of ``data`` under a key derived from this KEK and ``label``."""
-        return hmac.new(self._mac_key, label.encode("ascii") + b"\x00" + data, sha256).digest()
+        """A MAC of ``data`` under this KEK, separated by ``label``."""
+        return self._mac(label.encode("ascii") + b"\x00" + data)
 
     def verify_mac(self, label: str, data: bytes, tag: bytes) -> bool:
         """Constant-time check of a :meth:`mac` tag."""
         return hmac.compare_digest(self.mac(label, data), tag)
+
+
+class SoftwareKek(Kek):
+    """A KEK whose 32 bytes are in this process (the ``kek`` file of a data directory).
+
+    It holds only keys derived by HKDF: one for wrapping, one for HMAC-SHA256, and the id.
+    """
+
+    __slots__ = ("_aead", "_mac_key")
+
+    def __init__(self, material: SecretBytes) -> None:
+        raw = material.reveal()
+        if len(raw) != KEK_SIZE:
+            raise ConfigError(f"a KEK must be exactly {KEK_SIZE} bytes")
+        self.id = "kek-" + _derive(raw, b"id", 8).hex()
+        self._aead = AESGCM(_derive(raw, b"wrap"))
+        self._mac_key = _derive(raw, b"mac")
+
+    @classmethod
+    def generate(cls) -> SoftwareKek:
+        return cls(SecretBytes(secrets.token_bytes(KEK_SIZE)))
+
+    def _seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def _open(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(nonce, sealed, aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
+    def _mac(self, message: bytes) -> bytes:
+        return hmac.new(self._mac_key, message, sha256).digest()
 
 
 class KekRing:
@@ -195,11 +238,11 @@ def create_secret_file(path: Path, *, size: int) -> bool:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         dfd = os.open(directory, os.O_RDONLY)
         try:

@@ -26,7 +26,7 @@ from modelseal._internal.bounded import check_json
 from modelseal._internal.encoding import b64url_decode
 from modelseal._internal.http_edge import guarded_route, read_body
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import FormatError, TokenError
+from modelseal.errors import AuthorizationError, FormatError, TokenError
 from modelseal.kbs.admin_auth import AdminPrincipal, verify_admin_token
 from modelseal.kbs.audit import AuditEntry
 from modelseal.kbs.errors_http import ADMIN_ERRORS, ADMIN_PROBLEM_PREFIX, AdminBadRequest
@@ -196,14 +196,34 @@ class AdminApi:
 
     # --- operations (blocking; called in the thread pool) -------------------------------
 
-    def list_keys(self, digest: str | None) -> Response:
-        records = self.state.keys.list_keys(model_digest=model_digest_param(digest))
-        return _json(KeyList(keys=[_key_info(r) for r in records]))
+    def _tenant(self, who: AdminPrincipal, kid: str, what: str) -> None:
+        """403, audited, unless ``who`` may manage ``kid`` (a publisher token only covers
+        its namespaces; see :mod:`modelseal.kbs.admin_auth`)."""
+        if who.covers(kid):
+            return
+        self.state.audit.record(
+            actor=who.actor,
+            action="authz.deny",
+            key_id=kid,
+            tee=None,
+            claims_digest=None,
+            policy_digest=None,
+            decision="deny",
+            reasons=[f"{what}: outside the token's namespaces {sorted(who.namespaces or ())}"],
+        )
+        log.warning("admin %s of %s by %s denied: outside its namespaces", what, kid, who.actor)
+        raise AuthorizationError("this token may not touch keys outside its namespaces")
 
-    def get_key(self, kid: str) -> Response:
+    def list_keys(self, who: AdminPrincipal, digest: str | None) -> Response:
+        records = self.state.keys.list_keys(model_digest=model_digest_param(digest))
+        return _json(KeyList(keys=[_key_info(r) for r in records if who.covers(r.key_id)]))
+
+    def get_key(self, who: AdminPrincipal, kid: str) -> Response:
+        self._tenant(who, kid, "key.read")
         return _json(_key_info(self.state.keys.get(kid)))
 
     def put_key(self, who: AdminPrincipal, kid: str, req: PutKeyRequest) -> Response:
+        self._tenant(who, kid, "key.put")
         dek = None
         if req.key is not None:
             try:
@@ -225,7 +245,8 @@ class AdminApi:
     def delete_key(self, who: AdminPrincipal, kid: str) -> Response:
         return _json(_key_info(self.state.keys.delete(kid, actor=who.actor)))
 
-    def policy_info(self, kid: str) -> Response:
+    def policy_info(self, who: AdminPrincipal, kid: str) -> Response:
+        self._tenant(who, kid, "policy.read")
         policy = self.state.keys.get_policy(kid)
         return _json(
             PolicyInfo(
@@ -236,18 +257,20 @@ class AdminApi:
         )
 
     def set_policy(self, who: AdminPrincipal, kid: str, body: bytes) -> Response:
+        self._tenant(who, kid, "policy.set")
         policy = parse_policy_text(body)
         self.state.keys.set_policy(kid, policy, actor=who.actor)
-        return self.policy_info(kid)
+        return self.policy_info(who, kid)
 
     def clear_policy(self, who: AdminPrincipal, kid: str) -> Response:
         return _json(_key_info(self.state.keys.clear_policy(kid, actor=who.actor)))
 
     def bind_model(self, who: AdminPrincipal, kid: str, req: ModelDigestRequest) -> Response:
+        self._tenant(who, kid, "model.bind")
         record = self.state.keys.set_model_digest(kid, req.model_digest, actor=who.actor)
         return _json(_key_info(record))
 
-    def list_models(self, digest: str | None) -> Response:
+    def list_models(self, who: AdminPrincipal, digest: str | None) -> Response:
         models = [
             ModelRecord(
                 model_digest=r.model_digest,
@@ -256,7 +279,7 @@ class AdminApi:
                 policy_digest=r.policy_digest,
             )
             for r in self.state.keys.list_keys(model_digest=model_digest_param(digest))
-            if r.model_digest is not None
+            if r.model_digest is not None and who.covers(r.key_id)
         ]
         return _json(ModelList(models=models))
 
@@ -279,6 +302,7 @@ class AdminApi:
         return _json(AuditVerifyResponse(**self.state.audit.verify().to_json()))
 
     def import_resource(self, who: AdminPrincipal, kid: str, body: bytes) -> Response:
+        self._tenant(who, kid, "key.put")
         dek = SecretBytes(body)
         try:
             _, created = self.state.keys.put(kid, dek, actor=who.actor)
@@ -302,16 +326,19 @@ def admin_router(state: KbsState) -> APIRouter:
 
     @router.get("/whoami")
     async def whoami(who: Reader) -> Response:
-        body = json.dumps({"subject": who.subject, "roles": sorted(who.roles)}).encode()
+        me: dict[str, Any] = {"subject": who.subject, "roles": sorted(who.roles)}
+        if who.namespaces is not None:
+            me["namespaces"] = sorted(who.namespaces)
+        body = json.dumps(me).encode()
         return await api.run("whoami", who, lambda: Response(body, media_type="application/json"))
 
     @router.get("/keys")
     async def list_keys(who: Reader, model_digest: str | None = None) -> Response:
-        return await api.run("list keys", who, lambda: api.list_keys(model_digest))
+        return await api.run("list keys", who, lambda: api.list_keys(who, model_digest))
 
     @router.get("/keys/{repo}/{kind}/{tag}")
     async def get_key(who: Reader, kid: KeyId) -> Response:
-        return await api.run("get key", who, lambda: api.get_key(kid))
+        return await api.run("get key", who, lambda: api.get_key(who, kid))
 
     @router.put("/keys/{repo}/{kind}/{tag}")
     async def put_key(
@@ -329,7 +356,7 @@ def admin_router(state: KbsState) -> APIRouter:
 
     @router.get("/keys/{repo}/{kind}/{tag}/policy")
     async def get_policy(who: Reader, kid: KeyId) -> Response:
-        return await api.run("get policy", who, lambda: api.policy_info(kid))
+        return await api.run("get policy", who, lambda: api.policy_info(who, kid))
 
     @router.put("/keys/{repo}/{kind}/{tag}/policy")
     async def set_policy(who: Publisher, kid: KeyId, body: RawBody) -> Response:
@@ -349,7 +376,7 @@ def admin_router(state: KbsState) -> APIRouter:
 
     @router.get("/models")
     async def list_models(who: Reader, digest: str | None = None) -> Response:
-        return await api.run("list models", who, lambda: api.list_models(digest))
+        return await api.run("list models", who, lambda: api.list_models(who, digest))
 
     @router.post("/kek/rotate")
     async def rotate_kek(who: Admin) -> Response:

@@ -9,14 +9,23 @@ Roles:
 
 * ``admin``     everything;
 * ``publisher`` put keys (generate/import), set and read policies, bind model digests,
-  list keys and models - what ``modelseal publish`` needs; no revoke, delete or rotate;
+  list keys and models - what ``modelseal publish`` needs; no revoke, delete or rotate -
+  and only for keys in the token's namespaces (below);
 * ``auditor``   read-only: list keys/models/policies, read and verify the audit log.
+
+Tenants: a publisher token names the namespaces it may manage (claim ``ns``). A namespace
+is the first one or two segments of a key id (``acme`` covers ``acme/*/*``; ``models/llama``
+covers ``models/llama/*``); ``*`` covers every key and must be asked for explicitly. The
+admin credential's holder decides a publisher identity's namespaces when minting its token,
+so no publisher can widen its own reach; a publisher token without ``ns`` is refused.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -28,6 +37,7 @@ from modelseal.errors import AuthorizationError, ConfigError, TokenError
 
 __all__ = [
     "ADMIN_CREDENTIAL_FILE",
+    "ALL_NAMESPACES",
     "AUDIENCE",
     "DEFAULT_TTL",
     "ISSUER",
@@ -37,6 +47,7 @@ __all__ = [
     "ensure_admin_credential",
     "load_admin_credential",
     "mint_admin_token",
+    "parse_namespaces",
     "verify_admin_token",
 ]
 
@@ -49,6 +60,25 @@ DEFAULT_TTL = 900
 MAX_TTL = 24 * 3600
 LEEWAY = 30
 MAX_TOKEN_LEN = 4096
+#: Every key, for a publisher token that is meant to be unrestricted.
+ALL_NAMESPACES = "*"
+MAX_NAMESPACES = 64
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}"
+_NAMESPACE_RE = re.compile(rf"{_SEGMENT}(/{_SEGMENT})?")
+
+
+def parse_namespaces(values: Iterable[object]) -> frozenset[str]:
+    """Validated namespaces; ValueError names the first bad one."""
+    found = []
+    for value in values:
+        if not isinstance(value, str) or not (
+            value == ALL_NAMESPACES or _NAMESPACE_RE.fullmatch(value)
+        ):
+            raise ValueError(f"{str(value)[:80]!r} is not a namespace (repo or repo/type)")
+        found.append(value)
+    if not found or len(found) > MAX_NAMESPACES:
+        raise ValueError(f"give 1 to {MAX_NAMESPACES} namespaces")
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -58,10 +88,21 @@ class AdminPrincipal:
     subject: str
     roles: frozenset[str]
     token_id: str
+    #: The namespaces a publisher-only token may manage; None when not restricted.
+    namespaces: frozenset[str] | None = None
 
     @property
     def actor(self) -> str:
         return f"admin:{self.subject}"
+
+    def covers(self, key_id: str) -> bool:
+        """True when this caller may manage (and read) the key ``key_id``: whole segments
+        only, so ``acme`` does not cover ``acme2/...``."""
+        if self.namespaces is None or ALL_NAMESPACES in self.namespaces:
+            return True
+        repo, _, rest = key_id.partition("/")
+        kind = rest.partition("/")[0]
+        return repo in self.namespaces or f"{repo}/{kind}" in self.namespaces
 
     def require(self, allowed: frozenset[str]) -> None:
         """AuthorizationError (HTTP 403) unless one of the token's roles is ``allowed``."""
@@ -96,11 +137,25 @@ def mint_admin_token(
     role: str = "admin",
     ttl: int = DEFAULT_TTL,
     subject: str = "operator",
+    namespaces: Iterable[str] = (),
     now: float,
 ) -> str:
-    """A compact JWS (HS256) for ``role`` valid for ``ttl`` seconds from ``now``."""
+    """A compact JWS (HS256) for ``role`` valid for ``ttl`` seconds from ``now``;
+    a publisher token names its ``namespaces`` (see the module doc)."""
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    namespaces = list(namespaces)
+    ns: list[str] = []
+    if role == "publisher":
+        try:
+            ns = sorted(parse_namespaces(namespaces))
+        except ValueError as exc:
+            raise ConfigError(
+                f"a publisher token needs its namespaces (--namespace acme, or '*' for "
+                f"every key): {exc}"
+            ) from None
+    elif namespaces:
+        raise ConfigError(f"namespaces only restrict publisher tokens, not {role}")
     if not subject or len(subject) > 128 or not subject.isprintable():
         raise ConfigError("the token subject must be 1-128 printable characters")
     if not 1 <= ttl <= MAX_TTL:
@@ -111,6 +166,7 @@ def mint_admin_token(
         "aud": AUDIENCE,
         "sub": subject,
         "roles": [role],
+        **({"ns": ns} if role == "publisher" else {}),
         "iat": iat,
         "nbf": iat,
         "exp": iat + ttl,
@@ -149,4 +205,13 @@ def verify_admin_token(token: str, key: SecretBytes, *, now: float) -> AdminPrin
         raise TokenError("admin token subject is missing or not printable")
     if not isinstance(jti, str) or not jti:
         raise TokenError("admin token has no id")
-    return AdminPrincipal(subject=sub, roles=frozenset(roles), token_id=jti[:64])
+    namespaces: frozenset[str] | None = None
+    if "admin" not in roles and "publisher" in roles:
+        ns = claims.get("ns")
+        try:
+            namespaces = parse_namespaces(ns if isinstance(ns, list) else [None])
+        except ValueError:
+            raise TokenError("publisher token names no valid namespaces") from None
+    return AdminPrincipal(
+        subject=sub, roles=frozenset(roles), token_id=jti[:64], namespaces=namespaces
+    )

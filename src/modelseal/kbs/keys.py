@@ -17,7 +17,6 @@ data directory pick the new KEK up from disk the first time they meet it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -31,16 +30,26 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from modelseal._internal.bounded import load_json
-from modelseal.crypto.kek import KEK_SIZE, Kek, KekRing, create_secret_file, read_secret_file
+from modelseal.crypto.kek import (
+    KEK_SIZE,
+    Kek,
+    KekRing,
+    SoftwareKek,
+    create_secret_file,
+    fsync_dir,
+    read_secret_file,
+)
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError, FormatError
 from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database
+from modelseal.kbs.kek_stores import KEK_LOCK_FILE, KekSources, KekStore, data_dir_lock
 from modelseal.keystore.store import KeyRecord, KeyStore
 from modelseal.policy.document import MAX_POLICY_BYTES, ReleasePolicy, parse_policy
 
 __all__ = [
     "KEK_FILE",
+    "KEK_LOCK_FILE",
     "KEK_NEXT_FILE",
     "KekFiles",
     "KeyService",
@@ -52,7 +61,6 @@ log = logging.getLogger(__name__)
 
 KEK_FILE = "kek"
 KEK_NEXT_FILE = "kek.next"
-KEK_LOCK_FILE = "kek.lock"
 
 
 class KekFiles:
@@ -63,16 +71,17 @@ class KekFiles:
         self.next_path = data_dir / KEK_NEXT_FILE
         self.lock_path = data_dir / KEK_LOCK_FILE
 
-    @contextlib.contextmanager
-    def rotation_lock(self) -> Iterator[None]:
-        """Exclusive across every process on this data directory for one rotation (the
-        kernel drops it if the holder dies, so a crash never leaves it held)."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def describe(self) -> str:
+        return str(self.path)
+
+    def rotation_lock(self) -> contextlib.AbstractContextManager[None]:
+        return data_dir_lock(self.lock_path)
+
+    def has_active(self) -> bool:
+        return self.path.exists() or self.path.is_symlink()
+
+    def recover(self) -> None:
+        """Nothing to do: promoting ``kek.next`` is one atomic rename."""
 
     def ensure(self) -> bool:
         """Generate the KEK once; True when this call created it."""
@@ -82,12 +91,22 @@ class KekFiles:
         return created
 
     def load(self) -> Kek:
-        return Kek(read_secret_file(self.path, size=KEK_SIZE, what="KEK"))
+        return SoftwareKek(read_secret_file(self.path, size=KEK_SIZE, what="KEK"))
+
+    def discard_next(self, new: Kek) -> None:
+        if self.has_active() and self.load().id == new.id:
+            return
+        self.next_path.unlink(missing_ok=True)
+
+    def retire_active(self) -> None:
+        """Delete ``kek`` (its rows moved to another store); the bytes are gone with it."""
+        self.path.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)
 
     def load_next(self) -> Kek | None:
         if not (self.next_path.exists() or self.next_path.is_symlink()):
             return None
-        return Kek(read_secret_file(self.next_path, size=KEK_SIZE, what="next KEK"))
+        return SoftwareKek(read_secret_file(self.next_path, size=KEK_SIZE, what="next KEK"))
 
     def create_next(self) -> Kek:
         """Write ``kek.next`` (or reuse one left by a crashed rotation, so it can finish)."""
@@ -98,7 +117,7 @@ class KekFiles:
 
     def on_disk(self) -> list[Kek]:
         """``kek`` and, mid-rotation, ``kek.next``: what a :class:`KekRing` reloads on a miss."""
-        keks = [self.load()]
+        keks = [self.load()] if self.has_active() else []
         nxt = self.load_next()
         if nxt is not None:
             keks.append(nxt)
@@ -115,12 +134,7 @@ class KekFiles:
             if self.load().id != new.id:
                 raise
             return
-        with contextlib.suppress(OSError):
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        fsync_dir(self.path.parent)
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,7 @@ class RotationResult:
 class KeyService:
     """Admin-facing key operations; each one is a transaction with its audit row."""
 
-    def __init__(self, db: Database, store: KeyStore, audit: AuditLog, kek_files: KekFiles) -> None:
+    def __init__(self, db: Database, store: KeyStore, audit: AuditLog, kek_files: KekStore) -> None:
         self._db = db
         self.store = store
         self._audit = audit
@@ -278,8 +292,7 @@ class KeyService:
                 # wraps every key, and the next start completes the rotation.
                 if not self._references(new):
                     self.store.ring = before
-                    if self._kek_files.load().id != new.id:
-                        self._kek_files.next_path.unlink(missing_ok=True)
+                    self._kek_files.discard_next(new)
                 raise
 
     def _references(self, kek: Kek) -> bool:
@@ -318,6 +331,8 @@ class KeyService:
             )
         self._kek_files.promote_next(new)
         self.store.ring = self.ring(new)
+        if isinstance(self._kek_files, KekSources):
+            self._kek_files.retire_previous(self._references)
         log.warning("KEK rotated: %s -> %s (%d keys re-wrapped)", old.id, new.id, count)
         return RotationResult(previous.id, new.id, count)
 

@@ -56,6 +56,16 @@ def _uvicorn_options(settings: KbsSettings) -> dict[str, Any]:
     }
 
 
+def open_state(settings: KbsSettings) -> KbsState:
+    """The KBS state the settings name (data directory, database, KEK stores)."""
+    return KbsState.open(
+        settings.data_dir,
+        database_url=settings.database_url,
+        kek_uri=settings.kek_uri,
+        kek_previous_uri=settings.kek_previous_uri,
+    )
+
+
 def settings_to_env(settings: KbsSettings) -> str:
     return json.dumps(
         {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
@@ -81,14 +91,14 @@ def app_factory() -> ASGIApp:
         raise ConfigError(f"{SETTINGS_ENV} is not set; start workers with `modelseal kbs serve`")
     settings = settings_from_env(text)
     logging.getLogger("modelseal").setLevel(os.environ.get("MODELSEAL_LOG_LEVEL", "INFO").upper())
-    state = KbsState.open(settings.data_dir, database_url=settings.database_url)
+    state = open_state(settings)
     return create_app(settings, state)
 
 
 def build_server(settings: KbsSettings) -> uvicorn.Server:
     """Open the state in ``settings.data_dir`` and return a configured uvicorn server."""
     settings = settings.validated()
-    state = KbsState.open(settings.data_dir, database_url=settings.database_url)
+    state = open_state(settings)
     app = create_app(settings, state)
     return uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(settings)))
 
@@ -177,7 +187,7 @@ def serve(settings: KbsSettings, *, workers: int = 1) -> None:
         build_server(settings).run()
         return
     settings = settings.validated()
-    state = KbsState.open(settings.data_dir, database_url=settings.database_url)
+    state = open_state(settings)
     state.close()
     TokenSigningKey.load_or_create(settings.signing_key_path)
     os.environ[SETTINGS_ENV] = settings_to_env(settings)

@@ -44,6 +44,10 @@ class KbsSettings:
 
     data_dir: Path
     database_url: str | None = None
+    #: Where KEKs live: None/"file" (the data directory) or a ``pkcs11:`` URI (a token).
+    kek_uri: str | None = None
+    #: A KEK store being moved away from, read until the next rotation empties it.
+    kek_previous_uri: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     tls_cert: Path | None = None

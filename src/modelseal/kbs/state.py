@@ -30,11 +30,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal.crypto.kek import KekRing
+from modelseal.crypto.pkcs11_kek import Pkcs11Token, parse_pkcs11_uri
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import BackendError, ConfigError, IntegrityError, TokenError
 from modelseal.kbs.admin_auth import ADMIN_CREDENTIAL_FILE, ensure_admin_credential
 from modelseal.kbs.audit import AuditEntry, AuditLog, AuditVerification
 from modelseal.kbs.db import Base, Database, sqlite_url
+from modelseal.kbs.kek_stores import KekSources, KekStore, TokenKeks
 from modelseal.kbs.keys import KekFiles, KeyService
 from modelseal.kbs.release import release_key
 from modelseal.kbs.schema import ensure_current
@@ -109,8 +111,23 @@ def _check_kek_matches(store: KeyStore, audit: AuditLog) -> None:
         foreign.append(f"{head} (audit log)")
     if foreign:
         raise ConfigError(
-            f"the database was written under {', '.join(foreign)}, but the KEK file is "
-            f"{store.ring.active.id}; start the KBS with the KEK file it was created with"
+            f"the database was written under {', '.join(foreign)}, but this KBS holds "
+            f"{store.ring.active.id}; start the KBS with the KEK file it was created with "
+            "(for a KEK in a PKCS#11 token: --kek-uri, or --kek-previous-uri while moving)"
+        )
+
+
+def _ensure_kek(stores: KekSources, head_kek_id: str | None) -> None:
+    """Generate the first KEK for a new database only: a database that names a KEK no
+    store holds is refused, and no stray KEK is left behind by the refusal."""
+    stores.recover()
+    if head_kek_id is None:
+        stores.ensure()
+    elif not stores.has_active() and stores.load_next() is None:
+        raise ConfigError(
+            f"the database was written under {head_kek_id}, but no KEK is in "
+            f"{stores.describe()}; start the KBS with the KEK file it was created with "
+            "(for a KEK in a PKCS#11 token: --kek-uri, or --kek-previous-uri while moving)"
         )
 
 
@@ -138,17 +155,28 @@ class KbsState:
 
     @classmethod
     def open(
-        cls, data_dir: Path, *, database_url: str | None = None, clock: Clock | None = None
+        cls,
+        data_dir: Path,
+        *,
+        database_url: str | None = None,
+        clock: Clock | None = None,
+        kek_uri: str | None = None,
+        kek_previous_uri: str | None = None,
     ) -> KbsState:
-        """Create or open the data directory, database, KEK and admin credential."""
+        """Create or open the data directory, database, KEK and admin credential.
+
+        ``kek_uri`` names where KEKs live (None or ``"file"``: the data directory's ``kek``
+        file; a ``pkcs11:`` URI: a token); ``kek_previous_uri`` a store being moved away
+        from (see :class:`~modelseal.kbs.kek_stores.KekSources`).
+        """
         clock = clock or SystemClock()
         data_dir = ensure_data_dir(Path(data_dir))
-        kek_files = KekFiles(data_dir)
-        kek_files.ensure()
-        ring = KekRing(kek_files.load(), reload=kek_files.on_disk)
+        kek_files = open_kek_sources(data_dir, kek_uri, kek_previous_uri)
         admin_key = ensure_admin_credential(data_dir)
         db = Database(database_url or sqlite_url(data_dir))
         ensure_current(db, data_dir, database_url=database_url)
+        _ensure_kek(kek_files, AuditLog(db, lambda: store.ring).head_kek_id())
+        ring = KekRing(kek_files.load(), reload=kek_files.on_disk)
         store = KeyStore(db.begin, ring, clock=clock)
         audit = AuditLog(db, lambda: store.ring, clock=clock)
         keys = KeyService(db, store, audit, kek_files)
@@ -254,15 +282,46 @@ class KbsState:
 _AUDIT_PAGE = 1000
 
 
-def _offline_audit(data_dir: Path, database_url: str | None) -> AuditLog:
+def open_kek_sources(
+    data_dir: Path, kek_uri: str | None, kek_previous_uri: str | None = None
+) -> KekSources:
+    """The KEK stores of a data directory: the primary named by ``kek_uri`` and the store
+    being moved away from (``kek_previous_uri``; with a token as primary, the data
+    directory's ``kek`` file is always still read)."""
+    files = KekFiles(data_dir)
+
+    def store(uri: str) -> KekStore:
+        if uri == "file":
+            return files
+        parsed = parse_pkcs11_uri(uri)
+        return TokenKeks(Pkcs11Token.open(parsed), parsed.object, files.lock_path)
+
+    primary = store(kek_uri or "file")
+    if kek_previous_uri is not None and (kek_previous_uri or "file") == (kek_uri or "file"):
+        raise ConfigError("--kek-previous-uri names the same store as --kek-uri")
+    if kek_previous_uri is not None:
+        previous: KekStore | None = store(kek_previous_uri)
+    else:
+        previous = files if primary is not files else None
+    return KekSources(primary, previous)
+
+
+def _offline_audit(
+    data_dir: Path, database_url: str | None, kek_uri: str | None = None
+) -> AuditLog:
     """The audit log of a data directory, opened without creating files or rows.
 
     Unlike :meth:`KbsState.open` this neither makes nor upgrades anything, so an auditor can
     read a copy of a data directory (or a stopped KBS's) without changing what is audited.
     """
-    files = KekFiles(data_dir)
-    if not files.path.exists():
-        raise ConfigError(f"{data_dir} is not a KBS data directory (no kek file)")
+    if kek_uri is None and not KekFiles(data_dir).has_active():
+        raise ConfigError(
+            f"{data_dir} is not a KBS data directory (no kek file); for a KEK in a PKCS#11 "
+            "token pass --kek-uri"
+        )
+    files = open_kek_sources(data_dir, kek_uri)
+    if not files.has_active():
+        raise ConfigError(f"no KEK in {files.describe()}")
     if database_url is None and not (data_dir / "kbs.sqlite3").exists():
         raise ConfigError(f"{data_dir} has no kbs.sqlite3; pass --database-url for PostgreSQL")
     ring = KekRing(files.load(), reload=files.on_disk)
@@ -295,13 +354,14 @@ def offline_audit_entries(
     *,
     after: int = 0,
     limit: int | None = None,
+    kek_uri: str | None = None,
 ) -> list[AuditEntry]:
     """Audit rows after ``seq`` ``after`` (at most ``limit``), read from a data directory.
 
     ConfigError when ``data_dir`` is not a KBS data directory; IntegrityError when its SQLite
     file is not a database; BackendError when the database cannot be reached.
     """
-    log = _offline_audit(data_dir, database_url)
+    log = _offline_audit(data_dir, database_url, kek_uri)
     entries: list[AuditEntry] = []
     with _unreadable_is_integrity(data_dir, database_url):
         cursor = after
@@ -314,9 +374,11 @@ def offline_audit_entries(
     return entries[:limit] if limit is not None else entries
 
 
-def offline_audit_verify(data_dir: Path, database_url: str | None = None) -> AuditVerification:
+def offline_audit_verify(
+    data_dir: Path, database_url: str | None = None, *, kek_uri: str | None = None
+) -> AuditVerification:
     """Verify the hash chain and head MAC of a data directory's audit log (errors as
     :func:`offline_audit_entries`; a broken chain is a verdict, not an exception)."""
-    log = _offline_audit(data_dir, database_url)
+    log = _offline_audit(data_dir, database_url, kek_uri)
     with _unreadable_is_integrity(data_dir, database_url):
         return log.verify()

@@ -66,8 +66,9 @@ from modelseal.errors import ConfigError, DecryptionError, Error, KeyNotFound
 from modelseal.kbs.admin_auth import ADMIN_CREDENTIAL_FILE, load_admin_credential, mint_admin_token
 from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database, sqlite_url
-from modelseal.kbs.keys import KEK_FILE, KekFiles
+from modelseal.kbs.keys import KEK_FILE
 from modelseal.kbs.settings import TOKEN_SIGNING_KEY_FILE
+from modelseal.kbs.state import open_kek_sources
 from modelseal.keystore.store import KeyStore
 from modelseal.policy.document import parse_policy
 from modelseal.protocol.binding import runtime_data_digest
@@ -142,10 +143,16 @@ class KbsConfig:
 
     workers: int = 1
     replicas: int = 1
+    #: A ``pkcs11:`` URI: the KEK lives in that token, shared by every replica and worker.
+    kek_uri: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.replicas} replica(s) x {self.workers} worker(s)"
+        where = " KEK in a PKCS#11 token" if self.kek_uri else ""
+        return f"{self.replicas} replica(s) x {self.workers} worker(s){where}"
+
+    def kek_args(self) -> list[str]:
+        return ["--kek-uri", self.kek_uri] if self.kek_uri else []
 
 
 class KbsCluster:
@@ -168,7 +175,7 @@ class KbsCluster:
             return [
                 *CLI, "kbs", "serve", "--data-dir", str(self.dirs[i]), "--port", str(port),
                 "--insecure-allow-sample", "--log-level", "warning",
-                "--workers", str(self.config.workers), *extra,
+                "--workers", str(self.config.workers), *self.config.kek_args(), *extra,
             ]  # fmt: skip
 
         return argv
@@ -197,11 +204,15 @@ class KbsCluster:
         if directory.exists():
             return
         directory.mkdir(mode=0o700, parents=True)
-        for name in (ADMIN_CREDENTIAL_FILE, TOKEN_SIGNING_KEY_FILE, KEK_FILE):
+        shared = (ADMIN_CREDENTIAL_FILE, TOKEN_SIGNING_KEY_FILE)
+        for name in shared if self.config.kek_uri else (*shared, KEK_FILE):
             shutil.copy2(self.primary / name, directory / name)
 
     def sync_kek(self) -> None:
-        """Copy the first replica's ``kek`` to the others, as an operator would."""
+        """Copy the first replica's ``kek`` to the others, as an operator would (a KEK in
+        a token is shared: nothing to copy)."""
+        if self.config.kek_uri:
+            return
         for directory in self.dirs[1:]:
             if not directory.exists():
                 continue
@@ -230,7 +241,16 @@ class KbsCluster:
         --verify`` (it runs while the other checks read the store)."""
         extra = ["--database-url", self.database_url] if self.database_url else []
         return subprocess.Popen(
-            [*CLI, "kbs", "audit", "--data-dir", str(self.primary), *extra, "--verify"],
+            [
+                *CLI,
+                "kbs",
+                "audit",
+                "--data-dir",
+                str(self.primary),
+                *extra,
+                *self.config.kek_args(),
+                "--verify",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -514,9 +534,9 @@ class Checker:
         problems = list(self.ledger.violations)
         self.ledger.violations.clear()
         cli = self.cluster.audit_cli()
-        files = KekFiles(self.cluster.primary)
-        if files.next_path.exists():
-            problems.append("kek.next is still present after a successful start")
+        files = open_kek_sources(self.cluster.primary, self.cluster.config.kek_uri)
+        if files.load_next() is not None:
+            problems.append("a next KEK is still present after a successful start")
         current = files.load()
         ring = KekRing(current)  # no reload: a row under a retired KEK must not decrypt
         db = self.cluster.database()

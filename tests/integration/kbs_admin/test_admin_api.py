@@ -42,7 +42,13 @@ class Env:
     clock: FixedClock
 
     def token(self, role: str = "admin", ttl: int = 300) -> str:
-        return mint_admin_token(self.state.admin_key, role=role, ttl=ttl, now=self.clock.now())
+        return mint_admin_token(
+            self.state.admin_key,
+            role=role,
+            ttl=ttl,
+            namespaces=["*"] if role == "publisher" else [],
+            now=self.clock.now(),
+        )
 
     def auth(self, role: str = "admin") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(role)}"}
@@ -90,7 +96,7 @@ async def test_roles(env: Env) -> None:
     r = await env.client.get("/keys", headers=env.auth("auditor"))
     assert r.status_code == 200
     r = await env.client.get("/whoami", headers=env.auth("publisher"))
-    assert r.json() == {"subject": "operator", "roles": ["publisher"]}
+    assert r.json() == {"subject": "operator", "roles": ["publisher"], "namespaces": ["*"]}
 
 
 async def test_import_list_get_revoke_delete(env: Env, caplog: pytest.LogCaptureFixture) -> None:

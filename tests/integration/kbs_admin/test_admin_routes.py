@@ -70,7 +70,13 @@ class Kbs:
             self.app.include_router(router, prefix=prefix)
 
     def auth(self, role: str = "admin", ttl: int = 300) -> dict[str, str]:
-        token = mint_admin_token(self.state.admin_key, role=role, ttl=ttl, now=self.clock.now())
+        token = mint_admin_token(
+            self.state.admin_key,
+            role=role,
+            ttl=ttl,
+            namespaces=["*"] if role == "publisher" else [],
+            now=self.clock.now(),
+        )
         return {"Authorization": f"Bearer {token}"}
 
     def request(self, method: str, url: str, **kwargs: object) -> httpx.Response:

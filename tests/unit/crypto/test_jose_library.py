@@ -85,7 +85,11 @@ def test_admin_tokens_are_byte_identical_to_before() -> None:
     secret = SecretBytes(bytes.fromhex(GOLDEN["admin"]["credential_hex"]))
     header, claims, _, _ = split_jwt(old)
     assert sign_hs256(claims, secret, kid=header["kid"]) == old
-    who = verify_admin_token(old, secret, now=NOW)
+    # a publisher token minted before tenants names no namespaces: refused, not unrestricted
+    with pytest.raises(TokenError, match="namespaces"):
+        verify_admin_token(old, secret, now=NOW)
+    claims["ns"] = ["models"]
+    who = verify_admin_token(sign_hs256(claims, secret, kid=header["kid"]), secret, now=NOW)
     assert (who.subject, who.roles) == ("ci", frozenset({"publisher"}))
 
 

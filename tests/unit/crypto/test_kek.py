@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelseal.crypto.kek import Kek, KekRing, create_secret_file, read_secret_file
+from modelseal.crypto.kek import KekRing, SoftwareKek, create_secret_file, read_secret_file
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError
 
-KEK = Kek(SecretBytes(bytes(range(32))))
+KEK = SoftwareKek(SecretBytes(bytes(range(32))))
 DEK = SecretBytes(os.urandom(32))
 
 
@@ -35,14 +35,14 @@ def test_key_id_is_bound() -> None:
 
 
 def test_kek_is_bound() -> None:
-    other = Kek.generate()
+    other = SoftwareKek.generate()
     assert other.id != KEK.id
     with pytest.raises(DecryptionError):
         other.unwrap("models/m/v1", KEK.wrap("models/m/v1", DEK))
 
 
 def test_kek_id_is_stable_and_reveals_nothing() -> None:
-    again = Kek(SecretBytes(bytes(range(32))))
+    again = SoftwareKek(SecretBytes(bytes(range(32))))
     assert again.id == KEK.id
     assert KEK.id.startswith("kek-")
     assert bytes(range(32)).hex()[:16] not in KEK.id
@@ -53,7 +53,7 @@ def test_kek_id_is_stable_and_reveals_nothing() -> None:
 @pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
 def test_kek_size(size: int) -> None:
     with pytest.raises(ConfigError):
-        Kek(SecretBytes(b"x" * size))
+        SoftwareKek(SecretBytes(b"x" * size))
 
 
 @settings(deadline=None)
@@ -79,7 +79,7 @@ def test_mac_labels_are_separated() -> None:
 
 
 def test_ring_lookup() -> None:
-    other = Kek.generate()
+    other = SoftwareKek.generate()
     ring = KekRing(KEK, [other])
     assert ring.get(other.id) is other
     assert ring.active is KEK

@@ -49,7 +49,9 @@ def _claims(**over: object) -> dict[str, object]:
 
 
 def test_round_trip() -> None:
-    token = mint_admin_token(KEY, role="publisher", ttl=120, subject="ci", now=NOW)
+    token = mint_admin_token(
+        KEY, role="publisher", ttl=120, subject="ci", namespaces=["models"], now=NOW
+    )
     who = verify_admin_token(token, KEY, now=NOW + 10)
     assert who.subject == "ci"
     assert who.roles == frozenset({"publisher"})

@@ -17,14 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
-from modelseal.crypto.kek import Kek, KekRing
+from modelseal.crypto.kek import KekRing, SoftwareKek
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import BackendError
 from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database, sqlite_url
 from modelseal.protocol.admin import AuditEntryModel, audit_row_hash, verify_audit_chain
 
-KEK = Kek.generate()
+KEK = SoftwareKek.generate()
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_inserted_row_detected(log: AuditLog, tmp_path: Path) -> None:
 def test_head_under_another_kek_refused(tmp_path: Path, log: AuditLog) -> None:
     _fill(log, 2)
     db = Database(sqlite_url(tmp_path))
-    other = AuditLog(db, lambda: KekRing(Kek.generate()))
+    other = AuditLog(db, lambda: KekRing(SoftwareKek.generate()))
     assert not other.verify().ok
     with pytest.raises(BackendError):
         _fill(other, 1)
@@ -228,13 +228,13 @@ def test_concurrent_writers_threads(log: AuditLog) -> None:
 WRITER = """
 import sys, time
 from pathlib import Path
-from modelseal.crypto.kek import Kek, KekRing
+from modelseal.crypto.kek import Kek, KekRing, SoftwareKek
 from modelseal.crypto.secret import SecretBytes
 from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database, sqlite_url
 base = Path(sys.argv[1])
 db = Database(sqlite_url(base))
-kek = Kek(SecretBytes(bytes.fromhex(sys.argv[2])))
+kek = SoftwareKek(SecretBytes(bytes.fromhex(sys.argv[2])))
 log = AuditLog(db, lambda: KekRing(kek))
 (base / f"ready-{sys.argv[3]}").touch()
 while not (base / "go").exists():  # start together, so the appends really interleave
@@ -247,7 +247,7 @@ for i in range(60):
 
 def test_concurrent_writers_processes(tmp_path: Path) -> None:
     material = bytes(range(32))
-    kek = Kek(SecretBytes(material))
+    kek = SoftwareKek(SecretBytes(material))
     db = Database(sqlite_url(tmp_path))
     db.create_all()
     log = AuditLog(db, lambda: KekRing(kek))

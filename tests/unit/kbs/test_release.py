@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from modelseal._internal.clock import FixedClock
-from modelseal.crypto.kek import Kek
+from modelseal.crypto.kek import SoftwareKek
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import PolicyDenied
 from modelseal.kbs.audit import AuditEntry
@@ -110,7 +110,7 @@ def test_row_under_an_unknown_kek_is_only_noticed_on_allow(
     state: KbsState, unwrapped: list[str]
 ) -> None:
     policy_says = _denial(state, DENIED)
-    _sql(state, "UPDATE ms_keys SET kek_id = ? WHERE key_id = ?", Kek.generate().id, KEY_ID)
+    _sql(state, "UPDATE ms_keys SET kek_id = ? WHERE key_id = ?", SoftwareKek.generate().id, KEY_ID)
 
     assert _denial(state, DENIED) == policy_says
     assert unwrapped == []

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelseal.crypto.kek import Kek, KekRing
+from modelseal.crypto.kek import KekRing, SoftwareKek
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, KeyNotFound
 from modelseal.kbs.db import Database, sqlite_url
@@ -31,7 +31,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def store(db: Database) -> KeyStore:
-    return KeyStore(db.begin, KekRing(Kek.generate()))
+    return KeyStore(db.begin, KekRing(SoftwareKek.generate()))
 
 
 def _sql(tmp_path: Path, statement: str, *args: object) -> None:
@@ -68,7 +68,7 @@ def test_generate(store: KeyStore) -> None:
 def test_no_plaintext_at_rest(store: KeyStore, tmp_path: Path) -> None:
     dek = os.urandom(32)
     store.put("models/m/v1", SecretBytes(dek))
-    store.rewrap_all(Kek.generate())
+    store.rewrap_all(SoftwareKek.generate())
     for path in tmp_path.iterdir():
         assert dek not in path.read_bytes(), path
 
@@ -161,7 +161,7 @@ def test_rewrap_all_in_one_transaction(store: KeyStore, tmp_path: Path) -> None:
     for key_id, dek in deks.items():
         store.put(key_id, dek)
     old = store.ring.active
-    new = Kek.generate()
+    new = SoftwareKek.generate()
     store.ring = KekRing(new, [old])
     assert store.rewrap_all(new) == 5
     assert store.rewrap_all(new) == 0
@@ -176,7 +176,7 @@ def test_rewrap_rolls_back_on_a_bad_row(store: KeyStore, tmp_path: Path) -> None
         store.put(f"models/m/v{i}", None)
     _sql(tmp_path, "UPDATE ms_keys SET size = 24 WHERE key_id = 'models/m/v2'")
     old = store.ring.active
-    new = Kek.generate()
+    new = SoftwareKek.generate()
     store.ring = KekRing(new, [old])
     with pytest.raises(DecryptionError):
         store.rewrap_all(new)
@@ -185,7 +185,7 @@ def test_rewrap_rolls_back_on_a_bad_row(store: KeyStore, tmp_path: Path) -> None
 
 def test_load_without_the_kek(store: KeyStore) -> None:
     store.put("models/m/v1", None)
-    store.ring = KekRing(Kek.generate())
+    store.ring = KekRing(SoftwareKek.generate())
     with pytest.raises(ConfigError, match="does not hold"):
         store.load("models/m/v1")
 

@@ -1,0 +1,294 @@
+"""KEKs held in a PKCS#11 token (an HSM, a cloud HSM's PKCS#11 library, SoftHSM2).
+
+The KEK is an AES-256 secret key object created inside the token with ``CKA_SENSITIVE``
+true and ``CKA_EXTRACTABLE`` false, so no API call can return its bytes. The token performs
+every operation on it:
+
+- wrapping DEKs: ``CKM_AES_GCM`` with a 12-byte random nonce and 128-bit tag, producing the
+  same wrapped layout as a KEK file (:mod:`modelseal.crypto.kek`);
+- MACs (audit head, key rows): ``CKM_AES_CMAC`` (16-byte tags) under a MAC key derived in
+  the token (``CKM_AES_ECB_ENCRYPT_DATA`` of two fixed blocks whose 32-bit counter field is
+  zero: AES-GCM with 96-bit nonces never encrypts such a block, and neither is the all-zero
+  block that gives GCM's hash key, so the MAC key is separate from everything GCM uses);
+  the derived key is a session object, non-extractable, gone when the process exits;
+- the public KEK id: ``"kek-"`` and the first 8 bytes of the CMAC of a fixed label, so the
+  id is a function of the secret, as for a KEK file, and reveals nothing about it.
+
+The token is named by an RFC 7512 PKCS#11 URI, for example::
+
+    pkcs11:token=modelseal;object=modelseal-kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/secrets/hsm-pin
+
+``object`` is the label prefix of modelseal's objects (default ``modelseal-kek``). The PIN
+comes from ``pin-source`` (a file) or from the caller; ``pin-value`` is refused because a URI
+travels through argv, logs and process listings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from modelseal.crypto.kek import Kek
+from modelseal.crypto.secret import SecretBytes
+from modelseal.errors import BackendError, ConfigError, DecryptionError
+
+if TYPE_CHECKING:
+    import pkcs11
+
+__all__ = ["DEFAULT_OBJECT", "Pkcs11Kek", "Pkcs11Token", "Pkcs11Uri", "parse_pkcs11_uri"]
+
+DEFAULT_OBJECT = "modelseal-kek"
+_ID_LABEL = b"modelseal/v1 kek id"
+#: Two AES blocks, each 12 label bytes and a zero 32-bit counter field (see module doc).
+_MAC_KEY_BLOCKS = b"modelseal/v1" + bytes(4) + b"kek mac key." + bytes(4)
+_MAX_URI = 4096
+_MAX_PIN = 256
+_PATH_ATTRS = frozenset({"token", "object", "manufacturer", "model", "serial", "slot-id", "type"})
+_QUERY_ATTRS = frozenset({"module-path", "pin-source", "pin-value", "module-name"})
+
+
+@dataclass(frozen=True)
+class Pkcs11Uri:
+    """The parts of an RFC 7512 URI that locate modelseal's KEK objects."""
+
+    module_path: str
+    token: str
+    object: str = DEFAULT_OBJECT
+    serial: str | None = None
+    pin_source: Path | None = None
+
+    def __str__(self) -> str:  # never includes a PIN: there is none in this object
+        return f"pkcs11:token={self.token};object={self.object}"
+
+
+def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
+    """Parse ``pkcs11:...`` (RFC 7512) into a :class:`Pkcs11Uri`; ConfigError if unusable."""
+    if len(text) > _MAX_URI or not text.startswith("pkcs11:"):
+        raise ConfigError("a PKCS#11 KEK must be named by a 'pkcs11:' URI (RFC 7512)")
+    body = text[len("pkcs11:") :]
+    path, _, query = body.partition("?")
+    attrs: dict[str, str] = {}
+    for part, allowed, sep in ((path, _PATH_ATTRS, ";"), (query, _QUERY_ATTRS, "&")):
+        for item in filter(None, part.split(sep)):
+            name, eq, value = item.partition("=")
+            if not eq or name not in allowed:
+                raise ConfigError(f"PKCS#11 URI attribute {name!r} is not supported here")
+            if name in attrs:
+                raise ConfigError(f"PKCS#11 URI attribute {name!r} is given twice")
+            attrs[name] = unquote(value, errors="strict")
+    if "pin-value" in attrs:
+        raise ConfigError(
+            "a PKCS#11 URI must not carry pin-value (it would show in argv and logs); "
+            "use pin-source=file:/path or the PIN environment variable"
+        )
+    if "module-path" not in attrs or "token" not in attrs:
+        raise ConfigError("a PKCS#11 KEK URI needs token=... and ?module-path=...")
+    pin_source = attrs.get("pin-source")
+    pin_path: Path | None = None
+    if pin_source is not None:
+        pin_path = Path(pin_source.removeprefix("file:"))
+        if not pin_path.is_absolute():
+            raise ConfigError("pin-source must be an absolute file path (file:/path)")
+    return Pkcs11Uri(
+        module_path=attrs["module-path"],
+        token=attrs["token"],
+        object=attrs.get("object", DEFAULT_OBJECT) or DEFAULT_OBJECT,
+        serial=attrs.get("serial"),
+        pin_source=pin_path,
+    )
+
+
+def _read_pin(path: Path) -> SecretBytes:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(_MAX_PIN + 1)
+    except OSError as exc:
+        raise ConfigError(f"PKCS#11 PIN file {path} is not readable: {exc.strerror}") from None
+    if len(data) > _MAX_PIN:
+        raise ConfigError(f"PKCS#11 PIN file {path} is too long")
+    return SecretBytes(data.rstrip(b"\r\n"))
+
+
+def _import_pkcs11() -> Any:
+    try:
+        import pkcs11
+    except ImportError:
+        raise ConfigError(
+            "a PKCS#11 KEK needs the 'hsm' extra: pip install 'modelseal[hsm]'"
+        ) from None
+    return pkcs11
+
+
+_OPEN: dict[tuple[str, str, str | None], Pkcs11Token] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+class Pkcs11Token:
+    """One logged-in read-write session on the token, shared by every KEK of it.
+
+    PKCS#11 logs an *application* in to a token, not a session: a second login fails. So a
+    process holds one :class:`Pkcs11Token` per token (:meth:`open` returns it), and checks
+    a later caller's PIN against the first one's. PKCS#11 sessions must not run two
+    operations at once, so every call holds one lock (a SoftHSM2 operation takes ~25 µs;
+    a release does one unwrap and a few MACs).
+    """
+
+    @classmethod
+    def open(cls, uri: Pkcs11Uri, *, pin: SecretBytes | None = None) -> Pkcs11Token:
+        """The process's session on the token ``uri`` names (opened and logged in once)."""
+        if pin is None and uri.pin_source is not None:
+            pin = _read_pin(uri.pin_source)
+        if pin is None:
+            raise ConfigError(f"no PIN for {uri}: set pin-source=file:/path in the URI")
+        pin_digest = hashlib.sha256(pin.reveal()).digest()
+        key = (uri.module_path, uri.token, uri.serial)
+        with _OPEN_LOCK:
+            token = _OPEN.get(key)
+            if token is None:
+                token = _OPEN[key] = cls(uri, pin, pin_digest)
+        if not hmac.compare_digest(token._pin_digest, pin_digest):
+            raise ConfigError(f"the PIN for {uri} is incorrect")
+        return token
+
+    def __init__(self, uri: Pkcs11Uri, pin: SecretBytes, pin_digest: bytes) -> None:
+        self.uri = uri
+        mod = _import_pkcs11()
+        self._mod = mod
+        self._pin_digest = pin_digest
+        self._lock = threading.RLock()
+        try:
+            lib = mod.lib(uri.module_path)
+            token = lib.get_token(token_label=uri.token, token_serial=uri.serial)
+            self._session: pkcs11.Session = token.open(
+                user_pin=pin.reveal().decode("utf-8"), rw=True
+            )
+        except mod.exceptions.NoSuchToken:
+            raise ConfigError(
+                f"no PKCS#11 token labelled {uri.token!r} in {uri.module_path}"
+            ) from None
+        except mod.exceptions.PinIncorrect:
+            raise ConfigError(f"the PIN for {uri} is incorrect") from None
+        except mod.exceptions.PKCS11Error as exc:
+            raise ConfigError(f"cannot open {uri}: {type(exc).__name__}") from None
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"cannot load PKCS#11 module {uri.module_path}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[Any]:
+        """Hold the session; a token failure other than a bad tag is a backend error."""
+        with self._lock:
+            try:
+                yield self._session
+            except self._mod.exceptions.PKCS11Error as exc:
+                raise BackendError(f"PKCS#11 {what} failed: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            self._session.close()
+
+    # --- objects -------------------------------------------------------------------------
+
+    def find(self, label: str) -> list[Pkcs11Kek]:
+        """Every AES secret key labelled ``label`` (normally zero or one)."""
+        attr, oc, kt = self._mod.Attribute, self._mod.ObjectClass, self._mod.KeyType
+        with self._call("lookup") as s:
+            found = list(
+                s.get_objects({attr.CLASS: oc.SECRET_KEY, attr.KEY_TYPE: kt.AES, attr.LABEL: label})
+            )
+        return [Pkcs11Kek(self, key) for key in found]
+
+    def generate(self, label: str) -> Pkcs11Kek:
+        """A new non-extractable AES-256 KEK stored in the token under ``label``."""
+        attr, kt = self._mod.Attribute, self._mod.KeyType
+        template = {
+            attr.TOKEN: True,
+            attr.PRIVATE: True,
+            attr.SENSITIVE: True,
+            attr.EXTRACTABLE: False,
+            attr.ENCRYPT: True,
+            attr.DECRYPT: True,
+            attr.SIGN: False,
+            attr.VERIFY: False,
+            attr.DERIVE: True,
+            attr.WRAP: False,
+            attr.UNWRAP: False,
+        }
+        with self._call("key generation") as s:
+            key = s.generate_key(kt.AES, 256, label=label, store=True, template=template)
+        return Pkcs11Kek(self, key)
+
+    def relabel(self, kek: Pkcs11Kek, label: str) -> None:
+        with self._call("relabel"):
+            kek.handle[self._mod.Attribute.LABEL] = label
+
+    def destroy(self, kek: Pkcs11Kek) -> None:
+        with self._call("destroy"):
+            kek.handle.destroy()
+
+
+class Pkcs11Kek(Kek):
+    """A KEK that lives in a PKCS#11 token; every operation runs inside the token."""
+
+    __slots__ = ("_mac_key", "_token", "handle")
+
+    def __init__(self, token: Pkcs11Token, handle: Any) -> None:
+        self._token = token
+        self.handle = handle
+        attr = token._mod.Attribute
+        if handle[attr.EXTRACTABLE] or not handle[attr.SENSITIVE]:
+            raise ConfigError(
+                f"the KEK object {handle[attr.LABEL]!r} in {token.uri} is extractable or not "
+                "sensitive; modelseal only uses keys that cannot leave the token"
+            )
+        try:
+            self._mac_key = handle.derive_key(
+                token._mod.KeyType.AES,
+                256,
+                mechanism=token._mod.Mechanism.AES_ECB_ENCRYPT_DATA,
+                mechanism_param=_MAC_KEY_BLOCKS,
+                store=False,
+                template={attr.SIGN: True, attr.EXTRACTABLE: False, attr.SENSITIVE: True},
+            )
+        except token._mod.exceptions.PKCS11Error as exc:
+            raise ConfigError(
+                f"cannot derive the MAC key from {handle[attr.LABEL]!r} in {token.uri} "
+                f"({type(exc).__name__}); modelseal's KEK objects allow CKA_DERIVE"
+            ) from None
+        self.id = "kek-" + self._mac(_ID_LABEL)[:8].hex()
+
+    @property
+    def label(self) -> str:
+        return str(self.handle[self._token._mod.Attribute.LABEL])
+
+    def _gcm(self, nonce: bytes, aad: bytes) -> tuple[Any, Any]:
+        mod = self._token._mod
+        return mod.Mechanism.AES_GCM, mod.mechanisms.GCMParams(nonce, aad, 128)
+
+    def _seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        mech, param = self._gcm(nonce, aad)
+        with self._token._call("wrap"):
+            return bytes(self.handle.encrypt(plaintext, mechanism=mech, mechanism_param=param))
+
+    def _open(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        mech, param = self._gcm(nonce, aad)
+        mod = self._token._mod
+        with self._token._lock:
+            try:
+                return bytes(self.handle.decrypt(sealed, mechanism=mech, mechanism_param=param))
+            except (mod.exceptions.EncryptedDataInvalid, mod.exceptions.GeneralError):
+                # SoftHSM2 reports a bad GCM tag as CKR_GENERAL_ERROR, others as
+                # CKR_ENCRYPTED_DATA_INVALID: both mean "does not authenticate"
+                raise DecryptionError() from None
+            except mod.exceptions.PKCS11Error as exc:
+                raise BackendError(f"PKCS#11 unwrap failed: {type(exc).__name__}") from None
+
+    def _mac(self, message: bytes) -> bytes:
+        with self._token._call("MAC"):
+            return bytes(self._mac_key.sign(message, mechanism=self._token._mod.Mechanism.AES_CMAC))

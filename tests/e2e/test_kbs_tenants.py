@@ -1,0 +1,134 @@
+"""Tenants on a real ``kbs serve``: a publisher token manages only its namespaces; every
+cross-tenant attempt is refused with 403 in the documented shape and audited with the
+actor; the admin can do everything."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
+from tests.e2e.kbs_process import CLI, start_kbs, stop_process
+
+pytestmark = pytest.mark.e2e
+
+POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["sample"]}
+LOOSE = "apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [sample]\ndebug: true\n"
+V1 = "/modelseal/v1"
+GEN = {"generate": True}
+
+
+class Kbs:
+    def __init__(self, data_dir: Path, url: str) -> None:
+        self.data_dir, self.url = data_dir, url
+        self.client = httpx.Client(base_url=url, timeout=30)
+
+    def token(self, role: str, subject: str, *namespaces: str) -> dict[str, str]:
+        key = load_admin_credential(self.data_dir)
+        value = mint_admin_token(
+            key, role=role, subject=subject, namespaces=namespaces, now=time.time()
+        )
+        return {"Authorization": f"Bearer {value}"}
+
+
+@pytest.fixture(scope="module")
+def kbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kbs]:
+    data_dir = tmp_path_factory.mktemp("tenants") / "kbs"
+    url, proc = start_kbs(data_dir)
+    try:
+        yield Kbs(data_dir, url)
+    finally:
+        stop_process(proc)
+
+
+def _denied(response: httpx.Response) -> None:
+    assert response.status_code == 403, response.text
+    body = response.json()
+    assert body["type"].endswith("/forbidden"), body
+    assert "namespaces" in body["detail"]
+
+
+def test_publishers_stay_in_their_namespaces(kbs: Kbs) -> None:
+    acme = kbs.token("publisher", "acme-ci", "acme")
+    globex = kbs.token("publisher", "globex-ci", "globex", "models/globex")
+    admin = kbs.token("admin", "ops")
+    c = kbs.client
+
+    assert (
+        c.put(
+            f"{V1}/keys/acme/m/v1", json={"generate": True, "policy": POLICY}, headers=acme
+        ).status_code
+        == 201
+    )
+    assert c.put(f"{V1}/keys/globex/m/v1", json=GEN, headers=globex).status_code == 201
+    assert c.put(f"{V1}/keys/models/globex/v1", json=GEN, headers=globex).status_code == 201
+
+    attempts = [
+        c.put(f"{V1}/keys/acme/m/v2", json=GEN, headers=globex),
+        c.put(f"{V1}/keys/acme/m/v1/policy", content=LOOSE, headers=globex),
+        c.put(f"{V1}/keys/acme/m/v1/model", json={"model_digest": "sha256:" + "0" * 64},
+              headers=globex),
+        c.get(f"{V1}/keys/acme/m/v1", headers=globex),
+        c.get(f"{V1}/keys/acme/m/v1/policy", headers=globex),
+        c.post("/kbs/v0/resource/acme/m/v3", content=b"k" * 32, headers=globex),
+        # segment-exact: 'models/globex' does not cover 'models/globey' (last byte differs)
+        c.put(f"{V1}/keys/models/globey/v1", json=GEN, headers=globex),
+        c.put(f"{V1}/keys/globex/m/v2", json=GEN, headers=acme),
+        c.put(f"{V1}/keys/acme2/m/v1", json=GEN, headers=acme),  # a longer name is not inside
+    ]  # fmt: skip
+    for response in attempts:
+        _denied(response)
+
+    # listings only show the caller's keys; the admin sees all
+    listed = c.get(f"{V1}/keys", headers=globex).json()["keys"]
+    assert sorted(k["key_id"] for k in listed) == ["globex/m/v1", "models/globex/v1"]
+    everything = {k["key_id"] for k in c.get(f"{V1}/keys", headers=admin).json()["keys"]}
+    assert {"acme/m/v1", "globex/m/v1", "models/globex/v1"} <= everything
+    assert "acme/m/v2" not in everything
+
+    # acme's policy is untouched, and the admin may change it
+    policy = c.get(f"{V1}/keys/acme/m/v1/policy", headers=acme).json()
+    assert policy["policy"]["debug"] is False
+    assert c.put(f"{V1}/keys/acme/m/v1/policy", content=LOOSE, headers=admin).status_code == 200
+
+    # every attempt is in the audit log with its actor and key
+    rows = c.get(f"{V1}/audit", params={"limit": 1000}, headers=admin).json()["entries"]
+    denials = [(r["actor"], r["key_id"]) for r in rows if r["action"] == "authz.deny"]
+    assert denials == [
+        ("admin:globex-ci", "acme/m/v2"),
+        ("admin:globex-ci", "acme/m/v1"),
+        ("admin:globex-ci", "acme/m/v1"),
+        ("admin:globex-ci", "acme/m/v1"),
+        ("admin:globex-ci", "acme/m/v1"),
+        ("admin:globex-ci", "acme/m/v3"),
+        ("admin:globex-ci", "models/globey/v1"),
+        ("admin:acme-ci", "globex/m/v2"),
+        ("admin:acme-ci", "acme2/m/v1"),
+    ]
+    assert all(r["decision"] == "deny" for r in rows if r["action"] == "authz.deny")
+    assert c.get(f"{V1}/audit/verify", headers=admin).json()["ok"] is True
+    me = c.get(f"{V1}/whoami", headers=globex).json()
+    assert me["namespaces"] == ["globex", "models/globex"]
+
+
+def test_publisher_tokens_must_name_namespaces(kbs: Kbs) -> None:
+    result = subprocess.run(
+        [*CLI, "kbs", "token", "--data-dir", str(kbs.data_dir), "--role", "publisher"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--namespace" in result.stderr
+    wildcard = subprocess.run(
+        [*CLI, "kbs", "token", "--data-dir", str(kbs.data_dir), "--role", "publisher",
+         "--namespace", "*"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {wildcard.stdout.strip()}"}
+    assert kbs.client.put(f"{V1}/keys/any/where/v1", json=GEN, headers=headers).status_code == 201
