@@ -142,7 +142,7 @@ def test_unbounded_input_files_are_refused_without_reading_them_whole(
 ) -> None:
     """``/dev/zero`` as a key, token or policy file: a usage error (exit 2), read in bounded
     chunks (never into memory whole), before any request is sent."""
-    dead = ("--kbs", f"http://127.0.0.1:{free_port()}")
+    dead = ("--kbs-url", f"http://127.0.0.1:{free_port()}")
     put = ("kbs", "key", "put", "models/cli/zero", *dead)
     code, _, err = cli(capsys, *put, "--token", "t", "--key-file", "/dev/zero")
     assert code == 2
@@ -174,7 +174,7 @@ def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: 
         "--policy",
         str(policy),
         env={
-            "MODELSEAL_KBS": server.url,
+            "MODELSEAL_KBS_URL": server.url,
             "MODELSEAL_TOKEN": admin_token,
             "MODELSEAL_MODEL_DIGEST": DIGEST,
         },
@@ -189,10 +189,33 @@ def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: 
         assert client.get_resource("models/cli/v1").reveal() == DEK
 
 
+def test_retired_spellings_still_work_with_one_note(
+    server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--kbs`` and ``MODELSEAL_KBS`` (now ``--kbs-url``/``MODELSEAL_KBS_URL``) keep
+    working, each with one note naming its replacement; the help shows only the new name."""
+    code, out, err = cli(capsys, "kbs", "key", "list", "--kbs", server.url, "--token", admin_token)
+    assert code == 0, err
+    assert isinstance(json.loads(out), list)
+    assert err.count("note: --kbs is deprecated; use --kbs-url") == 1
+    by_env = run(
+        "kbs", "key", "list", env={"MODELSEAL_KBS": server.url, "MODELSEAL_TOKEN": admin_token}
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    assert by_env.stderr.count("note: MODELSEAL_KBS is deprecated; use MODELSEAL_KBS_URL") == 1
+    code, out, _ = cli(capsys, "kbs", "key", "list", "--help")
+    assert "--kbs-url" in out
+    assert "--kbs " not in out
+    assert "--cacert" not in out
+    code, _, err = cli(capsys, "kbs", "key", "list", "--token", admin_token)
+    assert code == 2
+    assert "--kbs-url" in err
+
+
 def test_key_lifecycle(
     server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conn = ("--kbs", server.url, "--token", admin_token)
+    conn = ("--kbs-url", server.url, "--token", admin_token)
     code, out, err = cli(capsys, "kbs", "key", "put", "models/cli/gen", *conn, "--generate")
     assert code == 0, err
     assert json.loads(out)["size"] == 32
@@ -226,7 +249,7 @@ def test_key_lifecycle(
 def test_refusals_and_exit_codes(
     server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    put = ("kbs", "key", "put", "models/cli/x", "--kbs", server.url, "--generate")
+    put = ("kbs", "key", "put", "models/cli/x", "--kbs-url", server.url, "--generate")
     code, _, err = cli(capsys, *put)
     assert code == 2
     assert "token is required" in err
@@ -234,13 +257,13 @@ def test_refusals_and_exit_codes(
     assert code == 4
     publisher = run("kbs", "token", "--data-dir", str(server.data_dir), "--role", "publisher")
     token = publisher.stdout.strip()
-    code, _, _ = cli(capsys, "kbs", "key", "rotate-kek", "--kbs", server.url, "--token", token)
+    code, _, _ = cli(capsys, "kbs", "key", "rotate-kek", "--kbs-url", server.url, "--token", token)
     assert code == 4
     code, _, err = cli(
-        capsys, "kbs", "key", "put", "models/cli/x", "--kbs", server.url, "--token", admin_token
+        capsys, "kbs", "key", "put", "models/cli/x", "--kbs-url", server.url, "--token", admin_token
     )
     assert code == 2
-    conflict = ("kbs", "key", "put", "models/cli/conflict", "--kbs", server.url)
+    conflict = ("kbs", "key", "put", "models/cli/conflict", "--kbs-url", server.url)
     code, _, _ = cli(capsys, *conflict, "--token", admin_token, "--generate")
     assert code == 0
     other_key = tmp_path / "other.key"
@@ -258,7 +281,7 @@ def test_refusals_and_exit_codes(
         "kbs",
         "key",
         "list",
-        "--kbs",
+        "--kbs-url",
         f"http://127.0.0.1:{free_port()}",
         "--token",
         admin_token,
@@ -269,7 +292,7 @@ def test_refusals_and_exit_codes(
 def test_rotate_kek_keeps_releases_working(
     server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conn = ("--kbs", server.url, "--token", admin_token)
+    conn = ("--kbs-url", server.url, "--token", admin_token)
     policy = tmp_path / "p.yaml"
     policy.write_text(SAMPLE_POLICY_YAML)
     code, _, err = cli(
@@ -291,7 +314,7 @@ def test_rotate_kek_keeps_releases_working(
 def test_audit_verify_detects_tampering(
     server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conn = ("--kbs", server.url, "--token", admin_token)
+    conn = ("--kbs-url", server.url, "--token", admin_token)
     cli(capsys, "kbs", "key", "put", "models/cli/audited", *conn, "--generate")
     with KbsClient(server.url, Attester(), tee="sample") as client, pytest.raises(PolicyDenied):
         client.get_resource("models/cli/audited")  # no policy: a denial to tamper with
@@ -353,7 +376,7 @@ def test_trustee_kbs_client_set_resource(
         "policy",
         "set",
         "models/trustee/key1",
-        "--kbs",
+        "--kbs-url",
         server.url,
         "--token",
         admin_token,
@@ -372,7 +395,7 @@ def test_rotation_under_several_workers(tmp_path: Path, capsys: pytest.CaptureFi
     srv.start()
     try:
         token = run("kbs", "token", "--data-dir", str(srv.data_dir)).stdout.strip()
-        conn = ("--kbs", srv.url, "--token", token)
+        conn = ("--kbs-url", srv.url, "--token", token)
         policy = tmp_path / "p.yaml"
         policy.write_text(SAMPLE_POLICY_YAML)
         keys = []

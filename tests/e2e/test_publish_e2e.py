@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import certifi
 import httpx
 import pytest
 
@@ -174,7 +175,7 @@ def _publish(
     in_process: bool = True,
     tty: bool = False,
 ) -> Ran:
-    argv = ["publish", str(src), "--registry", registry.url, "--kbs", kbs_url, "--token", token]
+    argv = ["publish", str(src), "--registry", registry.url, "--kbs-url", kbs_url, "--token", token]
     argv += ["--registry-token", registry.token, "--staging-dir", str(staging)]
     return _cli([*argv, "--segment-size", "64K", *args], in_process=in_process, tty=tty)
 
@@ -373,7 +374,7 @@ def test_auth_and_input_errors_have_exit_codes(
     registry, kbs = servers
     src = tmp_path / "f.bin"
     src.write_bytes(b"x" * 10)
-    base = ["publish", str(src), "--registry", registry.url, "--kbs", kbs.url]
+    base = ["publish", str(src), "--registry", registry.url, "--kbs-url", kbs.url]
     staging = ["--staging-dir", str(tmp_path / "st")]
     wrong_registry_token = _cli(
         [*base, "--token", kbs.token, "--model-id", "x", "--registry-token", "nope", *staging]
@@ -405,7 +406,7 @@ def test_auth_and_input_errors_have_exit_codes(
     assert "invalid model id" in bad_id.stderr
     bad_key_id = _cli([*base, "--token", kbs.token, "--model-id", "k", "--key-id", "a/b", *staging])
     assert bad_key_id.returncode == 2
-    missing = _cli(["publish", str(tmp_path / "nope"), "--registry", registry.url, "--kbs",
+    missing = _cli(["publish", str(tmp_path / "nope"), "--registry", registry.url, "--kbs-url",
                     kbs.url, "--token", kbs.token, "--model-id", "z"])  # fmt: skip
     assert missing.returncode == 2
     bad_policy = tmp_path / "p.json"
@@ -440,3 +441,27 @@ def test_resume_with_changed_source_reseals_with_the_saved_key(
     unseal_directory(tmp_path / "sealed", tmp_path / "plain", dek)
     for rel, data in files.items():
         assert (tmp_path / "plain" / rel).read_bytes() == data
+
+
+def test_retired_kbs_and_ca_spellings_still_publish_with_one_note_each(
+    servers: tuple[RegistryServer, KbsServer], tmp_path: Path
+) -> None:
+    """``--kbs`` and ``--ca`` became ``--kbs-url`` and ``--kbs-ca``/``--registry-ca``
+    (the loader's names); the old spellings keep working and say so once."""
+    registry, kbs = servers
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"y" * 100)
+    bundle = certifi.where()  # a real bundle, unused: both servers are plain http
+    ran = _cli(
+        ["publish", str(src), "--registry", registry.url, "--kbs", kbs.url, "--ca", bundle,
+         "--token", kbs.token, "--registry-token", registry.token, "--model-id", "retired",
+         "--staging-dir", str(tmp_path / "st")]
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr.count("note: --kbs is deprecated; use --kbs-url") == 1
+    assert ran.stderr.count("note: --ca is deprecated; use --kbs-ca and --registry-ca") == 1
+    assert httpx.get(f"{registry.url}/models/retired").status_code == 200
+    missing = _cli(["publish", str(src), "--registry", registry.url, "--token", kbs.token,
+                    "--model-id", "nokbs"])  # fmt: skip
+    assert missing.returncode == 2
+    assert "--kbs-url" in missing.stderr

@@ -168,7 +168,9 @@ def serve(
 @click.command()
 @click.argument("resource_path")
 @click.option("--kbs-url", "kbs_url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (required).")
-@deprecated_alias("--kbs", "--kbs-url", "kbs_url")
+@deprecated_alias(
+    "--kbs", "--kbs-url", "kbs_url", envvar="MODELSEAL_KBS", new_envvar="MODELSEAL_KBS_URL"
+)
 @click.option(
     "--tee",
     default=registry.DEVELOPMENT_KIND,
@@ -191,7 +193,9 @@ def serve(
     envvar="MODELSEAL_KBS_CA",
     help="CA bundle that signs the KBS's TLS certificate.",
 )
-@deprecated_alias("--cacert", "--kbs-ca", "kbs_ca", envvar="MODELSEAL_KBS_CACERT")
+@deprecated_alias(
+    "--cacert", "--kbs-ca", "kbs_ca", envvar="MODELSEAL_KBS_CACERT", new_envvar="MODELSEAL_KBS_CA"
+)
 @click.option(
     "--init-data",
     "init_data_file",

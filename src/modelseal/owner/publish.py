@@ -216,7 +216,7 @@ def _validate(req: PublishRequest) -> None:
         raise NotFound(f"{req.source} not found")
     if req.format == "cnap" and not req.source.is_file():
         raise ConfigError("the CNAP format publishes a single file; use --format v1")
-    for url, what in ((req.registry_url, "--registry"), (req.kbs_url, "--kbs")):
+    for url, what in ((req.registry_url, "--registry"), (req.kbs_url, "--kbs-url")):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{what} must be an http(s):// URL, got {url!r}")
 
