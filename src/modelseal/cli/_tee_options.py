@@ -76,6 +76,17 @@ def tee_choice(kinds: Iterable[str], *extra: str) -> click.Choice[str]:
     return click.Choice([*extra, *kinds])
 
 
+class RetiredOption(click.Option):
+    """A hidden, deprecated spelling; knows its replacement (for the environment table)."""
+
+    def __init__(
+        self, *args: Any, replacement: str, replacement_envvar: str | None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.replacement = replacement
+        self.replacement_envvar = replacement_envvar
+
+
 def deprecated_alias(
     old: str,
     new: str,
@@ -101,6 +112,9 @@ def deprecated_alias(
     return click.option(
         old,
         f"_alias_{name}",
+        cls=RetiredOption,
+        replacement=new,
+        replacement_envvar=new_envvar,
         hidden=True,
         expose_value=False,
         default=None,

@@ -143,6 +143,7 @@ def _print(value: Any) -> None:
     type=click.Choice(["admin", "publisher", "auditor"]),
     default="admin",
     show_default=True,
+    help="Role the token grants.",
 )
 @click.option(
     "--ttl",

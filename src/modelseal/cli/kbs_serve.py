@@ -42,8 +42,21 @@ def _path(value: str | None) -> Path | None:
     default=None,
     help="postgresql://... for N replicas (default: SQLite in the data dir).",
 )
-@click.option("--host", envvar="MODELSEAL_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="MODELSEAL_PORT", type=int, default=8080, show_default=True)
+@click.option(
+    "--host",
+    envvar="MODELSEAL_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Listen address.",
+)
+@click.option(
+    "--port",
+    envvar="MODELSEAL_PORT",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="Listen port.",
+)
 @click.option(
     "--tls-cert", envvar="MODELSEAL_TLS_CERT", default=None, help="PEM certificate chain."
 )
@@ -112,6 +125,7 @@ def _path(value: str | None) -> Path | None:
     default="info",
     show_default=True,
     type=click.Choice(_LEVELS),
+    help="Log level of the KBS and its workers.",
 )
 def serve(
     data_dir: str,
@@ -161,7 +175,9 @@ def serve(
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
     for kind in settings.insecure_kinds():
         click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
-    os.environ["MODELSEAL_LOG_LEVEL"] = log_level
+    from modelseal._internal import environment
+
+    environment.export("MODELSEAL_LOG_LEVEL", log_level)  # for the worker processes
     run(settings, workers=workers)
 
 

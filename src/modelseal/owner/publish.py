@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
+from modelseal._internal import environment
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, FormatError, NotFound
 from modelseal.format.header import DEFAULT_SEGMENT_SIZE
@@ -198,7 +199,7 @@ class _Blob:
 
 def default_staging_dir(model_id: str, version: str) -> Path:
     """``$XDG_CACHE_HOME/modelseal/publish/<model>/<version>`` (``~/.cache`` by default)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    cache = environment.variable("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "modelseal" / "publish" / model_id / version
 
 
