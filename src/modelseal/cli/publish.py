@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from modelseal.cli._options import sealed_format_options
+from modelseal.cli._options import hide_names_option, sealed_format_options
 from modelseal.cli._tee_options import aliased, deprecated_alias
 
 __all__ = ["publish"]
@@ -137,6 +137,7 @@ class _RichProgress:
     help="KBS key id repo/type/tag  [default: models/<model-id>/<version>]",
 )
 @sealed_format_options
+@hide_names_option
 @click.option(
     "--save-key",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -195,6 +196,7 @@ def publish(
     segment_size: int,
     save_key: Path | None,
     fmt: str,
+    hide_names: bool,
     kbs_public_url: str | None,
     name: str | None,
     framework: str | None,
@@ -246,6 +248,7 @@ def publish(
         staging_dir=staging_dir,
         workers=workers,
         verify=registry_ca or True,
+        hide_names=hide_names,
     )
     with KbsAdminClient(kbs_url, token, verify=kbs_ca or True) as kbs, _RichProgress() as progress:
         result = run(request, kbs, progress=progress)

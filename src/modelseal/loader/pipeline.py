@@ -54,10 +54,13 @@ class Download:
 
 @dataclass(frozen=True)
 class Target:
-    """What a worker needs to use what it fetched: the file's decryptor and its temp fd."""
+    """What a worker needs to use what it fetched: the file's decryptor, its temp fd and
+    how many plaintext bytes to keep (fewer than the header's ``size`` for a file sealed
+    under hidden names: the zero padding after them is authenticated, then dropped)."""
 
     decryptor: SegmentDecryptor
     fd: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,11 @@ class Pipeline:
                     pos += n_sealed
                     plain += n_sealed - TAG_LEN
                 # every segment of the run authenticated: one vectored write of the run
-                _pwritev_all(target.fd, outs, run.first * header.segment_size)
+                offset = run.first * header.segment_size
+                outs = _clip(outs, target.size - offset)
+                plain = sum(len(out) for out in outs)
+                if outs:
+                    _pwritev_all(target.fd, outs, offset)
                 with self._lock:
                     self.plain_bytes += plain
                     self.sealed_bytes += pos
@@ -232,6 +239,17 @@ class Pipeline:
         finally:
             _zero(view)
             view.release()
+
+
+def _clip(parts: list[memoryview], keep: int) -> list[memoryview]:
+    """The first ``keep`` bytes of ``parts`` (the padding of a hidden-names file dropped)."""
+    out: list[memoryview] = []
+    for part in parts:
+        if keep <= 0:
+            break
+        out.append(part[:keep])
+        keep -= len(part)
+    return out
 
 
 _ZEROS = bytes(1 << 20)
