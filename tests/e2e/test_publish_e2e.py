@@ -465,3 +465,67 @@ def test_retired_kbs_and_ca_spellings_still_publish_with_one_note_each(
                     "--model-id", "nokbs"])  # fmt: skip
     assert missing.returncode == 2
     assert "--kbs-url" in missing.stderr
+
+
+def test_hidden_names_reach_the_registry_as_opaque_padded_blobs_and_still_load(
+    servers: tuple[RegistryServer, KbsServer], tmp_path: Path, policy_file: Path
+) -> None:
+    """``publish --hide-names``: the model info, the blob names and every sealed header the
+    registry holds name no plaintext file and state no plaintext size; the loader (files),
+    the SDK (memory) and ``unseal`` still give back every file byte for byte."""
+    from modelseal import LoaderSettings, open_model
+    from modelseal.format.manifest import hidden_size
+    from modelseal.format.v1 import parse_head
+    from modelseal.loader.loader import load_model
+
+    registry, kbs = servers
+    src = tmp_path / "model"
+    files = _model_dir(src)
+    done = _publish(
+        registry, kbs.url, kbs.token, src, "--model-id", "hidden", "--policy", str(policy_file),
+        "--hide-names", staging=tmp_path / "staging",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    served = httpx.get(f"{registry.url}/models/hidden").text
+    info = ModelInfo.from_json(served)
+    words = {part for rel in files for part in (rel, *rel.split("/"), Path(rel).suffix)}
+    words.discard("")
+    # the manifest's own (fixed, public) name is the one name a registry may see
+    leaks = sorted(w for w in words if w in served.replace("modelseal-manifest.json", ""))
+    assert leaks == [], f"the model info names plaintext files: {leaks}"
+    assert str(len(files["model.safetensors"])) not in served
+    assert info.framework is None  # no guess from a suffix the registry never saw
+    sizes = sorted(len(data) for data in files.values())
+    headers = []
+    for f in info.files:
+        blob = httpx.get(f.url).content
+        header, _ = parse_head(blob, len(blob))
+        text = json.dumps(header.to_json())
+        assert [w for w in words if w in text] == [], text
+        assert header.path == f.path
+        assert f.url.endswith(f"/{header.path}.sealed")
+        headers.append(header.size)
+    assert sorted(headers) == sorted(hidden_size(n) for n in sizes)
+    assert not set(headers) & set(sizes)  # no header states a plaintext size
+    # loader: files on disk under their real names
+    dest = tmp_path / "dest"
+    receipt = load_model(
+        LoaderSettings(
+            model=f"{registry.url}/models/hidden", tee="sample", dest=dest, allow_disk=True
+        )  # fmt: skip
+    )
+    assert receipt.model_digest == info.model_digest
+    for rel, data in files.items():
+        assert (dest / rel).read_bytes() == data
+    # SDK: the same files in memory
+    with open_model(
+        settings=LoaderSettings(model=f"{registry.url}/models/hidden"), tee="sample"
+    ) as model:
+        assert {rel: bytes(model[rel]) for rel in model} == files
+    # owner tools with the released key
+    dek = _release_key(kbs, "models/hidden/v1")
+    _download_model(info, tmp_path / "sealed")
+    result = unseal_directory(tmp_path / "sealed", tmp_path / "plain", dek)
+    assert result.model_digest == info.model_digest
+    for rel, data in files.items():
+        assert (tmp_path / "plain" / rel).read_bytes() == data
