@@ -510,3 +510,41 @@ def test_group_option_gives_every_placed_entry_that_group(
         ".modelseal/ready",
     }
     assert {p.stat().st_gid for p in placed} == {gid}
+
+
+def test_hidden_names_load_under_the_manifest_names(
+    hidden_model: SealedModelServer, shm_dest: Path
+) -> None:
+    """The registry lists opaque names; the loader places the real paths and sizes (the
+    padding is authenticated, then dropped) and its receipt names the real files."""
+    import modelseal
+
+    listed = [f["path"] for f in hidden_model.info["files"]]  # type: ignore[union-attr]
+    assert not set(listed) & set(FILES)
+    receipt = load_model(_settings(hidden_model, shm_dest), release=hidden_model.release())
+    for rel, data in FILES.items():
+        assert (shm_dest / rel).read_bytes() == data
+        assert (shm_dest / rel).stat().st_size == len(data)
+    assert sorted(f.path for f in receipt.files) == sorted(FILES)
+    assert receipt.bytes == sum(len(v) for v in FILES.values())
+    assert sorted(p.name for p in shm_dest.iterdir() if not p.name.startswith(".")) == sorted(
+        {rel.split("/")[0] for rel in FILES}
+    )
+    with modelseal.open_model(hidden_model.model_url, release=hidden_model.release()) as model:
+        assert {rel: bytes(model[rel]) for rel in model} == FILES
+
+
+def test_hidden_names_swapped_blobs_leave_no_plaintext(
+    hidden_model: SealedModelServer, shm_dest: Path
+) -> None:
+    """A registry serving one opaque blob under another's name is caught by the manifest
+    before anything is decrypted."""
+    a, b = (f["url"].rsplit("/", 1)[1] for f in hidden_model.info["files"][:2])  # type: ignore[index]
+    blobs = hidden_model.server.blobs
+    blobs[f"/blobs/m1/v1/{a}"], blobs[f"/blobs/m1/v1/{b}"] = (
+        hidden_model.sealed[b],
+        hidden_model.sealed[a],
+    )
+    with pytest.raises(errors.IntegrityError):
+        load_model(_settings(hidden_model, shm_dest), release=hidden_model.release())
+    _no_plaintext(shm_dest)
