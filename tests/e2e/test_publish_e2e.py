@@ -509,11 +509,10 @@ def test_hidden_names_reach_the_registry_as_opaque_padded_blobs_and_still_load(
     assert not set(headers) & set(sizes)  # no header states a plaintext size
     # loader: files on disk under their real names
     dest = tmp_path / "dest"
-    receipt = load_model(
-        LoaderSettings(
-            model=f"{registry.url}/models/hidden", tee="sample", dest=dest, allow_disk=True
-        )  # fmt: skip
+    settings = LoaderSettings(
+        model=f"{registry.url}/models/hidden", tee="sample", dest=dest, allow_disk=True
     )
+    receipt = load_model(settings)
     assert receipt.model_digest == info.model_digest
     for rel, data in files.items():
         assert (dest / rel).read_bytes() == data

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelseal.errors import Error, UnsafeDestination
+from modelseal.errors import Error, IntegrityError, UnsafeDestination
 from modelseal.format.header import TAG_LEN, Header
 from modelseal.loader.fetch import Fetcher
 
@@ -225,7 +225,7 @@ class Pipeline:
                     plain += n_sealed - TAG_LEN
                 # every segment of the run authenticated: one vectored write of the run
                 offset = run.first * header.segment_size
-                outs = _clip(outs, target.size - offset)
+                outs = _clip(outs, target.size - offset, run.download.url)
                 plain = sum(len(out) for out in outs)
                 if outs:
                     _pwritev_all(target.fd, outs, offset)
@@ -241,15 +241,26 @@ class Pipeline:
             view.release()
 
 
-def _clip(parts: list[memoryview], keep: int) -> list[memoryview]:
-    """The first ``keep`` bytes of ``parts`` (the padding of a hidden-names file dropped)."""
+def _clip(parts: list[memoryview], keep: int, url: str) -> list[memoryview]:
+    """The first ``keep`` bytes of ``parts``: the zero padding of a hidden-names file is
+    dropped, after checking it is zeros as the format requires (``IntegrityError``)."""
     out: list[memoryview] = []
     for part in parts:
-        if keep <= 0:
-            break
-        out.append(part[:keep])
+        if keep < len(part) and not _all_zero(part[max(0, keep) :]):
+            raise IntegrityError(f"{url}: the padding after the file is not zero bytes")
+        if keep > 0:
+            out.append(part[:keep])
         keep -= len(part)
     return out
+
+
+def _all_zero(view: memoryview) -> bool:
+    """``view`` holds only zero bytes (compared in 1 MiB strides, no large allocation)."""
+    for pos in range(0, len(view), len(_ZEROS)):
+        chunk = view[pos : pos + len(_ZEROS)]
+        if chunk != _ZEROS[: len(chunk)]:
+            return False
+    return True
 
 
 _ZEROS = bytes(1 << 20)

@@ -221,5 +221,5 @@ def test_check_file_maps_opaque_names_to_paths() -> None:
                          segment_size=SEG)  # fmt: skip
     with pytest.raises(IntegrityError):
         manifest.check_file("ef" * 16 + ".sealed", short, short.sealed_size)
-    with pytest.raises(IntegrityError, match="not in the manifest: dir/w.bin.sealed"):
+    with pytest.raises(IntegrityError, match=r"not in the manifest: dir/w\.bin\.sealed"):
         manifest.check_names(["dir/w.bin.sealed"])
