@@ -2,7 +2,7 @@
 
 ``token`` reads the admin credential from the KBS data directory and prints a short-lived
 bearer token; every other command talks to a running KBS through
-:class:`modelseal.owner.kbs_admin.KbsAdminClient`. Every flag also reads ``MODELSEAL_<FLAG>``.
+:class:`modelseal.owner.kbs_admin.KbsAdminClient`. Most flags also read ``MODELSEAL_<FLAG>`` (docs/reference/environment.md lists them).
 """
 
 from __future__ import annotations
