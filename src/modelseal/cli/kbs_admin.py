@@ -2,7 +2,8 @@
 
 ``token`` reads the admin credential from the KBS data directory and prints a short-lived
 bearer token; every other command talks to a running KBS through
-:class:`modelseal.owner.kbs_admin.KbsAdminClient`. Most flags also read ``MODELSEAL_<FLAG>`` (docs/reference/environment.md lists them).
+:class:`modelseal.owner.kbs_admin.KbsAdminClient`. Most flags also read ``MODELSEAL_<FLAG>``
+(docs/reference/environment.md lists them).
 """
 
 from __future__ import annotations
