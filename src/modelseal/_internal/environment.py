@@ -8,7 +8,7 @@ parameters and never looks at ``os.environ`` itself: a test
 
 The few variables the library does consult follow a precedence someone else defined, and
 are listed in :data:`CONSULTED` (and in docs/reference/environment.md) so the list cannot
-grow unnoticed:
+grow unnoticed.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def snapshot(prefix: str = "") -> dict[str, str]:
 
 
 def child_environment(
-    *, drop_prefixes: Iterable[str] = (), drop: Iterable[str] = (), extra: Mapping[str, str] = {}
+    *,
+    drop_prefixes: Iterable[str] = (),
+    drop: Iterable[str] = (),
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """This process's environment for a child, without the variables starting with one of
     ``drop_prefixes`` or named in ``drop`` (case-insensitive), plus ``extra``."""
@@ -62,5 +65,5 @@ def child_environment(
         for k, v in os.environ.items()
         if not k.startswith(prefixes) and k.lower() not in dropped
     }
-    env.update(extra)
+    env.update(extra or {})
     return env
