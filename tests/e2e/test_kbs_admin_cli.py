@@ -18,7 +18,7 @@ import pytest
 
 from modelseal.cli import main
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import PolicyDenied
+from modelseal.errors import ConfigError, PolicyDenied
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.tee.sample.attester import Attester
 from tests.conftest import free_port
@@ -160,10 +160,7 @@ def test_unbounded_input_files_are_refused_without_reading_them_whole(
 
 
 def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: Path) -> None:
-    key_file = tmp_path / "model.key"
-    key_file.write_text(base64.urlsafe_b64encode(DEK).decode().rstrip("=") + "\n")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(SAMPLE_POLICY_YAML)
+    key_file, policy = _key_file(tmp_path), _policy_file(tmp_path)
     result = run(
         "kbs",
         "key",
@@ -210,6 +207,43 @@ def test_retired_spellings_still_work_with_one_note(
     code, _, err = cli(capsys, "kbs", "key", "list", "--token", admin_token)
     assert code == 2
     assert "--kbs-url" in err
+
+
+def test_kbs_client_from_the_loader_settings(
+    server: Server, admin_token: str, tmp_path: Path
+) -> None:
+    """``modelseal.clients.KbsClient.from_settings``: the SDK's KBS client takes the same
+    settings as the loader (here built from the loader's variables) and reads nothing else."""
+    from modelseal.clients import KbsClient as FacadeClient
+    from modelseal.loader.settings import LoaderSettings
+
+    run("kbs", "key", "put", "models/cli/settings", "--key-file", str(_key_file(tmp_path)),
+        "--policy", str(_policy_file(tmp_path)), env={"MODELSEAL_KBS_URL": server.url,
+        "MODELSEAL_TOKEN": admin_token})  # fmt: skip
+    settings = LoaderSettings.from_env(
+        {
+            "MODELSEAL_MODEL": "http://127.0.0.1:9/models/m",
+            "MODELSEAL_TEE": "sample",
+            "MODELSEAL_KBS_URL": server.url,
+        }
+    )
+    with FacadeClient.from_settings(settings) as client:
+        assert client.tee == "sample"
+        assert client.get_resource("models/cli/settings").reveal() == DEK
+    with pytest.raises(ConfigError, match="MODELSEAL_KBS_URL"):
+        FacadeClient.from_settings(settings.with_overrides(kbs_url=None))
+
+
+def _key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "dek.key"
+    path.write_text(base64.urlsafe_b64encode(DEK).decode().rstrip("="))
+    return path
+
+
+def _policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(SAMPLE_POLICY_YAML)
+    return path
 
 
 def test_key_lifecycle(
