@@ -116,7 +116,9 @@ class LoaderSettings:
         what ``modelseal load`` passes after Click read its flags and variables."""
         given = {k: v for k, v in values.items() if v is not None}
         if "model" not in given:
-            raise ConfigError("no model: pass --model URL (model_url= in the SDK) or set MODELSEAL_MODEL")
+            raise ConfigError(
+                "no model: pass --model URL (model_url= in the SDK) or set MODELSEAL_MODEL"
+            )
         try:
             return cls(**given)  # type: ignore[arg-type]
         except TypeError as exc:
