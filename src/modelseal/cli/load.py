@@ -95,6 +95,27 @@ from modelseal.tee import registry
     help="Group (name or id) given to every placed file and directory, for a loader running "
     "as root next to a server of another user without fsGroup [default: unchanged].",
 )
+@click.option(
+    "--key-source",
+    envvar="MODELSEAL_KEY_SOURCE",
+    type=click.Choice(["kbs", "cdh"]),
+    help="Where the model key comes from: 'kbs' (attest and run RCAR with the KBS, "
+    "default) or 'cdh' (the CoCo Confidential Data Hub, which attests for the pod).",
+)
+@click.option(
+    "--cdh-url",
+    envvar="MODELSEAL_CDH_URL",
+    help="guest-components REST API of the CDH for --key-source cdh "
+    "[default: http://127.0.0.1:8006].",
+)
+@click.option(
+    "--measure/--no-measure",
+    envvar="MODELSEAL_MEASURE",
+    default=None,
+    help="After the load, record the model digest in the TEE's runtime measurements "
+    "through the Attestation Agent (when --aa-url, --tee aa or --key-source cdh gives "
+    "one) [default: on].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (no warnings either).")
 def load(
     model: str | None,
@@ -110,6 +131,9 @@ def load(
     timeout: float | None,
     file_mode: str | None,
     group: str | None,
+    key_source: str | None,
+    cdh_url: str | None,
+    measure: bool | None,
     quiet: bool,
     **attester_values: str | None,
 ) -> None:
@@ -137,10 +161,13 @@ def load(
         allow_disk=allow_disk,
         workers=workers,
         model_digest=model_digest,
-        **{name: Path(value) if value else None for name, value in attester_values.items()},
+        **_attester_settings(attester_values),
         init_data=init_data,
         timeout=timeout,
         file_modes=modes,
+        key_source=key_source,
+        cdh_url=cdh_url,
+        measure=measure,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits
@@ -165,6 +192,15 @@ def load(
         }
         json.dump(summary, sys.stdout)
         sys.stdout.write("\n")
+
+
+def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
+    """Attester option values as settings fields: paths as ``Path``, URLs as text."""
+    kinds = {spec.name: spec.type for spec in attester_options()}
+    return {
+        name: (Path(value) if kinds.get(name) in ("path", "dir") else value) if value else None
+        for name, value in values.items()
+    }
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

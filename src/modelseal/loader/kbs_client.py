@@ -51,8 +51,8 @@ from modelseal.protocol.kbs import (
     RESOURCE_PREFIX,
     AttestationResponse,
     Challenge,
-    check_resource_path,
     parse_model,
+    resource_path,
 )
 from modelseal.protocol.wire import WireError, decode_json, describe
 from modelseal.tee.base import Attester
@@ -277,8 +277,11 @@ class KbsClient:
             ) from exc
 
     def get_resource(self, path: str) -> SecretBytes:
-        """Attest if needed, fetch ``repo/type/tag`` and decrypt it with the TEE key."""
-        check_resource_path(path)
+        """Attest if needed, fetch ``path`` and decrypt it with the TEE key.
+
+        ``path`` is ``repo/type/tag``, ``kbs:///repo/type/tag`` or a UUID key id
+        (``default/key/<uuid>``)."""
+        path = resource_path(path)
         url = self._base + RESOURCE_PREFIX + path
         what = "KBS resource"
         response: Reply | None = None
