@@ -56,7 +56,7 @@ KBS_URI_PREFIX: Final = "kbs:///"
 #: ``kbs:///default/key/<uuid>``.
 UUID_KEY_PREFIX: Final = "default/key/"
 _HEX4 = "[0-9a-fA-F]{4}"
-_UUID_RE = re.compile(rf"{_HEX4}{{2}}-{_HEX4}-{_HEX4}-{_HEX4}-{_HEX4}{{3}}")
+_UUID_RE = re.compile(rf"(?:{_HEX4}){{2}}-{_HEX4}-{_HEX4}-{_HEX4}-(?:{_HEX4}){{3}}")
 
 
 def is_uuid_key_id(key_id: str) -> bool:
