@@ -315,6 +315,12 @@ class KbsClient:
             raise TransientError(f"KBS failed: {_detail(response)}")
         raise BackendError(f"KBS returned {_detail(response)}")
 
+    def attest(self) -> tuple[str, SecretBytes]:
+        """A valid EAR token for this client's TEE key (cached, else a fresh RCAR
+        handshake) and that key as PKCS#8 PEM: what CoCo's AA ``GetToken`` returns."""
+        token = self._auth.cached() or self._auth.handshake(self._exchange)
+        return token, self._keys.private_pem()
+
     def close(self) -> None:
         """Close the connection pool and drop the TEE private key and token."""
         self._http.close()
