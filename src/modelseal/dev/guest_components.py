@@ -55,7 +55,7 @@ Send = Callable[[Message], Awaitable[None]]
 #: ``--features`` of api-server-rest: which daemons the server fronts
 FEATURES: Final = ("resource", "attestation", "all")
 #: the one ``token_type`` the AA serves here (its KBS token; CoCo-AS tokens are not modelled)
-KBS_TOKEN: Final = "kbs"
+KBS_TOKEN: Final = "kbs"  # noqa: S105 - a token type name, not a secret
 #: largest ``POST /aa/aael`` body read (the real server reads any size; an event is a line)
 MAX_AAEL_BODY: Final = 64 << 10
 
