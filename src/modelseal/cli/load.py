@@ -116,6 +116,13 @@ from modelseal.tee import registry
     "through the Attestation Agent (when --aa-url, --tee aa or --key-source cdh gives "
     "one) [default: on].",
 )
+@click.option(
+    "--retries",
+    envvar="MODELSEAL_RETRIES",
+    type=click.IntRange(min=1),
+    help="Attempts per request on transient failures (unreachable KBS, CDH or registry, "
+    "5xx) before exit 75 [default: 8].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (no warnings either).")
 def load(
     model: str | None,
@@ -134,6 +141,7 @@ def load(
     key_source: str | None,
     cdh_url: str | None,
     measure: bool | None,
+    retries: int | None,
     quiet: bool,
     **attester_values: str | None,
 ) -> None:
@@ -168,6 +176,7 @@ def load(
         key_source=key_source,
         cdh_url=cdh_url,
         measure=measure,
+        retries=retries,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits
