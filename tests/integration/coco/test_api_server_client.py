@@ -99,9 +99,12 @@ def test_a_trickling_resource_hits_the_deadline(server: HostileServer) -> None:
 
 
 def test_an_unreachable_server_is_transient() -> None:
-    with ApiServerClient(f"http://127.0.0.1:{free_port()}", timeout=2.0) as client:
-        with pytest.raises(TransientError, match="unreachable"):
-            client.resource("models/m/v1")
+    closed = f"http://127.0.0.1:{free_port()}"
+    with (
+        ApiServerClient(closed, timeout=2.0) as client,
+        pytest.raises(TransientError, match="unreachable"),
+    ):
+        client.resource("models/m/v1")
 
 
 def test_a_key_id_naming_another_kbs_is_refused(server: HostileServer) -> None:

@@ -233,7 +233,9 @@ async def test_aael_when_the_agent_keeps_no_event_log(ca_dir: Path) -> None:
 
 async def test_aael_on_a_platform_without_runtime_registers(ca_dir: Path) -> None:
     guest = _guest(ca_dir, attester=SampleAttester(), tee="sample")
-    r = await _call(guest, "POST", "/aa/aael", json={"domain": "d", "operation": "o", "content": "c"})
+    r = await _call(
+        guest, "POST", "/aa/aael", json={"domain": "d", "operation": "o", "content": "c"}
+    )
     assert r.content == (
         b'{"success":"false","message": "The platform does not support runtime measurement"}'
     )
