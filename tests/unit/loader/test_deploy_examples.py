@@ -51,7 +51,8 @@ def test_the_loader_takes_the_coco_path_without_device_access() -> None:
     assert env["MODELSEAL_KEY_SOURCE"] == "cdh"
     assert env["MODELSEAL_CDH_URL"] == "http://127.0.0.1:8006"
     # the CDH knows the KBS from init-data; the loader attests nothing itself
-    assert "MODELSEAL_KBS_URL" not in env and "MODELSEAL_TEE" not in env
+    assert "MODELSEAL_KBS_URL" not in env
+    assert "MODELSEAL_TEE" not in env
     security = loader["securityContext"]
     assert security["privileged"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
