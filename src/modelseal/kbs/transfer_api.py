@@ -229,8 +229,9 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
 
     @router.post("/keys/{key}/transfer")
     async def transfer_uuid(
-        key_id: Annotated[str, Depends(transfer_uuid_key_id)],
+        # the body first: an oversized body is refused as such whatever the key id
         payload: Annotated[TransferRequest | None, Depends(transfer_body)],
+        key_id: Annotated[str, Depends(transfer_uuid_key_id)],
         request: Request,
         attestation_type: Annotated[str | None, Header()] = None,
     ) -> Response:
