@@ -28,6 +28,7 @@ import pytest
 from modelseal.crypto.secret import SecretBytes
 from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
 from modelseal.loader.destination import inspect_destination
+from modelseal.loader.sdk import open_model
 from modelseal.owner.kbs_admin import KbsAdminClient
 from modelseal.owner.publish import PublishRequest, publish
 from modelseal.quickstart.services import Service, free_port, kbs_service, registry_service, run_cli
@@ -244,3 +245,11 @@ def test_policy_requiring_the_loaded_model_denies_before_and_allows_after(
         assert evidence["cc_eventlog"]
     finally:
         gc.stop()
+
+
+def test_the_sdk_takes_the_key_from_the_cdh(stack: Stack) -> None:
+    with open_model(
+        stack.model_url, key_source="cdh", cdh_url=stack.gc.url, measure=False
+    ) as model:
+        assert model.model_digest == stack.digest
+        assert bytes(model["model.safetensors"]) == FILES["model.safetensors"]

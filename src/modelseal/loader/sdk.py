@@ -24,7 +24,7 @@ from modelseal.format.v1 import SealedReader
 from modelseal.loader.loader import ReleaseFn, run_load
 from modelseal.loader.receipt import Timings
 from modelseal.loader.safetensors_view import numpy_views, torch_views
-from modelseal.loader.settings import LoaderSettings
+from modelseal.loader.settings import DEFAULT_CDH_URL, LoaderSettings
 from modelseal.loader.targets import MemFile, MemoryTarget
 
 Framework = Literal["numpy", "torch"]
@@ -111,11 +111,19 @@ def open_model(
     release: ReleaseFn | None = None,
     on_progress: Callable[[int], None] | None = None,
     timeout: float = 30.0,
+    key_source: str = "kbs",
+    cdh_url: str = DEFAULT_CDH_URL,
+    aa_url: str | None = None,
+    measure: bool = True,
 ) -> DecryptedModel:
     """Attest, fetch and decrypt a published model into memory; see :class:`DecryptedModel`.
 
     ``timeout``: seconds within which each small answer (model info, a sealed header, each
-    KBS answer) must be complete, as ``modelseal load --timeout``.
+    KBS answer) must be complete, as ``modelseal load --timeout``. ``key_source="cdh"``
+    takes the key from the CoCo Confidential Data Hub at ``cdh_url`` instead of attesting;
+    ``tee="aa"`` attests with evidence from the CoCo Attestation Agent at ``aa_url``;
+    ``measure`` records the load in the runtime measurements through the AA when one is
+    configured (as ``modelseal load``).
     """
     settings = LoaderSettings(
         model=model_url,
@@ -128,6 +136,10 @@ def open_model(
         mock_tdx_dir=Path(mock_tdx_dir) if mock_tdx_dir else None,
         init_data=Path(init_data) if init_data else None,
         timeout=timeout,
+        key_source=key_source,
+        cdh_url=cdh_url,
+        aa_url=aa_url,
+        measure=measure,
     )
     timings = Timings()
     target = MemoryTarget()
