@@ -253,3 +253,14 @@ def test_the_sdk_takes_the_key_from_the_cdh(stack: Stack) -> None:
     ) as model:
         assert model.model_digest == stack.digest
         assert bytes(model["model.safetensors"]) == FILES["model.safetensors"]
+
+
+def test_the_agent_serves_a_kbs_token_with_its_key_pair(stack: Stack) -> None:
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        r = http.get(stack.gc.url + "/aa/token", params={"token_type": "kbs"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    body = json.loads(r.content)
+    assert list(body) == ["token", "tee_keypair"]
+    assert body["token"].count(".") == 2
+    assert body["tee_keypair"].startswith("-----BEGIN PRIVATE KEY-----")
