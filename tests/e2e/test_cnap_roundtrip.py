@@ -172,3 +172,19 @@ def test_unknown_transfer_paths_answer_in_the_documented_shape(
     body = r.json()
     assert set(body) == {"type", "detail"}
     assert body["type"] == TRUSTEE_ERRORS + variant
+
+
+def test_the_cli_puts_a_uuid_key_and_names_it_by_its_resource_path(stack: Stack) -> None:
+    key_id = str(uuid.uuid4())
+    put = run_cli(
+        ["kbs", "key", "put", key_id, "--kbs", stack.kbs.url, "--token", stack.token,
+         "--generate", "--policy", str(stack.policy_file)]
+    )  # fmt: skip
+    assert put.returncode == 0, put.stderr
+    assert json.loads(put.stdout)["key_id"] == f"default/key/{key_id}"
+    for spelling in (key_id, f"kbs:///default/key/{key_id}", f"default/key/{key_id}"):
+        got = run_cli(
+            ["kbs", "key", "get", spelling, "--kbs", stack.kbs.url, "--token", stack.token]
+        )
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout)["key_id"] == f"default/key/{key_id}"
