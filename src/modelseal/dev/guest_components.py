@@ -272,7 +272,9 @@ class ApiServer:
         path = bytes(scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         path = path.split("?", 1)[0]
         method = scope["method"]
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        # form_urlencoded::parse keeps empty values and a key without "=" (value "")
+        raw_query = scope.get("query_string", b"").decode("utf-8", "replace")
+        query = dict(parse_qsl(raw_query, keep_blank_values=True))
         guest = self.guest
         if path == "/info":
             if method != "GET":

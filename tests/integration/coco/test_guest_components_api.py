@@ -179,6 +179,13 @@ async def test_legacy_runtime_data_is_the_query_text(guest: GuestComponents) -> 
     assert _report(r).report_data == b"xxxx" + bytes(60)
 
 
+async def test_an_empty_runtime_data_value_is_kept(guest: GuestComponents) -> None:
+    # form_urlencoded keeps "runtime_data=" as an empty value: evidence over no bytes
+    r = await _call(guest, "GET", "/aa/evidence?runtime_data=")
+    assert r.status_code == 200
+    assert _report(r).report_data == bytes(64)
+
+
 async def test_additional_evidence_is_empty_without_devices(guest: GuestComponents) -> None:
     r = await _call(guest, "GET", "/aa/additional-evidence?runtime_data=eHh4eA&encoding=base64")
     assert (r.status_code, r.content) == (200, b"")
