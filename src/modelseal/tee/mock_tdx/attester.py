@@ -23,7 +23,7 @@ from modelseal._internal.encoding import hex_decode
 from modelseal.errors import ConfigError, FormatError, UnsupportedTee
 from modelseal.protocol.runtime_events import event_text
 from modelseal.tee.base import pad_report_data
-from modelseal.tee.eventlog.aael import END_FLAG, aael_entry
+from modelseal.tee.eventlog.aael import aael_entry, with_runtime_events
 from modelseal.tee.eventlog.encode import EventSpec, encode_event_log
 from modelseal.tee.eventlog.replay import replay_ccel
 from modelseal.tee.eventlog.tcg import (
@@ -144,9 +144,7 @@ class Attester:
         """The CC event log evidence carries: the boot log, then any runtime (AAEL) events
         and the AA's end flag, as the CoCo Attestation Agent sends it."""
         with self._lock:
-            if not self._runtime_events:
-                return self.cc_eventlog
-            return (self.cc_eventlog or b"") + self._runtime_events + END_FLAG
+            return with_runtime_events(self.cc_eventlog, self._runtime_events)
 
     def evidence(self, report_data: bytes) -> dict[str, Any]:
         with self._lock:  # one consistent (RTMR3, log) pair per quote
