@@ -24,6 +24,8 @@ CONSULTED: Final[Mapping[str, str]] = {
     "XDG_CACHE_HOME": "publish: default staging directory (XDG Base Directory spec)",
     "TPM2TOOLS_TCTI": "tpm attester: the TPM to use when no TCTI is given (tpm2-tools' own "
     "variable; the attester's tcti argument wins)",
+    "AAEL_PATH": "tdx attester: where the CoCo Attestation Agent writes its event log (the "
+    "AA's own variable, so both read the same file; the attester's aael_path argument wins)",
     "MODELSEAL_KBS_WORKER_SETTINGS": "kbs serve: internal hand-off of the validated settings "
     "to its worker processes (set by the supervisor, never by users)",
     "MODELSEAL_LOG_LEVEL": "kbs serve: the --log-level handed to its worker processes",

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "attest": "modelseal.cli.evidence:attest",
     "evidence": "modelseal.cli.evidence:evidence",
     "quickstart": "modelseal.cli.quickstart:quickstart",
+    "dev": "modelseal.cli.dev:dev",
 }
 
 

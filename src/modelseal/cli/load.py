@@ -104,6 +104,34 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
     help="Group (name or id) given to every placed file and directory, for a loader running "
     "as root next to a server of another user without fsGroup [default: unchanged].",
 )
+@click.option(
+    "--key-source",
+    envvar="MODELSEAL_KEY_SOURCE",
+    type=click.Choice(["kbs", "cdh"]),
+    help="Where the model key comes from: 'kbs' (attest and run RCAR with the KBS, "
+    "default) or 'cdh' (the CoCo Confidential Data Hub, which attests for the pod).",
+)
+@click.option(
+    "--cdh-url",
+    envvar="MODELSEAL_CDH_URL",
+    help="guest-components REST API of the CDH for --key-source cdh "
+    "[default: http://127.0.0.1:8006].",
+)
+@click.option(
+    "--measure/--no-measure",
+    envvar="MODELSEAL_MEASURE",
+    default=None,
+    help="After the load, record the model digest in the TEE's runtime measurements "
+    "through the Attestation Agent (when --aa-url, --tee aa or --key-source cdh gives "
+    "one) [default: on].",
+)
+@click.option(
+    "--retries",
+    envvar="MODELSEAL_RETRIES",
+    type=click.IntRange(min=1),
+    help="Attempts per request on transient failures (unreachable KBS, CDH or registry, "
+    "5xx) before exit 75 [default: 8].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (no warnings either).")
 def load(
     model: str | None,
@@ -119,6 +147,10 @@ def load(
     timeout: float | None,
     file_mode: str | None,
     group: str | None,
+    key_source: str | None,
+    cdh_url: str | None,
+    measure: bool | None,
+    retries: int | None,
     quiet: bool,
     **attester_values: str | None,
 ) -> None:
@@ -149,6 +181,10 @@ def load(
         init_data=init_data,
         timeout=timeout,
         file_modes=modes,
+        key_source=key_source,
+        cdh_url=cdh_url,
+        measure=measure,
+        retries=retries,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits

@@ -54,6 +54,11 @@ class AttestationService:
         """
         if tee not in self.configs:
             registry.plugin(tee)  # raises, naming the known kinds
+            # a registered name that is no wire kind: an evidence relay, which the client
+            # must replace by the kind it relays
+            raise UnsupportedTee(
+                f"{tee!r} is not a TEE kind a KBS verifies; known: {', '.join(registry.KINDS)}"
+            )
         refusal = self._refused.get(tee)
         if refusal is not None:
             raise UnsupportedTee(refusal)

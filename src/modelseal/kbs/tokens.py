@@ -83,9 +83,19 @@ def claims_from_json(data: Any) -> Claims:
             init_data=dict(data.get("init_data") or {}),
             insecure=bool(data.get("insecure", False)),
             extra=dict(data.get("extra") or {}),
+            runtime_events=_texts(data.get("runtime_events")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TokenError("token claims are malformed") from exc
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    """A list of strings from token claims (a signed token, still checked for shape)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TokenError("token claims are malformed")
+    return tuple(value)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: TEE kinds whose evidence proves nothing outside tests (the KBS needs an explicit flag)
 INSECURE_TEES = frozenset(registry.kinds(test_only=True))
+#: What a receipt names as the TEE when the CDH attested (the loader does not see which)
+CDH_TEE = "coco-cdh"
 
 
 @dataclass
@@ -107,9 +109,21 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
     return registry.attester_for(kind, **options)
 
 
+def close_attester(attester: Attester) -> None:
+    """Release what an attester holds open (the ``aa`` relay's HTTP client)."""
+    close = getattr(attester, "close", None)
+    if callable(close):
+        close()
+
+
 def open_kbs_client(settings: LoaderSettings, kbs_url: str) -> KbsClient:
     """A KBS client attesting as the settings' TEE (``auto`` resolved), with their CA
-    bundle, timeout and init-data: what the loader and ``KbsClient.from_settings`` use."""
+    bundle, timeout and init-data: what the loader and ``KbsClient.from_settings`` use.
+
+    For an evidence relay (``--tee aa``) RCAR names the kind the relay reports, so the
+    KBS verifies the evidence as that kind. The client owns the attester: closing the
+    client closes it.
+    """
     # imported here: the KBS client stack (JWE, TEE keys, RCAR models) loads while the
     # loader's first ciphertext downloads are already running
     from modelseal.loader.kbs_client import KbsClient
@@ -117,26 +131,46 @@ def open_kbs_client(settings: LoaderSettings, kbs_url: str) -> KbsClient:
     kind = resolve_tee(settings)
     init_data = read_init_data(settings)
     attester = build_attester(kind, settings, init_data)
-    return KbsClient(
-        kbs_url,
-        attester,
-        tee=kind,
-        verify=settings.kbs_verify,
-        timeout=settings.timeout,
-        init_data=init_data.text if init_data is not None else None,
-    )
+    try:
+        wire = registry.evidence_kind(kind, attester)
+        return KbsClient(
+            kbs_url,
+            attester,
+            tee=wire,
+            verify=settings.kbs_verify,
+            timeout=settings.timeout,
+            init_data=init_data.text if init_data is not None else None,
+        )
+    except BaseException:
+        close_attester(attester)
+        raise
 
 
 def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
     """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes.
 
-    One attempt: the caller retries transient failures, and resolves ``auto`` and warns
-    about an insecure kind once before the first attempt (:func:`warn_if_insecure`).
+    ``key_id`` is ``repo/type/tag``, ``kbs:///repo/type/tag`` or a UUID. One attempt: the
+    caller retries transient failures, and resolves ``auto`` and warns about an insecure
+    kind once before the first attempt (:func:`warn_if_insecure`).
     """
     with open_kbs_client(settings, kbs_url) as client:
         dek = client.get_resource(key_id)
         token_id = client.token_id
-        kind = client.tee
+        wire = client.tee
     return KeyRelease(
-        dek=dek, tee=kind, token_id=token_id, kbs_url=kbs_url, insecure=kind in INSECURE_TEES
+        dek=dek, tee=wire, token_id=token_id, kbs_url=kbs_url, insecure=wire in INSECURE_TEES
     )
+
+
+def release_from_cdh(settings: LoaderSettings, key_id: str) -> KeyRelease:
+    """The key from the CoCo Confidential Data Hub: ``GET {cdh_url}/cdh/resource/<id>``.
+
+    The CDH attests through the guest's Attestation Agent and runs RCAR with the KBS of
+    the pod's init-data (Trustee or modelseal); the loader never touches the TEE. One
+    attempt, like :func:`release_key`.
+    """
+    from modelseal.tee.aa.rest import ApiServerClient
+
+    with ApiServerClient(settings.cdh_url, timeout=settings.timeout) as cdh:
+        dek = cdh.resource(key_id)
+    return KeyRelease(dek=dek, tee=CDH_TEE, token_id=None, kbs_url=settings.cdh_url, insecure=False)

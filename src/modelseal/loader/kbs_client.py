@@ -51,8 +51,8 @@ from modelseal.protocol.kbs import (
     RESOURCE_PREFIX,
     AttestationResponse,
     Challenge,
-    check_resource_path,
     parse_model,
+    resource_path,
 )
 from modelseal.protocol.wire import WireError, decode_json, describe
 from modelseal.tee.base import Attester
@@ -298,8 +298,11 @@ class KbsClient:
             ) from exc
 
     def get_resource(self, path: str) -> SecretBytes:
-        """Attest if needed, fetch ``repo/type/tag`` and decrypt it with the TEE key."""
-        check_resource_path(path)
+        """Attest if needed, fetch ``path`` and decrypt it with the TEE key.
+
+        ``path`` is ``repo/type/tag``, ``kbs:///repo/type/tag`` or a UUID key id
+        (``default/key/<uuid>``)."""
+        path = resource_path(path)
         url = self._base + RESOURCE_PREFIX + path
         what = "KBS resource"
         response: Reply | None = None
@@ -333,11 +336,21 @@ class KbsClient:
             raise TransientError(f"KBS failed: {_detail(response)}")
         raise BackendError(f"KBS returned {_detail(response)}")
 
+    def attest(self) -> tuple[str, SecretBytes]:
+        """A valid EAR token for this client's TEE key (cached, else a fresh RCAR
+        handshake) and that key as PKCS#8 PEM: what CoCo's AA ``GetToken`` returns."""
+        token = self._auth.cached() or self._auth.handshake(self._exchange)
+        return token, self._keys.private_pem()
+
     def close(self) -> None:
-        """Close the connection pool and drop the TEE private key and token."""
+        """Close the connection pool, drop the TEE private key and token, and close the
+        attester (an evidence relay holds an HTTP client)."""
         self._http.close()
         self._auth.invalidate()
         self._keys.close()
+        close = getattr(self._auth.attester, "close", None)
+        if callable(close):
+            close()
 
     def __enter__(self) -> KbsClient:
         return self

@@ -112,6 +112,10 @@ def open_model(
     release: ReleaseFn | None = None,
     on_progress: Callable[[int], None] | None = None,
     timeout: float | None = None,
+    key_source: str | None = None,
+    cdh_url: str | None = None,
+    aa_url: str | None = None,
+    measure: bool | None = None,
 ) -> DecryptedModel:
     """Attest, fetch and decrypt a published model into memory; see :class:`DecryptedModel`.
 
@@ -120,7 +124,10 @@ def open_model(
     ``modelseal load``); keywords that are not None override those settings. Nothing here
     reads the environment by itself. ``timeout``: seconds within which each small answer
     (model info, a sealed header, each KBS answer) must be complete, as ``modelseal load
-    --timeout`` [default 30].
+    --timeout`` [default 30]. ``key_source="cdh"`` takes the key from the CoCo Confidential
+    Data Hub at ``cdh_url`` instead of attesting; ``tee="aa"`` attests with evidence from
+    the CoCo Attestation Agent at ``aa_url``; ``measure`` records the load in the runtime
+    measurements through the AA when one is configured (as ``modelseal load``).
     """
     given: dict[str, object] = {
         "model": model_url,
@@ -133,6 +140,10 @@ def open_model(
         "mock_tdx_dir": Path(mock_tdx_dir) if mock_tdx_dir else None,
         "init_data": Path(init_data) if init_data else None,
         "timeout": timeout,
+        "key_source": key_source,
+        "cdh_url": cdh_url,
+        "aa_url": aa_url,
+        "measure": measure,
     }
     if settings is None:
         settings = LoaderSettings.from_options(**given)

@@ -44,7 +44,19 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_TIMEOUT": "timeout",
     "MODELSEAL_FILE_MODE": "file_modes",
     "MODELSEAL_GROUP": "file_modes",
+    "MODELSEAL_KEY_SOURCE": "key_source",
+    "MODELSEAL_CDH_URL": "cdh_url",
+    "MODELSEAL_AA_URL": "aa_url",
+    "MODELSEAL_MEASURE": "measure",
+    "MODELSEAL_RETRIES": "retries",
 }
+
+#: ``key_source`` values: RCAR with the KBS ourselves, or the CoCo Confidential Data Hub
+KEY_SOURCE_KBS = "kbs"
+KEY_SOURCE_CDH = "cdh"
+KEY_SOURCES = (KEY_SOURCE_KBS, KEY_SOURCE_CDH)
+#: Where guest-components' api-server-rest listens in a CoCo pod
+DEFAULT_CDH_URL = "http://127.0.0.1:8006"
 
 
 def parse_bool(text: str, *, name: str) -> bool:
@@ -92,6 +104,16 @@ class LoaderSettings:
     #: x bits
     file_modes: FileModes = field(default_factory=FileModes)
     extra_attester_options: Mapping[str, object] = field(default_factory=dict)
+    #: ``kbs``: attest and run RCAR with the KBS; ``cdh``: ask the CoCo Confidential Data
+    #: Hub (``GET {cdh_url}/cdh/resource/<key id>``), which attests through the guest's AA
+    key_source: str = KEY_SOURCE_KBS
+    #: base URL of guest-components' api-server-rest for ``key_source = cdh``
+    cdh_url: str = DEFAULT_CDH_URL
+    #: api-server-rest base URL of the Attestation Agent (``--tee aa``, runtime measurement)
+    aa_url: str | None = None
+    #: after a load, record the model digest in the TEE's runtime measurements through the
+    #: Attestation Agent, when one is configured (``aa_url``, ``--tee aa`` or the CDH's URL)
+    measure: bool = True
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.startswith(("http://", "https://")):
@@ -108,6 +130,14 @@ class LoaderSettings:
             raise ConfigError("retries: must be at least 1")
         if not (isinstance(self.timeout, int | float) and 0 < self.timeout < float("inf")):
             raise ConfigError(f"timeout: must be a positive number of seconds, got {self.timeout}")
+        if self.key_source not in KEY_SOURCES:
+            raise ConfigError(
+                f"key_source: {self.key_source!r} is not one of {', '.join(KEY_SOURCES)}"
+            )
+        for name in ("cdh_url", "aa_url"):
+            value = getattr(self, name)
+            if value is not None and not str(value).startswith(("http://", "https://")):
+                raise ConfigError(f"{name}: not an http(s) URL: {value!r}")
         for name in ("kbs_ca", "registry_ca", "init_data"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
@@ -144,9 +174,9 @@ class LoaderSettings:
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            if name == "allow_disk":
+            if name in ("allow_disk", "measure"):
                 values[name] = parse_bool(raw, name=var)
-            elif name == "workers":
+            elif name in ("workers", "retries"):
                 try:
                     values[name] = int(raw)
                 except ValueError as exc:

@@ -50,10 +50,12 @@ from modelseal.errors import ConfigError, DecryptionError, FormatError, NotFound
 from modelseal.format.header import DEFAULT_SEGMENT_SIZE
 from modelseal.format.manifest import SEALED_MANIFEST_NAME
 from modelseal.format.options import SealOptions
+from modelseal.keystore.paths import normalize_key_id
 from modelseal.owner.kbs_admin import KeyConflictError
 from modelseal.owner.keys import generate_key, read_key_file, write_key_file
 from modelseal.owner.registry_client import RegistryClient
 from modelseal.owner.sealing import CNAP_SUFFIX, open_manifest, seal_directory, seal_file
+from modelseal.protocol.kbs import is_uuid_key_id
 from modelseal.protocol.model_info import (
     FORMAT_CNAP,
     FORMAT_V1,
@@ -208,10 +210,8 @@ def default_staging_dir(model_id: str, version: str) -> Path:
 def _validate(req: PublishRequest) -> None:
     check_name(req.model_id, what="model id")
     check_name(req.version, what="version")
-    parts = req.resolved_key_id.split("/")
-    if len(parts) != 3:
-        raise ConfigError(f"key id {req.resolved_key_id!r} must be repo/type/tag")
-    for part in parts:
+    # repo/type/tag, kbs:///repo/type/tag or a bare UUID (stored as default/key/<uuid>)
+    for part in normalize_key_id(req.resolved_key_id).split("/"):
         check_name(part, what="key id segment")
     if req.format not in ("v1", "cnap"):
         raise ConfigError(f"unknown format {req.format!r}; use v1 or cnap")
@@ -432,7 +432,10 @@ def _registration(
     manifest = next((b for b in blobs if b.path == MANIFEST_PATH), None)
     files = [b for b in blobs if b is not manifest]
     if req.format == "cnap":
-        kbs, kbs_url = KBS_CNAP, f"{kbs_public}/kbs/v1/keys/{req.resolved_key_id}/transfer"
+        # ITA's transfer link names a UUID key by itself, any other by its resource path
+        key = req.resolved_key_id
+        transfer_id = key.lower() if is_uuid_key_id(key) else normalize_key_id(key)
+        kbs, kbs_url = KBS_CNAP, f"{kbs_public}/kbs/v1/keys/{transfer_id}/transfer"
     else:
         kbs, kbs_url = KBS_TRUSTEE, kbs_public
     draft = ModelRegistration(

@@ -106,6 +106,11 @@ class ReleasePolicy(BaseModel):
         default_factory=dict
     )
     model_digest: StrictStr | None = None
+    #: model digests the TEE must have recorded as loaded in its runtime measurements
+    #: (AA event ``modelseal.dev LoadModel sha256:...``, replayed from the event log)
+    loaded_models: Annotated[tuple[StrictStr, ...], Field(max_length=64)] = ()
+    #: runtime events (``"<domain> <operation> <content>"``) the replayed log must contain
+    runtime_events: Annotated[tuple[StrictStr, ...], Field(max_length=64)] = ()
     not_after: datetime | None = None
 
     @field_validator("tee", "tcb_status")
@@ -159,6 +164,32 @@ class ReleasePolicy(BaseModel):
             raise ValueError('must be "sha256:" followed by 64 hex digits')
         return lowered
 
+    @field_validator("loaded_models")
+    @classmethod
+    def _loaded_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        lowered = tuple(v.lower() for v in value)
+        for v in lowered:
+            if not _DIGEST.fullmatch(v):
+                raise ValueError('entries must be "sha256:" followed by 64 hex digits')
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("entries must be unique")
+        return lowered
+
+    @field_validator("runtime_events")
+    @classmethod
+    def _runtime_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for v in value:
+            domain, _, rest = v.partition(" ")
+            operation, _, content = rest.partition(" ")
+            if not domain or not operation or not content or "\n" in v or len(v) > 4096:
+                raise ValueError(
+                    'entries are "<domain> <operation> <content>" on one line, at most '
+                    "4096 characters"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("entries must be unique")
+        return value
+
     @field_validator("not_after", mode="before")
     @classmethod
     def _not_after_is_text(cls, value: Any) -> Any:
@@ -203,6 +234,10 @@ class ReleasePolicy(BaseModel):
             doc["measurements"] = [dict(m) for m in self.measurements]
         if self.model_digest is not None:
             doc["model_digest"] = self.model_digest
+        if self.loaded_models:
+            doc["loaded_models"] = list(self.loaded_models)
+        if self.runtime_events:
+            doc["runtime_events"] = list(self.runtime_events)
         if self.not_after is not None:
             doc["not_after"] = _utc_text(self.not_after)
         return doc

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from modelseal.policy.document import TCB_CHECKED_TEES, ReleasePolicy
 from modelseal.protocol.claims import Claims
+from modelseal.protocol.runtime_events import load_model_event
 from modelseal.tee import registry
 
 __all__ = ["MODEL_DIGEST_CLAIM", "Decision", "evaluate"]
@@ -75,6 +76,14 @@ def evaluate(policy: ReleasePolicy | None, claims: Claims, *, now: float) -> Dec
             failures.append(
                 f"attested model digest {got[:80]!r} is not the policy's {policy.model_digest}"
             )
+
+    observed = set(claims.runtime_events)
+    for digest in policy.loaded_models:
+        if load_model_event(digest) not in observed:
+            failures.append(f"the runtime measurements record no load of model {digest}")
+    for event in policy.runtime_events:
+        if event not in observed:
+            failures.append(f"the runtime measurements lack the event {event[:160]!r}")
 
     if policy.not_after is not None and now >= policy.not_after.timestamp():
         when = policy.not_after.astimezone(UTC).isoformat()

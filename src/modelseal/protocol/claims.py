@@ -26,6 +26,9 @@ class Claims:
     init_data: Mapping[str, str] = field(default_factory=dict)
     insecure: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: runtime events (``"<domain> <operation> <content>"``) of an event log that
+    #: replayed to the attested registers, in log order (CoCo AA events on TDX: RTMR3)
+    runtime_events: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form (bytes as hex) for tokens, the audit log and ``evidence verify``."""
@@ -40,4 +43,5 @@ class Claims:
             "report_data": self.report_data.hex(),
             "insecure": self.insecure,
             "extra": dict(self.extra),
+            "runtime_events": list(self.runtime_events),
         }
