@@ -21,7 +21,7 @@ from modelseal.tee.base import Attester, Verifier
 from modelseal.tee.plugin import KindConfig, OptionSpec, TeePlugin
 
 #: The kind packages under ``modelseal.tee``, in the order lists show them.
-_PACKAGES = ("tdx", "tdx.sgx", "snp", "tpm", "mock_tdx", "sample")
+_PACKAGES = ("tdx", "tdx.sgx", "snp", "tpm", "nvidia", "mock_tdx", "sample")
 
 
 def _load(packages: Iterable[str]) -> dict[str, TeePlugin]:

@@ -127,5 +127,5 @@ def test_kbs_serve_takes_every_verifier_option() -> None:
 
 def test_help_names_the_kinds_reading_an_option() -> None:
     by_name = {spec.name: spec for spec in registry.options() + registry.attester_options()}
-    assert registry.kinds_reading(by_name["collateral"]) == ("tdx", "sgx", "mock-tdx")
+    assert registry.kinds_reading(by_name["collateral"]) == ("tdx", "sgx", "nvidia", "mock-tdx")
     assert registry.kinds_reading(by_name["mock_tdx_dir"]) == ("mock-tdx",)

@@ -1,0 +1,175 @@
+"""Certificate chains of NVIDIA evidence: the GPU's device chain and the RIM signing chain.
+
+Both are verified with ``cryptography``'s X.509 path validation up to a root pinned in
+this package (``roots/device_root.pem``: NVIDIA Device Identity CA; ``roots/rim_root.pem``:
+NVIDIA CoRIM signing Root CA), at the verification time given. A chain sent with the
+evidence contributes intermediates only: a root it carries must be the pinned root itself.
+Revocation comes from an offline bundle of CRLs; a CRL counts only when the certificate's
+issuer signed it, so a forged CRL can never un-revoke anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from itertools import pairwise
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.x509 import verification
+
+from modelseal.crypto.snp_ecdsa import crl_signed_by, is_p384_key, verify_report_signature
+from modelseal.crypto.x509_pem import parse_certificates, parse_crl
+from modelseal.errors import ConfigError, EvidenceError
+
+#: TCG DICE TcbInfo extension; its last 48 bytes are the firmware ID (FWID) of the GSP FMC.
+DICE_TCB_INFO: Final = x509.ObjectIdentifier("2.23.133.5.4.1")
+FWID_SIZE: Final = 48
+#: A chain longer than this is refused before any signature is checked.
+MAX_CHAIN: Final = 8
+#: Revocation bundle files larger than this are refused.
+MAX_BUNDLE_FILE: Final = 4 * 1024 * 1024
+MAX_BUNDLE_FILES: Final = 256
+
+
+@cache
+def pinned(name: str) -> x509.Certificate:
+    """A packaged root (``device_root`` or ``rim_root``), checked to be self-signed."""
+    data = resources.files("modelseal.tee.nvidia").joinpath(f"roots/{name}.pem").read_bytes()
+    root = parse_certificates(data)[0]
+    root.verify_directly_issued_by(root)
+    return root
+
+
+def load_chain(data: bytes, what: str) -> list[x509.Certificate]:
+    """A PEM chain (leaf first) from untrusted bytes; ``EvidenceError`` when malformed."""
+    if data.count(b"-----BEGIN") > MAX_CHAIN:
+        raise EvidenceError(f"{what} has more than {MAX_CHAIN} certificates")
+    try:
+        return parse_certificates(data)
+    except ValueError as exc:
+        raise EvidenceError(f"{what} is not a PEM certificate chain") from exc
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """CRLs read from an offline bundle (file or directory)."""
+
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+
+    @classmethod
+    def load(cls, path: str | Path) -> Revocation:
+        root = Path(path)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        if len(files) > MAX_BUNDLE_FILES:
+            raise ConfigError(f"revocation bundle {root} has more than {MAX_BUNDLE_FILES} files")
+        crls = []
+        for file in files:
+            if file.stat().st_size > MAX_BUNDLE_FILE:
+                raise ConfigError(f"revocation bundle: {file} is too large to be a CRL")
+            try:
+                crls.append(parse_crl(file.read_bytes()))
+            except ValueError as exc:
+                raise ConfigError(f"revocation bundle: {file} is not a DER/PEM CRL") from exc
+        return cls(tuple(crls))
+
+    def check(self, chain: Sequence[x509.Certificate], what: str, now: float) -> None:
+        """``EvidenceError`` if a CRL its issuer signed, current at ``now``, lists a
+        certificate of the (verified, leaf-first) chain."""
+        when = dt.datetime.fromtimestamp(now, dt.UTC)
+        for cert, issuer in pairwise(chain):
+            for crl in self.crls:
+                try:
+                    if crl.issuer != issuer.subject or not crl_signed_by(crl, issuer):
+                        continue
+                except (ValueError, TypeError):  # a malformed name (pyca parses lazily)
+                    continue
+                upcoming = crl.next_update_utc
+                if upcoming is not None and upcoming <= when:
+                    raise EvidenceError(
+                        f"the CRL of {_cn(issuer)} for the {what} expired at "
+                        f"{upcoming.isoformat()}; refresh the revocation bundle"
+                    )
+                if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                    raise EvidenceError(f"{what} certificate {_cn(cert)} is revoked")
+
+
+def _cn(cert: x509.Certificate) -> str:
+    try:
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except (ValueError, TypeError):
+        return "?"
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    root: x509.Certificate,
+    *,
+    now: float,
+    what: str,
+    extra_intermediates: Iterable[x509.Certificate] = (),
+) -> list[x509.Certificate]:
+    """Path-validate ``chain[0]`` to ``root`` at ``now``; returns the verified chain
+    (leaf first, root last). A certificate in ``chain`` that claims to be self-signed
+    must be ``root``."""
+    if not chain:
+        raise EvidenceError(f"{what} is empty")
+    if len(chain) > MAX_CHAIN:
+        raise EvidenceError(f"{what} has more than {MAX_CHAIN} certificates")
+    leaf, rest = chain[0], [*chain[1:], *extra_intermediates]
+    for cert in rest:
+        if cert.subject == cert.issuer and cert != root:
+            raise EvidenceError(f"{what} ends at {_cn(cert)}, not the pinned root {_cn(root)}")
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store([root]))
+        .time(dt.datetime.fromtimestamp(now, dt.UTC))
+        .max_chain_depth(MAX_CHAIN)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+            ee_policy=verification.ExtensionPolicy.permit_all(),
+        )
+    )
+    try:
+        verified = builder.build_client_verifier().verify(leaf, rest)
+    except verification.VerificationError as exc:
+        raise EvidenceError(
+            f"{what} does not chain to the pinned root {_cn(root)} at the verification time "
+            f"({str(exc)[:160]})"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise EvidenceError(f"{what} has a malformed certificate ({str(exc)[:120]})") from None
+    return list(verified.chain)
+
+
+def fwid(cert: x509.Certificate) -> bytes:
+    """The FWID the GPU's leaf certificate binds (the last 48 bytes of its DICE TcbInfo
+    extension, whose value ends with that OCTET STRING)."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(DICE_TCB_INFO)
+    except x509.ExtensionNotFound:
+        raise EvidenceError(
+            "the GPU signing certificate has no FWID (DICE TcbInfo extension): the chain "
+            "must start with the certificate that signed the report"
+        ) from None
+    value = ext.value
+    raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
+    if len(raw) < FWID_SIZE + 2 or raw[-FWID_SIZE - 2 : -FWID_SIZE] != bytes([0x04, FWID_SIZE]):
+        raise EvidenceError("the GPU signing certificate's DICE TcbInfo has no 48-byte FWID")
+    return bytes(raw[-FWID_SIZE:])
+
+
+def verify_signature(cert: x509.Certificate, message: bytes, signature: bytes) -> None:
+    """ECDSA P-384 / SHA-384 over ``message``; ``signature`` is r || s, big-endian."""
+    if not is_p384_key(cert):
+        raise EvidenceError("the GPU signing certificate's key is not ECDSA P-384")
+    half = len(signature) // 2
+    if len(signature) != 96 or not verify_report_signature(
+        cert, message, signature[:half][::-1], signature[half:][::-1]
+    ):
+        raise EvidenceError("NVIDIA report signature is invalid under the GPU signing certificate")

@@ -1,0 +1,90 @@
+"""``modelseal evidence verify --tee nvidia`` on the real Hopper reports, through the real
+entry point: claims JSON on success, exit 4 with the reason otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.unit.cli.test_evidence import _run
+from tests.unit.tee.nvidia.conftest import COCO, NOW, NV, SAMPLE, Pair
+
+
+def _argv(report: Path, chain: Path, *extra: str) -> list[str]:
+    return [
+        "evidence",
+        "verify",
+        "--tee",
+        "nvidia",
+        "--evidence",
+        str(report),
+        "--collateral",
+        str(chain),
+        "--at",
+        str(NOW),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("pair", [SAMPLE, COCO], ids=["sample", "coco"])
+def test_both_reports_print_their_claims(pair: Pair, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(pair.report_file, pair.chain_file, "--nonce", pair.nonce), capsys)
+    assert code == 0, err
+    claims = json.loads(out)
+    assert claims["tee"] == "nvidia"
+    assert claims["report_data_checked"] is True
+    assert claims["extra"]["driver_version"] == pair.driver
+    assert claims["extra"]["vbios_version"] == pair.vbios
+    assert claims["extra"]["config"]["fwid"] == pair.fwid
+
+
+def test_sample_claims_are_trustees(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(SAMPLE.report_file, SAMPLE.chain_file), capsys)
+    assert code == 0, err
+    claims = json.loads(out)
+    assert claims["report_data_checked"] is False  # the report's own nonce, unchecked
+    expected = json.loads((NV / "hopperAttestationReport-claims.txt").read_text())
+    assert claims["measurements"] == expected["measurements"]
+    assert claims["extra"]["config"] == expected["config"]
+
+
+def test_flipped_last_signed_byte_exits_4(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = bytearray(SAMPLE.report)
+    raw[SAMPLE.signed_end - 1] ^= 1
+    report = tmp_path / "report.txt"
+    report.write_text(raw.hex())
+    code, out, err = _run(_argv(report, SAMPLE.chain_file, "--nonce", SAMPLE.nonce), capsys)
+    assert (code, out) == (4, "")
+    assert "signature is invalid" in err
+
+
+def test_wrong_nonce_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
+    nonce = SAMPLE.nonce[:-2] + ("00" if SAMPLE.nonce[-2:] != "00" else "01")
+    code, out, err = _run(_argv(SAMPLE.report_file, SAMPLE.chain_file, "--nonce", nonce), capsys)
+    assert (code, out) == (4, "")
+    assert "binding mismatch" in err
+
+
+@pytest.mark.parametrize(
+    "chain",
+    ["hopper_cert_chain_case2.txt", "hopper_cert_chain_case3.txt", "hopper_coco_certs1.txt"],
+)
+def test_bad_chains_exit_4(chain: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(SAMPLE.report_file, NV / chain, "--nonce", SAMPLE.nonce), capsys)
+    assert (code, out) == (4, "")
+    assert err.strip()
+
+
+def test_nonce_and_report_data_together_are_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = _run(
+        _argv(SAMPLE.report_file, SAMPLE.chain_file, "--nonce", "00", "--report-data", "00"),
+        capsys,
+    )
+    assert code == 2
+    assert "not both" in err
