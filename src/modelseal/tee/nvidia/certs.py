@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509 import verification
 
 from modelseal.crypto.snp_ecdsa import crl_signed_by, is_p384_key, verify_report_signature
@@ -145,6 +146,46 @@ def verify_chain(
     except (ValueError, TypeError) as exc:
         raise EvidenceError(f"{what} has a malformed certificate ({str(exc)[:120]})") from None
     return list(verified.chain)
+
+
+def verify_links(
+    chain: Sequence[x509.Certificate], root: x509.Certificate, *, now: float, what: str
+) -> list[x509.Certificate]:
+    """Link-by-link validation of ``chain`` (leaf first) to ``root`` at ``now``.
+
+    For NVIDIA's RIM signing chains, whose certificates encode validity dates before 2050
+    as GeneralizedTime: RFC 5280 requires UTCTime there, and ``cryptography``'s path
+    validation refuses them. Each certificate must be directly issued (signature checked)
+    by the next, valid at ``now``, every issuer a CA allowed to sign certificates, and the
+    chain must end at ``root`` (appended when the chain stops just below it).
+    """
+    if not chain or len(chain) > MAX_CHAIN:
+        raise EvidenceError(f"{what} is empty or longer than {MAX_CHAIN} certificates")
+    links = list(chain)
+    if links[-1] != root:
+        links.append(root)
+    when = dt.datetime.fromtimestamp(now, dt.UTC)
+    for cert, issuer in pairwise(links):
+        if cert.subject == cert.issuer:
+            raise EvidenceError(f"{what} ends at {_cn(cert)}, not the pinned root {_cn(root)}")
+        try:
+            cert.verify_directly_issued_by(issuer)
+            constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+            usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            raise EvidenceError(f"{what}: {_cn(cert)} is not signed by {_cn(issuer)}") from None
+        except x509.ExtensionNotFound:
+            raise EvidenceError(f"{what}: {_cn(issuer)} is not a certificate authority") from None
+        if not constraints.ca or not usage.key_cert_sign:
+            raise EvidenceError(f"{what}: {_cn(issuer)} is not a certificate authority")
+    for cert in links:
+        if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+            raise EvidenceError(
+                f"{what} does not chain to the pinned root {_cn(root)} at the verification "
+                f"time: {_cn(cert)} is valid {cert.not_valid_before_utc.date()} .. "
+                f"{cert.not_valid_after_utc.date()}"
+            )
+    return links
 
 
 def fwid(cert: x509.Certificate) -> bytes:

@@ -5,8 +5,9 @@ A driver RIM and a VBIOS RIM each list ``Resource`` elements (0-based ``index``,
 ``Payload``; ``Meta@colloquialVersion`` names the driver or VBIOS version it describes.
 The tag carries an enveloped XML-DSig signature whose ``KeyInfo`` holds the signing chain.
 
-Checks, in order: the signing chain (leaf first, as the tag lists it) validates to the
-pinned RIM root at the verification time (and against the CRL bundle, when given); the
+Checks, in order: the signing chain (leaf first, as the tag lists it) validates link by
+link to the pinned RIM root at the verification time (see ``certs.verify_links`` for why
+not RFC 5280 path validation) (and against the CRL bundle, when given); the
 XML-DSig signature verifies under that leaf (``signxml``, only ECDSA/RSA with SHA-2 or
 SHA-3); only the elements the signature covers are read. Then each active golden value
 must equal the report's measurement at block ``index + 1`` (one of its alternatives, of
@@ -155,7 +156,7 @@ def verify_rim(
 
     chain = _signing_chain(rim.data)
     what = f"RIM {rim.path.name} signing chain"
-    verified_chain = certs.verify_chain(chain, root, now=now, what=what)
+    verified_chain = certs.verify_links(chain, root, now=now, what=what)
     if revocation is not None:
         revocation.check(verified_chain, what, now)
     config = SignatureConfiguration(
