@@ -14,7 +14,7 @@ from modelseal.errors import EvidenceError
 from modelseal.tee.nvidia import NvidiaConfig, certs
 from modelseal.tee.nvidia.evidence import build_device, build_evidence
 from modelseal.tee.nvidia.report import parse_report
-from modelseal.tee.nvidia.rim import RimFile, RimStore, load_rims, verify_rim
+from modelseal.tee.nvidia.rim import RimStore, load_rims, verify_rim
 from modelseal.tee.nvidia.verifier import Verifier
 from tests.conftest import ATTESTATION_VECTORS
 from tests.unit.cli.test_evidence import _run
@@ -78,7 +78,7 @@ def test_mismatch_in_the_last_byte(tmp_path: Path, ca: RimCA) -> None:
     value = bytearray(parse_report(SAMPLE.report).measurements[12])
     value[-1] ^= 1
     rims = _rim_dir(tmp_path, ca, SAMPLE, driver_11=bytes(value))
-    with pytest.raises(EvidenceError, match="GPU measurement 12 .* does not match RIM driver"):
+    with pytest.raises(EvidenceError, match=r"GPU measurement 12 .* does not match RIM driver"):
         _verify(_verifier(rims, ca, tmp_path), SAMPLE)
 
 
@@ -158,7 +158,7 @@ def test_real_vbios_rim_verifies_and_reports_its_mismatch() -> None:
     assert verified.signer == "HCC RIM L4 Signer"
     assert len(verified.golden) == 12
     store = RimStore(rims, certs.pinned("rim_root"))
-    with pytest.raises(EvidenceError, match="GPU measurement 10 .* 1010_0200_882_960074001A"):
+    with pytest.raises(EvidenceError, match=r"GPU measurement 10 .* 1010_0200_882_960074001A"):
         store.check(parse_report(COCO.report), NOW)
 
 
