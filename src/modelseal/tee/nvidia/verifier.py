@@ -42,6 +42,8 @@ from modelseal.tee.plugin import KindConfig
 
 #: Evidence documents larger than this are refused before parsing.
 MAX_EVIDENCE = 16 * (4 * MAX_REPORT + 16 * 1024)
+#: Verified device chains remembered (one per GPU a KBS sees; oldest dropped first).
+CHAIN_CACHE = 256
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -66,6 +68,7 @@ class Verifier(base.Verifier):
         self._chain_pem = chain_pem
         self._rims = rims
         self._revocation = revocation
+        self._chain_cache: dict[bytes, tuple[list[x509.Certificate], float, float]] = {}
 
     def may_block(self) -> bool:
         return False  # local material only
@@ -144,14 +147,7 @@ class Verifier(base.Verifier):
     ) -> tuple[HopperReport, list[x509.Certificate], RimResult | None]:
         """Everything but the nonce: parse, chain, revocation, signature, FWID, RIMs."""
         report = parse_report(raw)
-        supplied = certs.load_chain(chain_pem, "NVIDIA device certificate chain")
-        if len(supplied) < 2:
-            raise EvidenceError(
-                "NVIDIA device certificate chain must hold the signing certificate and its CAs"
-            )
-        chain = certs.verify_chain(
-            supplied, certs.pinned("device_root"), now=now, what="NVIDIA device certificate chain"
-        )
+        chain = self._device_chain(chain_pem, now)
         if self._revocation is not None:
             self._revocation.check(chain, "GPU device", now)
         reported = report.fwid
@@ -160,6 +156,29 @@ class Verifier(base.Verifier):
         certs.verify_signature(chain[0], report.signed_bytes, report.signature)
         rim = self._rims.check(report, now) if self._rims is not None else None
         return report, chain, rim
+
+
+    def _device_chain(self, chain_pem: bytes, now: float) -> list[x509.Certificate]:
+        """The verified device chain; a chain verified before is reused while ``now`` lies
+        in every certificate's validity (path validation depends on nothing else), which
+        saves four ECDSA verifications per report from the same GPU."""
+        hit = self._chain_cache.get(chain_pem)
+        if hit is not None and hit[1] <= now <= hit[2]:
+            return hit[0]
+        supplied = certs.load_chain(chain_pem, "NVIDIA device certificate chain")
+        if len(supplied) < 2:
+            raise EvidenceError(
+                "NVIDIA device certificate chain must hold the signing certificate and its CAs"
+            )
+        chain = certs.verify_chain(
+            supplied, certs.pinned("device_root"), now=now, what="NVIDIA device certificate chain"
+        )
+        start = max(c.not_valid_before_utc.timestamp() for c in chain)
+        end = min(c.not_valid_after_utc.timestamp() for c in chain)
+        if len(self._chain_cache) >= CHAIN_CACHE:
+            self._chain_cache.pop(next(iter(self._chain_cache)))
+        self._chain_cache[chain_pem] = (chain, start, end)
+        return chain
 
 
 def build_claims(
