@@ -52,7 +52,7 @@ def measure() -> list[tuple[str, float]]:
             (
                 f"{name} warm",
                 _median_ms(lambda: warm.verify(evidence, expected_report_data=nonce, now=NOW)),
-            )  # noqa: B023
+            )
         )
         out.append(
             (
