@@ -48,21 +48,12 @@ def measure() -> list[tuple[str, float]]:
         )
         nonce = raw[4:36]
         warm = Verifier()
-        out.append(
-            (
-                f"{name} warm",
-                _median_ms(lambda: warm.verify(evidence, expected_report_data=nonce, now=NOW)),
-            )
-        )
-        out.append(
-            (
-                f"{name} cold chain",
-                _median_ms(
-                    lambda: Verifier().verify(evidence, expected_report_data=nonce, now=NOW),  # noqa: B023
-                    runs=50,
-                ),
-            )
-        )
+
+        def run(verifier: Verifier, ev: object = evidence, nonce: bytes = nonce) -> object:
+            return verifier.verify(ev, expected_report_data=nonce, now=NOW)
+
+        out.append((f"{name} warm", _median_ms(lambda run=run: run(warm))))
+        out.append((f"{name} cold chain", _median_ms(lambda run=run: run(Verifier()), runs=50)))
     return out
 
 
