@@ -52,7 +52,7 @@ def measure() -> list[tuple[str, float]]:
         def run(verifier: Verifier, ev: object = evidence, nonce: bytes = nonce) -> object:
             return verifier.verify(ev, expected_report_data=nonce, now=NOW)
 
-        out.append((f"{name} warm", _median_ms(lambda run=run: run(warm))))
+        out.append((f"{name} warm", _median_ms(lambda run=run, warm=warm: run(warm))))
         out.append((f"{name} cold chain", _median_ms(lambda run=run: run(Verifier()), runs=50)))
     return out
 
