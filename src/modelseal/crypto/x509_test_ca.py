@@ -27,6 +27,7 @@ from modelseal.errors import ConfigError
 
 __all__ = [
     "P256Key",
+    "P384Key",
     "cert_der",
     "cert_pem",
     "issue_certificate",
@@ -92,6 +93,25 @@ class P256Key:
     @property
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         return self._key
+
+
+class P384Key(P256Key):
+    """An ECDSA P-384 key signing SHA-384 with raw ``r || s`` (48 + 48 bytes), as an SPDM
+    responder (a test GPU) signs its measurement reports."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        if not isinstance(key.curve, ec.SECP384R1):
+            raise ConfigError("expected a P-384 key")
+        self._key = key
+
+    @classmethod
+    def generate(cls) -> P384Key:
+        return cls(ec.generate_private_key(ec.SECP384R1()))
+
+    def sign_raw(self, data: bytes) -> bytes:
+        """ECDSA-SHA384 signature as fixed-size ``r || s``."""
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA384())))
+        return r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
 
 def verify_raw_p256(public_xy: bytes, data: bytes, signature: bytes) -> bool:

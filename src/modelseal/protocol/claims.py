@@ -26,10 +26,14 @@ class Claims:
     init_data: Mapping[str, str] = field(default_factory=dict)
     insecure: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Claims of device TEEs (GPUs) verified in the same attestation, bound to the same
+    #: session: composite evidence. Empty for a CPU TEE alone.
+    devices: tuple[Claims, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe form (bytes as hex) for tokens, the audit log and ``evidence verify``."""
-        return {
+        """JSON-safe form (bytes as hex) for tokens, the audit log and ``evidence verify``;
+        ``devices`` appears only when the attestation carried device evidence."""
+        out: dict[str, Any] = {
             "tee": self.tee,
             "debug": self.debug,
             "tcb_status": self.tcb_status,
@@ -41,3 +45,6 @@ class Claims:
             "insecure": self.insecure,
             "extra": dict(self.extra),
         }
+        if self.devices:
+            out["devices"] = [d.to_json() for d in self.devices]
+        return out

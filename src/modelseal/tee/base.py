@@ -120,6 +120,12 @@ class Verifier(abc.ABC):
             ) from exc
 
     @classmethod
+    def split_devices(cls, evidence: EvidenceJSON) -> list[EvidenceJSON]:
+        """One document per device, for a device kind whose evidence lists several
+        (each is verified, bound and reported on its own); other kinds: the evidence."""
+        return [evidence]
+
+    @classmethod
     def own_report_data(cls, evidence: EvidenceJSON) -> bytes | None:
         """The report data the evidence carries, for checking it without a known binding
         (``evidence verify`` without ``--report-data``); None when it cannot be read

@@ -24,6 +24,11 @@ RIM_ROOT = OptionSpec(
     "nvidia_rim_root",
     "PEM root the RIM signing chains must end at (default: NVIDIA's pinned CoRIM root).",
 )
+DEVICE_ROOT = OptionSpec(
+    "nvidia_device_root",
+    "PEM root the GPU device chains must end at instead of NVIDIA's pinned Device Identity "
+    "CA (labs and tests with their own device CA).",
+)
 REVOCATION = OptionSpec(
     "nvidia_revocation",
     "offline CRL bundle (file or directory) for the GPU device and RIM certificate chains.",
@@ -38,13 +43,15 @@ class NvidiaConfig(KindConfig):
     collateral: str | None = option(COLLATERAL)
     rim: str | None = option(RIM)
     rim_root: str | None = option(RIM_ROOT)
+    device_root: str | None = option(DEVICE_ROOT)
     revocation: str | None = option(REVOCATION)
 
 
 PLUGIN = TeePlugin(
     name=NvidiaConfig.kind,
-    attester_module=None,
+    attester_module=f"{__name__}.attester",
     verifier_module=f"{__name__}.verifier",
     config=NvidiaConfig,
+    device=True,
     summary="NVIDIA Hopper GPU (SPDM measurement reports, device evidence)",
 )

@@ -64,7 +64,9 @@ class Verifier(base.Verifier):
         chain_pem: bytes | None = None,
         rims: RimStore | None = None,
         revocation: certs.Revocation | None = None,
+        device_root: x509.Certificate | None = None,
     ) -> None:
+        self._device_root = device_root or certs.pinned("device_root")
         self._chain_pem = chain_pem
         self._rims = rims
         self._revocation = revocation
@@ -80,19 +82,19 @@ class Verifier(base.Verifier):
         revocation = certs.Revocation.load(config.revocation) if config.revocation else None
         rims = None
         if config.rim:
-            root = certs.pinned("rim_root")
-            if config.rim_root:
-                try:
-                    root = certs.load_chain(_read(config.rim_root), "--nvidia-rim-root")[0]
-                except EvidenceError as exc:
-                    raise ConfigError(str(exc)) from None
+            root = _root(config.rim_root, "--nvidia-rim-root") or certs.pinned("rim_root")
             rims = RimStore(load_rims(config.rim), root, revocation)
         chain = None
         if config.collateral:
             data = _read(config.collateral)
             # --collateral is shared with the DCAP kinds: only a PEM chain is read as ours
             chain = data if b"-----BEGIN CERTIFICATE-----" in data else None
-        return cls(chain_pem=chain, rims=rims, revocation=revocation)
+        return cls(
+            chain_pem=chain,
+            rims=rims,
+            revocation=revocation,
+            device_root=_root(config.device_root, "--nvidia-device-root"),
+        )
 
     @classmethod
     def evidence_from_file(cls, raw: bytes) -> Any:
@@ -157,7 +159,6 @@ class Verifier(base.Verifier):
         rim = self._rims.check(report, now) if self._rims is not None else None
         return report, chain, rim
 
-
     def _device_chain(self, chain_pem: bytes, now: float) -> list[x509.Certificate]:
         """The verified device chain; a chain verified before is reused while ``now`` lies
         in every certificate's validity (path validation depends on nothing else), which
@@ -171,7 +172,7 @@ class Verifier(base.Verifier):
                 "NVIDIA device certificate chain must hold the signing certificate and its CAs"
             )
         chain = certs.verify_chain(
-            supplied, certs.pinned("device_root"), now=now, what="NVIDIA device certificate chain"
+            supplied, self._device_root, now=now, what="NVIDIA device certificate chain"
         )
         start = max(c.not_valid_before_utc.timestamp() for c in chain)
         end = min(c.not_valid_after_utc.timestamp() for c in chain)
@@ -229,3 +230,13 @@ def _read(path: str) -> bytes:
         return file.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _root(path: str | None, flag: str) -> x509.Certificate | None:
+    """The first certificate of a configured PEM root file, or None when not configured."""
+    if not path:
+        return None
+    try:
+        return certs.load_chain(_read(path), flag)[0]
+    except EvidenceError as exc:
+        raise ConfigError(str(exc)) from None
