@@ -160,3 +160,14 @@ def test_gpu_contradicting_its_rim_fails_attestation(env: Env) -> None:
 def test_gpu_report_from_an_untrusted_device_ca_fails_attestation(env: Env) -> None:
     with _client(env, FakeNvml([MockGpu()])) as client, pytest.raises(AttestationError):
         client.get_resource(GPU_KEY)
+
+
+def test_eight_gpus_in_one_attestation(env: Env) -> None:
+    """An 8-GPU board: eight reports in the additional evidence, eight submods in a token
+    that still travels as a bearer header."""
+    with _client(env, FakeNvml([env.gpu] * 8)) as client:
+        assert client.get_resource(GPU_KEY).reveal() == DEK
+        token = client._auth.token
+    assert token is not None
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert sorted(payload["submods"]) == ["cpu0", *(f"gpu{i}" for i in range(8))]

@@ -42,6 +42,8 @@ from modelseal.tee.plugin import KindConfig
 
 #: Evidence documents larger than this are refused before parsing.
 MAX_EVIDENCE = 16 * (4 * MAX_REPORT + 16 * 1024)
+#: A device chain file (five PEM certificates are about 5 KiB).
+MAX_CHAIN_FILE = 64 * 1024
 #: Verified device chains remembered (one per GPU a KBS sees; oldest dropped first).
 CHAIN_CACHE = 256
 
@@ -84,13 +86,8 @@ class Verifier(base.Verifier):
         if config.rim:
             root = _root(config.rim_root, "--nvidia-rim-root") or certs.pinned("rim_root")
             rims = RimStore(load_rims(config.rim), root, revocation)
-        chain = None
-        if config.collateral:
-            data = _read(config.collateral)
-            # --collateral is shared with the DCAP kinds: only a PEM chain is read as ours
-            chain = data if b"-----BEGIN CERTIFICATE-----" in data else None
         return cls(
-            chain_pem=chain,
+            chain_pem=_own_chain(config.collateral),
             rims=rims,
             revocation=revocation,
             device_root=_root(config.device_root, "--nvidia-device-root"),
@@ -240,3 +237,20 @@ def _root(path: str | None, flag: str) -> x509.Certificate | None:
         return certs.load_chain(_read(path), flag)[0]
     except EvidenceError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _own_chain(path: str | None) -> bytes | None:
+    """The device chain a bare report is verified with, from ``--collateral``. The option
+    is shared with the DCAP kinds (a collateral bundle directory or JSON file there), so
+    only a small file holding PEM certificates is read as a chain; anything else is the
+    other kinds' material and ignored here."""
+    if not path:
+        return None
+    file = Path(path)
+    try:
+        if not file.is_file() or file.stat().st_size > MAX_CHAIN_FILE:
+            return None
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return data if b"-----BEGIN CERTIFICATE-----" in data else None
