@@ -171,3 +171,26 @@ def test_eight_gpus_in_one_attestation(env: Env) -> None:
     assert token is not None
     payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert sorted(payload["submods"]) == ["cpu0", *(f"gpu{i}" for i in range(8))]
+
+
+def test_loader_attests_as_mock_tdx_plus_nvidia(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader's own path: ``--tee mock-tdx+nvidia`` builds the CPU attester and the
+    NVML attester (``pynvml`` is the fake here) and sends composite evidence."""
+    import sys
+
+    from modelseal.loader.attest import release_key, resolve_tee
+    from modelseal.loader.settings import LoaderSettings
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([env.gpu]))
+    settings = LoaderSettings(
+        model="http://127.0.0.1:9/models/m", tee="mock-tdx+nvidia", mock_tdx_dir=env.tdx_dir
+    )
+    assert resolve_tee(settings) == "mock-tdx+nvidia"
+    release = release_key(settings, env.url, GPU_KEY)
+    assert release.dek.reveal() == DEK
+    assert release.tee == "mock-tdx"
+    plain = LoaderSettings(
+        model="http://127.0.0.1:9/models/m", tee="mock-tdx", mock_tdx_dir=env.tdx_dir
+    )
+    with pytest.raises(PolicyDenied):
+        release_key(plain, env.url, GPU_KEY)

@@ -88,3 +88,17 @@ def test_nonce_and_report_data_together_are_a_usage_error(
     )
     assert code == 2
     assert "not both" in err
+
+
+def test_composite_tee_values_of_load() -> None:
+    import click
+
+    from modelseal.cli._tee_options import composite_tee_choice
+
+    choice = composite_tee_choice(["tdx", "mock-tdx", "nvidia"], "auto")
+    assert choice.convert("tdx+nvidia", None, None) == "tdx+nvidia"
+    assert choice.convert("auto+nvidia", None, None) == "auto+nvidia"
+    assert choice.convert("tdx", None, None) == "tdx"
+    for bad in ("nvidia+tdx", "tdx+mock-tdx", "tdx+gpu", "tdx+nvidia+nvidia"):
+        with pytest.raises(click.BadParameter):
+            choice.convert(bad, None, None)
