@@ -102,3 +102,33 @@ def test_composite_tee_values_of_load() -> None:
     for bad in ("nvidia+tdx", "tdx+mock-tdx", "tdx+gpu", "tdx+nvidia+nvidia"):
         with pytest.raises(click.BadParameter):
             choice.convert(bad, None, None)
+
+
+def test_attest_nvidia_prints_device_evidence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``modelseal attest --tee nvidia`` over NVML (a fake here), then ``evidence verify``
+    of what it printed against the test device root."""
+    import sys
+
+    from modelseal.crypto.x509_pem import cert_pem
+    from tests.unit.tee.nvidia.fakenvml import FakeNvml
+    from tests.unit.tee.nvidia.mockgpu import MockGpu
+
+    gpu = MockGpu()
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([gpu]))
+    nonce = "5a" * 32
+    code, out, err = _run(["attest", "--tee", "nvidia", "--report-data", nonce], capsys)
+    assert code == 0, err
+    evidence = tmp_path / "gpu.json"
+    evidence.write_text(out)
+    root = tmp_path / "root.pem"
+    root.write_bytes(cert_pem(gpu.root))
+    verify = ["evidence", "verify", "--tee", "nvidia", "--evidence", str(evidence)]
+    code, out, err = _run([*verify, "--nvidia-device-root", str(root), "--nonce", nonce], capsys)
+    assert code == 0, err
+    assert json.loads(out)["extra"]["cc_mode"] == "on"
+    # the pinned NVIDIA root does not accept the test GPU
+    code, out, err = _run([*verify, "--nonce", nonce], capsys)
+    assert (code, out) == (4, "")
+    assert "not the pinned root" in err or "does not chain" in err

@@ -186,3 +186,17 @@ def test_several_devices_are_split_not_verified_at_once() -> None:
     assert len(parts) == 2
     for part in parts:
         Verifier().verify(part, expected_report_data=bytes.fromhex(SAMPLE.nonce), now=NOW)
+
+
+def test_a_cached_chain_is_checked_again_outside_its_validity() -> None:
+    from tests.unit.tee.nvidia.mockgpu import MockGpu
+
+    gpu = MockGpu()
+    verifier = Verifier(device_root=gpu.root)
+    nonce = bytes(32)
+    evidence = build_evidence([build_device(gpu.report(nonce), gpu.chain_pem)])
+    now = gpu.leaf.not_valid_before_utc.timestamp() + 60
+    assert verifier.verify(evidence, expected_report_data=nonce, now=now)
+    later = gpu.leaf.not_valid_after_utc.timestamp() + 1
+    with pytest.raises(EvidenceError, match="does not chain"):
+        verifier.verify(evidence, expected_report_data=nonce, now=later)
