@@ -32,6 +32,7 @@ __all__ = [
     "cert_pem",
     "issue_certificate",
     "issue_crl",
+    "issue_ocsp_response",
     "load_certificate",
     "pem_to_der",
     "verify_raw_p256",
@@ -238,3 +239,30 @@ def issue_crl(
         )
     crl = builder.sign(issuer_key.private_key, hashes.SHA256())
     return crl.public_bytes(serialization.Encoding.DER)
+
+
+def issue_ocsp_response(
+    *,
+    issuer_key: P256Key,
+    issuer_cert: x509.Certificate,
+    cert: x509.Certificate,
+    revoked: bool,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+) -> bytes:
+    """A DER OCSP response by the issuer itself: ``cert`` good or revoked (SHA-1 cert id)."""
+    from cryptography.x509 import ocsp
+
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert,
+        issuer=issuer_cert,
+        algorithm=hashes.SHA1(),
+        cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
+        this_update=this_update,
+        next_update=next_update,
+        revocation_time=this_update if revoked else None,
+        revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+    )
+    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer_cert)
+    response = builder.sign(issuer_key.private_key, hashes.SHA256())
+    return response.public_bytes(serialization.Encoding.DER)

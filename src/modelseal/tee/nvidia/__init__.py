@@ -31,7 +31,8 @@ DEVICE_ROOT = OptionSpec(
 )
 REVOCATION = OptionSpec(
     "nvidia_revocation",
-    "offline CRL bundle (file or directory) for the GPU device and RIM certificate chains.",
+    "offline bundle of CRLs and OCSP responses (file or directory) for the GPU device and "
+    "RIM certificate chains.",
 )
 
 

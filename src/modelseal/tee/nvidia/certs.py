@@ -4,8 +4,8 @@ Both are verified with ``cryptography``'s X.509 path validation up to a root pin
 this package (``roots/device_root.pem``: NVIDIA Device Identity CA; ``roots/rim_root.pem``:
 NVIDIA CoRIM signing Root CA), at the verification time given. A chain sent with the
 evidence contributes intermediates only: a root it carries must be the pinned root itself.
-Revocation comes from an offline bundle of CRLs; a CRL counts only when the certificate's
-issuer signed it, so a forged CRL can never un-revoke anything.
+Revocation comes from an offline bundle of CRLs and OCSP responses; either counts only
+when the certificate's issuer (or, for OCSP, a responder it delegated to) signed it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509 import verification
+from cryptography.x509 import ocsp, verification
 
+from modelseal.crypto.ocsp import ocsp_signed_by_issuer
 from modelseal.crypto.snp_ecdsa import crl_signed_by, is_p384_key, verify_report_signature
 from modelseal.crypto.x509_pem import parse_certificates, parse_crl
 from modelseal.errors import ConfigError, EvidenceError
@@ -58,9 +59,10 @@ def load_chain(data: bytes, what: str) -> list[x509.Certificate]:
 
 @dataclass(frozen=True)
 class Revocation:
-    """CRLs read from an offline bundle (file or directory)."""
+    """CRLs and OCSP responses read from an offline bundle (file or directory)."""
 
     crls: tuple[x509.CertificateRevocationList, ...] = ()
+    responses: tuple[ocsp.OCSPResponse, ...] = ()
 
     @classmethod
     def load(cls, path: str | Path) -> Revocation:
@@ -68,15 +70,25 @@ class Revocation:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         if len(files) > MAX_BUNDLE_FILES:
             raise ConfigError(f"revocation bundle {root} has more than {MAX_BUNDLE_FILES} files")
-        crls = []
+        crls, responses = [], []
         for file in files:
             if file.stat().st_size > MAX_BUNDLE_FILE:
                 raise ConfigError(f"revocation bundle: {file} is too large to be a CRL")
+            data = file.read_bytes()
             try:
-                crls.append(parse_crl(file.read_bytes()))
+                crls.append(parse_crl(data))
+                continue
+            except ValueError:
+                pass
+            try:
+                response = ocsp.load_der_ocsp_response(data)
             except ValueError as exc:
-                raise ConfigError(f"revocation bundle: {file} is not a DER/PEM CRL") from exc
-        return cls(tuple(crls))
+                raise ConfigError(
+                    f"revocation bundle: {file} is neither a CRL nor an OCSP response"
+                ) from exc
+            if response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
+                responses.append(response)
+        return cls(tuple(crls), tuple(responses))
 
     def check(self, chain: Sequence[x509.Certificate], what: str, now: float) -> None:
         """``EvidenceError`` if a CRL its issuer signed, current at ``now``, lists a
@@ -97,6 +109,29 @@ class Revocation:
                     )
                 if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                     raise EvidenceError(f"{what} certificate {_cn(cert)} is revoked")
+            if self._ocsp_revoked(cert, issuer):
+                raise EvidenceError(f"{what} certificate {_cn(cert)} is revoked (OCSP)")
+
+    def _ocsp_revoked(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        """True if an OCSP response the issuer (or its delegated responder) signed says
+        ``cert`` is revoked. Revocation is final, so a response past its next update still
+        counts; "good" answers only ever fail to revoke. Certificate ids are matched by
+        serial and SHA-1 issuer key hash (the hash OCSP uses in practice)."""
+        key_hash = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest
+        for response in self.responses:
+            try:
+                singles = list(response.responses)
+            except ValueError:
+                continue
+            for single in singles:
+                if (
+                    single.serial_number == cert.serial_number
+                    and single.issuer_key_hash == key_hash
+                    and single.certificate_status is ocsp.OCSPCertStatus.REVOKED
+                    and ocsp_signed_by_issuer(response, issuer)
+                ):
+                    return True
+        return False
 
 
 def _cn(cert: x509.Certificate) -> str:
