@@ -14,7 +14,7 @@ from modelseal.errors import EvidenceError
 from modelseal.tee.nvidia.evidence import build_device, build_evidence
 from modelseal.tee.nvidia.report import parse_report
 from modelseal.tee.nvidia.verifier import Verifier
-from tests.fuzz.harness import Target, json_input, json_mutated, require, run, shared
+from tests.fuzz.harness import Target, json_input, json_mutated, read_vectors, require, run, shared
 
 #: inside the validity of every certificate of both chains
 NOW = 1748736000.0
@@ -69,6 +69,23 @@ def _docs() -> list[Any]:
     ]
 
 
+RIM = shared("nvidia", "nvtrust", "1010_0200_882_960074001A_PROD.swidtag")
+#: the real RIM's signer is valid then
+RIM_NOW = 1748736000.0
+
+
+def _verify_rim(data: bytes) -> object:
+    """A (mutated) real RIM through the whole RIM check against the pinned CoRIM root."""
+    from pathlib import Path
+
+    from modelseal.tee.nvidia.certs import pinned
+    from modelseal.tee.nvidia.rim import RimFile, verify_rim
+
+    return verify_rim(
+        RimFile(Path("fuzz.swidtag"), data, "96.00.74.00.1a"), pinned("rim_root"), now=RIM_NOW
+    )
+
+
 TARGETS = [
     Target("nvidia-report", parse_report, require(lambda: [r for r, _ in _pairs()])),
     Target("nvidia-verify-report", _verify_report, require(lambda: [r for r, _ in _pairs()])),
@@ -79,6 +96,7 @@ TARGETS = [
         require(lambda: [json.dumps(d).encode() for d in _docs()]),
         extra=lambda: json_mutated(_docs()),
     ),
+    Target("nvidia-rim", _verify_rim, require(lambda: read_vectors(RIM)), quick_examples=20),
     Target(
         "nvidia-evidence-file",
         lambda raw: _verify(Verifier.evidence_from_file(raw)),

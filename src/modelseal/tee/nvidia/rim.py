@@ -87,7 +87,7 @@ def _version_of(data: bytes) -> str | None:
 
     try:
         root = etree.fromstring(data, parser=_parser())
-    except etree.XMLSyntaxError:
+    except etree.LxmlError:
         return None
     meta = root.find(f"{SWID}Meta")
     if root.tag != f"{SWID}SoftwareIdentity" or meta is None:
@@ -124,7 +124,7 @@ def _signing_chain(data: bytes) -> list[x509.Certificate]:
 
     try:
         root = etree.fromstring(data, parser=_parser())
-    except etree.XMLSyntaxError as exc:
+    except etree.LxmlError as exc:
         raise EvidenceError("RIM is not well-formed XML") from exc
     out = []
     for element in root.iterfind(
@@ -151,7 +151,7 @@ def verify_rim(
 ) -> VerifiedRim:
     """Chain, signature and signed content of one RIM (see the module docstring)."""
     from lxml import etree
-    from signxml.exceptions import InvalidInput, InvalidSignature
+    from signxml.exceptions import SignXMLException
     from signxml.verifier import SignatureConfiguration, XMLVerifier
 
     chain = _signing_chain(rim.data)
@@ -169,7 +169,8 @@ def verify_rim(
         result = XMLVerifier().verify(
             rim.data, x509_cert=cert_pem(verified_chain[0]).decode(), expect_config=config
         )
-    except (InvalidSignature, InvalidInput, etree.XMLSyntaxError, ValueError) as exc:
+    except (SignXMLException, etree.LxmlError, ValueError) as exc:
+        # LxmlError: also canonicalization failures (C14NError) of a malformed namespace
         raise EvidenceError(
             f"RIM {rim.path.name} signature is invalid ({str(exc)[:120]})"
         ) from None

@@ -14,7 +14,7 @@ from modelseal.errors import EvidenceError
 from modelseal.tee.nvidia import NvidiaConfig, certs
 from modelseal.tee.nvidia.evidence import build_device, build_evidence
 from modelseal.tee.nvidia.report import parse_report
-from modelseal.tee.nvidia.rim import RimStore, load_rims, verify_rim
+from modelseal.tee.nvidia.rim import RimFile, RimStore, load_rims, verify_rim
 from modelseal.tee.nvidia.verifier import Verifier
 from tests.conftest import ATTESTATION_VECTORS
 from tests.unit.cli.test_evidence import _run
@@ -184,3 +184,12 @@ def test_cli_rim_dir(tmp_path: Path, ca: RimCA, capsys: pytest.CaptureFixture[st
     code, out, err = _run(argv, capsys)
     assert (code, out) == (4, "")
     assert "does not match RIM driver.swidtag" in err
+
+
+def test_a_rim_that_cannot_be_canonicalized() -> None:
+    """Found by fuzzing: a relative namespace URI makes canonicalization fail inside the
+    signature check; that is an invalid RIM, not a crash."""
+    data = REAL_VBIOS_RIM.read_bytes().replace(b'xmlns:ns0="http://', b'xmlns:ns0="http;//', 1)
+    rim = RimFile(REAL_VBIOS_RIM, data, "96.00.74.00.1a")
+    with pytest.raises(EvidenceError, match="signature is invalid"):
+        verify_rim(rim, certs.pinned("rim_root"), now=NOW)
