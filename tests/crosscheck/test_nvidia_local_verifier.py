@@ -30,11 +30,15 @@ PYTHON = os.environ.get("NV_LOCAL_VERIFIER_PYTHON")
 pytestmark = pytest.mark.skipif(not PYTHON, reason="NV_LOCAL_VERIFIER_PYTHON is not set")
 
 
-def test_nvidia_and_modelseal_agree() -> None:
+def test_nvidia_and_modelseal_agree(tmp_path: Path) -> None:
     script = Path(__file__).with_name("nvtrust_side.py")
     args = [str(p) for pair in (SAMPLE, COCO) for p in (pair.report_file, pair.chain_file)]
     done = subprocess.run(
-        [str(PYTHON), str(script), *args], capture_output=True, check=True, timeout=120
+        [str(PYTHON), str(script), *args],
+        capture_output=True,
+        check=True,
+        timeout=120,
+        cwd=tmp_path,  # NVIDIA's verifier writes verifier.log into the working directory
     )
     theirs = json.loads(done.stdout.decode().strip().splitlines()[-1])
     for pair, other in zip((SAMPLE, COCO), theirs, strict=True):

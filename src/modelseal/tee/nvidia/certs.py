@@ -11,6 +11,7 @@ when the certificate's issuer (or, for OCSP, a responder it delegated to) signed
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -52,9 +53,24 @@ def load_chain(data: bytes, what: str) -> list[x509.Certificate]:
     if data.count(b"-----BEGIN") > MAX_CHAIN:
         raise EvidenceError(f"{what} has more than {MAX_CHAIN} certificates")
     try:
-        return parse_certificates(data)
+        return parsed_names(parse_certificates(data))
     except ValueError as exc:
         raise EvidenceError(f"{what} is not a PEM certificate chain") from exc
+
+
+def parsed_names(chain: list[x509.Certificate]) -> list[x509.Certificate]:
+    """``chain`` with every subject and issuer name parsed now, once: pyca parses names on
+    first access, where a malformed attribute is a ``TypeError`` (a BIT STRING under
+    another OID) or a ``UserWarning`` (a country name of the wrong length). Parsed here,
+    the first is a ``ValueError`` and the second is silenced, as for vendor roots."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for cert in chain:
+                _ = (cert.subject, cert.issuer)
+    except TypeError as exc:
+        raise ValueError(f"malformed certificate name: {exc}") from None
+    return chain
 
 
 @dataclass(frozen=True)

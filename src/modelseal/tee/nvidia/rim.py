@@ -132,7 +132,7 @@ def _signing_chain(data: bytes) -> list[x509.Certificate]:
     ):
         try:
             der = base64.b64decode("".join((element.text or "").split()), validate=True)
-            out.extend(parse_certificates(der))
+            out.extend(certs.parsed_names(parse_certificates(der)))
         except (binascii.Error, ValueError) as exc:
             raise EvidenceError("RIM KeyInfo holds a malformed certificate") from exc
         if len(out) > certs.MAX_CHAIN:
@@ -156,7 +156,10 @@ def verify_rim(
 
     chain = _signing_chain(rim.data)
     what = f"RIM {rim.path.name} signing chain"
-    verified_chain = certs.verify_links(chain, root, now=now, what=what)
+    try:
+        verified_chain = certs.verify_links(chain, root, now=now, what=what)
+    except (ValueError, TypeError) as exc:  # a name pyca parses lazily, on first access
+        raise EvidenceError(f"{what} has a malformed certificate ({str(exc)[:120]})") from None
     if revocation is not None:
         revocation.check(verified_chain, what, now)
     config = SignatureConfiguration(

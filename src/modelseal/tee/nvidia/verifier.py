@@ -135,8 +135,9 @@ class Verifier(base.Verifier):
             )
         try:
             report, chain, rim = self.verify_report(device.report, chain_pem, now=now)
-        except ValueError as exc:  # a lazily parsed certificate field was malformed
-            raise EvidenceError(f"malformed NVIDIA certificate: {exc}") from None
+        except (ValueError, TypeError) as exc:  # a lazily parsed certificate field
+            # (pyca parses names on first access: a BIT STRING attribute is a TypeError)
+            raise EvidenceError(f"malformed NVIDIA certificate: {str(exc)[:120]}") from None
         return Authenticated(
             build_claims(report, chain, rim, arch=device.arch, uuid=device.uuid, cc=device.cc_mode)
         )

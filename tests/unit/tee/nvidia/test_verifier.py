@@ -200,3 +200,24 @@ def test_a_cached_chain_is_checked_again_outside_its_validity() -> None:
     later = gpu.leaf.not_valid_after_utc.timestamp() + 1
     with pytest.raises(EvidenceError, match="does not chain"):
         verifier.verify(evidence, expected_report_data=nonce, now=later)
+
+
+def test_a_certificate_name_of_the_wrong_asn1_type() -> None:
+    """Found by fuzzing: a name attribute re-tagged as a BIT STRING made pyca raise a
+    TypeError on first access to the name; it is a malformed chain."""
+    import base64
+
+    blocks = SAMPLE.chain.split(b"-----END CERTIFICATE-----\n")[:-1]
+    ders = [bytearray(base64.b64decode(b.split(b"-----\n", 1)[1])) for b in blocks]
+    country = bytes.fromhex("06035504061302" + "5553")  # C=US, PrintableString
+    at = ders[2].find(country)
+    ders[2][at + 5] = 0x03  # BIT STRING
+    ders[2][at + 7] = 0x00
+    chain = b"".join(
+        b"-----BEGIN CERTIFICATE-----\n"
+        + base64.encodebytes(bytes(d))
+        + b"-----END CERTIFICATE-----\n"
+        for d in ders
+    )
+    with pytest.raises(EvidenceError, match="not a PEM certificate chain"):
+        _verify(SAMPLE, chain=chain)
