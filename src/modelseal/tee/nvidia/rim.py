@@ -75,15 +75,27 @@ class VerifiedRim:
     signer: str
 
 
-def _parser() -> Any:
-    from lxml import etree
+def _etree() -> Any:
+    """``lxml.etree``, or a ``ConfigError`` naming the extra that installs it (RIMs are
+    optional: the verifier works without them)."""
+    try:
+        from lxml import etree
+        from signxml import verifier  # noqa: F401 - checked here, used in verify_rim
+    except ImportError:
+        raise ConfigError(
+            "RIM verification needs lxml and signxml: pip install 'modelseal[nvidia]'"
+        ) from None
+    return etree
 
+
+def _parser() -> Any:
+    etree = _etree()
     return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
 
 
 def _version_of(data: bytes) -> str | None:
     """The colloquialVersion a RIM claims, lower-case; None if the file is not a RIM."""
-    from lxml import etree
+    etree = _etree()
 
     try:
         root = etree.fromstring(data, parser=_parser())
@@ -120,7 +132,7 @@ def load_rims(path: str | Path) -> list[RimFile]:
 
 def _signing_chain(data: bytes) -> list[x509.Certificate]:
     """The X509Certificate elements of the signature's KeyInfo, in document order."""
-    from lxml import etree
+    etree = _etree()
 
     try:
         root = etree.fromstring(data, parser=_parser())
@@ -150,7 +162,7 @@ def verify_rim(
     revocation: certs.Revocation | None = None,
 ) -> VerifiedRim:
     """Chain, signature and signed content of one RIM (see the module docstring)."""
-    from lxml import etree
+    etree = _etree()
     from signxml.exceptions import SignXMLException
     from signxml.verifier import SignatureConfiguration, XMLVerifier
 
