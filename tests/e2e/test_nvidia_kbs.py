@@ -194,3 +194,13 @@ def test_loader_attests_as_mock_tdx_plus_nvidia(env: Env, monkeypatch: pytest.Mo
     )
     with pytest.raises(PolicyDenied):
         release_key(plain, env.url, GPU_KEY)
+
+
+def test_a_gpu_alone_is_not_a_session_tee(env: Env) -> None:
+    """Device kinds attest only next to a CPU TEE: /auth refuses them as the session TEE."""
+    import httpx
+
+    body = {"version": "0.4.0", "tee": "nvidia", "extra-params": ""}
+    response = httpx.post(env.url + "/kbs/v0/auth", json=body, timeout=10)
+    assert response.status_code == 401
+    assert "TEE kind not accepted" in response.text

@@ -149,7 +149,7 @@ class Kbs:
                 "AttestationError",
                 "KBS Client Protocol Version Mismatch: accepted >=0.4.0,<0.5.0",
             )
-        self.attestation.check_allowed(req.tee)
+        self.attestation.check_primary(req.tee)
         nonce = b64_encode(os.urandom(NONCE_BYTES))
         session = await self.db(self.sessions.create, req.tee, nonce)
         body_out = json.dumps({"nonce": nonce, "extra-params": ""}).encode()

@@ -63,6 +63,16 @@ class AttestationService:
         if refusal is not None:
             raise UnsupportedTee(refusal)
 
+    def check_primary(self, tee: str) -> None:
+        """:meth:`check_allowed`, and ``tee`` must not be a device kind: a GPU alone keeps
+        no key from its host, so its evidence only ever travels next to a CPU TEE's."""
+        self.check_allowed(tee)
+        if registry.plugin(tee).device:
+            raise UnsupportedTee(
+                f"{tee} is a device TEE: attest the CPU TEE and send the {tee} evidence "
+                "as its additional evidence"
+            )
+
     def verifier(self, tee: str) -> Verifier:
         """The (cached) verifier of ``tee``; raises UnsupportedTee if unknown or refused."""
         self.check_allowed(tee)

@@ -42,9 +42,9 @@ __all__ = [
     "parse_policy_text",
 ]
 
-#: TEE kinds a policy may name (every registered kind). Insecure kinds are honoured only
-#: on a KBS started insecure.
-TEE_KINDS = registry.KINDS
+#: TEE kinds a policy may name (every registered kind but device kinds, which a policy
+#: requires through ``gpus:``). Insecure kinds are honoured only on a KBS started insecure.
+TEE_KINDS = registry.kinds(device=False)
 #: TCB states as reported by Intel DCAP (and mapped to by the SNP verifier).
 TCB_STATUSES = (
     "UpToDate",

@@ -127,3 +127,8 @@ def test_device_claims_without_a_gpus_section_do_not_matter() -> None:
     policy = parse_policy({"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["tdx"]})
     assert _reasons(policy, _gpu(cc_mode="off"))[0]
     assert "gpus" not in policy.to_document()
+
+
+def test_a_gpu_kind_is_not_a_policy_tee() -> None:
+    with pytest.raises(PolicyInvalid, match="unknown TEE kind"):
+        parse_policy({"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["nvidia"]})
