@@ -120,13 +120,13 @@ class Revocation:
                 upcoming = crl.next_update_utc
                 if upcoming is not None and upcoming <= when:
                     raise EvidenceError(
-                        f"the CRL of {_cn(issuer)} for the {what} expired at "
+                        f"the CRL of {common_name(issuer)} for the {what} expired at "
                         f"{upcoming.isoformat()}; refresh the revocation bundle"
                     )
                 if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                    raise EvidenceError(f"{what} certificate {_cn(cert)} is revoked")
+                    raise EvidenceError(f"{what} certificate {common_name(cert)} is revoked")
             if self._ocsp_revoked(cert, issuer):
-                raise EvidenceError(f"{what} certificate {_cn(cert)} is revoked (OCSP)")
+                raise EvidenceError(f"{what} certificate {common_name(cert)} is revoked (OCSP)")
 
     def _ocsp_revoked(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         """True if an OCSP response the issuer (or its delegated responder) signed says
@@ -150,7 +150,8 @@ class Revocation:
         return False
 
 
-def _cn(cert: x509.Certificate) -> str:
+def common_name(cert: x509.Certificate) -> str:
+    """The subject CN (for messages and claims), else the whole subject."""
     try:
         names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     except (ValueError, TypeError):
@@ -176,7 +177,9 @@ def verify_chain(
     leaf, rest = chain[0], [*chain[1:], *extra_intermediates]
     for cert in rest:
         if cert.subject == cert.issuer and cert != root:
-            raise EvidenceError(f"{what} ends at {_cn(cert)}, not the pinned root {_cn(root)}")
+            raise EvidenceError(
+                f"{what} ends at {common_name(cert)}, not the pinned root {common_name(root)}"
+            )
     builder = (
         verification.PolicyBuilder()
         .store(verification.Store([root]))
@@ -191,7 +194,7 @@ def verify_chain(
         verified = builder.build_client_verifier().verify(leaf, rest)
     except verification.VerificationError as exc:
         raise EvidenceError(
-            f"{what} does not chain to the pinned root {_cn(root)} at the verification time "
+            f"{what} does not chain to the pinned root {common_name(root)} at the verification time "
             f"({str(exc)[:160]})"
         ) from None
     except (ValueError, TypeError) as exc:
@@ -218,22 +221,28 @@ def verify_links(
     when = dt.datetime.fromtimestamp(now, dt.UTC)
     for cert, issuer in pairwise(links):
         if cert.subject == cert.issuer:
-            raise EvidenceError(f"{what} ends at {_cn(cert)}, not the pinned root {_cn(root)}")
+            raise EvidenceError(
+                f"{what} ends at {common_name(cert)}, not the pinned root {common_name(root)}"
+            )
         try:
             cert.verify_directly_issued_by(issuer)
             constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
             usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            raise EvidenceError(f"{what}: {_cn(cert)} is not signed by {_cn(issuer)}") from None
+            raise EvidenceError(
+                f"{what}: {common_name(cert)} is not signed by {common_name(issuer)}"
+            ) from None
         except x509.ExtensionNotFound:
-            raise EvidenceError(f"{what}: {_cn(issuer)} is not a certificate authority") from None
+            raise EvidenceError(
+                f"{what}: {common_name(issuer)} is not a certificate authority"
+            ) from None
         if not constraints.ca or not usage.key_cert_sign:
-            raise EvidenceError(f"{what}: {_cn(issuer)} is not a certificate authority")
+            raise EvidenceError(f"{what}: {common_name(issuer)} is not a certificate authority")
     for cert in links:
         if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
             raise EvidenceError(
-                f"{what} does not chain to the pinned root {_cn(root)} at the verification "
-                f"time: {_cn(cert)} is valid {cert.not_valid_before_utc.date()} .. "
+                f"{what} does not chain to the pinned root {common_name(root)} at the verification "
+                f"time: {common_name(cert)} is valid {cert.not_valid_before_utc.date()} .. "
                 f"{cert.not_valid_after_utc.date()}"
             )
     return links

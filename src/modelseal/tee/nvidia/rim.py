@@ -198,7 +198,9 @@ def verify_rim(
     version = (meta.get("colloquialVersion") if meta is not None else None) or ""
     if version.lower() != rim.version:
         raise EvidenceError(f"RIM {rim.path.name}: its signed version differs")
-    return VerifiedRim(rim.path, rim.version, _golden(signed, rim.path.name), certs._cn(chain[0]))
+    return VerifiedRim(
+        rim.path, rim.version, _golden(signed, rim.path.name), certs.common_name(chain[0])
+    )
 
 
 def _golden(signed: Any, name: str) -> dict[int, Golden]:

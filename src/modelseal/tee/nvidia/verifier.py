@@ -48,10 +48,6 @@ MAX_CHAIN_FILE = 64 * 1024
 CHAIN_CACHE = 256
 
 
-def _cn(cert: x509.Certificate) -> str:
-    return certs._cn(cert)
-
-
 class Verifier(base.Verifier):
     """Verifies one NVIDIA Hopper GPU's evidence; see the module docstring."""
 
@@ -198,7 +194,7 @@ def build_claims(
         "vbios_version": report.vbios_version,
         "cc_mode": cc,
         "rim": rim.to_json() if rim is not None else None,
-        "chain": [_cn(c) for c in chain],
+        "chain": [certs.common_name(c) for c in chain],
     }
     return Claims(
         tee=Verifier.tee,
