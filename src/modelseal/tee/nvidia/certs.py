@@ -194,8 +194,8 @@ def verify_chain(
         verified = builder.build_client_verifier().verify(leaf, rest)
     except verification.VerificationError as exc:
         raise EvidenceError(
-            f"{what} does not chain to the pinned root {common_name(root)} at the verification time "
-            f"({str(exc)[:160]})"
+            f"{what} does not chain to the pinned root {common_name(root)} at the "
+            f"verification time ({str(exc)[:160]})"
         ) from None
     except (ValueError, TypeError) as exc:
         raise EvidenceError(f"{what} has a malformed certificate ({str(exc)[:120]})") from None
