@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from modelseal.errors import UnsupportedTee
 from modelseal.tee import registry
 from modelseal.tee.plugin import OptionSpec
 
@@ -74,6 +75,27 @@ def tee_values(params: dict[str, Any], specs: Iterable[OptionSpec]) -> dict[str,
 def tee_choice(kinds: Iterable[str], *extra: str) -> click.Choice[str]:
     """``--tee`` choices from the registry (plus e.g. ``auto``)."""
     return click.Choice([*extra, *kinds])
+
+
+class CompositeTeeChoice(click.Choice[str]):
+    """A ``--tee`` choice that also takes a CPU kind joined with device kinds
+    (``tdx+nvidia``): each part must be a choice, the composition valid per the registry."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        parts = str(value).split(registry.COMPOSITE_SEPARATOR)
+        converted = [str(super(CompositeTeeChoice, self).convert(p, param, ctx)) for p in parts]
+        joined = registry.COMPOSITE_SEPARATOR.join(converted)
+        if len(parts) > 1:
+            try:
+                registry.split_composite(joined)
+            except UnsupportedTee as exc:
+                self.fail(str(exc), param, ctx)
+        return joined
+
+
+def composite_tee_choice(kinds: Iterable[str], *extra: str) -> CompositeTeeChoice:
+    """``--tee`` choices plus compositions with device kinds (``auto+nvidia``)."""
+    return CompositeTeeChoice([*extra, *kinds])
 
 
 class RetiredOption(click.Option):

@@ -17,7 +17,7 @@ from types import FrameType
 
 import click
 
-from modelseal.cli._tee_options import attester_options, spec_options, tee_choice
+from modelseal.cli._tee_options import attester_options, composite_tee_choice, spec_options
 from modelseal.tee import registry
 
 
@@ -43,8 +43,8 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
 @click.option(
     "--tee",
     envvar="MODELSEAL_TEE",
-    type=tee_choice(registry.attestable_kinds(), "auto"),
-    help="TEE kind to attest as, or 'auto' [default].",
+    type=composite_tee_choice(registry.attestable_kinds(), "auto"),
+    help="TEE kind to attest as, or 'auto' [default]; add GPUs with '+' (tdx+nvidia).",
 )
 @click.option("--kbs-url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (else from model info).")
 @click.option(

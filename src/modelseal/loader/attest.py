@@ -47,25 +47,30 @@ def attester_kinds() -> list[str]:
 
 
 def resolve_tee(settings: LoaderSettings) -> str:
-    """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``.
+    """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``;
+    a composite (``tdx+nvidia``, ``auto+nvidia``) keeps its device kinds.
 
     Detection never answers a test-only kind: those must be named explicitly. No TEE on
     this machine is a configuration error (exit 2), not a denied attestation: nothing was
     attested, and the fix is ``--tee``, which the message spells out.
     """
-    if settings.tee != "auto":
-        return settings.tee
-    try:
-        return detect()
-    except UnsupportedTee as exc:
-        raise ConfigError(
-            f"{exc}. --tee (MODELSEAL_TEE) accepts: auto, {', '.join(attester_kinds())}"
-        ) from None
+    if registry.COMPOSITE_SEPARATOR in settings.tee:
+        primary, devices = registry.split_composite(settings.tee)
+    else:
+        primary, devices = settings.tee, ()
+    if primary == "auto":
+        try:
+            primary = detect()
+        except UnsupportedTee as exc:
+            raise ConfigError(
+                f"{exc}. --tee (MODELSEAL_TEE) accepts: auto, {', '.join(attester_kinds())}"
+            ) from None
+    return registry.COMPOSITE_SEPARATOR.join((primary, *devices))
 
 
 def warn_if_insecure(kind: str) -> None:
     """Say loudly (once per load, not per retry) that this TEE kind proves nothing."""
-    if kind in INSECURE_TEES:
+    if kind.split(registry.COMPOSITE_SEPARATOR)[0] in INSECURE_TEES:
         log.warning("attesting as the INSECURE %r TEE: for development only", kind)
 
 
@@ -128,15 +133,18 @@ def open_kbs_client(settings: LoaderSettings, kbs_url: str) -> KbsClient:
     # loader's first ciphertext downloads are already running
     from modelseal.loader.kbs_client import KbsClient
 
-    kind = resolve_tee(settings)
+    kind, device_kinds = registry.split_composite(resolve_tee(settings))
     init_data = read_init_data(settings)
     attester = build_attester(kind, settings, init_data)
     try:
         wire = registry.evidence_kind(kind, attester)
+        # device attesters (GPUs) take no launch document and no caller-supplied options
+        devices = [(device, registry.attester_for(device)) for device in device_kinds]
         return KbsClient(
             kbs_url,
             attester,
             tee=wire,
+            devices=devices,
             verify=settings.kbs_verify,
             timeout=settings.timeout,
             init_data=init_data.text if init_data is not None else None,

@@ -13,12 +13,13 @@ httpx auth flow would buffer whole intermediate responses, so the handshake is e
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ from modelseal.errors import (
     UnsupportedTee,
 )
 from modelseal.loader.tls import certifi_trust
-from modelseal.protocol.binding import runtime_data_digest
+from modelseal.protocol.binding import device_digest, runtime_data_digest
 from modelseal.protocol.kbs import (
     ATTEST_PATH,
     AUTH_PATH,
@@ -139,9 +140,12 @@ class RcarSession:
         tee: str,
         keys: TeeKeyPair,
         init_data: str | None = None,
+        devices: Sequence[tuple[str, Attester]] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.attester = attester
+        #: device (GPU) attesters whose evidence goes along as additional evidence
+        self.devices = tuple(devices)
         self.tee = tee
         self.keys = keys
         self.init_data = init_data
@@ -162,6 +166,16 @@ class RcarSession:
             self.token = None
             self._valid_until = 0.0
 
+    def device_evidence(self, nonce: str, tee_pubkey: Mapping[str, Any]) -> str:
+        """Trustee's additional evidence: the JSON text of ``{kind: evidence}`` from the
+        device attesters, each bound to the session (nonce and TEE key) the way
+        guest-components binds it; the CPU TEE's report data then covers this text."""
+        if not self.devices:
+            return ""
+        binding = device_digest(nonce, tee_pubkey)
+        evidence = {kind: attester.evidence(binding) for kind, attester in self.devices}
+        return json.dumps(evidence, separators=(",", ":"))
+
     def handshake(self, exchange: Exchange) -> str:
         """``/auth`` then ``/attest``: a fresh token for this TEE key."""
         with self._lock:
@@ -172,11 +186,12 @@ class RcarSession:
             challenge = parse_model(Challenge, response.content, what="KBS challenge")
             cookie = _session_cookie(response)
             tee_pubkey = self.keys.public_jwk()
-            digest = runtime_data_digest(challenge.nonce, tee_pubkey, "")
+            additional = self.device_evidence(challenge.nonce, tee_pubkey)
+            digest = runtime_data_digest(challenge.nonce, tee_pubkey, additional)
             evidence = self.attester.evidence(digest)
             attestation: dict[str, Any] = {
                 "runtime-data": {"nonce": challenge.nonce, "tee-pubkey": tee_pubkey},
-                "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+                "tee-evidence": {"primary_evidence": evidence, "additional_evidence": additional},
             }
             if self.init_data is not None:
                 attestation["init-data"] = {"format": "toml", "body": self.init_data}
@@ -231,6 +246,7 @@ class KbsClient:
         init_data: str | bytes | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        devices: Sequence[tuple[str, Attester]] = (),
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"KBS URL must be http(s)://...: {base_url!r}")
@@ -240,7 +256,9 @@ class KbsClient:
             except UnicodeDecodeError as exc:
                 raise ConfigError("init-data must be UTF-8 TOML text") from exc
         self._keys = TeeKeyPair.generate(key_alg)
-        self._auth = RcarSession(base_url, attester, tee=tee, keys=self._keys, init_data=init_data)
+        self._auth = RcarSession(
+            base_url, attester, tee=tee, keys=self._keys, init_data=init_data, devices=devices
+        )
         self._base = base_url.rstrip("/")
         self._timeout = timeout
         self._http = httpx.Client(

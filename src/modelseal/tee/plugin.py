@@ -178,6 +178,9 @@ class TeePlugin:
     test_only: bool = False
     #: Verification may download collateral (a KBS runs it in a thread).
     downloads_collateral: bool = False
+    #: A device TEE (a GPU): its evidence travels as additional evidence next to a CPU
+    #: TEE's, bound to the same session, and its claims go with the CPU TEE's as devices.
+    device: bool = False
     #: How ``--tee auto`` finds it; None: never detected (must be named).
     detection: Detection | None = None
     #: Attester keywords filled from options (``--mock-tdx-dir`` -> ``ca_dir``).

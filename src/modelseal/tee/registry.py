@@ -26,6 +26,7 @@ _PACKAGES = (
     "tdx.sgx",
     "snp",
     "tpm",
+    "nvidia",
     "az_snp_vtpm",
     "az_tdx_vtpm",
     "mock_tdx",
@@ -203,3 +204,27 @@ def kind_for_transfer_type(header: str, configs: Mapping[str, KindConfig]) -> st
         if not p.needs_opt_in:
             return p.name
     return candidates[0].name
+
+
+#: Joins a CPU TEE kind and device kinds in one ``--tee`` value (``tdx+nvidia``).
+COMPOSITE_SEPARATOR = "+"
+
+
+def split_composite(tee: str) -> tuple[str, tuple[str, ...]]:
+    """``tdx+nvidia`` -> ``("tdx", ("nvidia",))``: the primary kind attests with the
+    session binding, the device kinds' evidence goes along as additional evidence. The
+    first kind must not be a device kind, the others must be; none may repeat."""
+    primary, *devices = tee.split(COMPOSITE_SEPARATOR)
+    if primary != "auto":
+        plugin(primary)
+    for device in devices:
+        if not plugin(device).device:
+            raise UnsupportedTee(
+                f"{device!r} after '+' is not a device TEE kind "
+                f"(device kinds: {', '.join(kinds(device=True))})"
+            )
+    if primary != "auto" and plugin(primary).device:
+        raise UnsupportedTee(f"{primary!r} is a device TEE: name the CPU TEE first")
+    if len(set(devices)) != len(devices):
+        raise UnsupportedTee(f"{tee!r} names a device kind twice")
+    return primary, tuple(devices)

@@ -42,3 +42,42 @@ def test_an_evidence_relay_is_no_kind_a_kbs_accepts() -> None:
     for name in [*relays, "no-such-kind"]:
         with pytest.raises(UnsupportedTee):
             service.check_allowed(name)
+
+
+def test_device_evidence_next_to_a_dcap_collateral_directory(
+    tmp_path: Path, shared_vectors: Path
+) -> None:
+    """``--collateral DIR`` is DCAP material: the GPU verifier ignores it, and device
+    evidence is split per GPU, verified against the device binding."""
+    import json
+
+    from modelseal.crypto.x509_pem import cert_pem
+    from modelseal.errors import EvidenceError
+    from modelseal.tee.nvidia.attester import Attester
+    from tests.unit.tee.nvidia.fakenvml import FakeNvml
+    from tests.unit.tee.nvidia.mockgpu import MockGpu
+
+    gpu = MockGpu()
+    (tmp_path / "gpu-root.pem").write_bytes(cert_pem(gpu.root))
+    service = AttestationService(
+        build_configs(
+            {
+                "collateral": str(shared_vectors / "tdx"),
+                "nvidia_device_root": str(tmp_path / "gpu-root.pem"),
+            }
+        )
+    )
+    binding = bytes(range(48))
+    doc = {"nvidia": Attester(nvml=FakeNvml([gpu, gpu])).evidence(binding)}
+    devices = service.verify_devices(json.dumps(doc), expected_report_data=binding)
+    assert [d.tee for d in devices] == ["nvidia", "nvidia"]
+    for bad, reason in [
+        ("[]", "JSON object"),
+        ("{", "not valid JSON"),
+        (json.dumps({"tdx": {}}), "not a device TEE kind"),
+        (json.dumps({"nvidia": {"device_evidence_list": [{}] * 17}}), "more than 16"),
+    ]:
+        with pytest.raises(EvidenceError, match=reason):
+            service.verify_devices(bad, expected_report_data=binding)
+    with pytest.raises(EvidenceError, match="binding mismatch"):
+        service.verify_devices(json.dumps(doc), expected_report_data=bytes(48))
