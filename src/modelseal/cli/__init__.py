@@ -30,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "attest": "modelseal.cli.evidence:attest",
     "evidence": "modelseal.cli.evidence:evidence",
     "quickstart": "modelseal.cli.quickstart:quickstart",
+    "gateway": "modelseal.cli.gateway:gateway",
+    "request": "modelseal.cli.gateway:request",
 }
 
 

@@ -48,7 +48,7 @@ class TlsKey:
     def __repr__(self) -> str:
         return "TlsKey(P-256, in memory)"
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("a TLS key is never pickled")
 
     def certificate(

@@ -17,8 +17,9 @@ import socket
 import socketserver
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -27,9 +28,10 @@ from OpenSSL import SSL
 
 from modelseal._internal.encoding import b64url_decode
 from modelseal.errors import ConfigError, FormatError
-from modelseal.ratls.identity import AttestedIdentity
+from modelseal.ratls.identity import AttestedIdentity, models_from_receipts
 from modelseal.ratls.tls import READ_SIZE, TlsStream
 from modelseal.ratls.wire import FRESH_CONTENT_TYPE, FRESH_PATH, MAX_NONCE, MIN_NONCE
+from modelseal.tee import registry
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +137,7 @@ class Gateway:
             log.warning("connection limit reached; refused %s", peer[0])
             return
         try:
-            stream = TlsStream.server(
-                self.identity.current.context, sock, self.settings.io_timeout
-            )
+            stream = TlsStream.server(self.identity.current.context, sock, self.settings.io_timeout)
             try:
                 stream.handshake(self.settings.handshake_timeout)
                 _Exchange(self, stream, peer[0]).run()
@@ -282,3 +282,48 @@ class _Exchange:
             self._send(h11.EndOfMessage())
         finally:
             response.close()
+
+
+@dataclass(frozen=True)
+class Started:
+    """A gateway ready to serve, and what its operator must be told."""
+
+    gateway: Gateway
+    warnings: tuple[str, ...]
+
+
+def start_gateway(
+    settings: GatewaySettings,
+    *,
+    kind: str,
+    attester_values: Mapping[str, Any],
+    opt_in_values: Mapping[str, Any],
+    receipts: Sequence[Path] = (),
+    lifetime: int = 3600,
+) -> Started:
+    """Attest as ``kind``, bind the receipts' model digests, bind the listening socket.
+
+    A kind whose evidence proves nothing (``sample``) is refused unless its own opt-in
+    option (the flag a KBS takes, ``--insecure-allow-sample``) is given; then the
+    warnings say so, for the caller to print loudly.
+    """
+    plugin = registry.plugin(kind)
+    warnings: list[str] = []
+    if plugin.insecure:
+        config = registry.build_config(kind, opt_in_values)
+        if not config.enabled():
+            raise ConfigError(
+                f"refusing to start: {kind} evidence is unsigned and proves nothing to "
+                f"clients; pass {' '.join(config.opt_in_flags())} for a development gateway"
+            )
+        warnings.append(
+            f"WARNING: INSECURE {kind} TEE: this gateway's evidence proves NOTHING "
+            "(unsigned); development only"
+        )
+    if plugin.test_only and not plugin.insecure:
+        warnings.append(f"WARNING: TEST ONLY {kind} TEE: evidence from a test CA, no hardware")
+    attester = registry.attester_for(kind, **registry.attester_keywords(kind, attester_values))
+    identity = AttestedIdentity(
+        kind, attester, models=models_from_receipts(receipts), lifetime=lifetime
+    )
+    return Started(Gateway(settings, identity), tuple(warnings))

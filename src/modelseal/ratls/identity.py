@@ -134,9 +134,7 @@ class AttestedIdentity:
             not_before=statement.issued_at - CLOCK_SKEW,
             not_after=statement.expires,
         )
-        return Issued(
-            self.key.server_context(cert), cert, statement.issued_at, statement.expires
-        )
+        return Issued(self.key.server_context(cert), cert, statement.issued_at, statement.expires)
 
     @property
     def current(self) -> Issued:

@@ -10,6 +10,8 @@ peer ends in ``TimeoutError``, never a thread blocked forever.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import select
 import socket
 import time
@@ -94,7 +96,8 @@ class TlsStream:
         """Send all of ``data``."""
         view = memoryview(data)
         while view:
-            sent = self._retry(lambda: self.connection.send(view[:READ_SIZE]), timeout)
+            chunk = view[:READ_SIZE]
+            sent = self._retry(functools.partial(self.connection.send, chunk), timeout)
             view = view[sent:]
 
     def peer_certificate_der(self) -> bytes | None:
@@ -109,10 +112,8 @@ class TlsStream:
 
     def close(self) -> None:
         """Send close_notify if possible, then close the socket."""
-        try:
+        with contextlib.suppress(SSL.Error, OSError):
             self.connection.shutdown()
-        except (SSL.Error, OSError):
-            pass
         self.sock.close()
 
 

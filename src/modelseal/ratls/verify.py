@@ -205,7 +205,9 @@ class PeerPolicy:
         for kind in candidates:
             try:
                 verifier = self._verifier(kind)
-                return verifier.verify(unwrapped.evidence, expected_report_data=report_data, now=now)
+                return verifier.verify(
+                    unwrapped.evidence, expected_report_data=report_data, now=now
+                )
             except UnsupportedTee as exc:
                 failure = failure or exc
             except EvidenceError as exc:
