@@ -21,8 +21,8 @@ import pytest
 from modelseal.crypto.tls_identity import TlsKey
 from modelseal.quickstart.services import MODELSEAL, child_env
 from modelseal.ratls.tls import TlsStream
-from modelseal.tee.mock_tdx.ca import MockTdxCA
 from modelseal.tee.mock_tdx.attester import DEFAULT_MR_TD
+from modelseal.tee.mock_tdx.ca import MockTdxCA
 from tests.conftest import free_port
 from tests.ratls_helpers import (
     MODEL,
@@ -116,10 +116,13 @@ def test_request_with_the_right_policy_prints_the_body(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"echo": '{"prompt": "hello"}', "bytes": 19}
     claims = json.loads(done.stderr[done.stderr.index("{") :])
-    assert claims["tee"] == "mock-tdx" and claims["models"] == [MODEL] and claims["fresh"]
+    assert claims["tee"] == "mock-tdx"
+    assert claims["models"] == [MODEL]
+    assert claims["fresh"]
     assert upstream.received == [("POST", "/v1/classify", b'{"prompt": "hello"}')]
     log = gateway["log"].read_text()
-    assert "TEST ONLY mock-tdx" in log and "TLS key in memory only" in log
+    assert "TEST ONLY mock-tdx" in log
+    assert "TLS key in memory only" in log
     assert "PRIVATE KEY" not in log
 
 
@@ -177,7 +180,8 @@ def test_gateway_refuses_an_insecure_kind_unless_told(tmp_path: Path, upstream: 
         args, capture_output=True, text=True, env=child_env(), timeout=60, check=False
     )
     assert refused.returncode == 2
-    assert "refusing to start" in refused.stderr and "--insecure-allow-sample" in refused.stderr
+    assert "refusing to start" in refused.stderr
+    assert "--insecure-allow-sample" in refused.stderr
 
     log = tmp_path / "sample.log"
     with log.open("wb") as out:
@@ -194,7 +198,8 @@ def test_gateway_refuses_an_insecure_kind_unless_told(tmp_path: Path, upstream: 
         denied = subprocess.run(
             base, capture_output=True, text=True, env=child_env(), timeout=60, check=False
         )
-        assert denied.returncode == 4 and "--insecure-allow-sample" in denied.stderr
+        assert denied.returncode == 4
+        assert "--insecure-allow-sample" in denied.stderr
         allowed = subprocess.run(
             [*base, "--insecure-allow-sample"],
             capture_output=True, text=True, env=child_env(), timeout=60, check=False,

@@ -48,7 +48,8 @@ def test_tdx_quotes_travel_raw_under_the_intel_quote_tag() -> None:
     quote = b"\x04\x00\x02\x00\x81\x00\x00\x00" + b"\x00" * 600
     evidence = {"quote": base64.b64encode(quote).decode(), "cc_eventlog": None}
     buffer = wrap_evidence("mock-tdx", evidence, STATEMENT.encode())
-    assert buffer.tag == TAG_INTEL_TEE_QUOTE and buffer.evidence == quote
+    assert buffer.tag == TAG_INTEL_TEE_QUOTE
+    assert buffer.evidence == quote
     decoded = decode_evidence_buffer(buffer.encode())
     assert decoded == buffer
     unwrapped = unwrap_evidence(decoded)
