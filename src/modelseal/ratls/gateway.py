@@ -13,6 +13,7 @@ handshake, on idle keep-alive connections and on every read and write.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import socketserver
 import threading
@@ -137,6 +138,9 @@ class Gateway:
             log.warning("connection limit reached; refused %s", peer[0])
             return
         try:
+            # small writes (a response head, an SSE event) must leave at once, not wait
+            # for the peer's delayed ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             stream = TlsStream.server(self.identity.current.context, sock, self.settings.io_timeout)
             try:
                 stream.handshake(self.settings.handshake_timeout)
@@ -172,6 +176,11 @@ class _Exchange:
         if data:
             self.stream.write(data)
 
+    def _send_all(self, *events: Any) -> None:
+        """Several events, the end of the message included, in one write."""
+        data = b"".join(self.h11.send(e) or b"" for e in (*events, h11.EndOfMessage()))
+        self.stream.write(data)
+
     def run(self) -> None:
         while True:
             try:
@@ -197,9 +206,7 @@ class _Exchange:
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
-        self._send(h11.Response(status_code=status, headers=headers))
-        self._send(h11.Data(data=body))
-        self._send(h11.EndOfMessage())
+        self._send_all(h11.Response(status_code=status, headers=headers), h11.Data(data=body))
 
     def _request(self, request: h11.Request) -> None:
         target = request.target.decode("ascii", "replace")
@@ -235,9 +242,7 @@ class _Exchange:
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
         ]
-        self._send(h11.Response(status_code=200, headers=headers))
-        self._send(h11.Data(data=body))
-        self._send(h11.EndOfMessage())
+        self._send_all(h11.Response(status_code=200, headers=headers), h11.Data(data=body))
 
     def _body(self) -> Iterator[bytes]:
         while True:
@@ -277,11 +282,53 @@ class _Exchange:
                     reason=response.reason_phrase.encode("latin-1", "replace"),
                 )
             )
-            for chunk in response.iter_raw():
+            for chunk in _read_ahead(response.iter_raw()):
                 self._send(h11.Data(data=chunk))
             self._send(h11.EndOfMessage())
         finally:
             response.close()
+
+
+#: Upstream chunks (64 KiB each) read ahead of the TLS writer: 1 MiB per response.
+READ_AHEAD = 16
+_DONE = object()
+
+
+def _read_ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Read ``chunks`` in a helper thread, at most :data:`READ_AHEAD` ahead, so reading
+    from the upstream overlaps encrypting to the client (both release the GIL); an
+    upstream error is raised here, in the writer's thread."""
+    ahead: queue.Queue[Any] = queue.Queue(READ_AHEAD)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ahead.put(chunk, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_DONE)
+        except BaseException as exc:  # handed to the writer, which raises it
+            ahead.put(exc)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,18 @@
 
 Python's ``ssl`` module cannot export keying material (RFC 5705 / RFC 8446 section 7.5),
 which the fresh-evidence exchange binds to; pyOpenSSL exposes
-``Connection.export_keying_material`` and takes the in-memory key object. Its blocking
-calls have no timeout, so the socket is non-blocking and every ``Want*`` condition waits
-on ``select`` with the caller's deadline, as urllib3's pyOpenSSL adapter does: a stalled
-peer ends in ``TimeoutError``, never a thread blocked forever.
+``Connection.export_keying_material`` and takes the in-memory key object.
+
+OpenSSL runs on memory BIOs, as asyncio's TLS does: this class moves ciphertext between
+them and a non-blocking socket. That gives every wait a deadline (a stalled peer ends in
+``TimeoutError``, never a thread blocked forever) and batches the records of one write
+into one ``send`` and the records of one ``recv`` into one read (with a socket BIO,
+OpenSSL makes a system call per 16 KiB record).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import select
 import socket
 import time
@@ -27,6 +29,8 @@ T = TypeVar("T")
 
 #: Largest plaintext read at once (one TLS record is at most 16 KiB).
 READ_SIZE = 64 * 1024
+#: Ciphertext moved between the socket and OpenSSL at once.
+WIRE_CHUNK = 256 * 1024
 
 
 class TlsStream:
@@ -36,11 +40,12 @@ class TlsStream:
         self.connection = connection
         self.sock = sock
         self.timeout = timeout
+        self._eof = False
         sock.setblocking(False)
 
     @classmethod
     def server(cls, ctx: SSL.Context, sock: socket.socket, timeout: float) -> TlsStream:
-        conn = SSL.Connection(ctx, sock)
+        conn = SSL.Connection(ctx, None)
         conn.set_accept_state()
         return cls(conn, sock, timeout)
 
@@ -48,57 +53,131 @@ class TlsStream:
     def client(
         cls, ctx: SSL.Context, sock: socket.socket, timeout: float, server_name: str | None
     ) -> TlsStream:
-        conn = SSL.Connection(ctx, sock)
+        conn = SSL.Connection(ctx, None)
         if server_name and not _is_ip(server_name):
             conn.set_tlsext_host_name(server_name.encode("idna"))
         conn.set_connect_state()
         return cls(conn, sock, timeout)
 
-    def _retry(self, op: Callable[[], T], timeout: float | None) -> T:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            try:
-                return op()
-            except SSL.WantReadError:
-                self._wait(deadline, read=True)
-            except SSL.WantWriteError:
-                self._wait(deadline, read=False)
+    # --- ciphertext between the memory BIOs and the socket -----------------------------
+
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
 
     def _wait(self, deadline: float, *, read: bool) -> None:
         left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("TLS peer did not answer in time")
         fds = [self.sock]
-        ready = select.select(fds, [], [], left) if read else select.select([], fds, [], left)
+        ready = (
+            (
+                select.select(fds, [], [], max(left, 0))
+                if read
+                else select.select([], fds, [], max(left, 0))
+            )
+            if left > 0
+            else ([], [], [])
+        )
         if not any(ready):
             raise TimeoutError("TLS peer did not answer in time")
 
+    def _flush(self, deadline: float) -> None:
+        """Send every byte of ciphertext OpenSSL has produced."""
+        while True:
+            try:
+                data = self.connection.bio_read(WIRE_CHUNK)
+            except SSL.WantReadError:
+                return
+            view = memoryview(data)
+            while view:
+                try:
+                    sent = self.sock.send(view)
+                except BlockingIOError:
+                    self._wait(deadline, read=False)
+                    continue
+                view = view[sent:]
+
+    def _fill(self, deadline: float) -> None:
+        """Feed OpenSSL the next ciphertext from the socket (or the end of it)."""
+        while True:
+            try:
+                data = self.sock.recv(WIRE_CHUNK)
+            except BlockingIOError:
+                self._wait(deadline, read=True)
+                continue
+            if data:
+                self.connection.bio_write(data)
+            else:
+                self._eof = True
+                self.connection.bio_shutdown()
+            return
+
+    def _drive(self, op: Callable[[], T], timeout: float | None) -> T:
+        """Run ``op`` until OpenSSL stops asking for more input."""
+        deadline = self._deadline(timeout)
+        while True:
+            try:
+                result = op()
+            except SSL.WantReadError:
+                self._flush(deadline)
+                if self._eof:
+                    raise ConnectionResetError("TLS peer closed the connection") from None
+                self._fill(deadline)
+                continue
+            self._flush(deadline)
+            return result
+
+    # --- the stream -------------------------------------------------------------------
+
     def handshake(self, timeout: float | None = None) -> None:
         """Complete the TLS handshake (``SSL.Error`` on failure)."""
-        self._retry(self.connection.do_handshake, timeout)
+        self._drive(self.connection.do_handshake, timeout)
 
     def read(self, max_bytes: int = READ_SIZE, timeout: float | None = None) -> bytes:
-        """Up to ``max_bytes`` of plaintext; ``b""`` once the peer closed."""
-
-        def recv() -> bytes:
+        """Up to ``max_bytes`` of plaintext; ``b""`` once the peer closed. Waits for the
+        first record only, then takes every further record already received."""
+        try:
+            first = self._drive(lambda: self._recv(max_bytes), timeout)
+        except ConnectionResetError:
+            return b""
+        parts, size = [first], len(first)
+        while first and size < max_bytes:
             try:
-                return self.connection.recv(max_bytes)
-            except SSL.ZeroReturnError:
-                return b""
-            except SSL.SysCallError as exc:
-                if exc.args and exc.args[0] in (-1, 0):  # EOF without close_notify
-                    return b""
-                raise
+                more = self._recv(max_bytes - size)
+            except SSL.WantReadError:
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts) if len(parts) > 1 else first
 
-        return self._retry(recv, timeout)
+    def _recv(self, max_bytes: int) -> bytes:
+        try:
+            return self.connection.recv(max_bytes)
+        except SSL.ZeroReturnError:
+            return b""
+        except SSL.SysCallError as exc:
+            if self._eof or (exc.args and exc.args[0] in (-1, 0)):  # EOF, no close_notify
+                return b""
+            raise
 
     def write(self, data: bytes | memoryview, timeout: float | None = None) -> None:
-        """Send all of ``data``."""
+        """Encrypt all of ``data`` and send it (records batched into few sends)."""
+        deadline = self._deadline(timeout)
         view = memoryview(data)
         while view:
-            chunk = view[:READ_SIZE]
-            sent = self._retry(functools.partial(self.connection.send, chunk), timeout)
-            view = view[sent:]
+            # one record (at most 16 KiB) per call into the memory BIO; flushed every
+            # WIRE_CHUNK so a large write never holds more than that in ciphertext
+            batch = 0
+            while view and batch < WIRE_CHUNK:
+                try:
+                    sent = self.connection.send(view[:READ_SIZE])
+                except SSL.WantReadError:  # a post-handshake message must be read first
+                    self._flush(deadline)
+                    self._fill(deadline)
+                    continue
+                view = view[sent:]
+                batch += sent
+            self._flush(deadline)
 
     def peer_certificate_der(self) -> bytes | None:
         """The DER certificate the peer proved it holds the key of, or None."""
@@ -112,8 +191,9 @@ class TlsStream:
 
     def close(self) -> None:
         """Send close_notify if possible, then close the socket."""
-        with contextlib.suppress(SSL.Error, OSError):
+        with contextlib.suppress(SSL.Error, OSError, TimeoutError):
             self.connection.shutdown()
+            self._flush(self._deadline(1.0))
         self.sock.close()
 
 
