@@ -92,7 +92,31 @@ def _handler(up: Upstream) -> type[http.server.BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self._body()
             up.received.append(("POST", self.path, body))
+            if self.path == "/v1/chat/completions":
+                self._chat(json.loads(body))
+                return
             self._json(200, {"echo": body.decode("utf-8", "replace"), "bytes": len(body)})
+
+        def _chat(self, request: dict[str, Any]) -> None:
+            """An OpenAI-compatible chat completion: the reply spells the last message
+            backwards, as one JSON body or as server-sent chunks."""
+            reply = request["messages"][-1]["content"][::-1]
+            base = {"id": "c1", "created": 0, "model": request["model"]}
+            if not request.get("stream"):
+                message = {"role": "assistant", "content": reply}
+                self._json(200, {**base, "object": "chat.completion", "choices": [
+                    {"index": 0, "message": message, "finish_reason": "stop"}]})  # fmt: skip
+                return
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for word in reply.split(" "):
+                delta = {"index": 0, "delta": {"content": word + " "}, "finish_reason": None}
+                chunk = {**base, "object": "chat.completion.chunk", "choices": [delta]}
+                self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
 
         def _chunk(self, data: bytes) -> None:
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
