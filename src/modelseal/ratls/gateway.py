@@ -212,18 +212,17 @@ class _Exchange:
         target = request.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
         if path == FRESH_PATH:
-            self._drain()
             self._fresh(request, query)
             return
         self._forward(request)
 
-    def _drain(self) -> None:
-        while not isinstance(self._next(), h11.EndOfMessage):
-            pass
-
     def _fresh(self, request: h11.Request, query: str) -> None:
-        if request.method not in (b"GET", b"POST"):
-            self._error(405, "fresh evidence: use GET")
+        if request.method != b"GET" or any(
+            k in (b"content-length", b"transfer-encoding") for k, _ in request.headers
+        ):
+            self._error(405, "fresh evidence: GET without a body")
+            return
+        if not isinstance(self._next(), h11.EndOfMessage):
             return
         values = urllib.parse.parse_qs(query, max_num_fields=4).get("nonce", [])
         try:

@@ -141,12 +141,15 @@ class AttestedIdentity:
         """The certificate to serve now (renewed here if the refresher fell behind)."""
         issued = self._issued
         if self.clock() >= issued.issued_at + self.lifetime // 2:
-            return self.refresh()
+            return self.refresh(unless_newer_than=issued)
         return issued
 
-    def refresh(self) -> Issued:
-        """New evidence and certificate for the same key."""
+    def refresh(self, *, unless_newer_than: Issued | None = None) -> Issued:
+        """New evidence and certificate for the same key (once, when several threads
+        find the current one aged at the same time)."""
         with self._lock:
+            if unless_newer_than is not None and self._issued is not unless_newer_than:
+                return self._issued
             issued = self._issue()
             self._issued = issued
         log.info("attested certificate renewed; valid until %d", issued.expires)

@@ -280,3 +280,40 @@ def test_key_never_reaches_logs_files_or_pickles(
         if target.startswith("/") and os.path.isfile(target):
             with open(target, "rb") as f:
                 assert secret not in f.read(16 << 20), target
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /.well-known/modelseal-attestation HTTP/1.1\r\nhost: g\r\n\r\n", b"400"),
+        (b"GET /.well-known/modelseal-attestation?nonce=AAAA HTTP/1.1\r\nhost: g\r\n\r\n", b"400"),
+        (
+            b"GET /.well-known/modelseal-attestation?nonce=!!!!!!!!!!!!!!!!!!!!!!!! HTTP/1.1\r\n"
+            b"host: g\r\n\r\n",
+            b"400",
+        ),
+        (
+            b"POST /.well-known/modelseal-attestation?nonce=" + b"A" * 43 + b" HTTP/1.1\r\n"
+            b"host: g\r\ncontent-length: 5\r\n\r\nhello",
+            b"405",
+        ),
+        (b"GET / HTTP/1.1\r\nhost: g\r\nbad header line\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\n" + b"x-filler: " + b"a" * 70_000 + b"\r\n\r\n", b"400"),
+    ],
+)
+def test_hostile_requests_get_a_status_not_a_crash(
+    setup: dict[str, Any], upstream: Upstream, request_bytes: bytes, status: bytes
+) -> None:
+    stream = _tls(setup["port"])
+    try:
+        stream.write(request_bytes)
+        answer = b""
+        while chunk := stream.read():
+            answer += chunk
+    finally:
+        stream.close()
+    assert answer.split(b" ", 2)[1] == status, answer[:200]
+    assert upstream.received == []
+    # the gateway still serves
+    with _client(setup) as client:
+        assert client.get(setup["url"] + "/after").status_code == 200
