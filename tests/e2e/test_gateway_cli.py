@@ -75,16 +75,28 @@ def gateway(
     port = free_port()
     log = tmp_path / "gateway.log"
     ca = tmp_path / "ca"
+    # where a careless process would write: its working, temporary and home directories
+    scratch = {name: tmp_path / name for name in ("cwd", "tmp", "home")}
+    for directory in scratch.values():
+        directory.mkdir()
+    env = child_env({"TMPDIR": str(scratch["tmp"]), "HOME": str(scratch["home"])})
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*MODELSEAL, "-vv", "gateway", "--listen", f"127.0.0.1:{port}",
              "--upstream", upstream.url, "--tee", "mock-tdx", "--mock-tdx-dir", str(ca),
              "--receipt", str(receipt)],
-            stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=scratch["cwd"],
         )  # fmt: skip
     try:
         _wait_listening(port, proc, log)
-        yield {"url": f"https://127.0.0.1:{port}", "root": ca / "root-ca.pem", "log": log}
+        yield {
+            "url": f"https://127.0.0.1:{port}",
+            "root": ca / "root-ca.pem",
+            "log": log,
+            "scratch": scratch,
+            "ca": ca,
+        }
     finally:
         proc.terminate()
         proc.wait(10)
@@ -120,6 +132,12 @@ def test_request_with_the_right_policy_prints_the_body(
     assert claims["models"] == [MODEL]
     assert claims["fresh"]
     assert upstream.received == [("POST", "/v1/classify", b'{"prompt": "hello"}')]
+    # the TLS key went nowhere: nothing written anywhere the gateway could write by default,
+    # and its test CA directory holds only the CA's own files
+    for directory in gateway["scratch"].values():
+        assert list(directory.iterdir()) == [], directory
+    fresh_ca = MockTdxCA.load_or_create(tmp_path / "fresh-ca").directory
+    assert {p.name for p in gateway["ca"].iterdir()} == {p.name for p in fresh_ca.iterdir()}
     log = gateway["log"].read_text()
     assert "TEST ONLY mock-tdx" in log
     assert "TLS key in memory only" in log
