@@ -26,7 +26,14 @@ from OpenSSL import SSL
 
 from modelseal.errors import FormatError
 
-__all__ = ["TlsKey", "certificate_der", "certificate_extension", "certificate_spki", "spki_hash"]
+__all__ = [
+    "TlsKey",
+    "certificate_der",
+    "certificate_extension",
+    "certificate_spki",
+    "spki_hash",
+    "whole_writes",
+]
 
 #: Hash algorithms a ``pubkey-hash`` may use: IANA Named Information ids -> hashlib name.
 SPKI_HASHES = {1: "sha256", 7: "sha384", 8: "sha512"}
@@ -87,7 +94,18 @@ class TlsKey:
         ctx.use_privatekey(self._key)
         ctx.check_privatekey()
         ctx.set_options(SSL.OP_NO_TICKET)
+        whole_writes(ctx)
         return ctx
+
+
+#: OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (0x1 in every OpenSSL since 0.9.6).
+_PARTIAL_WRITE = 0x1
+
+
+def whole_writes(ctx: SSL.Context) -> None:
+    """Let one ``send`` encrypt a whole buffer into the memory BIO: pyOpenSSL turns on
+    partial writes, which return after every 16 KiB record (a Python call per record)."""
+    ctx.clear_mode(_PARTIAL_WRITE)
 
 
 def certificate_der(cert: x509.Certificate) -> bytes:

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from OpenSSL import SSL
 
-from modelseal.crypto.tls_identity import certificate_der
+from modelseal.crypto.tls_identity import certificate_der, whole_writes
 from modelseal.ratls.wire import EXPORTER_LABEL, EXPORTER_LENGTH
 
 T = TypeVar("T")
@@ -165,18 +165,15 @@ class TlsStream:
         deadline = self._deadline(timeout)
         view = memoryview(data)
         while view:
-            # one record (at most 16 KiB) per call into the memory BIO; flushed every
-            # WIRE_CHUNK so a large write never holds more than that in ciphertext
-            batch = 0
-            while view and batch < WIRE_CHUNK:
-                try:
-                    sent = self.connection.send(view[:READ_SIZE])
-                except SSL.WantReadError:  # a post-handshake message must be read first
-                    self._flush(deadline)
-                    self._fill(deadline)
-                    continue
-                view = view[sent:]
-                batch += sent
+            # up to WIRE_CHUNK encrypted into the memory BIO at once, then sent, so a
+            # large write never holds more than that in ciphertext
+            try:
+                sent = self.connection.send(view[:WIRE_CHUNK])
+            except SSL.WantReadError:  # a post-handshake message must be read first
+                self._flush(deadline)
+                self._fill(deadline)
+                continue
+            view = view[sent:]
             self._flush(deadline)
 
     def peer_certificate_der(self) -> bytes | None:
@@ -214,4 +211,5 @@ def client_context() -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_verify(SSL.VERIFY_PEER, lambda *_args: True)
+    whole_writes(ctx)
     return ctx
