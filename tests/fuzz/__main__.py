@@ -32,6 +32,7 @@ FAMILIES = (
     "tests.fuzz.test_snp",
     "tests.fuzz.test_tpm",
     "tests.fuzz.test_eventlog",
+    "tests.fuzz.test_ratls",
 )
 
 

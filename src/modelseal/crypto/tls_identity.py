@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -118,8 +119,8 @@ def certificate_spki(certificate_der: bytes) -> bytes:
     try:
         cert = x509.load_der_x509_certificate(certificate_der)
         return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, TypeError) as exc:
-        raise FormatError("the peer certificate does not parse as X.509") from exc
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise FormatError("the peer certificate or its public key does not parse") from exc
 
 
 def certificate_extension(certificate_der: bytes, oid: str) -> bytes | None:
@@ -130,7 +131,7 @@ def certificate_extension(certificate_der: bytes, oid: str) -> bytes | None:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
     except x509.ExtensionNotFound:
         return None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise FormatError("the peer certificate's extensions do not parse") from exc
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):
