@@ -147,6 +147,9 @@ class Gateway:
                 _Exchange(self, stream, peer[0]).run()
             except (SSL.Error, OSError, TimeoutError, h11.ProtocolError, httpx.HTTPError) as exc:
                 log.debug("connection from %s ended: %s", peer[0], type(exc).__name__)
+            except Exception as exc:
+                # no traceback: it could quote request bytes into the log
+                log.warning("connection from %s failed: %s", peer[0], type(exc).__name__)
             finally:
                 stream.close()
         finally:
@@ -209,7 +212,11 @@ class _Exchange:
         self._send_all(h11.Response(status_code=status, headers=headers), h11.Data(data=body))
 
     def _request(self, request: h11.Request) -> None:
-        target = request.target.decode("ascii", "replace")
+        # origin-form only: an absolute URL or authority would make this an open proxy
+        if not request.target.startswith(b"/") or not request.target.isascii():
+            self._error(400, "request target must be an absolute path")
+            return
+        target = request.target.decode("ascii")
         path, _, query = target.partition("?")
         if path == FRESH_PATH:
             self._fresh(request, query)
@@ -224,10 +231,10 @@ class _Exchange:
             return
         if not isinstance(self._next(), h11.EndOfMessage):
             return
-        values = urllib.parse.parse_qs(query, max_num_fields=4).get("nonce", [])
         try:
+            values = urllib.parse.parse_qs(query, max_num_fields=4).get("nonce", [])
             nonce = b64url_decode(values[0], what="nonce") if len(values) == 1 else b""
-        except FormatError:
+        except (FormatError, ValueError):
             nonce = b""
         if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
             self._error(400, f"nonce: {MIN_NONCE}..{MAX_NONCE} bytes, base64url, exactly once")
@@ -258,7 +265,8 @@ class _Exchange:
         upstream = self.gateway.upstream
         outgoing = upstream.build_request(
             request.method.decode("ascii"),
-            request.target.decode("ascii"),
+            # the target is a path (and query), never parsed as a URL of its own
+            upstream.base_url.copy_with(raw_path=request.target),
             headers=headers,
             content=self._body() if has_body else None,
         )

@@ -298,6 +298,16 @@ def test_key_never_reaches_logs_files_or_pickles(
             b"405",
         ),
         (b"GET / HTTP/1.1\r\nhost: g\r\nbad header line\r\n\r\n", b"400"),
+        # absolute-form and authority-form targets would make the gateway an open proxy
+        (b"GET http://127.0.0.1:1/x HTTP/1.1\r\nhost: g\r\n\r\n", b"400"),
+        (b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: g\r\n\r\n", b"400"),
+        (b"GET /\xff HTTP/1.1\r\nhost: g\r\n\r\n", b"400"),
+        (
+            b"GET /.well-known/modelseal-attestation?"
+            + b"&".join([b"a=1"] * 10)
+            + b" HTTP/1.1\r\nhost: g\r\n\r\n",
+            b"400",
+        ),
         (b"GET / HTTP/1.1\r\n" + b"x-filler: " + b"a" * 70_000 + b"\r\n\r\n", b"400"),
     ],
 )
