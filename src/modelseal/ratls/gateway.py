@@ -12,6 +12,7 @@ handshake, on idle keep-alive connections and on every read and write.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
 import socket
@@ -74,9 +75,22 @@ class GatewaySettings:
             raise ConfigError("--upstream must be an http:// URL of the local inference server")
         if parts.path not in ("", "/") or parts.query:
             raise ConfigError("--upstream takes scheme, host and port only")
+        if not _loopback(parts.hostname):
+            # plain HTTP leaves the TEE's memory only on loopback; anywhere else the
+            # prompts the gateway decrypted would cross a network in the clear
+            raise ConfigError("--upstream must be on loopback (127.0.0.1, ::1 or localhost)")
         if not 1 <= self.max_connections <= 10_000:
             raise ConfigError("max connections must be 1..10000")
         return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Server(socketserver.ThreadingTCPServer):
