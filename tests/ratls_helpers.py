@@ -36,6 +36,9 @@ class Upstream:
 
     received: list[tuple[str, str, bytes]] = field(default_factory=list)
     proceed: threading.Event = field(default_factory=threading.Event)
+    #: True when ``/sse`` gave up waiting for ``proceed`` (its first event never reached
+    #: the client while the response was still open: someone buffered it)
+    sse_gave_up: bool = False
     server: http.server.ThreadingHTTPServer | None = None
 
     @property
@@ -71,8 +74,8 @@ def _handler(up: Upstream) -> type[http.server.BaseHTTPRequestHandler]:
                 self.end_headers()
                 for i in range(3):
                     self._chunk(f"data: event {i}\n\n".encode())
-                    if i == 0:
-                        up.proceed.wait(30)
+                    if i == 0 and not up.proceed.wait(10):
+                        up.sse_gave_up = True
                 self._chunk(b"")
                 return
             if self.path.startswith("/big/"):

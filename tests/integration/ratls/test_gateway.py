@@ -226,6 +226,7 @@ def test_server_sent_events_stream_without_buffering(
         upstream.proceed.set()
         rest = [line for line in lines if line]
     assert rest == ["data: event 1", "data: event 2"]
+    assert not upstream.sse_gave_up
 
 
 def test_chunked_upload_and_large_download_stream(
