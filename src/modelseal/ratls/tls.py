@@ -29,8 +29,10 @@ T = TypeVar("T")
 
 #: Largest plaintext read at once (one TLS record is at most 16 KiB).
 READ_SIZE = 64 * 1024
-#: Ciphertext moved between the socket and OpenSSL at once.
+#: Plaintext encrypted, and ciphertext received, at once.
 WIRE_CHUNK = 256 * 1024
+#: Ciphertext taken from OpenSSL at once: one write's records with their overhead.
+FLUSH_CHUNK = WIRE_CHUNK + 16 * 1024
 
 
 class TlsStream:
@@ -83,7 +85,7 @@ class TlsStream:
         """Send every byte of ciphertext OpenSSL has produced."""
         while True:
             try:
-                data = self.connection.bio_read(WIRE_CHUNK)
+                data = self.connection.bio_read(FLUSH_CHUNK)
             except SSL.WantReadError:
                 return
             view = memoryview(data)
@@ -94,6 +96,8 @@ class TlsStream:
                     self._wait(deadline, read=False)
                     continue
                 view = view[sent:]
+            if len(data) < FLUSH_CHUNK:  # the memory BIO is empty now
+                return
 
     def _fill(self, deadline: float) -> None:
         """Feed OpenSSL the next ciphertext from the socket (or the end of it)."""
