@@ -151,22 +151,24 @@ class Gateway:
             sock.close()
             log.warning("connection limit reached; refused %s", peer[0])
             return
+        stream: TlsStream | None = None
         try:
             # small writes (a response head, an SSE event) must leave at once, not wait
             # for the peer's delayed ACK
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             stream = TlsStream.server(self.identity.current.context, sock, self.settings.io_timeout)
-            try:
-                stream.handshake(self.settings.handshake_timeout)
-                _Exchange(self, stream, peer[0]).run()
-            except (SSL.Error, OSError, TimeoutError, h11.ProtocolError, httpx.HTTPError) as exc:
-                log.debug("connection from %s ended: %s", peer[0], type(exc).__name__)
-            except Exception as exc:
-                # no traceback: it could quote request bytes into the log
-                log.warning("connection from %s failed: %s", peer[0], type(exc).__name__)
-            finally:
-                stream.close()
+            stream.handshake(self.settings.handshake_timeout)
+            _Exchange(self, stream, peer[0]).run()
+        except (SSL.Error, OSError, TimeoutError, h11.ProtocolError, httpx.HTTPError) as exc:
+            log.debug("connection from %s ended: %s", peer[0], type(exc).__name__)
+        except Exception as exc:
+            # no traceback: it could quote request bytes into the log
+            log.warning("connection from %s failed: %s", peer[0], type(exc).__name__)
         finally:
+            if stream is not None:
+                stream.close()
+            else:
+                sock.close()
             self._slots.release()
 
 
