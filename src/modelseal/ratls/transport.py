@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,6 +39,7 @@ from modelseal.ratls.verify import Attested, PeerPolicy
 from modelseal.ratls.wire import FRESH_CONTENT_TYPE, FRESH_PATH, MAX_EVIDENCE_BUFFER
 
 NONCE_BYTES = 32
+_UNUSED_SSL_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class _TcpStream(httpcore.NetworkStream):
@@ -267,6 +269,9 @@ class AttestedTransport(httpx.BaseTransport):
             policy, tee_options=tee_options, fresh=fresh, max_age=max_age
         )
         self._pool = httpcore.ConnectionPool(
+            # never used (the backend does TLS with pyOpenSSL); given so that httpcore does
+            # not build its default context, CA bundle and all, for every connection
+            ssl_context=_UNUSED_SSL_CONTEXT,
             network_backend=_Backend(self.peer, fresh),
             max_connections=max_connections,
             http1=True,
