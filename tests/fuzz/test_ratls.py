@@ -4,6 +4,8 @@ fresh evidence bound to a nonce and a TLS exporter value)."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -31,6 +33,7 @@ EXPORTER = b"\x58" * 32
 @cache
 def _gateway() -> tuple[AttestedIdentity, PeerPolicy]:
     work = Path(tempfile.mkdtemp(prefix="modelseal-fuzz-ratls-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     identity, attester = mock_identity(work / "ca")
     peer = PeerPolicy(
         policy_for(attester), tee_options={"mock_tdx_root": str(attester.ca.root_pem_path)}
