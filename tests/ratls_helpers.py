@@ -151,8 +151,10 @@ def upstream_server() -> Iterator[Upstream]:
 
 
 @contextmanager
-def running_gateway(identity: AttestedIdentity, upstream: str) -> Iterator[Gateway]:
-    gw = Gateway(GatewaySettings("127.0.0.1", 0, upstream), identity)
+def running_gateway(
+    identity: AttestedIdentity, upstream: str, **settings: Any
+) -> Iterator[Gateway]:
+    gw = Gateway(GatewaySettings("127.0.0.1", 0, upstream, **settings), identity)
     thread = threading.Thread(target=gw.serve_forever, daemon=True)
     thread.start()
     try:

@@ -18,6 +18,7 @@ import queue
 import socket
 import socketserver
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -181,13 +182,20 @@ class _Exchange:
         self.peer = peer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
 
-    def _next(self, timeout: float | None = None) -> Any:
+    def _next(self, deadline: float | None = None) -> Any:
+        """The next h11 event; each read waits at most ``io_timeout``, and all reads
+        together end by ``deadline`` (monotonic) when one is given."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
             if self.h11.they_are_waiting_for_100_continue:
                 self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise TimeoutError("request head not received in time")
             self.h11.receive_data(self.stream.read(READ_SIZE, timeout))
 
     def _send(self, event: Any) -> None:
@@ -203,7 +211,9 @@ class _Exchange:
     def run(self) -> None:
         while True:
             try:
-                event = self._next(self.gateway.settings.idle_timeout)
+                # the whole head, idle keep-alive wait included, within idle_timeout: a
+                # client trickling header bytes cannot hold a connection slot for long
+                event = self._next(time.monotonic() + self.gateway.settings.idle_timeout)
             except h11.RemoteProtocolError as exc:
                 self._error(exc.error_status_hint, "malformed request")
                 return

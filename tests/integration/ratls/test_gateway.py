@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from OpenSSL import SSL
 
 from modelseal.crypto.tls_identity import TlsKey, certificate_extension
 from modelseal.errors import EvidenceError, PolicyDenied, UnsupportedTee
@@ -328,3 +330,26 @@ def test_hostile_requests_get_a_status_not_a_crash(
     # the gateway still serves
     with _client(setup) as client:
         assert client.get(setup["url"] + "/after").status_code == 200
+
+
+def test_a_client_trickling_its_request_head_is_cut_off(tmp_path: Path, upstream: Upstream) -> None:
+    identity, _ = mock_identity(tmp_path / "ca")
+    with running_gateway(identity, upstream.url, idle_timeout=1.0) as gw:
+        stream = _tls(gw.port)
+        try:
+            stream.write(b"GET / HTTP/1.1\r\nhost: g\r\n")
+            closed = False
+            for _ in range(100):  # 30 s of one header line every 0.3 s, if never cut off
+                time.sleep(0.3)
+                try:
+                    stream.write(b"x-slow: 1\r\n")
+                except (OSError, SSL.Error):
+                    closed = True
+                    break
+                if select.select([stream.sock], [], [], 0)[0] and stream.read() == b"":
+                    closed = True
+                    break
+        finally:
+            stream.close()
+    assert closed
+    assert upstream.received == []
