@@ -99,40 +99,63 @@ def attest_connection(
     )
 
 
-def _get_fresh(stream: TlsStream, nonce: bytes, host: str) -> bytes:
-    """``GET /.well-known/modelseal-attestation?nonce=...`` on this connection (bounded)."""
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
-    target = f"{FRESH_PATH}?nonce={b64url_encode(nonce)}".encode()
-    request = h11.Request(
-        method="GET",
-        target=target,
-        headers=[("host", host), ("accept", FRESH_CONTENT_TYPE)],
-    )
-    stream.write(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
-    body = bytearray()
-    status = 0
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = stream.read(READ_SIZE)
-            if not data:
-                raise EvidenceError("the gateway closed the connection instead of attesting")
-            conn.receive_data(data)
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_EVIDENCE_BUFFER:
-                raise EvidenceError("the gateway's fresh evidence is too large")
-        elif isinstance(event, h11.EndOfMessage):
-            break
-        elif isinstance(event, h11.ConnectionClosed):
+class FreshExchange:
+    """The client side of ``GET /.well-known/modelseal-attestation?nonce=...`` without I/O:
+    :attr:`request` is the bytes to send, :meth:`feed` takes what the gateway answers
+    (``b""`` for the end of the stream) and returns the evidence once the response is
+    complete, ``None`` while it needs more. Bounded: a 64 KiB head, a 1 MiB body."""
+
+    def __init__(self, nonce: bytes, host: str) -> None:
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        target = f"{FRESH_PATH}?nonce={b64url_encode(nonce)}".encode()
+        head = h11.Request(
+            method="GET", target=target, headers=[("host", host), ("accept", FRESH_CONTENT_TYPE)]
+        )
+        self.request: bytes = (self._conn.send(head) or b"") + (
+            self._conn.send(h11.EndOfMessage()) or b""
+        )
+        self._body = bytearray()
+        self._status = 0
+
+    def feed(self, data: bytes) -> bytes | None:
+        if not data:
             raise EvidenceError("the gateway closed the connection instead of attesting")
-    if status != 200:
-        raise EvidenceError(f"the gateway answered {status} to the fresh-evidence request")
-    if conn.their_state is not h11.DONE or conn.our_state is not h11.DONE:
-        raise EvidenceError("the gateway closed the connection after attesting")
-    return bytes(body)
+        try:
+            self._conn.receive_data(data)
+            while True:
+                event = self._conn.next_event()
+                if event is h11.NEED_DATA:
+                    return None
+                if isinstance(event, h11.Response):
+                    self._status = event.status_code
+                elif isinstance(event, h11.Data):
+                    self._body += event.data
+                    if len(self._body) > MAX_EVIDENCE_BUFFER:
+                        raise EvidenceError("the gateway's fresh evidence is too large")
+                elif isinstance(event, h11.EndOfMessage):
+                    return self._finish()
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise EvidenceError("the gateway closed the connection instead of attesting")
+        except h11.ProtocolError as exc:
+            raise EvidenceError("the gateway's fresh-evidence response is malformed") from exc
+
+    def _finish(self) -> bytes:
+        if self._status != 200:
+            raise EvidenceError(
+                f"the gateway answered {self._status} to the fresh-evidence request"
+            )
+        if self._conn.their_state is not h11.DONE or self._conn.our_state is not h11.DONE:
+            raise EvidenceError("the gateway closed the connection after attesting")
+        return bytes(self._body)
+
+
+def _get_fresh(stream: TlsStream, nonce: bytes, host: str) -> bytes:
+    """Fresh evidence for ``nonce`` over this connection (:class:`FreshExchange`)."""
+    exchange = FreshExchange(nonce, host)
+    stream.write(exchange.request)
+    while (evidence := exchange.feed(stream.read(READ_SIZE))) is None:
+        pass
+    return evidence
 
 
 class _AttestedStream(httpcore.NetworkStream):
