@@ -249,3 +249,18 @@ def relay_certificate(key: TlsKey, copied: bytes | None) -> bytes:
 
     now = time.time()
     return key.certificate(extensions=extensions, not_before=now - 60, not_after=now + 3600)
+
+
+@contextmanager
+def served_gateway(work: Path) -> Iterator[dict[str, Any]]:
+    """A recording upstream behind a mock-tdx gateway: what the client tests talk to."""
+    identity, attester = mock_identity(work / "ca")
+    with upstream_server() as up, running_gateway(identity, up.url) as gw:
+        yield {
+            "upstream": up,
+            "attester": attester,
+            "url": f"https://127.0.0.1:{gw.port}",
+            "base_url": f"https://127.0.0.1:{gw.port}/v1",
+            "port": gw.port,
+            "options": {"mock_tdx_root": str(attester.ca.root_pem_path)},
+        }

@@ -25,6 +25,7 @@ PUBLIC_API: dict[str, set[str]] = {
         "open_model",
     },
     "modelseal.clients": {
+        "AsyncAttestedTransport",
         "AttestedTransport",
         "KbsAdminClient",
         "KbsClient",

@@ -57,7 +57,7 @@ class TlsStream:
         cls, ctx: SSL.Context, sock: socket.socket, timeout: float, server_name: str | None
     ) -> TlsStream:
         conn = SSL.Connection(ctx, None)
-        if server_name and not _is_ip(server_name):
+        if server_name is not None and server_name_ok(server_name):
             conn.set_tlsext_host_name(server_name.encode("idna"))
         conn.set_connect_state()
         return cls(conn, sock, timeout)
@@ -139,31 +139,12 @@ class TlsStream:
     def read(self, max_bytes: int = READ_SIZE, timeout: float | None = None) -> bytes:
         """Up to ``max_bytes`` of plaintext; ``b""`` once the peer closed. Waits for the
         first record only, then takes every further record already received."""
+        recv = functools.partial(plaintext, self.connection, eof=lambda: self._eof)
         try:
-            first = self._drive(lambda: self._recv(max_bytes), timeout)
+            first = self._drive(lambda: recv(max_bytes), timeout)
         except ConnectionResetError:
             return b""
-        parts, size = [first], len(first)
-        while first and size < max_bytes:
-            try:
-                more = self._recv(max_bytes - size)
-            except SSL.WantReadError:
-                break
-            if not more:
-                break
-            parts.append(more)
-            size += len(more)
-        return b"".join(parts) if len(parts) > 1 else first
-
-    def _recv(self, max_bytes: int) -> bytes:
-        try:
-            return self.connection.recv(max_bytes)
-        except SSL.ZeroReturnError:
-            return b""
-        except SSL.SysCallError as exc:
-            if self._eof or (exc.args and exc.args[0] in (-1, 0)):  # EOF, no close_notify
-                return b""
-            raise
+        return with_buffered_records(recv, first, max_bytes)
 
     def write(self, data: bytes | memoryview, timeout: float | None = None) -> None:
         """Encrypt all of ``data`` and send it (records batched into few sends)."""
@@ -197,6 +178,40 @@ class TlsStream:
             self.connection.shutdown()
             self._flush(self._deadline(1.0))
         self.sock.close()
+
+
+def plaintext(conn: SSL.Connection, max_bytes: int, *, eof: Callable[[], bool]) -> bytes:
+    """One ``recv``: ``b""`` at the end of the stream (close_notify, or EOF without one),
+    ``SSL.WantReadError`` when OpenSSL needs more ciphertext."""
+    try:
+        return conn.recv(max_bytes)
+    except SSL.ZeroReturnError:
+        return b""
+    except SSL.SysCallError as exc:
+        if eof() or (exc.args and exc.args[0] in (-1, 0)):
+            return b""
+        raise
+
+
+def with_buffered_records(recv: Callable[[int], bytes], first: bytes, max_bytes: int) -> bytes:
+    """``first`` plus every further record OpenSSL can decrypt without more input, up to
+    ``max_bytes`` (one TLS record is at most 16 KiB: fewer, larger reads above)."""
+    parts, size = [first], len(first)
+    while first and size < max_bytes:
+        try:
+            more = recv(max_bytes - size)
+        except SSL.WantReadError:
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts) if len(parts) > 1 else first
+
+
+def server_name_ok(host: str | None) -> bool:
+    """True when ``host`` goes into SNI: a DNS name (TLS never sends an IP address)."""
+    return bool(host) and not _is_ip(str(host))
 
 
 def _is_ip(host: str) -> bool:

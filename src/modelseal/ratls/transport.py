@@ -39,7 +39,7 @@ from modelseal.ratls.verify import Attested, PeerPolicy
 from modelseal.ratls.wire import FRESH_CONTENT_TYPE, FRESH_PATH, MAX_EVIDENCE_BUFFER
 
 NONCE_BYTES = 32
-_UNUSED_SSL_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+UNUSED_SSL_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class _TcpStream(httpcore.NetworkStream):
@@ -244,34 +244,87 @@ class _ResponseStream(httpx.SyncByteStream):
             close()
 
 
+#: The httpcore errors :func:`httpx_error` maps.
+CORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+)
+
+
+def httpx_error(exc: Exception) -> Exception:
+    """The httpx error httpx users catch for an httpcore error (others unchanged)."""
+    kinds: tuple[tuple[type[Exception], type[Exception]], ...] = (
+        (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+        (httpcore.TimeoutException, httpx.ReadTimeout),
+        (httpcore.ConnectError, httpx.ConnectError),
+        (httpcore.NetworkError, httpx.ReadError),
+        (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+        (httpcore.ProtocolError, httpx.RemoteProtocolError),
+    )
+    for core, mapped in kinds:
+        if isinstance(exc, core):
+            error = mapped(str(exc))
+            error.__cause__ = exc
+            return error
+    return exc
+
+
 @contextlib.contextmanager
 def _mapped() -> Iterator[None]:
-    """httpcore errors as the httpx errors httpx users catch."""
     try:
         yield
-    except httpcore.ConnectTimeout as exc:
-        raise httpx.ConnectTimeout(str(exc)) from exc
-    except httpcore.TimeoutException as exc:
-        raise httpx.ReadTimeout(str(exc)) from exc
-    except httpcore.ConnectError as exc:
-        raise httpx.ConnectError(str(exc)) from exc
-    except httpcore.NetworkError as exc:
-        raise httpx.ReadError(str(exc)) from exc
-    except httpcore.UnsupportedProtocol as exc:
-        raise httpx.UnsupportedProtocol(str(exc)) from exc
-    except httpcore.ProtocolError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
+    except CORE_ERRORS as exc:
+        raise httpx_error(exc) from exc
 
 
-class AttestedTransport(httpx.BaseTransport):
-    """An httpx transport that sends requests only to gateways the policy accepts.
+def core_request(request: httpx.Request, content: Any) -> httpcore.Request:
+    """The httpcore request for an https ``request`` (``ConfigError`` for any other scheme:
+    only TLS can be attested)."""
+    if request.url.scheme != "https":
+        raise ConfigError(
+            f"attested transport: {request.url.scheme}:// cannot be attested; use https://"
+        )
+    return httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(
+            scheme=request.url.raw_scheme,
+            host=request.url.raw_host,
+            port=request.url.port,
+            target=request.url.raw_path,
+        ),
+        headers=request.headers.raw,
+        content=content,
+        extensions=request.extensions,
+    )
 
-    ``policy``: a :class:`ReleasePolicy` or the path of a policy file. ``tee_options``:
-    verifier options by name (``{"mock_tdx_root": "ca.pem", "collateral": ...}``), as
-    ``modelseal kbs serve`` takes them. ``fresh`` (default): per connection, evidence
-    bound to a nonce and the TLS exporter besides the certificate's; False trusts the
-    certificate's evidence alone (cached, cheapest). ``max_age`` caps the evidence age.
-    """
+
+def pool_options(backend: Any, max_connections: int) -> dict[str, Any]:
+    """httpcore pool settings of both attested transports."""
+    return {
+        # never used (the backend does TLS with pyOpenSSL); given so that httpcore does not
+        # build its default context, CA bundle and all, for every connection
+        "ssl_context": UNUSED_SSL_CONTEXT,
+        "network_backend": backend,
+        "max_connections": max_connections,
+        "http1": True,
+        "http2": False,
+    }
+
+
+def load_policy(policy: ReleasePolicy | str | Path) -> ReleasePolicy:
+    """A parsed policy, or the policy file at ``policy`` parsed (``ConfigError``)."""
+    if isinstance(policy, ReleasePolicy):
+        return policy
+    try:
+        return parse_policy_text(Path(policy).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the policy {policy}: {exc.strerror}") from exc
+
+
+class AttestedSettings:
+    """What both attested transports take (see :class:`AttestedTransport`)."""
 
     def __init__(
         self,
@@ -283,42 +336,32 @@ class AttestedTransport(httpx.BaseTransport):
         max_connections: int = 10,
         peer: PeerPolicy | None = None,
     ) -> None:
-        if not isinstance(policy, ReleasePolicy):
-            try:
-                policy = parse_policy_text(Path(policy).read_bytes())
-            except OSError as exc:
-                raise ConfigError(f"cannot read the policy {policy}: {exc.strerror}") from exc
         self.peer = peer or PeerPolicy(
-            policy, tee_options=tee_options, fresh=fresh, max_age=max_age
+            load_policy(policy), tee_options=tee_options, fresh=fresh, max_age=max_age
         )
+        self.fresh = fresh
+        self.max_connections = max_connections
+
+
+class AttestedTransport(AttestedSettings, httpx.BaseTransport):
+    """An httpx transport that sends requests only to gateways the policy accepts.
+
+    ``policy``: a :class:`ReleasePolicy` or the path of a policy file. ``tee_options``:
+    verifier options by name (``{"mock_tdx_root": "ca.pem", "collateral": ...}``), as
+    ``modelseal kbs serve`` takes them. ``fresh`` (default): per connection, evidence
+    bound to a nonce and the TLS exporter besides the certificate's; False trusts the
+    certificate's evidence alone (cached, cheapest). ``max_age`` caps the evidence age.
+    """
+
+    def __init__(self, policy: ReleasePolicy | str | Path, **settings: Any) -> None:
+        super().__init__(policy, **settings)
         self._pool = httpcore.ConnectionPool(
-            # never used (the backend does TLS with pyOpenSSL); given so that httpcore does
-            # not build its default context, CA bundle and all, for every connection
-            ssl_context=_UNUSED_SSL_CONTEXT,
-            network_backend=_Backend(self.peer, fresh),
-            max_connections=max_connections,
-            http1=True,
-            http2=False,
+            **pool_options(_Backend(self.peer, self.fresh), self.max_connections)
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme != "https":
-            raise ConfigError(
-                f"attested transport: {request.url.scheme}:// cannot be attested; use https://"
-            )
         assert isinstance(request.stream, httpx.SyncByteStream)
-        req = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
+        req = core_request(request, request.stream)
         with _mapped():
             resp = self._pool.handle_request(req)
         assert isinstance(resp.stream, typing.Iterable)

@@ -3,8 +3,6 @@ the gateway before any prompt leaves it (the guide's example, run for real)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,25 +15,10 @@ from tests.ratls_helpers import (
     MODEL,
     Upstream,
     last_byte_changed,
-    mock_identity,
     policy_for,
-    running_gateway,
-    upstream_server,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    identity, attester = mock_identity(tmp_path / "ca")
-    with upstream_server() as up, running_gateway(identity, up.url) as gw:
-        yield {
-            "upstream": up,
-            "attester": attester,
-            "base_url": f"https://127.0.0.1:{gw.port}/v1",
-            "options": {"mock_tdx_root": str(attester.ca.root_pem_path)},
-        }
 
 
 def _openai(served: dict[str, Any], **policy_changes: Any) -> openai.OpenAI:
