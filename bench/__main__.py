@@ -18,6 +18,7 @@ BENCHES = [
     "registry_bench",
     "jose_bench",
     "nvidia_bench",
+    "ratls_bench",
 ]
 
 

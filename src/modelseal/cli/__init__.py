@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "evidence": "modelseal.cli.evidence:evidence",
     "quickstart": "modelseal.cli.quickstart:quickstart",
     "dev": "modelseal.cli.dev:dev",
+    "gateway": "modelseal.cli.gateway:gateway",
+    "request": "modelseal.cli.gateway:request",
 }
 
 
