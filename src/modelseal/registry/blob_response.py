@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import AsyncIterator
 from typing import Final
 
 import anyio.to_thread
@@ -77,7 +76,7 @@ async def blob_body(
         if mapped:
             fd = await store.open_object(info)
             return StreamingResponse(
-                _mapped(fd, start, end, info.key),
+                _Mapped(fd, start, end, info.key),
                 status_code=status_code,
                 headers=headers,
                 media_type="application/octet-stream",
@@ -91,28 +90,52 @@ async def blob_body(
     )
 
 
-async def _mapped(fd: int, start: int, end: int, key: str) -> AsyncIterator[memoryview]:
+class _Mapped:
     """Bytes ``[start, end)`` of ``fd`` as views of read-only mappings of ``MAP_CHUNK`` bytes.
 
     Each mapping lives as long as the server holds its view (CPython frees it when the
     transport lets go) and is populated in a worker thread first, so a page that is not in
     the page cache is read from disk there, not inside the event loop's ``write(2)``.
-    Closes ``fd`` when done.
+
+    A class, not an async generator: it owns ``fd`` from before the status line, and a
+    generator that never started (the client left first) or stopped half-way would keep
+    the descriptor open until the loop finalised it; this one closes it at the end of the
+    body or as soon as it is dropped, whichever comes first.
     """
-    try:
-        pos = start
-        while pos < end:
-            base = pos - pos % mmap.ALLOCATIONGRANULARITY
-            length = min(MAP_CHUNK, end - pos) + pos - base
-            try:
-                region = mmap.mmap(fd, length, offset=base, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as exc:  # ValueError: the file shrank
-                raise BackendError(f"blob {key!r} cannot be read: {exc}") from exc
-            await anyio.to_thread.run_sync(_populate, region)
-            yield memoryview(region)[pos - base :]
-            pos = base + length
-    finally:
-        os.close(fd)
+
+    def __init__(self, fd: int, start: int, end: int, key: str) -> None:
+        self._fd: int | None = fd
+        self._pos = start
+        self._end = end
+        self._key = key
+
+    def __aiter__(self) -> _Mapped:
+        return self
+
+    async def __anext__(self) -> memoryview:
+        if self._fd is None or self._pos >= self._end:
+            self.close()
+            raise StopAsyncIteration
+        pos = self._pos
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
+        length = min(MAP_CHUNK, self._end - pos) + pos - base
+        try:
+            region = mmap.mmap(self._fd, length, offset=base, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # ValueError: the file shrank
+            self.close()
+            raise BackendError(f"blob {self._key!r} cannot be read: {exc}") from exc
+        await anyio.to_thread.run_sync(_populate, region)
+        self._pos = base + length
+        return memoryview(region)[pos - base :]
+
+    def close(self) -> None:
+        """Close the descriptor (the mappings still held by the server stay valid)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _populate(region: mmap.mmap) -> None:

@@ -125,6 +125,47 @@ def test_a_mapped_body_of_a_file_that_shrank_after_the_check_fails(tmp_path: Pat
         anyio.run(main)
 
 
+def _fds_of(path: Path) -> int:
+    """How many of this process's descriptors refer to ``path``."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:  # closed meanwhile (the listing's own descriptor, too)
+            continue
+    return found
+
+
+@pytest.mark.parametrize("chunks", [0, 1, 3])
+def test_a_mapped_body_closes_its_descriptor_however_far_it_is_sent(
+    tmp_path: Path, chunks: int
+) -> None:
+    """Not at all (the client left before the status line), partly, or to the end: the
+    object's descriptor is closed once the response is dropped."""
+
+    async def main() -> None:
+        store = LocalBlobStore(tmp_path / "b")
+        data = os.urandom(2 * CHUNK + 1)
+        info = await store.put("m/v1/a", _aiter(data))
+        obj = _object(tmp_path / "b", info)
+        response = await blob_response.blob_body(
+            store, info, 0, info.size, status_code=200, headers={}, mapped=True
+        )
+        assert isinstance(response, StreamingResponse)
+        assert _fds_of(obj) == 1
+        got = b""
+        body = aiter(response.body_iterator)
+        while len(got) < chunks * CHUNK and len(got) < len(data):
+            got += await anext(body)
+        assert got == data[: len(got)]
+        del response, body
+        assert _fds_of(obj) == 0
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(blob_response, "MAP_CHUNK", CHUNK)
+        anyio.run(main)
+
+
 # -- the registry app: status lines and streamed bodies ---------------------------------------
 
 #: the read size under test (monkeypatched: small, so bodies span several reads)
