@@ -41,6 +41,8 @@ async def _pathsend_body(
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
 
+    response.pop("mapped", None)  # the app's candidates here stream, never map
+
     if not (isinstance(store, LocalBlobStore) and start == 0 and end == info.size):
         return await blob_response.blob_body(store, info, start, end, **response)
     await store.check_object(info)
