@@ -13,7 +13,8 @@ ASGI interface, in one of two ways:
   reads; each read is a thread hand-off and a fresh ``bytes`` the server then writes.
 
 Why mapped bodies need that exact server stack: nothing in it reads the mapped bytes in
-user space (uvloop sends any buffer by pointer, also what it queues). A file truncated under
+user space (uvloop sends any buffer by pointer, also what it queues; every blob body has a
+``Content-Length``, so uvicorn never joins it into chunked framing). A file truncated under
 a mapping makes a user-space read of the lost pages a ``SIGBUS`` that kills the process,
 while the kernel's own copy for ``write(2)`` fails with ``EFAULT``, which only aborts that
 response. TLS (encrypts the bytes in user space) and the stdlib loop (copies what it could
