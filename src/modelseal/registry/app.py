@@ -252,6 +252,7 @@ def create_app(
     app.state.store = store
     app.state.records = records
     app.state.registry = registry
+    app.state.mapped_bodies = mapped_bodies
     http_edge.install_error_handlers(app, lambda _path: REGISTRY_ERRORS)
     router = APIRouter(route_class=guarded_route(REGISTRY_ERRORS))
     upload = [Depends(registry.require_upload_token)]
