@@ -331,9 +331,9 @@ def _report(
             "extra CPU (AES-GCM, ~0.2 s/GiB/core) shows up directly in wall time on a busy "
             "machine.",
             "",
-            "CPU time (user + system) of each side, the part of the cost that does not depend "
-            "on how busy the machine is (client: the process, from `wait4`; servers: from "
-            "`/proc`, during that process's run):",
+            "CPU time (user + system) of each side, which depends less than wall time on how "
+            "busy the machine is (though contention inflates it too) (client: the process, "
+            "from `wait4`; servers: from `/proc`, during that process's run):",
             "",
             *cpu_rows,
             "",
