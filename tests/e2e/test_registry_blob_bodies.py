@@ -148,6 +148,18 @@ def test_bodies_longer_than_one_read_are_exact(registry: RegistryServer) -> None
             assert r.content == blob[start:end], (start, end)
 
 
+def test_an_empty_blob_has_an_empty_body(registry: RegistryServer) -> None:
+    """Nothing to map: a 200 with Content-Length 0, and the connection stays usable."""
+    url = registry.url + "/blobs/zc/v1/empty"
+    assert httpx.put(url, content=b"", headers=registry.auth()).status_code == 201
+    with httpx.Client() as client:
+        for _ in range(2):
+            r = client.get(url)
+            assert (r.status_code, r.headers["content-length"], r.content) == (200, "0", b"")
+        r = client.get(url, headers={"Range": "bytes=0-"})
+        assert r.status_code == 416
+
+
 def test_head_and_conditional_requests(registry: RegistryServer, data: bytes) -> None:
     etag = f'"{hashlib.sha256(data).hexdigest()}"'
     head = httpx.head(registry.url + PATH)
