@@ -111,3 +111,9 @@ class FileBackedStore(Protocol):
         size differs from ``info.size`` (a damaged object must not be answered with a
         ``Content-Length`` it cannot fill)."""
         ...
+
+    async def open_object(self, info: BlobInfo) -> int:
+        """A read-only file descriptor of ``info``'s object (the caller closes it), checked
+        like :meth:`check_object` through that very descriptor, so the file it sends from is
+        the file that was checked."""
+        ...
