@@ -317,9 +317,9 @@ def _drive(cluster: KbsCluster, clients: int, releases: int, rng: random.Random)
         t.start()
     while run.released < releases // 2 and any(t.is_alive() for t in threads):
         time.sleep(0.01)
-    killed_at = time.monotonic()
     released_at_kill = run.released
-    cluster.kill9([victim])
+    cluster.kill9([victim])  # returns once the whole process group is gone
+    killed_at = time.monotonic()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t_start
