@@ -1,11 +1,12 @@
-"""Run what the rendered KBS manifests run, on loopback: the migration Job's container, then
+"""Run what the rendered manifests run, on loopback: the KBS migration Job's container, then
 two replicas of the KBS pod (its initContainer's ``install`` copying the Secret files into
 the data directory, then its server container with the manifest's exact arguments and
 environment), and probe them as the kubelet would. Only what a cluster provides is
 simulated: each volume is a directory (a Secret's keys are files, mode 0440, reached through
 symlinks as the kubelet lays them out), ``--host 0.0.0.0`` binds 127.0.0.1 and the
 container port is a free one. The admin credential from the Secret then works on both
-replicas and a key written through one is served by the other."""
+replicas and a key written through one is listed by the other. The registry's Deployment
+runs the same way, its data directory inside its volume."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tests.e2e.durability.kbs_driver import b64url
 from tests.e2e.kbs_process import CLI, stop_process
 from tests.integration.deploy.manifests import OVERLAYS, one, pod_spec
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["tdx"]}
 
@@ -134,6 +135,7 @@ def _wait_probes(
             assert http.get(url + get["path"]).status_code == 200, probe
 
 
+@pytest.mark.postgres
 def test_the_kbs_manifests_run_two_replicas_and_their_migration(
     tmp_path: Path, pg_url: str
 ) -> None:
@@ -207,3 +209,28 @@ def test_the_kbs_manifests_run_two_replicas_and_their_migration(
     finally:
         for proc in procs:
             stop_process(proc)
+
+
+def test_the_registry_manifest_runs(tmp_path: Path) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    cluster = Cluster(tmp_path / "cluster")
+    cluster.secret(
+        "modelseal-registry-tls", {"tls.crt": cert.read_bytes(), "tls.key": key.read_bytes()}
+    )
+    pod = cluster.pod(one(OVERLAYS[0], "Deployment", "modelseal-registry"), "registry")
+    (server,) = pod.spec["containers"]
+    port = free_port()
+    proc = subprocess.Popen(
+        pod.argv(server, port),
+        env=pod.env(server),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_probes(server, f"https://127.0.0.1:{port}", cert, proc)
+        args = server["args"]
+        data_dir = Path(pod.local(server, args[args.index("--data-dir") + 1]))
+        # the data directory is created inside the volume, with the upload token in it
+        assert (data_dir / "upload-token").stat().st_mode & 0o077 == 0
+    finally:
+        stop_process(proc)
