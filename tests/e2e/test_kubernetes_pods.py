@@ -10,7 +10,9 @@ runs the same way, its data directory inside its volume."""
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import secrets
 import ssl
 import subprocess
@@ -26,6 +28,7 @@ from modelseal.kbs.admin_auth import mint_admin_token
 from tests.conftest import free_port, self_signed_cert
 from tests.e2e.durability.kbs_driver import b64url
 from tests.e2e.kbs_process import CLI, stop_process
+from tests.hsm import SoftHsm, unique_object
 from tests.integration.deploy.manifests import OVERLAYS, one, pod_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -81,7 +84,14 @@ class Pod:
         return sorted(mounts, key=lambda m: -len(m[0]))  # the longest mount path wins
 
     def local(self, container: dict[str, Any], arg: str) -> str:
-        """``arg`` with a container path rewritten to the directory of its volume."""
+        """``arg`` with a container path (or a PKCS#11 URI's PIN file) rewritten to the
+        directory of its volume."""
+        if arg.startswith("pkcs11:"):
+            return re.sub(
+                r"pin-source=file:([^&]+)",
+                lambda m: "pin-source=file:" + self.local(container, m.group(1)),
+                arg,
+            )
         for mount_path, directory in self._mounts(container):
             if arg == mount_path or arg.startswith(mount_path + "/"):
                 return str(directory) + arg[len(mount_path) :]
@@ -136,9 +146,13 @@ def _wait_probes(
 
 
 @pytest.mark.postgres
-def test_the_kbs_manifests_run_two_replicas_and_their_migration(
-    tmp_path: Path, pg_url: str
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda o: o.rsplit("/", 1)[-1])
+def test_the_kbs_manifests_run_replicas_and_their_migration(
+    overlay: str, tmp_path: Path, pg_url: str, request: pytest.FixtureRequest
 ) -> None:
+    """kek-file: two replicas, started together. kek-hsm: one replica on SoftHSM2 (two
+    replicas sharing a token are the durability suite's), its URI's module and object
+    swapped for the test token's, the PIN file from the Secret volume."""
     cert, key = self_signed_cert(tmp_path)
     signing = tmp_path / "signing.pem"
     subprocess.run(
@@ -154,17 +168,29 @@ def test_the_kbs_manifests_run_two_replicas_and_their_migration(
         {"admin-credential": admin_credential, "token-signing-key.pem": signing.read_bytes()},
     )
     cluster.secret("modelseal-kbs-kek", {"kek": secrets.token_bytes(32)})
+    hsm = overlay.endswith("kek-hsm")
+    if hsm:
+        softhsm: SoftHsm = request.getfixturevalue("softhsm")
+        pin = (softhsm.base / "modelseal.pin").read_bytes()
+        cluster.secret("modelseal-kbs-hsm", {"pin": pin})
     cluster.secret("modelseal-kbs-tls", {"tls.crt": cert.read_bytes(), "tls.key": key.read_bytes()})
 
-    job = cluster.pod(one(OVERLAYS[0], "Job", "modelseal-kbs-migrate"), "migrate")
+    job = cluster.pod(one(overlay, "Job", "modelseal-kbs-migrate"), "migrate")
     (migrate,) = job.spec["containers"]
     done = subprocess.run(job.argv(migrate), env=job.env(migrate), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
-    kbs = one(OVERLAYS[0], "Deployment", "modelseal-kbs")
+    kbs = copy.deepcopy(one(overlay, "Deployment", "modelseal-kbs"))
+    if hsm:
+        args = pod_spec(kbs)["containers"][0]["args"]
+        at = args.index("--kek-uri") + 1
+        args[at] = re.sub(r"module-path=[^&]+", f"module-path={softhsm.module}", args[at])
+        args[at] = args[at].replace("object=modelseal-kek", f"object={unique_object()}")
     urls, procs = [], []
     try:
-        pods = [cluster.pod(kbs, f"kbs-{i}") for i in range(kbs["spec"]["replicas"])]
+        replicas = 1 if hsm else kbs["spec"]["replicas"]
+        assert kbs["spec"]["replicas"] >= 2
+        pods = [cluster.pod(kbs, f"kbs-{i}") for i in range(replicas)]
         for pod in pods:  # the replicas start together, as a Deployment's pods do
             pod.run_init_containers()
             (server,) = pod.spec["containers"]
@@ -184,8 +210,12 @@ def test_the_kbs_manifests_run_two_replicas_and_their_migration(
             # the copies the server reads are private to it
             args = server["args"]
             data_dir = Path(pod.local(server, args[args.index("--data-dir") + 1]))
-            for name in ("kek", "admin-credential", "token-signing-key.pem"):
+            for name in ("admin-credential", "token-signing-key.pem"):
                 assert (data_dir / name).stat().st_mode & 0o777 == 0o600, name
+            if hsm:
+                assert not (data_dir / "kek").exists()  # the KEK stays in the token
+            else:
+                assert (data_dir / "kek").stat().st_mode & 0o777 == 0o600
 
         token = mint_admin_token(
             SecretBytes(admin_credential),
@@ -203,7 +233,7 @@ def test_the_kbs_manifests_run_two_replicas_and_their_migration(
                 json={"key": b64url(secrets.token_bytes(32)), "policy": POLICY},
             )
             assert put.status_code == 201, put.text
-            listed = http.get(f"{urls[1]}/modelseal/v1/keys")
+            listed = http.get(f"{urls[-1]}/modelseal/v1/keys")
             assert listed.status_code == 200, listed.text
             assert "models/k8s/1" in listed.text
     finally:
