@@ -313,3 +313,30 @@ def test_the_manifests_use_the_images_built_here() -> None:
         if MODELSEAL_IMAGE.search(c["image"])
     }
     assert images == set(EXTRAS)
+
+
+def test_the_example_loader_is_non_root_and_reaches_the_packaged_services() -> None:
+    (deployment,) = objects("examples", "Deployment")
+    spec = pod_spec(deployment)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (loader,) = spec["initContainers"]
+    sc = loader["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    # the labels the KBS's and the registry's NetworkPolicies admit, and their Services
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    base = OVERLAYS[0]
+    for name in ("modelseal-kbs", "modelseal-registry"):
+        policy = one(base, "NetworkPolicy", name)
+        peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+        assert any(p["podSelector"]["matchLabels"].items() <= labels.items() for p in peers), name
+    env = {e["name"]: e.get("value", "") for e in loader["env"]}
+    for variable, name in (
+        ("MODELSEAL_KBS_URL", "modelseal-kbs"),
+        ("MODELSEAL_MODEL", "modelseal-registry"),
+    ):
+        service = one(base, "Service", name)
+        port = service["spec"]["ports"][0]["port"]
+        host = f"https://{name}.{service['metadata']['namespace']}.svc:{port}"
+        assert env[variable].startswith(host), (variable, env[variable])
