@@ -5,8 +5,8 @@
 the typed claims, or exits 4 with the reason (collateral expired, TCB out of date, debug,
 chain broken, binding mismatch ...), or 2 when no collateral covers the quote's platform
 (a configuration gap: the hint names ``--collateral`` / ``--pccs-url``).
-``evidence replay`` prints the registers an event log replays to. Every flag also reads
-``MODELSEAL_<FLAG>``.
+``evidence replay`` prints the registers an event log replays to. The TEE kinds' options
+also read ``MODELSEAL_<OPTION>`` (docs/reference/environment.md lists every variable).
 """
 
 from __future__ import annotations

@@ -56,8 +56,21 @@ def _path(value: str | None) -> Path | None:
     help="A KEK store being moved away from ('file' or pkcs11:...): still read; the next "
     "`kbs key rotate-kek` moves every key out of it and deletes its KEK.",
 )
-@click.option("--host", envvar="MODELSEAL_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="MODELSEAL_PORT", type=int, default=8080, show_default=True)
+@click.option(
+    "--host",
+    envvar="MODELSEAL_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Listen address.",
+)
+@click.option(
+    "--port",
+    envvar="MODELSEAL_PORT",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="Listen port.",
+)
 @click.option(
     "--tls-cert", envvar="MODELSEAL_TLS_CERT", default=None, help="PEM certificate chain."
 )
@@ -126,6 +139,7 @@ def _path(value: str | None) -> Path | None:
     default="info",
     show_default=True,
     type=click.Choice(_LEVELS),
+    help="Log level of the KBS and its workers.",
 )
 def serve(
     data_dir: str,
@@ -179,14 +193,18 @@ def serve(
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
     for kind in settings.insecure_kinds():
         click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
-    os.environ["MODELSEAL_LOG_LEVEL"] = log_level
+    from modelseal._internal import environment
+
+    environment.export("MODELSEAL_LOG_LEVEL", log_level)  # for the worker processes
     run(settings, workers=workers)
 
 
 @click.command()
 @click.argument("resource_path")
 @click.option("--kbs-url", "kbs_url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (required).")
-@deprecated_alias("--kbs", "--kbs-url", "kbs_url")
+@deprecated_alias(
+    "--kbs", "--kbs-url", "kbs_url", envvar="MODELSEAL_KBS", new_envvar="MODELSEAL_KBS_URL"
+)
 @click.option(
     "--tee",
     default=registry.DEVELOPMENT_KIND,
@@ -209,7 +227,9 @@ def serve(
     envvar="MODELSEAL_KBS_CA",
     help="CA bundle that signs the KBS's TLS certificate.",
 )
-@deprecated_alias("--cacert", "--kbs-ca", "kbs_ca", envvar="MODELSEAL_KBS_CACERT")
+@deprecated_alias(
+    "--cacert", "--kbs-ca", "kbs_ca", envvar="MODELSEAL_KBS_CACERT", new_envvar="MODELSEAL_KBS_CA"
+)
 @click.option(
     "--init-data",
     "init_data_file",

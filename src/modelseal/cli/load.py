@@ -130,13 +130,12 @@ def load(
         logging.getLogger().setLevel(logging.ERROR)
     from modelseal.loader.destination import FileModes
     from modelseal.loader.loader import load_model
-    from modelseal.loader.settings import settings_from_env
+    from modelseal.loader.settings import LoaderSettings
 
     modes = FileModes.parse(file_mode) if file_mode else None
     if group:
         modes = (modes or FileModes()).with_group(group)
-    settings = settings_from_env(
-        {},
+    settings = LoaderSettings.from_options(
         model=model,
         dest=dest,
         tee=tee,

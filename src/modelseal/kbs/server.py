@@ -28,6 +28,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from modelseal._internal import environment
 from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import ConfigError
 from modelseal.kbs.app import create_app
@@ -86,11 +87,13 @@ def settings_from_env(text: str) -> KbsSettings:
 
 def app_factory() -> ASGIApp:
     """Build one worker's app from the settings the supervisor put into the environment."""
-    text = os.environ.get(SETTINGS_ENV)
+    text = environment.variable(SETTINGS_ENV)
     if not text:
         raise ConfigError(f"{SETTINGS_ENV} is not set; start workers with `modelseal kbs serve`")
     settings = settings_from_env(text)
-    logging.getLogger("modelseal").setLevel(os.environ.get("MODELSEAL_LOG_LEVEL", "INFO").upper())
+    logging.getLogger("modelseal").setLevel(
+        (environment.variable("MODELSEAL_LOG_LEVEL") or "INFO").upper()
+    )
     state = open_state(settings)
     return create_app(settings, state)
 
@@ -136,7 +139,7 @@ def _die_with_parent() -> None:
 def _worker_main(port: int) -> None:
     """One worker process: its own listening socket, its own app, uvicorn's server loop."""
     _die_with_parent()
-    settings = settings_from_env(os.environ[SETTINGS_ENV])
+    settings = settings_from_env(environment.variable(SETTINGS_ENV) or "")
     sock = _listening_socket(settings.host, port)
     options = {**_uvicorn_options(settings), "port": port}
     uvicorn.Server(uvicorn.Config(app_factory(), **options)).run(sockets=[sock])
@@ -190,7 +193,7 @@ def serve(settings: KbsSettings, *, workers: int = 1) -> None:
     state = open_state(settings)
     state.close()
     TokenSigningKey.load_or_create(settings.signing_key_path)
-    os.environ[SETTINGS_ENV] = settings_to_env(settings)
+    environment.export(SETTINGS_ENV, settings_to_env(settings))
     # Bound but not listening: holds the port (and resolves port 0) while workers come and
     # go, and fails early if the address is taken. It takes no connections: the kernel only
     # hands them to listening sockets of the group.

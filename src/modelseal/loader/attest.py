@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, UnsupportedTee
@@ -18,6 +18,9 @@ from modelseal.tee import registry
 from modelseal.tee.base import Attester
 from modelseal.tee.detect import detect
 from modelseal.tee.initdata import parse_init_data
+
+if TYPE_CHECKING:
+    from modelseal.loader.kbs_client import KbsClient
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +107,9 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
     return registry.attester_for(kind, **options)
 
 
-def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
-    """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes.
-
-    One attempt: the caller retries transient failures, and resolves ``auto`` and warns
-    about an insecure kind once before the first attempt (:func:`warn_if_insecure`).
-    """
+def open_kbs_client(settings: LoaderSettings, kbs_url: str) -> KbsClient:
+    """A KBS client attesting as the settings' TEE (``auto`` resolved), with their CA
+    bundle, timeout and init-data: what the loader and ``KbsClient.from_settings`` use."""
     # imported here: the KBS client stack (JWE, TEE keys, RCAR models) loads while the
     # loader's first ciphertext downloads are already running
     from modelseal.loader.kbs_client import KbsClient
@@ -117,16 +117,26 @@ def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelea
     kind = resolve_tee(settings)
     init_data = read_init_data(settings)
     attester = build_attester(kind, settings, init_data)
-    with KbsClient(
+    return KbsClient(
         kbs_url,
         attester,
         tee=kind,
         verify=settings.kbs_verify,
         timeout=settings.timeout,
         init_data=init_data.text if init_data is not None else None,
-    ) as client:
+    )
+
+
+def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
+    """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes.
+
+    One attempt: the caller retries transient failures, and resolves ``auto`` and warns
+    about an insecure kind once before the first attempt (:func:`warn_if_insecure`).
+    """
+    with open_kbs_client(settings, kbs_url) as client:
         dek = client.get_resource(key_id)
         token_id = client.token_id
+        kind = client.tee
     return KeyRelease(
         dek=dek, tee=kind, token_id=token_id, kbs_url=kbs_url, insecure=kind in INSECURE_TEES
     )

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -56,6 +56,9 @@ from modelseal.protocol.kbs import (
 )
 from modelseal.protocol.wire import WireError, decode_json, describe
 from modelseal.tee.base import Attester
+
+if TYPE_CHECKING:
+    from modelseal.loader.settings import LoaderSettings
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +250,24 @@ class KbsClient:
             trust_env=False,
             transport=transport,
         )
+
+    @classmethod
+    def from_settings(cls, settings: LoaderSettings, kbs_url: str | None = None) -> KbsClient:
+        """A client configured like the loader: the settings' TEE (``auto`` detected), KBS
+        CA bundle, timeout and init-data; ``kbs_url`` defaults to ``settings.kbs_url``.
+        ``KbsClient.from_settings(LoaderSettings.from_env())`` reads the same variables as
+        ``modelseal load``."""
+        from modelseal.loader.attest import open_kbs_client
+
+        url = kbs_url or settings.kbs_url
+        if not url:
+            raise ConfigError("no KBS URL: pass kbs_url or set kbs_url (MODELSEAL_KBS_URL)")
+        return open_kbs_client(settings, url)
+
+    @property
+    def tee(self) -> str:
+        """The TEE kind this client attests as."""
+        return self._auth.tee
 
     @property
     def token_id(self) -> str | None:

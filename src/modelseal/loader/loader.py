@@ -254,24 +254,29 @@ def decrypt_v1(
             pipeline.check()  # a blob that failed meanwhile: stop before the manifest
             with timings.step("manifest"):
                 manifest = fetch_manifest(fetcher, info, dek, expected_digest, budget)
-                manifest.check_files(
+                # under hidden names the model info lists opaque names: the authenticated
+                # manifest says which path and size each one holds
+                entries = manifest.check_files(
                     {sealed_name(f.info.path): (f.header, f.sealed_size) for f in files}
                 )
+                plain = [entries[sealed_name(f.info.path)] for f in files]
+                if manifest.hidden:
+                    target.plan([e.path for e in plain])  # the real names, before any write
                 target.reserve(manifest.total_size)
                 targets: list[Target] = []
-                for f in files:
+                for f, entry in zip(files, plain, strict=True):
                     dec = FileDecryptor(f.header, f.commitment, dek)
                     stack.callback(dec.close)
-                    fd = target.open(f.info.path, f.header.size)
+                    fd = target.open(entry.path, entry.size)
                     stack.callback(os.close, fd)
-                    targets.append(Target(dec, fd))
+                    targets.append(Target(dec, fd, entry.size))
             with timings.step("download_decrypt"):
                 pipeline.provide(targets)
                 pipeline.wait()
         except BaseException:
             pipeline.cancel()  # every worker stopped before its fd and decryptor close
             raise
-    loaded = [LoadedFile(f.info.path, f.header.size, f.sealed_size) for f in files]
+    loaded = [LoadedFile(e.path, e.size, f.sealed_size) for f, e in zip(files, plain, strict=True)]
     return manifest.digest, loaded
 
 

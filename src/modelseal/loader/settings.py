@@ -1,17 +1,19 @@
 """Loader settings: the initContainer contract of docs/guides/loader.md as one validated object.
 
 Every field has a flag in ``modelseal load`` and a ``MODELSEAL_*`` variable, so a Pod spec
-can configure the loader with ``env:`` alone.
+can configure the loader with ``env:`` alone. The variables are read in one of two places
+only: by Click for the command line, and by :meth:`LoaderSettings.from_env` for the SDK;
+both use :data:`ENV_VARS`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from modelseal._internal import environment
 from modelseal.errors import ConfigError
 from modelseal.loader.destination import FileModes
 
@@ -22,7 +24,10 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
-#: environment variable -> settings field
+_PATHS = frozenset({"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"})
+
+#: environment variable -> settings field: the variables of ``modelseal load``'s options
+#: (its Click options take their ``envvar`` from here; a test keeps them equal)
 ENV_VARS: dict[str, str] = {
     "MODELSEAL_MODEL": "model",
     "MODELSEAL_KBS_URL": "kbs_url",
@@ -108,6 +113,62 @@ class LoaderSettings:
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"{name}: no such file: {value}")
 
+    @classmethod
+    def from_options(cls, **values: object) -> LoaderSettings:
+        """Settings from option values where None means "not given" (the default applies):
+        what ``modelseal load`` passes after Click read its flags and variables."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if "model" not in given:
+            raise ConfigError(
+                "no model: pass --model URL (model_url= in the SDK) or set MODELSEAL_MODEL"
+            )
+        try:
+            return cls(**given)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(f"bad loader settings: {exc}") from exc
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> LoaderSettings:
+        """Settings from the ``MODELSEAL_*`` variables ``modelseal load`` reads (the table
+        in docs/reference/environment.md); ``overrides`` that are not None win.
+
+        ``environ`` defaults to this process's environment: this is how an SDK user gets
+        exactly the configuration a Pod spec's ``env:`` gives the loader container, e.g.
+        ``open_model(settings=LoaderSettings.from_env())``.
+        """
+        env = environment.snapshot("MODELSEAL_") if environ is None else environ
+        values: dict[str, object] = {}
+        for var, name in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            if name == "allow_disk":
+                values[name] = parse_bool(raw, name=var)
+            elif name == "workers":
+                try:
+                    values[name] = int(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: not an integer: {raw!r}") from exc
+            elif name == "timeout":
+                try:
+                    values[name] = float(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
+            elif var == "MODELSEAL_FILE_MODE":
+                values[name] = FileModes.parse(raw)
+            elif var == "MODELSEAL_GROUP":  # after MODELSEAL_FILE_MODE (dict order)
+                modes = values.get(name)
+                base = modes if isinstance(modes, FileModes) else FileModes()
+                values[name] = base.with_group(raw)
+            elif name in _PATHS:
+                values[name] = Path(raw)
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_options(**values)
+
     def with_overrides(self, **changes: object) -> LoaderSettings:
         """A copy with some fields replaced (validation runs again)."""
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -121,43 +182,3 @@ class LoaderSettings:
     def registry_verify(self) -> bool | str:
         """``verify=`` argument for the registry HTTP client."""
         return str(self.registry_ca) if self.registry_ca else True
-
-
-def settings_from_env(
-    environ: Mapping[str, str] | None = None, **overrides: object
-) -> LoaderSettings:
-    """Build settings from ``MODELSEAL_*`` variables; explicit ``overrides`` win."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    for var, name in ENV_VARS.items():
-        raw = env.get(var)
-        if raw is None or raw == "":
-            continue
-        if name == "allow_disk":
-            values[name] = parse_bool(raw, name=var)
-        elif name == "workers":
-            try:
-                values[name] = int(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{var}: not an integer: {raw!r}") from exc
-        elif name == "timeout":
-            try:
-                values[name] = float(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
-        elif var == "MODELSEAL_FILE_MODE":
-            values[name] = FileModes.parse(raw)
-        elif var == "MODELSEAL_GROUP":  # after MODELSEAL_FILE_MODE (dict order)
-            modes = values.get(name)
-            values[name] = (modes if isinstance(modes, FileModes) else FileModes()).with_group(raw)
-        elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"}:
-            values[name] = Path(raw)
-        else:
-            values[name] = raw
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if "model" not in values:
-        raise ConfigError("no model: pass --model URL or set MODELSEAL_MODEL")
-    try:
-        return LoaderSettings(**values)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise ConfigError(f"bad loader settings: {exc}") from exc

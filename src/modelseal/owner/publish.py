@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
+from modelseal._internal import environment
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, FormatError, NotFound
 from modelseal.format.header import DEFAULT_SEGMENT_SIZE
-from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.manifest import SEALED_MANIFEST_NAME
 from modelseal.format.options import SealOptions
 from modelseal.owner.kbs_admin import KeyConflictError
 from modelseal.owner.keys import generate_key, read_key_file, write_key_file
@@ -158,6 +159,8 @@ class PublishRequest:
     staging_dir: Path | None = None
     workers: int = 2
     verify: bool | str = True
+    #: seal under opaque names, padded: the registry learns no file name or exact size
+    hide_names: bool = False
 
     @property
     def resolved_key_id(self) -> str:
@@ -198,7 +201,7 @@ class _Blob:
 
 def default_staging_dir(model_id: str, version: str) -> Path:
     """``$XDG_CACHE_HOME/modelseal/publish/<model>/<version>`` (``~/.cache`` by default)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    cache = environment.variable("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "modelseal" / "publish" / model_id / version
 
 
@@ -214,9 +217,11 @@ def _validate(req: PublishRequest) -> None:
         raise ConfigError(f"unknown format {req.format!r}; use v1 or cnap")
     if not req.source.exists():
         raise NotFound(f"{req.source} not found")
+    if req.format == "cnap" and req.hide_names:
+        raise ConfigError("--hide-names needs the v1 format (CNAP has no manifest)")
     if req.format == "cnap" and not req.source.is_file():
         raise ConfigError("the CNAP format publishes a single file; use --format v1")
-    for url, what in ((req.registry_url, "--registry"), (req.kbs_url, "--kbs")):
+    for url, what in ((req.registry_url, "--registry"), (req.kbs_url, "--kbs-url")):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{what} must be an http(s):// URL, got {url!r}")
 
@@ -258,6 +263,7 @@ def _state_params(req: PublishRequest) -> dict[str, Any]:
         "key_id": req.resolved_key_id,
         "seal_format": req.format,
         "segment_size": req.segment_size,
+        "hide_names": req.hide_names,
         "source": str(req.source.resolve()),
         "fingerprint": _fingerprint(req.source),
     }
@@ -374,6 +380,7 @@ def _seal(
         model=req.model_id,
         workers=req.workers,
         progress=progress.advance,
+        hide_names=req.hide_names,
     )
     if req.format == "cnap":
         staging.sealed.mkdir(mode=0o700)
@@ -404,9 +411,10 @@ def _seal(
         )
     )
     for entry in model.files:
-        name = sealed_name(entry.path)
+        # under hidden names the registry gets the opaque name as the file's path too
+        name = entry.sealed_relpath
         local = staging.sealed / name
-        blobs.append(_Blob(entry.path, name, local, entry.sealed_size, _sha256_file(local)))
+        blobs.append(_Blob(entry.header_path, name, local, entry.sealed_size, _sha256_file(local)))
         progress.advance(entry.sealed_size)
     return blobs, model.model_digest
 

@@ -12,7 +12,6 @@ init-data (MRCONFIGID = its digest), quote version 5.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +36,6 @@ from modelseal.tee.tdx.evidence import TdxEvidence
 DEFAULT_MR_TD = hashlib.sha384(b"modelseal mock-tdx TD firmware").digest()
 DEFAULT_KERNEL = b"modelseal mock-tdx kernel image"
 DEFAULT_CMDLINE = "console=hvc0 root=/dev/vda1 ro"
-ENV_CA_DIR = "MODELSEAL_MOCK_TDX_DIR"
 _REGISTERS = (
     "mr_td",
     "rtmr0",
@@ -80,12 +78,11 @@ class Attester:
         cmdline: str = DEFAULT_CMDLINE,
         quote_version: int = 4,
     ) -> None:
-        directory = ca_dir or os.environ.get(ENV_CA_DIR)
-        if not directory:
-            raise ConfigError(f"mock-tdx needs a CA directory (ca_dir or ${ENV_CA_DIR})")
+        if not ca_dir:
+            raise ConfigError("mock-tdx needs a CA directory (--mock-tdx-dir, ca_dir=)")
         if tcb not in ("UpToDate", "OutOfDate"):
             raise ConfigError("mock-tdx tcb must be UpToDate or OutOfDate")
-        self.ca = MockTdxCA.load_or_create(directory)
+        self.ca = MockTdxCA.load_or_create(ca_dir)
         values: dict[str, bytes] = {}
         for name, text in (measurements or {}).items():
             if name not in _REGISTERS:
