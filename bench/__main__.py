@@ -19,6 +19,7 @@ BENCHES = [
     "jose_bench",
     "nvidia_bench",
     "ratls_bench",
+    "replicas_bench",
 ]
 
 
