@@ -240,6 +240,20 @@ class S3BlobStore:
 
     # -- read --------------------------------------------------------------------------------
 
+    def direct_url(self, info: BlobInfo, *, expires: int) -> str:
+        """A presigned ``GetObject`` URL of ``info``'s object (SigV4, computed locally: no
+        request). Only the method, bucket and key are signed, so clients add ``Range``;
+        what they read is authenticated by the sealed format, not by this URL."""
+        try:
+            url: str = self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._data_key(info.key)},
+                ExpiresIn=expires,
+            )
+        except Exception as exc:  # botocore raises several unrelated types here
+            raise BackendError(f"cannot presign an S3 URL: {type(exc).__name__}") from None
+        return url
+
     async def stat(self, key: str) -> BlobInfo:
         meta_key = self._meta_key(key)
         try:

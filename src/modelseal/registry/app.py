@@ -39,6 +39,7 @@ from modelseal.blobstore.base import (
     BlobStore,
     BlobTooLarge,
     DigestMismatch,
+    RedirectingStore,
 )
 from modelseal.errors import BackendError, ConfigError, FormatError, NotFound, TokenError
 from modelseal.protocol.model_info import (
@@ -232,6 +233,9 @@ def create_app(
     the server stack named in :mod:`modelseal.registry.blob_response` may ask for."""
     registry = Registry(settings, store)
     records = registry.records
+    redirect = settings.redirect_blobs
+    if redirect is not None and not isinstance(store, RedirectingStore):
+        raise ConfigError("--redirect-blobs needs a store clients can reach: an s3:// store")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -335,6 +339,14 @@ def create_app(
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
+        if redirect is not None and isinstance(store, RedirectingStore):
+            # the client repeats its request (Range included) at the store; the sealed
+            # format authenticates every byte it reads there, as it does for bytes from here
+            location = store.direct_url(info, expires=redirect)
+            return Response(
+                status_code=307,
+                headers={"Location": location, "ETag": info.etag, "Cache-Control": "no-store"},
+            )
         return await blob_body(
             store, info, start, end, status_code=status, headers=headers, mapped=mapped_bodies
         )
