@@ -253,6 +253,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # The KBS exports no OpenTelemetry; left on, FastAPI asks the OpenTelemetry API for
+        # its providers on every request (environment lookups, a few % of a release's CPU).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.kbs = kbs
     install_error_handlers(app)

@@ -77,7 +77,8 @@ def test_failing_unit_is_rolled_back_alone(db: Database) -> None:
 
     results = asyncio.run(_batch(group, [_insert(1), insert_then_fail, _insert(3)]))
     group.close()
-    assert results[0] == 1 and results[2] == 3
+    assert results[0] == 1
+    assert results[2] == 3
     assert isinstance(results[1], TokenError)
     assert _values(db) == [1, 3]
 
@@ -86,7 +87,8 @@ def test_database_error_in_a_unit_is_a_backend_error(db: Database) -> None:
     group = GroupCommit(db)
     results = asyncio.run(_batch(group, [_insert(1), _insert(1), _insert(2)]))
     group.close()
-    assert results[0] == 1 and results[2] == 2
+    assert results[0] == 1
+    assert results[2] == 2
     assert isinstance(results[1], BackendError)  # duplicate key: that unit only
     assert _values(db) == [1, 2]
 
