@@ -166,7 +166,7 @@ class Kbs:
         if runtime.nonce != pending.nonce:
             await self.units.run(self.sessions.burn_unit(session_id))
             raise TokenError("runtime-data nonce does not match the session nonce")
-        recipient_from_jwk(runtime.tee_pubkey)
+        recipient = recipient_from_jwk(runtime.tee_pubkey)
         digest = runtime_data_digest(
             runtime.nonce, runtime.tee_pubkey, req.tee_evidence.additional_evidence
         )
@@ -179,7 +179,7 @@ class Kbs:
             await self.units.run(self.sessions.burn_unit(session_id))
             raise
         token, jti, exp = self.tokens.issue(
-            claims, nonce=runtime.nonce, tee_pubkey=runtime.tee_pubkey
+            claims, nonce=runtime.nonce, tee_pubkey=runtime.tee_pubkey, recipient=recipient
         )
         session_expiry = await self.units.run(self.sessions.complete_unit(pending, token, exp))
         # the session id is a (short-lived) credential: it is never logged, the token id is

@@ -46,6 +46,8 @@ class ResourceService:
     def verify(self, token: str) -> tuple[VerifiedToken, RecipientKey]:
         """Verify the EAR token and the TEE key it names (TokenError / FormatError)."""
         verified = self.tokens.verify(token)
+        if verified.recipient is not None:
+            return verified, verified.recipient
         return verified, recipient_from_jwk(verified.tee_pubkey)
 
     def release_unit(

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -115,7 +115,7 @@ class SessionStore:
 
     def new(self, tee: str, nonce: str) -> PendingSession:
         """A new session, not stored yet (no I/O): store it with :meth:`insert_unit`."""
-        return PendingSession(uuid.uuid4().hex, tee, nonce, self.clock.now() + self.ttl)
+        return PendingSession(secrets.token_hex(16), tee, nonce, self.clock.now() + self.ttl)
 
     def insert_unit(self, session: PendingSession) -> Unit[None]:
         """The unit that stores ``session`` in state ``authed``."""

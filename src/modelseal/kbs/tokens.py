@@ -9,16 +9,18 @@ Trustee we add ``aud``, ``jti`` and an ``insecure`` stamp, and never embed raw e
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from modelseal import __version__
 from modelseal._internal.clock import Clock, SystemClock
+from modelseal.crypto.jose.jwk import RecipientKey
 from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import TokenError
 from modelseal.protocol.claims import Claims
@@ -99,6 +101,8 @@ class VerifiedToken:
     exp: float
     claims: Claims
     tee_pubkey: Mapping[str, Any]
+    #: the validated ``tee_pubkey`` when the token's issuer already parsed it (else None)
+    recipient: RecipientKey | None = field(default=None, compare=False)
 
 
 #: Tokens one KBS process remembers having issued (a few KB each; oldest forgotten first).
@@ -138,12 +142,18 @@ class TokenService:
         self._issued_lock = threading.Lock()
 
     def issue(
-        self, claims: Claims, *, nonce: str, tee_pubkey: Mapping[str, Any]
+        self,
+        claims: Claims,
+        *,
+        nonce: str,
+        tee_pubkey: Mapping[str, Any],
+        recipient: RecipientKey | None = None,
     ) -> tuple[str, str, float]:
-        """Sign a token for ``claims``; returns ``(token, jti, exp)``."""
+        """Sign a token for ``claims``; returns ``(token, jti, exp)``. ``recipient`` is
+        ``tee_pubkey`` as validated by the caller, remembered with the token."""
         now = int(self.clock.now())
         exp = now + int(self.ttl)
-        jti = uuid.uuid4().hex
+        jti = secrets.token_hex(16)
         status, vector = trustworthiness(claims)
         annotated: dict[str, Any] = {
             claims.tee: claims.to_json(),
@@ -175,7 +185,9 @@ class TokenService:
             payload["insecure"] = True
         token = self.key.sign_jwt(payload)
         # What verify() would extract from these bytes: the payload after a JSON round trip.
-        verified = self._extract(json.loads(json.dumps(payload)))
+        verified = dataclasses.replace(
+            self._extract(json.loads(json.dumps(payload))), recipient=recipient
+        )
         with self._issued_lock:
             self._issued[token] = verified
             if len(self._issued) > MAX_REMEMBERED_TOKENS:

@@ -7,6 +7,7 @@ import pytest
 from modelseal._internal.clock import FixedClock
 from modelseal._internal.encoding import b64url_decode, b64url_encode
 from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwk import TeeKeyPair, recipient_from_jwk
 from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import TokenError
 from modelseal.kbs.tokens import TokenService, claims_from_json, trustworthiness
@@ -146,3 +147,12 @@ def test_remembered_token_still_expires() -> None:
         svc.verify(token)
     with pytest.raises(TokenError, match="expired"):
         svc.verify(token)
+
+
+def test_remembered_token_keeps_the_validated_tee_key() -> None:
+    svc = _service(FixedClock())
+    jwk = TeeKeyPair.generate().public_jwk()
+    recipient = recipient_from_jwk(jwk)
+    token, _, _ = svc.issue(TDX, nonce="n", tee_pubkey=jwk, recipient=recipient)
+    assert svc.verify(token).recipient is recipient
+    assert _twin(svc).verify(token).recipient is None  # parsed again from the claims
