@@ -9,8 +9,6 @@ Trustee we add ``aud``, ``jti`` and an ``insecure`` stamp, and never embed raw e
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import secrets
 import threading
 from collections import OrderedDict
@@ -184,9 +182,14 @@ class TokenService:
         if self.insecure or claims.insecure:
             payload["insecure"] = True
         token = self.key.sign_jwt(payload)
-        # What verify() would extract from these bytes: the payload after a JSON round trip.
-        verified = dataclasses.replace(
-            self._extract(json.loads(json.dumps(payload))), recipient=recipient
+        # What verify() would extract from these bytes: ``to_json`` gives JSON values, so
+        # its claims are the ones ``claims_from_json`` reads back from the signed payload.
+        verified = VerifiedToken(
+            jti,
+            float(exp),
+            claims_from_json(annotated[claims.tee]),
+            annotated["runtime_data_claims"]["tee-pubkey"],
+            recipient,
         )
         with self._issued_lock:
             self._issued[token] = verified
