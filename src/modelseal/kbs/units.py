@@ -83,22 +83,39 @@ class _Item:
 
 
 class GroupCommit:
-    """SQLite: units queued from any event loop, committed in batches by one thread."""
+    """SQLite: units queued from any event loop, committed in batches by one thread.
+
+    Units submitted during one pass of an event loop reach the writer thread together, at
+    the end of that pass: waking a sleeping thread is a system call that cost more CPU per
+    unit than the unit's SQL (measured with py-spy under 32 clients).
+    """
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
         self._db = db
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # per event loop: the units submitted in its current pass, handed over by _flush
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
 
     async def run(self, unit: Unit[T]) -> T:
-        item = _Item(unit, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        item = _Item(unit, loop)
         if self._thread is None:
             self._start()
-        self._queue.put(item)
+        pending = self._pending.get(loop)
+        if pending is None:
+            self._pending[loop] = [item]
+            loop.call_soon(self._flush, loop)
+        else:
+            pending.append(item)
         result: T = await item.fut
         return result
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: hand this pass's units to the writer thread (one wake-up)."""
+        self._queue.put(self._pending.pop(loop))
 
     def _start(self) -> None:
         with self._start_lock:
@@ -116,24 +133,25 @@ class GroupCommit:
             self._thread = None
 
     def _writer(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
+        backlog: list[_Item] = []
+        stop = False
+        while not stop or backlog:
+            if not backlog:
+                first = self._queue.get()
+                if first is None:
+                    return
+                backlog = first
+            while len(backlog) < self._max_batch and not stop:
                 try:
-                    item = self._queue.get_nowait()
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if more is None:
                     stop = True
-                    break
-                batch.append(item)
+                else:
+                    backlog.extend(more)
+            batch, backlog = backlog[: self._max_batch], backlog[self._max_batch :]
             self._commit(batch)
-            if stop:
-                return
 
     def _commit(self, batch: list[_Item]) -> None:
         results: list[tuple[bool, Any]] = []
