@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "registry": "modelseal.cli.registry:registry",
     "publish": "modelseal.cli.publish:publish",
     "load": "modelseal.cli.load:load",
+    "mount": "modelseal.cli.mount:mount",
     "attest": "modelseal.cli.evidence:attest",
     "evidence": "modelseal.cli.evidence:evidence",
     "quickstart": "modelseal.cli.quickstart:quickstart",

@@ -56,7 +56,7 @@ class LoaderSettings:
     """What to load, from where, into where, attested as which TEE."""
 
     #: registry model URL (``.../models/<id>``) or a CNAP model-info URL
-    model: str
+    model: str = ""
     kbs_url: str | None = None
     dest: Path = DEFAULT_DEST
     #: ``auto`` detects the TEE of this machine; otherwise a kind of ``tee.registry``
@@ -84,9 +84,17 @@ class LoaderSettings:
     #: x bits
     file_modes: FileModes = field(default_factory=FileModes)
     extra_attester_options: Mapping[str, object] = field(default_factory=dict)
+    #: a sealed model directory on this machine instead of ``model`` (``modelseal mount
+    #: --sealed``); its key is still released by the KBS after attestation
+    sealed_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if not self.model or not self.model.startswith(("http://", "https://")):
+        if self.sealed_dir is not None:
+            if self.model:
+                raise ConfigError("--model and --sealed exclude each other: pass one")
+            if not Path(self.sealed_dir).is_dir():
+                raise ConfigError(f"sealed_dir: no such directory: {self.sealed_dir}")
+        elif not self.model or not self.model.startswith(("http://", "https://")):
             raise ConfigError("model: an http(s) URL of the model info is required (--model)")
         if self.kbs_url is not None and not self.kbs_url.startswith(("http://", "https://")):
             raise ConfigError(f"kbs_url: not an http(s) URL: {self.kbs_url!r}")
@@ -152,7 +160,7 @@ def settings_from_env(
         else:
             values[name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "model" not in values:
+    if "model" not in values and "sealed_dir" not in values:
         raise ConfigError("no model: pass --model URL or set MODELSEAL_MODEL")
     try:
         return LoaderSettings(**values)  # type: ignore[arg-type]

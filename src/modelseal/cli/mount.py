@@ -1,0 +1,119 @@
+"""``modelseal mount``: serve a sealed model as a read-only FUSE filesystem, decrypting on read.
+
+The model and key options are the loader's own (``modelseal load``'s option objects are
+reused, so every TEE and key-source option and its ``MODELSEAL_*`` variable works the same
+here); ``--sealed DIR`` replaces ``--model`` for a sealed directory on this machine.
+Exit codes as for ``load``: 0 unmounted cleanly, 2 config, 3 not found, 4 attestation or
+policy, 5 integrity, 75 transient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelseal.cli._tee_options import attester_options
+from modelseal.cli.load import load as _load
+
+#: ``modelseal load`` options that describe a destination directory, which a mount has not
+_NOT_SHARED = frozenset({"dest", "allow_disk", "file_mode", "group", "quiet"})
+#: attester inputs are files or directories (``load`` turns them into paths the same way)
+_ATTESTER_PATHS = frozenset(spec.name for spec in attester_options())
+
+
+def _mib(value: int) -> int:
+    return value << 20
+
+
+@click.command()
+@click.option(
+    "--sealed",
+    "sealed_dir",
+    envvar="MODELSEAL_SEALED",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A sealed model directory on this machine instead of --model (needs --kbs-url).",
+)
+@click.option(
+    "--mountpoint",
+    envvar="MODELSEAL_MOUNTPOINT",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Empty directory to mount the plaintext model on.",
+)
+@click.option(
+    "--ready-file",
+    envvar="MODELSEAL_READY_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Written (JSON) once the mount serves, removed at unmount: for a Kubernetes probe.",
+)
+@click.option(
+    "--cache-mib",
+    envvar="MODELSEAL_CACHE_MIB",
+    type=click.IntRange(16, 1 << 20),
+    default=64,
+    show_default=True,
+    help="Decrypted segments kept in the mount process (the page cache holds more).",
+)
+@click.option(
+    "--readahead-mib",
+    envvar="MODELSEAL_READAHEAD_MIB",
+    type=click.IntRange(0, 1 << 20),
+    default=32,
+    show_default=True,
+    help="Plaintext fetched ahead of a sequential reader, at most.",
+)
+@click.option(
+    "--allow-other/--no-allow-other",
+    envvar="MODELSEAL_ALLOW_OTHER",
+    default=None,
+    help="Let other users (another container's) read the mount [default: on as root].",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
+def mount(
+    sealed_dir: Path | None,
+    mountpoint: Path,
+    ready_file: Path | None,
+    cache_mib: int,
+    readahead_mib: int,
+    allow_other: bool | None,
+    quiet: bool,
+    **loader_values: Any,
+) -> None:
+    """Attest, fetch the model key, serve the model decrypted on read at MOUNTPOINT."""
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    if quiet:
+        logging.getLogger().setLevel(logging.ERROR)
+    from modelseal.loader.mount.opening import open_model
+    from modelseal.loader.mount.serve import MountOptions, check_mountpoint, serve
+    from modelseal.loader.receipt import Timings
+    from modelseal.loader.settings import settings_from_env
+
+    overrides = {
+        name: Path(value) if name in _ATTESTER_PATHS and isinstance(value, str) else value
+        for name, value in loader_values.items()
+    }
+    settings = settings_from_env({}, sealed_dir=sealed_dir, **overrides)
+    options = MountOptions(
+        mountpoint=mountpoint,
+        ready_file=ready_file,
+        cache_bytes=_mib(cache_mib),
+        readahead_bytes=_mib(readahead_mib),
+        workers=settings.workers,
+        allow_other=os.geteuid() == 0 if allow_other is None else allow_other,
+    )
+    check_mountpoint(mountpoint)  # before attesting: a wrong path costs nothing
+    opened = open_model(settings, Timings())
+    stats = serve(opened, options)
+    if not quiet:
+        json.dump({"model_digest": opened.manifest.digest, "unmounted": True, **stats}, sys.stdout)
+        sys.stdout.write("\n")
+
+
+# the loader's model, TEE, KBS and key options, shared with ``modelseal load``
+mount.params[0:0] = [p for p in _load.params if p.name not in _NOT_SHARED]
