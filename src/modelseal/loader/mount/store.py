@@ -405,8 +405,10 @@ class SegmentStore:
 
     def close(self) -> None:
         """Stop read-ahead, wipe every cached plaintext segment, close the source and the
-        decryptors (their file keys are wiped)."""
+        decryptors (their file keys are wiped). Safe to call twice."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
