@@ -135,10 +135,11 @@ class Stats:
 class _Entry:
     """A cached plaintext segment; ``pins`` readers are copying from it right now."""
 
-    __slots__ = ("buf", "evicted", "pins")
+    __slots__ = ("buf", "evicted", "pins", "size")
 
-    def __init__(self, buf: bytearray) -> None:
+    def __init__(self, buf: bytearray, size: int) -> None:
         self.buf = buf
+        self.size = size
         self.pins = 0
         self.evicted = False
 
@@ -307,25 +308,38 @@ class SegmentStore:
             return
         self.stats.add(segments_fetched=len(run), sealed_bytes_fetched=len(sealed))
         pos = 0
-        for index in run:
-            n = header.segment_sealed_len(index)
-            plain = bytearray(n - TAG_LEN)
-            try:
-                mounted.decryptor.decrypt_segment_into(index, view[pos : pos + n], plain)
-            except DecryptionError as exc:
-                self.stats.add(auth_failures=1)
-                log.error(
-                    "%s: segment %d (plaintext bytes %d..%d) failed authentication; "
-                    "reads of it return EIO",
-                    mounted.path,
-                    index,
-                    index * header.segment_size,
-                    index * header.segment_size + len(plain),
-                )
-                self._settle(file, range(index, index + 1), exc)
-            else:
-                self._insert(file, index, plain)
-            pos += n
+        try:
+            for index in run:
+                n = header.segment_sealed_len(index)
+                segment = view[pos : pos + n]
+                pos += n
+                try:
+                    # in place: the plaintext overwrites its ciphertext (wiped on failure)
+                    mounted.decryptor.decrypt_segment_into(index, segment, segment[: n - TAG_LEN])
+                except DecryptionError as exc:
+                    self._auth_failed(file, index, exc)
+                    continue
+                # a run of one segment is adopted as the cache entry (no copy; its last 16
+                # bytes, once the tag, are never read); a longer run is copied out segment by
+                # segment and wiped below
+                plain = sealed if len(run) == 1 else bytearray(segment[: n - TAG_LEN])
+                self._insert(file, index, plain, n - TAG_LEN)
+        finally:
+            if len(run) > 1:
+                wipe(sealed)
+
+    def _auth_failed(self, file: int, index: int, exc: DecryptionError) -> None:
+        mounted = self.files[file]
+        header = mounted.header
+        self.stats.add(auth_failures=1)
+        log.error(
+            "%s: segment %d (plaintext bytes %d..%d) failed authentication; reads of it return EIO",
+            mounted.path,
+            index,
+            index * header.segment_size,
+            index * header.segment_size + header.segment_plain_len(index),
+        )
+        self._settle(file, range(index, index + 1), exc)
 
     def _settle(self, file: int, run: range, exc: BaseException) -> None:
         with self._lock:
@@ -334,15 +348,16 @@ class SegmentStore:
             if future is not None:
                 future.set_exception(exc)
 
-    def _insert(self, file: int, index: int, plain: bytearray) -> None:
-        entry = _Entry(plain)
+    def _insert(self, file: int, index: int, plain: bytearray, length: int) -> None:
+        """Cache ``plain`` (its first ``length`` bytes are the segment's plaintext)."""
+        entry = _Entry(plain, length)
         with self._lock:
             future = self._inflight.pop((file, index), None)
             if self._closed:
                 self._wipe_entry(entry)
             else:
                 self._cache[(file, index)] = entry
-                self._cached += len(plain)
+                self._cached += length
                 self._evict()
         if future is not None:
             if entry.buf is _WIPED:
@@ -355,7 +370,7 @@ class SegmentStore:
         always stays."""
         while self._cached > self.cache_bytes and len(self._cache) > 1:
             _key, entry = self._cache.popitem(last=False)
-            self._cached -= len(entry.buf)
+            self._cached -= entry.size
             entry.evicted = True
             if entry.pins == 0:
                 self._wipe_entry(entry)
