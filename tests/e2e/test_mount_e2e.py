@@ -274,3 +274,26 @@ def test_mountpoint_must_be_an_empty_directory(
     done = run_cli(["mount", *model_args(stack), "--mountpoint", str(mountpoint)])
     assert done.returncode == 2, done.stderr
     assert "not empty" in done.stderr
+
+
+def test_sigterm_unmounts_and_open_files_read_until_closed(
+    stack: Stack, published: ModelInfo, tmp_path: Path, mounts: list[Mount]
+) -> None:
+    mount = start_mount(tmp_path, *model_args(stack))
+    mounts.append(mount)
+    data = MODEL["shards/extra.bin"]
+    with open(mount.mountpoint / "shards" / "extra.bin", "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), 100, 0) == data[:100]
+        mount.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while os.path.ismount(mount.mountpoint):
+            assert time.monotonic() < deadline, "SIGTERM did not unmount"
+            time.sleep(0.05)
+        # gone for new opens, still served for the open file (lazy unmount)
+        assert not (mount.mountpoint / "config.json").exists()
+        assert os.pread(f.fileno(), 1000, len(data) - 1000) == data[-1000:]
+        assert mount.process.poll() is None
+    code, out, err = mount.stop()  # exits once the last file is closed
+    assert code == 0, err
+    assert json.loads(out)["unmounted"] is True
+    assert not mount.ready_file.exists()
