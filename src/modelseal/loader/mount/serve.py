@@ -242,7 +242,10 @@ def _run(binding: Any, fs: SealedFs, options: MountOptions) -> None:
             default_permissions=True,
             fsname="modelseal",
             subtype="modelseal",
+            # libfuse 3.14's default idle-thread count is "unset" (-1), which it reports on
+            # stderr as an invalid thread count; name both bounds
             max_threads=16,
+            max_idle_threads=8,
             **extra,
         )
     except RuntimeError as exc:
