@@ -18,13 +18,7 @@ from typing import Any
 
 import click
 
-from modelseal.cli._tee_options import attester_options
-from modelseal.cli.load import load as _load
-
-#: ``modelseal load`` options that describe a destination directory, which a mount has not
-_NOT_SHARED = frozenset({"dest", "allow_disk", "file_mode", "group", "quiet"})
-#: attester inputs are files or directories (``load`` turns them into paths the same way)
-_ATTESTER_PATHS = frozenset(spec.name for spec in attester_options())
+from modelseal.cli._loader_options import loader_overrides, share_loader_options
 
 
 def _mib(value: int) -> int:
@@ -94,11 +88,7 @@ def mount(
     from modelseal.loader.receipt import Timings
     from modelseal.loader.settings import settings_from_env
 
-    overrides = {
-        name: Path(value) if name in _ATTESTER_PATHS and isinstance(value, str) else value
-        for name, value in loader_values.items()
-    }
-    settings = settings_from_env({}, sealed_dir=sealed_dir, **overrides)
+    settings = settings_from_env({}, sealed_dir=sealed_dir, **loader_overrides(loader_values))
     options = MountOptions(
         mountpoint=mountpoint,
         ready_file=ready_file,
@@ -115,5 +105,4 @@ def mount(
         sys.stdout.write("\n")
 
 
-# the loader's model, TEE, KBS and key options, shared with ``modelseal load``
-mount.params[0:0] = [p for p in _load.params if p.name not in _NOT_SHARED]
+share_loader_options(mount)

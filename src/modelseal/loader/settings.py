@@ -94,7 +94,9 @@ class LoaderSettings:
                 raise ConfigError("--model and --sealed exclude each other: pass one")
             if not Path(self.sealed_dir).is_dir():
                 raise ConfigError(f"sealed_dir: no such directory: {self.sealed_dir}")
-        elif not self.model or not self.model.startswith(("http://", "https://")):
+        elif self.model and not self.model.startswith(("http://", "https://")):
+            # empty only for a key without a model (``modelseal volume``); ``load`` and
+            # ``mount`` require one through settings_from_env
             raise ConfigError("model: an http(s) URL of the model info is required (--model)")
         if self.kbs_url is not None and not self.kbs_url.startswith(("http://", "https://")):
             raise ConfigError(f"kbs_url: not an http(s) URL: {self.kbs_url!r}")
@@ -132,6 +134,20 @@ def settings_from_env(
     environ: Mapping[str, str] | None = None, **overrides: object
 ) -> LoaderSettings:
     """Build settings from ``MODELSEAL_*`` variables; explicit ``overrides`` win."""
+    return _from_env(environ, overrides, require_model=True)
+
+
+def key_settings_from_env(
+    environ: Mapping[str, str] | None = None, **overrides: object
+) -> LoaderSettings:
+    """Like :func:`settings_from_env` for a key without a model (``modelseal volume``):
+    neither ``model`` nor ``sealed_dir`` is needed."""
+    return _from_env(environ, overrides, require_model=False)
+
+
+def _from_env(
+    environ: Mapping[str, str] | None, overrides: Mapping[str, object], *, require_model: bool
+) -> LoaderSettings:
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     for var, name in ENV_VARS.items():
@@ -160,7 +176,7 @@ def settings_from_env(
         else:
             values[name] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "model" not in values and "sealed_dir" not in values:
+    if require_model and "model" not in values and "sealed_dir" not in values:
         raise ConfigError("no model: pass --model URL or set MODELSEAL_MODEL")
     try:
         return LoaderSettings(**values)  # type: ignore[arg-type]
