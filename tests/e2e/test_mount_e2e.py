@@ -132,6 +132,7 @@ def test_every_file_reads_back_and_safetensors_maps_it(
     ready = json.loads(mount.ready_file.read_text())
     assert ready["model_digest"] == published.model_digest
     assert ready["files"] == len(MODEL)
+    assert {"model_info", "headers", "attest_key_release", "manifest"} <= set(ready["timings"])
     listed = sorted(
         str(p.relative_to(mount.mountpoint)) for p in mount.mountpoint.rglob("*") if p.is_file()
     )

@@ -84,7 +84,12 @@ def mount(
     if quiet:
         logging.getLogger().setLevel(logging.ERROR)
     from modelseal.loader.mount.opening import open_model
-    from modelseal.loader.mount.serve import MountOptions, check_mountpoint, serve
+    from modelseal.loader.mount.serve import (
+        MountOptions,
+        check_mountpoint,
+        preload_binding,
+        serve,
+    )
     from modelseal.loader.receipt import Timings
     from modelseal.loader.settings import settings_from_env
 
@@ -98,6 +103,7 @@ def mount(
         allow_other=os.geteuid() == 0 if allow_other is None else allow_other,
     )
     check_mountpoint(mountpoint)  # before attesting: a wrong path costs nothing
+    preload_binding()
     opened = open_model(settings, Timings())
     stats = serve(opened, options)
     if not quiet:

@@ -59,6 +59,8 @@ class OpenedModel:
     key: KeyRelease
     model_id: str | None
     version: str | None
+    #: seconds per step before serving (model info, headers, key release, manifest)
+    timings: Timings
 
 
 def open_model(
@@ -111,6 +113,7 @@ def _open_remote(
             key,
             info.id,
             info.version,
+            timings,
         )
     except BaseException:
         failing.close()
@@ -183,7 +186,9 @@ def _open_local(
         key.dek.wipe()
         os.close(manifest_fd)
         failing.pop_all()
-        return OpenedModel(manifest, files, LocalSource(fds), key, manifest.model, manifest.version)
+        return OpenedModel(
+            manifest, files, LocalSource(fds), key, manifest.model, manifest.version, timings
+        )
     except BaseException:
         failing.close()
         raise

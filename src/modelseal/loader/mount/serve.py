@@ -40,7 +40,7 @@ from modelseal.loader.mount.tree import Tree
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MountOptions", "check_mountpoint", "serve"]
+__all__ = ["MountOptions", "check_mountpoint", "preload_binding", "serve"]
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: the segment cache must hold a few runs, or concurrent readers would evict each other's
@@ -80,8 +80,27 @@ def check_mountpoint(path: Path) -> None:
         raise ConfigError(f"mount point {path} is not empty")
 
 
+#: libfuse 3 by its soname: the binding would otherwise prefer libfuse 2 where both are
+#: installed, and find them with ``ctypes.util.find_library`` (an ``ldconfig -p`` child)
+_LIBFUSE3 = "libfuse3.so.3"
+
+
+def preload_binding() -> None:
+    """Import the libfuse binding on a short-lived thread (~0.2 s of ctypes set-up), so it
+    overlaps the network round trips of attestation and the manifest; errors surface later,
+    from :func:`serve`."""
+    os.environ.setdefault("FUSE_LIBRARY_PATH", _LIBFUSE3)
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import mfusepy  # noqa: F401
+
+    threading.Thread(target=load, name="ms-fuse-import", daemon=True).start()
+
+
 def _load_binding() -> Any:
     """The libfuse binding; a missing libfuse3 or /dev/fuse is a configuration error."""
+    os.environ.setdefault("FUSE_LIBRARY_PATH", _LIBFUSE3)
     if not os.path.exists("/dev/fuse"):
         raise ConfigError(
             "no /dev/fuse: the container needs the FUSE device (see docs/guides/mount.md)"
@@ -179,6 +198,7 @@ class _Lifecycle:
             "mountpoint": str(self.options.mountpoint),
             "tee": self.opened.key.tee,
             "pid": os.getpid(),
+            "timings": self.opened.timings.steps,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
