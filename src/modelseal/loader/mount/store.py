@@ -22,10 +22,11 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 from modelseal.crypto.aead import wipe
 from modelseal.errors import DecryptionError, TransientError
@@ -145,6 +146,7 @@ class _Entry:
 
 
 _Key = tuple[int, int]
+_T = TypeVar("_T")
 
 
 class SegmentStore:
@@ -193,23 +195,31 @@ class SegmentStore:
         if size == 0 or offset < 0:
             return b""
         seg = header.segment_size
+        segments = header.segments_for_range(offset, size)
+        if len(segments) == 1:  # the common case: one copy, straight out of the cache
+            at = offset - segments[0] * seg
+            data = self._use(file, segments[0], partial(_bytes_of, at, size))
+            self.stats.add(reads=1, bytes_read=size)
+            return data
         out = bytearray(size)
         view = memoryview(out)
         try:
-            for index in header.segments_for_range(offset, size):
+            for index in segments:
                 start = index * seg
                 lo = max(offset, start)
                 hi = min(offset + size, start + header.segment_plain_len(index))
-                self._copy(file, index, lo - start, view[lo - offset : hi - offset])
+                into = view[lo - offset : hi - offset]
+                at = lo - start
+                self._use(file, index, partial(_copy_into, into, at))
         except BaseException:
             wipe(out)
             raise
         self.stats.add(reads=1, bytes_read=size)
         return bytes(out)
 
-    def _copy(self, file: int, index: int, at: int, into: memoryview) -> None:
-        """Copy plaintext of segment ``index`` from ``at`` into ``into``, fetching it first
-        if it is not cached."""
+    def _use(self, file: int, index: int, use: Callable[[memoryview], _T]) -> _T:
+        """``use(plaintext of segment index)`` while the segment is pinned in the cache,
+        fetching it first if it is not there."""
         key = (file, index)
         for _ in range(_MAX_REFETCH):
             entry = self._pin(key)
@@ -221,10 +231,9 @@ class SegmentStore:
             else:
                 self.stats.add(cache_hits=1)
             try:
-                into[:] = memoryview(entry.buf)[at : at + len(into)]
+                return use(memoryview(entry.buf))
             finally:
                 self._unpin(entry)
-            return
         raise TransientError("the segment cache is too small for the readers in flight")
 
     def _pin(self, key: _Key) -> _Entry | None:
@@ -450,3 +459,11 @@ class SegmentStore:
 
 #: the buffer of an entry once wiped (the entry can no longer be read)
 _WIPED = bytearray()
+
+
+def _bytes_of(at: int, size: int, buf: memoryview) -> bytes:
+    return bytes(buf[at : at + size])
+
+
+def _copy_into(into: memoryview, at: int, buf: memoryview) -> None:
+    into[:] = buf[at : at + len(into)]
