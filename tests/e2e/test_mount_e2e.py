@@ -204,23 +204,38 @@ def download_sealed(info: ModelInfo, into: Path) -> None:
             (into / name).write_bytes(data)
 
 
+def flip(blob: Path, segment: int, size: int) -> None:
+    """Change one byte of ``segment``'s ciphertext in a sealed file of ``size`` plaintext
+    bytes (whole segments of SEGMENT)."""
+    blob.chmod(0o644)
+    raw = bytearray(blob.read_bytes())
+    first_segment_at = len(raw) - (size // SEGMENT) * (SEGMENT + 16)
+    raw[first_segment_at + segment * (SEGMENT + 16) + 100] ^= 0x01
+    blob.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("where", ["registry", "sealed-dir"])
 def test_flipped_byte_gives_eio_for_its_range_only(
-    stack: Stack, tmp_path: Path, mounts: list[Mount]
+    stack: Stack, tmp_path: Path, mounts: list[Mount], where: str
 ) -> None:
     data = os.urandom(6 * SEGMENT)
-    info = stack.publish("flipped", {"w.bin": data}, segment_size=SEGMENT)
-    # change one byte of segment 3's ciphertext in a local copy of the sealed model
-    sealed = tmp_path / "sealed"
-    download_sealed(info, sealed)
-    blob = sealed / "w.bin.sealed"
-    raw = bytearray(blob.read_bytes())
+    model_id = f"flipped-{where}"
+    info = stack.publish(model_id, {"w.bin": data}, segment_size=SEGMENT)
     bad_segment = 3
-    first_segment_at = len(raw) - 6 * (SEGMENT + 16)
-    raw[first_segment_at + bad_segment * (SEGMENT + 16) + 100] ^= 0x01
-    blob.write_bytes(bytes(raw))
-    mount = start_mount(
-        tmp_path, "--sealed", str(sealed), "--kbs-url", stack.kbs.url, "--tee", "sample"
-    )
+    if where == "registry":  # the blob the registry serves with ranged GETs
+        (entry,) = info.files
+        assert entry.sha256 is not None
+        blobs = list((stack.root / "registry").rglob(entry.sha256))
+        assert blobs, "blob object not found in the registry's store"
+        for blob in blobs:
+            flip(blob, bad_segment, len(data))
+        args = ["--model", stack.model_url(model_id)]
+    else:  # a local copy of the sealed model, read with pread
+        sealed = tmp_path / "sealed"
+        download_sealed(info, sealed)
+        flip(sealed / "w.bin.sealed", bad_segment, len(data))
+        args = ["--sealed", str(sealed), "--kbs-url", stack.kbs.url]
+    mount = start_mount(tmp_path, *args, "--tee", "sample")
     mounts.append(mount)
     path = mount.mountpoint / "w.bin"
     bad_lo, bad_hi = bad_segment * SEGMENT, (bad_segment + 1) * SEGMENT
