@@ -14,11 +14,19 @@ from types import SimpleNamespace
 import pytest
 
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import DecryptionError, FormatError, TransientError
+from modelseal.errors import (
+    BackendError,
+    ConfigError,
+    DecryptionError,
+    FormatError,
+    TransientError,
+)
 from modelseal.format.header import TAG_LEN
 from modelseal.format.options import SealOptions
 from modelseal.format.v1 import FileDecryptor, read_header, seal_fd
+from modelseal.loader.mount import serve as serve_module
 from modelseal.loader.mount.fs import STATS_XATTR, SealedFs
+from modelseal.loader.mount.serve import MountOptions
 from modelseal.loader.mount.store import LocalSource, MountedFile, SegmentStore
 from modelseal.loader.mount.tree import Tree
 
@@ -212,3 +220,22 @@ def test_fs_is_read_only_and_keeps_the_page_cache(store: SegmentStore) -> None:
     with pytest.raises(OSError) as closed:
         fs.read("/w.bin", 1, 0, handle)
     assert closed.value.errno == errno.EBADF
+
+
+class _FailingBinding:
+    """A binding whose mount fails the way libfuse's ``fuse_main_real`` reports it."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def FUSE(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(self.code)
+
+
+@pytest.mark.parametrize(("code", "error"), [(4, ConfigError), (7, BackendError)])
+def test_a_mount_that_never_served_is_a_config_error(
+    store: SegmentStore, tmp_path: Path, code: int, error: type[Exception]
+) -> None:
+    fs = SealedFs(store, Tree([("w.bin", len(PLAIN))]), model_digest="sha256:" + "a" * 64)
+    with pytest.raises(error):
+        serve_module._run(_FailingBinding(code), fs, MountOptions(mountpoint=tmp_path))

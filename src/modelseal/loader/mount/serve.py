@@ -269,4 +269,21 @@ def _run(binding: Any, fs: SealedFs, options: MountOptions) -> None:
             **extra,
         )
     except RuntimeError as exc:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        if code in _SETUP_FAILURES:
+            raise ConfigError(
+                f"cannot mount {options.mountpoint}: {_SETUP_FAILURES[code]} (libfuse's "
+                "message is above; mounting needs /dev/fuse and CAP_SYS_ADMIN or fusermount3)"
+            ) from None
         raise BackendError(f"the FUSE session at {options.mountpoint} failed ({exc})") from None
+
+
+#: ``fuse_main_real`` results that mean the mount never served (libfuse 3 fuse.h)
+_SETUP_FAILURES = {
+    1: "invalid FUSE options",
+    2: "no mount point",
+    3: "FUSE set-up failed",
+    4: "mounting failed",
+    5: "daemonizing failed",
+    6: "signal set-up failed",
+}
