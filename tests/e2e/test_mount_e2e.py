@@ -315,3 +315,66 @@ def test_sigterm_unmounts_and_open_files_read_until_closed(
     assert code == 0, err
     assert json.loads(out)["unmounted"] is True
     assert not mount.ready_file.exists()
+
+
+def run_background(args: list[str], log: Path) -> subprocess.CompletedProcess[str]:
+    """``modelseal mount --background``: its child keeps the stderr it was given, so that
+    goes to a file (a pipe would stay open as long as the mount runs)."""
+    with log.open("w") as err:
+        return subprocess.run(
+            [*MODELSEAL, "mount", *args, "--background"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=child_env(),
+            timeout=120,
+            check=False,
+        )
+
+
+def test_background_returns_once_the_mount_serves(
+    stack: Stack, published: ModelInfo, tmp_path: Path
+) -> None:
+    mountpoint, ready, log = tmp_path / "mnt", tmp_path / "ready.json", tmp_path / "log"
+    mountpoint.mkdir()
+    done = run_background(
+        [*model_args(stack), "--mountpoint", str(mountpoint), "--ready-file", str(ready)], log
+    )
+    assert done.returncode == 0, log.read_text()
+    pid = json.loads(done.stdout)["pid"]
+    try:
+        assert os.path.ismount(mountpoint)
+        assert json.loads(ready.read_text())["pid"] == pid
+        assert (mountpoint / "config.json").read_bytes() == MODEL["config.json"]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while os.path.ismount(mountpoint) or ready.exists():
+            assert time.monotonic() < deadline, "the background mount did not stop"
+            time.sleep(0.05)
+    assert "SIGTERM received" in log.read_text()
+
+
+def test_background_reports_the_childs_failure(stack: Stack, tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    model = ["--model", stack.model_url("no-such-model"), "--tee", "sample"]
+    done = run_background(
+        [*model, "--mountpoint", str(mountpoint), "--ready-file", str(tmp_path / "r")],
+        tmp_path / "log",
+    )
+    assert done.returncode == 3, (tmp_path / "log").read_text()
+    assert not os.path.ismount(mountpoint)
+
+
+def test_sigterm_unmounts_after_the_mount_point_moved(
+    stack: Stack, published: ModelInfo, tmp_path: Path, mounts: list[Mount]
+) -> None:
+    mount = start_mount(tmp_path / "a", *model_args(stack))
+    mounts.append(mount)
+    (tmp_path / "a").rename(tmp_path / "b")  # e.g. a temporary directory cleaned up
+    moved = tmp_path / "b" / "mnt"
+    assert os.path.ismount(moved)
+    code, _out, err = mount.stop()
+    assert code == 0, err
+    assert not os.path.ismount(moved)

@@ -9,10 +9,13 @@ policy, 5 integrity, 75 transient.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,13 @@ def _mib(value: int) -> int:
     default=None,
     help="Let other users (another container's) read the mount [default: on as root].",
 )
+@click.option(
+    "--background",
+    envvar="MODELSEAL_BACKGROUND",
+    is_flag=True,
+    help="Return once the mount serves (needs --ready-file), leaving it running in a child "
+    "process whose pid is printed; SIGTERM to that pid unmounts [default: foreground].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
 def mount(
     sealed_dir: Path | None,
@@ -76,6 +86,7 @@ def mount(
     cache_mib: int,
     readahead_mib: int,
     allow_other: bool | None,
+    background: bool,
     quiet: bool,
     **loader_values: Any,
 ) -> None:
@@ -103,12 +114,43 @@ def mount(
         allow_other=os.geteuid() == 0 if allow_other is None else allow_other,
     )
     check_mountpoint(mountpoint)  # before attesting: a wrong path costs nothing
+    if background:
+        _background(ready_file, mountpoint)
+        return
     preload_binding()
     opened = open_model(settings, Timings())
     stats = serve(opened, options)
     if not quiet:
         json.dump({"model_digest": opened.manifest.digest, "unmounted": True, **stats}, sys.stdout)
         sys.stdout.write("\n")
+
+
+def _background(ready_file: Path | None, mountpoint: Path) -> None:
+    """Run this same command in the foreground in a child (own session, so the shell's
+    Ctrl-C does not reach it; stderr shared for its log), wait until its ready file names
+    it, print its pid. If the child ends first, exit with its code."""
+    if ready_file is None:
+        raise click.UsageError("--background needs --ready-file (how this process knows)")
+    with contextlib.suppress(FileNotFoundError):
+        ready_file.unlink()  # a marker left by a killed earlier mount proves nothing
+    argv = [a for a in sys.argv[1:] if a != "--background"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from modelseal.cli import main; main()", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "MODELSEAL_BACKGROUND": "false"},
+        start_new_session=True,
+    )
+    while True:
+        code = child.poll()
+        if code is not None:
+            sys.exit(code)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if json.loads(ready_file.read_text(encoding="utf-8")).get("pid") == child.pid:
+                break
+        time.sleep(0.05)
+    json.dump({"pid": child.pid, "mountpoint": str(mountpoint)}, sys.stdout)
+    sys.stdout.write("\n")
 
 
 share_loader_options(mount)

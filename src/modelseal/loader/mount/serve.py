@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,17 +116,35 @@ def _load_binding() -> Any:
     return mfusepy
 
 
-def _unmount(mountpoint: Path) -> bool:
-    """Lazy unmount (open files stay readable until closed); True if it worked."""
+def _mounted_at(dev: int) -> Path | None:
+    """Where the mount of device ``dev`` is now (``/proc/self/mountinfo``): the directory it
+    was made on may have been renamed or moved since."""
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[2] == wanted:
+                    # octal escapes of space, tab, newline and backslash
+                    return Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]))
+    except OSError:
+        return None
+    return None
+
+
+def _unmount(mountpoint: Path, dev: int | None = None) -> bool:
+    """Lazy unmount (open files stay readable until closed); True if it worked. With the
+    mount's device number, the mount is found wherever its directory now is."""
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         log.error("cannot unmount %s: fusermount3 not found", mountpoint)
         return False
+    where = (_mounted_at(dev) if dev is not None else None) or mountpoint
     done = subprocess.run(
-        [tool, "-u", "-z", str(mountpoint)], capture_output=True, text=True, check=False
+        [tool, "-u", "-z", str(where)], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        log.debug("unmount of %s: %s", mountpoint, done.stderr.strip())
+        log.error("unmount of %s failed: %s", where, done.stderr.strip())
     return done.returncode == 0
 
 
@@ -137,6 +156,8 @@ class _Lifecycle:
         self.options = options
         self.stopping = threading.Event()
         self.ready = threading.Event()
+        #: the mount's device number, known once it is live
+        self.dev: int | None = None
         self._done = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="ms-signals", daemon=True)
 
@@ -159,7 +180,7 @@ class _Lifecycle:
                         self.options.mountpoint)  # fmt: skip
             self.stopping.set()
             if self.ready.is_set():
-                _unmount(self.options.mountpoint)
+                _unmount(self.options.mountpoint, self.dev)
             # not mounted yet: the readiness thread unmounts as soon as the mount is live
 
     def on_init(self) -> None:
@@ -179,9 +200,10 @@ class _Lifecycle:
             log.error("%s is not a mount after FUSE init", mountpoint)
             return
         _tune_readahead(inside.st_dev, self.options.kernel_readahead_kib)
+        self.dev = inside.st_dev
         self.ready.set()
         if self.stopping.is_set():
-            _unmount(mountpoint)
+            _unmount(mountpoint, self.dev)
             return
         if self.options.ready_file is not None:
             self._write_marker(self.options.ready_file)
