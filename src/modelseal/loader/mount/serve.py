@@ -160,6 +160,8 @@ class _Lifecycle:
         self.dev: int | None = None
         self._done = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="ms-signals", daemon=True)
+        self._readying: threading.Thread | None = None
+        self._unmounted = False
 
     def start(self) -> None:
         self._watcher.start()
@@ -167,6 +169,8 @@ class _Lifecycle:
     def stop(self) -> None:
         self._done.set()
         self._watcher.join()
+        if self._readying is not None:  # a marker written after this would outlive us
+            self._readying.join(timeout=10)
         if self.options.ready_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.options.ready_file.unlink()
@@ -179,13 +183,14 @@ class _Lifecycle:
             log.warning("%s received: unmounting %s", signal.Signals(got.si_signo).name,
                         self.options.mountpoint)  # fmt: skip
             self.stopping.set()
-            if self.ready.is_set():
-                _unmount(self.options.mountpoint, self.dev)
+            if self.ready.is_set() and not self._unmounted:
+                self._unmounted = _unmount(self.options.mountpoint, self.dev)
             # not mounted yet: the readiness thread unmounts as soon as the mount is live
 
     def on_init(self) -> None:
         """The kernel initialised the connection; confirm from outside, then go ready."""
-        threading.Thread(target=self._become_ready, name="ms-ready", daemon=True).start()
+        self._readying = threading.Thread(target=self._become_ready, name="ms-ready", daemon=True)
+        self._readying.start()
 
     def _become_ready(self) -> None:
         mountpoint = self.options.mountpoint
@@ -203,7 +208,7 @@ class _Lifecycle:
         self.dev = inside.st_dev
         self.ready.set()
         if self.stopping.is_set():
-            _unmount(mountpoint, self.dev)
+            self._unmounted = _unmount(mountpoint, self.dev)
             return
         if self.options.ready_file is not None:
             self._write_marker(self.options.ready_file)
