@@ -310,6 +310,9 @@ def test_sigterm_unmounts_and_open_files_read_until_closed(
         # gone for new opens, still served for the open file (lazy unmount)
         assert not (mount.mountpoint / "config.json").exists()
         assert os.pread(f.fileno(), 1000, len(data) - 1000) == data[-1000:]
+        # a second SIGTERM (an impatient supervisor) changes nothing
+        mount.process.send_signal(signal.SIGTERM)
+        assert os.pread(f.fileno(), 10, 0) == data[:10]
         assert mount.process.poll() is None
     code, out, err = mount.stop()  # exits once the last file is closed
     assert code == 0, err

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,7 @@ def mount(
         logging.getLogger().setLevel(logging.ERROR)
     from modelseal.loader.mount.opening import open_model
     from modelseal.loader.mount.serve import (
+        STOP_SIGNALS,
         MountOptions,
         check_mountpoint,
         preload_binding,
@@ -119,6 +121,9 @@ def mount(
         return
     preload_binding()
     opened = open_model(settings, Timings())
+    # blocked for the rest of the process: serve's watcher takes them while mounted, and one
+    # arriving after the unmount must not cut the clean-up and the report short
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     stats = serve(opened, options)
     if not quiet:
         json.dump({"model_digest": opened.manifest.digest, "unmounted": True, **stats}, sys.stdout)

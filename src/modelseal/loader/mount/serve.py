@@ -41,9 +41,11 @@ from modelseal.loader.mount.tree import Tree
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MountOptions", "check_mountpoint", "preload_binding", "serve"]
+__all__ = ["STOP_SIGNALS", "MountOptions", "check_mountpoint", "preload_binding", "serve"]
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: the signals that unmount; a caller that blocks them too before :func:`serve` keeps a
+#: second one (arriving after the unmount, during the last clean-up) from killing it
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: the segment cache must hold a few runs, or concurrent readers would evict each other's
 #: segments before copying them
 _MIN_CACHE = 2 * DEFAULT_RUN_BYTES
@@ -177,7 +179,7 @@ class _Lifecycle:
 
     def _watch(self) -> None:
         while not self._done.is_set():
-            got = signal.sigtimedwait(_SIGNALS, 0.2)
+            got = signal.sigtimedwait(STOP_SIGNALS, 0.2)
             if got is None:
                 continue
             log.warning("%s received: unmounting %s", signal.Signals(got.si_signo).name,
@@ -265,7 +267,7 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         fs = SealedFs(store, tree, model_digest=opened.manifest.digest, on_init=life.on_init)
         # every thread started from here on (libfuse's, the read-ahead pool, ours) inherits
         # the blocked signals; only the watcher takes them
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         life.start()
         try:
             _run(binding, fs, options)
