@@ -90,6 +90,23 @@ def test_cache_stays_within_its_budget_and_wipes_what_it_drops(store: SegmentSto
     assert all(entry.buf == bytearray() for entry in kept)
 
 
+def test_evicted_buffers_are_wiped_and_reused(tmp_path: Path, dek: SecretBytes) -> None:
+    # one segment per fetch (run_bytes below two segments): buffers are adopted and recycled
+    store = open_store([seal(tmp_path, PLAIN, dek)], dek, run_bytes=SEG + TAG_LEN)
+    try:
+        kept: list[bytearray] = []  # references, so that ids stay unique
+        for offset in range(0, len(PLAIN), SEG):
+            assert store.read(0, offset, SEG) == PLAIN[offset : offset + SEG]
+            kept.extend(e.buf for e in store._cache.values())
+        assert store._spare, "nothing was evicted"
+        assert all(not any(buf) for buf in store._spare)  # wiped
+        distinct = {id(buf) for buf in kept if buf}
+        assert len(distinct) < store.stats.segments_fetched  # later fetches reused buffers
+    finally:
+        store.close()
+    assert store._spare == []
+
+
 def test_a_cached_segment_is_not_fetched_again(store: SegmentStore) -> None:
     store.read(0, 10, 100)
     fetched = store.stats.segments_fetched

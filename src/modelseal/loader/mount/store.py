@@ -180,6 +180,9 @@ class SegmentStore:
         self._ahead = 0  # plaintext bytes of read-ahead in flight
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ms-ra")
         self._closed = False
+        #: wiped buffers of evicted segments, reused by later fetches (at most a few)
+        self._spare: list[bytearray] = []
+        self._spare_limit = 2 * max(1, workers)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -258,11 +261,23 @@ class SegmentStore:
             if entry.evicted and entry.pins == 0:
                 self._wipe_entry(entry)
 
-    @staticmethod
-    def _wipe_entry(entry: _Entry) -> None:
+    def _wipe_entry(self, entry: _Entry) -> None:
+        """Wipe an entry no reader holds (lock held) and keep its buffer for a later fetch."""
         if entry.buf is not _WIPED:
             wipe(entry.buf)
+            if not self._closed and len(self._spare) < self._spare_limit:
+                self._spare.append(entry.buf)
             entry.buf = _WIPED
+
+    def _buffer(self, size: int) -> bytearray:
+        """A buffer for ``size`` bytes of ciphertext: a wiped one of that size if one is
+        spare, else a new one. Reusing them keeps segment-sized allocations from
+        fragmenting the heap of a long-running mount (its RSS then stays flat)."""
+        with self._lock:
+            for i, buf in enumerate(self._spare):
+                if len(buf) == size:
+                    return self._spare.pop(i)
+        return bytearray(size)
 
     def _wait_or_fetch(self, key: _Key) -> _Entry:
         """The entry for ``key``: join a fetch in flight, or fetch a run from here."""
@@ -304,7 +319,7 @@ class SegmentStore:
         header = mounted.header
         start = header.segment_offset(run[0])
         end = header.segment_offset(run[-1]) + header.segment_sealed_len(run[-1])
-        sealed = bytearray(end - start)
+        sealed = self._buffer(end - start)
         view = memoryview(sealed)
         try:
             self.source.read(file, start, view)
@@ -442,6 +457,7 @@ class SegmentStore:
                     self._wipe_entry(entry)
             self._cache.clear()
             self._cached = 0
+            self._spare.clear()
             pending = list(self._inflight.values())
             self._inflight.clear()
         for future in pending:
