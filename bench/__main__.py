@@ -20,6 +20,7 @@ BENCHES = [
     "nvidia_bench",
     "ratls_bench",
     "replicas_bench",
+    "mount_bench",
 ]
 
 

@@ -213,9 +213,34 @@ def _measure(
     }
 
 
-def main() -> None:
+def start_stack(root: Path) -> dict[str, Any]:
+    """A KBS and a registry on 127.0.0.1 (data under ``root``), healthy, with an admin and an
+    upload token: what ``_publish`` needs. The caller stops ``kbs`` and ``registry``."""
     from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
-    from modelseal.quickstart.services import child_env, kbs_service, registry_service
+    from modelseal.quickstart.services import kbs_service, registry_service
+
+    kbs = kbs_service(root / "kbs", root)
+    registry = registry_service(root / "registry", root)
+    try:
+        for s in (kbs, registry):
+            s.spawn()
+        kbs.wait_healthy(60)
+        registry.wait_healthy(60)
+    except BaseException:
+        kbs.stop()
+        registry.stop()
+        raise
+    credential = load_admin_credential(root / "kbs")
+    return {
+        "kbs": kbs,
+        "registry": registry,
+        "admin": mint_admin_token(credential, ttl=7200, now=time.time()),
+        "upload": (root / "registry" / "upload-token").read_text().strip(),
+    }
+
+
+def main() -> None:
+    from modelseal.quickstart.services import child_env
 
     size = int(float(os.environ.get("LOADER_BENCH_GIB", "2")) * GIB)
     runs = int(os.environ.get("LOADER_BENCH_RUNS", "5"))
@@ -228,20 +253,9 @@ def main() -> None:
     # this checkout's package first, also when another checkout is installed in the venv
     repo = Path(__file__).resolve().parent.parent
     env = child_env({"PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)])})
-    kbs = kbs_service(root / "kbs", root)
-    registry = registry_service(root / "registry", root)
+    stack = start_stack(root)
+    kbs, registry = stack["kbs"], stack["registry"]
     try:
-        for s in (kbs, registry):
-            s.spawn()
-        kbs.wait_healthy(60)
-        registry.wait_healthy(60)
-        credential = load_admin_credential(root / "kbs")
-        stack = {
-            "kbs": kbs,
-            "registry": registry,
-            "admin": mint_admin_token(credential, ttl=7200, now=time.time()),
-            "upload": (root / "registry" / "upload-token").read_text().strip(),
-        }
         print(f"loader_bench: publishing {size / GIB:.2f} GiB and {small >> 20} MiB models")
         big = _publish(stack, root, "bench-big", size)
         little = _publish(stack, root, "bench-small", small)
