@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test lint typecheck imports pytest soak bench fuzz system clean venv
+.PHONY: run test lint typecheck imports pytest soak bench fuzz crosscheck system clean venv
 
 venv: $(STAMP)
 
@@ -60,8 +60,17 @@ fuzz: venv
 	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS) || status=1; \
 	exit $$status
 
+# NVIDIA's own local GPU verifier (PyPI nv-local-gpu-verifier, which pins older crypto
+# libraries than ours) in a virtualenv of its own, run on the same H100 reports
+NVTRUST_VENV ?= .venv-nvtrust
+crosscheck: venv
+	@test -x $(NVTRUST_VENV)/bin/python || $(PYTHON) -m venv $(NVTRUST_VENV)
+	$(NVTRUST_VENV)/bin/pip install -qq --disable-pip-version-check nv-local-gpu-verifier
+	NV_LOCAL_VERIFIER_PYTHON=$(abspath $(NVTRUST_VENV))/bin/python $(VENV)/bin/pytest -q -p no:cacheprovider \
+		tests/crosscheck
+
 bench: venv
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NVTRUST_VENV) .mypy_cache .ruff_cache

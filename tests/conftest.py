@@ -21,6 +21,25 @@ ROOT = Path(__file__).resolve().parent.parent
 ATTESTATION_VECTORS = ROOT / "tests" / "vectors" / "attestation"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly when ``--dist loadgroup`` did not group: the tests marked
+    ``xdist_group`` (one RGW cluster, quickstart leftovers checks) would then run on several
+    workers at once and fail in confusing ways."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    ungrouped = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid
+    ]
+    if ungrouped:
+        raise pytest.UsageError(
+            "pytest-xdist did not apply xdist_group (this pytest/pytest-xdist pair cannot "
+            f"group tests), e.g. {ungrouped[0]}"
+        )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Leave ``soak`` tests out unless the ``-m`` expression names them (``make soak``), so
     a plain run, or ``-m postgres``, never starts a run of hundreds of kill points."""

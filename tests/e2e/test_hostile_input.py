@@ -28,7 +28,9 @@ from modelseal.tee.sample.attester import Attester
 from tests.e2e.kbs_process import start_kbs, stop_process
 from tests.e2e.test_registry_http import RegistryServer, start_registry
 
-pytestmark = pytest.mark.e2e
+# one worker runs the module: its module-scoped server checks, at teardown, the log of
+# the whole module's traffic
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_hostile_input")]
 
 ADMIN_PREFIX = "https://modelseal.dev/problems/admin/"
 REGISTRY_PREFIX = "https://modelseal.dev/errors/"

@@ -23,7 +23,9 @@ from modelseal.loader.kbs_client import KbsClient
 from modelseal.tee.sample.attester import Attester
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.e2e
+# one worker runs the module: its module-scoped server checks, at teardown, the log of
+# the whole module's traffic
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_kbs_admin_cli")]
 
 CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 DEK = os.urandom(32)

@@ -26,7 +26,9 @@ from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.e2e
+# one worker runs the module: its module-scoped server checks, at teardown, the log of
+# the whole module's traffic
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_kbs_admin_transfer")]
 
 CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 DEK = os.urandom(32)

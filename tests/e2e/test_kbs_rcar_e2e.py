@@ -27,7 +27,9 @@ from modelseal.tee.sample.attester import Attester
 from tests.conftest import free_port, self_signed_cert
 from tests.e2e.independent_rcar_client import IndependentRcarClient, RcarFailure
 
-pytestmark = pytest.mark.e2e
+# one worker runs the module: its module-scoped server checks, at teardown, the log of
+# the whole module's traffic
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_kbs_rcar_e2e")]
 
 SAMPLE_POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["sample"]}
 TDX_POLICY = {"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["tdx"]}

@@ -159,7 +159,9 @@ def load(
     # the loader process never needs it, and the TEE image should not run it
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     if quiet:  # errors only: no retry notices, no insecure-TEE warning
-        logging.getLogger().setLevel(logging.ERROR)
+        # also the package's own logger, in case something in this process gave it a level
+        for name in ("", "modelseal"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     from modelseal.loader.destination import FileModes
     from modelseal.loader.loader import load_model
     from modelseal.loader.settings import LoaderSettings

@@ -167,8 +167,9 @@ def test_loader_process_imports_no_server_or_rich_code(tmp_path: Path) -> None:
 
 def test_quiet_silences_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """``-q``: the loader's retry notices and insecure-TEE warning are not shown."""
-    root = logging.getLogger()
-    level = root.level
+    root, package = logging.getLogger(), logging.getLogger("modelseal")
+    level, package_level = root.level, package.level
+    package.setLevel(logging.INFO)  # as `kbs serve` run earlier in this process leaves it
     enabled: list[bool] = []
 
     def fake_load(settings: LoaderSettings) -> object:
@@ -182,8 +183,10 @@ def test_quiet_silences_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
             with pytest.raises(SystemExit):
                 main(args)
             root.setLevel(level)
+            package.setLevel(logging.INFO)
     finally:
         root.setLevel(level)
+        package.setLevel(package_level)
     assert enabled == [True, False]
 
 
