@@ -48,13 +48,14 @@ def store(rgw: RgwServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3BlobSto
 
 def test_a_model_on_s3_loads_from_s3_directly(rgw: RgwServer, tmp_path: Path) -> None:
     """``registry serve --blob-store s3://... --redirect-blobs``: publish a model, then the
-    loader gets 307s to presigned S3 URLs and reads the sealed bytes from RGW itself; the
-    registry (behind a counting relay) carries the JSON and redirects, not the model."""
+    loader and the FUSE mount get 307s to presigned S3 URLs and read the sealed bytes from
+    RGW itself; the registry (behind a counting relay) carries JSON and redirects only."""
     import boto3
 
     from modelseal.loader.loader import load_model
     from modelseal.loader.settings import LoaderSettings
     from tests.e2e.tcp_proxy import ThrottlingProxy
+    from tests.e2e.test_mount_e2e import start_mount
     from tests.e2e.test_publish_e2e import SAMPLE_POLICY, _publish, start_kbs
     from tests.e2e.test_registry_http import start_registry
 
@@ -100,11 +101,22 @@ def test_a_model_on_s3_loads_from_s3_directly(rgw: RgwServer, tmp_path: Path) ->
             )
             receipt = load_model(settings)
             through_registry = relay.downstream_bytes
-        for rel, data in files.items():
-            assert (dest / rel).read_bytes() == data
-        assert receipt.model_digest
-        # the 20 MiB went from RGW to the loader; the registry sent JSON and redirects
-        assert through_registry < 256 << 10, through_registry
+            for rel, data in files.items():
+                assert (dest / rel).read_bytes() == data
+            assert receipt.model_digest
+            # the 20 MiB went from RGW to the loader; the registry sent JSON and redirects
+            assert through_registry < 256 << 10, through_registry
+            # the FUSE mount reads its segments from S3 the same way
+            mount = start_mount(
+                tmp_path / "mount", "--model", f"{relay.url}/models/ons3", "--tee", "sample"
+            )
+            try:
+                for rel, data in files.items():
+                    assert (mount.mountpoint / rel).read_bytes() == data
+            finally:
+                code, _out, err = mount.stop()
+            assert code == 0, err
+            assert relay.downstream_bytes - through_registry < 256 << 10
     finally:
         kbs.stop()
         registry.stop()
