@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 from modelseal.cli._tee_options import (
     aliased,
     attester_options,
@@ -127,6 +128,7 @@ def _path(value: str | None) -> Path | None:
     show_default=True,
     type=click.Choice(_LEVELS),
 )
+@ops_options
 def serve(
     data_dir: str,
     database_url: str | None,
@@ -145,6 +147,10 @@ def serve(
     max_body_bytes: int,
     workers: int,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_token_file: Path | None,
     **tee_options: Any,
 ) -> None:
     """Serve the Key Broker Service (Trustee KBS protocol 0.4 + admin API).
@@ -154,7 +160,9 @@ def serve(
     """
     from modelseal.kbs.settings import KbsSettings
 
+    apply_log_format(log_format)
     logging.getLogger("modelseal").setLevel(log_level.upper())
+    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
     settings = KbsSettings(
         data_dir=Path(data_dir),
         database_url=database_url,
@@ -180,7 +188,7 @@ def serve(
     for kind in settings.insecure_kinds():
         click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
     os.environ["MODELSEAL_LOG_LEVEL"] = log_level
-    run(settings, workers=workers)
+    run(settings, workers=workers, metrics_endpoint=endpoint)
 
 
 @click.command()

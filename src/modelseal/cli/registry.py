@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 from modelseal.registry.settings import DEFAULT_MAX_BLOB_SIZE, DEFAULT_PORT
 
 
@@ -63,6 +64,7 @@ def registry() -> None:
     envvar="MODELSEAL_TLS_KEY",
     help="PEM private key of --tls-cert.",
 )
+@ops_options
 def serve(
     data_dir: Path,
     host: str,
@@ -72,6 +74,10 @@ def serve(
     max_blob_size: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_token_file: Path | None,
 ) -> None:
     """Serve model records and sealed blobs over HTTP(S).
 
@@ -80,6 +86,9 @@ def serve(
     """
     from modelseal.registry.server import serve as run
     from modelseal.registry.settings import RegistrySettings
+
+    apply_log_format(log_format)
+    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
 
     settings = RegistrySettings(
         data_dir=data_dir,
@@ -91,4 +100,4 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    run(settings)
+    run(settings, metrics_endpoint=endpoint)

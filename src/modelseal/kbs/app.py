@@ -12,6 +12,7 @@ slow collateral fetch or a queued writer never stalls the event loop; the small 
 # dependencies at definition time, and they name per-app objects local to a function.
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -30,7 +31,13 @@ from starlette.routing import Route
 from modelseal import __version__
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal._internal.encoding import b64_encode
-from modelseal._internal.http_edge import BodyLimit, guard, guarded_route, read_body
+from modelseal._internal.http_edge import (
+    BodyLimit,
+    RequestObserver,
+    guard,
+    guarded_route,
+    read_body,
+)
 from modelseal.crypto.jose.jwk import recipient_from_jwk
 from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import TokenError
@@ -107,8 +114,11 @@ class Kbs:
 
         Each call is one transaction on a connection of its own (``Database.write`` /
         ``read_connection``): a slow disk or a waiting writer stalls that request only.
+        The work runs in a copy of the request's context, so its log lines carry the
+        request id.
         """
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, fn, *args)
 
     async def verify(
         self, tee: str, evidence: Any, digest: bytes, init_data: bytes | None
@@ -124,7 +134,8 @@ class Kbs:
         )
         if self.attestation.is_inline(tee):
             return call()
-        claims: Claims = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        ctx = contextvars.copy_context()
+        claims: Claims = await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, call)
         return claims
 
     # --- RCAR -------------------------------------------------------------------------
@@ -284,4 +295,6 @@ def create_app(
     _mount_state_routers(app, kbs)
 
     app.add_middleware(BodyLimit, limit=limit, table_for=table_for)
+    # outermost: request ids and latencies cover the body-limit refusals too
+    app.add_middleware(RequestObserver, server="kbs")
     return app

@@ -3,18 +3,28 @@
 The KBS never trusts the ``tee`` name alone: the verifier of that kind must accept the
 evidence and its binding to the runtime data (both checked by the base verifier's
 ``verify``, whatever the kind). Verifiers are built once per kind (they may hold
-collateral caches) and reused across requests.
+collateral caches) and reused across requests. Every verification is counted by kind and
+result and timed (``modelseal_attestations_total``,
+``modelseal_attestation_verify_duration_seconds``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from modelseal._internal import metrics
 from modelseal._internal.clock import Clock, SystemClock
-from modelseal.errors import UnsupportedTee
+from modelseal.errors import (
+    AttestationError,
+    BackendError,
+    EvidenceError,
+    FormatError,
+    UnsupportedTee,
+)
 from modelseal.protocol.claims import Claims
 from modelseal.tee import registry
 from modelseal.tee.base import Verifier
@@ -83,9 +93,34 @@ class AttestationService:
         The claims are of kind ``tee`` and bound to ``expected_report_data``: the verifier
         of ``tee`` (built by the registry, which checks its kind) refuses anything else.
         """
-        return self.verifier(tee).verify(
-            evidence,
-            expected_report_data=expected_report_data,
-            now=self.clock.now(),
-            init_data=init_data,
-        )
+        started = time.perf_counter()
+        result = "error"
+        try:
+            claims = self.verifier(tee).verify(
+                evidence,
+                expected_report_data=expected_report_data,
+                now=self.clock.now(),
+                init_data=init_data,
+            )
+            result = "ok"
+            return claims
+        except BaseException as exc:
+            result = _result_of(exc)
+            raise
+        finally:
+            # requesters name the kind: only known kinds become label values
+            label = tee if tee in self.configs else "_unknown"
+            metrics.ATTESTATIONS.labels(label, result).inc()
+            metrics.VERIFY_SECONDS.labels(label).observe(time.perf_counter() - started)
+
+
+def _result_of(exc: BaseException) -> str:
+    """The ``result`` label of a failed verification (as the requester's status tells it:
+    403/401 rejected, 503 unavailable, 500 error)."""
+    if isinstance(exc, UnsupportedTee):
+        return "unsupported"
+    if isinstance(exc, EvidenceError | AttestationError | FormatError):
+        return "rejected"
+    if isinstance(exc, BackendError):
+        return "unavailable"
+    return "error"

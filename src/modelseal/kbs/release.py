@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from modelseal._internal import metrics
 from modelseal._internal.canonical import canonical_json
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, Error, KeyNotFound, PolicyDenied
@@ -34,6 +35,9 @@ from modelseal.policy.evaluate import Decision, evaluate
 from modelseal.protocol.claims import Claims
 
 __all__ = ["claims_digest", "release_key"]
+
+#: audit action -> the ``api`` label of the release metric
+_API = {"key.release": "rcar", "key.transfer": "transfer"}
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ class _Outcome:
     policy_digest: str | None = None
     dek: SecretBytes | None = None
     error: Error | None = None
+    #: the path names a stored key (only those become metric labels)
+    known: bool = True
 
 
 def release_key(
@@ -134,6 +140,12 @@ def release_key(
             raise
         break
     assert outcome is not None
+    # only ids of stored keys become label values (see metrics.key_label)
+    metrics.KEY_RELEASES.labels(
+        metrics.key_label(key_id, exists=outcome.known),
+        outcome.decision.verdict,
+        _API.get(action, "other"),
+    ).inc()
     log.info(
         "%s %s for %s (tee %s): %s",
         action,
@@ -162,7 +174,9 @@ def _read(store: KeyStore, conn: Connection, key_id: str) -> StoredKey | None:
 
 def _unknown(reason: str | None = None) -> _Outcome:
     """A denial for a path that names no stored key (the caller answers it like any deny)."""
-    return _Outcome(Decision(False, (reason or "no such key",)), error=KeyNotFound("no such key"))
+    return _Outcome(
+        Decision(False, (reason or "no such key",)), error=KeyNotFound("no such key"), known=False
+    )
 
 
 def _decide(stored: StoredKey, claims: Claims, now: float) -> _Outcome:

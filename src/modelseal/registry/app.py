@@ -343,6 +343,7 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
         )
 
     app.include_router(router)
+    app.add_middleware(http_edge.RequestObserver, server="registry")
     return app
 
 
