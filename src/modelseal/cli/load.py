@@ -104,6 +104,13 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
     help="Group (name or id) given to every placed file and directory, for a loader running "
     "as root next to a server of another user without fsGroup [default: unchanged].",
 )
+@click.option(
+    "--metrics-textfile",
+    envvar="MODELSEAL_METRICS_TEXTFILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write this run's metrics (bytes, result, authentication failures) to this *.prom "
+    "file for the node exporter's textfile collector; counters continue across runs.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (no warnings either).")
 def load(
     model: str | None,
@@ -119,6 +126,7 @@ def load(
     timeout: float | None,
     file_mode: str | None,
     group: str | None,
+    metrics_textfile: Path | None,
     quiet: bool,
     **attester_values: str | None,
 ) -> None:
@@ -130,7 +138,11 @@ def load(
         logging.getLogger().setLevel(logging.ERROR)
     from modelseal.loader.destination import FileModes
     from modelseal.loader.loader import load_model
+    from modelseal.loader.metrics import check_textfile_path, recording
     from modelseal.loader.settings import settings_from_env
+
+    if metrics_textfile is not None:
+        check_textfile_path(metrics_textfile)
 
     modes = FileModes.parse(file_mode) if file_mode else None
     if group:
@@ -159,7 +171,8 @@ def load(
     # end, from spending 0.1-0.3 s of an initContainer's exit on collections that free
     # nothing of interest (buffers and keys are wiped explicitly, not by finalizers)
     gc.freeze()
-    receipt = load_model(settings)
+    with recording(metrics_textfile) as stats:
+        receipt = load_model(settings, stats=stats)
     gc.freeze()
     if not quiet:
         summary = {
