@@ -33,6 +33,7 @@ __all__ = [
     "LOG_FORMAT_ENV",
     "REQUEST_ID",
     "JsonFormatter",
+    "RequestIdFilter",
     "configure_logging",
     "request_id_from",
 ]
@@ -63,7 +64,7 @@ def request_id_from(header: bytes | None) -> str:
     return uuid.uuid4().hex
 
 
-class _RequestIdFilter(logging.Filter):
+class RequestIdFilter(logging.Filter):
     """Stamps every record with the current request id (``None`` outside a request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -103,7 +104,7 @@ def configure_logging(fmt: str = "text", level: int | str = logging.WARNING) -> 
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
