@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -328,9 +328,12 @@ class RequestObserver:
     last byte sent, so a streamed blob counts whole.
     """
 
-    def __init__(self, app: ASGIApp, server: str) -> None:
+    def __init__(self, app: ASGIApp, server: str, prefixes: Sequence[str] = ()) -> None:
         self.app = app
         self.server = server
+        #: the prefixes routers are included under, longest first: a route of an included
+        #: router may know its path without the prefix
+        self.prefixes = sorted(prefixes, key=len, reverse=True)
         #: endpoint -> template of the router's plain Starlette routes, built on first use
         self._templates: dict[Any, str] | None = None
 
@@ -364,12 +367,25 @@ class RequestObserver:
             REQUEST_ID.reset(token)
 
     def _template(self, scope: Scope) -> str:
-        """The template of the route that served the request, or :data:`UNMATCHED`.
+        """The full template of the route that served the request, or :data:`UNMATCHED`.
 
-        FastAPI's routes put themselves into ``scope["route"]``; a plain Starlette route
-        (the RCAR endpoints) leaves only its endpoint, which names its template."""
-        path = getattr(scope.get("route"), "path", None)
+        FastAPI's routes put themselves into ``scope["route"]`` (with their path inside
+        their router: the prefix the router is included under is found among
+        ``prefixes``, the one whose rest the route's pattern matches); a plain Starlette
+        route (the RCAR endpoints) leaves only its endpoint, which names its template.
+        Either way the template is the app's text, never the client's."""
+        route = scope.get("route")
+        path = getattr(route, "path", None)
         if isinstance(path, str):
+            regex = getattr(route, "path_regex", None)
+            requested = str(scope.get("path", ""))
+            for prefix in self.prefixes:
+                if (
+                    requested.startswith(prefix)
+                    and regex is not None
+                    and regex.match(requested[len(prefix) :])
+                ):
+                    return prefix + path
             return path
         endpoint, router = scope.get("endpoint"), scope.get("router")
         if endpoint is None or router is None:

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import sys
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Final
@@ -35,10 +34,15 @@ __all__ = [
     "JsonFormatter",
     "RequestIdFilter",
     "configure_logging",
+    "quiet_noisy_libraries",
     "request_id_from",
 ]
 
 FORMATS: Final = ("text", "json")
+#: libraries whose debug/info output can carry credentials (SQL parameters: session ids
+#: and tokens; request lines: presigned URLs; botocore: signed headers): held at WARNING
+#: whatever ``-v`` asks for
+_QUIET: Final = ("sqlalchemy", "httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3")
 #: read by the worker processes of a multi-worker server (set by ``kbs serve``)
 LOG_FORMAT_ENV: Final = "MODELSEAL_LOG_FORMAT"
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s%(request_suffix)s"
@@ -61,7 +65,7 @@ def request_id_from(header: bytes | None) -> str:
             text = ""
         if _WELL_FORMED.fullmatch(text):
             return text
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class RequestIdFilter(logging.Filter):
@@ -111,11 +115,18 @@ def configure_logging(fmt: str = "text", level: int | str = logging.WARNING) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    quiet_noisy_libraries()
     # uvicorn's loggers propagate to this handler instead of printing on their own
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+
+
+def quiet_noisy_libraries() -> None:
+    """Hold the loggers of libraries that may print credentials at WARNING (see _QUIET)."""
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def configure_from_env(default_level: str = "INFO") -> None:

@@ -67,6 +67,9 @@ T = TypeVar("T")
 M = TypeVar("M", bound=WireModel)
 
 NONCE_BYTES = 32
+#: where the admin API and the ITA/CNAP transfer API are mounted
+ADMIN_PREFIX = "/modelseal/v1"
+TRANSFER_PREFIX = "/kbs/v1"
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -220,11 +223,11 @@ class Kbs:
 
 def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
     """Mount the admin API (``/modelseal/v1``) and the ITA/CNAP transfer API (``/kbs/v1``)."""
-    app.include_router(admin_router(kbs.state), prefix="/modelseal/v1")
+    app.include_router(admin_router(kbs.state), prefix=ADMIN_PREFIX)
     app.include_router(trustee_admin_router(kbs.state))  # Trustee kbs-client set-resource
     app.include_router(
         transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),
-        prefix="/kbs/v1",
+        prefix=TRANSFER_PREFIX,
     )
 
 
@@ -296,5 +299,5 @@ def create_app(
 
     app.add_middleware(BodyLimit, limit=limit, table_for=table_for)
     # outermost: request ids and latencies cover the body-limit refusals too
-    app.add_middleware(RequestObserver, server="kbs")
+    app.add_middleware(RequestObserver, server="kbs", prefixes=(ADMIN_PREFIX, TRANSFER_PREFIX))
     return app

@@ -57,9 +57,16 @@ def _app() -> FastAPI:
     async def plain(request: Request) -> Response:
         return Response(b"plain", status_code=202)
 
+    included = APIRouter()
+
+    @included.get("/items/{item_id}")
+    async def included_item(item_id: str) -> Response:
+        return Response(b"{}", media_type="application/json", status_code=203)
+
     app.router.routes.append(Route("/plain/{rest:path}", plain, methods=["POST"]))
     app.include_router(router)
-    app.add_middleware(RequestObserver, server=SERVER)
+    app.include_router(included, prefix="/api/v1")
+    app.add_middleware(RequestObserver, server=SERVER, prefixes=("/api/v1",))
     return app
 
 
@@ -129,7 +136,7 @@ def test_request_id_bounds() -> None:
     assert request_id_from(b"A" * 128) == "A" * 128
     assert request_id_from(b"A" * 129) != "A" * 129
     assert request_id_from(None) != request_id_from(None)
-    uuid.UUID(request_id_from(b"bad id"))
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id_from(b"bad id"))
 
 
 async def test_latency_labels_are_route_templates(client: httpx.AsyncClient) -> None:
@@ -141,8 +148,11 @@ async def test_latency_labels_are_route_templates(client: httpx.AsyncClient) -> 
         "bug": _count("/boom", "GET", "5xx"),
         "wrong_method": _count("/plain/{rest:path}", "GET", "4xx"),
     }
+    before["included"] = _count("/api/v1/items/{item_id}", "GET", "2xx")
     for i in range(3):
         assert (await client.get(f"/items/{uuid.uuid4()}-{i}")).status_code == 200
+    # a route of a router included under a prefix is labelled with its whole template
+    assert (await client.get("/api/v1/items/7")).status_code == 203
     assert (await client.post("/plain/a/b/c")).status_code == 202
     assert (await client.get("/no/such/path")).status_code == 404
     assert (await client.request("BREW", "/coffee")).status_code == 404
@@ -150,6 +160,7 @@ async def test_latency_labels_are_route_templates(client: httpx.AsyncClient) -> 
     assert (await client.get("/plain/x")).status_code == 405
     assert _count("/items/{item_id}", "GET", "2xx") == before["item"] + 3
     assert _count("/plain/{rest:path}", "POST", "2xx") == before["plain"] + 1
+    assert _count("/api/v1/items/{item_id}", "GET", "2xx") == before["included"] + 1
     assert _count(UNMATCHED, "GET", "4xx") == before["missing"] + 1
     # a client-chosen method never becomes a label value
     assert _count(UNMATCHED, "OTHER", "4xx") == before["odd"] + 1
@@ -163,7 +174,13 @@ async def test_latency_labels_are_route_templates(client: httpx.AsyncClient) -> 
         for s in m.samples
         if s.labels.get("server") == SERVER
     }
-    assert names <= {"/items/{item_id}", "/plain/{rest:path}", "/boom", UNMATCHED}
+    assert names <= {
+        "/items/{item_id}",
+        "/api/v1/items/{item_id}",
+        "/plain/{rest:path}",
+        "/boom",
+        UNMATCHED,
+    }
 
 
 async def test_access_line_escapes_the_path(
