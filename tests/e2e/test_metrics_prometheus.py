@@ -34,6 +34,7 @@ from modelseal.loader.destination import inspect_destination
 from modelseal.owner.kbs_admin import KbsAdminClient
 from modelseal.owner.publish import PublishRequest, publish
 from modelseal.quickstart.services import MODELSEAL, Service, free_port, run_cli
+from tests.e2e.kbs_process import stop_process
 from tests.integration.kbs_rcar.conftest import attestation_body, open_jwe
 
 if TYPE_CHECKING:
@@ -201,13 +202,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHsm) -> Iterato
     finally:
         kbs.stop()
         registry.stop()
-        if prometheus.poll() is None:
-            prometheus.terminate()
-            try:
-                prometheus.wait(10)
-            except subprocess.TimeoutExpired:
-                prometheus.kill()
-                prometheus.wait(5)
+        stop_process(prometheus)
 
 
 def _token_file(root: Path) -> Path:
