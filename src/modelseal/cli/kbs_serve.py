@@ -160,9 +160,9 @@ def serve(
     """
     from modelseal.kbs.settings import KbsSettings
 
+    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
     apply_log_format(log_format)
     logging.getLogger("modelseal").setLevel(log_level.upper())
-    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
     settings = KbsSettings(
         data_dir=Path(data_dir),
         database_url=database_url,

@@ -87,8 +87,8 @@ def serve(
     from modelseal.registry.server import serve as run
     from modelseal.registry.settings import RegistrySettings
 
-    apply_log_format(log_format)
     endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
+    apply_log_format(log_format)
 
     settings = RegistrySettings(
         data_dir=data_dir,
