@@ -328,14 +328,24 @@ class RequestObserver:
     last byte sent, so a streamed blob counts whole.
     """
 
-    def __init__(self, app: ASGIApp, server: str, prefixes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        server: str,
+        prefixes: Sequence[str] = (),
+        access_level: int = logging.INFO,
+    ) -> None:
         self.app = app
         self.server = server
+        #: the level of the access line (a busy server may keep it below its default)
+        self.access_level = access_level
         #: the prefixes routers are included under, longest first: a route of an included
         #: router may know its path without the prefix
         self.prefixes = sorted(prefixes, key=len, reverse=True)
         #: endpoint -> template of the router's plain Starlette routes, built on first use
         self._templates: dict[Any, str] | None = None
+        #: (template, method, status // 100) -> the histogram child of that series
+        self._series: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -403,12 +413,20 @@ class RequestObserver:
         template = self._template(scope)
         method = scope.get("method", "")
         method = method if method in _METHODS else "OTHER"
-        metrics.HTTP_REQUEST_SECONDS.labels(
-            self.server, template, method, metrics.status_class(status)
-        ).observe(seconds)
+        key = (template, method, status // 100)
+        series = self._series.get(key)
+        if series is None:  # labels() takes a lock and builds tuples: once per series
+            series = metrics.HTTP_REQUEST_SECONDS.labels(
+                self.server, template, method, metrics.status_class(status)
+            )
+            self._series[key] = series
+        series.observe(seconds)
+        if not _access_log.isEnabledFor(self.access_level):
+            return
         # escaped: a decoded path may hold line breaks that would forge text log lines
         path = json.dumps(str(scope.get("path", ""))[:200])[1:-1]
-        _access_log.info(
+        _access_log.log(
+            self.access_level,
             "%s %s -> %d in %.1f ms",
             method,
             path,

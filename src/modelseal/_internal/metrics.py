@@ -34,7 +34,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -178,6 +178,14 @@ def prepare_multiprocess_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="modelseal-metrics-"))
     os.environ[MULTIPROC_ENV] = str(path)
     return path
+
+
+def check_environment(environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse to start with ``PROMETHEUS_MULTIPROC_DIR`` naming no directory: every value
+    this process records would then fail, and with it every request."""
+    named = environ.get(MULTIPROC_ENV)
+    if named is not None and not Path(named).is_dir():
+        raise ConfigError(f"{MULTIPROC_ENV}={named} is not a directory (unset it or create it)")
 
 
 def mark_process_dead(pid: int, path: Path) -> None:

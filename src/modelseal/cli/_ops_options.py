@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from modelseal._internal import metrics
 from modelseal._internal.logs import FORMATS, LOG_FORMAT_ENV, configure_logging
 from modelseal._internal.metrics import MetricsEndpoint
 
@@ -66,7 +67,10 @@ def apply_log_format(log_format: str, root_level: int | None = None) -> None:
 def metrics_endpoint(
     port: int | None, host: str, token_file: Path | None
 ) -> MetricsEndpoint | None:
-    """The validated endpoint the options name, or None when ``--metrics-port`` is unset."""
+    """The validated endpoint the options name, or None when ``--metrics-port`` is unset.
+    Checks the metrics environment of this process either way (values are recorded even
+    when nothing serves them)."""
+    metrics.check_environment()
     if port is None:
         return None
     return MetricsEndpoint(host=host, port=port, token_file=token_file).validated()

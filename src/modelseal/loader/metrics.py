@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ __all__ = ["ByteCounter", "LoadStats", "check_textfile_path", "recording", "writ
 
 log = logging.getLogger(__name__)
 
+_MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: a previous textfile larger than this is not ours: counters start from zero
 MAX_PREVIOUS_FILE: Final = 1 << 20
 _RESULTS: Final = {
@@ -133,7 +135,14 @@ def write_textfile(
     path: Path, stats: LoadStats, *, result: str, started: float, ended: float
 ) -> None:
     """Write the run's series to ``path`` (atomically), continuing earlier counters."""
-    from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+    # prometheus-client picks its value store when first imported: a PROMETHEUS_MULTIPROC_DIR
+    # meant for some server must not send this one process's values to shared files
+    hidden = os.environ.pop(_MULTIPROC_ENV, None)
+    try:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+    finally:
+        if hidden is not None:
+            os.environ[_MULTIPROC_ENV] = hidden
 
     before = _previous(path)
 

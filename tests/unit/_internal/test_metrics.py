@@ -155,8 +155,8 @@ def test_multiprocess_sum_over_processes(tmp_path: Path) -> None:
     assert 'modelseal_attestation_verify_duration_seconds_count{tee="sample"} 2.0' in text
 
 
-def test_prepare_multiprocess_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+def test_prepare_multiprocess_dir() -> None:
+    previous = os.environ.pop(metrics.MULTIPROC_ENV, None)
     path = metrics.prepare_multiprocess_dir()
     try:
         assert os.environ[metrics.MULTIPROC_ENV] == str(path)
@@ -165,5 +165,15 @@ def test_prepare_multiprocess_dir(monkeypatch: pytest.MonkeyPatch) -> None:
         assert path.stat().st_mode & 0o077 == 0
     finally:
         metrics.remove_multiprocess_dir(path)
-        monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+        # restored by hand: servers started by later tests inherit this environment
+        os.environ.pop(metrics.MULTIPROC_ENV, None)
+        if previous is not None:
+            os.environ[metrics.MULTIPROC_ENV] = previous
     assert not path.exists()
+
+
+def test_a_multiprocess_dir_that_is_gone_is_refused(tmp_path: Path) -> None:
+    metrics.check_environment({})
+    metrics.check_environment({metrics.MULTIPROC_ENV: str(tmp_path)})
+    with pytest.raises(ConfigError, match=metrics.MULTIPROC_ENV):
+        metrics.check_environment({metrics.MULTIPROC_ENV: str(tmp_path / "gone")})

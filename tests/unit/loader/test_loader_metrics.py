@@ -3,6 +3,9 @@ is not ours, and the checks made before a load starts."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -146,3 +149,17 @@ def test_byte_counter_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert counter.value == 120_000
+
+
+def test_a_servers_multiprocess_dir_is_not_used(tmp_path: Path) -> None:
+    """prometheus-client chooses its value store at import: the loader keeps its values in
+    memory even when the environment names a (here missing) multiprocess directory."""
+    path = tmp_path / "loader.prom"
+    code = (
+        "from pathlib import Path\n"
+        "from modelseal.loader.metrics import LoadStats, write_textfile\n"
+        f"write_textfile(Path({str(path)!r}), LoadStats(), result='ok', started=1, ended=2)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "gone")}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert _read(path)[("modelseal_loader_runs_total", (("result", "ok"),))] == 1
