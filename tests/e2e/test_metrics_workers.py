@@ -30,7 +30,7 @@ def kbs(tmp_path: Path) -> Iterator[tuple[Service, str]]:
         [
             *MODELSEAL, "kbs", "serve", "--data-dir", str(tmp_path / "kbs"),
             "--port", str(port), "--workers", "2", "--insecure-allow-sample",
-            "--log-level", "info", "--log-format", "json",
+            "--log-level", "debug", "--log-format", "json",
             "--metrics-port", str(metrics_port),
         ],
         f"http://127.0.0.1:{port}",
