@@ -17,6 +17,7 @@ BENCHES = [
     "bounded_bench",
     "registry_bench",
     "jose_bench",
+    "nvidia_bench",
     "observe_bench",
 ]
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages listed in scripts/system-packages.txt (idempotent, quiet).
+# A package the configured apt sources cannot provide is reported and skipped, so one
+# missing package cannot stop the whole test run; the tests that need it then say so.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mapfile -t pkgs < <(grep -v -E '^\s*(#|$)' "$here/system-packages.txt" | awk '{print $1}')
@@ -13,4 +15,9 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 echo "setup-system: installing ${need[*]}" >&2
 apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if ! apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
+  for pkg in "${need[@]}"; do
+    apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
+      || echo "setup-system: could not install $pkg from the configured apt sources" >&2
+  done
+fi

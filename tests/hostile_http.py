@@ -97,8 +97,8 @@ class HostileServer:
 
             def _route(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                #: the request body, for scripts that answer according to it
+                self.request_body = self.rfile.read(length) if length else b""
                 key = f"{self.command} {self.path.split('?', 1)[0]}"
                 server.hits.append(key)
                 script = server.routes.get(key) or server.routes.get(self.command)

@@ -29,11 +29,13 @@ _LAZY = {
     "load_safetensors": "modelseal.loader.sdk",
     "decrypt_file": "modelseal.loader.sdk",
     "DecryptedModel": "modelseal.loader.sdk",
+    "LoaderSettings": "modelseal.loader.settings",
     "load_model": "modelseal.loader.loader",
 }
 
 __all__ = [
     "DecryptedModel",
+    "LoaderSettings",
     "__version__",
     "decrypt_file",
     "load_model",

@@ -18,7 +18,7 @@ import pytest
 
 from modelseal.cli import main
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import PolicyDenied
+from modelseal.errors import ConfigError, PolicyDenied
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.tee.sample.attester import Attester
 from tests.conftest import free_port
@@ -142,7 +142,7 @@ def test_unbounded_input_files_are_refused_without_reading_them_whole(
 ) -> None:
     """``/dev/zero`` as a key, token or policy file: a usage error (exit 2), read in bounded
     chunks (never into memory whole), before any request is sent."""
-    dead = ("--kbs", f"http://127.0.0.1:{free_port()}")
+    dead = ("--kbs-url", f"http://127.0.0.1:{free_port()}")
     put = ("kbs", "key", "put", "models/cli/zero", *dead)
     code, _, err = cli(capsys, *put, "--token", "t", "--key-file", "/dev/zero")
     assert code == 2
@@ -160,10 +160,7 @@ def test_unbounded_input_files_are_refused_without_reading_them_whole(
 
 
 def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: Path) -> None:
-    key_file = tmp_path / "model.key"
-    key_file.write_text(base64.urlsafe_b64encode(DEK).decode().rstrip("=") + "\n")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(SAMPLE_POLICY_YAML)
+    key_file, policy = _key_file(tmp_path), _policy_file(tmp_path)
     result = run(
         "kbs",
         "key",
@@ -174,7 +171,7 @@ def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: 
         "--policy",
         str(policy),
         env={
-            "MODELSEAL_KBS": server.url,
+            "MODELSEAL_KBS_URL": server.url,
             "MODELSEAL_TOKEN": admin_token,
             "MODELSEAL_MODEL_DIGEST": DIGEST,
         },
@@ -189,10 +186,70 @@ def test_key_put_from_env_and_files(server: Server, admin_token: str, tmp_path: 
         assert client.get_resource("models/cli/v1").reveal() == DEK
 
 
+def test_retired_spellings_still_work_with_one_note(
+    server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--kbs`` and ``MODELSEAL_KBS`` (now ``--kbs-url``/``MODELSEAL_KBS_URL``) keep
+    working, each with one note naming its replacement; the help shows only the new name."""
+    code, out, err = cli(capsys, "kbs", "key", "list", "--kbs", server.url, "--token", admin_token)
+    assert code == 0, err
+    assert isinstance(json.loads(out), list)
+    assert err.count("note: --kbs is deprecated; use --kbs-url") == 1
+    by_env = run(
+        "kbs", "key", "list", env={"MODELSEAL_KBS": server.url, "MODELSEAL_TOKEN": admin_token}
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    assert by_env.stderr.count("note: MODELSEAL_KBS is deprecated; use MODELSEAL_KBS_URL") == 1
+    code, out, _ = cli(capsys, "kbs", "key", "list", "--help")
+    assert "--kbs-url" in out
+    assert "--kbs " not in out
+    assert "--cacert" not in out
+    code, _, err = cli(capsys, "kbs", "key", "list", "--token", admin_token)
+    assert code == 2
+    assert "--kbs-url" in err
+
+
+def test_kbs_client_from_the_loader_settings(
+    server: Server, admin_token: str, tmp_path: Path
+) -> None:
+    """``modelseal.clients.KbsClient.from_settings``: the SDK's KBS client takes the same
+    settings as the loader (here built from the loader's variables) and reads nothing else."""
+    from modelseal.clients import KbsClient as FacadeClient
+    from modelseal.loader.settings import LoaderSettings
+
+    run("kbs", "key", "put", "models/cli/settings", "--key-file", str(_key_file(tmp_path)),
+        "--policy", str(_policy_file(tmp_path)), env={"MODELSEAL_KBS_URL": server.url,
+        "MODELSEAL_TOKEN": admin_token})  # fmt: skip
+    settings = LoaderSettings.from_env(
+        {
+            "MODELSEAL_MODEL": "http://127.0.0.1:9/models/m",
+            "MODELSEAL_TEE": "sample",
+            "MODELSEAL_KBS_URL": server.url,
+        }
+    )
+    with FacadeClient.from_settings(settings) as client:
+        assert client.tee == "sample"
+        assert client.get_resource("models/cli/settings").reveal() == DEK
+    with pytest.raises(ConfigError, match="MODELSEAL_KBS_URL"):
+        FacadeClient.from_settings(settings.with_overrides(kbs_url=None))
+
+
+def _key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "dek.key"
+    path.write_text(base64.urlsafe_b64encode(DEK).decode().rstrip("="))
+    return path
+
+
+def _policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(SAMPLE_POLICY_YAML)
+    return path
+
+
 def test_key_lifecycle(
     server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conn = ("--kbs", server.url, "--token", admin_token)
+    conn = ("--kbs-url", server.url, "--token", admin_token)
     code, out, err = cli(capsys, "kbs", "key", "put", "models/cli/gen", *conn, "--generate")
     assert code == 0, err
     assert json.loads(out)["size"] == 32
@@ -226,7 +283,7 @@ def test_key_lifecycle(
 def test_refusals_and_exit_codes(
     server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    put = ("kbs", "key", "put", "models/cli/x", "--kbs", server.url, "--generate")
+    put = ("kbs", "key", "put", "models/cli/x", "--kbs-url", server.url, "--generate")
     code, _, err = cli(capsys, *put)
     assert code == 2
     assert "token is required" in err
@@ -243,13 +300,13 @@ def test_refusals_and_exit_codes(
         "*",
     )
     token = publisher.stdout.strip()
-    code, _, _ = cli(capsys, "kbs", "key", "rotate-kek", "--kbs", server.url, "--token", token)
+    code, _, _ = cli(capsys, "kbs", "key", "rotate-kek", "--kbs-url", server.url, "--token", token)
     assert code == 4
     code, _, err = cli(
-        capsys, "kbs", "key", "put", "models/cli/x", "--kbs", server.url, "--token", admin_token
+        capsys, "kbs", "key", "put", "models/cli/x", "--kbs-url", server.url, "--token", admin_token
     )
     assert code == 2
-    conflict = ("kbs", "key", "put", "models/cli/conflict", "--kbs", server.url)
+    conflict = ("kbs", "key", "put", "models/cli/conflict", "--kbs-url", server.url)
     code, _, _ = cli(capsys, *conflict, "--token", admin_token, "--generate")
     assert code == 0
     other_key = tmp_path / "other.key"
@@ -267,7 +324,7 @@ def test_refusals_and_exit_codes(
         "kbs",
         "key",
         "list",
-        "--kbs",
+        "--kbs-url",
         f"http://127.0.0.1:{free_port()}",
         "--token",
         admin_token,
@@ -278,7 +335,7 @@ def test_refusals_and_exit_codes(
 def test_rotate_kek_keeps_releases_working(
     server: Server, admin_token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conn = ("--kbs", server.url, "--token", admin_token)
+    conn = ("--kbs-url", server.url, "--token", admin_token)
     policy = tmp_path / "p.yaml"
     policy.write_text(SAMPLE_POLICY_YAML)
     code, _, err = cli(
@@ -300,7 +357,7 @@ def test_rotate_kek_keeps_releases_working(
 def test_audit_verify_detects_tampering(
     server: Server, admin_token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conn = ("--kbs", server.url, "--token", admin_token)
+    conn = ("--kbs-url", server.url, "--token", admin_token)
     cli(capsys, "kbs", "key", "put", "models/cli/audited", *conn, "--generate")
     with KbsClient(server.url, Attester(), tee="sample") as client, pytest.raises(PolicyDenied):
         client.get_resource("models/cli/audited")  # no policy: a denial to tamper with
@@ -362,7 +419,7 @@ def test_trustee_kbs_client_set_resource(
         "policy",
         "set",
         "models/trustee/key1",
-        "--kbs",
+        "--kbs-url",
         server.url,
         "--token",
         admin_token,
@@ -381,7 +438,7 @@ def test_rotation_under_several_workers(tmp_path: Path, capsys: pytest.CaptureFi
     srv.start()
     try:
         token = run("kbs", "token", "--data-dir", str(srv.data_dir)).stdout.strip()
-        conn = ("--kbs", srv.url, "--token", token)
+        conn = ("--kbs-url", srv.url, "--token", token)
         policy = tmp_path / "p.yaml"
         policy.write_text(SAMPLE_POLICY_YAML)
         keys = []

@@ -93,6 +93,9 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
     url, proc = start_kbs(tmp_path / "kbs", "--workers", "2")
     try:
         _wait_for(lambda: len(_children(proc.pid)) == 2, "two workers")
+        # /healthz answered from one worker; the other may still be importing. Kill only
+        # when both listen, so the survivor can take the next connection.
+        _wait_for(lambda: all(_sockets(w) >= 1 for w in _children(proc.pid)), "listening")
         victim = _children(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         # once the victim's socket is gone, new connections go to the survivor (a connection

@@ -83,6 +83,34 @@ def test_directory_round_trip(
     assert info["manifest"]["header"]["path"] == "modelseal-manifest.json"
 
 
+def test_directory_round_trip_with_hidden_names(
+    tmp_path: Path, model: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``seal --hide-names``: ``inspect`` (what anyone without the key sees) shows opaque
+    names and padded sizes only; ``verify`` and ``unseal`` give back the real tree."""
+    sealed, out = tmp_path / "sealed", tmp_path / "out"
+    argv = ["seal", str(model), "-o", str(sealed), "--key", str(key), "--key-id", "models/m/v1"]
+    assert run([*argv, "--segment-size", SEG, "--hide-names"]) == 0
+    names = set(files_of(sealed)) - {"modelseal-manifest.json.sealed"}
+    assert len(names) == 4
+    assert all(len(n) == len("0" * 32 + ".sealed") for n in names), names
+    capsys.readouterr()
+    assert run(["inspect", str(sealed)]) == 0
+    seen = capsys.readouterr().out
+    for rel in files_of(model):
+        assert not [part for part in rel.split("/") if part in seen]
+    sizes = [f["header"]["size"] for f in json.loads(seen)["files"].values()]
+    # stored sizes are Padmé buckets of at least 4 KiB: 0, 13 and 20603 bytes are not shown
+    assert sorted(sizes) == [4096, 4096, 4096, 21504]
+    assert run(["verify", str(sealed), "--key", str(key)]) == 0
+    assert run(["unseal", str(sealed), "-o", str(out), "--key", str(key)]) == 0
+    assert files_of(out) == files_of(model)
+    capsys.readouterr()
+    one = ["seal", str(model / "config.json"), "-o", str(tmp_path / "c.sealed")]
+    assert run([*one, "--key", str(key), "--key-id", "models/m/v1", "--hide-names"]) == 2
+    assert "model directory" in capsys.readouterr().err
+
+
 def test_single_file_v1_and_cnap(tmp_path: Path, model: Path, key: Path) -> None:
     src = model / "weights.bin"
     for fmt, suffix in (("v1", ".sealed"), ("cnap", ".enc")):

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import certifi
 import httpx
 import pytest
 
@@ -177,7 +178,7 @@ def _publish(
     in_process: bool = True,
     tty: bool = False,
 ) -> Ran:
-    argv = ["publish", str(src), "--registry", registry.url, "--kbs", kbs_url, "--token", token]
+    argv = ["publish", str(src), "--registry", registry.url, "--kbs-url", kbs_url, "--token", token]
     argv += ["--registry-token", registry.token, "--staging-dir", str(staging)]
     return _cli([*argv, "--segment-size", "64K", *args], in_process=in_process, tty=tty)
 
@@ -376,7 +377,7 @@ def test_auth_and_input_errors_have_exit_codes(
     registry, kbs = servers
     src = tmp_path / "f.bin"
     src.write_bytes(b"x" * 10)
-    base = ["publish", str(src), "--registry", registry.url, "--kbs", kbs.url]
+    base = ["publish", str(src), "--registry", registry.url, "--kbs-url", kbs.url]
     staging = ["--staging-dir", str(tmp_path / "st")]
     wrong_registry_token = _cli(
         [*base, "--token", kbs.token, "--model-id", "x", "--registry-token", "nope", *staging]
@@ -408,7 +409,7 @@ def test_auth_and_input_errors_have_exit_codes(
     assert "invalid model id" in bad_id.stderr
     bad_key_id = _cli([*base, "--token", kbs.token, "--model-id", "k", "--key-id", "a/b", *staging])
     assert bad_key_id.returncode == 2
-    missing = _cli(["publish", str(tmp_path / "nope"), "--registry", registry.url, "--kbs",
+    missing = _cli(["publish", str(tmp_path / "nope"), "--registry", registry.url, "--kbs-url",
                     kbs.url, "--token", kbs.token, "--model-id", "z"])  # fmt: skip
     assert missing.returncode == 2
     bad_policy = tmp_path / "p.json"
@@ -441,5 +442,92 @@ def test_resume_with_changed_source_reseals_with_the_saved_key(
     assert _release_key(kbs, "models/changed/v1").reveal() == dek.reveal()
     _download_model(info, tmp_path / "sealed")
     unseal_directory(tmp_path / "sealed", tmp_path / "plain", dek)
+    for rel, data in files.items():
+        assert (tmp_path / "plain" / rel).read_bytes() == data
+
+
+def test_retired_kbs_and_ca_spellings_still_publish_with_one_note_each(
+    servers: tuple[RegistryServer, KbsServer], tmp_path: Path
+) -> None:
+    """``--kbs`` and ``--ca`` became ``--kbs-url`` and ``--kbs-ca``/``--registry-ca``
+    (the loader's names); the old spellings keep working and say so once."""
+    registry, kbs = servers
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"y" * 100)
+    bundle = certifi.where()  # a real bundle, unused: both servers are plain http
+    ran = _cli(
+        ["publish", str(src), "--registry", registry.url, "--kbs", kbs.url, "--ca", bundle,
+         "--token", kbs.token, "--registry-token", registry.token, "--model-id", "retired",
+         "--staging-dir", str(tmp_path / "st")]
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr.count("note: --kbs is deprecated; use --kbs-url") == 1
+    assert ran.stderr.count("note: --ca is deprecated; use --kbs-ca and --registry-ca") == 1
+    assert httpx.get(f"{registry.url}/models/retired").status_code == 200
+    missing = _cli(["publish", str(src), "--registry", registry.url, "--token", kbs.token,
+                    "--model-id", "nokbs"])  # fmt: skip
+    assert missing.returncode == 2
+    assert "--kbs-url" in missing.stderr
+
+
+def test_hidden_names_reach_the_registry_as_opaque_padded_blobs_and_still_load(
+    servers: tuple[RegistryServer, KbsServer], tmp_path: Path, policy_file: Path
+) -> None:
+    """``publish --hide-names``: the model info, the blob names and every sealed header the
+    registry holds name no plaintext file and state no plaintext size; the loader (files),
+    the SDK (memory) and ``unseal`` still give back every file byte for byte."""
+    from modelseal import LoaderSettings, open_model
+    from modelseal.format.manifest import hidden_size
+    from modelseal.format.v1 import parse_head
+    from modelseal.loader.loader import load_model
+
+    registry, kbs = servers
+    src = tmp_path / "model"
+    files = _model_dir(src)
+    done = _publish(
+        registry, kbs.url, kbs.token, src, "--model-id", "hidden", "--policy", str(policy_file),
+        "--hide-names", staging=tmp_path / "staging",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    served = httpx.get(f"{registry.url}/models/hidden").text
+    info = ModelInfo.from_json(served)
+    words = {part for rel in files for part in (rel, *rel.split("/"), Path(rel).suffix)}
+    words.discard("")
+    # the manifest's own (fixed, public) name is the one name a registry may see
+    leaks = sorted(w for w in words if w in served.replace("modelseal-manifest.json", ""))
+    assert leaks == [], f"the model info names plaintext files: {leaks}"
+    assert str(len(files["model.safetensors"])) not in served
+    assert info.framework is None  # no guess from a suffix the registry never saw
+    sizes = sorted(len(data) for data in files.values())
+    headers = []
+    for f in info.files:
+        blob = httpx.get(f.url).content
+        header, _ = parse_head(blob, len(blob))
+        text = json.dumps(header.to_json())
+        assert [w for w in words if w in text] == [], text
+        assert header.path == f.path
+        assert f.url.endswith(f"/{header.path}.sealed")
+        headers.append(header.size)
+    assert sorted(headers) == sorted(hidden_size(n) for n in sizes)
+    assert not set(headers) & set(sizes)  # no header states a plaintext size
+    # loader: files on disk under their real names
+    dest = tmp_path / "dest"
+    settings = LoaderSettings(
+        model=f"{registry.url}/models/hidden", tee="sample", dest=dest, allow_disk=True
+    )
+    receipt = load_model(settings)
+    assert receipt.model_digest == info.model_digest
+    for rel, data in files.items():
+        assert (dest / rel).read_bytes() == data
+    # SDK: the same files in memory
+    with open_model(
+        settings=LoaderSettings(model=f"{registry.url}/models/hidden"), tee="sample"
+    ) as model:
+        assert {rel: bytes(model[rel]) for rel in model} == files
+    # owner tools with the released key
+    dek = _release_key(kbs, "models/hidden/v1")
+    _download_model(info, tmp_path / "sealed")
+    result = unseal_directory(tmp_path / "sealed", tmp_path / "plain", dek)
+    assert result.model_digest == info.model_digest
     for rel, data in files.items():
         assert (tmp_path / "plain" / rel).read_bytes() == data

@@ -33,6 +33,7 @@ FAMILIES = (
     "tests.fuzz.test_tpm",
     "tests.fuzz.test_azure",
     "tests.fuzz.test_eventlog",
+    "tests.fuzz.test_nvidia",
 )
 
 

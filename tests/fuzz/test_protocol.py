@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from modelseal.dev import guest_components
 from modelseal.kbs import transfer_api
 from modelseal.protocol import admin
 from modelseal.protocol.kbs import (
@@ -19,6 +20,7 @@ from modelseal.protocol.kbs import (
     Challenge,
     FlattenedJwe,
     parse_model,
+    resource_path,
 )
 from modelseal.protocol.model_info import (
     ModelInfo,
@@ -145,7 +147,40 @@ TRANSFER = {
     "init_data": None,
 }
 
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _aael_event(data: bytes) -> object:
+    """The dev server's AAEL body reader answers with a reason, never an exception."""
+    result = guest_components._aael_event(data)
+    assert isinstance(result, str | tuple)
+    return result
+
+
 TARGETS = [
+    Target(
+        "key-id",
+        lambda b: resource_path(_text(b)),
+        lambda: [b"models/m/v1", b"kbs:///models/m/v1", CNAP_INFO["key_id"].encode()],
+        hostile=HOSTILE_TEXT,
+    ),
+    Target(
+        "runtime-data",
+        lambda b: guest_components.decode_runtime_data(_text(b), "base64"),
+        lambda: [b"eHh4eA", b"cmVwb3J0", b""],
+    ),
+    Target(
+        "aael-event",
+        _aael_event,
+        lambda: [json.dumps({"domain": "d", "operation": "o", "content": "c"}).encode()],
+        extra=lambda: (
+            json_mutated([{"domain": "d", "operation": "o", "content": "c"}]) | json_docs()
+        ),
+        documented=(),
+        hostile=HOSTILE_TEXT,
+    ),
     Target(
         "cnap-transfer",
         transfer_api._parse,

@@ -18,6 +18,7 @@ import pytest
 PUBLIC_API: dict[str, set[str]] = {
     "modelseal": {
         "DecryptedModel",
+        "LoaderSettings",
         "__version__",
         "decrypt_file",
         "load_model",

@@ -27,6 +27,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Final
 
+from modelseal._internal import environment
+
 __all__ = [
     "FORMATS",
     "LOG_FORMAT_ENV",
@@ -131,8 +133,8 @@ def quiet_noisy_libraries() -> None:
 
 def configure_from_env(default_level: str = "INFO") -> None:
     """Logging of a worker process: the format and level its supervisor was started with."""
-    fmt = os.environ.get(LOG_FORMAT_ENV, "text")
+    fmt = environment.variable(LOG_FORMAT_ENV) or "text"
     configure_logging(fmt if fmt in FORMATS else "text", logging.WARNING)
     logging.getLogger("modelseal").setLevel(
-        os.environ.get("MODELSEAL_LOG_LEVEL", default_level).upper()
+        (environment.variable("MODELSEAL_LOG_LEVEL") or default_level).upper()
     )

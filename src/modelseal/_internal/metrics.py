@@ -29,12 +29,11 @@ all files (dead workers' included, so counters never go back).
 from __future__ import annotations
 
 import hmac
-import os
 import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -42,6 +41,7 @@ from types import ModuleType
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from modelseal._internal import environment
 from modelseal._internal.urls import is_loopback
 from modelseal.errors import ConfigError
 
@@ -176,14 +176,16 @@ def prepare_multiprocess_dir() -> Path:
     """A fresh private directory for the workers' metric files, named in the environment
     (so the workers started after this see it). The caller removes it at the end."""
     path = Path(tempfile.mkdtemp(prefix="modelseal-metrics-"))
-    os.environ[MULTIPROC_ENV] = str(path)
+    environment.export(MULTIPROC_ENV, str(path))
     return path
 
 
-def check_environment(environ: Mapping[str, str] = os.environ) -> None:
-    """Refuse to start with ``PROMETHEUS_MULTIPROC_DIR`` naming no directory: every value
-    this process records would then fail, and with it every request."""
-    named = environ.get(MULTIPROC_ENV)
+def check_environment(named: str | None = None) -> None:
+    """Refuse to start with ``PROMETHEUS_MULTIPROC_DIR`` (``named``, default: this process's)
+    naming no directory: every value this process records would then fail, and with it
+    every request."""
+    if named is None:
+        named = environment.variable(MULTIPROC_ENV)
     if named is not None and not Path(named).is_dir():
         raise ConfigError(f"{MULTIPROC_ENV}={named} is not a directory (unset it or create it)")
 

@@ -31,10 +31,11 @@ COMMANDS: dict[str, str] = {
     "attest": "modelseal.cli.evidence:attest",
     "evidence": "modelseal.cli.evidence:evidence",
     "quickstart": "modelseal.cli.quickstart:quickstart",
+    "dev": "modelseal.cli.dev:dev",
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"auto_envvar_prefix": "MODELSEAL"})
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 @click.version_option(__version__, prog_name="modelseal")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from modelseal._internal import metrics
+from modelseal._internal import environment, metrics
 from modelseal._internal.logs import FORMATS, LOG_FORMAT_ENV, configure_logging
 from modelseal._internal.metrics import MetricsEndpoint
 
@@ -61,7 +60,7 @@ def apply_log_format(log_format: str, root_level: int | None = None) -> None:
     the worker processes it starts. The root level stays what ``-v`` made it."""
     level = root_level if root_level is not None else logging.getLogger().level
     configure_logging(log_format, level or logging.WARNING)
-    os.environ[LOG_FORMAT_ENV] = log_format
+    environment.export(LOG_FORMAT_ENV, log_format)
 
 
 def metrics_endpoint(

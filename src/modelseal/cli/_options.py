@@ -52,3 +52,15 @@ def sealed_format_options(f: F) -> F:
         envvar="MODELSEAL_FORMAT",
         help="v1 (segmented, random access) or the CNAP legacy whole-file layout (≤ 4 GiB).",
     )(f)
+
+
+def hide_names_option(f: F) -> F:
+    """``--hide-names``: one definition for ``seal`` and ``publish``."""
+    return click.option(
+        "--hide-names",
+        is_flag=True,
+        default=False,
+        envvar="MODELSEAL_HIDE_NAMES",
+        help="Seal each file of a model directory under an opaque random name, zero-padded, "
+        "so the registry sees no file name or exact size (names live in the sealed manifest).",
+    )(f)

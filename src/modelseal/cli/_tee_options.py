@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
+from modelseal.errors import UnsupportedTee
 from modelseal.tee import registry
 from modelseal.tee.plugin import OptionSpec
 
@@ -75,23 +77,71 @@ def tee_choice(kinds: Iterable[str], *extra: str) -> click.Choice[str]:
     return click.Choice([*extra, *kinds])
 
 
-def deprecated_alias(old: str, new: str, name: str, **attrs: Any) -> Callable[[F], F]:
-    """A hidden ``old`` flag for option ``new`` (parameter ``name``); using it prints a
-    note. The command reads the value back with :func:`aliased`."""
+class CompositeTeeChoice(click.Choice[str]):
+    """A ``--tee`` choice that also takes a CPU kind joined with device kinds
+    (``tdx+nvidia``): each part must be a choice, the composition valid per the registry."""
 
-    def remember(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        parts = str(value).split(registry.COMPOSITE_SEPARATOR)
+        converted = [str(super(CompositeTeeChoice, self).convert(p, param, ctx)) for p in parts]
+        joined = registry.COMPOSITE_SEPARATOR.join(converted)
+        if len(parts) > 1:
+            try:
+                registry.split_composite(joined)
+            except UnsupportedTee as exc:
+                self.fail(str(exc), param, ctx)
+        return joined
+
+
+def composite_tee_choice(kinds: Iterable[str], *extra: str) -> CompositeTeeChoice:
+    """``--tee`` choices plus compositions with device kinds (``auto+nvidia``)."""
+    return CompositeTeeChoice([*extra, *kinds])
+
+
+class RetiredOption(click.Option):
+    """A hidden, deprecated spelling; knows its replacement (for the environment table)."""
+
+    def __init__(
+        self, *args: Any, replacement: str, replacement_envvar: str | None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.replacement = replacement
+        self.replacement_envvar = replacement_envvar
+
+
+def deprecated_alias(
+    old: str,
+    new: str,
+    name: str,
+    *,
+    envvar: str | None = None,
+    new_envvar: str | None = None,
+    **attrs: Any,
+) -> Callable[[F], F]:
+    """A hidden ``old`` flag (and optionally a retired variable ``envvar``) for option
+    ``new`` (parameter ``name``). Using either prints one note naming its replacement;
+    the command reads the value back with :func:`aliased`."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is not None:
-            click.echo(f"note: {old} is deprecated; use {new}", err=True)
+            used, instead = old, new
+            if envvar and ctx.get_parameter_source(param.name or "") is ParameterSource.ENVIRONMENT:
+                used, instead = envvar, new_envvar or new
+            click.echo(f"note: {used} is deprecated; use {instead}", err=True)
             ctx.meta.setdefault(_ALIASED, {})[name] = value
         return value
 
     return click.option(
         old,
         f"_alias_{name}",
+        cls=RetiredOption,
+        replacement=new,
+        replacement_envvar=new_envvar,
         hidden=True,
         expose_value=False,
         default=None,
         callback=remember,
+        envvar=envvar,
         **attrs,
     )
 

@@ -5,8 +5,8 @@
 the typed claims, or exits 4 with the reason (collateral expired, TCB out of date, debug,
 chain broken, binding mismatch ...), or 2 when no collateral covers the quote's platform
 (a configuration gap: the hint names ``--collateral`` / ``--pccs-url``).
-``evidence replay`` prints the registers an event log replays to. Every flag also reads
-``MODELSEAL_<FLAG>``.
+``evidence replay`` prints the registers an event log replays to. The TEE kinds' options
+also read ``MODELSEAL_<OPTION>`` (docs/reference/environment.md lists every variable).
 """
 
 from __future__ import annotations
@@ -153,6 +153,11 @@ def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
 @click.option("--at", "at", type=float, default=None, help="Verification time (Unix seconds).")
 @click.option("--report-data", default=None, help="Expected binding (hex, zero-padded).")
 @click.option(
+    "--nonce",
+    default=None,
+    help="Expected nonce (hex): --report-data under the name device reports use for it.",
+)
+@click.option(
     "--init-data",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -177,6 +182,7 @@ def verify_cmd(
     evidence_path: str,
     at: float | None,
     report_data: str | None,
+    nonce: str | None,
     init_data: Path | None,
     tcb_statuses: tuple[str, ...],
     allow_debug: bool,
@@ -191,7 +197,9 @@ def verify_cmd(
     config = _verifier_config(tee, values)
     kind = registry.plugin(tee).verifier_class()
     value = kind.evidence_from_file(_read(evidence_path, "evidence"))
-    expected = _hex_arg(report_data, "--report-data")
+    if nonce is not None and report_data is not None:
+        raise ConfigError("give --nonce or --report-data, not both")
+    expected = _hex_arg(report_data, "--report-data") or _hex_arg(nonce, "--nonce")
     checked = expected is not None
     if expected is None:
         expected = kind.own_report_data(value)

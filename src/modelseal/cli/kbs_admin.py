@@ -2,7 +2,8 @@
 
 ``token`` reads the admin credential from the KBS data directory and prints a short-lived
 bearer token; every other command talks to a running KBS through
-:class:`modelseal.owner.kbs_admin.KbsAdminClient`. Every flag also reads ``MODELSEAL_<FLAG>``.
+:class:`modelseal.owner.kbs_admin.KbsAdminClient`. Most flags also read ``MODELSEAL_<FLAG>``
+(docs/reference/environment.md lists them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from modelseal.cli._tee_options import aliased, deprecated_alias
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, IntegrityError
 
@@ -28,15 +30,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = ["audit", "key", "policy", "token"]
 
 
-def _kbs_opt(required: bool) -> Callable[[F], F]:
+def _kbs_opt(func: F) -> F:
+    func = deprecated_alias(
+        "--kbs", "--kbs-url", "kbs_url", envvar="MODELSEAL_KBS", new_envvar="MODELSEAL_KBS_URL"
+    )(func)
     return click.option(
-        "--kbs",
+        "--kbs-url",
         "kbs_url",
-        required=required,
         default=None,
-        envvar=["MODELSEAL_KBS", "MODELSEAL_KBS_URL"],
+        envvar="MODELSEAL_KBS_URL",
         help="KBS base URL, e.g. https://kbs.example:8080.",
-    )
+    )(func)
 
 
 _token_option = click.option(
@@ -53,25 +57,42 @@ _token_file_option = click.option(
     default=None,
     help="File holding the admin bearer token.",
 )
-_ca_option = click.option(
-    "--kbs-ca",
-    envvar=["MODELSEAL_KBS_CA", "MODELSEAL_KBS_CACERT"],
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="PEM CA bundle to verify the KBS's TLS certificate.",
-)
+
+
+def _ca_option(func: F) -> F:
+    ca_type = click.Path(exists=True, dir_okay=False)
+    func = deprecated_alias(
+        "--cacert",
+        "--kbs-ca",
+        "kbs_ca",
+        envvar="MODELSEAL_KBS_CACERT",
+        new_envvar="MODELSEAL_KBS_CA",
+        type=ca_type,
+    )(func)
+    return click.option(
+        "--kbs-ca",
+        envvar="MODELSEAL_KBS_CA",
+        type=ca_type,
+        default=None,
+        help="PEM CA bundle to verify the KBS's TLS certificate.",
+    )(func)
 
 
 def _connection(func: F) -> F:
-    for option in (_ca_option, _token_file_option, _token_option, _kbs_opt(True)):
+    for option in (_ca_option, _token_file_option, _token_option, _kbs_opt):
         func = option(func)
     return func
 
 
 def _client(
-    kbs_url: str, token_value: str | None, token_file: Path | None, kbs_ca: str | None
+    kbs_url: str | None, token_value: str | None, token_file: Path | None, kbs_ca: str | None
 ) -> KbsAdminClient:
     from modelseal.owner.kbs_admin import KbsAdminClient
+
+    kbs_url = aliased("kbs_url", kbs_url)
+    kbs_ca = aliased("kbs_ca", kbs_ca)
+    if not kbs_url:
+        raise click.UsageError("Missing option '--kbs-url'.")
 
     if token_value is None and token_file is not None:
         raw_token = _read_limited(token_file, 8192, "token file")
@@ -123,6 +144,7 @@ def _print(value: Any) -> None:
     type=click.Choice(["admin", "publisher", "auditor"]),
     default="admin",
     show_default=True,
+    help="Role the token grants.",
 )
 @click.option(
     "--ttl",
@@ -231,7 +253,7 @@ def _read_policy(path: Path) -> dict[str, Any]:
 )
 def key_put(
     key_id: str,
-    kbs_url: str,
+    kbs_url: str | None,
     token_value: str | None,
     token_file: Path | None,
     kbs_ca: str | None,
@@ -269,7 +291,7 @@ def key_put(
     help="Only keys bound to this sha256:<hex> model digest.",
 )
 def key_list(
-    kbs_url: str,
+    kbs_url: str | None,
     token_value: str | None,
     token_file: Path | None,
     kbs_ca: str | None,
@@ -285,7 +307,11 @@ def key_list(
 @click.argument("key_id")
 @_connection
 def key_get(
-    key_id: str, kbs_url: str, token_value: str | None, token_file: Path | None, kbs_ca: str | None
+    key_id: str,
+    kbs_url: str | None,
+    token_value: str | None,
+    token_file: Path | None,
+    kbs_ca: str | None,
 ) -> None:
     """Show one key's metadata."""
     with _client(kbs_url, token_value, token_file, kbs_ca) as client:
@@ -296,7 +322,11 @@ def key_get(
 @click.argument("key_id")
 @_connection
 def key_revoke(
-    key_id: str, kbs_url: str, token_value: str | None, token_file: Path | None, kbs_ca: str | None
+    key_id: str,
+    kbs_url: str | None,
+    token_value: str | None,
+    token_file: Path | None,
+    kbs_ca: str | None,
 ) -> None:
     """Revoke KEY_ID: every later release is denied (admin role)."""
     with _client(kbs_url, token_value, token_file, kbs_ca) as client:
@@ -307,7 +337,11 @@ def key_revoke(
 @click.argument("key_id")
 @_connection
 def key_delete(
-    key_id: str, kbs_url: str, token_value: str | None, token_file: Path | None, kbs_ca: str | None
+    key_id: str,
+    kbs_url: str | None,
+    token_value: str | None,
+    token_file: Path | None,
+    kbs_ca: str | None,
 ) -> None:
     """Delete KEY_ID from the KBS (admin role). Models sealed with it become unreadable."""
     with _client(kbs_url, token_value, token_file, kbs_ca) as client:
@@ -317,7 +351,7 @@ def key_delete(
 @key.command("rotate-kek")
 @_connection
 def key_rotate_kek(
-    kbs_url: str, token_value: str | None, token_file: Path | None, kbs_ca: str | None
+    kbs_url: str | None, token_value: str | None, token_file: Path | None, kbs_ca: str | None
 ) -> None:
     """Generate a new KEK and re-wrap every stored key under it (admin role)."""
     with _client(kbs_url, token_value, token_file, kbs_ca) as client:
@@ -345,7 +379,7 @@ def policy() -> None:
 )
 def policy_set(
     key_id: str,
-    kbs_url: str,
+    kbs_url: str | None,
     token_value: str | None,
     token_file: Path | None,
     kbs_ca: str | None,
@@ -361,7 +395,11 @@ def policy_set(
 @click.argument("key_id")
 @_connection
 def policy_get(
-    key_id: str, kbs_url: str, token_value: str | None, token_file: Path | None, kbs_ca: str | None
+    key_id: str,
+    kbs_url: str | None,
+    token_value: str | None,
+    token_file: Path | None,
+    kbs_ca: str | None,
 ) -> None:
     """Print KEY_ID's normalized release policy and its digest."""
     with _client(kbs_url, token_value, token_file, kbs_ca) as client:
@@ -372,7 +410,7 @@ def policy_get(
 
 
 @click.command()
-@_kbs_opt(False)
+@_kbs_opt
 @_token_option
 @_token_file_option
 @_ca_option
@@ -381,7 +419,7 @@ def policy_get(
     envvar="MODELSEAL_DATA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Read the log from this KBS data directory instead of --kbs (no server needed).",
+    help="Read the log from this KBS data directory instead of --kbs-url (no server needed).",
 )
 @click.option(
     "--database-url",
@@ -441,8 +479,9 @@ def audit(
     """Print the KBS audit log, or verify its hash chain (--verify)."""
     from modelseal.protocol.admin import AuditEntryModel, AuditVerifyResponse, verify_audit_chain
 
+    kbs_url = aliased("kbs_url", kbs_url)
     if (kbs_url is None) == (data_dir is None):
-        raise ConfigError("give exactly one of --kbs URL (with a token) or --data-dir DIR")
+        raise ConfigError("give exactly one of --kbs-url URL (with a token) or --data-dir DIR")
     entries: list[AuditEntryModel] = []
     if data_dir is not None:
         from modelseal.kbs.state import offline_audit_entries, offline_audit_verify
@@ -456,7 +495,7 @@ def audit(
         )
         entries = [AuditEntryModel(**row.to_json()) for row in found]
     else:
-        with _client(kbs_url or "", token_value, token_file, kbs_ca) as client:
+        with _client(kbs_url, token_value, token_file, kbs_ca) as client:
             if do_verify:
                 rows = list(client.iter_audit())
                 _finish_verify(verify_audit_chain(rows), client.audit_verify())

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from modelseal.cli._tee_options import (
 )
 from modelseal.errors import ConfigError
 from modelseal.tee import registry
+
+if TYPE_CHECKING:
+    from modelseal.crypto.secret import SecretBytes
 
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -57,8 +60,21 @@ def _path(value: str | None) -> Path | None:
     help="A KEK store being moved away from ('file' or pkcs11:...): still read; the next "
     "`kbs key rotate-kek` moves every key out of it and deletes its KEK.",
 )
-@click.option("--host", envvar="MODELSEAL_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="MODELSEAL_PORT", type=int, default=8080, show_default=True)
+@click.option(
+    "--host",
+    envvar="MODELSEAL_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Listen address.",
+)
+@click.option(
+    "--port",
+    envvar="MODELSEAL_PORT",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="Listen port.",
+)
 @click.option(
     "--tls-cert", envvar="MODELSEAL_TLS_CERT", default=None, help="PEM certificate chain."
 )
@@ -127,6 +143,7 @@ def _path(value: str | None) -> Path | None:
     default="info",
     show_default=True,
     type=click.Choice(_LEVELS),
+    help="Log level of the KBS and its workers.",
 )
 @ops_options
 def serve(
@@ -187,14 +204,18 @@ def serve(
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
     for kind in settings.insecure_kinds():
         click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
-    os.environ["MODELSEAL_LOG_LEVEL"] = log_level
+    from modelseal._internal import environment
+
+    environment.export("MODELSEAL_LOG_LEVEL", log_level)  # for the worker processes
     run(settings, workers=workers, metrics_endpoint=endpoint)
 
 
 @click.command()
 @click.argument("resource_path")
 @click.option("--kbs-url", "kbs_url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (required).")
-@deprecated_alias("--kbs", "--kbs-url", "kbs_url")
+@deprecated_alias(
+    "--kbs", "--kbs-url", "kbs_url", envvar="MODELSEAL_KBS", new_envvar="MODELSEAL_KBS_URL"
+)
 @click.option(
     "--tee",
     default=registry.DEVELOPMENT_KIND,
@@ -217,7 +238,9 @@ def serve(
     envvar="MODELSEAL_KBS_CA",
     help="CA bundle that signs the KBS's TLS certificate.",
 )
-@deprecated_alias("--cacert", "--kbs-ca", "kbs_ca", envvar="MODELSEAL_KBS_CACERT")
+@deprecated_alias(
+    "--cacert", "--kbs-ca", "kbs_ca", envvar="MODELSEAL_KBS_CACERT", new_envvar="MODELSEAL_KBS_CA"
+)
 @click.option(
     "--init-data",
     "init_data_file",
@@ -232,6 +255,22 @@ def serve(
     type=click.Path(dir_okay=False),
     help="Write the raw resource bytes to this new file (mode 0600).",
 )
+@click.option(
+    "--key-source",
+    default="kbs",
+    show_default=True,
+    envvar="MODELSEAL_KEY_SOURCE",
+    type=click.Choice(["kbs", "cdh"]),
+    help="'kbs': attest and run RCAR with --kbs-url; 'cdh': ask the CoCo Confidential "
+    "Data Hub at --cdh-url.",
+)
+@click.option(
+    "--cdh-url",
+    default="http://127.0.0.1:8006",
+    show_default=True,
+    envvar="MODELSEAL_CDH_URL",
+    help="guest-components REST API of the CDH (--key-source cdh).",
+)
 @spec_options(attester_options())
 def get(
     resource_path: str,
@@ -241,39 +280,61 @@ def get(
     kbs_ca: str | None,
     init_data_file: str | None,
     output: str | None,
+    key_source: str,
+    cdh_url: str,
     **attester_values: Any,
 ) -> None:
-    """Attest and fetch RESOURCE_PATH (repo/type/tag); print a summary, never the key."""
+    """Attest and fetch RESOURCE_PATH (repo/type/tag, kbs:///repo/type/tag or a UUID key
+    id); print a summary, never the key."""
+    from modelseal.keystore.paths import normalize_key_id
+    from modelseal.loader.attest import close_attester
     from modelseal.loader.kbs_client import KbsClient
+    from modelseal.tee.aa.rest import ApiServerClient
 
     kbs_url = aliased("kbs_url", kbs_url)
     kbs_ca = aliased("kbs_ca", kbs_ca)
+    path = normalize_key_id(resource_path)
+    if key_source == "cdh":
+        with ApiServerClient(cdh_url) as cdh:
+            secret = cdh.resource(path)
+        _summarize(secret, path, None, output)
+        return
     if not kbs_url:
         raise click.UsageError("Missing option '--kbs-url'.")
     init_data = Path(init_data_file).read_text(encoding="utf-8") if init_data_file else None
     keywords = registry.attester_keywords(tee, attester_values, init_data=init_data)
     attester = registry.attester_for(tee, **keywords)
-    with KbsClient(
-        kbs_url, attester, tee=tee, key_alg=key_alg, verify=kbs_ca or True, init_data=init_data
-    ) as client:
-        secret = client.get_resource(resource_path)
-        try:
-            value = secret.reveal()
-            if output:
-                try:
-                    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError as exc:
-                    raise ConfigError(f"{output} exists; refusing to overwrite it") from exc
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(value)
-            summary = {
-                "resource": resource_path,
-                "bytes": len(value),
-                "sha256": hashlib.sha256(value).hexdigest(),
-                "token_id": client.token_id,
-                "written_to": output,
-            }
-            del value
-        finally:
-            secret.wipe()
+    try:
+        wire = registry.evidence_kind(tee, attester)
+        with KbsClient(
+            kbs_url, attester, tee=wire, key_alg=key_alg, verify=kbs_ca or True,
+            init_data=init_data,
+        ) as client:  # fmt: skip
+            secret = client.get_resource(path)
+            _summarize(secret, path, client.token_id, output)
+    finally:
+        close_attester(attester)
+
+
+def _summarize(secret: SecretBytes, path: str, token_id: str | None, output: str | None) -> None:
+    """Print size and SHA-256 of a fetched resource, write its bytes only to a new file."""
+    try:
+        value = secret.reveal()
+        if output:
+            try:
+                fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError as exc:
+                raise ConfigError(f"{output} exists; refusing to overwrite it") from exc
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(value)
+        summary = {
+            "resource": path,
+            "bytes": len(value),
+            "sha256": hashlib.sha256(value).hexdigest(),
+            "token_id": token_id,
+            "written_to": output,
+        }
+        del value
+    finally:
+        secret.wipe()
     click.echo(json.dumps(summary, indent=2))

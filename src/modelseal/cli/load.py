@@ -17,7 +17,7 @@ from types import FrameType
 
 import click
 
-from modelseal.cli._tee_options import attester_options, spec_options, tee_choice
+from modelseal.cli._tee_options import attester_options, composite_tee_choice, spec_options
 from modelseal.tee import registry
 
 
@@ -43,8 +43,8 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
 @click.option(
     "--tee",
     envvar="MODELSEAL_TEE",
-    type=tee_choice(registry.attestable_kinds(), "auto"),
-    help="TEE kind to attest as, or 'auto' [default].",
+    type=composite_tee_choice(registry.attestable_kinds(), "auto"),
+    help="TEE kind to attest as, or 'auto' [default]; add GPUs with '+' (tdx+nvidia).",
 )
 @click.option("--kbs-url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (else from model info).")
 @click.option(
@@ -105,6 +105,34 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
     "as root next to a server of another user without fsGroup [default: unchanged].",
 )
 @click.option(
+    "--key-source",
+    envvar="MODELSEAL_KEY_SOURCE",
+    type=click.Choice(["kbs", "cdh"]),
+    help="Where the model key comes from: 'kbs' (attest and run RCAR with the KBS, "
+    "default) or 'cdh' (the CoCo Confidential Data Hub, which attests for the pod).",
+)
+@click.option(
+    "--cdh-url",
+    envvar="MODELSEAL_CDH_URL",
+    help="guest-components REST API of the CDH for --key-source cdh "
+    "[default: http://127.0.0.1:8006].",
+)
+@click.option(
+    "--measure/--no-measure",
+    envvar="MODELSEAL_MEASURE",
+    default=None,
+    help="After the load, record the model digest in the TEE's runtime measurements "
+    "through the Attestation Agent (when --aa-url, --tee aa or --key-source cdh gives "
+    "one) [default: on].",
+)
+@click.option(
+    "--retries",
+    envvar="MODELSEAL_RETRIES",
+    type=click.IntRange(min=1),
+    help="Attempts per request on transient failures (unreachable KBS, CDH or registry, "
+    "5xx) before exit 75 [default: 8].",
+)
+@click.option(
     "--metrics-textfile",
     envvar="MODELSEAL_METRICS_TEXTFILE",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -126,6 +154,10 @@ def load(
     timeout: float | None,
     file_mode: str | None,
     group: str | None,
+    key_source: str | None,
+    cdh_url: str | None,
+    measure: bool | None,
+    retries: int | None,
     metrics_textfile: Path | None,
     quiet: bool,
     **attester_values: str | None,
@@ -139,7 +171,7 @@ def load(
     from modelseal.loader.destination import FileModes
     from modelseal.loader.loader import load_model
     from modelseal.loader.metrics import check_textfile_path, recording
-    from modelseal.loader.settings import settings_from_env
+    from modelseal.loader.settings import LoaderSettings
 
     if metrics_textfile is not None:
         check_textfile_path(metrics_textfile)
@@ -147,8 +179,7 @@ def load(
     modes = FileModes.parse(file_mode) if file_mode else None
     if group:
         modes = (modes or FileModes()).with_group(group)
-    settings = settings_from_env(
-        {},
+    settings = LoaderSettings.from_options(
         model=model,
         dest=dest,
         tee=tee,
@@ -162,6 +193,10 @@ def load(
         init_data=init_data,
         timeout=timeout,
         file_modes=modes,
+        key_source=key_source,
+        cdh_url=cdh_url,
+        measure=measure,
+        retries=retries,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from modelseal.cli._options import sealed_format_options
+from modelseal.cli._options import hide_names_option, sealed_format_options
 from modelseal.errors import Error
 from modelseal.owner import keys, sealing
 
@@ -158,6 +158,7 @@ def keygen(output: Path) -> None:
     default=0,
     help="Partial sealing: also encrypt every tensor of the last N numbered layers.",
 )
+@hide_names_option
 @_workers_option
 @_force_option
 def seal(
@@ -171,6 +172,7 @@ def seal(
     model_version: str | None,
     tensors: tuple[str, ...],
     last_layers: int,
+    hide_names: bool,
     workers: int,
     force: bool,
 ) -> None:
@@ -198,6 +200,7 @@ def seal(
                 model=model,
                 workers=workers,
                 progress=progress,
+                hide_names=hide_names,
             )
             result = sealing.seal(
                 src,

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from modelseal.cli._options import sealed_format_options
+from modelseal.cli._options import hide_names_option, sealed_format_options
+from modelseal.cli._tee_options import aliased, deprecated_alias
 
 __all__ = ["publish"]
 
@@ -90,11 +91,13 @@ class _RichProgress:
     help="Registry base URL (modelseal registry serve).",
 )
 @click.option(
-    "--kbs",
+    "--kbs-url",
     "kbs_url",
-    required=True,
-    envvar="MODELSEAL_KBS",
-    help="KBS base URL (its admin API registers the key).",
+    envvar="MODELSEAL_KBS_URL",
+    help="KBS base URL (its admin API registers the key).  [required]",
+)
+@deprecated_alias(
+    "--kbs", "--kbs-url", "kbs_url", envvar="MODELSEAL_KBS", new_envvar="MODELSEAL_KBS_URL"
 )
 @click.option(
     "--token",
@@ -134,6 +137,7 @@ class _RichProgress:
     help="KBS key id repo/type/tag  [default: models/<model-id>/<version>]",
 )
 @sealed_format_options
+@hide_names_option
 @click.option(
     "--save-key",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -145,7 +149,7 @@ class _RichProgress:
     "--kbs-public-url",
     default=None,
     envvar="MODELSEAL_KBS_PUBLIC_URL",
-    help="KBS URL loaders use, written into the model info  [default: --kbs]",
+    help="KBS URL loaders use, written into the model info  [default: --kbs-url]",
 )
 @click.option("--name", default=None, help="Model name in the model info [default: model id].")
 @click.option("--framework", default=None, help="e.g. safetensors, onnx, pytorch [guessed].")
@@ -160,15 +164,29 @@ class _RichProgress:
 )
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option(
-    "--ca",
+    "--kbs-ca",
     type=click.Path(dir_okay=False, exists=True),
+    envvar="MODELSEAL_KBS_CA",
+    help="PEM CA bundle for an https KBS URL.",
+)
+@click.option(
+    "--registry-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    envvar="MODELSEAL_REGISTRY_CA",
+    help="PEM CA bundle for an https registry URL.",
+)
+@deprecated_alias(
+    "--ca",
+    "--kbs-ca and --registry-ca",
+    "ca",
     envvar="MODELSEAL_CA",
-    help="CA bundle for https registry/KBS URLs.",
+    new_envvar="MODELSEAL_KBS_CA and MODELSEAL_REGISTRY_CA",
+    type=click.Path(dir_okay=False, exists=True),
 )
 def publish(
     src: Path,
     registry_url: str,
-    kbs_url: str,
+    kbs_url: str | None,
     token: str,
     model_id: str,
     version: str,
@@ -178,6 +196,7 @@ def publish(
     segment_size: int,
     save_key: Path | None,
     fmt: str,
+    hide_names: bool,
     kbs_public_url: str | None,
     name: str | None,
     framework: str | None,
@@ -185,7 +204,8 @@ def publish(
     dtype: str | None,
     staging_dir: Path | None,
     workers: int,
-    ca: str | None,
+    kbs_ca: str | None,
+    registry_ca: str | None,
 ) -> None:
     """Seal SRC (a file or model directory) with a fresh key, upload it to the registry,
     register the key with its release policy and the model digest in the KBS, then register
@@ -199,6 +219,12 @@ def publish(
     from modelseal.owner.publish import publish as run
     from modelseal.policy.document import parse_policy_text
 
+    kbs_url = aliased("kbs_url", kbs_url)
+    if not kbs_url:
+        raise click.UsageError("Missing option '--kbs-url'.")
+    # the retired --ca named one bundle for both servers
+    kbs_ca = aliased("ca", kbs_ca)
+    registry_ca = aliased("ca", registry_ca)
     policy = None
     if policy_file is not None:
         policy = parse_policy_text(policy_file.read_bytes()).to_document()
@@ -221,9 +247,10 @@ def publish(
         dtype=dtype,
         staging_dir=staging_dir,
         workers=workers,
-        verify=ca or True,
+        verify=registry_ca or True,
+        hide_names=hide_names,
     )
-    with KbsAdminClient(kbs_url, token, verify=ca or True) as kbs, _RichProgress() as progress:
+    with KbsAdminClient(kbs_url, token, verify=kbs_ca or True) as kbs, _RichProgress() as progress:
         result = run(request, kbs, progress=progress)
     state = "published" if result.created else "already published (nothing changed)"
     click.echo(

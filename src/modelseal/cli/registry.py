@@ -23,13 +23,20 @@ def registry() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Records, upload token and (by default) blobs live here.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="MODELSEAL_HOST")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="MODELSEAL_HOST",
+    help="Listen address.",
+)
 @click.option(
     "--port",
     default=DEFAULT_PORT,
     show_default=True,
     type=click.IntRange(0, 65535),
     envvar="MODELSEAL_PORT",
+    help="Listen port.",
 )
 @click.option(
     "--blob-store",

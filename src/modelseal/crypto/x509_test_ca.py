@@ -27,10 +27,12 @@ from modelseal.errors import ConfigError
 
 __all__ = [
     "P256Key",
+    "P384Key",
     "cert_der",
     "cert_pem",
     "issue_certificate",
     "issue_crl",
+    "issue_ocsp_response",
     "load_certificate",
     "pem_to_der",
     "verify_raw_p256",
@@ -92,6 +94,25 @@ class P256Key:
     @property
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         return self._key
+
+
+class P384Key(P256Key):
+    """An ECDSA P-384 key signing SHA-384 with raw ``r || s`` (48 + 48 bytes), as an SPDM
+    responder (a test GPU) signs its measurement reports."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        if not isinstance(key.curve, ec.SECP384R1):
+            raise ConfigError("expected a P-384 key")
+        self._key = key
+
+    @classmethod
+    def generate(cls) -> P384Key:
+        return cls(ec.generate_private_key(ec.SECP384R1()))
+
+    def sign_raw(self, data: bytes) -> bytes:
+        """ECDSA-SHA384 signature as fixed-size ``r || s``."""
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA384())))
+        return r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
 
 def verify_raw_p256(public_xy: bytes, data: bytes, signature: bytes) -> bool:
@@ -218,3 +239,30 @@ def issue_crl(
         )
     crl = builder.sign(issuer_key.private_key, hashes.SHA256())
     return crl.public_bytes(serialization.Encoding.DER)
+
+
+def issue_ocsp_response(
+    *,
+    issuer_key: P256Key,
+    issuer_cert: x509.Certificate,
+    cert: x509.Certificate,
+    revoked: bool,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+) -> bytes:
+    """A DER OCSP response by the issuer itself: ``cert`` good or revoked (SHA-1 cert id)."""
+    from cryptography.x509 import ocsp
+
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert,
+        issuer=issuer_cert,
+        algorithm=hashes.SHA1(),  # noqa: S303 - the OCSP CertID hash every responder uses
+        cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
+        this_update=this_update,
+        next_update=next_update,
+        revocation_time=this_update if revoked else None,
+        revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+    )
+    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer_cert)
+    response = builder.sign(issuer_key.private_key, hashes.SHA256())
+    return response.public_bytes(serialization.Encoding.DER)

@@ -5,6 +5,12 @@ The plaintext manifest is RFC 8785 canonical JSON; it is stored sealed as
 bytes)); it is what the KBS registers with the key and what a TEE attests it will load.
 Verification compares *headers* (no key needed), so a missing, extra, swapped or rolled-back
 file is caught before any weight is decrypted.
+
+Hidden names (``modelseal seal --hide-names``, manifest format ``modelseal-manifest/2``):
+every file is sealed under an opaque random name, its plaintext zero-padded to
+:func:`hidden_size`, so headers, blob names and blob lengths tell a registry neither the
+file names nor their exact sizes; the manifest maps each name back to the path and size,
+and is itself padded with spaces. Only a key holder learns the model's layout.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,6 +29,7 @@ from modelseal.format.header import Header, check_relpath
 
 __all__ = [
     "MANIFEST_FORMAT",
+    "MANIFEST_FORMAT_HIDDEN",
     "MANIFEST_NAME",
     "MAX_MANIFEST_LEN",
     "SEALED_MANIFEST_NAME",
@@ -29,6 +37,8 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "model_digest",
+    "hidden_size",
+    "opaque_name",
     "sealed_name",
 ]
 
@@ -36,12 +46,37 @@ MANIFEST_NAME: Final = "modelseal-manifest.json"
 SEALED_SUFFIX: Final = ".sealed"
 SEALED_MANIFEST_NAME: Final = MANIFEST_NAME + SEALED_SUFFIX
 MANIFEST_FORMAT: Final = "modelseal-manifest/1"
+#: a manifest whose files are sealed under opaque names (``name``), padded
+MANIFEST_FORMAT_HIDDEN: Final = "modelseal-manifest/2"
+#: smallest padded length: every small file (configs, tokenizers) looks the same
+MIN_HIDDEN_SIZE: Final = 4096
 #: 16 MiB of JSON is ~100k files; anything larger is refused rather than parsed.
 MAX_MANIFEST_LEN: Final = 16 << 20
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TOP: Final = frozenset({"format", "model", "version", "key_id", "files"})
 _ENTRY: Final = frozenset({"path", "size", "sha256", "header_sha256", "sealed_size"})
+_OPAQUE = re.compile(r"\A[0-9a-f]{32}\Z")
+
+
+def hidden_size(size: int) -> int:
+    """The stored (padded) length of a ``size``-byte file under hidden names.
+
+    Padmé (Nikitin et al., "Reducing Metadata Leakage from Encrypted Files and
+    Communication with PURBs", PETS 2019) of ``max(size, 4096)``: round up so that only
+    the top ``floor(log2(E)) + 1`` bits of the length stay, where ``E = floor(log2 L)``.
+    At most 12 % overhead; a length reveals O(log log L) bits instead of log L.
+    """
+    length = max(size, MIN_HIDDEN_SIZE)
+    exponent = length.bit_length() - 1
+    kept = exponent.bit_length()
+    mask = (1 << (exponent - kept)) - 1
+    return (length + mask) & ~mask
+
+
+def opaque_name() -> str:
+    """A fresh random name for a sealed file: 32 lower-case hex digits (128 bits)."""
+    return secrets.token_hex(16)
 
 
 def model_digest(manifest_bytes: bytes) -> str:
@@ -88,23 +123,47 @@ class FileEntry:
     sha256: str
     header_sha256: str
     sealed_size: int
+    #: hidden names only: the opaque name the file is sealed under (its header ``path``)
+    name: str | None = None
+
+    @property
+    def header_path(self) -> str:
+        """The ``path`` member of this file's sealed header."""
+        return self.name if self.name is not None else self.path
+
+    @property
+    def sealed_relpath(self) -> str:
+        """Relative name of the sealed file (and blob) holding this file."""
+        return sealed_name(self.header_path)
+
+    @property
+    def stored_size(self) -> int:
+        """The ``size`` member of this file's sealed header (padded under hidden names)."""
+        return hidden_size(self.size) if self.name is not None else self.size
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
             "header_sha256": self.header_sha256,
             "sealed_size": self.sealed_size,
         }
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
     @classmethod
-    def from_json(cls, value: object) -> FileEntry:
+    def from_json(cls, value: object, *, hidden: bool = False) -> FileEntry:
         if not isinstance(value, dict):
             raise FormatError("manifest: each file entry must be an object")
-        if set(value) != _ENTRY:
-            raise FormatError(f"manifest: a file entry must have exactly {sorted(_ENTRY)}")
+        members = _ENTRY | {"name"} if hidden else _ENTRY
+        if set(value) != members:
+            raise FormatError(f"manifest: a file entry must have exactly {sorted(members)}")
         path = check_relpath(value["path"], what="manifest path")
+        opaque = value.get("name")
+        if hidden and not (isinstance(opaque, str) and _OPAQUE.fullmatch(opaque)):
+            raise FormatError(f"manifest: name of {path!r} must be 32 lower-case hex")
         for name in ("sha256", "header_sha256"):
             if not isinstance(value[name], str) or not _HEX64.fullmatch(value[name]):
                 raise FormatError(f"manifest: {name} of {path!r} must be 64 lower-case hex")
@@ -114,6 +173,7 @@ class FileEntry:
             sha256=value["sha256"],
             header_sha256=value["header_sha256"],
             sealed_size=_nonneg_int(value["sealed_size"], f"sealed_size of {path!r}"),
+            name=opaque,
         )
 
 
@@ -127,6 +187,11 @@ class Manifest:
     version: str | None = None
     raw: bytes = b""
 
+    @property
+    def hidden(self) -> bool:
+        """Files are sealed under opaque names (``modelseal-manifest/2``)."""
+        return bool(self.files) and self.files[0].name is not None
+
     @classmethod
     def build(
         cls,
@@ -136,16 +201,21 @@ class Manifest:
         model: str | None = None,
         version: str | None = None,
     ) -> Manifest:
-        """Make a manifest (files sorted by path) and its canonical bytes."""
+        """Make a manifest (files sorted by path) and its canonical bytes; entries with a
+        ``name`` make a hidden-names manifest, padded with spaces to :func:`hidden_size`."""
         ordered = tuple(sorted(files, key=lambda e: e.path))
+        hidden = any(e.name is not None for e in ordered)
         doc = {
-            "format": MANIFEST_FORMAT,
+            "format": MANIFEST_FORMAT_HIDDEN if hidden else MANIFEST_FORMAT,
             "model": model,
             "version": version,
             "key_id": key_id,
             "files": [e.to_json() for e in ordered],
         }
-        return cls.parse(canonical_json(doc))
+        raw = canonical_json(doc)
+        if hidden:
+            raw += b" " * (hidden_size(len(raw)) - len(raw))
+        return cls.parse(raw)
 
     @classmethod
     def parse(cls, raw: bytes) -> Manifest:
@@ -162,17 +232,21 @@ class Manifest:
             raise FormatError("manifest is not valid UTF-8 JSON") from None
         if not isinstance(doc, dict) or set(doc) != _TOP:
             raise FormatError(f"manifest must be an object with exactly {sorted(_TOP)}")
-        if doc["format"] != MANIFEST_FORMAT:
+        if doc["format"] not in (MANIFEST_FORMAT, MANIFEST_FORMAT_HIDDEN):
             raise FormatError(f"unsupported manifest format {doc['format']!r}")
+        hidden = doc["format"] == MANIFEST_FORMAT_HIDDEN
         key_id = doc["key_id"]
         if not isinstance(key_id, str) or not key_id:
             raise FormatError("manifest: key_id must be a non-empty string")
         if not isinstance(doc["files"], list):
             raise FormatError("manifest: files must be a list")
-        files = tuple(FileEntry.from_json(e) for e in doc["files"])
+        files = tuple(FileEntry.from_json(e, hidden=hidden) for e in doc["files"])
         paths = [e.path for e in files]
         if len(set(paths)) != len(paths):
             raise FormatError("manifest: a path is listed twice")
+        names = [e.sealed_relpath for e in files]
+        if len(set(names)) != len(names) or SEALED_MANIFEST_NAME in names:
+            raise FormatError("manifest: two files are sealed under one name")
         if MANIFEST_NAME in paths:
             raise FormatError(f"manifest: {MANIFEST_NAME!r} is reserved")
         return cls(
@@ -218,14 +292,13 @@ class Manifest:
                 f"{sealed_relpath}: unexpected file (not in the model manifest)",
                 paths=[sealed_relpath],
             )
-        path = sealed_relpath[: -len(SEALED_SUFFIX)]
-        entry = next((e for e in self.files if e.path == path), None)
+        entry = next((e for e in self.files if e.sealed_relpath == sealed_relpath), None)
         if entry is None:
             raise IntegrityError(
                 f"{sealed_relpath}: unexpected file (not in the model manifest)",
                 paths=[sealed_relpath],
             )
-        if header.path != path:
+        if header.path != entry.header_path:
             raise IntegrityError(
                 f"{sealed_relpath}: holds the sealed data of {header.path!r} (files swapped)",
                 paths=[sealed_relpath],
@@ -243,7 +316,7 @@ class Manifest:
             )
         if (
             header.digest_hex != entry.header_sha256
-            or header.size != entry.size
+            or header.size != entry.stored_size
             or sealed_size != entry.sealed_size
         ):
             raise IntegrityError(
@@ -257,7 +330,7 @@ class Manifest:
         """The set of sealed files present (relative paths, manifest excluded) must be
         exactly one ``<path>.sealed`` per entry; names every missing and extra file."""
         present = set(names)
-        expected = {sealed_name(e.path) for e in self.files}
+        expected = {e.sealed_relpath for e in self.files}
         extra = sorted(present - expected)
         missing = sorted(expected - present)
         if extra or missing:
@@ -271,14 +344,13 @@ class Manifest:
                 paths=[*missing, *extra],
             )
 
-    def check_files(self, observed: Mapping[str, tuple[Header, int]]) -> None:
+    def check_files(self, observed: Mapping[str, tuple[Header, int]]) -> dict[str, FileEntry]:
         """Check a whole sealed directory: ``observed`` maps each sealed file's relative
-        path (other than the manifest) to ``(header, sealed file length)``.
+        path (other than the manifest) to ``(header, sealed file length)``; returns the
+        manifest entry (plaintext path and size) of each.
 
         Missing, extra, swapped and rolled-back files raise :class:`IntegrityError` naming
         the offending files.
         """
         self.check_names(observed)
-        for name in sorted(observed):
-            header, size = observed[name]
-            self.check_file(name, header, size)
+        return {name: self.check_file(name, *observed[name]) for name in sorted(observed)}

@@ -33,6 +33,9 @@ class SealOptions:
     created: str | None = None
     workers: int = 2
     progress: Progress | None = None
+    #: seal a model's files under opaque names, padded (manifest ``modelseal-manifest/2``):
+    #: headers, blob names and lengths then tell a registry no file name or exact size
+    hide_names: bool = False
 
     def require_key_id(self) -> str:
         """The key id, which every modelseal format but CNAP writes into its header."""

@@ -133,12 +133,16 @@ def seal_fd(
     *,
     size: int,
     path: str,
+    pad_to: int | None = None,
     _salt: bytes | None = None,
 ) -> Header:
     """Seal a regular file (``size`` bytes at offset 0 of ``src_fd``) with
     ``options.workers`` threads, each pread-encrypting-pwriting whole segments in place in
-    one reusable buffer."""
-    header = options.header(size=size, path=path, salt=_salt)
+    one reusable buffer. ``pad_to`` (hidden names) seals that many bytes instead: the file
+    followed by zero bytes."""
+    if pad_to is not None and pad_to < size:
+        raise ValueError("pad_to is smaller than the file")
+    header = options.header(size=size if pad_to is None else pad_to, path=path, salt=_salt)
     enc = FileEncryptor(header, dek)
     try:
         pwrite_full(dst_fd, memoryview(enc.prefix), 0)
@@ -148,9 +152,11 @@ def seal_fd(
         def work(buf: bytearray, i: int) -> int:
             n = header.segment_plain_len(i)
             view = memoryview(buf)
+            have = max(0, min(n, size - i * seg))  # file bytes in this segment; rest is padding
+            view[have:n] = bytes(n - have)
             got = 0
-            while got < n:
-                k = os.preadv(src_fd, [view[got:n]], i * seg + got)
+            while got < have:
+                k = os.preadv(src_fd, [view[got:have]], i * seg + got)
                 if k == 0:
                     raise ConfigError(f"{path}: the file shrank while it was being sealed")
                 got += k

@@ -13,6 +13,7 @@ slow collateral fetch or a queued writer never stalls the event loop; the small 
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import json
 import logging
@@ -50,7 +51,7 @@ from modelseal.kbs.settings import KbsSettings
 from modelseal.kbs.state import KbsState
 from modelseal.kbs.tokens import TokenService
 from modelseal.kbs.transfer_api import transfer_router
-from modelseal.protocol.binding import runtime_data_digest
+from modelseal.protocol.binding import device_digest, runtime_data_digest
 from modelseal.protocol.claims import Claims
 from modelseal.protocol.kbs import (
     COOKIE_NAME,
@@ -141,6 +142,18 @@ class Kbs:
         claims: Claims = await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, call)
         return claims
 
+    async def verify_devices(self, additional_evidence: str, digest: bytes) -> tuple[Claims, ...]:
+        """Device (GPU) evidence of a composite attestation; local material only, but a
+        few milliseconds per device, so it runs in the thread pool."""
+        call = functools.partial(
+            self.attestation.verify_devices, additional_evidence, expected_report_data=digest
+        )
+        ctx = contextvars.copy_context()
+        devices: tuple[Claims, ...] = await asyncio.get_running_loop().run_in_executor(
+            self._pool, ctx.run, call
+        )
+        return devices
+
     # --- RCAR -------------------------------------------------------------------------
 
     async def auth(self, req: AuthRequest) -> Response:
@@ -151,7 +164,7 @@ class Kbs:
                 "AttestationError",
                 "KBS Client Protocol Version Mismatch: accepted >=0.4.0,<0.5.0",
             )
-        self.attestation.check_allowed(req.tee)
+        self.attestation.check_primary(req.tee)
         nonce = b64_encode(os.urandom(NONCE_BYTES))
         session = await self.db(self.sessions.create, req.tee, nonce)
         body_out = json.dumps({"nonce": nonce, "extra-params": ""}).encode()
@@ -177,6 +190,12 @@ class Kbs:
             claims = await self.verify(
                 pending.tee, req.tee_evidence.primary_evidence, digest, init_data
             )
+            if req.tee_evidence.additional_evidence:
+                devices = await self.verify_devices(
+                    req.tee_evidence.additional_evidence,
+                    device_digest(runtime.nonce, runtime.tee_pubkey),
+                )
+                claims = dataclasses.replace(claims, devices=devices)
         except Exception:
             await self.db(self.sessions.burn, session_id)
             raise

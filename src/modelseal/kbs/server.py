@@ -33,7 +33,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from modelseal._internal import metrics
+from modelseal._internal import environment, metrics
 from modelseal._internal.logs import configure_from_env
 from modelseal._internal.metrics import MetricsEndpoint, MetricsServer
 from modelseal.crypto.jose.jwt import TokenSigningKey
@@ -94,7 +94,7 @@ def settings_from_env(text: str) -> KbsSettings:
 
 def app_factory() -> ASGIApp:
     """Build one worker's app from the settings the supervisor put into the environment."""
-    text = os.environ.get(SETTINGS_ENV)
+    text = environment.variable(SETTINGS_ENV)
     if not text:
         raise ConfigError(f"{SETTINGS_ENV} is not set; start workers with `modelseal kbs serve`")
     settings = settings_from_env(text)
@@ -144,7 +144,7 @@ def _die_with_parent() -> None:
 def _worker_main(port: int) -> None:
     """One worker process: its own listening socket, its own app, uvicorn's server loop."""
     _die_with_parent()
-    settings = settings_from_env(os.environ[SETTINGS_ENV])
+    settings = settings_from_env(environment.variable(SETTINGS_ENV) or "")
     sock = _listening_socket(settings.host, port)
     options = {**_uvicorn_options(settings), "port": port}
     uvicorn.Server(uvicorn.Config(app_factory(), **options)).run(sockets=[sock])
@@ -212,7 +212,7 @@ def serve(
     state = open_state(settings)
     state.close()
     TokenSigningKey.load_or_create(settings.signing_key_path)
-    os.environ[SETTINGS_ENV] = settings_to_env(settings)
+    environment.export(SETTINGS_ENV, settings_to_env(settings))
     # before any worker starts: each reads the directory's name from its environment
     metrics_dir = metrics.prepare_multiprocess_dir() if metrics_endpoint is not None else None
     # Bound but not listening: holds the port (and resolves port 0) while workers come and

@@ -9,6 +9,7 @@ Trustee we add ``aud``, ``jti`` and an ``insecure`` stamp, and never embed raw e
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,8 +65,64 @@ def trustworthiness(claims: Claims) -> tuple[str, dict[str, int]]:
     return status, vector
 
 
-def claims_from_json(data: Any) -> Claims:
-    """Rebuild typed claims from :meth:`Claims.to_json` output carried in a token."""
+#: Submod name prefix of device (GPU) claims, numbered from 0 as Trustee numbers them.
+DEVICE_SUBMOD: Final = "gpu"
+MAX_DEVICE_SUBMODS: Final = 16
+
+
+def _compact(device: Claims) -> dict[str, Any]:
+    """A device's claims as the token carries them: a GPU report has 64 measurement
+    blocks, most of them unused (all zeros), so those and the per-block measurement
+    counts are left out; a token stays small enough for an Authorization header. A
+    policy pins the blocks a device does measure."""
+    data = device.to_json()
+    data["measurements"] = {k: v for k, v in device.measurements.items() if v.strip("0")}
+    config = data["extra"].get("config")
+    if isinstance(config, Mapping):
+        data["extra"] = {
+            **data["extra"],
+            "config": {k: v for k, v in config.items() if k != "measurement_count"},
+        }
+    return data
+
+
+def _submod(device: Claims) -> dict[str, Any]:
+    """A device's own EAR submod: its status, vector and (compact) claims."""
+    status, vector = trustworthiness(device)
+    return {
+        "ear.status": status,
+        "ear.trustworthiness-vector": vector,
+        "ear.appraisal-policy-id": APPRAISAL_POLICY_ID,
+        ANNOTATED: {device.tee: _compact(device)},
+    }
+
+
+def _devices(submods: Any) -> tuple[Claims, ...]:
+    """Device claims from the ``gpu0``, ``gpu1`` ... submods, in order (a gap ends them)."""
+    if not isinstance(submods, Mapping):
+        raise TokenError("token submods are malformed")
+    devices = []
+    for i in range(MAX_DEVICE_SUBMODS + 1):
+        sub = submods.get(f"{DEVICE_SUBMOD}{i}")
+        if sub is None:
+            break
+        if i == MAX_DEVICE_SUBMODS:
+            raise TokenError("token carries too many device submods")
+        try:
+            annotated = sub[ANNOTATED]
+            ((tee, data),) = annotated.items()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TokenError("token device submod is malformed") from exc
+        device = claims_from_json(data)
+        if device.tee != tee:
+            raise TokenError("token device claims are inconsistent")
+        devices.append(device)
+    return tuple(devices)
+
+
+def claims_from_json(data: Any, devices: tuple[Claims, ...] = ()) -> Claims:
+    """Rebuild typed claims from :meth:`Claims.to_json` output carried in a token (device
+    claims travel in their own submods and are passed in as ``devices``)."""
     if not isinstance(data, Mapping):
         raise TokenError("token carries no typed claims")
     try:
@@ -83,9 +140,20 @@ def claims_from_json(data: Any) -> Claims:
             init_data=dict(data.get("init_data") or {}),
             insecure=bool(data.get("insecure", False)),
             extra=dict(data.get("extra") or {}),
+            runtime_events=_texts(data.get("runtime_events")),
+            devices=devices,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise TokenError("token claims are malformed") from exc
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    """A list of strings from token claims (a signed token, still checked for shape)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TokenError("token claims are malformed")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -129,7 +197,7 @@ class TokenService:
         jti = uuid.uuid4().hex
         status, vector = trustworthiness(claims)
         annotated: dict[str, Any] = {
-            claims.tee: claims.to_json(),
+            claims.tee: dataclasses.replace(claims, devices=()).to_json(),
             "runtime_data_claims": {"nonce": nonce, "tee-pubkey": dict(tee_pubkey)},
         }
         if claims.init_data:
@@ -151,7 +219,8 @@ class TokenService:
                     "ear.trustworthiness-vector": vector,
                     "ear.appraisal-policy-id": APPRAISAL_POLICY_ID,
                     ANNOTATED: annotated,
-                }
+                },
+                **{f"{DEVICE_SUBMOD}{i}": _submod(d) for i, d in enumerate(claims.devices)},
             },
         }
         if self.insecure or claims.insecure:
@@ -177,7 +246,7 @@ class TokenService:
         tees = [k for k in annotated if k not in ("runtime_data_claims", "init_data_claims")]
         if len(tees) != 1:
             raise TokenError("token must carry the claims of exactly one TEE")
-        claims = claims_from_json(annotated[tees[0]])
+        claims = claims_from_json(annotated[tees[0]], _devices(payload["submods"]))
         if claims.tee != tees[0]:
             raise TokenError("token claims are inconsistent")
         return VerifiedToken(str(payload["jti"]), float(payload["exp"]), claims, tee_pubkey)

@@ -1,7 +1,9 @@
 """Intel Trust Authority / CNAP key transfer, mounted at ``/kbs/v1`` (cnap-ccnp.md a.3-a.6).
 
 ``POST /kbs/v1/keys/<repo>/<type>/<tag>/transfer`` - the key id is the three path segments
-(a ``%2F``-encoded single segment works too, because the path is decoded before routing).
+(a ``%2F``-encoded single segment works too, because the path is decoded before routing);
+``POST /kbs/v1/keys/<uuid>/transfer`` - an ITA/CNAP UUID key id, stored as the resource
+``default/key/<uuid>`` (lower case). Any other path under ``/kbs/v1`` is Trustee's 404.
 
 Round 1 (body empty or without ``quote``) returns a single-use nonce (5 min, stored in the
 database so any replica can finish the exchange) in ITA's shape::
@@ -49,6 +51,7 @@ from modelseal.kbs.errors_http import RCAR_ERRORS
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.paths import validate_key_id
 from modelseal.protocol.claims import Claims
+from modelseal.protocol.kbs import is_uuid_key_id, resource_path
 from modelseal.tee.plugin import KindConfig
 from modelseal.tee.registry import kind_for_transfer_type
 
@@ -186,6 +189,17 @@ async def transfer_key_id(repo: str, kind: str, tag: str) -> str:
         raise FormatError(str(exc)) from None
 
 
+async def transfer_uuid_key_id(key: str) -> str:
+    """Dependency: the resource path of a one-segment key id, which must be a UUID (ITA's
+    key ids): ``default/key/<uuid>``; any other single segment is 400."""
+    if not is_uuid_key_id(key):
+        raise FormatError(
+            "a transfer key id is a UUID (/kbs/v1/keys/<uuid>/transfer) or a resource path "
+            "(/kbs/v1/keys/<repo>/<type>/<tag>/transfer)"
+        )
+    return validate_key_id(resource_path(key))
+
+
 async def transfer_body(request: Request) -> TransferRequest | None:
     """Dependency: None for round 1, else the validated round-2 request."""
     return _parse(await read_body(request, MAX_TRANSFER_BODY))
@@ -196,6 +210,14 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
     service = TransferService(state, attestation, allow_oneshot=allow_oneshot)
     router = APIRouter(route_class=guarded_route(RCAR_ERRORS))
 
+    async def run(
+        key_id: str, payload: TransferRequest | None, request: Request, attestation_type: str | None
+    ) -> Response:
+        if payload is None:
+            return await run_in_threadpool(service.round1, key_id)
+        client = request.client.host if request.client else "unknown"
+        return await run_in_threadpool(service.round2, key_id, payload, attestation_type, client)
+
     @router.post("/keys/{repo}/{kind}/{tag}/transfer")
     async def transfer(
         key_id: Annotated[str, Depends(transfer_key_id)],
@@ -203,10 +225,17 @@ def transfer_router(state: KbsState, attestation: Attestation, *, allow_oneshot:
         request: Request,
         attestation_type: Annotated[str | None, Header()] = None,
     ) -> Response:
-        if payload is None:
-            return await run_in_threadpool(service.round1, key_id)
-        client = request.client.host if request.client else "unknown"
-        return await run_in_threadpool(service.round2, key_id, payload, attestation_type, client)
+        return await run(key_id, payload, request, attestation_type)
+
+    @router.post("/keys/{key}/transfer")
+    async def transfer_uuid(
+        # the body first: an oversized body is refused as such whatever the key id
+        payload: Annotated[TransferRequest | None, Depends(transfer_body)],
+        key_id: Annotated[str, Depends(transfer_uuid_key_id)],
+        request: Request,
+        attestation_type: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        return await run(key_id, payload, request, attestation_type)
 
     return router
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 
-from modelseal.errors import ConfigError
+from modelseal.errors import ConfigError, FormatError
+from modelseal.protocol.kbs import resource_path
 
 __all__ = [
     "MAX_KEY_ID_LEN",
     "SEGMENT",
     "is_valid_key_id",
+    "normalize_key_id",
     "validate_key_id",
     "validate_model_digest",
 ]
@@ -37,6 +39,17 @@ def validate_key_id(key_id: str) -> str:
             f"[A-Za-z0-9_-][A-Za-z0-9_.-]*, at most {MAX_KEY_ID_LEN} characters"
         )
     return key_id
+
+
+def normalize_key_id(key_id: str) -> str:
+    """The stored ``repo/type/tag`` form of a key id given as ``repo/type/tag``,
+    ``kbs:///repo/type/tag`` or a bare UUID (``default/key/<uuid>``); ConfigError otherwise."""
+    try:
+        path = resource_path(key_id)
+    except FormatError as exc:
+        shown = key_id if len(key_id) <= 80 and key_id.isprintable() else "<invalid>"
+        raise ConfigError(f"invalid key id {shown!r}: {exc}") from None
+    return validate_key_id(path)
 
 
 def validate_model_digest(digest: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, UnsupportedTee
@@ -19,10 +19,15 @@ from modelseal.tee.base import Attester
 from modelseal.tee.detect import detect
 from modelseal.tee.initdata import parse_init_data
 
+if TYPE_CHECKING:
+    from modelseal.loader.kbs_client import KbsClient
+
 log = logging.getLogger(__name__)
 
 #: TEE kinds whose evidence proves nothing outside tests (the KBS needs an explicit flag)
 INSECURE_TEES = frozenset(registry.kinds(test_only=True))
+#: What a receipt names as the TEE when the CDH attested (the loader does not see which)
+CDH_TEE = "coco-cdh"
 
 
 @dataclass
@@ -42,25 +47,30 @@ def attester_kinds() -> list[str]:
 
 
 def resolve_tee(settings: LoaderSettings) -> str:
-    """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``.
+    """The TEE kind to attest as: ``settings.tee``, or the detected one for ``auto``;
+    a composite (``tdx+nvidia``, ``auto+nvidia``) keeps its device kinds.
 
     Detection never answers a test-only kind: those must be named explicitly. No TEE on
     this machine is a configuration error (exit 2), not a denied attestation: nothing was
     attested, and the fix is ``--tee``, which the message spells out.
     """
-    if settings.tee != "auto":
-        return settings.tee
-    try:
-        return detect()
-    except UnsupportedTee as exc:
-        raise ConfigError(
-            f"{exc}. --tee (MODELSEAL_TEE) accepts: auto, {', '.join(attester_kinds())}"
-        ) from None
+    if registry.COMPOSITE_SEPARATOR in settings.tee:
+        primary, devices = registry.split_composite(settings.tee)
+    else:
+        primary, devices = settings.tee, ()
+    if primary == "auto":
+        try:
+            primary = detect()
+        except UnsupportedTee as exc:
+            raise ConfigError(
+                f"{exc}. --tee (MODELSEAL_TEE) accepts: auto, {', '.join(attester_kinds())}"
+            ) from None
+    return registry.COMPOSITE_SEPARATOR.join((primary, *devices))
 
 
 def warn_if_insecure(kind: str) -> None:
     """Say loudly (once per load, not per retry) that this TEE kind proves nothing."""
-    if kind in INSECURE_TEES:
+    if kind.split(registry.COMPOSITE_SEPARATOR)[0] in INSECURE_TEES:
         log.warning("attesting as the INSECURE %r TEE: for development only", kind)
 
 
@@ -104,29 +114,71 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
     return registry.attester_for(kind, **options)
 
 
-def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
-    """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes.
+def close_attester(attester: Attester) -> None:
+    """Release what an attester holds open (the ``aa`` relay's HTTP client)."""
+    close = getattr(attester, "close", None)
+    if callable(close):
+        close()
 
-    One attempt: the caller retries transient failures, and resolves ``auto`` and warns
-    about an insecure kind once before the first attempt (:func:`warn_if_insecure`).
+
+def open_kbs_client(settings: LoaderSettings, kbs_url: str) -> KbsClient:
+    """A KBS client attesting as the settings' TEE (``auto`` resolved), with their CA
+    bundle, timeout and init-data: what the loader and ``KbsClient.from_settings`` use.
+
+    For an evidence relay (``--tee aa``) RCAR names the kind the relay reports, so the
+    KBS verifies the evidence as that kind. The client owns the attester: closing the
+    client closes it.
     """
     # imported here: the KBS client stack (JWE, TEE keys, RCAR models) loads while the
     # loader's first ciphertext downloads are already running
     from modelseal.loader.kbs_client import KbsClient
 
-    kind = resolve_tee(settings)
+    kind, device_kinds = registry.split_composite(resolve_tee(settings))
     init_data = read_init_data(settings)
     attester = build_attester(kind, settings, init_data)
-    with KbsClient(
-        kbs_url,
-        attester,
-        tee=kind,
-        verify=settings.kbs_verify,
-        timeout=settings.timeout,
-        init_data=init_data.text if init_data is not None else None,
-    ) as client:
+    try:
+        wire = registry.evidence_kind(kind, attester)
+        # device attesters (GPUs) take no launch document and no caller-supplied options
+        devices = [(device, registry.attester_for(device)) for device in device_kinds]
+        return KbsClient(
+            kbs_url,
+            attester,
+            tee=wire,
+            devices=devices,
+            verify=settings.kbs_verify,
+            timeout=settings.timeout,
+            init_data=init_data.text if init_data is not None else None,
+        )
+    except BaseException:
+        close_attester(attester)
+        raise
+
+
+def release_key(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
+    """Attest and fetch resource ``key_id``; the TEE key is zeroized when the client closes.
+
+    ``key_id`` is ``repo/type/tag``, ``kbs:///repo/type/tag`` or a UUID. One attempt: the
+    caller retries transient failures, and resolves ``auto`` and warns about an insecure
+    kind once before the first attempt (:func:`warn_if_insecure`).
+    """
+    with open_kbs_client(settings, kbs_url) as client:
         dek = client.get_resource(key_id)
         token_id = client.token_id
+        wire = client.tee
     return KeyRelease(
-        dek=dek, tee=kind, token_id=token_id, kbs_url=kbs_url, insecure=kind in INSECURE_TEES
+        dek=dek, tee=wire, token_id=token_id, kbs_url=kbs_url, insecure=wire in INSECURE_TEES
     )
+
+
+def release_from_cdh(settings: LoaderSettings, key_id: str) -> KeyRelease:
+    """The key from the CoCo Confidential Data Hub: ``GET {cdh_url}/cdh/resource/<id>``.
+
+    The CDH attests through the guest's Attestation Agent and runs RCAR with the KBS of
+    the pod's init-data (Trustee or modelseal); the loader never touches the TEE. One
+    attempt, like :func:`release_key`.
+    """
+    from modelseal.tee.aa.rest import ApiServerClient
+
+    with ApiServerClient(settings.cdh_url, timeout=settings.timeout) as cdh:
+        dek = cdh.resource(key_id)
+    return KeyRelease(dek=dek, tee=CDH_TEE, token_id=None, kbs_url=settings.cdh_url, insecure=False)

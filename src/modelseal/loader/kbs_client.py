@@ -13,14 +13,15 @@ httpx auth flow would buffer whole intermediate responses, so the handshake is e
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -42,7 +43,7 @@ from modelseal.errors import (
     UnsupportedTee,
 )
 from modelseal.loader.tls import certifi_trust
-from modelseal.protocol.binding import runtime_data_digest
+from modelseal.protocol.binding import device_digest, runtime_data_digest
 from modelseal.protocol.kbs import (
     ATTEST_PATH,
     AUTH_PATH,
@@ -51,11 +52,14 @@ from modelseal.protocol.kbs import (
     RESOURCE_PREFIX,
     AttestationResponse,
     Challenge,
-    check_resource_path,
     parse_model,
+    resource_path,
 )
 from modelseal.protocol.wire import WireError, decode_json, describe
 from modelseal.tee.base import Attester
+
+if TYPE_CHECKING:
+    from modelseal.loader.settings import LoaderSettings
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +140,12 @@ class RcarSession:
         tee: str,
         keys: TeeKeyPair,
         init_data: str | None = None,
+        devices: Sequence[tuple[str, Attester]] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.attester = attester
+        #: device (GPU) attesters whose evidence goes along as additional evidence
+        self.devices = tuple(devices)
         self.tee = tee
         self.keys = keys
         self.init_data = init_data
@@ -159,6 +166,16 @@ class RcarSession:
             self.token = None
             self._valid_until = 0.0
 
+    def device_evidence(self, nonce: str, tee_pubkey: Mapping[str, Any]) -> str:
+        """Trustee's additional evidence: the JSON text of ``{kind: evidence}`` from the
+        device attesters, each bound to the session (nonce and TEE key) the way
+        guest-components binds it; the CPU TEE's report data then covers this text."""
+        if not self.devices:
+            return ""
+        binding = device_digest(nonce, tee_pubkey)
+        evidence = {kind: attester.evidence(binding) for kind, attester in self.devices}
+        return json.dumps(evidence, separators=(",", ":"))
+
     def handshake(self, exchange: Exchange) -> str:
         """``/auth`` then ``/attest``: a fresh token for this TEE key."""
         with self._lock:
@@ -169,11 +186,12 @@ class RcarSession:
             challenge = parse_model(Challenge, response.content, what="KBS challenge")
             cookie = _session_cookie(response)
             tee_pubkey = self.keys.public_jwk()
-            digest = runtime_data_digest(challenge.nonce, tee_pubkey, "")
+            additional = self.device_evidence(challenge.nonce, tee_pubkey)
+            digest = runtime_data_digest(challenge.nonce, tee_pubkey, additional)
             evidence = self.attester.evidence(digest)
             attestation: dict[str, Any] = {
                 "runtime-data": {"nonce": challenge.nonce, "tee-pubkey": tee_pubkey},
-                "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+                "tee-evidence": {"primary_evidence": evidence, "additional_evidence": additional},
             }
             if self.init_data is not None:
                 attestation["init-data"] = {"format": "toml", "body": self.init_data}
@@ -228,6 +246,7 @@ class KbsClient:
         init_data: str | bytes | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        devices: Sequence[tuple[str, Attester]] = (),
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"KBS URL must be http(s)://...: {base_url!r}")
@@ -237,7 +256,9 @@ class KbsClient:
             except UnicodeDecodeError as exc:
                 raise ConfigError("init-data must be UTF-8 TOML text") from exc
         self._keys = TeeKeyPair.generate(key_alg)
-        self._auth = RcarSession(base_url, attester, tee=tee, keys=self._keys, init_data=init_data)
+        self._auth = RcarSession(
+            base_url, attester, tee=tee, keys=self._keys, init_data=init_data, devices=devices
+        )
         self._base = base_url.rstrip("/")
         self._timeout = timeout
         self._http = httpx.Client(
@@ -247,6 +268,24 @@ class KbsClient:
             trust_env=False,
             transport=transport,
         )
+
+    @classmethod
+    def from_settings(cls, settings: LoaderSettings, kbs_url: str | None = None) -> KbsClient:
+        """A client configured like the loader: the settings' TEE (``auto`` detected), KBS
+        CA bundle, timeout and init-data; ``kbs_url`` defaults to ``settings.kbs_url``.
+        ``KbsClient.from_settings(LoaderSettings.from_env())`` reads the same variables as
+        ``modelseal load``."""
+        from modelseal.loader.attest import open_kbs_client
+
+        url = kbs_url or settings.kbs_url
+        if not url:
+            raise ConfigError("no KBS URL: pass kbs_url or set kbs_url (MODELSEAL_KBS_URL)")
+        return open_kbs_client(settings, url)
+
+    @property
+    def tee(self) -> str:
+        """The TEE kind this client attests as."""
+        return self._auth.tee
 
     @property
     def token_id(self) -> str | None:
@@ -277,8 +316,11 @@ class KbsClient:
             ) from exc
 
     def get_resource(self, path: str) -> SecretBytes:
-        """Attest if needed, fetch ``repo/type/tag`` and decrypt it with the TEE key."""
-        check_resource_path(path)
+        """Attest if needed, fetch ``path`` and decrypt it with the TEE key.
+
+        ``path`` is ``repo/type/tag``, ``kbs:///repo/type/tag`` or a UUID key id
+        (``default/key/<uuid>``)."""
+        path = resource_path(path)
         url = self._base + RESOURCE_PREFIX + path
         what = "KBS resource"
         response: Reply | None = None
@@ -312,11 +354,21 @@ class KbsClient:
             raise TransientError(f"KBS failed: {_detail(response)}")
         raise BackendError(f"KBS returned {_detail(response)}")
 
+    def attest(self) -> tuple[str, SecretBytes]:
+        """A valid EAR token for this client's TEE key (cached, else a fresh RCAR
+        handshake) and that key as PKCS#8 PEM: what CoCo's AA ``GetToken`` returns."""
+        token = self._auth.cached() or self._auth.handshake(self._exchange)
+        return token, self._keys.private_pem()
+
     def close(self) -> None:
-        """Close the connection pool and drop the TEE private key and token."""
+        """Close the connection pool, drop the TEE private key and token, and close the
+        attester (an evidence relay holds an HTTP client)."""
         self._http.close()
         self._auth.invalidate()
         self._keys.close()
+        close = getattr(self._auth.attester, "close", None)
+        if callable(close):
+            close()
 
     def __enter__(self) -> KbsClient:
         return self

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from modelseal._internal.bounded_http import Deadline
 from modelseal.crypto.secret import SecretBytes
@@ -37,15 +38,17 @@ from modelseal.loader import cnap_loader
 from modelseal.loader.attest import (
     KeyRelease,
     read_init_data,
+    release_from_cdh,
     release_key,
     resolve_tee,
     warn_if_insecure,
 )
 from modelseal.loader.fetch import Fetcher, RetryPolicy
+from modelseal.loader.measure import record_load
 from modelseal.loader.metrics import LoadStats
 from modelseal.loader.pipeline import Download, Pipeline, Target
 from modelseal.loader.receipt import LoadedFile, Receipt, Timings
-from modelseal.loader.settings import LoaderSettings
+from modelseal.loader.settings import KEY_SOURCE_CDH, LoaderSettings
 from modelseal.loader.targets import DirectoryTarget, ModelTarget
 from modelseal.protocol.model_info import FORMAT_V1, KBS_CNAP, FileInfo, ModelInfo
 from modelseal.protocol.wire import WireError, describe
@@ -255,24 +258,29 @@ def decrypt_v1(
             pipeline.check()  # a blob that failed meanwhile: stop before the manifest
             with timings.step("manifest"):
                 manifest = fetch_manifest(fetcher, info, dek, expected_digest, budget)
-                manifest.check_files(
+                # under hidden names the model info lists opaque names: the authenticated
+                # manifest says which path and size each one holds
+                entries = manifest.check_files(
                     {sealed_name(f.info.path): (f.header, f.sealed_size) for f in files}
                 )
+                plain = [entries[sealed_name(f.info.path)] for f in files]
+                if manifest.hidden:
+                    target.plan([e.path for e in plain])  # the real names, before any write
                 target.reserve(manifest.total_size)
                 targets: list[Target] = []
-                for f in files:
+                for f, entry in zip(files, plain, strict=True):
                     dec = FileDecryptor(f.header, f.commitment, dek)
                     stack.callback(dec.close)
-                    fd = target.open(f.info.path, f.header.size)
+                    fd = target.open(entry.path, entry.size)
                     stack.callback(os.close, fd)
-                    targets.append(Target(dec, fd))
+                    targets.append(Target(dec, fd, entry.size))
             with timings.step("download_decrypt"):
                 pipeline.provide(targets)
                 pipeline.wait()
         except BaseException:
             pipeline.cancel()  # every worker stopped before its fd and decryptor close
             raise
-    loaded = [LoadedFile(f.info.path, f.header.size, f.sealed_size) for f in files]
+    loaded = [LoadedFile(e.path, e.size, f.sealed_size) for f, e in zip(files, plain, strict=True)]
     return manifest.digest, loaded
 
 
@@ -287,6 +295,8 @@ class LoadResult:
     #: the release that gave the key (its DEK already wiped); None for plaintext CNAP
     key: KeyRelease | None
     retries: int
+    #: what recording the load in the runtime measurements did (None: no AA configured)
+    measurement: dict[str, Any] | None = None
 
 
 def run_load(
@@ -324,7 +334,9 @@ def run_load(
             raise
         finally:
             box.wipe()
-        return LoadResult(info, digest, loaded, box.key, fetcher.retried)
+    with timings.step("runtime_measurement"):
+        measured = record_load(settings, digest)
+    return LoadResult(info, digest, loaded, box.key, fetcher.retried, measured)
 
 
 def load_model(
@@ -366,6 +378,8 @@ def load_model(
         retries=done.retries,
         loaded_at=started,
         insecure_tee=key.insecure if key is not None else False,
+        key_source=settings.key_source,
+        runtime_measurement=done.measurement,
     )
     receipt.write(settings.dest, modes=settings.file_modes)
     return receipt
@@ -435,6 +449,14 @@ def decrypt_model(
     return None, loaded
 
 
+def follow_cnap_transfer(settings: LoaderSettings, transfer_url: str, key_id: str) -> KeyRelease:
+    """ITA/CNAP two-round key transfer to the model's ``kbs_url`` (imported on first use,
+    like the RCAR client, so it loads while the first downloads run)."""
+    from modelseal.loader.transfer_client import transfer_key
+
+    return transfer_key(settings, transfer_url, key_id)
+
+
 def obtain_key_if_needed(
     settings: LoaderSettings,
     info: ModelInfo,
@@ -462,22 +484,23 @@ def obtain_key(
     """
     if not info.key_id:
         raise FormatError("model info has no key_id")
-    kbs_url = settings.kbs_url
-    if kbs_url is None:
-        if info.kbs == KBS_CNAP:
-            raise ConfigError(
-                "the model's KBS is a CNAP key-transfer URL; pass --kbs-url of a "
-                "Trustee-compatible KBS (modelseal kbs serve) holding key "
-                f"{info.key_id!r}"
-            )
-        kbs_url = info.kbs_url
-    if not kbs_url:
-        raise ConfigError("no KBS URL: pass --kbs-url or publish the model with kbs_url")
+    if settings.key_source == KEY_SOURCE_CDH:
+        # the CDH knows its KBS (from the pod's init-data); the loader attests nothing
+        kbs_url = settings.cdh_url
+        release = release or (lambda s, _url, key_id: release_from_cdh(s, key_id))
+    else:
+        found = settings.kbs_url or info.kbs_url
+        if not found:
+            raise ConfigError("no KBS URL: pass --kbs-url or publish the model with kbs_url")
+        kbs_url = found
     if release is None:
         # detect the TEE and warn about an insecure one once, not on every retry
         settings = settings.with_overrides(tee=resolve_tee(settings))
         warn_if_insecure(settings.tee)
-        release = release_key
+        # a CNAP record's kbs_url is an ITA/CNAP key-transfer URL, followed as such
+        # unless --kbs-url names a Trustee-compatible KBS instead
+        cnap_transfer = info.kbs == KBS_CNAP and settings.kbs_url is None
+        release = follow_cnap_transfer if cnap_transfer else release_key
     with timings.step("attest_key_release"):
         attempt = 0
         while True:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -40,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from modelseal._internal import environment
 from modelseal.errors import ConfigError, Error
 
 __all__ = ["ByteCounter", "LoadStats", "check_textfile_path", "recording", "write_textfile"]
 
 log = logging.getLogger(__name__)
 
-_MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: a previous textfile larger than this is not ours: counters start from zero
 MAX_PREVIOUS_FILE: Final = 1 << 20
 _RESULTS: Final = {
@@ -137,12 +136,8 @@ def write_textfile(
     """Write the run's series to ``path`` (atomically), continuing earlier counters."""
     # prometheus-client picks its value store when first imported: a PROMETHEUS_MULTIPROC_DIR
     # meant for some server must not send this one process's values to shared files
-    hidden = os.environ.pop(_MULTIPROC_ENV, None)
-    try:
+    with environment.hidden("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
-    finally:
-        if hidden is not None:
-            os.environ[_MULTIPROC_ENV] = hidden
 
     before = _previous(path)
 

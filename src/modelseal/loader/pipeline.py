@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from modelseal.errors import Error, UnsafeDestination
+from modelseal.errors import Error, IntegrityError, UnsafeDestination
 from modelseal.format.header import TAG_LEN, Header
 from modelseal.loader.fetch import Fetcher
 
@@ -54,10 +54,13 @@ class Download:
 
 @dataclass(frozen=True)
 class Target:
-    """What a worker needs to use what it fetched: the file's decryptor and its temp fd."""
+    """What a worker needs to use what it fetched: the file's decryptor, its temp fd and
+    how many plaintext bytes to keep (fewer than the header's ``size`` for a file sealed
+    under hidden names: the zero padding after them is authenticated, then dropped)."""
 
     decryptor: SegmentDecryptor
     fd: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,11 @@ class Pipeline:
                     pos += n_sealed
                     plain += n_sealed - TAG_LEN
                 # every segment of the run authenticated: one vectored write of the run
-                _pwritev_all(target.fd, outs, run.first * header.segment_size)
+                offset = run.first * header.segment_size
+                outs = _clip(outs, target.size - offset, run.download.url)
+                plain = sum(len(out) for out in outs)
+                if outs:
+                    _pwritev_all(target.fd, outs, offset)
                 with self._lock:
                     self.plain_bytes += plain
                     self.sealed_bytes += pos
@@ -232,6 +239,28 @@ class Pipeline:
         finally:
             _zero(view)
             view.release()
+
+
+def _clip(parts: list[memoryview], keep: int, url: str) -> list[memoryview]:
+    """The first ``keep`` bytes of ``parts``: the zero padding of a hidden-names file is
+    dropped, after checking it is zeros as the format requires (``IntegrityError``)."""
+    out: list[memoryview] = []
+    for part in parts:
+        if keep < len(part) and not _all_zero(part[max(0, keep) :]):
+            raise IntegrityError(f"{url}: the padding after the file is not zero bytes")
+        if keep > 0:
+            out.append(part[:keep])
+        keep -= len(part)
+    return out
+
+
+def _all_zero(view: memoryview) -> bool:
+    """``view`` holds only zero bytes (compared in 1 MiB strides, no large allocation)."""
+    for pos in range(0, len(view), len(_ZEROS)):
+        chunk = view[pos : pos + len(_ZEROS)]
+        if chunk != _ZEROS[: len(chunk)]:
+            return False
+    return True
 
 
 _ZEROS = bytes(1 << 20)

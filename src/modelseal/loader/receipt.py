@@ -72,6 +72,11 @@ class Receipt:
     retries: int
     loaded_at: float
     insecure_tee: bool = False
+    #: ``kbs`` (RCAR by the loader, or an ITA/CNAP transfer) or ``cdh`` (CoCo CDH)
+    key_source: str = "kbs"
+    #: ``{"recorded": bool, "event": ..., "detail"?: ...}`` when an Attestation Agent was
+    #: asked to record the load in the runtime measurements; None when none is configured
+    runtime_measurement: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -98,37 +98,57 @@ def safetensors_views(buf: memoryview, *, framework: Framework = "numpy") -> dic
 
 
 def open_model(
-    model_url: str,
+    model_url: str | None = None,
     *,
-    tee: str = "auto",
+    settings: LoaderSettings | None = None,
+    tee: str | None = None,
     kbs_url: str | None = None,
     kbs_ca: str | Path | None = None,
     registry_ca: str | Path | None = None,
-    workers: int = 4,
+    workers: int | None = None,
     model_digest: str | None = None,
     mock_tdx_dir: str | Path | None = None,
     init_data: str | Path | None = None,
     release: ReleaseFn | None = None,
     on_progress: Callable[[int], None] | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = None,
+    key_source: str | None = None,
+    cdh_url: str | None = None,
+    aa_url: str | None = None,
+    measure: bool | None = None,
 ) -> DecryptedModel:
     """Attest, fetch and decrypt a published model into memory; see :class:`DecryptedModel`.
 
-    ``timeout``: seconds within which each small answer (model info, a sealed header, each
-    KBS answer) must be complete, as ``modelseal load --timeout``.
+    Configure it with keywords, or pass ``settings`` (a :class:`LoaderSettings`, e.g.
+    ``LoaderSettings.from_env()`` for exactly the ``MODELSEAL_*`` variables of
+    ``modelseal load``); keywords that are not None override those settings. Nothing here
+    reads the environment by itself. ``timeout``: seconds within which each small answer
+    (model info, a sealed header, each KBS answer) must be complete, as ``modelseal load
+    --timeout`` [default 30]. ``key_source="cdh"`` takes the key from the CoCo Confidential
+    Data Hub at ``cdh_url`` instead of attesting; ``tee="aa"`` attests with evidence from
+    the CoCo Attestation Agent at ``aa_url``; ``measure`` records the load in the runtime
+    measurements through the AA when one is configured (as ``modelseal load``).
     """
-    settings = LoaderSettings(
-        model=model_url,
-        tee=tee,
-        kbs_url=kbs_url,
-        kbs_ca=Path(kbs_ca) if kbs_ca else None,
-        registry_ca=Path(registry_ca) if registry_ca else None,
-        workers=workers,
-        model_digest=model_digest,
-        mock_tdx_dir=Path(mock_tdx_dir) if mock_tdx_dir else None,
-        init_data=Path(init_data) if init_data else None,
-        timeout=timeout,
-    )
+    given: dict[str, object] = {
+        "model": model_url,
+        "tee": tee,
+        "kbs_url": kbs_url,
+        "kbs_ca": Path(kbs_ca) if kbs_ca else None,
+        "registry_ca": Path(registry_ca) if registry_ca else None,
+        "workers": workers,
+        "model_digest": model_digest,
+        "mock_tdx_dir": Path(mock_tdx_dir) if mock_tdx_dir else None,
+        "init_data": Path(init_data) if init_data else None,
+        "timeout": timeout,
+        "key_source": key_source,
+        "cdh_url": cdh_url,
+        "aa_url": aa_url,
+        "measure": measure,
+    }
+    if settings is None:
+        settings = LoaderSettings.from_options(**given)
+    else:
+        settings = settings.with_overrides(**{k: v for k, v in given.items() if v is not None})
     timings = Timings()
     target = MemoryTarget()
     done = run_load(settings, target, timings, on_progress=on_progress, release=release)

@@ -1,17 +1,19 @@
 """Loader settings: the initContainer contract of docs/guides/loader.md as one validated object.
 
 Every field has a flag in ``modelseal load`` and a ``MODELSEAL_*`` variable, so a Pod spec
-can configure the loader with ``env:`` alone.
+can configure the loader with ``env:`` alone. The variables are read in one of two places
+only: by Click for the command line, and by :meth:`LoaderSettings.from_env` for the SDK;
+both use :data:`ENV_VARS`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from modelseal._internal import environment
 from modelseal.errors import ConfigError
 from modelseal.loader.destination import FileModes
 
@@ -22,7 +24,10 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
-#: environment variable -> settings field
+_PATHS = frozenset({"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"})
+
+#: environment variable -> settings field: the variables of ``modelseal load``'s options
+#: (its Click options take their ``envvar`` from here; a test keeps them equal)
 ENV_VARS: dict[str, str] = {
     "MODELSEAL_MODEL": "model",
     "MODELSEAL_KBS_URL": "kbs_url",
@@ -39,7 +44,19 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_TIMEOUT": "timeout",
     "MODELSEAL_FILE_MODE": "file_modes",
     "MODELSEAL_GROUP": "file_modes",
+    "MODELSEAL_KEY_SOURCE": "key_source",
+    "MODELSEAL_CDH_URL": "cdh_url",
+    "MODELSEAL_AA_URL": "aa_url",
+    "MODELSEAL_MEASURE": "measure",
+    "MODELSEAL_RETRIES": "retries",
 }
+
+#: ``key_source`` values: RCAR with the KBS ourselves, or the CoCo Confidential Data Hub
+KEY_SOURCE_KBS = "kbs"
+KEY_SOURCE_CDH = "cdh"
+KEY_SOURCES = (KEY_SOURCE_KBS, KEY_SOURCE_CDH)
+#: Where guest-components' api-server-rest listens in a CoCo pod
+DEFAULT_CDH_URL = "http://127.0.0.1:8006"
 
 
 def parse_bool(text: str, *, name: str) -> bool:
@@ -87,6 +104,16 @@ class LoaderSettings:
     #: x bits
     file_modes: FileModes = field(default_factory=FileModes)
     extra_attester_options: Mapping[str, object] = field(default_factory=dict)
+    #: ``kbs``: attest and run RCAR with the KBS; ``cdh``: ask the CoCo Confidential Data
+    #: Hub (``GET {cdh_url}/cdh/resource/<key id>``), which attests through the guest's AA
+    key_source: str = KEY_SOURCE_KBS
+    #: base URL of guest-components' api-server-rest for ``key_source = cdh``
+    cdh_url: str = DEFAULT_CDH_URL
+    #: api-server-rest base URL of the Attestation Agent (``--tee aa``, runtime measurement)
+    aa_url: str | None = None
+    #: after a load, record the model digest in the TEE's runtime measurements through the
+    #: Attestation Agent, when one is configured (``aa_url``, ``--tee aa`` or the CDH's URL)
+    measure: bool = True
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.startswith(("http://", "https://")):
@@ -103,10 +130,74 @@ class LoaderSettings:
             raise ConfigError("retries: must be at least 1")
         if not (isinstance(self.timeout, int | float) and 0 < self.timeout < float("inf")):
             raise ConfigError(f"timeout: must be a positive number of seconds, got {self.timeout}")
+        if self.key_source not in KEY_SOURCES:
+            raise ConfigError(
+                f"key_source: {self.key_source!r} is not one of {', '.join(KEY_SOURCES)}"
+            )
+        for name in ("cdh_url", "aa_url"):
+            value = getattr(self, name)
+            if value is not None and not str(value).startswith(("http://", "https://")):
+                raise ConfigError(f"{name}: not an http(s) URL: {value!r}")
         for name in ("kbs_ca", "registry_ca", "init_data"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"{name}: no such file: {value}")
+
+    @classmethod
+    def from_options(cls, **values: object) -> LoaderSettings:
+        """Settings from option values where None means "not given" (the default applies):
+        what ``modelseal load`` passes after Click read its flags and variables."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if "model" not in given:
+            raise ConfigError(
+                "no model: pass --model URL (model_url= in the SDK) or set MODELSEAL_MODEL"
+            )
+        try:
+            return cls(**given)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(f"bad loader settings: {exc}") from exc
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> LoaderSettings:
+        """Settings from the ``MODELSEAL_*`` variables ``modelseal load`` reads (the table
+        in docs/reference/environment.md); ``overrides`` that are not None win.
+
+        ``environ`` defaults to this process's environment: this is how an SDK user gets
+        exactly the configuration a Pod spec's ``env:`` gives the loader container, e.g.
+        ``open_model(settings=LoaderSettings.from_env())``.
+        """
+        env = environment.snapshot("MODELSEAL_") if environ is None else environ
+        values: dict[str, object] = {}
+        for var, name in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            if name in ("allow_disk", "measure"):
+                values[name] = parse_bool(raw, name=var)
+            elif name in ("workers", "retries"):
+                try:
+                    values[name] = int(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: not an integer: {raw!r}") from exc
+            elif name == "timeout":
+                try:
+                    values[name] = float(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
+            elif var == "MODELSEAL_FILE_MODE":
+                values[name] = FileModes.parse(raw)
+            elif var == "MODELSEAL_GROUP":  # after MODELSEAL_FILE_MODE (dict order)
+                modes = values.get(name)
+                base = modes if isinstance(modes, FileModes) else FileModes()
+                values[name] = base.with_group(raw)
+            elif name in _PATHS:
+                values[name] = Path(raw)
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_options(**values)
 
     def with_overrides(self, **changes: object) -> LoaderSettings:
         """A copy with some fields replaced (validation runs again)."""
@@ -121,43 +212,3 @@ class LoaderSettings:
     def registry_verify(self) -> bool | str:
         """``verify=`` argument for the registry HTTP client."""
         return str(self.registry_ca) if self.registry_ca else True
-
-
-def settings_from_env(
-    environ: Mapping[str, str] | None = None, **overrides: object
-) -> LoaderSettings:
-    """Build settings from ``MODELSEAL_*`` variables; explicit ``overrides`` win."""
-    env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    for var, name in ENV_VARS.items():
-        raw = env.get(var)
-        if raw is None or raw == "":
-            continue
-        if name == "allow_disk":
-            values[name] = parse_bool(raw, name=var)
-        elif name == "workers":
-            try:
-                values[name] = int(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{var}: not an integer: {raw!r}") from exc
-        elif name == "timeout":
-            try:
-                values[name] = float(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{var}: not a number of seconds: {raw!r}") from exc
-        elif var == "MODELSEAL_FILE_MODE":
-            values[name] = FileModes.parse(raw)
-        elif var == "MODELSEAL_GROUP":  # after MODELSEAL_FILE_MODE (dict order)
-            modes = values.get(name)
-            values[name] = (modes if isinstance(modes, FileModes) else FileModes()).with_group(raw)
-        elif name in {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"}:
-            values[name] = Path(raw)
-        else:
-            values[name] = raw
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if "model" not in values:
-        raise ConfigError("no model: pass --model URL or set MODELSEAL_MODEL")
-    try:
-        return LoaderSettings(**values)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise ConfigError(f"bad loader settings: {exc}") from exc

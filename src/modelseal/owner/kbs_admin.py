@@ -30,7 +30,7 @@ from modelseal.errors import (
     TokenError,
     TransientError,
 )
-from modelseal.keystore.paths import validate_key_id
+from modelseal.keystore.paths import normalize_key_id
 from modelseal.policy.document import ReleasePolicy, parse_policy
 from modelseal.protocol.admin import (
     API_PREFIX,
@@ -66,8 +66,9 @@ def _verify_arg(verify: bool | str) -> bool | ssl.SSLContext:
 
 
 def _segments(key_id: str) -> str:
-    """The key id as URL path segments; the grammar needs no escaping (checked here)."""
-    return validate_key_id(key_id)
+    """The key id as URL path segments (``kbs:///`` and UUID ids normalized to
+    ``repo/type/tag``); the grammar needs no escaping (checked here)."""
+    return normalize_key_id(key_id)
 
 
 class KbsAdminClient:

@@ -44,15 +44,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
+from modelseal._internal import environment
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, FormatError, NotFound
 from modelseal.format.header import DEFAULT_SEGMENT_SIZE
-from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.manifest import SEALED_MANIFEST_NAME
 from modelseal.format.options import SealOptions
+from modelseal.keystore.paths import normalize_key_id
 from modelseal.owner.kbs_admin import KeyConflictError
 from modelseal.owner.keys import generate_key, read_key_file, write_key_file
 from modelseal.owner.registry_client import RegistryClient
 from modelseal.owner.sealing import CNAP_SUFFIX, open_manifest, seal_directory, seal_file
+from modelseal.protocol.kbs import is_uuid_key_id
 from modelseal.protocol.model_info import (
     FORMAT_CNAP,
     FORMAT_V1,
@@ -158,6 +161,8 @@ class PublishRequest:
     staging_dir: Path | None = None
     workers: int = 2
     verify: bool | str = True
+    #: seal under opaque names, padded: the registry learns no file name or exact size
+    hide_names: bool = False
 
     @property
     def resolved_key_id(self) -> str:
@@ -198,25 +203,25 @@ class _Blob:
 
 def default_staging_dir(model_id: str, version: str) -> Path:
     """``$XDG_CACHE_HOME/modelseal/publish/<model>/<version>`` (``~/.cache`` by default)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    cache = environment.variable("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "modelseal" / "publish" / model_id / version
 
 
 def _validate(req: PublishRequest) -> None:
     check_name(req.model_id, what="model id")
     check_name(req.version, what="version")
-    parts = req.resolved_key_id.split("/")
-    if len(parts) != 3:
-        raise ConfigError(f"key id {req.resolved_key_id!r} must be repo/type/tag")
-    for part in parts:
+    # repo/type/tag, kbs:///repo/type/tag or a bare UUID (stored as default/key/<uuid>)
+    for part in normalize_key_id(req.resolved_key_id).split("/"):
         check_name(part, what="key id segment")
     if req.format not in ("v1", "cnap"):
         raise ConfigError(f"unknown format {req.format!r}; use v1 or cnap")
     if not req.source.exists():
         raise NotFound(f"{req.source} not found")
+    if req.format == "cnap" and req.hide_names:
+        raise ConfigError("--hide-names needs the v1 format (CNAP has no manifest)")
     if req.format == "cnap" and not req.source.is_file():
         raise ConfigError("the CNAP format publishes a single file; use --format v1")
-    for url, what in ((req.registry_url, "--registry"), (req.kbs_url, "--kbs")):
+    for url, what in ((req.registry_url, "--registry"), (req.kbs_url, "--kbs-url")):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{what} must be an http(s):// URL, got {url!r}")
 
@@ -258,6 +263,7 @@ def _state_params(req: PublishRequest) -> dict[str, Any]:
         "key_id": req.resolved_key_id,
         "seal_format": req.format,
         "segment_size": req.segment_size,
+        "hide_names": req.hide_names,
         "source": str(req.source.resolve()),
         "fingerprint": _fingerprint(req.source),
     }
@@ -374,6 +380,7 @@ def _seal(
         model=req.model_id,
         workers=req.workers,
         progress=progress.advance,
+        hide_names=req.hide_names,
     )
     if req.format == "cnap":
         staging.sealed.mkdir(mode=0o700)
@@ -404,9 +411,10 @@ def _seal(
         )
     )
     for entry in model.files:
-        name = sealed_name(entry.path)
+        # under hidden names the registry gets the opaque name as the file's path too
+        name = entry.sealed_relpath
         local = staging.sealed / name
-        blobs.append(_Blob(entry.path, name, local, entry.sealed_size, _sha256_file(local)))
+        blobs.append(_Blob(entry.header_path, name, local, entry.sealed_size, _sha256_file(local)))
         progress.advance(entry.sealed_size)
     return blobs, model.model_digest
 
@@ -424,7 +432,10 @@ def _registration(
     manifest = next((b for b in blobs if b.path == MANIFEST_PATH), None)
     files = [b for b in blobs if b is not manifest]
     if req.format == "cnap":
-        kbs, kbs_url = KBS_CNAP, f"{kbs_public}/kbs/v1/keys/{req.resolved_key_id}/transfer"
+        # ITA's transfer link names a UUID key by itself, any other by its resource path
+        key = req.resolved_key_id
+        transfer_id = key.lower() if is_uuid_key_id(key) else normalize_key_id(key)
+        kbs, kbs_url = KBS_CNAP, f"{kbs_public}/kbs/v1/keys/{transfer_id}/transfer"
     else:
         kbs, kbs_url = KBS_TRUSTEE, kbs_public
     draft = ModelRegistration(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from modelseal.format.header import Header
-from modelseal.format.manifest import SEALED_MANIFEST_NAME, FileEntry, Manifest, sealed_name
+from modelseal.format.manifest import SEALED_MANIFEST_NAME, FileEntry, Manifest
 
 __all__ = ["CNAP_SUFFIX", "SealFormat", "SealedFile", "SealedModel", "UnsealResult"]
 
@@ -41,7 +41,7 @@ class SealedModel:
 
     def sealed_paths(self) -> list[str]:
         """Relative paths of every sealed file, manifest included."""
-        return [SEALED_MANIFEST_NAME, *(sealed_name(e.path) for e in self.manifest.files)]
+        return [SEALED_MANIFEST_NAME, *(e.sealed_relpath for e in self.manifest.files)]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from modelseal.format.manifest import (
     SEALED_SUFFIX,
     FileEntry,
     Manifest,
+    hidden_size,
+    opaque_name,
     sealed_name,
 )
 from modelseal.format.v1 import SealOptions, SealWriter, seal_fd
@@ -68,16 +70,28 @@ __all__ = [
 
 
 def _seal_model_file(
-    src: Path, rel: str, out_path: Path, dek: SecretBytes, options: SealOptions
+    src: Path, rel: str, out_dir: Path, dek: SecretBytes, options: SealOptions
 ) -> FileEntry:
+    """Seal one file of a model into ``out_dir``: as ``<rel>.sealed``, or under hidden
+    names as ``<opaque>.sealed`` holding the file zero-padded to ``hidden_size``."""
+    name = opaque_name() if options.hide_names else None
     fd = open_ro(src)
     try:
         before = os.fstat(fd)
-        out_fd = new_file(out_path, 0o644, dir_mode=0o755)
+        size = before.st_size
+        out_fd = new_file(out_dir / sealed_name(name or rel), 0o644, dir_mode=0o755)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="modelseal-hash") as pool:
-                digest = pool.submit(sha256_fd, fd, before.st_size)
-                header = seal_fd(fd, out_fd, dek, options, size=before.st_size, path=rel)
+                digest = pool.submit(sha256_fd, fd, size)
+                header = seal_fd(
+                    fd,
+                    out_fd,
+                    dek,
+                    options,
+                    size=size,
+                    path=name or rel,
+                    pad_to=hidden_size(size) if name else None,
+                )
                 sha256 = digest.result()
         finally:
             os.close(out_fd)
@@ -88,10 +102,11 @@ def _seal_model_file(
         raise ConfigError(f"{src} changed while it was being sealed; seal it again")
     return FileEntry(
         path=rel,
-        size=header.size,
+        size=size,
         sha256=sha256,
         header_sha256=header.digest_hex,
         sealed_size=header.sealed_size,
+        name=name,
     )
 
 
@@ -117,9 +132,7 @@ def seal_directory(
     check_not_nested(source, target)
     files = model_files(source)
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        entries = [
-            _seal_model_file(full, rel, tmp / sealed_name(rel), dek, options) for rel, full in files
-        ]
+        entries = [_seal_model_file(full, rel, tmp, dek, options) for rel, full in files]
         manifest = Manifest.build(
             key_id=key_id, files=entries, model=options.model, version=version
         )
@@ -154,6 +167,11 @@ def seal_file(
     ``fmt="partial"`` seals only the tensors of a safetensors file selected by the glob
     ``tensors`` and/or the last ``last_layers`` numbered layers (format/partial.py).
     """
+    if options.hide_names:
+        raise ConfigError(
+            "--hide-names applies to a model directory: the names live in its sealed "
+            "manifest, and a single sealed file has none"
+        )
     source, target = Path(src), Path(dst)
     fd = open_ro(source)
     try:

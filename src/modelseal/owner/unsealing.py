@@ -26,7 +26,6 @@ from modelseal.format.manifest import (
     SEALED_MANIFEST_NAME,
     FileEntry,
     Manifest,
-    sealed_name,
 )
 from modelseal.format.v1 import Progress, SealedReader, read_header
 from modelseal.owner.model_tree import sealed_names
@@ -78,7 +77,7 @@ def _checked_headers(src: Path, manifest: Manifest) -> dict[str, Header]:
     manifest.check_names(sealed_names(src))
     headers: dict[str, Header] = {}
     for entry in manifest.files:
-        name = sealed_name(entry.path)
+        name = entry.sealed_relpath
         if not (src / name).is_file():
             raise IntegrityError(f"{name}: not a regular file", paths=[name])
         fd = open_ro(src / name)
@@ -90,6 +89,16 @@ def _checked_headers(src: Path, manifest: Manifest) -> dict[str, Header]:
             os.close(fd)
         headers[name] = header
     return headers
+
+
+def _check_padding(name: str, fd: int, size: int, stored: int) -> None:
+    """The bytes a hidden-names file was padded with must be zeros, as writers make them."""
+    offset = size
+    while offset < stored:
+        chunk = os.pread(fd, min(1 << 20, stored - offset), offset)
+        if not chunk or chunk.count(0) != len(chunk):
+            raise IntegrityError(f"{name}: padding is not zero bytes", paths=[name])
+        offset += len(chunk)
 
 
 def _check_plaintext(name: str, entry: FileEntry, actual: str) -> None:
@@ -118,11 +127,14 @@ def unseal_directory(
     _checked_headers(source, manifest)
     with atomic_dir(target, overwrite=overwrite) as tmp:
         for entry in manifest.files:
-            name = sealed_name(entry.path)
+            name = entry.sealed_relpath
             with _naming(name), SealedReader.open(source / name, dek) as reader:
                 out_fd = new_file(tmp / entry.path, 0o600)
                 try:
                     reader.decrypt_to_fd(out_fd, workers=workers, progress=progress)
+                    if reader.size != entry.size:  # hidden names: drop the zero padding
+                        _check_padding(name, out_fd, entry.size, reader.size)
+                        os.ftruncate(out_fd, entry.size)
                     actual = sha256_fd(out_fd, entry.size)
                 finally:
                     os.close(out_fd)
@@ -206,11 +218,16 @@ def _verify_directory(source: Path, dek: SecretBytes, progress: Progress | None)
     manifest = open_manifest(source, dek)
     _checked_headers(source, manifest)
     for entry in manifest.files:
-        name = sealed_name(entry.path)
+        name = entry.sealed_relpath
         h = hashlib.sha256()
         with _naming(name), SealedReader.open(source / name, dek) as reader:
+            left = entry.size
             for chunk in reader.iter_segments():  # authenticates every segment, in order
-                h.update(chunk)
+                h.update(chunk[:left])
+                tail = memoryview(chunk)[left:]
+                if len(tail) and bytes(tail).count(0) != len(tail):  # hidden names' padding
+                    raise IntegrityError(f"{name}: padding is not zero bytes", paths=[name])
+                left = max(0, left - len(chunk))
         if progress is not None:
             progress(entry.size)
         _check_plaintext(name, entry, h.hexdigest())

@@ -32,6 +32,7 @@ from modelseal.tee import registry
 
 __all__ = [
     "MAX_POLICY_BYTES",
+    "GpuPolicy",
     "TCB_CHECKED_TEES",
     "TCB_STATUSES",
     "TEE_KINDS",
@@ -41,9 +42,9 @@ __all__ = [
     "parse_policy_text",
 ]
 
-#: TEE kinds a policy may name (every registered kind). Insecure kinds are honoured only
-#: on a KBS started insecure.
-TEE_KINDS = registry.KINDS
+#: TEE kinds a policy may name (every registered kind but device kinds, which a policy
+#: requires through ``gpus:``). Insecure kinds are honoured only on a KBS started insecure.
+TEE_KINDS = registry.kinds(device=False)
 #: TCB states as reported by Intel DCAP (and mapped to by the SNP verifier).
 TCB_STATUSES = (
     "UpToDate",
@@ -84,6 +85,73 @@ TcbStatus = Literal[
 ]
 
 
+def _normalize_measurements(value: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
+    """Measurement entries with names and hex lower-cased; empty entries, bad names,
+    odd-length hex and repeated names are refused."""
+    out = []
+    for i, entry in enumerate(value):
+        if not entry:
+            raise ValueError(f"entry {i} is empty (it would match anything)")
+        norm: dict[str, str] = {}
+        for name, hexval in entry.items():
+            lname, lhex = name.lower(), hexval.lower()
+            if not _NAME.fullmatch(lname):
+                raise ValueError(f"entry {i}: invalid measurement name {name[:64]!r}")
+            if not _HEX.fullmatch(lhex):
+                raise ValueError(f"entry {i}: {lname} is not an even-length hex string")
+            if lname in norm:
+                raise ValueError(f"entry {i}: {lname} given twice")
+            norm[lname] = lhex
+        out.append(norm)
+    return tuple(out)
+
+
+#: ``measurements:`` entries (name -> hex), normalized by :func:`_normalize_measurements`
+MeasurementEntries = Annotated[
+    tuple[dict[StrictStr, StrictStr], ...], AfterValidator(_normalize_measurements)
+]
+
+_VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,5}")
+
+
+class GpuPolicy(BaseModel):
+    """What the GPUs of a composite attestation must show (``gpus:``).
+
+    ``min_count`` GPUs at least must have been attested with the CPU TEE; every attested
+    GPU must then satisfy the other rules: ``cc_mode`` ``on`` (or ``any``, which admits
+    the developer-tools mode), ``rim_match`` (both the driver and the VBIOS reference
+    manifests found and matched), ``measurements`` (one entry matching, by block index),
+    ``min_driver_version`` (dotted numbers, compared numerically).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_count: Annotated[int, Field(strict=True, ge=1, le=64)] = 1
+    cc_mode: Literal["on", "any"] = "on"
+    rim_match: StrictBool = False
+    measurements: Annotated[MeasurementEntries, Field(min_length=1, max_length=256)] | None = None
+    min_driver_version: StrictStr | None = None
+
+    @field_validator("min_driver_version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is not None and not _VERSION.fullmatch(value):
+            raise ValueError('must be dotted numbers, e.g. "550.90.07"')
+        return value
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "min_count": self.min_count,
+            "cc_mode": self.cc_mode,
+            "rim_match": self.rim_match,
+        }
+        if self.measurements is not None:
+            doc["measurements"] = [dict(m) for m in self.measurements]
+        if self.min_driver_version is not None:
+            doc["min_driver_version"] = self.min_driver_version
+        return doc
+
+
 class PolicyInvalid(ConfigError):
     """A policy document failed validation; the message lists every problem."""
 
@@ -98,15 +166,18 @@ class ReleasePolicy(BaseModel):
     tee: Annotated[tuple[TeeKind, ...], Field(min_length=1, max_length=len(TEE_KINDS))]
     debug: StrictBool = False
     tcb_status: Annotated[tuple[TcbStatus, ...], Field(min_length=1)] = ("UpToDate",)
-    measurements: (
-        Annotated[tuple[dict[StrictStr, StrictStr], ...], Field(min_length=1, max_length=1024)]
-        | None
-    ) = None
+    measurements: Annotated[MeasurementEntries, Field(min_length=1, max_length=1024)] | None = None
     init_data: Annotated[dict[StrictStr, StrictStr], Field(max_length=256)] = Field(
         default_factory=dict
     )
     model_digest: StrictStr | None = None
+    #: model digests the TEE must have recorded as loaded in its runtime measurements
+    #: (AA event ``modelseal.dev LoadModel sha256:...``, replayed from the event log)
+    loaded_models: Annotated[tuple[StrictStr, ...], Field(max_length=64)] = ()
+    #: runtime events (``"<domain> <operation> <content>"``) the replayed log must contain
+    runtime_events: Annotated[tuple[StrictStr, ...], Field(max_length=64)] = ()
     not_after: datetime | None = None
+    gpus: GpuPolicy | None = None
 
     @field_validator("tee", "tcb_status")
     @classmethod
@@ -114,30 +185,6 @@ class ReleasePolicy(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("entries must be unique")
         return value
-
-    @field_validator("measurements")
-    @classmethod
-    def _measurements(
-        cls, value: tuple[dict[str, str], ...] | None
-    ) -> tuple[dict[str, str], ...] | None:
-        if value is None:
-            return None
-        out = []
-        for i, entry in enumerate(value):
-            if not entry:
-                raise ValueError(f"entry {i} is empty (it would match anything)")
-            norm: dict[str, str] = {}
-            for name, hexval in entry.items():
-                lname, lhex = name.lower(), hexval.lower()
-                if not _NAME.fullmatch(lname):
-                    raise ValueError(f"entry {i}: invalid measurement name {name[:64]!r}")
-                if not _HEX.fullmatch(lhex):
-                    raise ValueError(f"entry {i}: {lname} is not an even-length hex string")
-                if lname in norm:
-                    raise ValueError(f"entry {i}: {lname} given twice")
-                norm[lname] = lhex
-            out.append(norm)
-        return tuple(out)
 
     @field_validator("init_data")
     @classmethod
@@ -158,6 +205,32 @@ class ReleasePolicy(BaseModel):
         if not _DIGEST.fullmatch(lowered):
             raise ValueError('must be "sha256:" followed by 64 hex digits')
         return lowered
+
+    @field_validator("loaded_models")
+    @classmethod
+    def _loaded_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        lowered = tuple(v.lower() for v in value)
+        for v in lowered:
+            if not _DIGEST.fullmatch(v):
+                raise ValueError('entries must be "sha256:" followed by 64 hex digits')
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("entries must be unique")
+        return lowered
+
+    @field_validator("runtime_events")
+    @classmethod
+    def _runtime_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for v in value:
+            domain, _, rest = v.partition(" ")
+            operation, _, content = rest.partition(" ")
+            if not domain or not operation or not content or "\n" in v or len(v) > 4096:
+                raise ValueError(
+                    'entries are "<domain> <operation> <content>" on one line, at most '
+                    "4096 characters"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("entries must be unique")
+        return value
 
     @field_validator("not_after", mode="before")
     @classmethod
@@ -203,8 +276,14 @@ class ReleasePolicy(BaseModel):
             doc["measurements"] = [dict(m) for m in self.measurements]
         if self.model_digest is not None:
             doc["model_digest"] = self.model_digest
+        if self.loaded_models:
+            doc["loaded_models"] = list(self.loaded_models)
+        if self.runtime_events:
+            doc["runtime_events"] = list(self.runtime_events)
         if self.not_after is not None:
             doc["not_after"] = _utc_text(self.not_after)
+        if self.gpus is not None:
+            doc["gpus"] = self.gpus.to_document()
         return doc
 
     def canonical(self) -> bytes:

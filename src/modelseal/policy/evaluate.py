@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from modelseal.policy.document import TCB_CHECKED_TEES, ReleasePolicy
+from modelseal.policy.document import TCB_CHECKED_TEES, GpuPolicy, ReleasePolicy
 from modelseal.protocol.claims import Claims
+from modelseal.protocol.runtime_events import load_model_event
 from modelseal.tee import registry
 
 __all__ = ["MODEL_DIGEST_CLAIM", "Decision", "evaluate"]
@@ -76,6 +77,16 @@ def evaluate(policy: ReleasePolicy | None, claims: Claims, *, now: float) -> Dec
                 f"attested model digest {got[:80]!r} is not the policy's {policy.model_digest}"
             )
 
+    observed = set(claims.runtime_events)
+    for digest in policy.loaded_models:
+        if load_model_event(digest) not in observed:
+            failures.append(f"the runtime measurements record no load of model {digest}")
+    for event in policy.runtime_events:
+        if event not in observed:
+            failures.append(f"the runtime measurements lack the event {event[:160]!r}")
+    if policy.gpus is not None:
+        _check_gpus(policy.gpus, claims, failures)
+
     if policy.not_after is not None and now >= policy.not_after.timestamp():
         when = policy.not_after.astimezone(UTC).isoformat()
         failures.append(f"the policy expired at {when}")
@@ -100,3 +111,46 @@ def _match_measurements(
             misses.append(f"entry {i}: {', '.join(sorted(bad))}")
     failures.append("no measurements entry matched (" + "; ".join(misses) + ")")
     return None
+
+
+#: Kinds whose claims are a device's (a GPU's), verified with the CPU TEE's.
+DEVICE_TEES = frozenset(registry.kinds(device=True))
+
+
+def _version_tuple(text: object) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in str(text).split("."))
+    except ValueError:
+        return None
+
+
+def _check_gpus(rules: GpuPolicy, claims: Claims, failures: list[str]) -> None:
+    """Count the attested GPUs, then hold every one to the per-device rules."""
+    gpus = [d for d in claims.devices if d.tee in DEVICE_TEES]
+    if len(gpus) < rules.min_count:
+        failures.append(
+            f"the policy requires {rules.min_count} attested GPU(s) in confidential-computing "
+            f"mode; the attestation carried {len(gpus)}"
+        )
+    want = _version_tuple(rules.min_driver_version) if rules.min_driver_version else None
+    for i, gpu in enumerate(gpus):
+        extra = gpu.extra
+        mode = extra.get("cc_mode")
+        if rules.cc_mode == "on" and mode != "on":
+            failures.append(f"gpu{i}: confidential-computing mode is {mode!r}, not 'on'")
+        rim = extra.get("rim")
+        if rules.rim_match and not (
+            isinstance(rim, dict) and rim.get("driver") == "match" and rim.get("vbios") == "match"
+        ):
+            failures.append(f"gpu{i}: driver and VBIOS RIMs did not both match (rim: {rim!r})")
+        if want is not None:
+            have = _version_tuple(extra.get("driver_version"))
+            if have is None or have < want:
+                failures.append(
+                    f"gpu{i}: driver {str(extra.get('driver_version'))[:32]!r} is older than "
+                    f"{rules.min_driver_version}"
+                )
+        if rules.measurements is not None:
+            mine: list[str] = []
+            _match_measurements(rules.measurements, gpu, mine)
+            failures.extend(f"gpu{i}: {reason}" for reason in mine)

@@ -26,10 +26,17 @@ class Claims:
     init_data: Mapping[str, str] = field(default_factory=dict)
     insecure: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: runtime events (``"<domain> <operation> <content>"``) of an event log that
+    #: replayed to the attested registers, in log order (CoCo AA events on TDX: RTMR3)
+    runtime_events: tuple[str, ...] = ()
+    #: Claims of device TEEs (GPUs) verified in the same attestation, bound to the same
+    #: session: composite evidence. Empty for a CPU TEE alone.
+    devices: tuple[Claims, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe form (bytes as hex) for tokens, the audit log and ``evidence verify``."""
-        return {
+        """JSON-safe form (bytes as hex) for tokens, the audit log and ``evidence verify``;
+        ``devices`` appears only when the attestation carried device evidence."""
+        out: dict[str, Any] = {
             "tee": self.tee,
             "debug": self.debug,
             "tcb_status": self.tcb_status,
@@ -40,4 +47,8 @@ class Claims:
             "report_data": self.report_data.hex(),
             "insecure": self.insecure,
             "extra": dict(self.extra),
+            "runtime_events": list(self.runtime_events),
         }
+        if self.devices:
+            out["devices"] = [d.to_json() for d in self.devices]
+        return out

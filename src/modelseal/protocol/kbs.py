@@ -48,6 +48,44 @@ def version_supported(version: str) -> bool:
     return (int(m.group(1)), int(m.group(2))) == (0, 4)
 
 
+#: Scheme and empty authority of a CoCo resource URI (``kbs:///repo/type/tag``): the
+#: KBS is the one the guest is configured with, as the CDH writes it.
+KBS_URI_PREFIX: Final = "kbs:///"
+#: Repository and type a bare UUID key id (Intel Trust Authority, CNAP) maps to: Trustee's
+#: default repository and its ``key`` type, so a CoCo guest fetches the same key as
+#: ``kbs:///default/key/<uuid>``.
+UUID_KEY_PREFIX: Final = "default/key/"
+_HEX4 = "[0-9a-fA-F]{4}"
+_UUID_RE = re.compile(rf"(?:{_HEX4}){{2}}-{_HEX4}-{_HEX4}-{_HEX4}-(?:{_HEX4}){{3}}")
+
+
+def is_uuid_key_id(key_id: str) -> bool:
+    """True for a bare UUID key id as Intel Trust Authority and CNAP write them."""
+    return _UUID_RE.fullmatch(key_id) is not None
+
+
+def resource_path(key_id: str) -> str:
+    """The ``repo/type/tag`` resource path a key id names; FormatError otherwise.
+
+    Accepted spellings: ``repo/type/tag``; the CoCo resource URI ``kbs:///repo/type/tag``
+    (a URI naming another KBS, ``kbs://host/...``, is refused: the KBS is chosen by
+    configuration, never by a key id); a bare UUID (ITA/CNAP key ids), which is the
+    resource ``default/key/<uuid>`` with the UUID in lower case.
+    """
+    if not isinstance(key_id, str) or len(key_id) > 512:
+        raise FormatError("a key id must be repo/type/tag, kbs:///repo/type/tag or a UUID")
+    if key_id.startswith(KBS_URI_PREFIX):
+        key_id = key_id[len(KBS_URI_PREFIX) :]
+    elif key_id.startswith("kbs://"):
+        raise FormatError(
+            "a kbs:// key id must have an empty authority (kbs:///repo/type/tag); the KBS "
+            "comes from the configuration, not from the key id"
+        )
+    elif is_uuid_key_id(key_id):
+        return UUID_KEY_PREFIX + key_id.lower()
+    return check_resource_path(key_id)
+
+
 def check_resource_path(path: str) -> str:
     """Validate Trustee's ``repo/type/tag`` grammar; raises FormatError otherwise."""
     if not RESOURCE_PATH_RE.fullmatch(path) or any(

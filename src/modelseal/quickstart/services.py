@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from modelseal._internal import environment
 from modelseal.errors import BackendError
 from modelseal.tee import registry as tee_registry
 
@@ -37,11 +38,9 @@ def free_port() -> int:
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for children: no inherited ``MODELSEAL_*`` surprises, no proxies."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MODELSEAL_") and k.lower() not in {"http_proxy", "https_proxy"}
-    }
+    env = environment.child_environment(
+        drop_prefixes=("MODELSEAL_",), drop=("http_proxy", "https_proxy")
+    )
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})

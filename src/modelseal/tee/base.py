@@ -89,6 +89,10 @@ class Verifier(abc.ABC):
     #: Evidence of this kind proves nothing (no hardware signature): claims are always
     #: marked insecure and init-data is reported without a launch-time binding.
     insecure: ClassVar[bool] = False
+    #: The field holds the first bytes of a longer binding digest (a GPU's 32-byte SPDM
+    #: nonce carries the first half of a SHA-384 digest, as Trustee and guest-components
+    #: truncate it); the comparison then covers the field's full length.
+    truncates_report_data: ClassVar[bool] = False
 
     def may_block(self) -> bool:
         """True when :meth:`verify` may wait on I/O (a collateral download), so a server
@@ -114,6 +118,12 @@ class Verifier(abc.ABC):
             raise EvidenceError(
                 f"{cls.tee} evidence must be the JSON document a KBS receives"
             ) from exc
+
+    @classmethod
+    def split_devices(cls, evidence: EvidenceJSON) -> list[EvidenceJSON]:
+        """One document per device, for a device kind whose evidence lists several
+        (each is verified, bound and reported on its own); other kinds: the evidence."""
+        return [evidence]
 
     @classmethod
     def own_report_data(cls, evidence: EvidenceJSON) -> bytes | None:
@@ -174,6 +184,8 @@ class Verifier(abc.ABC):
         if not low <= len(found) <= high:
             sizes = f"{low}" if low == high else f"{low}..{high}"
             raise EvidenceError(f"{field} has {len(found)} bytes; {sizes} required")
+        if self.truncates_report_data:
+            expected = expected[: len(found)]
         if len(expected) > len(found):
             raise EvidenceError(
                 f"the {len(expected)}-byte binding digest does not fit the "

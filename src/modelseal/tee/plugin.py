@@ -159,10 +159,15 @@ class TeePlugin:
     name: str
     #: Module holding ``Attester`` (None: no attester in this build, e.g. SGX).
     attester_module: str | None
-    #: Module holding ``Verifier``.
-    verifier_module: str
+    #: Module holding ``Verifier`` (None: a relay, see :attr:`relay`).
+    verifier_module: str | None
     #: The kind's own verifier configuration.
     config: type[KindConfig]
+    #: An evidence relay, not a kind on the wire: the attester obtains another kind's
+    #: evidence (the CoCo Attestation Agent) and says which kind it is
+    #: (``evidence_kind``), so the KBS verifies it with that kind's verifier. A relay has
+    #: no verifier and never appears in policies, tokens or KBS options.
+    relay: bool = False
     #: Evidence proves nothing (no hardware signature); the KBS needs an explicit opt-in
     #: and stamps every token it issues ``insecure``.
     insecure: bool = False
@@ -173,6 +178,9 @@ class TeePlugin:
     test_only: bool = False
     #: Verification may download collateral (a KBS runs it in a thread).
     downloads_collateral: bool = False
+    #: A device TEE (a GPU): its evidence travels as additional evidence next to a CPU
+    #: TEE's, bound to the same session, and its claims go with the CPU TEE's as devices.
+    device: bool = False
     #: How ``--tee auto`` finds it; None: never detected (must be named).
     detection: Detection | None = None
     #: Attester keywords filled from options (``--mock-tdx-dir`` -> ``ca_dir``).
@@ -218,6 +226,12 @@ class TeePlugin:
 
     def verifier_class(self) -> type[Verifier]:
         """The kind's Verifier class (imports the verifier module on first use)."""
+        from modelseal.errors import UnsupportedTee
+
+        if self.verifier_module is None:
+            raise UnsupportedTee(
+                f"{self.name!r} relays another TEE kind's evidence; verify it as that kind"
+            )
         cls: type[Verifier] = _import(self.name, self.verifier_module).Verifier
         return cls
 

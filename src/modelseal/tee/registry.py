@@ -26,10 +26,12 @@ _PACKAGES = (
     "tdx.sgx",
     "snp",
     "tpm",
+    "nvidia",
     "az_snp_vtpm",
     "az_tdx_vtpm",
     "mock_tdx",
     "sample",
+    "aa",
 )
 
 
@@ -43,10 +45,11 @@ def _load(packages: Iterable[str]) -> dict[str, TeePlugin]:
     return found
 
 
-#: kind name -> plugin description
+#: kind name -> plugin description (evidence relays included)
 PLUGINS: Mapping[str, TeePlugin] = _load(_PACKAGES)
-#: every kind name, in display order
-KINDS: tuple[str, ...] = tuple(PLUGINS)
+#: every kind on the wire (RCAR ``tee``, policies, verifiers), in display order; an
+#: evidence relay (``relay``) is not one: it attests as the kind it relays
+KINDS: tuple[str, ...] = tuple(name for name, p in PLUGINS.items() if not p.relay)
 #: The kind that runs anywhere with no setup (unsigned evidence): what diagnostic
 #: commands and the quickstart attest as unless told otherwise.
 DEVELOPMENT_KIND: str = next(name for name, p in PLUGINS.items() if p.insecure)
@@ -61,11 +64,12 @@ def plugin(kind: str) -> TeePlugin:
 
 
 def kinds(**flags: bool) -> tuple[str, ...]:
-    """The kinds whose plugin flags have the given values, e.g. ``kinds(insecure=True)``."""
+    """The kinds on the wire whose plugin flags have the given values, e.g.
+    ``kinds(insecure=True)``."""
     return tuple(
         name
-        for name, p in PLUGINS.items()
-        if all(bool(getattr(p, flag)) == want for flag, want in flags.items())
+        for name in KINDS
+        if all(bool(getattr(PLUGINS[name], flag)) == want for flag, want in flags.items())
     )
 
 
@@ -127,6 +131,20 @@ def build_configs(values: Mapping[str, Any]) -> dict[str, KindConfig]:
     return {name: build_config(name, values) for name in KINDS}
 
 
+def evidence_kind(kind: str, attester: Attester) -> str:
+    """The kind a KBS sees for ``attester``'s evidence: ``kind`` itself, or for a relay
+    the kind its attester reports (``evidence_kind``), which must be a kind on the wire."""
+    if not plugin(kind).relay:
+        return kind
+    relayed = getattr(attester, "evidence_kind", None)
+    if not isinstance(relayed, str) or relayed not in KINDS:
+        raise UnsupportedTee(
+            f"the {kind} attester relays evidence of kind {relayed!r}, which this build "
+            f"cannot verify; known: {', '.join(KINDS)}"
+        )
+    return relayed
+
+
 def verifier_for(kind: str, config: KindConfig) -> Verifier:
     """Build the verifier of ``kind``; raises ``UnsupportedTee`` if unknown or not allowed.
 
@@ -186,3 +204,27 @@ def kind_for_transfer_type(header: str, configs: Mapping[str, KindConfig]) -> st
         if not p.needs_opt_in:
             return p.name
     return candidates[0].name
+
+
+#: Joins a CPU TEE kind and device kinds in one ``--tee`` value (``tdx+nvidia``).
+COMPOSITE_SEPARATOR = "+"
+
+
+def split_composite(tee: str) -> tuple[str, tuple[str, ...]]:
+    """``tdx+nvidia`` -> ``("tdx", ("nvidia",))``: the primary kind attests with the
+    session binding, the device kinds' evidence goes along as additional evidence. The
+    first kind must not be a device kind, the others must be; none may repeat."""
+    primary, *devices = tee.split(COMPOSITE_SEPARATOR)
+    if primary != "auto":
+        plugin(primary)
+    for device in devices:
+        if not plugin(device).device:
+            raise UnsupportedTee(
+                f"{device!r} after '+' is not a device TEE kind "
+                f"(device kinds: {', '.join(kinds(device=True))})"
+            )
+    if primary != "auto" and plugin(primary).device:
+        raise UnsupportedTee(f"{primary!r} is a device TEE: name the CPU TEE first")
+    if len(set(devices)) != len(devices):
+        raise UnsupportedTee(f"{tee!r} names a device kind twice")
+    return primary, tuple(devices)

@@ -276,7 +276,10 @@ def test_any_trustee_resource_body_is_answered_without_a_server_error(
 
 
 #: Routes of the real app that are public by design (attestation is their authentication).
-PUBLIC = {("POST", "/kbs/v1/keys/{repo}/{kind}/{tag}/transfer")}
+PUBLIC = {
+    ("POST", "/kbs/v1/keys/{repo}/{kind}/{tag}/transfer"),
+    ("POST", "/kbs/v1/keys/{key}/transfer"),
+}
 
 
 def test_the_real_kbs_app_mounts_exactly_these_routes_and_guards_them(kbs: Kbs) -> None:

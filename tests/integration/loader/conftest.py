@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from modelseal.crypto.secret import SecretBytes
-from modelseal.format.manifest import SEALED_MANIFEST_NAME, sealed_name
+from modelseal.format.manifest import SEALED_MANIFEST_NAME
 from modelseal.format.options import SealOptions
 from modelseal.loader.attest import KeyRelease
 from modelseal.loader.destination import statfs_type
@@ -76,8 +76,7 @@ def shm_dest() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def sealed_model(tmp_path: Path) -> Iterator[SealedModelServer]:
+def _serve(tmp_path: Path, *, hide_names: bool) -> Iterator[SealedModelServer]:
     src = tmp_path / "model"
     for rel, data in FILES.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +86,7 @@ def sealed_model(tmp_path: Path) -> Iterator[SealedModelServer]:
         src,
         tmp_path / "sealed",
         dek,
-        SealOptions(key_id=KEY_ID, model="m1", segment_size=16 << 10),
+        SealOptions(key_id=KEY_ID, model="m1", segment_size=16 << 10, hide_names=hide_names),
         version="v1",
     )
     blobs = {rel: (tmp_path / "sealed" / rel).read_bytes() for rel in sealed.sealed_paths()}
@@ -107,13 +106,25 @@ def sealed_model(tmp_path: Path) -> Iterator[SealedModelServer]:
             "manifest_url": base + SEALED_MANIFEST_NAME,
             "files": [
                 {
-                    "path": rel,
-                    "url": base + sealed_name(rel),
-                    "sealed_size": len(blobs[sealed_name(rel)]),
+                    # under hidden names, what publish registers: the opaque name
+                    "path": entry.header_path,
+                    "url": base + entry.sealed_relpath,
+                    "sealed_size": len(blobs[entry.sealed_relpath]),
                 }
-                for rel in FILES
+                for entry in sealed.manifest.files
             ],
         }
         model = SealedModelServer(server, dek, sealed.model_digest, blobs, info)
         model.publish()
         yield model
+
+
+@pytest.fixture
+def sealed_model(tmp_path: Path) -> Iterator[SealedModelServer]:
+    yield from _serve(tmp_path, hide_names=False)
+
+
+@pytest.fixture
+def hidden_model(tmp_path: Path) -> Iterator[SealedModelServer]:
+    """The same model sealed with hidden names (opaque, padded blobs)."""
+    yield from _serve(tmp_path, hide_names=True)

@@ -86,10 +86,20 @@ def test_cnap_tampered_blob(cnap_server: BlobServer, shm_dest: Path) -> None:
     assert [p for p in shm_dest.rglob("*") if p.is_file()] == []
 
 
-def test_cnap_kbs_needs_a_trustee_url(cnap_server: BlobServer, shm_dest: Path) -> None:
+def test_without_kbs_url_the_cnap_transfer_url_is_followed(
+    cnap_server: BlobServer, shm_dest: Path
+) -> None:
+    asked: list[str] = []
+
+    def release(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
+        asked.append(kbs_url)
+        return KeyRelease(SecretBytes(KEY), "sample", None, kbs_url, True)
+
     settings = _settings(cnap_server, shm_dest).with_overrides(kbs_url=None)
-    with pytest.raises(errors.ConfigError, match="kbs-url"):
-        load_model(settings, release=_release(KEY))  # type: ignore[arg-type]
+    receipt = load_model(settings, release=release)
+    assert asked == ["https://cnap-kbs.example/v1/keys/transfer"]
+    assert receipt.kbs_url == asked[0]
+    assert (shm_dest / "resnet50.pb").read_bytes() == PLAIN
 
 
 def test_unencrypted_cnap_model_is_downloaded(cnap_server: BlobServer, shm_dest: Path) -> None:

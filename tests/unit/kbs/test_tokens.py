@@ -107,3 +107,48 @@ def test_trustworthiness(claims: Claims, status: str) -> None:
 def test_claims_from_json_rejects(bad: object) -> None:
     with pytest.raises(TokenError):
         claims_from_json(bad)
+
+
+def _gpu(i: int) -> Claims:
+    measurements = {str(b): (f"{b:02x}" * 48 if b % 2 else "00" * 48) for b in range(1, 65)}
+    return Claims(
+        tee="nvidia",
+        debug=False,
+        report_data=bytes([i]) * 32,
+        measurements=measurements,
+        extra={
+            "arch": "Hopper",
+            "uuid": f"GPU-{i}",
+            "cc_mode": "on",
+            "driver_version": "550.90.07",
+            "rim": {"driver": "match", "vbios": "match"},
+            "config": {"driver_version": "550.90.07", "measurement_count": {"1": 0}},
+        },
+    )
+
+
+def test_device_claims_travel_in_their_own_submods() -> None:
+    import dataclasses
+
+    svc = _service(FixedClock())
+    gpus = tuple(_gpu(i) for i in range(2))
+    token, _, _ = svc.issue(dataclasses.replace(TDX, devices=gpus), nonce="n", tee_pubkey=JWK)
+    _, payload, _, _ = split_jwt(token)
+    assert set(payload["submods"]) == {"cpu0", "gpu0", "gpu1"}
+    assert "devices" not in payload["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["tdx"]
+    verified = svc.verify(token).claims
+    assert verified.tee == "tdx"
+    assert [d.extra["uuid"] for d in verified.devices] == ["GPU-0", "GPU-1"]
+    # unused (all-zero) blocks and per-block counts stay out of the token
+    assert set(verified.devices[0].measurements) == {str(b) for b in range(1, 65, 2)}
+    assert "measurement_count" not in verified.devices[0].extra["config"]
+    assert verified.devices[0].extra["rim"]["driver"] == "match"
+
+
+def test_a_token_with_sixteen_gpus_fits_the_size_cap() -> None:
+    import dataclasses
+
+    svc = _service(FixedClock())
+    devices = tuple(_gpu(i) for i in range(16))
+    token, _, _ = svc.issue(dataclasses.replace(TDX, devices=devices), nonce="n", tee_pubkey=JWK)
+    assert len(svc.verify(token).claims.devices) == 16

@@ -24,11 +24,15 @@ def test_deployment_shape() -> None:
     pod = docs["Deployment"]["spec"]["template"]
     spec = pod["spec"]
     assert spec["runtimeClassName"].startswith("kata-")
-    assert "io.katacontainers.config.hypervisor.cc_init_data" in pod["metadata"]["annotations"]
+    annotations = pod["metadata"]["annotations"]
+    assert "io.katacontainers.config.hypervisor.cc_init_data" in annotations
+    # the AA's runtime measurement is served to containers only with the full REST API
+    kernel = annotations["io.katacontainers.config.hypervisor.kernel_params"]
+    assert "agent.guest_components_rest_api=all" in kernel.split()
     (loader,) = spec["initContainers"]
     env = {e["name"]: e["value"] for e in loader["env"]}
     assert set(env) <= set(ENV_VARS)
-    for required in ("MODELSEAL_MODEL", "MODELSEAL_KBS_URL", "MODELSEAL_DEST", "MODELSEAL_TEE"):
+    for required in ("MODELSEAL_MODEL", "MODELSEAL_DEST", "MODELSEAL_INIT_DATA"):
         assert required in env
     assert env["MODELSEAL_ALLOW_DISK"] == "false"
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -40,15 +44,41 @@ def test_deployment_shape() -> None:
     assert mounts["models"]["readOnly"] is True
 
 
+def test_the_loader_takes_the_coco_path_without_device_access() -> None:
+    spec = next(d for d in _docs() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (loader,) = spec["initContainers"]
+    env = {e["name"]: e["value"] for e in loader["env"]}
+    assert env["MODELSEAL_KEY_SOURCE"] == "cdh"
+    assert env["MODELSEAL_CDH_URL"] == "http://127.0.0.1:8006"
+    # the CDH knows the KBS from init-data; the loader attests nothing itself
+    assert "MODELSEAL_KBS_URL" not in env
+    assert "MODELSEAL_TEE" not in env
+    security = loader["securityContext"]
+    assert security["privileged"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for mount in loader["volumeMounts"]:
+        assert "hostPath" not in volumes[mount["name"]]
+        assert not mount["mountPath"].startswith(("/dev", "/sys"))
+    assert "volumeDevices" not in loader
+
+
 def test_init_data_documents_agree() -> None:
-    config = next(d for d in _docs() if d["kind"] == "ConfigMap")
-    in_configmap = tomllib.loads(config["data"]["initdata.toml"])
-    standalone = tomllib.loads((EXAMPLES / "initdata.toml").read_text())
-    assert in_configmap["data"] == standalone["data"]
-    assert "model_digest" in standalone["data"]
-    # the annotation encoding the README describes round-trips
     raw = (EXAMPLES / "initdata.toml").read_bytes()
-    assert gzip.decompress(base64.b64decode(base64.b64encode(gzip.compress(raw)))) == raw
+    config = next(d for d in _docs() if d["kind"] == "ConfigMap")
+    assert config["data"]["initdata.toml"].encode() == raw
+    # the annotation is the gzipped, base64-encoded document itself (what the host measures)
+    pod = next(d for d in _docs() if d["kind"] == "Deployment")["spec"]["template"]
+    annotation = pod["metadata"]["annotations"]["io.katacontainers.config.hypervisor.cc_init_data"]
+    assert gzip.decompress(base64.b64decode(annotation)) == raw
+    data = tomllib.loads(raw.decode())["data"]
+    assert data["model_digest"].startswith("sha256:")
+    # the KBS URL the AA and the CDH attest to
+    cdh = tomllib.loads(data["cdh.toml"])
+    aa = tomllib.loads(data["aa.toml"])
+    assert cdh["kbc"]["name"] == "cc_kbc"
+    assert cdh["kbc"]["url"] == aa["token_configs"]["kbs"]["url"]
+    assert cdh["kbc"]["url"].startswith("https://")
 
 
 def test_policy_example_is_a_release_policy() -> None:

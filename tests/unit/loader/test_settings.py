@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from modelseal import errors
-from modelseal.loader.settings import DEFAULT_DEST, LoaderSettings, settings_from_env
+from modelseal.loader.settings import DEFAULT_DEST, LoaderSettings
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -15,7 +15,7 @@ DIGEST = "sha256:" + "ab" * 32
 def test_env_contract(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("pem")
-    s = settings_from_env(
+    s = LoaderSettings.from_env(
         {
             "MODELSEAL_MODEL": "http://r/models/m",
             "MODELSEAL_KBS_URL": "https://kbs:8080",
@@ -39,7 +39,7 @@ def test_env_contract(tmp_path: Path) -> None:
 
 
 def test_defaults_and_overrides() -> None:
-    s = settings_from_env({"MODELSEAL_MODEL": "http://r/m"}, workers=2, kbs_url=None)
+    s = LoaderSettings.from_env({"MODELSEAL_MODEL": "http://r/m"}, workers=2, kbs_url=None)
     assert s.dest == DEFAULT_DEST
     assert s.tee == "auto"
     assert s.allow_disk is False
@@ -47,7 +47,9 @@ def test_defaults_and_overrides() -> None:
     assert s.kbs_url is None
     assert s.timeout == 30.0
     assert (
-        settings_from_env({"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "2.5"}).timeout
+        LoaderSettings.from_env(
+            {"MODELSEAL_MODEL": "http://r/m", "MODELSEAL_TIMEOUT": "2.5"}
+        ).timeout
         == 2.5
     )
 
@@ -72,7 +74,7 @@ def test_defaults_and_overrides() -> None:
 )
 def test_bad_settings_are_config_errors(env: dict[str, str]) -> None:
     with pytest.raises(errors.ConfigError) as info:
-        settings_from_env(env)
+        LoaderSettings.from_env(env)
     assert info.value.exit_code == 2
 
 
@@ -81,3 +83,30 @@ def test_with_overrides_revalidates() -> None:
     assert s.with_overrides(workers=8).workers == 8
     with pytest.raises(errors.ConfigError):
         s.with_overrides(workers=1000)
+
+
+def test_from_env_reads_the_process_environment_like_the_cli(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SDK users get the loader container's configuration from the same variables."""
+    monkeypatch.setenv("MODELSEAL_MODEL", "http://r/models/m")
+    monkeypatch.setenv("MODELSEAL_WORKERS", "5")
+    monkeypatch.setenv("MODELSEAL_MOCK_TDX_DIR", str(tmp_path))
+    s = LoaderSettings.from_env(timeout=3.0)
+    assert (s.model, s.workers, s.mock_tdx_dir, s.timeout) == (
+        "http://r/models/m",
+        5,
+        tmp_path,
+        3.0,
+    )
+
+
+def test_load_options_read_exactly_the_settings_variables() -> None:
+    """``modelseal load`` (Click ``envvar=``) and ``LoaderSettings.from_env`` read one set of
+    variables: a new option or field without the other fails here."""
+    from modelseal.cli.load import load
+    from modelseal.loader.settings import ENV_VARS
+
+    cli_vars = {p.envvar for p in load.params if isinstance(p.envvar, str)}
+    assert cli_vars == set(ENV_VARS)
+    assert not [p.name for p in load.params if isinstance(p.envvar, list | tuple)]

@@ -6,10 +6,12 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelseal.policy import TEE_KINDS, evaluate, parse_policy
+from modelseal.policy.document import PolicyInvalid
 from modelseal.protocol.claims import Claims
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC).timestamp()
@@ -171,3 +173,38 @@ def test_measurement_mismatch_always_denies(claims: Claims, want: str) -> None:
     d = evaluate(policy, claims, now=NOW)
     if claims.measurements.get("mr_td") != want:
         assert not d.allowed
+
+
+LOADED = dataclasses.replace(
+    TDX, runtime_events=("other.domain PullImage nginx", f"modelseal.dev LoadModel {DIGEST}")
+)
+
+
+def test_loaded_models_require_the_recorded_load() -> None:
+    assert decide({"loaded_models": [DIGEST]}, LOADED)[0]
+    allowed, reasons = decide({"loaded_models": [DIGEST]}, TDX)
+    assert not allowed
+    assert any(DIGEST in r and "no load" in r for r in reasons)
+    # a digest that differs in its last character was not loaded
+    assert not decide({"loaded_models": [DIGEST[:-1] + "0"]}, LOADED)[0]
+    # every listed model must have been loaded
+    assert not decide({"loaded_models": [DIGEST, "sha256:" + "12" * 32]}, LOADED)[0]
+
+
+def test_runtime_events_must_all_be_present() -> None:
+    assert decide({"runtime_events": ["other.domain PullImage nginx"]}, LOADED)[0]
+    assert not decide({"runtime_events": ["other.domain PullImage nginy"]}, LOADED)[0]
+
+
+def test_runtime_rules_validate_and_normalize() -> None:
+    policy = parse_policy({**BASE, "loaded_models": [DIGEST.upper().replace("SHA256", "sha256")]})
+    assert policy.loaded_models == (DIGEST,)
+    assert policy.to_document()["loaded_models"] == [DIGEST]
+    for bad in (
+        {"loaded_models": ["ef" * 32]},
+        {"loaded_models": [DIGEST, DIGEST]},
+        {"runtime_events": ["no-spaces"]},
+        {"runtime_events": ["a b c\nd"]},
+    ):
+        with pytest.raises(PolicyInvalid):
+            parse_policy({**BASE, **bad})

@@ -21,6 +21,7 @@ from modelseal.tee.tdx.config import TdxConfig
 @pytest.mark.parametrize("kind", registry.KINDS)
 def test_each_kind_package_describes_itself(kind: str) -> None:
     found = registry.plugin(kind)
+    assert found.verifier_module is not None
     package = found.verifier_module.rsplit(".", 1)[0]
     assert importlib.import_module(package).PLUGIN is found
     assert isinstance(found, TeePlugin)
@@ -39,10 +40,26 @@ def test_each_kind_package_describes_itself(kind: str) -> None:
 
 
 def test_lists_derive_from_the_plugins() -> None:
-    assert set(TEE_KINDS) == set(registry.KINDS)
+    assert set(TEE_KINDS) == {k for k in registry.KINDS if not registry.plugin(k).device}
     assert {k for k in registry.KINDS if registry.plugin(k).tcb_checked} == TCB_CHECKED_TEES
     assert registry.kinds(insecure=True) == (registry.DEVELOPMENT_KIND,)
-    assert set(registry.attestable_kinds()) < set(registry.KINDS)
+    wire = {k for k in registry.attestable_kinds() if not registry.plugin(k).relay}
+    assert wire < set(registry.KINDS)
+
+
+def test_relays_are_attesters_but_never_kinds_on_the_wire() -> None:
+    relays = [name for name, p in registry.PLUGINS.items() if p.relay]
+    assert relays
+    for name in relays:
+        found = registry.plugin(name)
+        assert name in registry.attestable_kinds()
+        assert name not in registry.KINDS
+        assert name not in TEE_KINDS
+        assert name not in registry.build_configs({})
+        assert found.verifier_module is None
+        assert not found.transfer_types
+        with pytest.raises(UnsupportedTee, match="relays"):
+            found.verifier_class()
 
 
 def test_options_are_one_vocabulary() -> None:
@@ -130,6 +147,7 @@ def test_help_names_the_kinds_reading_an_option() -> None:
     assert registry.kinds_reading(by_name["collateral"]) == (
         "tdx",
         "sgx",
+        "nvidia",
         "az-tdx-vtpm",
         "mock-tdx",
     )

@@ -26,6 +26,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: TID251
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.format import cnap
+from modelseal.format.manifest import (
+    MANIFEST_NAME,
+    SEALED_MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    hidden_size,
+)
 from modelseal.format.options import SealOptions
 from modelseal.format.v1 import SealWriter
 
@@ -327,10 +334,99 @@ def generate(outdir: Path) -> list[dict[str, Any]]:
     return entries
 
 
+# --- hidden names (manifest modelseal-manifest/2) ---------------------------------------------
+
+HIDDEN_FILES = {
+    "config.json": plaintext(300, "hidden/config"),
+    "weights/model.safetensors": plaintext(2 * SEG + 77, "hidden/weights"),
+}
+
+
+def opaque(rel: str) -> str:
+    """A fixed stand-in for the writer's random 128-bit name."""
+    return hashlib.sha256(b"name/" + rel.encode()).digest()[:16].hex()
+
+
+def hidden_model(
+    outdir: Path, *, pad: bytes = b"\x00", padded: bool = True, manifest_format: str = ""
+) -> dict[str, bytes]:
+    """Write a hidden-names sealed model into ``outdir``; return sealed name -> bytes.
+
+    ``pad`` (the padding byte), ``padded=False`` and ``manifest_format`` make negatives
+    that only a key holder can produce: the manifest agrees with every header.
+    """
+    entries, blobs = [], {}
+    for rel, data in HIDDEN_FILES.items():
+        name = opaque(rel)
+        stored = hidden_size(len(data)) if padded else len(data)
+        blob = seal(data + pad * (stored - len(data)), f"hidden/{rel}", path=name)
+        header_len = struct.unpack(">I", blob[10:14])[0]
+        entries.append(
+            FileEntry(
+                path=rel,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                header_sha256=hashlib.sha256(blob[: 14 + header_len]).hexdigest(),
+                sealed_size=len(blob),
+                name=name,
+            )
+        )
+        blobs[name + ".sealed"] = blob
+    manifest = Manifest.build(key_id=KEY_ID, files=entries, model="vector-model", version="1")
+    raw = manifest.raw
+    if manifest_format:
+        raw = raw.replace(b'"modelseal-manifest/2"', json.dumps(manifest_format).encode())
+    blobs[SEALED_MANIFEST_NAME] = seal(
+        raw, "hidden/manifest", path=MANIFEST_NAME, content_type="application/json"
+    )
+    outdir.mkdir(parents=True)
+    for name, blob in blobs.items():
+        (outdir / name).write_bytes(blob)
+    return blobs
+
+
+def generate_hidden(outdir: Path) -> list[dict[str, Any]]:
+    """Hidden-names model directories: one good, the rest tampered (see README)."""
+    entries: list[dict[str, Any]] = []
+    root = outdir / "hidden-names"
+
+    def add(name: str, result: str, comment: str) -> None:
+        entries.append({"dir": name, "result": result, "comment": comment})
+
+    good = hidden_model(root / "ok")
+    for rel, data in HIDDEN_FILES.items():
+        (root / "ok.plain" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "ok.plain" / rel).write_bytes(data)
+    add("ok", "ok", "two files under opaque names, padded; plaintexts in ok.plain/")
+    a, b = (opaque(rel) + ".sealed" for rel in HIDDEN_FILES)
+    swapped = root / "neg-swapped"
+    swapped.mkdir()
+    for name, blob in good.items():
+        (swapped / {a: b, b: a}.get(name, name)).write_bytes(blob)
+    add("neg-swapped", "IntegrityError", "the two opaque blobs exchanged")
+    renamed = root / "neg-renamed"
+    renamed.mkdir()
+    for name, blob in good.items():
+        if name == a:  # the same name with its last hex digit changed
+            name = name[:31] + ("0" if name[31] != "0" else "1") + ".sealed"
+        (renamed / name).write_bytes(blob)
+    add("neg-renamed", "IntegrityError", "an opaque name changed in its last character")
+    hidden_model(root / "neg-unpadded", padded=False)
+    add("neg-unpadded", "IntegrityError", "made with the key: a header size not padded")
+    hidden_model(root / "neg-nonzero-padding", pad=b"\x01")
+    add("neg-nonzero-padding", "IntegrityError", "made with the key: padding of 0x01 bytes")
+    hidden_model(root / "neg-manifest-v1", manifest_format="modelseal-manifest/1")
+    add("neg-manifest-v1", "FormatError", "made with the key: names in a manifest/1")
+    index = {"format": "modelseal/v1 hidden-names model directories", "vectors": entries}
+    (root / "index.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    return entries
+
+
 def main(argv: list[str]) -> int:
     outdir = Path(argv[1]) if len(argv) > 1 else HERE
     outdir.mkdir(parents=True, exist_ok=True)
     entries = generate(outdir)
+    hidden = generate_hidden(outdir)
     index = {
         "format": "modelseal/v1 + cnap test vectors",
         "key_b64url_note": "keys are given in hex here",
@@ -341,7 +437,7 @@ def main(argv: list[str]) -> int:
         "vectors": entries,
     }
     (outdir / "index.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {len(entries)} vectors to {outdir}")
+    print(f"wrote {len(entries)} file vectors and {len(hidden)} hidden-names models to {outdir}")
     return 0
 
 

@@ -21,8 +21,9 @@ from modelseal._internal.bounded import load_json
 from modelseal._internal.encoding import b64url_decode
 from modelseal.errors import FormatError, TokenError
 
-#: Tokens travel in HTTP headers; anything bigger is refused before parsing.
-MAX_TOKEN_CHARS: Final = 16 * 1024
+#: Tokens travel in HTTP headers; anything bigger is refused before parsing. A token with
+#: the (compact) claims of a CPU TEE and sixteen GPUs stays under it.
+MAX_TOKEN_CHARS: Final = 96 * 1024
 #: Largest accepted time claim: the I-JSON safe integer range (RFC 7493).
 MAX_NUMERIC_DATE: Final = 2**53 - 1
 

@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from modelseal._internal.encoding import b64url_decode, b64url_encode
+from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, FormatError
 
 #: Key-management algorithms the KBS encrypts to.
@@ -193,6 +195,17 @@ class TeeKeyPair:
         if self._private is None:
             raise ConfigError("the TEE key pair has been closed")
         return self._private
+
+    def private_pem(self) -> SecretBytes:
+        """The private key as unencrypted PKCS#8 PEM, for a guest component that hands the
+        key pair to its caller with the token (CoCo AA ``GetToken``)."""
+        return SecretBytes(
+            self.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
 
     def close(self) -> None:
         self._private = None

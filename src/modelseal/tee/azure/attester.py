@@ -20,7 +20,6 @@ from __future__ import annotations
 import abc
 import hmac
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from modelseal._internal import environment
 from modelseal._internal.bounded import load_json
 from modelseal._internal.bounded_http import send
 from modelseal.errors import AttestationError, EvidenceError, TransientError, UnsupportedTee
@@ -69,10 +69,12 @@ class VtpmAttester(abc.ABC):
     ) -> None:
         if shutil.which("tpm2_quote") is None or shutil.which("tpm2_nvread") is None:
             raise UnsupportedTee(f"the {self.tee} attester needs tpm2-tools (tpm2_nvread)")
-        self._env = dict(os.environ)
+        # tpm2-tools' own precedence: an explicit TCTI, else its TPM2TOOLS_TCTI, else the
+        # kernel's resource manager
+        self._env = environment.child_environment()
         if tcti is not None:
             self._env["TPM2TOOLS_TCTI"] = tcti
-        elif "TPM2TOOLS_TCTI" not in self._env:
+        elif environment.variable("TPM2TOOLS_TCTI") is None:
             if not Path("/dev/tpmrm0").exists():
                 raise UnsupportedTee("no vTPM: /dev/tpmrm0 is absent and no TCTI was given")
             self._env["TPM2TOOLS_TCTI"] = "device:/dev/tpmrm0"

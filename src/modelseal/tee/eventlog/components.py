@@ -14,17 +14,26 @@ What is extracted (digests in the log's bank, lower-case hex; all optional):
 * ``efi_applications`` — digests of every EV_EFI_BOOT_SERVICES_APPLICATION, in order
   (shim, GRUB, kernel ...), for audit.
 * ``runtime_events`` — CoCo attestation-agent events (EV_EVENT_TAG with tag "AAEL",
-  data ``"<domain> <operation> <content>"``, extended into RTMR3 at run time), for audit.
+  data ``"<domain> <operation> <content>"``, extended into RTMR3 at run time); each
+  event's digest must be the hash of its data, so policies may require them
+  (``loaded_models``).
 
 The values are trustworthy only after the log replayed to the attested registers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass, field
 
+from modelseal.errors import EvidenceError
 from modelseal.tee.eventlog.tcg import (
+    ALG_SHA1,
+    ALG_SHA256,
+    ALG_SHA384,
+    ALG_SHA512,
     EV_EFI_BOOT_SERVICES_APPLICATION,
     EV_EFI_PLATFORM_FIRMWARE_BLOB2,
     EV_EVENT_TAG,
@@ -69,6 +78,7 @@ class MeasuredComponents:
 
 
 _TAG_AAEL = 0x4141454C  # "LEAA" in the log: the attestation agent's event log tag
+_HASH_NAMES = {ALG_SHA1: "sha1", ALG_SHA256: "sha256", ALG_SHA384: "sha384", ALG_SHA512: "sha512"}
 
 
 def _tagged(data: bytes) -> tuple[int, bytes]:
@@ -124,6 +134,16 @@ def extract_components(log: EventLog, alg: int) -> MeasuredComponents:
             tag_id, tag_data = _tagged(ev.data)
             name = tag_data.rstrip(b"\x00")
             if tag_id == _TAG_AAEL:
+                # the replay proves only the digest: the text a policy reads must be
+                # what was hashed (the whole tagged event, as the AA hashes it)
+                hash_name = _HASH_NAMES.get(alg)
+                if hash_name is None or not hmac.compare_digest(
+                    hashlib.new(hash_name, ev.data).digest(), digest
+                ):
+                    raise EvidenceError(
+                        f"runtime event at offset {ev.offset}: its digest is not the hash "
+                        "of its data"
+                    )
                 runtime.append(_text(tag_data))
             elif name == _TAG_LOAD_OPTIONS and cmdline_digest is None:
                 cmdline_digest = digest.hex()

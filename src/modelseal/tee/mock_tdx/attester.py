@@ -11,15 +11,18 @@ init-data (MRCONFIGID = its digest), quote version 5.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from modelseal._internal.encoding import hex_decode
-from modelseal.errors import ConfigError, FormatError
+from modelseal.errors import ConfigError, FormatError, UnsupportedTee
+from modelseal.protocol.runtime_events import event_text
 from modelseal.tee.base import pad_report_data
+from modelseal.tee.eventlog.aael import aael_entry, with_runtime_events
 from modelseal.tee.eventlog.encode import EventSpec, encode_event_log
 from modelseal.tee.eventlog.replay import replay_ccel
 from modelseal.tee.eventlog.tcg import (
@@ -37,7 +40,6 @@ from modelseal.tee.tdx.evidence import TdxEvidence
 DEFAULT_MR_TD = hashlib.sha384(b"modelseal mock-tdx TD firmware").digest()
 DEFAULT_KERNEL = b"modelseal mock-tdx kernel image"
 DEFAULT_CMDLINE = "console=hvc0 root=/dev/vda1 ro"
-ENV_CA_DIR = "MODELSEAL_MOCK_TDX_DIR"
 _REGISTERS = (
     "mr_td",
     "rtmr0",
@@ -80,12 +82,11 @@ class Attester:
         cmdline: str = DEFAULT_CMDLINE,
         quote_version: int = 4,
     ) -> None:
-        directory = ca_dir or os.environ.get(ENV_CA_DIR)
-        if not directory:
-            raise ConfigError(f"mock-tdx needs a CA directory (ca_dir or ${ENV_CA_DIR})")
+        if not ca_dir:
+            raise ConfigError("mock-tdx needs a CA directory (--mock-tdx-dir, ca_dir=)")
         if tcb not in ("UpToDate", "OutOfDate"):
             raise ConfigError("mock-tdx tcb must be UpToDate or OutOfDate")
-        self.ca = MockTdxCA.load_or_create(directory)
+        self.ca = MockTdxCA.load_or_create(ca_dir)
         values: dict[str, bytes] = {}
         for name, text in (measurements or {}).items():
             if name not in _REGISTERS:
@@ -109,6 +110,8 @@ class Attester:
                 values[f"rtmr{i}"] = replayed[i]
         self.debug = debug
         self.quote_version = quote_version
+        self._lock = threading.RLock()
+        self._runtime_events = b""
         self.fields = TdFields(
             mr_td=values.get("mr_td", DEFAULT_MR_TD),
             rtmrs=tuple(values.get(f"rtmr{i}", bytes(48)) for i in range(4)),  # type: ignore[arg-type]
@@ -128,8 +131,40 @@ class Attester:
         return out
 
     def quote(self, report_data: bytes) -> bytes:
-        fields = TdFields(**{**vars(self.fields), "report_data": pad_report_data(report_data, 64)})
+        with self._lock:
+            fields = TdFields(
+                **{**vars(self.fields), "report_data": pad_report_data(report_data, 64)}
+            )
         return build_quote(self.ca, fields, version=self.quote_version)
 
+    def event_log(self) -> bytes | None:
+        """The CC event log evidence carries: the boot log, then any runtime (AAEL) events
+        and the AA's end flag, as the CoCo Attestation Agent sends it."""
+        with self._lock:
+            return with_runtime_events(self.cc_eventlog, self._runtime_events)
+
     def evidence(self, report_data: bytes) -> dict[str, Any]:
-        return TdxEvidence(quote=self.quote(report_data), cc_eventlog=self.cc_eventlog).to_json()
+        with self._lock:  # one consistent (RTMR3, log) pair per quote
+            return TdxEvidence(
+                quote=self.quote(report_data), cc_eventlog=self.event_log()
+            ).to_json()
+
+    def extend_runtime_measurement(self, domain: str, operation: str, content: str) -> None:
+        """Model the AA's ``ExtendRuntimeMeasurement``: log an AAEL event and extend RTMR3
+        with its digest (``RTMR3 = SHA-384(RTMR3 ‖ digest)``), as a TD's RTMR extend does.
+
+        Needs the replayable boot log (no explicit RTMR values): a KBS replays RTMR3 from
+        the log, so a register the log cannot reproduce would fail every later quote.
+        """
+        text = event_text(domain, operation, content)
+        with self._lock:
+            if self.cc_eventlog is None:
+                raise UnsupportedTee(
+                    "this mock-tdx TD was given explicit RTMR values and has no replayable "
+                    "event log: runtime measurement is not supported"
+                )
+            entry, digest = aael_entry(text)
+            r0, r1, r2, r3 = self.fields.rtmrs
+            r3 = hashlib.sha384(r3 + digest).digest()
+            self.fields = dataclasses.replace(self.fields, rtmrs=(r0, r1, r2, r3))
+            self._runtime_events += entry

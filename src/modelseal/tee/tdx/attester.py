@@ -14,7 +14,9 @@ Quote sources, in order:
    Intel's ``qgs_msg`` GET_QUOTE request/response v1.0).
 
 Evidence: ``{"quote": b64, "cc_eventlog": b64 | null, "aa_eventlog": null}`` with the CCEL
-log area from ``/sys/firmware/acpi/tables/data/CCEL`` when readable.
+log area from ``/sys/firmware/acpi/tables/data/CCEL`` when readable, followed by the CoCo
+Attestation Agent's runtime events (``/run/attestation-agent/eventlog``) when it kept any,
+as the AA's own evidence carries them.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import struct
 from pathlib import Path
 from typing import Any, ClassVar
 
+from modelseal._internal import environment
 from modelseal.errors import AttestationError, UnsupportedTee
 from modelseal.tee.base import pad_report_data
+from modelseal.tee.eventlog.aael import AAEL_PATH, with_runtime_events
 from modelseal.tee.eventlog.ccel import CCEL_DATA_PATH, read_ccel
 from modelseal.tee.tdx.evidence import TdxEvidence
 
@@ -196,12 +200,14 @@ class Attester:
         ccel_path: str | Path = CCEL_DATA_PATH,
         qgs_conf: str | Path = TDX_ATTEST_CONF,
         timeout: float = 30.0,
+        aael_path: str | Path | None = None,
     ) -> None:
         self.tsm = ConfigfsTsm(Path(tsm_dir))
         self.device = Path(device)
         self.ccel_path = Path(ccel_path)
         self.qgs_conf = Path(qgs_conf)
         self.timeout = timeout
+        self.aael_path = Path(aael_path or environment.variable("AAEL_PATH") or AAEL_PATH)
 
     def quote(self, report_data: bytes) -> bytes:
         if self.tsm.available():
@@ -226,7 +232,24 @@ class Attester:
                     raise AttestationError(f"QGS on vsock port {port}: {exc}") from exc
         raise UnsupportedTee("no TDX guest interface: neither configfs-tsm nor /dev/tdx_guest")
 
+    def _runtime_log(self) -> bytes | None:
+        try:
+            data = self.aael_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AttestationError(f"cannot read the AA event log {self.aael_path}: {exc}") from exc
+        return data or None
+
     def evidence(self, report_data: bytes) -> dict[str, Any]:
-        return TdxEvidence(
-            quote=self.quote(report_data), cc_eventlog=read_ccel(self.ccel_path)
-        ).to_json()
+        """The quote and the CC event log; when the CoCo Attestation Agent recorded runtime
+        events (its log at ``aael_path``), they follow the CCEL as the AA sends them, so a
+        KBS can replay RTMR3. The AA may extend RTMR3 while we quote: the log is read before
+        and after the quote and must not have changed (else the quote is taken again)."""
+        for _ in range(3):
+            before = self._runtime_log()
+            quote = self.quote(report_data)
+            if self._runtime_log() == before:
+                log = with_runtime_events(read_ccel(self.ccel_path), before)
+                return TdxEvidence(quote=quote, cc_eventlog=log).to_json()
+        raise AttestationError("the AA event log changed during each of 3 quotes")

@@ -71,6 +71,7 @@ def build_claims(
     init_data_digest: str | None = None,
     init_data: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    runtime_events: tuple[str, ...] = (),
 ) -> Claims:
     common: dict[str, Any] = {
         "quote_version": quote.header.version,
@@ -113,4 +114,5 @@ def build_claims(
         init_data_digest=init_data_digest,
         init_data=dict(init_data or {}),
         extra=common,
+        runtime_events=runtime_events,
     )

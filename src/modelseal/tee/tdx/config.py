@@ -9,7 +9,8 @@ from modelseal.tee.plugin import KindConfig, OptionSpec, option
 
 COLLATERAL = OptionSpec(
     "collateral",
-    "dcap-qvl collateral file or bundle directory (offline verification).",
+    "offline verification material: dcap-qvl collateral file or bundle directory (TDX, "
+    "SGX); the device certificate chain (PEM) of a bare GPU report (NVIDIA).",
     catch_all=True,
 )
 PCCS_URL = OptionSpec(

@@ -117,18 +117,28 @@ class DcapQuoteVerifier(Verifier):
         if ev.ignored:
             extra["ignored_evidence_members"] = list(ev.ignored)
         event_claims: dict[str, str] = {}
+        runtime_events: tuple[str, ...] = ()
         launch: InitDataField | None = None
         if isinstance(report, TdReport):
             if ev.cc_eventlog:
                 ccel = verify_ccel(ev.cc_eventlog, report.rtmrs)
                 event_claims = ccel.components.measurements()
+                runtime_events = tuple(ccel.components.runtime_events)
                 extra["event_log"] = {"events": ccel.events, **ccel.components.to_json()}
             if ev.aa_eventlog:
                 # Runtime (attestation-agent) events extend RTMR3; the quoted RTMR3 is
                 # attested either way, the text log is not interpreted.
                 extra["aa_eventlog"] = "present, not interpreted"
             launch = InitDataField("MRCONFIGID", report.mr_config_id)
-        claims = build_claims(self.tee, quote, result, pck, event_claims=event_claims, extra=extra)
+        claims = build_claims(
+            self.tee,
+            quote,
+            result,
+            pck,
+            event_claims=event_claims,
+            extra=extra,
+            runtime_events=runtime_events,
+        )
         return Authenticated(
             claims,
             init_data_field=launch,

@@ -12,7 +12,6 @@ The qualifying data is ``report_data`` zero-padded to 64 bytes. The event log
 from __future__ import annotations
 
 import hmac
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from modelseal._internal import environment
 from modelseal.errors import AttestationError, UnsupportedTee
 from modelseal.tee.base import pad_report_data
 from modelseal.tee.tpm.evidence import build_evidence
@@ -54,10 +54,12 @@ class Attester:
             raise UnsupportedTee("TPM PCR selection must name PCRs 0..23")
         if bank not in ("sha1", "sha256", "sha384"):
             raise UnsupportedTee(f"unsupported PCR bank {bank!r}")
-        self._env = dict(os.environ)
+        # tpm2-tools' own precedence: an explicit TCTI, else its TPM2TOOLS_TCTI, else the
+        # kernel's resource manager
+        self._env = environment.child_environment()
         if tcti is not None:
             self._env["TPM2TOOLS_TCTI"] = tcti
-        elif "TPM2TOOLS_TCTI" not in self._env:
+        elif environment.variable("TPM2TOOLS_TCTI") is None:
             if not Path("/dev/tpmrm0").exists():
                 raise UnsupportedTee("no TPM: /dev/tpmrm0 is absent and no TCTI was given")
             self._env["TPM2TOOLS_TCTI"] = "device:/dev/tpmrm0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelseal.cli.load import _attester_settings
-from modelseal.loader.settings import settings_from_env
+from modelseal.loader.settings import LoaderSettings
 from modelseal.tee import registry
 
 URL = "http://127.0.0.1:9/metadata"
@@ -17,7 +17,7 @@ def test_cli_values_keep_urls_as_text_and_paths_as_paths() -> None:
 
 
 def test_environment_reaches_the_attester_keywords() -> None:
-    settings = settings_from_env(
+    settings = LoaderSettings.from_env(
         {"MODELSEAL_MODEL": "http://127.0.0.1:1/models/m", "MODELSEAL_AZURE_IMDS_URL": URL}
     )
     assert settings.azure_imds_url == URL

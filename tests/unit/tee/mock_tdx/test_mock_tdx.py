@@ -208,12 +208,15 @@ def test_tampered_event_log_rejected(ca_dir: Path) -> None:
         _verify(ca_dir, forged)
 
 
-def test_env_ca_dir(ca_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ca_dir_is_a_parameter_not_the_environment(
+    ca_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library takes the directory explicitly; ``MODELSEAL_MOCK_TDX_DIR`` is read by
+    the command line (``--mock-tdx-dir``) and ``LoaderSettings.from_env`` only."""
     monkeypatch.setenv("MODELSEAL_MOCK_TDX_DIR", str(ca_dir))
-    assert Attester().ca.directory == ca_dir
-    monkeypatch.delenv("MODELSEAL_MOCK_TDX_DIR")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="--mock-tdx-dir"):
         Attester()
+    assert Attester(ca_dir).ca.directory == ca_dir
 
 
 def test_ca_created_on_demand(tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ import pytest
 
 from modelseal._internal.encoding import b64_decode
 from modelseal.errors import AttestationError, UnsupportedTee
+from modelseal.tee.eventlog.aael import END_FLAG, aael_entry, log_end
+from modelseal.tee.eventlog.components import extract_components
+from modelseal.tee.eventlog.tcg import ALG_SHA384, parse_event_log
+from modelseal.tee.mock_tdx.attester import boot_event_log
 from modelseal.tee.tdx.attester import (
     TDX_CMD_GET_REPORT0,
     Attester,
@@ -143,3 +147,62 @@ def test_qgs_roundtrip(error: int) -> None:
 def test_qgs_request_rejects_bad_report() -> None:
     with pytest.raises(AttestationError):
         qgs_request(b"short")
+
+
+def _aael(tmp_path: Path, *texts: str) -> Path:
+    path = tmp_path / "aael"
+    path.write_bytes(b"".join(aael_entry(t)[0] for t in texts))
+    return path
+
+
+def test_runtime_events_follow_the_ccel_as_the_agent_sends_them(
+    fake_tsm: FakeKernelTsm, tmp_path: Path
+) -> None:
+    boot = boot_event_log(b"kernel", "console=hvc0")
+    ccel = tmp_path / "CCEL"
+    ccel.write_bytes(boot + b"\xff" * 4096)  # the ACPI log area is 0xFF-filled
+    aael = _aael(tmp_path, "modelseal.dev LoadModel sha256:" + "ab" * 32)
+    attester = Attester(tsm_dir=fake_tsm.base, ccel_path=ccel, aael_path=aael)
+    attester.tsm = fake_tsm
+    log = b64_decode(attester.evidence(b"\x02" * 48)["cc_eventlog"])
+    assert log == boot + aael.read_bytes() + END_FLAG
+    parsed = parse_event_log(log)
+    assert len(parsed.events) == len(parse_event_log(boot).events) + 1
+    components = extract_components(parsed, ALG_SHA384)
+    assert components.runtime_events == ["modelseal.dev LoadModel sha256:" + "ab" * 32]
+
+
+def test_runtime_events_without_a_ccel_get_a_spec_id_header(
+    fake_tsm: FakeKernelTsm, tmp_path: Path
+) -> None:
+    aael = _aael(tmp_path, "d o c", "d o e")
+    attester = Attester(tsm_dir=fake_tsm.base, ccel_path=tmp_path / "none", aael_path=aael)
+    attester.tsm = fake_tsm
+    log = b64_decode(attester.evidence(b"\x02" * 48)["cc_eventlog"])
+    assert [e.data[8:] for e in parse_event_log(log).events] == [b"d o c", b"d o e"]
+    assert log_end(log) == len(log) - len(END_FLAG)
+
+
+class GrowingLog(FakeKernelTsm):
+    """The Attestation Agent appends an event while every quote is being made."""
+
+    def __init__(self, base: Path, aael: Path) -> None:
+        super().__init__(base)
+        self.aael = aael
+
+    def _produce(self, entry: Path) -> None:
+        super()._produce(entry)
+        self.aael.write_bytes(self.aael.read_bytes() + aael_entry("d o x")[0])
+
+
+def test_a_log_that_changes_during_every_quote_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aael = _aael(tmp_path, "d o c")
+    tsm = GrowingLog(tmp_path / "report", aael)
+    monkeypatch.setattr(Path, "mkdir", tsm._patch)
+    attester = Attester(tsm_dir=tsm.base, ccel_path=tmp_path / "none", aael_path=aael)
+    attester.tsm = tsm
+    with pytest.raises(AttestationError, match="changed during each"):
+        attester.evidence(b"\x02" * 48)
+    assert len(tsm.seen) == 3

@@ -1,0 +1,1 @@
+"""Development tools: stand-ins for platform services modelseal talks to in production."""

@@ -1,0 +1,134 @@
+"""``modelseal evidence verify --tee nvidia`` on the real Hopper reports, through the real
+entry point: claims JSON on success, exit 4 with the reason otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.unit.cli.test_evidence import _run
+from tests.unit.tee.nvidia.conftest import COCO, NOW, NV, SAMPLE, Pair
+
+
+def _argv(report: Path, chain: Path, *extra: str) -> list[str]:
+    return [
+        "evidence",
+        "verify",
+        "--tee",
+        "nvidia",
+        "--evidence",
+        str(report),
+        "--collateral",
+        str(chain),
+        "--at",
+        str(NOW),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("pair", [SAMPLE, COCO], ids=["sample", "coco"])
+def test_both_reports_print_their_claims(pair: Pair, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(pair.report_file, pair.chain_file, "--nonce", pair.nonce), capsys)
+    assert code == 0, err
+    claims = json.loads(out)
+    assert claims["tee"] == "nvidia"
+    assert claims["report_data_checked"] is True
+    assert claims["extra"]["driver_version"] == pair.driver
+    assert claims["extra"]["vbios_version"] == pair.vbios
+    assert claims["extra"]["config"]["fwid"] == pair.fwid
+
+
+def test_sample_claims_are_trustees(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(SAMPLE.report_file, SAMPLE.chain_file), capsys)
+    assert code == 0, err
+    claims = json.loads(out)
+    assert claims["report_data_checked"] is False  # the report's own nonce, unchecked
+    expected = json.loads((NV / "hopperAttestationReport-claims.txt").read_text())
+    assert claims["measurements"] == expected["measurements"]
+    assert claims["extra"]["config"] == expected["config"]
+
+
+def test_flipped_last_signed_byte_exits_4(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = bytearray(SAMPLE.report)
+    raw[SAMPLE.signed_end - 1] ^= 1
+    report = tmp_path / "report.txt"
+    report.write_text(raw.hex())
+    code, out, err = _run(_argv(report, SAMPLE.chain_file, "--nonce", SAMPLE.nonce), capsys)
+    assert (code, out) == (4, "")
+    assert "signature is invalid" in err
+
+
+def test_wrong_nonce_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
+    nonce = SAMPLE.nonce[:-2] + ("00" if SAMPLE.nonce[-2:] != "00" else "01")
+    code, out, err = _run(_argv(SAMPLE.report_file, SAMPLE.chain_file, "--nonce", nonce), capsys)
+    assert (code, out) == (4, "")
+    assert "binding mismatch" in err
+
+
+@pytest.mark.parametrize(
+    "chain",
+    ["hopper_cert_chain_case2.txt", "hopper_cert_chain_case3.txt", "hopper_coco_certs1.txt"],
+)
+def test_bad_chains_exit_4(chain: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(_argv(SAMPLE.report_file, NV / chain, "--nonce", SAMPLE.nonce), capsys)
+    assert (code, out) == (4, "")
+    assert err.strip()
+
+
+def test_nonce_and_report_data_together_are_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = _run(
+        _argv(SAMPLE.report_file, SAMPLE.chain_file, "--nonce", "00", "--report-data", "00"),
+        capsys,
+    )
+    assert code == 2
+    assert "not both" in err
+
+
+def test_composite_tee_values_of_load() -> None:
+    import click
+
+    from modelseal.cli._tee_options import composite_tee_choice
+
+    choice = composite_tee_choice(["tdx", "mock-tdx", "nvidia"], "auto")
+    assert choice.convert("tdx+nvidia", None, None) == "tdx+nvidia"
+    assert choice.convert("auto+nvidia", None, None) == "auto+nvidia"
+    assert choice.convert("tdx", None, None) == "tdx"
+    for bad in ("nvidia+tdx", "tdx+mock-tdx", "tdx+gpu", "tdx+nvidia+nvidia"):
+        with pytest.raises(click.BadParameter):
+            choice.convert(bad, None, None)
+
+
+def test_attest_nvidia_prints_device_evidence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``modelseal attest --tee nvidia`` over NVML (a fake here), then ``evidence verify``
+    of what it printed against the test device root."""
+    import sys
+
+    from modelseal.crypto.x509_pem import cert_pem
+    from tests.unit.tee.nvidia.fakenvml import FakeNvml
+    from tests.unit.tee.nvidia.mockgpu import MockGpu
+
+    gpu = MockGpu()
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([gpu]))
+    nonce = "5a" * 32
+    code, out, err = _run(["attest", "--tee", "nvidia", "--report-data", nonce], capsys)
+    assert code == 0, err
+    evidence = tmp_path / "gpu.json"
+    evidence.write_text(out)
+    root = tmp_path / "root.pem"
+    root.write_bytes(cert_pem(gpu.root))
+    verify = ["evidence", "verify", "--tee", "nvidia", "--evidence", str(evidence)]
+    code, out, err = _run([*verify, "--nvidia-device-root", str(root), "--nonce", nonce], capsys)
+    assert code == 0, err
+    assert json.loads(out)["extra"]["cc_mode"] == "on"
+    # the pinned NVIDIA root does not accept the test GPU
+    code, out, err = _run([*verify, "--nonce", nonce], capsys)
+    assert (code, out) == (4, "")
+    assert "not the pinned root" in err or "does not chain" in err
