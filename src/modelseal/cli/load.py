@@ -170,11 +170,7 @@ def load(
         logging.getLogger().setLevel(logging.ERROR)
     from modelseal.loader.destination import FileModes
     from modelseal.loader.loader import load_model
-    from modelseal.loader.metrics import check_textfile_path, recording
     from modelseal.loader.settings import LoaderSettings
-
-    if metrics_textfile is not None:
-        check_textfile_path(metrics_textfile)
 
     modes = FileModes.parse(file_mode) if file_mode else None
     if group:
@@ -197,6 +193,7 @@ def load(
         cdh_url=cdh_url,
         measure=measure,
         retries=retries,
+        metrics_textfile=metrics_textfile,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits
@@ -206,8 +203,7 @@ def load(
     # end, from spending 0.1-0.3 s of an initContainer's exit on collections that free
     # nothing of interest (buffers and keys are wiped explicitly, not by finalizers)
     gc.freeze()
-    with recording(metrics_textfile) as stats:
-        receipt = load_model(settings, stats=stats)
+    receipt = load_model(settings)
     gc.freeze()
     if not quiet:
         summary = {

@@ -45,7 +45,7 @@ from modelseal.loader.attest import (
 )
 from modelseal.loader.fetch import Fetcher, RetryPolicy
 from modelseal.loader.measure import record_load
-from modelseal.loader.metrics import LoadStats
+from modelseal.loader.metrics import LoadStats, recording
 from modelseal.loader.pipeline import Download, Pipeline, Target
 from modelseal.loader.receipt import LoadedFile, Receipt, Timings
 from modelseal.loader.settings import KEY_SOURCE_CDH, LoaderSettings
@@ -344,13 +344,23 @@ def load_model(
     *,
     on_progress: Callable[[int], None] | None = None,
     release: ReleaseFn | None = None,
-    stats: LoadStats | None = None,
 ) -> Receipt:
     """Run the whole loader contract; return the receipt written into the destination.
 
     ``release`` obtains the model key (default: attest to the KBS with ``KbsClient``).
-    Raises the typed errors of :mod:`modelseal.errors` (each with its exit code).
+    Raises the typed errors of :mod:`modelseal.errors` (each with its exit code). With
+    ``settings.metrics_textfile`` the run's metrics are written there however it ends.
     """
+    with recording(settings.metrics_textfile) as stats:
+        return _load_model(settings, on_progress, release, stats)
+
+
+def _load_model(
+    settings: LoaderSettings,
+    on_progress: Callable[[int], None] | None,
+    release: ReleaseFn | None,
+    stats: LoadStats,
+) -> Receipt:
     timings = Timings()
     started = time.time()
     target = DirectoryTarget(
