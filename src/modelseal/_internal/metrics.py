@@ -66,10 +66,15 @@ __all__ = [
     "MAX_KEY_LABELS",
     "MULTIPROC_ENV",
     "VERIFY_SECONDS",
+    "OTHER_KEY",
+    "UNKNOWN_KEY",
     "MetricsEndpoint",
     "MetricsServer",
+    "check_environment",
     "key_label",
+    "mark_process_dead",
     "prepare_multiprocess_dir",
+    "remove_multiprocess_dir",
     "status_class",
 ]
 
