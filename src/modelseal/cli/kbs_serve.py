@@ -178,7 +178,6 @@ def serve(
     from modelseal.kbs.settings import KbsSettings
 
     endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
-    apply_log_format(log_format)
     logging.getLogger("modelseal").setLevel(log_level.upper())
     settings = KbsSettings(
         data_dir=Path(data_dir),
@@ -207,6 +206,8 @@ def serve(
     from modelseal._internal import environment
 
     environment.export("MODELSEAL_LOG_LEVEL", log_level)  # for the worker processes
+    # only now that the settings hold: a refused start leaves this process's logging as is
+    apply_log_format(log_format)
     run(settings, workers=workers, metrics_endpoint=endpoint)
 
 

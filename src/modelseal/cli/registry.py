@@ -95,8 +95,6 @@ def serve(
     from modelseal.registry.settings import RegistrySettings
 
     endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
-    apply_log_format(log_format)
-
     settings = RegistrySettings(
         data_dir=data_dir,
         host=host,
@@ -107,4 +105,6 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
+    # only now that the settings hold: a refused start leaves this process's logging as is
+    apply_log_format(log_format)
     run(settings, metrics_endpoint=endpoint)

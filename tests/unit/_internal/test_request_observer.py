@@ -253,3 +253,26 @@ def test_configure_logging_text_and_json(capsys: pytest.CaptureFixture[str]) -> 
     assert lines[2].endswith("INFO uvicorn.error: three")
     with pytest.raises(ValueError, match="log format"):
         configure_logging("xml")
+
+
+def test_the_handler_follows_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler writes to the current ``sys.stderr``: a stream swapped out (and closed)
+    after configuration is never written to."""
+    import io
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging("text", logging.INFO)
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("modelseal.test").info("after the swap")
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    assert "after the swap" in second.getvalue()
