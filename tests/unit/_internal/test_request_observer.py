@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -229,23 +229,28 @@ def test_json_lines_carry_tracebacks() -> None:
     assert "request_id" not in doc  # outside a request
 
 
-def test_configure_logging_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def restored_root() -> Iterator[None]:
+    """The root logger's handlers and level as they were before the test configured it."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    try:
-        configure_logging("json", logging.INFO)
-        token = REQUEST_ID.set("rid-2")
-        logging.getLogger("modelseal.test").info("one")
-        REQUEST_ID.reset(token)
-        configure_logging("text", logging.INFO)
-        logging.getLogger("modelseal.test").info("two")
-        logging.getLogger("uvicorn.error").info("three")
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved[0]:
+        root.addHandler(handler)
+    root.setLevel(saved[1])
+
+
+@pytest.mark.usefixtures("restored_root")
+def test_configure_logging_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json", logging.INFO)
+    token = REQUEST_ID.set("rid-2")
+    logging.getLogger("modelseal.test").info("one")
+    REQUEST_ID.reset(token)
+    configure_logging("text", logging.INFO)
+    logging.getLogger("modelseal.test").info("two")
+    logging.getLogger("uvicorn.error").info("three")
     lines = capsys.readouterr().err.splitlines()
     first = json.loads(lines[0])
     assert (first["message"], first["request_id"]) == ("one", "rid-2")
@@ -255,24 +260,16 @@ def test_configure_logging_text_and_json(capsys: pytest.CaptureFixture[str]) -> 
         configure_logging("xml")
 
 
+@pytest.mark.usefixtures("restored_root")
 def test_the_handler_follows_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     """The handler writes to the current ``sys.stderr``: a stream swapped out (and closed)
     after configuration is never written to."""
     import io
 
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
     first, second = io.StringIO(), io.StringIO()
-    try:
-        monkeypatch.setattr(sys, "stderr", first)
-        configure_logging("text", logging.INFO)
-        first.close()
-        monkeypatch.setattr(sys, "stderr", second)
-        logging.getLogger("modelseal.test").info("after the swap")
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("text", logging.INFO)
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("modelseal.test").info("after the swap")
     assert "after the swap" in second.getvalue()
