@@ -38,7 +38,7 @@ PYTEST_WORKERS ?= 4
 # than many tests themselves. Compiled once here, reused by every process.
 pytest: venv system
 	$(PY) -m compileall -q -x '/vectors/' src tests bench
-	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck imports pytest
 

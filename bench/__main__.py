@@ -18,6 +18,9 @@ BENCHES = [
     "registry_bench",
     "jose_bench",
     "nvidia_bench",
+    "ratls_bench",
+    "replicas_bench",
+    "mount_bench",
     "observe_bench",
 ]
 

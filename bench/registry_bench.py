@@ -11,21 +11,26 @@ The figure is the server's CPU time (user + system of its process and any childr
 ``/proc``) while serving, best and median of the runs, plus the wall time of the best run.
 Every body is checked for length (and the first full body for its SHA-256).
 
-Configurations: ``modelseal registry serve`` as shipped; the same app under uvicorn with
-other read sizes (64 KiB is Starlette ``FileResponse``'s chunk, 1 MiB the store's default)
+Configurations: ``modelseal registry serve`` as shipped (bodies from memory maps); the same
+app under uvicorn with streamed bodies in several read sizes (16 MiB is what the registry
+streams over HTTPS, 64 KiB Starlette ``FileResponse``'s chunk, 1 MiB the store's default)
 and on the stdlib loop; under Granian, whose ``http.response.pathsend`` sends whole objects
 from Rust (when ``granian`` is installed); and the ``sendfile(2)`` path this project had
 before (a subclass of uvicorn's private protocol class), run from git history when the
 checkout has it.
 
 Usage: ``python -m bench registry_bench`` (env: ``REGISTRY_BENCH_GIB``, default 2;
-``REGISTRY_BENCH_RUNS``, default 3).
+``REGISTRY_BENCH_RUNS``, default 3). Granian is not a dependency; to measure it, install it
+aside and put it on the path: ``pip install --target /tmp/granian granian`` then
+``PYTHONPATH=/tmp/granian python -m bench registry_bench`` (the servers inherit the path
+after this checkout's ``src``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -75,7 +80,8 @@ def _candidate(server: str, chunk: int) -> tuple[str, ...]:
 def _configs(old_src: Path | None) -> list[Config]:
     serve = _cli("--data-dir", "{data}", "--port", "{port}")
     configs = [
-        Config("`modelseal registry serve` (uvicorn, uvloop, 16 MiB reads)", serve),
+        Config("`modelseal registry serve` (uvicorn, uvloop, mapped bodies)", serve),
+        Config("uvicorn, uvloop, 16 MiB reads", _candidate("uvicorn-uvloop", 16 * MIB)),
         Config("uvicorn, uvloop, 4 MiB reads", _candidate("uvicorn-uvloop", 4 * MIB)),
         Config("uvicorn, uvloop, 1 MiB reads", _candidate("uvicorn-uvloop", MIB)),
         Config("uvicorn, uvloop, 64 KiB reads", _candidate("uvicorn-uvloop", 64 << 10)),
@@ -84,7 +90,8 @@ def _configs(old_src: Path | None) -> list[Config]:
     if importlib.util.find_spec("granian") is not None:
         configs.append(
             Config(
-                "Granian: whole blob by `pathsend`, ranges in 16 MiB reads",
+                f"Granian {importlib.metadata.version('granian')}: whole blob by `pathsend`, "
+                "ranges in 16 MiB reads",
                 _candidate("granian", 16 * MIB),
             )
         )
@@ -193,7 +200,8 @@ def _free_port() -> int:
 def _serve(config: Config, data: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     argv = [a.replace("{data}", str(data)).replace("{port}", str(port)) for a in config.argv]
-    path = os.pathsep.join([*config.path, str(REPO / "src"), str(REPO)])
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = os.pathsep.join([*config.path, str(REPO / "src"), str(REPO), *inherited])
     proc = subprocess.Popen(
         [sys.executable, *argv],
         env={**os.environ, "PYTHONPATH": path},
@@ -301,11 +309,14 @@ def _report(results: list[tuple[str, Row]], size: int, runs: int) -> str:
             best, median, wall = (v * scale for v in row[kind])
             cells += [f"{best:.2f} ({median:.2f})", f"{wall:.2f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines += [
         "",
-        "Why the registry streams (and no longer uses `sendfile`), and what else was "
-        "weighed: [decisions](concepts/decisions.md#registry-blob-bodies-stream-through-the-"
-        "framework).",
+        f"Load average at the end of the run (1/5/15 min): {load} on 2 vCPUs.",
+        "",
+        "Why the registry sends bodies from memory maps (and no longer uses `sendfile`), and "
+        "what else was weighed: [decisions](concepts/decisions.md#registry-blob-bodies-go-"
+        "out-from-memory-maps).",
     ]
     return "\n".join(lines)
 

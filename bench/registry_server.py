@@ -1,11 +1,12 @@
 """The registry app under one candidate server configuration, for ``registry_bench``.
 
 ``python -m bench.registry_server SERVER CHUNK DATA_DIR PORT`` serves the registry app
-(``create_app`` over a ``LocalBlobStore``) on 127.0.0.1:PORT, streaming bodies in reads of
-CHUNK bytes:
+(``create_app`` over a ``LocalBlobStore``, bodies streamed rather than mapped) on
+127.0.0.1:PORT, in reads of CHUNK bytes:
 
 * ``uvicorn``: uvicorn with httptools on the stdlib asyncio loop;
-* ``uvicorn-uvloop``: the same on uvloop (what ``modelseal registry serve`` picks);
+* ``uvicorn-uvloop``: the same on uvloop (the stack ``modelseal registry serve`` runs,
+  which sends local bodies from memory maps instead);
 * ``granian``: Granian, one worker process, whose ASGI scope offers
   ``http.response.pathsend``. The registry does not use that extension (this benchmark
   found it costlier than streaming under uvicorn), so this candidate swaps in a body that
@@ -39,6 +40,8 @@ async def _pathsend_body(
     """``blob_body``, except that a whole object is sent by path (``pathsend``)."""
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
+
+    response.pop("mapped", None)  # the app's candidates here stream, never map
 
     if not (isinstance(store, LocalBlobStore) and start == 0 and end == info.size):
         return await blob_response.blob_body(store, info, start, end, **response)

@@ -15,6 +15,7 @@ import pytest
 if TYPE_CHECKING:
     from tests.hsm import SoftHsm
     from tests.pg import PgServer
+    from tests.rgw import RgwServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTESTATION_VECTORS = ROOT / "tests" / "vectors" / "attestation"
@@ -100,6 +101,21 @@ def softhsm() -> Iterator[SoftHsm]:
         else:
             os.environ["SOFTHSM2_CONF"] = previous
         hsm.remove()
+
+
+@pytest.fixture(scope="session")
+def rgw() -> Iterator[RgwServer]:
+    """One Ceph RGW (a real S3 server) per test process; the tests using it carry
+    ``@pytest.mark.xdist_group("rgw")`` so a run starts it once (skips without Ceph)."""
+    from tests.rgw import RgwServer, available
+
+    if not available():
+        pytest.skip("Ceph RGW is not installed (apt-get install radosgw ceph-mon ceph-osd)")
+    server = RgwServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

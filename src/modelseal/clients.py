@@ -6,10 +6,15 @@
   (``/kbs/v0/auth`` then ``/kbs/v0/attest``), then key release as a JWE encrypted to a key
   that never leaves the process. The loader and the SDK (``modelseal.open_model``) use it.
 - :class:`RegistryClient`: upload and look up sealed blobs and model records.
+- :class:`AttestedTransport` / :class:`AsyncAttestedTransport`: httpx transports (sync and
+  async) that send requests only to an attested TLS gateway (``modelseal gateway``) whose
+  evidence satisfies a policy, checked before a byte of the request is written
+  (docs/guides/attested-tls.md).
 
 The names in ``__all__`` are the supported interface, kept compatible across minor
 releases; the modules that define them (``modelseal.owner.kbs_admin``,
-``modelseal.loader.kbs_client``, ``modelseal.owner.registry_client``) are internal and may
+``modelseal.loader.kbs_client``, ``modelseal.owner.registry_client``,
+``modelseal.ratls.transport``, ``modelseal.ratls.async_transport``) are internal and may
 change at any time. Importing this module loads httpx and the JOSE code; ``import
 modelseal`` alone does not.
 """
@@ -19,5 +24,15 @@ from __future__ import annotations
 from modelseal.loader.kbs_client import KbsClient
 from modelseal.owner.kbs_admin import KbsAdminClient, KeyConflictError
 from modelseal.owner.registry_client import RegistryClient, RegistryConflict
+from modelseal.ratls.async_transport import AsyncAttestedTransport
+from modelseal.ratls.transport import AttestedTransport
 
-__all__ = ["KbsAdminClient", "KbsClient", "KeyConflictError", "RegistryClient", "RegistryConflict"]
+__all__ = [
+    "AsyncAttestedTransport",
+    "AttestedTransport",
+    "KbsAdminClient",
+    "KbsClient",
+    "KeyConflictError",
+    "RegistryClient",
+    "RegistryConflict",
+]

@@ -23,6 +23,8 @@ class ThrottlingProxy:
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        #: bytes relayed from the upstream to clients so far
+        self.downstream_bytes = 0
 
     def __enter__(self) -> ThrottlingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
@@ -67,6 +69,8 @@ class ThrottlingProxy:
                     break
                 dst.sendall(data)
                 if rate:
+                    with self._lock:
+                        self.downstream_bytes += len(data)
                     time.sleep(len(data) / rate)
         except OSError:
             pass

@@ -12,7 +12,9 @@ import pytest
 
 from modelseal.quickstart.services import MODELSEAL, child_env
 
-pytestmark = pytest.mark.e2e
+# one xdist worker runs them one after another: each checks that /dev/shm and the process
+# table hold no quickstart leftovers, which a concurrent quickstart run would put there
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("quickstart")]
 SHM = Path("/dev/shm")
 
 
@@ -20,11 +22,12 @@ def _ours() -> set[str]:
     return {p.name for p in SHM.glob("modelseal-quickstart-*")} if SHM.is_dir() else set()
 
 
-@pytest.mark.parametrize("tee", ["sample"])
-def test_quickstart_prints_accuracy_and_cleans_up(tee: str) -> None:
+@pytest.mark.parametrize(("tee", "tls"), [("sample", False), ("mock-tdx", True)])
+def test_quickstart_prints_accuracy_and_cleans_up(tee: str, tls: bool) -> None:
+    """With ``--tls`` the digits go through the attested gateway and ``modelseal request``."""
     before = _ours()
     done = subprocess.run(
-        [*MODELSEAL, "quickstart", "--tee", tee],
+        [*MODELSEAL, "quickstart", "--tee", tee, *(["--tls"] if tls else [])],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -37,8 +40,11 @@ def test_quickstart_prints_accuracy_and_cleans_up(tee: str) -> None:
     assert match is not None, done.stdout
     assert float(match.group(1)) > 0.9
     assert int(match.group(2)) == 450
-    for step in ("train model", "publish", "load (attest", "inference"):
+    inference = "inference over attested TLS" if tls else "inference (unchanged"
+    for step in ("train model", "publish", "load (attest", inference):
         assert re.search(re.escape(step) + r".*\s\d+\.\d{3}\s", done.stdout), step
+    if tls:
+        assert re.search(r"gateway +https://127\.0\.0\.1:\d+ -> http://127", done.stdout)
     assert "cleaned up" in done.stdout
     assert _ours() == before
 

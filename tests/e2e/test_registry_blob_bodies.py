@@ -1,4 +1,5 @@
-"""Blob bodies on a real ``modelseal registry serve`` (uvicorn), streamed in large reads.
+"""Blob bodies on a real ``modelseal registry serve`` (uvicorn): mapped over HTTP, streamed
+in large reads over HTTPS.
 
 Bytes, ranges, keep-alive and conditional requests must be exact, over HTTP and HTTPS,
 with bodies of several reads and ranges across read and page boundaries; a
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelseal.registry.blob_response import STREAM_CHUNK
+from modelseal.registry.blob_response import MAP_CHUNK, STREAM_CHUNK
 from tests.conftest import self_signed_cert
 from tests.e2e.test_registry_http import RegistryServer, start_registry
 
@@ -147,6 +148,18 @@ def test_bodies_longer_than_one_read_are_exact(registry: RegistryServer) -> None
             assert r.content == blob[start:end], (start, end)
 
 
+def test_an_empty_blob_has_an_empty_body(registry: RegistryServer) -> None:
+    """Nothing to map: a 200 with Content-Length 0, and the connection stays usable."""
+    url = registry.url + "/blobs/zc/v1/empty"
+    assert httpx.put(url, content=b"", headers=registry.auth()).status_code == 201
+    with httpx.Client() as client:
+        for _ in range(2):
+            r = client.get(url)
+            assert (r.status_code, r.headers["content-length"], r.content) == (200, "0", b"")
+        r = client.get(url, headers={"Range": "bytes=0-"})
+        assert r.status_code == 416
+
+
 def test_head_and_conditional_requests(registry: RegistryServer, data: bytes) -> None:
     etag = f'"{hashlib.sha256(data).hexdigest()}"'
     head = httpx.head(registry.url + PATH)
@@ -190,6 +203,45 @@ def test_an_object_truncated_on_disk_is_never_served_as_a_full_body(
             assert client.get(registry.url + PATH).content == data
             r = client.get(registry.url + PATH, headers={"Range": "bytes=4095-65536"})
             assert r.content == data[4095:65537]
+
+
+def test_an_object_truncated_while_it_is_sent_ends_the_body_short(
+    registry: RegistryServer, data: bytes
+) -> None:
+    """Bodies are sent from memory maps of the objects: a file truncated under a mapping
+    must cost that one response (a short body), never the registry process (``SIGBUS``)
+    nor a byte that is not the object's. The client stops reading after 1 MiB, so most of
+    the body is still to be sent when the file loses its bytes."""
+    size = 2 * MAP_CHUNK + 4093  # far more than the two sockets' buffers can hold
+    blob = os.urandom(size)
+    url = registry.url + "/blobs/zc/v1/cut-while-sent"
+    assert httpx.put(url, content=blob, headers=registry.auth()).status_code == 201
+    obj = _object(registry, hashlib.sha256(blob).hexdigest())
+    for headers in ({}, {"Range": f"bytes=4095-{size - 2}"}):
+        start = 4095 if headers else 0
+        conn = http.client.HTTPConnection("127.0.0.1", _port(registry), timeout=30)
+        try:
+            conn.request("GET", "/blobs/zc/v1/cut-while-sent", headers=headers)
+            resp = conn.getresponse()
+            assert resp.status == (206 if headers else 200)
+            got = resp.read(1 << 20)
+            os.chmod(obj, 0o600)
+            os.truncate(obj, 1 << 20)
+            try:
+                got += resp.read()
+            except http.client.IncompleteRead as short:
+                got += short.partial
+        finally:
+            conn.close()
+        assert len(got) < size - start
+        assert got == blob[start : start + len(got)]
+        with open(obj, "r+b") as f:  # intact again for the next round
+            f.seek(0)
+            f.write(blob)
+    assert registry.proc.poll() is None
+    with httpx.Client() as client:
+        assert client.get(url).content == blob
+        assert client.get(registry.url + PATH).content == data
 
 
 @pytest.mark.slow

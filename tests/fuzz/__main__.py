@@ -34,6 +34,7 @@ FAMILIES = (
     "tests.fuzz.test_azure",
     "tests.fuzz.test_eventlog",
     "tests.fuzz.test_nvidia",
+    "tests.fuzz.test_ratls",
 )
 
 

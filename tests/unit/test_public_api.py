@@ -26,6 +26,8 @@ PUBLIC_API: dict[str, set[str]] = {
         "open_model",
     },
     "modelseal.clients": {
+        "AsyncAttestedTransport",
+        "AttestedTransport",
         "KbsAdminClient",
         "KbsClient",
         "KeyConflictError",

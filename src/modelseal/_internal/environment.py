@@ -27,6 +27,8 @@ CONSULTED: Final[Mapping[str, str]] = {
     "variable; the attester's tcti argument wins)",
     "AAEL_PATH": "tdx attester: where the CoCo Attestation Agent writes its event log (the "
     "AA's own variable, so both read the same file; the attester's aael_path argument wins)",
+    "FUSE_LIBRARY_PATH": "mount: the libfuse the mfusepy binding loads (its own variable); "
+    "modelseal sets libfuse3.so.3 unless it is already set",
     "MODELSEAL_KBS_WORKER_SETTINGS": "kbs serve: internal hand-off of the validated settings "
     "to its worker processes (set by the supervisor, never by users)",
     "MODELSEAL_LOG_LEVEL": "kbs serve: the --log-level handed to its worker processes",

@@ -23,6 +23,7 @@ __all__ = [
     "BlobTooLarge",
     "DigestMismatch",
     "FileBackedStore",
+    "RedirectingStore",
     "check_key",
 ]
 
@@ -110,4 +111,21 @@ class FileBackedStore(Protocol):
         """Raise ``BlobNotFound`` when ``info``'s object is gone, ``BackendError`` when its
         size differs from ``info.size`` (a damaged object must not be answered with a
         ``Content-Length`` it cannot fill)."""
+        ...
+
+    async def open_object(self, info: BlobInfo) -> int:
+        """A read-only file descriptor of ``info``'s object (the caller closes it), checked
+        like :meth:`check_object` through that very descriptor, so the file it sends from is
+        the file that was checked."""
+        ...
+
+
+@runtime_checkable
+class RedirectingStore(Protocol):
+    """A store whose objects clients can fetch themselves (S3 presigned URLs), so the
+    registry can leave the data path."""
+
+    def direct_url(self, info: BlobInfo, *, expires: int) -> str:
+        """A URL that serves ``info``'s object (ranged GETs included) for ``expires``
+        seconds, without further credentials."""
         ...

@@ -155,15 +155,20 @@ class LocalBlobStore:
         return BlobInfo(key=key, size=data["size"], sha256=data["sha256"], version=data["sha256"])
 
     async def check_object(self, info: BlobInfo) -> None:
+        os.close(await self.open_object(info))
+
+    async def open_object(self, info: BlobInfo) -> int:
         path = self._object_path(info.version)
         try:
-            size = (await anyio.to_thread.run_sync(os.stat, path)).st_size
+            fd, size = await anyio.to_thread.run_sync(_open_sized, path)
         except FileNotFoundError:
             raise BlobNotFound(f"no blob {info.key!r}") from None
         except OSError as exc:
             raise BackendError(f"blob store read failed: {exc.strerror}") from exc
         if size != info.size:
+            os.close(fd)
             raise BackendError(f"blob {info.key!r} is {size} bytes on disk, not {info.size}")
+        return fd
 
     async def open_range(
         self, info: BlobInfo, start: int, end: int, *, chunk_size: int = DEFAULT_CHUNK
@@ -254,6 +259,16 @@ async def _io(fn: Callable[..., object], *args: Any) -> None:
         await anyio.to_thread.run_sync(fn, *args)
     except OSError as exc:
         raise BackendError(f"blob store write failed: {exc.strerror or exc}") from exc
+
+
+def _open_sized(path: Path) -> tuple[int, int]:
+    """A read-only descriptor of ``path`` and the size of the file it refers to."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open_exclusive(path: Path) -> Any:

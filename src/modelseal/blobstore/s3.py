@@ -185,7 +185,7 @@ class S3BlobStore:
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                 )
-                etag = done["ETag"]
+                etag = done.get("ETag") or await self._multipart_etag(data_key, parts)
             completed = True
             buf.clear()
             meta = json.dumps({"size": size, "sha256": sha, "etag": etag}).encode("utf-8")
@@ -207,6 +207,22 @@ class S3BlobStore:
                         UploadId=upload_id,
                     )
 
+    async def _multipart_etag(self, data_key: str, parts: list[dict[str, Any]]) -> str:
+        """The ETag of the object this multipart upload completed, when the server's answer
+        left it out (Ceph RGW 16 answers ``<ETag></ETag>``).
+
+        S3's multipart ETag is the MD5 of the parts' binary MD5s and ``-<part count>``; a HEAD
+        conditional on that value proves the object is still the one uploaded here (a writer
+        that replaced it in between gets a 412, which is a retryable conflict).
+        """
+        try:
+            digests = b"".join(bytes.fromhex(p["ETag"].strip('"')) for p in parts)
+        except ValueError:
+            raise BackendError("the S3 server returned a part ETag that is not an MD5") from None
+        etag = f'"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"'
+        await self._call(self._client.head_object, Bucket=self.bucket, Key=data_key, IfMatch=etag)
+        return etag
+
     async def _upload_part(
         self, data_key: str, upload_id: str, parts: list[dict[str, Any]], body: bytes
     ) -> None:
@@ -223,6 +239,20 @@ class S3BlobStore:
         parts.append({"PartNumber": number, "ETag": res["ETag"]})
 
     # -- read --------------------------------------------------------------------------------
+
+    def direct_url(self, info: BlobInfo, *, expires: int) -> str:
+        """A presigned ``GetObject`` URL of ``info``'s object (SigV4, computed locally: no
+        request). Only the method, bucket and key are signed, so clients add ``Range``;
+        what they read is authenticated by the sealed format, not by this URL."""
+        try:
+            url: str = self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._data_key(info.key)},
+                ExpiresIn=expires,
+            )
+        except Exception as exc:  # botocore raises several unrelated types here
+            raise BackendError(f"cannot presign an S3 URL: {type(exc).__name__}") from None
+        return url
 
     async def stat(self, key: str) -> BlobInfo:
         meta_key = self._meta_key(key)

@@ -28,10 +28,14 @@ COMMANDS: dict[str, str] = {
     "registry": "modelseal.cli.registry:registry",
     "publish": "modelseal.cli.publish:publish",
     "load": "modelseal.cli.load:load",
+    "mount": "modelseal.cli.mount:mount",
+    "volume": "modelseal.cli.volume:volume",
     "attest": "modelseal.cli.evidence:attest",
     "evidence": "modelseal.cli.evidence:evidence",
     "quickstart": "modelseal.cli.quickstart:quickstart",
     "dev": "modelseal.cli.dev:dev",
+    "gateway": "modelseal.cli.gateway:gateway",
+    "request": "modelseal.cli.gateway:request",
 }
 
 

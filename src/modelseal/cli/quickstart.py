@@ -20,8 +20,14 @@ from modelseal.tee import registry
     )
     + ".",
 )
-def quickstart(tee: str) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve the model behind `modelseal gateway` (attested TLS) and classify through "
+    "`modelseal request`, which verifies the gateway against a policy first.",
+)
+def quickstart(tee: str, tls: bool) -> None:
     """Train, publish, attest, load into tmpfs and serve a small model on 127.0.0.1."""
     from modelseal.quickstart.run import run_quickstart
 
-    run_quickstart(tee=tee)
+    run_quickstart(tee=tee, tls=tls)

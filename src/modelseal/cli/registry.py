@@ -46,6 +46,15 @@ def registry() -> None:
     "(default: DATA_DIR/blobs).",
 )
 @click.option(
+    "--redirect-blobs",
+    "redirect_blobs",
+    default=None,
+    type=click.IntRange(10, 7 * 24 * 3600),
+    envvar="MODELSEAL_REDIRECT_BLOBS",
+    help="S3 store: answer blob GETs with a 307 to a presigned S3 URL valid this many "
+    "seconds, so clients download from S3 directly (the registry leaves the data path).",
+)
+@click.option(
     "--public-url",
     default=None,
     envvar="MODELSEAL_PUBLIC_URL",
@@ -77,6 +86,7 @@ def serve(
     host: str,
     port: int,
     blob_store: str | None,
+    redirect_blobs: int | None,
     public_url: str | None,
     max_blob_size: int,
     tls_cert: Path | None,
@@ -100,6 +110,7 @@ def serve(
         host=host,
         port=port,
         blob_store_url=blob_store,
+        redirect_blobs=redirect_blobs,
         public_url=public_url,
         max_blob_size=max_blob_size,
         tls_cert=tls_cert,

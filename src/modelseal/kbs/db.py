@@ -251,38 +251,6 @@ class Database:
             yield conn
 
     @contextmanager
-    def write_driver(self) -> Iterator[Any]:
-        """One write transaction on a DBAPI connection checked out from the pool for exactly
-        that long (the RCAR session statements: one statement each, where SQLAlchemy's
-        Connection and event machinery cost more than the database). Statements use the
-        driver's placeholder style; commit on success, roll back on error, return to the
-        pool either way."""
-        with self._writer_held(), self._driver_guard():
-            fairy = self.engine.raw_connection()
-            try:
-                driver: Any = fairy.driver_connection
-                if self.is_sqlite:
-                    driver.execute("BEGIN IMMEDIATE")
-                try:
-                    yield driver
-                    driver.commit()
-                except BaseException:
-                    driver.rollback()
-                    raise
-            finally:
-                fairy.close()
-
-    @contextmanager
-    def _driver_guard(self) -> Iterator[None]:
-        dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            raise BackendError(f"database error: {type(exc).__name__}") from exc
-        except dbapi_error as exc:
-            raise BackendError(f"database error: {type(exc).__name__}") from exc
-
-    @contextmanager
     def read_connection(self) -> Iterator[Connection]:
         """One read-only Core transaction (no writer lock)."""
         with self._guard(), self.engine.connect() as conn, self._transaction(conn, "DEFERRED"):

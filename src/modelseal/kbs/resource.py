@@ -1,10 +1,10 @@
 """``GET /kbs/v0/resource/<repo>/<type>/<tag>``: token → release decision → JWE to the TEE.
 
 The token (Bearer header, else the session cookie's stored token) is re-verified as a JWT on
-every request. The release decision and its audit row belong to ``KbsState.release``; this
-module verifies the token, asks for the DEK, encrypts it to the TEE key named in the token
-and wipes it. The three steps are separate so the app can run only the database step off
-the event loop.
+every request. The release decision and its audit row belong to ``KbsState.release_unit``;
+this module verifies the token, asks for the DEK, encrypts it to the TEE key named in the
+token and wipes it. The three steps are separate so the app can hand only the database step
+to its unit runner, off the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.kbs.tokens import TokenService, VerifiedToken
 
 if TYPE_CHECKING:
+    from modelseal.kbs.release import ReleaseOutcome
     from modelseal.kbs.state import KbsState
+    from modelseal.kbs.units import Unit
 
 log = logging.getLogger("modelseal.kbs")
 
@@ -44,11 +46,16 @@ class ResourceService:
     def verify(self, token: str) -> tuple[VerifiedToken, RecipientKey]:
         """Verify the EAR token and the TEE key it names (TokenError / FormatError)."""
         verified = self.tokens.verify(token)
+        if verified.recipient is not None:
+            return verified, verified.recipient
         return verified, recipient_from_jwk(verified.tee_pubkey)
 
-    def release(self, path: str, verified: VerifiedToken, requester: str) -> SecretBytes:
-        """Policy decision + audit row (database); PolicyDenied / KeyNotFound → same 403."""
-        return self.state.release(path, verified.claims, token_id=verified.jti, requester=requester)
+    def release_unit(
+        self, path: str, verified: VerifiedToken, requester: str
+    ) -> Unit[ReleaseOutcome]:
+        """Policy decision + audit row as a unit of work for the app's unit runner;
+        ``released`` of its outcome gives the DEK or PolicyDenied / KeyNotFound (same 403)."""
+        return self.state.release_unit(path, verified.claims, verified.jti, requester)
 
     def wrap(
         self, path: str, dek: SecretBytes, verified: VerifiedToken, recipient: RecipientKey

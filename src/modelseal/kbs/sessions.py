@@ -5,9 +5,11 @@ first ``/attest``: one conditional ``UPDATE`` moves it to ``attested`` and store
 so a second use of the nonce fails atomically even across replicas. Expired rows are
 swept at most once a minute.
 
-Every statement runs in a transaction of its own on a connection checked out for exactly
-that long (``Database.write`` / ``Database.read_connection``); the calls block, so the app
-runs them off the event loop.
+Each write is a *unit* (``modelseal.kbs.units``): a function of the connection of the
+transaction it runs in. The served app hands the units to its runner (on SQLite, group
+commit: several handshakes' writes share one transaction, each in a savepoint of its own);
+the blocking methods here run each unit as a transaction of its own. Reads run in a
+read-only transaction on a connection checked out for exactly that long.
 
 Each replica also remembers the pending sessions it created (bounded, expiring) so the
 common case -- ``/attest`` arriving at the replica that served ``/auth`` -- skips the read.
@@ -19,17 +21,18 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Float, Index, String, Table, Text, delete, select
+from sqlalchemy import Connection, Float, Index, String, Table, Text, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal.errors import BackendError, TokenError
 from modelseal.kbs.db import Base, Database
+from modelseal.kbs.units import Unit, run_alone
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +92,12 @@ class SessionStore:
             "WHERE id = :id AND state = :authed AND nonce = :nonce AND expires_at > :now"
         )
 
-    def _write(self, sql: str, params: dict[str, Any]) -> int:
-        """Run one INSERT/UPDATE in its own transaction; returns the affected row count."""
-        with self.db.write_driver() as conn:
-            # sqlite3 and psycopg connections both have ``execute`` returning a cursor
-            cursor = conn.execute(sql, params)
-            return int(cursor.rowcount)
+    @staticmethod
+    def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> int:
+        """One INSERT/UPDATE on the driver inside ``conn``'s transaction; the row count."""
+        driver: Any = conn.connection.driver_connection
+        # sqlite3 and psycopg connections both have ``execute`` returning a cursor
+        return int(driver.execute(sql, params).rowcount)
 
     def _driver_sql(self, sql: str) -> str:
         """``:name`` placeholders in the driver's named style (sqlite3 ``:name``, psycopg
@@ -102,25 +105,41 @@ class SessionStore:
         return sql if self.db.is_sqlite else re.sub(r":(\w+)", r"%(\1)s", sql)
 
     def create(self, tee: str, nonce: str) -> PendingSession:
+        """Create and store a session (blocking: a transaction of its own)."""
+        session = self.new(tee, nonce)
+        run_alone(self.db, self.insert_unit(session))
+        self.remember(session)
+        if self.sweep_due():
+            self.sweep()
+        return session
+
+    def new(self, tee: str, nonce: str) -> PendingSession:
+        """A new session, not stored yet (no I/O): store it with :meth:`insert_unit`."""
+        return PendingSession(secrets.token_hex(16), tee, nonce, self.clock.now() + self.ttl)
+
+    def insert_unit(self, session: PendingSession) -> Unit[None]:
+        """The unit that stores ``session`` in state ``authed``."""
+        params = {
+            "id": session.id,
+            "tee": session.tee,
+            "nonce": session.nonce,
+            "state": AUTHED,
+            "expires_at": session.expires_at,
+        }
+
+        def insert(conn: Connection) -> None:
+            self._execute(conn, self._insert_sql, params)
+
+        return insert
+
+    def remember(self, session: PendingSession) -> None:
+        """Keep a stored session in this replica's memory (see :meth:`remembered`)."""
         now = self.clock.now()
-        session = PendingSession(uuid.uuid4().hex, tee, nonce, now + self.ttl)
-        self._write(
-            self._insert_sql,
-            {
-                "id": session.id,
-                "tee": tee,
-                "nonce": nonce,
-                "state": AUTHED,
-                "expires_at": session.expires_at,
-            },
-        )
         with self._recent_lock:
             if len(self._recent) >= MAX_REMEMBERED:
                 self._recent = {k: v for k, v in self._recent.items() if v.expires_at > now}
             if len(self._recent) < MAX_REMEMBERED:
                 self._recent[session.id] = session
-        self._maybe_sweep(now)
-        return session
 
     def remembered(self, session_id: str) -> PendingSession | None:
         """The pending session if this replica created it (no I/O: safe on the event loop),
@@ -153,35 +172,49 @@ class SessionStore:
         return PendingSession(session_id, row.tee, row.nonce, row.expires_at)
 
     def complete(self, session: PendingSession, token: str, token_exp: float) -> float:
-        """Consume the nonce and store the token, atomically; a lost race is a replay.
+        """Consume the nonce and store the token (blocking: a transaction of its own)."""
+        return run_alone(self.db, self.complete_unit(session, token, token_exp))
 
-        Returns when the attested session expires: the token's expiry or the session TTL
-        from now, whichever comes first.
+    def complete_unit(self, session: PendingSession, token: str, token_exp: float) -> Unit[float]:
+        """The unit that consumes the nonce and stores the token, atomically; a lost race
+        is a replay (TokenError, nothing written).
+
+        It returns when the attested session expires: the token's expiry or the session
+        TTL from now, whichever comes first.
         """
         now = self.clock.now()
         expiry = min(token_exp, now + self.ttl)
-        updated = self._write(
-            self._complete_sql,
-            {
-                "attested": ATTESTED,
-                "token": token,
-                "new_expiry": expiry,
-                "id": session.id,
-                "authed": AUTHED,
-                "nonce": session.nonce,
-                "now": now,
-            },
-        )
-        if updated != 1:
-            raise TokenError("session nonce already used or expired")
-        return expiry
+        params = {
+            "attested": ATTESTED,
+            "token": token,
+            "new_expiry": expiry,
+            "id": session.id,
+            "authed": AUTHED,
+            "nonce": session.nonce,
+            "now": now,
+        }
+
+        def complete(conn: Connection) -> float:
+            if self._execute(conn, self._complete_sql, params) != 1:
+                raise TokenError("session nonce already used or expired")
+            return expiry
+
+        return complete
 
     def burn(self, session_id: str) -> None:
-        """Make a session unusable after a failed attestation (its nonce is spent)."""
+        """Make a session unusable (blocking: a transaction of its own)."""
+        run_alone(self.db, self.burn_unit(session_id))
+
+    def burn_unit(self, session_id: str) -> Unit[None]:
+        """The unit that makes a session unusable after a failed attestation (its nonce is
+        spent)."""
         with self._recent_lock:
             self._recent.pop(session_id, None)
-        with self.db.write() as conn:
+
+        def burn(conn: Connection) -> None:
             conn.execute(delete(_T).where(_T.c.id == session_id))
+
+        return burn
 
     def token_for(self, session_id: str) -> str:
         """The token of an attested, unexpired session (cookie path), or TokenError."""
@@ -195,14 +228,28 @@ class SessionStore:
             raise TokenError("session expired")
         return str(row.token)
 
-    def _maybe_sweep(self, now: float) -> None:
-        if now - self._last_sweep < SWEEP_INTERVAL or not self._sweep_lock.acquire(blocking=False):
-            return
-        try:
+    def sweep_due(self) -> bool:
+        """Whether expired sessions should be swept now (at most once a minute); the
+        caller that gets True runs :meth:`sweep_unit` (or :meth:`sweep`)."""
+        now = self.clock.now()
+        with self._sweep_lock:
+            if now - self._last_sweep < SWEEP_INTERVAL:
+                return False
             self._last_sweep = now
-            with self.db.write() as conn:
-                conn.execute(delete(_T).where(_T.c.expires_at < now))
+            return True
+
+    def sweep(self) -> None:
+        """Delete expired sessions (blocking); a failure is logged and retried later."""
+        try:
+            run_alone(self.db, self.sweep_unit())
         except BackendError:
             log.warning("could not sweep expired RCAR sessions; will retry")
-        finally:
-            self._sweep_lock.release()
+
+    def sweep_unit(self) -> Unit[None]:
+        """The unit that deletes the sessions expired by now."""
+        now = self.clock.now()
+
+        def sweep(conn: Connection) -> None:
+            conn.execute(delete(_T).where(_T.c.expires_at < now))
+
+        return sweep

@@ -38,8 +38,9 @@ from modelseal.kbs.audit import AuditEntry, AuditLog, AuditVerification
 from modelseal.kbs.db import Base, Database, sqlite_url
 from modelseal.kbs.kek_stores import KekSources, KekStore, TokenKeks
 from modelseal.kbs.keys import KekFiles, KeyService
-from modelseal.kbs.release import release_key
+from modelseal.kbs.release import ReleaseOutcome, release_unit, released
 from modelseal.kbs.schema import ensure_current
+from modelseal.kbs.units import Unit, run_alone
 from modelseal.keystore.store import KeyStore
 from modelseal.protocol.claims import Claims
 
@@ -206,9 +207,24 @@ class KbsState:
     def release(
         self, resource_path: str, claims: Claims, *, token_id: str, requester: str
     ) -> SecretBytes:
-        """Policy-checked, audited release of a DEK (raises PolicyDenied / KeyNotFound)."""
-        return release_key(
-            self.db,
+        """Policy-checked, audited release of a DEK (raises PolicyDenied / KeyNotFound);
+        blocking: the decision and its audit row commit as a transaction of their own."""
+        return released(
+            run_alone(self.db, self.release_unit(resource_path, claims, token_id, requester))
+        )
+
+    def release_unit(
+        self,
+        resource_path: str,
+        claims: Claims,
+        token_id: str,
+        requester: str,
+        action: str = "key.release",
+    ) -> Unit[ReleaseOutcome]:
+        """The same decision as :meth:`release` as a unit of work, for a unit runner
+        (``modelseal.kbs.units``); :func:`~modelseal.kbs.release.released` turns its
+        committed outcome into the DEK or the denial."""
+        return release_unit(
             self.store,
             self.audit,
             resource_path,
@@ -216,23 +232,15 @@ class KbsState:
             token_id=token_id,
             requester=requester,
             now=self.clock.now(),
+            action=action,
         )
 
     def release_for_transfer(
         self, key_id: str, claims: Claims, *, requester: str, nonce_id: str
     ) -> SecretBytes:
         """The same release decision for the ITA/CNAP transfer endpoint."""
-        return release_key(
-            self.db,
-            self.store,
-            self.audit,
-            key_id,
-            claims,
-            token_id=nonce_id,
-            requester=requester,
-            now=self.clock.now(),
-            action="key.transfer",
-        )
+        unit = self.release_unit(key_id, claims, nonce_id, requester, action="key.transfer")
+        return released(run_alone(self.db, unit))
 
     # --- ITA/CNAP transfer nonces (single-use, TTL, in the database) --------------------
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
@@ -61,7 +61,16 @@ class _Progress:
 
 
 class _Redirected(Exception):
-    """Internal: the direct path got a redirect; httpx (which follows them) takes over."""
+    """Internal: the direct path got a redirect to ``location`` (None: unusable, and httpx,
+    which follows redirects, takes over)."""
+
+    def __init__(self, location: str | None = None) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+#: Redirects one ranged read follows (registry -> presigned S3 URL is one).
+_MAX_REDIRECTS = 5
 
 
 class _Retry(Exception):
@@ -119,6 +128,14 @@ def _check_range_answer(
         raise BackendError(f"{url}: bad Content-Range in a 206 response")
     if int(match.group(2)) < last:
         raise FormatError(f"{url}: blob is shorter than expected (truncated?)")
+
+
+def _redirect_target(url: str, location: str | None) -> str | None:
+    """The absolute http(s) URL a redirect from ``url`` points to, or None if unusable."""
+    if not location or len(location) > 8192:
+        return None
+    target = urljoin(url, location.strip())
+    return target if target.startswith(("http://", "https://")) else None
 
 
 def _raise_if_untrusted(url: str, exc: BaseException) -> None:
@@ -187,6 +204,9 @@ class Fetcher:
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()
+        #: where a blob URL redirected to (a registry that leaves the data path sends the
+        #: loader to presigned S3 URLs): later ranges of that blob go there directly
+        self._moved: dict[str, str] = {}
 
     def __enter__(self) -> Fetcher:
         return self
@@ -261,7 +281,7 @@ class Fetcher:
         try:
             status = response.status
             if status in (301, 302, 303, 307, 308):
-                raise _Redirected()
+                raise _Redirected(_redirect_target(url, response.getheader("location")))
             _check_range_answer(url, status, response.getheader("content-range"), first, last)
             got = progress.got
             try:
@@ -352,6 +372,7 @@ class Fetcher:
         total_attempts = 0
         direct = self._direct and deadline is None and url.startswith(("http://", "https://"))
         try:
+            redirects = 0
             while progress.got < length:
                 attempt += 1
                 total_attempts += 1
@@ -360,10 +381,25 @@ class Fetcher:
                     deadline.check(url)
                 try:
                     if direct:
+                        target = self._moved.get(url, url)
                         try:
-                            self._read_direct(url, start, into, progress)
-                        except _Redirected:
-                            self._read_once(url, start, into, progress)
+                            self._read_direct(target, start, into, progress)
+                        except _Redirected as moved:
+                            redirects += 1
+                            if moved.location is None or redirects > _MAX_REDIRECTS:
+                                self._read_once(url, start, into, progress)
+                            else:
+                                self._moved[url] = moved.location
+                                attempt -= 1  # a redirect is not a failed attempt
+                                total_attempts -= 1
+                                continue
+                        except (BackendError, NotFound, AuthorizationError) as exc:
+                            if target == url:
+                                raise
+                            # a presigned URL that expired (403) or a store that moved:
+                            # ask the registry again for a fresh one
+                            self._moved.pop(url, None)
+                            raise _Retry(f"redirected download failed: {exc}") from None
                     else:
                         self._read_once(url, start, into, progress, deadline)
                     if progress.got < length:

@@ -78,7 +78,7 @@ class LoaderSettings:
     """What to load, from where, into where, attested as which TEE."""
 
     #: registry model URL (``.../models/<id>``) or a CNAP model-info URL
-    model: str
+    model: str = ""
     kbs_url: str | None = None
     dest: Path = DEFAULT_DEST
     #: ``auto`` detects the TEE of this machine; otherwise a kind of ``tee.registry``
@@ -118,12 +118,22 @@ class LoaderSettings:
     #: after a load, record the model digest in the TEE's runtime measurements through the
     #: Attestation Agent, when one is configured (``aa_url``, ``--tee aa`` or the CDH's URL)
     measure: bool = True
+    #: a sealed model directory on this machine instead of ``model`` (``modelseal mount
+    #: --sealed``); its key is still released by the KBS after attestation
+    sealed_dir: Path | None = None
     #: a ``*.prom`` file ``load_model`` writes the run's metrics to, for the node exporter's
     #: textfile collector (:mod:`modelseal.loader.metrics`); None: no metrics
     metrics_textfile: Path | None = None
 
     def __post_init__(self) -> None:
-        if not self.model or not self.model.startswith(("http://", "https://")):
+        if self.sealed_dir is not None:
+            if self.model:
+                raise ConfigError("--model and --sealed exclude each other: pass one")
+            if not Path(self.sealed_dir).is_dir():
+                raise ConfigError(f"sealed_dir: no such directory: {self.sealed_dir}")
+        elif self.model and not self.model.startswith(("http://", "https://")):
+            # empty only for a key without a model (``modelseal volume``); ``load`` and
+            # ``mount`` require one through from_options
             raise ConfigError("model: an http(s) URL of the model info is required (--model)")
         if self.kbs_url is not None and not self.kbs_url.startswith(("http://", "https://")):
             raise ConfigError(f"kbs_url: not an http(s) URL: {self.kbs_url!r}")
@@ -155,12 +165,22 @@ class LoaderSettings:
     @classmethod
     def from_options(cls, **values: object) -> LoaderSettings:
         """Settings from option values where None means "not given" (the default applies):
-        what ``modelseal load`` passes after Click read its flags and variables."""
+        what ``modelseal load`` and ``mount`` pass after Click read their flags and
+        variables. A model is required: ``model``, or ``sealed_dir`` (``mount --sealed``)."""
         given = {k: v for k, v in values.items() if v is not None}
-        if "model" not in given:
+        if "model" not in given and "sealed_dir" not in given:
             raise ConfigError(
                 "no model: pass --model URL (model_url= in the SDK) or set MODELSEAL_MODEL"
             )
+        return cls._build(given)
+
+    @classmethod
+    def for_key(cls, **values: object) -> LoaderSettings:
+        """Like :meth:`from_options` for a key without a model (``modelseal volume``)."""
+        return cls._build({k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def _build(cls, given: dict[str, object]) -> LoaderSettings:
         try:
             return cls(**given)  # type: ignore[arg-type]
         except TypeError as exc:

@@ -6,6 +6,7 @@ failed; the requester only ever learns "denied".
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,8 +36,19 @@ class Decision:
         return "allow" if self.allowed else "deny"
 
 
-def evaluate(policy: ReleasePolicy | None, claims: Claims, *, now: float) -> Decision:
-    """Decide whether ``claims`` satisfy ``policy``; ``None`` (no policy) denies."""
+def evaluate(
+    policy: ReleasePolicy | None,
+    claims: Claims,
+    *,
+    now: float,
+    attested_models: Collection[str] | None = None,
+) -> Decision:
+    """Decide whether ``claims`` satisfy ``policy``; ``None`` (no policy) denies.
+
+    ``attested_models`` are the model digests a serving TEE attests at run time (an
+    attested TLS gateway binds them into its evidence): when given, ``model_digest``
+    must be one of them instead of the launch-time init-data claim.
+    """
     if policy is None:
         return Decision(False, ("no release policy is set for this key (default deny)",))
     failures: list[str] = []
@@ -68,7 +80,14 @@ def evaluate(policy: ReleasePolicy | None, claims: Claims, *, now: float) -> Dec
         elif got != want:
             failures.append(f"init_data claim {key!r} is {got[:128]!r}, policy requires {want!r}")
 
-    if policy.model_digest is not None:
+    if policy.model_digest is not None and attested_models is not None:
+        if policy.model_digest not in {m.lower() for m in attested_models}:
+            served = ", ".join(sorted(attested_models)[:4]) or "none"
+            failures.append(
+                f"the policy's model {policy.model_digest} is not among the attested models "
+                f"({served[:300]})"
+            )
+    elif policy.model_digest is not None:
         got = claims.init_data.get(MODEL_DIGEST_CLAIM)
         if got is None:
             failures.append(f"init_data claim {MODEL_DIGEST_CLAIM!r} is missing")

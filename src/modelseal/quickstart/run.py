@@ -8,7 +8,10 @@
 4. run the confidential loader (``modelseal load``) into a fresh memory-backed directory
    under /dev/shm: attest (sample TEE), get the key, decrypt, verify, receipt;
 5. start an unchanged inference process that reads only that directory with stock
-   safetensors + numpy and classifies the held-out digits;
+   safetensors + numpy and classifies the held-out digits; with ``--tls`` it runs as an
+   HTTP server behind ``modelseal gateway`` (attested TLS, the model digest from the
+   loader's receipt) and the digits go through ``modelseal request``, which checks the
+   gateway's evidence against a client policy before sending them;
 6. print the accuracy and a table of bytes and seconds per step; clean everything up
    (servers, temp dirs, the plaintext in /dev/shm) even on failure or Ctrl-C.
 """
@@ -41,9 +44,12 @@ from modelseal.errors import (
 )
 from modelseal.quickstart import infer_server
 from modelseal.quickstart.services import (
+    MODELSEAL,
     Service,
     child_env,
+    free_port,
     kbs_service,
+    option_flags,
     registry_service,
     run_cli,
 )
@@ -81,6 +87,7 @@ class Quickstart:
         tee: str = tee_registry.DEVELOPMENT_KIND,
         out: TextIO | None = None,
         workers: int = 2,
+        tls: bool = False,
     ) -> None:
         if tee not in TEES:
             raise ConfigError(f"quickstart --tee must be one of {', '.join(TEES)}")
@@ -88,6 +95,7 @@ class Quickstart:
         self.plugin = tee_registry.plugin(tee)
         self.out = out or sys.stdout
         self.workers = workers
+        self.tls = tls
         self.steps: list[Step] = []
         self.services: list[Service] = []
 
@@ -151,9 +159,14 @@ class Quickstart:
             s.detail = f"-> {dest}"
         loader_steps = receipt.get("timings", {})
 
-        with self.step("inference (unchanged process, stock safetensors)") as s:
-            accuracy, samples = self._infer(dest, trained.test_data)
-            s.detail = f"accuracy {accuracy:.4f} on {samples} held-out digits"
+        if self.tls:
+            with self.step("inference over attested TLS (gateway + modelseal request)") as s:
+                accuracy, samples = self._infer_tls(work, dest, digest, trained.test_data)
+                s.detail = f"accuracy {accuracy:.4f} on {samples} held-out digits"
+        else:
+            with self.step("inference (unchanged process, stock safetensors)") as s:
+                accuracy, samples = self._infer(dest, trained.test_data)
+                s.detail = f"accuracy {accuracy:.4f} on {samples} held-out digits"
 
         self._report(accuracy, samples, digest, loader_steps)
         return QuickstartResult(accuracy, samples, digest, list(self.steps))
@@ -243,6 +256,70 @@ class Quickstart:
         result = json.loads(done.stdout.strip().splitlines()[-1])
         return float(result["accuracy"]), int(result["samples"])
 
+    def _infer_tls(self, work: Path, dest: Path, digest: str, test_data: Path) -> tuple[float, int]:
+        """The inference server behind the attested gateway; the digits sent through
+        ``modelseal request`` with a policy pinning the TEE and the model digest."""
+        import numpy as np
+
+        logs = work / "logs"
+        infer_port, gateway_port = free_port(), free_port()
+        script = str(Path(infer_server.__file__))
+        server = Service(
+            "inference server",
+            [sys.executable, script, str(dest), "--serve", f"127.0.0.1:{infer_port}"],
+            f"http://127.0.0.1:{infer_port}",
+            logs / "inference.log",
+        )
+        self.services.append(server)
+        server.start(timeout=60)
+        gateway_argv = [
+            "gateway", "--listen", f"127.0.0.1:{gateway_port}", "--upstream", server.url,
+            "--tee", self.tee, "--receipt", str(dest / ".modelseal" / "receipt.json"),
+            *option_flags(self.testbed.attester_values),
+        ]  # fmt: skip
+        if self.plugin.insecure:
+            gateway_argv += option_flags(self.testbed.kbs_options)
+        gateway = Service(
+            "gateway",
+            [*MODELSEAL, *gateway_argv],
+            f"https://127.0.0.1:{gateway_port}",
+            logs / "gateway.log",
+        )
+        self.services.append(gateway)
+        gateway.spawn()
+        gateway.wait_listening(60)
+        self.say(f"   gateway  {gateway.url} -> {server.url} (attested TLS, {self.tee})")
+
+        policy = work / "client-policy.json"
+        document: dict[str, Any] = {
+            "apiVersion": "modelseal/v1",
+            "kind": "ReleasePolicy",
+            "tee": [self.tee],
+            "model_digest": digest,
+        }
+        if self.testbed.measurements:
+            document["measurements"] = [dict(self.testbed.measurements)]
+        policy.write_text(json.dumps(document), encoding="utf-8")
+        data = np.load(test_data)
+        request_body = work / "digits.json"
+        request_body.write_text(json.dumps({"x": data["x"].tolist()}), encoding="utf-8")
+        done = run_cli(
+            [
+                "request",
+                f"{gateway.url}/classify",
+                "--policy",
+                str(policy),
+                "--data",
+                f"@{request_body}",
+                *option_flags(self.testbed.kbs_options),
+            ],
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise _child_error("modelseal request", done)
+        predicted = np.asarray(json.loads(done.stdout)["predicted"])
+        return float((predicted == data["y"]).mean()), len(predicted)
+
     def _report(
         self, accuracy: float, samples: int, digest: str, loader_steps: dict[str, float]
     ) -> None:
@@ -304,8 +381,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_quickstart(
-    *, tee: str = tee_registry.DEVELOPMENT_KIND, out: TextIO | None = None
+    *, tee: str = tee_registry.DEVELOPMENT_KIND, out: TextIO | None = None, tls: bool = False
 ) -> QuickstartResult:
     """Run the quickstart; raises a modelseal error (with its exit code) on failure."""
     with _sigterm_as_interrupt():
-        return Quickstart(tee=tee, out=out).run()
+        return Quickstart(tee=tee, out=out, tls=tls).run()

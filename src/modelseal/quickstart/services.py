@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,25 @@ class Service:
                     raise BackendError(f"{self.name} did not become healthy in {timeout}s")
                 time.sleep(0.1)
 
+    def wait_listening(self, timeout: float) -> None:
+        """Wait until the URL's port accepts TCP connections (a TLS server whose
+        certificate a plain HTTP health check could not judge)."""
+        parts = urllib.parse.urlsplit(self.url)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise BackendError(
+                    f"{self.name} exited with status {self.process.returncode}: {self.log_tail()}"
+                )
+            try:
+                socket.create_connection((parts.hostname, parts.port), 0.5).close()
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BackendError(f"{self.name} did not start listening in {timeout}s")
+            time.sleep(0.1)
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -149,13 +169,23 @@ def kbs_service(
     if tee_options is None:
         dev = tee_registry.plugin(tee_registry.DEVELOPMENT_KIND).config.options()
         tee_options = {spec.name: True for spec in dev if spec.enables}
-    specs = {spec.name: spec for spec in tee_registry.options()}
-    for name, value in tee_options.items():
+    argv += option_flags(tee_options)
+    return Service("kbs", argv, f"http://127.0.0.1:{port}", log_dir / "kbs.log")
+
+
+def option_flags(values: Mapping[str, Any]) -> list[str]:
+    """TEE option values (by option name) as command-line flags: ``--insecure-allow-sample``
+    for an on/off option that is on, ``--mock-tdx-root PATH`` for a value."""
+    specs = {
+        spec.name: spec for spec in (*tee_registry.options(), *tee_registry.attester_options())
+    }
+    argv: list[str] = []
+    for name, value in values.items():
         if value is True:
             argv.append(specs[name].flag)
         elif value not in (None, False):
             argv += [specs[name].flag, str(value)]
-    return Service("kbs", argv, f"http://127.0.0.1:{port}", log_dir / "kbs.log")
+    return argv
 
 
 def registry_service(data_dir: Path, log_dir: Path, *, port: int | None = None) -> Service:

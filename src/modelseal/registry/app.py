@@ -39,6 +39,7 @@ from modelseal.blobstore.base import (
     BlobStore,
     BlobTooLarge,
     DigestMismatch,
+    RedirectingStore,
 )
 from modelseal.errors import BackendError, ConfigError, FormatError, NotFound, TokenError
 from modelseal.protocol.model_info import (
@@ -224,11 +225,17 @@ async def model_slot(model_id: str, version: str) -> tuple[str, str]:
     return model_id, version
 
 
-def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
+def create_app(
+    settings: RegistrySettings, store: BlobStore, *, mapped_bodies: bool = False
+) -> FastAPI:
     """The registry ASGI app over ``store`` with records and the upload token in
-    ``settings.data_dir``."""
+    ``settings.data_dir``. ``mapped_bodies`` sends local blobs from memory maps, which only
+    the server stack named in :mod:`modelseal.registry.blob_response` may ask for."""
     registry = Registry(settings, store)
     records = registry.records
+    redirect = settings.redirect_blobs
+    if redirect is not None and not isinstance(store, RedirectingStore):
+        raise ConfigError("--redirect-blobs needs a store clients can reach: an s3:// store")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -249,6 +256,7 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
     app.state.store = store
     app.state.records = records
     app.state.registry = registry
+    app.state.mapped_bodies = mapped_bodies
     http_edge.install_error_handlers(app, lambda _path: REGISTRY_ERRORS)
     router = APIRouter(route_class=guarded_route(REGISTRY_ERRORS))
     upload = [Depends(registry.require_upload_token)]
@@ -331,7 +339,17 @@ def create_app(settings: RegistrySettings, store: BlobStore) -> FastAPI:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        return await blob_body(store, info, start, end, status_code=status, headers=headers)
+        if redirect is not None and isinstance(store, RedirectingStore):
+            # the client repeats its request (Range included) at the store; the sealed
+            # format authenticates every byte it reads there, as it does for bytes from here
+            location = store.direct_url(info, expires=redirect)
+            return Response(
+                status_code=307,
+                headers={"Location": location, "ETag": info.etag, "Cache-Control": "no-store"},
+            )
+        return await blob_body(
+            store, info, start, end, status_code=status, headers=headers, mapped=mapped_bodies
+        )
 
     @router.put("/blobs/{model_id}/{version}/{path:path}", dependencies=upload)
     async def put_blob(request: Request, model_id: str, version: str, path: str) -> Response:

@@ -36,6 +36,8 @@ class RegistrySettings:
     port: int = DEFAULT_PORT
     #: ``None``: local directory ``<data_dir>/blobs``; else ``file://``, a path or ``s3://``
     blob_store_url: str | None = None
+    #: seconds a presigned blob URL is valid; set, blob GETs redirect to the store (S3)
+    redirect_blobs: int | None = None
     #: external base URL used in model info (``https://models.example``); ``None``: the URL
     #: each request came in on
     public_url: str | None = None

@@ -293,5 +293,5 @@ def test_decode_runtime_data_matches_the_rust_helper() -> None:
 
 def test_the_kbs_url_comes_from_the_example_init_data() -> None:
     text = EXAMPLE_INIT_DATA.read_text()
-    assert kbs_url_from_init_data(text) == "https://kbs.example.com:8080"
+    assert kbs_url_from_init_data(text) == "https://modelseal-kbs.modelseal.svc:8080"
     assert kbs_url_from_init_data('version = "0.1.0"\nalgorithm = "sha384"\n[data]\n') is None

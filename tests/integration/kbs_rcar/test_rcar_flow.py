@@ -348,17 +348,20 @@ async def test_backend_outage_is_503(
     keys = TeeKeyPair.generate()
     token = await rcar(client, keys)
 
-    def down(*_a: object, **_k: object) -> None:
+    def down(_conn: object) -> None:
         raise BackendError("database error: OperationalError")
 
-    monkeypatch.setattr(kbs.state, "release", down)
+    def unit(*_a: object, **_k: object) -> object:
+        return down  # the unit of work fails inside the database transaction
+
+    monkeypatch.setattr(kbs.state, "release_unit", unit)
     r = await client.get(f"/kbs/v0/resource/{KEY_ID}", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"
     assert r.json()["type"].endswith("/BackendUnavailable")
     assert "OperationalError" not in r.text
 
-    monkeypatch.setattr(kbs.app.state.kbs.sessions, "create", down)
+    monkeypatch.setattr(kbs.app.state.kbs.sessions, "insert_unit", unit)
     assert (await client.post("/kbs/v0/auth", json=AUTH)).status_code == 503
 
     def no_db() -> None:

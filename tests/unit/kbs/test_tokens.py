@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from modelseal._internal.clock import FixedClock
+from modelseal._internal.encoding import b64url_decode, b64url_encode
 from modelseal.crypto.jose.compact import split_jwt
+from modelseal.crypto.jose.jwk import TeeKeyPair, recipient_from_jwk
 from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import TokenError
 from modelseal.kbs.tokens import TokenService, claims_from_json, trustworthiness
@@ -152,3 +154,50 @@ def test_a_token_with_sixteen_gpus_fits_the_size_cap() -> None:
     devices = tuple(_gpu(i) for i in range(16))
     token, _, _ = svc.issue(dataclasses.replace(TDX, devices=devices), nonce="n", tee_pubkey=JWK)
     assert len(svc.verify(token).claims.devices) == 16
+
+
+def _twin(svc: TokenService) -> TokenService:
+    """Another process with the same signing key: it has issued nothing itself."""
+    return TokenService(
+        svc.key, issuer="iss", audience="aud", ttl=300, insecure=False, clock=svc.clock
+    )
+
+
+def test_remembered_token_gives_what_full_verification_gives() -> None:
+    svc = _service(FixedClock())
+    token, _, _ = svc.issue(TDX, nonce="n", tee_pubkey=JWK)
+    assert svc.verify(token) == _twin(svc).verify(token)
+
+
+def test_only_the_exact_issued_text_skips_the_signature_check() -> None:
+    svc = _service(FixedClock())
+    token, _, _ = svc.issue(TDX, nonce="n", tee_pubkey=JWK)
+    header, _payload, signature = token.split(".")
+    raw = bytearray(b64url_decode(signature))
+    raw[-1] ^= 1
+    with pytest.raises(TokenError):  # the signature differs in its last byte
+        svc.verify(".".join([header, _payload, b64url_encode(bytes(raw))]))
+    other, _, _ = svc.issue(TDX, nonce="m", tee_pubkey=JWK)
+    with pytest.raises(TokenError):  # a remembered signature on another payload
+        svc.verify(".".join([header, other.split(".")[1], signature]))
+    assert svc.verify(token).claims == TDX
+
+
+def test_remembered_token_still_expires() -> None:
+    clock = FixedClock()
+    svc = _service(clock)
+    token, _, _ = svc.issue(TDX, nonce="n", tee_pubkey=JWK)
+    clock.advance(300 + svc.leeway)
+    with pytest.raises(TokenError, match="expired"):
+        svc.verify(token)
+    with pytest.raises(TokenError, match="expired"):
+        svc.verify(token)
+
+
+def test_remembered_token_keeps_the_validated_tee_key() -> None:
+    svc = _service(FixedClock())
+    jwk = TeeKeyPair.generate().public_jwk()
+    recipient = recipient_from_jwk(jwk)
+    token, _, _ = svc.issue(TDX, nonce="n", tee_pubkey=jwk, recipient=recipient)
+    assert svc.verify(token).recipient is recipient
+    assert _twin(svc).verify(token).recipient is None  # parsed again from the claims

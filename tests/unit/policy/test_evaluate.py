@@ -116,6 +116,18 @@ def test_model_digest_from_init_data() -> None:
     assert not decide({"model_digest": DIGEST}, no_claim)[0]
 
 
+def test_model_digest_from_runtime_attested_models() -> None:
+    # a serving TEE attests its models at run time: they, not init-data, decide
+    policy = parse_policy({**BASE, "model_digest": DIGEST})
+    no_claim = dataclasses.replace(TDX, init_data={})
+    other = DIGEST[:-1] + ("0" if DIGEST[-1] != "0" else "1")
+    assert evaluate(policy, no_claim, now=NOW, attested_models=[other, DIGEST]).allowed
+    denied = evaluate(policy, TDX, now=NOW, attested_models=[other])
+    assert not denied.allowed
+    assert "not among the attested models" in denied.reasons[0]
+    assert not evaluate(policy, TDX, now=NOW, attested_models=[]).allowed
+
+
 def test_not_after() -> None:
     policy = {"not_after": "2026-11-22T00:00:10Z"}
     assert decide(policy, now=NOW + 9)[0]

@@ -2,7 +2,7 @@
 
 The app tests drive the real registry app over ASGI with a recording ``send``, so they see
 exactly the messages a server would: the status line, then body chunks of at most
-``STREAM_CHUNK`` bytes.
+``STREAM_CHUNK`` bytes (streamed) or ``MAP_CHUNK`` bytes (mapped: memoryviews of the object).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from starlette.responses import StreamingResponse
 
 from modelseal.blobstore.base import BlobInfo, FileBackedStore
 from modelseal.blobstore.local import LocalBlobStore
@@ -79,6 +80,98 @@ def test_check_object_refuses_an_object_of_another_size(tmp_path: Path, delta: i
     anyio.run(main)
 
 
+def test_open_object_is_a_descriptor_of_the_checked_object(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = LocalBlobStore(tmp_path / "b")
+        data = os.urandom(70_001)
+        info = await store.put("m/v1/a", _aiter(data))
+        fd = await store.open_object(info)
+        try:
+            assert os.pread(fd, len(data) + 1, 0) == data
+        finally:
+            os.close(fd)
+        os.chmod(_object(tmp_path / "b", info), 0o600)
+        os.truncate(_object(tmp_path / "b", info), len(data) - 1)
+        with pytest.raises(BackendError, match="70000 bytes on disk, not 70001"):
+            await store.open_object(info)
+
+    anyio.run(main)
+
+
+def test_a_mapped_body_of_a_file_that_shrank_after_the_check_fails(tmp_path: Path) -> None:
+    """The shortfall surfaces as ``BackendError`` from the body (the server then drops the
+    connection short of its Content-Length), never as bytes that are not the object's."""
+
+    async def main() -> None:
+        store = LocalBlobStore(tmp_path / "b")
+        data = os.urandom(3 * CHUNK)
+        info = await store.put("m/v1/a", _aiter(data))
+        response = await blob_response.blob_body(
+            store, info, 0, info.size, status_code=200, headers={}, mapped=True
+        )
+        assert isinstance(response, StreamingResponse)
+        body = response.body_iterator
+        first = await anext(body)
+        assert bytes(first) == data[:CHUNK]
+        obj = _object(tmp_path / "b", info)
+        os.chmod(obj, 0o600)
+        os.truncate(obj, CHUNK)
+        with pytest.raises(BackendError, match="cannot be read") as err:
+            await anext(body)
+        assert str(tmp_path) not in str(err.value)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(blob_response, "MAP_CHUNK", CHUNK)
+        anyio.run(main)
+
+
+def _fds_of(path: Path) -> int:
+    """How many of this process's descriptors refer to ``path``."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:  # closed meanwhile (the listing's own descriptor, too)
+            continue
+    return found
+
+
+@pytest.mark.parametrize("chunks", [0, 1, 3])
+def test_a_mapped_body_closes_its_descriptor_however_far_it_is_sent(
+    tmp_path: Path, chunks: int
+) -> None:
+    """Not at all (the client left before the status line), partly, or to the end: the
+    object's descriptor is closed once the response is dropped."""
+
+    async def main() -> None:
+        store = LocalBlobStore(tmp_path / "b")
+        data = os.urandom(2 * CHUNK + 1)
+        info = await store.put("m/v1/a", _aiter(data))
+        obj = _object(tmp_path / "b", info)
+        response = await blob_response.blob_body(
+            store, info, 0, info.size, status_code=200, headers={}, mapped=True
+        )
+        assert isinstance(response, StreamingResponse)
+        assert _fds_of(obj) == 1
+        got = b""
+        body = aiter(response.body_iterator)
+        while len(got) < chunks * CHUNK and len(got) < len(data):
+            got += await anext(body)
+        assert got == data[: len(got)]
+        del response, body
+        # a page fault-in started on a worker thread for the next mapping holds the object
+        # until it returns; the descriptor must be closed once it has
+        for _ in range(500):
+            if _fds_of(obj) == 0:
+                break
+            await anyio.sleep(0.01)
+        assert _fds_of(obj) == 0
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(blob_response, "MAP_CHUNK", CHUNK)
+        anyio.run(main)
+
+
 # -- the registry app: status lines and streamed bodies ---------------------------------------
 
 #: the read size under test (monkeypatched: small, so bodies span several reads)
@@ -87,11 +180,12 @@ SIZE = CHUNK * 2 + 4093
 
 
 class _Registry:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, mapped: bool) -> None:
         settings = RegistrySettings(data_dir=tmp_path / "data")
         self.root = settings.blob_root
         self.store = LocalBlobStore(self.root)
-        self.app = create_app(settings, self.store)
+        self.mapped = mapped
+        self.app = create_app(settings, self.store, mapped_bodies=mapped)
         self.data = os.urandom(SIZE)
         self.info = anyio.run(self._put)
 
@@ -133,14 +227,20 @@ class _Registry:
         assert start["type"] == "http.response.start"
         assert all(m["type"] == "http.response.body" for m in body), body
         assert all(len(m.get("body", b"")) <= CHUNK for m in body)
+        # a mapped body is views of the object (no copy), the last message ends it
+        kind = memoryview if self.mapped else bytes
+        assert all(type(m["body"]) is kind for m in body[:-1]), body
         head = {k.decode(): v.decode() for k, v in start["headers"]}
         return start["status"], head, b"".join(m.get("body", b"") for m in body)
 
 
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _Registry:
+@pytest.fixture(params=[False, True], ids=["streamed", "mapped"])
+def registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> _Registry:
     monkeypatch.setattr(blob_response, "STREAM_CHUNK", CHUNK)
-    return _Registry(tmp_path)
+    monkeypatch.setattr(blob_response, "MAP_CHUNK", CHUNK)
+    return _Registry(tmp_path, mapped=request.param)
 
 
 @pytest.mark.parametrize(

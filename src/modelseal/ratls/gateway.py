@@ -1,0 +1,409 @@
+"""``modelseal gateway``: attested TLS in front of an unchanged inference server.
+
+Runs in the TEE next to the inference server. Each client connection is a thread: TLS 1.3
+with the attested certificate (:mod:`modelseal.ratls.identity`), HTTP/1.1 parsed by h11,
+each request forwarded to the upstream with httpx and the response relayed chunk by
+chunk as it arrives (server-sent events, chunked bodies and 100 MB downloads alike pass
+through in constant memory). ``GET /.well-known/modelseal-attestation?nonce=...`` is
+answered by the gateway itself with fresh evidence bound to the nonce and this TLS
+connection. Bounds: a connection limit, a request-head size limit, timeouts on the
+handshake, on idle keep-alive connections and on every read and write.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import socket
+import socketserver
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h11
+import httpx
+from OpenSSL import SSL
+
+from modelseal._internal.encoding import b64url_decode
+from modelseal.errors import ConfigError, FormatError
+from modelseal.ratls.identity import AttestedIdentity, models_from_receipts
+from modelseal.ratls.tls import READ_SIZE, TlsStream
+from modelseal.ratls.wire import FRESH_CONTENT_TYPE, FRESH_PATH, MAX_NONCE, MIN_NONCE
+from modelseal.tee import registry
+
+log = logging.getLogger(__name__)
+
+#: Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+    }
+)
+MAX_HEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Where to listen, where to forward, and the bounds."""
+
+    host: str
+    port: int
+    upstream: str
+    max_connections: int = 256
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    io_timeout: float = 300.0
+    #: fresh-evidence requests served at once (each asks the TEE for a quote)
+    max_fresh: int = 4
+
+    def validated(self) -> GatewaySettings:
+        parts = urllib.parse.urlsplit(self.upstream)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigError("--upstream must be an http:// URL of the local inference server")
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigError("--upstream takes scheme, host and port only")
+        if not _loopback(parts.hostname):
+            # plain HTTP leaves the TEE's memory only on loopback; anywhere else the
+            # prompts the gateway decrypted would cross a network in the clear
+            raise ConfigError("--upstream must be on loopback (127.0.0.1, ::1 or localhost)")
+        if not 1 <= self.max_connections <= 10_000:
+            raise ConfigError("max connections must be 1..10000")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class Gateway:
+    """The attested reverse proxy; :meth:`serve_forever` blocks, :meth:`shutdown` stops."""
+
+    def __init__(self, settings: GatewaySettings, identity: AttestedIdentity) -> None:
+        self.settings = settings.validated()
+        self.identity = identity
+        self.upstream = httpx.Client(
+            base_url=settings.upstream,
+            timeout=httpx.Timeout(settings.io_timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=settings.max_connections),
+            trust_env=False,
+        )
+        self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._fresh = threading.BoundedSemaphore(settings.max_fresh)
+        self._stop = threading.Event()
+        gateway = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                gateway._connection(self.request, self.client_address)
+
+        self.server = _Server((settings.host, settings.port), Handler, bind_and_activate=True)
+        self.port: int = self.server.server_address[1]
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+
+    def serve_forever(self) -> None:
+        self._refresher.start()
+        try:
+            self.server.serve_forever(poll_interval=0.2)
+        finally:
+            self.server.server_close()
+            self.upstream.close()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.server.shutdown()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(max(1.0, self.identity.next_refresh() - self.identity.clock())):
+            try:
+                self.identity.refresh()
+            except Exception:
+                # keep serving the current certificate; the next accept retries in time
+                log.exception("renewing the attested certificate failed")
+
+    # --- one connection ---------------------------------------------------------------
+
+    def _connection(self, sock: socket.socket, peer: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            sock.close()
+            log.warning("connection limit reached; refused %s", peer[0])
+            return
+        stream: TlsStream | None = None
+        try:
+            # small writes (a response head, an SSE event) must leave at once, not wait
+            # for the peer's delayed ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream = TlsStream.server(self.identity.current.context, sock, self.settings.io_timeout)
+            stream.handshake(self.settings.handshake_timeout)
+            _Exchange(self, stream, peer[0]).run()
+        except (SSL.Error, OSError, TimeoutError, h11.ProtocolError, httpx.HTTPError) as exc:
+            log.debug("connection from %s ended: %s", peer[0], type(exc).__name__)
+        except Exception as exc:
+            # no traceback: it could quote request bytes into the log
+            log.warning("connection from %s failed: %s", peer[0], type(exc).__name__)
+        finally:
+            if stream is not None:
+                stream.close()
+            else:
+                sock.close()
+            self._slots.release()
+
+
+class _Exchange:
+    """HTTP/1.1 requests on one TLS connection, one after another."""
+
+    def __init__(self, gateway: Gateway, stream: TlsStream, peer: str) -> None:
+        self.gateway = gateway
+        self.stream = stream
+        self.peer = peer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+
+    def _next(self, deadline: float | None = None) -> Any:
+        """The next h11 event; each read waits at most ``io_timeout``, and all reads
+        together end by ``deadline`` (monotonic) when one is given."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.h11.they_are_waiting_for_100_continue:
+                self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise TimeoutError("request head not received in time")
+            self.h11.receive_data(self.stream.read(READ_SIZE, timeout))
+
+    def _send(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data:
+            self.stream.write(data)
+
+    def _send_all(self, *events: Any) -> None:
+        """Several events, the end of the message included, in one write."""
+        data = b"".join(self.h11.send(e) or b"" for e in (*events, h11.EndOfMessage()))
+        self.stream.write(data)
+
+    def run(self) -> None:
+        while True:
+            try:
+                # the whole head, idle keep-alive wait included, within idle_timeout: a
+                # client trickling header bytes cannot hold a connection slot for long
+                event = self._next(time.monotonic() + self.gateway.settings.idle_timeout)
+            except h11.RemoteProtocolError as exc:
+                self._error(exc.error_status_hint, "malformed request")
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                return
+            if not isinstance(event, h11.Request):
+                return
+            self._request(event)
+            if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
+                return
+            self.h11.start_next_cycle()
+
+    def _error(self, status: int, text: str) -> None:
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = (text + "\n").encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        self._send_all(h11.Response(status_code=status, headers=headers), h11.Data(data=body))
+
+    def _request(self, request: h11.Request) -> None:
+        # origin-form only: an absolute URL or authority would make this an open proxy
+        if not request.target.startswith(b"/") or not request.target.isascii():
+            self._error(400, "request target must be an absolute path")
+            return
+        target = request.target.decode("ascii")
+        path, _, query = target.partition("?")
+        if path == FRESH_PATH:
+            self._fresh(request, query)
+            return
+        self._forward(request)
+
+    def _fresh(self, request: h11.Request, query: str) -> None:
+        if request.method != b"GET" or any(
+            k in (b"content-length", b"transfer-encoding") for k, _ in request.headers
+        ):
+            self._error(405, "fresh evidence: GET without a body")
+            return
+        if not isinstance(self._next(), h11.EndOfMessage):
+            return
+        try:
+            values = urllib.parse.parse_qs(query, max_num_fields=4).get("nonce", [])
+            nonce = b64url_decode(values[0], what="nonce") if len(values) == 1 else b""
+        except (FormatError, ValueError):
+            nonce = b""
+        if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+            self._error(400, f"nonce: {MIN_NONCE}..{MAX_NONCE} bytes, base64url, exactly once")
+            return
+        identity = self.gateway.identity
+        with self.gateway._fresh:
+            statement = identity.statement(nonce=nonce, tls_exporter=self.stream.channel_binding())
+            body = identity.evidence_buffer(statement)
+        headers = [
+            (b"content-type", FRESH_CONTENT_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        self._send_all(h11.Response(status_code=200, headers=headers), h11.Data(data=body))
+
+    def _body(self) -> Iterator[bytes]:
+        while True:
+            event = self._next()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+
+    def _forward(self, request: h11.Request) -> None:
+        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
+        headers += [(b"x-forwarded-proto", b"https"), (b"x-forwarded-for", self.peer.encode())]
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in request.headers)
+        upstream = self.gateway.upstream
+        outgoing = upstream.build_request(
+            request.method.decode("ascii"),
+            # the target is a path (and query), never parsed as a URL of its own
+            upstream.base_url.copy_with(raw_path=request.target),
+            headers=headers,
+            content=self._body() if has_body else None,
+        )
+        try:
+            response = upstream.send(outgoing, stream=True)
+        except httpx.HTTPError as exc:
+            log.warning("upstream request failed: %s", type(exc).__name__)
+            self._error(502, "upstream unavailable")
+            return
+        try:
+            out = [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in response.headers.multi_items()
+                if k.lower().encode("latin-1") not in HOP_BY_HOP
+            ]
+            self._send(
+                h11.Response(
+                    status_code=response.status_code,
+                    headers=out,
+                    reason=response.reason_phrase.encode("latin-1", "replace"),
+                )
+            )
+            for chunk in _read_ahead(response.iter_raw()):
+                self._send(h11.Data(data=chunk))
+            self._send(h11.EndOfMessage())
+        finally:
+            response.close()
+
+
+#: Upstream chunks (64 KiB each) read ahead of the TLS writer: 1 MiB per response.
+READ_AHEAD = 16
+_DONE = object()
+
+
+def _read_ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Read ``chunks`` in a helper thread, at most :data:`READ_AHEAD` ahead, so reading
+    from the upstream overlaps encrypting to the client (both release the GIL); an
+    upstream error is raised here, in the writer's thread."""
+    ahead: queue.Queue[Any] = queue.Queue(READ_AHEAD)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ahead.put(chunk, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(_DONE)
+        except BaseException as exc:  # handed to the writer, which raises it
+            ahead.put(exc)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A gateway ready to serve, and what its operator must be told."""
+
+    gateway: Gateway
+    warnings: tuple[str, ...]
+
+
+def start_gateway(
+    settings: GatewaySettings,
+    *,
+    kind: str,
+    attester_values: Mapping[str, Any],
+    opt_in_values: Mapping[str, Any],
+    receipts: Sequence[Path] = (),
+    lifetime: int = 3600,
+) -> Started:
+    """Attest as ``kind``, bind the receipts' model digests, bind the listening socket.
+
+    A kind whose evidence proves nothing (``sample``) is refused unless its own opt-in
+    option (the flag a KBS takes, ``--insecure-allow-sample``) is given; then the
+    warnings say so, for the caller to print loudly.
+    """
+    plugin = registry.plugin(kind)
+    warnings: list[str] = []
+    if plugin.insecure:
+        config = registry.build_config(kind, opt_in_values)
+        if not config.enabled():
+            raise ConfigError(
+                f"refusing to start: {kind} evidence is unsigned and proves nothing to "
+                f"clients; pass {' '.join(config.opt_in_flags())} for a development gateway"
+            )
+        warnings.append(
+            f"WARNING: INSECURE {kind} TEE: this gateway's evidence proves NOTHING "
+            "(unsigned); development only"
+        )
+    if plugin.test_only and not plugin.insecure:
+        warnings.append(f"WARNING: TEST ONLY {kind} TEE: evidence from a test CA, no hardware")
+    attester = registry.attester_for(kind, **registry.attester_keywords(kind, attester_values))
+    identity = AttestedIdentity(
+        kind, attester, models=models_from_receipts(receipts), lifetime=lifetime
+    )
+    return Started(Gateway(settings, identity), tuple(warnings))

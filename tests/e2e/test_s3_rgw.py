@@ -1,0 +1,110 @@
+"""The S3 blob store's contract (tests/unit/blobstore/test_s3.py, written against moto's
+mock) run against a real S3 server: Ceph RGW on loopback (tests/rgw.py).
+
+Every test here is in one xdist group, so a run starts one RGW cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelseal.blobstore.s3 import S3BlobStore
+from tests.rgw import RgwServer
+from tests.unit.blobstore.test_s3 import (  # the same tests, collected again here
+    test_hostile_metadata_in_the_bucket_is_a_backend_error,
+    test_limits_and_digest_keep_the_old_blob,
+    test_missing_and_invalid,
+    test_replaced_blob_is_not_mixed_into_a_read,
+    test_small_and_multipart_roundtrip,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("rgw")]
+
+__all__ = [
+    "test_hostile_metadata_in_the_bucket_is_a_backend_error",
+    "test_limits_and_digest_keep_the_old_blob",
+    "test_missing_and_invalid",
+    "test_replaced_blob_is_not_mixed_into_a_read",
+    "test_small_and_multipart_roundtrip",
+]
+
+
+@pytest.fixture
+def store(rgw: RgwServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3BlobStore]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw.secret_key)
+    bucket = f"b{os.urandom(4).hex()}"
+    s = S3BlobStore.from_url(f"s3://{bucket}/reg/prefix?endpoint={rgw.endpoint}")
+    s._client.create_bucket(Bucket=bucket)
+    s.part_size = 5 << 20
+    yield s
+    s._client.close()
+
+
+def test_a_model_on_s3_loads_from_s3_directly(rgw: RgwServer, tmp_path: Path) -> None:
+    """``registry serve --blob-store s3://... --redirect-blobs``: publish a model, then the
+    loader gets 307s to presigned S3 URLs and reads the sealed bytes from RGW itself; the
+    registry (behind a counting relay) carries the JSON and redirects, not the model."""
+    import boto3
+
+    from modelseal.loader.loader import load_model
+    from modelseal.loader.settings import LoaderSettings
+    from tests.e2e.tcp_proxy import ThrottlingProxy
+    from tests.e2e.test_publish_e2e import SAMPLE_POLICY, _publish, start_kbs
+    from tests.e2e.test_registry_http import start_registry
+
+    bucket = f"models-{os.urandom(4).hex()}"
+    boto3.client(
+        "s3",
+        endpoint_url=rgw.endpoint,
+        aws_access_key_id=rgw.access_key,
+        aws_secret_access_key=rgw.secret_key,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    s3_env = {k: v for k, v in rgw.env().items() if k.startswith("AWS_")}
+    registry = start_registry(
+        tmp_path / "registry",
+        "--blob-store", f"s3://{bucket}/sealed?endpoint={rgw.endpoint}",
+        "--redirect-blobs", "300",
+        env=s3_env,
+    )  # fmt: skip
+    kbs = start_kbs(tmp_path / "kbs")
+    try:
+        src = tmp_path / "model"
+        src.mkdir()
+        files = {"model.safetensors": os.urandom(20 << 20) + b"tail", "config.json": b"{}"}
+        for rel, data in files.items():
+            (src / rel).write_bytes(data)
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps(SAMPLE_POLICY))
+        done = _publish(
+            registry, kbs.url, kbs.token, src, "--model-id", "ons3", "--policy", str(policy),
+            staging=tmp_path / "staging",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        port = int(registry.url.rsplit(":", 1)[1])
+        with ThrottlingProxy(("127.0.0.1", port), bytes_per_second=1 << 40) as relay:
+            # a blob GET through the registry is a redirect to a presigned S3 URL
+            blob = httpx.get(f"{relay.url}/models/ons3").json()["files"][0]["url"]
+            first = httpx.get(blob.replace(registry.url, relay.url), headers={"Range": "bytes=0-3"})
+            assert first.status_code == 307
+            assert first.headers["location"].startswith(f"{rgw.endpoint}/{bucket}/sealed/")
+            dest = tmp_path / "dest"
+            settings = LoaderSettings(
+                model=f"{relay.url}/models/ons3", tee="sample", dest=dest, allow_disk=True
+            )
+            receipt = load_model(settings)
+            through_registry = relay.downstream_bytes
+        for rel, data in files.items():
+            assert (dest / rel).read_bytes() == data
+        assert receipt.model_digest
+        # the 20 MiB went from RGW to the loader; the registry sent JSON and redirects
+        assert through_registry < 256 << 10, through_registry
+    finally:
+        kbs.stop()
+        registry.stop()
