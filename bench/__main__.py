@@ -21,6 +21,7 @@ BENCHES = [
     "ratls_bench",
     "replicas_bench",
     "mount_bench",
+    "observe_bench",
 ]
 
 

@@ -14,10 +14,11 @@ grow unnoticed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Final
 
-__all__ = ["CONSULTED", "child_environment", "export", "snapshot", "variable"]
+__all__ = ["CONSULTED", "child_environment", "export", "hidden", "snapshot", "variable"]
 
 #: variables the library reads itself, and why (documented in docs/reference/environment.md)
 CONSULTED: Final[Mapping[str, str]] = {
@@ -31,6 +32,10 @@ CONSULTED: Final[Mapping[str, str]] = {
     "MODELSEAL_KBS_WORKER_SETTINGS": "kbs serve: internal hand-off of the validated settings "
     "to its worker processes (set by the supervisor, never by users)",
     "MODELSEAL_LOG_LEVEL": "kbs serve: the --log-level handed to its worker processes",
+    "MODELSEAL_LOG_FORMAT": "kbs serve: the --log-format handed to its worker processes",
+    "PROMETHEUS_MULTIPROC_DIR": "prometheus-client's own variable: kbs serve --workers N "
+    "names the directory its workers write metrics to; a server refuses one that names no "
+    "directory; the loader's textfile never uses it",
 }
 
 
@@ -46,6 +51,20 @@ def export(name: str, value: str) -> None:
     if name not in CONSULTED:
         raise KeyError(f"{name} is not a variable the library hands to its children")
     os.environ[name] = value
+
+
+@contextmanager
+def hidden(name: str) -> Iterator[None]:
+    """``name`` (one of :data:`CONSULTED`) unset while the block runs, then restored: for an
+    import that reads the environment once and must not see it."""
+    if name not in CONSULTED:
+        raise KeyError(f"{name} is not a variable the library consults")
+    value = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[name] = value
 
 
 def snapshot(prefix: str = "") -> dict[str, str]:

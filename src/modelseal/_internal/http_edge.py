@@ -19,6 +19,10 @@ are the same and live here once:
   answer; :func:`guarded_route` is the FastAPI route class that guards every route of a
   router (dependencies included), and :func:`install_error_handlers` does the same for the
   app's framework answers, picking the table by path.
+* :class:`RequestObserver` is the one middleware every app runs outermost: it gives each
+  request an id (the client's ``X-Request-Id`` if well formed, else a fresh one) that every
+  log line of the request carries and the response returns, records the request latency
+  histogram per route template and status class, and writes one access line.
 
 Details never carry secrets: modelseal error messages are written without them, and each
 table decides per row whether the exception's message is shown or a fixed text is.
@@ -28,7 +32,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -38,8 +43,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelseal._internal import metrics
+from modelseal._internal.logs import REQUEST_ID, request_id_from
 from modelseal.errors import Error, FormatError
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "ErrorTable",
     "Problem",
     "ProblemShape",
+    "RequestObserver",
     "guard",
     "guarded_route",
     "install_error_handlers",
@@ -302,3 +310,133 @@ class BodyLimit:
                         return
                     break
         await self.app(scope, receive, send)
+
+
+_access_log = logging.getLogger("modelseal.http")
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+#: the route label of a request no route matched (a 404 the router answered)
+UNMATCHED: Final = "<unmatched>"
+
+
+class RequestObserver:
+    """Pure ASGI middleware: request id, latency histogram and access line of every request.
+
+    Runs outside the routing, so it sees what the router matched only after the app
+    returns: the route *template* from ``scope["route"]`` (a client cannot mint metric
+    series or log fields by varying paths) and the status from the response start. A
+    request the app fails on without answering counts as a 500. The duration runs to the
+    last byte sent, so a streamed blob counts whole.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        server: str,
+        prefixes: Sequence[str] = (),
+        access_level: int = logging.INFO,
+    ) -> None:
+        self.app = app
+        self.server = server
+        #: the level of the access line (a busy server may keep it below its default)
+        self.access_level = access_level
+        #: the prefixes routers are included under, longest first: a route of an included
+        #: router may know its path without the prefix
+        self.prefixes = sorted(prefixes, key=len, reverse=True)
+        #: endpoint -> template of the router's plain Starlette routes, built on first use
+        self._templates: dict[Any, str] | None = None
+        #: (template, method, status // 100) -> the histogram child of that series
+        self._series: dict[tuple[str, str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value
+                break
+        rid = request_id_from(incoming)
+        token = REQUEST_ID.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._observe(scope, status, time.perf_counter() - started)
+            REQUEST_ID.reset(token)
+
+    def _template(self, scope: Scope) -> str:
+        """The full template of the route that served the request, or :data:`UNMATCHED`.
+
+        FastAPI's routes put themselves into ``scope["route"]`` (with their path inside
+        their router: the prefix the router is included under is found among
+        ``prefixes``, the one whose rest the route's pattern matches); a plain Starlette
+        route (the RCAR endpoints) leaves only its endpoint, which names its template.
+        Either way the template is the app's text, never the client's."""
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            regex = getattr(route, "path_regex", None)
+            requested = str(scope.get("path", ""))
+            for prefix in self.prefixes:
+                if (
+                    requested.startswith(prefix)
+                    and regex is not None
+                    and regex.match(requested[len(prefix) :])
+                ):
+                    return prefix + path
+            return path
+        endpoint, router = scope.get("endpoint"), scope.get("router")
+        if endpoint is None or router is None:
+            return UNMATCHED
+        if self._templates is None:
+            self._templates = {
+                route.endpoint: route.path
+                for route in getattr(router, "routes", ())
+                if isinstance(getattr(route, "path", None), str)
+                and getattr(route, "endpoint", None) is not None
+            }
+        return self._templates.get(endpoint, UNMATCHED)
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        template = self._template(scope)
+        method = scope.get("method", "")
+        method = method if method in _METHODS else "OTHER"
+        key = (template, method, status // 100)
+        series = self._series.get(key)
+        if series is None:  # labels() takes a lock and builds tuples: once per series
+            series = metrics.HTTP_REQUEST_SECONDS.labels(
+                self.server, template, method, metrics.status_class(status)
+            )
+            self._series[key] = series
+        series.observe(seconds)
+        if not _access_log.isEnabledFor(self.access_level):
+            return
+        # escaped: a decoded path may hold line breaks that would forge text log lines
+        path = json.dumps(str(scope.get("path", ""))[:200])[1:-1]
+        _access_log.log(
+            self.access_level,
+            "%s %s -> %d in %.1f ms",
+            method,
+            path,
+            status,
+            seconds * 1000,
+            extra={
+                "http_method": method,
+                "http_route": template,
+                "http_path": path,
+                "http_status": status,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )

@@ -13,6 +13,7 @@ import sys
 import click
 
 from modelseal import __version__
+from modelseal._internal.logs import quiet_noisy_libraries
 from modelseal.cli._lazy import LazyGroup
 from modelseal.errors import Error
 
@@ -45,6 +46,7 @@ def cli(verbose: int) -> None:
     """Seal AI models and release their keys only to attested TEEs."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_noisy_libraries()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 from modelseal.cli._tee_options import (
     aliased,
     attester_options,
@@ -144,6 +145,7 @@ def _path(value: str | None) -> Path | None:
     type=click.Choice(_LEVELS),
     help="Log level of the KBS and its workers.",
 )
+@ops_options
 def serve(
     data_dir: str,
     database_url: str | None,
@@ -162,6 +164,10 @@ def serve(
     max_body_bytes: int,
     workers: int,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_token_file: Path | None,
     **tee_options: Any,
 ) -> None:
     """Serve the Key Broker Service (Trustee KBS protocol 0.4 + admin API).
@@ -171,6 +177,7 @@ def serve(
     """
     from modelseal.kbs.settings import KbsSettings
 
+    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
     logging.getLogger("modelseal").setLevel(log_level.upper())
     settings = KbsSettings(
         data_dir=Path(data_dir),
@@ -199,7 +206,9 @@ def serve(
     from modelseal._internal import environment
 
     environment.export("MODELSEAL_LOG_LEVEL", log_level)  # for the worker processes
-    run(settings, workers=workers)
+    # only now that the settings hold: a refused start leaves this process's logging as is
+    apply_log_format(log_format)
+    run(settings, workers=workers, metrics_endpoint=endpoint)
 
 
 @click.command()

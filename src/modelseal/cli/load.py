@@ -132,6 +132,13 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
     help="Attempts per request on transient failures (unreachable KBS, CDH or registry, "
     "5xx) before exit 75 [default: 8].",
 )
+@click.option(
+    "--metrics-textfile",
+    envvar="MODELSEAL_METRICS_TEXTFILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write this run's metrics (bytes, result, authentication failures) to this *.prom "
+    "file for the node exporter's textfile collector; counters continue across runs.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors (no warnings either).")
 def load(
     model: str | None,
@@ -151,6 +158,7 @@ def load(
     cdh_url: str | None,
     measure: bool | None,
     retries: int | None,
+    metrics_textfile: Path | None,
     quiet: bool,
     **attester_values: str | None,
 ) -> None:
@@ -187,6 +195,7 @@ def load(
         cdh_url=cdh_url,
         measure=measure,
         retries=retries,
+        metrics_textfile=metrics_textfile,
     )
     # Kubernetes stops an initContainer with SIGTERM: unwind like Ctrl-C so the private
     # temp dir (partial plaintext) is wiped before the process exits

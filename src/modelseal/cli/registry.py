@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 from modelseal.registry.settings import DEFAULT_MAX_BLOB_SIZE, DEFAULT_PORT
 
 
@@ -79,6 +80,7 @@ def registry() -> None:
     envvar="MODELSEAL_TLS_KEY",
     help="PEM private key of --tls-cert.",
 )
+@ops_options
 def serve(
     data_dir: Path,
     host: str,
@@ -89,6 +91,10 @@ def serve(
     max_blob_size: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_token_file: Path | None,
 ) -> None:
     """Serve model records and sealed blobs over HTTP(S).
 
@@ -98,6 +104,7 @@ def serve(
     from modelseal.registry.server import serve as run
     from modelseal.registry.settings import RegistrySettings
 
+    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
     settings = RegistrySettings(
         data_dir=data_dir,
         host=host,
@@ -109,4 +116,6 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    run(settings)
+    # only now that the settings hold: a refused start leaves this process's logging as is
+    apply_log_format(log_format)
+    run(settings, metrics_endpoint=endpoint)

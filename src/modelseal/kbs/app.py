@@ -13,6 +13,7 @@ never stalls the event loop; the small CPU steps
 # dependencies at definition time, and they name per-app objects local to a function.
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import json
@@ -32,7 +33,13 @@ from starlette.routing import Route
 from modelseal import __version__
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal._internal.encoding import b64_encode
-from modelseal._internal.http_edge import BodyLimit, guard, guarded_route, read_body
+from modelseal._internal.http_edge import (
+    BodyLimit,
+    RequestObserver,
+    guard,
+    guarded_route,
+    read_body,
+)
 from modelseal.crypto.jose.jwk import recipient_from_jwk
 from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import BackendError, TokenError
@@ -64,6 +71,9 @@ T = TypeVar("T")
 M = TypeVar("M", bound=WireModel)
 
 NONCE_BYTES = 32
+#: where the admin API and the ITA/CNAP transfer API are mounted
+ADMIN_PREFIX = "/modelseal/v1"
+TRANSFER_PREFIX = "/kbs/v1"
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -112,9 +122,11 @@ class Kbs:
         """Run blocking database reads in the thread pool, never on the event loop.
 
         Each call is one transaction on a connection of its own (``read_connection``): a
-        slow disk stalls that request only. Writes are units for :attr:`units`.
+        slow disk stalls that request only. Writes are units for :attr:`units`. The work
+        runs in a copy of the request's context, so its log lines carry the request id.
         """
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, fn, *args)
 
     async def verify(
         self, tee: str, evidence: Any, digest: bytes, init_data: bytes | None
@@ -130,7 +142,8 @@ class Kbs:
         )
         if self.attestation.is_inline(tee):
             return call()
-        claims: Claims = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        ctx = contextvars.copy_context()
+        claims: Claims = await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, call)
         return claims
 
     async def verify_devices(self, additional_evidence: str, digest: bytes) -> tuple[Claims, ...]:
@@ -139,8 +152,9 @@ class Kbs:
         call = functools.partial(
             self.attestation.verify_devices, additional_evidence, expected_report_data=digest
         )
+        ctx = contextvars.copy_context()
         devices: tuple[Claims, ...] = await asyncio.get_running_loop().run_in_executor(
-            self._pool, call
+            self._pool, ctx.run, call
         )
         return devices
 
@@ -242,11 +256,11 @@ class Kbs:
 
 def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
     """Mount the admin API (``/modelseal/v1``) and the ITA/CNAP transfer API (``/kbs/v1``)."""
-    app.include_router(admin_router(kbs.state), prefix="/modelseal/v1")
+    app.include_router(admin_router(kbs.state), prefix=ADMIN_PREFIX)
     app.include_router(trustee_admin_router(kbs.state))  # Trustee kbs-client set-resource
     app.include_router(
         transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),
-        prefix="/kbs/v1",
+        prefix=TRANSFER_PREFIX,
     )
 
 
@@ -320,4 +334,13 @@ def create_app(
     _mount_state_routers(app, kbs)
 
     app.add_middleware(BodyLimit, limit=limit, table_for=table_for)
+    # Outermost: request ids and latencies cover the body-limit refusals too. The access
+    # line is at debug level: each RCAR request already logs its decision at info, and one
+    # more line per request costs several percent of a release's CPU.
+    app.add_middleware(
+        RequestObserver,
+        server="kbs",
+        prefixes=(ADMIN_PREFIX, TRANSFER_PREFIX),
+        access_level=logging.DEBUG,
+    )
     return app

@@ -3,19 +3,30 @@
 The KBS never trusts the ``tee`` name alone: the verifier of that kind must accept the
 evidence and its binding to the runtime data (both checked by the base verifier's
 ``verify``, whatever the kind). Verifiers are built once per kind (they may hold
-collateral caches) and reused across requests.
+collateral caches) and reused across requests. Every verification is counted by kind and
+result and timed (``modelseal_attestations_total``,
+``modelseal_attestation_verify_duration_seconds``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from modelseal._internal import metrics
 from modelseal._internal.bounded import load_json
 from modelseal._internal.clock import Clock, SystemClock
-from modelseal.errors import EvidenceError, FormatError, UnsupportedTee
+from modelseal.errors import (
+    AttestationError,
+    BackendError,
+    EvidenceError,
+    FormatError,
+    UnsupportedTee,
+)
 from modelseal.protocol.claims import Claims
 from modelseal.tee import registry
 from modelseal.tee.base import Verifier
@@ -103,12 +114,32 @@ class AttestationService:
         The claims are of kind ``tee`` and bound to ``expected_report_data``: the verifier
         of ``tee`` (built by the registry, which checks its kind) refuses anything else.
         """
-        return self.verifier(tee).verify(
-            evidence,
-            expected_report_data=expected_report_data,
-            now=self.clock.now(),
-            init_data=init_data,
+        return self._observed(
+            tee,
+            lambda: self.verifier(tee).verify(
+                evidence,
+                expected_report_data=expected_report_data,
+                now=self.clock.now(),
+                init_data=init_data,
+            ),
         )
+
+    def _observed(self, tee: str, verify: Callable[[], Claims]) -> Claims:
+        """``verify()``, counted by kind and result and timed."""
+        started = time.perf_counter()
+        result = "error"
+        try:
+            claims = verify()
+            result = "ok"
+            return claims
+        except BaseException as exc:
+            result = _result_of(exc)
+            raise
+        finally:
+            # requesters name the kind: only known kinds become label values
+            label = tee if tee in self.configs else "_unknown"
+            metrics.ATTESTATIONS.labels(label, result).inc()
+            metrics.VERIFY_SECONDS.labels(label).observe(time.perf_counter() - started)
 
     def device_kinds(self, additional_evidence: str) -> list[tuple[str, Any]]:
         """``(kind, one device's evidence)`` pairs of Trustee's additional evidence: the
@@ -143,8 +174,26 @@ class AttestationService:
         (the session's nonce and TEE key without the additional evidence itself, as
         guest-components computes it); any failure refuses the whole attestation."""
         return tuple(
-            self.verifier(kind).verify(
-                evidence, expected_report_data=expected_report_data, now=self.clock.now()
+            self._observed(
+                kind,
+                functools.partial(
+                    self.verifier(kind).verify,
+                    evidence,
+                    expected_report_data=expected_report_data,
+                    now=self.clock.now(),
+                ),
             )
             for kind, evidence in self.device_kinds(additional_evidence)
         )
+
+
+def _result_of(exc: BaseException) -> str:
+    """The ``result`` label of a failed verification (as the requester's status tells it:
+    403/401 rejected, 503 unavailable, 500 error)."""
+    if isinstance(exc, UnsupportedTee):
+        return "unsupported"
+    if isinstance(exc, EvidenceError | AttestationError | FormatError):
+        return "rejected"
+    if isinstance(exc, BackendError):
+        return "unavailable"
+    return "error"

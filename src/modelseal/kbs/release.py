@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from modelseal._internal import metrics
 from modelseal._internal.canonical import canonical_json
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError, Error, KeyNotFound, PolicyDenied
@@ -35,6 +36,9 @@ from modelseal.policy.evaluate import Decision, evaluate
 from modelseal.protocol.claims import Claims
 
 __all__ = ["ReleaseOutcome", "claims_digest", "release_unit", "released"]
+
+#: audit action -> the ``api`` label of the release metric
+_API = {"key.release": "rcar", "key.transfer": "transfer"}
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ class ReleaseOutcome:
     policy_digest: str | None = None
     dek: SecretBytes | None = None
     error: Error | None = None
+    #: the path names a stored key (only those become metric labels)
+    known: bool = True
     #: what the log line after the commit names: action, key id, requester, TEE kind
     note: tuple[str, str, str, str] = ("", "", "", "")
 
@@ -112,7 +118,17 @@ def release_unit(
 
 
 def released(outcome: ReleaseOutcome) -> SecretBytes:
-    """The DEK of a committed allow; the denial's error (PolicyDenied / KeyNotFound)."""
+    """The DEK of a committed allow; the denial's error (PolicyDenied / KeyNotFound).
+
+    Runs in the request's context once the decision is committed: its log line carries the
+    request id, and the decision is counted (only ids of stored keys become label values,
+    see ``metrics.key_label``)."""
+    action, key_id = outcome.note[0], outcome.note[1]
+    metrics.KEY_RELEASES.labels(
+        metrics.key_label(key_id, exists=outcome.known),
+        outcome.decision.verdict,
+        _API.get(action, "other"),
+    ).inc()
     log.info("%s %s for %s (tee %s): %s", *outcome.note, outcome.decision.verdict)
     if outcome.error is not None:
         raise outcome.error
@@ -175,7 +191,9 @@ def _read(store: KeyStore, conn: Connection, key_id: str) -> StoredKey | None:
 def _unknown(reason: str | None = None) -> ReleaseOutcome:
     """A denial for a path that names no stored key (the caller answers it like any deny)."""
     return ReleaseOutcome(
-        Decision(False, (reason or "no such key",)), error=KeyNotFound("no such key")
+        Decision(False, (reason or "no such key",)),
+        error=KeyNotFound("no such key"),
+        known=False,
     )
 
 

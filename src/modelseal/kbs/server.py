@@ -9,6 +9,11 @@ The parent opens the state first (data dir, KEK, admin credential, tables, token
 key) so the workers only ever open existing files; settings reach the workers through one
 environment variable of JSON, each worker builds its app with :func:`app_factory`, and a
 worker that dies is restarted.
+
+Metrics (``--metrics-port``) are served by a thread of the process that runs ``serve``:
+the server itself with one worker, the supervisor with several. Then the workers write
+their values into a private directory the supervisor makes (prometheus-client's
+multiprocess mode) and each scrape sums all of them, restarted workers' included.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from modelseal._internal import environment
+from modelseal._internal import environment, metrics
+from modelseal._internal.logs import configure_from_env
+from modelseal._internal.metrics import MetricsEndpoint, MetricsServer
 from modelseal.crypto.jose.jwt import TokenSigningKey
 from modelseal.errors import ConfigError
 from modelseal.kbs.app import create_app
@@ -100,9 +107,7 @@ def app_factory() -> ASGIApp:
     if not text:
         raise ConfigError(f"{SETTINGS_ENV} is not set; start workers with `modelseal kbs serve`")
     settings = settings_from_env(text)
-    logging.getLogger("modelseal").setLevel(
-        (environment.variable("MODELSEAL_LOG_LEVEL") or "INFO").upper()
-    )
+    configure_from_env()
     state = open_state(settings)
     app = create_app(settings, state)
     _freeze_heap()
@@ -160,9 +165,10 @@ def _worker_main(port: int) -> None:
 class _Supervisor:
     """Starts ``workers`` worker processes, restarts any that dies, stops all on a signal."""
 
-    def __init__(self, workers: int, port: int) -> None:
+    def __init__(self, workers: int, port: int, metrics_dir: Path | None = None) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._port = port
+        self._metrics_dir = metrics_dir
         self._procs: list[BaseProcess] = [self._start() for _ in range(workers)]
         self._stopping = threading.Event()
 
@@ -181,6 +187,8 @@ class _Supervisor:
             for i, proc in enumerate(self._procs):
                 if not proc.is_alive():
                     log.warning("KBS worker %s exited with %s; restarting", proc.pid, proc.exitcode)
+                    if self._metrics_dir is not None and proc.pid is not None:
+                        metrics.mark_process_dead(proc.pid, self._metrics_dir)
                     self._procs[i] = self._start()
         for proc in self._procs:
             if proc.is_alive() and proc.pid is not None:
@@ -192,25 +200,54 @@ class _Supervisor:
                 proc.join()
 
 
-def serve(settings: KbsSettings, *, workers: int = 1) -> None:
-    """Serve until interrupted, in this process or in ``workers`` processes."""
+def serve(
+    settings: KbsSettings, *, workers: int = 1, metrics_endpoint: MetricsEndpoint | None = None
+) -> None:
+    """Serve until interrupted, in this process or in ``workers`` processes, with
+    ``/metrics`` on ``metrics_endpoint`` if given."""
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}")
+    if metrics_endpoint is not None:
+        metrics_endpoint = metrics_endpoint.validated()
     scheme = "https" if settings.tls else "http"
     log.info("KBS listening on %s://%s:%d", scheme, settings.host, settings.port)
     if workers == 1:
-        build_server(settings).run()
+        server = build_server(settings)
+        exporter = _start_metrics(metrics_endpoint, None)
+        try:
+            server.run()
+        finally:
+            if exporter is not None:
+                exporter.close()
         return
     settings = settings.validated()
     state = open_state(settings)
     state.close()
     TokenSigningKey.load_or_create(settings.signing_key_path)
     environment.export(SETTINGS_ENV, settings_to_env(settings))
+    # before any worker starts: each reads the directory's name from its environment
+    metrics_dir = metrics.prepare_multiprocess_dir() if metrics_endpoint is not None else None
     # Bound but not listening: holds the port (and resolves port 0) while workers come and
     # go, and fails early if the address is taken. It takes no connections: the kernel only
     # hands them to listening sockets of the group.
     anchor = _listening_socket(settings.host, settings.port, listen=False)
+    exporter = None
     try:
-        _Supervisor(workers, anchor.getsockname()[1]).run()
+        exporter = _start_metrics(metrics_endpoint, metrics_dir)
+        _Supervisor(workers, anchor.getsockname()[1], metrics_dir).run()
     finally:
         anchor.close()
+        if exporter is not None:
+            exporter.close()
+        if metrics_dir is not None:
+            metrics.remove_multiprocess_dir(metrics_dir)
+
+
+def _start_metrics(
+    endpoint: MetricsEndpoint | None, multiprocess_dir: Path | None
+) -> MetricsServer | None:
+    if endpoint is None:
+        return None
+    exporter = MetricsServer(endpoint, multiprocess_dir=multiprocess_dir)
+    log.info("KBS metrics on http://%s:%d/metrics", endpoint.host, exporter.port)
+    return exporter

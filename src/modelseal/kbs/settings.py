@@ -8,12 +8,12 @@ misconfigured KBS never starts half-working. Plain HTTP is refused off loopback 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelseal._internal.urls import is_loopback as is_loopback
 from modelseal.errors import ConfigError
 from modelseal.tee import registry
 from modelseal.tee.plugin import KindConfig
@@ -22,16 +22,6 @@ TOKEN_SIGNING_KEY_FILE = "token-signing-key.pem"  # noqa: S105 - a file name
 DEFAULT_PORT = 8080
 DEFAULT_TTL = 300.0
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 #: Options naming a collateral download cache (defaulted into the data directory).

@@ -23,6 +23,7 @@ the event loop thread.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
@@ -101,7 +102,7 @@ class GroupCommit:
 
     async def run(self, unit: Unit[T]) -> T:
         loop = asyncio.get_running_loop()
-        item = _Item(unit, loop)
+        item = _Item(in_context(unit), loop)
         if self._thread is None:
             self._start()
         pending = self._pending.get(loop)
@@ -196,6 +197,17 @@ class GroupCommit:
         return True, value
 
 
+def in_context(unit: Unit[T]) -> Unit[T]:
+    """``unit`` run in a copy of the caller's context (on whichever thread runs it), so what
+    it logs carries the caller's request id."""
+    context = contextvars.copy_context()
+
+    def run(conn: Connection) -> T:
+        return context.run(unit, conn)
+
+    return run
+
+
 def driver_error(conn: Connection) -> type[Exception]:
     """The DBAPI's base error class (a raw driver statement raises it, not SQLAlchemy's)."""
     error: type[Exception] = conn.dialect.loaded_dbapi.Error
@@ -211,7 +223,7 @@ class PooledUnits:
 
     async def run(self, unit: Unit[T]) -> T:
         loop = asyncio.get_running_loop()
-        result: T = await loop.run_in_executor(self._pool, run_alone, self._db, unit)
+        result: T = await loop.run_in_executor(self._pool, run_alone, self._db, in_context(unit))
         return result
 
 

@@ -38,6 +38,7 @@ from modelseal.errors import (
     NotFound,
     TransientError,
 )
+from modelseal.loader.metrics import ByteCounter
 from modelseal.loader.tls import system_trust
 from modelseal.protocol.wire import WireError, decode_json, describe
 
@@ -177,6 +178,7 @@ class Fetcher:
         max_connections: int = 8,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
+        received: ByteCounter | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
@@ -193,6 +195,8 @@ class Fetcher:
         )
         #: number of attempts that were retried (for receipts and tests)
         self.retried = 0
+        #: bytes received in response bodies, retried attempts included (for metrics)
+        self.received = received if received is not None else ByteCounter()
         #: bulk ranged reads go through http.client straight into the caller's buffer
         #: (``readinto``: no per-chunk bytes objects); httpx stays for everything else
         self._direct = transport is None
@@ -338,9 +342,11 @@ class Fetcher:
             ) as response:
                 if response.status_code != 200:
                     raise _status_error(url, response, not_found=not_found)
-                return read_body(
+                body = read_body(
                     response, limit=MAX_JSON_BYTES, deadline=deadline, what=f"{url} (JSON)"
                 )
+                self.received.add(len(body))
+                return body
 
         return self._retrying(url, attempt)
 
@@ -365,46 +371,50 @@ class Fetcher:
         attempt = 0
         total_attempts = 0
         direct = self._direct and deadline is None and url.startswith(("http://", "https://"))
-        redirects = 0
-        while progress.got < length:
-            attempt += 1
-            total_attempts += 1
-            before = progress.got
-            if deadline is not None:
-                deadline.check(url)
-            try:
-                if direct:
-                    target = self._moved.get(url, url)
-                    try:
-                        self._read_direct(target, start, into, progress)
-                    except _Redirected as moved:
-                        redirects += 1
-                        if moved.location is None or redirects > _MAX_REDIRECTS:
-                            self._read_once(url, start, into, progress)
-                        else:
-                            self._moved[url] = moved.location
-                            attempt -= 1  # a redirect is not a failed attempt
-                            total_attempts -= 1
-                            continue
-                    except (BackendError, NotFound, AuthorizationError) as exc:
-                        if target == url:
-                            raise
-                        # a presigned URL that expired (403) or a store that moved:
-                        # ask the registry again for a fresh one
-                        self._moved.pop(url, None)
-                        raise _Retry(f"redirected download failed: {exc}") from None
-                else:
-                    self._read_once(url, start, into, progress, deadline)
-                if progress.got < length:
-                    raise _Retry("connection closed before the end of the range")
-            except httpx.UnsupportedProtocol as exc:
-                raise ConfigError(f"{url}: not an http(s) URL") from exc
-            except (_Retry, httpx.TransportError) as exc:
-                _raise_if_untrusted(url, exc)
-                reason = exc.reason if isinstance(exc, _Retry) else type(exc).__name__
-                if progress.got > before and total_attempts < 4 * self.retry.attempts:
-                    attempt = 1  # progress: a resumed stream is not a failure streak
-                self._backoff(url, attempt, reason)
+        try:
+            redirects = 0
+            while progress.got < length:
+                attempt += 1
+                total_attempts += 1
+                before = progress.got
+                if deadline is not None:
+                    deadline.check(url)
+                try:
+                    if direct:
+                        target = self._moved.get(url, url)
+                        try:
+                            self._read_direct(target, start, into, progress)
+                        except _Redirected as moved:
+                            redirects += 1
+                            if moved.location is None or redirects > _MAX_REDIRECTS:
+                                self._read_once(url, start, into, progress)
+                            else:
+                                self._moved[url] = moved.location
+                                attempt -= 1  # a redirect is not a failed attempt
+                                total_attempts -= 1
+                                continue
+                        except (BackendError, NotFound, AuthorizationError) as exc:
+                            if target == url:
+                                raise
+                            # a presigned URL that expired (403) or a store that moved:
+                            # ask the registry again for a fresh one
+                            self._moved.pop(url, None)
+                            raise _Retry(f"redirected download failed: {exc}") from None
+                    else:
+                        self._read_once(url, start, into, progress, deadline)
+                    if progress.got < length:
+                        raise _Retry("connection closed before the end of the range")
+                except httpx.UnsupportedProtocol as exc:
+                    raise ConfigError(f"{url}: not an http(s) URL") from exc
+                except (_Retry, httpx.TransportError) as exc:
+                    _raise_if_untrusted(url, exc)
+                    reason = exc.reason if isinstance(exc, _Retry) else type(exc).__name__
+                    if progress.got > before and total_attempts < 4 * self.retry.attempts:
+                        attempt = 1  # progress: a resumed stream is not a failure streak
+                    self._backoff(url, attempt, reason)
+        finally:
+            # a resumed range continues where it broke off: each byte arrives once
+            self.received.add(progress.got)
 
     def _read_once(
         self,
@@ -474,6 +484,7 @@ class Fetcher:
                 else:
                     raise _status_error(url, response, not_found=BlobNotFound)
                 body = read_body(response, limit=length, deadline=deadline, what=url, truncate=True)
+                self.received.add(len(body))
                 want = min(length, total)
                 if len(body) < want:
                     raise _Retry("connection closed before the end of the range")

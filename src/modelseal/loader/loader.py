@@ -45,6 +45,7 @@ from modelseal.loader.attest import (
 )
 from modelseal.loader.fetch import Fetcher, RetryPolicy
 from modelseal.loader.measure import record_load
+from modelseal.loader.metrics import LoadStats, recording
 from modelseal.loader.pipeline import Download, Pipeline, Target
 from modelseal.loader.receipt import LoadedFile, Receipt, Timings
 from modelseal.loader.settings import KEY_SOURCE_CDH, LoaderSettings
@@ -305,6 +306,7 @@ def run_load(
     *,
     on_progress: Callable[[int], None] | None = None,
     release: ReleaseFn | None = None,
+    stats: LoadStats | None = None,
 ) -> LoadResult:
     """The one load sequence, for a directory (``modelseal load``) or memory (the SDK).
 
@@ -312,9 +314,12 @@ def run_load(
     start → attestation and key release → sealed manifest checked against every header →
     ``target.reserve`` → decryption into ``target.open`` fds → ``target.commit``. Any
     failure calls ``target.abort`` (no partial plaintext survives) and the key is wiped
-    whatever happens.
+    whatever happens. ``stats`` (if given) counts the bytes received and decrypted as
+    they go, so a failed run reports them too.
     """
-    with open_fetcher(settings) as fetcher:
+    if stats is not None:
+        on_progress = _counting(stats, on_progress)
+    with open_fetcher(settings, stats) as fetcher:
         with timings.step("model_info"):
             info = fetch_model_info(fetcher, settings.model)
         target.plan([f.path for f in info.files] or [cnap_loader.target_name(info)[0]])
@@ -343,14 +348,27 @@ def load_model(
     """Run the whole loader contract; return the receipt written into the destination.
 
     ``release`` obtains the model key (default: attest to the KBS with ``KbsClient``).
-    Raises the typed errors of :mod:`modelseal.errors` (each with its exit code).
+    Raises the typed errors of :mod:`modelseal.errors` (each with its exit code). With
+    ``settings.metrics_textfile`` the run's metrics are written there however it ends.
     """
+    with recording(settings.metrics_textfile) as stats:
+        return _load_model(settings, on_progress, release, stats)
+
+
+def _load_model(
+    settings: LoaderSettings,
+    on_progress: Callable[[int], None] | None,
+    release: ReleaseFn | None,
+    stats: LoadStats,
+) -> Receipt:
     timings = Timings()
     started = time.time()
     target = DirectoryTarget(
         settings.dest, allow_disk=settings.allow_disk, modes=settings.file_modes, timings=timings
     )
-    done = run_load(settings, target, timings, on_progress=on_progress, release=release)
+    done = run_load(
+        settings, target, timings, on_progress=on_progress, release=release, stats=stats
+    )
     key = done.key
     receipt = Receipt(
         model_id=done.info.id,
@@ -377,14 +395,26 @@ def load_model(
     return receipt
 
 
-def open_fetcher(settings: LoaderSettings) -> Fetcher:
+def open_fetcher(settings: LoaderSettings, stats: LoadStats | None = None) -> Fetcher:
     """The one pooled HTTP client of a load (registry side), configured from the settings."""
     return Fetcher(
         verify=settings.registry_verify,
         timeout=settings.timeout,
         retry=RetryPolicy(attempts=settings.retries),
         max_connections=settings.workers + 2,
+        received=stats.fetched if stats is not None else None,
     )
+
+
+def _counting(stats: LoadStats, on_progress: Callable[[int], None] | None) -> Callable[[int], None]:
+    """``on_progress`` that first adds the decrypted bytes to ``stats``."""
+
+    def progress(n: int) -> None:
+        stats.decrypted.add(n)
+        if on_progress is not None:
+            on_progress(n)
+
+    return progress
 
 
 def decrypt_model(

@@ -16,6 +16,7 @@ from pathlib import Path
 from modelseal._internal import environment
 from modelseal.errors import ConfigError
 from modelseal.loader.destination import FileModes
+from modelseal.loader.metrics import check_textfile_path
 
 DEFAULT_DEST = Path("/models")
 DEFAULT_WORKERS = 4
@@ -24,7 +25,9 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
-_PATHS = frozenset({"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data"})
+_PATHS = frozenset(
+    {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data", "metrics_textfile"}
+)
 
 #: environment variable -> settings field: the variables of ``modelseal load``'s options
 #: (its Click options take their ``envvar`` from here; a test keeps them equal)
@@ -49,6 +52,7 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_AA_URL": "aa_url",
     "MODELSEAL_MEASURE": "measure",
     "MODELSEAL_RETRIES": "retries",
+    "MODELSEAL_METRICS_TEXTFILE": "metrics_textfile",
 }
 
 #: ``key_source`` values: RCAR with the KBS ourselves, or the CoCo Confidential Data Hub
@@ -117,6 +121,9 @@ class LoaderSettings:
     #: a sealed model directory on this machine instead of ``model`` (``modelseal mount
     #: --sealed``); its key is still released by the KBS after attestation
     sealed_dir: Path | None = None
+    #: a ``*.prom`` file ``load_model`` writes the run's metrics to, for the node exporter's
+    #: textfile collector (:mod:`modelseal.loader.metrics`); None: no metrics
+    metrics_textfile: Path | None = None
 
     def __post_init__(self) -> None:
         if self.sealed_dir is not None:
@@ -152,6 +159,8 @@ class LoaderSettings:
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"{name}: no such file: {value}")
+        if self.metrics_textfile is not None:
+            check_textfile_path(Path(self.metrics_textfile))
 
     @classmethod
     def from_options(cls, **values: object) -> LoaderSettings:

@@ -361,6 +361,7 @@ def create_app(
         )
 
     app.include_router(router)
+    app.add_middleware(http_edge.RequestObserver, server="registry")
     return app
 
 

@@ -15,6 +15,7 @@ import logging
 
 import uvicorn
 
+from modelseal._internal.metrics import MetricsEndpoint, MetricsServer
 from modelseal.blobstore.factory import open_blob_store
 from modelseal.registry.app import create_app
 from modelseal.registry.settings import RegistrySettings
@@ -29,8 +30,9 @@ def mapped_bodies_possible() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("uvloop", "httptools"))
 
 
-def serve(settings: RegistrySettings) -> None:
-    """Serve until interrupted. Prints where the upload token lives, never the token."""
+def serve(settings: RegistrySettings, *, metrics_endpoint: MetricsEndpoint | None = None) -> None:
+    """Serve until interrupted, with ``/metrics`` on ``metrics_endpoint`` if given.
+    Prints where the upload token lives, never the token."""
     store = open_blob_store(settings.blob_store_url, default_root=settings.blob_root)
     stack = mapped_bodies_possible()
     app = create_app(settings, store, mapped_bodies=stack and settings.tls_cert is None)
@@ -51,8 +53,18 @@ def serve(settings: RegistrySettings) -> None:
         http="httptools" if stack else "auto",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        log_level="warning",
+        # our handler (text or JSON, with request ids) prints uvicorn's records too, and
+        # the HTTP edge writes the access lines
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=5,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    exporter = MetricsServer(metrics_endpoint) if metrics_endpoint is not None else None
+    if exporter is not None:
+        log.warning("registry metrics on http://%s:%d/metrics", exporter.host, exporter.port)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if exporter is not None:
+            exporter.close()

@@ -328,3 +328,35 @@ async def test_init_data_binds_the_model_digest(env: Env, workload: WorkloadKeyP
         assert r.status_code == status, r.text
         if status == 200:
             assert _unwrap(workload, r) == DEK
+
+
+async def test_transfer_is_counted(env: Env, workload: WorkloadKeyPair) -> None:
+    """The transfer API shares the attestation and release counters with RCAR, under
+    ``api="transfer"``, and its requests are labelled with the whole route template."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    released = {"key_id": KEY_ID, "decision": "allow", "api": "transfer"}
+    route = {
+        "server": "kbs",
+        "route": "/kbs/v1/keys/{repo}/{kind}/{tag}/transfer",
+        "method": "POST",
+        "status_class": "2xx",
+    }
+    before = (
+        value("modelseal_key_release_decisions_total", **released),
+        value("modelseal_attestations_total", tee="mock-tdx", result="ok"),
+        value("modelseal_http_request_duration_seconds_count", **route),
+    )
+    nonce = await _nonce(env)
+    body = _round2(env, nonce, workload.public.spki_der())
+    assert _unwrap(workload, await env.client.post(_url(KEY_ID), json=body, headers=HEADERS))
+    after = (
+        value("modelseal_key_release_decisions_total", **released),
+        value("modelseal_attestations_total", tee="mock-tdx", result="ok"),
+        value("modelseal_http_request_duration_seconds_count", **route),
+    )
+    # one release, one verification, two requests (the nonce round and the transfer)
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 2]

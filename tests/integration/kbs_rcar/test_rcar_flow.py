@@ -180,7 +180,9 @@ async def test_deny_and_unknown_are_identical_403(client: httpx.AsyncClient) -> 
     assert denied.status_code == unknown.status_code == 403
     assert denied.content == unknown.content
     assert denied.json()["type"].endswith("/PolicyDeny")
-    assert dict(denied.headers) == dict(unknown.headers)
+    # the request id differs per request and says nothing about the key
+    same = [{k: v for k, v in r.headers.items() if k != "x-request-id"} for r in (denied, unknown)]
+    assert same[0] == same[1]
 
 
 @pytest.mark.parametrize("path", ["a/b", "a/b/c/d", "a/../c", "..x/b/c", "a/b/c%2Fd", "a//c"])

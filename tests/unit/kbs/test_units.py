@@ -138,3 +138,36 @@ def test_run_alone_discards_when_the_commit_fails(db: Database) -> None:
     with pytest.raises(BackendError):
         run_alone(db, unit)
     assert secret.discarded
+
+
+def test_units_run_in_the_callers_context(db: Database) -> None:
+    """A unit runs on the writer thread (SQLite) or in the pool (PostgreSQL), yet sees the
+    request's context: what it logs carries that request's id."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modelseal._internal.logs import REQUEST_ID
+    from modelseal.kbs.units import PooledUnits
+
+    def seen(conn: Connection) -> tuple[str | None, str]:
+        return REQUEST_ID.get(), threading.current_thread().name
+
+    async def request(runner: GroupCommit | PooledUnits, rid: str) -> tuple[str | None, str]:
+        REQUEST_ID.set(rid)
+        return await runner.run(seen)
+
+    async def main() -> list[tuple[str | None, str]]:
+        group = GroupCommit(db)
+        with ThreadPoolExecutor(2, thread_name_prefix="pool") as pool:
+            pooled = PooledUnits(db, pool)
+            try:
+                return list(
+                    await asyncio.gather(
+                        request(group, "req-a"), request(group, "req-b"), request(pooled, "req-c")
+                    )
+                )
+            finally:
+                group.close()
+
+    results = asyncio.run(main())
+    assert [rid for rid, _ in results] == ["req-a", "req-b", "req-c"]
+    assert all(thread != threading.main_thread().name for _, thread in results)

@@ -40,7 +40,7 @@ FORBIDDEN_PREFIXES = (
 def _run(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], *args: str) -> LoaderSettings:
     seen: list[LoaderSettings] = []
 
-    def fake_load(settings: LoaderSettings) -> object:
+    def fake_load(settings: LoaderSettings, **_options: object) -> object:
         seen.append(settings)
         raise SystemExit(0)
 
@@ -172,7 +172,7 @@ def test_quiet_silences_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     package.setLevel(logging.INFO)  # as `kbs serve` run earlier in this process leaves it
     enabled: list[bool] = []
 
-    def fake_load(settings: LoaderSettings) -> object:
+    def fake_load(settings: LoaderSettings, **_options: object) -> object:
         enabled.append(logging.getLogger("modelseal.loader.attest").isEnabledFor(logging.WARNING))
         raise SystemExit(0)
 

@@ -7,7 +7,8 @@ names do not matter), then the on-disk cache of earlier downloads that is still 
 the verification time, then the configured PCS/PCCS URL (result cached). No collateral ⇒
 :class:`CollateralMissing` (a configuration gap: the CLI exits 2, the KBS answers 503 as
 the guest is not at fault); a PCCS that fails ⇒ :class:`BackendError`; collateral
-that exists but is expired ⇒ dcap-qvl's check fails ⇒ :class:`EvidenceError`.
+that exists but is expired ⇒ dcap-qvl's check fails ⇒ :class:`EvidenceError`. Every lookup
+is counted by where its answer came from (``modelseal_collateral_lookups_total``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from modelseal._internal import metrics
 from modelseal._internal.bounded import load_json
 from modelseal.crypto.x509_pem import parse_certificates
 from modelseal.errors import (
@@ -173,23 +175,36 @@ class CollateralStore:
         fails with "collateral expired" (the operator's cue) instead of "missing".
         """
         tee, fmspc = tee.upper(), fmspc.lower()
+        source = "missing"
+        try:
+            found, source = self._lookup(tee, fmspc, ca, now)
+            return found
+        except BackendError as exc:
+            source = "missing" if isinstance(exc, CollateralMissing) else "pccs_error"
+            raise
+        finally:
+            label = tee.lower() if tee in ("TDX", "SGX") else "other"
+            metrics.COLLATERAL_LOOKUPS.labels(label, source).inc()
+
+    def _lookup(self, tee: str, fmspc: str, ca: str, now: float) -> tuple[CollateralSet, str]:
+        """The set :meth:`get` returns and where it came from (the metric's source label)."""
         bundled = _pick(self._sets, tee, fmspc, now)
         if bundled is not None and (bundled.fresh_at(now) or not self._pccs_url):
-            return bundled
+            return bundled, "bundle" if bundled.fresh_at(now) else "stale"
         with self._lock:
             cached = _pick(self._cached, tee, fmspc, now)
             if cached is not None and cached.fresh_at(now):
-                return cached
+                return cached, "cache"
             if self._pccs_url:
                 fetched = self._fetch(tee, fmspc, ca)
                 self._store(fetched)
-                return fetched
+                return fetched, "pccs"
         if bundled is not None:
-            return bundled
+            return bundled, "stale"
         if cached is not None:
-            return cached
+            return cached, "stale"
         if self._single_file:
-            return self._sets[0]
+            return self._sets[0], "bundle"
         raise CollateralMissing(
             f"no DCAP collateral for {tee} FMSPC {fmspc}: the collateral bundle has no entry "
             "for it and no PCCS URL is configured (add it to the bundle or set a PCCS URL)"

@@ -244,3 +244,44 @@ def test_non_string_dates_are_evidence_errors(date: object) -> None:
     }
     with pytest.raises(EvidenceError, match="malformed TCB info"):
         parse_collateral(doc, source="test")
+
+
+def _lookups(source: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "modelseal_collateral_lookups_total", {"tee": "tdx", "source": source}
+    )
+    return value or 0.0
+
+
+def test_lookups_are_counted_by_source(
+    ca: MockTdxCA, pccs: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    """Bundle and cache hits, a PCCS download (the miss), a stale set, nothing at all."""
+    url, _ = pccs
+    sources = ("bundle", "cache", "pccs", "stale", "missing", "pccs_error")
+    before = {s: _lookups(s) for s in sources}
+    fresh = ca.collateral(issued=NOW - 3600, next_update=NOW + 86400)
+    (tmp_path / "bundle.json").write_text(json.dumps(fresh))
+    bundled = CollateralStore(bundle=tmp_path / "bundle.json")
+    bundled.get("TDX", "feedfacecafe", "platform", NOW)
+    bundled.get("TDX", "feedfacecafe", "platform", NOW + 2 * 86400)  # past next_update
+    fetching = CollateralStore(pccs_url=url, cache_dir=tmp_path / "cache")
+    fetching.get("TDX", "feedfacecafe", "platform", NOW)
+    fetching.get("TDX", "feedfacecafe", "platform", NOW)
+    with pytest.raises(BackendError):
+        CollateralStore().get("TDX", "feedfacecafe", "platform", NOW)
+    with pytest.raises(BackendError):
+        CollateralStore(pccs_url="http://127.0.0.1:9", timeout=2).get(
+            "TDX", "feedfacecafe", "platform", NOW
+        )
+    delta = {s: _lookups(s) - before[s] for s in sources}
+    assert delta == {
+        "bundle": 1,
+        "cache": 1,
+        "pccs": 1,
+        "stale": 1,
+        "missing": 1,
+        "pccs_error": 1,
+    }

@@ -1,0 +1,343 @@
+"""Prometheus metrics of the modelseal servers: every series defined once, and the scrape
+endpoint.
+
+The series (names, labels and types are listed in docs/guides/metrics.md):
+
+* ``modelseal_http_request_duration_seconds{server, route, method, status_class}``:
+  recorded by the one HTTP edge middleware for every app (KBS RCAR, admin, transfer,
+  registry). ``route`` is the route *template* (``/kbs/v0/resource/{path:path}``), never
+  the requested path, so a client cannot mint series.
+* ``modelseal_attestations_total{tee, result}`` and
+  ``modelseal_attestation_verify_duration_seconds{tee}``: every evidence verification, RCAR
+  and transfer alike.
+* ``modelseal_key_release_decisions_total{key_id, decision, api}``: every release decision.
+  ``key_id`` is a label only for keys that exist, and only for the first
+  :data:`MAX_KEY_LABELS` distinct ones a process sees; unknown or malformed paths count as
+  ``_unknown`` and keys past the cap as ``_other``, so label cardinality is bounded by the
+  operator's keys and a constant, never by what requesters send.
+* ``modelseal_collateral_lookups_total{tee, source}``: where DCAP collateral came from.
+
+prometheus-client is in the ``server`` extra. Without it (a verifier used from the command
+line, say) recording is a no-op and asking to serve metrics is a :class:`ConfigError`.
+
+Multi-process servers use prometheus-client's multiprocess mode: the supervisor makes an
+empty private directory, names it in ``PROMETHEUS_MULTIPROC_DIR`` before the workers start
+(each worker then writes its values to memory-mapped files there), and serves the sum over
+all files (dead workers' included, so counters never go back).
+"""
+
+from __future__ import annotations
+
+import hmac
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from types import ModuleType
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from modelseal._internal import environment
+from modelseal._internal.urls import is_loopback
+from modelseal.errors import ConfigError
+
+_prom: ModuleType | None
+_multiprocess: ModuleType | None
+try:
+    import prometheus_client
+    from prometheus_client import multiprocess
+except ImportError:  # pragma: no cover - the server extra installs it
+    _prom = _multiprocess = None
+else:
+    # one sample per series: the ``_created`` twins only double what a scrape carries
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    _prom, _multiprocess = prometheus_client, multiprocess
+
+__all__ = [
+    "ATTESTATIONS",
+    "AVAILABLE",
+    "COLLATERAL_LOOKUPS",
+    "HTTP_REQUEST_SECONDS",
+    "KEY_RELEASES",
+    "MAX_KEY_LABELS",
+    "MULTIPROC_ENV",
+    "VERIFY_SECONDS",
+    "OTHER_KEY",
+    "UNKNOWN_KEY",
+    "MetricsEndpoint",
+    "MetricsServer",
+    "check_environment",
+    "key_label",
+    "mark_process_dead",
+    "prepare_multiprocess_dir",
+    "remove_multiprocess_dir",
+    "status_class",
+]
+
+#: True when prometheus-client is installed (metrics are recorded and can be served)
+AVAILABLE: Final = _prom is not None
+#: the variable prometheus-client reads, at import, to write values to shared files
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+#: distinct ``key_id`` label values one process gives out before using ``_other``
+MAX_KEY_LABELS: Final = 1000
+UNKNOWN_KEY: Final = "_unknown"
+OTHER_KEY: Final = "_other"
+
+_REQUEST_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_REQUEST_BUCKETS_LONG: Final = (2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_VERIFY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+_VERIFY_BUCKETS_LONG: Final = (1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _Null:
+    """Stands for a metric when prometheus-client is not installed: records nothing."""
+
+    def labels(self, *_values: str, **_labels: str) -> _Null:
+        return self
+
+    def inc(self, _amount: float = 1) -> None:
+        return None
+
+    def observe(self, _value: float) -> None:
+        return None
+
+
+def _counter(name: str, doc: str, labels: Iterable[str]) -> Any:
+    return _prom.Counter(name, doc, list(labels)) if _prom is not None else _Null()
+
+
+def _histogram(name: str, doc: str, labels: Iterable[str], buckets: tuple[float, ...]) -> Any:
+    if _prom is None:
+        return _Null()
+    return _prom.Histogram(name, doc, list(labels), buckets=buckets)
+
+
+HTTP_REQUEST_SECONDS: Final = _histogram(
+    "modelseal_http_request_duration_seconds",
+    "HTTP requests by server, route template, method and status class: time from the "
+    "request to the last byte of the response",
+    ("server", "route", "method", "status_class"),
+    _REQUEST_BUCKETS + _REQUEST_BUCKETS_LONG,
+)
+ATTESTATIONS: Final = _counter(
+    "modelseal_attestations",
+    "Evidence verifications by TEE kind and result (ok, rejected, unsupported, unavailable, error)",
+    ("tee", "result"),
+)
+VERIFY_SECONDS: Final = _histogram(
+    "modelseal_attestation_verify_duration_seconds",
+    "Time to verify one piece of evidence, by TEE kind (every result)",
+    ("tee",),
+    _VERIFY_BUCKETS + _VERIFY_BUCKETS_LONG,
+)
+KEY_RELEASES: Final = _counter(
+    "modelseal_key_release_decisions",
+    "Key release decisions by key id (existing keys only, capped), decision (allow, deny) "
+    "and API (rcar, transfer)",
+    ("key_id", "decision", "api"),
+)
+COLLATERAL_LOOKUPS: Final = _counter(
+    "modelseal_collateral_lookups",
+    "DCAP collateral lookups by TEE type and where the set came from (bundle, cache: hits; "
+    "pccs: a miss, downloaded; stale, missing, pccs_error)",
+    ("tee", "source"),
+)
+
+_key_labels: set[str] = set()
+_key_labels_lock = threading.Lock()
+
+
+def key_label(key_id: str | None, *, exists: bool) -> str:
+    """The ``key_id`` label value for a release decision: the id of an existing key while
+    fewer than :data:`MAX_KEY_LABELS` have been labelled, else ``_other``; ``_unknown``
+    for a path that names no key (requesters choose those)."""
+    if key_id is None or not exists:
+        return UNKNOWN_KEY
+    if key_id in _key_labels:
+        return key_id
+    with _key_labels_lock:
+        if key_id in _key_labels:
+            return key_id
+        if len(_key_labels) >= MAX_KEY_LABELS:
+            return OTHER_KEY
+        _key_labels.add(key_id)
+    return key_id
+
+
+def status_class(status: int) -> str:
+    """``2xx``, ``4xx``, ...: the bounded form of a status code."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+# -- multiprocess mode -----------------------------------------------------------------------
+
+
+def prepare_multiprocess_dir() -> Path:
+    """A fresh private directory for the workers' metric files, named in the environment
+    (so the workers started after this see it). The caller removes it at the end."""
+    path = Path(tempfile.mkdtemp(prefix="modelseal-metrics-"))
+    environment.export(MULTIPROC_ENV, str(path))
+    return path
+
+
+def check_environment(named: str | None = None) -> None:
+    """Refuse to start with ``PROMETHEUS_MULTIPROC_DIR`` (``named``, default: this process's)
+    naming no directory: every value this process records would then fail, and with it
+    every request."""
+    if named is None:
+        named = environment.variable(MULTIPROC_ENV)
+    if named is not None and not Path(named).is_dir():
+        raise ConfigError(f"{MULTIPROC_ENV}={named} is not a directory (unset it or create it)")
+
+
+def mark_process_dead(pid: int, path: Path) -> None:
+    """Drop a dead worker's live-gauge files (its counters and histograms stay counted)."""
+    if _multiprocess is not None:
+        _multiprocess.mark_process_dead(pid, str(path))
+
+
+def remove_multiprocess_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the scrape endpoint ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    """Where ``/metrics`` is served and who may read it.
+
+    Metrics name key ids and TEE kinds, so they are for the operator: on loopback by
+    default, and off loopback only behind a bearer token (``--metrics-token-file``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    token_file: Path | None = None
+
+    def validated(self) -> MetricsEndpoint:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--metrics-port {self.port} is not a TCP port")
+        if not self.host:
+            raise ConfigError("--metrics-host must not be empty")
+        if not is_loopback(self.host) and self.token_file is None:
+            raise ConfigError(
+                f"refusing to serve metrics on non-loopback host {self.host!r} without "
+                "--metrics-token-file (scrapers then send Authorization: Bearer <token>)"
+            )
+        if self.token_file is not None:
+            self.token()
+        if not AVAILABLE:
+            raise ConfigError(
+                "serving metrics needs prometheus-client (pip install modelseal[server])"
+            )
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token scrapers must send, or None (loopback without a token file)."""
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --metrics-token-file {self.token_file}") from exc
+        if len(token) < 16 or any(not 0x21 <= ord(c) <= 0x7E for c in token):
+            raise ConfigError(
+                f"--metrics-token-file {self.token_file} must hold one token of at least 16 "
+                "printable ASCII characters"
+            )
+        return token
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr; a scraper that stalls is dropped after 10 s."""
+
+    timeout = 10
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, none outliving the process."""
+
+    daemon_threads = True
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _guarded(app: WsgiApp, token: str | None) -> WsgiApp:
+    """``app`` at ``/metrics`` only, behind ``Authorization: Bearer <token>`` if given."""
+    expected = f"Bearer {token}".encode() if token is not None else None
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found\n"]
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b"method not allowed\n"]
+        if expected is not None:
+            sent = str(environ.get("HTTP_AUTHORIZATION", "")).encode("latin-1", "replace")
+            if not hmac.compare_digest(sent, expected):
+                start_response(
+                    "401 Unauthorized",
+                    [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+                )
+                return [b"unauthorized\n"]
+        return app(environ, start_response)
+
+    return wsgi
+
+
+class MetricsServer:
+    """``/metrics`` on its own port, served by a thread of this process.
+
+    With ``multiprocess_dir`` it serves the sum over the workers' files (the supervisor of
+    a multi-worker KBS); else this process's own registry.
+    """
+
+    def __init__(self, endpoint: MetricsEndpoint, *, multiprocess_dir: Path | None = None) -> None:
+        endpoint = endpoint.validated()
+        assert _prom is not None
+        assert _multiprocess is not None
+        if multiprocess_dir is not None:
+            registry = _prom.CollectorRegistry()
+            _multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))
+        else:
+            registry = _prom.REGISTRY
+        app = _guarded(_prom.make_wsgi_app(registry), endpoint.token())
+        server_class = _ThreadingServer6 if ":" in endpoint.host else _ThreadingServer
+        try:
+            self._server = make_server(
+                endpoint.host.strip("[]"),
+                endpoint.port,
+                app,
+                server_class=server_class,
+                handler_class=_QuietHandler,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {endpoint.host}:{endpoint.port}: {exc.strerror}"
+            ) from None
+        self.host = endpoint.host
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
