@@ -242,30 +242,34 @@ class Pkcs11Kek(Kek):
         self._token = token
         self.handle = handle
         attr = token._mod.Attribute
-        if handle[attr.EXTRACTABLE] or not handle[attr.SENSITIVE]:
-            raise ConfigError(
-                f"the KEK object {handle[attr.LABEL]!r} in {token.uri} is extractable or not "
-                "sensitive; modelseal only uses keys that cannot leave the token"
-            )
-        try:
-            self._mac_key = handle.derive_key(
-                token._mod.KeyType.AES,
-                256,
-                mechanism=token._mod.Mechanism.AES_ECB_ENCRYPT_DATA,
-                mechanism_param=_MAC_KEY_BLOCKS,
-                store=False,
-                template={attr.SIGN: True, attr.EXTRACTABLE: False, attr.SENSITIVE: True},
-            )
-        except token._mod.exceptions.PKCS11Error as exc:
-            raise ConfigError(
-                f"cannot derive the MAC key from {handle[attr.LABEL]!r} in {token.uri} "
-                f"({type(exc).__name__}); modelseal's KEK objects allow CKA_DERIVE"
-            ) from None
+        # every call on the shared session holds its lock: PKCS#11 sessions are not safe
+        # for concurrent use (a concurrent derive failed with CKR_GENERAL_ERROR in tests)
+        with token._lock:
+            if handle[attr.EXTRACTABLE] or not handle[attr.SENSITIVE]:
+                raise ConfigError(
+                    f"the KEK object {handle[attr.LABEL]!r} in {token.uri} is extractable or "
+                    "not sensitive; modelseal only uses keys that cannot leave the token"
+                )
+            try:
+                self._mac_key = handle.derive_key(
+                    token._mod.KeyType.AES,
+                    256,
+                    mechanism=token._mod.Mechanism.AES_ECB_ENCRYPT_DATA,
+                    mechanism_param=_MAC_KEY_BLOCKS,
+                    store=False,
+                    template={attr.SIGN: True, attr.EXTRACTABLE: False, attr.SENSITIVE: True},
+                )
+            except token._mod.exceptions.PKCS11Error as exc:
+                raise ConfigError(
+                    f"cannot derive the MAC key from {handle[attr.LABEL]!r} in {token.uri} "
+                    f"({type(exc).__name__}); modelseal's KEK objects allow CKA_DERIVE"
+                ) from None
         self.id = "kek-" + self._mac(_ID_LABEL)[:8].hex()
 
     @property
     def label(self) -> str:
-        return str(self.handle[self._token._mod.Attribute.LABEL])
+        with self._token._lock:
+            return str(self.handle[self._token._mod.Attribute.LABEL])
 
     def _gcm(self, nonce: bytes, aad: bytes) -> tuple[Any, Any]:
         mod = self._token._mod

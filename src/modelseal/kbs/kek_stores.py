@@ -24,19 +24,23 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from modelseal.crypto.kek import Kek
 from modelseal.crypto.pkcs11_kek import Pkcs11Kek, Pkcs11Token
-from modelseal.errors import ConfigError
+from modelseal.errors import BackendError, ConfigError
 
 __all__ = ["KEK_LOCK_FILE", "KekSources", "KekStore", "TokenKeks", "data_dir_lock"]
 
 log = logging.getLogger(__name__)
 
 KEK_LOCK_FILE = "kek.lock"
+#: Tries at creating the first KEK when other KBS processes race for it (see ensure)
+_CREATE_ATTEMPTS = 8
 
 
 @contextlib.contextmanager
@@ -122,13 +126,30 @@ class TokenKeks:
             self._repair()
 
     def ensure(self) -> bool:
+        """Create the first KEK unless the token holds one.
+
+        The rotation lock only covers this data directory; replicas on other machines that
+        share the token and start at the same moment could each create one. So after
+        creating, look again: if another KEK appeared, destroy ours (never theirs) and use
+        theirs; if two creators see each other, both back off a random moment and retry,
+        so exactly one KEK survives whatever the interleaving.
+        """
         with self.rotation_lock():
             self._repair()
-            if self._one(self._active) is not None or self._one(self._next) is not None:
-                return False
-            kek = self._token.generate(self._active)
-            log.info("generated a new KEK %s in %s", kek.id, self.describe())
-            return True
+            for _ in range(_CREATE_ATTEMPTS):
+                if self._token.find(self._active) or self._one(self._next) is not None:
+                    return False
+                kek = self._token.generate(self._active)
+                if not [k for k in self._token.find(self._active) if k.id != kek.id]:
+                    log.info("generated a new KEK %s in %s", kek.id, self.describe())
+                    return True
+                self._token.destroy(kek)
+                log.warning("another KBS created the first KEK at the same time; using it")
+                time.sleep(random.uniform(0.05, 0.5))  # noqa: S311 (timing only, not a secret)
+        raise BackendError(
+            f"could not create the first KEK in {self.describe()}: other KBS processes "
+            "kept creating theirs at the same moment; start one KBS first"
+        )
 
     def _repair(self) -> None:
         """Finish a promotion a crash interrupted (see the module doc)."""

@@ -213,3 +213,28 @@ def test_concurrent_puts_releases_and_rotations(tmp_path: Path, kek_uri: str) ->
         assert state.audit.verify().ok
     finally:
         state.close()
+
+
+def test_replicas_creating_the_first_kek_at_once_keep_exactly_one(
+    tmp_path: Path, kek_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another machine's KBS creates its first KEK between our create and our second look:
+    ours is destroyed, theirs is used, and the token holds exactly one."""
+    token, label = _labels(kek_uri)
+    real_generate = token.generate
+    theirs: list[Pkcs11Kek] = []
+
+    def racing_generate(name: str) -> Pkcs11Kek:
+        ours = real_generate(name)
+        if not theirs:
+            theirs.append(real_generate(name))  # the other replica, at the same moment
+        return ours
+
+    monkeypatch.setattr(token, "generate", racing_generate)
+    state = KbsState.open(tmp_path, kek_uri=kek_uri)
+    try:
+        (only,) = token.find(label)
+        assert only.id == theirs[0].id
+        assert state.store.ring.active.id == theirs[0].id
+    finally:
+        state.close()
