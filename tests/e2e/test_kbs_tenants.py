@@ -112,6 +112,12 @@ def test_publishers_stay_in_their_namespaces(kbs: Kbs) -> None:
     ]
     assert all(r["decision"] == "deny" for r in rows if r["action"] == "authz.deny")
     assert c.get(f"{V1}/audit/verify", headers=admin).json()["ok"] is True
+    # a path that is no key id is a 400 that writes nothing (no audit row, no log line)
+    before = len(c.get(f"{V1}/audit", params={"limit": 1000}, headers=admin).json()["entries"])
+    for bad in ("acme/m/" + "x" * 300, "acme/m/v%0Aforged"):
+        assert c.put(f"{V1}/keys/{bad}", json=GEN, headers=globex).status_code == 400
+    after = len(c.get(f"{V1}/audit", params={"limit": 1000}, headers=admin).json()["entries"])
+    assert after == before
     me = c.get(f"{V1}/whoami", headers=globex).json()
     assert me["namespaces"] == ["globex", "models/globex"]
 

@@ -86,7 +86,7 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
     if "pin-value" in attrs:
         raise ConfigError(
             "a PKCS#11 URI must not carry pin-value (it would show in argv and logs); "
-            "use pin-source=file:/path or the PIN environment variable"
+            "use pin-source=file:/path"
         )
     if "module-path" not in attrs or "token" not in attrs:
         raise ConfigError("a PKCS#11 KEK URI needs token=... and ?module-path=...")
@@ -245,10 +245,21 @@ class Pkcs11Kek(Kek):
         # every call on the shared session holds its lock: PKCS#11 sessions are not safe
         # for concurrent use (a concurrent derive failed with CKR_GENERAL_ERROR in tests)
         with token._lock:
-            if handle[attr.EXTRACTABLE] or not handle[attr.SENSITIVE]:
+            # generated in the token (LOCAL) and never readable since (NEVER_EXTRACTABLE,
+            # ALWAYS_SENSITIVE): an imported key, or one that was read out and then made
+            # non-extractable, has a value someone may know
+            if (
+                handle[attr.EXTRACTABLE]
+                or not handle[attr.SENSITIVE]
+                or not handle[attr.LOCAL]
+                or not handle[attr.NEVER_EXTRACTABLE]
+                or not handle[attr.ALWAYS_SENSITIVE]
+                or handle[attr.VALUE_LEN] != 32
+            ):
                 raise ConfigError(
-                    f"the KEK object {handle[attr.LABEL]!r} in {token.uri} is extractable or "
-                    "not sensitive; modelseal only uses keys that cannot leave the token"
+                    f"the KEK object {handle[attr.LABEL]!r} in {token.uri} was not generated "
+                    "in the token as a never-extractable, always-sensitive AES-256 key; "
+                    "modelseal only uses keys that cannot have left the token"
                 )
             try:
                 self._mac_key = handle.derive_key(

@@ -31,7 +31,7 @@ from modelseal.kbs.admin_auth import AdminPrincipal, verify_admin_token
 from modelseal.kbs.audit import AuditEntry
 from modelseal.kbs.errors_http import ADMIN_ERRORS, ADMIN_PROBLEM_PREFIX, AdminBadRequest
 from modelseal.kbs.state import KbsState
-from modelseal.keystore.paths import validate_model_digest
+from modelseal.keystore.paths import is_valid_key_id, validate_model_digest
 from modelseal.keystore.store import KeyRecord
 from modelseal.policy.document import parse_policy_text
 from modelseal.protocol.admin import (
@@ -198,9 +198,13 @@ class AdminApi:
 
     def _tenant(self, who: AdminPrincipal, kid: str, what: str) -> None:
         """403, audited, unless ``who`` may manage ``kid`` (a publisher token only covers
-        its namespaces; see :mod:`modelseal.kbs.admin_auth`)."""
+        its namespaces; see :mod:`modelseal.kbs.admin_auth`). An id that is no key id at
+        all is a plain 400, never written to the audit log or the log (bounded, no
+        control characters)."""
         if who.covers(kid):
             return
+        if not is_valid_key_id(kid):
+            raise AdminBadRequest("invalid key id: expected repo/type/tag")
         self.state.audit.record(
             actor=who.actor,
             action="authz.deny",

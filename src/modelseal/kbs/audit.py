@@ -277,6 +277,11 @@ class AuditLog:
         """
         return conn.execute(_LOCK_HEAD).first()
 
+    def head_kek_id_in(self, conn: Connection) -> str | None:
+        """The audit head's KEK id as ``conn``'s transaction sees it."""
+        value = conn.execute(_READ_HEAD_KEK).scalar()
+        return None if value is None else str(value)
+
     def current_kek(self, conn: Connection) -> Kek:
         """The deployment's current KEK: the one named by the audit head (after :meth:`lock`).
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from modelseal._internal.bounded import load_json
@@ -45,6 +45,7 @@ from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database
 from modelseal.kbs.kek_stores import KEK_LOCK_FILE, KekSources, KekStore, data_dir_lock
 from modelseal.keystore.store import KeyRecord, KeyStore
+from modelseal.keystore.tables import KeyRow
 from modelseal.policy.document import MAX_POLICY_BYTES, ReleasePolicy, parse_policy
 
 __all__ = [
@@ -299,7 +300,15 @@ class KeyService:
         """True unless the database is readable and names ``kek`` in no key row and not
         in the audit head."""
         try:
-            return kek.id in self.store.count_by_kek() or self._audit.head_kek_id() == kek.id
+            # under the audit append lock: a rotation into this same KEK by another process
+            # (a replica on another machine sharing the token) holds that lock until it
+            # commits, so this waits for it and then sees its rows instead of a snapshot
+            # from before them
+            with self._audited() as (_s, conn):
+                named = conn.execute(
+                    select(KeyRow.kek_id).where(KeyRow.kek_id == kek.id).limit(1)
+                ).first()
+                return named is not None or self._audit.head_kek_id_in(conn) == kek.id
         except Exception:  # unreadable: assume it does, keep the KEK
             log.warning("could not check whether KEK %s is in use; keeping kek.next", kek.id)
             return True

@@ -118,7 +118,32 @@ def test_extractable_objects_are_refused(token: Pkcs11Token, kek_uri: str) -> No
         store=True,
         template={pkcs11.Attribute.EXTRACTABLE: True, pkcs11.Attribute.SENSITIVE: False},
     )
-    with pytest.raises(ConfigError, match="extractable"):
+    with pytest.raises(ConfigError, match="never-extractable"):
+        token.find(label)
+
+
+def test_imported_keys_are_refused(token: Pkcs11Token, kek_uri: str) -> None:
+    """A key whose value was given to the token (someone knows it) is not a KEK, even
+    marked sensitive and non-extractable now."""
+    import pkcs11
+
+    label = parse_pkcs11_uri(kek_uri).object
+    a = pkcs11.Attribute
+    token._session.create_object(
+        {
+            a.CLASS: pkcs11.ObjectClass.SECRET_KEY,
+            a.KEY_TYPE: pkcs11.KeyType.AES,
+            a.VALUE: bytes(range(32)),
+            a.LABEL: label,
+            a.TOKEN: True,
+            a.SENSITIVE: True,
+            a.EXTRACTABLE: False,
+            a.ENCRYPT: True,
+            a.DECRYPT: True,
+            a.DERIVE: True,
+        }
+    )
+    with pytest.raises(ConfigError, match="never-extractable"):
         token.find(label)
 
 
