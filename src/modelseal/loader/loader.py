@@ -197,6 +197,20 @@ def fetch_heads(
     return [SealedFile(f, h, c, t) for f, (h, c, t) in zip(info.files, heads, strict=True)]
 
 
+def refuse_unverifiable_pin(settings: LoaderSettings, info: ModelInfo) -> None:
+    """A pinned model digest (``--model-digest``, init-data) is only honoured by a format
+    that carries one: a modelseal/v1 model's authenticated manifest. A CNAP model has none
+    (and a plaintext one no key either), so the registry could otherwise answer a pinned
+    load with any CNAP model, plaintext included, and skip every check."""
+    pinned = expected_digest(settings)
+    if pinned is not None and info.format != FORMAT_V1:
+        raise IntegrityError(
+            f"this load is pinned to model {pinned}, but the registry served a "
+            f"{info.format!r} model, which carries no digest to check; only modelseal/v1 "
+            "models can be pinned"
+        )
+
+
 def expected_digest(settings: LoaderSettings) -> str | None:
     """The model digest this TEE must load: explicit, else from its launch init-data."""
     if settings.model_digest is not None:
@@ -322,6 +336,7 @@ def run_load(
     with open_fetcher(settings, stats) as fetcher:
         with timings.step("model_info"):
             info = fetch_model_info(fetcher, settings.model)
+        refuse_unverifiable_pin(settings, info)
         target.plan([f.path for f in info.files] or [cnap_loader.target_name(info)[0]])
         box = KeyBox(lambda: obtain_key_if_needed(settings, info, timings, release, fetcher.retry))
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -109,3 +110,25 @@ def test_unencrypted_cnap_model_is_downloaded(cnap_server: BlobServer, shm_dest:
     receipt = load_model(_settings(cnap_server, shm_dest, "resnet50-plain"), release=never)
     assert (shm_dest / "resnet50.pb").read_bytes() == PLAIN
     assert receipt.tee == "none"
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet50-plain"])
+def test_a_pinned_load_refuses_cnap_models(
+    cnap_server: BlobServer, shm_dest: Path, name: str
+) -> None:
+    """With a pinned model digest, a registry answering with a CNAP model (which carries no
+    digest; a plaintext one not even a key) is refused before any key release or download:
+    otherwise it could hand a pinned TEE any weights it likes."""
+    released: list[str] = []
+
+    def release(settings: LoaderSettings, kbs_url: str, key_id: str) -> KeyRelease:
+        released.append(key_id)
+        return KeyRelease(SecretBytes(KEY), "sample", None, kbs_url, True)
+
+    pinned = dataclasses.replace(
+        _settings(cnap_server, shm_dest, name), model_digest="sha256:" + "ab" * 32
+    )
+    with pytest.raises(errors.IntegrityError, match="only modelseal/v1 models can be pinned"):
+        load_model(pinned, release=release)  # type: ignore[arg-type]
+    assert released == []
+    assert not (shm_dest / "resnet50.pb").exists()
