@@ -29,6 +29,7 @@ all files (dead workers' included, so counters never go back).
 from __future__ import annotations
 
 import hmac
+import logging
 import shutil
 import socket
 import tempfile
@@ -44,6 +45,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from modelseal._internal import environment
 from modelseal._internal.urls import is_loopback
 from modelseal.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _prom: ModuleType | None
 _multiprocess: ModuleType | None
@@ -267,6 +270,11 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     """One thread per scrape, none outliving the process."""
 
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One debug line instead of socketserver's traceback on stderr: a client that
+        connects and idles (before any token check) must not flood the log."""
+        log.debug("metrics connection from %s failed", client_address)
 
 
 class _ThreadingServer6(_ThreadingServer):

@@ -29,6 +29,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import httpx
 
 from modelseal._internal.bounded_http import IDENTITY, Deadline, read_body
+from modelseal._internal.urls import display_url
 from modelseal.errors import (
     AuthorizationError,
     BackendError,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: largest JSON document (model info) accepted from a registry
 MAX_JSON_BYTES = 16 << 20
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d{1,20})-(\d{1,20})/(\d{1,20}|\*)$")
 _jitter = random.SystemRandom()
 _T = TypeVar("_T")
 
@@ -131,11 +132,23 @@ def _check_range_answer(
 
 
 def _redirect_target(url: str, location: str | None) -> str | None:
-    """The absolute http(s) URL a redirect from ``url`` points to, or None if unusable."""
+    """The absolute http(s) URL a redirect from ``url`` points to, or None if unusable
+    (then httpx, with its own redirect rules, takes over). A redirect from https to plain
+    http is refused outright: it would hand the download to whoever is on the path."""
     if not location or len(location) > 8192:
         return None
     target = urljoin(url, location.strip())
-    return target if target.startswith(("http://", "https://")) else None
+    try:
+        parts = urlsplit(target)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 (raises ValueError on a port out of range)
+    except ValueError:
+        return None
+    if not valid:
+        return None
+    if url.startswith("https://") and parts.scheme == "http":
+        raise BackendError(f"{display_url(url)} redirected from https to plain http; refused")
+    return target
 
 
 def _raise_if_untrusted(url: str, exc: BaseException) -> None:
@@ -282,7 +295,10 @@ class Fetcher:
             status = response.status
             if status in (301, 302, 303, 307, 308):
                 raise _Redirected(_redirect_target(url, response.getheader("location")))
-            _check_range_answer(url, status, response.getheader("content-range"), first, last)
+            # named without its query: a presigned redirect target carries its signature there
+            _check_range_answer(
+                display_url(url), status, response.getheader("content-range"), first, last
+            )
             got = progress.got
             try:
                 while got < length:
@@ -397,15 +413,25 @@ class Fetcher:
                             if target == url:
                                 raise
                             # a presigned URL that expired (403) or a store that moved:
-                            # ask the registry again for a fresh one
+                            # ask the registry again for a fresh one. The reason names no
+                            # URL: a presigned one carries its signature in the query.
                             self._moved.pop(url, None)
-                            raise _Retry(f"redirected download failed: {exc}") from None
+                            raise _Retry(
+                                f"redirected download failed ({type(exc).__name__})"
+                            ) from None
+                        except (_Retry, httpx.TransportError, OSError):
+                            # an unreachable or failing target: the next attempt asks the
+                            # registry again instead of retrying a target it may have lost
+                            self._moved.pop(url, None)
+                            raise
                     else:
                         self._read_once(url, start, into, progress, deadline)
                     if progress.got < length:
                         raise _Retry("connection closed before the end of the range")
                 except httpx.UnsupportedProtocol as exc:
                     raise ConfigError(f"{url}: not an http(s) URL") from exc
+                except httpx.TooManyRedirects:
+                    raise BackendError(f"{display_url(url)}: too many redirects") from None
                 except (_Retry, httpx.TransportError) as exc:
                     _raise_if_untrusted(url, exc)
                     reason = exc.reason if isinstance(exc, _Retry) else type(exc).__name__
