@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from modelseal._internal import environment
 from modelseal._internal.bounded import load_json
 from modelseal._internal.bounded_http import send
 from modelseal.errors import AttestationError, EvidenceError, TransientError, UnsupportedTee
@@ -38,6 +37,7 @@ from modelseal.tee.azure.evidence import MAX_QUOTE, build_evidence
 from modelseal.tee.azure.hcl import HclReport, parse_hcl_report
 from modelseal.tee.base import pad_report_data
 from modelseal.tee.tpm.structures import parse_attest, parse_signature, pcr_digest
+from modelseal.tee.tpm.tools import Tpm2Tools
 
 HCL_REPORT_INDEX = 0x01400001
 REPORT_DATA_INDEX = 0x01400002
@@ -69,31 +69,14 @@ class VtpmAttester(abc.ABC):
     ) -> None:
         if shutil.which("tpm2_quote") is None or shutil.which("tpm2_nvread") is None:
             raise UnsupportedTee(f"the {self.tee} attester needs tpm2-tools (tpm2_nvread)")
-        # tpm2-tools' own precedence: an explicit TCTI, else its TPM2TOOLS_TCTI, else the
-        # kernel's resource manager
-        self._env = environment.child_environment()
-        if tcti is not None:
-            self._env["TPM2TOOLS_TCTI"] = tcti
-        elif environment.variable("TPM2TOOLS_TCTI") is None:
-            if not Path("/dev/tpmrm0").exists():
-                raise UnsupportedTee("no vTPM: /dev/tpmrm0 is absent and no TCTI was given")
-            self._env["TPM2TOOLS_TCTI"] = "device:/dev/tpmrm0"
+        self._tools = Tpm2Tools(tcti=tcti, timeout=timeout, what="vTPM")
         self.imds_url = (imds_url or DEFAULT_IMDS).rstrip("/")
         self._refresh_timeout = refresh_timeout
         self._timeout = timeout
 
     # ------------------------------------------------------------------ tpm2-tools
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        try:
-            proc = subprocess.run(
-                list(args), env=self._env, capture_output=True, timeout=self._timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise AttestationError(f"{args[0]} timed out") from exc
-        if check and proc.returncode != 0:
-            detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            raise AttestationError(f"{args[0]} failed: {' '.join(detail)}")
-        return proc
+        return self._tools.run(*args, check=check)
 
     def _write_report_data(self, work: Path, data: bytes) -> None:
         index = f"0x{REPORT_DATA_INDEX:08x}"

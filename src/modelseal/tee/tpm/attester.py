@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelseal._internal import environment
 from modelseal.errors import AttestationError, UnsupportedTee
 from modelseal.tee.base import pad_report_data
 from modelseal.tee.tpm.evidence import build_evidence
 from modelseal.tee.tpm.structures import parse_attest, pcr_digest
+from modelseal.tee.tpm.tools import Tpm2Tools
 
 DEFAULT_AK_HANDLE = 0x81010002
 DEFAULT_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
@@ -54,32 +54,14 @@ class Attester:
             raise UnsupportedTee("TPM PCR selection must name PCRs 0..23")
         if bank not in ("sha1", "sha256", "sha384"):
             raise UnsupportedTee(f"unsupported PCR bank {bank!r}")
-        # tpm2-tools' own precedence: an explicit TCTI, else its TPM2TOOLS_TCTI, else the
-        # kernel's resource manager
-        self._env = environment.child_environment()
-        if tcti is not None:
-            self._env["TPM2TOOLS_TCTI"] = tcti
-        elif environment.variable("TPM2TOOLS_TCTI") is None:
-            if not Path("/dev/tpmrm0").exists():
-                raise UnsupportedTee("no TPM: /dev/tpmrm0 is absent and no TCTI was given")
-            self._env["TPM2TOOLS_TCTI"] = "device:/dev/tpmrm0"
+        self._tools = Tpm2Tools(tcti=tcti, timeout=timeout, what="TPM")
         self._handle = f"0x{ak_handle:08x}"
         self._selection = f"{bank}:" + ",".join(str(p) for p in sorted(set(pcrs)))
         self._event_log = Path(event_log) if event_log is not None else None
         self._provision = provision
-        self._timeout = timeout
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        try:
-            proc = subprocess.run(
-                list(args), env=self._env, capture_output=True, timeout=self._timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise AttestationError(f"{args[0]} timed out") from exc
-        if check and proc.returncode != 0:
-            detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            raise AttestationError(f"{args[0]} failed: {' '.join(detail)}")
-        return proc
+        return self._tools.run(*args, check=check)
 
     def _flush(self) -> None:
         # Without a resource manager transient objects must be flushed explicitly.

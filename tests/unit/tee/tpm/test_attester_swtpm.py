@@ -97,7 +97,7 @@ def _rsa_ak_evidence(attester: Attester) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         ctx = f"{tmp}/rsa.ctx"
-        env = attester._env
+        env = attester._tools.env
         run = lambda *a: subprocess.run(list(a), env=env, check=True, capture_output=True)  # noqa: E731
         run("tpm2_flushcontext", "-t")
         run(
