@@ -288,9 +288,9 @@ def get(
     """Attest and fetch RESOURCE_PATH (repo/type/tag, kbs:///repo/type/tag or a UUID key
     id); print a summary, never the key."""
     from modelseal.keystore.paths import normalize_key_id
-    from modelseal.loader.attest import close_attester
     from modelseal.loader.kbs_client import KbsClient
     from modelseal.tee.aa.rest import ApiServerClient
+    from modelseal.tee.base import close_attester
 
     kbs_url = aliased("kbs_url", kbs_url)
     kbs_ca = aliased("kbs_ca", kbs_ca)

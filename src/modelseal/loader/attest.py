@@ -15,7 +15,7 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, UnsupportedTee
 from modelseal.loader.settings import LoaderSettings
 from modelseal.tee import registry
-from modelseal.tee.base import Attester
+from modelseal.tee.base import Attester, close_attester
 from modelseal.tee.detect import detect
 from modelseal.tee.initdata import parse_init_data
 
@@ -112,13 +112,6 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
     )
     options.update(settings.extra_attester_options)
     return registry.attester_for(kind, **options)
-
-
-def close_attester(attester: Attester) -> None:
-    """Release what an attester holds open (the ``aa`` relay's HTTP client)."""
-    close = getattr(attester, "close", None)
-    if callable(close):
-        close()
 
 
 def open_kbs_client(settings: LoaderSettings, kbs_url: str) -> KbsClient:

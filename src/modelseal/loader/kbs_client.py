@@ -56,7 +56,7 @@ from modelseal.protocol.kbs import (
     resource_path,
 )
 from modelseal.protocol.wire import WireError, decode_json, describe
-from modelseal.tee.base import Attester
+from modelseal.tee.base import Attester, close_attester
 
 if TYPE_CHECKING:
     from modelseal.loader.settings import LoaderSettings
@@ -366,9 +366,7 @@ class KbsClient:
         self._http.close()
         self._auth.invalidate()
         self._keys.close()
-        close = getattr(self._auth.attester, "close", None)
-        if callable(close):
-            close()
+        close_attester(self._auth.attester)
 
     def __enter__(self) -> KbsClient:
         return self

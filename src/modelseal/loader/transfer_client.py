@@ -45,13 +45,13 @@ from modelseal.loader.attest import (
     INSECURE_TEES,
     KeyRelease,
     build_attester,
-    close_attester,
     read_init_data,
     resolve_tee,
 )
 from modelseal.loader.kbs_client import _tls_verify
 from modelseal.loader.settings import LoaderSettings
 from modelseal.tee import registry
+from modelseal.tee.base import close_attester
 from modelseal.tee.tdx.evidence import decode_evidence
 
 #: Largest transfer answer read (a nonce, or two base64 blobs of a few hundred bytes).

@@ -221,3 +221,11 @@ class Verifier(abc.ABC):
 def pad_report_data(data: bytes, size: int = 64) -> bytes:
     """Zero-pad (or truncate) ``data`` to a TEE's report-data field, as Trustee does."""
     return data[:size].ljust(size, b"\x00")
+
+
+def close_attester(attester: Attester) -> None:
+    """Release what an attester holds open, if anything (the ``aa`` relay's HTTP client);
+    attesters need not have a ``close``."""
+    close = getattr(attester, "close", None)
+    if callable(close):
+        close()
