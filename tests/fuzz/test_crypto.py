@@ -99,6 +99,8 @@ def _signed_payload(data: bytes) -> object:
         token = svc.key.sign_jwt(payload)
     except UnicodeEncodeError:  # lone surrogates: no JSON text, so no token, carries them
         return None
+    except ValueError:  # NaN/Infinity: the KBS signs strict JSON only, so no token has them
+        return None
     return svc.verify(token)
 
 
