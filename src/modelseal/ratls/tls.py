@@ -70,15 +70,20 @@ class TlsStream:
     def _wait(self, deadline: float, *, read: bool) -> None:
         left = deadline - time.monotonic()
         fds = [self.sock]
-        ready = (
-            (
-                select.select(fds, [], [], max(left, 0))
-                if read
-                else select.select([], fds, [], max(left, 0))
+        try:
+            ready = (
+                (
+                    select.select(fds, [], [], max(left, 0))
+                    if read
+                    else select.select([], fds, [], max(left, 0))
+                )
+                if left > 0
+                else ([], [], [])
             )
-            if left > 0
-            else ([], [], [])
-        )
+        except ValueError:
+            # another thread closed this stream (its fd is -1 now): the same
+            # OSError a read of a closed socket raises, not a ValueError
+            raise ConnectionAbortedError("TLS stream was closed") from None
         if not any(ready):
             raise TimeoutError("TLS peer did not answer in time")
 
