@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from modelseal.crypto.kek import Kek
+from modelseal.crypto.kek import Kek, read_private_file
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import BackendError, ConfigError, DecryptionError
 
@@ -121,14 +121,8 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
 
 
 def _read_pin(path: Path) -> SecretBytes:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(_MAX_PIN + 1)
-    except OSError as exc:
-        raise ConfigError(f"PKCS#11 PIN file {path} is not readable: {exc.strerror}") from None
-    if len(data) > _MAX_PIN:
-        raise ConfigError(f"PKCS#11 PIN file {path} is too long")
-    return SecretBytes(data.rstrip(b"\r\n"))
+    """The PIN in ``path``, which only its owner may read (see read_private_file)."""
+    return SecretBytes(read_private_file(path, limit=_MAX_PIN, what="PKCS#11 PIN").rstrip(b"\r\n"))
 
 
 def _import_pkcs11() -> Any:

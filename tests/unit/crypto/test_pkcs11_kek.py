@@ -4,6 +4,8 @@ same wrapped layout and the same opaque error as a KEK file."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,11 +215,13 @@ def test_a_pin_holder_cannot_read_the_keks_secrets(token: Pkcs11Token, kek_uri: 
             obj[a.ALLOWED_MECHANISMS] = [m.AES_ECB]
         with pytest.raises(exc.AttributeSensitive):
             obj[a.VALUE]
-        with pytest.raises(exc.MechanismInvalid):  # each serves only its own mechanism
-            if mine is kek.handle:
+        # each serves only its own mechanism
+        gcm = pkcs11.mechanisms.GCMParams(bytes(12), b"", 128)
+        if mine is kek.handle:
+            with pytest.raises(exc.MechanismInvalid):
                 obj.sign(b"x", mechanism=m.AES_CMAC)
-            else:
-                gcm = pkcs11.mechanisms.GCMParams(bytes(12), b"", 128)
+        else:
+            with pytest.raises(exc.MechanismInvalid):
                 obj.encrypt(bytes(16), mechanism=m.AES_GCM, mechanism_param=gcm)
     # the permitted uses still work after all those refusals
     assert kek.unwrap("k", kek.wrap("k", DEK)) == DEK
@@ -251,6 +255,7 @@ def test_looking_keks_up_leaves_no_objects_in_the_session(token: Pkcs11Token, ke
 def test_wrong_pin_and_missing_token(softhsm: SoftHsm, tmp_path: Path) -> None:
     bad = tmp_path / "pin"
     bad.write_text("wrong-pin\n")
+    bad.chmod(0o600)
     with pytest.raises(ConfigError, match="incorrect") as exc:
         Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", bad)))
     assert "wrong-pin" not in str(exc.value)
@@ -259,3 +264,46 @@ def test_wrong_pin_and_missing_token(softhsm: SoftHsm, tmp_path: Path) -> None:
     nopin = f"pkcs11:token=modelseal?module-path={softhsm.module}"
     with pytest.raises(ConfigError, match="no PIN"):
         Pkcs11Token.open(parse_pkcs11_uri(nopin))
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o700, 0o620])
+def test_pin_files_others_can_read_are_refused(softhsm: SoftHsm, tmp_path: Path, mode: int) -> None:
+    """As ssh refuses a private key others can read: the PIN file must be 0600 or 0400
+    (a mounted Secret is copied to 0600 first, see deploy/kubernetes)."""
+    pin = tmp_path / "pin"
+    pin.write_bytes((softhsm.base / "modelseal.pin").read_bytes())
+    pin.chmod(mode)
+    uri = parse_pkcs11_uri(softhsm.uri("modelseal", pin))
+    if not mode & 0o077:
+        assert Pkcs11Token.open(uri).uri.token == "modelseal"  # owner-only modes are fine
+        return
+    with pytest.raises(ConfigError, match=f"permissions {mode:04o}.*chmod 600") as exc:
+        Pkcs11Token.open(uri)
+    assert exc.value.exit_code == 2
+    assert pin.read_text().strip() not in str(exc.value)
+
+
+def test_pin_source_must_be_a_regular_file(softhsm: SoftHsm, tmp_path: Path) -> None:
+    fifo = tmp_path / "pin"
+    os.mkfifo(fifo, 0o600)  # opening must not block on a writer that never comes
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", fifo)))
+    link = tmp_path / "link"
+    link.symlink_to(softhsm.base / "modelseal.pin")  # a symlink to a 0600 file is fine
+    assert Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", link)))
+
+
+def test_kbs_serve_exits_2_on_a_readable_pin_file(softhsm: SoftHsm, tmp_path: Path) -> None:
+    pin = tmp_path / "pin"
+    pin.write_bytes((softhsm.base / "modelseal.pin").read_bytes())
+    pin.chmod(0o644)
+    cli = [sys.executable, "-c", "from modelseal.cli import main; main()"]
+    done = subprocess.run(
+        [*cli, "kbs", "serve", "--data-dir", str(tmp_path / "kbs"), "--port", "9",
+         "--kek-uri", softhsm.uri("modelseal", pin)],
+        capture_output=True, text=True, env=softhsm.env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"PKCS#11 PIN file {pin} has permissions 0644" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert pin.read_text().strip() not in done.stdout + done.stderr
