@@ -120,3 +120,90 @@ def test_a_model_on_s3_loads_from_s3_directly(rgw: RgwServer, tmp_path: Path) ->
     finally:
         kbs.stop()
         registry.stop()
+
+
+def test_an_object_swapped_behind_a_redirect_is_refused(rgw: RgwServer, tmp_path: Path) -> None:
+    """Presigned URLs name the object, not its version: bytes written to the bucket between
+    the registry's 307 and the loader's GET are what the loader reads. It refuses them,
+    because the sealed format authenticates every byte it reads, wherever from: a
+    same-length object differing in its last byte, and another sealed file of the same
+    model (valid on its own), are both refused with a documented error; the original loads."""
+    import boto3
+
+    from modelseal.errors import DecryptionError, IntegrityError
+    from modelseal.loader.loader import load_model
+    from modelseal.loader.settings import LoaderSettings
+    from tests.e2e.test_publish_e2e import SAMPLE_POLICY, _publish, start_kbs
+    from tests.e2e.test_registry_http import start_registry
+
+    bucket = f"swap-{os.urandom(4).hex()}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=rgw.endpoint,
+        aws_access_key_id=rgw.access_key,
+        aws_secret_access_key=rgw.secret_key,
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket=bucket)
+    s3_env = {k: v for k, v in rgw.env().items() if k.startswith("AWS_")}
+    registry = start_registry(
+        tmp_path / "registry",
+        "--blob-store", f"s3://{bucket}/sealed?endpoint={rgw.endpoint}",
+        "--redirect-blobs", "300",
+        env=s3_env,
+    )  # fmt: skip
+    kbs = start_kbs(tmp_path / "kbs")
+    try:
+        src = tmp_path / "model"
+        src.mkdir()
+        files = {
+            "model.safetensors": os.urandom(1 << 20) + b"tail",
+            "tokenizer.bin": os.urandom(1 << 20),
+        }
+        for rel, data in files.items():
+            (src / rel).write_bytes(data)
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps(SAMPLE_POLICY))
+        done = _publish(
+            registry, kbs.url, kbs.token, src, "--model-id", "swapped", "--policy", str(policy),
+            staging=tmp_path / "staging",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        blob_url = httpx.get(f"{registry.url}/models/swapped").json()["files"][0]["url"]
+        assert httpx.get(blob_url, headers={"Range": "bytes=0-3"}).status_code == 307
+
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix="sealed/blobs/")["Contents"]
+        data_keys = {o["Key"].rsplit("/", 1)[-1]: o["Key"] for o in listed}
+        target = next(k for name, k in data_keys.items() if name.startswith("model.safetensors"))
+        other = next(k for name, k in data_keys.items() if name.startswith("tokenizer.bin"))
+        original = s3.get_object(Bucket=bucket, Key=target)["Body"].read()
+        flipped = original[:-1] + bytes([original[-1] ^ 1])
+        sibling = s3.get_object(Bucket=bucket, Key=other)["Body"].read()
+
+        def load(name: str) -> Path:
+            dest = tmp_path / name
+            load_model(
+                LoaderSettings(
+                    model=f"{registry.url}/models/swapped", tee="sample", dest=dest, allow_disk=True
+                )
+            )
+            return dest
+
+        refusals = (
+            ("flipped", flipped, DecryptionError, "authentication failed"),
+            ("sibling", sibling, IntegrityError, "holds the sealed data of 'tokenizer.bin'"),
+        )
+        for name, swapped, error, message in refusals:
+            s3.put_object(Bucket=bucket, Key=target, Body=swapped)  # behind the registry's back
+            with pytest.raises(error, match=message) as refused:
+                load(name)
+            assert refused.value.exit_code == 5
+            assert not (tmp_path / name / "model.safetensors").exists()
+
+        s3.put_object(Bucket=bucket, Key=target, Body=original)
+        dest = load("restored")
+        for rel, data in files.items():
+            assert (dest / rel).read_bytes() == data
+    finally:
+        kbs.stop()
+        registry.stop()
