@@ -19,9 +19,11 @@ from modelseal.blobstore.s3 import S3BlobStore
 from tests.e2e.test_registry_http import RegistryServer
 from tests.rgw import RgwServer
 from tests.unit.blobstore.test_s3 import (  # the same tests, collected again here
+    test_an_overwrite_cut_off_before_its_metadata_keeps_the_old_blob,
     test_hostile_metadata_in_the_bucket_is_a_backend_error,
     test_limits_and_digest_keep_the_old_blob,
     test_missing_and_invalid,
+    test_refs_of_the_old_layout_and_delete,
     test_replaced_blob_is_not_mixed_into_a_read,
     test_small_and_multipart_roundtrip,
 )
@@ -29,9 +31,11 @@ from tests.unit.blobstore.test_s3 import (  # the same tests, collected again he
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("rgw")]
 
 __all__ = [
+    "test_an_overwrite_cut_off_before_its_metadata_keeps_the_old_blob",
     "test_hostile_metadata_in_the_bucket_is_a_backend_error",
     "test_limits_and_digest_keep_the_old_blob",
     "test_missing_and_invalid",
+    "test_refs_of_the_old_layout_and_delete",
     "test_replaced_blob_is_not_mixed_into_a_read",
     "test_small_and_multipart_roundtrip",
 ]
@@ -155,10 +159,17 @@ def test_an_object_swapped_behind_a_redirect_is_refused(rgw: RgwServer, tmp_path
         blob_url = httpx.get(f"{registry.url}/models/swapped").json()["files"][0]["url"]
         assert httpx.get(blob_url, headers={"Range": "bytes=0-3"}).status_code == 307
 
-        listed = s3.list_objects_v2(Bucket=bucket, Prefix="sealed/blobs/")["Contents"]
-        data_keys = {o["Key"].rsplit("/", 1)[-1]: o["Key"] for o in listed}
-        target = next(k for name, k in data_keys.items() if name.startswith("model.safetensors"))
-        other = next(k for name, k in data_keys.items() if name.startswith("tokenizer.bin"))
+        def object_of(name: str) -> str:
+            """The S3 key of the object the registry's ref for sealed file ``name`` names."""
+            (ref,) = [
+                o["Key"]
+                for o in s3.list_objects_v2(Bucket=bucket, Prefix="sealed/meta/")["Contents"]
+                if o["Key"].endswith(f"/{name}.sealed.json")
+            ]
+            meta = json.loads(s3.get_object(Bucket=bucket, Key=ref)["Body"].read())
+            return f"sealed/objects/{meta['object']}"
+
+        target, other = object_of("model.safetensors"), object_of("tokenizer.bin")
         original = s3.get_object(Bucket=bucket, Key=target)["Body"].read()
         flipped = original[:-1] + bytes([original[-1] ^ 1])
         sibling = s3.get_object(Bucket=bucket, Key=other)["Body"].read()
