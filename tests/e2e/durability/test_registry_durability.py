@@ -18,8 +18,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_registry_survives_kill9(tmp_path: Path) -> None:
-    report = run_registry_durability(tmp_path, kill_points=10, seed=settings.seed())
-    print(report.summary())
+    _run(tmp_path, kill_points=10)
+
+
+@pytest.mark.soak
+def test_registry_soak(tmp_path: Path) -> None:
+    _run(tmp_path, kill_points=settings.SOAK_KILLS, window=(0.2, settings.SOAK_WINDOW))
 
 
 @pytest.mark.xdist_group("rgw")
@@ -28,8 +32,25 @@ def test_registry_on_s3_survives_kill9(
 ) -> None:
     """The same on the S3 store (Ceph RGW): what a killed upload leaves in the bucket is
     never visible, and an acknowledged one is never lost or replaced by a cut-off one."""
+    _run(tmp_path, kill_points=4, **_s3_registry(rgw, monkeypatch))
+
+
+@pytest.mark.soak
+@pytest.mark.xdist_group("rgw")
+def test_registry_on_s3_soak(
+    tmp_path: Path, rgw: RgwServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(
+        tmp_path,
+        kill_points=settings.SOAK_KILLS,
+        window=(0.2, settings.SOAK_WINDOW),
+        **_s3_registry(rgw, monkeypatch),
+    )
+
+
+def _run(tmp_path: Path, *, kill_points: int, **options: Any) -> None:
     report = run_registry_durability(
-        tmp_path, kill_points=4, seed=settings.seed(), **_s3_registry(rgw, monkeypatch)
+        tmp_path, kill_points=kill_points, seed=settings.seed(), **options
     )
     print(report.summary())
 
@@ -44,14 +65,3 @@ def _s3_registry(rgw: RgwServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, A
     bucket = f"dur-{os.urandom(4).hex()}"
     boto3.client("s3", endpoint_url=rgw.endpoint).create_bucket(Bucket=bucket)
     return {"blob_store": f"s3://{bucket}/reg?endpoint={rgw.endpoint}", "env": env}
-
-
-@pytest.mark.soak
-def test_registry_soak(tmp_path: Path) -> None:
-    report = run_registry_durability(
-        tmp_path,
-        kill_points=settings.SOAK_KILLS,
-        seed=settings.seed(),
-        window=(0.2, settings.SOAK_WINDOW),
-    )
-    print(report.summary())
