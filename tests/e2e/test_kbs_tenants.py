@@ -138,3 +138,48 @@ def test_publisher_tokens_must_name_namespaces(kbs: Kbs) -> None:
     )  # fmt: skip
     headers = {"Authorization": f"Bearer {wildcard.stdout.strip()}"}
     assert kbs.client.put(f"{V1}/keys/any/where/v1", json=GEN, headers=headers).status_code == 201
+
+
+def test_role_refusals_are_audited(kbs: Kbs) -> None:
+    """A token refused for its role (not only for its namespaces) leaves an audit row with
+    its actor, the route's template and the key, as a tenant denial does."""
+    admin = kbs.token("admin", "ops")
+    acme = kbs.token("publisher", "acme-ci", "acme")
+    auditor = kbs.token("auditor", "soc")
+    c = kbs.client
+    assert c.put(f"{V1}/keys/acme/role/v1", json=GEN, headers=acme).status_code == 201
+    before = c.get(f"{V1}/audit", params={"limit": 1000}, headers=admin).json()["entries"]
+
+    attempts = [
+        (c.delete(f"{V1}/keys/acme/role/v1", headers=acme), "acme-ci"),
+        (c.post(f"{V1}/keys/acme/role/v1/revoke", headers=acme), "acme-ci"),
+        (c.delete(f"{V1}/keys/acme/role/v1/policy", headers=acme), "acme-ci"),
+        (c.post(f"{V1}/kek/rotate", headers=acme), "acme-ci"),
+        (c.get(f"{V1}/audit", headers=acme), "acme-ci"),
+        (c.delete("/kbs/v0/resource/acme/role/v1", headers=acme), "acme-ci"),
+        (c.put(f"{V1}/keys/acme/role/v2", json=GEN, headers=auditor), "soc"),
+        (c.put(f"{V1}/keys/acme/role/v1/policy", content=LOOSE, headers=auditor), "soc"),
+    ]
+    for response, _ in attempts:
+        assert response.status_code == 403, response.text
+        assert response.json()["type"].endswith("/forbidden")
+        assert "role" in response.json()["detail"]
+
+    rows = c.get(f"{V1}/audit", params={"limit": 1000}, headers=admin).json()["entries"]
+    new = [r for r in rows[len(before) :] if r["action"] == "authz.deny"]
+    assert [(r["actor"], r["key_id"], r["decision"]) for r in new] == [
+        ("admin:acme-ci", "acme/role/v1", "deny"),
+        ("admin:acme-ci", "acme/role/v1", "deny"),
+        ("admin:acme-ci", "acme/role/v1", "deny"),
+        ("admin:acme-ci", None, "deny"),
+        ("admin:acme-ci", None, "deny"),
+        ("admin:acme-ci", "acme/role/v1", "deny"),
+        ("admin:soc", "acme/role/v2", "deny"),
+        ("admin:soc", "acme/role/v1", "deny"),
+    ]
+    assert new[0]["reasons"] == [
+        "DELETE /keys/{repo}/{kind}/{tag}: role publisher may not; needs admin"
+    ]
+    assert new[4]["reasons"] == ["GET /audit: role publisher may not; needs admin or auditor"]
+    assert c.get(f"{V1}/keys/acme/role/v1", headers=admin).json()["state"] == "active"
+    assert c.get(f"{V1}/audit/verify", headers=admin).json()["ok"] is True

@@ -2,8 +2,16 @@
 
 Layout under ``s3://bucket/prefix``::
 
-    <prefix>/blobs/<key>        the sealed bytes (multipart upload, ranged GetObject)
-    <prefix>/meta/<key>.json    {"size", "sha256", "etag"}: written after the blob
+    <prefix>/objects/<32 hex>   the sealed bytes of one upload (multipart upload, ranged GET)
+    <prefix>/meta/<key>.json    {"size", "sha256", "etag", "object"}: the blob's ref
+
+Every upload writes a new object under a random name, and writing the metadata that names
+it is the commit: S3 replaces an object atomically, so a reader sees the old ref or the new
+one, each naming an object that is complete. Only then is the object the old ref named
+deleted. A process killed at any moment therefore leaves every acknowledged blob readable
+(and an object no ref names, at worst). Writing the bytes in place under the key, as an
+earlier layout did (``<prefix>/blobs/<key>``, still read when a ref has no ``object``),
+lost the acknowledged blob when an overwrite was cut off between bytes and metadata.
 
 Uploads stream as multipart parts of ``part_size`` bytes while hashing, so memory stays at
 one part; the digest is checked *before* the upload is completed, so a mismatch or an
@@ -17,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -105,8 +114,22 @@ class S3BlobStore:
     def __repr__(self) -> str:
         return f"S3BlobStore(bucket={self.bucket!r}, prefix={self.prefix!r})"
 
-    def _data_key(self, key: str) -> str:
+    def _legacy_data_key(self, key: str) -> str:
         return self._join("blobs", check_key(key))
+
+    def _object_key(self, name: str) -> str:
+        return self._join("objects", name)
+
+    @staticmethod
+    def _version(etag: str, object_key: str) -> str:
+        """BlobInfo.version: the object's ETag and its S3 key (an ETag has no space)."""
+        return f"{etag} {object_key}"
+
+    @staticmethod
+    def _located(info: BlobInfo) -> tuple[str, str]:
+        """(ETag, S3 key) of the object ``info`` names."""
+        etag, _, object_key = info.version.partition(" ")
+        return etag, object_key
 
     def _meta_key(self, key: str) -> str:
         return self._join("meta", check_key(key) + ".json")
@@ -136,8 +159,9 @@ class S3BlobStore:
         max_size: int | None = None,
         expected_sha256: str | None = None,
     ) -> BlobInfo:
-        data_key = self._data_key(key)
         meta_key = self._meta_key(key)
+        name = secrets.token_hex(16)
+        data_key = self._object_key(name)
         hasher = hashlib.sha256()
         size = 0
         buf = bytearray()
@@ -188,15 +212,21 @@ class S3BlobStore:
                 etag = done.get("ETag") or await self._multipart_etag(data_key, parts)
             completed = True
             buf.clear()
-            meta = json.dumps({"size": size, "sha256": sha, "etag": etag}).encode("utf-8")
+            try:
+                previous: BlobInfo | None = await self.stat(key)
+            except (BlobNotFound, BackendError):  # none, or unreadable: nothing to delete
+                previous = None
+            meta = {"size": size, "sha256": sha, "etag": etag, "object": name}
             await self._call(
                 self._client.put_object,
                 Bucket=self.bucket,
                 Key=meta_key,
-                Body=meta,
+                Body=json.dumps(meta).encode("utf-8"),
                 ContentType="application/json",
             )
-            return BlobInfo(key=key, size=size, sha256=sha, version=etag)
+            if previous is not None:  # no ref names it any more (see the module doc)
+                await self._delete_object(previous)
+            return BlobInfo(key=key, size=size, sha256=sha, version=self._version(etag, data_key))
         finally:
             if upload_id is not None and not completed:
                 with contextlib.suppress(BackendError):
@@ -240,6 +270,12 @@ class S3BlobStore:
 
     # -- read --------------------------------------------------------------------------------
 
+    async def _delete_object(self, info: BlobInfo) -> None:
+        with contextlib.suppress(BlobNotFound):
+            await self._call(
+                self._client.delete_object, Bucket=self.bucket, Key=self._located(info)[1]
+            )
+
     def direct_url(self, info: BlobInfo, *, expires: int) -> str:
         """A presigned ``GetObject`` URL of ``info``'s object (SigV4, computed locally: no
         request). Only the method, bucket and key are signed, so clients add ``Range``;
@@ -247,7 +283,7 @@ class S3BlobStore:
         try:
             url: str = self._client.generate_presigned_url(
                 "get_object",
-                Params={"Bucket": self.bucket, "Key": self._data_key(info.key)},
+                Params={"Bucket": self.bucket, "Key": self._located(info)[1]},
                 ExpiresIn=expires,
             )
         except Exception as exc:  # botocore raises several unrelated types here
@@ -264,11 +300,19 @@ class S3BlobStore:
         try:
             data = load_json(raw, what="blob metadata", max_bytes=_MAX_META_BYTES)
             size, sha, etag = data["size"], data["sha256"], data["etag"]
-        except (FormatError, KeyError, TypeError) as exc:
+            name = data.get("object")
+        except (FormatError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError(f"corrupt blob metadata for {key!r}") from exc
-        if not isinstance(size, int) or not isinstance(sha, str) or not isinstance(etag, str):
+        if (
+            not isinstance(size, int)
+            or not isinstance(sha, str)
+            or not isinstance(etag, str)
+            or " " in etag
+            or not (name is None or _is_object_name(name))
+        ):
             raise BackendError(f"corrupt blob metadata for {key!r}")
-        return BlobInfo(key=key, size=size, sha256=sha, version=etag)
+        data_key = self._legacy_data_key(key) if name is None else self._object_key(name)
+        return BlobInfo(key=key, size=size, sha256=sha, version=self._version(etag, data_key))
 
     async def open_range(
         self, info: BlobInfo, start: int, end: int, *, chunk_size: int = DEFAULT_CHUNK
@@ -277,13 +321,17 @@ class S3BlobStore:
             raise ConfigError(f"range [{start}, {end}) outside blob of {info.size} bytes")
         if start == end:
             return
-        obj = await self._call(
-            self._client.get_object,
-            Bucket=self.bucket,
-            Key=self._data_key(info.key),
-            Range=f"bytes={start}-{end - 1}",
-            IfMatch=info.version,
-        )
+        etag, data_key = self._located(info)
+        try:
+            obj = await self._call(
+                self._client.get_object,
+                Bucket=self.bucket,
+                Key=data_key,
+                Range=f"bytes={start}-{end - 1}",
+                IfMatch=etag,
+            )
+        except BlobNotFound:  # stat named it: a later upload replaced it and deleted it
+            raise TransientError("blob changed while it was being read; retry") from None
         body = obj["Body"]
         try:
             remaining = end - start
@@ -317,12 +365,19 @@ class S3BlobStore:
             token = page.get("NextContinuationToken")
 
     async def delete(self, key: str) -> None:
-        await self.stat(key)
+        """Delete the ref, then its object (a crash between leaves an object no ref names)."""
+        info = await self.stat(key)
         await self._call(self._client.delete_object, Bucket=self.bucket, Key=self._meta_key(key))
-        await self._call(self._client.delete_object, Bucket=self.bucket, Key=self._data_key(key))
+        await self._delete_object(info)
 
     async def aclose(self) -> None:
         await self._call(self._client.close)
+
+
+def _is_object_name(name: object) -> bool:
+    """32 lower-case hex digits, as :meth:`S3BlobStore.put` names objects (the bucket is
+    untrusted: a ref must not name an object outside ``objects/``)."""
+    return isinstance(name, str) and len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
 def _translate(exc: Exception) -> Exception:

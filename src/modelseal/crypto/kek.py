@@ -47,6 +47,7 @@ __all__ = [
     "SoftwareKek",
     "create_secret_file",
     "fsync_dir",
+    "read_private_file",
     "read_secret_file",
 ]
 
@@ -192,27 +193,43 @@ def read_secret_file(path: Path, *, size: int, what: str) -> SecretBytes:
     Symlinks are followed (Kubernetes mounts secrets through them); what matters is the
     mode of the file they point to.
     """
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise ConfigError(f"{what} file {path} is not readable: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{what} file {path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{what} file {path} has permissions {mode:04o}; it must be readable by its "
-            f"owner only (chmod 600 {path})"
-        )
-    if st.st_size != size:
-        raise ConfigError(f"{what} file {path} is malformed: expected exactly {size} bytes")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{what} file {path} is not readable: {exc.strerror}") from None
+    data = read_private_file(path, limit=size, what=what)
     if len(data) != size:
         raise ConfigError(f"{what} file {path} is malformed: expected exactly {size} bytes")
     return SecretBytes(data)
+
+
+def read_private_file(path: Path, *, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes of a regular file that only its owner may read or write.
+
+    As ssh does for private keys: a secret that others on the machine can read is no longer
+    a secret, and starting anyway would hide that. The mode is checked on the open file
+    (fstat), so the file cannot be swapped between the check and the read. A longer file
+    is a ConfigError.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"{what} file {path} is not readable: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} file {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{what} file {path} has permissions {mode:04o}; it must be readable by its "
+                f"owner only (chmod 600 {path})"
+            )
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{what} file {path} is not readable: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{what} file {path} is malformed: longer than {limit} bytes")
+    return data
 
 
 def create_secret_file(path: Path, *, size: int) -> bool:

@@ -6,13 +6,22 @@ every operation on it:
 
 - wrapping DEKs: ``CKM_AES_GCM`` with a 12-byte random nonce and 128-bit tag, producing the
   same wrapped layout as a KEK file (:mod:`modelseal.crypto.kek`);
-- MACs (audit head, key rows): ``CKM_AES_CMAC`` (16-byte tags) under a MAC key derived in
-  the token (``CKM_AES_ECB_ENCRYPT_DATA`` of two fixed blocks whose 32-bit counter field is
-  zero: AES-GCM with 96-bit nonces never encrypts such a block, and neither is the all-zero
-  block that gives GCM's hash key, so the MAC key is separate from everything GCM uses);
-  the derived key is a session object, non-extractable, gone when the process exits;
+- MACs (audit head, key rows): ``CKM_AES_CMAC`` (16-byte tags) under a second AES-256 token
+  object, the KEK's *MAC key*, generated with it and paired with it by a random ``CKA_ID``
+  that both objects carry (the KEK's label changes during a rotation; its ID never does);
 - the public KEK id: ``"kek-"`` and the first 8 bytes of the CMAC of a fixed label, so the
   id is a function of the secret, as for a KEK file, and reveals nothing about it.
+
+Anyone holding the PIN can use these objects, so their uses are pinned with
+``CKA_ALLOWED_MECHANISMS``, which the token fixes when it creates an object (it cannot be
+changed later): the KEK allows only ``CKM_AES_GCM``, the MAC key only ``CKM_AES_CMAC``. A PIN
+holder can therefore wrap, unwrap and MAC while the PIN is valid, but cannot turn either
+object into an AES-ECB oracle or derive a readable copy of it, so nothing they learn lets
+them forge a MAC or unwrap a DEK after the PIN is changed. (An earlier design derived the
+MAC key from the KEK with ``CKM_AES_ECB_ENCRYPT_DATA``; any PIN holder could repeat that
+derivation with ``CKA_EXTRACTABLE`` true and read the MAC key, because SoftHSM2 2.6 has no
+``CKA_DERIVE_TEMPLATE``. So neither object allows any derivation.) Objects without these
+restrictions are refused, whoever made them.
 
 The token is named by an RFC 7512 PKCS#11 URI, for example::
 
@@ -28,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import os
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from modelseal.crypto.kek import Kek
+from modelseal.crypto.kek import Kek, read_private_file
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import BackendError, ConfigError, DecryptionError
 
@@ -46,8 +57,12 @@ __all__ = ["DEFAULT_OBJECT", "Pkcs11Kek", "Pkcs11Token", "Pkcs11Uri", "parse_pkc
 
 DEFAULT_OBJECT = "modelseal-kek"
 _ID_LABEL = b"modelseal/v1 kek id"
-#: Two AES blocks, each 12 label bytes and a zero 32-bit counter field (see module doc).
-_MAC_KEY_BLOCKS = b"modelseal/v1" + bytes(4) + b"kek mac key." + bytes(4)
+#: The label of every MAC key object (they are found by the CKA_ID they share with a KEK).
+MAC_KEY_LABEL = "modelseal-kek-mac"
+_PAIR_ID_LEN = 16
+_ULONG = struct.Struct("L")  # CK_MECHANISM_TYPE is a C unsigned long
+#: Every key-use flag; a new object sets each false except the ones its use needs
+_KEY_USES = ("ENCRYPT", "DECRYPT", "SIGN", "VERIFY", "DERIVE", "WRAP", "UNWRAP")
 _MAX_URI = 4096
 _MAX_PIN = 256
 _PATH_ATTRS = frozenset({"token", "object", "manufacturer", "model", "serial", "slot-id", "type"})
@@ -106,14 +121,8 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
 
 
 def _read_pin(path: Path) -> SecretBytes:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(_MAX_PIN + 1)
-    except OSError as exc:
-        raise ConfigError(f"PKCS#11 PIN file {path} is not readable: {exc.strerror}") from None
-    if len(data) > _MAX_PIN:
-        raise ConfigError(f"PKCS#11 PIN file {path} is too long")
-    return SecretBytes(data.rstrip(b"\r\n"))
+    """The PIN in ``path``, which only its owner may read (see read_private_file)."""
+    return SecretBytes(read_private_file(path, limit=_MAX_PIN, what="PKCS#11 PIN").rstrip(b"\r\n"))
 
 
 def _import_pkcs11() -> Any:
@@ -124,6 +133,18 @@ def _import_pkcs11() -> Any:
             "a PKCS#11 KEK needs the 'hsm' extra: pip install 'modelseal[hsm]'"
         ) from None
     return pkcs11
+
+
+def _attribute_mapper(mod: Any) -> Any:
+    """python-pkcs11's mapper plus CKA_ALLOWED_MECHANISMS (an array of CK_MECHANISM_TYPE),
+    which it does not pack or unpack itself."""
+    mapper = mod.attributes.AttributeMapper()
+    mapper.register_handler(
+        mod.Attribute.ALLOWED_MECHANISMS,
+        lambda mechs: b"".join(_ULONG.pack(int(m)) for m in mechs),
+        lambda raw: frozenset(m for (m,) in _ULONG.iter_unpack(raw)),
+    )
+    return mapper
 
 
 _OPEN: dict[tuple[str, str, str | None], Pkcs11Token] = {}
@@ -167,7 +188,9 @@ class Pkcs11Token:
             lib = mod.lib(uri.module_path)
             token = lib.get_token(token_label=uri.token, token_serial=uri.serial)
             self._session: pkcs11.Session = token.open(
-                user_pin=pin.reveal().decode("utf-8"), rw=True
+                user_pin=pin.reveal().decode("utf-8"),
+                rw=True,
+                attribute_mapper=_attribute_mapper(mod),
             )
         except mod.exceptions.NoSuchToken:
             raise ConfigError(
@@ -196,85 +219,98 @@ class Pkcs11Token:
     # --- objects -------------------------------------------------------------------------
 
     def find(self, label: str) -> list[Pkcs11Kek]:
-        """Every AES secret key labelled ``label`` (normally zero or one)."""
+        """Every KEK labelled ``label`` (normally zero or one), each with its MAC key.
+
+        Opening a KEK creates no object in the token, so a caller may look keys up as
+        often as it likes (a KEK ring does on every miss) without filling the session.
+        """
         attr, oc, kt = self._mod.Attribute, self._mod.ObjectClass, self._mod.KeyType
         with self._call("lookup") as s:
             found = list(
                 s.get_objects({attr.CLASS: oc.SECRET_KEY, attr.KEY_TYPE: kt.AES, attr.LABEL: label})
             )
-        return [Pkcs11Kek(self, key) for key in found]
+            pairs = [(key, self._mac_key_of(s, key)) for key in found]
+        return [Pkcs11Kek(self, key, mac) for key, mac in pairs]
 
-    def generate(self, label: str) -> Pkcs11Kek:
-        """A new non-extractable AES-256 KEK stored in the token under ``label``."""
-        attr, kt = self._mod.Attribute, self._mod.KeyType
+    def _mac_key_of(self, session: Any, key: Any) -> Any:
+        attr, oc = self._mod.Attribute, self._mod.ObjectClass
+        pair_id = bytes(key[attr.ID])
+        macs = (
+            list(
+                session.get_objects(
+                    {attr.CLASS: oc.SECRET_KEY, attr.ID: pair_id, attr.LABEL: MAC_KEY_LABEL}
+                )
+            )
+            if len(pair_id) == _PAIR_ID_LEN
+            else []
+        )
+        if len(macs) != 1:
+            raise ConfigError(
+                f"the KEK object {key[attr.LABEL]!r} in {self.uri} has {len(macs)} MAC keys "
+                f"(objects labelled {MAC_KEY_LABEL!r} with its CKA_ID); modelseal creates "
+                "exactly one with every KEK"
+            )
+        return macs[0]
+
+    def _template(self, label: str, pair_id: bytes, mechanism: Any, use: Any) -> dict[Any, Any]:
+        """A token object that never leaves the token and serves only ``mechanism``."""
+        attr = self._mod.Attribute
         template = {
             attr.TOKEN: True,
             attr.PRIVATE: True,
             attr.SENSITIVE: True,
             attr.EXTRACTABLE: False,
-            attr.ENCRYPT: True,
-            attr.DECRYPT: True,
-            attr.SIGN: False,
-            attr.VERIFY: False,
-            attr.DERIVE: True,
-            attr.WRAP: False,
-            attr.UNWRAP: False,
+            attr.ID: pair_id,
+            attr.LABEL: label,
+            attr.ALLOWED_MECHANISMS: [mechanism],
+            **{getattr(attr, name): False for name in _KEY_USES},
         }
+        for flag in use:
+            template[flag] = True
+        return template
+
+    def generate(self, label: str) -> Pkcs11Kek:
+        """A new KEK stored in the token under ``label``, with its MAC key.
+
+        The MAC key is created first: a crash between the two leaves an unused MAC key
+        that nothing names, never a KEK without one.
+        """
+        attr, kt, mech = self._mod.Attribute, self._mod.KeyType, self._mod.Mechanism
+        pair_id = os.urandom(_PAIR_ID_LEN)
+        mac_template = self._template(MAC_KEY_LABEL, pair_id, mech.AES_CMAC, [attr.SIGN])
+        kek_template = self._template(label, pair_id, mech.AES_GCM, [attr.ENCRYPT, attr.DECRYPT])
         with self._call("key generation") as s:
-            key = s.generate_key(kt.AES, 256, label=label, store=True, template=template)
-        return Pkcs11Kek(self, key)
+            mac = s.generate_key(kt.AES, 256, store=True, template=mac_template)
+            key = s.generate_key(kt.AES, 256, store=True, template=kek_template)
+        return Pkcs11Kek(self, key, mac)
 
     def relabel(self, kek: Pkcs11Kek, label: str) -> None:
         with self._call("relabel"):
             kek.handle[self._mod.Attribute.LABEL] = label
 
     def destroy(self, kek: Pkcs11Kek) -> None:
+        """Destroy the KEK, then its MAC key (a crash between leaves only the MAC key)."""
         with self._call("destroy"):
             kek.handle.destroy()
+            kek.mac_handle.destroy()
 
 
 class Pkcs11Kek(Kek):
     """A KEK that lives in a PKCS#11 token; every operation runs inside the token."""
 
-    __slots__ = ("_mac_key", "_token", "handle")
+    __slots__ = ("_token", "handle", "mac_handle")
 
-    def __init__(self, token: Pkcs11Token, handle: Any) -> None:
+    def __init__(self, token: Pkcs11Token, handle: Any, mac_handle: Any) -> None:
         self._token = token
         self.handle = handle
-        attr = token._mod.Attribute
+        self.mac_handle = mac_handle
+        mech = token._mod.Mechanism
         # every call on the shared session holds its lock: PKCS#11 sessions are not safe
-        # for concurrent use (a concurrent derive failed with CKR_GENERAL_ERROR in tests)
+        # for concurrent use (concurrent calls failed with CKR_GENERAL_ERROR in tests)
         with token._lock:
-            # generated in the token (LOCAL) and never readable since (NEVER_EXTRACTABLE,
-            # ALWAYS_SENSITIVE): an imported key, or one that was read out and then made
-            # non-extractable, has a value someone may know
-            if (
-                handle[attr.EXTRACTABLE]
-                or not handle[attr.SENSITIVE]
-                or not handle[attr.LOCAL]
-                or not handle[attr.NEVER_EXTRACTABLE]
-                or not handle[attr.ALWAYS_SENSITIVE]
-                or handle[attr.VALUE_LEN] != 32
-            ):
-                raise ConfigError(
-                    f"the KEK object {handle[attr.LABEL]!r} in {token.uri} was not generated "
-                    "in the token as a never-extractable, always-sensitive AES-256 key; "
-                    "modelseal only uses keys that cannot have left the token"
-                )
-            try:
-                self._mac_key = handle.derive_key(
-                    token._mod.KeyType.AES,
-                    256,
-                    mechanism=token._mod.Mechanism.AES_ECB_ENCRYPT_DATA,
-                    mechanism_param=_MAC_KEY_BLOCKS,
-                    store=False,
-                    template={attr.SIGN: True, attr.EXTRACTABLE: False, attr.SENSITIVE: True},
-                )
-            except token._mod.exceptions.PKCS11Error as exc:
-                raise ConfigError(
-                    f"cannot derive the MAC key from {handle[attr.LABEL]!r} in {token.uri} "
-                    f"({type(exc).__name__}); modelseal's KEK objects allow CKA_DERIVE"
-                ) from None
+            label = handle[token._mod.Attribute.LABEL]
+            _check_restricted(token, handle, label, mech.AES_GCM)
+            _check_restricted(token, mac_handle, label, mech.AES_CMAC)
         self.id = "kek-" + self._mac(_ID_LABEL)[:8].hex()
 
     @property
@@ -306,4 +342,41 @@ class Pkcs11Kek(Kek):
 
     def _mac(self, message: bytes) -> bytes:
         with self._token._call("MAC"):
-            return bytes(self._mac_key.sign(message, mechanism=self._token._mod.Mechanism.AES_CMAC))
+            return bytes(
+                self.mac_handle.sign(message, mechanism=self._token._mod.Mechanism.AES_CMAC)
+            )
+
+
+def _check_restricted(token: Pkcs11Token, obj: Any, label: str, mechanism: Any) -> None:
+    """Refuse an object that may have left the token or may serve another mechanism.
+
+    Generated in the token (LOCAL) and never readable since (NEVER_EXTRACTABLE,
+    ALWAYS_SENSITIVE): an imported key, or one that was read out and then made
+    non-extractable, has a value someone may know. CKA_ALLOWED_MECHANISMS exactly
+    ``mechanism`` (an empty or absent list allows every mechanism, AES-ECB included).
+    """
+    attr = token._mod.Attribute
+    try:
+        allowed = obj[attr.ALLOWED_MECHANISMS]
+    except token._mod.exceptions.PKCS11Error:
+        allowed = frozenset()
+    if (
+        obj[attr.EXTRACTABLE]
+        or not obj[attr.SENSITIVE]
+        or not obj[attr.LOCAL]
+        or not obj[attr.NEVER_EXTRACTABLE]
+        or not obj[attr.ALWAYS_SENSITIVE]
+        or obj[attr.VALUE_LEN] != 32
+    ):
+        raise ConfigError(
+            f"the KEK object {label!r} in {token.uri} (or its MAC key) was not generated "
+            "in the token as a never-extractable, always-sensitive AES-256 key; "
+            "modelseal only uses keys that cannot have left the token"
+        )
+    if allowed != {int(mechanism)}:
+        raise ConfigError(
+            f"the KEK object {label!r} in {token.uri} (or its MAC key) does not restrict "
+            f"CKA_ALLOWED_MECHANISMS to {mechanism.name}; a PIN holder could use it for "
+            "other mechanisms (AES-ECB, key derivation) and learn its secrets. Create a new "
+            "KEK with this version of modelseal and move the keys to it"
+        )

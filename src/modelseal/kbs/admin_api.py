@@ -174,6 +174,7 @@ class AdminApi:
         pool, a hop that costs more than the work they do."""
 
         async def principal(
+            request: Request,
             authorization: Annotated[str | None, Header()] = None,
         ) -> AdminPrincipal:
             if authorization is None:
@@ -184,10 +185,38 @@ class AdminApi:
             who = verify_admin_token(
                 token.strip(), self.state.admin_key, now=self.state.clock.now()
             )
-            who.require(allowed)
+            if not who.roles & allowed:
+                await run_in_threadpool(self._deny_role, who, allowed, request)
             return who
 
         return principal
+
+    def _deny_role(self, who: AdminPrincipal, allowed: frozenset[str], request: Request) -> None:
+        """403, audited as a tenant denial is: a token whose role does not allow the route.
+
+        The audit row names the route by its template (``/keys/{repo}/{kind}/{tag}``, without
+        the prefix the router is included under), never
+        the raw path, and the key only when the path holds a valid key id: what the caller
+        typed is bounded and clean before it is written anywhere."""
+        template = str(getattr(request.scope.get("route"), "path", "")) or "<unmatched>"
+        params = request.path_params
+        kid = "/".join(str(params.get(k, "")) for k in ("repo", "kind", "tag"))
+        operation = f"{request.method} {template}"
+        self.state.audit.record(
+            actor=who.actor,
+            action="authz.deny",
+            key_id=kid if is_valid_key_id(kid) else None,
+            tee=None,
+            claims_digest=None,
+            policy_digest=None,
+            decision="deny",
+            reasons=[
+                f"{operation}: role {', '.join(sorted(who.roles))} may not; "
+                f"needs {' or '.join(sorted(allowed))}"
+            ],
+        )
+        log.warning("admin %s by %s denied: role not allowed", operation, who.actor)
+        who.require(allowed)  # raises the documented 403
 
     async def run(self, where: str, who: AdminPrincipal, work: Callable[[], Response]) -> Response:
         response = await run_in_threadpool(work)

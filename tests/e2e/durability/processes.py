@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +110,17 @@ def wait_healthy(
 class ServerProcess:
     """One server (``argv(port)``) that can be started, killed with SIGKILL and restarted."""
 
-    def __init__(self, name: str, argv: Callable[[int], list[str]], log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Callable[[int], list[str]],
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self._argv = argv
         self.log = log
+        self._env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.starts = 0
@@ -133,7 +140,7 @@ class ServerProcess:
                 self._argv(port),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=clean_env(),
+                env={**clean_env(), **self._env},
                 start_new_session=True,
             )
         self.url = f"http://127.0.0.1:{port}"

@@ -7,12 +7,16 @@ some uploaded twice with different bytes before registering, so refs get replace
 objects collected), then ``PUT /models/<id>/versions/<v>`` with a registration naming each
 blob's size and SHA-256. A request counts as *acknowledged* when its 2xx answer arrived.
 
+The registry keeps its blobs in its data directory, or in an S3 bucket (``blob_store``, a
+``registry serve --blob-store s3://...`` URL; Ceph RGW in the tests).
+
 After every restart (:class:`RegistryChecker`):
 
 - the registry starts;
-- no partial object is visible: every blob ref in the store points to an existing object
-  and serves exactly ``size`` bytes whose SHA-256 is the ref's digest (each ref is
-  downloaded once per content), and every object file's bytes hash to its name;
+- no partial object is visible: every blob ref in the store (a ref file, or an S3 metadata
+  object) points to an existing object and serves exactly ``size`` bytes whose SHA-256 is
+  the ref's digest (each ref is downloaded once per content), and, on the filesystem,
+  every object file's bytes hash to its name;
 - every acknowledged blob upload is served with the acknowledged bytes (or with bytes of a
   later upload to the same key that was cut off);
 - every registered version (``GET /models``, ``/models/<id>/versions``) points only at
@@ -35,7 +39,9 @@ from typing import Any
 import anyio
 import httpx
 
+from modelseal.blobstore.base import BlobStore
 from modelseal.blobstore.local import LocalBlobStore
+from modelseal.blobstore.s3 import S3BlobStore
 from tests.e2e.durability.processes import (
     CLI,
     HTTP_TIMEOUT,
@@ -180,9 +186,11 @@ class RegistryTraffic(Load):
 class RegistryChecker:
     """The properties of the module doc against the restarted registry and its files."""
 
-    def __init__(self, data_dir: Path, ledger: RegistryLedger) -> None:
+    def __init__(self, data_dir: Path, ledger: RegistryLedger, blob_store: str | None) -> None:
         self.data_dir = data_dir
         self.ledger = ledger
+        #: the S3 URL the registry stores blobs at; None: its data directory
+        self.blob_store = blob_store
         self.verified_refs: set[tuple[str, str]] = set()
         self.verified_objects: set[str] = set()
 
@@ -197,14 +205,21 @@ class RegistryChecker:
         return problems
 
     async def _refs(self) -> dict[str, tuple[int, str]]:
-        store = LocalBlobStore(self.data_dir / "blobs")
-        return {info.key: (info.size, info.sha256) async for info in store.list_blobs()}
+        store: BlobStore = (
+            LocalBlobStore(self.data_dir / "blobs")
+            if self.blob_store is None
+            else S3BlobStore.from_url(self.blob_store)
+        )
+        try:
+            return {info.key: (info.size, info.sha256) async for info in store.list_blobs()}
+        finally:
+            await store.aclose()
 
     def _served_refs(self, http: httpx.Client, refs: dict[str, tuple[int, str]]) -> list[str]:
         problems = []
         objects = self.data_dir / "blobs" / "objects"
         for key, (size, sha) in sorted(refs.items()):
-            if not (objects / sha[:2] / sha).is_file():
+            if self.blob_store is None and not (objects / sha[:2] / sha).is_file():
                 problems.append(f"blob {key} points to a missing object {sha}")
                 continue
             if (key, sha) in self.verified_refs:
@@ -222,6 +237,10 @@ class RegistryChecker:
         return problems
 
     def _objects(self) -> list[str]:
+        """Object files hash to their names (the filesystem store's content addressing;
+        an S3 object is only reachable through its metadata, checked by _served_refs)."""
+        if self.blob_store is not None:
+            return []
         problems = []
         for obj in sorted((self.data_dir / "blobs" / "objects").glob("*/*")):
             if obj.name in self.verified_objects:
@@ -311,19 +330,27 @@ def run_registry_durability(
     seed: int,
     window: tuple[float, float] = (0.3, 1.5),
     uploaders: int = 3,
+    blob_store: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> RegistryRunReport:
     """``kill_points`` times: uploads, ``kill -9`` at a random moment ``window`` seconds
-    after they are flowing, restart, check."""
+    after they are flowing, restart, check. ``blob_store``: an ``s3://`` URL for the
+    registry's blobs (with its credentials in ``env``)."""
     rng = random.Random(seed)
     data_dir = base / "registry"
     ledger = RegistryLedger(tag=f"s{seed % 100000}")
     report = RegistryRunReport(seed, 0, ledger)
+    store_args = [] if blob_store is None else ["--blob-store", blob_store]
     server = ServerProcess(
         "registry",
-        lambda port: [*CLI, "registry", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        lambda port: [
+            *CLI, "registry", "serve", "--data-dir", str(data_dir), "--port", str(port),
+            *store_args,
+        ],
         base / "registry.log",
-    )
-    checker = RegistryChecker(data_dir, ledger)
+        env=env,
+    )  # fmt: skip
+    checker = RegistryChecker(data_dir, ledger, blob_store)
 
     def fail(point: int, problems: list[str]) -> DurabilityFailure:
         shown = "\n  ".join(problems[:20])

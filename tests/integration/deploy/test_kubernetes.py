@@ -191,10 +191,16 @@ def test_the_kek_comes_from_a_secret_file_or_a_pkcs11_token() -> None:
     assert "pin-value" not in uri
     pin = re.search(r"pin-source=file:(\S+?)(?:&|$)", uri)
     assert pin is not None
-    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
-    volume = {v["name"]: v for v in hsm_kbs["volumes"]}[mounts[str(Path(pin.group(1)).parent)]]
-    assert volume["secret"]["secretName"] == "modelseal-kbs-hsm"
+    # the PIN file is a 0600 copy in the data directory (the KBS refuses a readable one),
+    # made by the initContainer from the Secret volume
+    data_dir = server["args"][server["args"].index("--data-dir") + 1]
+    assert str(Path(pin.group(1)).parent) == data_dir
     (copy,) = hsm_kbs["initContainers"]
+    assert copy["command"][:5] == ["install", "-D", "-m", "0600", "-t"]
+    source = next(p for p in copy["command"] if p.endswith("/" + Path(pin.group(1)).name))
+    mounts = {m["mountPath"]: m["name"] for m in copy["volumeMounts"]}
+    volume = {v["name"]: v for v in hsm_kbs["volumes"]}[mounts[str(Path(source).parent)]]
+    assert volume["secret"]["secretName"] == "modelseal-kbs-hsm"
     assert not any("kek" in part for part in copy["command"])  # the KEK stays in the token
 
 

@@ -4,6 +4,7 @@ against a real S3 server, Ceph RGW, come with the scale-out work)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 
@@ -125,8 +126,16 @@ def test_bad_urls(url: str) -> None:
 
 @pytest.mark.parametrize(
     "meta",
-    [b"[" * 100_000 + b"]" * 100_000, b'{"size": 1, "sha256": "' + b"a" * 1_000_000 + b'"}'],
-    ids=["deep", "huge"],
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"size": 1, "sha256": "' + b"a" * 1_000_000 + b'"}',
+        # a ref naming an object outside objects/ (the last is 31 hex and a slash)
+        b'{"size": 1, "sha256": "a", "etag": "e", "object": "../../meta/m/v1/y.json"}',
+        b'{"size": 1, "sha256": "a", "etag": "e", "object": "' + b"0" * 31 + b'/"}',
+        b'{"size": 1, "sha256": "a", "etag": "e x", "object": "' + b"0" * 32 + b'"}',
+        b"[1]",
+    ],
+    ids=["deep", "huge", "escape", "slash", "space", "list"],
 )
 def test_hostile_metadata_in_the_bucket_is_a_backend_error(store: S3BlobStore, meta: bytes) -> None:
     """The bucket is not trusted: its metadata objects are parsed with a size and depth cap."""
@@ -137,5 +146,79 @@ def test_hostile_metadata_in_the_bucket_is_a_backend_error(store: S3BlobStore, m
         store._client.put_object(Bucket=store.bucket, Key=store._meta_key("m/v1/x"), Body=meta)
         with pytest.raises(BackendError, match="corrupt blob metadata"):
             await store.stat("m/v1/x")
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("size", [100, 11 << 20])  # one PutObject; a multipart upload
+def test_an_overwrite_cut_off_before_its_metadata_keeps_the_old_blob(
+    store: S3BlobStore, size: int
+) -> None:
+    """A process killed after an upload's object is stored but before its metadata is
+    written (the commit point) must leave the previously acknowledged blob readable,
+    through the registry and through a presigned URL, with its own bytes."""
+
+    class Killed(BaseException):
+        """Stands for SIGKILL: nothing after it runs, not even cleanup that catches
+        Exception."""
+
+    async def main() -> None:
+        acknowledged = await store.put("m/v1/w", _aiter([b"A" * size]))
+        real_put = store._client.put_object
+
+        def dies_at_the_metadata(**kwargs: object) -> object:
+            if str(kwargs["Key"]).endswith(".json"):
+                raise Killed
+            return real_put(**kwargs)
+
+        store._client.put_object = dies_at_the_metadata  # type: ignore[method-assign]
+        with pytest.raises(Killed):
+            await store.put("m/v1/w", _aiter([b"B" * size]))
+        store._client.put_object = real_put  # type: ignore[method-assign]
+
+        info = await store.stat("m/v1/w")
+        assert info == acknowledged
+        assert await _read(store, "m/v1/w", size - 4, size) == b"AAAA"
+        import httpx
+
+        direct = httpx.get(store.direct_url(info, expires=60), headers={"Range": "bytes=0-3"})
+        assert direct.status_code == 206
+        assert direct.content == b"AAAA"
+        # the next upload commits and deletes the object it replaced; only the object the
+        # killed upload left behind is named by no ref
+        final = await store.put("m/v1/w", _aiter([b"C" * size]))
+        assert await _read(store, "m/v1/w", 0, 4) == b"CCCC"
+        gone = httpx.get(store.direct_url(acknowledged, expires=60))
+        assert gone.status_code == 404
+        listed = store._client.list_objects_v2(Bucket=store.bucket, Prefix=store._join("objects"))
+        named = store._located(final)[1]
+        assert len(listed["Contents"]) == 2
+        assert named in {o["Key"] for o in listed["Contents"]}
+
+    anyio.run(main)
+
+
+def test_refs_of_the_old_layout_and_delete(store: S3BlobStore) -> None:
+    """A ref without ``object`` names ``blobs/<key>`` (the layout before per-upload
+    objects): it stays readable, and an overwrite or a delete removes that object too."""
+
+    async def main() -> None:
+        for key, body in (("m/v1/old", b"legacy bytes"), ("m/v1/gone", b"legacy too")):
+            legacy = store._legacy_data_key(key)
+            put = store._client.put_object(Bucket=store.bucket, Key=legacy, Body=body)
+            meta = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+            meta["etag"] = put["ETag"]
+            store._client.put_object(
+                Bucket=store.bucket, Key=store._meta_key(key), Body=json.dumps(meta).encode()
+            )
+            assert await _read(store, key, 0, len(body)) == body
+        await store.put("m/v1/old", _aiter([b"new"]))
+        assert await _read(store, "m/v1/old", 0, 3) == b"new"
+        await store.delete("m/v1/gone")
+        with pytest.raises(BlobNotFound):
+            await store.stat("m/v1/gone")
+        await store.delete("m/v1/old")
+        left = store._client.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix)
+        assert left.get("Contents", []) == []
 
     anyio.run(main)

@@ -4,14 +4,18 @@ same wrapped layout and the same opaque error as a KEK file."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from modelseal.crypto.kek import SoftwareKek
-from modelseal.crypto.pkcs11_kek import Pkcs11Token, parse_pkcs11_uri
+from modelseal.crypto.kek import KekRing, SoftwareKek
+from modelseal.crypto.pkcs11_kek import MAC_KEY_LABEL, Pkcs11Token, parse_pkcs11_uri
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import ConfigError, DecryptionError
+from modelseal.kbs.kek_stores import TokenKeks
 from tests.hsm import SoftHsm
 
 DEK = SecretBytes(os.urandom(32))
@@ -107,16 +111,36 @@ def test_id_and_mac_are_functions_of_the_secret(token: Pkcs11Token, kek_uri: str
     assert other.mac("audit", b"1:abc") != tag
 
 
+def _plant(token: Pkcs11Token, label: str, kek: dict[Any, Any], *, imported: bool = False) -> None:
+    """A KEK object made outside modelseal (attributes ``kek``) with a proper MAC key, so
+    only the KEK's own attributes can be what is refused."""
+    import pkcs11
+
+    a = pkcs11.Attribute
+    pair_id = os.urandom(16)
+    mac = token._template(MAC_KEY_LABEL, pair_id, pkcs11.Mechanism.AES_CMAC, [a.SIGN])
+    token._session.generate_key(pkcs11.KeyType.AES, 256, store=True, template=mac)
+    template = {a.TOKEN: True, a.LABEL: label, a.ID: pair_id, **kek}
+    if imported:
+        template |= {
+            a.CLASS: pkcs11.ObjectClass.SECRET_KEY,
+            a.KEY_TYPE: pkcs11.KeyType.AES,
+            a.VALUE: bytes(range(32)),
+        }
+        token._session.create_object(template)
+    else:
+        token._session.generate_key(pkcs11.KeyType.AES, 256, store=True, template=template)
+
+
 def test_extractable_objects_are_refused(token: Pkcs11Token, kek_uri: str) -> None:
     import pkcs11
 
     label = parse_pkcs11_uri(kek_uri).object
-    token._session.generate_key(
-        pkcs11.KeyType.AES,
-        256,
-        label=label,
-        store=True,
-        template={pkcs11.Attribute.EXTRACTABLE: True, pkcs11.Attribute.SENSITIVE: False},
+    a = pkcs11.Attribute
+    _plant(
+        token,
+        label,
+        {a.EXTRACTABLE: True, a.SENSITIVE: False, a.ALLOWED_MECHANISMS: [pkcs11.Mechanism.AES_GCM]},
     )
     with pytest.raises(ConfigError, match="never-extractable"):
         token.find(label)
@@ -129,27 +153,109 @@ def test_imported_keys_are_refused(token: Pkcs11Token, kek_uri: str) -> None:
 
     label = parse_pkcs11_uri(kek_uri).object
     a = pkcs11.Attribute
-    token._session.create_object(
-        {
-            a.CLASS: pkcs11.ObjectClass.SECRET_KEY,
-            a.KEY_TYPE: pkcs11.KeyType.AES,
-            a.VALUE: bytes(range(32)),
-            a.LABEL: label,
-            a.TOKEN: True,
-            a.SENSITIVE: True,
-            a.EXTRACTABLE: False,
-            a.ENCRYPT: True,
-            a.DECRYPT: True,
-            a.DERIVE: True,
-        }
-    )
+    restricted = {a.ALLOWED_MECHANISMS: [pkcs11.Mechanism.AES_GCM]}
+    _plant(token, label, {a.SENSITIVE: True, a.EXTRACTABLE: False, **restricted}, imported=True)
     with pytest.raises(ConfigError, match="never-extractable"):
         token.find(label)
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [None, ["AES_GCM", "AES_ECB"], ["AES_GCM", "AES_ECB_ENCRYPT_DATA"], ["AES_CMAC"]],
+)
+def test_keks_usable_for_other_mechanisms_are_refused(
+    token: Pkcs11Token, kek_uri: str, allowed: list[str] | None
+) -> None:
+    """A KEK that a PIN holder could use for AES-ECB or a key derivation (no
+    CKA_ALLOWED_MECHANISMS means every mechanism) is refused, though generated in the token."""
+    import pkcs11
+
+    label = parse_pkcs11_uri(kek_uri).object
+    a = pkcs11.Attribute
+    kek: dict[Any, Any] = {a.SENSITIVE: True, a.EXTRACTABLE: False, a.DERIVE: True}
+    if allowed is not None:
+        kek[a.ALLOWED_MECHANISMS] = [pkcs11.Mechanism[m] for m in allowed]
+    _plant(token, label, kek)
+    with pytest.raises(ConfigError, match="CKA_ALLOWED_MECHANISMS"):
+        token.find(label)
+
+
+def test_a_pin_holder_cannot_read_the_keks_secrets(token: Pkcs11Token, kek_uri: str) -> None:
+    """What the token refuses to anyone with the PIN (SoftHSM2 enforces
+    CKA_ALLOWED_MECHANISMS in every *Init call and C_DeriveKey, and refuses to change it).
+
+    The attacks: AES-ECB on the KEK would compute the blocks a MAC key derived from it is
+    made of; a derivation with an extractable template would hand out a readable copy."""
+    import pkcs11
+
+    a, m, exc = pkcs11.Attribute, pkcs11.Mechanism, pkcs11.exceptions
+    kek = token.generate(parse_pkcs11_uri(kek_uri).object)
+    readable = {a.SENSITIVE: False, a.EXTRACTABLE: True}
+    for mine in (kek.handle, kek.mac_handle):
+        # a PIN holder may first switch every use flag on (CKA_DERIVE etc. are modifiable)
+        for flag in (a.ENCRYPT, a.DECRYPT, a.SIGN, a.DERIVE):
+            mine[flag] = True
+        (obj,) = token._session.get_objects({a.ID: mine[a.ID], a.LABEL: mine[a.LABEL]})
+        with pytest.raises(exc.MechanismInvalid):
+            obj.encrypt(bytes(16), mechanism=m.AES_ECB)
+        with pytest.raises(exc.MechanismInvalid):
+            obj.encrypt(bytes(16), mechanism=m.AES_CBC, mechanism_param=bytes(16))
+        for derive in (m.AES_ECB_ENCRYPT_DATA, m.AES_CBC_ENCRYPT_DATA):
+            param = bytes(32) if derive == m.AES_ECB_ENCRYPT_DATA else (bytes(16), bytes(32))
+            with pytest.raises(exc.MechanismInvalid):
+                obj.derive_key(
+                    pkcs11.KeyType.AES,
+                    256,
+                    mechanism=derive,
+                    mechanism_param=param,
+                    store=False,
+                    template=readable,
+                )
+        with pytest.raises(exc.AttributeReadOnly):
+            obj[a.ALLOWED_MECHANISMS] = [m.AES_ECB]
+        with pytest.raises(exc.AttributeSensitive):
+            obj[a.VALUE]
+        # each serves only its own mechanism
+        gcm = pkcs11.mechanisms.GCMParams(bytes(12), b"", 128)
+        if mine is kek.handle:
+            with pytest.raises(exc.MechanismInvalid):
+                obj.sign(b"x", mechanism=m.AES_CMAC)
+        else:
+            with pytest.raises(exc.MechanismInvalid):
+                obj.encrypt(bytes(16), mechanism=m.AES_GCM, mechanism_param=gcm)
+    # the permitted uses still work after all those refusals
+    assert kek.unwrap("k", kek.wrap("k", DEK)) == DEK
+    assert kek.verify_mac("a", b"x", kek.mac("a", b"x"))
+
+
+def test_looking_keks_up_leaves_no_objects_in_the_session(token: Pkcs11Token, kek_uri: str) -> None:
+    """A KEK ring reloads from the token on every miss (a key row under an unknown KEK id):
+    each lookup opens every KEK afresh, and must leave no session object behind."""
+    import pkcs11
+
+    label = parse_pkcs11_uri(kek_uri).object
+    token.generate(label)
+    token.generate(label + ".next")
+    store = TokenKeks(token, label, Path(os.devnull))
+    ring = KekRing(store.load(), reload=store.on_disk)
+
+    def session_objects() -> int:
+        with token._lock:
+            return len(list(token._session.get_objects({pkcs11.Attribute.TOKEN: False})))
+
+    before = session_objects()
+    for _ in range(25):
+        with pytest.raises(ConfigError, match="does not hold"):
+            ring.get("kek-" + "00" * 8)
+        store.has_active()
+    assert session_objects() == before
+    assert {k.id for k in ring} == {k.id for k in store.on_disk()}
 
 
 def test_wrong_pin_and_missing_token(softhsm: SoftHsm, tmp_path: Path) -> None:
     bad = tmp_path / "pin"
     bad.write_text("wrong-pin\n")
+    bad.chmod(0o600)
     with pytest.raises(ConfigError, match="incorrect") as exc:
         Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", bad)))
     assert "wrong-pin" not in str(exc.value)
@@ -158,3 +264,46 @@ def test_wrong_pin_and_missing_token(softhsm: SoftHsm, tmp_path: Path) -> None:
     nopin = f"pkcs11:token=modelseal?module-path={softhsm.module}"
     with pytest.raises(ConfigError, match="no PIN"):
         Pkcs11Token.open(parse_pkcs11_uri(nopin))
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o700, 0o620])
+def test_pin_files_others_can_read_are_refused(softhsm: SoftHsm, tmp_path: Path, mode: int) -> None:
+    """As ssh refuses a private key others can read: the PIN file must be 0600 or 0400
+    (a mounted Secret is copied to 0600 first, see deploy/kubernetes)."""
+    pin = tmp_path / "pin"
+    pin.write_bytes((softhsm.base / "modelseal.pin").read_bytes())
+    pin.chmod(mode)
+    uri = parse_pkcs11_uri(softhsm.uri("modelseal", pin))
+    if not mode & 0o077:
+        assert Pkcs11Token.open(uri).uri.token == "modelseal"  # owner-only modes are fine
+        return
+    with pytest.raises(ConfigError, match=f"permissions {mode:04o}.*chmod 600") as exc:
+        Pkcs11Token.open(uri)
+    assert exc.value.exit_code == 2
+    assert pin.read_text().strip() not in str(exc.value)
+
+
+def test_pin_source_must_be_a_regular_file(softhsm: SoftHsm, tmp_path: Path) -> None:
+    fifo = tmp_path / "pin"
+    os.mkfifo(fifo, 0o600)  # opening must not block on a writer that never comes
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", fifo)))
+    link = tmp_path / "link"
+    link.symlink_to(softhsm.base / "modelseal.pin")  # a symlink to a 0600 file is fine
+    assert Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", link)))
+
+
+def test_kbs_serve_exits_2_on_a_readable_pin_file(softhsm: SoftHsm, tmp_path: Path) -> None:
+    pin = tmp_path / "pin"
+    pin.write_bytes((softhsm.base / "modelseal.pin").read_bytes())
+    pin.chmod(0o644)
+    cli = [sys.executable, "-c", "from modelseal.cli import main; main()"]
+    done = subprocess.run(
+        [*cli, "kbs", "serve", "--data-dir", str(tmp_path / "kbs"), "--port", "9",
+         "--kek-uri", softhsm.uri("modelseal", pin)],
+        capture_output=True, text=True, env=softhsm.env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"PKCS#11 PIN file {pin} has permissions 0644" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert pin.read_text().strip() not in done.stdout + done.stderr

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelseal.crypto.pkcs11_kek import Pkcs11Kek, Pkcs11Token, parse_pkcs11_uri
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError
+from modelseal.errors import BackendError, ConfigError
 from modelseal.kbs.kek_stores import TokenKeks
 from modelseal.kbs.state import KbsState, offline_audit_verify
 
@@ -238,3 +239,53 @@ def test_replicas_creating_the_first_kek_at_once_keep_exactly_one(
         assert state.store.ring.active.id == theirs[0].id
     finally:
         state.close()
+
+
+def test_a_mac_key_left_by_a_crash_changes_nothing(tmp_path: Path, kek_uri: str) -> None:
+    """A KEK's MAC key is generated before it and destroyed after it, so a crash leaves at
+    worst a MAC key that no KEK names: the KBS starts and serves as before. A KEK whose
+    MAC key is gone (never by modelseal's order) is refused, not used without MACs."""
+    import pkcs11
+
+    token, label = _labels(kek_uri)
+    dek = SecretBytes(os.urandom(32))
+    state = KbsState.open(tmp_path, kek_uri=kek_uri)
+    state.keys.put("m/k/v1", dek, actor="a")
+    state.close()
+    # killed between the two generations of a rotation's next KEK
+    session = token._session
+
+    class DiesAtTheSecondKey:
+        generated = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(session, name)
+
+        def generate_key(self, *args: Any, **kwargs: Any) -> Any:
+            self.generated += 1
+            if self.generated == 2:
+                raise pkcs11.exceptions.DeviceRemoved
+            return session.generate_key(*args, **kwargs)
+
+    token._session = DiesAtTheSecondKey()  # type: ignore[assignment]
+    try:
+        with pytest.raises(BackendError):
+            TokenKeks(token, label, tmp_path / "kek.lock").create_next()
+    finally:
+        token._session = session
+    assert token.find(label + ".next") == []  # only the MAC key, which nothing names
+    # killed between destroying a discarded KEK and its MAC key
+    discarded = token.generate(label + ".next")
+    discarded.handle.destroy()
+    reopened = KbsState.open(tmp_path, kek_uri=kek_uri)
+    try:
+        assert reopened.store.load("m/k/v1").dek == dek
+        assert reopened.audit.verify().ok
+        assert reopened.keys.rotate_kek(actor="a").new_kek_id != discarded.id
+        active = reopened.store.ring.active
+    finally:
+        reopened.close()
+    assert isinstance(active, Pkcs11Kek)
+    active.mac_handle.destroy()
+    with pytest.raises(ConfigError, match="has 0 MAC keys"):
+        KbsState.open(tmp_path, kek_uri=kek_uri)
