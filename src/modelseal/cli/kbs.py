@@ -14,6 +14,7 @@ KBS_COMMANDS: dict[str, str] = {
     "key": "modelseal.cli.kbs_admin:key",
     "policy": "modelseal.cli.kbs_admin:policy",
     "audit": "modelseal.cli.kbs_admin:audit",
+    "ita-user": "modelseal.cli.kbs_ita:ita_user",
 }
 
 

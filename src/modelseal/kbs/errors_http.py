@@ -209,7 +209,7 @@ ITA_ERRORS: Final = ErrorTable(
         405: Problem(405, "method-not-allowed", "405 method not allowed"),
         500: Problem(500, "internal", "500: Internal server error"),
     },
-    too_large=Problem(400, "bad-request", "Request body too large"),
+    too_large=Problem(400, "bad-request", "request body too large"),
     logger=logging.getLogger("modelseal.kbs.ita"),
     refusal_level=logging.WARNING,
     max_detail=300,

@@ -75,9 +75,12 @@ def _headers(request: Request, *, content_type: str | None, accept: str | None) 
         raise ItaUnsupportedMedia("Invalid Accept header")
 
 
-async def _body(request: Request, model: type[M]) -> M:
-    """The capped body decoded as ``model`` (unknown members refused, as ITA's decoder)."""
+async def _body(request: Request, model: type[M], *, accept: str = JSON) -> M:
+    """The capped body decoded as ``model`` (unknown members refused, as ITA's decoder),
+    after ITA's header checks. The body is read first, so an oversized body is refused as
+    such whatever its headers."""
     body = await read_body(request, MAX_ITA_BODY)
+    _headers(request, content_type=JSON, accept=accept)
     if not body:
         raise ItaBadRequest("Request body was not provided")
     try:
@@ -100,7 +103,7 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
     logins (None: every login fails, bearer tokens from ``kbs token`` still work)."""
     service = ItaService(state, tee_kinds)
     api = AdminApi(state)
-    router = APIRouter(route_class=guarded_route(ITA_ERRORS), include_in_schema=False)
+    router = APIRouter(route_class=guarded_route(ITA_ERRORS))
     Reader = Annotated[AdminPrincipal, Depends(api.role(READER))]  # noqa: N806
     Publisher = Annotated[AdminPrincipal, Depends(api.role(PUBLISHER))]  # noqa: N806
     Admin = Annotated[AdminPrincipal, Depends(api.role(ADMIN))]  # noqa: N806
@@ -144,8 +147,7 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
 
     @router.post("/token")
     async def token(request: Request) -> Response:
-        _headers(request, content_type=JSON, accept=JWT)
-        req = await _body(request, LoginRequest)
+        req = await _body(request, LoginRequest, accept=JWT)
         if not req.username or not req.password:
             raise ItaBadRequest(
                 "400: Username and password of a valid user must be provided to get the token"
@@ -167,7 +169,6 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
 
     @router.post("/key-transfer-policies")
     async def create_policy(who: Publisher, request: Request) -> Response:
-        _headers(request, content_type=JSON, accept=JSON)
         req = await _body(request, PolicyRequest)
         return await run("create policy", who, lambda: _json(service.create_policy(who, req), 201))
 
@@ -191,7 +192,6 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
 
     @router.post("/keys")
     async def create_key(who: Publisher, request: Request) -> Response:
-        _headers(request, content_type=JSON, accept=JSON)
         req = await _body(request, KeyCreateRequest)
         return await run("create key", who, lambda: _json(service.create_key(who, req), 201))
 
@@ -214,7 +214,6 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
 
     @router.put("/keys/{key_id}")
     async def update_key(who: Publisher, key_id: str, request: Request) -> Response:
-        _headers(request, content_type=JSON, accept=JSON)
         req = await _body(request, KeyUpdateRequest)
         return await run(
             "update key", who, lambda: _json(service.update_key(who, key_id, req), 201)

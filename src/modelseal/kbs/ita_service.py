@@ -207,7 +207,9 @@ class ItaService:
             s.flush()
 
         try:
-            record, _ = self.state.keys.put(kid, dek, policy=release, actor=who.actor, within=link)
+            record, _ = self.state.keys.put(
+                kid, dek, policy=release, actor=who.actor, within=link, generated=not info.key_data
+            )
         finally:
             dek.wipe()
         return _key_response(key_uuid, record, info.algorithm, info.key_length, policy_id)

@@ -223,8 +223,12 @@ class KeyService:
         model_digest: str | None = None,
         actor: str,
         within: Callable[[Session, KeyRecord], None] | None = None,
+        generated: bool = False,
     ) -> tuple[KeyRecord, bool]:
         """Import ``dek`` (or generate one when None) with an optional policy and digest.
+
+        ``generated``: the caller made ``dek`` from the CSPRNG itself (a size the store
+        does not generate), so the audit row says ``key.generate``, not ``key.import``.
 
         ``within`` runs inside the same transaction once the key row is written, so rows
         that belong with the key (an ITA key's policy reference) commit or fail with it.
@@ -242,7 +246,7 @@ class KeyService:
             )
             if within is not None:
                 within(s, record)
-            action = "key.generate" if dek is None else "key.import"
+            action = "key.generate" if dek is None or generated else "key.import"
             self.record(
                 conn,
                 actor,
