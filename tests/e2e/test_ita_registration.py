@@ -418,3 +418,41 @@ def test_kill_9_after_an_acknowledged_key_create_keeps_key_and_policy(tmp_path: 
     finally:
         again.stop()
     assert offline_audit_verify(tmp_path / "kbs").ok
+
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "ita-kbs.md"
+
+
+def _guide_script() -> str:
+    text = GUIDE.read_text()
+    block = text.split("<!-- ita-register:begin -->", 1)[1].split("<!-- ita-register:end -->")[0]
+    lines = block.strip().splitlines()
+    assert lines[0] == "```bash"
+    assert lines[-1] == "```"
+    return "\n".join(lines[1:-1])
+
+
+def test_the_guides_curl_script_registers_a_key_the_td_can_fetch(stack: Stack) -> None:
+    """The ITA registration script of docs/guides/ita-kbs.md, run as written by bash."""
+    dek = os.urandom(32)
+    env = {
+        "PATH": os.environ["PATH"],
+        "KBS_URL": stack.kbs.url + "/kbs/v1",
+        "KBS_ADMIN": "publisher",
+        "KBS_PASSWORD": PASSWORD,
+        "MRTD": stack.mr_td,
+        "KEY_B64": b64_encode(dek),
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", _guide_script()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    key_id = done.stdout.strip().removeprefix("key_id: ")
+    assert uuid.UUID(key_id).version == 4
+    created = {"id": key_id, "transfer_link": f"/kbs/v1/keys/{key_id}/transfer"}
+    assert _transfer(stack, created) == dek
