@@ -156,7 +156,9 @@ def _hex(values: Iterable[str], what: str) -> list[str]:
 def _one_hex(value: str | None, what: str) -> str | None:
     if not value:  # ITA: an empty string is "not given"
         return None
-    return _hex([value], what)[0]
+    if not _SHA384_HEX.fullmatch(value):
+        raise TranslationRefused(f"{what} is not a SHA-384 hex string (96 hex digits)")
+    return value.lower()
 
 
 def normalized_attributes(attrs: TdxAttributes) -> dict[str, Any]:
