@@ -27,7 +27,7 @@ from starlette.responses import Response
 from modelseal import __version__
 from modelseal._internal.bounded import check_json
 from modelseal._internal.http_edge import guarded_route, read_body
-from modelseal.errors import FormatError
+from modelseal.errors import BackendError, ConfigError, FormatError
 from modelseal.kbs.admin_api import ADMIN, PUBLISHER, READER, AdminApi
 from modelseal.kbs.admin_auth import AdminPrincipal, mint_admin_token
 from modelseal.kbs.errors_http import (
@@ -121,7 +121,11 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
 
     def login(req: LoginRequest) -> Response:
         if users is not None:
-            user = users.authenticate(req.username, req.password)
+            try:
+                user = users.authenticate(req.username, req.password)
+            except ConfigError as exc:  # edited into something unusable since the start
+                log.error("ITA logins are unavailable: %s", exc)
+                raise BackendError("the ITA user file is unusable") from None
         else:  # the same scrypt work as a real check, so no timing difference
             user = ItaUsers.decoy(req.password)
         if user is None:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from modelseal._internal.clock import FixedClock
 from modelseal.kbs.admin_auth import mint_admin_token
 from modelseal.kbs.ita_api import ita_router
+from modelseal.kbs.ita_users import ItaUsers, hash_password
 from modelseal.kbs.state import KbsState
 from tests.integration.kbs_admin.strategies import bodies, json_values
 
@@ -163,3 +164,32 @@ def test_wrong_headers_are_415_before_the_body_is_parsed(ita: Ita) -> None:
         headers = {**ita.headers, name: value}
         r = ita.request("POST", "/kbs/v1/key-transfer-policies", content=b"{", headers=headers)
         assert (r.status_code, r.json()) == (415, {"error": error})
+
+
+def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) -> None:
+    """A user file broken after the start: the login answers 503 without naming the file."""
+    users = ItaUsers(tmp_path / "users.json")
+    users.save({"alice": hash_password("alice", b"password 123")})
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
+
+        async def login(password: str) -> httpx.Response:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+                return await client.post(
+                    "/kbs/v1/token",
+                    json={"username": "alice", "password": password},
+                    headers={"Content-Type": "application/json", "Accept": "application/jwt"},
+                )
+
+        ok = asyncio.run(login("password 123"))
+        assert ok.status_code == 200
+        assert ok.headers["strict-transport-security"].startswith("max-age=")
+        users.path.write_text("{")
+        broken = asyncio.run(login("password 123"))
+        assert broken.status_code == 503
+        assert str(tmp_path) not in broken.text
+    finally:
+        state.close()
