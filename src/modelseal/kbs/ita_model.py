@@ -57,6 +57,10 @@ ITA_UUID_RE = re.compile(
 )
 #: what ITA writes for a key without a transfer policy (a zero UUID is never omitted)
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
+#: ITA's attestation type for TD quotes; a policy object holds its attributes in the member
+#: named after the type in lower case (as for SGX)
+ITA_TDX = "TDX"
+TDX_MEMBER = ITA_TDX.lower()
 #: AES key lengths ITA accepts, in bits
 AES_KEY_BITS = (128, 192, 256)
 _SHA384_HEX = re.compile(r"[a-fA-F0-9]{96}")
@@ -189,7 +193,7 @@ def policy_document(req: PolicyRequest, *, policy_id: str, created_at: float) ->
         raise TranslationRefused(
             "attestation_type SGX is not supported: modelseal has no SGX verifier"
         )
-    if req.attestation_type != "TDX":
+    if req.attestation_type != ITA_TDX:
         raise TranslationRefused("Invalid attestation type (TDX or SGX)")
     if req.sgx is not None:
         raise TranslationRefused("sgx attributes are not supported: modelseal has no SGX verifier")
@@ -208,14 +212,14 @@ def policy_document(req: PolicyRequest, *, policy_id: str, created_at: float) ->
     return {
         "id": policy_id,
         "created_at": go_time(created_at),
-        "attestation_type": "TDX",
-        "tdx": {"attributes": normalized_attributes(req.tdx.attributes)},
+        "attestation_type": ITA_TDX,
+        TDX_MEMBER: {"attributes": normalized_attributes(req.tdx.attributes)},
     }
 
 
 def release_policy(document: dict[str, Any], tee_kinds: Iterable[str]) -> ReleasePolicy:
     """The ReleasePolicy an ITA policy object (from :func:`policy_document`) stands for."""
-    attrs = document["tdx"]["attributes"]
+    attrs = document[TDX_MEMBER]["attributes"]
     common = {f"rtmr{i}": attrs[f"rtmr{i}"] for i in range(4) if f"rtmr{i}" in attrs}
     entries: list[dict[str, str]] = []
     for td in attrs.get("mrtd") or [None]:
