@@ -56,6 +56,9 @@ __all__ = ["KEY_FILTERS", "ItaService"]
 #: the query parameters of ``GET /kbs/v1/keys`` (ITA requires at least one)
 KEY_FILTERS = ("algorithm", "keyLength", "curveType", "transferPolicyId")
 _ALGORITHMS = ("AES", "RSA", "EC", "aes", "rsa", "ec")
+#: the values ITA's key search accepts as filters (its AES and RSA lengths, its curves)
+_FILTER_LENGTHS = (*AES_KEY_BITS, 2048, 3072, 4096, 7680)
+_CURVES = ("secp256r1", "secp384r1", "secp521r1", "prime256v1")
 _POLICY_MISSING = "400: Key transfer policy with specified id does not exist"
 _KEY_MISSING = "404: Key with specified id does not exist"
 
@@ -248,13 +251,15 @@ class ItaService:
         length_text = query.get("keyLength", "").strip()
         curve = query.get("curveType", "").strip()
         policy_text = query.get("transferPolicyId", "").strip()
-        if (algorithm and algorithm not in _ALGORITHMS) or (
-            length_text and not (length_text.isascii() and length_text.isdigit())
+        length = int(length_text) if length_text.isascii() and length_text.isdigit() else -1
+        if (
+            (algorithm and algorithm not in _ALGORITHMS)
+            or (length_text and length not in _FILTER_LENGTHS)
+            or (curve and curve not in _CURVES)
         ):
             raise ItaBadRequest("Invalid filter criteria")
-        policy_filter = (
-            _policy_id(policy_text, missing="Invalid filter criteria") if policy_text else None
-        )
+        # the nil UUID is "no filter" for ITA, as an absent one
+        policy_filter = _policy_id(policy_text or None, missing="Invalid filter criteria")
         out = []
         with self.state.db.begin() as s:
             rows = s.execute(
@@ -267,9 +272,9 @@ class ItaService:
                 live = self._live_policy(s, link, record)
                 if (
                     (algorithm and link.algorithm != algorithm)
-                    or (length_text and link.key_length != int(length_text))
+                    or (length_text and link.key_length != length)
                     or curve  # only EC keys have a curve, and modelseal makes none
-                    or (policy_text and live != policy_filter)
+                    or (policy_filter is not None and live != policy_filter)
                     or not who.covers(record.key_id)
                 ):
                     continue

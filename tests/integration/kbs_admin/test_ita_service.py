@@ -219,3 +219,25 @@ def test_parallel_creates_and_a_racing_delete_stay_consistent(ita: ItaService) -
         for key_id in created:
             assert ita.get_key(ADMIN, key_id)["transfer_policy_id"] == policy["id"]
     assert ita.state.audit.verify().ok
+
+
+def test_key_search_filters_as_ita(ita: ItaService) -> None:
+    policy = ita.create_policy(ADMIN, _req({"mrtd": [A]}))
+    with_policy = ita.create_key(ADMIN, _key(policy["id"]))["id"]
+    without = ita.create_key(ADMIN, _key(None))["id"]
+
+    def ids(**query: str) -> set[str]:
+        return {k["id"] for k in ita.search_keys(ADMIN, query)}
+
+    both = {with_policy, without}
+    assert ids(keyLength="256") == both
+    assert ids(algorithm="AES") == both
+    assert ids(algorithm="aes") == set()  # ITA compares the algorithm as it was given
+    assert ids(transferPolicyId=policy["id"]) == {with_policy}
+    assert ids(transferPolicyId=NIL_UUID) == both  # nil: no filter
+    assert ids(curveType="secp384r1") == set()
+    assert ids(keyLength="3072") == set()
+    for bad in ({}, {"x": "1"}, {"keyLength": "100"}, {"keyLength": "²"}, {"curveType": "p"},
+                {"algorithm": "DES"}, {"transferPolicyId": "nope"}):  # fmt: skip
+        with pytest.raises(ItaBadRequest):
+            ita.search_keys(ADMIN, bad)
