@@ -3,8 +3,9 @@
 * ``kbs serve`` refuses a database behind head and names the migrate command; after
   ``kbs migrate`` the same data directory serves and its audit chain verifies.
 * ``kill -9`` of ``kbs migrate`` at points spread over its whole transaction (adoption of
-  the old database, revision 0001's stamp, the ITA tables of 0002, the test-only revision 0003's index and batch
-  table copy, the commit) leaves the database exactly as it was, and a rerun completes.
+  the old database, revision 0001's stamp, the ITA tables of 0002, the test-only revision
+  0003's index and batch table copy, the commit) leaves the database exactly as it was,
+  and a rerun completes.
   The harness pauses the real CLI inside a SQLAlchemy event (before the Nth statement, or
   just before COMMIT) and the test kills it there.
 """
