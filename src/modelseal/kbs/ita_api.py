@@ -15,7 +15,6 @@ policies and keys, moving a key to another policy: publisher; deleting: admin).
 # dependencies at definition time, and they name per-app objects local to a function.
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -137,7 +136,7 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
             ttl=ITA_TOKEN_TTL,
             subject=f"ita:{user.name}",
             namespaces=user.namespaces,
-            now=time.time(),
+            now=state.clock.now(),
         )
         log.info("ITA login by %s (role %s)", user.name, user.role)
         return Response(

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
-from modelseal.kbs.admin_auth import mint_admin_token
+from modelseal.kbs.admin_auth import mint_admin_token, verify_admin_token
 from modelseal.kbs.ita_api import ita_router
 from modelseal.kbs.ita_users import ItaUsers, hash_password
 from modelseal.kbs.state import KbsState
@@ -187,6 +187,12 @@ def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) 
         ok = asyncio.run(login("password 123"))
         assert ok.status_code == 200
         assert ok.headers["strict-transport-security"].startswith("max-age=")
+        who = verify_admin_token(ok.text, state.admin_key, now=state.clock.now())
+        assert (who.subject, who.roles, who.namespaces) == (
+            "ita:alice",
+            frozenset({"publisher"}),
+            frozenset({"default/key"}),
+        )
         users.path.write_text("{")
         broken = asyncio.run(login("password 123"))
         assert broken.status_code == 503
