@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from hashlib import sha256
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.orm import Session
 
 from modelseal._internal.canonical import canonical_json
@@ -154,8 +154,11 @@ class ItaService:
             row = self._policy_row(s, _canonical_uuid(policy_id), missing)
             if self._referenced(s, row):
                 raise ItaBadRequest("400: Key transfer policy is associated with keys")
-            # references that ended (key deleted, or given another policy) go with it
-            s.execute(delete(ItaKeyRow).where(ItaKeyRow.policy_id == row.id))
+            # references that ended go with it: a key given another policy keeps its ITA
+            # row without a policy; the row of a key deleted over the admin API goes
+            gone = ~select(KeyRow.key_id).where(KeyRow.key_id == ItaKeyRow.key_id).exists()
+            s.execute(delete(ItaKeyRow).where(ItaKeyRow.policy_id == row.id, gone))
+            s.execute(update(ItaKeyRow).where(ItaKeyRow.policy_id == row.id).values(policy_id=None))
             s.delete(row)
             s.flush()
             self._audit(conn, who, "ita.policy.delete", row)

@@ -144,14 +144,20 @@ def test_create_reference_and_delete(ita: ItaService) -> None:
         actor="admin:other",
     )
     assert ita.get_key(ADMIN, key["id"])["transfer_policy_id"] == NIL_UUID
+    # a key deleted over the admin API no longer refers to anything either
+    other = ita.create_key(ADMIN, _key(policy["id"]))
+    ita.state.keys.delete(f"default/key/{other['id']}", actor="admin:other")
     ita.delete_policy(ADMIN, policy["id"])
+    assert ita.get_key(ADMIN, key["id"])["transfer_policy_id"] == NIL_UUID  # still listed
+    assert {k["id"] for k in ita.search_keys(ADMIN, {"keyLength": "256"})} == {key["id"]}
     with pytest.raises(ItaNotFound):
         ita.get_policy(policy["id"])
     with pytest.raises(ItaBadRequest, match="does not exist"):
         ita.create_key(ADMIN, _key(policy["id"]))
     actions = [e.action for e in ita.state.audit.entries(limit=100)]
     assert actions == [
-        "ita.policy.create", "key.generate", "policy.set", "ita.policy.delete"
+        "ita.policy.create", "key.generate", "policy.set", "key.generate", "key.delete",
+        "ita.policy.delete",
     ]  # fmt: skip
     assert ita.state.audit.verify().ok
 
