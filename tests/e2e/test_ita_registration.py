@@ -141,6 +141,9 @@ def _flip_last(hex_text: str) -> str:
 
 
 def test_token_policy_key_transfer_flow(stack: Stack) -> None:
+    assert f"Intel Trust Authority logins for the users in {stack.users}" in (
+        stack.kbs.log_path.read_text()
+    )
     login = stack.login()
     assert login.status_code == 200
     assert login.headers["content-type"] == "text/plain; charset=utf-8"

@@ -212,6 +212,8 @@ def serve(
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
     for kind in settings.insecure_kinds():
         click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
+    if settings.ita_users is not None:
+        click.echo(f"Intel Trust Authority logins for the users in {settings.ita_users}", err=True)
     from modelseal._internal import environment
 
     environment.export("MODELSEAL_LOG_LEVEL", log_level)  # for the worker processes
