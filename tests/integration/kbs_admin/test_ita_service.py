@@ -247,3 +247,15 @@ def test_key_search_filters_as_ita(ita: ItaService) -> None:
                 {"algorithm": "DES"}, {"transferPolicyId": "nope"}):  # fmt: skip
         with pytest.raises(ItaBadRequest):
             ita.search_keys(ADMIN, bad)
+
+
+def test_a_policy_row_mac_differing_in_the_last_byte_is_refused(ita: ItaService) -> None:
+    policy = ita.create_policy(ADMIN, _req({"mrtd": [A]}))
+    with ita.state.db.begin() as s:
+        row = s.get(ItaPolicyRow, policy["id"])
+        assert row is not None
+        row.mac = row.mac[:-2] + f"{int(row.mac[-2:], 16) ^ 0x01:02x}"
+    with pytest.raises(DecryptionError, match="integrity"):
+        ita.get_policy(policy["id"])
+    with pytest.raises(DecryptionError):
+        ita.list_policies()
