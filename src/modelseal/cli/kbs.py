@@ -21,4 +21,4 @@ KBS_COMMANDS: dict[str, str] = {
 @click.group(cls=LazyGroup, lazy=KBS_COMMANDS)
 def kbs() -> None:
     """Key Broker Service: serve it, migrate its database, get a resource, administer keys,
-    policies, audit."""
+    policies, audit, and the users of Intel Trust Authority logins."""
