@@ -160,7 +160,6 @@ def test_a_uuid_key_id_is_put_and_transferred(stack: Stack) -> None:
         ("/kbs/v1/keys/not-a-uuid/transfer", 400, "SerdeError"),
         ("/kbs/v1/keys/a/b/transfer", 404, "InvalidRequestPath"),
         ("/kbs/v1/keys/a/b/c/d/transfer", 404, "InvalidRequestPath"),
-        ("/kbs/v1/keys", 404, "InvalidRequestPath"),
         ("/kbs/v1/transfer", 404, "InvalidRequestPath"),
     ],
 )

@@ -3,8 +3,9 @@
 * ``kbs serve`` refuses a database behind head and names the migrate command; after
   ``kbs migrate`` the same data directory serves and its audit chain verifies.
 * ``kill -9`` of ``kbs migrate`` at points spread over its whole transaction (adoption of
-  the old database, revision 0001's stamp, the test-only revision 0002's index and batch
-  table copy, the commit) leaves the database exactly as it was, and a rerun completes.
+  the old database, revision 0001's stamp, the ITA tables of 0002, the test-only revision
+  0003's index and batch table copy, the commit) leaves the database exactly as it was,
+  and a rerun completes.
   The harness pauses the real CLI inside a SQLAlchemy event (before the Nth statement, or
   just before COMMIT) and the test kills it there.
 """
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Runs the real CLI with the test-only revision 0002, pausing (to be killed) just before
+#: Runs the real CLI with the test-only revision 0003, pausing (to be killed) just before
 #: statement number STOP_AT or just before COMMIT.
 HARNESS = r"""
 import os, sys, time
@@ -106,6 +107,7 @@ def test_serve_refuses_a_database_behind_head_then_migrate_fixes_it(tmp_path: Pa
     assert done.stdout.splitlines() == [
         f"sqlite database, schema head of this release: {schema.head()}",
         "database made before schema migrations: its tables match revision 0001; stamped it 0001",
+        "applied revisions: 0002",
         f"now at revision {schema.head()} (head)",
     ]
     url, proc = start_kbs(data, "--insecure-allow-sample")
@@ -161,7 +163,7 @@ def _statement_count(data: Path, monkeypatch: pytest.MonkeyPatch) -> int:
     event.listen(Engine, "before_cursor_execute", counted)
     db = Database(sqlite_url(data))
     try:
-        assert schema.migrate(db).applied == ("0002",)
+        assert schema.migrate(db).applied == ("0002", "0003")
     finally:
         event.remove(Engine, "before_cursor_execute", counted)
         db.dispose()
@@ -173,7 +175,7 @@ def test_kill_9_during_migrate_leaves_the_database_unchanged_and_a_rerun_complet
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     total = _statement_count(copy_fixture(tmp_path / "count"), monkeypatch)
-    assert total >= 10  # adoption reads, stamp, 0002's index and table copy
+    assert total >= 10  # adoption reads, stamp, 0003's index and table copy
     points = sorted({2, total // 3, (2 * total) // 3, total})
     exp = expected()
     for point in [*map(str, points), "commit"]:
@@ -199,7 +201,7 @@ def test_kill_9_during_migrate_leaves_the_database_unchanged_and_a_rerun_complet
             report = schema.migrate(db)  # the rerun, as `kbs migrate` runs it
         finally:
             db.dispose()
-        assert (report.adopted, report.applied, report.after) == (True, ("0002",), "0002")
+        assert (report.adopted, report.applied, report.after) == (True, ("0002", "0003"), "0003")
         state = KbsState.open(data)
         try:
             check_contents(state, exp)

@@ -12,6 +12,13 @@ from pydantic import BaseModel, ValidationError
 
 from modelseal.dev import guest_components
 from modelseal.kbs import transfer_api
+from modelseal.kbs.ita_model import (
+    KeyCreateRequest,
+    PolicyRequest,
+    TranslationRefused,
+    policy_document,
+    release_policy,
+)
 from modelseal.protocol import admin
 from modelseal.protocol.kbs import (
     AttestationRequest,
@@ -159,7 +166,47 @@ def _aael_event(data: bytes) -> object:
     return result
 
 
+ITA_POLICY = {
+    "attestation_type": "TDX",
+    "tdx": {
+        "attributes": {
+            "mrsignerseam": ["ab" * 48],
+            "mrseam": ["cd" * 48],
+            "mrtd": ["ef" * 48, "01" * 48],
+            "rtmr0": "23" * 48,
+            "enforce_tcb_upto_date": True,
+        }
+    },
+}
+
+
+def _ita_policy(data: bytes) -> object:
+    """An ITA key-transfer policy as ``POST /kbs/v1/key-transfer-policies`` takes it:
+    validated, then translated; a refusal is ``TranslationRefused`` (-> 400)."""
+    req = PolicyRequest.model_validate_json(data)
+    return release_policy(policy_document(req, policy_id="p", created_at=0.0), ("tdx",))
+
+
+ITA_TARGETS = [
+    Target(
+        "ita-PolicyRequest",
+        _ita_policy,
+        lambda: [json.dumps(ITA_POLICY).encode()],
+        extra=lambda: json_mutated([ITA_POLICY]) | json_docs(),
+        documented=(ValidationError, TranslationRefused),
+        hostile=HOSTILE_TEXT,
+    ),
+    _admin(
+        KeyCreateRequest,
+        {
+            "key_information": {"algorithm": "AES", "key_length": 256, "key_data": "eA=="},
+            "transfer_policy_id": "4517534b-a758-4447-9d2f-3e5606152ed6",
+        },
+    ),
+]
+
 TARGETS = [
+    *ITA_TARGETS,
     Target(
         "key-id",
         lambda b: resource_path(_text(b)),

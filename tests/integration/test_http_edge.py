@@ -1,12 +1,14 @@
 """Every route of every HTTP app answers the edge's failures in its app's documented shape.
 
-The apps (the KBS with its RCAR, admin, Trustee-admin and transfer routes; the registry)
+The apps (the KBS with its RCAR, admin, Trustee-admin, transfer and Intel Trust Authority
+registration routes; the registry)
 are walked route by route from their route tables, so a route added later is covered
 without editing this test. For each route: a path next to it that no route serves (404),
 a method no route allows on it (405, with ``Allow``), a declared ``Content-Length`` over
 the app's limit, and for routes that take a body, a chunked body one byte over the
 route's own cap (the streaming reader). Each answer must be a problem document of the
-table that serves it: its ``type`` prefix, exactly ``type`` and ``detail``, and the
+table that serves it: its ``type`` prefix, exactly ``type`` and ``detail`` (ITA's routes:
+exactly ``error``), and the
 table's headers (``Cache-Control: no-store`` and ``WWW-Authenticate`` for the admin API,
 ``Retry-After`` on 503 for Trustee's shape).
 """
@@ -32,7 +34,8 @@ from modelseal.errors import BackendError, TokenError
 from modelseal.kbs.admin_api import MAX_ADMIN_BODY
 from modelseal.kbs.admin_auth import mint_admin_token
 from modelseal.kbs.app import create_app as create_kbs
-from modelseal.kbs.errors_http import ADMIN_ERRORS, RCAR_ERRORS, table_for
+from modelseal.kbs.errors_http import ADMIN_ERRORS, ITA_ERRORS, RCAR_ERRORS, is_ita_path, table_for
+from modelseal.kbs.ita_api import MAX_ITA_BODY
 from modelseal.kbs.settings import KbsSettings
 from modelseal.kbs.state import KbsState
 from modelseal.kbs.transfer_api import MAX_TRANSFER_BODY
@@ -54,6 +57,7 @@ DOCUMENTED_HEADERS: dict[str, dict[str, str]] = {
     ERROR_TYPE_PREFIX: {},
     ADMIN_PREFIX: {"Cache-Control": "no-store"},
     REGISTRY_PREFIX: {},
+    ITA_ERRORS.shape.prefix: {"Cache-Control": "no-store"},
 }
 
 
@@ -145,6 +149,10 @@ def _check_shape(r: httpx.Response, table: ErrorTable, status: int) -> dict[str,
     assert r.status_code == status, (r.status_code, r.text[:300])
     assert r.headers["content-type"] == "application/json"
     body = r.json()
+    if table is ITA_ERRORS:  # Intel Trust Authority's shape: {"error": text}, Go's newline
+        assert set(body) == {"error"}, body
+        assert r.content.endswith(b"}\n")
+        body = {"type": "", "detail": body["error"]}
     assert set(body) == {"type", "detail"}, body
     assert body["type"].startswith(table.shape.prefix), body
     assert isinstance(body["detail"], str)
@@ -164,6 +172,9 @@ def _stream_cap(app: App, route: Mounted) -> int | None:
         return None
     if route.path.endswith("/transfer"):
         return MAX_TRANSFER_BODY
+    if is_ita_path(route.path):
+        # the refused key export (POST /kbs/v1/keys/<id>) reads no body
+        return None if route.path.endswith("}") and "PUT" not in route.methods else MAX_ITA_BODY
     if route.path in ("/kbs/v0/auth", "/kbs/v0/attest"):
         return KBS_LIMIT
     if route.path.endswith(("/revoke", "/rotate")):
@@ -178,7 +189,7 @@ async def _chunks(size: int) -> AsyncIterator[bytes]:
 
 
 def test_every_route_is_guarded_by_its_apps_table(apps: list[App]) -> None:
-    tables = {"kbs": {RCAR_ERRORS, ADMIN_ERRORS}, "registry": {REGISTRY_ERRORS}}
+    tables = {"kbs": {RCAR_ERRORS, ADMIN_ERRORS, ITA_ERRORS}, "registry": {REGISTRY_ERRORS}}
     for app in apps:
         routes = _routes(app.app)
         assert routes, app.name
@@ -197,7 +208,8 @@ def test_unknown_paths_wrong_methods_and_oversized_bodies(apps: list[App]) -> No
             unknown = _unknown_next_to(route.path)
             table = app.framework_table(unknown)
             body = _check_shape(app.request("GET", unknown), table, 404)
-            assert body["type"] == table.shape.prefix + table.framework_problems[404].kind
+            if table is not ITA_ERRORS:
+                assert body["type"] == table.shape.prefix + table.framework_problems[404].kind
 
             # PATCH is served by no route of any app
             assert not any("PATCH" in r.methods for r in _routes(app.app))

@@ -14,10 +14,11 @@ KBS_COMMANDS: dict[str, str] = {
     "key": "modelseal.cli.kbs_admin:key",
     "policy": "modelseal.cli.kbs_admin:policy",
     "audit": "modelseal.cli.kbs_admin:audit",
+    "ita-user": "modelseal.cli.kbs_ita:ita_user",
 }
 
 
 @click.group(cls=LazyGroup, lazy=KBS_COMMANDS)
 def kbs() -> None:
     """Key Broker Service: serve it, migrate its database, get a resource, administer keys,
-    policies, audit."""
+    policies, audit, and the users of Intel Trust Authority logins."""

@@ -93,6 +93,13 @@ def _path(value: str | None) -> Path | None:
     help="Serve CNAP's replayable nonce-less key transfer.",
 )
 @click.option(
+    "--ita-users",
+    envvar="MODELSEAL_ITA_USERS",
+    default=None,
+    help="User file (`modelseal kbs ita-user add`) enabling Intel Trust Authority password "
+    "logins at POST /kbs/v1/token.",
+)
+@click.option(
     "--token-ttl",
     envvar="MODELSEAL_TOKEN_TTL",
     type=float,
@@ -157,6 +164,7 @@ def serve(
     tls_key: str | None,
     insecure_http: bool,
     allow_cnap_oneshot: bool,
+    ita_users: str | None,
     token_ttl: float,
     session_ttl: float,
     token_signing_key: str | None,
@@ -191,6 +199,7 @@ def serve(
         insecure_http=insecure_http,
         tee_options=tee_options,
         allow_cnap_oneshot=allow_cnap_oneshot,
+        ita_users=_path(ita_users),
         token_ttl=token_ttl,
         session_ttl=session_ttl,
         token_signing_key=_path(token_signing_key),
@@ -203,6 +212,8 @@ def serve(
     click.echo(f"modelseal KBS on {scheme}://{settings.host}:{settings.port}", err=True)
     for kind in settings.insecure_kinds():
         click.echo(f"WARNING: INSECURE {kind} TEE accepted (unsigned evidence)", err=True)
+    if settings.ita_users is not None:
+        click.echo(f"Intel Trust Authority logins for the users in {settings.ita_users}", err=True)
     from modelseal._internal import environment
 
     environment.export("MODELSEAL_LOG_LEVEL", log_level)  # for the worker processes

@@ -225,7 +225,7 @@ class AdminApi:
 
     # --- operations (blocking; called in the thread pool) -------------------------------
 
-    def _tenant(self, who: AdminPrincipal, kid: str, what: str) -> None:
+    def tenant(self, who: AdminPrincipal, kid: str, what: str) -> None:
         """403, audited, unless ``who`` may manage ``kid`` (a publisher token only covers
         its namespaces; see :mod:`modelseal.kbs.admin_auth`). An id that is no key id at
         all is a plain 400, never written to the audit log or the log (bounded, no
@@ -252,11 +252,11 @@ class AdminApi:
         return _json(KeyList(keys=[_key_info(r) for r in records if who.covers(r.key_id)]))
 
     def get_key(self, who: AdminPrincipal, kid: str) -> Response:
-        self._tenant(who, kid, "key.read")
+        self.tenant(who, kid, "key.read")
         return _json(_key_info(self.state.keys.get(kid)))
 
     def put_key(self, who: AdminPrincipal, kid: str, req: PutKeyRequest) -> Response:
-        self._tenant(who, kid, "key.put")
+        self.tenant(who, kid, "key.put")
         dek = None
         if req.key is not None:
             try:
@@ -279,7 +279,7 @@ class AdminApi:
         return _json(_key_info(self.state.keys.delete(kid, actor=who.actor)))
 
     def policy_info(self, who: AdminPrincipal, kid: str) -> Response:
-        self._tenant(who, kid, "policy.read")
+        self.tenant(who, kid, "policy.read")
         policy = self.state.keys.get_policy(kid)
         return _json(
             PolicyInfo(
@@ -290,7 +290,7 @@ class AdminApi:
         )
 
     def set_policy(self, who: AdminPrincipal, kid: str, body: bytes) -> Response:
-        self._tenant(who, kid, "policy.set")
+        self.tenant(who, kid, "policy.set")
         policy = parse_policy_text(body)
         self.state.keys.set_policy(kid, policy, actor=who.actor)
         return self.policy_info(who, kid)
@@ -299,7 +299,7 @@ class AdminApi:
         return _json(_key_info(self.state.keys.clear_policy(kid, actor=who.actor)))
 
     def bind_model(self, who: AdminPrincipal, kid: str, req: ModelDigestRequest) -> Response:
-        self._tenant(who, kid, "model.bind")
+        self.tenant(who, kid, "model.bind")
         record = self.state.keys.set_model_digest(kid, req.model_digest, actor=who.actor)
         return _json(_key_info(record))
 
@@ -335,7 +335,7 @@ class AdminApi:
         return _json(AuditVerifyResponse(**self.state.audit.verify().to_json()))
 
     def import_resource(self, who: AdminPrincipal, kid: str, body: bytes) -> Response:
-        self._tenant(who, kid, "key.put")
+        self.tenant(who, kid, "key.put")
         dek = SecretBytes(body)
         try:
             _, created = self.state.keys.put(kid, dek, actor=who.actor)

@@ -46,6 +46,8 @@ from modelseal.errors import BackendError, TokenError
 from modelseal.kbs.admin_api import admin_router, trustee_admin_router
 from modelseal.kbs.attestation import AttestationService
 from modelseal.kbs.errors_http import RCAR_ERRORS, install_error_handlers, problem, table_for
+from modelseal.kbs.ita_api import ita_router
+from modelseal.kbs.ita_users import ItaUsers
 from modelseal.kbs.release import released
 from modelseal.kbs.resource import ResourceService, bearer_token
 from modelseal.kbs.sessions import SessionStore
@@ -65,6 +67,7 @@ from modelseal.protocol.kbs import (
     version_supported,
 )
 from modelseal.protocol.wire import WireModel
+from modelseal.tee.registry import kinds_for_transfer_type
 
 log = logging.getLogger("modelseal.kbs")
 T = TypeVar("T")
@@ -260,6 +263,15 @@ def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
     app.include_router(trustee_admin_router(kbs.state))  # Trustee kbs-client set-resource
     app.include_router(
         transfer_router(kbs.state, kbs.attestation, allow_oneshot=kbs.settings.allow_cnap_oneshot),
+        prefix=TRANSFER_PREFIX,
+    )
+    users = kbs.settings.ita_users
+    app.include_router(
+        ita_router(
+            kbs.state,
+            kinds_for_transfer_type("TDX", kbs.attestation.configs),
+            None if users is None else ItaUsers(users),
+        ),
         prefix=TRANSFER_PREFIX,
     )
 

@@ -7,6 +7,9 @@ table) are in :mod:`modelseal._internal.http_edge`; this module is data.
   Requesters learn only the class of failure: denial and unknown resource share one
   byte-for-byte identical 403 so the KBS is no existence oracle; the precise reason goes
   to the log (and, for releases, the audit log). The transfer API answers the same way.
+* :data:`ITA_ERRORS` - Intel Trust Authority KBS's ``{"error": "..."}`` bodies for its
+  registration API under ``/kbs/v1`` (tokens, key-transfer policies, keys); a missing or
+  refused bearer token is its plain-text ``Unauthorized``.
 * :data:`ADMIN_ERRORS` - the admin API's problem documents under ``/modelseal/`` (never cached;
   401 names the Bearer realm). Trustee's ``kbs-client`` admin routes use it too.
 
@@ -17,7 +20,10 @@ path it was asked for, never FastAPI's ``{"detail": ...}``.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from collections.abc import Mapping
 from typing import Final
 
 from fastapi import FastAPI
@@ -41,11 +47,18 @@ from modelseal.keystore.store import KeyConflict
 from modelseal.protocol.kbs import ERROR_TYPE_PREFIX
 
 __all__ = [
+    "ITA_ERRORS",
     "ADMIN_ERRORS",
     "ADMIN_PATH_PREFIX",
     "ADMIN_PROBLEM_PREFIX",
     "RCAR_ERRORS",
     "AdminBadRequest",
+    "ItaBadRequest",
+    "ItaLoginFailed",
+    "ItaNotFound",
+    "ItaRefused",
+    "ItaUnsupportedMedia",
+    "is_ita_path",
     "install_error_handlers",
     "problem",
     "table_for",
@@ -131,9 +144,92 @@ ADMIN_ERRORS: Final = ErrorTable(
 )
 
 
+class ItaBadRequest(FormatError):
+    """An ITA request refused with 400; the message is the public ``error`` text."""
+
+
+class ItaUnsupportedMedia(FormatError):
+    """A wrong ``Content-Type`` or ``Accept`` header on an ITA route (415)."""
+
+
+class ItaNotFound(NotFound):
+    """An unknown ITA key or policy id (404); the message is the public text."""
+
+
+class ItaRefused(AuthorizationError):
+    """An ITA operation modelseal does not offer on purpose (403, JSON body)."""
+
+
+class ItaLoginFailed(TokenError):
+    """A wrong user name or password at ``POST /kbs/v1/token`` (401, JSON body)."""
+
+
+class ItaShape(ProblemShape):
+    """ITA's error bodies: Go's ``json.Encoder`` output of ``{"error": text}``, and the
+    plain ``Unauthorized`` of its authentication middleware."""
+
+    def response(
+        self, status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        extra = {**self.headers, **(headers or {})}
+        if kind == "unauthorized":
+            return Response(
+                b"Unauthorized\n",
+                status_code=401,
+                media_type="text/plain; charset=utf-8",
+                headers=extra,
+            )
+        body = json.dumps({"error": detail}, separators=(",", ":")).encode() + b"\n"
+        return Response(body, status_code=status, media_type="application/json", headers=extra)
+
+
+_ITA_BAD: Final = Problem(400, "bad-request")
+_ITA_UNAUTHORIZED: Final = Problem(401, "unauthorized")
+
+ITA_ERRORS: Final = ErrorTable(
+    "ita",
+    ItaShape("", headers={"Cache-Control": "no-store"}),
+    {
+        ItaLoginFailed: Problem(401, "login", "401: Invalid username or password"),
+        ItaRefused: Problem(403, "forbidden"),
+        TokenError: _ITA_UNAUTHORIZED,
+        AuthorizationError: _ITA_UNAUTHORIZED,
+        ItaUnsupportedMedia: Problem(415, "media"),
+        ItaNotFound: Problem(404, "not-found"),
+        KeyConflict: Problem(409, "conflict"),
+        ConfigError: _ITA_BAD,
+        FormatError: _ITA_BAD,
+        BackendError: Problem(503, "unavailable", "503: Storage temporarily unavailable"),
+        DecryptionError: Problem(500, "integrity", "500: Stored data failed its integrity check"),
+    },
+    default=Problem(500, "internal", "500: Internal server error"),
+    framework={
+        400: Problem(400, "bad-request", "Invalid request body"),
+        404: Problem(404, "not-found", "404 page not found"),
+        405: Problem(405, "method-not-allowed", "405 method not allowed"),
+        500: Problem(500, "internal", "500: Internal server error"),
+    },
+    too_large=Problem(400, "bad-request", "request body too large"),
+    logger=logging.getLogger("modelseal.kbs.ita"),
+    refusal_level=logging.WARNING,
+    max_detail=300,
+)
+
+_ITA_ROUTES: Final = re.compile(
+    r"/kbs/v1/(?:token|version|key-transfer-policies(?:/[^/]*)?|keys(?:/[^/]*)?)/?"
+)
+
+
+def is_ita_path(path: str) -> bool:
+    """True for the paths of ITA's registration API (not its key-transfer route)."""
+    return _ITA_ROUTES.fullmatch(path) is not None
+
+
 def table_for(path: str) -> ErrorTable:
     """The table of the API that serves ``path`` (for answers made outside any route)."""
-    return ADMIN_ERRORS if path.startswith(ADMIN_PATH_PREFIX) else RCAR_ERRORS
+    if path.startswith(ADMIN_PATH_PREFIX):
+        return ADMIN_ERRORS
+    return ITA_ERRORS if is_ita_path(path) else RCAR_ERRORS
 
 
 def problem(status: int, variant: str, detail: str) -> Response:

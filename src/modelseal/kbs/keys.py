@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,13 @@ class KeyService:
             self._audit.lock(conn)
             yield s, conn
 
-    def _append(
+    def audited(self) -> contextlib.AbstractContextManager[tuple[Session, Connection]]:
+        """The same serialized, durable transaction for admin writes kept outside the key
+        table (Intel Trust Authority key-transfer policies); record them with
+        :meth:`record`."""
+        return self._audited()
+
+    def record(
         self,
         conn: Connection,
         actor: str,
@@ -194,6 +200,7 @@ class KeyService:
         reasons: list[str] | None = None,
         rekey: Kek | None = None,
     ) -> None:
+        """Append the audit row of an admin write made in :meth:`audited`."""
         self._audit.append(
             conn,
             actor=actor,
@@ -215,8 +222,17 @@ class KeyService:
         policy: ReleasePolicy | Mapping[str, Any] | None = None,
         model_digest: str | None = None,
         actor: str,
+        within: Callable[[Session, KeyRecord], None] | None = None,
+        generated: bool = False,
     ) -> tuple[KeyRecord, bool]:
-        """Import ``dek`` (or generate one when None) with an optional policy and digest."""
+        """Import ``dek`` (or generate one when None) with an optional policy and digest.
+
+        ``generated``: the caller made ``dek`` from the CSPRNG itself (a size the store
+        does not generate), so the audit row says ``key.generate``, not ``key.import``.
+
+        ``within`` runs inside the same transaction once the key row is written, so rows
+        that belong with the key (an ITA key's policy reference) commit or fail with it.
+        """
         parsed = None if policy is None else _parse(policy)
         with self._audited() as (s, conn):
             record, created = self.store.put(
@@ -228,8 +244,10 @@ class KeyService:
                 wrap_with=self._audit.current_kek(conn),
                 session=s,
             )
-            action = "key.generate" if dek is None else "key.import"
-            self._append(
+            if within is not None:
+                within(s, record)
+            action = "key.generate" if dek is None or generated else "key.import"
+            self.record(
                 conn,
                 actor,
                 action if created else "key.put-existing",
@@ -240,24 +258,32 @@ class KeyService:
         return record, created
 
     def set_policy(
-        self, key_id: str, policy: ReleasePolicy | Mapping[str, Any], *, actor: str
+        self,
+        key_id: str,
+        policy: ReleasePolicy | Mapping[str, Any],
+        *,
+        actor: str,
+        within: Callable[[Session], None] | None = None,
     ) -> ReleasePolicy:
+        """Replace the key's policy; ``within`` runs in the same transaction after it."""
         parsed = _parse(policy)
         with self._audited() as (s, conn):
             self.store.set_policy(key_id, parsed.canonical().decode(), parsed.digest, session=s)
-            self._append(conn, actor, "policy.set", key_id, policy_digest=parsed.digest)
+            if within is not None:
+                within(s)
+            self.record(conn, actor, "policy.set", key_id, policy_digest=parsed.digest)
         return parsed
 
     def clear_policy(self, key_id: str, *, actor: str) -> KeyRecord:
         with self._audited() as (s, conn):
             record = self.store.set_policy(key_id, None, None, session=s)
-            self._append(conn, actor, "policy.clear", key_id)
+            self.record(conn, actor, "policy.clear", key_id)
         return record
 
     def set_model_digest(self, key_id: str, model_digest: str | None, *, actor: str) -> KeyRecord:
         with self._audited() as (s, conn):
             record = self.store.set_model_digest(key_id, model_digest, session=s)
-            self._append(
+            self.record(
                 conn, actor, "model.bind", key_id, reasons=[f"model_digest={record.model_digest}"]
             )
         return record
@@ -265,13 +291,18 @@ class KeyService:
     def revoke(self, key_id: str, *, actor: str) -> KeyRecord:
         with self._audited() as (s, conn):
             record = self.store.revoke(key_id, session=s)
-            self._append(conn, actor, "key.revoke", key_id, policy_digest=record.policy_digest)
+            self.record(conn, actor, "key.revoke", key_id, policy_digest=record.policy_digest)
         return record
 
-    def delete(self, key_id: str, *, actor: str) -> KeyRecord:
+    def delete(
+        self, key_id: str, *, actor: str, within: Callable[[Session], None] | None = None
+    ) -> KeyRecord:
+        """Delete the key; ``within`` runs in the same transaction after it."""
         with self._audited() as (s, conn):
             record = self.store.delete(key_id, session=s)
-            self._append(conn, actor, "key.delete", key_id)
+            if within is not None:
+                within(s)
+            self.record(conn, actor, "key.delete", key_id)
         return record
 
     def rotate_kek(self, *, actor: str) -> RotationResult:
@@ -330,7 +361,7 @@ class KeyService:
             previous = self._audit.current_kek(conn)
             count = self.store.rewrap_all(new, session=s)
             s.flush()
-            self._append(
+            self.record(
                 conn,
                 actor,
                 "kek.rotate",

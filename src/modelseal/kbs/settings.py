@@ -53,6 +53,8 @@ class KbsSettings:
     issuer: str = "modelseal-kbs"
     audience: str = "modelseal-kbs"
     max_body_bytes: int = DEFAULT_MAX_BODY
+    #: the user file of Intel Trust Authority password logins (``POST /kbs/v1/token``)
+    ita_users: Path | None = None
 
     @property
     def tls(self) -> bool:
@@ -107,6 +109,10 @@ class KbsSettings:
         if not 1024 <= self.max_body_bytes <= 64 * 1024 * 1024:
             raise ConfigError("--max-body-bytes must be between 1 KiB and 64 MiB")
         registry.check_options(self.tee_options)
+        if self.ita_users is not None:
+            from modelseal.kbs.ita_users import ItaUsers
+
+            ItaUsers(self.ita_users).load()  # a broken user file stops the start (exit 2)
         if not self.issuer or not self.audience:
             raise ConfigError("token issuer and audience must not be empty")
         return dataclasses.replace(self, data_dir=self.data_dir.expanduser())

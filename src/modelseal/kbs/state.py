@@ -28,6 +28,7 @@ from sqlalchemy import Float, String, delete
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
+import modelseal.kbs.ita_tables  # noqa: F401  (registers the ITA tables on Base.metadata)
 from modelseal._internal.clock import Clock, SystemClock
 from modelseal.crypto.kek import KekRing
 from modelseal.crypto.pkcs11_kek import Pkcs11Token, parse_pkcs11_uri

@@ -206,6 +206,21 @@ def kind_for_transfer_type(header: str, configs: Mapping[str, KindConfig]) -> st
     return candidates[0].name
 
 
+def kinds_for_transfer_type(header: str, configs: Mapping[str, KindConfig]) -> tuple[str, ...]:
+    """Every kind an ``Attestation-Type`` header may be verified as on a KBS configured
+    with ``configs``: the production kinds, and opted-in kinds that are enabled (what a
+    policy written for the header, like an ITA key-transfer policy, must admit)."""
+    wanted = header.strip().upper()
+    return tuple(
+        sorted(
+            p.name
+            for p in PLUGINS.values()
+            if wanted in p.transfer_types
+            and (not p.needs_opt_in or (p.name in configs and configs[p.name].enabled()))
+        )
+    )
+
+
 #: Joins a CPU TEE kind and device kinds in one ``--tee`` value (``tdx+nvidia``).
 COMPOSITE_SEPARATOR = "+"
 

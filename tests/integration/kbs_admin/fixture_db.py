@@ -24,7 +24,7 @@ from modelseal.keystore.tables import KeystoreBase
 from modelseal.protocol.claims import Claims
 
 FIXTURE = Path(__file__).resolve().parents[2] / "vectors" / "kbs-db"
-#: A test-only revision 0002 after the shipped 0001 (see extra_revisions/).
+#: A test-only revision 0003 after the shipped 0002 (see extra_revisions/).
 EXTRA_REVISIONS = Path(__file__).resolve().with_name("extra_revisions")
 SAMPLE = Claims(tee="sample", debug=False, report_data=b"", insecure=True)
 
@@ -45,7 +45,7 @@ def copy_fixture(dest: Path) -> Path:
 
 @lru_cache(maxsize=1)
 def scripts_with_extra() -> ScriptDirectory:
-    """The shipped revisions plus the test-only 0002 (patched over ``schema.scripts``)."""
+    """The shipped revisions plus the test-only 0003 (patched over ``schema.scripts``)."""
     return ScriptDirectory(
         str(schema.MIGRATIONS_DIR),
         version_locations=[str(schema.MIGRATIONS_DIR / "versions"), str(EXTRA_REVISIONS)],

@@ -275,10 +275,27 @@ def test_any_trustee_resource_body_is_answered_without_a_server_error(
     assert r.status_code in (200, 201, 400, 409), r.text
 
 
-#: Routes of the real app that are public by design (attestation is their authentication).
+#: Routes of the real app that are public by design (attestation is their authentication;
+#: ITA's login takes a password; ITA's version is public there too).
 PUBLIC = {
     ("POST", "/kbs/v1/keys/{repo}/{kind}/{tag}/transfer"),
     ("POST", "/kbs/v1/keys/{key}/transfer"),
+    ("POST", "/kbs/v1/token"),
+    ("GET", "/kbs/v1/version"),
+}
+ITA = "/kbs/v1"
+#: The Intel Trust Authority registration routes and the roles they admit (401 otherwise).
+ITA_ALLOWED: dict[tuple[str, str], frozenset[str]] = {
+    ("POST", ITA + "/key-transfer-policies"): PUBLISH,
+    ("GET", ITA + "/key-transfer-policies"): ALL,
+    ("GET", ITA + "/key-transfer-policies/{policy_id}"): ALL,
+    ("DELETE", ITA + "/key-transfer-policies/{policy_id}"): ADMIN,
+    ("POST", ITA + "/keys"): PUBLISH,
+    ("GET", ITA + "/keys"): ALL,
+    ("GET", ITA + "/keys/{key_id}"): ALL,
+    ("PUT", ITA + "/keys/{key_id}"): PUBLISH,
+    ("DELETE", ITA + "/keys/{key_id}"): ADMIN,
+    ("POST", ITA + "/keys/{key_id}"): ALL,
 }
 
 
@@ -296,7 +313,7 @@ def test_the_real_kbs_app_mounts_exactly_these_routes_and_guards_them(kbs: Kbs) 
         for path, operations in app.openapi()["paths"].items()
         for method in operations
     }
-    assert documented - PUBLIC == set(ALLOWED)
+    assert documented - PUBLIC == set(ALLOWED) | set(ITA_ALLOWED)
 
     async def probe() -> list[tuple[str, str, int]]:
         transport = httpx.ASGITransport(app=app)
@@ -307,3 +324,18 @@ def test_the_real_kbs_app_mounts_exactly_these_routes_and_guards_them(kbs: Kbs) 
             ]
 
     assert {status for _, _, status in asyncio.run(probe())} == {401}
+
+    async def probe_ita() -> set[tuple[str, str, str, int, bytes]]:
+        transport = httpx.ASGITransport(app=app)
+        seen = set()
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            for (method, template), roles in sorted(ITA_ALLOWED.items()):
+                for role in ("none", *sorted({"admin", "publisher", "auditor"} - roles)):
+                    headers = {} if role == "none" else kbs.auth(role)
+                    r = await client.request(method, concrete(template), headers=headers)
+                    seen.add((method, template, role, r.status_code, r.content))
+        return seen
+
+    refused = asyncio.run(probe_ita())
+    assert {(status, body) for *_, status, body in refused} == {(401, b"Unauthorized\n")}
+    assert len(refused) == sum(1 + 3 - len(roles) for roles in ITA_ALLOWED.values())

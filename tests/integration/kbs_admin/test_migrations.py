@@ -176,26 +176,27 @@ def test_unknown_revision_is_refused(tmp_path: Path) -> None:
 def test_database_behind_head_is_refused_then_upgraded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a (test-only) revision 0002 after 0001, a 0001 database is behind head."""
+    """With a (test-only) revision 0003 after the shipped 0002, a 0002 database is behind
+    head."""
     data = copy_fixture(tmp_path / "kbs")
     db = _db(data)
     try:
-        schema.migrate(db)  # the fixture at 0001
+        schema.migrate(db)  # the fixture at the shipped head, 0002
     finally:
         db.dispose()
     monkeypatch.setattr(schema, "scripts", scripts_with_extra)
-    assert schema.head() == "0002"
+    assert schema.head() == "0003"
     with pytest.raises(ConfigError) as refused:
         KbsState.open(data)
     message = str(refused.value)
-    assert "revision 0001, behind this release's 0002" in message
+    assert "revision 0002, behind this release's 0003" in message
     assert f"`modelseal kbs migrate --data-dir {data}`" in message
 
     db = _db(data)
     try:
         report = schema.migrate(db)
-        assert (report.before, report.applied, report.after) == ("0001", ("0002",), "0002")
-        assert report.lines()[-2:] == ["applied revisions: 0002", "now at revision 0002 (head)"]
+        assert (report.before, report.applied, report.after) == ("0002", ("0003",), "0003")
+        assert report.lines()[-2:] == ["applied revisions: 0003", "now at revision 0003 (head)"]
     finally:
         db.dispose()
     state = KbsState.open(data)
@@ -231,6 +232,6 @@ def test_failed_upgrade_leaves_the_database_as_it_was(
         monkeypatch.setattr(Operations, "batch_alter_table", real)
         report = schema.migrate(db)
         assert report.adopted
-        assert report.applied == ("0002",)
+        assert report.applied == ("0002", "0003")
     finally:
         db.dispose()

@@ -112,12 +112,12 @@ def test_type_and_nullability_mismatches_are_refused(pg_url: str, tmp_path: Path
 def test_behind_head_and_failed_upgrade_on_postgres(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 0001 database with a (test-only) 0002 head: refused, then upgraded; an error in
-    the middle of 0002 leaves it at 0001 with none of 0002's changes."""
+    """A 0002 database with a (test-only) 0003 head: refused, then upgraded; an error in
+    the middle of 0003 leaves it at 0002 with none of 0003's changes."""
     data = tmp_path / "kbs"
     KbsState.open(data, database_url=pg_url).close()
     monkeypatch.setattr(schema, "scripts", scripts_with_extra)
-    with pytest.raises(ConfigError, match="revision 0001, behind this release's 0002"):
+    with pytest.raises(ConfigError, match="revision 0002, behind this release's 0003"):
         KbsState.open(data, database_url=pg_url)
 
     from alembic.operations import Operations
@@ -137,9 +137,9 @@ def test_behind_head_and_failed_upgrade_on_postgres(
                 text("SELECT indexname FROM pg_indexes WHERE tablename = 'ms_audit'")
             ).scalars()
             assert "ix_ms_audit_action_test" not in set(indexes)
-        assert schema.status(db).revision == "0001"
+        assert schema.status(db).revision == "0002"
         monkeypatch.setattr(Operations, "batch_alter_table", real)
-        assert schema.migrate(db).applied == ("0002",)
+        assert schema.migrate(db).applied == ("0003",)
     finally:
         db.dispose()
     KbsState.open(data, database_url=pg_url).close()

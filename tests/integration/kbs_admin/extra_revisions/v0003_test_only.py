@@ -1,4 +1,4 @@
-"""TEST-ONLY revision 0002 (never shipped): shows a database at 0001 being upgraded.
+"""TEST-ONLY revision 0003 (never shipped): shows a database at 0002 being upgraded.
 
 It adds an index and, through SQLite-safe batch mode, a column, so a multi-statement
 upgrade can be interrupted midway by the tests.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

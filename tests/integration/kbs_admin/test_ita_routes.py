@@ -1,0 +1,201 @@
+"""Hostile bodies and queries on the Intel Trust Authority registration routes (in-process).
+
+Whatever a client sends, each route answers in ITA's shape with a 2xx, 400, 404 or 415,
+never a server error or a traceback. The routes against a real ``kbs serve`` are in
+tests/e2e/test_ita_registration.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelseal._internal.clock import FixedClock
+from modelseal.kbs.admin_auth import mint_admin_token, verify_admin_token
+from modelseal.kbs.ita_api import ita_router
+from modelseal.kbs.ita_users import ItaUsers, hash_password
+from modelseal.kbs.state import KbsState
+from tests.integration.kbs_admin.strategies import bodies, json_values
+
+HEX = "ab" * 48
+BASE = "http://kbs"
+
+
+class Ita:
+    def __init__(self, data_dir: Path) -> None:
+        self.clock = FixedClock()
+        self.state = KbsState.open(data_dir, clock=self.clock)
+        self.app = FastAPI()
+        self.app.include_router(ita_router(self.state, ("tdx",), None), prefix="/kbs/v1")
+        token = mint_admin_token(self.state.admin_key, ttl=3600, now=self.clock.now())
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+                return await client.request(method, url, **kwargs)
+
+        return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def ita(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ita]:
+    app = Ita(tmp_path_factory.mktemp("ita") / "kbs")
+    yield app
+    app.state.close()
+
+
+attributes = st.fixed_dictionaries(
+    {},
+    optional={
+        "mrtd": st.lists(st.just(HEX) | st.text(max_size=100), max_size=3) | json_values,
+        "mrseam": st.lists(st.just(HEX), max_size=2) | json_values,
+        "rtmr0": st.just(HEX) | st.text(max_size=100) | json_values,
+        "seamsvn": st.integers() | json_values,
+        "enforce_tcb_upto_date": st.booleans() | json_values,
+    },
+)
+policy_bodies = st.fixed_dictionaries(
+    {"attestation_type": st.sampled_from(["TDX", "SGX", "tdx", ""]) | json_values},
+    optional={
+        "tdx": st.fixed_dictionaries(
+            {}, optional={"attributes": attributes, "policy_ids": json_values}
+        ),
+        "sgx": json_values,
+        "id": json_values,
+    },
+)
+key_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "key_information": st.fixed_dictionaries(
+            {},
+            optional={
+                "algorithm": st.sampled_from(["AES", "aes", "RSA", "EC", ""]) | json_values,
+                "key_length": st.sampled_from([128, 192, 256, 0, -1, 2**70]) | json_values,
+                "key_data": st.just("A" * 43 + "=") | st.text(max_size=60) | json_values,
+                "kmip_key_id": json_values,
+            },
+        )
+        | json_values,
+        "transfer_policy_id": st.uuids().map(str) | st.text(max_size=40) | json_values,
+    },
+)
+login_bodies = st.fixed_dictionaries(
+    {}, optional={"username": st.text(max_size=20) | json_values, "password": json_values}
+)
+HOSTILE = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _check(r: httpx.Response) -> None:
+    assert r.status_code in (200, 201, 204, 400, 401, 404, 415), (r.status_code, r.text)
+    if r.status_code >= 400 and r.status_code != 401:
+        assert set(r.json()) == {"error"}
+        assert r.content.endswith(b"\n")
+
+
+@HOSTILE
+@given(bodies(policy_bodies))
+def test_any_policy_body_is_answered(ita: Ita, body: bytes) -> None:
+    _check(ita.request("POST", "/kbs/v1/key-transfer-policies", content=body, headers=ita.headers))
+
+
+@HOSTILE
+@given(bodies(key_bodies))
+def test_any_key_body_is_answered(ita: Ita, body: bytes) -> None:
+    _check(ita.request("POST", "/kbs/v1/keys", content=body, headers=ita.headers))
+    _check(
+        ita.request(
+            "PUT",
+            "/kbs/v1/keys/4517534b-a758-4447-9d2f-3e5606152ed6",
+            content=body,
+            headers=ita.headers,
+        )
+    )
+
+
+@HOSTILE
+@given(bodies(login_bodies))
+def test_any_login_body_is_answered(ita: Ita, body: bytes) -> None:
+    headers = {"Content-Type": "application/json", "Accept": "application/jwt"}
+    r = ita.request("POST", "/kbs/v1/token", content=body, headers=headers)
+    assert r.status_code in (400, 401), r.text  # no user file: nobody logs in
+    assert set(r.json()) == {"error"}
+
+
+@HOSTILE
+@given(
+    st.dictionaries(
+        st.sampled_from(["algorithm", "keyLength", "curveType", "transferPolicyId", "x"]),
+        st.text(max_size=40),
+        max_size=4,
+    ),
+    st.text(max_size=60),
+)
+def test_any_search_or_id_is_answered(ita: Ita, query: dict[str, str], some_id: str) -> None:
+    _check(ita.request("GET", "/kbs/v1/keys", params=query, headers=ita.headers))
+    for path in ("/kbs/v1/keys/", "/kbs/v1/key-transfer-policies/"):
+        url = path + (quote(some_id.replace("/", ""), safe="") or "x")  # one segment
+        _check(ita.request("GET", url, headers=ita.headers))
+        _check(ita.request("DELETE", url, headers=ita.headers))
+
+
+def test_wrong_headers_are_415_before_the_body_is_parsed(ita: Ita) -> None:
+    for name, value, error in (
+        ("Content-Type", "application/json; charset=utf-8", "Invalid Content-type header"),
+        ("Accept", "*/*", "Invalid Accept header"),
+    ):
+        headers = {**ita.headers, name: value}
+        r = ita.request("POST", "/kbs/v1/key-transfer-policies", content=b"{", headers=headers)
+        assert (r.status_code, r.json()) == (415, {"error": error})
+
+
+def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) -> None:
+    """A user file broken after the start: the login answers 503 without naming the file."""
+    users = ItaUsers(tmp_path / "users.json")
+    users.save({"alice": hash_password("alice", b"password 123")})
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
+
+        async def login(password: str) -> httpx.Response:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+                return await client.post(
+                    "/kbs/v1/token",
+                    json={"username": "alice", "password": password},
+                    headers={"Content-Type": "application/json", "Accept": "application/jwt"},
+                )
+
+        ok = asyncio.run(login("password 123"))
+        assert ok.status_code == 200
+        assert ok.headers["strict-transport-security"].startswith("max-age=")
+        who = verify_admin_token(ok.text, state.admin_key, now=state.clock.now())
+        assert (who.subject, who.roles, who.namespaces) == (
+            "ita:alice",
+            frozenset({"publisher"}),
+            frozenset({"default/key"}),
+        )
+        users.path.write_text("{")
+        broken = asyncio.run(login("password 123"))
+        assert broken.status_code == 503
+        assert str(tmp_path) not in broken.text
+    finally:
+        state.close()
