@@ -299,6 +299,10 @@ class _Exchange:
         gateway = self.gateway
         headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in request.headers)
+        if not has_body and not isinstance(self._next(), h11.EndOfMessage):
+            # h11 ends a bodiless request at once; taking that end is what lets the
+            # connection serve the client's next request instead of being closed
+            return
         if has_body and not any(k == b"content-length" for k, _ in headers):
             headers.append((b"transfer-encoding", b"chunked"))
         headers += [

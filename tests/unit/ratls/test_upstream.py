@@ -1,0 +1,207 @@
+"""The gateway's upstream body framing: exact bodies whatever the read boundaries, typed
+errors and bounded reads for an upstream that lies about lengths or sends garbage."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelseal.errors import BackendError, FormatError
+from modelseal.ratls.upstream import (
+    BUFFER_SIZE,
+    MAX_CHUNK_LINE,
+    MAX_TRAILER_BYTES,
+    Head,
+    Response,
+    UpstreamPool,
+)
+
+
+class Pieces:
+    """A connection that hands out scripted pieces, at most one per read, then EOF (or,
+    with ``endless``, the same filler forever); counts what was read and whether it was
+    closed or kept for reuse."""
+
+    def __init__(self, pieces: list[bytes], endless: bytes = b"") -> None:
+        self.pieces = list(pieces)
+        self.endless = endless
+        self.taken = 0
+        self.closed = False
+
+    def recv_into(self, view: memoryview) -> int:
+        if not self.pieces:
+            if not self.endless:
+                return 0
+            self.pieces.append(self.endless * (len(view) // len(self.endless) + 1))
+        piece = self.pieces[0]
+        n = min(len(view), len(piece))
+        view[:n] = piece[:n]
+        if n < len(piece):
+            self.pieces[0] = piece[n:]
+        else:
+            self.pieces.pop(0)
+        self.taken += n
+        return n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _pool() -> UpstreamPool:
+    return UpstreamPool("127.0.0.1", 1, connect_timeout=1, io_timeout=1, max_idle=4)
+
+
+def _head(framing: str, size: int = 0, keep_alive: bool = True) -> Head:
+    return Head(200, b"OK", [], framing, size, keep_alive)
+
+
+def _read(framing: str, pieces: list[bytes], *, size: int = 0, first: bytes = b"") -> bytes:
+    """The body as the gateway would relay it; ``FormatError``/``BackendError`` raised."""
+    sock = Pieces(pieces)
+    response = Response(_pool(), sock, _head(framing, size), first)  # type: ignore[arg-type]
+    try:
+        return b"".join(bytes(p) for batch in response.batches() for p in batch)
+    finally:
+        response.close()
+
+
+CHUNKED = (
+    b"5\r\nhello\r\n"
+    b"1;name=value;other\r\n \r\n"
+    b"1A  \r\n" + bytes(range(26)) + b"\r\n"
+    b"00010\r\n" + b"x" * 16 + b"\r\n"
+    b"0\r\nx-trailer: dropped\r\nx-other: too\r\n\r\n"
+)
+DECODED = b"hello" + b" " + bytes(range(26)) + b"x" * 16
+
+
+def test_chunked_body_is_exact_at_every_read_boundary() -> None:
+    assert _read("chunked", [CHUNKED]) == DECODED
+    assert _read("chunked", [bytes([b]) for b in CHUNKED]) == DECODED
+    for cut in range(1, len(CHUNKED)):
+        for first in (b"", CHUNKED[: cut // 2]):
+            rest = CHUNKED[len(first) :]
+            at = cut - len(first)
+            pieces = [rest[:at], rest[at:]] if at > 0 else [rest]
+            assert _read("chunked", pieces, first=first) == DECODED, cut
+
+
+def test_chunked_pieces_come_as_they_arrive() -> None:
+    # what has arrived is handed on at once: the first event does not wait for the second
+    sock = Pieces([b"7\r\nevent 0\r\n", b"7\r\nevent 1\r\n0\r\n\r\n"])
+    response = Response(_pool(), sock, _head("chunked"), b"")  # type: ignore[arg-type]
+    batches = response.batches()
+    assert [bytes(p) for p in next(batches)] == [b"event 0"]
+    assert sock.taken == 12
+    assert [bytes(p) for p in next(batches)] == [b"event 1"]
+    assert list(batches) == []
+    response.close()
+    assert not sock.closed  # ended exactly where its framing said: reused
+
+
+def test_a_chunk_larger_than_the_buffer_passes_in_pieces() -> None:
+    data = bytes(range(256)) * (BUFFER_SIZE // 128 + 3)
+    wire = b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n"
+    step = 300_001
+    assert _read("chunked", [wire[i : i + step] for i in range(0, len(wire), step)]) == data
+
+
+def test_content_length_body_and_reuse() -> None:
+    body = bytes(range(256)) * 5000
+    pieces = [body[i : i + 77_777] for i in range(1000, len(body), 77_777)]
+    assert _read("length", pieces, size=len(body), first=body[:1000]) == body
+    sock = Pieces([b"abc"])
+    response = Response(_pool(), sock, _head("length", 3), b"")  # type: ignore[arg-type]
+    assert b"".join(bytes(p) for b in response.batches() for p in b) == b"abc"
+    response.close()
+    assert not sock.closed
+
+
+def test_until_close_body() -> None:
+    sock = Pieces([b"a" * 10, b"b" * 5])
+    response = Response(_pool(), sock, _head("close", keep_alive=False), b"xy")  # type: ignore[arg-type]
+    assert b"".join(bytes(p) for b in response.batches() for p in b) == b"xy" + b"a" * 10 + b"b" * 5
+    response.close()
+    assert sock.closed
+
+
+def test_an_upstream_that_sends_less_than_its_content_length() -> None:
+    with pytest.raises(BackendError, match="50 bytes before its Content-Length"):
+        _read("length", [b"x" * 50], size=100)
+
+
+def test_an_upstream_that_sends_more_than_its_content_length() -> None:
+    sock = Pieces([b"x" * 150])
+    response = Response(_pool(), sock, _head("length", 100), b"")  # type: ignore[arg-type]
+    assert sum(len(p) for b in response.batches() for p in b) == 100
+    response.close()
+    sock2 = Pieces([])
+    response = Response(_pool(), sock2, _head("length", 5), b"12345678")  # type: ignore[arg-type]
+    assert b"".join(bytes(p) for b in response.batches() for p in b) == b"12345"
+    response.close()
+    # the surplus is never relayed, and a connection with bytes left over is not reused
+    assert sock2.closed
+
+
+@pytest.mark.parametrize(
+    ("wire", "error", "message"),
+    [
+        (b"zz\r\nhello\r\n0\r\n\r\n", FormatError, "malformed chunk-size"),
+        (b"-5\r\nhello\r\n0\r\n\r\n", FormatError, "malformed chunk-size"),
+        (b" 5\r\nhello\r\n0\r\n\r\n", FormatError, "malformed chunk-size"),
+        (b"\r\nhello\r\n0\r\n\r\n", FormatError, "malformed chunk-size"),
+        (b"1" * 17 + b"\r\nx\r\n", FormatError, "malformed chunk-size"),
+        (b"5\nhello\r\n0\r\n\r\n", FormatError, "malformed chunk-size"),
+        (b"5;a\rb\r\nhello\r\n0\r\n\r\n", FormatError, "malformed chunk-size"),
+        (b"5\r\nhelloXX0\r\n\r\n", FormatError, "not followed by CRLF"),
+        (b"5\r\nhello\rX0\r\n\r\n", FormatError, "not followed by CRLF"),
+        (b"5\r\nhello\n0\r\n\r\n", FormatError, "not followed by CRLF"),
+        (b"5\r\nhel", BackendError, "before its last chunk"),
+        (b"5\r\nhello\r\n", BackendError, "before its last chunk"),
+        (b"5\r\nhello\r\n0\r\nx-trailer: a\r\n", BackendError, "before its last chunk"),
+        (b"", BackendError, "before its last chunk"),
+    ],
+)
+def test_malformed_chunked_framing_is_a_typed_error(
+    wire: bytes, error: type[Exception], message: str
+) -> None:
+    for pieces in ([wire], [bytes([b]) for b in wire]):
+        with pytest.raises(error, match=message) as caught:
+            _read("chunked", pieces)
+        # the message never quotes the response's bytes
+        assert "hello" not in str(caught.value)
+
+
+def _hostile(endless: bytes, prefix: bytes = b"") -> tuple[Pieces, Exception]:
+    sock = Pieces([prefix] if prefix else [], endless=endless)
+    response = Response(_pool(), sock, _head("chunked"), b"")  # type: ignore[arg-type]
+    with pytest.raises(FormatError) as caught:
+        for _ in response.batches():
+            pass
+    response.close()
+    assert sock.closed
+    return sock, caught.value
+
+
+def test_an_endless_chunk_size_line_is_cut_off_with_bounded_reads() -> None:
+    sock, error = _hostile(b"1")
+    assert "chunk-size" in str(error) or f"over {MAX_CHUNK_LINE}" in str(error)
+    assert sock.taken <= BUFFER_SIZE
+    sock, error = _hostile(b"a", prefix=b"5;")
+    assert f"over {MAX_CHUNK_LINE} bytes" in str(error)
+    assert sock.taken <= BUFFER_SIZE
+
+
+def test_a_chunk_size_line_at_the_limit_is_accepted() -> None:
+    line = b"3;" + b"e" * (MAX_CHUNK_LINE - 2)
+    assert len(line) == MAX_CHUNK_LINE
+    assert _read("chunked", [line + b"\r\nabc\r\n0\r\n\r\n"]) == b"abc"
+    with pytest.raises(FormatError, match="over"):
+        _read("chunked", [line + b"e\r\nabc\r\n0\r\n\r\n"])
+
+
+def test_an_endless_trailer_is_cut_off_with_bounded_reads() -> None:
+    sock, error = _hostile(b"x-t: 1\r\n", prefix=b"0\r\n")
+    assert f"trailer exceeds {MAX_TRAILER_BYTES}" in str(error)
+    assert sock.taken <= MAX_TRAILER_BYTES + BUFFER_SIZE
+    sock, error = _hostile(b"t", prefix=b"0\r\n")
+    assert f"over {MAX_TRAILER_BYTES} bytes" in str(error)
