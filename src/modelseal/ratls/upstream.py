@@ -17,6 +17,7 @@ a :class:`~modelseal.errors.BackendError`, a malformed response a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import select
 import socket
@@ -132,19 +133,32 @@ class UpstreamPool:
         """Send the request (streaming ``body``), read the response head.
 
         Errors of the upstream are ``BackendError``/``FormatError``; an error raised by
-        ``body`` (the client's side) passes through unchanged.
+        ``body`` (the client's side) passes through unchanged. An upstream that answers
+        before taking the whole request (a 413 for an upload too large) and closes makes
+        the sending fail: its answer is still read and relayed, as httpx does.
         """
         sock = self.take()
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        unsent: BackendError | None = None
         try:
-            _send(sock, conn.send(h11.Request(method=method, target=target, headers=headers)))
-            for data in body or ():
-                _send(sock, conn.send(h11.Data(data=data)))
-            _send(sock, conn.send(h11.EndOfMessage()))
-            head = _read_head(sock, conn, method)
+            try:
+                _send(sock, conn.send(h11.Request(method=method, target=target, headers=headers)))
+                for data in body or ():
+                    _send(sock, conn.send(h11.Data(data=data)))
+                _send(sock, conn.send(h11.EndOfMessage()))
+            except BackendError as exc:
+                unsent = exc
+            try:
+                head = _read_head(sock, conn, method)
+            except (BackendError, FormatError):
+                if unsent is not None:
+                    raise unsent from None
+                raise
         except BaseException:
             sock.close()
             raise
+        if unsent is not None:  # the connection is in the middle of a request: never reused
+            head = dataclasses.replace(head, keep_alive=False)
         return Response(self, sock, head, conn.trailing_data[0])
 
 

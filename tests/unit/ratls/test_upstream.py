@@ -3,6 +3,8 @@ errors and bounded reads for an upstream that lies about lengths or sends garbag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from modelseal.errors import BackendError, FormatError
@@ -205,3 +207,52 @@ def test_an_endless_trailer_is_cut_off_with_bounded_reads() -> None:
     assert sock.taken <= MAX_TRAILER_BYTES + BUFFER_SIZE
     sock, error = _hostile(b"t", prefix=b"0\r\n")
     assert f"over {MAX_TRAILER_BYTES} bytes" in str(error)
+
+
+class EarlyAnswer(Pieces):
+    """A connection whose peer answered after ``accept`` bytes of the request and closed:
+    sending more fails, its answer can still be read."""
+
+    def __init__(self, answer: bytes, accept: int) -> None:
+        super().__init__([answer])
+        self.accept = accept
+
+    def sendall(self, data: bytes) -> None:
+        self.accept -= len(data)
+        if self.accept < 0:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def recv(self, size: int) -> bytes:
+        view = memoryview(bytearray(size))
+        return bytes(view[: self.recv_into(view)])
+
+
+def test_an_answer_sent_before_the_whole_request_is_still_relayed() -> None:
+    answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!"
+    sock = EarlyAnswer(answer, accept=300)
+    pool = _pool()
+    pool.take = lambda: sock  # type: ignore[method-assign]
+    headers = [(b"host", b"up"), (b"content-length", b"1000000")]
+    response = pool.request(b"POST", b"/upload", headers, [b"x" * 1000] * 1000)
+    assert response.head.status == 413
+    assert b"".join(bytes(p) for b in response.batches() for p in b) == b"too big!"
+    response.close()
+    assert sock.closed  # mid-request: never reused
+    # no answer at all: the failed send is the error
+    pool.take = lambda: EarlyAnswer(b"", accept=300)  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match="BrokenPipeError"):
+        pool.request(b"POST", b"/upload", headers, [b"x" * 1000] * 1000)
+
+
+def test_an_error_of_the_client_body_passes_through_unchanged() -> None:
+    sock = EarlyAnswer(b"", accept=1 << 30)
+    pool = _pool()
+    pool.take = lambda: sock  # type: ignore[method-assign]
+
+    def body() -> Iterator[bytes]:
+        yield b"x"
+        raise TimeoutError("client too slow")
+
+    with pytest.raises(TimeoutError, match="client too slow"):
+        pool.request(b"POST", b"/", [(b"host", b"up"), (b"content-length", b"5")], body())
+    assert sock.closed
