@@ -326,3 +326,33 @@ class RawUpstream:
             pass
         finally:
             sock.close()
+
+
+class Pieces:
+    """A connection that hands out scripted pieces, at most one per read, then EOF (or,
+    with ``endless``, the same filler forever); counts what was read and whether it was
+    closed or kept for reuse."""
+
+    def __init__(self, pieces: list[bytes], endless: bytes = b"") -> None:
+        self.pieces = list(pieces)
+        self.endless = endless
+        self.taken = 0
+        self.closed = False
+
+    def recv_into(self, view: memoryview) -> int:
+        if not self.pieces:
+            if not self.endless:
+                return 0
+            self.pieces.append(self.endless * (len(view) // len(self.endless) + 1))
+        piece = self.pieces[0]
+        n = min(len(view), len(piece))
+        view[:n] = piece[:n]
+        if n < len(piece):
+            self.pieces[0] = piece[n:]
+        else:
+            self.pieces.pop(0)
+        self.taken += n
+        return n
+
+    def close(self) -> None:
+        self.closed = True
