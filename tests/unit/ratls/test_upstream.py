@@ -227,3 +227,15 @@ def test_an_error_of_the_client_body_passes_through_unchanged() -> None:
     with pytest.raises(TimeoutError, match="client too slow"):
         pool.request(b"POST", b"/", [(b"host", b"up"), (b"content-length", b"5")], body())
     assert sock.closed
+
+
+@pytest.mark.parametrize("short", range(12))
+def test_framing_that_straddles_the_end_of_the_buffer(short: int) -> None:
+    # the first read fills the buffer exactly; the framing after a big chunk's data (its
+    # CRLF, the next chunk-size line, the last chunk, the trailer) is cut at every offset
+    # and must be carried to the front of the buffer for the next read
+    tail = b"\r\n5;x\r\nhello\r\n0\r\nt: 1\r\n\r\n"
+    n = BUFFER_SIZE - len(b"%x\r\n" % BUFFER_SIZE) - short
+    data = bytes(range(256)) * (n // 256) + b"\x01" * (n % 256)
+    wire = b"%x\r\n" % n + data + tail
+    assert _read("chunked", [wire]) == data + b"hello"
