@@ -303,7 +303,10 @@ class _Exchange:
             # h11 ends a bodiless request at once; taking that end is what lets the
             # connection serve the client's next request instead of being closed
             return
-        if has_body and not any(k == b"content-length" for k, _ in headers):
+        if has_body and any(k == b"transfer-encoding" for k, _ in request.headers):
+            # h11 decoded a chunked body (chunked wins over a Content-Length beside it):
+            # it goes on chunked, and a length that does not describe it never does
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
             headers.append((b"transfer-encoding", b"chunked"))
         headers += [
             (b"host", gateway.upstream_host),

@@ -163,8 +163,9 @@ class TlsStream:
         for piece in pieces:
             view = memoryview(piece)
             while view:
-                # up to WIRE_CHUNK encrypted into the memory BIO at once, then sent, so a
-                # large write never holds more than that in ciphertext
+                # up to WIRE_CHUNK encrypted into the memory BIO at once, and sent once
+                # that much is waiting, so a large write holds at most about twice that
+                # in ciphertext
                 try:
                     sent = self.connection.send(view[:WIRE_CHUNK])
                 except SSL.WantReadError:  # a post-handshake message must be read first

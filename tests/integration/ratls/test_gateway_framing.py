@@ -4,6 +4,7 @@ odd places, lies about lengths or sends garbage (real gateway, real client, 127.
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from modelseal.ratls.tls import TlsStream, client_context
 from modelseal.ratls.transport import AttestedTransport
 from modelseal.ratls.upstream import MAX_CHUNK_LINE
 from tests.ratls_helpers import RawUpstream, mock_identity, policy_for, running_gateway
@@ -203,3 +205,30 @@ def test_an_interim_100_continue_is_skipped(
         response = client.post(url + "/", content=b"body")
     assert response.status_code == 201
     assert response.content == b"done"
+
+
+def test_a_chunked_request_with_a_length_beside_it_goes_on_chunked(
+    gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
+) -> None:
+    # chunked framing wins over a Content-Length beside it; forwarding that length with
+    # the decoded body would let the upstream read a different request than the gateway
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    client, url, upstream = gateway(lambda _head: [ok])
+    port = int(url.rsplit(":", 1)[1])
+    stream = TlsStream.client(
+        client_context(), socket.create_connection(("127.0.0.1", port)), 10, None
+    )
+    try:
+        stream.handshake()
+        stream.write(
+            b"POST /x HTTP/1.1\r\nhost: g\r\ncontent-length: 5\r\ntransfer-encoding: chunked"
+            b"\r\n\r\na\r\n0123456789\r\n0\r\n\r\n"
+        )
+        answer = stream.read()
+    finally:
+        stream.close()
+        client.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    head = upstream.heads[0].lower()
+    assert b"\r\ntransfer-encoding: chunked" in head
+    assert b"content-length" not in head
