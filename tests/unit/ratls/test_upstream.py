@@ -239,3 +239,14 @@ def test_framing_that_straddles_the_end_of_the_buffer(short: int) -> None:
     data = bytes(range(256)) * (n // 256) + b"\x01" * (n % 256)
     wire = b"%x\r\n" % n + data + tail
     assert _read("chunked", [wire]) == data + b"hello"
+
+
+def test_bytes_after_an_empty_body_keep_the_connection_from_reuse() -> None:
+    # a HEAD or 204 answer followed by bytes (a body it must not have): never relayed, and
+    # the connection is not reused, or those bytes would be read as the next response
+    for first, reused in ((b"", True), (b"HTTP/1.1 200 OK\r\n\r\n", False)):
+        sock = Pieces([])
+        response = Response(_pool(), sock, _head("length", 0), first)  # type: ignore[arg-type]
+        assert list(response.batches()) == []
+        response.close()
+        assert sock.closed is not reused
