@@ -264,3 +264,95 @@ def served_gateway(work: Path) -> Iterator[dict[str, Any]]:
             "port": gw.port,
             "options": {"mock_tdx_root": str(attester.ca.root_pem_path)},
         }
+
+
+class RawUpstream:
+    """A raw HTTP/1.1 peer on 127.0.0.1 for framing tests: each request (head read, a
+    Content-Length body drained) is answered with the bytes ``script(head)`` returns, sent
+    piece by piece with a pause between, so the pieces arrive apart. A ``None`` piece
+    closes the connection there; otherwise it stays open for the next request.
+    ``connections`` counts the connections accepted."""
+
+    def __init__(self, script: Any, pause: float = 0.005) -> None:
+        self.script = script
+        self.pause = pause
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def __enter__(self) -> RawUpstream:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        import time
+
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = sock.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                head, data = data.split(b"\r\n\r\n", 1)
+                self.heads.append(head)
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        while len(data) < int(value):
+                            data += sock.recv(65536)
+                        data = data[int(value) :]
+                for piece in self.script(head):
+                    if piece is None:
+                        return
+                    sock.sendall(piece)
+                    time.sleep(self.pause)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
+class Pieces:
+    """A connection that hands out scripted pieces, at most one per read, then EOF (or,
+    with ``endless``, the same filler forever); counts what was read and whether it was
+    closed or kept for reuse."""
+
+    def __init__(self, pieces: list[bytes], endless: bytes = b"") -> None:
+        self.pieces = list(pieces)
+        self.endless = endless
+        self.taken = 0
+        self.closed = False
+
+    def recv_into(self, view: memoryview) -> int:
+        if not self.pieces:
+            if not self.endless:
+                return 0
+            self.pieces.append(self.endless * (len(view) // len(self.endless) + 1))
+        piece = self.pieces[0]
+        n = min(len(view), len(piece))
+        view[:n] = piece[:n]
+        if n < len(piece):
+            self.pieces[0] = piece[n:]
+        else:
+            self.pieces.pop(0)
+        self.taken += n
+        return n
+
+    def close(self) -> None:
+        self.closed = True

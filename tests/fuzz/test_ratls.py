@@ -13,7 +13,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from modelseal.errors import Error
 from modelseal.ratls.identity import AttestedIdentity
+from modelseal.ratls.upstream import Head, Response, UpstreamPool
 from modelseal.ratls.verify import PeerPolicy
 from modelseal.ratls.wire import (
     TAG_INTEL_TEE_QUOTE,
@@ -24,7 +26,7 @@ from modelseal.ratls.wire import (
 )
 from modelseal.tee import registry
 from tests.fuzz.harness import Target, run
-from tests.ratls_helpers import mock_identity, policy_for
+from tests.ratls_helpers import Pieces, mock_identity, policy_for
 
 NONCE = b"\x4e" * 32
 EXPORTER = b"\x58" * 32
@@ -95,3 +97,35 @@ pytestmark = pytest.mark.fuzz
 @pytest.mark.parametrize("target", TARGETS, ids=str)
 def test_fuzz(target: Target) -> None:
     run(target)
+
+
+def _chunked(data: bytes) -> object:
+    """The gateway's decoding of an upstream's chunked body, fed in one piece and again
+    byte by byte: both give the same body or both fail, with a documented error."""
+    outcomes = []
+    for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+        sock = Pieces(pieces)
+        head = Head(200, b"OK", [], "chunked", 0, True)
+        pool = UpstreamPool("127.0.0.1", 1, connect_timeout=1, io_timeout=1, max_idle=1)
+        response = Response(pool, sock, head, b"")  # type: ignore[arg-type]
+        try:
+            outcomes.append(b"".join(bytes(p) for b in response.batches() for p in b))
+        except Error as exc:
+            outcomes.append(type(exc).__name__)
+        finally:
+            response.close()
+    assert outcomes[0] == outcomes[1], outcomes
+    return outcomes[0]
+
+
+CHUNKED_SEED = (
+    b"5\r\nhello\r\n1;name=value\r\n \r\n10  \r\n" + b"x" * 16 + b"\r\n0\r\nx-trailer: 1\r\n\r\n"
+)
+TARGETS.append(
+    Target(
+        "ratls-upstream-chunked",
+        _chunked,
+        lambda: [CHUNKED_SEED],
+        hostile=(b"1" * 5000 + b"\r\n", b"0\r\n" + b"x-t: 1\r\n" * 10_000, b"f" * 17 + b"\r\n"),
+    )
+)

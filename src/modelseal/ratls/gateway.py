@@ -2,19 +2,19 @@
 
 Runs in the TEE next to the inference server. Each client connection is a thread: TLS 1.3
 with the attested certificate (:mod:`modelseal.ratls.identity`), HTTP/1.1 parsed by h11,
-each request forwarded to the upstream with httpx and the response relayed chunk by
-chunk as it arrives (server-sent events, chunked bodies and 100 MB downloads alike pass
-through in constant memory). ``GET /.well-known/modelseal-attestation?nonce=...`` is
-answered by the gateway itself with fresh evidence bound to the nonce and this TLS
-connection. Bounds: a connection limit, a request-head size limit, timeouts on the
-handshake, on idle keep-alive connections and on every read and write.
+each request forwarded to the upstream (:mod:`modelseal.ratls.upstream`) and the response
+relayed as it arrives, in pieces as large as what has arrived (server-sent events, chunked
+bodies and 100 MB downloads alike pass through in constant memory, without waiting).
+``GET /.well-known/modelseal-attestation?nonce=...`` is answered by the gateway itself
+with fresh evidence bound to the nonce and this TLS connection. Bounds: a connection
+limit, a request-head size limit, timeouts on the handshake, on idle keep-alive
+connections and on every read and write.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import queue
 import socket
 import socketserver
 import threading
@@ -23,16 +23,16 @@ import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
-import httpx
 from OpenSSL import SSL
 
 from modelseal._internal.encoding import b64url_decode
-from modelseal.errors import ConfigError, FormatError
+from modelseal.errors import BackendError, ConfigError, FormatError
 from modelseal.ratls.identity import AttestedIdentity, models_from_receipts
 from modelseal.ratls.tls import READ_SIZE, TlsStream
+from modelseal.ratls.upstream import Response, UpstreamPool
 from modelseal.ratls.wire import FRESH_CONTENT_TYPE, FRESH_PATH, MAX_NONCE, MIN_NONCE
 from modelseal.tee import registry
 
@@ -54,6 +54,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 MAX_HEAD_BYTES = 64 * 1024
+#: Idle keep-alive connections to the upstream kept for reuse.
+MAX_IDLE_UPSTREAM = 32
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,16 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, identity: AttestedIdentity) -> None:
         self.settings = settings.validated()
         self.identity = identity
-        self.upstream = httpx.Client(
-            base_url=settings.upstream,
-            timeout=httpx.Timeout(settings.io_timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=settings.max_connections),
-            trust_env=False,
+        parts = urllib.parse.urlsplit(self.settings.upstream)
+        assert parts.hostname is not None  # validated
+        self.upstream = UpstreamPool(
+            parts.hostname,
+            parts.port or 80,
+            connect_timeout=10.0,
+            io_timeout=settings.io_timeout,
+            max_idle=min(settings.max_connections, MAX_IDLE_UPSTREAM),
         )
+        self.upstream_host = parts.netloc.encode("ascii")
         self._slots = threading.BoundedSemaphore(settings.max_connections)
         self._fresh = threading.BoundedSemaphore(settings.max_fresh)
         self._stop = threading.Event()
@@ -160,8 +166,13 @@ class Gateway:
             stream = TlsStream.server(self.identity.current.context, sock, self.settings.io_timeout)
             stream.handshake(self.settings.handshake_timeout)
             _Exchange(self, stream, peer[0]).run()
-        except (SSL.Error, OSError, TimeoutError, h11.ProtocolError, httpx.HTTPError) as exc:
+        except (SSL.Error, OSError, TimeoutError, h11.ProtocolError) as exc:
             log.debug("connection from %s ended: %s", peer[0], type(exc).__name__)
+        except (BackendError, FormatError) as exc:
+            # the upstream broke off or garbled a response already under way: the client
+            # sees its connection closed before the end of the body (the messages never
+            # quote the response's bytes)
+            log.warning("connection from %s: response cut off: %s", peer[0], exc)
         except Exception as exc:
             # no traceback: it could quote request bytes into the log
             log.warning("connection from %s failed: %s", peer[0], type(exc).__name__)
@@ -285,83 +296,55 @@ class _Exchange:
                 return
 
     def _forward(self, request: h11.Request) -> None:
+        gateway = self.gateway
         headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
-        headers += [(b"x-forwarded-proto", b"https"), (b"x-forwarded-for", self.peer.encode())]
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in request.headers)
-        upstream = self.gateway.upstream
-        outgoing = upstream.build_request(
-            request.method.decode("ascii"),
-            # the target is a path (and query), never parsed as a URL of its own
-            upstream.base_url.copy_with(raw_path=request.target),
-            headers=headers,
-            content=self._body() if has_body else None,
-        )
+        if not has_body and not isinstance(self._next(), h11.EndOfMessage):
+            # h11 ends a bodiless request at once; taking that end is what lets the
+            # connection serve the client's next request instead of being closed
+            return
+        if has_body and any(k == b"transfer-encoding" for k, _ in request.headers):
+            # h11 decoded a chunked body (chunked wins over a Content-Length beside it):
+            # it goes on chunked, and a length that does not describe it never does
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+            headers.append((b"transfer-encoding", b"chunked"))
+        headers += [
+            (b"host", gateway.upstream_host),
+            (b"x-forwarded-proto", b"https"),
+            (b"x-forwarded-for", self.peer.encode()),
+        ]
         try:
-            response = upstream.send(outgoing, stream=True)
-        except httpx.HTTPError as exc:
-            log.warning("upstream request failed: %s", type(exc).__name__)
+            response = gateway.upstream.request(
+                request.method, request.target, headers, self._body() if has_body else None
+            )
+        except (BackendError, FormatError) as exc:
+            log.warning("upstream request failed: %s", exc)
             self._error(502, "upstream unavailable")
             return
         try:
-            out = [
-                (k.encode("latin-1"), v.encode("latin-1"))
-                for k, v in response.headers.multi_items()
-                if k.lower().encode("latin-1") not in HOP_BY_HOP
-            ]
-            self._send(
-                h11.Response(
-                    status_code=response.status_code,
-                    headers=out,
-                    reason=response.reason_phrase.encode("latin-1", "replace"),
-                )
-            )
-            for chunk in _read_ahead(response.iter_raw()):
-                self._send(h11.Data(data=chunk))
-            self._send(h11.EndOfMessage())
+            self._relay(response)
         finally:
             response.close()
 
-
-#: Upstream chunks (64 KiB each) read ahead of the TLS writer: 1 MiB per response.
-READ_AHEAD = 16
-_DONE = object()
-
-
-def _read_ahead(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Read ``chunks`` in a helper thread, at most :data:`READ_AHEAD` ahead, so reading
-    from the upstream overlaps encrypting to the client (both release the GIL); an
-    upstream error is raised here, in the writer's thread."""
-    ahead: queue.Queue[Any] = queue.Queue(READ_AHEAD)
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        ahead.put(chunk, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ahead.put(_DONE)
-        except BaseException as exc:  # handed to the writer, which raises it
-            ahead.put(exc)
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ahead.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(5)
+    def _relay(self, response: Response) -> None:
+        """The response head through h11, then the body in batches as it arrives: h11
+        frames each piece for the client (re-chunking a chunked body) without copying it,
+        and one batch is encrypted and sent at once."""
+        head = response.head
+        out = [(k, v) for k, v in head.headers if k not in HOP_BY_HOP]
+        if head.framing == "chunked":
+            # a length next to chunked framing is void and must not reach the client
+            out = [(k, v) for k, v in out if k != b"content-length"]
+        self._send(h11.Response(status_code=head.status, headers=out, reason=head.reason))
+        send = self.h11.send_with_data_passthrough
+        for pieces in response.batches():
+            wire: list[bytes | memoryview] = []
+            for piece in pieces:
+                # h11's writers take len() of the data and pass the object on: a view
+                # goes out uncopied, whatever the annotation says
+                wire += send(h11.Data(data=cast(bytes, piece))) or ()
+            self.stream.write_all(wire)
+        self._send(h11.EndOfMessage())
 
 
 @dataclass(frozen=True)

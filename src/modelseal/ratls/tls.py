@@ -18,7 +18,7 @@ import functools
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from OpenSSL import SSL
@@ -153,19 +153,31 @@ class TlsStream:
 
     def write(self, data: bytes | memoryview, timeout: float | None = None) -> None:
         """Encrypt all of ``data`` and send it (records batched into few sends)."""
+        self.write_all((data,), timeout)
+
+    def write_all(self, pieces: Iterable[bytes | memoryview], timeout: float | None = None) -> None:
+        """Encrypt and send ``pieces`` in order, as one write: their records leave in
+        sends of up to :data:`WIRE_CHUNK`, the last one when every piece is encrypted."""
         deadline = self._deadline(timeout)
-        view = memoryview(data)
-        while view:
-            # up to WIRE_CHUNK encrypted into the memory BIO at once, then sent, so a
-            # large write never holds more than that in ciphertext
-            try:
-                sent = self.connection.send(view[:WIRE_CHUNK])
-            except SSL.WantReadError:  # a post-handshake message must be read first
-                self._flush(deadline)
-                self._fill(deadline)
-                continue
-            view = view[sent:]
-            self._flush(deadline)
+        pending = 0
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                # up to WIRE_CHUNK encrypted into the memory BIO at once, and sent once
+                # that much is waiting, so a large write holds at most about twice that
+                # in ciphertext
+                try:
+                    sent = self.connection.send(view[:WIRE_CHUNK])
+                except SSL.WantReadError:  # a post-handshake message must be read first
+                    self._flush(deadline)
+                    self._fill(deadline)
+                    continue
+                view = view[sent:]
+                pending += sent
+                if pending >= WIRE_CHUNK:
+                    self._flush(deadline)
+                    pending = 0
+        self._flush(deadline)
 
     def peer_certificate_der(self) -> bytes | None:
         """The DER certificate the peer proved it holds the key of, or None."""
