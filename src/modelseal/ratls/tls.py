@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import select
 import socket
 import time
@@ -69,22 +70,15 @@ class TlsStream:
 
     def _wait(self, deadline: float, *, read: bool) -> None:
         left = deadline - time.monotonic()
-        fds = [self.sock]
         try:
-            ready = (
-                (
-                    select.select(fds, [], [], max(left, 0))
-                    if read
-                    else select.select([], fds, [], max(left, 0))
-                )
-                if left > 0
-                else ([], [], [])
+            ready = left > 0 and ready_within(
+                self.sock, select.POLLIN if read else select.POLLOUT, left
             )
         except ValueError:
             # another thread closed this stream (its fd is -1 now): the same
             # OSError a read of a closed socket raises, not a ValueError
             raise ConnectionAbortedError("TLS stream was closed") from None
-        if not any(ready):
+        if not ready:
             raise TimeoutError("TLS peer did not answer in time")
 
     def _flush(self, deadline: float) -> None:
@@ -195,6 +189,16 @@ class TlsStream:
             self.connection.shutdown()
             self._flush(self._deadline(1.0))
         self.sock.close()
+
+
+def ready_within(sock: socket.socket, events: int, seconds: float) -> bool:
+    """Whether ``sock`` is ready for ``events`` (or failed) within ``seconds``.
+
+    ``poll``, not ``select``: a process serving many connections has descriptors above
+    ``FD_SETSIZE`` (1024), which ``select`` cannot wait on."""
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(max(0, math.ceil(seconds * 1000))))
 
 
 def plaintext(conn: SSL.Connection, max_bytes: int, *, eof: Callable[[], bool]) -> bytes:

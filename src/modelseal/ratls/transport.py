@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import ssl
 import typing
@@ -34,7 +35,7 @@ from OpenSSL import SSL
 from modelseal._internal.encoding import b64url_encode
 from modelseal.errors import ConfigError, EvidenceError
 from modelseal.policy import ReleasePolicy, parse_policy_text
-from modelseal.ratls.tls import READ_SIZE, TlsStream, client_context
+from modelseal.ratls.tls import READ_SIZE, TlsStream, client_context, ready_within
 from modelseal.ratls.verify import Attested, PeerPolicy
 from modelseal.ratls.wire import FRESH_CONTENT_TYPE, FRESH_PATH, MAX_EVIDENCE_BUFFER
 
@@ -193,9 +194,7 @@ class _AttestedStream(httpcore.NetworkStream):
         if info == "modelseal_attested":
             return self.attested
         if info == "is_readable":
-            import select
-
-            return bool(select.select([self.stream.sock], [], [], 0)[0])
+            return ready_within(self.stream.sock, select.POLLIN, 0)
         return None
 
 

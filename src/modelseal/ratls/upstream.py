@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import h11
 
 from modelseal.errors import BackendError, FormatError
+from modelseal.ratls.tls import ready_within
 
 #: The body buffer of one response in flight: the largest piece handed on at once
 #: (256 KiB costs about 15 % more CPU per byte).
@@ -344,9 +345,7 @@ class _Chunked:
 
 
 def _readable(sock: socket.socket) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    return ready_within(sock, select.POLLIN, 0)
 
 
 def _send(sock: socket.socket, data: bytes | None) -> None:

@@ -35,3 +35,26 @@ def test_a_silent_peer_is_a_timeout() -> None:
     finally:
         stream.close()
         theirs.close()
+
+
+def test_a_descriptor_above_fd_setsize_can_be_waited_on() -> None:
+    # a gateway with over a thousand connections open has descriptors select() cannot
+    # take; the stream's waits must still work there
+    import fcntl
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    mine, theirs = socket.socketpair()
+    high = fcntl.fcntl(mine.fileno(), fcntl.F_DUPFD, 1100)
+    mine.close()
+    sock = socket.socket(fileno=high)
+    try:
+        assert sock.fileno() >= 1100
+        stream = TlsStream.client(client_context(), sock, 5, None)
+        with pytest.raises(TimeoutError):  # the silent peer, not select's ValueError
+            stream.handshake(timeout=0.2)
+    finally:
+        sock.close()
+        theirs.close()
