@@ -125,6 +125,15 @@ def _read_pin(path: Path) -> SecretBytes:
     return SecretBytes(read_private_file(path, limit=_MAX_PIN, what="PKCS#11 PIN").rstrip(b"\r\n"))
 
 
+def _pin_text(pin: SecretBytes) -> str | None:
+    """The PIN as the text python-pkcs11 sends (UTF-8), or None when it is not UTF-8
+    (a UnicodeDecodeError names the offending byte and its ``object`` is the whole PIN)."""
+    try:
+        return pin.reveal().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _import_pkcs11() -> Any:
     try:
         import pkcs11
@@ -168,6 +177,8 @@ class Pkcs11Token:
             pin = _read_pin(uri.pin_source)
         if pin is None:
             raise ConfigError(f"no PIN for {uri}: set pin-source=file:/path in the URI")
+        if _pin_text(pin) is None:  # raised here, outside the handler: no context with the PIN
+            raise ConfigError(f"the PIN for {uri} is not UTF-8 text")
         pin_digest = hashlib.sha256(pin.reveal()).digest()
         key = (uri.module_path, uri.token, uri.serial)
         with _OPEN_LOCK:
@@ -188,7 +199,7 @@ class Pkcs11Token:
             lib = mod.lib(uri.module_path)
             token = lib.get_token(token_label=uri.token, token_serial=uri.serial)
             self._session: pkcs11.Session = token.open(
-                user_pin=pin.reveal().decode("utf-8"),
+                user_pin=pin.reveal().decode("utf-8"),  # UTF-8: open() checked it
                 rw=True,
                 attribute_mapper=_attribute_mapper(mod),
             )

@@ -307,3 +307,18 @@ def test_kbs_serve_exits_2_on_a_readable_pin_file(softhsm: SoftHsm, tmp_path: Pa
     assert f"PKCS#11 PIN file {pin} has permissions 0644" in done.stderr
     assert "Traceback" not in done.stderr
     assert pin.read_text().strip() not in done.stdout + done.stderr
+
+
+def test_a_pin_that_is_not_utf8_is_a_config_error(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """PKCS#11 PINs reach the token as UTF-8 text; a file holding other bytes is a
+    ConfigError that shows none of them (a UnicodeDecodeError names the offending byte
+    and its position, and carries the whole PIN)."""
+    pin = tmp_path / "pin"
+    pin.write_bytes(b"s3cr\xe9t-pin\n")
+    pin.chmod(0o600)
+    with pytest.raises(ConfigError, match="not UTF-8") as exc:
+        Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", pin)))
+    assert exc.value.__cause__ is None
+    assert exc.value.__context__ is None
+    for shown in ("s3cr", "0xe9", "position"):
+        assert shown not in str(exc.value)
