@@ -240,8 +240,9 @@ class Pkcs11Token:
             found = list(
                 s.get_objects({attr.CLASS: oc.SECRET_KEY, attr.KEY_TYPE: kt.AES, attr.LABEL: label})
             )
-            pairs = [(key, self._mac_key_of(s, key)) for key in found]
-        return [Pkcs11Kek(self, key, mac) for key, mac in pairs]
+            # opened under the same hold of the session, so a promotion in another thread
+            # cannot destroy an object between finding and opening it
+            return [Pkcs11Kek(self, key, self._mac_key_of(s, key)) for key in found]
 
     def _mac_key_of(self, session: Any, key: Any) -> Any:
         attr, oc = self._mod.Attribute, self._mod.ObjectClass
@@ -317,8 +318,9 @@ class Pkcs11Kek(Kek):
         self.mac_handle = mac_handle
         mech = token._mod.Mechanism
         # every call on the shared session holds its lock: PKCS#11 sessions are not safe
-        # for concurrent use (concurrent calls failed with CKR_GENERAL_ERROR in tests)
-        with token._lock:
+        # for concurrent use (concurrent calls failed with CKR_GENERAL_ERROR in tests);
+        # an object another process destroyed meanwhile is a BackendError
+        with token._call("lookup"):
             label = handle[token._mod.Attribute.LABEL]
             _check_restricted(token, handle, label, mech.AES_GCM)
             _check_restricted(token, mac_handle, label, mech.AES_CMAC)
@@ -326,7 +328,7 @@ class Pkcs11Kek(Kek):
 
     @property
     def label(self) -> str:
-        with self._token._lock:
+        with self._token._call("lookup"):
             return str(self.handle[self._token._mod.Attribute.LABEL])
 
     def _gcm(self, nonce: bytes, aad: bytes) -> tuple[Any, Any]:

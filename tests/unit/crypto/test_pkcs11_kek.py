@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from modelseal.crypto.kek import KekRing, SoftwareKek
-from modelseal.crypto.pkcs11_kek import MAC_KEY_LABEL, Pkcs11Token, parse_pkcs11_uri
+from modelseal.crypto.pkcs11_kek import MAC_KEY_LABEL, Pkcs11Kek, Pkcs11Token, parse_pkcs11_uri
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError, DecryptionError
+from modelseal.errors import BackendError, ConfigError, DecryptionError
 from modelseal.kbs.kek_stores import TokenKeks
 from tests.hsm import SoftHsm
 
@@ -322,3 +322,19 @@ def test_a_pin_that_is_not_utf8_is_a_config_error(softhsm: SoftHsm, tmp_path: Pa
     assert exc.value.__context__ is None
     for shown in ("s3cr", "0xe9", "position"):
         assert shown not in str(exc.value)
+
+
+def test_a_kek_destroyed_while_it_is_opened_is_a_backend_error(
+    token: Pkcs11Token, kek_uri: str
+) -> None:
+    """Another thread's or replica's promotion may destroy a KEK between a lookup finding
+    it and opening it: a BackendError (503, retry), never the library's own exception."""
+    label = parse_pkcs11_uri(kek_uri).object
+    kek, other = token.generate(label), token.generate(label + "-other")
+    kek.handle.destroy()
+    other.mac_handle.destroy()
+    for gone in (kek, other):
+        with pytest.raises(BackendError, match="ObjectHandleInvalid"):
+            Pkcs11Kek(token, gone.handle, gone.mac_handle)
+    with pytest.raises(BackendError, match="ObjectHandleInvalid"):
+        _ = kek.label
