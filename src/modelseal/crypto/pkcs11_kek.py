@@ -242,7 +242,25 @@ class Pkcs11Token:
             )
             # opened under the same hold of the session, so a promotion in another thread
             # cannot destroy an object between finding and opening it
-            return [Pkcs11Kek(self, key, self._mac_key_of(s, key)) for key in found]
+            opened = (self._open(s, key) for key in found)
+            return [kek for kek in opened if kek is not None]
+
+    def _open(self, session: Any, key: Any) -> Pkcs11Kek | None:
+        """``key`` with its MAC key, or None when another process destroyed it meanwhile.
+
+        Replicas share the token, and one may destroy a KEK at any step of this lookup (its
+        losing first KEK, a discarded or a retired one). modelseal destroys a KEK before its
+        MAC key, so whatever failed, a KEK that is gone now was being destroyed: it is not
+        there, as a lookup a moment later would have found. A KEK still there is refused.
+        """
+        try:
+            return Pkcs11Kek(self, key, self._mac_key_of(session, key))
+        except (self._mod.exceptions.ObjectHandleInvalid, BackendError, ConfigError):
+            try:
+                key[self._mod.Attribute.CLASS]
+            except self._mod.exceptions.ObjectHandleInvalid:
+                return None
+            raise
 
     def _mac_key_of(self, session: Any, key: Any) -> Any:
         attr, oc = self._mod.Attribute, self._mod.ObjectClass

@@ -338,3 +338,52 @@ def test_a_kek_destroyed_while_it_is_opened_is_a_backend_error(
             Pkcs11Kek(token, gone.handle, gone.mac_handle)
     with pytest.raises(BackendError, match="ObjectHandleInvalid"):
         _ = kek.label
+
+
+@pytest.mark.parametrize("when", ["after the search", "before its MAC key", "after its MAC key"])
+def test_a_kek_another_replica_destroys_during_a_lookup_is_not_found(
+    token: Pkcs11Token, kek_uri: str, when: str
+) -> None:
+    """Replicas share the token: another one may destroy its KEK (then its MAC key, as
+    modelseal always does: its losing first KEK, a discarded or retired one) at any point
+    of our lookup. The KEK is then simply not there, as if we had looked a moment later;
+    a lookup does not fail with 'has 0 MAC keys' (exit 2) or a BackendError."""
+    import pkcs11
+
+    a = pkcs11.Attribute
+    label = parse_pkcs11_uri(kek_uri).object
+    mine, theirs = token.generate(label), token.generate(label)
+    their_id = theirs.handle[a.ID]
+    session = token._session
+
+    def destroy_theirs() -> None:
+        theirs.handle.destroy()
+        theirs.mac_handle.destroy()
+
+    class OtherReplica:
+        """The session, with the other replica's destroy landing at ``when``."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(session, name)
+
+        def get_objects(self, template: dict[Any, Any]) -> Any:
+            mac_search = template.get(a.LABEL) == MAC_KEY_LABEL
+            theirs_now = mac_search and template.get(a.ID) == their_id
+            if theirs_now and when == "before its MAC key":
+                destroy_theirs()
+            found = list(session.get_objects(template))
+            if (theirs_now and when == "after its MAC key") or (
+                not mac_search and when == "after the search"
+            ):
+                destroy_theirs()
+            return iter(found)
+
+    token._session = OtherReplica()  # type: ignore[assignment]
+    try:
+        assert [k.id for k in token.find(label)] == [mine.id]
+    finally:
+        token._session = session
+    # a KEK whose MAC key is missing while it is itself still there is still refused
+    mine.mac_handle.destroy()
+    with pytest.raises(ConfigError, match="has 0 MAC keys"):
+        token.find(label)
