@@ -111,10 +111,16 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
         pin_path = Path(pin_source.removeprefix("file:"))
         if not pin_path.is_absolute():
             raise ConfigError("pin-source must be an absolute file path (file:/path)")
+    label = attrs.get("object", DEFAULT_OBJECT) or DEFAULT_OBJECT
+    if label == MAC_KEY_LABEL:
+        raise ConfigError(
+            f"object={MAC_KEY_LABEL} is the label of modelseal's MAC keys; name the KEK "
+            "objects differently"
+        )
     return Pkcs11Uri(
         module_path=attrs["module-path"],
         token=attrs["token"],
-        object=attrs.get("object", DEFAULT_OBJECT) or DEFAULT_OBJECT,
+        object=label,
         serial=attrs.get("serial"),
         pin_source=pin_path,
     )

@@ -46,6 +46,8 @@ def test_uri_parts(softhsm: SoftHsm) -> None:
         ("pkcs11:token=t?module-path=/x.so&pin-source=file:pin", "absolute"),
         ("file:/tmp/kek", "pkcs11:"),
         ("pkcs11:" + "a" * 5000, "pkcs11:"),
+        # the label every MAC key carries: KEKs under it would be found among MAC keys
+        (f"pkcs11:token=t;object={MAC_KEY_LABEL}?module-path=/x.so", "MAC keys"),
     ],
 )
 def test_unusable_uris_are_config_errors(text: str, reason: str) -> None:
