@@ -20,8 +20,9 @@ object into an AES-ECB oracle or derive a readable copy of it, so nothing they l
 them forge a MAC or unwrap a DEK after the PIN is changed. (An earlier design derived the
 MAC key from the KEK with ``CKM_AES_ECB_ENCRYPT_DATA``; any PIN holder could repeat that
 derivation with ``CKA_EXTRACTABLE`` true and read the MAC key, because SoftHSM2 2.6 has no
-``CKA_DERIVE_TEMPLATE``. So neither object allows any derivation.) Objects without these
-restrictions are refused, whoever made them.
+``CKA_DERIVE_TEMPLATE``. So neither object allows any derivation.) Both are private
+(``CKA_PRIVATE``): a session that never logged in may create and use public objects. Objects
+without these restrictions are refused, whoever made them.
 
 The token is named by an RFC 7512 PKCS#11 URI, for example::
 
@@ -389,8 +390,11 @@ def _check_restricted(token: Pkcs11Token, obj: Any, label: str, mechanism: Any) 
 
     Generated in the token (LOCAL) and never readable since (NEVER_EXTRACTABLE,
     ALWAYS_SENSITIVE): an imported key, or one that was read out and then made
-    non-extractable, has a value someone may know. CKA_ALLOWED_MECHANISMS exactly
-    ``mechanism`` (an empty or absent list allows every mechanism, AES-ECB included).
+    non-extractable, has a value someone may know. Private (CKA_PRIVATE): PKCS#11 lets a
+    session that never logged in create and use public token objects, so a public KEK
+    may have been planted, and may be used, without the PIN. CKA_ALLOWED_MECHANISMS
+    exactly ``mechanism`` (an empty or absent list allows every mechanism, AES-ECB
+    included).
     """
     attr = token._mod.Attribute
     try:
@@ -409,6 +413,12 @@ def _check_restricted(token: Pkcs11Token, obj: Any, label: str, mechanism: Any) 
             f"the KEK object {label!r} in {token.uri} (or its MAC key) was not generated "
             "in the token as a never-extractable, always-sensitive AES-256 key; "
             "modelseal only uses keys that cannot have left the token"
+        )
+    if not obj[attr.PRIVATE]:
+        raise ConfigError(
+            f"the KEK object {label!r} in {token.uri} (or its MAC key) has CKA_PRIVATE "
+            "false: a session that never logged in can use it, so whoever reaches the token "
+            "without the PIN could have made it and could unwrap with it"
         )
     if allowed != {int(mechanism)}:
         raise ConfigError(

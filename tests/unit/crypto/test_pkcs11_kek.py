@@ -389,3 +389,27 @@ def test_a_kek_another_replica_destroys_during_a_lookup_is_not_found(
     mine.mac_handle.destroy()
     with pytest.raises(ConfigError, match="has 0 MAC keys"):
         token.find(label)
+
+
+@pytest.mark.parametrize("public", ["kek", "mac key"])
+def test_public_objects_are_refused(token: Pkcs11Token, kek_uri: str, public: str) -> None:
+    """A token object with CKA_PRIVATE false can be created, and then used, in a session
+    that never logged in: anyone who reaches the token without the PIN could plant a KEK
+    (``OBJ.next``, which a rotation adopts, re-wrapping every DEK under it) and unwrap
+    with it. Otherwise it is a perfect modelseal KEK: made in the token, never
+    extractable, restricted to its mechanism. It is refused."""
+    import pkcs11
+
+    a, m = pkcs11.Attribute, pkcs11.Mechanism
+    label = parse_pkcs11_uri(kek_uri).object + ".next"
+    pair_id = os.urandom(16)
+    for mine, mech, use in (("mac key", m.AES_CMAC, a.SIGN), ("kek", m.AES_GCM, a.ENCRYPT)):
+        template = token._template(
+            MAC_KEY_LABEL if mine == "mac key" else label, pair_id, mech, [use]
+        )
+        template[a.PRIVATE] = mine != public
+        token._session.generate_key(pkcs11.KeyType.AES, 256, store=True, template=template)
+    with pytest.raises(ConfigError, match="CKA_PRIVATE"):
+        token.find(label)
+    with pytest.raises(ConfigError, match="CKA_PRIVATE"):
+        TokenKeks(token, label.removesuffix(".next"), Path(os.devnull)).create_next()
