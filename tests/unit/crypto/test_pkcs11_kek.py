@@ -413,3 +413,15 @@ def test_public_objects_are_refused(token: Pkcs11Token, kek_uri: str, public: st
         token.find(label)
     with pytest.raises(ConfigError, match="CKA_PRIVATE"):
         TokenKeks(token, label.removesuffix(".next"), Path(os.devnull)).create_next()
+
+
+def test_a_pin_file_longer_than_a_pin_is_refused(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """At most 256 bytes are read (a PIN file pointed at something large is never read
+    whole), and a longer file is a ConfigError naming none of it."""
+    pin = tmp_path / "pin"
+    pin.write_bytes(b"p" * 256 + b"q")
+    pin.chmod(0o600)
+    with pytest.raises(ConfigError, match="longer than 256 bytes") as exc:
+        Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", pin)))
+    assert exc.value.exit_code == 2
+    assert "ppp" not in str(exc.value)
