@@ -215,6 +215,8 @@ def test_a_pin_holder_cannot_read_the_keks_secrets(token: Pkcs11Token, kek_uri: 
                 )
         with pytest.raises(exc.AttributeReadOnly):
             obj[a.ALLOWED_MECHANISMS] = [m.AES_ECB]
+        with pytest.raises(exc.AttributeReadOnly):  # public: usable without the PIN
+            obj[a.PRIVATE] = False
         with pytest.raises(exc.AttributeSensitive):
             obj[a.VALUE]
         # each serves only its own mechanism
