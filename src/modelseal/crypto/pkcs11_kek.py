@@ -20,8 +20,9 @@ object into an AES-ECB oracle or derive a readable copy of it, so nothing they l
 them forge a MAC or unwrap a DEK after the PIN is changed. (An earlier design derived the
 MAC key from the KEK with ``CKM_AES_ECB_ENCRYPT_DATA``; any PIN holder could repeat that
 derivation with ``CKA_EXTRACTABLE`` true and read the MAC key, because SoftHSM2 2.6 has no
-``CKA_DERIVE_TEMPLATE``. So neither object allows any derivation.) Objects without these
-restrictions are refused, whoever made them.
+``CKA_DERIVE_TEMPLATE``. So neither object allows any derivation.) Both are private
+(``CKA_PRIVATE``): a session that never logged in may create and use public objects. Objects
+without these restrictions are refused, whoever made them.
 
 The token is named by an RFC 7512 PKCS#11 URI, for example::
 
@@ -111,10 +112,16 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
         pin_path = Path(pin_source.removeprefix("file:"))
         if not pin_path.is_absolute():
             raise ConfigError("pin-source must be an absolute file path (file:/path)")
+    label = attrs.get("object", DEFAULT_OBJECT) or DEFAULT_OBJECT
+    if label == MAC_KEY_LABEL:
+        raise ConfigError(
+            f"object={MAC_KEY_LABEL} is the label of modelseal's MAC keys; name the KEK "
+            "objects differently"
+        )
     return Pkcs11Uri(
         module_path=attrs["module-path"],
         token=attrs["token"],
-        object=attrs.get("object", DEFAULT_OBJECT) or DEFAULT_OBJECT,
+        object=label,
         serial=attrs.get("serial"),
         pin_source=pin_path,
     )
@@ -123,6 +130,15 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
 def _read_pin(path: Path) -> SecretBytes:
     """The PIN in ``path``, which only its owner may read (see read_private_file)."""
     return SecretBytes(read_private_file(path, limit=_MAX_PIN, what="PKCS#11 PIN").rstrip(b"\r\n"))
+
+
+def _pin_text(pin: SecretBytes) -> str | None:
+    """The PIN as the text python-pkcs11 sends (UTF-8), or None when it is not UTF-8
+    (a UnicodeDecodeError names the offending byte and its ``object`` is the whole PIN)."""
+    try:
+        return pin.reveal().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _import_pkcs11() -> Any:
@@ -168,6 +184,8 @@ class Pkcs11Token:
             pin = _read_pin(uri.pin_source)
         if pin is None:
             raise ConfigError(f"no PIN for {uri}: set pin-source=file:/path in the URI")
+        if _pin_text(pin) is None:  # raised here, outside the handler: no context with the PIN
+            raise ConfigError(f"the PIN for {uri} is not UTF-8 text")
         pin_digest = hashlib.sha256(pin.reveal()).digest()
         key = (uri.module_path, uri.token, uri.serial)
         with _OPEN_LOCK:
@@ -188,7 +206,7 @@ class Pkcs11Token:
             lib = mod.lib(uri.module_path)
             token = lib.get_token(token_label=uri.token, token_serial=uri.serial)
             self._session: pkcs11.Session = token.open(
-                user_pin=pin.reveal().decode("utf-8"),
+                user_pin=pin.reveal().decode("utf-8"),  # UTF-8: open() checked it
                 rw=True,
                 attribute_mapper=_attribute_mapper(mod),
             )
@@ -229,8 +247,27 @@ class Pkcs11Token:
             found = list(
                 s.get_objects({attr.CLASS: oc.SECRET_KEY, attr.KEY_TYPE: kt.AES, attr.LABEL: label})
             )
-            pairs = [(key, self._mac_key_of(s, key)) for key in found]
-        return [Pkcs11Kek(self, key, mac) for key, mac in pairs]
+            # opened under the same hold of the session, so a promotion in another thread
+            # cannot destroy an object between finding and opening it
+            opened = (self._open(s, key) for key in found)
+            return [kek for kek in opened if kek is not None]
+
+    def _open(self, session: Any, key: Any) -> Pkcs11Kek | None:
+        """``key`` with its MAC key, or None when another process destroyed it meanwhile.
+
+        Replicas share the token, and one may destroy a KEK at any step of this lookup (its
+        losing first KEK, a discarded or a retired one). modelseal destroys a KEK before its
+        MAC key, so whatever failed, a KEK that is gone now was being destroyed: it is not
+        there, as a lookup a moment later would have found. A KEK still there is refused.
+        """
+        try:
+            return Pkcs11Kek(self, key, self._mac_key_of(session, key))
+        except (self._mod.exceptions.ObjectHandleInvalid, BackendError, ConfigError):
+            try:
+                key[self._mod.Attribute.CLASS]
+            except self._mod.exceptions.ObjectHandleInvalid:
+                return None
+            raise
 
     def _mac_key_of(self, session: Any, key: Any) -> Any:
         attr, oc = self._mod.Attribute, self._mod.ObjectClass
@@ -306,8 +343,9 @@ class Pkcs11Kek(Kek):
         self.mac_handle = mac_handle
         mech = token._mod.Mechanism
         # every call on the shared session holds its lock: PKCS#11 sessions are not safe
-        # for concurrent use (concurrent calls failed with CKR_GENERAL_ERROR in tests)
-        with token._lock:
+        # for concurrent use (concurrent calls failed with CKR_GENERAL_ERROR in tests);
+        # an object another process destroyed meanwhile is a BackendError
+        with token._call("lookup"):
             label = handle[token._mod.Attribute.LABEL]
             _check_restricted(token, handle, label, mech.AES_GCM)
             _check_restricted(token, mac_handle, label, mech.AES_CMAC)
@@ -315,7 +353,7 @@ class Pkcs11Kek(Kek):
 
     @property
     def label(self) -> str:
-        with self._token._lock:
+        with self._token._call("lookup"):
             return str(self.handle[self._token._mod.Attribute.LABEL])
 
     def _gcm(self, nonce: bytes, aad: bytes) -> tuple[Any, Any]:
@@ -352,8 +390,11 @@ def _check_restricted(token: Pkcs11Token, obj: Any, label: str, mechanism: Any) 
 
     Generated in the token (LOCAL) and never readable since (NEVER_EXTRACTABLE,
     ALWAYS_SENSITIVE): an imported key, or one that was read out and then made
-    non-extractable, has a value someone may know. CKA_ALLOWED_MECHANISMS exactly
-    ``mechanism`` (an empty or absent list allows every mechanism, AES-ECB included).
+    non-extractable, has a value someone may know. Private (CKA_PRIVATE): PKCS#11 lets a
+    session that never logged in create and use public token objects, so a public KEK
+    may have been planted, and may be used, without the PIN. CKA_ALLOWED_MECHANISMS
+    exactly ``mechanism`` (an empty or absent list allows every mechanism, AES-ECB
+    included).
     """
     attr = token._mod.Attribute
     try:
@@ -372,6 +413,12 @@ def _check_restricted(token: Pkcs11Token, obj: Any, label: str, mechanism: Any) 
             f"the KEK object {label!r} in {token.uri} (or its MAC key) was not generated "
             "in the token as a never-extractable, always-sensitive AES-256 key; "
             "modelseal only uses keys that cannot have left the token"
+        )
+    if not obj[attr.PRIVATE]:
+        raise ConfigError(
+            f"the KEK object {label!r} in {token.uri} (or its MAC key) has CKA_PRIVATE "
+            "false: a session that never logged in can use it, so whoever reaches the token "
+            "without the PIN could have made it and could unwrap with it"
         )
     if allowed != {int(mechanism)}:
         raise ConfigError(

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from modelseal.crypto.kek import KekRing, SoftwareKek
-from modelseal.crypto.pkcs11_kek import MAC_KEY_LABEL, Pkcs11Token, parse_pkcs11_uri
+from modelseal.crypto.pkcs11_kek import MAC_KEY_LABEL, Pkcs11Kek, Pkcs11Token, parse_pkcs11_uri
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError, DecryptionError
+from modelseal.errors import BackendError, ConfigError, DecryptionError
 from modelseal.kbs.kek_stores import TokenKeks
 from tests.hsm import SoftHsm
 
@@ -46,6 +46,8 @@ def test_uri_parts(softhsm: SoftHsm) -> None:
         ("pkcs11:token=t?module-path=/x.so&pin-source=file:pin", "absolute"),
         ("file:/tmp/kek", "pkcs11:"),
         ("pkcs11:" + "a" * 5000, "pkcs11:"),
+        # the label every MAC key carries: KEKs under it would be found among MAC keys
+        (f"pkcs11:token=t;object={MAC_KEY_LABEL}?module-path=/x.so", "MAC keys"),
     ],
 )
 def test_unusable_uris_are_config_errors(text: str, reason: str) -> None:
@@ -213,6 +215,8 @@ def test_a_pin_holder_cannot_read_the_keks_secrets(token: Pkcs11Token, kek_uri: 
                 )
         with pytest.raises(exc.AttributeReadOnly):
             obj[a.ALLOWED_MECHANISMS] = [m.AES_ECB]
+        with pytest.raises(exc.AttributeReadOnly):  # public: usable without the PIN
+            obj[a.PRIVATE] = False
         with pytest.raises(exc.AttributeSensitive):
             obj[a.VALUE]
         # each serves only its own mechanism
@@ -307,3 +311,119 @@ def test_kbs_serve_exits_2_on_a_readable_pin_file(softhsm: SoftHsm, tmp_path: Pa
     assert f"PKCS#11 PIN file {pin} has permissions 0644" in done.stderr
     assert "Traceback" not in done.stderr
     assert pin.read_text().strip() not in done.stdout + done.stderr
+
+
+def test_a_pin_that_is_not_utf8_is_a_config_error(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """PKCS#11 PINs reach the token as UTF-8 text; a file holding other bytes is a
+    ConfigError that shows none of them (a UnicodeDecodeError names the offending byte
+    and its position, and carries the whole PIN)."""
+    pin = tmp_path / "pin"
+    pin.write_bytes(b"s3cr\xe9t-pin\n")
+    pin.chmod(0o600)
+    with pytest.raises(ConfigError, match="not UTF-8") as exc:
+        Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", pin)))
+    assert exc.value.__cause__ is None
+    assert exc.value.__context__ is None
+    for shown in ("s3cr", "0xe9", "position"):
+        assert shown not in str(exc.value)
+
+
+def test_a_kek_destroyed_while_it_is_opened_is_a_backend_error(
+    token: Pkcs11Token, kek_uri: str
+) -> None:
+    """Another thread's or replica's promotion may destroy a KEK between a lookup finding
+    it and opening it: a BackendError (503, retry), never the library's own exception."""
+    label = parse_pkcs11_uri(kek_uri).object
+    kek, other = token.generate(label), token.generate(label + "-other")
+    kek.handle.destroy()
+    other.mac_handle.destroy()
+    for gone in (kek, other):
+        with pytest.raises(BackendError, match="ObjectHandleInvalid"):
+            Pkcs11Kek(token, gone.handle, gone.mac_handle)
+    with pytest.raises(BackendError, match="ObjectHandleInvalid"):
+        _ = kek.label
+
+
+@pytest.mark.parametrize("when", ["after the search", "before its MAC key", "after its MAC key"])
+def test_a_kek_another_replica_destroys_during_a_lookup_is_not_found(
+    token: Pkcs11Token, kek_uri: str, when: str
+) -> None:
+    """Replicas share the token: another one may destroy its KEK (then its MAC key, as
+    modelseal always does: its losing first KEK, a discarded or retired one) at any point
+    of our lookup. The KEK is then simply not there, as if we had looked a moment later;
+    a lookup does not fail with 'has 0 MAC keys' (exit 2) or a BackendError."""
+    import pkcs11
+
+    a = pkcs11.Attribute
+    label = parse_pkcs11_uri(kek_uri).object
+    mine, theirs = token.generate(label), token.generate(label)
+    their_id = theirs.handle[a.ID]
+    session = token._session
+
+    def destroy_theirs() -> None:
+        theirs.handle.destroy()
+        theirs.mac_handle.destroy()
+
+    class OtherReplica:
+        """The session, with the other replica's destroy landing at ``when``."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(session, name)
+
+        def get_objects(self, template: dict[Any, Any]) -> Any:
+            mac_search = template.get(a.LABEL) == MAC_KEY_LABEL
+            theirs_now = mac_search and template.get(a.ID) == their_id
+            if theirs_now and when == "before its MAC key":
+                destroy_theirs()
+            found = list(session.get_objects(template))
+            if (theirs_now and when == "after its MAC key") or (
+                not mac_search and when == "after the search"
+            ):
+                destroy_theirs()
+            return iter(found)
+
+    token._session = OtherReplica()  # type: ignore[assignment]
+    try:
+        assert [k.id for k in token.find(label)] == [mine.id]
+    finally:
+        token._session = session
+    # a KEK whose MAC key is missing while it is itself still there is still refused
+    mine.mac_handle.destroy()
+    with pytest.raises(ConfigError, match="has 0 MAC keys"):
+        token.find(label)
+
+
+@pytest.mark.parametrize("public", ["kek", "mac key"])
+def test_public_objects_are_refused(token: Pkcs11Token, kek_uri: str, public: str) -> None:
+    """A token object with CKA_PRIVATE false can be created, and then used, in a session
+    that never logged in: anyone who reaches the token without the PIN could plant a KEK
+    (``OBJ.next``, which a rotation adopts, re-wrapping every DEK under it) and unwrap
+    with it. Otherwise it is a perfect modelseal KEK: made in the token, never
+    extractable, restricted to its mechanism. It is refused."""
+    import pkcs11
+
+    a, m = pkcs11.Attribute, pkcs11.Mechanism
+    label = parse_pkcs11_uri(kek_uri).object + ".next"
+    pair_id = os.urandom(16)
+    for mine, mech, use in (("mac key", m.AES_CMAC, a.SIGN), ("kek", m.AES_GCM, a.ENCRYPT)):
+        template = token._template(
+            MAC_KEY_LABEL if mine == "mac key" else label, pair_id, mech, [use]
+        )
+        template[a.PRIVATE] = mine != public
+        token._session.generate_key(pkcs11.KeyType.AES, 256, store=True, template=template)
+    with pytest.raises(ConfigError, match="CKA_PRIVATE"):
+        token.find(label)
+    with pytest.raises(ConfigError, match="CKA_PRIVATE"):
+        TokenKeks(token, label.removesuffix(".next"), Path(os.devnull)).create_next()
+
+
+def test_a_pin_file_longer_than_a_pin_is_refused(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """At most 256 bytes are read (a PIN file pointed at something large is never read
+    whole), and a longer file is a ConfigError naming none of it."""
+    pin = tmp_path / "pin"
+    pin.write_bytes(b"p" * 256 + b"q")
+    pin.chmod(0o600)
+    with pytest.raises(ConfigError, match="longer than 256 bytes") as exc:
+        Pkcs11Token.open(parse_pkcs11_uri(softhsm.uri("modelseal", pin)))
+    assert exc.value.exit_code == 2
+    assert "ppp" not in str(exc.value)
