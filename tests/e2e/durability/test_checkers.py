@@ -161,10 +161,10 @@ def test_registry_checker_sees_a_torn_object(registry: tuple[ServerProcess, Path
     assert r.status_code == 201, r.text
     ledger = RegistryLedger(tag="chk")
     ledger.ack_blob("m1/v1/w.sealed", r.json()["sha256"])
-    assert RegistryChecker(data_dir, ledger).check(server.url) == []
+    assert RegistryChecker(data_dir, ledger, None).check(server.url) == []
     obj = next((data_dir / "blobs" / "objects").glob("*/*"))
     obj.write_bytes(data[:-1])  # a torn write: one byte short
-    problems = "\n".join(RegistryChecker(data_dir, ledger).check(server.url))
+    problems = "\n".join(RegistryChecker(data_dir, ledger, None).check(server.url))
     assert f"object file {obj.name} does not hash to its name" in problems
     assert "m1/v1/w.sealed" in problems
 
@@ -182,5 +182,5 @@ def test_registry_checker_sees_a_ref_to_a_missing_object(
     assert r.status_code == 201, r.text
     sha = r.json()["sha256"]
     (data_dir / "blobs" / "objects" / sha[:2] / sha).unlink()  # collected while referenced
-    problems = RegistryChecker(data_dir, RegistryLedger(tag="chk")).check(server.url)
+    problems = RegistryChecker(data_dir, RegistryLedger(tag="chk"), None).check(server.url)
     assert f"blob m2/v1/w.sealed points to a missing object {sha}" in problems
