@@ -35,6 +35,9 @@ from modelseal.ratls.tls import ready_within
 BUFFER_SIZE = 1024 * 1024
 #: Idle body buffers kept for reuse (a fresh one is zeroed and faulted in, page by page).
 SPARE_BUFFERS = 8
+#: Most slices of the buffer handed on in one batch: a body of tiny chunks would
+#: otherwise make one slice object per few bytes received (tens of MB per MiB).
+MAX_BATCH_PIECES = 256
 #: Largest response head (status line and headers), as for requests.
 MAX_HEAD_BYTES = 64 * 1024
 #: Largest chunk-size line, extensions included.
@@ -264,7 +267,7 @@ class _Chunked:
     def batches(self) -> Iterator[list[memoryview]]:
         while not self.done:
             pieces: list[memoryview] = []
-            while not self.done and self._step(pieces):
+            while not self.done and len(pieces) < MAX_BATCH_PIECES and self._step(pieces):
                 pass
             if pieces:
                 yield pieces
