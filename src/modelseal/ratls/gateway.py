@@ -303,9 +303,11 @@ class _Exchange:
             # h11 ends a bodiless request at once; taking that end is what lets the
             # connection serve the client's next request instead of being closed
             return
+        close = False
         if has_body and any(k == b"transfer-encoding" for k, _ in request.headers):
             # h11 decoded a chunked body (chunked wins over a Content-Length beside it):
             # it goes on chunked, and a length that does not describe it never does
+            close = any(k == b"content-length" for k, _ in request.headers)
             headers = [(k, v) for k, v in headers if k != b"content-length"]
             headers.append((b"transfer-encoding", b"chunked"))
         headers += [
@@ -322,16 +324,20 @@ class _Exchange:
             self._error(502, "upstream unavailable")
             return
         try:
-            self._relay(response)
+            self._relay(response, close=close)
         finally:
             response.close()
 
-    def _relay(self, response: Response) -> None:
+    def _relay(self, response: Response, *, close: bool = False) -> None:
         """The response head through h11, then the body in batches as it arrives: h11
         frames each piece for the client (re-chunking a chunked body) without copying it,
-        and one batch is encrypted and sent at once."""
+        and one batch is encrypted and sent at once. ``close`` ends the client's
+        connection after it (a request framed both ways: RFC 9112 section 6.1 requires
+        it, as what follows such a request may be read differently by another parser)."""
         head = response.head
         out = [(k, v) for k, v in head.headers if k not in HOP_BY_HOP]
+        if close:
+            out.append((b"connection", b"close"))
         if head.framing == "chunked":
             # a length next to chunked framing is void and must not reach the client
             out = [(k, v) for k, v in out if k != b"content-length"]

@@ -232,3 +232,42 @@ def test_a_chunked_request_with_a_length_beside_it_goes_on_chunked(
     head = upstream.heads[0].lower()
     assert b"\r\ntransfer-encoding: chunked" in head
     assert b"content-length" not in head
+
+
+def _raw_exchange(url: str, request: bytes) -> bytes:
+    """Everything the gateway sends back on one raw TLS connection until it closes it
+    (a connection it keeps open ends the reading after a second's silence)."""
+    port = int(url.rsplit(":", 1)[1])
+    stream = TlsStream.client(
+        client_context(), socket.create_connection(("127.0.0.1", port)), 10, None
+    )
+    got = b""
+    try:
+        stream.handshake()
+        stream.write(request)
+        while more := stream.read(timeout=1):
+            got += more
+    except TimeoutError:
+        got += b"<still open>"
+    finally:
+        stream.close()
+    return got
+
+
+def test_a_request_with_both_lengths_ends_its_connection(
+    gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
+) -> None:
+    # a server must close the connection after a request framed both ways: a request
+    # behind it on the same connection could be read differently by another parser
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    client, url, upstream = gateway(lambda _head: [ok])
+    answer = _raw_exchange(
+        url,
+        b"POST /x HTTP/1.1\r\nhost: g\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: g\r\n\r\n",
+    )
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.count(b"HTTP/1.1") == 1
+    assert answer.endswith(b"ok")
+    assert not any(b"/smuggled" in head for head in upstream.heads)
