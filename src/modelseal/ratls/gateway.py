@@ -253,6 +253,11 @@ class _Exchange:
         if not request.target.startswith(b"/") or not request.target.isascii():
             self._error(400, "request target must be an absolute path")
             return
+        if request.method == b"CONNECT":
+            # whatever its target, a 2xx to CONNECT makes the upstream connection a
+            # tunnel: never to be pooled for the next request, and no gateway service
+            self._error(400, "CONNECT is not forwarded")
+            return
         target = request.target.decode("ascii")
         path, _, query = target.partition("?")
         if path == FRESH_PATH:

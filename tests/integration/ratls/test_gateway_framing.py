@@ -271,3 +271,16 @@ def test_a_request_with_both_lengths_ends_its_connection(
     assert answer.count(b"HTTP/1.1") == 1
     assert answer.endswith(b"ok")
     assert not any(b"/smuggled" in head for head in upstream.heads)
+
+
+def test_connect_is_refused_whatever_its_target(
+    gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
+) -> None:
+    # a 2xx to CONNECT turns the upstream connection into a tunnel; the gateway is no
+    # tunnel, and must not pool such a connection for another client's request
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    client, url, upstream = gateway(lambda _head: [ok])
+    answer = _raw_exchange(url, b"CONNECT /x HTTP/1.1\r\nhost: g\r\n\r\n")
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert upstream.heads == []
