@@ -83,6 +83,7 @@ class UpstreamPool:
         self._idle: list[socket.socket] = []
         self._buffers: list[bytearray] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def take(self) -> socket.socket:
         """An idle connection the upstream has not closed, or a new one."""
@@ -104,7 +105,8 @@ class UpstreamPool:
 
     def give_back(self, sock: socket.socket) -> None:
         with self._lock:
-            if len(self._idle) < self.max_idle:
+            # a response that ends after close() (on a thread still serving) is not kept
+            if not self._closed and len(self._idle) < self.max_idle:
                 self._idle.append(sock)
                 return
         sock.close()
@@ -117,11 +119,12 @@ class UpstreamPool:
 
     def recycle(self, buf: bytearray) -> None:
         with self._lock:
-            if len(self._buffers) < SPARE_BUFFERS:
+            if not self._closed and len(self._buffers) < SPARE_BUFFERS:
                 self._buffers.append(buf)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
             self._buffers.clear()
         for sock in idle:

@@ -266,3 +266,20 @@ def test_a_buffer_of_tiny_chunks_comes_in_batches_of_bounded_length() -> None:
     finally:
         response.close()
     assert got == BUFFER_SIZE // 6
+
+
+def test_a_connection_given_back_after_the_pool_closed_is_closed() -> None:
+    # the gateway closes its pool when it stops serving, while a response may still be
+    # in flight on a daemon thread: its connection must not be kept in a closed pool
+    import socket
+
+    pool = _pool()
+    mine, theirs = socket.socketpair()
+    try:
+        pool.close()
+        pool.give_back(mine)
+        assert mine.fileno() == -1
+        assert pool._idle == []
+    finally:
+        mine.close()
+        theirs.close()
