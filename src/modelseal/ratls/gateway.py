@@ -53,6 +53,11 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+#: What the gateway itself tells the upstream about the client; a client's own claims
+#: (which a server may read before the gateway's) are never forwarded.
+FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto"})
+#: Request headers dropped (h11 lowercases header names).
+NOT_FORWARDED = HOP_BY_HOP | FORWARDING
 MAX_HEAD_BYTES = 64 * 1024
 #: Idle keep-alive connections to the upstream kept for reuse.
 MAX_IDLE_UPSTREAM = 32
@@ -302,7 +307,7 @@ class _Exchange:
 
     def _forward(self, request: h11.Request) -> None:
         gateway = self.gateway
-        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers if k not in NOT_FORWARDED]
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in request.headers)
         if not has_body and not isinstance(self._next(), h11.EndOfMessage):
             # h11 ends a bodiless request at once; taking that end is what lets the

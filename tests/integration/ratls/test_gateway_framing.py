@@ -284,3 +284,27 @@ def test_connect_is_refused_whatever_its_target(
     client.close()
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert upstream.heads == []
+
+
+def test_the_client_cannot_claim_its_own_forwarding_headers(
+    gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
+) -> None:
+    # the upstream learns the client's address and scheme from the gateway alone: a
+    # client's own X-Forwarded-For or Forwarded (which a server may read first) is dropped
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    client, url, upstream = gateway(lambda _head: [ok])
+    with client:
+        response = client.get(
+            url + "/",
+            headers={
+                "x-forwarded-for": "203.0.113.9",
+                "x-forwarded-proto": "http",
+                "forwarded": "for=203.0.113.9;proto=http",
+            },
+        )
+    assert response.content == b"ok"
+    head = upstream.heads[0].lower()
+    assert b"203.0.113.9" not in head
+    assert head.count(b"\r\nx-forwarded-for: 127.0.0.1") == 1
+    assert head.count(b"\r\nx-forwarded-proto: https") == 1
+    assert b"\r\nforwarded:" not in head
