@@ -399,6 +399,9 @@ def _head(event: h11.Response, method: bytes) -> Head:
         framing, size = "length", 0
     elif b"transfer-encoding" in names:
         framing, size = "chunked", 0
+        # chunked wins over a length beside it (and the length is dropped), but a
+        # response framed both ways may have been written by either: not reused
+        keep_alive = keep_alive and b"content-length" not in names
     elif b"content-length" in names:
         framing, size = "length", int(dict(headers)[b"content-length"])
     else:
