@@ -53,6 +53,11 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+#: What the gateway itself tells the upstream about the client; a client's own claims
+#: (which a server may read before the gateway's) are never forwarded.
+FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto"})
+#: Request headers dropped (h11 lowercases header names).
+NOT_FORWARDED = HOP_BY_HOP | FORWARDING
 MAX_HEAD_BYTES = 64 * 1024
 #: Idle keep-alive connections to the upstream kept for reuse.
 MAX_IDLE_UPSTREAM = 32
@@ -253,6 +258,11 @@ class _Exchange:
         if not request.target.startswith(b"/") or not request.target.isascii():
             self._error(400, "request target must be an absolute path")
             return
+        if request.method == b"CONNECT":
+            # whatever its target, a 2xx to CONNECT makes the upstream connection a
+            # tunnel: never to be pooled for the next request, and no gateway service
+            self._error(400, "CONNECT is not forwarded")
+            return
         target = request.target.decode("ascii")
         path, _, query = target.partition("?")
         if path == FRESH_PATH:
@@ -297,15 +307,17 @@ class _Exchange:
 
     def _forward(self, request: h11.Request) -> None:
         gateway = self.gateway
-        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in request.headers if k not in NOT_FORWARDED]
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in request.headers)
         if not has_body and not isinstance(self._next(), h11.EndOfMessage):
             # h11 ends a bodiless request at once; taking that end is what lets the
             # connection serve the client's next request instead of being closed
             return
+        close = False
         if has_body and any(k == b"transfer-encoding" for k, _ in request.headers):
             # h11 decoded a chunked body (chunked wins over a Content-Length beside it):
             # it goes on chunked, and a length that does not describe it never does
+            close = any(k == b"content-length" for k, _ in request.headers)
             headers = [(k, v) for k, v in headers if k != b"content-length"]
             headers.append((b"transfer-encoding", b"chunked"))
         headers += [
@@ -322,16 +334,20 @@ class _Exchange:
             self._error(502, "upstream unavailable")
             return
         try:
-            self._relay(response)
+            self._relay(response, close=close)
         finally:
             response.close()
 
-    def _relay(self, response: Response) -> None:
+    def _relay(self, response: Response, *, close: bool = False) -> None:
         """The response head through h11, then the body in batches as it arrives: h11
         frames each piece for the client (re-chunking a chunked body) without copying it,
-        and one batch is encrypted and sent at once."""
+        and one batch is encrypted and sent at once. ``close`` ends the client's
+        connection after it (a request framed both ways: RFC 9112 section 6.1 requires
+        it, as what follows such a request may be read differently by another parser)."""
         head = response.head
         out = [(k, v) for k, v in head.headers if k not in HOP_BY_HOP]
+        if close:
+            out.append((b"connection", b"close"))
         if head.framing == "chunked":
             # a length next to chunked framing is void and must not reach the client
             out = [(k, v) for k, v in out if k != b"content-length"]

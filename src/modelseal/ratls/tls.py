@@ -19,7 +19,7 @@ import math
 import select
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from OpenSSL import SSL
@@ -35,6 +35,8 @@ READ_SIZE = 64 * 1024
 WIRE_CHUNK = 256 * 1024
 #: Ciphertext taken from OpenSSL at once: one write's records with their overhead.
 FLUSH_CHUNK = WIRE_CHUNK + 16 * 1024
+#: Pieces of a write smaller than this are copied together (one TLS record's plaintext).
+GATHER = 16 * 1024
 
 
 class TlsStream:
@@ -151,10 +153,12 @@ class TlsStream:
 
     def write_all(self, pieces: Iterable[bytes | memoryview], timeout: float | None = None) -> None:
         """Encrypt and send ``pieces`` in order, as one write: their records leave in
-        sends of up to :data:`WIRE_CHUNK`, the last one when every piece is encrypted."""
+        sends of up to :data:`WIRE_CHUNK`, the last one when every piece is encrypted.
+        Small pieces side by side (a chunk-size line, a server-sent event, its CRLF) are
+        gathered into one record; each encrypted alone would be a record of its own."""
         deadline = self._deadline(timeout)
         pending = 0
-        for piece in pieces:
+        for piece in gathered(pieces):
             view = memoryview(piece)
             while view:
                 # up to WIRE_CHUNK encrypted into the memory BIO at once, and sent once
@@ -189,6 +193,27 @@ class TlsStream:
             self.connection.shutdown()
             self._flush(self._deadline(1.0))
         self.sock.close()
+
+
+def gathered(
+    pieces: Iterable[bytes | memoryview],
+) -> Iterator[bytes | bytearray | memoryview]:
+    """``pieces`` with each run of pieces under :data:`GATHER` bytes copied together (a
+    run is handed on once it reaches that size, or before a larger piece); larger pieces
+    pass on uncopied."""
+    small = bytearray()
+    for piece in pieces:
+        if len(piece) < GATHER:
+            small += piece
+            if len(small) < GATHER:
+                continue
+        if small:
+            yield small
+            small = bytearray()
+        if len(piece) >= GATHER:
+            yield piece
+    if small:
+        yield small
 
 
 def ready_within(sock: socket.socket, events: int, seconds: float) -> bool:

@@ -35,6 +35,9 @@ from modelseal.ratls.tls import ready_within
 BUFFER_SIZE = 1024 * 1024
 #: Idle body buffers kept for reuse (a fresh one is zeroed and faulted in, page by page).
 SPARE_BUFFERS = 8
+#: Most slices of the buffer handed on in one batch: a body of tiny chunks would
+#: otherwise make one slice object per few bytes received (tens of MB per MiB).
+MAX_BATCH_PIECES = 256
 #: Largest response head (status line and headers), as for requests.
 MAX_HEAD_BYTES = 64 * 1024
 #: Largest chunk-size line, extensions included.
@@ -80,6 +83,7 @@ class UpstreamPool:
         self._idle: list[socket.socket] = []
         self._buffers: list[bytearray] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def take(self) -> socket.socket:
         """An idle connection the upstream has not closed, or a new one."""
@@ -101,7 +105,8 @@ class UpstreamPool:
 
     def give_back(self, sock: socket.socket) -> None:
         with self._lock:
-            if len(self._idle) < self.max_idle:
+            # a response that ends after close() (on a thread still serving) is not kept
+            if not self._closed and len(self._idle) < self.max_idle:
                 self._idle.append(sock)
                 return
         sock.close()
@@ -114,11 +119,12 @@ class UpstreamPool:
 
     def recycle(self, buf: bytearray) -> None:
         with self._lock:
-            if len(self._buffers) < SPARE_BUFFERS:
+            if not self._closed and len(self._buffers) < SPARE_BUFFERS:
                 self._buffers.append(buf)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
             self._buffers.clear()
         for sock in idle:
@@ -264,7 +270,7 @@ class _Chunked:
     def batches(self) -> Iterator[list[memoryview]]:
         while not self.done:
             pieces: list[memoryview] = []
-            while not self.done and self._step(pieces):
+            while not self.done and len(pieces) < MAX_BATCH_PIECES and self._step(pieces):
                 pass
             if pieces:
                 yield pieces
@@ -393,6 +399,9 @@ def _head(event: h11.Response, method: bytes) -> Head:
         framing, size = "length", 0
     elif b"transfer-encoding" in names:
         framing, size = "chunked", 0
+        # chunked wins over a length beside it (and the length is dropped), but a
+        # response framed both ways may have been written by either: not reused
+        keep_alive = keep_alive and b"content-length" not in names
     elif b"content-length" in names:
         framing, size = "length", int(dict(headers)[b"content-length"])
     else:

@@ -79,10 +79,15 @@ def test_length_beside_chunked_framing_does_not_reach_the_client(
     gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
 ) -> None:
     head = CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\ncontent-length: 3\r\n\r\n")
-    client, url, _ = gateway(lambda _head: [head + CHUNKED_BODY])
+    client, url, upstream = gateway(lambda _head: [head + CHUNKED_BODY])
     with client:
-        response = client.get(url + "/")
-    assert response.content == b"hello world" + b"z" * 26
+        for _ in range(2):
+            response = client.get(url + "/")
+            assert response.content == b"hello world" + b"z" * 26
+            assert "content-length" not in response.headers
+    # a response framed both ways may be read differently by the upstream's own writer:
+    # its connection is not reused
+    assert upstream.connections == 2
 
 
 def test_head_and_no_content_responses_have_no_body(
@@ -232,3 +237,79 @@ def test_a_chunked_request_with_a_length_beside_it_goes_on_chunked(
     head = upstream.heads[0].lower()
     assert b"\r\ntransfer-encoding: chunked" in head
     assert b"content-length" not in head
+
+
+def _raw_exchange(url: str, request: bytes) -> bytes:
+    """Everything the gateway sends back on one raw TLS connection until it closes it
+    (a connection it keeps open ends the reading after a second's silence)."""
+    port = int(url.rsplit(":", 1)[1])
+    stream = TlsStream.client(
+        client_context(), socket.create_connection(("127.0.0.1", port)), 10, None
+    )
+    got = b""
+    try:
+        stream.handshake()
+        stream.write(request)
+        while more := stream.read(timeout=1):
+            got += more
+    except TimeoutError:
+        got += b"<still open>"
+    finally:
+        stream.close()
+    return got
+
+
+def test_a_request_with_both_lengths_ends_its_connection(
+    gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
+) -> None:
+    # a server must close the connection after a request framed both ways: a request
+    # behind it on the same connection could be read differently by another parser
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    client, url, upstream = gateway(lambda _head: [ok])
+    answer = _raw_exchange(
+        url,
+        b"POST /x HTTP/1.1\r\nhost: g\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: g\r\n\r\n",
+    )
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.count(b"HTTP/1.1") == 1
+    assert answer.endswith(b"ok")
+    assert not any(b"/smuggled" in head for head in upstream.heads)
+
+
+def test_connect_is_refused_whatever_its_target(
+    gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
+) -> None:
+    # a 2xx to CONNECT turns the upstream connection into a tunnel; the gateway is no
+    # tunnel, and must not pool such a connection for another client's request
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    client, url, upstream = gateway(lambda _head: [ok])
+    answer = _raw_exchange(url, b"CONNECT /x HTTP/1.1\r\nhost: g\r\n\r\n")
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert upstream.heads == []
+
+
+def test_the_client_cannot_claim_its_own_forwarding_headers(
+    gateway: Callable[[Script], tuple[httpx.Client, str, RawUpstream]],
+) -> None:
+    # the upstream learns the client's address and scheme from the gateway alone: a
+    # client's own X-Forwarded-For or Forwarded (which a server may read first) is dropped
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    client, url, upstream = gateway(lambda _head: [ok])
+    with client:
+        response = client.get(
+            url + "/",
+            headers={
+                "x-forwarded-for": "203.0.113.9",
+                "x-forwarded-proto": "http",
+                "forwarded": "for=203.0.113.9;proto=http",
+            },
+        )
+    assert response.content == b"ok"
+    head = upstream.heads[0].lower()
+    assert b"203.0.113.9" not in head
+    assert head.count(b"\r\nx-forwarded-for: 127.0.0.1") == 1
+    assert head.count(b"\r\nx-forwarded-proto: https") == 1
+    assert b"\r\nforwarded:" not in head

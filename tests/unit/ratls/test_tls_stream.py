@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
 import pytest
+from OpenSSL import SSL
 
 from modelseal.ratls.tls import TlsStream, client_context
 
@@ -58,3 +60,60 @@ def test_a_descriptor_above_fd_setsize_can_be_waited_on() -> None:
     finally:
         sock.close()
         theirs.close()
+
+
+def _records(data: bytes) -> list[int]:
+    """The lengths of the TLS records in ``data`` (5-byte headers, whole records only)."""
+    lengths = []
+    while len(data) >= 5:
+        size = int.from_bytes(data[3:5], "big")
+        lengths.append(size)
+        data = data[5 + size :]
+    return lengths
+
+
+def test_small_pieces_of_one_write_leave_in_one_record() -> None:
+    # a relayed server-sent event is a chunk-size line, the event and a CRLF: encrypted
+    # one by one they were three records (and three OpenSSL calls) for a few bytes
+    import threading
+
+    from modelseal.crypto.tls_identity import TlsKey
+
+    key = TlsKey()
+    now = time.time()
+    ctx = key.server_context(key.certificate(extensions=[], not_before=now, not_after=now + 60))
+    mine, theirs = socket.socketpair()
+    server = TlsStream.server(ctx, mine, 5)
+    client = TlsStream.client(client_context(), theirs, 5, None)
+    try:
+        shaking = threading.Thread(target=server.handshake)
+        shaking.start()
+        client.handshake()
+        shaking.join()
+        theirs.setblocking(False)
+        tickets = b""  # what the handshake left in flight, for the client's records count
+        with contextlib.suppress(BlockingIOError):
+            while more := theirs.recv(65536):
+                tickets += more
+        event = b"data: " + b"t" * 90 + b"\n\n"
+        server.write_all([b"%x\r\n" % len(event), memoryview(event), b"\r\n"])
+        first = theirs.recv(65536)
+        assert len(_records(first)) == 1
+        # a large piece still goes out uncopied, the small pieces around it gathered
+        big = memoryview(bytes(50_000))
+        server.write_all([b"c350\r\n", big, b"\r\n", b"5\r\n", b"hello", b"\r\n"])
+        got = b""  # all of it is in the socket's buffer once write_all returns
+        with contextlib.suppress(BlockingIOError):
+            while more := theirs.recv(1 << 20):
+                got += more
+        # 50 000 bytes need 4 records of at most 16 KiB; the framing adds at most two
+        assert len(_records(got)) <= 6
+        client.connection.bio_write(tickets + first + got)
+        plain = b""
+        with contextlib.suppress(SSL.WantReadError):
+            while more := client.connection.recv(1 << 20):
+                plain += more
+        assert plain == b"62\r\n" + event + b"\r\nc350\r\n" + bytes(big) + b"\r\n5\r\nhello\r\n"
+    finally:
+        server.close()
+        client.close()

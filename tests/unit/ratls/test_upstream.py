@@ -10,6 +10,7 @@ import pytest
 from modelseal.errors import BackendError, FormatError
 from modelseal.ratls.upstream import (
     BUFFER_SIZE,
+    MAX_BATCH_PIECES,
     MAX_CHUNK_LINE,
     MAX_TRAILER_BYTES,
     Head,
@@ -250,3 +251,35 @@ def test_bytes_after_an_empty_body_keep_the_connection_from_reuse() -> None:
         assert list(response.batches()) == []
         response.close()
         assert sock.closed is not reused
+
+
+def test_a_buffer_of_tiny_chunks_comes_in_batches_of_bounded_length() -> None:
+    # 1 MiB of one-byte chunks is 174 762 slices of the buffer: handed on as one batch,
+    # that was about 35 MB of Python objects per connection, and three records each
+    tiny = b"1\r\na\r\n" * (BUFFER_SIZE // 6)
+    response = Response(_pool(), Pieces([tiny + b"0\r\n\r\n"]), _head("chunked"), b"")  # type: ignore[arg-type]
+    got = 0
+    try:
+        for batch in response.batches():
+            assert len(batch) <= MAX_BATCH_PIECES
+            got += sum(len(piece) for piece in batch)
+    finally:
+        response.close()
+    assert got == BUFFER_SIZE // 6
+
+
+def test_a_connection_given_back_after_the_pool_closed_is_closed() -> None:
+    # the gateway closes its pool when it stops serving, while a response may still be
+    # in flight on a daemon thread: its connection must not be kept in a closed pool
+    import socket
+
+    pool = _pool()
+    mine, theirs = socket.socketpair()
+    try:
+        pool.close()
+        pool.give_back(mine)
+        assert mine.fileno() == -1
+        assert pool._idle == []
+    finally:
+        mine.close()
+        theirs.close()
