@@ -254,7 +254,10 @@ class ItaService:
         length_text = query.get("keyLength", "").strip()
         curve = query.get("curveType", "").strip()
         policy_text = query.get("transferPolicyId", "").strip()
-        length = int(length_text) if length_text.isascii() and length_text.isdigit() else -1
+        # bounded before int(): a digit string over Python's conversion limit (4300 digits)
+        # raises ValueError, and a longer one costs quadratic time
+        numeric = length_text.isascii() and length_text.isdigit() and len(length_text) <= 8
+        length = int(length_text) if numeric else -1
         if (
             (algorithm and algorithm not in _ALGORITHMS)
             or (length_text and length not in _FILTER_LENGTHS)

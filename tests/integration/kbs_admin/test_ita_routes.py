@@ -199,3 +199,10 @@ def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) 
         assert str(tmp_path) not in broken.text
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("digits", [5000, 4301, 9])
+def test_a_key_length_filter_of_thousands_of_digits_is_400(ita: Ita, digits: int) -> None:
+    """int() of more than 4300 digits raises ValueError: the filter is checked first."""
+    r = ita.request("GET", "/kbs/v1/keys", params={"keyLength": "1" * digits}, headers=ita.headers)
+    assert (r.status_code, r.json()) == (400, {"error": "Invalid filter criteria"})
