@@ -44,7 +44,7 @@ from modelseal.kbs.ita_model import (
     go_json,
 )
 from modelseal.kbs.ita_service import ItaService
-from modelseal.kbs.ita_users import ItaUsers
+from modelseal.kbs.ita_users import SUBJECT_PREFIX, ItaUsers
 from modelseal.kbs.state import KbsState
 
 __all__ = ["ITA_TOKEN_TTL", "MAX_ITA_BODY", "ita_router"]
@@ -134,7 +134,7 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
             state.admin_key,
             role=user.role,
             ttl=ITA_TOKEN_TTL,
-            subject=f"ita:{user.name}",
+            subject=SUBJECT_PREFIX + user.name,
             namespaces=user.namespaces,
             now=state.clock.now(),
         )

@@ -36,6 +36,8 @@ from modelseal.errors import ConfigError, FormatError
 from modelseal.kbs.admin_auth import ROLES, parse_namespaces
 
 __all__ = [
+    "MAX_NAME",
+    "SUBJECT_PREFIX",
     "ItaUser",
     "ItaUsers",
     "MIN_PASSWORD",
@@ -53,10 +55,14 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_LEN, SALT_LEN = 1 << 15, 8, 1, 32, 16
 #: the role of a new user: creates policies and keys under default/key, as ITA's scripts do
 DEFAULT_ROLE = "publisher"
 DEFAULT_NAMESPACES = ("default/key",)
+#: a login's token names the user ``ita:<name>``; token subjects are at most 128 characters,
+#: so a longer name could log in with the right password and still get no token
+SUBJECT_PREFIX = "ita:"
+MAX_NAME = 128 - len(SUBJECT_PREFIX)
 
 
 def _valid_name(name: str) -> bool:
-    return 1 <= len(name) <= 128 and name.isprintable() and not name.isspace()
+    return 1 <= len(name) <= MAX_NAME and name.isprintable() and not name.isspace()
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class ItaUser:
             raise FormatError("a user is {name, role, namespaces, scrypt}")
         name, role, ns, kdf = value["name"], value["role"], value["namespaces"], value["scrypt"]
         if not isinstance(name, str) or not _valid_name(name):
-            raise FormatError("a user name is 1-128 printable characters")
+            raise FormatError(f"a user name is 1-{MAX_NAME} printable characters")
         if role not in ROLES or not isinstance(ns, list):
             raise FormatError(f"user {name!r}: unknown role or namespaces not a list")
         if role == "publisher":
@@ -123,7 +129,7 @@ def hash_password(
 ) -> ItaUser:
     """A new user record for ``password`` (fresh salt)."""
     if not _valid_name(name):
-        raise ConfigError("a user name is 1-128 printable characters")
+        raise ConfigError(f"a user name is 1-{MAX_NAME} printable characters")
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise ConfigError(f"a password is {MIN_PASSWORD} to {MAX_PASSWORD} bytes long")
     if role not in ROLES:

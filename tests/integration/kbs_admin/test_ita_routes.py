@@ -8,6 +8,7 @@ tests/e2e/test_ita_registration.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
+from modelseal.errors import ConfigError
 from modelseal.kbs.admin_auth import mint_admin_token, verify_admin_token
 from modelseal.kbs.ita_api import ita_router
-from modelseal.kbs.ita_users import ItaUsers, hash_password
+from modelseal.kbs.ita_users import MAX_NAME, SUBJECT_PREFIX, ItaUsers, hash_password
 from modelseal.kbs.state import KbsState
 from tests.integration.kbs_admin.strategies import bodies, json_values
 
@@ -166,6 +168,19 @@ def test_wrong_headers_are_415_before_the_body_is_parsed(ita: Ita) -> None:
         assert (r.status_code, r.json()) == (415, {"error": error})
 
 
+def _login(app: FastAPI, username: str, password: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            return await client.post(
+                "/kbs/v1/token",
+                json={"username": username, "password": password},
+                headers={"Content-Type": "application/json", "Accept": "application/jwt"},
+            )
+
+    return asyncio.run(go())
+
+
 def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) -> None:
     """A user file broken after the start: the login answers 503 without naming the file."""
     users = ItaUsers(tmp_path / "users.json")
@@ -175,16 +190,10 @@ def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) 
         app = FastAPI()
         app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
 
-        async def login(password: str) -> httpx.Response:
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-                return await client.post(
-                    "/kbs/v1/token",
-                    json={"username": "alice", "password": password},
-                    headers={"Content-Type": "application/json", "Accept": "application/jwt"},
-                )
+        def login(password: str) -> httpx.Response:
+            return _login(app, "alice", password)
 
-        ok = asyncio.run(login("password 123"))
+        ok = login("password 123")
         assert ok.status_code == 200
         assert ok.headers["strict-transport-security"].startswith("max-age=")
         who = verify_admin_token(ok.text, state.admin_key, now=state.clock.now())
@@ -194,7 +203,7 @@ def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) 
             frozenset({"default/key"}),
         )
         users.path.write_text("{")
-        broken = asyncio.run(login("password 123"))
+        broken = login("password 123")
         assert broken.status_code == 503
         assert str(tmp_path) not in broken.text
     finally:
@@ -206,3 +215,30 @@ def test_a_key_length_filter_of_thousands_of_digits_is_400(ita: Ita, digits: int
     """int() of more than 4300 digits raises ValueError: the filter is checked first."""
     r = ita.request("GET", "/kbs/v1/keys", params={"keyLength": "1" * digits}, headers=ita.headers)
     assert (r.status_code, r.json()) == (400, {"error": "Invalid filter criteria"})
+
+
+def test_the_longest_user_name_logs_in_and_a_longer_one_is_refused(tmp_path: Path) -> None:
+    """The token subject is ``ita:<name>``, at most 128 characters: a name the file accepts
+    must get a token with its right password (never a 400 that only the right password
+    reaches), and a longer name is refused when it is added and when the file is read."""
+    users = ItaUsers(tmp_path / "users.json")
+    longest = "n" * MAX_NAME
+    users.save({longest: hash_password(longest, b"password 123")})
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
+        ok = _login(app, longest, "password 123")
+        assert ok.status_code == 200, ok.text
+        who = verify_admin_token(ok.text, state.admin_key, now=state.clock.now())
+        assert who.subject == SUBJECT_PREFIX + longest
+    finally:
+        state.close()
+    longer = "n" * (MAX_NAME + 1)
+    with pytest.raises(ConfigError, match="user name"):
+        hash_password(longer, b"password 123")
+    doc = json.loads(users.path.read_text())
+    doc["users"][0]["name"] = longer
+    users.path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="user name"):
+        users.load()
