@@ -52,6 +52,13 @@ MAX_FILE = 1024 * 1024
 MAX_USERS = 1000
 #: scrypt cost: 2**15 x 8 x 128 bytes = 32 MiB and tens of milliseconds per login
 SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_LEN, SALT_LEN = 1 << 15, 8, 1, 32, 16
+#: bounds on the parameters a user file may give: every login of that user (and anyone
+#: guessing the name) costs this, unauthenticated, so a file edited to N=2**20, r=32,
+#: p=16 (4 GiB and minutes of CPU per login) is refused instead of served. Twice the
+#: default memory and four times its work leave room for stronger settings later.
+MAX_SCRYPT_MEMORY = 2 * 128 * SCRYPT_N * SCRYPT_R
+MAX_SCRYPT_WORK = 4 * SCRYPT_N * SCRYPT_R * SCRYPT_P
+MIN_SCRYPT_N = 1 << 10
 #: the role of a new user: creates policies and keys under default/key, as ITA's scripts do
 DEFAULT_ROLE = "publisher"
 DEFAULT_NAMESPACES = ("default/key",)
@@ -110,7 +117,12 @@ class ItaUser:
             raise FormatError(f"user {name!r}: scrypt is {{n, r, p, salt, hash}}")
         n, r, p = kdf["n"], kdf["r"], kdf["p"]
         if not all(type(v) is int for v in (n, r, p)) or not (
-            1 << 10 <= n <= 1 << 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+            n >= MIN_SCRYPT_N
+            and n & (n - 1) == 0
+            and r >= 1
+            and p >= 1
+            and 128 * n * r <= MAX_SCRYPT_MEMORY
+            and n * r * p <= MAX_SCRYPT_WORK
         ):
             raise FormatError(f"user {name!r}: scrypt parameters out of range")
         salt = b64_decode(str(kdf["salt"]), what="salt")
@@ -161,7 +173,12 @@ class ItaUsers:
     def load(self) -> dict[str, ItaUser]:
         """Every user; ConfigError when the file is missing, too open or malformed."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in the file's place must not hang the start or a login
+            # (waiting for a writer); it is then refused as not a regular file
+            fd = os.open(
+                self.path,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
+            )
         except OSError as exc:
             raise ConfigError(f"ITA user file {self.path}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as fh:

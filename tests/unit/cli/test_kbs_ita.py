@@ -95,7 +95,19 @@ def test_the_password_is_never_an_argument() -> None:
 
 
 @pytest.mark.parametrize(
-    "breakage", ["mode", "json", "duplicate", "weak-scrypt", "unknown-member", "missing"]
+    "breakage",
+    [
+        "mode",
+        "json",
+        "duplicate",
+        "weak-scrypt",
+        "costly-scrypt",
+        "costly-r",
+        "costly-p",
+        "unknown-member",
+        "missing",
+        "fifo",
+    ],
 )
 def test_serve_refuses_a_broken_user_file(
     tmp_path: Path, breakage: str, capsys: pytest.CaptureFixture[str]
@@ -114,6 +126,18 @@ def test_serve_refuses_a_broken_user_file(
     elif breakage == "weak-scrypt":
         doc["users"][0]["scrypt"]["n"] = 16
         users.write_text(json.dumps(doc))
+    elif breakage.startswith("costly-"):
+        # 4 GiB and minutes of CPU for every login; just over the bounds for one parameter
+        over = {
+            "costly-scrypt": {"n": 1 << 20, "r": 32, "p": 16},
+            "costly-r": {"n": 1 << 15, "r": 17, "p": 1},
+            "costly-p": {"n": 1 << 15, "r": 8, "p": 5},
+        }[breakage]
+        doc["users"][0]["scrypt"].update(over)
+        users.write_text(json.dumps(doc))
+    elif breakage == "fifo":  # opening it must not wait for a writer
+        users.unlink()
+        os.mkfifo(users, 0o600)
     elif breakage == "unknown-member":
         doc["users"][0]["admin"] = True
         users.write_text(json.dumps(doc))
@@ -125,3 +149,14 @@ def test_serve_refuses_a_broken_user_file(
         main(["kbs", "serve", "--data-dir", str(tmp_path / "kbs"), "--ita-users", str(users)])
     assert info.value.code == 2
     assert "ITA user file" in capsys.readouterr().err
+
+
+def test_scrypt_parameters_at_the_bounds_are_accepted(tmp_path: Path) -> None:
+    """The bounds refuse what is over them, not the strongest settings under them."""
+    users = tmp_path / "users.json"
+    code, out = _run("add", "alice", "--file", str(users), "--password-file", "-", stdin=PASSWORD)
+    assert code == 0, out
+    doc = json.loads(users.read_text())
+    doc["users"][0]["scrypt"].update({"n": 1 << 15, "r": 8, "p": 4})
+    users.write_text(json.dumps(doc))
+    assert ItaUsers(users).load()["alice"].p == 4
