@@ -220,11 +220,6 @@ class ItaUsers:
             return {}
         return self.load()
 
-    @staticmethod
-    def decoy(password: str) -> None:
-        """Spend one scrypt run on ``password`` and fail (no user file configured)."""
-        _DECOY.matches(password.encode("utf-8", "surrogatepass"))
-
     def authenticate(self, name: str, password: str) -> ItaUser | None:
         """The user when ``password`` is theirs, else None, in about the same time for
         unknown names (one scrypt run either way)."""

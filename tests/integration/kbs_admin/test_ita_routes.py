@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,9 @@ from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
 from modelseal.errors import ConfigError
+from modelseal.kbs import ita_users
 from modelseal.kbs.admin_auth import mint_admin_token, verify_admin_token
-from modelseal.kbs.ita_api import ita_router
+from modelseal.kbs.ita_api import LOGIN_SLOTS, ita_router
 from modelseal.kbs.ita_users import MAX_NAME, SUBJECT_PREFIX, ItaUsers, hash_password
 from modelseal.kbs.state import KbsState
 from tests.integration.kbs_admin.strategies import bodies, json_values
@@ -168,17 +171,33 @@ def test_wrong_headers_are_415_before_the_body_is_parsed(ita: Ita) -> None:
         assert (r.status_code, r.json()) == (415, {"error": error})
 
 
-def _login(app: FastAPI, username: str, password: str) -> httpx.Response:
-    async def go() -> httpx.Response:
+def _logins(app: FastAPI, *attempts: tuple[str, str]) -> list[httpx.Response]:
+    """``POST /kbs/v1/token`` for every (user name, password), all at once."""
+
+    async def go() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-            return await client.post(
-                "/kbs/v1/token",
-                json={"username": username, "password": password},
-                headers={"Content-Type": "application/json", "Accept": "application/jwt"},
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(
+                            "/kbs/v1/token",
+                            json={"username": username, "password": password},
+                            headers={
+                                "Content-Type": "application/json",
+                                "Accept": "application/jwt",
+                            },
+                        )
+                        for username, password in attempts
+                    )
+                )
             )
 
     return asyncio.run(go())
+
+
+def _login(app: FastAPI, username: str, password: str) -> httpx.Response:
+    return _logins(app, (username, password))[0]
 
 
 def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) -> None:
@@ -242,3 +261,66 @@ def test_the_longest_user_name_logs_in_and_a_longer_one_is_refused(tmp_path: Pat
     users.path.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="user name"):
         users.load()
+
+
+class _ScryptCounter:
+    """Wraps the scrypt check of the user file: counts runs and the most at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = ita_users.scrypt_matches
+        self.calls = self.running = self.peak = 0
+        self.lock = threading.Lock()
+        monkeypatch.setattr(ita_users, "scrypt_matches", self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> bool:
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.05)  # hold the check a little so parallel logins overlap
+            return bool(self.real(*args, **kwargs))
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_parallel_logins_run_at_most_login_slots_scrypt_checks_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/token`` needs no token and each check is 32 MiB of scrypt: a burst of logins
+    waits for LOGIN_SLOTS checks instead of taking one thread and 32 MiB per request."""
+    users = ItaUsers(tmp_path / "users.json")
+    users.save({"alice": hash_password("alice", b"password 123")})
+    scrypt = _ScryptCounter(monkeypatch)
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
+        attempts = [("alice", "password 12" + str(i)) for i in range(4, 10)]
+        attempts += [("mallory", "password 123")] * 5 + [("alice", "password 123")]
+        answers = _logins(app, *attempts)
+    finally:
+        state.close()
+    assert [r.status_code for r in answers] == [401] * 11 + [200]
+    assert scrypt.calls == len(attempts)  # unknown names cost a check too
+    assert scrypt.peak == LOGIN_SLOTS
+
+
+def test_without_a_user_file_a_login_fails_without_a_scrypt_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KBS that never enabled logins has no user names to hide, so it spends nothing on
+    the password anyone may send."""
+    scrypt = _ScryptCounter(monkeypatch)
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), None), prefix="/kbs/v1")
+        answers = _logins(app, *[("alice", "password 123")] * 4)
+    finally:
+        state.close()
+    assert [(r.status_code, r.json()) for r in answers] == [
+        (401, {"error": "401: Invalid username or password"})
+    ] * 4
+    assert scrypt.calls == 0
