@@ -188,12 +188,12 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
     @router.get("/key-transfer-policies")
     async def list_policies(who: Reader, request: Request) -> Response:
         _headers(request, content_type=None, accept=JSON)
-        return await run("list policies", who, lambda: _json(service.list_policies()))
+        return await run("list policies", who, lambda: _json(service.list_policies(who)))
 
     @router.get("/key-transfer-policies/{policy_id}")
     async def get_policy(who: Reader, policy_id: str, request: Request) -> Response:
         _headers(request, content_type=None, accept=JSON)
-        return await run("get policy", who, lambda: _json(service.get_policy(policy_id)))
+        return await run("get policy", who, lambda: _json(service.get_policy(who, policy_id)))
 
     @router.delete("/key-transfer-policies/{policy_id}")
     async def delete_policy(who: Admin, policy_id: str) -> Response:
