@@ -35,7 +35,6 @@ from modelseal.kbs.errors_http import (
     ITA_ERRORS,
     ItaBadRequest,
     ItaLoginFailed,
-    ItaRefused,
     ItaUnsupportedMedia,
 )
 from modelseal.kbs.ita_model import (
@@ -238,9 +237,6 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
 
     @router.post("/keys/{key_id}")
     async def export_key(who: Reader, key_id: str) -> Response:
-        raise ItaRefused(
-            "403: modelseal never returns key bytes to an administrator; register the key "
-            "you sealed the model with (key_data), or seal with `modelseal publish`"
-        )
+        return await run("export key", who, lambda: service.refuse_export(who, key_id))
 
     return router

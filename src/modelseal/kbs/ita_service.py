@@ -20,7 +20,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from hashlib import sha256
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.orm import Session
@@ -31,7 +31,7 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError, FormatError, KeyNotFound
 from modelseal.kbs.admin_api import AdminApi
 from modelseal.kbs.admin_auth import AdminPrincipal
-from modelseal.kbs.errors_http import ItaBadRequest, ItaNotFound
+from modelseal.kbs.errors_http import ItaBadRequest, ItaNotFound, ItaRefused
 from modelseal.kbs.ita_model import (
     AES_KEY_BITS,
     ITA_UUID_RE,
@@ -322,6 +322,26 @@ class ItaService:
             self.state.keys.delete(kid, actor=who.actor, within=unlink)
         except KeyNotFound:
             raise ItaNotFound(_KEY_MISSING) from None
+
+    def refuse_export(self, who: AdminPrincipal, key_uuid: str) -> NoReturn:
+        """``POST /kbs/v1/keys/<id>`` (ITA's key export, the key wrapped to a public key
+        the caller sends): always 403, and audited, since a token holder asking for key
+        bytes is worth an operator's attention whatever the answer."""
+        canonical = _canonical_uuid(key_uuid)
+        self.state.audit.record(
+            actor=who.actor,
+            action="ita.key.export",
+            key_id=None if canonical is None else resource_path(canonical),
+            tee=None,
+            claims_digest=None,
+            policy_digest=None,
+            decision="deny",
+            reasons=["modelseal never returns key bytes to an administrator"],
+        )
+        raise ItaRefused(
+            "403: modelseal never returns key bytes to an administrator; register the key "
+            "you sealed the model with (key_data), or seal with `modelseal publish`"
+        )
 
     def update_key(
         self, who: AdminPrincipal, key_uuid: str, req: KeyUpdateRequest

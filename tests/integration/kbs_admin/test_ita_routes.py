@@ -324,3 +324,26 @@ def test_without_a_user_file_a_login_fails_without_a_scrypt_run(
         (401, {"error": "401: Invalid username or password"})
     ] * 4
     assert scrypt.calls == 0
+
+
+def test_a_key_export_is_refused_and_audited(ita: Ita) -> None:
+    """ITA's ``POST /keys/<id>`` hands key bytes to a token holder: refused, and the
+    attempt is in the audit log (with the key when the id is one, else without)."""
+    key_uuid = "4517534B-A758-4447-9D2F-3E5606152ED6"
+    for some_id, key_id in ((key_uuid, f"default/key/{key_uuid.lower()}"), ("nope", None)):
+        before = len(ita.state.audit.entries(limit=1000))
+        r = ita.request("POST", f"/kbs/v1/keys/{some_id}", content=b"", headers=ita.headers)
+        assert r.status_code == 403
+        assert r.json()["error"].startswith("403: modelseal never returns key bytes")
+        rows = ita.state.audit.entries(limit=1000)
+        assert len(rows) == before + 1
+        assert (rows[-1].action, rows[-1].decision, rows[-1].key_id) == (
+            "ita.key.export",
+            "deny",
+            key_id,
+        )
+    before = len(ita.state.audit.entries(limit=1000))
+    r = ita.request("POST", f"/kbs/v1/keys/{key_uuid}", content=b"")
+    assert r.status_code == 401  # no token: refused before anything is written
+    assert len(ita.state.audit.entries(limit=1000)) == before
+    assert ita.state.audit.verify().ok
