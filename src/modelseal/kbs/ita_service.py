@@ -360,22 +360,27 @@ class ItaService:
             link, _ = self._ita_key(s, kid, missing_key)
             algorithm, length = link.algorithm, link.key_length
 
+        moved: list[KeyRecord] = []
+
         def relink(s: Session) -> None:
             row = self._policy_row(s, policy_id, bad_policy)
             if row.policy_digest != release.digest:
                 raise ItaBadRequest(bad_policy)
             current = s.get(ItaKeyRow, kid)
-            if current is None:
+            key = s.get(KeyRow, kid)
+            if current is None or key is None:
                 raise ItaNotFound(missing_key)
             current.policy_id = policy_id
             s.flush()
+            # the answer is the key as this transaction left it: read after the commit,
+            # a delete committed in between would turn a done update into a 500
+            moved.append(KeyRecord.of(key))
 
         try:
             self.state.keys.set_policy(kid, release, actor=who.actor, within=relink)
         except KeyNotFound:
             raise ItaNotFound(missing_key) from None
-        record = self.state.keys.get(kid)
-        return _key_response(kid.rsplit("/", 1)[1], record, algorithm, length, policy_id)
+        return _key_response(kid.rsplit("/", 1)[1], moved[0], algorithm, length, policy_id)
 
 
 def _canonical_uuid(text: str) -> str | None:

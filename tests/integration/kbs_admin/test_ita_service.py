@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -293,3 +294,27 @@ def test_a_policy_row_mac_differing_in_the_last_byte_is_refused(ita: ItaService)
         ita.get_policy(ADMIN, policy["id"])
     with pytest.raises(DecryptionError):
         ita.list_policies(ADMIN)
+
+
+def test_a_key_deleted_right_after_its_policy_moved_still_gets_the_update_answer(
+    ita: ItaService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The update committed; a delete committed just after it must not turn the answer
+    into an unknown-key error (a 500 over HTTP)."""
+    first = ita.create_policy(ADMIN, _req({"mrtd": [A]}))
+    second = ita.create_policy(ADMIN, _req({"mrtd": [B]}))
+    key = ita.create_key(ADMIN, _key(first["id"]))
+    kid = f"default/key/{key['id']}"
+    real = ita.state.keys.set_policy
+
+    def then_deleted(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        ita.state.keys.delete(kid, actor="admin:other")
+        return done
+
+    monkeypatch.setattr(ita.state.keys, "set_policy", then_deleted)
+    answer = ita.update_key(ADMIN, key["id"], _move(second["id"]))
+    assert (answer["id"], answer["transfer_policy_id"]) == (key["id"], second["id"])
+    assert answer["created_at"] == key["created_at"]
+    with pytest.raises(ItaNotFound):
+        ita.get_key(ADMIN, key["id"])
