@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from modelseal.crypto.kek import fsync_dir
 from modelseal.crypto.password import scrypt_hash, scrypt_matches
 from modelseal.errors import ConfigError, FormatError
 from modelseal.kbs.admin_auth import ROLES, parse_namespaces
+from modelseal.kbs.kek_stores import data_dir_lock
 
 __all__ = [
     "MAX_NAME",
@@ -226,6 +228,25 @@ class ItaUsers:
         user = self.load().get(name)
         ok = (user or _DECOY).matches(password.encode("utf-8", "surrogatepass"))
         return user if ok and user is not None else None
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file of :meth:`editing`, next to the user file."""
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[None]:
+        """Exclusive among editors of this file (``ita-user add`` and ``remove``) from
+        their read to their write: two edits at once would otherwise each write what they
+        read, and a ``remove`` racing an ``add`` would come back (the user it removed
+        written again by the add). Logins only read and never wait for it."""
+        try:
+            with data_dir_lock(self.lock_path):
+                yield
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot lock the ITA user file {self.path}: {exc.strerror}"
+            ) from None
 
     def save(self, users: dict[str, ItaUser]) -> None:
         """Write the file atomically, mode 0600 (temporary file, fsync, rename)."""

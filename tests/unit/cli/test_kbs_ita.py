@@ -7,6 +7,7 @@ refuses to start on a user file that is malformed or readable by others (exit 2)
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -160,3 +161,49 @@ def test_scrypt_parameters_at_the_bounds_are_accepted(tmp_path: Path) -> None:
     doc["users"][0]["scrypt"].update({"n": 1 << 15, "r": 8, "p": 4})
     users.write_text(json.dumps(doc))
     assert ItaUsers(users).load()["alice"].p == 4
+
+
+def test_edits_hold_the_file_lock_from_their_read_to_their_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``add`` and ``remove`` read, change and write the whole file: unless nobody else
+    can edit it in between, a ``remove`` racing an ``add`` comes back (the add writes the
+    user the remove took out). Every read and write of an edit finds the lock held."""
+    users = tmp_path / "users.json"
+    store = ItaUsers(users)
+    held: list[tuple[str, bool]] = []
+
+    def probe(what: str) -> None:
+        fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append((what, False))
+        except BlockingIOError:
+            held.append((what, True))
+        finally:
+            os.close(fd)
+
+    real_load, real_save = ItaUsers.load, ItaUsers.save
+
+    def load(self: ItaUsers) -> object:
+        probe("load")
+        return real_load(self)
+
+    def save(self: ItaUsers, known: object) -> None:
+        probe("save")
+        real_save(self, known)  # type: ignore[arg-type]
+
+    code, out = _run("add", "mallory", "--file", str(users), "--password-file", "-", stdin=PASSWORD)
+    assert code == 0, out
+    monkeypatch.setattr(ItaUsers, "load", load)
+    monkeypatch.setattr(ItaUsers, "save", save)
+    code, out = _run("add", "bob", "--file", str(users), "--password-file", "-", stdin=PASSWORD)
+    assert code == 0, out
+    # the first read (is the name taken?) comes before the password and the lock
+    assert held[0] == ("load", False)
+    assert held[1:] == [("load", True), ("save", True)]
+    held.clear()
+    code, out = _run("remove", "mallory", "--file", str(users))
+    assert code == 0, out
+    assert held == [("load", True), ("save", True)]
+    assert set(store.load()) == {"bob"}
