@@ -56,7 +56,7 @@ log = logging.getLogger("modelseal.kbs.ita")
 ITA_TOKEN_TTL = 300
 MAX_ITA_BODY = 64 * 1024
 #: password checks running at once per KBS process. Each is one scrypt run (32 MiB and a
-#: core for tens of milliseconds) that anyone may start, since ``/token`` needs no token:
+#: core for about 0.2 s) that anyone may start, since ``/token`` needs no token:
 #: without a cap a burst of logins takes that memory per request and every thread of the
 #: pool the transfer and admin routes run in. Logins over the cap wait their turn.
 LOGIN_SLOTS = 2

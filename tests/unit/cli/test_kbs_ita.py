@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from modelseal.cli import cli, main
 from modelseal.errors import ConfigError
-from modelseal.kbs.ita_users import ItaUsers
+from modelseal.kbs.ita_users import ItaUsers, hash_password
 from modelseal.kbs.settings import KbsSettings
 
 PASSWORD = "open sesame 1234"
@@ -132,7 +132,7 @@ def test_serve_refuses_a_broken_user_file(
         over = {
             "costly-scrypt": {"n": 1 << 20, "r": 32, "p": 16},
             "costly-r": {"n": 1 << 15, "r": 17, "p": 1},
-            "costly-p": {"n": 1 << 15, "r": 8, "p": 5},
+            "costly-p": {"n": 1 << 15, "r": 8, "p": 13},
         }[breakage]
         doc["users"][0]["scrypt"].update(over)
         users.write_text(json.dumps(doc))
@@ -158,9 +158,12 @@ def test_scrypt_parameters_at_the_bounds_are_accepted(tmp_path: Path) -> None:
     code, out = _run("add", "alice", "--file", str(users), "--password-file", "-", stdin=PASSWORD)
     assert code == 0, out
     doc = json.loads(users.read_text())
-    doc["users"][0]["scrypt"].update({"n": 1 << 15, "r": 8, "p": 4})
+    doc["users"][0]["scrypt"].update({"n": 1 << 15, "r": 8, "p": 12})
     users.write_text(json.dumps(doc))
-    assert ItaUsers(users).load()["alice"].p == 4
+    assert ItaUsers(users).load()["alice"].p == 12
+    doc["users"][0]["scrypt"].update({"n": 1 << 16, "r": 8, "p": 6})  # 64 MiB
+    users.write_text(json.dumps(doc))
+    assert ItaUsers(users).load()["alice"].n == 1 << 16
 
 
 def test_edits_hold_the_file_lock_from_their_read_to_their_write(
@@ -207,3 +210,12 @@ def test_edits_hold_the_file_lock_from_their_read_to_their_write(
     assert code == 0, out
     assert held == [("load", True), ("save", True)]
     assert set(store.load()) == {"bob"}
+
+
+def test_new_hashes_take_the_minimum_work_for_stored_passwords() -> None:
+    """At 32 MiB (N=2**15, r=8) the usual guidance for password storage asks for p=3;
+    p=1 made offline guessing of a stolen user file three times cheaper."""
+    user = hash_password("alice", PASSWORD.encode())
+    assert (user.n, user.r, user.p) == (1 << 15, 8, 3)
+    assert user.matches(PASSWORD.encode())
+    assert not user.matches((PASSWORD[:-1] + "5").encode())
