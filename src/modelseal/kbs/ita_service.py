@@ -314,12 +314,8 @@ class ItaService:
         kid = self._kid(who, key_uuid, "key.delete", _KEY_MISSING)
         with self.state.db.begin() as s:
             self._ita_key(s, kid, _KEY_MISSING)
-
-        def unlink(s: Session) -> None:
-            s.execute(delete(ItaKeyRow).where(ItaKeyRow.key_id == kid))
-
         try:
-            self.state.keys.delete(kid, actor=who.actor, within=unlink)
+            self.state.keys.delete(kid, actor=who.actor)  # its ITA reference goes with it
         except KeyNotFound:
             raise ItaNotFound(_KEY_MISSING) from None
 

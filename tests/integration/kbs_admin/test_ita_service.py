@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import update
 
 from modelseal._internal.clock import FixedClock
+from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import AuthorizationError, DecryptionError
 from modelseal.kbs.admin_auth import AdminPrincipal
 from modelseal.kbs.errors_http import ItaBadRequest, ItaNotFound
@@ -318,3 +319,28 @@ def test_a_key_deleted_right_after_its_policy_moved_still_gets_the_update_answer
     assert answer["created_at"] == key["created_at"]
     with pytest.raises(ItaNotFound):
         ita.get_key(ADMIN, key["id"])
+
+
+def test_a_key_deleted_over_the_admin_api_and_put_again_is_no_ita_key(ita: ItaService) -> None:
+    """Deleting an ITA key over the admin API takes its ITA reference along: a key put
+    later under the same id through the admin API is served, but not an ITA key (not
+    listed, not managed, no stale algorithm, length or policy id)."""
+    policy = ita.create_policy(ADMIN, _req({"mrtd": [A]}))
+    key = ita.create_key(ADMIN, _key(policy["id"]))
+    kid = f"default/key/{key['id']}"
+    ita.state.keys.delete(kid, actor="admin:operator")
+    dek = SecretBytes(bytes(range(16)))
+    ita.state.keys.put(
+        kid,
+        dek,
+        policy=release_policy(
+            policy_document(_req({"mrtd": [A]}), policy_id="x", created_at=0), TDX
+        ),
+        actor="admin:o",
+    )
+    with pytest.raises(ItaNotFound):
+        ita.get_key(ADMIN, key["id"])
+    with pytest.raises(ItaNotFound):
+        ita.update_key(ADMIN, key["id"], _move(policy["id"]))
+    assert ita.search_keys(ADMIN, {"algorithm": "AES"}) == []
+    ita.delete_policy(ADMIN, policy["id"])  # nothing refers to it any more
