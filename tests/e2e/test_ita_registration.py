@@ -252,17 +252,28 @@ def test_wrong_password_and_missing_tokens_answer_as_ita(stack: Stack) -> None:
         headers={**JSON_HEADERS, "Authorization": f"Bearer {stack.admin_token()}"},
     )
     assert ok.status_code == 200
-    other_ns = stack.admin_token("publisher", ("acme",))
-    policy = _policy(stack, {**JSON_HEADERS, "Authorization": f"Bearer {other_ns}"}, stack.mr_td)
-    refused = stack.http.post(
-        "/kbs/v1/keys",
-        json={"key_information": {"algorithm": "AES", "key_length": 256},
-              "transfer_policy_id": policy["id"]},
-        headers={**JSON_HEADERS, "Authorization": f"Bearer {other_ns}"},
-    )  # fmt: skip
-    assert (refused.status_code, refused.content) == (401, b"Unauthorized\n")
-    # a publisher user may create but not delete (ITA's admin may)
     publisher = stack.bearer("publisher")
+    policy = _policy(stack, publisher, stack.mr_td)
+    other_ns = {
+        **JSON_HEADERS,
+        "Authorization": f"Bearer {stack.admin_token('publisher', ('acme',))}",
+    }
+    refusals = [
+        stack.http.post(
+            "/kbs/v1/keys",
+            json={"key_information": {"algorithm": "AES", "key_length": 256},
+                  "transfer_policy_id": policy["id"]},
+            headers=other_ns,
+        ),
+        stack.http.post("/kbs/v1/key-transfer-policies", json={
+            "attestation_type": "TDX", "tdx": {"attributes": {"mrtd": [stack.mr_td]}}},
+            headers=other_ns),
+        stack.http.get("/kbs/v1/key-transfer-policies", headers=other_ns),
+        stack.http.get(f"/kbs/v1/key-transfer-policies/{policy['id']}", headers=other_ns),
+    ]  # fmt: skip
+    for refused in refusals:
+        assert (refused.status_code, refused.content) == (401, b"Unauthorized\n")
+    # a publisher user may create but not delete (ITA's admin may)
     deleted = stack.http.delete(f"/kbs/v1/key-transfer-policies/{policy['id']}", headers=publisher)
     assert deleted.status_code == 401
     assert stack.http.get("/kbs/v1/version").json()["name"].startswith("Key Broker Service")

@@ -8,6 +8,7 @@ from ``--password-file`` (``-`` for standard input), never from the command line
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import click
@@ -86,13 +87,18 @@ def add(
     from modelseal.kbs.ita_users import ItaUsers, hash_password
 
     users = ItaUsers(users_file)
-    known = users.load_or_empty()
-    if name in known and not replace:
-        raise ConfigError(f"user {name!r} exists; pass --replace to change it")
-    known[name] = hash_password(
-        name, _read_password(password_file), role=role, namespaces=namespaces
-    )
-    users.save(known)
+
+    def refuse_existing(known: Collection[str]) -> None:
+        if name in known and not replace:
+            raise ConfigError(f"user {name!r} exists; pass --replace to change it")
+
+    refuse_existing(users.load_or_empty())  # before asking for a password in vain
+    password = _read_password(password_file)  # outside the lock: a prompt may take a while
+    with users.editing():
+        known = users.load_or_empty()
+        refuse_existing(known)
+        known[name] = hash_password(name, password, role=role, namespaces=namespaces)
+        users.save(known)
     click.echo(f"{'replaced' if replace else 'added'} user {name} ({role}) in {users_file}")
 
 
@@ -104,10 +110,11 @@ def remove(users_file: Path, name: str) -> None:
     from modelseal.kbs.ita_users import ItaUsers
 
     users = ItaUsers(users_file)
-    known = users.load()
-    if known.pop(name, None) is None:
-        raise ConfigError(f"no user {name!r} in {users_file}")
-    users.save(known)
+    with users.editing():
+        known = users.load()
+        if known.pop(name, None) is None:
+            raise ConfigError(f"no user {name!r} in {users_file}")
+        users.save(known)
     click.echo(f"removed user {name} from {users_file}")
 
 

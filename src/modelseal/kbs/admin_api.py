@@ -225,11 +225,13 @@ class AdminApi:
 
     # --- operations (blocking; called in the thread pool) -------------------------------
 
-    def tenant(self, who: AdminPrincipal, kid: str, what: str) -> None:
+    def tenant(self, who: AdminPrincipal, kid: str, what: str, *, is_key: bool = True) -> None:
         """403, audited, unless ``who`` may manage ``kid`` (a publisher token only covers
         its namespaces; see :mod:`modelseal.kbs.admin_auth`). An id that is no key id at
         all is a plain 400, never written to the audit log or the log (bounded, no
-        control characters)."""
+        control characters). ``is_key=False``: ``kid`` only stands for the namespace of
+        what is asked for (ITA policies, which serve the keys of one namespace), and the
+        audit row names no key."""
         if who.covers(kid):
             return
         if not is_valid_key_id(kid):
@@ -237,7 +239,7 @@ class AdminApi:
         self.state.audit.record(
             actor=who.actor,
             action="authz.deny",
-            key_id=kid,
+            key_id=kid if is_key else None,
             tee=None,
             claims_digest=None,
             policy_digest=None,

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +35,6 @@ from modelseal.kbs.errors_http import (
     ITA_ERRORS,
     ItaBadRequest,
     ItaLoginFailed,
-    ItaRefused,
     ItaUnsupportedMedia,
 )
 from modelseal.kbs.ita_model import (
@@ -44,16 +45,21 @@ from modelseal.kbs.ita_model import (
     go_json,
 )
 from modelseal.kbs.ita_service import ItaService
-from modelseal.kbs.ita_users import ItaUsers
+from modelseal.kbs.ita_users import SUBJECT_PREFIX, ItaUsers
 from modelseal.kbs.state import KbsState
 
-__all__ = ["ITA_TOKEN_TTL", "MAX_ITA_BODY", "ita_router"]
+__all__ = ["ITA_TOKEN_TTL", "LOGIN_SLOTS", "MAX_ITA_BODY", "ita_router"]
 
 log = logging.getLogger("modelseal.kbs.ita")
 
 #: ITA's bearer tokens live 5 minutes by default
 ITA_TOKEN_TTL = 300
 MAX_ITA_BODY = 64 * 1024
+#: password checks running at once per KBS process. Each is one scrypt run (32 MiB and a
+#: core for about 0.2 s) that anyone may start, since ``/token`` needs no token:
+#: without a cap a burst of logins takes that memory per request and every thread of the
+#: pool the transfer and admin routes run in. Logins over the cap wait their turn.
+LOGIN_SLOTS = 2
 JSON = "application/json"
 JWT = "application/jwt"
 
@@ -118,15 +124,18 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
         delete(who, id_)
         return Response(status_code=204)
 
+    logins = anyio.CapacityLimiter(LOGIN_SLOTS)
+
     def login(req: LoginRequest) -> Response:
+        # without a user file nobody logs in and there is no user name to hide: no scrypt
+        # run, so a KBS that never enabled logins spends nothing on them
+        user = None
         if users is not None:
             try:
                 user = users.authenticate(req.username, req.password)
             except ConfigError as exc:  # edited into something unusable since the start
                 log.error("ITA logins are unavailable: %s", exc)
                 raise BackendError("the ITA user file is unusable") from None
-        else:  # the same scrypt work as a real check, so no timing difference
-            user = ItaUsers.decoy(req.password)
         if user is None:
             log.warning("ITA login refused for a user name of %d characters", len(req.username))
             raise ItaLoginFailed("wrong user name or password")
@@ -134,7 +143,7 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
             state.admin_key,
             role=user.role,
             ttl=ITA_TOKEN_TTL,
-            subject=f"ita:{user.name}",
+            subject=SUBJECT_PREFIX + user.name,
             namespaces=user.namespaces,
             now=state.clock.now(),
         )
@@ -155,7 +164,7 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
             raise ItaBadRequest(
                 "400: Username and password of a valid user must be provided to get the token"
             )
-        return await run_in_threadpool(login, req)
+        return await anyio.to_thread.run_sync(login, req, limiter=logins)
 
     @router.get("/version")
     async def version() -> Response:
@@ -178,12 +187,12 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
     @router.get("/key-transfer-policies")
     async def list_policies(who: Reader, request: Request) -> Response:
         _headers(request, content_type=None, accept=JSON)
-        return await run("list policies", who, lambda: _json(service.list_policies()))
+        return await run("list policies", who, lambda: _json(service.list_policies(who)))
 
     @router.get("/key-transfer-policies/{policy_id}")
     async def get_policy(who: Reader, policy_id: str, request: Request) -> Response:
         _headers(request, content_type=None, accept=JSON)
-        return await run("get policy", who, lambda: _json(service.get_policy(policy_id)))
+        return await run("get policy", who, lambda: _json(service.get_policy(who, policy_id)))
 
     @router.delete("/key-transfer-policies/{policy_id}")
     async def delete_policy(who: Admin, policy_id: str) -> Response:
@@ -228,9 +237,6 @@ def ita_router(state: KbsState, tee_kinds: tuple[str, ...], users: ItaUsers | No
 
     @router.post("/keys/{key_id}")
     async def export_key(who: Reader, key_id: str) -> Response:
-        raise ItaRefused(
-            "403: modelseal never returns key bytes to an administrator; register the key "
-            "you sealed the model with (key_data), or seal with `modelseal publish`"
-        )
+        return await run("export key", who, lambda: service.refuse_export(who, key_id))
 
     return router

@@ -20,7 +20,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from hashlib import sha256
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.orm import Session
@@ -31,7 +31,7 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError, FormatError, KeyNotFound
 from modelseal.kbs.admin_api import AdminApi
 from modelseal.kbs.admin_auth import AdminPrincipal
-from modelseal.kbs.errors_http import ItaBadRequest, ItaNotFound
+from modelseal.kbs.errors_http import ItaBadRequest, ItaNotFound, ItaRefused
 from modelseal.kbs.ita_model import (
     AES_KEY_BITS,
     ITA_UUID_RE,
@@ -61,6 +61,9 @@ _FILTER_LENGTHS = (*AES_KEY_BITS, 2048, 3072, 4096, 7680)
 _CURVES = ("secp256r1", "secp384r1", "secp521r1", "prime256v1")
 _POLICY_MISSING = "400: Key transfer policy with specified id does not exist"
 _KEY_MISSING = "404: Key with specified id does not exist"
+#: a key id in the namespace of every ITA key (``default/key/<uuid>``): ITA policies serve
+#: only those keys, so a publisher token must cover it to create or read them
+_ITA_SCOPE = resource_path(NIL_UUID)
 
 
 def _policy_id(raw: str | None, *, missing: str = _POLICY_MISSING) -> str | None:
@@ -102,7 +105,14 @@ class ItaService:
             raise ItaNotFound(missing) if missing.startswith("404") else ItaBadRequest(missing)
         return self._checked(row)
 
+    def _policy_scope(self, who: AdminPrincipal, what: str) -> None:
+        """401 (audited) for a publisher token outside ``default/key``: the admin API
+        shows a policy only to who may manage its key, and ITA policies serve no other
+        keys than those."""
+        self.admin.tenant(who, _ITA_SCOPE, what, is_key=False)
+
     def create_policy(self, who: AdminPrincipal, req: PolicyRequest) -> dict[str, Any]:
+        self._policy_scope(who, "ita.policy.create")
         policy_id = str(uuid.uuid4())
         now = self.state.clock.now()
         try:
@@ -135,14 +145,16 @@ class ItaService:
             reasons=[f"ita_policy={row.id}"],
         )
 
-    def get_policy(self, policy_id: str) -> dict[str, Any]:
+    def get_policy(self, who: AdminPrincipal, policy_id: str) -> dict[str, Any]:
+        self._policy_scope(who, "ita.policy.read")
         missing = "404: Key transfer policy with specified id does not exist"
         with self.state.db.begin() as s:
             row = self._policy_row(s, _canonical_uuid(policy_id), missing)
             document: dict[str, Any] = json.loads(row.document)
         return document
 
-    def list_policies(self) -> list[dict[str, Any]]:
+    def list_policies(self, who: AdminPrincipal) -> list[dict[str, Any]]:
+        self._policy_scope(who, "ita.policy.read")
         with self.state.db.begin() as s:
             rows = s.scalars(select(ItaPolicyRow).order_by(ItaPolicyRow.created_at)).all()
             return [json.loads(self._checked(r).document) for r in rows]
@@ -220,9 +232,19 @@ class ItaService:
             dek.wipe()
         return _key_response(key_uuid, record, info.algorithm, info.key_length, policy_id)
 
-    def _ita_key(self, s: Session, key_uuid: str, missing: str) -> tuple[ItaKeyRow, KeyRecord]:
+    def _kid(self, who: AdminPrincipal, key_uuid: str, what: str, missing: str) -> str:
+        """The key id a route's ``<id>`` names, once ``who`` may ``what`` it: checked
+        before the key is looked up, so a token outside ``default/key`` learns nothing
+        of which keys exist (as on the admin API)."""
         canonical = _canonical_uuid(key_uuid)
-        link = None if canonical is None else s.get(ItaKeyRow, resource_path(canonical))
+        if canonical is None:
+            raise ItaNotFound(missing)
+        kid = resource_path(canonical)
+        self.admin.tenant(who, kid, what)
+        return kid
+
+    def _ita_key(self, s: Session, kid: str, missing: str) -> tuple[ItaKeyRow, KeyRecord]:
+        link = s.get(ItaKeyRow, kid)
         key = None if link is None else s.get(KeyRow, link.key_id)
         if link is None or key is None:
             raise ItaNotFound(missing)
@@ -238,10 +260,10 @@ class ItaService:
         return link.policy_id
 
     def get_key(self, who: AdminPrincipal, key_uuid: str) -> dict[str, Any]:
+        kid = self._kid(who, key_uuid, "key.read", _KEY_MISSING)
         with self.state.db.begin() as s:
-            link, record = self._ita_key(s, key_uuid, _KEY_MISSING)
+            link, record = self._ita_key(s, kid, _KEY_MISSING)
             live = self._live_policy(s, link, record)
-        self.admin.tenant(who, record.key_id, "key.read")
         return _key_response(
             record.key_id.rsplit("/", 1)[1], record, link.algorithm, link.key_length, live
         )
@@ -254,7 +276,10 @@ class ItaService:
         length_text = query.get("keyLength", "").strip()
         curve = query.get("curveType", "").strip()
         policy_text = query.get("transferPolicyId", "").strip()
-        length = int(length_text) if length_text.isascii() and length_text.isdigit() else -1
+        # bounded before int(): a digit string over Python's conversion limit (4300 digits)
+        # raises ValueError, and a longer one costs quadratic time
+        numeric = length_text.isascii() and length_text.isdigit() and len(length_text) <= 8
+        length = int(length_text) if numeric else -1
         if (
             (algorithm and algorithm not in _ALGORITHMS)
             or (length_text and length not in _FILTER_LENGTHS)
@@ -286,17 +311,33 @@ class ItaService:
         return out
 
     def delete_key(self, who: AdminPrincipal, key_uuid: str) -> None:
+        kid = self._kid(who, key_uuid, "key.delete", _KEY_MISSING)
         with self.state.db.begin() as s:
-            link, _ = self._ita_key(s, key_uuid, _KEY_MISSING)
-            kid = link.key_id
-
-        def unlink(s: Session) -> None:
-            s.execute(delete(ItaKeyRow).where(ItaKeyRow.key_id == kid))
-
+            self._ita_key(s, kid, _KEY_MISSING)
         try:
-            self.state.keys.delete(kid, actor=who.actor, within=unlink)
+            self.state.keys.delete(kid, actor=who.actor)  # its ITA reference goes with it
         except KeyNotFound:
             raise ItaNotFound(_KEY_MISSING) from None
+
+    def refuse_export(self, who: AdminPrincipal, key_uuid: str) -> NoReturn:
+        """``POST /kbs/v1/keys/<id>`` (ITA's key export, the key wrapped to a public key
+        the caller sends): always 403, and audited, since a token holder asking for key
+        bytes is worth an operator's attention whatever the answer."""
+        canonical = _canonical_uuid(key_uuid)
+        self.state.audit.record(
+            actor=who.actor,
+            action="ita.key.export",
+            key_id=None if canonical is None else resource_path(canonical),
+            tee=None,
+            claims_digest=None,
+            policy_digest=None,
+            decision="deny",
+            reasons=["modelseal never returns key bytes to an administrator"],
+        )
+        raise ItaRefused(
+            "403: modelseal never returns key bytes to an administrator; register the key "
+            "you sealed the model with (key_data), or seal with `modelseal publish`"
+        )
 
     def update_key(
         self, who: AdminPrincipal, key_uuid: str, req: KeyUpdateRequest
@@ -309,28 +350,33 @@ class ItaService:
         policy_id = _policy_id(req.transfer_policy_id, missing=bad_policy)
         if policy_id is None:
             raise ItaBadRequest("400: Key transfer policy must be provided")
+        kid = self._kid(who, key_uuid, "policy.set", missing_key)
         with self.state.db.begin() as s:
             release = stored_policy(self._policy_row(s, policy_id, bad_policy).release_json)
-            link, record = self._ita_key(s, key_uuid, missing_key)
-            kid, algorithm, length = link.key_id, link.algorithm, link.key_length
-        self.admin.tenant(who, kid, "policy.set")
+            link, _ = self._ita_key(s, kid, missing_key)
+            algorithm, length = link.algorithm, link.key_length
+
+        moved: list[KeyRecord] = []
 
         def relink(s: Session) -> None:
             row = self._policy_row(s, policy_id, bad_policy)
             if row.policy_digest != release.digest:
                 raise ItaBadRequest(bad_policy)
             current = s.get(ItaKeyRow, kid)
-            if current is None:
+            key = s.get(KeyRow, kid)
+            if current is None or key is None:
                 raise ItaNotFound(missing_key)
             current.policy_id = policy_id
             s.flush()
+            # the answer is the key as this transaction left it: read after the commit,
+            # a delete committed in between would turn a done update into a 500
+            moved.append(KeyRecord.of(key))
 
         try:
             self.state.keys.set_policy(kid, release, actor=who.actor, within=relink)
         except KeyNotFound:
             raise ItaNotFound(missing_key) from None
-        record = self.state.keys.get(kid)
-        return _key_response(kid.rsplit("/", 1)[1], record, algorithm, length, policy_id)
+        return _key_response(kid.rsplit("/", 1)[1], moved[0], algorithm, length, policy_id)
 
 
 def _canonical_uuid(text: str) -> str | None:

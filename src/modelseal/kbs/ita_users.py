@@ -7,7 +7,7 @@ modelseal's own admin access is a short-lived bearer JWT minted from the data di
 
     {"version": 1, "users": [{"name": "kbsadmin", "role": "publisher",
       "namespaces": ["default/key"],
-      "scrypt": {"n": 32768, "r": 8, "p": 1, "salt": "<b64>", "hash": "<b64>"}}]}
+      "scrypt": {"n": 32768, "r": 8, "p": 3, "salt": "<b64>", "hash": "<b64>"}}]}
 
 Passwords are hashed with scrypt (``cryptography``'s implementation, 16-byte random salt,
 32-byte output) and checked with its constant-time ``verify``. An unknown user name costs
@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,11 @@ from modelseal.crypto.kek import fsync_dir
 from modelseal.crypto.password import scrypt_hash, scrypt_matches
 from modelseal.errors import ConfigError, FormatError
 from modelseal.kbs.admin_auth import ROLES, parse_namespaces
+from modelseal.kbs.kek_stores import data_dir_lock
 
 __all__ = [
+    "MAX_NAME",
+    "SUBJECT_PREFIX",
     "ItaUser",
     "ItaUsers",
     "MIN_PASSWORD",
@@ -48,15 +52,27 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 MAX_FILE = 1024 * 1024
 MAX_USERS = 1000
-#: scrypt cost: 2**15 x 8 x 128 bytes = 32 MiB and tens of milliseconds per login
-SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_LEN, SALT_LEN = 1 << 15, 8, 1, 32, 16
+#: scrypt cost: 2**15 x 8 x 128 bytes = 32 MiB, run p=3 times (about 0.2 s of CPU) per
+#: login: at this memory, p=1 is a third of the usual minimum work for stored passwords
+SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_LEN, SALT_LEN = 1 << 15, 8, 3, 32, 16
+#: bounds on the parameters a user file may give: every login of that user (and anyone
+#: guessing the name) costs this, unauthenticated, so a file edited to N=2**20, r=32,
+#: p=16 (4 GiB and minutes of CPU per login) is refused instead of served. Twice the
+#: default memory and four times its work leave room for stronger settings later.
+MAX_SCRYPT_MEMORY = 2 * 128 * SCRYPT_N * SCRYPT_R
+MAX_SCRYPT_WORK = 4 * SCRYPT_N * SCRYPT_R * SCRYPT_P
+MIN_SCRYPT_N = 1 << 10
 #: the role of a new user: creates policies and keys under default/key, as ITA's scripts do
 DEFAULT_ROLE = "publisher"
 DEFAULT_NAMESPACES = ("default/key",)
+#: a login's token names the user ``ita:<name>``; token subjects are at most 128 characters,
+#: so a longer name could log in with the right password and still get no token
+SUBJECT_PREFIX = "ita:"
+MAX_NAME = 128 - len(SUBJECT_PREFIX)
 
 
 def _valid_name(name: str) -> bool:
-    return 1 <= len(name) <= 128 and name.isprintable() and not name.isspace()
+    return 1 <= len(name) <= MAX_NAME and name.isprintable() and not name.isspace()
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ class ItaUser:
             raise FormatError("a user is {name, role, namespaces, scrypt}")
         name, role, ns, kdf = value["name"], value["role"], value["namespaces"], value["scrypt"]
         if not isinstance(name, str) or not _valid_name(name):
-            raise FormatError("a user name is 1-128 printable characters")
+            raise FormatError(f"a user name is 1-{MAX_NAME} printable characters")
         if role not in ROLES or not isinstance(ns, list):
             raise FormatError(f"user {name!r}: unknown role or namespaces not a list")
         if role == "publisher":
@@ -104,7 +120,12 @@ class ItaUser:
             raise FormatError(f"user {name!r}: scrypt is {{n, r, p, salt, hash}}")
         n, r, p = kdf["n"], kdf["r"], kdf["p"]
         if not all(type(v) is int for v in (n, r, p)) or not (
-            1 << 10 <= n <= 1 << 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+            n >= MIN_SCRYPT_N
+            and n & (n - 1) == 0
+            and r >= 1
+            and p >= 1
+            and 128 * n * r <= MAX_SCRYPT_MEMORY
+            and n * r * p <= MAX_SCRYPT_WORK
         ):
             raise FormatError(f"user {name!r}: scrypt parameters out of range")
         salt = b64_decode(str(kdf["salt"]), what="salt")
@@ -123,7 +144,7 @@ def hash_password(
 ) -> ItaUser:
     """A new user record for ``password`` (fresh salt)."""
     if not _valid_name(name):
-        raise ConfigError("a user name is 1-128 printable characters")
+        raise ConfigError(f"a user name is 1-{MAX_NAME} printable characters")
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise ConfigError(f"a password is {MIN_PASSWORD} to {MAX_PASSWORD} bytes long")
     if role not in ROLES:
@@ -155,7 +176,12 @@ class ItaUsers:
     def load(self) -> dict[str, ItaUser]:
         """Every user; ConfigError when the file is missing, too open or malformed."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in the file's place must not hang the start or a login
+            # (waiting for a writer); it is then refused as not a regular file
+            fd = os.open(
+                self.path,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY,
+            )
         except OSError as exc:
             raise ConfigError(f"ITA user file {self.path}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as fh:
@@ -197,17 +223,31 @@ class ItaUsers:
             return {}
         return self.load()
 
-    @staticmethod
-    def decoy(password: str) -> None:
-        """Spend one scrypt run on ``password`` and fail (no user file configured)."""
-        _DECOY.matches(password.encode("utf-8", "surrogatepass"))
-
     def authenticate(self, name: str, password: str) -> ItaUser | None:
         """The user when ``password`` is theirs, else None, in about the same time for
         unknown names (one scrypt run either way)."""
         user = self.load().get(name)
         ok = (user or _DECOY).matches(password.encode("utf-8", "surrogatepass"))
         return user if ok and user is not None else None
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file of :meth:`editing`, next to the user file."""
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[None]:
+        """Exclusive among editors of this file (``ita-user add`` and ``remove``) from
+        their read to their write: two edits at once would otherwise each write what they
+        read, and a ``remove`` racing an ``add`` would come back (the user it removed
+        written again by the add). Logins only read and never wait for it."""
+        try:
+            with data_dir_lock(self.lock_path):
+                yield
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot lock the ITA user file {self.path}: {exc.strerror}"
+            ) from None
 
     def save(self, users: dict[str, ItaUser]) -> None:
         """Write the file atomically, mode 0600 (temporary file, fsync, rename)."""

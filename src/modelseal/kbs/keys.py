@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, select
+from sqlalchemy import delete as sa_delete
 from sqlalchemy.orm import Session
 
 from modelseal._internal.bounded import load_json
@@ -43,6 +44,7 @@ from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import DecryptionError, FormatError
 from modelseal.kbs.audit import AuditLog
 from modelseal.kbs.db import Database
+from modelseal.kbs.ita_tables import ItaKeyRow
 from modelseal.kbs.kek_stores import KEK_LOCK_FILE, KekSources, KekStore, data_dir_lock
 from modelseal.keystore.store import KeyRecord, KeyStore
 from modelseal.keystore.tables import KeyRow
@@ -294,14 +296,14 @@ class KeyService:
             self.record(conn, actor, "key.revoke", key_id, policy_digest=record.policy_digest)
         return record
 
-    def delete(
-        self, key_id: str, *, actor: str, within: Callable[[Session], None] | None = None
-    ) -> KeyRecord:
-        """Delete the key; ``within`` runs in the same transaction after it."""
+    def delete(self, key_id: str, *, actor: str) -> KeyRecord:
+        """Delete the key, and with it the key's Intel Trust Authority reference if it was
+        made through ``POST /kbs/v1/keys``, whichever API deletes it: a reference left
+        behind would make a key put later under the same id an ITA key again, with the
+        algorithm, length and policy of the deleted one."""
         with self._audited() as (s, conn):
             record = self.store.delete(key_id, session=s)
-            if within is not None:
-                within(s)
+            s.execute(sa_delete(ItaKeyRow).where(ItaKeyRow.key_id == key_id))
             self.record(conn, actor, "key.delete", key_id)
         return record
 

@@ -8,6 +8,9 @@ tests/e2e/test_ita_registration.py.
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelseal._internal.clock import FixedClock
+from modelseal.errors import ConfigError
+from modelseal.kbs import ita_users
 from modelseal.kbs.admin_auth import mint_admin_token, verify_admin_token
-from modelseal.kbs.ita_api import ita_router
-from modelseal.kbs.ita_users import ItaUsers, hash_password
+from modelseal.kbs.ita_api import LOGIN_SLOTS, ita_router
+from modelseal.kbs.ita_users import MAX_NAME, SUBJECT_PREFIX, ItaUsers, hash_password
 from modelseal.kbs.state import KbsState
 from tests.integration.kbs_admin.strategies import bodies, json_values
 
@@ -166,6 +171,35 @@ def test_wrong_headers_are_415_before_the_body_is_parsed(ita: Ita) -> None:
         assert (r.status_code, r.json()) == (415, {"error": error})
 
 
+def _logins(app: FastAPI, *attempts: tuple[str, str]) -> list[httpx.Response]:
+    """``POST /kbs/v1/token`` for every (user name, password), all at once."""
+
+    async def go() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(
+                            "/kbs/v1/token",
+                            json={"username": username, "password": password},
+                            headers={
+                                "Content-Type": "application/json",
+                                "Accept": "application/jwt",
+                            },
+                        )
+                        for username, password in attempts
+                    )
+                )
+            )
+
+    return asyncio.run(go())
+
+
+def _login(app: FastAPI, username: str, password: str) -> httpx.Response:
+    return _logins(app, (username, password))[0]
+
+
 def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) -> None:
     """A user file broken after the start: the login answers 503 without naming the file."""
     users = ItaUsers(tmp_path / "users.json")
@@ -175,16 +209,10 @@ def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) 
         app = FastAPI()
         app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
 
-        async def login(password: str) -> httpx.Response:
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-                return await client.post(
-                    "/kbs/v1/token",
-                    json={"username": "alice", "password": password},
-                    headers={"Content-Type": "application/json", "Accept": "application/jwt"},
-                )
+        def login(password: str) -> httpx.Response:
+            return _login(app, "alice", password)
 
-        ok = asyncio.run(login("password 123"))
+        ok = login("password 123")
         assert ok.status_code == 200
         assert ok.headers["strict-transport-security"].startswith("max-age=")
         who = verify_admin_token(ok.text, state.admin_key, now=state.clock.now())
@@ -194,8 +222,128 @@ def test_logins_against_a_user_file_edited_into_garbage_are_503(tmp_path: Path) 
             frozenset({"default/key"}),
         )
         users.path.write_text("{")
-        broken = asyncio.run(login("password 123"))
+        broken = login("password 123")
         assert broken.status_code == 503
         assert str(tmp_path) not in broken.text
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("digits", [5000, 4301, 9])
+def test_a_key_length_filter_of_thousands_of_digits_is_400(ita: Ita, digits: int) -> None:
+    """int() of more than 4300 digits raises ValueError: the filter is checked first."""
+    r = ita.request("GET", "/kbs/v1/keys", params={"keyLength": "1" * digits}, headers=ita.headers)
+    assert (r.status_code, r.json()) == (400, {"error": "Invalid filter criteria"})
+
+
+def test_the_longest_user_name_logs_in_and_a_longer_one_is_refused(tmp_path: Path) -> None:
+    """The token subject is ``ita:<name>``, at most 128 characters: a name the file accepts
+    must get a token with its right password (never a 400 that only the right password
+    reaches), and a longer name is refused when it is added and when the file is read."""
+    users = ItaUsers(tmp_path / "users.json")
+    longest = "n" * MAX_NAME
+    users.save({longest: hash_password(longest, b"password 123")})
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
+        ok = _login(app, longest, "password 123")
+        assert ok.status_code == 200, ok.text
+        who = verify_admin_token(ok.text, state.admin_key, now=state.clock.now())
+        assert who.subject == SUBJECT_PREFIX + longest
+    finally:
+        state.close()
+    longer = "n" * (MAX_NAME + 1)
+    with pytest.raises(ConfigError, match="user name"):
+        hash_password(longer, b"password 123")
+    doc = json.loads(users.path.read_text())
+    doc["users"][0]["name"] = longer
+    users.path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="user name"):
+        users.load()
+
+
+class _ScryptCounter:
+    """Wraps the scrypt check of the user file: counts runs and the most at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = ita_users.scrypt_matches
+        self.calls = self.running = self.peak = 0
+        self.lock = threading.Lock()
+        monkeypatch.setattr(ita_users, "scrypt_matches", self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> bool:
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.05)  # hold the check a little so parallel logins overlap
+            return bool(self.real(*args, **kwargs))
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_parallel_logins_run_at_most_login_slots_scrypt_checks_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/token`` needs no token and each check is 32 MiB of scrypt: a burst of logins
+    waits for LOGIN_SLOTS checks instead of taking one thread and 32 MiB per request."""
+    users = ItaUsers(tmp_path / "users.json")
+    users.save({"alice": hash_password("alice", b"password 123")})
+    scrypt = _ScryptCounter(monkeypatch)
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), users), prefix="/kbs/v1")
+        attempts = [("alice", "password 12" + str(i)) for i in range(4, 10)]
+        attempts += [("mallory", "password 123")] * 5 + [("alice", "password 123")]
+        answers = _logins(app, *attempts)
+    finally:
+        state.close()
+    assert [r.status_code for r in answers] == [401] * 11 + [200]
+    assert scrypt.calls == len(attempts)  # unknown names cost a check too
+    assert scrypt.peak == LOGIN_SLOTS
+
+
+def test_without_a_user_file_a_login_fails_without_a_scrypt_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KBS that never enabled logins has no user names to hide, so it spends nothing on
+    the password anyone may send."""
+    scrypt = _ScryptCounter(monkeypatch)
+    state = KbsState.open(tmp_path / "kbs", clock=FixedClock())
+    try:
+        app = FastAPI()
+        app.include_router(ita_router(state, ("tdx",), None), prefix="/kbs/v1")
+        answers = _logins(app, *[("alice", "password 123")] * 4)
+    finally:
+        state.close()
+    assert [(r.status_code, r.json()) for r in answers] == [
+        (401, {"error": "401: Invalid username or password"})
+    ] * 4
+    assert scrypt.calls == 0
+
+
+def test_a_key_export_is_refused_and_audited(ita: Ita) -> None:
+    """ITA's ``POST /keys/<id>`` hands key bytes to a token holder: refused, and the
+    attempt is in the audit log (with the key when the id is one, else without)."""
+    key_uuid = "4517534B-A758-4447-9D2F-3E5606152ED6"
+    for some_id, key_id in ((key_uuid, f"default/key/{key_uuid.lower()}"), ("nope", None)):
+        before = len(ita.state.audit.entries(limit=1000))
+        r = ita.request("POST", f"/kbs/v1/keys/{some_id}", content=b"", headers=ita.headers)
+        assert r.status_code == 403
+        assert r.json()["error"].startswith("403: modelseal never returns key bytes")
+        rows = ita.state.audit.entries(limit=1000)
+        assert len(rows) == before + 1
+        assert (rows[-1].action, rows[-1].decision, rows[-1].key_id) == (
+            "ita.key.export",
+            "deny",
+            key_id,
+        )
+    before = len(ita.state.audit.entries(limit=1000))
+    r = ita.request("POST", f"/kbs/v1/keys/{key_uuid}", content=b"")
+    assert r.status_code == 401  # no token: refused before anything is written
+    assert len(ita.state.audit.entries(limit=1000)) == before
+    assert ita.state.audit.verify().ok

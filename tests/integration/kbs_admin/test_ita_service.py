@@ -11,17 +11,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
 
 from modelseal._internal.clock import FixedClock
+from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import AuthorizationError, DecryptionError
 from modelseal.kbs.admin_auth import AdminPrincipal
 from modelseal.kbs.errors_http import ItaBadRequest, ItaNotFound
 from modelseal.kbs.ita_model import (
     NIL_UUID,
     KeyCreateRequest,
+    KeyUpdateRequest,
     PolicyRequest,
     TranslationRefused,
     policy_document,
@@ -62,6 +65,10 @@ def _key(policy_id: str | None) -> KeyCreateRequest:
             "transfer_policy_id": policy_id,
         }
     )
+
+
+def _move(policy_id: str) -> KeyUpdateRequest:
+    return KeyUpdateRequest.model_validate({"transfer_policy_id": policy_id})
 
 
 def _claims(**measurements: str) -> Claims:
@@ -151,7 +158,7 @@ def test_create_reference_and_delete(ita: ItaService) -> None:
     assert ita.get_key(ADMIN, key["id"])["transfer_policy_id"] == NIL_UUID  # still listed
     assert {k["id"] for k in ita.search_keys(ADMIN, {"keyLength": "256"})} == {key["id"]}
     with pytest.raises(ItaNotFound):
-        ita.get_policy(policy["id"])
+        ita.get_policy(ADMIN, policy["id"])
     with pytest.raises(ItaBadRequest, match="does not exist"):
         ita.create_key(ADMIN, _key(policy["id"]))
     actions = [e.action for e in ita.state.audit.entries(limit=100)]
@@ -176,18 +183,47 @@ def test_an_edited_policy_row_is_refused(ita: ItaService) -> None:
     with pytest.raises(DecryptionError, match="integrity"):
         ita.create_key(ADMIN, _key(policy["id"]))
     with pytest.raises(DecryptionError):
-        ita.get_policy(policy["id"])
+        ita.get_policy(ADMIN, policy["id"])
 
 
 def test_a_publisher_outside_default_key_is_refused_and_audited(ita: ItaService) -> None:
-    publisher = AdminPrincipal("p", frozenset({"publisher"}), "t2", frozenset({"acme"}))
-    policy = ita.create_policy(publisher, _req({"mrtd": [A]}))
-    with pytest.raises(AuthorizationError):
-        ita.create_key(publisher, _key(policy["id"]))
-    last = ita.state.audit.entries(limit=100)[-1]
-    assert (last.action, last.decision) == ("authz.deny", "deny")
+    """Keys and policies alike: the admin API shows a key's policy only to who may manage
+    the key, and ITA policies serve only the keys under ``default/key``. Every refusal
+    comes before any lookup (an unknown id is refused the same way) and is audited."""
+    policy = ita.create_policy(ADMIN, _req({"mrtd": [A]}))
     allowed = AdminPrincipal("p", frozenset({"publisher"}), "t3", frozenset({"default/key"}))
-    assert ita.create_key(allowed, _key(policy["id"]))["transfer_policy_id"] == policy["id"]
+    key = ita.create_key(allowed, _key(policy["id"]))
+    assert key["transfer_policy_id"] == policy["id"]
+    assert ita.get_policy(allowed, policy["id"]) == ita.list_policies(allowed)[0]
+
+    acme = AdminPrincipal("p", frozenset({"publisher"}), "t2", frozenset({"acme"}))
+    unknown = "4517534b-a758-4447-9d2f-3e5606152ed6"
+    attempts = [
+        ("ita.policy.create", None, lambda: ita.create_policy(acme, _req({"mrtd": [B]}))),
+        ("ita.policy.read", None, lambda: ita.list_policies(acme)),
+        ("ita.policy.read", None, lambda: ita.get_policy(acme, policy["id"])),
+        ("ita.policy.read", None, lambda: ita.get_policy(acme, unknown)),
+        ("key.put", "*", lambda: ita.create_key(acme, _key(policy["id"]))),
+        ("key.read", key["id"], lambda: ita.get_key(acme, key["id"])),
+        ("key.read", unknown, lambda: ita.get_key(acme, unknown)),
+        ("policy.set", key["id"], lambda: ita.update_key(acme, key["id"], _move(policy["id"]))),
+        ("policy.set", unknown, lambda: ita.update_key(acme, unknown, _move(policy["id"]))),
+    ]
+    for what, key_uuid, attempt in attempts:
+        before = len(ita.state.audit.entries(limit=1000))
+        with pytest.raises(AuthorizationError):
+            attempt()
+        rows = ita.state.audit.entries(limit=1000)
+        assert len(rows) == before + 1, what
+        last = rows[-1]
+        assert (last.action, last.decision, last.actor) == ("authz.deny", "deny", "admin:p")
+        assert last.reasons[0].startswith(what + ":")
+        if key_uuid is None:
+            assert last.key_id is None
+        elif key_uuid != "*":
+            assert last.key_id == f"default/key/{key_uuid}"
+    assert ita.list_policies(ADMIN) == [policy]
+    assert ita.state.audit.verify().ok
 
 
 def test_parallel_creates_and_a_racing_delete_stay_consistent(ita: ItaService) -> None:
@@ -256,6 +292,55 @@ def test_a_policy_row_mac_differing_in_the_last_byte_is_refused(ita: ItaService)
         assert row is not None
         row.mac = row.mac[:-2] + f"{int(row.mac[-2:], 16) ^ 0x01:02x}"
     with pytest.raises(DecryptionError, match="integrity"):
-        ita.get_policy(policy["id"])
+        ita.get_policy(ADMIN, policy["id"])
     with pytest.raises(DecryptionError):
-        ita.list_policies()
+        ita.list_policies(ADMIN)
+
+
+def test_a_key_deleted_right_after_its_policy_moved_still_gets_the_update_answer(
+    ita: ItaService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The update committed; a delete committed just after it must not turn the answer
+    into an unknown-key error (a 500 over HTTP)."""
+    first = ita.create_policy(ADMIN, _req({"mrtd": [A]}))
+    second = ita.create_policy(ADMIN, _req({"mrtd": [B]}))
+    key = ita.create_key(ADMIN, _key(first["id"]))
+    kid = f"default/key/{key['id']}"
+    real = ita.state.keys.set_policy
+
+    def then_deleted(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        ita.state.keys.delete(kid, actor="admin:other")
+        return done
+
+    monkeypatch.setattr(ita.state.keys, "set_policy", then_deleted)
+    answer = ita.update_key(ADMIN, key["id"], _move(second["id"]))
+    assert (answer["id"], answer["transfer_policy_id"]) == (key["id"], second["id"])
+    assert answer["created_at"] == key["created_at"]
+    with pytest.raises(ItaNotFound):
+        ita.get_key(ADMIN, key["id"])
+
+
+def test_a_key_deleted_over_the_admin_api_and_put_again_is_no_ita_key(ita: ItaService) -> None:
+    """Deleting an ITA key over the admin API takes its ITA reference along: a key put
+    later under the same id through the admin API is served, but not an ITA key (not
+    listed, not managed, no stale algorithm, length or policy id)."""
+    policy = ita.create_policy(ADMIN, _req({"mrtd": [A]}))
+    key = ita.create_key(ADMIN, _key(policy["id"]))
+    kid = f"default/key/{key['id']}"
+    ita.state.keys.delete(kid, actor="admin:operator")
+    dek = SecretBytes(bytes(range(16)))
+    ita.state.keys.put(
+        kid,
+        dek,
+        policy=release_policy(
+            policy_document(_req({"mrtd": [A]}), policy_id="x", created_at=0), TDX
+        ),
+        actor="admin:o",
+    )
+    with pytest.raises(ItaNotFound):
+        ita.get_key(ADMIN, key["id"])
+    with pytest.raises(ItaNotFound):
+        ita.update_key(ADMIN, key["id"], _move(policy["id"]))
+    assert ita.search_keys(ADMIN, {"algorithm": "AES"}) == []
+    ita.delete_policy(ADMIN, policy["id"])  # nothing refers to it any more
