@@ -9,7 +9,6 @@ SHA-384 digests whose indices are CC measurement-register indices.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import struct
 import threading
@@ -113,10 +112,13 @@ def verify_ccel(log_bytes: bytes, quoted_rtmrs: tuple[bytes, ...] | None) -> Cce
             only=set(replayed.extended),
         )
     # copies: claims built from one result must not share lists with the next one's
-    components = dataclasses.replace(
-        replayed.components,
-        efi_applications=list(replayed.components.efi_applications),
-        runtime_events=list(replayed.components.runtime_events),
+    c = replayed.components
+    components = MeasuredComponents(
+        **{
+            **vars(c),
+            "efi_applications": list(c.efi_applications),
+            "runtime_events": list(c.runtime_events),
+        }
     )
     return CcelResult(dict(replayed.rtmrs), components, replayed.events)
 
