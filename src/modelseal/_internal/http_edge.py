@@ -318,11 +318,11 @@ class BodyLimit:
 
 
 class HotRoutes:
-    """Pure ASGI: serve a few plain :class:`~starlette.routing.Route` s directly.
+    """Pure ASGI: serve a few plain :class:`~starlette.routing.Route` objects directly.
 
     Every request passes Starlette's exception middleware, FastAPI's exit-stack middleware,
     the router's walk over all routes and two wrappers per endpoint before its handler
-    runs; for the RCAR endpoints that came to about a tenth of a release's server CPU. Put
+    runs: a few per cent of a KBS release's server CPU over its three requests. Put
     innermost among the app's middlewares, this serves the ``routes`` it is given as the
     router would: matched with each route's own :meth:`~starlette.routing.Route.matches`
     (its path converters and ``root_path`` handling), ``scope`` extended with the route's
@@ -332,9 +332,10 @@ class HotRoutes:
     matches but whose method does not, and every other request, goes on to ``app``
     unchanged, so 404/405 answers and everything else stay the framework's.
 
-    The endpoints must answer every failure themselves (:func:`guard`): nothing between
-    here and the server turns an exception into a response but Starlette's outermost
-    500. The routes must be plain (no route middleware); they stay in the router too.
+    The endpoints must be ``async`` and answer every failure themselves (:func:`guard`):
+    nothing between here and the server turns an exception into a response but
+    Starlette's outermost 500. The routes must be plain (no route middleware); they stay
+    in the router too.
     """
 
     def __init__(self, app: ASGIApp, routes: Sequence[Route], router: ASGIApp) -> None:
