@@ -8,8 +8,9 @@ bound to that session's nonce, and every JWE is decrypted and checked after the 
 window, so a wrong key counts as an error.
 
 The load generator must cost much less CPU than the server on the same two cores: it speaks
-HTTP/1.1 on raw asyncio streams, generates the TEE key pairs before the timed window (each
-session still gets its own), and decrypts the released JWEs after it.
+HTTP/1.1 on raw asyncio streams, encodes and decodes its JSON with msgspec, generates the
+TEE key pairs before the timed window (each session still gets its own), and decrypts the
+released JWEs after it.
 
 Run: ``python -m bench kbs_bench`` (optional env: KBS_BENCH_SECONDS, KBS_BENCH_WORKERS,
 KBS_BENCH_TEES (default ``sample,mock-tdx``), KBS_BENCH_CLIENTS (default ``1,8,32``)).
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 
 from modelseal.crypto.jose.jwe import decrypt
 from modelseal.crypto.jose.jwk import TeeKeyPair
@@ -153,7 +155,7 @@ async def one_release(conn: Connection, guest: Guest, released: Released) -> Non
     status, fields, body = await conn.request("POST", "/kbs/v0/auth", guest.auth_body)
     if status != 200:
         raise RuntimeError(f"auth {status}")
-    nonce = json.loads(body)["nonce"]
+    nonce = msgspec.json.decode(body)["nonce"]
     cookie = fields["set-cookie"].split(";", 1)[0]
     evidence = guest.attester.evidence(runtime_data_digest(nonce, jwk))
     attestation = {
@@ -161,11 +163,11 @@ async def one_release(conn: Connection, guest: Guest, released: Released) -> Non
         "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
     }
     status, _, body = await conn.request(
-        "POST", "/kbs/v0/attest", json.dumps(attestation).encode(), f"Cookie: {cookie}\r\n"
+        "POST", "/kbs/v0/attest", msgspec.json.encode(attestation), f"Cookie: {cookie}\r\n"
     )
     if status != 200:
         raise RuntimeError(f"attest {status}")
-    token = json.loads(body)["token"]
+    token = msgspec.json.decode(body)["token"]
     status, _, body = await conn.request(
         "GET", f"/kbs/v0/resource/{KEY_ID}", headers=f"Authorization: Bearer {token}\r\n"
     )

@@ -9,7 +9,6 @@ import re
 from modelseal.errors import FormatError
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
-_B64STD = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 
 
 def b64url_encode(data: bytes) -> str:
@@ -31,8 +30,13 @@ def b64_encode(data: bytes) -> str:
 
 
 def b64_decode(text: str, *, what: str = "value") -> bytes:
-    """Decode standard base64 with padding, strictly."""
-    if not _B64STD.fullmatch(text) or len(text) % 4:
+    """Decode standard base64 with padding, strictly.
+
+    ``validate=True`` is binascii's strict mode: characters outside the alphabet, padding
+    anywhere but at the end and data after it are errors (no regex pass first: on a TDX
+    quote's 5.6 KB of base64 it cost as much as the decoding).
+    """
+    if len(text) % 4:
         raise FormatError(f"{what}: not standard base64")
     try:
         return base64.b64decode(text, validate=True)

@@ -9,10 +9,10 @@ to its unit runner, off the event loop.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING
 
+from modelseal._internal.canonical import compact_json
 from modelseal.crypto.jose.jwe import encrypt
 from modelseal.crypto.jose.jwk import RecipientKey, recipient_from_jwk
 from modelseal.crypto.secret import SecretBytes
@@ -73,4 +73,4 @@ class ResourceService:
             recipient.alg,
             " INSECURE" if verified.claims.insecure else "",
         )
-        return json.dumps(jwe, separators=(",", ":")).encode("ascii")
+        return compact_json(jwe)

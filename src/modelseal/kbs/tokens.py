@@ -221,8 +221,10 @@ class TokenService:
         exp = now + int(self.ttl)
         jti = secrets.token_hex(16)
         status, vector = trustworthiness(claims)
+        cpu = claims.to_json()
+        cpu.pop("devices", None)  # each device has a submod of its own
         annotated: dict[str, Any] = {
-            claims.tee: dataclasses.replace(claims, devices=()).to_json(),
+            claims.tee: cpu,
             "runtime_data_claims": {"nonce": nonce, "tee-pubkey": dict(tee_pubkey)},
         }
         if claims.init_data:

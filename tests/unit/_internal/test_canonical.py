@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelseal._internal.canonical import canonical_json
+from modelseal._internal.canonical import canonical_json, compact_json
 
 _SAFE = 2**53 - 1
 
@@ -79,3 +80,41 @@ def test_binding_shape_identical(nonce: str, jwk: dict[str, str], ae: str) -> No
 )
 def test_edge_cases(value: Any) -> None:
     assert _ours(value) == _reference(value)
+
+
+def _json_module(value: Any) -> bytes | type[BaseException]:
+    try:
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except Exception as exc:
+        return type(exc)
+
+
+def _compact(value: Any) -> bytes | type[BaseException]:
+    try:
+        return compact_json(value)
+    except Exception as exc:
+        return type(exc)
+
+
+@settings(max_examples=300)
+@given(_json)
+def test_compact_json_is_the_json_modules_output(value: Any) -> None:
+    """msgspec on plain values, json otherwise: the same bytes (or error) as json.dumps."""
+    assert _compact(value) == _json_module(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": float("nan")},
+        {"a": [float("inf")]},
+        {"a": "\ud800"},
+        {"ctl": '\x00\x1f\x7f\u2028"\\\b\f\n\r\t', "\u00e9": "\U0001f600"},
+        {"b": 1, "a": [True, None, {"z": -_SAFE}]},
+    ],
+)
+def test_compact_json_edge_cases(value: Any) -> None:
+    assert _compact(value) == _json_module(value)
+    assert compact_json({"b": 1, "a": 2}) == b'{"b":1,"a":2}'  # insertion order kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 from hypothesis import given
@@ -42,6 +43,26 @@ def test_b64_rejects_missing_padding_and_urlsafe() -> None:
         encoding.b64_decode("YWJj ZA")
     with pytest.raises(FormatError):
         encoding.b64_decode("-_-_")
+
+
+@pytest.mark.parametrize("bad", ["YWJ\n", "YQ==YQ==", "Y===", "====", "=YWJ", "YW J", "YWJ\u00e9"])
+def test_b64_rejects_misplaced_padding_and_whitespace(bad: str) -> None:
+    with pytest.raises(FormatError):
+        encoding.b64_decode(bad)
+
+
+#: the standard base64 text b64_decode accepts: the alphabet, then at most two "="
+_STRICT_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+@given(st.text(alphabet="AQw+/=\n -_\u00e9\x00", max_size=16))
+def test_b64_accepts_exactly_strict_padded_text(text: str) -> None:
+    try:
+        encoding.b64_decode(text)
+        accepted = True
+    except FormatError:
+        accepted = False
+    assert accepted == (bool(_STRICT_B64.fullmatch(text)) and len(text) % 4 == 0)
 
 
 def test_hex_accepts_prefix_and_whitespace() -> None:

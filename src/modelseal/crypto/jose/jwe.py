@@ -9,7 +9,6 @@ Decryption uses the protected header bytes as received, so it interoperates with
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from modelseal._internal.bounded import load_json
+from modelseal._internal.canonical import compact_json
 from modelseal._internal.encoding import b64url_decode, b64url_encode
 from modelseal.crypto.jose.jwk import (
     ALG_ECDH_ES_A256KW,
@@ -56,7 +56,7 @@ def protected_header_bytes(header: Mapping[str, Any]) -> bytes:
     for name in sorted(k for k in header if k not in ("alg", "enc")):
         value = header[name]
         ordered[name] = dict(sorted(value.items())) if isinstance(value, Mapping) else value
-    return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(ordered)
 
 
 def _concat_kdf(z: bytes, alg: str) -> bytes:

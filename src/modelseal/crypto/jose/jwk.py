@@ -118,9 +118,9 @@ def ec_public_key_from_jwk(jwk: Any, *, what: str = "tee-pubkey") -> ec.Elliptic
     if len(x) != size or len(y) != size:
         raise FormatError(f"{what}: {crv} coordinates must be {size} bytes")
     try:
-        return ec.EllipticCurvePublicNumbers(
-            int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve_cls()
-        ).public_key()
+        # the uncompressed SEC 1 point; OpenSSL refuses one off the curve (half the CPU
+        # of building the key from EllipticCurvePublicNumbers, which checks the same)
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve_cls(), b"\x04" + x + y)
     except ValueError as exc:
         raise FormatError(f"{what}: point is not on the curve") from exc
 

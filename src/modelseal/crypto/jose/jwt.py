@@ -30,7 +30,6 @@ token bytes.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Mapping
@@ -46,6 +45,7 @@ from joserfc.jwa import ESAlgorithm, HMACAlgorithm, JWSAlgModel
 from joserfc.jwk import ECKey, OctKey
 from joserfc.registry import JWS_HEADER_REGISTRY
 
+from modelseal._internal.canonical import compact_json
 from modelseal._internal.encoding import b64url_encode
 from modelseal.crypto.jose.compact import (
     MAX_TOKEN_CHARS,
@@ -130,11 +130,6 @@ class _Registry(jws.JWSRegistry):
 
 _ES256_ONLY: Final = _Registry(algorithms=[ALG_ES256])
 _HS256_ONLY: Final = _Registry(algorithms=[ALG_HS256])
-
-
-def _json_bytes(value: Mapping[str, Any]) -> bytes:
-    # allow_nan=False: NaN/Infinity are not JSON, and no verifier here would accept them
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 @dataclass(frozen=True)
@@ -271,7 +266,7 @@ class TokenSigningKey:
         """Compact low-S ES256 JWS of ``payload`` with header ``{alg, typ, jwk}``."""
         header = {"alg": ALG_ES256, "typ": "JWT", "jwk": self._jwk}
         return jws.serialize_compact(
-            header, _json_bytes(payload), self._signer, registry=_ES256_ONLY
+            header, compact_json(payload), self._signer, registry=_ES256_ONLY
         )
 
     def verify_jwt(
@@ -308,7 +303,7 @@ def sign_hs256(payload: Mapping[str, Any], secret: SecretBytes, *, kid: str) -> 
     """Compact HS256 JWS of ``payload`` with header ``{alg, typ, kid}``."""
     header = {"alg": ALG_HS256, "typ": "JWT", "kid": kid}
     return jws.serialize_compact(
-        header, _json_bytes(payload), _oct_key(secret), registry=_HS256_ONLY
+        header, compact_json(payload), _oct_key(secret), registry=_HS256_ONLY
     )
 
 

@@ -9,14 +9,17 @@ SHA-384 digests whose indices are CC measurement-register indices.
 
 from __future__ import annotations
 
+import hashlib
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelseal.errors import EvidenceError
 from modelseal.tee.eventlog.components import MeasuredComponents, extract_components
 from modelseal.tee.eventlog.replay import ccel_registers_with_events, check_registers, replay_ccel
-from modelseal.tee.eventlog.tcg import ALG_SHA384, parse_event_log
+from modelseal.tee.eventlog.tcg import ALG_SHA384, MAX_LOG_SIZE, parse_event_log
 
 CCEL_TABLE_PATH = Path("/sys/firmware/acpi/tables/CCEL")
 CCEL_DATA_PATH = Path("/sys/firmware/acpi/tables/data/CCEL")
@@ -52,20 +55,72 @@ class CcelResult:
     events: int
 
 
+@dataclass(frozen=True)
+class _Replayed:
+    """What a CCEL's bytes alone determine: replayed RTMRs, components, event count, and
+    the registers its events extend."""
+
+    rtmrs: dict[int, bytes]
+    components: MeasuredComponents
+    events: int
+    extended: frozenset[int]
+
+
+#: Replays of the logs seen last, by SHA-256 of the log bytes. Every quote of a TD carries
+#: the same boot log (until the TD extends RTMR3 at run time), so a KBS verifying it again
+#: and again skips the parse and replay; the quote's own RTMRs are still compared each time.
+_REPLAYS: OrderedDict[bytes, _Replayed] = OrderedDict()
+_REPLAYS_MAX = 256
+_replays_lock = threading.Lock()
+
+
+def _replayed(log_bytes: bytes) -> _Replayed:
+    """Parse and replay ``log_bytes`` (remembered; a malformed log raises every time)."""
+    remember = isinstance(log_bytes, bytes) and len(log_bytes) <= MAX_LOG_SIZE
+    key = hashlib.sha256(log_bytes).digest() if remember else None
+    if key is not None:
+        with _replays_lock:
+            hit = _REPLAYS.get(key)
+            if hit is not None:
+                _REPLAYS.move_to_end(key)
+                return hit
+    log = parse_event_log(log_bytes)
+    replayed = _Replayed(
+        replay_ccel(log),
+        extract_components(log, ALG_SHA384),
+        len(log.events),
+        frozenset(ccel_registers_with_events(log)),
+    )
+    if key is not None:
+        with _replays_lock:
+            _REPLAYS[key] = replayed
+            while len(_REPLAYS) > _REPLAYS_MAX:
+                _REPLAYS.popitem(last=False)
+    return replayed
+
+
 def verify_ccel(log_bytes: bytes, quoted_rtmrs: tuple[bytes, ...] | None) -> CcelResult:
     """Parse and replay a CCEL; when ``quoted_rtmrs`` is given, every RTMR the log extends
     must replay to the quoted value (registers the log never touches are not checked:
     runtime components may extend them, e.g. RTMR3)."""
-    log = parse_event_log(log_bytes)
-    rtmrs = replay_ccel(log)
+    replayed = _replayed(log_bytes)
     if quoted_rtmrs is not None:
         check_registers(
-            rtmrs,
+            replayed.rtmrs,
             dict(enumerate(quoted_rtmrs)),
             names="RTMR",
-            only=ccel_registers_with_events(log),
+            only=set(replayed.extended),
         )
-    return CcelResult(rtmrs, extract_components(log, ALG_SHA384), len(log.events))
+    # copies: claims built from one result must not share lists with the next one's
+    c = replayed.components
+    components = MeasuredComponents(
+        **{
+            **vars(c),
+            "efi_applications": list(c.efi_applications),
+            "runtime_events": list(c.runtime_events),
+        }
+    )
+    return CcelResult(dict(replayed.rtmrs), components, replayed.events)
 
 
 def read_ccel(data_path: Path = CCEL_DATA_PATH) -> bytes | None:

@@ -23,7 +23,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ class MockTdxCA:
     certs: dict[str, Any]
     attestation_key: P256Key
     platform: dict[str, Any]
+    #: the QE certification data every quote of this platform carries, once built
+    #: (:func:`~modelseal.tee.mock_tdx.quote_builder.build_quote`)
+    qe_certification: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod

@@ -44,7 +44,7 @@ class DcapQuoteVerifier(Verifier):
         self._parsed: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._checked: set[tuple[str, bytes]] = set()
-        self._chains: OrderedDict[bytes, tuple[Any, dcap.PckInfo]] = OrderedDict()
+        self._chains: OrderedDict[bytes, tuple[Any, dcap.PckInfo, bytes]] = OrderedDict()
 
     @classmethod
     def evidence_from_file(cls, raw: bytes) -> Any:
@@ -75,14 +75,17 @@ class DcapQuoteVerifier(Verifier):
                 self._parsed.popitem(last=False)
         return parsed
 
-    def _chain_facts(self, pem: bytes) -> tuple[Any, dcap.PckInfo]:
-        """Embedded-chain check and PCK facts, memoized per chain (one per platform)."""
+    def _chain_facts(self, pem: bytes) -> tuple[Any, dcap.PckInfo, bytes]:
+        """Embedded-chain check and PCK facts, memoized per chain (one per platform): the
+        chain's root, the PCK facts, and the root's TBS bytes (which identify the root in
+        the memo of checked collateral; cryptography re-encodes them on every access)."""
         key = bytes(pem)
         with self._lock:
             hit = self._chains.get(key)
         if hit is not None:
             return hit
-        facts = (dcap.check_embedded_chain(pem, self.root_ca_der), dcap.pck_info(pem))
+        root = dcap.check_embedded_chain(pem, self.root_ca_der)
+        facts = (root, dcap.pck_info(pem), root.tbs_certificate_bytes)
         with self._lock:
             self._chains[key] = facts
             while len(self._chains) > 1024:
@@ -103,10 +106,10 @@ class DcapQuoteVerifier(Verifier):
         ev = decode_evidence(evidence)
         quote = parse_quote(ev.quote)
         self._check_type(quote)
-        root, pck = self._chain_facts(quote.signature.pck_chain_pem)
+        root, pck, root_tbs = self._chain_facts(quote.signature.pck_chain_pem)
         collateral = self.collateral.get(self.quote_tee, pck.fmspc, pck.ca, now)
         parsed = self._dcap_collateral(collateral.text)
-        checked = (collateral.text, root.tbs_certificate_bytes)
+        checked = (collateral.text, root_tbs)
         if checked not in self._checked:
             dcap.check_collateral_chains(collateral.text, root)
             with self._lock:

@@ -189,3 +189,29 @@ def test_trustee_parsed_quote_claims(shared_vectors: Path) -> None:
     assert attrs["pks"] is want["protection_keys"]
     assert attrs["key_locker"] is want["key_locker"]
     assert attrs["perfmon"] is want["perfmon"]
+
+
+def test_a_remembered_replay_is_still_compared_with_each_quote(shared_vectors: Path) -> None:
+    """verify_ccel remembers a log's replay, never a verdict: the same log bytes checked
+    against RTMRs that differ in the last byte fail every time, and each result owns its
+    lists."""
+    base = shared_vectors / "eventlog/go-tdx-guest"
+    log = (base / "ccel_data.dat").read_bytes()
+    rtmrs = parse_quote((base / "cos-113-tdx-quote.dat").read_bytes()).td_report.rtmrs
+    first = verify_ccel(log, rtmrs)
+    for reg in range(3):
+        wrong = list(rtmrs)
+        wrong[reg] = rtmrs[reg][:-1] + bytes([rtmrs[reg][-1] ^ 1])
+        with pytest.raises(EvidenceError, match=f"does not replay to the quoted RTMR{reg}"):
+            verify_ccel(log, tuple(wrong))
+    second = verify_ccel(log, rtmrs)
+    assert second.rtmrs == first.rtmrs
+    assert second.components == first.components
+    replayed, applications = dict(first.rtmrs), list(first.components.efi_applications)
+    first.components.efi_applications.append("changed by a caller")
+    first.components.runtime_events.append("changed by a caller")
+    first.rtmrs[0] = bytes(48)
+    third = verify_ccel(log, rtmrs)
+    assert third.rtmrs == replayed
+    assert third.components.efi_applications == applications
+    assert "changed by a caller" not in third.components.runtime_events
