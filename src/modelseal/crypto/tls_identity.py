@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from modelseal.crypto.x509_pem import parse_der_certificate
 from modelseal.errors import FormatError
 
 __all__ = [
@@ -117,7 +118,7 @@ def certificate_der(cert: x509.Certificate) -> bytes:
 def certificate_spki(certificate_der: bytes) -> bytes:
     """The DER SubjectPublicKeyInfo of a DER certificate; ``FormatError`` if unparsable."""
     try:
-        cert = x509.load_der_x509_certificate(certificate_der)
+        cert = parse_der_certificate(certificate_der)
         return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise FormatError("the peer certificate or its public key does not parse") from exc
@@ -127,7 +128,7 @@ def certificate_extension(certificate_der: bytes, oid: str) -> bytes | None:
     """The extnValue of the extension ``oid`` (None if absent); ``FormatError`` if the
     certificate or its extensions do not parse."""
     try:
-        cert = x509.load_der_x509_certificate(certificate_der)
+        cert = parse_der_certificate(certificate_der)
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
     except x509.ExtensionNotFound:
         return None

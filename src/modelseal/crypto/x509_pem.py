@@ -7,6 +7,7 @@ may import; verifiers use these helpers instead.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -26,22 +27,40 @@ def cert_der(cert: x509.Certificate) -> bytes:
 def parse_certificates(data: bytes) -> list[x509.Certificate]:
     """DER (one) or PEM (one or more) certificates from untrusted bytes.
 
-    Every malformation is a ``ValueError``: pyca raises ``InvalidVersion`` for an unknown
-    version field, ``DuplicateExtension`` (on first access to ``extensions``) for a
-    repeated extension and ``TypeError`` for a name attribute of the wrong ASN.1 type inside
-    an extension (a BIT STRING under another OID than x500UniqueIdentifier), none of them a
-    ``ValueError``, and a flipped byte produces any of them. The
-    extensions are therefore parsed here, once, so later accesses cannot raise them. pyca's
-    deprecation warnings (e.g. AMD's zero serial numbers) are silenced: vendor roots that
-    trip them are still the roots vendors sign with.
+    Every malformation is a ``ValueError`` (see :func:`_parsed`). Only for files and
+    collateral whose format is not known in advance: bytes that must be one DER
+    certificate (a TLS peer's) go to :func:`parse_der_certificate`, since a DER certificate
+    can carry a PEM one inside it.
+    """
+    return _parsed(
+        lambda: (
+            list(x509.load_pem_x509_certificates(data))
+            if b"-----BEGIN" in data
+            else [x509.load_der_x509_certificate(data)]
+        )
+    )
+
+
+def parse_der_certificate(data: bytes) -> x509.Certificate:
+    """Exactly one DER certificate from untrusted bytes; malformed -> ``ValueError``."""
+    return _parsed(lambda: [x509.load_der_x509_certificate(data)])[0]
+
+
+def _parsed(load: Callable[[], list[x509.Certificate]]) -> list[x509.Certificate]:
+    """Run ``load`` and parse every certificate's extensions, mapping pyca's exceptions.
+
+    pyca raises ``InvalidVersion`` for an unknown version field, ``DuplicateExtension`` (on
+    first access to ``extensions``) for a repeated extension and ``TypeError`` for a name
+    attribute of the wrong ASN.1 type inside an extension (a BIT STRING under another OID
+    than x500UniqueIdentifier), none of them a ``ValueError``, and a flipped byte produces
+    any of them. The extensions are therefore parsed here, once, so later accesses cannot
+    raise them. pyca's deprecation warnings (e.g. AMD's zero serial numbers) are silenced:
+    vendor roots that trip them are still the roots vendors sign with.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if b"-----BEGIN" in data:
-                certs = list(x509.load_pem_x509_certificates(data))
-            else:
-                certs = [x509.load_der_x509_certificate(data)]
+            certs = load()
             for cert in certs:
                 _ = cert.extensions  # parsed lazily by pyca; cached after this access
     except x509.InvalidVersion as exc:

@@ -140,3 +140,36 @@ def test_certificate_carries_the_buffer_and_binds_its_spki() -> None:
         spki_hash(key.spki_der, 2)
     with pytest.raises(FormatError):
         certificate_extension(b"\x30\x03\x02\x01\x00", OID_TAGGED_EVIDENCE)
+
+
+def _self_signed(extensions: list[tuple[str, bytes]]) -> bytes:
+    import time
+
+    now = time.time()
+    return TlsKey().certificate(extensions=extensions, not_before=now - 60, not_after=now + 3600)
+
+
+def test_a_peer_certificate_with_a_negative_serial_is_parsed_not_a_warning() -> None:
+    # pyca warns about serials RFC 5280 forbids; with warnings as errors (as here) an
+    # unhandled warning would escape the documented errors
+    from cryptography import x509
+
+    der = bytearray(_self_signed([(OID_TAGGED_EVIDENCE, b"\x01")]))
+    serial = x509.load_der_x509_certificate(bytes(der)).serial_number
+    encoded = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+    at = der.index(b"\x02" + bytes([len(encoded)]) + encoded)
+    der[at + 2] |= 0x80  # the serial's sign bit: now negative
+    assert certificate_extension(bytes(der), OID_TAGGED_EVIDENCE) == b"\x01"
+
+
+def test_a_pem_certificate_inside_a_der_one_is_not_what_is_read() -> None:
+    # a TLS peer's DER certificate may carry any bytes in an extension, including a PEM
+    # certificate with other evidence: the evidence read must be the outer certificate's
+    inner = _self_signed([(OID_TAGGED_EVIDENCE, b"inner")])
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n"
+        + base64.encodebytes(inner)
+        + b"-----END CERTIFICATE-----\n"
+    )
+    outer = _self_signed([(OID_TAGGED_EVIDENCE, b"outer"), ("1.3.6.1.4.1.99999.1", pem)])
+    assert certificate_extension(outer, OID_TAGGED_EVIDENCE) == b"outer"
