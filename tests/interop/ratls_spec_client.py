@@ -459,6 +459,14 @@ def peer_evidence(conn: SSL.Connection) -> tuple[x509.Certificate, bytes]:
         raise RefusedError("carries no attestation evidence") from None
     if ext.critical or not isinstance(ext.value, x509.UnrecognizedExtension):
         raise RefusedError("evidence extension is critical or not opaque")
+    # section 1: a self-signed ECDSA P-256 certificate (rats-rs checks the self-signature)
+    key = peer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise RefusedError("certificate key is not ECDSA P-256")
+    try:
+        peer.verify_directly_issued_by(peer)
+    except (ValueError, TypeError, InvalidSignature):
+        raise RefusedError("certificate is not self-signed") from None
     return peer, ext.value.value
 
 
