@@ -11,6 +11,7 @@ describing what the gateway sends, these tests fail.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -25,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 
 from modelseal.quickstart.services import MODELSEAL, child_env
 from modelseal.tee.mock_tdx.attester import DEFAULT_MR_TD
@@ -254,28 +256,52 @@ def test_the_nonce_may_be_sent_with_or_without_base64_padding(gateway: dict[str,
             conn.close()
 
 
+_PATH = "/.well-known/modelseal-attestation"
+_HOST = "Host: 127.0.0.1\r\n"
+
+
 @pytest.mark.parametrize(
-    ("request_line", "status"),
+    ("request_head", "status"),
     [
-        ("GET /.well-known/modelseal-attestation?nonce=" + "A" * 20, 400),  # 15 bytes
-        ("GET /.well-known/modelseal-attestation?nonce=" + "A" * 87, 400),  # 65 bytes
-        ("GET /.well-known/modelseal-attestation?nonce=" + "A" * 22 + "&nonce=" + "A" * 22, 400),
-        ("GET /.well-known/modelseal-attestation", 400),
-        ("DELETE /.well-known/modelseal-attestation?nonce=" + "A" * 22, 405),
-        ("HEAD /.well-known/modelseal-attestation?nonce=" + "A" * 22, 405),
+        pytest.param(f"GET {_PATH}?nonce={'A' * 20}", 400, id="15-bytes"),
+        pytest.param(f"GET {_PATH}?nonce={'A' * 87}", 400, id="65-bytes"),
+        pytest.param(f"GET {_PATH}?nonce={'A' * 22}&nonce={'A' * 22}", 400, id="twice"),
+        pytest.param(f"GET {_PATH}", 400, id="no-nonce"),
+        # standard base64's "+" and "/" are not base64url
+        pytest.param(f"GET {_PATH}?nonce={'A' * 21}+", 400, id="plus"),
+        pytest.param(f"GET {_PATH}?nonce={'A' * 21}/", 400, id="slash"),
+        pytest.param(f"GET {_PATH}?nonce={'A' * 22}&a=1&b=2&c=3&d=4", 400, id="5-params"),
+        pytest.param(f"GET {_PATH}?nonce={'A' * 22}", 400, id="no-host"),
+        pytest.param(f"GET {_PATH}?nonce={'A' * 22}", 405, id="body"),
+        pytest.param(f"DELETE {_PATH}?nonce={'A' * 22}", 405, id="delete"),
+        pytest.param(f"HEAD {_PATH}?nonce={'A' * 22}", 405, id="head"),
     ],
 )
 def test_bad_fresh_evidence_requests_get_the_documented_status(
-    gateway: dict[str, Any], request_line: str, status: int
+    gateway: dict[str, Any], request: pytest.FixtureRequest, request_head: str, status: int
 ) -> None:
+    case = request.node.callspec.id
+    headers = "" if case == "no-host" else _HOST
+    if case == "body":
+        headers += "Content-Length: 0\r\n"
     conn = _connect(gateway)
     try:
-        conn.sendall(f"{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        conn.sendall(f"{request_head} HTTP/1.1\r\n{headers}\r\n".encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = conn.recv(4096)
             assert chunk, head
             head += chunk
-        assert head.split(b" ", 2)[1] == str(status).encode()
+        lines = head.split(b"\r\n")
+        assert lines[0].split(b" ", 2)[1] == str(status).encode()
+        assert b"connection: close" in [line.lower() for line in lines]
+        # the error closes the connection; to HEAD no body came before the close
+        rest = b""
+        with contextlib.suppress(SSL.ZeroReturnError, SSL.SysCallError):
+            while chunk := conn.recv(4096):
+                rest += chunk
+        if request_head.startswith("HEAD"):
+            assert head.endswith(b"\r\n\r\n")
+            assert rest == b""
     finally:
         conn.close()
