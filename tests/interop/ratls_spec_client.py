@@ -23,7 +23,7 @@ import secrets
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -122,7 +122,6 @@ class Result:
     certificate: Verified
     fresh: Verified | None = None
     exporter: bytes = b""
-    notes: list[str] = field(default_factory=list)
 
 
 def _decode_cbor(data: bytes, what: str) -> Any:
@@ -445,6 +444,8 @@ def connect(host: str, port: int, timeout: float = 10.0) -> SSL.Connection:
     conn.set_tlsext_host_name(host.encode("ascii"))
     conn.set_connect_state()
     conn.do_handshake()
+    if conn.get_protocol_version_name() != "TLSv1.3":
+        raise RefusedError("not TLS 1.3")
     return conn
 
 
