@@ -108,6 +108,9 @@ def test_the_spec_alone_verifies_a_gateway_and_its_fresh_evidence(
         assert fresh is not None
         assert fresh.claims.values["nonce"] == nonce
         assert fresh.claims.values["tls-exporter"] == result.exporter
+        assert fresh.claims.exp - fresh.claims.iat == 3600
+        assert fresh.claims.values["pubkey-hash"] == cert.claims.values["pubkey-hash"]
+        assert fresh.claims.models == cert.claims.models
         assert fresh.quote.report.report_data[:32] == hashlib.sha256(fresh.claims.raw).digest()
         # the claims buffer's keys are in RFC 8949 deterministic order (shorter keys first)
         assert list(fresh.claims.values) == [
