@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import io
 import itertools
+import json
 import secrets
 import socket
 import struct
@@ -291,26 +292,29 @@ def _ecdsa_verify(key: ec.EllipticCurvePublicKey, raw_sig: bytes, message: bytes
     key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
 
 
-def verify_quote_signatures(quote: Quote, root: x509.Certificate, *, now: float) -> None:
-    """DCAP's signature checks: PCK chain to ``root``, QE report, key binding, quote.
-
-    TCB info and QE identity collateral (TCB status) are not checked here.
-    """
-    chain = quote.pck_chain
-    if len(chain) < 2 or chain[-1].public_bytes(serialization.Encoding.DER) != root.public_bytes(
-        serialization.Encoding.DER
-    ):
-        raise RefusedError("quote: PCK chain does not end at the trusted root")
+def _check_chain(chain: list[x509.Certificate], root: x509.Certificate, now: float) -> None:
+    """Each certificate signed by the next, the last one ``root`` itself, all valid now."""
+    der = serialization.Encoding.DER
+    if len(chain) < 2 or chain[-1].public_bytes(der) != root.public_bytes(der):
+        raise RefusedError("quote: certificate chain does not end at the trusted root")
     for cert, issuer in itertools.pairwise(chain):
         try:
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
-            raise RefusedError("quote: PCK chain signature does not verify") from None
+            raise RefusedError("quote: certificate chain signature does not verify") from None
     for cert in chain:
-        if not (
-            cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
-        ):
-            raise RefusedError("quote: a PCK chain certificate is not valid now")
+        valid = cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
+        if not valid:
+            raise RefusedError("quote: a chain certificate is not valid now")
+
+
+def verify_quote_signatures(quote: Quote, root: x509.Certificate, *, now: float) -> None:
+    """DCAP's signature checks: PCK chain to ``root``, QE report, key binding, quote.
+
+    The collateral's identities are :func:`verify_identities`.
+    """
+    chain = quote.pck_chain
+    _check_chain(chain, root, now)
     pck_key = chain[0].public_key()
     if not isinstance(pck_key, ec.EllipticCurvePublicKey):
         raise RefusedError("quote: PCK key is not ECDSA")
@@ -329,6 +333,81 @@ def verify_quote_signatures(quote: Quote, root: x509.Certificate, *, now: float)
         _ecdsa_verify(att_key, quote.signature, quote.signed)
     except (ValueError, InvalidSignature):
         raise RefusedError("quote: signature does not verify") from None
+
+
+def _signed_json(
+    text: str, signature_hex: str, issuer_chain_pem: str, root: x509.Certificate, now: float
+) -> dict[str, Any]:
+    """Intel PCS JSON: ``r || s`` (hex) over the exact text, by the first certificate of a
+    chain that ends at ``root``."""
+    chain = x509.load_pem_x509_certificates(issuer_chain_pem.encode())
+    _check_chain(chain, root, now)
+    signer = chain[0].public_key()
+    if not isinstance(signer, ec.EllipticCurvePublicKey):
+        raise RefusedError("collateral: signer key is not ECDSA")
+    try:
+        _ecdsa_verify(signer, bytes.fromhex(signature_hex), text.encode())
+    except (ValueError, InvalidSignature):
+        raise RefusedError("collateral: signature does not verify") from None
+    value: dict[str, Any] = json.loads(text)
+    return value
+
+
+def _masked_equal(found: bytes, expected_hex: str, mask_hex: str) -> bool:
+    expected, mask = bytes.fromhex(expected_hex), bytes.fromhex(mask_hex)
+    return len(found) == len(expected) == len(mask) and all(
+        f & m == e & m for f, e, m in zip(found, expected, mask, strict=True)
+    )
+
+
+def verify_identities(
+    quote: Quote, collateral: dict[str, str], root: x509.Certificate, *, now: float
+) -> None:
+    """The QE and TDX module identities of DCAP collateral (dcap-qvl's JSON shape).
+
+    The QE report must come from the enclave the QE identity names (MRSIGNER, ISVPRODID,
+    masked MISCSELECT and ATTRIBUTES, an ISVSVN of an ``UpToDate`` level) and the TD's SEAM
+    module from the signer the TCB info names (MRSIGNERSEAM, masked SEAMATTRIBUTES). The
+    platform's TCB level (SGX components and PCE SVN from the PCK certificate's extension,
+    TDX components from ``tee_tcb_svn``) is not evaluated here.
+    """
+    qe = _signed_json(
+        collateral["qe_identity"],
+        collateral["qe_identity_signature"],
+        collateral["qe_identity_issuer_chain"],
+        root,
+        now,
+    )
+    tcb = _signed_json(
+        collateral["tcb_info"],
+        collateral["tcb_info_signature"],
+        collateral["tcb_info_issuer_chain"],
+        root,
+        now,
+    )
+    report = quote.qe_report
+    miscselect, attributes, mrsigner = report[16:20], report[48:64], report[128:160]
+    isvprodid, isvsvn = struct.unpack_from("<HH", report, 256)
+    if (
+        qe.get("id") != "TD_QE"
+        or not hmac.compare_digest(mrsigner, bytes.fromhex(qe["mrsigner"]))
+        or isvprodid != qe["isvprodid"]
+        or not _masked_equal(miscselect, qe["miscselect"], qe["miscselectMask"])
+        or not _masked_equal(attributes, qe["attributes"], qe["attributesMask"])
+    ):
+        raise RefusedError("quote: the QE is not the one the QE identity names")
+    up_to_date = [lv["tcb"]["isvsvn"] for lv in qe["tcbLevels"] if lv["tcbStatus"] == "UpToDate"]
+    if not any(isvsvn >= level for level in up_to_date):
+        raise RefusedError("quote: the QE's ISVSVN is below every UpToDate level")
+    module = tcb["tdxModule"]
+    if tcb.get("id") != "TDX" or not hmac.compare_digest(
+        quote.report.mr_signer_seam, bytes.fromhex(module["mrsigner"])
+    ):
+        raise RefusedError("quote: the SEAM module's signer is not the one TCB info names")
+    if not _masked_equal(
+        quote.report.seam_attributes, module["attributes"], module["attributesMask"]
+    ):
+        raise RefusedError("quote: the SEAM attributes are not the ones TCB info names")
 
 
 def verify_evidence_buffer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -73,7 +74,8 @@ def gateway(
     try:
         wait_listening(port, proc, log)
         root = x509.load_pem_x509_certificate((ca / "root-ca.pem").read_bytes())
-        yield {"port": port, "root": root, "tmp": tmp_path}
+        collateral = json.loads((ca / "collateral.json").read_text())
+        yield {"port": port, "root": root, "collateral": collateral}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -308,3 +310,23 @@ def test_bad_fresh_evidence_requests_get_the_documented_status(
             assert rest == b""
     finally:
         conn.close()
+
+
+def test_the_quote_matches_the_identities_its_collateral_signs(gateway: dict[str, Any]) -> None:
+    certificate, extension = _certificate_evidence(gateway)
+    root, collateral, now = gateway["root"], gateway["collateral"], time.time()
+    quote = spec.verify_evidence_buffer(extension, certificate, root=root, now=now).quote
+    spec.verify_identities(quote, collateral, root, now=now)
+    # collateral text changed in one character: its signature no longer verifies
+    for name in ("qe_identity", "tcb_info"):
+        text = collateral[name]
+        tampered = dict(collateral, **{name: text.replace('"version":', '"version" :', 1)})
+        with pytest.raises(spec.RefusedError, match="collateral: signature"):
+            spec.verify_identities(quote, tampered, root, now=now)
+    # a QE identity naming another signer, as if signed (the check after the signature)
+    other = bytearray(quote.qe_report)
+    other[159] ^= 1  # the last byte of the QE's MRSIGNER
+    with pytest.raises(spec.RefusedError, match="QE identity"):
+        spec.verify_identities(
+            dataclasses.replace(quote, qe_report=bytes(other)), collateral, root, now=now
+        )
