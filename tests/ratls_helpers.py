@@ -10,7 +10,9 @@ from __future__ import annotations
 import http.server
 import json
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -134,6 +136,20 @@ def _handler(up: Upstream) -> type[http.server.BaseHTTPRequestHandler]:
             self.wfile.write(out)
 
     return Handler
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until a gateway process accepts on ``port``; its log is the failure message."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("gateway did not start: " + log.read_text())
 
 
 @contextmanager

@@ -11,7 +11,6 @@ import json
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,22 +29,10 @@ from tests.ratls_helpers import (
     last_byte_changed,
     relay_certificate,
     upstream_server,
+    wait_listening,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(log.read_text())
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("gateway did not start: " + log.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +76,7 @@ def gateway(
             cwd=scratch["cwd"],
         )  # fmt: skip
     try:
-        _wait_listening(port, proc, log)
+        wait_listening(port, proc, log)
         yield {
             "url": f"https://127.0.0.1:{port}",
             "root": ca / "root-ca.pem",
@@ -208,7 +195,7 @@ def test_gateway_refuses_an_insecure_kind_unless_told(tmp_path: Path, upstream: 
             env=child_env(), start_new_session=True,
         )  # fmt: skip
     try:
-        _wait_listening(port, proc, log)
+        wait_listening(port, proc, log)
         assert "WARNING: INSECURE sample TEE" in log.read_text()
         policy = tmp_path / "sample.yaml"
         policy.write_text("apiVersion: modelseal/v1\nkind: ReleasePolicy\ntee: [sample]\n")

@@ -197,6 +197,8 @@ class _Exchange:
         self.stream = stream
         self.peer = peer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        #: the method of the request being answered (an answer to HEAD has no body)
+        self.method = b""
 
     def _next(self, deadline: float | None = None) -> Any:
         """The next h11 event; each read waits at most ``io_timeout``, and all reads
@@ -237,6 +239,7 @@ class _Exchange:
                 return
             if not isinstance(event, h11.Request):
                 return
+            self.method = event.method
             self._request(event)
             if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
                 return
@@ -251,7 +254,13 @@ class _Exchange:
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
-        self._send_all(h11.Response(status_code=status, headers=headers), h11.Data(data=body))
+        response = h11.Response(status_code=status, headers=headers)
+        if self.method == b"HEAD":
+            # the head alone: h11 refuses body bytes after a HEAD, and the refusal would
+            # end the connection with no answer at all
+            self._send_all(response)
+            return
+        self._send_all(response, h11.Data(data=body))
 
     def _request(self, request: h11.Request) -> None:
         # origin-form only: an absolute URL or authority would make this an open proxy

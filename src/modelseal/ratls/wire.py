@@ -17,6 +17,7 @@ times, the attested model digests, and for fresh evidence the TLS exporter value
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -102,10 +103,19 @@ class EvidenceBuffer:
 def _cbor(data: bytes, what: str) -> Any:
     if len(data) > MAX_EVIDENCE_BUFFER:
         raise EvidenceError(f"{what} is larger than {MAX_EVIDENCE_BUFFER} bytes")
+    # one definite-length item, no repeated map key, nothing after it: another verifier
+    # of the same bytes must not read a different claim (a repeated pubkey-hash, say)
+    stream = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(
+        stream, read_size=1, allow_indefinite=False, allow_duplicate_keys=False
+    )
     try:
-        return cbor2.loads(data)
+        item = decoder.decode()
     except (cbor2.CBORDecodeError, ValueError, RecursionError, OverflowError) as exc:
         raise EvidenceError(f"{what} is not valid CBOR") from exc
+    if stream.tell() != len(data):
+        raise EvidenceError(f"{what} has bytes after its CBOR item")
+    return item
 
 
 def decode_evidence_buffer(data: bytes) -> EvidenceBuffer:

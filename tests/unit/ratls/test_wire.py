@@ -84,6 +84,13 @@ def test_sgx_quote_is_not_taken_for_tdx() -> None:
         b"\x9f" * 100_000,  # deeply nested indefinite arrays
         b"\x5a\xff\xff\xff\xff",  # a byte string claiming 4 GiB
         b"\x00" * (1024 * 1024 + 1),
+        pytest.param(
+            cbor2.dumps(cbor2.CBORTag(TAG_INTEL_TEE_QUOTE, [b"a", b"b"])) + b"\x00",
+            id="trailing-byte",
+        ),
+        pytest.param(
+            bytes.fromhex("da001a7501") + b"\x82\x5f\x41a\xff\x41b", id="indefinite-evidence"
+        ),
     ],
 )
 def test_hostile_evidence_buffers_are_evidence_errors(raw: bytes) -> None:
@@ -111,6 +118,19 @@ def _claims(**members: Any) -> bytes:
         _claims(nonce="text"),
         cbor2.dumps({f"claim{i}": b"" for i in range(17)}),
         cbor2.dumps({1: b"x"}),
+        pytest.param(STATEMENT.encode() + b"\x00", id="trailing-byte"),
+        # pubkey-hash twice: verifiers keeping the first or the last would disagree
+        pytest.param(
+            bytes([STATEMENT.encode()[0] + 1])
+            + STATEMENT.encode()[1:]
+            + cbor2.dumps("pubkey-hash")
+            + cbor2.dumps(cbor2.dumps([1, b"\x12" * 32])),
+            id="repeated-pubkey-hash",
+        ),
+        pytest.param(
+            _claims(**{"pubkey-hash": cbor2.dumps([1, b"\x11" * 32]) + b"\x00"}),
+            id="pubkey-hash-trailing-byte",
+        ),
     ],
 )
 def test_hostile_claims_buffers_are_evidence_errors(raw: bytes) -> None:
