@@ -13,13 +13,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from modelseal.crypto.x509_pem import cert_der, cert_pem, load_certificate, pem_to_der
@@ -35,7 +31,6 @@ __all__ = [
     "issue_ocsp_response",
     "load_certificate",
     "pem_to_der",
-    "verify_raw_p256",
 ]
 
 
@@ -113,21 +108,6 @@ class P384Key(P256Key):
         """ECDSA-SHA384 signature as fixed-size ``r || s``."""
         r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA384())))
         return r.to_bytes(48, "big") + s.to_bytes(48, "big")
-
-
-def verify_raw_p256(public_xy: bytes, data: bytes, signature: bytes) -> bool:
-    """Check a raw ``r || s`` ECDSA-SHA256 signature by the P-256 point ``x || y``."""
-    if len(public_xy) != 64 or len(signature) != 64:
-        return False
-    try:
-        pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + public_xy)
-        der = encode_dss_signature(
-            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        )
-        pub.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def _name(common_name: str, org: str) -> x509.Name:

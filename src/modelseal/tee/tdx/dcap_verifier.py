@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from modelseal.crypto.ecdsa_raw import verify_raw_p256
 from modelseal.errors import EvidenceError
 from modelseal.tee.base import Authenticated, InitDataField, Verifier
 from modelseal.tee.eventlog.ccel import verify_ccel
@@ -22,7 +23,20 @@ from modelseal.tee.tdx import dcap
 from modelseal.tee.tdx.claims import build_claims
 from modelseal.tee.tdx.collateral import CollateralStore
 from modelseal.tee.tdx.evidence import decode_evidence
-from modelseal.tee.tdx.quote import TEE_TYPE_SGX, TEE_TYPE_TDX, Quote, TdReport, parse_quote
+from modelseal.tee.tdx.quote import (
+    TEE_TYPE_SGX,
+    TEE_TYPE_TDX,
+    Quote,
+    TdReport,
+    parse_quote,
+    verdict_template,
+)
+
+#: How long a remembered DCAP verdict may serve further quotes of the same template. It is
+#: remembered only if dcap-qvl gives the same verdict at both ends of this window, and
+#: every check dcap-qvl makes over time is an interval (validity of certificates, CRLs,
+#: TCB info and QE identity), so the verdict holds at every moment in between.
+VERDICT_WINDOW = 600.0
 
 
 class DcapQuoteVerifier(Verifier):
@@ -45,6 +59,9 @@ class DcapQuoteVerifier(Verifier):
         self._lock = threading.Lock()
         self._checked: set[tuple[str, bytes]] = set()
         self._chains: OrderedDict[bytes, tuple[Any, dcap.PckInfo, bytes]] = OrderedDict()
+        self._verdicts: OrderedDict[
+            tuple[str, bytes | None, bytes], tuple[float, float, dcap.DcapResult]
+        ] = OrderedDict()
 
     @classmethod
     def evidence_from_file(cls, raw: bytes) -> Any:
@@ -92,6 +109,42 @@ class DcapQuoteVerifier(Verifier):
                 self._chains.popitem(last=False)
         return facts
 
+    def _dcap_verdict(self, quote: Quote, parsed: Any, text: str, now: float) -> dcap.DcapResult:
+        """dcap-qvl's verdict on ``quote``, or a remembered one for its template.
+
+        A quote whose template (:func:`verdict_template`: every byte but REPORTDATA and the
+        quote signature) dcap-qvl accepted under the same collateral and root, within the
+        window, needs only its own signature checked: the attestation key that must have
+        made it is part of the template, certified by the QE report dcap-qvl checked.
+        Anything else (another template, collateral, root or moment) is verified in full.
+        """
+        template = verdict_template(quote)
+        key = None if template is None else (text, self.root_ca_der, template)
+        if key is not None:
+            with self._lock:
+                hit = self._verdicts.get(key)
+            if hit is not None and hit[0] <= now <= hit[1]:
+                signed = quote.raw[: quote.signed_length]
+                sig = quote.signature
+                if not verify_raw_p256(sig.attestation_key, signed, sig.ecdsa_signature):
+                    raise EvidenceError("quote signature is invalid")
+                return hit[2]
+        result = dcap.verify(quote.raw, parsed, now, root_ca_der=self.root_ca_der)
+        if key is None:
+            return result
+        try:
+            later = dcap.verify(
+                quote.raw, parsed, now + VERDICT_WINDOW, root_ca_der=self.root_ca_der
+            )
+        except EvidenceError:  # something expires within the window: verify each time
+            return result
+        if later == result:
+            with self._lock:
+                self._verdicts[key] = (now, now + VERDICT_WINDOW, result)
+                while len(self._verdicts) > 1024:
+                    self._verdicts.popitem(last=False)
+        return result
+
     def _check_type(self, quote: Quote) -> None:
         want = TEE_TYPE_TDX if self.quote_tee == "TDX" else TEE_TYPE_SGX
         if quote.header.tee_type != want:
@@ -114,7 +167,7 @@ class DcapQuoteVerifier(Verifier):
             dcap.check_collateral_chains(collateral.text, root)
             with self._lock:
                 self._checked.add(checked)
-        result = dcap.verify(quote.raw, parsed, now, root_ca_der=self.root_ca_der)
+        result = self._dcap_verdict(quote, parsed, collateral.text, now)
         report = quote.report
         extra: dict[str, Any] = dict(self.extra_claims)
         if ev.ignored:

@@ -360,3 +360,24 @@ def parse_quote(raw: bytes) -> Quote:
         signature=signature,
         signed_length=signed_length,
     )
+
+
+def verdict_template(quote: Quote) -> bytes | None:
+    """The quote's bytes without REPORTDATA and without the attestation key's signature.
+
+    Two quotes with the same template come from the same TD or enclave on the same
+    platform, QE and TCB, and differ only in the data they report; DCAP's verdict on the
+    certification data (the QE report, its PCK signature, the chain, the TCB level) is the
+    same for both, and each one's own signature is checked on its own. None when the
+    layout is not the one this function knows (the caller then verifies in full).
+    """
+    body_start = HEADER_LEN + (6 if quote.header.version == 5 else 0)
+    at = body_start + (320 if quote.body_type == BODY_SGX else 520)
+    sig_at = quote.signed_length + 4
+    raw = quote.raw
+    if (
+        raw[at : at + 64] != quote.report.report_data
+        or raw[sig_at : sig_at + 64] != quote.signature.ecdsa_signature
+    ):
+        return None
+    return raw[:at] + raw[at + 64 : sig_at] + raw[sig_at + 64 :]
