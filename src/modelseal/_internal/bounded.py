@@ -116,8 +116,12 @@ def _as_bytes(data: bytes | bytearray | memoryview | str, what: str, max_bytes: 
         if len(data) > max_bytes:  # every character is at least one byte
             raise too_large(what, max_bytes)
         data = data.encode("utf-8", "surrogatepass")
-    elif not isinstance(data, bytes):
+    elif isinstance(data, bytearray | memoryview):
         data = bytes(data)
+    elif not isinstance(data, bytes):
+        # bytes(n) of an int would be n zero bytes (or an OverflowError): a JSON member
+        # that should hold a document but holds a number is malformed, not empty
+        raise FormatError(f"{what} is not a document (a {type(data).__name__})")
     if len(data) > max_bytes:
         raise too_large(what, max_bytes)
     return data

@@ -225,3 +225,12 @@ def test_yaml_errors_name_the_document_not_the_content() -> None:
     assert "secret-value" not in str(raised.value)
     with pytest.raises(FormatError, match="invalid timestamp"):
         load_yaml("t: 2027-13-45T00:00:00Z", what="policy", max_bytes=1024)
+
+
+@pytest.mark.parametrize("value", [5, 2**64, None, 1.5, ["{}"], {"a": 1}])
+def test_a_document_that_is_not_text_is_a_format_error(value: object) -> None:
+    # a JSON member that should hold a document (collateral's tcb_info, say) but holds a
+    # number: bytes(5) would be five zero bytes, bytes(2**64) an OverflowError
+    for load in (load_json, load_toml, load_yaml):
+        with pytest.raises(FormatError, match="not a document"):
+            load(value, what="member", max_bytes=1024)  # type: ignore[arg-type]
