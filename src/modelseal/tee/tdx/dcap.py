@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -271,8 +272,10 @@ def verify(
     raw_quote: bytes, collateral: Any, now: float, *, root_ca_der: bytes | None = None
 ) -> DcapResult:
     """Run the full DCAP verification; any failure -> EvidenceError with a category."""
-    if now < 0:
-        raise EvidenceError("verification time must not be negative")
+    # NaN and infinity would fail int() and then the error text's date formatting: a
+    # traceback instead of an EvidenceError, and no window comparison holds for NaN.
+    if not math.isfinite(now) or now < 0:
+        raise EvidenceError("verification time must be a finite, non-negative number")
     try:
         if root_ca_der is None:
             report = dcap_qvl.verify(raw_quote, collateral, int(now))

@@ -122,6 +122,18 @@ def test_the_verdict_serves_its_window_only(ca: MockTdxCA, calls: list[float]) -
         assert calls[known] == moment  # verified in full at that moment
 
 
+@pytest.mark.parametrize("moment", [float("nan"), float("inf"), -1.0])
+def test_a_time_no_window_holds_is_refused_before_and_after_a_verdict_is_remembered(
+    ca: MockTdxCA, moment: float
+) -> None:
+    verifier, td = _verifier(ca), Attester(ca.directory)
+    with pytest.raises(EvidenceError, match="verification time"):
+        verifier.verify(td.evidence(DATA_A), expected_report_data=DATA_A, now=moment)
+    verifier.verify(td.evidence(DATA_A), expected_report_data=DATA_A, now=NOW)
+    with pytest.raises(EvidenceError, match="verification time"):
+        verifier.verify(td.evidence(DATA_B), expected_report_data=DATA_B, now=moment)
+
+
 def test_collateral_expiring_within_the_window_is_never_remembered(
     tmp_path: Path, calls: list[float]
 ) -> None:
