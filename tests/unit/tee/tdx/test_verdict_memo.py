@@ -8,6 +8,7 @@ collateral, the moment. ``dcap.verify`` is counted to tell the memo from a full 
 from __future__ import annotations
 
 import base64
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from modelseal.crypto.x509_test_ca import pem_to_der
 from modelseal.errors import EvidenceError
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
+from modelseal.tee.mock_tdx.quote_builder import qe_certification
 from modelseal.tee.mock_tdx.verifier import Verifier as MockVerifier
 from modelseal.tee.tdx import dcap
 from modelseal.tee.tdx.collateral import CollateralStore
@@ -157,3 +159,47 @@ def test_the_template_leaves_out_exactly_report_data_and_signature(ca: MockTdxCA
         template = verdict_template(a)
         assert template is not None
         assert len(template) == len(a.raw) - 128
+
+
+@pytest.mark.parametrize(
+    ("version", "tee_type", "body_type", "body_len", "report_data_at"),
+    [
+        (3, 0x00, None, 384, 320),  # SGX
+        (4, 0x00, None, 384, 320),  # SGX
+        (4, 0x81, None, 584, 520),  # TDX 1.0
+        (5, 0x00, 1, 384, 320),  # SGX
+        (5, 0x81, 2, 584, 520),  # TDX 1.0
+        (5, 0x81, 3, 648, 520),  # TDX 1.5
+    ],
+)
+def test_the_template_finds_report_data_in_every_body_layout(
+    ca: MockTdxCA,
+    version: int,
+    tee_type: int,
+    body_type: int | None,
+    body_len: int,
+    report_data_at: int,
+) -> None:
+    """Quotes laid out by hand (signatures are not checked by the template): two quotes
+    that differ only in REPORTDATA and signature share a template, one that differs in
+    the body byte just before REPORTDATA does not."""
+    cert6 = qe_certification(ca)
+    header = struct.pack("<HHIHH", version, 2, tee_type, 0, 0) + bytes(36)
+
+    def quote(report_data: bytes, signature: bytes, before: int = 0x5A) -> Any:
+        body = bytearray([0x5A]) * body_len
+        body[report_data_at - 1] = before
+        body[report_data_at : report_data_at + 64] = report_data
+        if body_type is not None:
+            body[:0] = struct.pack("<HI", body_type, body_len)
+        key = ca.attestation_key.public_point()
+        tail = cert6 if version == 3 else struct.pack("<HI", 6, len(cert6)) + cert6
+        sig_data = signature + key + tail
+        return parse_quote(header + bytes(body) + struct.pack("<I", len(sig_data)) + sig_data)
+
+    a = quote(DATA_A, b"\x01" * 64)
+    b = quote(DATA_B, b"\x02" * 64)
+    assert a.report.report_data == DATA_A and b.report.report_data == DATA_B
+    assert verdict_template(a) == verdict_template(b) is not None
+    assert len(verdict_template(a) or b"") == len(a.raw) - 128
+    assert verdict_template(quote(DATA_A, b"\x01" * 64, before=0x5B)) != verdict_template(a)
