@@ -199,7 +199,8 @@ def test_the_template_finds_report_data_in_every_body_layout(
 
     a = quote(DATA_A, b"\x01" * 64)
     b = quote(DATA_B, b"\x02" * 64)
-    assert a.report.report_data == DATA_A and b.report.report_data == DATA_B
+    assert a.report.report_data == DATA_A
+    assert b.report.report_data == DATA_B
     assert verdict_template(a) == verdict_template(b) is not None
     assert len(verdict_template(a) or b"") == len(a.raw) - 128
     assert verdict_template(quote(DATA_A, b"\x01" * 64, before=0x5B)) != verdict_template(a)
