@@ -69,13 +69,20 @@ class _Replayed:
 #: Replays of the logs seen last, by SHA-256 of the log bytes. Every quote of a TD carries
 #: the same boot log (until the TD extends RTMR3 at run time), so a KBS verifying it again
 #: and again skips the parse and replay; the quote's own RTMRs are still compared each time.
-_REPLAYS: OrderedDict[bytes, _Replayed] = OrderedDict()
+#: Only a log that matched its quote is remembered (a peer cannot fill the memo with logs
+#: that fail), and the remembered logs' bytes are bounded in total: a replay's components
+#: (application digests, runtime event texts) grow with its log, which may be megabytes.
+_REPLAYS: OrderedDict[bytes, tuple[_Replayed, int]] = OrderedDict()
 _REPLAYS_MAX = 256
+_REPLAYS_MAX_BYTES = 32 * 1024 * 1024
+_replays_bytes = 0
 _replays_lock = threading.Lock()
 
 
-def _replayed(log_bytes: bytes) -> _Replayed:
-    """Parse and replay ``log_bytes`` (remembered; a malformed log raises every time)."""
+def _replayed(log_bytes: bytes) -> tuple[_Replayed, bytes | None]:
+    """Parse and replay ``log_bytes``, or its remembered replay (a malformed log raises
+    every time); with the key to remember a fresh replay under, None for a remembered one
+    or one never to be remembered."""
     remember = isinstance(log_bytes, bytes) and len(log_bytes) <= MAX_LOG_SIZE
     key = hashlib.sha256(log_bytes).digest() if remember else None
     if key is not None:
@@ -83,7 +90,7 @@ def _replayed(log_bytes: bytes) -> _Replayed:
             hit = _REPLAYS.get(key)
             if hit is not None:
                 _REPLAYS.move_to_end(key)
-                return hit
+                return hit[0], None
     log = parse_event_log(log_bytes)
     replayed = _Replayed(
         replay_ccel(log),
@@ -91,19 +98,25 @@ def _replayed(log_bytes: bytes) -> _Replayed:
         len(log.events),
         frozenset(ccel_registers_with_events(log)),
     )
-    if key is not None:
-        with _replays_lock:
-            _REPLAYS[key] = replayed
-            while len(_REPLAYS) > _REPLAYS_MAX:
-                _REPLAYS.popitem(last=False)
-    return replayed
+    return replayed, key
+
+
+def _remember(key: bytes, replayed: _Replayed, size: int) -> None:
+    global _replays_bytes
+    with _replays_lock:
+        if key in _REPLAYS or size > _REPLAYS_MAX_BYTES:
+            return
+        _REPLAYS[key] = (replayed, size)
+        _replays_bytes += size
+        while len(_REPLAYS) > _REPLAYS_MAX or _replays_bytes > _REPLAYS_MAX_BYTES:
+            _replays_bytes -= _REPLAYS.popitem(last=False)[1][1]
 
 
 def verify_ccel(log_bytes: bytes, quoted_rtmrs: tuple[bytes, ...] | None) -> CcelResult:
     """Parse and replay a CCEL; when ``quoted_rtmrs`` is given, every RTMR the log extends
     must replay to the quoted value (registers the log never touches are not checked:
     runtime components may extend them, e.g. RTMR3)."""
-    replayed = _replayed(log_bytes)
+    replayed, key = _replayed(log_bytes)
     if quoted_rtmrs is not None:
         check_registers(
             replayed.rtmrs,
@@ -111,6 +124,8 @@ def verify_ccel(log_bytes: bytes, quoted_rtmrs: tuple[bytes, ...] | None) -> Cce
             names="RTMR",
             only=set(replayed.extended),
         )
+        if key is not None:
+            _remember(key, replayed, len(log_bytes))
     # copies: claims built from one result must not share lists with the next one's
     c = replayed.components
     components = MeasuredComponents(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from modelseal.errors import EvidenceError
 from modelseal.tee.eventlog import (
+    ccel,
     check_registers,
     extract_components,
     parse_event_log,
@@ -215,3 +217,30 @@ def test_a_remembered_replay_is_still_compared_with_each_quote(shared_vectors: P
     assert third.rtmrs == replayed
     assert third.components.efi_applications == applications
     assert "changed by a caller" not in third.components.runtime_events
+
+
+def test_only_a_log_that_matched_its_quote_is_remembered_and_within_a_byte_budget(
+    shared_vectors: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer sending logs that fail their quote (or are never checked) must not fill the
+    process-wide replay memo: each remembered replay holds components that grow with its
+    log, so what is kept is also bounded by the logs' total size."""
+    base = shared_vectors / "eventlog/go-tdx-guest"
+    log = (base / "ccel_data.dat").read_bytes()
+    rtmrs = parse_quote((base / "cos-113-tdx-quote.dat").read_bytes()).td_report.rtmrs
+    monkeypatch.setattr(ccel, "_REPLAYS", OrderedDict())
+    monkeypatch.setattr(ccel, "_replays_bytes", 0)
+    wrong = (rtmrs[0][:-1] + bytes([rtmrs[0][-1] ^ 1]), *rtmrs[1:])
+    with pytest.raises(EvidenceError):
+        verify_ccel(log, wrong)
+    verify_ccel(log, None)
+    assert len(ccel._REPLAYS) == 0
+    verify_ccel(log, rtmrs)
+    assert len(ccel._REPLAYS) == 1
+    assert ccel._replays_bytes == len(log)
+    monkeypatch.setattr(ccel, "_REPLAYS_MAX_BYTES", len(log) - 1)
+    monkeypatch.setattr(ccel, "_REPLAYS", OrderedDict())
+    monkeypatch.setattr(ccel, "_replays_bytes", 0)
+    verify_ccel(log, rtmrs)
+    assert len(ccel._REPLAYS) == 0
+    assert ccel._replays_bytes == 0
