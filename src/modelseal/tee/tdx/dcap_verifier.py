@@ -37,6 +37,9 @@ from modelseal.tee.tdx.quote import (
 #: every check dcap-qvl makes over time is an interval (validity of certificates, CRLs,
 #: TCB info and QE identity), so the verdict holds at every moment in between.
 VERDICT_WINDOW = 600.0
+#: How many verdicts a verifier remembers; the least recently used one goes first, so a
+#: busy TD's verdict survives a stream of templates seen once.
+VERDICTS_MAX = 1024
 
 
 class DcapQuoteVerifier(Verifier):
@@ -123,6 +126,8 @@ class DcapQuoteVerifier(Verifier):
         if key is not None:
             with self._lock:
                 hit = self._verdicts.get(key)
+                if hit is not None:
+                    self._verdicts.move_to_end(key)
             if hit is not None and hit[0] <= now <= hit[1]:
                 signed = quote.raw[: quote.signed_length]
                 sig = quote.signature
@@ -141,7 +146,7 @@ class DcapQuoteVerifier(Verifier):
         if later == result:
             with self._lock:
                 self._verdicts[key] = (now, now + VERDICT_WINDOW, result)
-                while len(self._verdicts) > 1024:
+                while len(self._verdicts) > VERDICTS_MAX:
                     self._verdicts.popitem(last=False)
         return result
 

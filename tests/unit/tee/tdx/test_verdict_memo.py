@@ -21,7 +21,7 @@ from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from modelseal.tee.mock_tdx.quote_builder import qe_certification
 from modelseal.tee.mock_tdx.verifier import Verifier as MockVerifier
-from modelseal.tee.tdx import dcap
+from modelseal.tee.tdx import dcap, dcap_verifier
 from modelseal.tee.tdx.collateral import CollateralStore
 from modelseal.tee.tdx.dcap_verifier import VERDICT_WINDOW
 from modelseal.tee.tdx.quote import parse_quote, verdict_template
@@ -134,6 +134,23 @@ def test_a_time_no_window_holds_is_refused_before_and_after_a_verdict_is_remembe
     verifier.verify(td.evidence(DATA_A), expected_report_data=DATA_A, now=NOW)
     with pytest.raises(EvidenceError, match="verification time"):
         verifier.verify(td.evidence(DATA_B), expected_report_data=DATA_B, now=moment)
+
+
+def test_the_least_recently_used_verdict_is_forgotten_first(
+    ca: MockTdxCA, calls: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dcap_verifier, "VERDICTS_MAX", 2)
+    verifier = _verifier(ca)
+    busy, once, other = (
+        Attester(ca.directory, measurements={"mr_td": "00" * 47 + f"{n:02x}"}) for n in (1, 2, 3)
+    )
+    for td in (busy, once, busy, other):  # busy is used again before other arrives
+        verifier.verify(td.evidence(DATA_A), expected_report_data=DATA_A, now=NOW)
+    assert len(calls) == 6  # three templates verified in full (twice each), one hit
+    verifier.verify(busy.evidence(DATA_B), expected_report_data=DATA_B, now=NOW)
+    assert len(calls) == 6  # still remembered
+    verifier.verify(once.evidence(DATA_B), expected_report_data=DATA_B, now=NOW)
+    assert len(calls) == 8  # forgotten: verified in full again
 
 
 def test_collateral_expiring_within_the_window_is_never_remembered(
