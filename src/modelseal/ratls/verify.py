@@ -20,11 +20,11 @@ import hashlib
 import hmac
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelseal._internal.memo import Memo
 from modelseal.crypto.tls_identity import certificate_extension, certificate_spki, spki_hash
 from modelseal.errors import (
     AttestationError,
@@ -95,8 +95,7 @@ class PeerPolicy:
         self.max_age = max_age
         self.clock = clock
         self._verifiers: dict[str, Verifier] = {}
-        self._cache: OrderedDict[bytes, Attested] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: Memo[bytes, Attested] = Memo(cache_size)
         self._lock = threading.Lock()
 
     # --- public checks ----------------------------------------------------------------
@@ -105,8 +104,7 @@ class PeerPolicy:
         """The certificate's own evidence (cached by certificate digest)."""
         now = self.clock()
         key = hashlib.sha256(certificate_der).digest()
-        with self._lock:
-            hit = self._cache.get(key)
+        hit = self._cache.get(key)
         if hit is not None:
             self._check_time(hit.statement, now)
             self._check_policy(hit.claims, hit.statement, now)
@@ -122,10 +120,7 @@ class PeerPolicy:
                 f"(extension {OID_TAGGED_EVIDENCE}): not an attested gateway, or a relay"
             )
         attested = self._verify(extension, spki, now, nonce=None, exporter=None)
-        with self._lock:
-            self._cache[key] = attested
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, attested)
         return attested
 
     def check_fresh(

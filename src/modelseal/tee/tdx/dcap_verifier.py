@@ -10,11 +10,10 @@ BackendError: the KBS cannot decide, so it answers 503 instead of blaming the gu
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from modelseal._internal.memo import Memo
 from modelseal.crypto.ecdsa_raw import verify_raw_p256
 from modelseal.errors import EvidenceError
 from modelseal.tee.base import Authenticated, InitDataField, Verifier
@@ -58,13 +57,12 @@ class DcapQuoteVerifier(Verifier):
         # Memos keyed by the texts and DER themselves: Python caches a str's hash, and the
         # collateral text and root objects are the same ones call after call, so a lookup
         # costs a pointer compare instead of hashing tens of KiB with SHA-256 per quote.
-        self._parsed: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self._checked: set[tuple[str, bytes]] = set()
-        self._chains: OrderedDict[bytes, tuple[Any, dcap.PckInfo, bytes]] = OrderedDict()
-        self._verdicts: OrderedDict[
+        self._parsed: Memo[str, Any] = Memo(64)
+        self._checked: Memo[tuple[str, bytes], bool] = Memo(64)
+        self._chains: Memo[bytes, tuple[Any, dcap.PckInfo, bytes]] = Memo(1024)
+        self._verdicts: Memo[
             tuple[str, bytes | None, bytes], tuple[float, float, dcap.DcapResult]
-        ] = OrderedDict()
+        ] = Memo(VERDICTS_MAX)
 
     @classmethod
     def evidence_from_file(cls, raw: bytes) -> Any:
@@ -83,16 +81,11 @@ class DcapQuoteVerifier(Verifier):
 
     def _dcap_collateral(self, text: str) -> Any:
         """Parsed dcap-qvl collateral, memoized (parsing costs more than verifying)."""
-        with self._lock:
-            hit = self._parsed.get(text)
-            if hit is not None:
-                self._parsed.move_to_end(text)
-                return hit
+        hit = self._parsed.get(text)
+        if hit is not None:
+            return hit
         parsed = dcap.load_collateral(text)
-        with self._lock:
-            self._parsed[text] = parsed
-            while len(self._parsed) > 64:
-                self._parsed.popitem(last=False)
+        self._parsed.put(text, parsed)
         return parsed
 
     def _chain_facts(self, pem: bytes) -> tuple[Any, dcap.PckInfo, bytes]:
@@ -100,16 +93,12 @@ class DcapQuoteVerifier(Verifier):
         chain's root, the PCK facts, and the root's TBS bytes (which identify the root in
         the memo of checked collateral; cryptography re-encodes them on every access)."""
         key = bytes(pem)
-        with self._lock:
-            hit = self._chains.get(key)
+        hit = self._chains.get(key)
         if hit is not None:
             return hit
         root = dcap.check_embedded_chain(pem, self.root_ca_der)
         facts = (root, dcap.pck_info(pem), root.tbs_certificate_bytes)
-        with self._lock:
-            self._chains[key] = facts
-            while len(self._chains) > 1024:
-                self._chains.popitem(last=False)
+        self._chains.put(key, facts)
         return facts
 
     def _dcap_verdict(self, quote: Quote, parsed: Any, text: str, now: float) -> dcap.DcapResult:
@@ -124,10 +113,7 @@ class DcapQuoteVerifier(Verifier):
         template = verdict_template(quote)
         key = None if template is None else (text, self.root_ca_der, template)
         if key is not None:
-            with self._lock:
-                hit = self._verdicts.get(key)
-                if hit is not None:
-                    self._verdicts.move_to_end(key)
+            hit = self._verdicts.get(key)
             if hit is not None and hit[0] <= now <= hit[1]:
                 signed = quote.raw[: quote.signed_length]
                 sig = quote.signature
@@ -144,10 +130,7 @@ class DcapQuoteVerifier(Verifier):
         except EvidenceError:  # something expires within the window: verify each time
             return result
         if later == result:
-            with self._lock:
-                self._verdicts[key] = (now, now + VERDICT_WINDOW, result)
-                while len(self._verdicts) > VERDICTS_MAX:
-                    self._verdicts.popitem(last=False)
+            self._verdicts.put(key, (now, now + VERDICT_WINDOW, result))
         return result
 
     def _check_type(self, quote: Quote) -> None:
@@ -168,10 +151,9 @@ class DcapQuoteVerifier(Verifier):
         collateral = self.collateral.get(self.quote_tee, pck.fmspc, pck.ca, now)
         parsed = self._dcap_collateral(collateral.text)
         checked = (collateral.text, root_tbs)
-        if checked not in self._checked:
+        if self._checked.get(checked) is None:
             dcap.check_collateral_chains(collateral.text, root)
-            with self._lock:
-                self._checked.add(checked)
+            self._checked.put(checked, True)
         result = self._dcap_verdict(quote, parsed, collateral.text, now)
         report = quote.report
         extra: dict[str, Any] = dict(self.extra_claims)
