@@ -249,10 +249,31 @@ class _FailingBinding:
         raise RuntimeError(self.code)
 
 
-@pytest.mark.parametrize(("code", "error"), [(4, ConfigError), (7, BackendError)])
+@pytest.mark.parametrize(
+    ("code", "unmounted", "error"),
+    [(4, False, ConfigError), (7, False, BackendError), (8, False, BackendError)],
+)
 def test_a_mount_that_never_served_is_a_config_error(
-    store: SegmentStore, tmp_path: Path, code: int, error: type[Exception]
+    store: SegmentStore, tmp_path: Path, code: int, unmounted: bool, error: type[Exception]
 ) -> None:
     fs = SealedFs(store, Tree([("w.bin", len(PLAIN))]), model_digest="sha256:" + "a" * 64)
     with pytest.raises(error):
-        serve_module._run(_FailingBinding(code), fs, MountOptions(mountpoint=tmp_path))
+        serve_module._run(
+            _FailingBinding(code),
+            fs,
+            MountOptions(mountpoint=tmp_path),
+            unmounted=lambda: unmounted,
+        )
+
+
+def test_a_failed_loop_after_our_own_unmount_is_the_session_ending(
+    store: SegmentStore, tmp_path: Path
+) -> None:
+    """Once this process unmounted, the kernel may end the connection with ECONNABORTED
+    (libfuse: loop failed, 8); that is the asked-for end, not a failure. Any other result,
+    or 8 without our unmount, stays an error (above)."""
+    fs = SealedFs(store, Tree([("w.bin", len(PLAIN))]), model_digest="sha256:" + "a" * 64)
+    options = MountOptions(mountpoint=tmp_path)
+    serve_module._run(_FailingBinding(8), fs, options, unmounted=lambda: True)
+    with pytest.raises(BackendError):
+        serve_module._run(_FailingBinding(7), fs, options, unmounted=lambda: True)

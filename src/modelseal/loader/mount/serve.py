@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,11 @@ class _Lifecycle:
         self._readying: threading.Thread | None = None
         self._unmounted = False
 
+    @property
+    def unmounted(self) -> bool:
+        """True once this process lazily unmounted its own mount point."""
+        return self._unmounted
+
     def start(self) -> None:
         self._watcher.start()
 
@@ -276,7 +282,7 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         life.start()
         try:
-            _run(binding, fs, options)
+            _run(binding, fs, options, unmounted=lambda: life.unmounted)
         finally:
             life.stop()
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -285,7 +291,10 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         store.close()
 
 
-def _run(binding: Any, fs: SealedFs, options: MountOptions) -> None:
+def _run(
+    binding: Any, fs: SealedFs, options: MountOptions, *, unmounted: Callable[[], bool]
+) -> None:
+    """Run libfuse's loop; ``unmounted`` tells whether this process already unmounted."""
     extra: dict[str, Any] = {"allow_other": True} if options.allow_other else {}
     try:
         binding.FUSE(
@@ -310,9 +319,17 @@ def _run(binding: Any, fs: SealedFs, options: MountOptions) -> None:
                 f"cannot mount {options.mountpoint}: {_SETUP_FAILURES[code]} (libfuse's "
                 "message is above; mounting needs /dev/fuse and CAP_SYS_ADMIN or fusermount3)"
             ) from None
+        if code == _LOOP_FAILED and unmounted():
+            # after our own lazy unmount the kernel ends the connection once the last open
+            # file closes; a worker thread may then read ECONNABORTED instead of ENODEV, which
+            # libfuse reports as a failed loop although the session ended as asked
+            log.info("the FUSE session at %s ended after the unmount (%s)", options.mountpoint, exc)
+            return
         raise BackendError(f"the FUSE session at {options.mountpoint} failed ({exc})") from None
 
 
+#: ``fuse_main_real``'s result when the serving loop returned an error (libfuse 3 helper.c)
+_LOOP_FAILED = 8
 #: ``fuse_main_real`` results that mean the mount never served (libfuse 3 fuse.h)
 _SETUP_FAILURES = {
     1: "invalid FUSE options",
