@@ -8,6 +8,7 @@ collateral, the moment. ``dcap.verify`` is counted to tell the memo from a full 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import struct
 import time
 from pathlib import Path
@@ -221,3 +222,27 @@ def test_the_template_finds_report_data_in_every_body_layout(
     assert verdict_template(a) == verdict_template(b) is not None
     assert len(verdict_template(a) or b"") == len(a.raw) - 128
     assert verdict_template(quote(DATA_A, b"\x01" * 64, before=0x5B)) != verdict_template(a)
+
+
+def test_a_verdict_that_changes_within_the_window_is_never_remembered(
+    ca: MockTdxCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verdict that differs at the window's end (say an advisory appears) is verified
+    every time: each quote gets the verdict of its own moment, never a remembered one."""
+    seen: list[float] = []
+    real = dcap.verify
+
+    def changing(raw: bytes, collateral: Any, now: float, **kw: Any) -> dcap.DcapResult:
+        seen.append(now)
+        result = real(raw, collateral, now, **kw)
+        if now >= NOW + VERDICT_WINDOW:
+            return dataclasses.replace(result, advisory_ids=(*result.advisory_ids, "INTEL-SA-1"))
+        return result
+
+    monkeypatch.setattr(dcap, "verify", changing)
+    verifier, td = _verifier(ca), Attester(ca.directory)
+    first = verifier.verify(td.evidence(DATA_A), expected_report_data=DATA_A, now=NOW)
+    second = verifier.verify(td.evidence(DATA_B), expected_report_data=DATA_B, now=NOW + 1)
+    assert seen == [NOW, NOW + VERDICT_WINDOW, NOW + 1, NOW + 1 + VERDICT_WINDOW]
+    assert "INTEL-SA-1" not in first.advisories
+    assert "INTEL-SA-1" not in second.advisories
