@@ -120,11 +120,15 @@ def test_a_missing_release_row_is_reported(kbs: tuple[KbsCluster, Ledger]) -> No
 
 
 def test_a_broken_audit_chain_is_reported(kbs: tuple[KbsCluster, Ledger]) -> None:
+    """Between kill points by the library call, after the last one by the operator's
+    ``kbs audit --verify``: both must see it."""
     cluster, ledger = kbs
     [(actor,)] = _sql(cluster, "SELECT actor FROM ms_audit WHERE seq = 2")
     _sql(cluster, "UPDATE ms_audit SET actor = 'someone else' WHERE seq = 2")
     try:
-        assert "`kbs audit --verify` exited 5" in _check(cluster, ledger)
+        assert "the audit chain breaks at row 2" in _check(cluster, ledger)
+        final = Checker(cluster, ledger, random.Random(1)).check(final=True)
+        assert "`kbs audit --verify` exited 5" in "\n".join(final)
     finally:
         _sql(cluster, "UPDATE ms_audit SET actor = ? WHERE seq = 2", actor)
 
@@ -132,6 +136,7 @@ def test_a_broken_audit_chain_is_reported(kbs: tuple[KbsCluster, Ledger]) -> Non
 def test_the_repaired_store_passes(kbs: tuple[KbsCluster, Ledger]) -> None:
     """Each damage above was undone, so the checks pass again (they are not just failing)."""
     assert _check(*kbs) == ""
+    assert Checker(*kbs, random.Random(1)).check(final=True) == []
 
 
 @pytest.fixture
