@@ -46,7 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from modelseal.errors import BackendError, ConfigError
 from modelseal.kbs.db import Database
-from modelseal.kbs.migrations import baseline
+from modelseal.kbs.migrations import VERSION_TABLE, baseline
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -64,9 +64,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-#: Where the revision is recorded: not Alembic's default ``alembic_version``, so a KBS can
-#: share a PostgreSQL database (schema) with another Alembic-managed application.
-VERSION_TABLE = "ms_schema_version"
 #: PostgreSQL advisory lock key held by the migrating transaction: a fixed number that
 #: every modelseal release uses, so migrators of all versions exclude each other.
 _PG_LOCK_KEY = 0x2B0E_6F3A_91C4_5D17

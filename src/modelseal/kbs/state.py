@@ -39,8 +39,8 @@ from modelseal.kbs.audit import AuditEntry, AuditLog, AuditVerification
 from modelseal.kbs.db import Base, Database, sqlite_url
 from modelseal.kbs.kek_stores import KekSources, KekStore, TokenKeks
 from modelseal.kbs.keys import KekFiles, KeyService
+from modelseal.kbs.migrations import stamped_at_head
 from modelseal.kbs.release import ReleaseOutcome, release_unit, released
-from modelseal.kbs.schema import ensure_current
 from modelseal.kbs.units import Unit, run_alone
 from modelseal.keystore.store import KeyStore
 from modelseal.protocol.claims import Claims
@@ -176,7 +176,12 @@ class KbsState:
         kek_files = open_kek_sources(data_dir, kek_uri, kek_previous_uri)
         admin_key = ensure_admin_credential(data_dir)
         db = Database(database_url or sqlite_url(data_dir))
-        ensure_current(db, data_dir, database_url=database_url)
+        with db.read_connection() as conn:
+            current = stamped_at_head(conn)
+        if not current:  # Alembic (imported only now) creates, or names what to run
+            from modelseal.kbs.schema import ensure_current
+
+            ensure_current(db, data_dir, database_url=database_url)
         _ensure_kek(kek_files, AuditLog(db, lambda: store.ring).head_kek_id())
         ring = KekRing(kek_files.load(), reload=kek_files.on_disk)
         store = KeyStore(db.begin, ring, clock=clock)

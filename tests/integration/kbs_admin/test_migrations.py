@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelseal.errors import ConfigError
-from modelseal.kbs import schema
+from modelseal.kbs import migrations, schema
 from modelseal.kbs.db import Database, sqlite_url
 from modelseal.kbs.migrations import baseline
 from modelseal.kbs.state import KbsState
@@ -77,6 +77,32 @@ def test_head_matches_the_models(tmp_path: Path) -> None:
             assert schema.differences(conn, baseline.metadata()) == []
     finally:
         state.close()
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    """A start on a current database compares with ``HEAD`` without loading Alembic."""
+    assert schema.head() == migrations.HEAD
+
+
+def test_only_exactly_head_is_current_without_alembic(tmp_path: Path) -> None:
+    """Anything but one row naming head (none, two, another revision) goes to Alembic."""
+    KbsState.open(tmp_path).close()
+    db = _db(tmp_path)
+    try:
+        cases = [
+            ("SELECT 1", True),
+            (f"UPDATE ms_schema_version SET version_num = '{migrations.HEAD[:-1]}9'", False),
+            (f"UPDATE ms_schema_version SET version_num = '{migrations.HEAD}'", True),
+            ("INSERT INTO ms_schema_version VALUES ('0001')", False),
+            ("DROP TABLE ms_schema_version", False),
+        ]
+        for statement, current in cases:
+            with sqlite3.connect(tmp_path / "kbs.sqlite3") as conn:
+                conn.execute(statement)
+            with db.read_connection() as conn:
+                assert migrations.stamped_at_head(conn) is current, statement
+    finally:
+        db.dispose()
 
 
 def test_fresh_database_is_created_at_head(tmp_path: Path) -> None:
@@ -185,6 +211,7 @@ def test_database_behind_head_is_refused_then_upgraded(
     finally:
         db.dispose()
     monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+    monkeypatch.setattr(migrations, "HEAD", "0003")
     assert schema.head() == "0003"
     with pytest.raises(ConfigError) as refused:
         KbsState.open(data)
