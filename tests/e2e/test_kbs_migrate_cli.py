@@ -35,7 +35,7 @@ from tests.integration.kbs_admin.fixture_db import (
     check_contents,
     copy_fixture,
     expected,
-    scripts_with_extra,
+    use_extra_revision,
 )
 
 pytestmark = pytest.mark.e2e
@@ -66,10 +66,11 @@ def before(conn, cursor, statement, parameters, context, executemany):
 event.listen(Engine, "before_cursor_execute", before)
 if stop_at == "commit":
     event.listen(Engine, "commit", lambda conn: pause())
-from modelseal.kbs import schema
+from modelseal.kbs import migrations, schema
 from modelseal.kbs.db import Database, sqlite_url
 from tests.integration.kbs_admin.fixture_db import scripts_with_extra
 schema.scripts = scripts_with_extra
+migrations.HEAD = "0003"
 from modelseal.cli import main
 main(sys.argv[1:])
 """
@@ -159,7 +160,7 @@ def _statement_count(data: Path, monkeypatch: pytest.MonkeyPatch) -> int:
         nonlocal count
         count += 1
 
-    monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+    use_extra_revision(monkeypatch)
     event.listen(Engine, "before_cursor_execute", counted)
     db = Database(sqlite_url(data))
     try:
@@ -193,7 +194,7 @@ def test_kill_9_during_migrate_leaves_the_database_unchanged_and_a_rerun_complet
         assert proc.returncode == -signal.SIGKILL
         assert _schema_sql(data) == before, f"killed at {point}: the schema changed"
 
-        monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+        use_extra_revision(monkeypatch)
         with pytest.raises(ConfigError, match="kbs migrate"):
             KbsState.open(data)
         db = Database(sqlite_url(data))

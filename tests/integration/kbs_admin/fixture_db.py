@@ -13,11 +13,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData
 
 import modelseal.kbs.sessions  # noqa: F401  (registers its table on Base.metadata)
-from modelseal.kbs import schema
+from modelseal.kbs import migrations, schema
 from modelseal.kbs.db import Base, Database
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.tables import KeystoreBase
@@ -50,6 +51,12 @@ def scripts_with_extra() -> ScriptDirectory:
         str(schema.MIGRATIONS_DIR),
         version_locations=[str(schema.MIGRATIONS_DIR / "versions"), str(EXTRA_REVISIONS)],
     )
+
+
+def use_extra_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the test-only 0003 this code's head, for Alembic and for the start's check."""
+    monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+    monkeypatch.setattr(migrations, "HEAD", "0003")
 
 
 def model_metadata() -> MetaData:

@@ -23,7 +23,7 @@ from tests.integration.kbs_admin.fixture_db import (
     expected,
     model_metadata,
     open_concurrently,
-    scripts_with_extra,
+    use_extra_revision,
 )
 
 
@@ -210,8 +210,7 @@ def test_database_behind_head_is_refused_then_upgraded(
         schema.migrate(db)  # the fixture at the shipped head, 0002
     finally:
         db.dispose()
-    monkeypatch.setattr(schema, "scripts", scripts_with_extra)
-    monkeypatch.setattr(migrations, "HEAD", "0003")
+    use_extra_revision(monkeypatch)
     assert schema.head() == "0003"
     with pytest.raises(ConfigError) as refused:
         KbsState.open(data)
@@ -242,7 +241,7 @@ def test_failed_upgrade_leaves_the_database_as_it_was(
     """An error midway through a revision rolls back its DDL and the adoption before it."""
     data = copy_fixture(tmp_path / "kbs")
     before = _tables(data)
-    monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+    use_extra_revision(monkeypatch)
     from alembic.operations import Operations
 
     real = Operations.batch_alter_table

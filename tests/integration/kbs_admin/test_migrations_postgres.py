@@ -24,7 +24,7 @@ from tests.integration.kbs_admin.fixture_db import (
     expected,
     model_metadata,
     open_concurrently,
-    scripts_with_extra,
+    use_extra_revision,
 )
 
 pytestmark = pytest.mark.postgres
@@ -116,7 +116,7 @@ def test_behind_head_and_failed_upgrade_on_postgres(
     the middle of 0003 leaves it at 0002 with none of 0003's changes."""
     data = tmp_path / "kbs"
     KbsState.open(data, database_url=pg_url).close()
-    monkeypatch.setattr(schema, "scripts", scripts_with_extra)
+    use_extra_revision(monkeypatch)
     with pytest.raises(ConfigError, match="revision 0002, behind this release's 0003"):
         KbsState.open(data, database_url=pg_url)
 
