@@ -32,6 +32,8 @@ __all__ = [
     "memory_limit",
     "parse_mount_entries",
     "read_bounded",
+    "read_keyed",
+    "read_number",
     "unescape",
 ]
 
@@ -177,24 +179,26 @@ class MemoryLimit:
         return max(0, self.limit - self.in_use)
 
 
-def _read_number(path: Path) -> int | None:
+def read_number(path: Path) -> int | None:
+    """The decimal number a cgroup file holds, or None (unreadable, ``max``, anything else)."""
     text = read_bounded(path, 64)
     if text is None or not _NUMBER.fullmatch(text.strip()):
         return None
     return int(text.strip())
 
 
-def _file_cache(path: Path, keys: tuple[str, ...]) -> int | None:
-    """Sum of the ``keys`` lines of a ``memory.stat`` file, None if it cannot be read."""
+def read_keyed(path: Path, keys: tuple[str, ...]) -> dict[str, int] | None:
+    """The ``key value`` lines of a cgroup file (``memory.stat``, ``memory.events``) whose key
+    is one of ``keys`` and whose value is a number; None if the file cannot be read."""
     text = read_bounded(path, _SMALL_LIMIT)
     if text is None:
         return None
-    total = 0
+    found: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key in keys and _NUMBER.fullmatch(value.strip()):
-            total += int(value.strip())
-    return total
+            found[key] = int(value.strip())
+    return found
 
 
 _FILES = {
@@ -209,14 +213,14 @@ _FILES = {
 
 def _level_limit(version: int, directory: Path) -> MemoryLimit | None:
     limit_name, usage_name, cache_keys = _FILES[version]
-    limit = _read_number(directory / limit_name)  # "max" (v2's no limit) is not a number
+    limit = read_number(directory / limit_name)  # "max" (v2's no limit) is not a number
     if limit is None or limit >= UNLIMITED:
         return None
-    usage = _read_number(directory / usage_name)
-    cache = _file_cache(directory / "memory.stat", cache_keys)
-    if usage is None or cache is None:
+    usage = read_number(directory / usage_name)
+    stat = read_keyed(directory / "memory.stat", cache_keys)
+    if usage is None or stat is None:
         return None
-    return MemoryLimit(limit, max(0, usage - cache), directory / limit_name)
+    return MemoryLimit(limit, max(0, usage - sum(stat.values())), directory / limit_name)
 
 
 def memory_limit(root: Path = Path("/")) -> MemoryLimit | None:

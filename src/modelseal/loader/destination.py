@@ -26,7 +26,7 @@ from modelseal._internal.procfs import (
     parse_mount_entries,
     read_bounded,
 )
-from modelseal.errors import ConfigError, UnsafeDestination
+from modelseal.errors import ConfigError, DestinationTooSmall, UnsafeDestination
 
 #: filesystem types whose pages live only in RAM (and swap, which a TEE encrypts)
 MEMORY_FS_TYPES = frozenset({"tmpfs", "ramfs"})
@@ -218,7 +218,7 @@ def check_destination(path: Path, *, allow_disk: bool, needed_bytes: int = 0) ->
             "decrypted weights would reach disk"
         )
     if needed_bytes and dest.free_bytes < needed_bytes:
-        raise UnsafeDestination(
+        raise DestinationTooSmall(
             f"{path} has {dest.free_bytes} bytes free but the model needs {needed_bytes}"
         )
     if needed_bytes and dest.memory_backed:
@@ -236,11 +236,10 @@ def check_memory_limit(dest: Destination, needed_bytes: int, limit: MemoryLimit 
     """
     if limit is None or needed_bytes <= limit.headroom:
         return
-    raise UnsafeDestination(
+    raise DestinationTooSmall(
         f"{dest.path} is on {dest.fs_type}, whose pages are charged to this process's memory "
         f"cgroup: its limit is {limit.limit} bytes ({limit.source}) with {limit.in_use} "
-        f"already in use, but the model needs {needed_bytes}; serve it with `modelseal mount` "
-        "(decrypt on read, reclaimable page cache) or raise the memory limit"
+        f"already in use, but the model needs {needed_bytes}"
     )
 
 
