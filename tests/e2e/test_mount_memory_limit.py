@@ -94,6 +94,7 @@ def group() -> Iterator[MemoryCgroup]:
         pytest.skip(f"no writable memory cgroup here: {exc}")
 
 
+@pytest.mark.slow  # publishing the 384 MiB model is most of its ~15 s
 def test_load_refuses_and_mount_serves_under_a_cgroup_limit(
     stack: Stack,
     big: tuple[ModelInfo, dict[str, str]],
