@@ -222,24 +222,26 @@ def check_destination(path: Path, *, allow_disk: bool, needed_bytes: int = 0) ->
             f"{path} has {dest.free_bytes} bytes free but the model needs {needed_bytes}"
         )
     if needed_bytes and dest.memory_backed:
-        check_memory_limit(dest, needed_bytes, memory_limit())
+        pages = f"{path} is on {dest.fs_type}, whose pages"
+        check_memory_limit(pages, needed_bytes, memory_limit())
     return dest
 
 
-def check_memory_limit(dest: Destination, needed_bytes: int, limit: MemoryLimit | None) -> None:
-    """Refuse a memory-backed destination whose pages would not fit under ``limit``.
+def check_memory_limit(pages: str, needed_bytes: int, limit: MemoryLimit | None) -> None:
+    """Refuse ``needed_bytes`` of memory-backed plaintext that would not fit under ``limit``.
 
-    tmpfs and ramfs pages are charged to the memory cgroup of the process that writes them
-    (this one) and the kernel cannot reclaim them, so a model larger than the cgroup's
-    headroom would be OOM-killed part-way however much free space the tmpfs reports. The
-    mount (``modelseal mount``) serves such a model from reclaimable page cache instead.
+    tmpfs, ramfs and memfd pages are charged to the memory cgroup of the process that
+    writes them (this one) and the kernel cannot reclaim them, so a model larger than the
+    cgroup's headroom would be OOM-killed part-way, however much free space a tmpfs
+    reports. The mount (``modelseal mount``) serves such a model from reclaimable page
+    cache instead. ``pages`` names where the plaintext goes, for the message.
     """
     if limit is None or needed_bytes <= limit.headroom:
         return
     raise DestinationTooSmall(
-        f"{dest.path} is on {dest.fs_type}, whose pages are charged to this process's memory "
-        f"cgroup: its limit is {limit.limit} bytes ({limit.source}) with {limit.in_use} "
-        f"already in use, but the model needs {needed_bytes}"
+        f"{pages} are charged to this process's memory cgroup: its limit is {limit.limit} "
+        f"bytes ({limit.source}) with {limit.in_use} already in use, but the model needs "
+        f"{needed_bytes}"
     )
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from modelseal import errors
 from modelseal._internal import procfs
-from modelseal.loader.destination import Destination, check_memory_limit
+from modelseal.loader.destination import check_memory_limit
 
 MIB = 1 << 20
 V2_MOUNT = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
@@ -179,13 +179,13 @@ def test_mountinfo_escapes_and_fields() -> None:
 
 
 def test_load_refuses_a_tmpfs_model_above_the_cgroup_headroom(tmp_path: Path) -> None:
-    dest = Destination(tmp_path, "tmpfs", "/dev/shm", memory_backed=True, free_bytes=1 << 40)
+    pages = f"{tmp_path} is on tmpfs, whose pages"
     limit = procfs.memory_limit(v1_tree(tmp_path / "root", str(512 * MIB)))
     assert limit is not None
-    check_memory_limit(dest, limit.headroom, limit)  # exactly fits
-    check_memory_limit(dest, 1 << 40, None)  # no limit known
+    check_memory_limit(pages, limit.headroom, limit)  # exactly fits
+    check_memory_limit(pages, 1 << 40, None)  # no limit known
     with pytest.raises(errors.DestinationTooSmall) as refused:
-        check_memory_limit(dest, limit.headroom + 1, limit)
+        check_memory_limit(pages, limit.headroom + 1, limit)
     assert refused.value.exit_code == 6
     text = refused.value.diagnostics()
     assert str(512 * MIB) in text
