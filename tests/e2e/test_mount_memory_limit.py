@@ -27,6 +27,7 @@ from modelseal.quickstart.services import MODELSEAL, child_env
 from tests.e2e.test_loader_e2e import Stack, plaintext_files, shm, stack
 from tests.e2e.test_mount_e2e import Mount, mounts, pytestmark, start_mount
 from tests.memcg import CgroupUnavailable, MemoryCgroup, memory_cgroup
+from tests.mount_reader import SCRIPT as READER
 
 __all__ = ["mounts", "pytestmark", "shm", "stack"]  # fixtures and marks shared with mount tests
 
@@ -37,25 +38,6 @@ rng = np.random.default_rng(1414)
 LAST = rng.standard_normal((128, 256), dtype=np.float32).view(np.uint8).reshape(128, 1024)
 #: the cgroup's limit: 60 % of the model, in whole MiB (the kernel keeps whole pages)
 LIMIT = BIG * 6 // 10 // MIB * MIB
-
-#: runs inside the cgroup: SHA-256 of every file under the mount, then the last tensor via
-#: safetensors' mmap; prints JSON
-READER = """
-import hashlib, json, sys
-from pathlib import Path
-from safetensors import safe_open
-root, name = Path(sys.argv[1]), sys.argv[2]
-digests = {}
-for path in sorted(p for p in root.rglob("*") if p.is_file()):
-    h = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    digests[str(path.relative_to(root))] = h.hexdigest()
-with safe_open(root / "model.safetensors", framework="np") as f:
-    tensor = f.get_tensor(name)
-print(json.dumps({"sha256": digests, "tensor": hashlib.sha256(tensor.tobytes()).hexdigest()}))
-"""
 
 
 def _model() -> dict[str, bytes]:
@@ -72,7 +54,7 @@ def _last_tensor(data: bytes) -> str:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
     header.pop("__metadata__", None)
-    return max(header, key=lambda k: header[k]["data_offsets"][0])
+    return str(max(header, key=lambda k: header[k]["data_offsets"][0]))
 
 
 @pytest.fixture(scope="module")

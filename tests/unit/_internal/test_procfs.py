@@ -29,7 +29,9 @@ def fake(tmp_path: Path, cgroup: str, mountinfo: str, files: dict[str, str]) -> 
     return tmp_path
 
 
-def v2_level(path: str, limit: str, current: int, active: int = 0, inactive: int = 0) -> dict:
+def v2_level(
+    path: str, limit: str, current: int, active: int = 0, inactive: int = 0
+) -> dict[str, str]:
     return {
         f"{path}/memory.max": f"{limit}\n",
         f"{path}/memory.current": f"{current}\n",
