@@ -333,8 +333,7 @@ def _cgroup_report(model: dict[str, Any], case: dict[str, Any]) -> str:
             "| --- | --- |",
             f"| limit | {limit / MIB:.0f} MiB ({hierarchy}) |",
             f"| `load` into a tmpfs with {size / MIB:.0f}+ MiB free | exit {case['load_exit']}"
-            f" before a byte is written ({case['load_left']} bytes left in the tmpfs); "
-            f"OOM kills {case['load_oom']} |",
+            f", {case['load_left']} bytes written to the tmpfs, OOM kills {case['load_oom']} |",
             f"| `load` message | {case['load_error']} |",
             f"| `mount` + reader in the same cgroup | reader exit {case['read_exit']}, "
             f"SHA-256 of the file {'equal to the original' if case['sha256_ok'] else 'DIFFERS'}"
