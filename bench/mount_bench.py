@@ -325,6 +325,7 @@ def _cgroup_report(model: dict[str, Any], case: dict[str, Any]) -> str:
     )
     peak = case["cgroup_peak"]
     seconds = case["read_seconds"]
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return "\n".join(
         [
             head,
@@ -352,6 +353,9 @@ def _cgroup_report(model: dict[str, Any], case: dict[str, Any]) -> str:
             "mount's plaintext is page cache, charged to the reader that faults it in but "
             "reclaimable: the cgroup's charge reaches the limit, the kernel drops cold pages, "
             "and nothing is killed.",
+            "",
+            f"Load average at the end (1/5/15 min): {load} on 2 vCPUs shared with other "
+            "work (the read time is indicative only).",
         ]
     )
 
