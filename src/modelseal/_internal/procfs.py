@@ -54,7 +54,7 @@ def read_bounded(path: Path, limit: int) -> str | None:
     try:
         with path.open("rb") as f:
             data = f.read(limit + 1)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return None
     if len(data) > limit:
         return None

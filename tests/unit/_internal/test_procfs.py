@@ -157,6 +157,12 @@ def test_cgroup_paths_outside_the_mount_are_ignored(
     assert procfs.memory_limit(root) is None
 
 
+def test_a_nul_in_a_mount_point_is_no_limit(tmp_path: Path) -> None:
+    mounts = "30 25 0:26 / /sys/fs/cg\\000roup rw - cgroup2 cgroup2 rw\n"
+    root = fake(tmp_path, "0::/\n", mounts, {})
+    assert procfs.memory_cgroups(root) == []
+
+
 def test_no_proc_no_limit(tmp_path: Path) -> None:
     assert procfs.memory_cgroups(tmp_path) == []
     assert procfs.memory_limit(tmp_path) is None
