@@ -14,13 +14,20 @@ alternating, several times:
 * the peak RSS (VmHWM, polled) of the mount process through all of that, and the page cache
   the kernel kept for the mount (reclaimable, unlike tmpfs).
 
-Last, the memory-limit case: a tmpfs of half the model's size (what a Kubernetes
-``emptyDir: {medium: Memory, sizeLimit}`` is) refuses ``modelseal load`` (exit 6), while the
-mount serves the whole model with its RSS bounded. A cgroup ``memory.max`` below the model
-size is the stricter form of that test; the report says whether this machine allowed one.
+Then the memory-limit cases. A tmpfs of half the model's size (what a Kubernetes
+``emptyDir: {medium: Memory, sizeLimit}`` is) refuses ``modelseal load`` (exit 6). And the
+strict form, written to its own section: inside ONE child memory cgroup limited to 60 % of
+the model (cgroup v2 ``memory.max``, or the v1 controller's ``memory.limit_in_bytes``;
+:mod:`tests.memcg`), ``modelseal load`` into a tmpfs with room to spare on its own is
+refused before a byte is written (its pages would be charged to the cgroup and could not
+be reclaimed), while ``modelseal mount`` and a reader process in the same cgroup read the
+whole model back (SHA-256 of the file, the last tensor through safetensors' ``mmap``) from
+reclaimable page cache: the cgroup's peak charge, the OOM kills and the mount's peak RSS.
 
 Usage: ``python -m bench mount_bench`` (env: ``MOUNT_BENCH_GIB`` model size in GiB, default
-2; ``MOUNT_BENCH_RUNS`` repetitions, default 3). Needs root (tmpfs mount), /dev/fuse, fuse3.
+2; ``MOUNT_BENCH_RUNS`` repetitions, default 3; ``MOUNT_BENCH_CASE=cgroup`` runs only the
+cgroup case and rewrites only its section). Needs root (tmpfs mount, cgroups), /dev/fuse,
+fuse3.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +52,9 @@ from bench.loader_bench import GIB, SHM, WORKERS, _publish, _timed, _vm_hwm, sta
 from bench.report import write_section
 
 TITLE = "Mount: decrypt on read vs load into tmpfs"
+CGROUP_TITLE = "Mount under a memory cgroup limit"
 READ = 16 << 20
+MIB = 1 << 20
 
 
 def _last_tensor(path: Path) -> tuple[str, int]:
@@ -113,7 +124,8 @@ def _load_run(model: dict[str, Any], env: dict[str, str]) -> dict[str, float]:
     try:
         argv = [*MODELSEAL, "load", "--model", model["model_url"], "--dest", str(dest / "m")]
         argv += ["--tee", "sample", "--workers", str(WORKERS), "--quiet"]
-        seconds, rss, _err = _timed(argv, env)
+        timed = _timed(argv, env, [])
+        seconds, rss = timed.seconds, timed.peak
         path = dest / "m" / "model.safetensors"
         _name, offset = _last_tensor(path)
         start = time.perf_counter()
@@ -125,30 +137,45 @@ def _load_run(model: dict[str, Any], env: dict[str, str]) -> dict[str, float]:
         shutil.rmtree(dest, ignore_errors=True)
 
 
-def _mount_run(
-    model: dict[str, Any], env: dict[str, str], root: Path, *, verify: bool
-) -> dict[str, Any]:
-    from safetensors import safe_open
-
+def _spawn_mount(
+    model: dict[str, Any],
+    env: dict[str, str],
+    work: Path,
+    launch: Callable[[list[str]], list[str]] = list,
+) -> subprocess.Popen[str]:
+    """``modelseal mount`` of ``model`` at ``work/mnt`` (``launch`` may wrap the command)."""
     from modelseal.quickstart.services import MODELSEAL
 
-    work = Path(tempfile.mkdtemp(prefix="mount-", dir=root))
     mountpoint, ready = work / "mnt", work / "ready.json"
     mountpoint.mkdir()
     argv = [*MODELSEAL, "mount", "--model", model["model_url"], "--tee", "sample"]
     argv += ["--mountpoint", str(mountpoint), "--ready-file", str(ready), "--quiet"]
     argv += ["--workers", str(WORKERS)]
-    spawned = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    return subprocess.Popen(
+        launch(argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+
+
+def _wait_ready(proc: subprocess.Popen[str], ready: Path) -> None:
+    while not ready.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"mount exited {proc.returncode}: {err[-2000:]}")
+        time.sleep(0.002)
+
+
+def _mount_run(
+    model: dict[str, Any], env: dict[str, str], root: Path, *, verify: bool
+) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    work = Path(tempfile.mkdtemp(prefix="mount-", dir=root))
+    mountpoint, ready = work / "mnt", work / "ready.json"
+    spawned = time.perf_counter()
+    proc = _spawn_mount(model, env, work)
     rss = _RssPoll(proc.pid)
     try:
-        while not ready.exists():
-            if proc.poll() is not None:
-                err = proc.stderr.read() if proc.stderr else ""
-                raise RuntimeError(f"mount exited {proc.returncode}: {err[-2000:]}")
-            time.sleep(0.002)
+        _wait_ready(proc, ready)
         ready_s = time.perf_counter() - spawned
         steps = json.loads(ready.read_text())["timings"]
         path = mountpoint / "model.safetensors"
@@ -216,21 +243,121 @@ def _limited_tmpfs(model: dict[str, Any], env: dict[str, str], root: Path) -> di
         subprocess.run(["umount", str(target)], check=False)
 
 
-def _cgroup_note() -> str:
-    """Whether a cgroup v2 memory.max can be set here (the strict form of the limit test)."""
-    unified = Path("/sys/fs/cgroup/cgroup.controllers")
-    for candidate in (unified, Path("/sys/fs/cgroup/unified/cgroup.controllers")):
-        if candidate.exists():
-            controllers = candidate.read_text().split()
-            if "memory" in controllers:
-                return f"cgroup v2 with the memory controller at {candidate.parent}"
-            return (
-                f"cgroup v2 at {candidate.parent} has no memory controller "
-                f"(controllers: {' '.join(controllers) or 'none'}); the memory controller "
-                "is cgroup v1 and belongs to the sandbox that runs this VM, so no "
-                "memory.max was set"
+def _first_error(stderr: str) -> str:
+    """The line of a command's stderr that says what went wrong."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error")]
+    return lines[0] if lines else (stderr.strip().splitlines() or [""])[-1]
+
+
+def _cgroup_case(model: dict[str, Any], env: dict[str, str], root: Path) -> dict[str, Any]:
+    """``load`` into a roomy tmpfs, then ``mount`` and a reader, all in one child memory
+    cgroup limited to 60 % of the model."""
+    from tests.memcg import CgroupUnavailable, memory_cgroup
+    from tests.mount_reader import SCRIPT
+
+    from modelseal.quickstart.services import MODELSEAL
+
+    limit = model["size"] * 6 // 10 // MIB * MIB
+    try:
+        with memory_cgroup(limit) as group:
+            dest = Path(tempfile.mkdtemp(prefix="ms-mbench-cg-", dir=SHM))
+            try:
+                argv = [*MODELSEAL, "load", "--model", model["model_url"]]
+                argv += ["--dest", str(dest / "m"), "--tee", "sample", "--quiet"]
+                loaded = group.run(argv, env=env)
+                left = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+            case: dict[str, Any] = {
+                "version": group.version,
+                "limit": limit,
+                "load_exit": loaded.returncode,
+                "load_error": _first_error(loaded.stderr),
+                "load_left": left,
+                "load_oom": group.oom_kills(),
+            }
+            group.reset_peak()
+            work = Path(tempfile.mkdtemp(prefix="mount-cg-", dir=root))
+            proc = _spawn_mount(model, env, work, launch=group.command)
+            rss = _RssPoll(proc.pid)
+            try:
+                _wait_ready(proc, work / "ready.json")
+                name, _offset = _last_tensor(work / "mnt" / "model.safetensors")
+                read = group.run([sys.executable, "-c", SCRIPT, str(work / "mnt"), name], env=env)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                _out, _err = proc.communicate(timeout=120)
+                peak = rss.stop()
+            shutil.rmtree(work, ignore_errors=True)
+            got = json.loads(read.stdout) if read.returncode == 0 else {}
+            case.update(
+                {
+                    "read_exit": read.returncode,
+                    "read_error": _first_error(read.stderr),
+                    "read_seconds": got.get("seconds"),
+                    "tensor": name,
+                    "sha256_ok": got.get("sha256", {}).get("model.safetensors") == model["sha256"],
+                    "mount_exit": proc.returncode,
+                    "mount_rss_kib": peak,
+                    "cgroup_peak": group.peak(),
+                    "oom_kills": group.oom_kills() - case["load_oom"],
+                }
             )
-    return "no cgroup v2 hierarchy here, so no memory.max was set"
+            return case
+    except CgroupUnavailable as exc:
+        return {"limit": limit, "skipped": str(exc)}
+
+
+def _cgroup_report(model: dict[str, Any], case: dict[str, Any]) -> str:
+    size, limit = model["size"], case["limit"]
+    head = (
+        "Command: `MOUNT_BENCH_CASE=cgroup python -m bench mount_bench` (only this case; "
+        "`python -m bench mount_bench` runs it too, after the section above, with the same "
+        f"model). Model: one safetensors file of {size / MIB:.0f} MiB served by the registry "
+        f"on 127.0.0.1. One child memory cgroup limited to {limit / MIB:.0f} MiB "
+        f"({limit / size:.0%} of the model) holds everything below: the loader, the mount "
+        "and the reader (`tests/memcg.py`; a command joins the cgroup before it `exec`s)."
+    )
+    if "skipped" in case:
+        return f"{head}\n\nNot measured here: {case['skipped']}."
+    hierarchy = (
+        "cgroup v2, `memory.max`" if case["version"] == 2 else "cgroup v1, `memory.limit_in_bytes`"
+    )
+    peak = case["cgroup_peak"]
+    seconds = case["read_seconds"]
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return "\n".join(
+        [
+            head,
+            "",
+            "| what | result |",
+            "| --- | --- |",
+            f"| limit | {limit / MIB:.0f} MiB ({hierarchy}) |",
+            f"| `load` into a tmpfs with {size / MIB:.0f}+ MiB free | exit {case['load_exit']}"
+            f", {case['load_left']} bytes written to the tmpfs, OOM kills {case['load_oom']} |",
+            f"| `load` message | {case['load_error']} |",
+            f"| `mount` + reader in the same cgroup | reader exit {case['read_exit']}, "
+            f"SHA-256 of the file {'equal to the original' if case['sha256_ok'] else 'DIFFERS'}"
+            f", last tensor `{case['tensor']}` read through `mmap`"
+            + (f", whole file in {seconds:.2f} s" if seconds is not None else "")
+            + f"; mount exit {case['mount_exit']} after SIGTERM |",
+            f"| OOM kills during the mount | {case['oom_kills']} |",
+            f"| mount peak RSS (VmHWM) | {case['mount_rss_kib'] / 1024:.0f} MiB |",
+            "| cgroup peak charge (mount + reader + page cache) | "
+            + (f"{peak / MIB:.0f} MiB |" if peak is not None else "not reported by this kernel |"),
+            "",
+            "tmpfs pages are charged to the memory cgroup of the process that writes them and "
+            "cannot be reclaimed, so the loader compares the model with the cgroup's headroom "
+            "(limit minus what is charged and not file page cache, over the cgroup and its "
+            "ancestors) and exits 6 up front instead of being OOM-killed part-way. The "
+            "mount's plaintext is page cache, charged to the reader that faults it in but "
+            "reclaimable: the cgroup's charge reaches the limit, the kernel drops cold pages, "
+            "and nothing is killed.",
+            "",
+            f"Load average at the end (1/5/15 min): {load} on 2 vCPUs shared with other "
+            "work (the read time is indicative only).",
+        ]
+    )
 
 
 def main() -> None:
@@ -244,6 +371,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ms-mount-bench-", dir="/var/tmp"))
     # this checkout's modelseal, whatever the virtualenv has installed
     env = child_env({"PYTHONPATH": f"{here.parent / 'src'}{os.pathsep}{here.parent}"})
+    if os.environ.get("MOUNT_BENCH_CASE") == "cgroup":
+        _only_cgroup(size, env, root)
+        return
     stack = start_stack(root)
     kbs, registry = stack["kbs"], stack["registry"]
     try:
@@ -256,6 +386,7 @@ def main() -> None:
             loads.append(_load_run(model, env))
             mounts.append(_mount_run(model, env, root, verify=i == 0))
         limited = _limited_tmpfs(model, env, root)
+        cgroup = _cgroup_case(model, env, root)
         # the mount's peak RSS at other model sizes: it must not grow with the model
         other_rss: dict[int, float] = {}
         for gib in os.environ.get("MOUNT_BENCH_RSS_GIB", "0.25,4").split(","):
@@ -270,6 +401,29 @@ def main() -> None:
     text = _report(model, loads, mounts, limited, runs, other_rss)
     write_section(TITLE, text)
     print(text)
+    _write_cgroup(model, cgroup)
+
+
+def _write_cgroup(model: dict[str, Any], case: dict[str, Any]) -> None:
+    text = _cgroup_report(model, case)
+    write_section(CGROUP_TITLE, text)
+    print(text)
+
+
+def _only_cgroup(size: int, env: dict[str, str], root: Path) -> None:
+    """``MOUNT_BENCH_CASE=cgroup``: publish the model and run the cgroup case alone."""
+    stack = start_stack(root)
+    try:
+        print(f"mount_bench: publishing {size / GIB:.2f} GiB")
+        model = _publish(stack, root, "mount-cgroup", size)
+        model["sha256"] = _plain_sha256(stack, model)
+        print("mount_bench: the cgroup case")
+        case = _cgroup_case(model, env, root)
+    finally:
+        stack["kbs"].stop()
+        stack["registry"].stop()
+        shutil.rmtree(root, ignore_errors=True)
+    _write_cgroup(model, case)
 
 
 def _plain_sha256(stack: dict[str, Any], model: dict[str, Any]) -> str:
@@ -310,10 +464,10 @@ def _report(
     gib = size / GIB
 
     def best(rows: list[dict[str, Any]], key: str) -> float:
-        return min(r[key] for r in rows)
+        return float(min(r[key] for r in rows))
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+        return float(statistics.median(r[key] for r in rows))
 
     load_s = best(loads, "seconds")
     load_gbs = size / load_s / 1e9
@@ -406,7 +560,8 @@ def _report(
             "read-ahead in flight and per-thread request buffers, none of which grows with "
             "the model.",
             "",
-            f"Memory limit below the model size: {limit_text} Strict form: {_cgroup_note()}.",
+            f"Memory limit below the model size: {limit_text} Strict form, a cgroup memory "
+            f"limit below the model size: the next section ({CGROUP_TITLE}).",
             "",
             f"Load average at the end (1/5/15 min): {load} on 2 vCPUs shared with other "
             "work; compare runs of the same invocation only.",

@@ -17,6 +17,7 @@ the README ("Exit codes"), so the CLI maps errors to exit codes in one place::
     ├── NotFound (3)
     │   ├── KeyNotFound / ModelNotFound / BlobNotFound
     ├── UnsafeDestination (6)        plaintext would land on disk-backed storage
+    │   └── DestinationTooSmall (6)  no room: free space or the memory cgroup's limit
     └── BackendError (75)            storage/network/collateral outage; original in __cause__
         ├── TransientError (75)      worth retrying
         └── CollateralMissing (2)    no DCAP collateral configured for a platform (KBS: 503)
@@ -37,6 +38,7 @@ __all__ = [
     "CollateralMissing",
     "ConfigError",
     "DecryptionError",
+    "DestinationTooSmall",
     "Error",
     "EvidenceError",
     "FormatError",
@@ -155,6 +157,16 @@ class UnsafeDestination(Error):
 
     exit_code = 6
     hint = "use a memory-backed directory (tmpfs, emptyDir medium: Memory) or pass --allow-disk"
+
+
+class DestinationTooSmall(UnsafeDestination):
+    """The model would not fit: the destination's free space, or (for tmpfs, whose pages
+    are charged to the loader's memory cgroup) the cgroup's memory limit."""
+
+    hint = (
+        "give the destination more room (emptyDir sizeLimit, the container's memory limit) "
+        "or serve the model with `modelseal mount` (decrypt on read, reclaimable page cache)"
+    )
 
 
 class BackendError(Error):

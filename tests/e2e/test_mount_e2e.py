@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +78,15 @@ class Mount:
         return json.loads(os.getxattr(self.mountpoint, STATS_XATTR))
 
 
-def start_mount(root: Path, *args: str) -> Mount:
+def start_mount(root: Path, *args: str, launch: Callable[[list[str]], list[str]] = list) -> Mount:
+    """``modelseal mount`` of ``args`` at ``root/mnt``, once ready; ``launch`` may wrap the
+    command (e.g. to start it inside a memory cgroup)."""
     mountpoint = root / "mnt"
     mountpoint.mkdir(parents=True)
     ready = root / "run" / "ready.json"
+    argv = [*MODELSEAL, "mount", "--mountpoint", str(mountpoint), "--ready-file", str(ready)]
     process = subprocess.Popen(
-        [*MODELSEAL, "mount", "--mountpoint", str(mountpoint), "--ready-file", str(ready), *args],
+        launch([*argv, *args]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -42,6 +42,7 @@ PUBLIC_API: dict[str, set[str]] = {
         "CollateralMissing",
         "ConfigError",
         "DecryptionError",
+        "DestinationTooSmall",
         "Error",
         "EvidenceError",
         "FormatError",

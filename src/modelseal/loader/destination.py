@@ -19,7 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from modelseal.errors import ConfigError, UnsafeDestination
+from modelseal._internal.procfs import (
+    MOUNTINFO_LIMIT,
+    MemoryLimit,
+    memory_limit,
+    parse_mount_entries,
+    read_bounded,
+)
+from modelseal.errors import ConfigError, DestinationTooSmall, UnsafeDestination
 
 #: filesystem types whose pages live only in RAM (and swap, which a TEE encrypts)
 MEMORY_FS_TYPES = frozenset({"tmpfs", "ramfs"})
@@ -113,33 +120,9 @@ class Destination:
     free_bytes: int
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal ``\\ooo``."""
-    out: list[str] = []
-    i = 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str) -> list[tuple[str, str]]:
     """``(mount_point, fs_type)`` per line of ``/proc/<pid>/mountinfo``, in mount order."""
-    mounts: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields = left.split()
-        rest = right.split()
-        if len(fields) < 5 or not rest:
-            continue
-        mounts.append((_unescape(fields[4]), rest[0]))
-    return mounts
+    return [(m.mount_point, m.fs_type) for m in parse_mount_entries(text)]
 
 
 def mount_for(path: Path, mounts: list[tuple[str, str]]) -> tuple[str, str]:
@@ -203,10 +186,9 @@ def _existing_ancestor(path: Path) -> Path:
 def inspect_destination(path: Path) -> Destination:
     """Describe the filesystem that backs ``path`` (or its nearest existing ancestor)."""
     resolved = Path(os.path.realpath(_existing_ancestor(path.absolute())))
-    try:
-        mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise UnsafeDestination("cannot read /proc/self/mountinfo") from exc
+    mountinfo = read_bounded(Path("/proc/self/mountinfo"), MOUNTINFO_LIMIT)
+    if mountinfo is None:
+        raise UnsafeDestination("cannot read /proc/self/mountinfo")
     mount_point, fs_type = mount_for(resolved, parse_mountinfo(mountinfo))
     kernel_type = statfs_type(resolved)
     memory = fs_type in MEMORY_FS_TYPES if kernel_type is None else kernel_type != "other"
@@ -226,7 +208,8 @@ def check_destination(path: Path, *, allow_disk: bool, needed_bytes: int = 0) ->
     """Refuse a destination that is not memory-backed (unless allowed) or too small.
 
     Raises ``UnsafeDestination`` (exit 6). ``needed_bytes`` is the plaintext size about to be
-    written; checking it up front avoids filling the pod's memory limit half-way.
+    written; checking it up front, against the free space and (memory-backed) against this
+    process's memory cgroup limit, avoids filling the pod's memory limit half-way.
     """
     dest = inspect_destination(path)
     if not dest.memory_backed and not allow_disk:
@@ -235,10 +218,31 @@ def check_destination(path: Path, *, allow_disk: bool, needed_bytes: int = 0) ->
             "decrypted weights would reach disk"
         )
     if needed_bytes and dest.free_bytes < needed_bytes:
-        raise UnsafeDestination(
+        raise DestinationTooSmall(
             f"{path} has {dest.free_bytes} bytes free but the model needs {needed_bytes}"
         )
+    if needed_bytes and dest.memory_backed:
+        pages = f"{path} is on {dest.fs_type}, whose pages"
+        check_memory_limit(pages, needed_bytes, memory_limit())
     return dest
+
+
+def check_memory_limit(pages: str, needed_bytes: int, limit: MemoryLimit | None) -> None:
+    """Refuse ``needed_bytes`` of memory-backed plaintext that would not fit under ``limit``.
+
+    tmpfs, ramfs and memfd pages are charged to the memory cgroup of the process that
+    writes them (this one) and the kernel cannot reclaim them, so a model larger than the
+    cgroup's headroom would be OOM-killed part-way, however much free space a tmpfs
+    reports. The mount (``modelseal mount``) serves such a model from reclaimable page
+    cache instead. ``pages`` names where the plaintext goes, for the message.
+    """
+    if limit is None or needed_bytes <= limit.headroom:
+        return
+    raise DestinationTooSmall(
+        f"{pages} are charged to this process's memory cgroup: its limit is {limit.limit} "
+        f"bytes ({limit.source}) with {limit.in_use} already in use, but the model needs "
+        f"{needed_bytes}"
+    )
 
 
 def prepare_destination(path: Path) -> None:

@@ -25,11 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from modelseal._internal.procfs import memory_limit
 from modelseal.errors import ConfigError
 from modelseal.loader.destination import (
     TEMP_PREFIX,
     FileModes,
     check_destination,
+    check_memory_limit,
     prepare_destination,
     wipe_tree,
 )
@@ -224,7 +226,9 @@ class MemoryTarget:
         """Memory has no foreign files to clobber."""
 
     def reserve(self, plain_bytes: int) -> None:
-        """The pages are charged to this process as they are written."""
+        """Refuse a model above this process's memory cgroup headroom: the memfd pages are
+        charged to it as they are written and cannot be reclaimed."""
+        check_memory_limit("anonymous memory (memfd) pages", plain_bytes, memory_limit())
 
     def open(self, relpath: str, size: int) -> int:
         mem = MemFile(relpath, size)
