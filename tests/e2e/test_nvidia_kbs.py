@@ -183,14 +183,18 @@ def test_loader_attests_as_mock_tdx_plus_nvidia(env: Env, monkeypatch: pytest.Mo
 
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([env.gpu]))
     settings = LoaderSettings(
-        model="http://127.0.0.1:9/models/m", tee="mock-tdx+nvidia", mock_tdx_dir=env.tdx_dir
+        model="http://127.0.0.1:9/models/m",
+        tee="mock-tdx+nvidia",
+        tee_options={"mock_tdx_dir": env.tdx_dir},
     )
     assert resolve_tee(settings) == "mock-tdx+nvidia"
     release = release_key(settings, env.url, GPU_KEY)
     assert release.dek.reveal() == DEK
     assert release.tee == "mock-tdx"
     plain = LoaderSettings(
-        model="http://127.0.0.1:9/models/m", tee="mock-tdx", mock_tdx_dir=env.tdx_dir
+        model="http://127.0.0.1:9/models/m",
+        tee="mock-tdx",
+        tee_options={"mock_tdx_dir": env.tdx_dir},
     )
     with pytest.raises(PolicyDenied):
         release_key(plain, env.url, GPU_KEY)
