@@ -74,7 +74,7 @@ def _print_json(value: Any) -> None:
     default="auto",
     show_default=True,
     type=composite_tee_choice(registry.attestable_kinds(), "auto"),
-    help="TEE kind, or auto-detect; add GPUs with '+' (tdx+nvidia).",
+    help=f"TEE kind, or auto-detect; add GPUs with '+' ({registry.COMPOSITE_EXAMPLE}).",
 )
 @click.option("--report-data", default=None, help="Hex bytes for the report-data field.")
 @spec_options(attester_options())
@@ -190,8 +190,8 @@ def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
 @click.option(
     "--allow-debug",
     is_flag=True,
-    help="Print a debug guest's claims instead of rejecting it (SNP; DCAP verification "
-    "always rejects debug TDX/SGX quotes).",
+    help="Print a debug guest's claims instead of rejecting it (where the kind's verifier "
+    "allows it; DCAP verification always rejects debug quotes).",
 )
 def verify_cmd(
     tee: str,
@@ -250,7 +250,8 @@ def verify_cmd(
     type=click.Choice(["auto", "ccel", "tcg2"]),
     default="auto",
     show_default=True,
-    help="ccel: TDX RTMRs (SHA-384); tcg2: TPM PCRs, every bank in the log.",
+    help="ccel: the confidential-computing event log (RTMRs, SHA-384); tcg2: the TCG PC "
+    "Client log (PCRs, every bank in the log).",
 )
 def replay_cmd(eventlog: str, kind: str) -> None:
     """Print the RTMRs/PCRs an event log replays to, and the measured components."""
