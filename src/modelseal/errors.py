@@ -113,7 +113,10 @@ class UnsupportedTee(AttestationError):
     """No attester or verifier for a TEE kind, or an insecure kind the peer does not allow."""
 
     exit_code = 4
-    hint = "pick a supported --tee kind; the sample TEE needs --insecure-allow-sample on the KBS"
+    hint = (
+        "pick a supported --tee kind; an insecure development kind needs the KBS's "
+        "explicit opt-in flag (modelseal kbs serve --help)"
+    )
 
 
 class AuthorizationError(Error):

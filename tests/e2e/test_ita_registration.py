@@ -126,9 +126,11 @@ def _key(stack: Stack, headers: dict[str, str], policy_id: str, key: bytes | Non
 
 def _transfer(stack: Stack, created: dict[str, Any]) -> bytes:
     settings = LoaderSettings(
-        model="http://127.0.0.1:9/models/m", tee="mock-tdx", mock_tdx_dir=stack.ca_dir,
+        model="http://127.0.0.1:9/models/m",
+        tee="mock-tdx",
+        tee_options={"mock_tdx_dir": stack.ca_dir},
         timeout=60.0,
-    )  # fmt: skip
+    )
     release = transfer_key(settings, stack.kbs.url + created["transfer_link"], created["id"])
     try:
         return release.dek.reveal()

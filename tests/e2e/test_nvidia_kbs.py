@@ -183,14 +183,18 @@ def test_loader_attests_as_mock_tdx_plus_nvidia(env: Env, monkeypatch: pytest.Mo
 
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([env.gpu]))
     settings = LoaderSettings(
-        model="http://127.0.0.1:9/models/m", tee="mock-tdx+nvidia", mock_tdx_dir=env.tdx_dir
+        model="http://127.0.0.1:9/models/m",
+        tee="mock-tdx+nvidia",
+        tee_options={"mock_tdx_dir": env.tdx_dir},
     )
     assert resolve_tee(settings) == "mock-tdx+nvidia"
     release = release_key(settings, env.url, GPU_KEY)
     assert release.dek.reveal() == DEK
     assert release.tee == "mock-tdx"
     plain = LoaderSettings(
-        model="http://127.0.0.1:9/models/m", tee="mock-tdx", mock_tdx_dir=env.tdx_dir
+        model="http://127.0.0.1:9/models/m",
+        tee="mock-tdx",
+        tee_options={"mock_tdx_dir": env.tdx_dir},
     )
     with pytest.raises(PolicyDenied):
         release_key(plain, env.url, GPU_KEY)
@@ -204,3 +208,82 @@ def test_a_gpu_alone_is_not_a_session_tee(env: Env) -> None:
     response = httpx.post(env.url + "/kbs/v0/auth", json=body, timeout=10)
     assert response.status_code == 401
     assert "TEE kind not accepted" in response.text
+
+
+@pytest.fixture(scope="module")
+def published(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A model in a real registry whose key (in ``env``'s KBS) needs one CC-mode GPU
+    showing the pinned measurement: (model URL, key id)."""
+    import time
+
+    from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
+    from modelseal.owner.kbs_admin import KbsAdminClient
+    from modelseal.owner.publish import PublishRequest, publish
+    from modelseal.quickstart.services import registry_service
+
+    root = tmp_path_factory.mktemp("nvidia-registry")
+    registry = registry_service(root / "registry", root)
+    registry.start(timeout=60)
+    try:
+        src = root / "model"
+        src.mkdir()
+        (src / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+        request = PublishRequest(
+            source=src,
+            registry_url=registry.url,
+            kbs_url=env.url,
+            model_id="gpu-model",
+            registry_token=(root / "registry" / "upload-token").read_text().strip(),
+            policy=_policy(min_count=1, measurements=[{"2": MEASURED[2].hex()}]),
+            staging_dir=root / "staging",
+        )
+        token = mint_admin_token(load_admin_credential(env.data_dir), ttl=600, now=time.time())
+        with KbsAdminClient(env.url, token) as admin:
+            info = publish(request, admin).model
+        yield registry.url + "/models/gpu-model", info.key_id or ""
+    finally:
+        registry.stop()
+
+
+def test_the_load_command_exits_4_for_a_gpu_measurement_differing_in_its_last_byte(
+    env: Env, published: tuple[str, str], tmp_path: Path
+) -> None:
+    """``modelseal load --tee mock-tdx+nvidia`` as a process, its NVML a fake on
+    ``PYTHONPATH`` (tests/e2e/fake_pynvml) reporting the test GPU the KBS trusts: the GPU
+    with the pinned measurement loads the model; the same GPU whose measurement block 2
+    differs in its last byte is denied by the policy, exit 4, and the denial is audited."""
+    import os
+
+    import modelseal
+    from modelseal.quickstart.services import run_cli
+    from tests.conftest import ROOT
+
+    model_url, key_id = published
+    path = [Path(__file__).parent / "fake_pynvml", Path(modelseal.__file__).parents[1], ROOT]
+    pythonpath = os.pathsep.join(str(p) for p in path)
+    gpu = env.gpu.save(tmp_path / "gpu.json")
+
+    def load(dest: Path, measurements: dict[str, str]) -> tuple[int, str]:
+        argv = ["load", "--model", model_url, "--dest", str(dest), "--allow-disk"]
+        argv += ["--tee", "mock-tdx+nvidia", "--mock-tdx-dir", str(env.tdx_dir)]
+        extra = {
+            "PYTHONPATH": pythonpath,
+            "FAKE_NVML_GPU": str(gpu),
+            "FAKE_NVML_MEASUREMENTS": json.dumps(measurements),
+        }
+        done = run_cli(argv, env=extra, timeout=120)
+        return done.returncode, done.stderr
+
+    code, err = load(tmp_path / "released", {})
+    assert code == 0, err
+    assert (tmp_path / "released" / "model.safetensors").read_bytes() == bytes(range(256)) * 64
+    rows = [r for r in offline_audit_entries(env.data_dir) if r.key_id == key_id]
+    assert rows[-1].decision == "allow"
+
+    other = bytearray(MEASURED[2])
+    other[-1] ^= 1
+    code, err = load(tmp_path / "denied", {"2": bytes(other).hex()})
+    assert code == 4, err
+    assert f"the KBS denied the release of {key_id}" in err  # the reasons stay in the audit
+    assert not (tmp_path / "denied" / "model.safetensors").exists()
+    assert any("gpu0: no measurements entry matched" in r for r in _last_denial(env, key_id))

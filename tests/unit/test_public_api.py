@@ -152,3 +152,35 @@ def test_api_reference_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     exec(compile(blocks[0], "docs/reference/api.md", "exec"), {})
     assert (tmp_path / "model.sealed").is_dir()
     assert (tmp_path / "model.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_loader_api_names_no_tee_kind_option() -> None:
+    """``open_model``'s keywords and ``LoaderSettings``' fields are public too: a TEE kind's
+    attester input (a test CA directory, a metadata or Attestation Agent URL) travels in
+    ``tee_options`` by the name its kind declares, never as a keyword of its own."""
+    import dataclasses
+    import inspect
+
+    import modelseal
+
+    assert list(inspect.signature(modelseal.open_model).parameters) == [
+        "model_url",
+        "settings",
+        "tee",
+        "kbs_url",
+        "kbs_ca",
+        "registry_ca",
+        "workers",
+        "model_digest",
+        "tee_options",
+        "init_data",
+        "release",
+        "on_progress",
+        "timeout",
+        "key_source",
+        "cdh_url",
+        "measure",
+    ]
+    fields = [f.name for f in dataclasses.fields(modelseal.LoaderSettings)]
+    assert "tee_options" in fields
+    assert not {"mock_tdx_dir", "azure_imds_url", "aa_url"} & set(fields)

@@ -22,6 +22,7 @@ import click
 from modelseal._internal.encoding import hex_decode
 from modelseal.cli._tee_options import (
     attester_options,
+    composite_tee_choice,
     spec_options,
     tee_choice,
     verifier_options,
@@ -72,8 +73,8 @@ def _print_json(value: Any) -> None:
     "--tee",
     default="auto",
     show_default=True,
-    type=tee_choice(registry.attestable_kinds(), "auto"),
-    help="TEE kind, or auto-detect.",
+    type=composite_tee_choice(registry.attestable_kinds(), "auto"),
+    help=f"TEE kind, or auto-detect; add GPUs with '+' ({registry.COMPOSITE_EXAMPLE}).",
 )
 @click.option("--report-data", default=None, help="Hex bytes for the report-data field.")
 @spec_options(attester_options())
@@ -84,10 +85,19 @@ def _print_json(value: Any) -> None:
     help="Init-data TOML whose digest a test TEE puts into its launch field (MRCONFIGID).",
 )
 def attest(tee: str, report_data: str | None, init_data: Path | None, **values: Any) -> None:
-    """Print this machine's attestation evidence as JSON."""
+    """Print this machine's attestation evidence as JSON.
+
+    A composite ``--tee`` (a CPU TEE and device kinds, ``tdx+nvidia``) prints the RCAR
+    ``tee-evidence`` shape: ``primary_evidence`` and ``additional_evidence`` (device kind
+    -> evidence), every attester bound to the same ``--report-data``.
+    """
     from modelseal.tee.detect import detect
 
-    kind = detect() if tee == "auto" else tee
+    # a device kind alone prints its own evidence (``--tee nvidia``); after a CPU TEE it is
+    # part of a composite
+    composite = registry.COMPOSITE_SEPARATOR in tee
+    primary, device_kinds = registry.split_composite(tee) if composite else (tee, ())
+    kind = detect() if primary == "auto" else primary
     plugin = registry.plugin(kind)
     given = {name for name, value in values.items() if value is not None}
     own = {i.option.name for i in plugin.attester_inputs}
@@ -98,7 +108,13 @@ def attest(tee: str, report_data: str | None, init_data: Path | None, **values: 
     )
     data = _hex_arg(report_data, "--report-data") or bytes(64)
     attester = registry.attester_for(kind, **options)
-    _print_json(attester.evidence(data))
+    evidence = attester.evidence(data)
+    if not device_kinds:
+        _print_json(evidence)
+        return
+    # device attesters take no options, as in the loader
+    devices = {device: registry.attester_for(device).evidence(data) for device in device_kinds}
+    _print_json({"primary_evidence": evidence, "additional_evidence": devices})
 
 
 def _flags(names: set[str]) -> str:
@@ -174,8 +190,8 @@ def _verifier_config(kind: str, values: dict[str, Any]) -> KindConfig:
 @click.option(
     "--allow-debug",
     is_flag=True,
-    help="Print a debug guest's claims instead of rejecting it (SNP; DCAP verification "
-    "always rejects debug TDX/SGX quotes).",
+    help="Print a debug guest's claims instead of rejecting it (where the kind's verifier "
+    "allows it; DCAP verification always rejects debug quotes).",
 )
 def verify_cmd(
     tee: str,
@@ -234,7 +250,8 @@ def verify_cmd(
     type=click.Choice(["auto", "ccel", "tcg2"]),
     default="auto",
     show_default=True,
-    help="ccel: TDX RTMRs (SHA-384); tcg2: TPM PCRs, every bank in the log.",
+    help="ccel: the confidential-computing event log (RTMRs, SHA-384); tcg2: the TCG PC "
+    "Client log (PCRs, every bank in the log).",
 )
 def replay_cmd(eventlog: str, kind: str) -> None:
     """Print the RTMRs/PCRs an event log replays to, and the measured components."""

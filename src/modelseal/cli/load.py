@@ -30,6 +30,13 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
     }
 
 
+def _relay_options() -> str:
+    """The evidence relays' options and ``--tee`` values, for help texts."""
+    relays = [p for p in registry.PLUGINS.values() if p.relay]
+    flags = [i.option.flag for p in relays for i in p.attester_inputs]
+    return ", ".join([*flags, *(f"--tee {p.name}" for p in relays)])
+
+
 @click.command()
 @click.option(
     "--model", envvar="MODELSEAL_MODEL", help="Registry model URL or CNAP model-info URL."
@@ -44,7 +51,8 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
     "--tee",
     envvar="MODELSEAL_TEE",
     type=composite_tee_choice(registry.attestable_kinds(), "auto"),
-    help="TEE kind to attest as, or 'auto' [default]; add GPUs with '+' (tdx+nvidia).",
+    help="TEE kind to attest as, or 'auto' [default]; add GPUs with '+' "
+    f"({registry.COMPOSITE_EXAMPLE}).",
 )
 @click.option("--kbs-url", envvar="MODELSEAL_KBS_URL", help="KBS base URL (else from model info).")
 @click.option(
@@ -122,8 +130,8 @@ def _attester_settings(values: dict[str, str | None]) -> dict[str, object]:
     envvar="MODELSEAL_MEASURE",
     default=None,
     help="After the load, record the model digest in the TEE's runtime measurements "
-    "through the Attestation Agent (when --aa-url, --tee aa or --key-source cdh gives "
-    "one) [default: on].",
+    f"through the CoCo Attestation Agent (when {_relay_options()} or --key-source cdh "
+    "gives one) [default: on].",
 )
 @click.option(
     "--retries",

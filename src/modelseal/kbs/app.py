@@ -68,7 +68,7 @@ from modelseal.protocol.kbs import (
     version_supported,
 )
 from modelseal.protocol.wire import WireModel
-from modelseal.tee.registry import kinds_for_transfer_type
+from modelseal.tee.registry import QUOTE_TRANSFER_TYPE, kinds_for_transfer_type
 
 log = logging.getLogger("modelseal.kbs")
 T = TypeVar("T")
@@ -223,7 +223,7 @@ class Kbs:
             "attested tee=%s token=%s%s",
             claims.tee,
             jti,
-            " INSECURE (sample TEE)" if claims.insecure else "",
+            " INSECURE (development TEE kind)" if claims.insecure else "",
         )
         cookie = self.cookie(session_id, session_expiry - self.clock.now())
         headers = {**_NO_STORE, "Set-Cookie": cookie}
@@ -271,7 +271,7 @@ def _mount_state_routers(app: FastAPI, kbs: Kbs) -> None:
     app.include_router(
         ita_router(
             kbs.state,
-            kinds_for_transfer_type("TDX", kbs.attestation.configs),
+            kinds_for_transfer_type(QUOTE_TRANSFER_TYPE, kbs.attestation.configs),
             None if users is None else ItaUsers(users),
         ),
         prefix=TRANSFER_PREFIX,

@@ -53,7 +53,7 @@ from modelseal.keystore.paths import validate_key_id
 from modelseal.protocol.claims import Claims
 from modelseal.protocol.kbs import is_uuid_key_id, resource_path
 from modelseal.tee.plugin import KindConfig
-from modelseal.tee.registry import kind_for_transfer_type
+from modelseal.tee.registry import QUOTE_TRANSFER_TYPE, kind_for_transfer_type
 
 __all__ = ["MAX_TRANSFER_BODY", "TransferRequest", "TransferService", "transfer_router"]
 
@@ -104,7 +104,7 @@ def _json_response(body: dict[str, str], headers: dict[str, str] | None = None) 
 
 
 def _tee_for(header: str | None, attestation: Attestation) -> str:
-    return kind_for_transfer_type(header or "TDX", attestation.configs)
+    return kind_for_transfer_type(header or QUOTE_TRANSFER_TYPE, attestation.configs)
 
 
 class TransferService:
@@ -131,7 +131,7 @@ class TransferService:
             "iat": b64_encode(iat_bytes),
             "signature": b64_encode(state.transfer_nonce_mac(nonce.value, iat_bytes)),
         }
-        return _json_response(body, {"Attestation-Type": "TDX"})
+        return _json_response(body, {"Attestation-Type": QUOTE_TRANSFER_TYPE})
 
     def round2(
         self, key_id: str, req: TransferRequest, tee_header: str | None, client: str

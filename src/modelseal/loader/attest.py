@@ -103,12 +103,10 @@ def build_attester(kind: str, settings: LoaderSettings, init_data: InitData | No
 
     On real hardware the host put the init-data digest into the attested launch field
     (MRCONFIGID, HOST_DATA); a test attester that simulates that launch step gets the
-    document. Attester inputs (a test CA directory) are the settings fields of the same
-    option names.
+    document. Attester inputs (a test CA directory) come from the settings' ``tee_options``.
     """
-    values = {spec.name: getattr(settings, spec.name, None) for spec in registry.attester_options()}
     options: dict[str, Any] = registry.attester_keywords(
-        kind, values, init_data=init_data.text if init_data is not None else None
+        kind, settings.tee_options, init_data=init_data.text if init_data is not None else None
     )
     options.update(settings.extra_attester_options)
     return registry.attester_for(kind, **options)

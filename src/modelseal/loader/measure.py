@@ -26,6 +26,7 @@ from modelseal.errors import Error
 from modelseal.loader.settings import KEY_SOURCE_CDH, LoaderSettings
 from modelseal.protocol.runtime_events import DOMAIN, LOAD_MODEL, load_model_event
 from modelseal.tee import registry
+from modelseal.tee.aa import AA_URL
 from modelseal.tee.aa import DEFAULT_URL as AA_DEFAULT_URL
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,13 @@ log = logging.getLogger(__name__)
 
 def measurement_url(settings: LoaderSettings) -> str | None:
     """The api-server-rest URL of the Attestation Agent to record loads with, if any:
-    ``aa_url``; else the default one when attesting through the AA (``--tee aa``); else
+    the ``--aa-url`` option; else the default one when attesting through the AA (``--tee aa``); else
     the CDH's server (one api-server-rest serves both in a CoCo pod); else None."""
     if not settings.measure:
         return None
-    if settings.aa_url:
-        return settings.aa_url
+    given = settings.tee_option(AA_URL)
+    if given:
+        return str(given)
     if settings.tee in registry.PLUGINS and registry.plugin(settings.tee).relay:
         return AA_DEFAULT_URL
     if settings.key_source == KEY_SOURCE_CDH:

@@ -117,11 +117,11 @@ def _previous(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
             return {}
         text = path.read_text(encoding="utf-8")
         return {
-            (sample.name, tuple(sorted(sample.labels.items()))): float(sample.value)
+            (point.name, tuple(sorted(point.labels.items()))): float(point.value)
             for family in text_string_to_metric_families(text)
             if family.name.startswith("modelseal_loader_")
-            for sample in family.samples
-            if sample.value >= 0
+            for point in family.samples
+            if point.value >= 0
         }
     except FileNotFoundError:
         return {}

@@ -107,14 +107,13 @@ def open_model(
     registry_ca: str | Path | None = None,
     workers: int | None = None,
     model_digest: str | None = None,
-    mock_tdx_dir: str | Path | None = None,
+    tee_options: Mapping[str, str | Path] | None = None,
     init_data: str | Path | None = None,
     release: ReleaseFn | None = None,
     on_progress: Callable[[int], None] | None = None,
     timeout: float | None = None,
     key_source: str | None = None,
     cdh_url: str | None = None,
-    aa_url: str | None = None,
     measure: bool | None = None,
 ) -> DecryptedModel:
     """Attest, fetch and decrypt a published model into memory; see :class:`DecryptedModel`.
@@ -125,9 +124,12 @@ def open_model(
     reads the environment by itself. ``timeout``: seconds within which each small answer
     (model info, a sealed header, each KBS answer) must be complete, as ``modelseal load
     --timeout`` [default 30]. ``key_source="cdh"`` takes the key from the CoCo Confidential
-    Data Hub at ``cdh_url`` instead of attesting; ``tee="aa"`` attests with evidence from
-    the CoCo Attestation Agent at ``aa_url``; ``measure`` records the load in the runtime
-    measurements through the AA when one is configured (as ``modelseal load``).
+    Data Hub at ``cdh_url`` instead of attesting; ``measure`` records the load in the
+    runtime measurements through the CoCo Attestation Agent when one is configured (as
+    ``modelseal load``). ``tee_options`` are the TEE kinds' attester inputs by option name,
+    as ``modelseal load``'s kind options spell them without the dashes (the Attestation
+    Agent's URL, a test CA directory ...; ``modelseal load --help`` lists them); given ones
+    are added to the settings' own.
     """
     given: dict[str, object] = {
         "model": model_url,
@@ -137,18 +139,20 @@ def open_model(
         "registry_ca": Path(registry_ca) if registry_ca else None,
         "workers": workers,
         "model_digest": model_digest,
-        "mock_tdx_dir": Path(mock_tdx_dir) if mock_tdx_dir else None,
         "init_data": Path(init_data) if init_data else None,
         "timeout": timeout,
         "key_source": key_source,
         "cdh_url": cdh_url,
-        "aa_url": aa_url,
         "measure": measure,
     }
     if settings is None:
+        given["tee_options"] = tee_options
         settings = LoaderSettings.from_options(**given)
     else:
-        settings = settings.with_overrides(**{k: v for k, v in given.items() if v is not None})
+        changes = {k: v for k, v in given.items() if v is not None}
+        if tee_options:
+            changes["tee_options"] = {**settings.tee_options, **tee_options}
+        settings = settings.with_overrides(**changes)
     timings = Timings()
     target = MemoryTarget()
     done = run_load(settings, target, timings, on_progress=on_progress, release=release)

@@ -4,6 +4,11 @@ Every field has a flag in ``modelseal load`` and a ``MODELSEAL_*`` variable, so 
 can configure the loader with ``env:`` alone. The variables are read in one of two places
 only: by Click for the command line, and by :meth:`LoaderSettings.from_env` for the SDK;
 both use :data:`ENV_VARS`.
+
+Options that only one TEE kind's attester reads (a test CA directory, a metadata service
+URL) are not fields: each kind declares them in its plugin description, and the settings
+carry their values in one mapping, :attr:`LoaderSettings.tee_options`, keyed by option
+name. A new kind's option therefore needs no edit here, in the SDK or in the CLI.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 
 from modelseal._internal import environment
 from modelseal.errors import ConfigError
 from modelseal.loader.destination import FileModes
 from modelseal.loader.metrics import check_textfile_path
+from modelseal.tee import registry
+from modelseal.tee.plugin import OptionSpec
 
 DEFAULT_DEST = Path("/models")
 DEFAULT_WORKERS = 4
@@ -25,12 +33,13 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
-_PATHS = frozenset(
-    {"dest", "kbs_ca", "registry_ca", "mock_tdx_dir", "init_data", "metrics_textfile"}
-)
+_PATHS = frozenset({"dest", "kbs_ca", "registry_ca", "init_data", "metrics_textfile"})
+#: option name -> spec of every TEE kind's attester inputs (what ``tee_options`` may hold)
+_TEE_OPTIONS = {spec.name: spec for spec in registry.attester_options()}
 
-#: environment variable -> settings field: the variables of ``modelseal load``'s options
-#: (its Click options take their ``envvar`` from here; a test keeps them equal)
+#: environment variable -> settings field (or, for a kind's attester input, the option name
+#: in ``tee_options``): the variables of ``modelseal load``'s options (a test keeps them
+#: equal to its Click options' ``envvar``)
 ENV_VARS: dict[str, str] = {
     "MODELSEAL_MODEL": "model",
     "MODELSEAL_KBS_URL": "kbs_url",
@@ -41,18 +50,16 @@ ENV_VARS: dict[str, str] = {
     "MODELSEAL_ALLOW_DISK": "allow_disk",
     "MODELSEAL_WORKERS": "workers",
     "MODELSEAL_MODEL_DIGEST": "model_digest",
-    "MODELSEAL_MOCK_TDX_DIR": "mock_tdx_dir",
-    "MODELSEAL_AZURE_IMDS_URL": "azure_imds_url",
     "MODELSEAL_INIT_DATA": "init_data",
     "MODELSEAL_TIMEOUT": "timeout",
     "MODELSEAL_FILE_MODE": "file_modes",
     "MODELSEAL_GROUP": "file_modes",
     "MODELSEAL_KEY_SOURCE": "key_source",
     "MODELSEAL_CDH_URL": "cdh_url",
-    "MODELSEAL_AA_URL": "aa_url",
     "MODELSEAL_MEASURE": "measure",
     "MODELSEAL_RETRIES": "retries",
     "MODELSEAL_METRICS_TEXTFILE": "metrics_textfile",
+    **{spec.envvar: spec.name for spec in _TEE_OPTIONS.values()},
 }
 
 #: ``key_source`` values: RCAR with the KBS ourselves, or the CoCo Confidential Data Hub
@@ -61,6 +68,33 @@ KEY_SOURCE_CDH = "cdh"
 KEY_SOURCES = (KEY_SOURCE_KBS, KEY_SOURCE_CDH)
 #: Where guest-components' api-server-rest listens in a CoCo pod
 DEFAULT_CDH_URL = "http://127.0.0.1:8006"
+
+
+_NO_OPTION = OptionSpec(name="", help="", type="flag")
+
+
+def _check_tee_options(values: Mapping[str, object]) -> Mapping[str, str | Path]:
+    """``tee_options`` validated against the kinds' declarations: known option names only,
+    http(s) URLs for URL options, ``Path`` for path options; unset (None, "") dropped."""
+    if not isinstance(values, Mapping):
+        raise ConfigError("tee_options: expected a mapping of option name to value")
+    checked: dict[str, str | Path] = {}
+    for name, value in values.items():
+        spec = _TEE_OPTIONS.get(name)
+        if spec is None:
+            known = ", ".join(sorted(_TEE_OPTIONS))
+            raise ConfigError(f"tee_options: unknown option {name!r}; known: {known}")
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{spec.flag}: expected text or a path, got {type(value).__name__}")
+        if spec.type in ("path", "dir"):
+            checked[name] = Path(value)
+        elif spec.type == "url" and not str(value).startswith(("http://", "https://")):
+            raise ConfigError(f"{spec.flag}: not an http(s) URL: {value!r}")
+        else:
+            checked[name] = str(value)
+    return MappingProxyType(checked)
 
 
 def parse_bool(text: str, *, name: str) -> bool:
@@ -91,10 +125,10 @@ class LoaderSettings:
     workers: int = DEFAULT_WORKERS
     #: expected model digest (``sha256:<hex>``), e.g. carried by measured init-data
     model_digest: str | None = None
-    #: mock-tdx attester material (tests and CI only)
-    mock_tdx_dir: Path | None = None
-    #: Azure instance metadata service base URL (Azure CVM attesters); None: link-local
-    azure_imds_url: str | None = None
+    #: the TEE kinds' attester inputs by option name (``registry.attester_options()``:
+    #: a test CA directory, a metadata service URL, the Attestation Agent's URL ...);
+    #: each kind's attester reads the ones its plugin declares. Paths become ``Path``.
+    tee_options: Mapping[str, str | Path] = field(default_factory=dict)
     #: the init-data TOML this TEE was launched with (sent to the KBS with the evidence;
     #: its ``[data] model_digest`` becomes the expected model digest unless one is given)
     init_data: Path | None = None
@@ -113,10 +147,8 @@ class LoaderSettings:
     key_source: str = KEY_SOURCE_KBS
     #: base URL of guest-components' api-server-rest for ``key_source = cdh``
     cdh_url: str = DEFAULT_CDH_URL
-    #: api-server-rest base URL of the Attestation Agent (``--tee aa``, runtime measurement)
-    aa_url: str | None = None
     #: after a load, record the model digest in the TEE's runtime measurements through the
-    #: Attestation Agent, when one is configured (``aa_url``, ``--tee aa`` or the CDH's URL)
+    #: Attestation Agent, when one is configured (its URL option, ``--tee aa`` or the CDH's)
     measure: bool = True
     #: a sealed model directory on this machine instead of ``model`` (``modelseal mount
     #: --sealed``); its key is still released by the KBS after attestation
@@ -151,10 +183,9 @@ class LoaderSettings:
             raise ConfigError(
                 f"key_source: {self.key_source!r} is not one of {', '.join(KEY_SOURCES)}"
             )
-        for name in ("cdh_url", "aa_url"):
-            value = getattr(self, name)
-            if value is not None and not str(value).startswith(("http://", "https://")):
-                raise ConfigError(f"{name}: not an http(s) URL: {value!r}")
+        if not str(self.cdh_url).startswith(("http://", "https://")):
+            raise ConfigError(f"cdh_url: not an http(s) URL: {self.cdh_url!r}")
+        object.__setattr__(self, "tee_options", _check_tee_options(self.tee_options))
         for name in ("kbs_ca", "registry_ca", "init_data"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
@@ -181,6 +212,15 @@ class LoaderSettings:
 
     @classmethod
     def _build(cls, given: dict[str, object]) -> LoaderSettings:
+        """Fields by name; a kind's attester input given by its option name (as the CLI's
+        flags and :data:`ENV_VARS` name it) goes into ``tee_options``."""
+        given = dict(given)
+        inputs = {name: given.pop(name) for name in list(given) if name in _TEE_OPTIONS}
+        if inputs:
+            base = given.get("tee_options") or {}
+            if not isinstance(base, Mapping):
+                raise ConfigError("tee_options: expected a mapping of option name to value")
+            given["tee_options"] = {**base, **inputs}
         try:
             return cls(**given)  # type: ignore[arg-type]
         except TypeError as exc:
@@ -221,7 +261,7 @@ class LoaderSettings:
                 modes = values.get(name)
                 base = modes if isinstance(modes, FileModes) else FileModes()
                 values[name] = base.with_group(raw)
-            elif name in _PATHS:
+            elif name in _PATHS or _TEE_OPTIONS.get(name, _NO_OPTION).type in ("path", "dir"):
                 values[name] = Path(raw)
             else:
                 values[name] = raw
@@ -229,8 +269,19 @@ class LoaderSettings:
         return cls.from_options(**values)
 
     def with_overrides(self, **changes: object) -> LoaderSettings:
-        """A copy with some fields replaced (validation runs again)."""
+        """A copy with some fields replaced (validation runs again); a kind's attester
+        input named by its option name updates ``tee_options``."""
+        inputs = {name: changes.pop(name) for name in list(changes) if name in _TEE_OPTIONS}
+        if inputs:
+            base = changes.get("tee_options", self.tee_options)
+            if not isinstance(base, Mapping):
+                raise ConfigError("tee_options: expected a mapping of option name to value")
+            changes["tee_options"] = {**base, **inputs}
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def tee_option(self, spec: OptionSpec) -> str | Path | None:
+        """The value of one kind's attester input, None when not given."""
+        return self.tee_options.get(spec.name)
 
     @property
     def kbs_verify(self) -> bool | str:

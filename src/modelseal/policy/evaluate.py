@@ -155,7 +155,16 @@ def _check_gpus(rules: GpuPolicy, claims: Claims, failures: list[str]) -> None:
     for i, gpu in enumerate(gpus):
         extra = gpu.extra
         mode = extra.get("cc_mode")
-        if rules.cc_mode == "on" and mode != "on":
+        if rules.cc_mode == "on" and mode is None:
+            # the GPU's signed report has no CC-mode field: the mode is what the guest's
+            # attester read from NVML, and attesters that do not report it (Trustee's
+            # guest-components) give no proof of 'on'; the policy must say it accepts that
+            failures.append(
+                f"gpu{i}: the evidence reports no confidential-computing mode, and the "
+                "policy requires 'on' (cc_mode: any accepts GPUs whose attester does not "
+                "report it)"
+            )
+        elif rules.cc_mode == "on" and mode != "on":
             failures.append(f"gpu{i}: confidential-computing mode is {mode!r}, not 'on'")
         rim = extra.get("rim")
         if rules.rim_match and not (

@@ -49,8 +49,10 @@ from modelseal.tee.base import Verifier
 CLOCK_SKEW = 60
 #: Longest validity window a client accepts for certificate evidence (seconds).
 MAX_LIFETIME = 24 * 3600
-#: The kinds whose verifier reads a raw TDX quote (Intel TEE quote tag).
-QUOTE_KINDS = tuple(p.name for p in registry.PLUGINS.values() if "TDX" in p.transfer_types)
+#: The kinds whose verifier reads a raw quote (Intel TEE quote tag).
+QUOTE_KINDS = tuple(
+    p.name for p in registry.PLUGINS.values() if registry.QUOTE_TRANSFER_TYPE in p.transfer_types
+)
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,9 @@ class TeePlugin:
     testbed_module: str | None = None
     #: One line for help texts.
     summary: str = ""
+    #: Other words that mean this kind in names (a platform the kind's name abbreviates):
+    #: code outside ``modelseal.tee`` uses none of them, as it uses no kind name.
+    aliases: tuple[str, ...] = ()
 
     @property
     def runs_without_hardware(self) -> bool:

@@ -182,6 +182,21 @@ def attester_keywords(
     return keywords
 
 
+def _quote_transfer_type() -> str:
+    found = next(
+        (p.transfer_types[0] for p in PLUGINS.values() if p.transfer_types and not p.needs_opt_in),
+        None,
+    )
+    if found is None:
+        raise RuntimeError("no production TEE kind answers to a transfer Attestation-Type")
+    return found
+
+
+#: The ``Attestation-Type`` of the CNAP transfer API that a header-less request means and
+#: round 1 announces: the one a production kind declares (a raw quote of that kind).
+QUOTE_TRANSFER_TYPE: str = _quote_transfer_type()
+
+
 def kind_for_transfer_type(header: str, configs: Mapping[str, KindConfig]) -> str:
     """The kind an ``Attestation-Type`` header names, given what the KBS is configured for.
 
@@ -223,6 +238,16 @@ def kinds_for_transfer_type(header: str, configs: Mapping[str, KindConfig]) -> t
 
 #: Joins a CPU TEE kind and device kinds in one ``--tee`` value (``tdx+nvidia``).
 COMPOSITE_SEPARATOR = "+"
+
+
+def _composite_example() -> str:
+    devices = kinds(device=True)
+    cpus = [name for name in KINDS if not PLUGINS[name].device and not PLUGINS[name].test_only]
+    return COMPOSITE_SEPARATOR.join(cpus[:1] + list(devices[:1])) if devices and cpus else ""
+
+
+#: A composite ``--tee`` value for help texts (a production CPU kind and a device kind).
+COMPOSITE_EXAMPLE: str = _composite_example()
 
 
 def split_composite(tee: str) -> tuple[str, tuple[str, ...]]:

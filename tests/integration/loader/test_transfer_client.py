@@ -58,7 +58,10 @@ def server() -> Iterator[HostileServer]:
 
 def _settings(ca_dir: Path, tee: str = "mock-tdx") -> LoaderSettings:
     return LoaderSettings(
-        model="http://127.0.0.1:9/models/m", tee=tee, mock_tdx_dir=ca_dir, timeout=5.0
+        model="http://127.0.0.1:9/models/m",
+        tee=tee,
+        tee_options={"mock_tdx_dir": ca_dir},
+        timeout=5.0,
     )
 
 

@@ -132,3 +132,43 @@ def test_attest_nvidia_prints_device_evidence(
     code, out, err = _run([*verify, "--nonce", nonce], capsys)
     assert (code, out) == (4, "")
     assert "not the pinned root" in err or "does not chain" in err
+
+
+def test_attest_composes_a_cpu_tee_and_gpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``modelseal attest --tee mock-tdx+nvidia``: the CPU TEE's evidence and the GPUs',
+    both bound to ``--report-data``, each verifying as its own kind."""
+    import sys
+    import time
+
+    from modelseal.tee.mock_tdx.ca import MockTdxCA
+    from modelseal.tee.nvidia.verifier import Verifier
+    from tests.unit.cli.test_evidence import RD, _verify
+    from tests.unit.tee.nvidia.fakenvml import FakeNvml
+    from tests.unit.tee.nvidia.mockgpu import MockGpu
+
+    gpu = MockGpu()
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([gpu]))
+    ca_dir = tmp_path / "ca"
+    MockTdxCA.create(ca_dir)
+    argv = ["attest", "--tee", "mock-tdx+nvidia", "--report-data", RD]
+    code, out, err = _run([*argv, "--mock-tdx-dir", str(ca_dir)], capsys)
+    assert code == 0, err
+    evidence = json.loads(out)
+    assert set(evidence) == {"primary_evidence", "additional_evidence"}
+    assert list(evidence["additional_evidence"]) == ["nvidia"]
+    (part,) = Verifier.split_devices(evidence["additional_evidence"]["nvidia"])
+    claims = Verifier(device_root=gpu.root).verify(
+        part, expected_report_data=bytes.fromhex(RD), now=time.time()
+    )
+    assert claims.extra["cc_mode"] == "on"
+    primary = tmp_path / "primary.json"
+    primary.write_text(json.dumps(evidence["primary_evidence"]))
+    code, out, err = _run(_verify(ca_dir, primary, "--report-data", RD), capsys)
+    assert code == 0, err
+    assert json.loads(out)["tee"] == "mock-tdx"
+    # a GPU is a device TEE: it follows a CPU TEE and never stands first
+    code, _, err = _run(["attest", "--tee", "nvidia+mock-tdx", "--report-data", RD], capsys)
+    assert code == 2
+    assert "not a device TEE kind" in err

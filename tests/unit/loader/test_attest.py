@@ -68,7 +68,7 @@ def test_mock_tdx_attester_gets_ca_and_init_data(tmp_path: Path) -> None:
     ca = MockTdxCA.create(tmp_path / "ca")
     path = tmp_path / "init.toml"
     path.write_text(INIT)
-    settings = _settings(tee="mock-tdx", mock_tdx_dir=ca.directory, init_data=path)
+    settings = _settings(tee="mock-tdx", tee_options={"mock_tdx_dir": ca.directory}, init_data=path)
     with_init = attest.build_attester("mock-tdx", settings, attest.read_init_data(settings))
     without = attest.build_attester("mock-tdx", settings, None)
     assert with_init.tee == "mock-tdx"

@@ -93,7 +93,7 @@ def test_from_env_reads_the_process_environment_like_the_cli(
     monkeypatch.setenv("MODELSEAL_WORKERS", "5")
     monkeypatch.setenv("MODELSEAL_MOCK_TDX_DIR", str(tmp_path))
     s = LoaderSettings.from_env(timeout=3.0)
-    assert (s.model, s.workers, s.mock_tdx_dir, s.timeout) == (
+    assert (s.model, s.workers, s.tee_options["mock_tdx_dir"], s.timeout) == (
         "http://r/models/m",
         5,
         tmp_path,
@@ -110,3 +110,34 @@ def test_load_options_read_exactly_the_settings_variables() -> None:
     cli_vars = {p.envvar for p in load.params if isinstance(p.envvar, str)}
     assert cli_vars == set(ENV_VARS)
     assert not [p.name for p in load.params if isinstance(p.envvar, list | tuple)]
+
+
+def test_kind_options_travel_in_tee_options_by_their_declared_names(tmp_path: Path) -> None:
+    """A kind's attester input is no settings field: the settings take it by its option
+    name (as the CLI and ``from_env`` pass it) into ``tee_options``, typed by its spec."""
+    s = LoaderSettings.from_options(
+        model="http://r/models/m", mock_tdx_dir=str(tmp_path), aa_url="http://127.0.0.1:1"
+    )
+    assert dict(s.tee_options) == {"mock_tdx_dir": tmp_path, "aa_url": "http://127.0.0.1:1"}
+    again = s.with_overrides(aa_url="http://127.0.0.1:2", workers=2)
+    assert again.tee_options["aa_url"] == "http://127.0.0.1:2"
+    assert again.tee_options["mock_tdx_dir"] == tmp_path
+    with pytest.raises(TypeError):
+        s.tee_options["aa_url"] = "http://evil"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"no_such_option": "x"}, "unknown option 'no_such_option'"),
+        ({"aa_url": "ftp://127.0.0.1"}, "--aa-url: not an http"),
+        ({"azure_imds_url": "169.254.169.254"}, "--azure-imds-url: not an http"),
+        ({"mock_tdx_dir": 7}, "--mock-tdx-dir: expected text or a path"),
+    ],
+)
+def test_tee_options_are_checked_against_the_kinds_declarations(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(errors.ConfigError, match=message) as info:
+        LoaderSettings(model="http://r/models/m", tee_options=options)  # type: ignore[arg-type]
+    assert info.value.exit_code == 2

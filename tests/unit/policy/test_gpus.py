@@ -60,7 +60,7 @@ def test_min_count() -> None:
     assert _reasons(policy, _gpu(), _gpu())[0]
 
 
-@pytest.mark.parametrize("mode", ["devtools", "off", None])
+@pytest.mark.parametrize("mode", ["devtools", "off"])
 def test_cc_mode(mode: str | None) -> None:
     allowed, why = _reasons(_policy(), _gpu(cc_mode=mode))
     assert not allowed
@@ -132,3 +132,40 @@ def test_device_claims_without_a_gpus_section_do_not_matter() -> None:
 def test_a_gpu_kind_is_not_a_policy_tee() -> None:
     with pytest.raises(PolicyInvalid, match="unknown TEE kind"):
         parse_policy({"apiVersion": "modelseal/v1", "kind": "ReleasePolicy", "tee": ["nvidia"]})
+
+
+def test_evidence_without_cc_mode_needs_a_policy_that_says_any() -> None:
+    """guest-components' NVIDIA attester sends no ``cc_mode`` (only modelseal's adds it;
+    the GPU's signed report has no such field). The verifier accepts the real report and
+    claims the mode ``None``; the default ``cc_mode: on`` denies it, naming the way out,
+    and ``cc_mode: any`` releases on the signed report alone."""
+    import base64
+
+    from modelseal.tee.nvidia.verifier import Verifier
+    from tests.unit.tee.nvidia.conftest import COCO
+    from tests.unit.tee.nvidia.conftest import NOW as VECTORS_VALID
+
+    entry = {  # the shape guest-components sends: base64 report and chain, no cc_mode
+        "arch": "HOPPER",
+        "uuid": "GPU-guest-components",
+        "evidence": base64.b64encode(COCO.report).decode(),
+        "certificate": base64.b64encode(COCO.chain).decode(),
+    }
+    gpu = Verifier().verify(
+        {"device_evidence_list": [entry]},
+        expected_report_data=bytes.fromhex(COCO.nonce),
+        now=VECTORS_VALID,
+    )
+    assert "cc_mode" in gpu.extra
+    assert gpu.extra["cc_mode"] is None
+    allowed, why = _reasons(_policy(), gpu)
+    assert not allowed
+    assert why == (
+        "gpu0: the evidence reports no confidential-computing mode, and the policy requires "
+        "'on' (cc_mode: any accepts GPUs whose attester does not report it)"
+    )
+    assert _reasons(_policy(cc_mode="any"), gpu)[0]
+    # the other rules still apply to such a GPU
+    allowed, why = _reasons(_policy(cc_mode="any", min_driver_version="580.95.6"), gpu)
+    assert not allowed
+    assert "older than 580.95.6" in why

@@ -69,9 +69,14 @@ def test_options_are_one_vocabulary() -> None:
     for spec in specs:
         assert spec.flag == "--" + spec.name.replace("_", "-")
         assert spec.envvar == "MODELSEAL_" + spec.name.upper()
-    # every attester option reaches the loader as a settings field of the same name
+    # every attester option reaches the loader through ``tee_options``, by the same name
+    # and the same variable, and is never a settings field of its own
     fields = {f.name for f in dataclasses.fields(LoaderSettings)}
-    assert {spec.name for spec in registry.attester_options()} <= fields
+    for spec in registry.attester_options():
+        assert spec.name not in fields
+        value = "http://127.0.0.1:9" if spec.type == "url" else "/ca"
+        settings = LoaderSettings.from_env({"MODELSEAL_MODEL": "http://r/m", spec.envvar: value})
+        assert str(settings.tee_option(spec)) == value
 
 
 def test_the_factory_gives_each_kind_only_its_own_fields() -> None:

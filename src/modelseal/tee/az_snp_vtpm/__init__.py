@@ -26,4 +26,5 @@ PLUGIN = TeePlugin(
     tcb_checked=True,
     attester_inputs=ATTESTER_INPUTS,
     summary="Azure SEV-SNP confidential VMs (HCL report + vTPM quote)",
+    aliases=("azure",),
 )

@@ -26,4 +26,5 @@ PLUGIN = TeePlugin(
     downloads_collateral=True,
     attester_inputs=ATTESTER_INPUTS,
     summary="Azure TDX confidential VMs (HCL report + TD quote + vTPM quote)",
+    aliases=("azure",),
 )

@@ -20,7 +20,7 @@ def test_environment_reaches_the_attester_keywords() -> None:
     settings = LoaderSettings.from_env(
         {"MODELSEAL_MODEL": "http://127.0.0.1:1/models/m", "MODELSEAL_AZURE_IMDS_URL": URL}
     )
-    assert settings.azure_imds_url == URL
-    values = {spec.name: getattr(settings, spec.name) for spec in registry.attester_options()}
+    assert settings.tee_options == {"azure_imds_url": URL}
+    values = settings.tee_options
     for kind in ("az-snp-vtpm", "az-tdx-vtpm"):
         assert registry.attester_keywords(kind, values) == {"imds_url": URL}

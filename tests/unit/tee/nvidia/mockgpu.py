@@ -10,11 +10,12 @@ through ``--nvidia-device-root``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import struct
 from pathlib import Path
 
-from modelseal.crypto.x509_pem import cert_pem
+from modelseal.crypto.x509_pem import cert_pem, load_certificate
 from modelseal.crypto.x509_test_ca import P384Key, issue_certificate
 from modelseal.tee.nvidia.certs import DICE_TCB_INFO
 from modelseal.tee.nvidia.report import REQUEST_SIZE, parse_report
@@ -56,6 +57,34 @@ class MockGpu:
     @property
     def chain_pem(self) -> bytes:
         return cert_pem(self.leaf) + cert_pem(self.root)
+
+    def save(self, path: Path) -> Path:
+        """This GPU's keys, certificates and FWID as JSON, for :meth:`load` in another
+        process (a loader run as a subprocess with a fake NVML)."""
+        path.write_text(
+            json.dumps(
+                {
+                    "fwid": self.fwid.hex(),
+                    "root_key": self.root_key.private_pem().decode(),
+                    "leaf_key": self.leaf_key.private_pem().decode(),
+                    "root": cert_pem(self.root).decode(),
+                    "leaf": cert_pem(self.leaf).decode(),
+                }
+            )
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> MockGpu:
+        """The GPU :meth:`save` wrote: the same device, signing under the same root."""
+        saved = json.loads(path.read_text())
+        gpu = cls.__new__(cls)
+        gpu.fwid = bytes.fromhex(saved["fwid"])
+        gpu.root_key = P384Key.from_pem(saved["root_key"].encode())
+        gpu.leaf_key = P384Key.from_pem(saved["leaf_key"].encode())
+        gpu.root = load_certificate(saved["root"].encode())
+        gpu.leaf = load_certificate(saved["leaf"].encode())
+        return gpu
 
     def write_root(self, path: Path) -> Path:
         path.write_bytes(cert_pem(self.root))
