@@ -35,6 +35,7 @@ from modelseal.quickstart.services import Service, free_port, kbs_service, regis
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from tests.e2e.coco import guest_components
+from tests.e2e.test_mount_e2e import start_mount
 
 pytestmark = pytest.mark.e2e
 
@@ -264,3 +265,32 @@ def test_the_agent_serves_a_kbs_token_with_its_key_pair(stack: Stack) -> None:
     assert list(body) == ["token", "tee_keypair"]
     assert body["token"].count(".") == 2
     assert body["tee_keypair"].startswith("-----BEGIN PRIVATE KEY-----")
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="needs /dev/fuse and fuse3 (scripts/system-packages.txt)",
+)
+def test_mount_takes_the_key_from_the_cdh(stack: Stack, tmp_path: Path) -> None:
+    """``modelseal mount --key-source cdh``: the sidecar in a CoCo pod never attests itself;
+    the files read back byte-equal through the kernel, the load is recorded in the runtime
+    measurements before serving, and SIGTERM unmounts with exit 0."""
+    mount = start_mount(
+        tmp_path, "--model", stack.model_url, "--key-source", "cdh", "--cdh-url", stack.gc.url
+    )
+    try:
+        ready = json.loads(mount.ready_file.read_text())
+        assert ready["model_digest"] == stack.digest
+        for rel, data in FILES.items():
+            assert (mount.mountpoint / rel).read_bytes() == data
+    finally:
+        code, out, err = mount.stop()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["unmounted"] is True
+    assert report["runtime_measurement"] == {
+        "recorded": True,
+        "event": f"modelseal.dev LoadModel {stack.digest}",
+    }
+    assert not os.path.ismount(mount.mountpoint)
+    assert not mount.ready_file.exists()
