@@ -86,9 +86,9 @@ def start_mount(root: Path, *args: str, prefix: tuple[str, ...] = ()) -> Mount:
     mountpoint = root / "mnt"
     mountpoint.mkdir(parents=True, exist_ok=True)
     ready = root / "run" / "ready.json"
+    argv = [*MODELSEAL, "mount", "--mountpoint", str(mountpoint), "--ready-file", str(ready)]
     process = subprocess.Popen(
-        [*prefix, *MODELSEAL, "mount", "--mountpoint", str(mountpoint), "--ready-file",
-         str(ready), *args],  # fmt: skip
+        [*prefix, *argv, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
