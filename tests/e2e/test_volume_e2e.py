@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 
 from modelseal.crypto.secret import SecretBytes
 from modelseal.owner.kbs_admin import KbsAdminClient
-from modelseal.quickstart.services import run_cli
+from modelseal.quickstart.services import MODELSEAL, child_env, run_cli
 from tests.conftest import free_port
 from tests.e2e.test_loader_e2e import SAMPLE_POLICY, TDX_ONLY_POLICY, Stack, stack
 
@@ -170,3 +172,29 @@ def test_a_file_that_existed_before_is_never_removed_nor_resized(
                           "--kbs-url", f"http://127.0.0.1:{free_port()}")  # fmt: skip
     assert unreachable.returncode == 75, unreachable.stderr
     assert device.read_bytes() == content
+
+
+def test_sigterm_while_waiting_for_the_kbs_removes_the_created_file(tmp_path: Path) -> None:
+    """A KBS that accepts the connection and never answers: the file exists, the process
+    waits; SIGTERM (a supervisor giving up) ends it with the file removed."""
+    device = tmp_path / "v.luks"
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        process = subprocess.Popen(
+            [*MODELSEAL, "volume", "create", "--device", str(device), "--size", "32M",
+             "--key-id", "volumes/db/key", "--tee", "sample", "--retries", "1",
+             "--kbs-url", f"http://127.0.0.1:{port}", "--timeout", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+        )  # fmt: skip
+        try:
+            conn, _ = silent.accept()  # the file is created before the KBS is asked
+            with conn:
+                assert device.exists()
+                process.send_signal(signal.SIGTERM)
+                _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -9,8 +9,10 @@ attestation or policy denied, 5 the released key does not open the volume, 75 tr
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -64,6 +66,10 @@ _key_id = click.option(
 )
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 @click.group()
 def volume() -> None:
     """LUKS2 volumes whose passphrase the KBS releases only to an attested TEE."""
@@ -84,6 +90,8 @@ def create(device: Path, key_id: str, size: str | None, **loader_values: Any) ->
     with --size is removed again when a later step fails."""
     from modelseal.loader.volume import create_volume
 
+    # a supervisor's SIGTERM unwinds like Ctrl-C, so a file created with --size is removed
+    signal.signal(signal.SIGTERM, _interrupt)
     result = create_volume(_settings(loader_values), device, key_id, size=_size(size))
     json.dump(result.to_json(), sys.stdout)
     sys.stdout.write("\n")
