@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -294,3 +295,24 @@ def test_mount_takes_the_key_from_the_cdh(stack: Stack, tmp_path: Path) -> None:
     }
     assert not os.path.ismount(mount.mountpoint)
     assert not mount.ready_file.exists()
+
+
+@pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="needs cryptsetup-bin")
+def test_volume_takes_its_key_from_the_cdh_without_a_kbs_url(stack: Stack, tmp_path: Path) -> None:
+    """``modelseal volume create|open --key-source cdh``: no --kbs-url (the CDH knows its
+    KBS); the LUKS2 passphrase is exactly the key the KBS holds."""
+    key = secrets.token_bytes(32)
+    with KbsAdminClient(stack.kbs.url, stack.token) as admin:
+        admin.put_key("volumes/coco/key", SecretBytes(key), policy=stack.policy)
+    device = tmp_path / "v.luks"
+    via_cdh = ["--key-id", "volumes/coco/key", "--key-source", "cdh", "--cdh-url", stack.gc.url]
+    created = run_cli(["volume", "create", "--device", str(device), "--size", "32M", *via_cdh])
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["action"] == "created"
+    checked = run_cli(["volume", "open", "--device", str(device), "--check", *via_cdh])
+    assert checked.returncode == 0, checked.stderr
+    accepts = subprocess.run(
+        ["cryptsetup", "open", "--test-passphrase", "--key-file", "-", str(device)],
+        input=key, capture_output=True, check=False,
+    )  # fmt: skip
+    assert accepts.returncode == 0, accepts.stderr
