@@ -121,6 +121,12 @@ class CompositeTeeChoice(click.Choice[str]):
         return joined
 
 
+def session_kinds(kinds: Iterable[str]) -> list[str]:
+    """``kinds`` less the device kinds: what a session (RCAR, attested TLS, a TD) can attest
+    as on its own; a GPU's evidence only goes along with a CPU TEE's."""
+    return [k for k in kinds if not registry.plugin(k).device]
+
+
 def composite_tee_choice(kinds: Iterable[str], *extra: str) -> CompositeTeeChoice:
     """Session ``--tee`` choices: CPU kinds (plus ``extra``, e.g. ``auto``), each optionally
     composed with device kinds (``auto+nvidia``)."""

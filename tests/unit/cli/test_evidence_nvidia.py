@@ -153,3 +153,20 @@ def test_attest_nvidia_prints_device_evidence(
     code, out, err = _run([*verify, "--nonce", nonce], capsys)
     assert (code, out) == (4, "")
     assert "not the pinned root" in err or "does not chain" in err
+
+
+@pytest.mark.parametrize("command", ["kbs get x/y/z", "gateway", "dev guest-components"])
+def test_other_session_commands_refuse_a_gpu_alone(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kbs get``, the attested-TLS gateway and the guest-components stand-in attest a
+    session (or play a TD) as one kind: a GPU is not among their choices."""
+    argv = command.split()
+    code, out, _ = _run([*argv, "--help"], capsys)
+    assert code == 0
+    metavar = out.split("--tee ", 1)[1].split()[0]
+    assert "sample" in metavar
+    assert "nvidia" not in metavar
+    code, _, err = _run([*argv, "--tee", "nvidia"], capsys)
+    assert code == 2
+    assert "'nvidia' is not one of" in err
