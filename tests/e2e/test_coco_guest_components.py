@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from modelseal.quickstart.services import Service, free_port, kbs_service, regis
 from modelseal.tee.mock_tdx.attester import Attester
 from modelseal.tee.mock_tdx.ca import MockTdxCA
 from tests.e2e.coco import guest_components
+from tests.e2e.test_mount_e2e import start_mount
 
 pytestmark = pytest.mark.e2e
 
@@ -264,3 +266,53 @@ def test_the_agent_serves_a_kbs_token_with_its_key_pair(stack: Stack) -> None:
     assert list(body) == ["token", "tee_keypair"]
     assert body["token"].count(".") == 2
     assert body["tee_keypair"].startswith("-----BEGIN PRIVATE KEY-----")
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="needs /dev/fuse and fuse3 (scripts/system-packages.txt)",
+)
+def test_mount_takes_the_key_from_the_cdh(stack: Stack, tmp_path: Path) -> None:
+    """``modelseal mount --key-source cdh``: the sidecar in a CoCo pod never attests itself;
+    the files read back byte-equal through the kernel, the load is recorded in the runtime
+    measurements before serving, and SIGTERM unmounts with exit 0."""
+    mount = start_mount(
+        tmp_path, "--model", stack.model_url, "--key-source", "cdh", "--cdh-url", stack.gc.url
+    )
+    try:
+        ready = json.loads(mount.ready_file.read_text())
+        assert ready["model_digest"] == stack.digest
+        for rel, data in FILES.items():
+            assert (mount.mountpoint / rel).read_bytes() == data
+    finally:
+        code, out, err = mount.stop()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["unmounted"] is True
+    assert report["runtime_measurement"] == {
+        "recorded": True,
+        "event": f"modelseal.dev LoadModel {stack.digest}",
+    }
+    assert not os.path.ismount(mount.mountpoint)
+    assert not mount.ready_file.exists()
+
+
+@pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="needs cryptsetup-bin")
+def test_volume_takes_its_key_from_the_cdh_without_a_kbs_url(stack: Stack, tmp_path: Path) -> None:
+    """``modelseal volume create|open --key-source cdh``: no --kbs-url (the CDH knows its
+    KBS); the LUKS2 passphrase is exactly the key the KBS holds."""
+    key = secrets.token_bytes(32)
+    with KbsAdminClient(stack.kbs.url, stack.token) as admin:
+        admin.put_key("volumes/coco/key", SecretBytes(key), policy=stack.policy)
+    device = tmp_path / "v.luks"
+    via_cdh = ["--key-id", "volumes/coco/key", "--key-source", "cdh", "--cdh-url", stack.gc.url]
+    created = run_cli(["volume", "create", "--device", str(device), "--size", "32M", *via_cdh])
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["action"] == "created"
+    checked = run_cli(["volume", "open", "--device", str(device), "--check", *via_cdh])
+    assert checked.returncode == 0, checked.stderr
+    accepts = subprocess.run(
+        ["cryptsetup", "open", "--test-passphrase", "--key-file", "-", str(device)],
+        input=key, capture_output=True, check=False,
+    )  # fmt: skip
+    assert accepts.returncode == 0, accepts.stderr

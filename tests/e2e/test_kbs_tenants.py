@@ -4,6 +4,7 @@ actor; the admin can do everything."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelseal._internal.encoding import b64url_encode
 from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
+from modelseal.loader.kbs_client import KbsClient
+from modelseal.tee.sample.attester import Attester
 from tests.e2e.kbs_process import CLI, start_kbs, stop_process
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +43,8 @@ class Kbs:
 @pytest.fixture(scope="module")
 def kbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kbs]:
     data_dir = tmp_path_factory.mktemp("tenants") / "kbs"
-    url, proc = start_kbs(data_dir)
+    # sample evidence: the cross-tenant test releases a key to read its bytes back
+    url, proc = start_kbs(data_dir, "--insecure-allow-sample")
     try:
         yield Kbs(data_dir, url)
     finally:
@@ -120,6 +125,67 @@ def test_publishers_stay_in_their_namespaces(kbs: Kbs) -> None:
     assert after == before
     me = c.get(f"{V1}/whoami", headers=globex).json()
     assert me["namespaces"] == ["globex", "models/globex"]
+
+
+def test_an_existing_key_of_another_namespace_is_untouchable(kbs: Kbs) -> None:
+    """Replacing, regenerating, loosening, rebinding, revoking, deleting or reading an
+    EXISTING key of another tenant: each is a 403 audited with the actor and the key, and
+    afterwards the key's bytes, policy and record are exactly what its owner set."""
+    acme = kbs.token("publisher", "acme-ci", "acme")
+    globex = kbs.token("publisher", "globex-ci", "globex")
+    admin = kbs.token("admin", "ops")
+    c = kbs.client
+    dek = secrets.token_bytes(32)
+    kid = "acme/held/v1"
+    created = c.put(
+        f"{V1}/keys/{kid}", json={"key": b64url_encode(dek), "policy": POLICY}, headers=acme
+    )
+    assert created.status_code == 201, created.text
+    record = c.get(f"{V1}/keys/{kid}", headers=acme).json()
+    policy = c.get(f"{V1}/keys/{kid}/policy", headers=acme).json()
+    before = len(c.get(f"{V1}/audit", params={"limit": 1000}, headers=admin).json()["entries"])
+
+    other = b64url_encode(dek[:-1] + bytes([dek[-1] ^ 1]))
+    tenant_refusals = [
+        c.put(f"{V1}/keys/{kid}", json={"key": other}, headers=globex),  # replace the bytes
+        c.put(f"{V1}/keys/{kid}", json=GEN, headers=globex),  # rotate (a new random key)
+        c.put(f"{V1}/keys/{kid}", json={"key": other, "policy": POLICY}, headers=globex),
+        c.put(f"{V1}/keys/{kid}", json={"generate": True, "policy": {**POLICY, "debug": True}},
+              headers=globex),
+        c.put(f"{V1}/keys/{kid}/policy", content=LOOSE, headers=globex),
+        c.put(f"{V1}/keys/{kid}/model", json={"model_digest": "sha256:" + "1" * 64},
+              headers=globex),
+        c.post(f"/kbs/v0/resource/{kid}", content=b"k" * 32, headers=globex),
+        c.get(f"{V1}/keys/{kid}", headers=globex),
+        c.get(f"{V1}/keys/{kid}/policy", headers=globex),
+    ]  # fmt: skip
+    for response in tenant_refusals:
+        _denied(response)
+    # deleting, revoking or dropping the policy is the admin's alone: refused for the role
+    role_refusals = [
+        c.delete(f"{V1}/keys/{kid}", headers=globex),
+        c.post(f"{V1}/keys/{kid}/revoke", headers=globex),
+        c.delete(f"{V1}/keys/{kid}/policy", headers=globex),
+        c.delete(f"/kbs/v0/resource/{kid}", headers=globex),
+    ]
+    for response in role_refusals:
+        assert response.status_code == 403, response.text
+        assert response.json()["type"].endswith("/forbidden")
+        assert "role" in response.json()["detail"]
+    assert kid not in {k["key_id"] for k in c.get(f"{V1}/keys", headers=globex).json()["keys"]}
+
+    rows = c.get(f"{V1}/audit", params={"limit": 1000}, headers=admin).json()["entries"]
+    new = rows[before:]
+    assert [(r["action"], r["actor"], r["key_id"], r["decision"]) for r in new] == [
+        ("authz.deny", "admin:globex-ci", kid, "deny")
+    ] * (len(tenant_refusals) + len(role_refusals))
+    assert c.get(f"{V1}/audit/verify", headers=admin).json()["ok"] is True
+    # the key is what acme made it: same record, same policy, same bytes
+    assert c.get(f"{V1}/keys/{kid}", headers=acme).json() == record
+    assert c.get(f"{V1}/keys/{kid}/policy", headers=acme).json() == policy
+    assert policy["policy"]["debug"] is False
+    with KbsClient(kbs.url, Attester(), tee="sample") as client:
+        assert client.get_resource(kid).reveal() == dek
 
 
 def test_publisher_tokens_must_name_namespaces(kbs: Kbs) -> None:

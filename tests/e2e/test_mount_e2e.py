@@ -13,10 +13,12 @@ import hashlib
 import io
 import json
 import os
+import pwd
 import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,15 +80,21 @@ class Mount:
         return json.loads(os.getxattr(self.mountpoint, STATS_XATTR))
 
 
-def start_mount(root: Path, *args: str, launch: Callable[[list[str]], list[str]] = list) -> Mount:
-    """``modelseal mount`` of ``args`` at ``root/mnt``, once ready; ``launch`` may wrap the
-    command (e.g. to start it inside a memory cgroup)."""
+def start_mount(
+    root: Path,
+    *args: str,
+    launch: Callable[[list[str]], list[str]] = list,
+    prefix: tuple[str, ...] = (),
+) -> Mount:
+    """``modelseal mount`` of ``args`` at ``root/mnt``, returned once its ready file exists;
+    ``prefix`` is a command that runs it (e.g. as another user), ``launch`` may wrap the
+    whole command (e.g. to start it inside a memory cgroup)."""
     mountpoint = root / "mnt"
-    mountpoint.mkdir(parents=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
     ready = root / "run" / "ready.json"
     argv = [*MODELSEAL, "mount", "--mountpoint", str(mountpoint), "--ready-file", str(ready)]
     process = subprocess.Popen(
-        launch([*argv, *args]),
+        launch([*prefix, *argv, *args]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -384,3 +392,96 @@ def test_sigterm_unmounts_after_the_mount_point_moved(
     code, _out, err = mount.stop()
     assert code == 0, err
     assert not os.path.ismount(moved)
+
+
+CAP_SYS_ADMIN = 21
+
+
+def _unprivileged_uid() -> int:
+    """An unprivileged user of this machine standing in for the image's (10001, created by
+    deploy/examples/Dockerfile.mount): fusermount3 needs the user in /etc/passwd."""
+    try:
+        return pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        return -1
+
+
+IMAGE_UID = _unprivileged_uid()
+
+
+def _as_image_user(*, bounding: str) -> tuple[str, ...]:
+    """Run as the image's user with no capability of its own and ``bounding`` as the
+    bounding set (what the container grants a setuid program). The interpreter of this
+    machine lives under /root, so CAP_DAC_READ_SEARCH (ambient) lets that user read it:
+    the image installs Python where every user may."""
+    return (
+        "setpriv", "--reuid", str(IMAGE_UID), "--regid", str(IMAGE_UID), "--clear-groups",
+        "--inh-caps", "-all,+dac_read_search", "--ambient-caps", "+dac_read_search",
+        "--bounding-set", f"-all,+dac_read_search{bounding}",
+    )  # fmt: skip
+
+
+def _mounted(mountpoint: Path) -> bool:
+    """From /proc/self/mounts: stat() of another user's FUSE mount is refused to root."""
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        return any(line.split()[1] == str(mountpoint) for line in f)
+
+
+def _fusermount_is_setuid_root() -> bool:
+    tool = shutil.which("fusermount3")
+    if tool is None or shutil.which("setpriv") is None:
+        return False
+    info = os.stat(tool)
+    return info.st_uid == 0 and bool(info.st_mode & 0o4000)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or IMAGE_UID < 0 or not _fusermount_is_setuid_root(),
+    reason="needs root (to become 'nobody') and fuse3's setuid fusermount3",
+)
+def test_the_image_user_mounts_through_setuid_fusermount3_without_sys_admin(
+    stack: Stack, published: ModelInfo
+) -> None:
+    """The design of Dockerfile.mount: the mount process runs as an unprivileged user that
+    holds no capability; only fuse3's setuid ``fusermount3`` mounts and unmounts (it gets
+    CAP_SYS_ADMIN from the container's bounding set). Without CAP_SYS_ADMIN in the
+    bounding set even that is refused, and the mount exits 2 with nothing mounted."""
+    root = Path(tempfile.mkdtemp(prefix="ms-image-user-"))  # pytest's tmp dirs are 0700
+    try:
+        root.chmod(0o755)
+        for sub in ("mnt", "run"):
+            (root / sub).mkdir()
+            os.chown(root / sub, IMAGE_UID, IMAGE_UID)
+        as_user = _as_image_user(bounding=",+sys_admin")
+        mount = start_mount(root, *model_args(stack), "--cache-mib", "16", prefix=as_user)
+        try:
+            status = Path(f"/proc/{mount.process.pid}/status").read_text()
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            assert fields["Uid"].split()[:2] == [str(IMAGE_UID)] * 2
+            assert not int(fields["CapEff"], 16) & (1 << CAP_SYS_ADMIN)
+            assert _mounted(mount.mountpoint)
+            for rel in ("config.json", "model.safetensors", "shards/extra.bin"):
+                read = subprocess.run(
+                    [*as_user, "cat", str(mount.mountpoint / rel)], capture_output=True,
+                    check=True,
+                )  # fmt: skip
+                assert read.stdout == MODEL[rel]
+        finally:
+            code, out, err = mount.stop()
+        assert code == 0, err
+        assert json.loads(out)["unmounted"] is True
+        assert not _mounted(mount.mountpoint)
+
+        # the same user in a container that withholds CAP_SYS_ADMIN: a clear refusal
+        refused = subprocess.run(
+            [*_as_image_user(bounding=""), *MODELSEAL, "mount", *model_args(stack),
+             "--mountpoint", str(root / "mnt")],
+            capture_output=True, text=True, env=child_env(), timeout=120, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        assert "fusermount3" in refused.stderr
+        assert not _mounted(root / "mnt")
+    finally:
+        if _mounted(root / "mnt"):
+            subprocess.run(["fusermount3", "-u", "-z", str(root / "mnt")], check=False)
+        shutil.rmtree(root, ignore_errors=True)

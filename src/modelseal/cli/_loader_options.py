@@ -7,7 +7,8 @@ the same in each, with no second definition to keep in step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,30 @@ from modelseal.cli.load import load
 DESTINATION_ONLY = frozenset({"dest", "allow_disk", "file_mode", "group", "quiet"})
 
 
-def share_loader_options(command: click.Command, *, exclude: Iterable[str] = ()) -> None:
-    """Put ``load``'s options (less the destination's and ``exclude``) first in ``command``."""
+def share_loader_options(
+    command: click.Command,
+    *,
+    exclude: Iterable[str] = (),
+    help_texts: Mapping[str, str] | None = None,
+) -> None:
+    """Put ``load``'s options (less the destination's and ``exclude``) first in ``command``.
+
+    ``help_texts`` rewords the help of options whose meaning differs in ``command`` (what
+    "the load" does is not what a mount or a volume does): those options are copies with
+    only their help changed, so flag, variable, type and default stay ``load``'s."""
     skip = DESTINATION_ONLY | set(exclude)
-    command.params[0:0] = [p for p in load.params if p.name not in skip]
+    texts = dict(help_texts or {})
+    shared: list[click.Parameter] = []
+    for param in load.params:
+        if param.name in skip:
+            continue
+        if param.name in texts and isinstance(param, click.Option):
+            param = copy.copy(param)
+            param.help = texts.pop(param.name)
+        shared.append(param)
+    if texts:
+        raise RuntimeError(f"help for options {sorted(texts)} that {command.name} does not share")
+    command.params[0:0] = shared
 
 
 def loader_overrides(values: dict[str, Any]) -> dict[str, Any]:

@@ -78,24 +78,59 @@ def tee_choice(kinds: Iterable[str], *extra: str) -> click.Choice[str]:
 
 
 class CompositeTeeChoice(click.Choice[str]):
-    """A ``--tee`` choice that also takes a CPU kind joined with device kinds
-    (``tdx+nvidia``): each part must be a choice, the composition valid per the registry."""
+    """A session ``--tee`` choice: a CPU kind (or ``auto``), optionally joined with device
+    kinds (``tdx+nvidia``). A device kind alone is no choice: a GPU's evidence only goes
+    along with a CPU TEE's, bound to its session, so ``--tee nvidia`` is refused here,
+    and the help lists it only after a ``+``."""
+
+    def __init__(self, kinds: Iterable[str], *extra: str) -> None:
+        listed = tuple(kinds)
+        self.devices = tuple(k for k in listed if registry.plugin(k).device)
+        super().__init__([*extra, *(k for k in listed if k not in self.devices)])
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        base = super().get_metavar(param, ctx)
+        if not self.devices or base is None:
+            return base
+        return f"{base}[+{'|'.join(self.devices)}]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        parts = str(value).split(registry.COMPOSITE_SEPARATOR)
-        converted = [str(super(CompositeTeeChoice, self).convert(p, param, ctx)) for p in parts]
+        primary, *parts = str(value).split(registry.COMPOSITE_SEPARATOR)
+        if primary in self.devices:
+            self.fail(
+                f"{primary!r} is a device TEE: name the CPU TEE first "
+                f"(e.g. auto+{primary} or tdx+{primary})",
+                param,
+                ctx,
+            )
+        converted = [str(super().convert(primary, param, ctx))]
+        for part in parts:
+            if part not in self.devices:
+                self.fail(
+                    f"{part!r} after '+' is not a device TEE kind "
+                    f"(device kinds: {', '.join(self.devices) or 'none'})",
+                    param,
+                    ctx,
+                )
+            converted.append(part)
         joined = registry.COMPOSITE_SEPARATOR.join(converted)
-        if len(parts) > 1:
-            try:
-                registry.split_composite(joined)
-            except UnsupportedTee as exc:
-                self.fail(str(exc), param, ctx)
+        try:
+            registry.split_composite(joined)
+        except UnsupportedTee as exc:
+            self.fail(str(exc), param, ctx)
         return joined
 
 
+def session_kinds(kinds: Iterable[str]) -> list[str]:
+    """``kinds`` less the device kinds: what a session (RCAR, attested TLS, a TD) can attest
+    as on its own; a GPU's evidence only goes along with a CPU TEE's."""
+    return [k for k in kinds if not registry.plugin(k).device]
+
+
 def composite_tee_choice(kinds: Iterable[str], *extra: str) -> CompositeTeeChoice:
-    """``--tee`` choices plus compositions with device kinds (``auto+nvidia``)."""
-    return CompositeTeeChoice([*extra, *kinds])
+    """Session ``--tee`` choices: CPU kinds (plus ``extra``, e.g. ``auto``), each optionally
+    composed with device kinds (``auto+nvidia``)."""
+    return CompositeTeeChoice(kinds, *extra)
 
 
 class RetiredOption(click.Option):

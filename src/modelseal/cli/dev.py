@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from modelseal.cli._tee_options import attester_options, spec_options, tee_choice
+from modelseal.cli._tee_options import attester_options, session_kinds, spec_options, tee_choice
 from modelseal.tee import registry
 
 
@@ -30,7 +30,9 @@ def dev() -> None:
     "--tee",
     required=True,
     envvar="MODELSEAL_TEE",
-    type=tee_choice(k for k in registry.attestable_kinds() if not registry.plugin(k).relay),
+    type=tee_choice(
+        k for k in session_kinds(registry.attestable_kinds()) if not registry.plugin(k).relay
+    ),
     help="TEE kind whose attester plays the TD (a test kind on a machine without one).",
 )
 @click.option(

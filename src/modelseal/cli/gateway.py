@@ -20,6 +20,7 @@ import click
 
 from modelseal.cli._tee_options import (
     attester_options,
+    session_kinds,
     spec_options,
     tee_choice,
     tee_values,
@@ -60,7 +61,7 @@ def _host_port(value: str) -> tuple[str, int]:
     "--tee",
     required=True,
     envvar="MODELSEAL_TEE",
-    type=tee_choice(registry.attestable_kinds()),
+    type=tee_choice(session_kinds(registry.attestable_kinds())),
     help="TEE kind whose attester produces the evidence.",
 )
 @click.option(

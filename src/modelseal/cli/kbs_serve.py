@@ -16,6 +16,7 @@ from modelseal.cli._tee_options import (
     aliased,
     attester_options,
     deprecated_alias,
+    session_kinds,
     spec_options,
     tee_choice,
     verifier_options,
@@ -233,7 +234,7 @@ def serve(
     default=registry.DEVELOPMENT_KIND,
     show_default=True,
     envvar="MODELSEAL_TEE",
-    type=tee_choice(registry.attestable_kinds()),
+    type=tee_choice(session_kinds(registry.attestable_kinds())),
     help="TEE kind whose attester produces the evidence.",
 )
 @click.option(

@@ -96,6 +96,7 @@ def mount(
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     if quiet:
         logging.getLogger().setLevel(logging.ERROR)
+    from modelseal.loader.measure import record_load
     from modelseal.loader.mount.opening import open_model
     from modelseal.loader.mount.serve import (
         STOP_SIGNALS,
@@ -122,12 +123,22 @@ def mount(
         return
     preload_binding()
     opened = open_model(settings, Timings())
+    # as a load does: later evidence then shows this model in use (a release policy may
+    # require it); a failure to record is a warning, as for a load
+    measured = record_load(settings, opened.manifest.digest)
     # blocked for the rest of the process: serve's watcher takes them while mounted, and one
     # arriving after the unmount must not cut the clean-up and the report short
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     stats = serve(opened, options)
     if not quiet:
-        json.dump({"model_digest": opened.manifest.digest, "unmounted": True, **stats}, sys.stdout)
+        report: dict[str, object] = {
+            "model_digest": opened.manifest.digest,
+            "unmounted": True,
+            **stats,
+        }
+        if measured is not None:
+            report["runtime_measurement"] = measured
+        json.dump(report, sys.stdout)
         sys.stdout.write("\n")
 
 
@@ -159,4 +170,13 @@ def _background(ready_file: Path | None, mountpoint: Path) -> None:
     sys.stdout.write("\n")
 
 
-share_loader_options(mount)
+share_loader_options(
+    mount,
+    # a load's metrics file counts a load's bytes; the mount reports its counters at unmount
+    exclude={"metrics_textfile"},
+    help_texts={
+        "measure": "Once the model's manifest is authenticated, before the mount serves, "
+        "record the model digest in the TEE's runtime measurements through the Attestation "
+        "Agent (when --aa-url, --tee aa or --key-source cdh gives one) [default: on].",
+    },
+)

@@ -54,10 +54,11 @@ def resolve_tee(settings: LoaderSettings) -> str:
     this machine is a configuration error (exit 2), not a denied attestation: nothing was
     attested, and the fix is ``--tee``, which the message spells out.
     """
-    if registry.COMPOSITE_SEPARATOR in settings.tee:
+    try:
+        # also for a single kind: a device kind alone (``nvidia``) is no session TEE
         primary, devices = registry.split_composite(settings.tee)
-    else:
-        primary, devices = settings.tee, ()
+    except UnsupportedTee as exc:
+        raise ConfigError(f"--tee (MODELSEAL_TEE) {settings.tee!r}: {exc}") from None
     if primary == "auto":
         try:
             primary = detect()

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelseal.crypto.secret import SecretBytes
-from modelseal.errors import ConfigError, DecryptionError
-from modelseal.loader.attest import KeyRelease
+from modelseal.errors import ConfigError, DecryptionError, FormatError
+from modelseal.loader.attest import KeyRelease, read_init_data, resolve_tee
 from modelseal.loader.fetch import RetryPolicy
 from modelseal.loader.loader import ReleaseFn, obtain_key
 from modelseal.loader.receipt import Timings
-from modelseal.loader.settings import LoaderSettings
+from modelseal.loader.settings import KEY_SOURCE_CDH, LoaderSettings
+from modelseal.protocol.kbs import resource_path
 from modelseal.protocol.model_info import KBS_TRUSTEE, ModelInfo, check_name
 
 __all__ = ["VolumeResult", "create_volume", "open_volume"]
@@ -104,13 +105,29 @@ def _check_device(device: Path) -> None:
         raise ConfigError(f"{device} is neither a block device nor a regular file")
 
 
-def _release(settings: LoaderSettings, key_id: str, release: ReleaseFn | None) -> KeyRelease:
-    """Attest and obtain the volume key from the KBS (the loader's sequence and retries)."""
+def _check_settings(settings: LoaderSettings, key_id: str) -> LoaderSettings:
+    """Everything that can be checked before a file is created or a key released: the key
+    id, the key source's configuration, the TEE kind (``auto`` resolved here), the
+    init-data document and cryptsetup itself. Returns the settings with the TEE resolved."""
+    try:
+        resource_path(key_id)
+    except FormatError as exc:
+        raise ConfigError(f"--key-id: {exc}") from None
+    _cryptsetup()
+    if settings.key_source == KEY_SOURCE_CDH:
+        return settings  # the CDH attests for the pod and knows its KBS
     if not settings.kbs_url:
-        raise ConfigError("a volume key comes from the KBS: pass --kbs-url")
+        raise ConfigError("a volume key comes from the KBS: pass --kbs-url (or --key-source cdh)")
+    read_init_data(settings)
+    return settings.with_overrides(tee=resolve_tee(settings))
+
+
+def _release(settings: LoaderSettings, key_id: str, release: ReleaseFn | None) -> KeyRelease:
+    """Attest and obtain the volume key from the KBS or the CDH (the loader's sequence and
+    retries)."""
     info = ModelInfo(
         id="volume",
-        url=settings.kbs_url,
+        url=settings.kbs_url or settings.cdh_url,
         encrypted=True,
         kbs=KBS_TRUSTEE,
         kbs_url=settings.kbs_url,
@@ -123,6 +140,23 @@ def _release(settings: LoaderSettings, key_id: str, release: ReleaseFn | None) -
     return key
 
 
+def _create_file(device: Path, size: int) -> None:
+    """A new ``size``-byte file at ``device``; never an existing one (``O_EXCL``)."""
+    try:
+        fd = os.open(device, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{device} exists: --size creates a new file only") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {device}: {exc.strerror}") from None
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        os.close(fd)
+        device.unlink(missing_ok=True)
+        raise ConfigError(f"cannot size {device} to {size} bytes: {exc.strerror}") from None
+    os.close(fd)
+
+
 def create_volume(
     settings: LoaderSettings,
     device: Path,
@@ -131,14 +165,29 @@ def create_volume(
     size: int | None = None,
     release: ReleaseFn | None = None,
 ) -> VolumeResult:
-    """Format ``device`` as LUKS2 with the released key (``size``: create it as a file of
-    that many bytes first). An existing LUKS volume is never formatted over."""
-    if size is not None and not device.exists():
-        fd = os.open(device, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
+    """Format ``device`` as LUKS2 with the released key (``size``: create it as a new file
+    of that many bytes first). An existing LUKS volume is never formatted over.
+
+    The settings are checked before anything is created; a file created here is removed
+    again if any later step fails (the KBS unreachable, the release denied, cryptsetup
+    failing, an interrupt), so a failed run leaves the machine as it found it. A device
+    that existed before is never removed."""
+    settings = _check_settings(settings, key_id)
+    created = False
+    if size is not None:
+        _create_file(device, size)
+        created = True
+    try:
+        return _format(settings, device, key_id, release)
+    except BaseException:
+        if created:
+            device.unlink(missing_ok=True)
+        raise
+
+
+def _format(
+    settings: LoaderSettings, device: Path, key_id: str, release: ReleaseFn | None
+) -> VolumeResult:
     _check_device(device)
     if _is_luks(device):
         raise ConfigError(f"{device} already holds a LUKS volume; refusing to format over it")
@@ -171,6 +220,7 @@ def open_volume(
         if name is None:
             raise ConfigError("pass --name (the /dev/mapper name) or --check")
         check_name(name, what="volume name")
+    settings = _check_settings(settings, key_id)
     _check_device(device)
     if not _is_luks(device):
         raise ConfigError(f"{device} is not a LUKS volume")

@@ -99,9 +99,30 @@ def test_composite_tee_values_of_load() -> None:
     assert choice.convert("tdx+nvidia", None, None) == "tdx+nvidia"
     assert choice.convert("auto+nvidia", None, None) == "auto+nvidia"
     assert choice.convert("tdx", None, None) == "tdx"
-    for bad in ("nvidia+tdx", "tdx+mock-tdx", "tdx+gpu", "tdx+nvidia+nvidia"):
+    for bad in ("nvidia", "nvidia+tdx", "tdx+mock-tdx", "tdx+gpu", "tdx+nvidia+nvidia"):
         with pytest.raises(click.BadParameter):
             choice.convert(bad, None, None)
+    # a GPU is offered only after a CPU kind, never as a session TEE of its own
+    assert "nvidia" not in choice.choices
+    assert choice.devices == ("nvidia",)
+
+
+@pytest.mark.parametrize("command", ["load", "mount", "volume create", "volume open"])
+def test_session_tee_help_offers_cpu_kinds_and_gpu_compositions(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command that attests a session lists CPU kinds and ``+nvidia`` in --help and
+    refuses ``--tee nvidia`` with exit 2 before doing anything."""
+    argv = command.split()
+    code, out, _ = _run([*argv, "--help"], capsys)
+    assert code == 0
+    metavar = out.split("--tee ", 1)[1].split()[0]
+    assert metavar.startswith("[auto|tdx|snp|")
+    assert metavar.endswith("][+nvidia]")
+    assert "|nvidia|" not in metavar
+    code, _, err = _run([*argv, "--tee", "nvidia"], capsys)
+    assert code == 2
+    assert "'nvidia' is a device TEE: name the CPU TEE first" in err
 
 
 def test_attest_nvidia_prints_device_evidence(
@@ -172,3 +193,20 @@ def test_attest_composes_a_cpu_tee_and_gpus(
     code, _, err = _run(["attest", "--tee", "nvidia+mock-tdx", "--report-data", RD], capsys)
     assert code == 2
     assert "not a device TEE kind" in err
+
+
+@pytest.mark.parametrize("command", ["kbs get x/y/z", "gateway", "dev guest-components"])
+def test_other_session_commands_refuse_a_gpu_alone(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kbs get``, the attested-TLS gateway and the guest-components stand-in attest a
+    session (or play a TD) as one kind: a GPU is not among their choices."""
+    argv = command.split()
+    code, out, _ = _run([*argv, "--help"], capsys)
+    assert code == 0
+    metavar = out.split("--tee ", 1)[1].split()[0]
+    assert "sample" in metavar
+    assert "nvidia" not in metavar
+    code, _, err = _run([*argv, "--tee", "nvidia"], capsys)
+    assert code == 2
+    assert "'nvidia' is not one of" in err

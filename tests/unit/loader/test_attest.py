@@ -80,3 +80,13 @@ def test_sample_attester() -> None:
     attester = attest.build_attester("sample", _settings(tee="sample"), None)
     assert attester.evidence(b"\x01" * 48)["svn"] == "1"
     assert "sample" in attest.INSECURE_TEES
+
+
+def test_a_device_kind_alone_is_no_session_tee() -> None:
+    """``MODELSEAL_TEE=nvidia`` through the SDK (no Click choice in between): a GPU only
+    attests next to a CPU TEE, so this is a configuration error naming the fix."""
+    with pytest.raises(errors.ConfigError) as info:
+        attest.resolve_tee(_settings(tee="nvidia"))
+    assert info.value.exit_code == 2
+    assert "name the CPU TEE first" in str(info.value)
+    assert attest.resolve_tee(_settings(tee="snp+nvidia")) == "snp+nvidia"
