@@ -83,10 +83,14 @@ class CompositeTeeChoice(click.Choice[str]):
     along with a CPU TEE's, bound to its session, so ``--tee nvidia`` is refused here,
     and the help lists it only after a ``+``."""
 
-    def __init__(self, kinds: Iterable[str], *extra: str) -> None:
+    def __init__(self, kinds: Iterable[str], *extra: str, device_alone: bool = False) -> None:
         listed = tuple(kinds)
         self.devices = tuple(k for k in listed if registry.plugin(k).device)
-        super().__init__([*extra, *(k for k in listed if k not in self.devices)])
+        #: a device kind may stand alone (``attest --tee nvidia``: standalone GPU evidence,
+        #: not a session)
+        self.device_alone = device_alone
+        alone = listed if device_alone else (k for k in listed if k not in self.devices)
+        super().__init__([*extra, *alone])
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
         base = super().get_metavar(param, ctx)
@@ -96,10 +100,9 @@ class CompositeTeeChoice(click.Choice[str]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         primary, *parts = str(value).split(registry.COMPOSITE_SEPARATOR)
-        if primary in self.devices:
+        if primary in self.devices and not self.device_alone:
             self.fail(
-                f"{primary!r} is a device TEE: name the CPU TEE first "
-                f"(e.g. auto+{primary} or tdx+{primary})",
+                f"{primary!r} is a device TEE: name the CPU TEE first (e.g. auto+{primary})",
                 param,
                 ctx,
             )
@@ -114,6 +117,8 @@ class CompositeTeeChoice(click.Choice[str]):
                 )
             converted.append(part)
         joined = registry.COMPOSITE_SEPARATOR.join(converted)
+        if not parts:  # one kind, already a choice
+            return joined
         try:
             registry.split_composite(joined)
         except UnsupportedTee as exc:
@@ -127,10 +132,13 @@ def session_kinds(kinds: Iterable[str]) -> list[str]:
     return [k for k in kinds if not registry.plugin(k).device]
 
 
-def composite_tee_choice(kinds: Iterable[str], *extra: str) -> CompositeTeeChoice:
+def composite_tee_choice(
+    kinds: Iterable[str], *extra: str, device_alone: bool = False
+) -> CompositeTeeChoice:
     """Session ``--tee`` choices: CPU kinds (plus ``extra``, e.g. ``auto``), each optionally
-    composed with device kinds (``auto+nvidia``)."""
-    return CompositeTeeChoice(kinds, *extra)
+    composed with device kinds (``auto+nvidia``); ``device_alone`` also offers a device
+    kind by itself (evidence, not a session)."""
+    return CompositeTeeChoice(kinds, *extra, device_alone=device_alone)
 
 
 class RetiredOption(click.Option):

@@ -73,7 +73,7 @@ def _print_json(value: Any) -> None:
     "--tee",
     default="auto",
     show_default=True,
-    type=composite_tee_choice(registry.attestable_kinds(), "auto"),
+    type=composite_tee_choice(registry.attestable_kinds(), "auto", device_alone=True),
     help=f"TEE kind, or auto-detect; add GPUs with '+' ({registry.COMPOSITE_EXAMPLE}).",
 )
 @click.option("--report-data", default=None, help="Hex bytes for the report-data field.")

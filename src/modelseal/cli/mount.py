@@ -177,6 +177,7 @@ share_loader_options(
     help_texts={
         "measure": "Once the model's manifest is authenticated, before the mount serves, "
         "record the model digest in the TEE's runtime measurements through the Attestation "
-        "Agent (when --aa-url, --tee aa or --key-source cdh gives one) [default: on].",
+        "Agent, when one is configured (its URL, its --tee kind or --key-source cdh) "
+        "[default: on].",
     },
 )
