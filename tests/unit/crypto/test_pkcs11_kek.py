@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from modelseal.crypto.kek import KekRing, SoftwareKek
-from modelseal.crypto.pkcs11_kek import MAC_KEY_LABEL, Pkcs11Kek, Pkcs11Token, parse_pkcs11_uri
+from modelseal.crypto.pkcs11_kek import MAC_KEY_LABEL, Pkcs11Token, parse_pkcs11_uri
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import BackendError, ConfigError, DecryptionError
 from modelseal.kbs.kek_stores import TokenKeks
