@@ -164,10 +164,12 @@ def test_s3_a_writer_past_its_commit_deadline_never_commits(store: S3BlobStore) 
     its object and fails retryably, and the acknowledged blob stays."""
 
     async def main() -> None:
+        store.commit_deadline = 60.0  # a slow server must not fail the first upload
         await store.put("m/v1/w", _aiter([b"old"]))
         before = _objects(store)
+        store.commit_deadline = 0.2
         with pytest.raises(TransientError, match="commit deadline"):
-            await store.put("m/v1/w", _aiter([b"n"] * 3, pause=DEADLINE / 2 + 0.05))
+            await store.put("m/v1/w", _aiter([b"n"] * 3, pause=0.1))
         assert await _read_all(store, "m/v1/w") == b"old"
         assert _objects(store) == before
 
