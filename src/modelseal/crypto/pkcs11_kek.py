@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
+from modelseal._internal import metrics
 from modelseal.crypto.kek import Kek, read_private_file
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import BackendError, ConfigError, DecryptionError
@@ -310,9 +311,11 @@ class Pkcs11Token:
             self._pin_digest = hashlib.sha256(pin.reveal()).digest()
             self.generation += 1
             self.reopens += 1
+            metrics.KEK_TOKEN_EVENTS.labels("reopened").inc()
             log.warning("reopened the PKCS#11 session to %s", self.uri)
             return session
         self._retry_at = time.monotonic() + REOPEN_BACKOFF
+        metrics.KEK_TOKEN_EVENTS.labels("unavailable").inc()
         log.warning("the PKCS#11 token %s is unavailable (%s)", self.uri, failure)
         raise BackendError(f"the PKCS#11 token {self.uri} is unavailable ({failure}); retry later")
 
@@ -347,6 +350,7 @@ class Pkcs11Token:
                 if not self._is_lost(exc):
                     raise BackendError(f"PKCS#11 {what} failed: {type(exc).__name__}") from None
                 lost = type(exc).__name__
+            metrics.KEK_TOKEN_EVENTS.labels("session_lost").inc()
             log.warning("the PKCS#11 session to %s was lost during %s (%s)", self.uri, what, lost)
             session = self._reopen()
             if not retry:

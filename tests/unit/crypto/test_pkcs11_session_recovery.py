@@ -56,14 +56,24 @@ def _bring_back(tokens: Path) -> None:
     shutil.move(tokens.parent / "tokens-away", tokens)
 
 
+def _events(event: str) -> float:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    value = prometheus_client.REGISTRY.get_sample_value(
+        "modelseal_kek_token_events_total", {"event": event}
+    )
+    return value or 0.0
+
+
 def test_a_closed_session_is_reopened_and_the_call_retried(kek: Pkcs11Kek) -> None:
     token = kek._token
     blob = kek.wrap("m/k/v1", DEK)
     label = kek.label
     before = token.reopens
+    lost, reopened = _events("session_lost"), _events("reopened")
     _drop_session(token)
     assert kek.unwrap("m/k/v1", blob) == DEK
     assert token.reopens == before + 1
+    assert (_events("session_lost"), _events("reopened")) == (lost + 1, reopened + 1)
     # every operation of the KEK works on the new session, with the objects found again
     assert kek.unwrap("m/k/v1", kek.wrap("m/k/v1", DEK)) == DEK
     assert kek.label == label
@@ -80,9 +90,11 @@ def test_an_absent_token_is_a_backend_error_until_it_is_back(
     token = kek._token
     blob = kek.wrap("m/k/v1", DEK)
     before = token.reopens
+    unavailable = _events("unavailable")
     _take_away(token_away)
     with pytest.raises(BackendError, match="unavailable"):
         kek.unwrap("m/k/v1", blob)
+    assert _events("unavailable") == unavailable + 1
     # within the backoff a caller fails at once, without asking the token again
     caplog.clear()
     with pytest.raises(BackendError, match="unavailable; retry later"):
