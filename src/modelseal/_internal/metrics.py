@@ -16,6 +16,8 @@ The series (names, labels and types are listed in docs/guides/metrics.md):
   ``_unknown`` and keys past the cap as ``_other``, so label cardinality is bounded by the
   operator's keys and a constant, never by what requesters send.
 * ``modelseal_collateral_lookups_total{tee, source}``: where DCAP collateral came from.
+* ``modelseal_kek_token_events_total{event}``: a PKCS#11 KEK token's session lost,
+  reopened, or found unavailable.
 
 prometheus-client is in the ``server`` extra. Without it (a verifier used from the command
 line, say) recording is a no-op and asking to serve metrics is a :class:`ConfigError`.
@@ -65,6 +67,7 @@ __all__ = [
     "AVAILABLE",
     "COLLATERAL_LOOKUPS",
     "HTTP_REQUEST_SECONDS",
+    "KEK_TOKEN_EVENTS",
     "KEY_RELEASES",
     "MAX_KEY_LABELS",
     "MULTIPROC_ENV",
@@ -149,6 +152,12 @@ COLLATERAL_LOOKUPS: Final = _counter(
     "DCAP collateral lookups by TEE type and where the set came from (bundle, cache: hits; "
     "pccs: a miss, downloaded; stale, missing, pccs_error)",
     ("tee", "source"),
+)
+KEK_TOKEN_EVENTS: Final = _counter(
+    "modelseal_kek_token_events",
+    "PKCS#11 KEK token events: session_lost (an operation found the session gone), "
+    "reopened (a new session logged in), unavailable (a reopen failed: calls answer 503)",
+    ("event",),
 )
 
 _key_labels: set[str] = set()

@@ -10,7 +10,7 @@ size of the blob.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Final, Protocol, runtime_checkable
 
 from modelseal.errors import ConfigError
@@ -21,6 +21,9 @@ __all__ = [
     "BlobInfo",
     "BlobStore",
     "BlobTooLarge",
+    "CollectingStore",
+    "DEFAULT_GRACE",
+    "GcReport",
     "DigestMismatch",
     "FileBackedStore",
     "RedirectingStore",
@@ -29,6 +32,9 @@ __all__ = [
 
 #: 1 MiB: large enough to amortise per-chunk costs, small enough for constant memory.
 DEFAULT_CHUNK: Final = 1 << 20
+#: Garbage collection deletes only objects at least this old (seconds): a day, far longer
+#: than any upload between its first byte and its commit.
+DEFAULT_GRACE: Final = 24 * 3600
 
 
 class BlobTooLarge(ConfigError):
@@ -128,4 +134,50 @@ class RedirectingStore(Protocol):
     def direct_url(self, info: BlobInfo, *, expires: int) -> str:
         """A URL that serves ``info``'s object (ranged GETs included) for ``expires``
         seconds, without further credentials."""
+        ...
+
+
+@dataclass
+class GcReport:
+    """What one garbage collection run found and did (``dry_run``: found only)."""
+
+    dry_run: bool
+    grace: float
+    #: stored objects examined in this run (at most the run's cap)
+    scanned: int = 0
+    #: objects older than the grace period that a reference names (kept)
+    referenced: int = 0
+    #: objects younger than the grace period, never examined further (uploads in flight)
+    young: int = 0
+    #: unreferenced objects older than the grace period: deleted unless ``dry_run``
+    orphans: int = 0
+    orphan_bytes: int = 0
+    #: abandoned uploads (S3 multipart uploads, local temporary files) older than the grace
+    #: period: aborted or removed unless ``dry_run``
+    stale_uploads: int = 0
+    #: bytes of the abandoned local temporary files (S3 parts are not listed: 0 there)
+    stale_upload_bytes: int = 0
+    #: where the next run starts (pass it as ``start_after``); None when the listing ended
+    resume_after: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@runtime_checkable
+class CollectingStore(Protocol):
+    """A store that can leave objects no reference names (a crash between writing an
+    object and committing its reference) and collect them."""
+
+    async def collect_garbage(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        dry_run: bool = False,
+        max_objects: int = 100_000,
+        start_after: str = "",
+    ) -> GcReport:
+        """Delete objects no reference names that are older than ``grace`` seconds, and
+        abandoned uploads as old; examine at most ``max_objects`` objects, in key order
+        after ``start_after`` (a run's ``resume_after`` continues where it stopped)."""
         ...

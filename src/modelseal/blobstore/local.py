@@ -11,18 +11,29 @@ then the key's ref is replaced atomically (``os.replace``). So a reader always s
 blob whose digest is known, an open download keeps reading the object it started with even if
 the key is overwritten, and identical blobs are stored once. File I/O runs in worker threads
 (``anyio.to_thread``) in chunks, so the event loop never blocks and memory stays constant.
+
+A process killed between publishing an object and replacing its ref leaves an object no
+ref names; one killed mid-upload leaves a file in ``tmp/``. :meth:`LocalBlobStore.collect_garbage`
+removes both. Every step that publishes, unpublishes or collects objects holds an exclusive
+``flock`` on ``gc.lock`` (and a thread lock), across every process on the directory, so
+collection sees refs and objects at rest: an object it finds unreferenced is unreferenced,
+and a later upload of the same bytes publishes the object again. Only files older than the
+grace period (by mtime) are collected, so an upload still writing its temporary file (each
+write refreshes the mtime) is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +42,11 @@ import anyio.to_thread
 from modelseal._internal.bounded import load_json
 from modelseal.blobstore.base import (
     DEFAULT_CHUNK,
+    DEFAULT_GRACE,
     BlobInfo,
     BlobTooLarge,
     DigestMismatch,
+    GcReport,
     check_key,
 )
 from modelseal.errors import BackendError, BlobNotFound, ConfigError, FormatError
@@ -44,6 +57,7 @@ _REF_SUFFIX = ".ref"
 #: A reference is ``{"size": N, "sha256": hex}``; anything bigger is corrupt.
 _MAX_META_BYTES = 4096
 _WRITE_BUFFER = 4 << 20
+_LOCK_FILE = "gc.lock"
 
 
 class LocalBlobStore:
@@ -67,6 +81,17 @@ class LocalBlobStore:
         return f"LocalBlobStore({str(self.root)!r})"
 
     # -- paths -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This process's threads and every other process on the directory kept out."""
+        with self._lock:
+            fd = os.open(self.root / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def _ref_path(self, key: str) -> Path:
         return self._refs / (check_key(key) + _REF_SUFFIX)
@@ -123,7 +148,7 @@ class LocalBlobStore:
 
     def _publish(self, tmp: Path, ref: Path, size: int, sha: str) -> None:
         obj = self._object_path(sha)
-        with self._lock:
+        with self._exclusive():
             obj.parent.mkdir(mode=0o700, exist_ok=True)
             if obj.exists():
                 tmp.unlink()
@@ -231,7 +256,7 @@ class LocalBlobStore:
             raise BlobNotFound(f"no blob {key!r}")
 
     def _delete(self, ref: Path) -> bool:
-        with self._lock:
+        with self._exclusive():
             data = _read_ref(ref)
             if data is None:
                 return False
@@ -251,6 +276,68 @@ class LocalBlobStore:
 
     async def aclose(self) -> None:
         return None
+
+    # -- garbage -----------------------------------------------------------------------------
+
+    async def collect_garbage(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        dry_run: bool = False,
+        max_objects: int = 100_000,
+        start_after: str = "",
+    ) -> GcReport:
+        """Remove objects no ref names and abandoned temporary files, older than ``grace``
+        seconds (see the module doc)."""
+        if grace < 0 or max_objects < 1:
+            raise ConfigError("grace must be >= 0 seconds and max_objects >= 1")
+        report = GcReport(dry_run=dry_run, grace=grace)
+        try:
+            await anyio.to_thread.run_sync(self._gc, report, max_objects, start_after)
+        except OSError as exc:
+            raise BackendError(f"blob store garbage collection failed: {exc.strerror}") from exc
+        return report
+
+    def _gc(self, report: GcReport, cap: int, start_after: str) -> None:
+        cutoff = time.time() - report.grace
+        with self._exclusive():
+            named = set()
+            for key in self._list_keys(""):
+                data = _read_ref(self._refs / (key + _REF_SUFFIX))  # corrupt: BackendError
+                if data is not None:
+                    named.add(data["sha256"])
+            names = sorted(
+                p.name
+                for d in self._objects.iterdir()
+                if d.is_dir()
+                for p in d.iterdir()
+                if p.name > start_after
+            )
+            for name in names[:cap]:
+                report.scanned += 1
+                path = self._object_path(name)
+                st = path.stat()
+                if st.st_mtime >= cutoff:
+                    report.young += 1
+                elif name in named:
+                    report.referenced += 1
+                else:
+                    report.orphans += 1
+                    report.orphan_bytes += st.st_size
+                    if not report.dry_run:
+                        path.unlink(missing_ok=True)
+            report.resume_after = names[cap - 1] if len(names) > cap else None
+            stale = [*self._tmp.glob("*.part"), *self._refs.rglob(".*.tmp")]
+            for path in stale:
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # its upload just ended
+                    continue
+                if st.st_mtime < cutoff:
+                    report.stale_uploads += 1
+                    report.stale_upload_bytes += st.st_size
+                    if not report.dry_run:
+                        path.unlink(missing_ok=True)
 
 
 async def _io(fn: Callable[..., object], *args: Any) -> None:

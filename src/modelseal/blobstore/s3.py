@@ -18,6 +18,27 @@ one part; the digest is checked *before* the upload is completed, so a mismatch 
 oversize body never replaces the stored blob. A ranged read carries ``If-Match`` with the
 object ETag recorded in the metadata, so a read never mixes two versions of a key. boto3 is
 synchronous: every call runs in a worker thread.
+
+Garbage: a writer killed (or failing) between its object and its ref leaves an object no
+ref names. :meth:`S3BlobStore.collect_garbage` deletes such objects once they are older
+than a grace period, measured by the server's clock: their ``LastModified`` against the
+``Date`` of the server's own listing answer, never the local clock. Why that never deletes
+an object a writer is about to commit:
+
+- a writer starts timing (its local monotonic clock) before it creates the object, so the
+  object's server age is never more than the time the writer has been running;
+- a writer commits (writes the ref) only while that time is below ``commit_deadline``
+  (default half the default grace period); past it, it deletes its object and fails with
+  a retryable error instead, so a writer stalled for hours never commits;
+- collection lists the old objects first and reads every ref after that (S3 and RGW are
+  read-after-write consistent). An object it deletes was older than ``grace`` at the first
+  listing and unnamed by the refs read later; a writer committing it after those reads
+  would have been running for more than ``grace`` >= 2 x ``commit_deadline``, which the
+  deadline forbids (the margin covers the commit request itself being slow).
+
+So ``grace`` must be at least twice the writers' ``commit_deadline``: collection refuses a
+smaller one. Abandoned multipart uploads (a writer killed mid-upload) are aborted by the
+same age rule, using their ``Initiated`` time.
 """
 
 from __future__ import annotations
@@ -26,7 +47,10 @@ import contextlib
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,9 +59,11 @@ import anyio.to_thread
 from modelseal._internal.bounded import load_json
 from modelseal.blobstore.base import (
     DEFAULT_CHUNK,
+    DEFAULT_GRACE,
     BlobInfo,
     BlobTooLarge,
     DigestMismatch,
+    GcReport,
     check_key,
 )
 from modelseal.errors import BackendError, BlobNotFound, ConfigError, FormatError, TransientError
@@ -55,6 +81,8 @@ DEFAULT_PART_SIZE = 8 << 20
 _MAX_META_BYTES = 4096
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CHANGED = {"PreconditionFailed", "412"}
+#: A writer commits its object only this long (seconds) after it started writing it
+DEFAULT_COMMIT_DEADLINE = DEFAULT_GRACE / 2
 
 
 class S3BlobStore:
@@ -67,9 +95,13 @@ class S3BlobStore:
         prefix: str = "",
         *,
         part_size: int = DEFAULT_PART_SIZE,
+        commit_deadline: float = DEFAULT_COMMIT_DEADLINE,
     ) -> None:
         if part_size < 5 << 20:
             raise ConfigError("S3 multipart parts must be at least 5 MiB")
+        if not commit_deadline > 0:
+            raise ConfigError("the S3 commit deadline must be a positive number of seconds")
+        self.commit_deadline = commit_deadline
         self._client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -79,8 +111,10 @@ class S3BlobStore:
     def from_url(cls, url: str) -> S3BlobStore:
         """``s3://bucket/prefix?endpoint=http://host:port&region=us-east-1``.
 
-        Credentials come from boto3's usual chain (environment, config files, instance
-        role); a URL never carries them.
+        ``commit-deadline=SECONDS`` sets how long after starting an upload a writer may
+        still commit it (see the module doc; garbage collection needs a grace period of at
+        least twice this). Credentials come from boto3's usual chain (environment, config
+        files, instance role); a URL never carries them.
         """
         try:
             import boto3
@@ -93,10 +127,14 @@ class S3BlobStore:
         if parts.username or parts.password:
             raise ConfigError("put S3 credentials in the environment, not in the URL")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"endpoint", "region"}
+        unknown = set(query) - {"endpoint", "region", "commit-deadline"}
         if unknown:
             raise ConfigError(f"unknown s3 URL parameter(s): {', '.join(sorted(unknown))}")
         endpoint = query.get("endpoint")
+        try:
+            deadline = float(query.get("commit-deadline", DEFAULT_COMMIT_DEADLINE))
+        except ValueError:
+            raise ConfigError("commit-deadline must be a number of seconds") from None
         config = Config(
             retries={"max_attempts": 5, "mode": "standard"},
             max_pool_connections=32,
@@ -109,7 +147,7 @@ class S3BlobStore:
             region_name=query.get("region", "us-east-1"),
             config=config,
         )
-        return cls(client, parts.netloc, parts.path)
+        return cls(client, parts.netloc, parts.path, commit_deadline=deadline)
 
     def __repr__(self) -> str:
         return f"S3BlobStore(bucket={self.bucket!r}, prefix={self.prefix!r})"
@@ -159,6 +197,7 @@ class S3BlobStore:
         max_size: int | None = None,
         expected_sha256: str | None = None,
     ) -> BlobInfo:
+        started = time.monotonic()  # before the object exists: its age never exceeds ours
         meta_key = self._meta_key(key)
         name = secrets.token_hex(16)
         data_key = self._object_key(name)
@@ -217,6 +256,14 @@ class S3BlobStore:
             except (BlobNotFound, BackendError):  # none, or unreadable: nothing to delete
                 previous = None
             meta = {"size": size, "sha256": sha, "etag": etag, "object": name}
+            if time.monotonic() - started > self.commit_deadline:
+                # garbage collection may already count the object as abandoned
+                with contextlib.suppress(BlobNotFound, BackendError):
+                    await self._call(self._client.delete_object, Bucket=self.bucket, Key=data_key)
+                raise TransientError(
+                    f"the upload took longer than the commit deadline of "
+                    f"{self.commit_deadline:g} s; nothing was stored, retry"
+                )
             await self._call(
                 self._client.put_object,
                 Bucket=self.bucket,
@@ -372,6 +419,118 @@ class S3BlobStore:
 
     async def aclose(self) -> None:
         await self._call(self._client.close)
+
+    # -- garbage -----------------------------------------------------------------------------
+
+    async def collect_garbage(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        dry_run: bool = False,
+        max_objects: int = 100_000,
+        start_after: str = "",
+    ) -> GcReport:
+        """Delete objects no ref names, older than ``grace`` by the server's clock (see the
+        module doc for why a commit racing with this never loses its object)."""
+        if grace < 2 * self.commit_deadline:
+            raise ConfigError(
+                f"a grace period of {grace:g} s is shorter than twice the writers' commit "
+                f"deadline ({self.commit_deadline:g} s): an upload in flight could be deleted"
+            )
+        if max_objects < 1:
+            raise ConfigError("max_objects must be at least 1")
+        report = GcReport(dry_run=dry_run, grace=grace)
+        root = self._join("objects") + "/"
+        old: dict[str, int] = {}
+        token: str | None = None
+        now: datetime | None = None
+        while report.scanned < max_objects:
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Prefix": root,
+                "MaxKeys": min(1000, max_objects - report.scanned),
+            }
+            if token is not None:
+                kwargs["ContinuationToken"] = token
+            elif start_after:
+                kwargs["StartAfter"] = root + start_after
+            page = await self._call(self._client.list_objects_v2, **kwargs)
+            if now is None:
+                now = _server_time(page)
+            cutoff = now - timedelta(seconds=grace)
+            for item in page.get("Contents", []):
+                name = item["Key"][len(root) :]
+                report.scanned += 1
+                report.resume_after = name
+                if not _is_object_name(name):
+                    continue  # not an object this store wrote: never touched
+                if item["LastModified"] < cutoff:
+                    old[name] = int(item.get("Size", 0))
+                else:
+                    report.young += 1
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if token is None:
+                report.resume_after = None
+                break
+        # every ref, read after the listing above: what they name is kept
+        named = await self._named_objects()
+        for name, size in sorted(old.items()):
+            if name in named:
+                report.referenced += 1
+                continue
+            report.orphans += 1
+            report.orphan_bytes += size
+            if not dry_run:
+                with contextlib.suppress(BlobNotFound):
+                    await self._call(
+                        self._client.delete_object, Bucket=self.bucket, Key=root + name
+                    )
+        await self._abort_stale_uploads(report, root, now, grace, max_objects)
+        return report
+
+    async def _named_objects(self) -> set[str]:
+        """The object names every ref names. A ref that cannot be read stops collection:
+        what it names is unknown, so nothing may be deleted."""
+        named: set[str] = set()
+        async for info in self.list_blobs():
+            named.add(self._located(info)[1].rpartition("/")[2])
+        return named
+
+    async def _abort_stale_uploads(
+        self, report: GcReport, root: str, now: datetime | None, grace: float, cap: int
+    ) -> None:
+        """Abort multipart uploads under ``objects/`` initiated more than ``grace`` ago."""
+        page = await self._call(
+            self._client.list_multipart_uploads,
+            Bucket=self.bucket,
+            Prefix=root,
+            MaxUploads=min(1000, cap),
+        )
+        cutoff = (now or _server_time(page)) - timedelta(seconds=grace)
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] >= cutoff or not _is_object_name(upload["Key"][len(root) :]):
+                continue
+            report.stale_uploads += 1
+            if not report.dry_run:
+                with contextlib.suppress(BlobNotFound):
+                    await self._call(
+                        self._client.abort_multipart_upload,
+                        Bucket=self.bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
+                    )
+
+
+def _server_time(response: Any) -> datetime:
+    """The ``Date`` of a server answer: garbage ages are measured on the server's clock."""
+    raw = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        when = parsedate_to_datetime(raw) if isinstance(raw, str) else None
+    except (TypeError, ValueError):
+        when = None
+    if when is None or when.tzinfo is None:
+        raise BackendError("the S3 server's answer has no usable Date header")
+    return when
 
 
 def _is_object_name(name: object) -> bool:

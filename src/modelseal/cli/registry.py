@@ -1,4 +1,5 @@
-"""``modelseal registry serve``: the model registry (records + sealed blobs, never keys)."""
+"""``modelseal registry serve`` (the model registry: records + sealed blobs, never keys) and
+``registry gc`` (collects blob objects no reference names)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from modelseal.blobstore.base import DEFAULT_GRACE
 from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 from modelseal.registry.settings import DEFAULT_MAX_BLOB_SIZE, DEFAULT_PORT
 
@@ -119,3 +121,102 @@ def serve(
     # only now that the settings hold: a refused start leaves this process's logging as is
     apply_log_format(log_format)
     run(settings, metrics_endpoint=endpoint)
+
+
+@registry.command()
+@click.option(
+    "--data-dir",
+    default=None,
+    envvar="MODELSEAL_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The registry's data directory (its blobs are DATA_DIR/blobs unless --blob-store).",
+)
+@click.option(
+    "--blob-store",
+    default=None,
+    envvar="MODELSEAL_BLOB_STORE",
+    help="Blob store URL, as given to `registry serve` (S3: with the same commit-deadline).",
+)
+@click.option(
+    "--grace",
+    default=DEFAULT_GRACE,
+    show_default=True,
+    type=click.FloatRange(0),
+    envvar="MODELSEAL_GC_GRACE",
+    help="Only objects older than this many seconds (by the store's clock) are collected; "
+    "S3 needs at least twice the writers' commit-deadline.",
+)
+@click.option(
+    "--max-objects",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1),
+    envvar="MODELSEAL_GC_MAX_OBJECTS",
+    help="Examine at most this many objects in one run (continue with --start-after).",
+)
+@click.option(
+    "--start-after",
+    default="",
+    envvar="MODELSEAL_GC_START_AFTER",
+    help="Continue a capped run: the resume_after value it printed.",
+)
+@click.option(
+    "--dry-run", is_flag=True, default=False, help="Count what would be deleted; delete nothing."
+)
+@click.option(
+    "--json",
+    "as_json",
+    envvar="MODELSEAL_JSON",
+    is_flag=True,
+    default=False,
+    help="Print the summary as one JSON object.",
+)
+def gc(
+    data_dir: Path | None,
+    blob_store: str | None,
+    grace: float,
+    max_objects: int,
+    start_after: str,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Delete blob objects no reference names (left by a crash or a failed upload between
+    writing an object and committing it) and abandoned uploads, once older than --grace.
+
+    Safe while the registry serves: see the blob store docs for why an upload in flight is
+    never touched.
+    """
+    import json
+
+    import anyio
+
+    from modelseal.blobstore.base import CollectingStore, GcReport
+    from modelseal.blobstore.factory import open_blob_store
+    from modelseal.errors import ConfigError
+
+    if data_dir is None and not blob_store:
+        raise ConfigError("give --data-dir DIR or --blob-store URL")
+    store = open_blob_store(blob_store, default_root=(data_dir or Path(".")) / "blobs")
+    if not isinstance(store, CollectingStore):
+        raise ConfigError(f"{store!r} cannot collect garbage")
+
+    async def run() -> GcReport:
+        try:
+            return await store.collect_garbage(
+                grace=grace, dry_run=dry_run, max_objects=max_objects, start_after=start_after
+            )
+        finally:
+            await store.aclose()
+
+    report = anyio.run(run)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), sort_keys=True))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"scanned {report.scanned} objects: {report.referenced} referenced, {report.young} "
+        f"younger than {grace:g} s; {verb} {report.orphans} orphans ({report.orphan_bytes} "
+        f"bytes) and {report.stale_uploads} abandoned uploads ({report.stale_upload_bytes} bytes)"
+    )
+    if report.resume_after is not None:
+        click.echo(f"stopped at the cap: continue with --start-after {report.resume_after}")

@@ -31,6 +31,15 @@ The token is named by an RFC 7512 PKCS#11 URI, for example::
 ``object`` is the label prefix of modelseal's objects (default ``modelseal-kek``). The PIN
 comes from ``pin-source`` (a file) or from the caller; ``pin-value`` is refused because a URI
 travels through argv, logs and process listings.
+
+A token can go away under a running process (a network HSM fails over, a device is
+reset) and come back: the session handle and every object handle become invalid and the
+login is lost. :meth:`Pkcs11Token.run` recovers: on an error that means "the session is
+gone" it opens a new session, logs in again (the PIN re-read from ``pin-source`` with the
+same checks as at start), finds the KEK objects again by their ``CKA_ID`` and retries the
+operation once. While the token stays away every call fails fast with a
+:class:`~modelseal.errors.BackendError` (the KBS answers 503) and at most one reopen is
+tried per :data:`REOPEN_BACKOFF` seconds, so a crowd of requests never hammers a dead HSM.
 """
 
 from __future__ import annotations
@@ -38,15 +47,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
+from modelseal._internal import metrics
 from modelseal.crypto.kek import Kek, read_private_file
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import BackendError, ConfigError, DecryptionError
@@ -54,7 +66,17 @@ from modelseal.errors import BackendError, ConfigError, DecryptionError
 if TYPE_CHECKING:
     import pkcs11
 
-__all__ = ["DEFAULT_OBJECT", "Pkcs11Kek", "Pkcs11Token", "Pkcs11Uri", "parse_pkcs11_uri"]
+__all__ = [
+    "DEFAULT_OBJECT",
+    "REOPEN_BACKOFF",
+    "Pkcs11Kek",
+    "Pkcs11Token",
+    "Pkcs11Uri",
+    "parse_pkcs11_uri",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_OBJECT = "modelseal-kek"
 _ID_LABEL = b"modelseal/v1 kek id"
@@ -68,6 +90,20 @@ _MAX_URI = 4096
 _MAX_PIN = 256
 _PATH_ATTRS = frozenset({"token", "object", "manufacturer", "model", "serial", "slot-id", "type"})
 _QUERY_ATTRS = frozenset({"module-path", "pin-source", "pin-value", "module-name"})
+#: Errors meaning the session (not the operation) is gone: the token was removed, reset or
+#: failed over, which also invalidates object handles and logs the application out
+_SESSION_LOST = (
+    "SessionHandleInvalid",
+    "SessionClosed",
+    "DeviceRemoved",
+    "DeviceError",
+    "TokenNotPresent",
+    "TokenNotRecognised",
+    "UserNotLoggedIn",
+    "ObjectHandleInvalid",
+)
+#: Seconds after a failed reopen during which calls fail at once instead of trying again
+REOPEN_BACKOFF = 1.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +201,9 @@ def _attribute_mapper(mod: Any) -> Any:
 
 _OPEN: dict[tuple[str, str, str | None], Pkcs11Token] = {}
 _OPEN_LOCK = threading.Lock()
+#: One python-pkcs11 ``lib`` per module: C_Initialize/C_Finalize act on the whole module,
+#: so every token of it must see the same "initialised" state
+_LIBS: dict[str, Any] = {}
 
 
 class Pkcs11Token:
@@ -175,6 +214,10 @@ class Pkcs11Token:
     a later caller's PIN against the first one's. PKCS#11 sessions must not run two
     operations at once, so every call holds one lock (a SoftHSM2 operation takes ~25 µs;
     a release does one unwrap and a few MACs).
+
+    The same lock makes session recovery stampede-free: the caller whose operation found
+    the session gone reopens it while holding the lock, so the callers queued behind it
+    never see the dead session and never reopen it again; they run on the new one.
     """
 
     @classmethod
@@ -201,15 +244,22 @@ class Pkcs11Token:
         mod = _import_pkcs11()
         self._mod = mod
         self._pin_digest = pin_digest
+        # kept only when there is no PIN file to read again at a reopen
+        self._pin = pin if uri.pin_source is None else None
         self._lock = threading.RLock()
+        self._lost = tuple(getattr(mod.exceptions, name) for name in _SESSION_LOST)
+        #: Bumped at every reopen: a KEK whose handles are older finds its objects again
+        self.generation = 0
+        #: Successful reopens since start (operators and tests watch it)
+        self.reopens = 0
+        self._retry_at = 0.0
+        self._session: pkcs11.Session | None = None
         try:
-            lib = mod.lib(uri.module_path)
-            token = lib.get_token(token_label=uri.token, token_serial=uri.serial)
-            self._session: pkcs11.Session = token.open(
-                user_pin=pin.reveal().decode("utf-8"),  # UTF-8: open() checked it
-                rw=True,
-                attribute_mapper=_attribute_mapper(mod),
-            )
+            lib = _LIBS.get(uri.module_path)
+            if lib is None:
+                lib = _LIBS[uri.module_path] = mod.lib(uri.module_path)
+            self._lib = lib
+            self._session = self._login(pin)
         except mod.exceptions.NoSuchToken:
             raise ConfigError(
                 f"no PKCS#11 token labelled {uri.token!r} in {uri.module_path}"
@@ -221,18 +271,103 @@ class Pkcs11Token:
         except (OSError, RuntimeError) as exc:
             raise ConfigError(f"cannot load PKCS#11 module {uri.module_path}: {exc}") from None
 
-    @contextlib.contextmanager
-    def _call(self, what: str) -> Iterator[Any]:
-        """Hold the session; a token failure other than a bad tag is a backend error."""
-        with self._lock:
+    def _login(self, pin: SecretBytes) -> Any:
+        token = self._lib.get_token(token_label=self.uri.token, token_serial=self.uri.serial)
+        return token.open(
+            user_pin=pin.reveal().decode("utf-8"),  # UTF-8: checked before
+            rw=True,
+            attribute_mapper=_attribute_mapper(self._mod),
+        )
+
+    def _reopen(self) -> Any:
+        """A new logged-in session (the caller holds the lock); BackendError if the token
+        is still away. Tries a plain new session first, then reinitialises the module
+        (after a device reset a module may only see the token again once reinitialised;
+        other tokens of the module then find their sessions gone and reopen theirs)."""
+        mod = self._mod
+        old, self._session = self._session, None
+        if old is not None:
+            with contextlib.suppress(mod.exceptions.PKCS11Error):
+                old.close()
+        source = self.uri.pin_source
+        try:
+            pin = _read_pin(source) if source is not None else self._pin
+        except ConfigError as exc:  # the message names the file, never its contents
+            self._retry_at = time.monotonic() + REOPEN_BACKOFF
+            raise BackendError(f"cannot log in to {self.uri} again: {exc}") from None
+        if pin is None or _pin_text(pin) is None:
+            self._retry_at = time.monotonic() + REOPEN_BACKOFF
+            raise BackendError(f"cannot log in to {self.uri} again: the PIN is not UTF-8 text")
+        failure = "unknown"
+        for reinitialise in (False, True):
             try:
-                yield self._session
-            except self._mod.exceptions.PKCS11Error as exc:
+                if reinitialise:
+                    self._lib.reinitialize()
+                session = self._login(pin)
+            except mod.exceptions.PKCS11Error as exc:
+                failure = type(exc).__name__
+                continue
+            self._session = session
+            self._pin_digest = hashlib.sha256(pin.reveal()).digest()
+            self.generation += 1
+            self.reopens += 1
+            metrics.KEK_TOKEN_EVENTS.labels("reopened").inc()
+            log.warning("reopened the PKCS#11 session to %s", self.uri)
+            return session
+        self._retry_at = time.monotonic() + REOPEN_BACKOFF
+        metrics.KEK_TOKEN_EVENTS.labels("unavailable").inc()
+        log.warning("the PKCS#11 token %s is unavailable (%s)", self.uri, failure)
+        raise BackendError(f"the PKCS#11 token {self.uri} is unavailable ({failure}); retry later")
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        # a module left uninitialised by a failed reinitialisation answers
+        # CKR_CRYPTOKI_NOT_INITIALIZED, which python-pkcs11 raises as a bare PKCS11Error
+        return isinstance(exc, self._lost) or not self._lib.initialized
+
+    def _live(self) -> Any:
+        """The session, reopened when an earlier failure dropped it (at most one try per
+        REOPEN_BACKOFF seconds, so a dead token costs waiting callers nothing)."""
+        if self._session is not None:
+            return self._session
+        if time.monotonic() < self._retry_at:
+            raise BackendError(f"the PKCS#11 token {self.uri} is unavailable; retry later")
+        return self._reopen()
+
+    def run(self, what: str, op: Callable[[Any], T], *, retry: bool = True) -> T:
+        """``op(session)`` under the lock; a token failure is a BackendError.
+
+        When ``op`` finds the session gone, the session is reopened and ``op`` runs once
+        more (``retry``). Key-management writes pass ``retry=False``: whether a lost
+        write took effect is unknown, so they fail (the rotation they belong to is
+        repeated or finished later) and only the next call uses the new session.
+        """
+        mod = self._mod
+        with self._lock:
+            session = self._live()
+            try:
+                return op(session)
+            except mod.exceptions.PKCS11Error as exc:
+                if not self._is_lost(exc):
+                    raise BackendError(f"PKCS#11 {what} failed: {type(exc).__name__}") from None
+                lost = type(exc).__name__
+            metrics.KEK_TOKEN_EVENTS.labels("session_lost").inc()
+            log.warning("the PKCS#11 session to %s was lost during %s (%s)", self.uri, what, lost)
+            session = self._reopen()
+            if not retry:
+                raise BackendError(
+                    f"PKCS#11 {what} failed: {lost} (the session was reopened; retry)"
+                )
+            try:
+                return op(session)
+            except mod.exceptions.PKCS11Error as exc:
+                # not marked dead: if the token is really gone again, the next call's
+                # reopen fails and starts the backoff
                 raise BackendError(f"PKCS#11 {what} failed: {type(exc).__name__}") from None
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(Exception):
-            self._session.close()
+            if self._session is not None:
+                self._session.close()
 
     # --- objects -------------------------------------------------------------------------
 
@@ -243,7 +378,8 @@ class Pkcs11Token:
         often as it likes (a KEK ring does on every miss) without filling the session.
         """
         attr, oc, kt = self._mod.Attribute, self._mod.ObjectClass, self._mod.KeyType
-        with self._call("lookup") as s:
+
+        def lookup(s: Any) -> list[Pkcs11Kek]:
             found = list(
                 s.get_objects({attr.CLASS: oc.SECRET_KEY, attr.KEY_TYPE: kt.AES, attr.LABEL: label})
             )
@@ -251,6 +387,8 @@ class Pkcs11Token:
             # cannot destroy an object between finding and opening it
             opened = (self._open(s, key) for key in found)
             return [kek for kek in opened if kek is not None]
+
+        return self.run("lookup", lookup)
 
     def _open(self, session: Any, key: Any) -> Pkcs11Kek | None:
         """``key`` with its MAC key, or None when another process destroyed it meanwhile.
@@ -262,7 +400,7 @@ class Pkcs11Token:
         """
         try:
             return Pkcs11Kek(self, key, self._mac_key_of(session, key))
-        except (self._mod.exceptions.ObjectHandleInvalid, BackendError, ConfigError):
+        except (self._mod.exceptions.ObjectHandleInvalid, ConfigError):
             try:
                 key[self._mod.Attribute.CLASS]
             except self._mod.exceptions.ObjectHandleInvalid:
@@ -288,6 +426,20 @@ class Pkcs11Token:
                 "exactly one with every KEK"
             )
         return macs[0]
+
+    def _find_again(self, session: Any, pair_id: bytes) -> tuple[Any, Any]:
+        """The KEK and MAC key objects carrying ``pair_id``, found in a new session (the
+        KEK's label may have changed in a rotation since; its CKA_ID never does)."""
+        attr, oc = self._mod.Attribute, self._mod.ObjectClass
+        objects = list(session.get_objects({attr.CLASS: oc.SECRET_KEY, attr.ID: pair_id}))
+        macs = [o for o in objects if o[attr.LABEL] == MAC_KEY_LABEL]
+        keks = [o for o in objects if o[attr.LABEL] != MAC_KEY_LABEL]
+        if len(keks) != 1 or len(macs) != 1:
+            raise BackendError(
+                f"after reopening {self.uri}, {len(keks)} KEK objects and {len(macs)} MAC "
+                "keys carry a KEK's CKA_ID (exactly one of each was expected)"
+            )
+        return keks[0], macs[0]
 
     def _template(self, label: str, pair_id: bytes, mechanism: Any, use: Any) -> dict[Any, Any]:
         """A token object that never leaves the token and serves only ``mechanism``."""
@@ -316,45 +468,81 @@ class Pkcs11Token:
         pair_id = os.urandom(_PAIR_ID_LEN)
         mac_template = self._template(MAC_KEY_LABEL, pair_id, mech.AES_CMAC, [attr.SIGN])
         kek_template = self._template(label, pair_id, mech.AES_GCM, [attr.ENCRYPT, attr.DECRYPT])
-        with self._call("key generation") as s:
+
+        def make(s: Any) -> Pkcs11Kek:
             mac = s.generate_key(kt.AES, 256, store=True, template=mac_template)
             key = s.generate_key(kt.AES, 256, store=True, template=kek_template)
-        return Pkcs11Kek(self, key, mac)
+            return Pkcs11Kek(self, key, mac)
+
+        return self.run("key generation", make, retry=False)
 
     def relabel(self, kek: Pkcs11Kek, label: str) -> None:
-        with self._call("relabel"):
-            kek.handle[self._mod.Attribute.LABEL] = label
+        def write(s: Any) -> None:
+            kek.handles(s)[0][self._mod.Attribute.LABEL] = label
+
+        self.run("relabel", write, retry=False)
 
     def destroy(self, kek: Pkcs11Kek) -> None:
         """Destroy the KEK, then its MAC key (a crash between leaves only the MAC key)."""
-        with self._call("destroy"):
-            kek.handle.destroy()
-            kek.mac_handle.destroy()
+
+        def remove(s: Any) -> None:
+            key, mac = kek.handles(s)
+            key.destroy()
+            mac.destroy()
+
+        self.run("destroy", remove, retry=False)
 
 
 class Pkcs11Kek(Kek):
-    """A KEK that lives in a PKCS#11 token; every operation runs inside the token."""
+    """A KEK that lives in a PKCS#11 token; every operation runs inside the token.
 
-    __slots__ = ("_token", "handle", "mac_handle")
+    Object handles belong to a session: after the token reopened its session
+    (:meth:`Pkcs11Token.run`) the KEK finds its two objects again by their shared
+    ``CKA_ID``, checks them as at first, and checks that the MAC key still yields this
+    KEK's id, so a stale handle never reaches another object.
+    """
+
+    __slots__ = ("_generation", "_token", "handle", "mac_handle", "pair_id")
 
     def __init__(self, token: Pkcs11Token, handle: Any, mac_handle: Any) -> None:
+        """Only inside :meth:`Pkcs11Token.run` (under its lock, on its current session)."""
         self._token = token
+        self._generation = token.generation
         self.handle = handle
         self.mac_handle = mac_handle
-        mech = token._mod.Mechanism
-        # every call on the shared session holds its lock: PKCS#11 sessions are not safe
-        # for concurrent use (concurrent calls failed with CKR_GENERAL_ERROR in tests);
-        # an object another process destroyed meanwhile is a BackendError
-        with token._call("lookup"):
-            label = handle[token._mod.Attribute.LABEL]
-            _check_restricted(token, handle, label, mech.AES_GCM)
-            _check_restricted(token, mac_handle, label, mech.AES_CMAC)
-        self.id = "kek-" + self._mac(_ID_LABEL)[:8].hex()
+        label = handle[token._mod.Attribute.LABEL]
+        self.pair_id = bytes(handle[token._mod.Attribute.ID])
+        self._check(label)
+        self.id = self._derive_id()
+
+    def _check(self, label: str) -> None:
+        mech = self._token._mod.Mechanism
+        _check_restricted(self._token, self.handle, label, mech.AES_GCM)
+        _check_restricted(self._token, self.mac_handle, label, mech.AES_CMAC)
+
+    def _derive_id(self) -> str:
+        tag = self.mac_handle.sign(_ID_LABEL, mechanism=self._token._mod.Mechanism.AES_CMAC)
+        return "kek-" + bytes(tag)[:8].hex()
+
+    def handles(self, session: Any) -> tuple[Any, Any]:
+        """The KEK and MAC key objects valid in ``session`` (the token's current one)."""
+        token = self._token
+        if self._generation != token.generation:
+            key, mac = token._find_again(session, self.pair_id)
+            self.handle, self.mac_handle = key, mac
+            self._check(str(key[token._mod.Attribute.LABEL]))
+            if not hmac.compare_digest(self._derive_id(), self.id):
+                raise BackendError(
+                    f"after reopening {token.uri}, the objects carrying KEK {self.id}'s "
+                    "CKA_ID are another key"
+                )
+            self._generation = token.generation
+        return self.handle, self.mac_handle
 
     @property
     def label(self) -> str:
-        with self._token._call("lookup"):
-            return str(self.handle[self._token._mod.Attribute.LABEL])
+        attr = self._token._mod.Attribute
+        return self._token.run("lookup", lambda s: str(self.handles(s)[0][attr.LABEL]))
 
     def _gcm(self, nonce: bytes, aad: bytes) -> tuple[Any, Any]:
         mod = self._token._mod
@@ -362,27 +550,35 @@ class Pkcs11Kek(Kek):
 
     def _seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         mech, param = self._gcm(nonce, aad)
-        with self._token._call("wrap"):
-            return bytes(self.handle.encrypt(plaintext, mechanism=mech, mechanism_param=param))
+        # a retry after a lost session encrypts the same plaintext under the same nonce:
+        # the same ciphertext, never two messages under one nonce
+        return self._token.run(
+            "wrap",
+            lambda s: bytes(
+                self.handles(s)[0].encrypt(plaintext, mechanism=mech, mechanism_param=param)
+            ),
+        )
 
     def _open(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
         mech, param = self._gcm(nonce, aad)
         mod = self._token._mod
-        with self._token._lock:
+
+        def unwrap(s: Any) -> bytes:
+            key = self.handles(s)[0]
             try:
-                return bytes(self.handle.decrypt(sealed, mechanism=mech, mechanism_param=param))
+                return bytes(key.decrypt(sealed, mechanism=mech, mechanism_param=param))
             except (mod.exceptions.EncryptedDataInvalid, mod.exceptions.GeneralError):
                 # SoftHSM2 reports a bad GCM tag as CKR_GENERAL_ERROR, others as
                 # CKR_ENCRYPTED_DATA_INVALID: both mean "does not authenticate"
                 raise DecryptionError() from None
-            except mod.exceptions.PKCS11Error as exc:
-                raise BackendError(f"PKCS#11 unwrap failed: {type(exc).__name__}") from None
+
+        return self._token.run("unwrap", unwrap)
 
     def _mac(self, message: bytes) -> bytes:
-        with self._token._call("MAC"):
-            return bytes(
-                self.mac_handle.sign(message, mechanism=self._token._mod.Mechanism.AES_CMAC)
-            )
+        mech = self._token._mod.Mechanism.AES_CMAC
+        return self._token.run(
+            "MAC", lambda s: bytes(self.handles(s)[1].sign(message, mechanism=mech))
+        )
 
 
 def _check_restricted(token: Pkcs11Token, obj: Any, label: str, mechanism: Any) -> None:

@@ -10,24 +10,12 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 
 import anyio
 import pytest
-from tests.conftest import free_port
 
 from modelseal.blobstore.base import BlobStore, BlobTooLarge, DigestMismatch
 from modelseal.blobstore.s3 import S3BlobStore
 from modelseal.errors import BlobNotFound, ConfigError, TransientError
 
 moto_server = pytest.importorskip("moto.server")
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

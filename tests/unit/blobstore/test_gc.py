@@ -1,0 +1,317 @@
+"""Garbage collection of blob objects no reference names (S3 on moto, local directory):
+only old unreferenced objects and abandoned uploads go, never a referenced blob or an
+upload in flight; capped runs resume; a writer past its commit deadline never commits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner
+
+from modelseal.blobstore.base import CollectingStore, GcReport
+from modelseal.blobstore.local import LocalBlobStore
+from modelseal.blobstore.s3 import S3BlobStore
+from modelseal.cli import cli
+from modelseal.errors import BackendError, ConfigError, TransientError
+
+moto_server = pytest.importorskip("moto.server")
+
+#: seconds: writers commit within DEADLINE of starting, collection spares younger than GRACE
+DEADLINE, GRACE = 0.5, 1.0
+
+
+@pytest.fixture
+def url(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    bucket = f"b{os.urandom(4).hex()}"
+    return f"s3://{bucket}/reg?endpoint={endpoint}&commit-deadline={DEADLINE}"
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[S3BlobStore]:
+    s = S3BlobStore.from_url(url)
+    s._client.create_bucket(Bucket=s.bucket)
+    yield s
+    s._client.close()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL between an object and its ref: nothing after it runs."""
+
+
+async def _aiter(chunks: Iterable[bytes], pause: float = 0.0) -> AsyncIterator[bytes]:
+    for c in chunks:
+        if pause:
+            await anyio.sleep(pause)
+        yield c
+
+
+async def _orphan(store: S3BlobStore, key: str, data: bytes) -> None:
+    """An upload killed after its object, before its ref (the commit point)."""
+    real = store._client.put_object
+
+    def dies_at_the_ref(**kwargs: object) -> object:
+        if str(kwargs["Key"]).endswith(".json"):
+            raise Killed
+        return real(**kwargs)
+
+    store._client.put_object = dies_at_the_ref  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Killed):
+            await store.put(key, _aiter([data]))
+    finally:
+        store._client.put_object = real  # type: ignore[method-assign]
+
+
+def _objects(store: S3BlobStore) -> set[str]:
+    listed = store._client.list_objects_v2(Bucket=store.bucket, Prefix=store._join("objects"))
+    return {o["Key"] for o in listed.get("Contents", [])}
+
+
+async def _read_all(store: S3BlobStore | LocalBlobStore, key: str) -> bytes:
+    info = await store.stat(key)
+    return b"".join([c async for c in store.open_range(info, 0, info.size)])
+
+
+def test_s3_collects_old_orphans_and_abandoned_uploads_only(store: S3BlobStore) -> None:
+    async def main() -> None:
+        assert isinstance(store, CollectingStore)
+        kept = os.urandom(1000)
+        await store.put("m/v1/kept", _aiter([kept]))
+        await _orphan(store, "m/v1/kept", b"B" * 700)
+        foreign = store._join("objects", "not-ours.txt")
+        store._client.put_object(Bucket=store.bucket, Key=foreign, Body=b"x")
+        abandoned = store._client.create_multipart_upload(
+            Bucket=store.bucket, Key=store._join("objects", "ab" * 16)
+        )
+        before = _objects(store)
+        await anyio.sleep(GRACE + 1.2)  # S3 times have one-second resolution
+        await _orphan(store, "m/v1/other", b"Y" * 10)  # young: an upload "in flight"
+        dry = await store.collect_garbage(grace=GRACE, dry_run=True)
+        assert (dry.orphans, dry.orphan_bytes, dry.referenced, dry.young) == (1, 700, 1, 1)
+        assert dry.stale_uploads == 1
+        assert dry.resume_after is None
+        assert before <= _objects(store)  # a dry run deletes nothing
+        done = await store.collect_garbage(grace=GRACE)
+        assert (done.orphans, done.orphan_bytes, done.referenced, done.young) == (1, 700, 1, 1)
+        after = _objects(store)
+        assert len(before - after) == 1  # exactly the old orphan
+        assert foreign in after
+        assert await _read_all(store, "m/v1/kept") == kept
+        uploads = store._client.list_multipart_uploads(Bucket=store.bucket)
+        assert abandoned["UploadId"] not in {u["UploadId"] for u in uploads.get("Uploads", [])}
+        again = await store.collect_garbage(grace=GRACE)
+        assert (again.orphans, again.stale_uploads) == (0, 0)
+
+    anyio.run(main)
+
+
+def test_s3_capped_runs_resume_until_the_listing_ends(store: S3BlobStore) -> None:
+    async def main() -> None:
+        for i in range(5):
+            await _orphan(store, f"m/v1/o{i}", b"o" * (i + 1))
+        await store.put("m/v1/kept", _aiter([b"kept"]))
+        await anyio.sleep(GRACE + 1.2)
+        runs, start, orphans = 0, "", 0
+        while True:
+            report = await store.collect_garbage(grace=GRACE, max_objects=2, start_after=start)
+            assert report.scanned <= 2
+            runs += 1
+            orphans += report.orphans
+            if report.resume_after is None:
+                break
+            start = report.resume_after
+        assert orphans == 5
+        assert runs == 3
+        assert len(_objects(store)) == 1
+        assert await _read_all(store, "m/v1/kept") == b"kept"
+
+    anyio.run(main)
+
+
+def test_s3_grace_shorter_than_twice_the_commit_deadline_is_refused(store: S3BlobStore) -> None:
+    with pytest.raises(ConfigError, match="twice the writers' commit"):
+        anyio.run(lambda: store.collect_garbage(grace=2 * DEADLINE - 0.01))
+
+
+def test_s3_an_unreadable_ref_stops_collection(store: S3BlobStore) -> None:
+    async def main() -> None:
+        await _orphan(store, "m/v1/o", b"o")
+        store._client.put_object(
+            Bucket=store.bucket, Key=store._meta_key("m/v1/bad"), Body=b"{not json"
+        )
+        await anyio.sleep(GRACE + 1.2)
+        before = _objects(store)
+        with pytest.raises(BackendError, match="corrupt blob metadata"):
+            await store.collect_garbage(grace=GRACE)
+        assert _objects(store) == before
+
+    anyio.run(main)
+
+
+def test_s3_a_writer_past_its_commit_deadline_never_commits(store: S3BlobStore) -> None:
+    """An upload slower than the commit deadline could be taken for garbage: it deletes
+    its object and fails retryably, and the acknowledged blob stays."""
+
+    async def main() -> None:
+        store.commit_deadline = 60.0  # a slow server must not fail the first upload
+        await store.put("m/v1/w", _aiter([b"old"]))
+        before = _objects(store)
+        store.commit_deadline = 0.2
+        with pytest.raises(TransientError, match="commit deadline"):
+            await store.put("m/v1/w", _aiter([b"n"] * 3, pause=0.1))
+        assert await _read_all(store, "m/v1/w") == b"old"
+        assert _objects(store) == before
+
+    anyio.run(main)
+
+
+def test_s3_collection_during_uploads_loses_nothing_acknowledged(store: S3BlobStore) -> None:
+    """Collection runs nonstop while 8 writers upload and overwrite; every last acknowledged
+    blob stays readable with its bytes."""
+
+    async def main() -> None:
+        acknowledged: dict[str, bytes] = {}
+        await _orphan(store, "m/v1/x", b"x")
+        stop = anyio.Event()
+        collected = 0
+
+        async def writer(i: int) -> None:
+            for n in range(6):
+                key = f"m/v1/w{i}"  # overwritten by its writer only: a known last value
+                data = os.urandom(200 + n)
+                try:
+                    await store.put(key, _aiter([data[:100], data[100:]], pause=0.02))
+                except TransientError:
+                    continue  # past the deadline on a busy machine: not acknowledged
+                acknowledged[key] = data
+
+        async def collector() -> None:
+            nonlocal collected
+            while not stop.is_set():
+                report = await store.collect_garbage(grace=GRACE)
+                collected += report.orphans
+                await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collector)
+            async with anyio.create_task_group() as writers:
+                for i in range(8):
+                    writers.start_soon(writer, i)
+            await anyio.sleep(GRACE + 1.2)
+            await store.collect_garbage(grace=GRACE)  # once everything is old
+            stop.set()
+        assert acknowledged
+        for key, data in acknowledged.items():
+            assert await _read_all(store, key) == data
+        named = {store._located(i)[1] async for i in store.list_blobs()}
+        assert _objects(store) == named  # the orphan and every replaced object are gone
+
+    anyio.run(main)
+
+
+def test_local_collects_old_orphans_and_stale_temp_files(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    old = time.time() - 3600
+
+    async def main() -> None:
+        kept = os.urandom(300)
+        info = await store.put("m/v1/kept", _aiter([kept]))
+        kept_obj = store._object_path(info.sha256)
+        os.utime(kept_obj, (old, old))
+        orphan = os.urandom(50)
+        orphan_obj = store._object_path(hashlib.sha256(orphan).hexdigest())
+        orphan_obj.parent.mkdir(exist_ok=True)
+        orphan_obj.write_bytes(orphan)  # a crash between publishing and the ref
+        os.utime(orphan_obj, (old, old))
+        young_obj = store._object_path("f" * 64)
+        young_obj.parent.mkdir(exist_ok=True)
+        young_obj.write_bytes(b"young")
+        stale = tmp_path / "tmp" / "dead.part"
+        stale.write_bytes(b"s" * 20)
+        os.utime(stale, (old, old))
+        writing = tmp_path / "tmp" / "live.part"
+        writing.write_bytes(b"w")
+        ref_tmp = tmp_path / "refs" / "m" / ".x.ref.1.tmp"
+        ref_tmp.write_text("{}")
+        os.utime(ref_tmp, (old, old))
+
+        dry = await store.collect_garbage(grace=60, dry_run=True)
+        assert (dry.scanned, dry.referenced, dry.young, dry.orphans) == (3, 1, 1, 1)
+        assert (dry.orphan_bytes, dry.stale_uploads, dry.stale_upload_bytes) == (50, 2, 22)
+        assert orphan_obj.exists()
+        assert stale.exists()
+        done = await store.collect_garbage(grace=60)
+        assert (done.orphans, done.stale_uploads) == (1, 2)
+        assert not orphan_obj.exists()
+        assert not stale.exists()
+        assert not ref_tmp.exists()
+        assert young_obj.exists()
+        assert writing.exists()
+        assert await _read_all(store, "m/v1/kept") == kept
+        # the same bytes uploaded again publish their object again
+        await store.put("m/v1/again", _aiter([orphan]))
+        assert await _read_all(store, "m/v1/again") == orphan
+
+    anyio.run(main)
+
+
+async def _collect_capped(store: LocalBlobStore, start: str) -> GcReport:
+    return await store.collect_garbage(grace=60, max_objects=2, start_after=start)
+
+
+def test_local_capped_runs_resume(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    old = time.time() - 3600
+    for i in range(5):
+        path = store._object_path(f"{i:x}" * 64)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"o")
+        os.utime(path, (old, old))
+    start, total = "", 0
+    while True:
+        report = anyio.run(_collect_capped, store, start)
+        total += report.orphans
+        if report.resume_after is None:
+            break
+        start = report.resume_after
+    assert total == 5
+
+
+def test_cli_gc_json_and_text(tmp_path: Path, url: str) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    orphan = blobs._object_path("a" * 64)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"12345")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    runner = CliRunner()
+    dry = runner.invoke(
+        cli, ["registry", "gc", "--data-dir", str(tmp_path), "--grace", "60", "--dry-run", "--json"]
+    )
+    assert dry.exit_code == 0, dry.output
+    summary = json.loads(dry.output)
+    assert (summary["orphans"], summary["orphan_bytes"], summary["dry_run"]) == (1, 5, True)
+    assert orphan.exists()
+    done = runner.invoke(cli, ["registry", "gc", "--data-dir", str(tmp_path), "--grace", "60"])
+    assert done.exit_code == 0, done.output
+    assert "deleted 1 orphans (5 bytes)" in done.output
+    assert not orphan.exists()
+    # S3: the grace period is checked against the URL's commit deadline
+    refused = subprocess.run(
+        [sys.executable, "-c", "from modelseal.cli import main; main()", "registry", "gc",
+         "--blob-store", url, "--grace", "0.1"],
+        capture_output=True, text=True, check=False, env=dict(os.environ),
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "twice the writers' commit deadline" in refused.stderr
