@@ -58,6 +58,7 @@ __all__ = [
     "BodyTooLarge",
     "ErrorTable",
     "HotRoutes",
+    "PROBLEM_TYPE_PREFIX",
     "Problem",
     "ProblemShape",
     "RequestObserver",
@@ -66,6 +67,10 @@ __all__ = [
     "install_error_handlers",
     "read_body",
 ]
+
+#: the ``type`` prefix of every problem modelseal's own APIs answer (admin, registry); the
+#: APIs that speak another project's protocol (Trustee's RCAR, ITA) keep its error shape
+PROBLEM_TYPE_PREFIX: Final = "https://modelseal.dev/problems/"
 
 #: the framework statuses every table names a problem for
 FRAMEWORK_STATUSES: Final = (400, 404, 405, 500)
