@@ -1,18 +1,18 @@
 """Server CPU per full RCAR release of two source trees, in interleaved A/B runs.
 
-Wall-clock releases/s on a shared machine moves by tens of percent from one run to the
-next; the KBS's CPU time per release moves much less, and interleaving the two trees
-(A B, B A, A B, ...) spreads whatever the other jobs do over both. Each run starts
-``modelseal kbs serve`` (one worker, SQLite) from one tree (``PYTHONPATH``), registers a
-key, warms up, then drives full releases (auth + attest + resource, fresh session, key and
-evidence each) from ``KBS_AB_CLIENTS`` keep-alive clients for ``KBS_AB_SECONDS`` and
-divides the server process tree's user + system CPU by the releases served. Every
-released key is decrypted and checked after the window (``kbs_bench``'s load generator).
+Wall-clock releases/s on a shared machine moves by tens of percent from one run to the next;
+the KBS's CPU time per release moves much less, and interleaving the two trees (A B, B A, A
+B, ...) spreads whatever the other jobs do over both. Each run starts ``modelseal kbs
+serve`` (one worker unless told otherwise, SQLite) from one tree (``PYTHONPATH``), registers
+a key, warms up, then drives full releases (auth + attest + resource, fresh session, key and
+evidence each) from ``KBS_AB_CLIENTS`` keep-alive clients for ``KBS_AB_SECONDS`` and divides
+the server process tree's user + system CPU by the releases served. Every released key is
+decrypted and checked after the window (``kbs_bench``'s load generator).
 
 Run: ``KBS_AB_A=/path/a/src KBS_AB_B=/path/b/src python -m bench.kbs_ab`` (optional env:
 KBS_AB_PAIRS (default 5), KBS_AB_SECONDS (default 6), KBS_AB_CLIENTS (default 32),
-KBS_AB_TEE (``sample`` or ``mock-tdx``, default ``sample``)). Not part of ``make bench``:
-it compares trees, it does not describe one.
+KBS_AB_WORKERS (default 1), KBS_AB_TEE (``sample`` or ``mock-tdx``, default ``sample``)).
+Not part of ``make bench``: it compares trees, it does not describe one.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from bench.kbs_bench import (
 )
 
 
-def one_run(src: str, tee: str, clients: int, seconds: float) -> tuple[float, float]:
+def one_run(
+    src: str, tee: str, clients: int, seconds: float, workers: int = 1
+) -> tuple[float, float]:
     """(server CPU ms per release, releases/s) of one run of the tree at ``src``."""
     from modelseal.tee.mock_tdx.ca import MockTdxCA
 
@@ -40,7 +42,9 @@ def one_run(src: str, tee: str, clients: int, seconds: float) -> tuple[float, fl
     with tempfile.TemporaryDirectory(prefix="kbs-ab-") as tmp:
         data_dir = Path(tmp) / "kbs"
         ca = MockTdxCA.create(Path(tmp) / "ca")
-        proc, url = start_server(data_dir, 1, "--mock-tdx-root", str(ca.root_pem_path), env=env)
+        proc, url = start_server(
+            data_dir, workers, "--mock-tdx-root", str(ca.root_pem_path), env=env
+        )
         try:
             register_key(data_dir, url, env)
             guest = guest_for(tee, ca.directory, keys=256)
@@ -63,16 +67,20 @@ def main() -> None:
     seconds = float(os.environ.get("KBS_AB_SECONDS", "6"))
     clients = int(os.environ.get("KBS_AB_CLIENTS", "32"))
     tee = os.environ.get("KBS_AB_TEE", "sample")
+    workers = int(os.environ.get("KBS_AB_WORKERS", "1"))
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     rate: dict[str, list[float]] = {"A": [], "B": []}
     for i in range(pairs):
         for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
-            ms, per_s = one_run(trees[name], tee, clients, seconds)
+            ms, per_s = one_run(trees[name], tee, clients, seconds, workers)
             cpu[name].append(ms)
             rate[name].append(per_s)
             print(f"pair {i + 1} {name}: {ms:.3f} ms server CPU/release, {per_s:.0f} releases/s")
     ratios = [b / a for a, b in zip(cpu["A"], cpu["B"], strict=True)]
-    print(f"\n{tee}, {clients} clients, {seconds:.0f} s per run, {pairs} interleaved pairs")
+    print(
+        f"\n{tee}, {clients} clients, {workers} worker(s), {seconds:.0f} s per run, "
+        f"{pairs} interleaved pairs"
+    )
     for name in ("A", "B"):
         print(
             f"{name} ({trees[name]}): server CPU/release median {statistics.median(cpu[name]):.3f}"
