@@ -139,6 +139,8 @@ ADMIN_ERRORS: Final = ErrorTable(
     too_large=Problem(400, "bad-request", "request body too large"),
     logger=logging.getLogger("modelseal.kbs.admin"),
     refusal_level=logging.WARNING,
+    # an operator's script gets told which query parameter was wrong (never its value)
+    name_invalid_parameters=True,
 )
 
 
