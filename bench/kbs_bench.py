@@ -60,7 +60,7 @@ def _free_port() -> int:
 
 
 def start_server(
-    data_dir: Path, workers: int = 1, *extra: str
+    data_dir: Path, workers: int = 1, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -68,7 +68,7 @@ def start_server(
         *CLI, "kbs", "serve", "--data-dir", str(data_dir), "--port", str(port),
         "--insecure-allow-sample", "--log-level", "warning", "--workers", str(workers), *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -80,12 +80,13 @@ def start_server(
     raise RuntimeError("kbs serve did not start")
 
 
-def register_key(data_dir: Path, url: str) -> None:
+def register_key(data_dir: Path, url: str, env: dict[str, str] | None = None) -> None:
     token = subprocess.run(
         [*CLI, "kbs", "token", "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout.strip()
     with KbsAdminClient(url, token) as admin:
         admin.put_key(KEY_ID, SecretBytes(DEK), policy=POLICY)

@@ -1,7 +1,7 @@
 """An independent KBS (RCAR) client, written only from the Trustee protocol description.
 
-Source: ``shared/reference/trustee.md`` §2 (kbs_protocol 0.4.0) and the sample-TEE evidence
-shape ``{"svn": "1", "report_data": std-base64(digest)}``. It deliberately imports nothing
+Source: Trustee's ``kbs/docs/kbs_attestation_protocol.md`` (kbs_protocol 0.4.0) and the sample-TEE
+evidence shape ``{"svn": "1", "report_data": std-base64(digest)}``. It deliberately imports nothing
 from modelseal: httpx for HTTP, jwcrypto for keys and JWE, hashlib/json for the binding.
 It behaves like Trustee's Rust ``kbs_protocol`` client, including the way that client
 re-serializes the JWE protected header to compute the AES-GCM AAD.
@@ -38,7 +38,7 @@ def b64url_nopad_decode(text: str) -> bytes:
 
 
 def canonical(value: Any) -> bytes:
-    """JCS for string-only content (trustee.md §2.5: sort_keys + compact reproduces it)."""
+    """JCS for string-only content (sorted keys, compact separators reproduce RFC 8785 here)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

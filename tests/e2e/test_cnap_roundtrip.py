@@ -2,7 +2,7 @@
 
 ``publish --format cnap`` writes CNAP model info whose ``kbs_url`` is the key-transfer URL;
 ``load`` follows it with no extra flag (two rounds: nonce, then quote with REPORTDATA =
-SHA-512(val ‖ iat ‖ user_data)). Key ids may be UUIDs as seed 000 writes them: the KBS
+SHA-512(val ‖ iat ‖ user_data)). Key ids may be UUIDs as CNAP writes them: the KBS
 stores ``default/key/<uuid>`` and serves ``/kbs/v1/keys/<uuid>/transfer``.
 """
 

@@ -32,8 +32,8 @@ from tests.e2e.test_registry_http import RegistryServer, start_registry
 # the whole module's traffic
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_hostile_input")]
 
-ADMIN_PREFIX = "https://modelseal.dev/problems/admin/"
-REGISTRY_PREFIX = "https://modelseal.dev/errors/"
+#: modelseal's one problem ``type`` prefix, the admin API's and the registry's
+ADMIN_PREFIX = REGISTRY_PREFIX = "https://modelseal.dev/problems/"
 DEEP = 100_000
 
 

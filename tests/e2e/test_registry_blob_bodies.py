@@ -195,7 +195,7 @@ def test_an_object_truncated_on_disk_is_never_served_as_a_full_body(
         except httpx.RemoteProtocolError:
             continue  # an aborted body: the client knows it is incomplete
         assert r.status_code == 503, (headers, r.status_code)
-        assert r.json()["type"].endswith("backend")
+        assert r.json()["type"].endswith("/unavailable")
         assert damaged[:100] not in r.content
     # the server goes on serving intact blobs, on a fresh and on a reused connection
     with httpx.Client() as client:

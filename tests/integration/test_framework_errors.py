@@ -50,7 +50,7 @@ async def test_kbs_bug_is_an_internal_error_in_both_shapes(
     r = await _get(app, "/modelseal/v1/boom")
     assert r.status_code == 500
     assert r.json() == {
-        "type": "https://modelseal.dev/problems/admin/internal",
+        "type": "https://modelseal.dev/problems/internal",
         "detail": "internal error",
     }
     assert r.headers["cache-control"] == "no-store"
@@ -62,4 +62,7 @@ async def test_registry_bug_is_an_internal_error(tmp_path: Path) -> None:
     app.add_api_route("/boom", _boom)
     r = await _get(app, "/boom")
     assert r.status_code == 500
-    assert r.json() == {"type": "https://modelseal.dev/errors/internal", "detail": "internal error"}
+    assert r.json() == {
+        "type": "https://modelseal.dev/problems/internal",
+        "detail": "internal error",
+    }

@@ -19,9 +19,6 @@ are the same and live here once:
   answer; :func:`guarded_route` is the FastAPI route class that guards every route of a
   router (dependencies included), and :func:`install_error_handlers` does the same for the
   app's framework answers, picking the table by path.
-* :class:`HotRoutes` serves a few plain routes (the KBS's RCAR endpoints) as soon as the
-  edge middlewares have run, without the framework's exception middleware and router
-  in between; anything else, a wrong method on those paths included, goes on to the app.
 * :class:`RequestObserver` is the one middleware every app runs outermost: it gives each
   request an id (the client's ``X-Request-Id`` if well formed, else a fresh one) that every
   log line of the request carries and the response returns, records the request latency
@@ -46,7 +43,6 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelseal._internal import metrics
@@ -57,7 +53,7 @@ __all__ = [
     "BodyLimit",
     "BodyTooLarge",
     "ErrorTable",
-    "HotRoutes",
+    "PROBLEM_TYPE_PREFIX",
     "Problem",
     "ProblemShape",
     "RequestObserver",
@@ -66,6 +62,10 @@ __all__ = [
     "install_error_handlers",
     "read_body",
 ]
+
+#: the ``type`` prefix of every problem modelseal's own APIs answer (admin, registry); the
+#: APIs that speak another project's protocol (Trustee's RCAR, ITA) keep its error shape
+PROBLEM_TYPE_PREFIX: Final = "https://modelseal.dev/problems/"
 
 #: the framework statuses every table names a problem for
 FRAMEWORK_STATUSES: Final = (400, 404, 405, 500)
@@ -314,46 +314,6 @@ class BodyLimit:
                         await response(scope, receive, send)
                         return
                     break
-        await self.app(scope, receive, send)
-
-
-class HotRoutes:
-    """Pure ASGI: serve a few plain :class:`~starlette.routing.Route` objects directly.
-
-    Every request passes Starlette's exception middleware, FastAPI's exit-stack middleware,
-    the router's walk over all routes and two wrappers per endpoint before its handler
-    runs: a few per cent of a KBS release's server CPU over its three requests. Put
-    innermost among the app's middlewares, this serves the ``routes`` it is given as the
-    router would: matched with each route's own :meth:`~starlette.routing.Route.matches`
-    (its path converters and ``root_path`` handling), ``scope`` extended with the route's
-    ``endpoint``, ``path_params`` and the app's ``router`` (so :class:`RequestObserver`
-    names the route template as before), the endpoint called with a
-    :class:`~starlette.requests.Request` and its response sent. A request whose path
-    matches but whose method does not, and every other request, goes on to ``app``
-    unchanged, so 404/405 answers and everything else stay the framework's.
-
-    The endpoints must be ``async`` and answer every failure themselves (:func:`guard`):
-    nothing between here and the server turns an exception into a response but
-    Starlette's outermost 500. The routes must be plain (no route middleware); they stay
-    in the router too.
-    """
-
-    def __init__(self, app: ASGIApp, routes: Sequence[Route], router: ASGIApp) -> None:
-        self.app = app
-        self.routes = tuple(routes)
-        self.router = router
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for route in self.routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    # in place, as the router does: the observer reads what matched from it
-                    scope.update(child)
-                    scope.setdefault("router", self.router)
-                    response = await route.endpoint(Request(scope, receive, send))
-                    await response(scope, receive, send)
-                    return
         await self.app(scope, receive, send)
 
 

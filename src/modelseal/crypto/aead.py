@@ -1,7 +1,7 @@
 """AES-256-GCM for the sealed formats: zero-copy ``*_into`` calls, wipe on failure.
 
 cryptography's ``AESGCM.decrypt_into`` leaves the *unauthenticated* plaintext in the output
-buffer when the tag does not verify (measured, reference/deps.md section 4.1), so every
+buffer when the tag does not verify (checked with cryptography 50), so every
 decryption here zeroes its output before raising the one opaque :class:`DecryptionError`.
 The GIL is released during AEAD calls, so one :class:`AesGcm` is shared by a thread pool;
 each thread gets its own cipher context (``threading.local``) so nothing is shared mutably.

@@ -1,6 +1,7 @@
 """RSA-OAEP wrapping of the session wrapping key (SWK) for ITA/CNAP key transfer.
 
-The workload sends its RSA public key as ``user_data`` (cnap-ccnp.md a.3-a.6) in one of
+The workload sends its RSA public key as ``user_data`` (Intel CNAP's
+``SimpleKeyBrokerClient`` in ``cnap/core/keybroker.py``; ITA KBS's key-transfer API) in one of
 two encodings, told apart by their first byte without any guessing:
 
 * DER SubjectPublicKeyInfo (CNAP): starts with ``0x30`` (ASN.1 SEQUENCE);

@@ -1,12 +1,13 @@
 """Intel CNAP legacy layout ("12-byte header"): ``<3I`` iv_len, tag_len, data_len, IV,
 ciphertext, tag — one AES-256-GCM message over the whole file, no AAD.
 
-Used for interoperability only (CNAP model files and the ITA/CNAP ``wrapped_key``), see
-reference/cnap-ccnp.md section a.1. ``data_len`` is ``len(ciphertext ‖ tag)`` as the CNAP
-sample writer and ITA KBS produce it; unlike CNAP's reader we *check* it, together with
-iv_len = 12 and tag_len = 16. A uint32 ``data_len`` caps the format at 4 GiB; larger inputs
-are refused. Files stream in constant memory; :func:`decrypt_stream` returns plaintext
-before the tag is checked, so callers write to a temporary file and delete it on failure.
+Used for interoperability only (CNAP model files and the ITA/CNAP ``wrapped_key``), see the
+docstring of ``decrypt_data`` in Intel CNAP's ``cnap/core/keybroker.py``. ``data_len`` is
+``len(ciphertext ‖ tag)`` as the CNAP sample writer and ITA KBS produce it; unlike CNAP's reader
+we *check* it, together with iv_len = 12 and tag_len = 16. A uint32 ``data_len`` caps the format
+at 4 GiB; larger inputs are refused. Files stream in constant memory; :func:`decrypt_stream`
+returns plaintext before the tag is checked, so callers write to a temporary file and delete it
+on failure.
 """
 
 from __future__ import annotations

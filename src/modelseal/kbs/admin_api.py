@@ -17,19 +17,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from modelseal._internal.bounded import check_json
 from modelseal._internal.encoding import b64url_decode
-from modelseal._internal.http_edge import guarded_route, read_body
+from modelseal._internal.http_edge import PROBLEM_TYPE_PREFIX, guarded_route, read_body
 from modelseal.crypto.secret import SecretBytes
 from modelseal.errors import AuthorizationError, FormatError, TokenError
 from modelseal.kbs.admin_auth import AdminPrincipal, verify_admin_token
 from modelseal.kbs.audit import AuditEntry
-from modelseal.kbs.errors_http import ADMIN_ERRORS, ADMIN_PROBLEM_PREFIX, AdminBadRequest
+from modelseal.kbs.errors_http import ADMIN_ERRORS, AdminBadRequest
 from modelseal.kbs.state import KbsState
 from modelseal.keystore.paths import is_valid_key_id, validate_model_digest
 from modelseal.keystore.store import KeyRecord
@@ -61,7 +61,6 @@ __all__ = [
 
 log = logging.getLogger("modelseal.kbs.admin")
 
-PROBLEM_TYPE_PREFIX = ADMIN_PROBLEM_PREFIX
 MAX_ADMIN_BODY = 256 * 1024
 
 ADMIN = frozenset({"admin"})
@@ -135,21 +134,11 @@ class JsonBody:
             raise AdminBadRequest("invalid request: " + "; ".join(problems[:10])) from None
 
 
-def _int_param(raw: str | None, name: str, default: int) -> int:
-    if raw is None:
-        return default
-    # isascii: str.isdigit() accepts e.g. "²", which int() then rejects (a 500 otherwise).
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise AdminBadRequest(f"{name} must be a non-negative integer")
-    return int(raw)
-
-
-async def audit_window(after: str | None = None, limit: str | None = None) -> tuple[int, int]:
-    """Dependency: the ``after``/``limit`` query parameters of an audit page."""
-    first, count = _int_param(after, "after", 0), _int_param(limit, "limit", 100)
-    if first < 0 or not 1 <= count <= 1000:
-        raise AdminBadRequest("after must be >= 0 and limit between 1 and 1000")
-    return first, count
+#: the ``after`` query parameter of an audit page: a sequence number the databases can hold
+#: (SQLite's INTEGER and PostgreSQL's BIGINT are 64-bit signed)
+AuditAfter = Annotated[int, Query(ge=0, le=2**63 - 1)]
+#: the ``limit`` query parameter of an audit page: at most 1,000 entries per page
+AuditLimit = Annotated[int, Query(ge=1, le=1000)]
 
 
 def model_digest_param(raw: str | None) -> str | None:
@@ -418,10 +407,10 @@ def admin_router(state: KbsState) -> APIRouter:
         return await api.run("rotate KEK", who, lambda: api.rotate_kek(who))
 
     @router.get("/audit")
-    async def audit(
-        who: Auditor, window: Annotated[tuple[int, int], Depends(audit_window)]
-    ) -> Response:
-        return await api.run("read audit", who, lambda: api.audit_page(*window))
+    async def audit(who: Auditor, after: AuditAfter = 0, limit: AuditLimit = 100) -> Response:
+        # A value outside the bounds, or not an integer, is FastAPI's validation error:
+        # the admin table's 400 bad-request (authentication still runs first).
+        return await api.run("read audit", who, lambda: api.audit_page(after, limit))
 
     @router.get("/audit/verify")
     async def audit_verify(who: Auditor) -> Response:

@@ -35,7 +35,6 @@ from modelseal._internal.clock import Clock, SystemClock
 from modelseal._internal.encoding import b64_encode
 from modelseal._internal.http_edge import (
     BodyLimit,
-    HotRoutes,
     RequestObserver,
     guard,
     guarded_route,
@@ -347,9 +346,9 @@ def create_app(
     app.include_router(rcar)
     _mount_state_routers(app, kbs)
 
-    # Innermost: the RCAR routes skip the framework's exception middleware and router walk
-    # (their guards answer every failure); the edge middlewares below still run for them.
-    app.add_middleware(HotRoutes, routes=routes, router=app.router)
+    # The RCAR routes go through the framework like every other route: a pure-ASGI layer
+    # that served them before the router saved no measurable CPU per release (callgrind
+    # and interleaved CPU-time runs; docs/concepts/decisions.md).
     app.add_middleware(BodyLimit, limit=limit, table_for=table_for)
     # Outermost: request ids and latencies cover the body-limit refusals too. The access
     # line is at debug level: each RCAR request already logs its decision at info, and one

@@ -10,8 +10,9 @@ table) are in :mod:`modelseal._internal.http_edge`; this module is data.
 * :data:`ITA_ERRORS` - Intel Trust Authority KBS's ``{"error": "..."}`` bodies for its
   registration API under ``/kbs/v1`` (tokens, key-transfer policies, keys); a missing or
   refused bearer token is its plain-text ``Unauthorized``.
-* :data:`ADMIN_ERRORS` - the admin API's problem documents under ``/modelseal/`` (never cached;
-  401 names the Bearer realm). Trustee's ``kbs-client`` admin routes use it too.
+* :data:`ADMIN_ERRORS` - the admin API's problem documents under ``/modelseal/``, with
+  modelseal's one problem ``type`` prefix, the registry's too (never cached; 401 names the
+  Bearer realm). Trustee's ``kbs-client`` admin routes use it too.
 
 :func:`install_error_handlers` makes every answer the framework produces on its own
 (unknown route, wrong method, invalid parameter, unhandled exception) use the shape of the
@@ -30,7 +31,7 @@ from fastapi import FastAPI
 from starlette.responses import Response
 
 from modelseal._internal import http_edge
-from modelseal._internal.http_edge import ErrorTable, Problem, ProblemShape
+from modelseal._internal.http_edge import PROBLEM_TYPE_PREFIX, ErrorTable, Problem, ProblemShape
 from modelseal.errors import (
     AttestationError,
     AuthorizationError,
@@ -50,7 +51,6 @@ __all__ = [
     "ITA_ERRORS",
     "ADMIN_ERRORS",
     "ADMIN_PATH_PREFIX",
-    "ADMIN_PROBLEM_PREFIX",
     "RCAR_ERRORS",
     "AdminBadRequest",
     "ItaBadRequest",
@@ -103,8 +103,6 @@ RCAR_ERRORS: Final = ErrorTable(
     max_detail=200,
 )
 
-#: Problem ``type`` prefix of the admin API (``/modelseal/v1``).
-ADMIN_PROBLEM_PREFIX: Final = "https://modelseal.dev/problems/admin/"
 ADMIN_PATH_PREFIX: Final = "/modelseal/"
 
 
@@ -117,7 +115,7 @@ _ADMIN_BAD_REQUEST: Final = Problem(400, "bad-request")
 ADMIN_ERRORS: Final = ErrorTable(
     "admin",
     ProblemShape(
-        ADMIN_PROBLEM_PREFIX,
+        PROBLEM_TYPE_PREFIX,
         headers={"Cache-Control": "no-store"},
         status_headers={401: {"WWW-Authenticate": 'Bearer realm="modelseal-kbs-admin"'}},
     ),
@@ -141,6 +139,8 @@ ADMIN_ERRORS: Final = ErrorTable(
     too_large=Problem(400, "bad-request", "request body too large"),
     logger=logging.getLogger("modelseal.kbs.admin"),
     refusal_level=logging.WARNING,
+    # an operator's script gets told which query parameter was wrong (never its value)
+    name_invalid_parameters=True,
 )
 
 

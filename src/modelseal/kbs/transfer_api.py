@@ -1,4 +1,5 @@
-"""Intel Trust Authority / CNAP key transfer, mounted at ``/kbs/v1`` (cnap-ccnp.md a.3-a.6).
+"""Intel Trust Authority / CNAP key transfer, mounted at ``/kbs/v1`` (the key-transfer API of
+ITA's KBS, ``intel/trustauthority-kbs``, as Intel CNAP's ``SimpleKeyBrokerClient`` calls it).
 
 ``POST /kbs/v1/keys/<repo>/<type>/<tag>/transfer`` - the key id is the three path segments
 (a ``%2F``-encoded single segment works too, because the path is decoded before routing);

@@ -6,7 +6,8 @@ and header checks, parallel ranged download + decryption) into a
 :class:`~modelseal.loader.targets.MemoryTarget`: anonymous memory files
 (``memfd_create``), never a filesystem. Each
 file is then ``mmap``-ed and exposed as a ``memoryview``; ``load_safetensors`` builds numpy
-(or torch) tensors directly on those pages (deps.md §2.5: no second copy, microseconds).
+(or torch) tensors directly on those pages (no second copy: the views take microseconds,
+where ``safetensors.torch.load(bytes)`` copies every tensor).
 """
 
 from __future__ import annotations

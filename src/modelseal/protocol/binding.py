@@ -1,4 +1,5 @@
-"""Runtime-data binding of the KBS protocol (Trustee ``kbs_protocol`` 0.4, trustee.md §2.5).
+"""Runtime-data binding of the KBS protocol (Trustee ``kbs_protocol`` 0.4:
+``kbs/docs/kbs_attestation_protocol.md`` in ``confidential-containers/trustee``).
 
 The TEE proves that its evidence belongs to this session and to its ephemeral key by putting
 ``H(JCS({"additional-evidence": AE, "nonce": N, "tee-pubkey": K}))`` into the hardware

@@ -1,10 +1,10 @@
 """Registry wire models: the CNAP model-info JSON plus modelseal's fields (docs/guides/registry.md).
 
 ``ModelInfo`` is what ``GET /models/{id}`` returns and what the loader reads. Its first eleven
-fields are exactly CNAP's model-info object (``cnap-ccnp.md`` §a.2), so a CNAP client can use a
-modelseal registry; the modelseal fields (``format``, ``model_digest``, ``manifest_url``,
-``files``) default to the values of a plain CNAP record, so the loader can read a CNAP
-model-info server with the same model. Unknown fields are ignored on read (another server may
+fields are exactly Intel CNAP's model-info object (``cnap/core/modelprovider.py``), so a CNAP client
+can use a modelseal registry; the modelseal fields (``format``, ``model_digest``, ``manifest_url``,
+``files``) default to the values of a plain CNAP record, so the loader can read a CNAP model-info
+server with the same model. Unknown fields are ignored on read (another server may
 add its own), but every name used to build a path is validated here, once, for every party:
 a malicious registry must not be able to make the loader write outside its destination.
 

@@ -4,7 +4,7 @@ Reads are open (the registry only ever holds ciphertext and public metadata; the
 who gets a key). Writes need ``Authorization: Bearer <upload token>``. Every blob transfer
 streams in bounded chunks in both directions.
 
-Errors are problem documents ``{"type": "https://modelseal.dev/errors/<kind>", "detail"}``
+Errors are problem documents ``{"type": "https://modelseal.dev/problems/<kind>", "detail"}``
 from :data:`REGISTRY_ERRORS` (:mod:`modelseal._internal.http_edge`), for the routes' own
 failures and for what the framework answers on its own alike.
 """
@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 
 from modelseal._internal import http_edge
 from modelseal._internal.http_edge import (
+    PROBLEM_TYPE_PREFIX,
     BodyTooLarge,
     ErrorTable,
     Problem,
@@ -70,9 +71,7 @@ _TOO_LARGE: Final = Problem(413, "too-large")
 
 REGISTRY_ERRORS: Final = ErrorTable(
     "registry",
-    ProblemShape(
-        "https://modelseal.dev/errors/", status_headers={401: {"WWW-Authenticate": "Bearer"}}
-    ),
+    ProblemShape(PROBLEM_TYPE_PREFIX, status_headers={401: {"WWW-Authenticate": "Bearer"}}),
     {
         NotFound: Problem(404, "not-found"),
         RecordConflict: Problem(409, "conflict"),
@@ -83,7 +82,7 @@ REGISTRY_ERRORS: Final = ErrorTable(
         TokenError: Problem(401, "unauthorized"),
         ConfigError: _BAD_REQUEST,
         FormatError: _BAD_REQUEST,
-        BackendError: Problem(503, "backend"),
+        BackendError: Problem(503, "unavailable"),
     },
     default=Problem(500, "internal", "internal error"),
     framework={

@@ -223,11 +223,37 @@ def _exists(kbs: Kbs, key_id: str) -> bool:
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=%C2%B2", "after=%D9%A3", "limit=0", "limit=-1", "after=1e3", "limit=" + "9" * 30],
+    [
+        "limit=%C2%B2",
+        "after=%D9%A3",
+        "limit=0",
+        "limit=-1",
+        "limit=1001",
+        "after=-1",
+        "after=1e3",
+        "after=" + str(2**63),
+        "limit=" + "9" * 30,
+    ],
 )
 def test_bad_audit_query_is_400(kbs: Kbs, query: str) -> None:
     r = kbs.request("GET", f"{PREFIX}/audit?{query}", headers=kbs.auth())
     assert r.status_code == 400, r.text
+    name = query.split("=", 1)[0]
+    assert r.json() == {
+        "type": "https://modelseal.dev/problems/bad-request",
+        "detail": f"invalid request parameter: query.{name}",
+    }
+    assert r.headers["cache-control"] == "no-store"
+    # authentication comes first: a bad query from an unknown caller is a 401
+    r = kbs.request("GET", f"{PREFIX}/audit?{query}")
+    assert r.status_code == 401, r.text
+
+
+@pytest.mark.parametrize("query", ["", "limit=1", "limit=1000", f"after={2**63 - 1}&limit=7"])
+def test_audit_query_bounds_are_inclusive(kbs: Kbs, query: str) -> None:
+    r = kbs.request("GET", f"{PREFIX}/audit?{query}", headers=kbs.auth())
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["entries"], list)
 
 
 @pytest.mark.parametrize("query", ["model_digest=sha256:zz", "model_digest=%00"])

@@ -72,7 +72,7 @@ def test_hex_accepts_prefix_and_whitespace() -> None:
 
 
 def test_canonical_json_matches_trustee_vector() -> None:
-    # trustee.md section 2.5: the attestation-service canonicalization vector.
+    # the canonicalization vector of the unit tests of Trustee's attestation service
     import hashlib
 
     out = canonical.canonical_json({"b": 1, "a": "test", "c": {"d": "e"}})

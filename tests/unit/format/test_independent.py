@@ -1,6 +1,6 @@
 """Cross-checks with implementations that share no code with the package: the spec-only v1
-reader/writer (tests/unit/format/independent_v1.py) and the CNAP reference code of seed 000
-section 2.1 (reimplemented here, test side)."""
+reader/writer (tests/unit/format/independent_v1.py) and Intel CNAP's reference code
+(``cnap/core/keybroker.py``, reimplemented here, test side)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_independent_reader_rejects_tampering_like_the_package() -> None:
         independent_v1.read(bytes(blob), KEY)
 
 
-# --- CNAP: the reference code of seed 000 section 2.1, reimplemented test side -------------
+# --- CNAP: its reference code (cnap/core/keybroker.py), reimplemented test side -----------
 
 
 def cnap_reference_encrypt(data: bytes, key: bytes) -> bytes:
@@ -104,7 +104,7 @@ def cnap_reference_encrypt(data: bytes, key: bytes) -> bytes:
 
 
 def cnap_reference_decrypt(blob: bytes, key: bytes) -> bytes:
-    """CNAP's ``decrypt_data`` as documented (cnap-ccnp.md a.1): data_len only logged."""
+    """CNAP's ``decrypt_data`` as its docstring describes it: data_len only logged."""
     iv_len, tag_len, _data_len = struct.unpack("<3I", blob[:12])
     iv = blob[12 : 12 + iv_len]
     data = blob[12 + iv_len : -tag_len]

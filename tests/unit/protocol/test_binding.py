@@ -1,4 +1,4 @@
-"""Runtime-data binding: the AS test vector and our own vectors (trustee.md §2.5)."""
+"""Runtime-data binding: the vector of Trustee's attestation service, and our own vectors."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 We parse the quote ourselves (rather than trusting a library's lenient decoder) so every
 length is checked and every malformed input becomes an :class:`EvidenceError`, and so the
-claims come from the same bytes the signature covers. Layout (little-endian, Intel DCAP
-"Quote Library" spec; ``../shared/reference/cnap-ccnp.md`` section a.7)::
+claims come from the same bytes the signature covers. Layout (little-endian; Intel's "TDX
+DCAP Quoting Library API" appendix on the quote format for v4/v5 and the "SGX ECDSA Quote
+Library API" for v3, as Intel's Quote Verification Library and dcap-qvl read them)::
 
     header 48 B | body (v4: 584 B TD report; v5: u16 type + u32 size + body; v3: 384 B
     enclave report) | u32 signature-data length | signature data | optional zero padding
