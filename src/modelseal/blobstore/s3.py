@@ -141,7 +141,10 @@ class S3BlobStore:
             s3={"addressing_style": "path" if endpoint else "auto"},
             signature_version="s3v4",
         )
-        client = boto3.client(
+        # a session of its own: boto3's default session resolves credentials once per
+        # process and keeps them, so a second store (or a rotated key in the environment)
+        # would silently sign with the first one's
+        client = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint,
             region_name=query.get("region", "us-east-1"),
