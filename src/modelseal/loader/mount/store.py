@@ -52,7 +52,7 @@ __all__ = [
 #: plaintext held in the segment cache (the kernel's page cache holds more, and can drop it)
 DEFAULT_CACHE_BYTES = 64 << 20
 #: plaintext ahead of a sequential reader (cached or in flight): the read-ahead window
-DEFAULT_READAHEAD_BYTES = 48 << 20
+DEFAULT_READAHEAD_BYTES = 32 << 20
 #: ciphertext per ranged request of read-ahead (whole segments, at least one): four 4 MiB
 #: segments and their tags, the loader's request size; fewer, larger requests cost the
 #: registry and this process less CPU per byte than one request per segment
