@@ -201,9 +201,10 @@ class SegmentStore:
         self._ahead = 0  # plaintext bytes of read-ahead in flight
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ms-ra")
         self._closed = False
-        #: wiped run buffers, reused by later fetches (at most two runs' worth of bytes)
+        #: run buffers with no plaintext left, reused by later fetches (at most three runs'
+        #: worth of bytes: about what one window refill and the evictions it causes need)
         self._spare: list[bytearray] = []
-        self._spare_limit = 2 * max(
+        self._spare_limit = 3 * max(
             run_bytes, max((f.header.segment_size for f in files), default=0)
         )
 
