@@ -57,6 +57,9 @@ DEFAULT_READAHEAD_BYTES = 32 << 20
 #: segments and their tags, the loader's request size; fewer, larger requests cost the
 #: registry and this process less CPU per byte than one request per segment
 DEFAULT_RUN_BYTES = (16 << 20) + 4 * TAG_LEN
+#: run buffers with no plaintext left kept for later fetches, in runs' worth of bytes (the
+#: newest are kept: sequential reads reuse them without allocating; more only costs RSS)
+SPARE_RUNS = 1
 #: a waiter whose freshly fetched segment was evicted before it could copy asks again at
 #: most this often (only a cache far smaller than the readers in flight gets there)
 _MAX_REFETCH = 8
@@ -201,10 +204,10 @@ class SegmentStore:
         self._ahead = 0  # plaintext bytes of read-ahead in flight
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ms-ra")
         self._closed = False
-        #: run buffers with no plaintext left, reused by later fetches (at most three runs'
-        #: worth of bytes: about what one window refill and the evictions it causes need)
+        #: run buffers with no plaintext left, reused by later fetches: in a sequential read
+        #: each window refill evicts about one run, whose buffer the next refill takes
         self._spare: list[bytearray] = []
-        self._spare_limit = 3 * max(
+        self._spare_limit = SPARE_RUNS * max(
             run_bytes, max((f.header.segment_size for f in files), default=0)
         )
 
@@ -309,9 +312,11 @@ class SegmentStore:
         does, keep the buffer for a later fetch. Reusing them keeps run-sized allocations
         from fragmenting the heap of a long-running mount (its RSS then stays flat)."""
         run.live -= count
-        spare = sum(map(len, self._spare)) + len(run.buf)
-        if run.live == 0 and not self._closed and spare <= self._spare_limit:
+        if run.live == 0 and not self._closed and len(run.buf) <= self._spare_limit:
+            # the newest buffers stay (the next fetches are most likely their size)
             self._spare.append(run.buf)
+            while sum(map(len, self._spare)) > self._spare_limit:
+                self._spare.pop(0)
 
     def _buffer(self, size: int) -> bytearray:
         """A buffer for ``size`` bytes of ciphertext: a spare one of that size, else new."""
