@@ -4,6 +4,7 @@ real AES-GCM, and the store's bounds (cache, read-ahead, failures) checked direc
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import secrets
 import threading
@@ -91,7 +92,7 @@ def test_cache_stays_within_its_budget_and_wipes_what_it_drops(store: SegmentSto
     assert all(entry.wiped and not any(entry.view()) for entry in kept)
 
 
-def _plaintext_regions(buf: bytearray) -> list[bytes]:
+def _plaintext_regions(buf: mmap.mmap) -> list[bytes]:
     """The plaintext parts of a run buffer (each segment's bytes before its tag)."""
     step = SEG + TAG_LEN
     return [
@@ -108,7 +109,7 @@ def test_evicted_buffers_are_wiped_and_reused(
         [seal(tmp_path, PLAIN, dek)], dek, run_bytes=segments_per_run * (SEG + TAG_LEN)
     )
     try:
-        kept: list[bytearray] = []  # references, so that ids stay unique
+        kept: list[mmap.mmap] = []  # references, so that ids stay unique
         for offset in range(0, len(PLAIN), SEG):
             assert store.read(0, offset, SEG) == PLAIN[offset : offset + SEG]
             store.read_ahead(0, offset + SEG)

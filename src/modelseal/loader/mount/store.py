@@ -19,6 +19,7 @@ at :meth:`SegmentStore.close`) once no reader holds them.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -146,7 +147,7 @@ class _Run:
 
     __slots__ = ("buf", "live")
 
-    def __init__(self, buf: bytearray, live: int) -> None:
+    def __init__(self, buf: mmap.mmap, live: int) -> None:
         self.buf = buf
         self.live = live
 
@@ -206,7 +207,7 @@ class SegmentStore:
         self._closed = False
         #: run buffers with no plaintext left, reused by later fetches: in a sequential read
         #: each window refill evicts about one run, whose buffer the next refill takes
-        self._spare: list[bytearray] = []
+        self._spare: list[mmap.mmap] = []
         self._spare_limit = SPARE_RUNS * max(
             run_bytes, max((f.header.segment_size for f in files), default=0)
         )
@@ -318,13 +319,16 @@ class SegmentStore:
             while sum(map(len, self._spare)) > self._spare_limit:
                 self._spare.pop(0)
 
-    def _buffer(self, size: int) -> bytearray:
-        """A buffer for ``size`` bytes of ciphertext: a spare one of that size, else new."""
+    def _buffer(self, size: int) -> mmap.mmap:
+        """A buffer for ``size`` bytes of ciphertext: a spare one of that size, else a new
+        anonymous mapping. A mapping goes back to the kernel the moment it is dropped,
+        where run-sized heap blocks freed by many threads would stay resident in their
+        malloc arenas and let the process's RSS creep up."""
         with self._lock:
             for i, buf in enumerate(self._spare):
                 if len(buf) == size:
                     return self._spare.pop(i)
-        return bytearray(size)
+        return mmap.mmap(-1, size)
 
     def _wait_or_fetch(self, key: _Key) -> _Entry:
         """The entry for ``key``: join a fetch in flight, or fetch a run from here."""
