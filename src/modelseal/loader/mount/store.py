@@ -60,7 +60,7 @@ DEFAULT_READAHEAD_BYTES = 32 << 20
 DEFAULT_RUN_BYTES = (16 << 20) + 4 * TAG_LEN
 #: run buffers with no plaintext left kept for later fetches, in runs' worth of bytes (the
 #: newest are kept: sequential reads reuse them without allocating; more only costs RSS)
-SPARE_RUNS = 1
+SPARE_RUNS = 2
 #: a waiter whose freshly fetched segment was evicted before it could copy asks again at
 #: most this often (only a cache far smaller than the readers in flight gets there)
 _MAX_REFETCH = 8
