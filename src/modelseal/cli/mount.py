@@ -65,7 +65,7 @@ def _mib(value: int) -> int:
     type=click.IntRange(0, 1 << 20),
     default=32,
     show_default=True,
-    help="Plaintext fetched ahead of a sequential reader, at most.",
+    help="Read-ahead window after a sequential reader (cached or in flight), in 16 MiB runs.",
 )
 @click.option(
     "--allow-other/--no-allow-other",

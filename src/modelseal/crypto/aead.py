@@ -9,6 +9,7 @@ each thread gets its own cipher context (``threading.local``) so nothing is shar
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from typing import Final
 
@@ -37,9 +38,16 @@ Buffer = bytes | bytearray | memoryview
 
 
 def wipe(buf: bytearray | memoryview) -> None:
-    """Overwrite a writable buffer (bytearray, memoryview of mmap/numpy) with zeros."""
+    """Overwrite a writable buffer (bytearray, memoryview of mmap/numpy) with zeros.
+
+    One ``memset`` in place: no zero-filled copy the size of the buffer is allocated, and
+    the GIL is released meanwhile (ctypes calls release it), so wiping segment-sized
+    buffers does not stall the threads serving reads."""
     view = memoryview(buf).cast("B")
-    view[:] = bytes(len(view))
+    if view.readonly:
+        raise TypeError("cannot wipe a read-only buffer")
+    if len(view):
+        ctypes.memset((ctypes.c_char * len(view)).from_buffer(view), 0, len(view))
 
 
 def _check_key(key: SecretBytes) -> None:

@@ -4,6 +4,7 @@ real AES-GCM, and the store's bounds (cache, read-ahead, failures) checked direc
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import secrets
 import threading
@@ -86,25 +87,63 @@ def test_cache_stays_within_its_budget_and_wipes_what_it_drops(store: SegmentSto
     assert store.cached_bytes <= store.cache_bytes
     kept = list(store._cache.values())
     assert kept
+    assert all(any(entry.view()) for entry in kept)
     store.close()
-    assert all(entry.buf == bytearray() for entry in kept)
+    assert all(entry.wiped and not any(entry.view()) for entry in kept)
 
 
-def test_evicted_buffers_are_wiped_and_reused(tmp_path: Path, dek: SecretBytes) -> None:
-    # one segment per fetch (run_bytes below two segments): buffers are adopted and recycled
-    store = open_store([seal(tmp_path, PLAIN, dek)], dek, run_bytes=SEG + TAG_LEN)
+def _plaintext_regions(buf: mmap.mmap) -> list[bytes]:
+    """The plaintext parts of a run buffer (each segment's bytes before its tag)."""
+    step = SEG + TAG_LEN
+    return [
+        bytes(buf[pos : pos + min(SEG, len(buf) - pos - TAG_LEN)])
+        for pos in range(0, len(buf), step)
+    ]
+
+
+@pytest.mark.parametrize("segments_per_run", [1, 4])
+def test_evicted_buffers_are_wiped_and_reused(
+    tmp_path: Path, dek: SecretBytes, segments_per_run: int
+) -> None:
+    store = open_store(
+        [seal(tmp_path, PLAIN, dek)], dek, run_bytes=segments_per_run * (SEG + TAG_LEN)
+    )
     try:
-        kept: list[bytearray] = []  # references, so that ids stay unique
+        kept: list[mmap.mmap] = []  # references, so that ids stay unique
         for offset in range(0, len(PLAIN), SEG):
             assert store.read(0, offset, SEG) == PLAIN[offset : offset + SEG]
-            kept.extend(e.buf for e in store._cache.values())
-        assert store._spare, "nothing was evicted"
-        assert all(not any(buf) for buf in store._spare)  # wiped
-        distinct = {id(buf) for buf in kept if buf}
-        assert len(distinct) < store.stats.segments_fetched  # later fetches reused buffers
+            store.read_ahead(0, offset + SEG)
+            with store._lock:
+                kept.extend(e.run.buf for e in store._cache.values())
+                # a spare buffer holds no plaintext (its tags, public, may stay)
+                for buf in store._spare:
+                    assert not any(b"".join(_plaintext_regions(buf)))
+        distinct = {id(buf) for buf in kept}
+        assert len(distinct) < store.stats.segments_fetched // segments_per_run
     finally:
         store.close()
     assert store._spare == []
+
+
+def test_read_ahead_refills_its_window_in_whole_runs(store: SegmentStore) -> None:
+    """Runs of four segments (``run_bytes``) in a window of eight: as the reader advances
+    one segment at a time, a run is started only once four segments of the window are
+    free, so every request but the file's last is a whole run."""
+    runs: list[int] = []
+    fetch = store._fetch_run
+
+    def counting(file: int, run: range) -> None:
+        runs.append(len(run))
+        fetch(file, run)
+
+    store._fetch_run = counting  # type: ignore[method-assign]
+    for offset in range(0, len(PLAIN), SEG):
+        assert store.read(0, offset, SEG) == PLAIN[offset : offset + SEG]
+        store.read_ahead(0, offset + SEG)
+    store._pool.shutdown(wait=True)
+    assert runs[0] == 1  # the first read's own segment, on demand
+    assert all(n == 4 for n in runs[1:-1]), runs
+    assert store.stats.segments_fetched == len(PLAIN) // SEG + 1  # each fetched once
 
 
 def test_a_cached_segment_is_not_fetched_again(store: SegmentStore) -> None:

@@ -48,9 +48,9 @@ __all__ = ["STOP_SIGNALS", "MountOptions", "check_mountpoint", "preload_binding"
 #: the signals that unmount; a caller that blocks them too before :func:`serve` keeps a
 #: second one (arriving after the unmount, during the last clean-up) from killing it
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-#: the segment cache must hold a few runs, or concurrent readers would evict each other's
-#: segments before copying them
-_MIN_CACHE = 2 * DEFAULT_RUN_BYTES
+#: the segment cache must hold a few segments per reader, or concurrent readers would evict
+#: each other's segments before copying them
+_MIN_CACHE = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,8 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         opened.source,
         cache_bytes=options.cache_bytes,
         readahead_bytes=options.readahead_bytes,
-        run_bytes=DEFAULT_RUN_BYTES,
+        # a small cache takes smaller runs: a run's segments all land in the cache at once
+        run_bytes=min(DEFAULT_RUN_BYTES, options.cache_bytes // 2),
         workers=options.workers,
     )
     try:

@@ -19,6 +19,7 @@ at :meth:`SegmentStore.close`) once no reader holds them.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -51,10 +52,15 @@ __all__ = [
 
 #: plaintext held in the segment cache (the kernel's page cache holds more, and can drop it)
 DEFAULT_CACHE_BYTES = 64 << 20
-#: plaintext fetched ahead of a sequential reader, at most, in flight at once
+#: plaintext ahead of a sequential reader (cached or in flight): the read-ahead window
 DEFAULT_READAHEAD_BYTES = 32 << 20
-#: ciphertext per ranged request of read-ahead (rounded to whole segments, at least one)
-DEFAULT_RUN_BYTES = 8 << 20
+#: ciphertext per ranged request of read-ahead (whole segments, at least one): four 4 MiB
+#: segments and their tags, the loader's request size; fewer, larger requests cost the
+#: registry and this process less CPU per byte than one request per segment
+DEFAULT_RUN_BYTES = (16 << 20) + 4 * TAG_LEN
+#: run buffers with no plaintext left kept for later fetches, in runs' worth of bytes (the
+#: newest are kept: sequential reads reuse them without allocating; more only costs RSS)
+SPARE_RUNS = 2
 #: a waiter whose freshly fetched segment was evicted before it could copy asks again at
 #: most this often (only a cache far smaller than the readers in flight gets there)
 _MAX_REFETCH = 8
@@ -133,16 +139,35 @@ class Stats:
             return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
-class _Entry:
-    """A cached plaintext segment; ``pins`` readers are copying from it right now."""
+class _Run:
+    """One fetched run's buffer: ciphertext ‖ tag of consecutive segments, each decrypted in
+    place. The cache entries of its segments are slices of it (no copy); ``live`` counts
+    the segments whose plaintext may still be in it. At zero (all evicted and wiped, or
+    failed) the buffer can serve another fetch."""
 
-    __slots__ = ("buf", "evicted", "pins", "size")
+    __slots__ = ("buf", "live")
 
-    def __init__(self, buf: bytearray, size: int) -> None:
+    def __init__(self, buf: mmap.mmap, live: int) -> None:
         self.buf = buf
+        self.live = live
+
+
+class _Entry:
+    """A cached plaintext segment: ``size`` bytes at ``at`` in its run's buffer; ``pins``
+    readers are copying from it right now."""
+
+    __slots__ = ("at", "evicted", "pins", "run", "size", "wiped")
+
+    def __init__(self, run: _Run, at: int, size: int) -> None:
+        self.run = run
+        self.at = at
         self.size = size
         self.pins = 0
         self.evicted = False
+        self.wiped = False
+
+    def view(self) -> memoryview:
+        return memoryview(self.run.buf)[self.at : self.at + self.size]
 
 
 _Key = tuple[int, int]
@@ -153,8 +178,8 @@ class SegmentStore:
     """Plaintext ranges of the mounted files, each byte authenticated before it is returned.
 
     ``cache_bytes`` bounds the decrypted segments kept; ``readahead_bytes`` bounds the
-    plaintext fetched ahead of sequential readers at once, on ``workers`` threads, in runs
-    of about ``run_bytes`` of ciphertext.
+    plaintext ahead of a sequential reader (cached or in flight), fetched on ``workers``
+    threads in runs of about ``run_bytes`` of ciphertext.
     """
 
     def __init__(
@@ -180,9 +205,12 @@ class SegmentStore:
         self._ahead = 0  # plaintext bytes of read-ahead in flight
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ms-ra")
         self._closed = False
-        #: wiped buffers of evicted segments, reused by later fetches (at most a few)
-        self._spare: list[bytearray] = []
-        self._spare_limit = 2 * max(1, workers)
+        #: run buffers with no plaintext left, reused by later fetches: in a sequential read
+        #: each window refill evicts about one run, whose buffer the next refill takes
+        self._spare: list[mmap.mmap] = []
+        self._spare_limit = SPARE_RUNS * max(
+            run_bytes, max((f.header.segment_size for f in files), default=0)
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -234,7 +262,7 @@ class SegmentStore:
             else:
                 self.stats.add(cache_hits=1)
             try:
-                return use(memoryview(entry.buf))
+                return use(entry.view())
             finally:
                 self._unpin(entry)
         raise TransientError("the segment cache is too small for the readers in flight")
@@ -250,7 +278,7 @@ class SegmentStore:
     def _pin_entry(self, entry: _Entry) -> bool:
         """Pin an entry a fetch handed over; False if it was evicted and wiped meanwhile."""
         with self._lock:
-            if entry.buf is _WIPED:
+            if entry.wiped:
                 return False
             entry.pins += 1
             return True
@@ -258,26 +286,49 @@ class SegmentStore:
     def _unpin(self, entry: _Entry) -> None:
         with self._lock:
             entry.pins -= 1
-            if entry.evicted and entry.pins == 0:
-                self._wipe_entry(entry)
+            done = entry.evicted and entry.pins == 0 and self._retire(entry)
+        if done:
+            self._wipe([entry])
 
-    def _wipe_entry(self, entry: _Entry) -> None:
-        """Wipe an entry no reader holds (lock held) and keep its buffer for a later fetch."""
-        if entry.buf is not _WIPED:
-            wipe(entry.buf)
-            if not self._closed and len(self._spare) < self._spare_limit:
-                self._spare.append(entry.buf)
-            entry.buf = _WIPED
+    def _retire(self, entry: _Entry) -> bool:
+        """Mark an entry no reader holds as gone (lock held): no reader can pin it from now
+        on; the caller then wipes it with :meth:`_wipe`, outside the lock. False if it was
+        already retired."""
+        if entry.wiped:
+            return False
+        entry.wiped = True
+        return True
 
-    def _buffer(self, size: int) -> bytearray:
-        """A buffer for ``size`` bytes of ciphertext: a wiped one of that size if one is
-        spare, else a new one. Reusing them keeps segment-sized allocations from
-        fragmenting the heap of a long-running mount (its RSS then stays flat)."""
+    def _wipe(self, entries: list[_Entry]) -> None:
+        """Wipe retired entries' plaintext (no lock held: readers and fetches go on
+        meanwhile), then hand each run buffer with no plaintext left to a later fetch."""
+        for entry in entries:
+            wipe(entry.view())
+        with self._lock:
+            for entry in entries:
+                self._release(entry.run)
+
+    def _release(self, run: _Run, count: int = 1) -> None:
+        """``count`` segments of ``run`` hold no plaintext any more (lock held); once none
+        does, keep the buffer for a later fetch. Reusing them keeps run-sized allocations
+        from fragmenting the heap of a long-running mount (its RSS then stays flat)."""
+        run.live -= count
+        if run.live == 0 and not self._closed and len(run.buf) <= self._spare_limit:
+            # the newest buffers stay (the next fetches are most likely their size)
+            self._spare.append(run.buf)
+            while sum(map(len, self._spare)) > self._spare_limit:
+                self._spare.pop(0)
+
+    def _buffer(self, size: int) -> mmap.mmap:
+        """A buffer for ``size`` bytes of ciphertext: a spare one of that size, else a new
+        anonymous mapping. A mapping goes back to the kernel the moment it is dropped,
+        where run-sized heap blocks freed by many threads would stay resident in their
+        malloc arenas and let the process's RSS creep up."""
         with self._lock:
             for i, buf in enumerate(self._spare):
                 if len(buf) == size:
                     return self._spare.pop(i)
-        return bytearray(size)
+        return mmap.mmap(-1, size)
 
     def _wait_or_fetch(self, key: _Key) -> _Entry:
         """The entry for ``key``: join a fetch in flight, or fetch a run from here."""
@@ -312,9 +363,19 @@ class SegmentStore:
             end += 1
         return range(first, end)
 
+    def _free(self, file: int, first: int, limit: int) -> int:
+        """How many of up to ``limit`` segments from ``first`` are neither cached nor in
+        flight, counted up to the first that is (lock held)."""
+        n = 0
+        while n < limit and (file, first + n) not in self._cache:
+            if (file, first + n) in self._inflight:
+                break
+            n += 1
+        return n
+
     def _fetch_run(self, file: int, run: range) -> None:
-        """Fetch ``run`` with one request, authenticate each segment, cache the good ones and
-        settle every segment's future (result or error)."""
+        """Fetch ``run`` with one request, authenticate each segment in place, cache the
+        good ones (slices of the run's buffer) and settle every segment's future."""
         mounted = self.files[file]
         header = mounted.header
         start = header.segment_offset(run[0])
@@ -327,30 +388,33 @@ class SegmentStore:
             self.stats.add(fetch_failures=1)
             log.error("%s: fetching segments %d..%d failed: %s", mounted.path, run[0], run[-1], exc)
             self._settle(file, run, exc)
+            with self._lock:  # ciphertext only: no wipe needed
+                self._release(_Run(sealed, 1))
             if not isinstance(exc, Exception):
                 raise
             return
         self.stats.add(segments_fetched=len(run), sealed_bytes_fetched=len(sealed))
+        owner = _Run(sealed, len(run))
         pos = 0
-        try:
-            for index in run:
-                n = header.segment_sealed_len(index)
-                segment = view[pos : pos + n]
-                pos += n
-                try:
-                    # in place: the plaintext overwrites its ciphertext (wiped on failure)
-                    mounted.decryptor.decrypt_segment_into(index, segment, segment[: n - TAG_LEN])
-                except DecryptionError as exc:
-                    self._auth_failed(file, index, exc)
-                    continue
-                # a run of one segment is adopted as the cache entry (no copy; its last 16
-                # bytes, once the tag, are never read); a longer run is copied out segment by
-                # segment and wiped below
-                plain = sealed if len(run) == 1 else bytearray(segment[: n - TAG_LEN])
-                self._insert(file, index, plain, n - TAG_LEN)
-        finally:
-            if len(run) > 1:
-                wipe(sealed)
+        for index in run:
+            n = header.segment_sealed_len(index)
+            segment = view[pos : pos + n]
+            try:
+                # in place: the plaintext overwrites its ciphertext (wiped on failure); the
+                # tag after it stays and is never read
+                mounted.decryptor.decrypt_segment_into(index, segment, segment[: n - TAG_LEN])
+            except DecryptionError as exc:
+                with self._lock:
+                    self._release(owner)
+                self._auth_failed(file, index, exc)
+            except BaseException as exc:  # a closed decryptor: settle the rest and stop
+                with self._lock:
+                    self._release(owner, run[-1] - index + 1)
+                self._settle(file, range(index, run[-1] + 1), exc)
+                raise
+            else:
+                self._insert(file, index, _Entry(owner, pos, n - TAG_LEN))
+            pos += n
 
     def _auth_failed(self, file: int, index: int, exc: DecryptionError) -> None:
         mounted = self.files[file]
@@ -372,43 +436,51 @@ class SegmentStore:
             if future is not None:
                 future.set_exception(exc)
 
-    def _insert(self, file: int, index: int, plain: bytearray, length: int) -> None:
-        """Cache ``plain`` (its first ``length`` bytes are the segment's plaintext)."""
-        entry = _Entry(plain, length)
+    def _insert(self, file: int, index: int, entry: _Entry) -> None:
+        """Cache a freshly authenticated segment, evicting (and wiping) the least recently
+        used beyond the budget."""
         with self._lock:
             future = self._inflight.pop((file, index), None)
             if self._closed:
-                self._wipe_entry(entry)
+                gone = [entry] if self._retire(entry) else []
             else:
                 self._cache[(file, index)] = entry
-                self._cached += length
-                self._evict()
+                self._cached += entry.size
+                gone = self._evict()
+        self._wipe(gone)
         if future is not None:
-            if entry.buf is _WIPED:
+            if entry.wiped:
                 future.set_exception(TransientError("the mount is closing"))
             else:
                 future.set_result(entry)
 
-    def _evict(self) -> None:
+    def _evict(self) -> list[_Entry]:
         """Drop least recently used segments beyond the budget (lock held); the newest one
-        always stays."""
+        always stays. Returns the dropped entries no reader holds, for :meth:`_wipe`."""
+        gone: list[_Entry] = []
         while self._cached > self.cache_bytes and len(self._cache) > 1:
             _key, entry = self._cache.popitem(last=False)
             self._cached -= entry.size
             entry.evicted = True
-            if entry.pins == 0:
-                self._wipe_entry(entry)
+            if entry.pins == 0 and self._retire(entry):
+                gone.append(entry)
+        return gone
 
     # -- read-ahead --------------------------------------------------------------------------
 
     def read_ahead(self, file: int, offset: int) -> None:
-        """A sequential reader is at ``offset``: fetch the segments after it, up to the
-        read-ahead budget, in runs on the pool (returns at once)."""
+        """A sequential reader is at ``offset``: keep the read-ahead window after it (cached
+        or in flight) full, in whole runs on the pool (returns at once).
+
+        A run is only started once a whole one fits in the window and the budget (or the
+        file ends): as the reader advances one segment at a time, the window is then
+        refilled by few requests of ``run_bytes`` rather than one small request per
+        segment."""
         header = self.files[file].header
         if offset >= header.size or self.readahead_bytes <= 0:
             return
-        per_run = max(1, self.run_bytes // (header.segment_size + TAG_LEN))
         window = max(1, self.readahead_bytes // header.segment_size)
+        per_run = min(window, max(1, self.run_bytes // (header.segment_size + TAG_LEN)))
         first = offset // header.segment_size
         last = min(header.segment_count, first + window)
         runs: list[range] = []
@@ -420,11 +492,12 @@ class SegmentStore:
                 if (file, index) in self._cache or (file, index) in self._inflight:
                     index += 1
                     continue
-                budget = self.readahead_bytes - self._ahead
-                limit = min(per_run, last - index, budget // header.segment_size)
-                if limit <= 0:
-                    break
-                run = self._claim(file, index, limit)
+                free = self._free(file, index, min(per_run, last - index))
+                budget = (self.readahead_bytes - self._ahead) // header.segment_size
+                edge = index + free == last < header.segment_count
+                if budget < free or (edge and free < per_run):
+                    break  # wait for room, or for the window to hold a whole run
+                run = self._claim(file, index, free)
                 self._ahead += sum(header.segment_plain_len(i) for i in run)
                 runs.append(run)
                 index = run[-1] + 1
@@ -451,15 +524,17 @@ class SegmentStore:
             self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
+            gone: list[_Entry] = []
             for entry in self._cache.values():
                 entry.evicted = True
-                if entry.pins == 0:
-                    self._wipe_entry(entry)
+                if entry.pins == 0 and self._retire(entry):
+                    gone.append(entry)
             self._cache.clear()
             self._cached = 0
             self._spare.clear()
             pending = list(self._inflight.values())
             self._inflight.clear()
+        self._wipe(gone)  # an entry still pinned is wiped when its reader unpins it
         for future in pending:
             if not future.done():
                 future.set_exception(TransientError("the mount is closing"))
@@ -471,10 +546,6 @@ class SegmentStore:
     def cached_bytes(self) -> int:
         with self._lock:
             return self._cached
-
-
-#: the buffer of an entry once wiped (the entry can no longer be read)
-_WIPED = bytearray()
 
 
 def _bytes_of(at: int, size: int, buf: memoryview) -> bytes:
