@@ -316,3 +316,16 @@ def test_a_failed_loop_after_our_own_unmount_is_the_session_ending(
     serve_module._run(_FailingBinding(8), fs, options, unmounted=lambda: True)
     with pytest.raises(BackendError):
         serve_module._run(_FailingBinding(7), fs, options, unmounted=lambda: True)
+
+
+def test_an_unmount_that_cannot_start_is_a_failed_unmount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If fusermount3 cannot even be started, the signal watcher must survive to take the
+    next signal: the unmount reports failure instead of raising."""
+
+    def no_processes(*_args: object, **_kwargs: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(serve_module.subprocess, "run", no_processes)
+    assert serve_module._unmount(tmp_path) is False

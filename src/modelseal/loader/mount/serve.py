@@ -149,9 +149,13 @@ def _unmount(mountpoint: Path, dev: int | None = None) -> bool:
         log.error("cannot unmount %s: fusermount3 not found", mountpoint)
         return False
     where = (_mounted_at(dev) if dev is not None else None) or mountpoint
-    done = subprocess.run(
-        [tool, "-u", "-z", str(where)], capture_output=True, text=True, check=False
-    )
+    try:
+        done = subprocess.run(
+            [tool, "-u", "-z", str(where)], capture_output=True, text=True, check=False
+        )
+    except OSError as exc:  # cannot start it (no memory, no processes left): try again later
+        log.error("unmount of %s failed: %s", where, exc)
+        return False
     if done.returncode != 0:
         log.error("unmount of %s failed: %s", where, done.stderr.strip())
     return done.returncode == 0
@@ -198,6 +202,7 @@ class _Lifecycle:
                         self.options.mountpoint)  # fmt: skip
             self.stopping.set()
             if self.ready.is_set() and not self._unmounted:
+                # a failed unmount leaves this thread waiting: the next signal tries again
                 self._unmounted = _unmount(self.options.mountpoint, self.dev)
             # not mounted yet: the readiness thread unmounts as soon as the mount is live
 
