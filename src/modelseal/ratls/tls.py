@@ -90,6 +90,10 @@ class TlsStream:
                 data = self.connection.bio_read(FLUSH_CHUNK)
             except SSL.WantReadError:
                 return
+            except ValueError:
+                # another thread closed this stream while we flushed: pyOpenSSL reports its
+                # torn-down memory BIO as an "unknown bio failure"; the same OSError as above
+                raise ConnectionAbortedError("TLS stream was closed") from None
             view = memoryview(data)
             while view:
                 try:
