@@ -21,27 +21,13 @@ import pytest
 from modelseal.kbs.admin_auth import load_admin_credential, mint_admin_token
 from tests.conftest import free_port
 from tests.e2e.durability.kbs_driver import ADMIN_PREFIX, RcarClient, b64url, permissive_policy
+from tests.e2e.durability.processes import wait_healthy
 from tests.e2e.kbs_process import stop_process
 from tests.hsm import SoftHsm, module_path
 
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kbs serve exited: {log.read_text()}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("kbs serve did not start")
-        time.sleep(0.1)
 
 
 def test_releases_survive_a_token_outage_without_a_restart(tmp_path: Path) -> None:
@@ -68,7 +54,7 @@ def test_releases_survive_a_token_outage_without_a_restart(tmp_path: Path) -> No
         )  # fmt: skip
     tokens, aside = hsm.base / "tokens", hsm.base / "tokens-away"
     try:
-        _wait_healthy(url, proc, log)
+        wait_healthy(url, proc, log.read_text)
         admin = mint_admin_token(
             load_admin_credential(tmp_path / "kbs"), role="admin", ttl=600, now=time.time()
         )
