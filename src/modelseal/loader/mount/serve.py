@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from modelseal._internal import environment
+from modelseal._internal.heap import keep_freed_blocks
 from modelseal.errors import BackendError, ConfigError
 from modelseal.loader.mount.fs import SealedFs
 from modelseal.loader.mount.opening import OpenedModel
@@ -51,6 +52,10 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: the segment cache must hold a few segments per reader, or concurrent readers would evict
 #: each other's segments before copying them
 _MIN_CACHE = 16 << 20
+#: every read allocates blocks up to FUSE's largest request (1 MiB): keep blocks below this
+#: on the heap, and give a heap's free top back only beyond the trim threshold
+_MMAP_THRESHOLD = 4 << 20
+_TRIM_THRESHOLD = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -267,7 +272,10 @@ def _tune_readahead(dev: int, kib: int) -> None:
 def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
     """Mount, serve until unmounted or signalled, then wipe everything; returns the final
     counters. The caller's :class:`OpenedModel` is consumed (its source and decryptors are
-    closed here)."""
+    closed here). The process's allocator keeps freed megabyte-sized blocks for reuse from
+    here on (:mod:`modelseal._internal.heap`): each read would otherwise fault in fresh
+    pages for its buffers."""
+    keep_freed_blocks(_MMAP_THRESHOLD, _TRIM_THRESHOLD)
     store = SegmentStore(
         opened.files,
         opened.source,
