@@ -413,6 +413,16 @@ def main() -> None:
     _exit_on_failures(_failures(mounts, other_rss) + _cgroup_failures(cgroup))
 
 
+def _command() -> str:
+    """The command line that reproduces this report, with the settings that were changed."""
+    settings = [
+        f"{name}={os.environ[name]}"
+        for name in ("MOUNT_BENCH_GIB", "MOUNT_BENCH_RUNS", "MOUNT_BENCH_RSS_GIB")
+        if name in os.environ
+    ]
+    return " ".join([*settings, "python -m bench mount_bench"])
+
+
 def _failures(mounts: list[dict[str, Any]], other_rss: dict[int, float]) -> list[str]:
     """The acceptance checks of the main case that failed (timing targets are not among
     them: they are reported as met or missed)."""
@@ -541,7 +551,7 @@ def _report(
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return "\n".join(
         [
-            "Command: `python -m bench mount_bench` (2 vCPU VM shared with the registry and "
+            f"Command: `{_command()}` (2 vCPU VM shared with the registry and "
             f"KBS; {WORKERS} workers, 4 MiB segments, 64 MiB segment cache, 32 MiB "
             "read-ahead window refilled in 16 MiB ranged GETs, kernel read-ahead 1 MiB). "
             "The bench exits 1 after writing its sections if an acceptance check fails "
