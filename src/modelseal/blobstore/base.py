@@ -155,7 +155,7 @@ class GcReport:
     #: abandoned uploads (S3 multipart uploads, local temporary files) older than the grace
     #: period: aborted or removed unless ``dry_run``
     stale_uploads: int = 0
-    #: bytes of the abandoned local temporary files (S3 parts are not listed: 0 there)
+    #: bytes the abandoned uploads hold (local temporary files, S3 multipart parts)
     stale_upload_bytes: int = 0
     #: where the next run starts (pass it as ``start_after``); None when the listing ended
     resume_after: str | None = None

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -75,10 +76,13 @@ __all__ = ["S3BlobStore"]
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 #: 8 MiB parts: above S3's 5 MiB minimum, and the most memory one upload holds.
 DEFAULT_PART_SIZE = 8 << 20
 #: Metadata is ``{"size", "sha256", "etag"}``; the bucket is untrusted, so reads are capped.
 _MAX_META_BYTES = 4096
+
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CHANGED = {"PreconditionFailed", "412"}
 #: A writer commits its object only this long (seconds) after it started writing it
@@ -514,6 +518,9 @@ class S3BlobStore:
             if upload["Initiated"] >= cutoff or not _is_object_name(upload["Key"][len(root) :]):
                 continue
             report.stale_uploads += 1
+            report.stale_upload_bytes += await self._uploaded_bytes(
+                upload["Key"], upload["UploadId"]
+            )
             if not report.dry_run:
                 with contextlib.suppress(BlobNotFound):
                     await self._call(
@@ -522,6 +529,40 @@ class S3BlobStore:
                         Key=upload["Key"],
                         UploadId=upload["UploadId"],
                     )
+
+    async def _uploaded_bytes(self, key: str, upload_id: str) -> int:
+        """Bytes of the parts an abandoned upload holds (what aborting it frees), over at
+        most :data:`_MAX_PART_PAGES` pages of 1,000 parts (S3's limit is 10,000 parts)."""
+        total, marker = 0, 0
+        for _ in range(_MAX_PART_PAGES):
+            try:
+                page = await self._call(
+                    self._client.list_parts,
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MaxParts=1000,
+                    PartNumberMarker=marker,
+                )
+            except (BlobNotFound, BackendError) as exc:
+                # the sizes only inform the report: an upload aborted meanwhile, or a
+                # store that does not let us list parts, must not stop the collection
+                log.debug("parts of an abandoned upload not counted: %s", exc)
+                return total
+            total += sum(
+                size
+                for part in page.get("Parts", [])
+                if isinstance(size := part.get("Size"), int) and size >= 0
+            )
+            following = page.get("NextPartNumberMarker")
+            if not page.get("IsTruncated") or not isinstance(following, int) or following <= marker:
+                break
+            marker = following
+        return total
+
+
+#: pages of ``list_parts`` read per abandoned upload (10 x 1,000 = S3's largest upload)
+_MAX_PART_PAGES = 10
 
 
 def _server_time(response: Any) -> datetime:

@@ -97,12 +97,20 @@ def test_s3_collects_old_orphans_and_abandoned_uploads_only(store: S3BlobStore) 
         abandoned = store._client.create_multipart_upload(
             Bucket=store.bucket, Key=store._join("objects", "ab" * 16)
         )
+        for number, size in [(1, 1234), (2, 4321)]:  # what aborting it frees is reported
+            store._client.upload_part(
+                Bucket=store.bucket,
+                Key=store._join("objects", "ab" * 16),
+                UploadId=abandoned["UploadId"],
+                PartNumber=number,
+                Body=b"p" * size,
+            )
         before = _objects(store)
         await anyio.sleep(GRACE + 1.2)  # S3 times have one-second resolution
         await _orphan(store, "m/v1/other", b"Y" * 10)  # young: an upload "in flight"
         dry = await store.collect_garbage(grace=GRACE, dry_run=True)
         assert (dry.orphans, dry.orphan_bytes, dry.referenced, dry.young) == (1, 700, 1, 1)
-        assert dry.stale_uploads == 1
+        assert (dry.stale_uploads, dry.stale_upload_bytes) == (1, 1234 + 4321)
         assert dry.resume_after is None
         assert before <= _objects(store)  # a dry run deletes nothing
         done = await store.collect_garbage(grace=GRACE)
@@ -115,6 +123,30 @@ def test_s3_collects_old_orphans_and_abandoned_uploads_only(store: S3BlobStore) 
         assert abandoned["UploadId"] not in {u["UploadId"] for u in uploads.get("Uploads", [])}
         again = await store.collect_garbage(grace=GRACE)
         assert (again.orphans, again.stale_uploads) == (0, 0)
+
+    anyio.run(main)
+
+
+def test_s3_an_upload_whose_parts_cannot_be_listed_is_still_aborted(
+    store: S3BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The part sizes only inform the report: an upload aborted by someone else between the
+    listing and ``list_parts`` (NoSuchUpload) does not stop the collection."""
+    from botocore.exceptions import ClientError
+
+    key = store._join("objects", "cd" * 16)
+    abandoned = store._client.create_multipart_upload(Bucket=store.bucket, Key=key)
+
+    def gone(**kwargs: object) -> None:
+        raise ClientError({"Error": {"Code": "NoSuchUpload"}}, "ListParts")
+
+    async def main() -> None:
+        await anyio.sleep(GRACE + 1.2)
+        monkeypatch.setattr(store._client, "list_parts", gone)
+        done = await store.collect_garbage(grace=GRACE)
+        assert (done.stale_uploads, done.stale_upload_bytes) == (1, 0)
+        uploads = store._client.list_multipart_uploads(Bucket=store.bucket)
+        assert abandoned["UploadId"] not in {u["UploadId"] for u in uploads.get("Uploads", [])}
 
     anyio.run(main)
 
