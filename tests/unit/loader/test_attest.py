@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,24 @@ def test_a_device_kind_alone_is_no_session_tee() -> None:
     assert info.value.exit_code == 2
     assert "name the CPU TEE first" in str(info.value)
     assert attest.resolve_tee(_settings(tee="snp+nvidia")) == "snp+nvidia"
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"), [("sample", "'sample'"), ("mock-tdx+nvidia", "'mock-tdx'")]
+)
+def test_the_insecure_warning_names_the_cpu_kind(
+    kind: str, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The GPU next to a development CPU kind is verified as usual: the warning blames the
+    CPU kind alone."""
+    with caplog.at_level(logging.WARNING, logger=attest.__name__):
+        attest.warn_if_insecure(kind)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"attesting as the INSECURE {named} TEE: for development only"
+    ]
+
+
+def test_no_warning_for_a_production_kind(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=attest.__name__):
+        attest.warn_if_insecure("tdx+nvidia")
+    assert caplog.records == []
