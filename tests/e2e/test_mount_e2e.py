@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -246,7 +247,7 @@ def test_flipped_byte_gives_eio_for_its_range_only(
         download_sealed(info, sealed)
         flip(sealed / "w.bin.sealed", bad_segment, len(data))
         args = ["--sealed", str(sealed), "--kbs-url", stack.kbs.url]
-    mount = start_mount(tmp_path, *args, "--tee", "sample")
+    mount = start_mount(tmp_path, *args, "--tee", "sample", "--metrics-port", "0")
     mounts.append(mount)
     path = mount.mountpoint / "w.bin"
     bad_lo, bad_hi = bad_segment * SEGMENT, (bad_segment + 1) * SEGMENT
@@ -270,6 +271,18 @@ def test_flipped_byte_gives_eio_for_its_range_only(
     assert len(got.getvalue()) <= bad_lo
     stats = mount.stats()
     assert stats["auth_failures"] >= 2
+    # the same counters on the metrics endpoint (its kernel-chosen port is in the marker)
+    scraped = httpx.get(json.loads(mount.ready_file.read_text())["metrics_url"], timeout=10)
+    assert scraped.status_code == 200
+    series = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in scraped.text.splitlines()
+        if line.startswith("modelseal_mount_")
+    }
+    assert series["modelseal_mount_authentication_failures_total"] == stats["auth_failures"]
+    assert series["modelseal_mount_reads_total"] == stats["reads"]
+    assert series["modelseal_mount_fetched_bytes_total"] == stats["sealed_bytes_fetched"]
+    assert "process_resident_memory_bytes" in scraped.text
     code, _out, err = mount.stop()
     assert code == 0
     assert "failed authentication" in err

@@ -18,6 +18,9 @@ The series (names, labels and types are listed in docs/guides/metrics.md):
 * ``modelseal_collateral_lookups_total{tee, source}``: where DCAP collateral came from.
 * ``modelseal_kek_token_events_total{event}``: a PKCS#11 KEK token's session lost,
   reopened, or found unavailable.
+* ``modelseal_mount_*`` (:data:`MOUNT_COUNTERS`, :data:`MOUNT_GAUGES`): a mount's reads,
+  cache, fetches and authentication failures, read from its counters at scrape time
+  (:class:`SnapshotCollector`), so the serving path records nothing twice.
 
 prometheus-client is in the ``server`` extra. Without it (a verifier used from the command
 line, say) recording is a no-op and asking to serve metrics is a :class:`ConfigError`.
@@ -36,11 +39,11 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -74,8 +77,11 @@ __all__ = [
     "VERIFY_SECONDS",
     "OTHER_KEY",
     "UNKNOWN_KEY",
+    "MOUNT_COUNTERS",
+    "MOUNT_GAUGES",
     "MetricsEndpoint",
     "MetricsServer",
+    "SnapshotCollector",
     "check_environment",
     "key_label",
     "mark_process_dead",
@@ -217,6 +223,76 @@ def remove_multiprocess_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+#: a mount's counters: series name (``_total`` is appended) -> (its counter, help)
+MOUNT_COUNTERS: Final[dict[str, tuple[str, str]]] = {
+    "modelseal_mount_reads": ("reads", "FUSE reads answered with authenticated plaintext"),
+    "modelseal_mount_read_bytes": ("bytes_read", "Plaintext bytes returned to the kernel"),
+    "modelseal_mount_cache_hits": (
+        "cache_hits",
+        "Segment lookups answered from the decrypted-segment cache",
+    ),
+    "modelseal_mount_cache_misses": (
+        "cache_misses",
+        "Segment lookups that fetched the segment or waited for its fetch",
+    ),
+    "modelseal_mount_fetched_segments": (
+        "segments_fetched",
+        "Sealed segments fetched (authenticated or not)",
+    ),
+    "modelseal_mount_fetched_bytes": (
+        "sealed_bytes_fetched",
+        "Sealed bytes fetched from the registry or the sealed directory",
+    ),
+    "modelseal_mount_readahead_runs": ("readahead_runs", "Read-ahead fetches started"),
+    "modelseal_mount_authentication_failures": (
+        "auth_failures",
+        "Segments that failed authentication: the reads that needed them got EIO",
+    ),
+    "modelseal_mount_fetch_failures": (
+        "fetch_failures",
+        "Fetches that failed: the reads that needed them got EIO",
+    ),
+}
+#: a mount's gauges: series name -> (its value, help)
+MOUNT_GAUGES: Final[dict[str, tuple[str, str]]] = {
+    "modelseal_mount_cached_bytes": (
+        "cached_bytes",
+        "Decrypted bytes held in the mount's segment cache (the page cache holds more)",
+    ),
+}
+
+
+class SnapshotCollector:
+    """Counters and gauges read from ``snapshot()`` at every scrape.
+
+    For a component that already keeps its own counters under one lock (the mount's
+    :class:`~modelseal.loader.mount.store.Stats`): the series are derived from them when
+    scraped, instead of every event being recorded twice on the serving path. A counter
+    missing from a snapshot reads 0.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Mapping[str, int]],
+        counters: Mapping[str, tuple[str, str]],
+        gauges: Mapping[str, tuple[str, str]] = MappingProxyType({}),
+    ) -> None:
+        self._snapshot = snapshot
+        self._counters = dict(counters)
+        self._gauges = dict(gauges)
+
+    def collect(self) -> Iterator[Any]:
+        if _prom is None:
+            return
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        values = self._snapshot()
+        for name, (key, doc) in self._counters.items():
+            yield CounterMetricFamily(name, doc, value=values.get(key, 0))
+        for name, (key, doc) in self._gauges.items():
+            yield GaugeMetricFamily(name, doc, value=values.get(key, 0))
+
+
 # -- the scrape endpoint ---------------------------------------------------------------------
 
 
@@ -324,7 +400,13 @@ class MetricsServer:
     a multi-worker KBS); else this process's own registry.
     """
 
-    def __init__(self, endpoint: MetricsEndpoint, *, multiprocess_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: MetricsEndpoint,
+        *,
+        multiprocess_dir: Path | None = None,
+        collectors: Iterable[SnapshotCollector] = (),
+    ) -> None:
         endpoint = endpoint.validated()
         assert _prom is not None
         assert _multiprocess is not None
@@ -333,6 +415,19 @@ class MetricsServer:
             _multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))
         else:
             registry = _prom.REGISTRY
+        # registered for this server's lifetime only: a process may serve more than once
+        self._registry = registry
+        self._collectors = list(collectors)
+        for collector in self._collectors:
+            registry.register(collector)
+        try:
+            self._start(registry, endpoint)
+        except BaseException:
+            self._unregister()
+            raise
+
+    def _start(self, registry: Any, endpoint: MetricsEndpoint) -> None:
+        assert _prom is not None
         app = _guarded(_prom.make_wsgi_app(registry), endpoint.token())
         server_class = _ThreadingServer6 if ":" in endpoint.host else _ThreadingServer
         try:
@@ -358,3 +453,9 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        self._unregister()
+
+    def _unregister(self) -> None:
+        for collector in self._collectors:
+            self._registry.unregister(collector)
+        self._collectors.clear()

@@ -24,6 +24,7 @@ import click
 
 from modelseal._internal import environment
 from modelseal.cli._loader_options import loader_overrides, share_loader_options
+from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 
 
 def _mib(value: int) -> int:
@@ -81,6 +82,7 @@ def _mib(value: int) -> int:
     "process whose pid is printed; SIGTERM to that pid unmounts [default: foreground].",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
+@ops_options
 def mount(
     sealed_dir: Path | None,
     mountpoint: Path,
@@ -90,12 +92,17 @@ def mount(
     allow_other: bool | None,
     background: bool,
     quiet: bool,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_token_file: Path | None,
     **loader_values: Any,
 ) -> None:
     """Attest, fetch the model key, serve the model decrypted on read at MOUNTPOINT."""
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     if quiet:
         logging.getLogger().setLevel(logging.ERROR)
+    apply_log_format(log_format)
     from modelseal.loader.measure import record_load
     from modelseal.loader.mount.opening import open_model
     from modelseal.loader.mount.serve import (
@@ -116,6 +123,7 @@ def mount(
         readahead_bytes=_mib(readahead_mib),
         workers=settings.workers,
         allow_other=os.geteuid() == 0 if allow_other is None else allow_other,
+        metrics=metrics_endpoint(metrics_port, metrics_host, metrics_token_file),
     )
     check_mountpoint(mountpoint)  # before attesting: a wrong path costs nothing
     if background:

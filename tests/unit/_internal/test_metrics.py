@@ -126,6 +126,56 @@ def test_port_in_use_is_a_config_error() -> None:
         server.close()
 
 
+def _samples(text: str, name: str) -> float:
+    """The value of the one sample named ``name`` in an exposition."""
+    (value,) = [line.split()[1] for line in text.splitlines() if line.split(" ")[0] == name]
+    return float(value)
+
+
+def test_snapshot_collector_reads_its_counters_at_each_scrape() -> None:
+    counts = {"reads": 3, "auth_failures": 1, "cached_bytes": 4096}
+    collector = metrics.SnapshotCollector(
+        lambda: dict(counts), metrics.MOUNT_COUNTERS, metrics.MOUNT_GAUGES
+    )
+    server = MetricsServer(MetricsEndpoint(port=0), collectors=[collector])
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        first = httpx.get(url).text
+        assert _samples(first, "modelseal_mount_reads_total") == 3
+        assert _samples(first, "modelseal_mount_authentication_failures_total") == 1
+        assert _samples(first, "modelseal_mount_cached_bytes") == 4096
+        assert _samples(first, "modelseal_mount_fetch_failures_total") == 0  # not counted yet
+        assert "# TYPE modelseal_mount_reads_total counter" in first
+        assert "# TYPE modelseal_mount_cached_bytes gauge" in first
+        counts["reads"] = 10
+        assert _samples(httpx.get(url).text, "modelseal_mount_reads_total") == 10
+    finally:
+        server.close()
+    # unregistered with its server: the next one (another mount in this process) may
+    # register the same series, and a server without them does not show them
+    again = MetricsServer(MetricsEndpoint(port=0), collectors=[collector])
+    again.close()
+    plain = MetricsServer(MetricsEndpoint(port=0))
+    try:
+        assert (
+            "modelseal_mount_reads_total"
+            not in httpx.get(f"http://127.0.0.1:{plain.port}/metrics").text
+        )
+    finally:
+        plain.close()
+
+
+def test_a_server_that_cannot_start_unregisters_its_collectors() -> None:
+    collector = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    server = MetricsServer(MetricsEndpoint(port=0))
+    try:
+        with pytest.raises(ConfigError, match="cannot serve metrics"):
+            MetricsServer(MetricsEndpoint(port=server.port), collectors=[collector])
+        MetricsServer(MetricsEndpoint(port=0), collectors=[collector]).close()
+    finally:
+        server.close()
+
+
 _WORKER = textwrap.dedent(
     """
     import sys

@@ -137,9 +137,7 @@ class SealedFs:
     def getxattr(self, path: str, name: str, *args: Any) -> bytes:
         if self._node(path) is self.tree.root:
             if name == STATS_XATTR:
-                stats = self.store.stats.snapshot()
-                stats["cached_bytes"] = self.store.cached_bytes
-                return json.dumps(stats, sort_keys=True).encode()
+                return json.dumps(self.store.counters(), sort_keys=True).encode()
             if name == DIGEST_XATTR:
                 return self.model_digest.encode()
         raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))

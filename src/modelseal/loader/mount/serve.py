@@ -31,6 +31,13 @@ from typing import Any
 
 from modelseal._internal import environment
 from modelseal._internal.heap import keep_freed_blocks
+from modelseal._internal.metrics import (
+    MOUNT_COUNTERS,
+    MOUNT_GAUGES,
+    MetricsEndpoint,
+    MetricsServer,
+    SnapshotCollector,
+)
 from modelseal.errors import BackendError, ConfigError
 from modelseal.loader.mount.fs import SealedFs
 from modelseal.loader.mount.opening import OpenedModel
@@ -72,6 +79,8 @@ class MountOptions:
     allow_other: bool = False
     #: kernel read-ahead of the mount in KiB (sysfs, best effort); 0 keeps the kernel's
     kernel_readahead_kib: int = 1024
+    #: serve the mount's counters as Prometheus metrics here while it is mounted
+    metrics: MetricsEndpoint | None = None
 
     def __post_init__(self) -> None:
         if self.cache_bytes < _MIN_CACHE:
@@ -169,9 +178,12 @@ def _unmount(mountpoint: Path, dev: int | None = None) -> bool:
 class _Lifecycle:
     """The readiness marker and the signal watcher around one serving loop."""
 
-    def __init__(self, opened: OpenedModel, options: MountOptions) -> None:
+    def __init__(
+        self, opened: OpenedModel, options: MountOptions, exporter: MetricsServer | None = None
+    ) -> None:
         self.opened = opened
         self.options = options
+        self.exporter = exporter
         self.stopping = threading.Event()
         self.ready = threading.Event()
         #: the mount's device number, known once it is live
@@ -251,6 +263,10 @@ class _Lifecycle:
             "pid": os.getpid(),
             "timings": self.opened.timings.steps,
         }
+        if self.exporter is not None:  # its port may have been chosen by the kernel
+            host = self.exporter.host
+            host = f"[{host.strip('[]')}]" if ":" in host else host
+            marker["metrics_url"] = f"http://{host}:{self.exporter.port}/metrics"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(marker) + "\n", encoding="utf-8")
@@ -289,7 +305,8 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         check_mountpoint(options.mountpoint)
         binding = _load_binding()
         tree = Tree([(f.path, f.header.size) for f in opened.files])
-        life = _Lifecycle(opened, options)
+        exporter = _exporter(store, options.metrics)
+        life = _Lifecycle(opened, options, exporter)
         fs = SealedFs(store, tree, model_digest=opened.manifest.digest, on_init=life.on_init)
         # every thread started from here on (libfuse's, the read-ahead pool, ours) inherits
         # the blocked signals; only the watcher takes them
@@ -300,9 +317,20 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         finally:
             life.stop()
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            if exporter is not None:
+                exporter.close()
         return store.stats.snapshot()
     finally:
         store.close()
+
+
+def _exporter(store: SegmentStore, endpoint: MetricsEndpoint | None) -> MetricsServer | None:
+    """The metrics endpoint, serving the store's counters (read at each scrape); started
+    before the mount so that a port in use fails before anything is mounted."""
+    if endpoint is None:
+        return None
+    collector = SnapshotCollector(store.counters, MOUNT_COUNTERS, MOUNT_GAUGES)
+    return MetricsServer(endpoint, collectors=[collector])
 
 
 def _run(

@@ -547,6 +547,11 @@ class SegmentStore:
         with self._lock:
             return self._cached
 
+    def counters(self) -> dict[str, int]:
+        """The counters of :class:`Stats` and ``cached_bytes``: what the mount's stats
+        attribute and its metrics report."""
+        return {**self.stats.snapshot(), "cached_bytes": self.cached_bytes}
+
 
 def _bytes_of(at: int, size: int, buf: memoryview) -> bytes:
     return bytes(buf[at : at + size])
