@@ -17,6 +17,7 @@ import pwd
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -304,6 +305,24 @@ def test_wrong_expected_digest_exit_5_and_nothing_mounted(
         ["mount", *model_args(stack), "--mountpoint", str(mountpoint), "--model-digest", bad_digest]
     )
     assert done.returncode == 5, done.stderr
+    assert not os.path.ismount(mountpoint)
+
+
+def test_metrics_port_in_use_exit_2_and_nothing_mounted(
+    stack: Stack, published: ModelInfo, tmp_path: Path
+) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = run_cli(
+            ["mount", *model_args(stack), "--mountpoint", str(mountpoint), "--metrics-port", port]
+        )
+    assert done.returncode == 2, done.stderr
+    assert "cannot serve metrics" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not os.path.ismount(mountpoint)
 
 

@@ -305,20 +305,19 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         check_mountpoint(options.mountpoint)
         binding = _load_binding()
         tree = Tree([(f.path, f.header.size) for f in opened.files])
-        exporter = _exporter(store, options.metrics)
-        life = _Lifecycle(opened, options, exporter)
-        fs = SealedFs(store, tree, model_digest=opened.manifest.digest, on_init=life.on_init)
-        # every thread started from here on (libfuse's, the read-ahead pool, ours) inherits
-        # the blocked signals; only the watcher takes them
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        life.start()
-        try:
-            _run(binding, fs, options, unmounted=lambda: life.unmounted)
-        finally:
-            life.stop()
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        with contextlib.ExitStack() as undo:  # every step undone on every way out
+            # every thread started from here on (the metrics server's, libfuse's, the
+            # read-ahead pool, ours) inherits the blocked signals; only the watcher takes them
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            undo.callback(signal.pthread_sigmask, signal.SIG_SETMASK, previous)
+            exporter = _exporter(store, options.metrics)
             if exporter is not None:
-                exporter.close()
+                undo.callback(exporter.close)
+            life = _Lifecycle(opened, options, exporter)
+            fs = SealedFs(store, tree, model_digest=opened.manifest.digest, on_init=life.on_init)
+            life.start()
+            undo.callback(life.stop)
+            _run(binding, fs, options, unmounted=lambda: life.unmounted)
         return store.stats.snapshot()
     finally:
         store.close()
