@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 import anyio
@@ -350,3 +350,59 @@ def test_cli_gc_json_and_text(tmp_path: Path, url: str) -> None:
     )  # fmt: skip
     assert refused.returncode == 2
     assert "twice the writers' commit deadline" in refused.stderr
+
+
+class _HostileParts:
+    """A ``list_parts`` that pages as its server likes: the markers it returns, the sizes."""
+
+    def __init__(self, pages: Callable[[int], dict[str, object]]) -> None:
+        self.pages = pages
+        self.markers: list[int] = []
+
+    def list_parts(self, **kwargs: object) -> dict[str, object]:
+        marker = kwargs["PartNumberMarker"]
+        assert isinstance(marker, int)
+        self.markers.append(marker)
+        return self.pages(marker)
+
+
+@pytest.mark.parametrize(
+    ("pages", "markers", "counted"),
+    [
+        # pages across 2,500 parts: every page read, every size counted
+        (
+            lambda m: {
+                "Parts": [{"Size": 1}] * min(1000, 2500 - m),
+                "IsTruncated": m + 1000 < 2500,
+                "NextPartNumberMarker": m + 1000,
+            },
+            [0, 1000, 2000],
+            2500,
+        ),
+        # a marker that does not advance: one page, not a loop
+        (
+            lambda m: {"Parts": [{"Size": 7}], "IsTruncated": True, "NextPartNumberMarker": m},
+            [0],
+            7,
+        ),
+        # a listing that never ends: ten pages, S3's largest upload
+        (
+            lambda m: {"Parts": [{"Size": 1}], "IsTruncated": True, "NextPartNumberMarker": m + 1},
+            list(range(10)),
+            10,
+        ),
+        # sizes that are no sizes count nothing
+        (
+            lambda m: {"Parts": [{"Size": -5}, {"Size": "9"}, {}, {"Size": 3}]},
+            [0],
+            3,
+        ),
+    ],
+)
+def test_s3_part_listing_is_bounded_against_a_hostile_server(
+    pages: Callable[[int], dict[str, object]], markers: list[int], counted: int
+) -> None:
+    client = _HostileParts(pages)
+    store = S3BlobStore(client, "bucket")  # type: ignore[arg-type]
+    assert anyio.run(store._uploaded_bytes, "objects/x", "upload") == counted
+    assert client.markers == markers
