@@ -417,10 +417,12 @@ class MetricsServer:
             registry = _prom.REGISTRY
         # registered for this server's lifetime only: a process may serve more than once
         self._registry = registry
-        self._collectors = list(collectors)
-        for collector in self._collectors:
-            registry.register(collector)
+        #: the collectors registered so far: those, and only those, are unregistered
+        self._collectors: list[SnapshotCollector] = []
         try:
+            for collector in collectors:
+                registry.register(collector)
+                self._collectors.append(collector)
             self._start(registry, endpoint)
         except BaseException:
             self._unregister()

@@ -226,3 +226,13 @@ def test_a_multiprocess_dir_that_is_gone_is_refused(tmp_path: Path) -> None:
     metrics.check_environment(str(tmp_path))
     with pytest.raises(ConfigError, match=metrics.MULTIPROC_ENV):
         metrics.check_environment(str(tmp_path / "gone"))
+
+
+def test_a_collector_that_cannot_be_registered_leaves_none_registered() -> None:
+    """Registration stops at the first collector the registry refuses (its series collide):
+    the ones registered before it go too, or the process could never serve them again."""
+    first = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    clashing = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        MetricsServer(MetricsEndpoint(port=0), collectors=[first, clashing])
+    MetricsServer(MetricsEndpoint(port=0), collectors=[first]).close()
