@@ -248,7 +248,8 @@ def test_flipped_byte_gives_eio_for_its_range_only(
         download_sealed(info, sealed)
         flip(sealed / "w.bin.sealed", bad_segment, len(data))
         args = ["--sealed", str(sealed), "--kbs-url", stack.kbs.url]
-    mount = start_mount(tmp_path, *args, "--tee", "sample", "--metrics-port", "0")
+    ops = ["--metrics-port", "0", "--log-format", "json"]
+    mount = start_mount(tmp_path, *args, "--tee", "sample", *ops)
     mounts.append(mount)
     path = mount.mountpoint / "w.bin"
     bad_lo, bad_hi = bad_segment * SEGMENT, (bad_segment + 1) * SEGMENT
@@ -286,7 +287,9 @@ def test_flipped_byte_gives_eio_for_its_range_only(
     assert "process_resident_memory_bytes" in scraped.text
     code, _out, err = mount.stop()
     assert code == 0
-    assert "failed authentication" in err
+    # one JSON object per log line, as for the servers
+    logged = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert any("failed authentication" in entry["message"] for entry in logged), logged
 
 
 def last_byte_changed(info: ModelInfo) -> str:
@@ -317,9 +320,10 @@ def test_metrics_port_in_use_exit_2_and_nothing_mounted(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        done = run_cli(
-            ["mount", *model_args(stack), "--mountpoint", str(mountpoint), "--metrics-port", port]
-        )
+        # a model URL nothing answers: the port is checked first, or this would exit 75
+        unreachable = ["--model", "http://127.0.0.1:1/v1/models/m", "--retries", "1"]
+        argv = ["mount", *unreachable, "--tee", "sample", "--mountpoint", str(mountpoint)]
+        done = run_cli([*argv, "--metrics-port", port])
     assert done.returncode == 2, done.stderr
     assert "cannot serve metrics" in done.stderr
     assert "Traceback" not in done.stderr

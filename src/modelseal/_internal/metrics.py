@@ -40,6 +40,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -450,6 +451,19 @@ class MetricsServer:
             target=self._server.serve_forever, name="metrics", daemon=True
         )
         self._thread.start()
+
+    @contextmanager
+    def collecting(self, collector: SnapshotCollector) -> Iterator[None]:
+        """Serve ``collector``'s series while the block runs: a server bound early (before
+        a slow start-up, so that a port in use costs nothing) shows a component's series
+        only while that component exists."""
+        self._registry.register(collector)
+        self._collectors.append(collector)
+        try:
+            yield
+        finally:
+            self._collectors.remove(collector)
+            self._registry.unregister(collector)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -552,7 +552,7 @@ class S3BlobStore:
             total += sum(
                 size
                 for part in page.get("Parts", [])
-                if isinstance(size := part.get("Size"), int) and size >= 0
+                if isinstance(size := part.get("Size"), int) and 0 <= size <= _MAX_PART_SIZE
             )
             following = page.get("NextPartNumberMarker")
             if not page.get("IsTruncated") or not isinstance(following, int) or following <= marker:
@@ -563,6 +563,8 @@ class S3BlobStore:
 
 #: pages of ``list_parts`` read per abandoned upload (10 x 1,000 = S3's largest upload)
 _MAX_PART_PAGES = 10
+#: S3's largest part: a listed size above it is not a real part's, and is not counted
+_MAX_PART_SIZE = 5 << 30
 
 
 def _server_time(response: Any) -> datetime:

@@ -111,6 +111,7 @@ def mount(
         check_mountpoint,
         preload_binding,
         serve,
+        start_metrics,
     )
     from modelseal.loader.receipt import Timings
     from modelseal.loader.settings import LoaderSettings
@@ -123,21 +124,27 @@ def mount(
         readahead_bytes=_mib(readahead_mib),
         workers=settings.workers,
         allow_other=os.geteuid() == 0 if allow_other is None else allow_other,
-        metrics=metrics_endpoint(metrics_port, metrics_host, metrics_token_file),
     )
+    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
     check_mountpoint(mountpoint)  # before attesting: a wrong path costs nothing
     if background:
         _background(ready_file, mountpoint)
         return
-    preload_binding()
-    opened = open_model(settings, Timings())
-    # as a load does: later evidence then shows this model in use (a release policy may
-    # require it); a failure to record is a warning, as for a load
-    measured = record_load(settings, opened.manifest.digest)
-    # blocked for the rest of the process: serve's watcher takes them while mounted, and one
-    # arriving after the unmount must not cut the clean-up and the report short
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    stats = serve(opened, options)
+    # bound before attesting too: a port in use costs no key release and no measurement
+    exporter = start_metrics(endpoint) if endpoint is not None else None
+    try:
+        preload_binding()
+        opened = open_model(settings, Timings())
+        # as a load does: later evidence then shows this model in use (a release policy
+        # may require it); a failure to record is a warning, as for a load
+        measured = record_load(settings, opened.manifest.digest)
+        # blocked for the rest of the process: serve's watcher takes them while mounted,
+        # and one arriving after the unmount must not cut the clean-up and the report short
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        stats = serve(opened, options, exporter=exporter)
+    finally:
+        if exporter is not None:
+            exporter.close()
     if not quiet:
         report: dict[str, object] = {
             "model_digest": opened.manifest.digest,

@@ -391,9 +391,11 @@ class _HostileParts:
             list(range(10)),
             10,
         ),
-        # sizes that are no sizes count nothing
+        # sizes that are no sizes (negative, not integers, above S3's 5 GiB part) count nothing
         (
-            lambda m: {"Parts": [{"Size": -5}, {"Size": "9"}, {}, {"Size": 3}]},
+            lambda m: {
+                "Parts": [{"Size": -5}, {"Size": "9"}, {}, {"Size": 3}, {"Size": (5 << 30) + 1}]
+            },
             [0],
             3,
         ),

@@ -1,16 +1,18 @@
-"""serve() closes its metrics endpoint on every path out: a mount that fails leaves no
-collector in the process's registry (a second mount in the process would collide) and no
-listening socket."""
+"""The mount's metrics endpoint: bound by :func:`start_metrics` before attesting, with the
+stop signals blocked in its threads; :func:`serve` shows the mount's series on it only while
+it serves, and takes them away on every path out (a second mount in the process would
+otherwise collide with the first's)."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from modelseal._internal import metrics
@@ -41,59 +43,57 @@ def _opened(tmp_path: Path) -> SimpleNamespace:
     return SimpleNamespace(files=files, source=LocalSource([fd]), manifest=manifest)
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _scrape(server: MetricsServer) -> str:
+    return httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
 
 
 def _serve_failing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, **patches: object
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: MetricsServer, **patches: object
 ) -> None:
     monkeypatch.setattr(serve_module, "_load_binding", lambda: _FailingBinding())
     for name, value in patches.items():
         monkeypatch.setattr(serve_module, name, value)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir(exist_ok=True)
-    options = MountOptions(mountpoint=mountpoint, metrics=MetricsEndpoint(port=port))
+    options = MountOptions(mountpoint=mountpoint)
     with pytest.raises((ConfigError, RuntimeError)):
-        serve_module.serve(_opened(tmp_path), options)  # type: ignore[arg-type]
+        serve_module.serve(_opened(tmp_path), options, exporter=exporter)  # type: ignore[arg-type]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def exporter() -> Iterator[MetricsServer]:
+    server = serve_module.start_metrics(MetricsEndpoint(port=0))
+    yield server
+    server.close()
 
 
-def test_a_mount_that_fails_closes_its_metrics_endpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    port = _free_port()
-    _serve_failing(tmp_path, monkeypatch, port)
-    assert _port_is_free(port)
+def _registrable() -> None:
+    """The mount's series can be registered again: nothing of a failed mount is left."""
     MetricsServer(
         MetricsEndpoint(port=0),
         collectors=[metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)],
     ).close()
 
 
-def test_a_failure_before_the_loop_closes_the_metrics_endpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_mount_that_fails_takes_its_series_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: MetricsServer
+) -> None:
+    _serve_failing(tmp_path, monkeypatch, exporter)
+    text = _scrape(exporter)  # the caller's endpoint still serves, without the mount
+    assert "process_" in text or "python_info" in text
+    assert "modelseal_mount_" not in text
+    _registrable()
+
+
+def test_a_failure_before_the_loop_takes_the_series_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: MetricsServer
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("cannot start new thread")
 
-    port = _free_port()
-    _serve_failing(tmp_path, monkeypatch, port, SealedFs=broken)
-    assert _port_is_free(port)
-    MetricsServer(
-        MetricsEndpoint(port=0),
-        collectors=[metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)],
-    ).close()
+    _serve_failing(tmp_path, monkeypatch, exporter, SealedFs=broken)
+    assert "modelseal_mount_" not in _scrape(exporter)
+    _registrable()
 
 
 def _blocked(native_id: int) -> set[int]:
@@ -107,22 +107,38 @@ def test_the_metrics_thread_leaves_the_stop_signals_to_the_watcher(
 ) -> None:
     """A SIGTERM to the mount is taken by its watcher (which unmounts): a metrics thread
     with the signal unblocked would take it instead, and its default action ends the
-    process with the mount still in place."""
-    seen: list[set[int]] = []
+    process with the mount still in place. The caller's own mask is left as it was."""
+    assert not serve_module.STOP_SIGNALS & _blocked(threading.get_native_id())
+    server = serve_module.start_metrics(MetricsEndpoint(port=0))
+    try:
+        assert not serve_module.STOP_SIGNALS & _blocked(threading.get_native_id())
+        (thread,) = [t for t in threading.enumerate() if t.name == "metrics"]
+        assert thread.native_id is not None
+        assert _blocked(thread.native_id) >= serve_module.STOP_SIGNALS
+    finally:
+        server.close()
+
+
+def test_the_series_are_served_while_the_mount_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: MetricsServer
+) -> None:
+    seen: list[str] = []
 
     class _Probe(_FailingBinding):
         def FUSE(self, *args: object, **kwargs: object) -> None:
-            (server,) = [t for t in threading.enumerate() if t.name == "metrics"]
-            assert server.native_id is not None
-            seen.append(_blocked(server.native_id))
+            seen.append(_scrape(exporter))
             super().FUSE(*args, **kwargs)
 
-    assert not serve_module.STOP_SIGNALS & _blocked(threading.get_native_id())
     monkeypatch.setattr(serve_module, "_load_binding", lambda: _Probe())
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    options = MountOptions(mountpoint=mountpoint, metrics=MetricsEndpoint(port=0))
     with pytest.raises(ConfigError):
-        serve_module.serve(_opened(tmp_path), options)  # type: ignore[arg-type]
-    (blocked,) = seen
-    assert blocked >= serve_module.STOP_SIGNALS
+        serve_module.serve(
+            _opened(tmp_path),  # type: ignore[arg-type]
+            MountOptions(mountpoint=mountpoint),
+            exporter=exporter,
+        )
+    (during,) = seen
+    assert "modelseal_mount_reads_total 0.0" in during
+    assert "modelseal_mount_authentication_failures_total 0.0" in during
+    assert "modelseal_mount_" not in _scrape(exporter)

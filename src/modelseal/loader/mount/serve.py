@@ -51,7 +51,14 @@ from modelseal.loader.mount.tree import Tree
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STOP_SIGNALS", "MountOptions", "check_mountpoint", "preload_binding", "serve"]
+__all__ = [
+    "STOP_SIGNALS",
+    "MountOptions",
+    "check_mountpoint",
+    "preload_binding",
+    "serve",
+    "start_metrics",
+]
 
 #: the signals that unmount; a caller that blocks them too before :func:`serve` keeps a
 #: second one (arriving after the unmount, during the last clean-up) from killing it
@@ -79,8 +86,6 @@ class MountOptions:
     allow_other: bool = False
     #: kernel read-ahead of the mount in KiB (sysfs, best effort); 0 keeps the kernel's
     kernel_readahead_kib: int = 1024
-    #: serve the mount's counters as Prometheus metrics here while it is mounted
-    metrics: MetricsEndpoint | None = None
 
     def __post_init__(self) -> None:
         if self.cache_bytes < _MIN_CACHE:
@@ -285,12 +290,15 @@ def _tune_readahead(dev: int, kib: int) -> None:
         log.debug("kernel read-ahead unchanged (%s: %s)", knob, exc.strerror)
 
 
-def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
+def serve(
+    opened: OpenedModel, options: MountOptions, *, exporter: MetricsServer | None = None
+) -> dict[str, int]:
     """Mount, serve until unmounted or signalled, then wipe everything; returns the final
     counters. The caller's :class:`OpenedModel` is consumed (its source and decryptors are
     closed here). The process's allocator keeps freed megabyte-sized blocks for reuse from
     here on (:mod:`modelseal._internal.heap`): each read would otherwise fault in fresh
-    pages for its buffers."""
+    pages for its buffers. With ``exporter`` (:func:`start_metrics`, the caller's to
+    close) the mount's counters are served there while it is mounted."""
     keep_freed_blocks(_MMAP_THRESHOLD, _TRIM_THRESHOLD)
     store = SegmentStore(
         opened.files,
@@ -306,13 +314,13 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         binding = _load_binding()
         tree = Tree([(f.path, f.header.size) for f in opened.files])
         with contextlib.ExitStack() as undo:  # every step undone on every way out
-            # every thread started from here on (the metrics server's, libfuse's, the
-            # read-ahead pool, ours) inherits the blocked signals; only the watcher takes them
+            # every thread started from here on (libfuse's, the read-ahead pool, ours)
+            # inherits the blocked signals; only the watcher takes them
             previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             undo.callback(signal.pthread_sigmask, signal.SIG_SETMASK, previous)
-            exporter = _exporter(store, options.metrics)
             if exporter is not None:
-                undo.callback(exporter.close)
+                collector = SnapshotCollector(store.counters, MOUNT_COUNTERS, MOUNT_GAUGES)
+                undo.enter_context(exporter.collecting(collector))
             life = _Lifecycle(opened, options, exporter)
             fs = SealedFs(store, tree, model_digest=opened.manifest.digest, on_init=life.on_init)
             life.start()
@@ -323,13 +331,17 @@ def serve(opened: OpenedModel, options: MountOptions) -> dict[str, int]:
         store.close()
 
 
-def _exporter(store: SegmentStore, endpoint: MetricsEndpoint | None) -> MetricsServer | None:
-    """The metrics endpoint, serving the store's counters (read at each scrape); started
-    before the mount so that a port in use fails before anything is mounted."""
-    if endpoint is None:
-        return None
-    collector = SnapshotCollector(store.counters, MOUNT_COUNTERS, MOUNT_GAUGES)
-    return MetricsServer(endpoint, collectors=[collector])
+def start_metrics(endpoint: MetricsEndpoint) -> MetricsServer:
+    """The mount's metrics endpoint, bound now: a caller starts it before attesting, so a
+    port in use fails before a key is released or a measurement recorded. Its threads
+    (the server's, and each scrape's, which inherit from it) start with the stop signals
+    blocked, as :func:`serve` needs: a thread that could take SIGTERM would end the
+    process by the signal's default action, with the mount left in place."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return MetricsServer(endpoint)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _run(
