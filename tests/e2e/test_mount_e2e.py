@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -428,6 +429,67 @@ def test_sigterm_unmounts_after_the_mount_point_moved(
     code, _out, err = mount.stop()
     assert code == 0, err
     assert not os.path.ismount(moved)
+
+
+def _connection_gone(path: Path) -> bool:
+    try:
+        os.statvfs(path)  # never answered from the kernel's caches
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def test_a_mount_killed_with_sigkill_is_replaced_by_the_next_one(
+    stack: Stack, published: ModelInfo, tmp_path: Path, mounts: list[Mount]
+) -> None:
+    """``kill -9`` (or the OOM killer) leaves the mount point dead (ENOTCONN) with no
+    unmount: a restarted sidecar unmounts our dead mount and serves again."""
+    first = start_mount(tmp_path, *model_args(stack))
+    mounts.append(first)
+    first.process.kill()
+    first.process.wait(timeout=30)
+    assert _connection_gone(first.mountpoint)
+    first.ready_file.unlink()  # as a restarted container starts without it
+    second = start_mount(tmp_path, *model_args(stack))
+    mounts.append(second)
+    for name, data in MODEL.items():
+        assert (second.mountpoint / name).read_bytes() == data
+    code, _out, err = second.stop()
+    assert code == 0, err
+    assert "a modelseal mount whose process is gone" in err
+    assert not os.path.ismount(second.mountpoint)
+
+
+_OTHER_FS = """
+import sys
+import mfusepy
+mfusepy.FUSE(mfusepy.Operations(), sys.argv[1], foreground=True, fsname="other", subtype="other")
+"""
+
+
+def test_a_dead_mount_of_another_filesystem_is_left_alone(
+    stack: Stack, published: ModelInfo, tmp_path: Path
+) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {**child_env(), "FUSE_LIBRARY_PATH": "libfuse3.so.3"}
+    other = subprocess.Popen([sys.executable, "-c", _OTHER_FS, str(mountpoint)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            assert other.poll() is None, "the other filesystem did not mount"
+            assert time.monotonic() < deadline, "the other filesystem did not mount"
+            time.sleep(0.05)
+        other.kill()
+        other.wait(timeout=30)
+        assert _connection_gone(mountpoint)
+        done = run_cli(["mount", *model_args(stack), "--mountpoint", str(mountpoint)])
+        assert done.returncode == 2, done.stderr
+        assert "not a modelseal mount" in done.stderr
+        assert _connection_gone(mountpoint)  # still there: not ours to remove
+    finally:
+        other.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 
 CAP_SYS_ADMIN = 21

@@ -43,7 +43,9 @@ def _mib(value: int) -> int:
     "--mountpoint",
     envvar="MODELSEAL_MOUNTPOINT",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    # checked by check_mountpoint, which also clears a dead mount of ours from it (where
+    # Click's own access check would fail with ENOTCONN)
+    type=click.Path(file_okay=False, readable=False, path_type=Path),
     help="Empty directory to mount the plaintext model on.",
 )
 @click.option(

@@ -16,6 +16,7 @@ removed before the process exits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from modelseal._internal.metrics import (
     MetricsServer,
     SnapshotCollector,
 )
+from modelseal._internal.procfs import MOUNTINFO_LIMIT, parse_mount_entries, read_bounded
 from modelseal.errors import BackendError, ConfigError
 from modelseal.loader.mount.fs import SealedFs
 from modelseal.loader.mount.opening import OpenedModel
@@ -95,13 +97,51 @@ class MountOptions:
 
 
 def check_mountpoint(path: Path) -> None:
-    """An empty directory that is not already a mount point (checked before attesting)."""
+    """An empty directory that is not already a mount point (checked before attesting).
+
+    A modelseal mount left behind by a killed process (``kill -9``, the OOM killer: no
+    unmount ran) answers every call with ENOTCONN until it is unmounted; a restarted
+    sidecar would find it in its way forever. Such a mount, and only one of ours
+    (filesystem type ``fuse.modelseal``), is lazily unmounted here first. Any other dead
+    FUSE mount is the operator's to remove."""
+    if _dead_fuse(path):
+        if _fs_type_at(path) != _FS_TYPE:
+            raise ConfigError(
+                f"{path} is a FUSE mount whose process is gone (not a modelseal mount): "
+                f"unmount it first (fusermount3 -u {path})"
+            )
+        log.warning("%s: a modelseal mount whose process is gone (killed?): unmounting it", path)
+        if not _unmount(path) or _dead_fuse(path):
+            raise ConfigError(f"{path}: cannot unmount the dead modelseal mount there")
     if not path.is_dir():
         raise ConfigError(f"mount point {path} is not a directory")
     if os.path.ismount(path):
         raise ConfigError(f"{path} is already a mount point")
     if any(path.iterdir()):
         raise ConfigError(f"mount point {path} is not empty")
+
+
+#: the filesystem type of a modelseal mount in /proc/self/mountinfo (``fuse.`` + subtype)
+_FS_TYPE = "fuse.modelseal"
+
+
+def _dead_fuse(path: Path) -> bool:
+    """A FUSE mount whose process is gone: the kernel answers ENOTCONN. ``statvfs``, not
+    ``stat``: the kernel answers a ``stat`` from its attribute cache without asking the
+    (dead) process, and a mount caches them for long."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def _fs_type_at(path: Path) -> str | None:
+    """The type of the filesystem mounted last at ``path`` (the one a lookup reaches)."""
+    where = os.path.join(os.path.realpath(path.parent), path.name)
+    mountinfo = read_bounded(Path("/proc/self/mountinfo"), MOUNTINFO_LIMIT)
+    found = [m.fs_type for m in parse_mount_entries(mountinfo or "") if m.mount_point == where]
+    return found[-1] if found else None
 
 
 #: libfuse 3 by its soname: the binding would otherwise prefer libfuse 2 where both are
