@@ -1,7 +1,8 @@
-"""The mount's metrics endpoint: bound by :func:`start_metrics` before attesting, with the
-stop signals blocked in its threads; :func:`serve` shows the mount's series on it only while
-it serves, and takes them away on every path out (a second mount in the process would
-otherwise collide with the first's)."""
+"""Around the mount's serving loop: the allocator thresholds it sets, and its metrics
+endpoint, bound by :func:`start_metrics` before attesting with the stop signals blocked in
+its threads; :func:`serve` shows the mount's series on it only while it serves, and takes
+them away on every path out (a second mount in the process would otherwise collide with
+the first's)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,20 @@ def test_the_series_are_served_while_the_mount_serves(
     assert "modelseal_mount_reads_total 0.0" in during
     assert "modelseal_mount_authentication_failures_total 0.0" in during
     assert "modelseal_mount_" not in _scrape(exporter)
+
+
+def test_serving_keeps_freed_read_buffers_on_the_heap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve() sets the allocator thresholds above FUSE's largest read (1 MiB) before the
+    first read (``tests/unit/_internal/test_heap.py`` shows what they change)."""
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(serve_module, "keep_freed_blocks", lambda *a: bool(calls.append(a)))
+    monkeypatch.setattr(serve_module, "_load_binding", lambda: _FailingBinding())
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with pytest.raises(ConfigError):
+        serve_module.serve(_opened(tmp_path), MountOptions(mountpoint=mountpoint))  # type: ignore[arg-type]
+    ((mmap_threshold, trim_threshold),) = calls
+    assert mmap_threshold > 1 << 20
+    assert trim_threshold >= 2 * mmap_threshold
