@@ -176,6 +176,20 @@ def test_a_server_that_cannot_start_unregisters_its_collectors() -> None:
         server.close()
 
 
+def test_a_second_server_of_the_same_series_is_refused_and_leaves_no_trace() -> None:
+    mount = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    gateway = metrics.SnapshotCollector(dict, {}, metrics.GATEWAY_GAUGES)
+    twin = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    server = MetricsServer(MetricsEndpoint(port=0), collectors=[mount])
+    try:
+        with pytest.raises(ConfigError, match="already serves these metrics"):
+            MetricsServer(MetricsEndpoint(port=0), collectors=[gateway, twin])
+    finally:
+        server.close()
+    # the gateway's collector, registered before the twin was refused, was taken back
+    MetricsServer(MetricsEndpoint(port=0), collectors=[gateway, twin]).close()
+
+
 _WORKER = textwrap.dedent(
     """
     import sys
