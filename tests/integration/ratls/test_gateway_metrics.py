@@ -62,9 +62,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def requests(samples: Samples, route: str, method: str, status_class: str) -> float:
-    labels = {"server": "gateway", "route": route, "method": method}
-    return value(samples, REQUESTS, **labels, status_class=status_class)
+def route(route: str, method: str, status_class: str) -> dict[str, str]:
+    """The labels of a gateway request series."""
+    return {"server": "gateway", "route": route, "method": method, "status_class": status_class}
+
+
+def grew(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """How much one series changed between two scrapes."""
+    return value(after, name, **labels) - value(before, name, **labels)
 
 
 def outcomes(samples: Samples) -> dict[str, float]:
@@ -145,18 +150,10 @@ class TestOneGateway:
             assert client.post(setup["url"] + "/v1/classify", content=b"b").status_code == 200
             assert client.get(setup["url"] + "/models").status_code == 200
         after = settled_outcomes(gw, before, {"served": 1})
-        assert (
-            requests(after, "upstream", "POST", "2xx") - requests(before, "upstream", "POST", "2xx")
-            == 2
-        )
-        assert (
-            requests(after, "upstream", "GET", "2xx") - requests(before, "upstream", "GET", "2xx")
-            == 1
-        )
+        assert grew(before, after, REQUESTS, **route("upstream", "POST", "2xx")) == 2
+        assert grew(before, after, REQUESTS, **route("upstream", "GET", "2xx")) == 1
         # no fresh evidence was asked for (fresh=False)
-        assert requests(after, FRESH_PATH, "GET", "2xx") == requests(
-            before, FRESH_PATH, "GET", "2xx"
-        )
+        assert grew(before, after, REQUESTS, **route(FRESH_PATH, "GET", "2xx")) == 0
         assert len(setup["upstream"].received) == 3
 
     def test_unusual_methods_and_refused_targets_keep_labels_bounded(
@@ -192,28 +189,22 @@ class TestOneGateway:
         before = scrape(gw)
         with setup["client"](fresh=True) as client:
             assert client.get(setup["url"] + "/x").status_code == 200
-        # a nonce that is too short: answered 400, no quote asked for
-        short = tls_exchange(
-            gw.port, b"GET " + FRESH_PATH.encode() + b"?nonce=AAAA HTTP/1.1\r\nhost: g\r\n\r\n"
-        )
+        # refused without asking the TEE: a nonce that is too short, and a POST
+        target = FRESH_PATH.encode()
+        short = tls_exchange(gw.port, b"GET " + target + b"?nonce=AAAA HTTP/1.1\r\nhost: g\r\n\r\n")
         assert short.split(b" ", 2)[1] == b"400"
-        after = settled_outcomes(gw, before, {"served": 2})
+        post = b"POST " + target + b"?nonce=" + b"A" * 43 + b" HTTP/1.1\r\nhost: g\r\n"
+        posted = tls_exchange(gw.port, post + b"content-length: 2\r\n\r\nhi")
+        assert posted.split(b" ", 2)[1] == b"405"
+        after = settled_outcomes(gw, before, {"served": 3})
         fresh = "modelseal_gateway_fresh_evidence_total"
-        assert value(after, fresh, result="ok") - value(before, fresh, result="ok") == 1
-        assert value(after, fresh, result="rejected") - value(before, fresh, result="rejected") == 1
-        assert value(after, fresh, result="error") == value(before, fresh, result="error")
-        assert (
-            requests(after, FRESH_PATH, "GET", "2xx") - requests(before, FRESH_PATH, "GET", "2xx")
-            == 1
-        )
-        assert (
-            requests(after, FRESH_PATH, "GET", "4xx") - requests(before, FRESH_PATH, "GET", "4xx")
-            == 1
-        )
-        assert (
-            requests(after, "upstream", "GET", "2xx") - requests(before, "upstream", "GET", "2xx")
-            == 1
-        )
+        assert grew(before, after, fresh, result="ok") == 1
+        assert grew(before, after, fresh, result="rejected") == 2
+        assert grew(before, after, fresh, result="error") == 0
+        assert grew(before, after, REQUESTS, **route(FRESH_PATH, "GET", "2xx")) == 1
+        assert grew(before, after, REQUESTS, **route(FRESH_PATH, "GET", "4xx")) == 1
+        assert grew(before, after, REQUESTS, **route(FRESH_PATH, "POST", "4xx")) == 1
+        assert grew(before, after, REQUESTS, **route("upstream", "GET", "2xx")) == 1
 
     def test_evidence_the_tee_cannot_make_is_an_error(self, setup: dict[str, Any]) -> None:
         gw = setup["gw"]
@@ -234,12 +225,10 @@ class TestOneGateway:
             identity.attester.evidence = real
         after = settled_outcomes(gw, before, {"error": 1})
         fresh = "modelseal_gateway_fresh_evidence_total"
-        assert value(after, fresh, result="error") - value(before, fresh, result="error") == 1
-        assert value(after, fresh, result="ok") == value(before, fresh, result="ok")
+        assert grew(before, after, fresh, result="error") == 1
+        assert grew(before, after, fresh, result="ok") == 0
         # an unanswered request is no request in the duration histogram
-        assert requests(after, FRESH_PATH, "GET", "2xx") == requests(
-            before, FRESH_PATH, "GET", "2xx"
-        )
+        assert grew(before, after, REQUESTS, **route(FRESH_PATH, "GET", "2xx")) == 0
 
     def test_plain_tcp_garbage_is_a_failed_handshake(self, setup: dict[str, Any]) -> None:
         gw = setup["gw"]
@@ -328,9 +317,7 @@ def test_an_upstream_breaking_off_mid_body_is_cut_off(tmp_path: Path) -> None:
             b"".join(response.iter_raw())
         after = settled_outcomes(gw, before, {"cut_off": 1})
         # the head was sent, the body never ended: not an answered request
-        assert requests(after, "upstream", "GET", "2xx") == requests(
-            before, "upstream", "GET", "2xx"
-        )
+        assert grew(before, after, REQUESTS, **route("upstream", "GET", "2xx")) == 0
 
 
 def _renewals(result: str) -> float:
