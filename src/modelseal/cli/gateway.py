@@ -90,6 +90,7 @@ def _host_port(value: str) -> tuple[str, int]:
     show_default=True,
     envvar="MODELSEAL_MAX_CONNECTIONS",
     type=click.IntRange(1, 10000),
+    help="Client connections served at once; more are closed unread.",
 )
 @ops_options
 @spec_options(attester_options())
