@@ -427,11 +427,10 @@ class _Exchange:
             self._error(400, f"nonce: {MIN_NONCE}..{MAX_NONCE} bytes, base64url, exactly once")
             return
         identity = self.gateway.identity
+        exporter = self.stream.channel_binding()
         with self.gateway._fresh:
             try:
-                statement = identity.statement(
-                    nonce=nonce, tls_exporter=self.stream.channel_binding()
-                )
+                statement = identity.statement(nonce=nonce, tls_exporter=exporter)
                 body = identity.evidence_buffer(statement)
             except Exception as exc:
                 results["error"].inc()
