@@ -180,6 +180,27 @@ def running_gateway(
         thread.join(10)
 
 
+def tls_connect(port: int) -> TlsStream:
+    """A raw TLS client connection to a gateway on 127.0.0.1, handshake done (no checks)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    stream = TlsStream.client(client_context(), sock, 10, None)
+    stream.handshake()
+    return stream
+
+
+def tls_exchange(port: int, request: bytes) -> bytes:
+    """Raw request bytes over a new TLS connection; all the gateway sends until it closes."""
+    stream = tls_connect(port)
+    try:
+        stream.write(request)
+        answer = b""
+        while chunk := stream.read():
+            answer += chunk
+    finally:
+        stream.close()
+    return answer
+
+
 def mock_identity(ca_dir: Path, **kwargs: Any) -> tuple[AttestedIdentity, MockTdxAttester]:
     attester = registry.attester_for("mock-tdx", ca_dir=str(ca_dir))
     assert isinstance(attester, MockTdxAttester)

@@ -8,14 +8,18 @@ contract: 0 and the body, or 4 and the reason with the upstream never reached.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelseal.crypto.tls_identity import TlsKey
 from modelseal.quickstart.services import MODELSEAL, child_env
@@ -214,3 +218,95 @@ def test_gateway_refuses_an_insecure_kind_unless_told(tmp_path: Path, upstream: 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(url, timeout=10).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_gateway_serves_its_metrics_and_logs_json(tmp_path: Path, upstream: Upstream) -> None:
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    ca = tmp_path / "ca"
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text(
+        json.dumps({"format_version": "modelseal-receipt/1", "model_digest": MODEL}),
+        encoding="utf-8",
+    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*MODELSEAL, "-vv", "gateway", "--listen", f"127.0.0.1:{port}",
+             "--upstream", upstream.url, "--tee", "mock-tdx", "--mock-tdx-dir", str(ca),
+             "--receipt", str(receipt), "--log-format", "json"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=child_env({"MODELSEAL_METRICS_PORT": "0"}),
+        )  # fmt: skip
+    try:
+        wait_listening(port, proc, log)  # one plain TCP connection: a failed handshake
+        # the kernel chose the metrics port; the start-up lines name it
+        (url,) = re.findall(r"metrics (http://127\.0\.0\.1:\d+/metrics)", log.read_text())
+        connections = "modelseal_gateway_connections_total"
+        handshake_failed = (connections, frozenset({("result", "handshake_failed")}))
+        before = _samples(url)
+        for _ in range(200):  # a connection's outcome is counted when its thread ends
+            if before[handshake_failed] == 1:
+                break
+            time.sleep(0.05)
+            before = _samples(url)
+        assert before[handshake_failed] == 1
+        served = (connections, frozenset({("result", "served")}))
+        forwarded = (
+            "modelseal_http_request_duration_seconds_count",
+            frozenset({("server", "gateway"), ("route", "upstream"), ("method", "POST"),
+                       ("status_class", "2xx")}),
+        )  # fmt: skip
+        fresh = ("modelseal_gateway_fresh_evidence_total", frozenset({("result", "ok")}))
+        assert before[served] == before[fresh] == 0
+        root = ca / "root-ca.pem"
+        done = subprocess.run(
+            [*MODELSEAL, "request", f"https://127.0.0.1:{port}/v1/classify",
+             "--policy", str(_policy(tmp_path / "p.yaml")), "--mock-tdx-root",
+             str(root), "--data", "hello"],
+            capture_output=True, text=True, env=child_env(), timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        after = _samples(url)
+        for _ in range(200):
+            if after[served] == 1:
+                break
+            time.sleep(0.05)
+            after = _samples(url)
+        assert after[served] == 1
+        assert after[fresh] == 1
+        assert after.get(forwarded, 0) == 1
+        assert after[handshake_failed] == before[handshake_failed]
+        now = time.time()
+        assert now < after[("modelseal_gateway_certificate_expiry_timestamp_seconds", frozenset())]
+        assert after[("modelseal_gateway_connection_limit", frozenset())] == 256
+        # -vv at JSON: every log line the gateway wrote is one JSON object
+        records = [json.loads(line) for line in log.read_text().splitlines() if line[:1] == "{"]
+        assert [
+            r["level"]
+            for r in records
+            if r["logger"] == "modelseal.ratls.gateway"
+            and r["message"].startswith("TLS handshake with 127.0.0.1 failed")
+        ] == ["DEBUG"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_gateway_refuses_metrics_off_loopback_without_a_token(upstream: Upstream) -> None:
+    refused = subprocess.run(
+        [*MODELSEAL, "gateway", "--listen", f"127.0.0.1:{free_port()}", "--upstream",
+         upstream.url, "--tee", "sample", "--insecure-allow-sample",
+         "--metrics-port", "0", "--metrics-host", "0.0.0.0"],
+        capture_output=True, text=True, env=child_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--metrics-token-file" in refused.stderr

@@ -318,7 +318,6 @@ class BodyLimit:
 
 
 _access_log = logging.getLogger("modelseal.http")
-_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 #: the route label of a request no route matched (a 404 the router answered)
 UNMATCHED: Final = "<unmatched>"
 
@@ -416,8 +415,7 @@ class RequestObserver:
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         template = self._template(scope)
-        method = scope.get("method", "")
-        method = method if method in _METHODS else "OTHER"
+        method = metrics.method_label(scope.get("method", ""))
         key = (template, method, status // 100)
         series = self._series.get(key)
         if series is None:  # labels() takes a lock and builds tuples: once per series

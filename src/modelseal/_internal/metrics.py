@@ -21,6 +21,11 @@ The series (names, labels and types are listed in docs/guides/metrics.md):
 * ``modelseal_mount_*`` (:data:`MOUNT_COUNTERS`, :data:`MOUNT_GAUGES`): a mount's reads,
   cache, fetches and authentication failures, read from its counters at scrape time
   (:class:`SnapshotCollector`), so the serving path records nothing twice.
+* ``modelseal_gateway_*``: the attested TLS gateway's connections by outcome, fresh-evidence
+  answers and certificate renewals (counters, every label value one of the constant tuples
+  below), and its open connections and certificate times (:data:`GATEWAY_GAUGES`, read from
+  the gateway at scrape time). Its requests are ``modelseal_http_request_duration_seconds``
+  with ``server="gateway"``.
 
 prometheus-client is in the ``server`` extra. Without it (a verifier used from the command
 line, say) recording is a no-op and asking to serve metrics is a :class:`ConfigError`.
@@ -80,11 +85,21 @@ __all__ = [
     "UNKNOWN_KEY",
     "MOUNT_COUNTERS",
     "MOUNT_GAUGES",
+    "GATEWAY_CONNECTIONS",
+    "GATEWAY_CONNECTION_RESULTS",
+    "GATEWAY_FRESH_EVIDENCE",
+    "GATEWAY_FRESH_RESULTS",
+    "GATEWAY_GAUGES",
+    "GATEWAY_RENEWALS",
+    "GATEWAY_RENEWAL_RESULTS",
+    "HTTP_METHODS",
+    "OTHER_METHOD",
     "MetricsEndpoint",
     "MetricsServer",
     "SnapshotCollector",
     "check_environment",
     "key_label",
+    "method_label",
     "mark_process_dead",
     "prepare_multiprocess_dir",
     "remove_multiprocess_dir",
@@ -193,6 +208,17 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "other"
 
 
+#: the ``method`` label values of :data:`HTTP_REQUEST_SECONDS`; any other method counts as
+#: :data:`OTHER_METHOD` (clients choose methods, so they never become label values)
+HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER_METHOD: Final = "OTHER"
+
+
+def method_label(method: str) -> str:
+    """The bounded form of a request method: a standard one, else ``OTHER``."""
+    return method if method in HTTP_METHODS else OTHER_METHOD
+
+
 # -- multiprocess mode -----------------------------------------------------------------------
 
 
@@ -263,6 +289,68 @@ MOUNT_GAUGES: Final[dict[str, tuple[str, str]]] = {
 }
 
 
+#: how a gateway connection ended (``modelseal_gateway_connections_total{result}``): served
+#: (the exchange ended normally), refused_limit (over --max-connections, closed unread),
+#: handshake_failed (no TLS session: plain TCP, a client that refused the certificate, a
+#: probe), malformed (a request head h11 could not parse, answered 400), timed_out (an idle
+#: keep-alive connection or a stalled peer), aborted (the client reset the connection or
+#: broke TLS or HTTP framing mid-exchange), cut_off (the upstream broke off or garbled a
+#: response under way), error (anything else: a bug, or evidence that could not be made)
+GATEWAY_CONNECTION_RESULTS: Final = (
+    "served",
+    "refused_limit",
+    "handshake_failed",
+    "malformed",
+    "timed_out",
+    "aborted",
+    "cut_off",
+    "error",
+)
+GATEWAY_CONNECTIONS: Final = _counter(
+    "modelseal_gateway_connections",
+    "Attested TLS gateway connections by how they ended ("
+    + ", ".join(GATEWAY_CONNECTION_RESULTS)
+    + ")",
+    ("result",),
+)
+#: fresh-evidence requests: ok (evidence made for the nonce), rejected (not a bodiless GET,
+#: or no valid nonce: 400/405), error (the TEE did not produce evidence)
+GATEWAY_FRESH_RESULTS: Final = ("ok", "rejected", "error")
+GATEWAY_FRESH_EVIDENCE: Final = _counter(
+    "modelseal_gateway_fresh_evidence",
+    "Fresh-evidence requests to the gateway by result (ok, rejected, error)",
+    ("result",),
+)
+#: renewals of the gateway's attested certificate: ok, failed (the old one is still served)
+GATEWAY_RENEWAL_RESULTS: Final = ("ok", "failed")
+GATEWAY_RENEWALS: Final = _counter(
+    "modelseal_gateway_certificate_renewals",
+    "Renewals of the gateway's attested certificate by result (ok; failed: the previous "
+    "certificate is still served)",
+    ("result",),
+)
+#: a gateway's gauges: series name -> (its value in the gateway's snapshot, help)
+GATEWAY_GAUGES: Final[dict[str, tuple[str, str]]] = {
+    "modelseal_gateway_open_connections": (
+        "open_connections",
+        "Client connections the gateway holds now (each takes one of --max-connections)",
+    ),
+    "modelseal_gateway_connection_limit": (
+        "connection_limit",
+        "The gateway's --max-connections",
+    ),
+    "modelseal_gateway_certificate_expiry_timestamp_seconds": (
+        "certificate_expiry",
+        "When the attested certificate served now, and its evidence, expire (Unix time)",
+    ),
+    "modelseal_gateway_certificate_renewal_timestamp_seconds": (
+        "certificate_renewal",
+        "When the attested certificate served now is due for renewal (Unix time; half its "
+        "lifetime): well in the past means renewals are failing",
+    ),
+}
+
+
 class SnapshotCollector:
     """Counters and gauges read from ``snapshot()`` at every scrape.
 
@@ -274,7 +362,7 @@ class SnapshotCollector:
 
     def __init__(
         self,
-        snapshot: Callable[[], Mapping[str, int]],
+        snapshot: Callable[[], Mapping[str, float]],
         counters: Mapping[str, tuple[str, str]],
         gauges: Mapping[str, tuple[str, str]] = MappingProxyType({}),
     ) -> None:
@@ -422,8 +510,7 @@ class MetricsServer:
         self._collectors: list[SnapshotCollector] = []
         try:
             for collector in collectors:
-                registry.register(collector)
-                self._collectors.append(collector)
+                self._register(collector)
             self._start(registry, endpoint)
         except BaseException:
             self._unregister()
@@ -457,13 +544,22 @@ class MetricsServer:
         """Serve ``collector``'s series while the block runs: a server bound early (before
         a slow start-up, so that a port in use costs nothing) shows a component's series
         only while that component exists."""
-        self._registry.register(collector)
-        self._collectors.append(collector)
+        self._register(collector)
         try:
             yield
         finally:
             self._collectors.remove(collector)
             self._registry.unregister(collector)
+
+    def _register(self, collector: SnapshotCollector) -> None:
+        try:
+            self._registry.register(collector)
+        except ValueError:  # prometheus-client's DuplicateTimeseries
+            raise ConfigError(
+                "another component of this process already serves these metrics "
+                "(one metrics endpoint per mount or gateway)"
+            ) from None
+        self._collectors.append(collector)
 
     def close(self) -> None:
         self._server.shutdown()

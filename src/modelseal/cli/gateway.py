@@ -4,7 +4,9 @@
 lives only in memory, its certificate carries evidence binding that key and the models
 named by the loader's receipts. ``request`` verifies that evidence against a policy
 before it sends anything, prints the response body (exit 0), or exits 4 with the reason.
-Every flag also reads ``MODELSEAL_<FLAG>``.
+Every flag also reads ``MODELSEAL_<FLAG>``. ``gateway`` takes the servers' ``--log-format``
+and ``--metrics-*`` options; its start-up lines name the metrics URL (``--metrics-port 0``
+lets the kernel choose the port).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import click
 
+from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 from modelseal.cli._tee_options import (
     attester_options,
     session_kinds,
@@ -87,7 +90,9 @@ def _host_port(value: str) -> tuple[str, int]:
     show_default=True,
     envvar="MODELSEAL_MAX_CONNECTIONS",
     type=click.IntRange(1, 10000),
+    help="Client connections served at once; more are closed unread.",
 )
+@ops_options
 @spec_options(attester_options())
 @spec_options(_INSECURE_OPT_INS)
 def gateway(
@@ -97,6 +102,10 @@ def gateway(
     receipts: tuple[str, ...],
     evidence_ttl: int,
     max_connections: int,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_token_file: Path | None,
     **options: Any,
 ) -> None:
     """Attested TLS reverse proxy for an inference server (runs in the TEE)."""
@@ -104,8 +113,10 @@ def gateway(
 
     opt_ins = tee_values(options, _INSECURE_OPT_INS)
     host, port = _host_port(listen)
+    endpoint = metrics_endpoint(metrics_port, metrics_host, metrics_token_file)
+    apply_log_format(log_format)
     started = start_gateway(
-        GatewaySettings(host, port, upstream, max_connections=max_connections),
+        GatewaySettings(host, port, upstream, max_connections=max_connections, metrics=endpoint),
         kind=tee,
         attester_values=options,
         opt_in_values=opt_ins,
@@ -123,6 +134,8 @@ def gateway(
         f"  TLS key in memory only; SubjectPublicKeyInfo sha256 {identity.spki_hash.hex()}",
         err=True,
     )
+    if server.metrics_url is not None:
+        click.echo(f"  metrics {server.metrics_url}", err=True)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -9,6 +9,11 @@ bodies and 100 MB downloads alike pass through in constant memory, without waiti
 with fresh evidence bound to the nonce and this TLS connection. Bounds: a connection
 limit, a request-head size limit, timeouts on the handshake, on idle keep-alive
 connections and on every read and write.
+
+With ``GatewaySettings.metrics`` it serves Prometheus metrics on a port of its own:
+connections by outcome, requests by route and status class, fresh-evidence answers and
+certificate renewals (:mod:`modelseal._internal.metrics`). The relay records a constant
+number of values per request and connection, never per piece of a body.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from typing import Any, cast
 import h11
 from OpenSSL import SSL
 
+from modelseal._internal import metrics
 from modelseal._internal.encoding import b64url_decode
+from modelseal._internal.metrics import MetricsEndpoint, MetricsServer, SnapshotCollector
 from modelseal.errors import BackendError, ConfigError, FormatError
 from modelseal.ratls.identity import AttestedIdentity, models_from_receipts
 from modelseal.ratls.tls import READ_SIZE, TlsStream
@@ -61,6 +68,13 @@ NOT_FORWARDED = HOP_BY_HOP | FORWARDING
 MAX_HEAD_BYTES = 64 * 1024
 #: Idle keep-alive connections to the upstream kept for reuse.
 MAX_IDLE_UPSTREAM = 32
+#: ``route`` label of forwarded requests (a 502 for an unreachable upstream included); the
+#: gateway's own fresh-evidence requests are :data:`FRESH_PATH`, and requests it refuses
+#: before routing (a target not in origin form, CONNECT) are ``rejected``
+ROUTE_UPSTREAM = "upstream"
+ROUTE_REJECTED = "rejected"
+#: a request's method as its label value: standard methods only (clients choose methods)
+_METHOD_LABELS = {m.encode(): m for m in metrics.HTTP_METHODS}
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,8 @@ class GatewaySettings:
     io_timeout: float = 300.0
     #: fresh-evidence requests served at once (each asks the TEE for a quote)
     max_fresh: int = 4
+    #: serve Prometheus metrics here while the gateway serves
+    metrics: MetricsEndpoint | None = None
 
     def validated(self) -> GatewaySettings:
         parts = urllib.parse.urlsplit(self.upstream)
@@ -126,6 +142,19 @@ class Gateway:
         self._slots = threading.BoundedSemaphore(settings.max_connections)
         self._fresh = threading.BoundedSemaphore(settings.max_fresh)
         self._stop = threading.Event()
+        #: connections holding a slot now (changed once per connection, under the lock)
+        self._open = 0
+        self._open_lock = threading.Lock()
+        # every child resolved once (labels() takes a lock), and shown at 0 from the start
+        self._outcomes = {
+            r: metrics.GATEWAY_CONNECTIONS.labels(r) for r in metrics.GATEWAY_CONNECTION_RESULTS
+        }
+        self.fresh_results = {
+            r: metrics.GATEWAY_FRESH_EVIDENCE.labels(r) for r in metrics.GATEWAY_FRESH_RESULTS
+        }
+        #: (route, method label, status // 100) -> its histogram child; bounded by the
+        #: constant routes, methods and the three-digit status codes h11 accepts
+        self._request_series: dict[tuple[str, str, int], Any] = {}
         gateway = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -134,7 +163,36 @@ class Gateway:
 
         self.server = _Server((settings.host, settings.port), Handler, bind_and_activate=True)
         self.port: int = self.server.server_address[1]
+        self.exporter: MetricsServer | None = None
+        if settings.metrics is not None:
+            collector = SnapshotCollector(self.gauges, {}, metrics.GATEWAY_GAUGES)
+            try:
+                self.exporter = MetricsServer(settings.metrics, collectors=[collector])
+            except BaseException:
+                self.server.server_close()
+                raise
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://HOST:PORT/metrics`` when metrics are served (the port may have been
+        chosen by the kernel), else None."""
+        if self.exporter is None:
+            return None
+        host = self.exporter.host
+        host = f"[{host.strip('[]')}]" if ":" in host else host
+        return f"http://{host}:{self.exporter.port}/metrics"
+
+    def gauges(self) -> dict[str, float]:
+        """The values of :data:`~modelseal._internal.metrics.GATEWAY_GAUGES`, read at
+        each scrape."""
+        issued = self.identity.issued
+        return {
+            "open_connections": self._open,
+            "connection_limit": self.settings.max_connections,
+            "certificate_expiry": issued.expires,
+            "certificate_renewal": self.identity.next_refresh(),
+        }
 
     def serve_forever(self) -> None:
         self._refresher.start()
@@ -143,6 +201,8 @@ class Gateway:
         finally:
             self.server.server_close()
             self.upstream.close()
+            if self.exporter is not None:
+                self.exporter.close()
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -161,22 +221,48 @@ class Gateway:
     def _connection(self, sock: socket.socket, peer: Any) -> None:
         if not self._slots.acquire(blocking=False):
             sock.close()
+            self._outcomes["refused_limit"].inc()
             log.warning("connection limit reached; refused %s", peer[0])
             return
+        with self._open_lock:
+            self._open += 1
         stream: TlsStream | None = None
+        result = "error"
         try:
-            # small writes (a response head, an SSE event) must leave at once, not wait
-            # for the peer's delayed ACK
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            stream = TlsStream.server(self.identity.current.context, sock, self.settings.io_timeout)
-            stream.handshake(self.settings.handshake_timeout)
-            _Exchange(self, stream, peer[0]).run()
-        except (SSL.Error, OSError, TimeoutError, h11.ProtocolError) as exc:
+            try:
+                context = self.identity.current.context
+            except Exception as exc:
+                # the late renewal failed: no certificate to serve (the result stays error)
+                log.warning("no attested certificate for %s: %s", peer[0], type(exc).__name__)
+                return
+            try:
+                # small writes (a response head, an SSE event) must leave at once, not
+                # wait for the peer's delayed ACK
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                stream = TlsStream.server(context, sock, self.settings.io_timeout)
+                stream.handshake(self.settings.handshake_timeout)
+            except (SSL.Error, OSError) as exc:  # TimeoutError is an OSError
+                result = "handshake_failed"
+                log.debug("TLS handshake with %s failed: %s", peer[0], type(exc).__name__)
+                return
+            exchange = _Exchange(self, stream, peer[0])
+            exchange.run()
+            result = "malformed" if exchange.malformed else "served"
+        except TimeoutError as exc:
+            result = "timed_out"
+            log.debug("connection from %s ended: %s", peer[0], exc)
+        except (SSL.Error, OSError, h11.ProtocolError) as exc:
+            result = "aborted"
             log.debug("connection from %s ended: %s", peer[0], type(exc).__name__)
+        except _NoEvidence as exc:
+            # the TEE made no evidence for a fresh-evidence request: the client sees its
+            # connection closed instead of an answer
+            log.warning("no fresh evidence for %s: %s", peer[0], exc.__cause__ or exc)
         except (BackendError, FormatError) as exc:
             # the upstream broke off or garbled a response already under way: the client
             # sees its connection closed before the end of the body (the messages never
             # quote the response's bytes)
+            result = "cut_off"
             log.warning("connection from %s: response cut off: %s", peer[0], exc)
         except Exception as exc:
             # no traceback: it could quote request bytes into the log
@@ -186,7 +272,27 @@ class Gateway:
                 stream.close()
             else:
                 sock.close()
+            with self._open_lock:
+                self._open -= 1
             self._slots.release()
+            self._outcomes[result].inc()
+
+    def _observe(self, route: str, method: bytes, status: int, seconds: float) -> None:
+        """One answered request into ``modelseal_http_request_duration_seconds``."""
+        label = _METHOD_LABELS.get(method, metrics.OTHER_METHOD)
+        key = (route, label, status // 100)
+        series = self._request_series.get(key)
+        if series is None:
+            series = metrics.HTTP_REQUEST_SECONDS.labels(
+                "gateway", route, label, metrics.status_class(status)
+            )
+            self._request_series[key] = series
+        series.observe(seconds)
+
+
+class _NoEvidence(Exception):
+    """The TEE made no fresh evidence (its cause says why): the connection ends as an
+    error, not as an upstream that broke off."""
 
 
 class _Exchange:
@@ -199,6 +305,12 @@ class _Exchange:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         #: the method of the request being answered (an answer to HEAD has no body)
         self.method = b""
+        #: the status of the response sent to it (0: none yet)
+        self.status = 0
+        #: the client sent a request head h11 could not parse (answered 400)
+        self.malformed = False
+        #: requests handled on this connection
+        self.answered = 0
 
     def _next(self, deadline: float | None = None) -> Any:
         """The next h11 event; each read waits at most ``io_timeout``, and all reads
@@ -233,14 +345,27 @@ class _Exchange:
                 # client trickling header bytes cannot hold a connection slot for long
                 event = self._next(time.monotonic() + self.gateway.settings.idle_timeout)
             except h11.RemoteProtocolError as exc:
+                self.malformed = True
                 self._error(exc.error_status_hint, "malformed request")
                 return
+            except TimeoutError:
+                if self.answered and not self.h11.trailing_data[0]:
+                    # a kept-alive connection nobody reused: the usual end, not a stall
+                    return
+                raise
             if isinstance(event, h11.ConnectionClosed):
                 return
             if not isinstance(event, h11.Request):
                 return
+            started = time.perf_counter()
             self.method = event.method
-            self._request(event)
+            self.status = 0
+            route = self._request(event)
+            self.answered += 1
+            if self.status:  # answered in full: to the last byte of the response
+                self.gateway._observe(
+                    route, event.method, self.status, time.perf_counter() - started
+                )
             if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
                 return
             self.h11.start_next_cycle()
@@ -255,6 +380,7 @@ class _Exchange:
             (b"connection", b"close"),
         ]
         response = h11.Response(status_code=status, headers=headers)
+        self.status = status
         if self.method == b"HEAD":
             # the head alone: h11 refuses body bytes after a HEAD, and the refusal would
             # end the connection with no answer at all
@@ -262,27 +388,31 @@ class _Exchange:
             return
         self._send_all(response, h11.Data(data=body))
 
-    def _request(self, request: h11.Request) -> None:
+    def _request(self, request: h11.Request) -> str:
+        """Answer one request; returns its ``route`` label."""
         # origin-form only: an absolute URL or authority would make this an open proxy
         if not request.target.startswith(b"/") or not request.target.isascii():
             self._error(400, "request target must be an absolute path")
-            return
+            return ROUTE_REJECTED
         if request.method == b"CONNECT":
             # whatever its target, a 2xx to CONNECT makes the upstream connection a
             # tunnel: never to be pooled for the next request, and no gateway service
             self._error(400, "CONNECT is not forwarded")
-            return
+            return ROUTE_REJECTED
         target = request.target.decode("ascii")
         path, _, query = target.partition("?")
         if path == FRESH_PATH:
             self._fresh(request, query)
-            return
+            return FRESH_PATH
         self._forward(request)
+        return ROUTE_UPSTREAM
 
     def _fresh(self, request: h11.Request, query: str) -> None:
+        results = self.gateway.fresh_results
         if request.method != b"GET" or any(
             k in (b"content-length", b"transfer-encoding") for k, _ in request.headers
         ):
+            results["rejected"].inc()
             self._error(405, "fresh evidence: GET without a body")
             return
         if not isinstance(self._next(), h11.EndOfMessage):
@@ -293,12 +423,20 @@ class _Exchange:
         except (FormatError, ValueError):
             nonce = b""
         if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+            results["rejected"].inc()
             self._error(400, f"nonce: {MIN_NONCE}..{MAX_NONCE} bytes, base64url, exactly once")
             return
         identity = self.gateway.identity
+        exporter = self.stream.channel_binding()
         with self.gateway._fresh:
-            statement = identity.statement(nonce=nonce, tls_exporter=self.stream.channel_binding())
-            body = identity.evidence_buffer(statement)
+            try:
+                statement = identity.statement(nonce=nonce, tls_exporter=exporter)
+                body = identity.evidence_buffer(statement)
+            except Exception as exc:
+                results["error"].inc()
+                raise _NoEvidence(type(exc).__name__) from exc
+        results["ok"].inc()
+        self.status = 200
         headers = [
             (b"content-type", FRESH_CONTENT_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),
@@ -360,6 +498,7 @@ class _Exchange:
         if head.framing == "chunked":
             # a length next to chunked framing is void and must not reach the client
             out = [(k, v) for k, v in out if k != b"content-length"]
+        self.status = head.status
         self._send(h11.Response(status_code=head.status, headers=out, reason=head.reason))
         send = self.h11.send_with_data_passthrough
         for pieces in response.batches():

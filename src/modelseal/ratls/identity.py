@@ -24,6 +24,7 @@ from pathlib import Path
 
 from OpenSSL import SSL
 
+from modelseal._internal import metrics
 from modelseal.crypto.tls_identity import TlsKey
 from modelseal.errors import ConfigError
 from modelseal.ratls.wire import (
@@ -103,6 +104,11 @@ class AttestedIdentity:
         self.key = TlsKey()
         self.spki_hash = hashlib.sha256(self.key.spki_der).digest()
         self._lock = threading.Lock()
+        # every renewal passes through refresh(), the refresher's and a late accept's alike
+        self._renewals = {
+            result: metrics.GATEWAY_RENEWALS.labels(result)
+            for result in metrics.GATEWAY_RENEWAL_RESULTS
+        }
         self._issued = self._issue()
 
     def statement(
@@ -144,14 +150,25 @@ class AttestedIdentity:
             return self.refresh(unless_newer_than=issued)
         return issued
 
+    @property
+    def issued(self) -> Issued:
+        """The certificate served now, never renewed by asking (what metrics report)."""
+        return self._issued
+
     def refresh(self, *, unless_newer_than: Issued | None = None) -> Issued:
         """New evidence and certificate for the same key (once, when several threads
-        find the current one aged at the same time)."""
+        find the current one aged at the same time). Counted in
+        ``modelseal_gateway_certificate_renewals_total`` either way it ends."""
         with self._lock:
             if unless_newer_than is not None and self._issued is not unless_newer_than:
                 return self._issued
-            issued = self._issue()
+            try:
+                issued = self._issue()
+            except Exception:
+                self._renewals["failed"].inc()
+                raise
             self._issued = issued
+        self._renewals["ok"].inc()
         log.info("attested certificate renewed; valid until %d", issued.expires)
         return issued
 

@@ -23,7 +23,7 @@ from OpenSSL import SSL
 
 from modelseal.crypto.tls_identity import TlsKey, certificate_extension
 from modelseal.errors import EvidenceError, PolicyDenied, UnsupportedTee
-from modelseal.ratls.tls import TlsStream, client_context
+from modelseal.ratls.tls import TlsStream
 from modelseal.ratls.transport import AttestedTransport
 from modelseal.ratls.verify import PeerPolicy
 from modelseal.ratls.wire import OID_TAGGED_EVIDENCE
@@ -36,6 +36,8 @@ from tests.ratls_helpers import (
     policy_for,
     relay_certificate,
     running_gateway,
+    tls_connect,
+    tls_exchange,
     upstream_server,
 )
 
@@ -139,11 +141,7 @@ def test_tls_terminating_relay_is_refused(
 
 
 def _tls(port: int) -> TlsStream:
-    stream = TlsStream.client(
-        client_context(), socket.create_connection(("127.0.0.1", port)), 10, None
-    )
-    stream.handshake()
-    return stream
+    return tls_connect(port)
 
 
 def test_fresh_evidence_replayed_on_another_connection_is_refused(
@@ -317,14 +315,7 @@ def test_key_never_reaches_logs_files_or_pickles(
 def test_hostile_requests_get_a_status_not_a_crash(
     setup: dict[str, Any], upstream: Upstream, request_bytes: bytes, status: bytes
 ) -> None:
-    stream = _tls(setup["port"])
-    try:
-        stream.write(request_bytes)
-        answer = b""
-        while chunk := stream.read():
-            answer += chunk
-    finally:
-        stream.close()
+    answer = tls_exchange(setup["port"], request_bytes)
     assert answer.split(b" ", 2)[1] == status, answer[:200]
     assert upstream.received == []
     # the gateway still serves

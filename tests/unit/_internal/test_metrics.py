@@ -176,6 +176,20 @@ def test_a_server_that_cannot_start_unregisters_its_collectors() -> None:
         server.close()
 
 
+def test_a_second_server_of_the_same_series_is_refused_and_leaves_no_trace() -> None:
+    mount = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    gateway = metrics.SnapshotCollector(dict, {}, metrics.GATEWAY_GAUGES)
+    twin = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    server = MetricsServer(MetricsEndpoint(port=0), collectors=[mount])
+    try:
+        with pytest.raises(ConfigError, match="already serves these metrics"):
+            MetricsServer(MetricsEndpoint(port=0), collectors=[gateway, twin])
+    finally:
+        server.close()
+    # the gateway's collector, registered before the twin was refused, was taken back
+    MetricsServer(MetricsEndpoint(port=0), collectors=[gateway, twin]).close()
+
+
 _WORKER = textwrap.dedent(
     """
     import sys
@@ -233,6 +247,27 @@ def test_a_collector_that_cannot_be_registered_leaves_none_registered() -> None:
     the ones registered before it go too, or the process could never serve them again."""
     first = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
     clashing = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
-    with pytest.raises(ValueError, match="Duplicated timeseries"):
+    with pytest.raises(ConfigError, match="already serves these metrics"):
         MetricsServer(MetricsEndpoint(port=0), collectors=[first, clashing])
     MetricsServer(MetricsEndpoint(port=0), collectors=[first]).close()
+
+
+def test_collecting_the_same_series_twice_is_a_config_error() -> None:
+    """``collecting`` (a server bound early, a component's series added later) refuses a
+    clash as the constructor does, and leaves the first registration in place."""
+    server = MetricsServer(MetricsEndpoint(port=0))
+    first = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+    try:
+        with server.collecting(first):
+            clashing = metrics.SnapshotCollector(dict, metrics.MOUNT_COUNTERS)
+            refused = pytest.raises(ConfigError, match="already serves these metrics")
+            with refused, server.collecting(clashing):
+                pass
+            text = httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
+            assert "modelseal_mount_reads_total" in text
+        assert (
+            "modelseal_mount_reads_total"
+            not in httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
+        )
+    finally:
+        server.close()
