@@ -514,13 +514,18 @@ class S3BlobStore:
             MaxUploads=min(1000, cap),
         )
         cutoff = (now or _server_time(page)) - timedelta(seconds=grace)
-        for upload in page.get("Uploads", []):
-            if upload["Initiated"] >= cutoff or not _is_object_name(upload["Key"][len(root) :]):
+        uploads = page.get("Uploads", [])
+        pages_left = _MAX_PART_PAGES_PER_RUN
+        # the server's listing is bounded here, not by its honouring MaxUploads
+        for upload in uploads[: min(1000, cap)] if isinstance(uploads, list) else []:
+            if not _is_stale_upload(upload, root, cutoff):
                 continue
             report.stale_uploads += 1
-            report.stale_upload_bytes += await self._uploaded_bytes(
-                upload["Key"], upload["UploadId"]
+            held, used = await self._uploaded_bytes(
+                upload["Key"], upload["UploadId"], min(_MAX_PART_PAGES, pages_left)
             )
+            report.stale_upload_bytes += held
+            pages_left -= used
             if not report.dry_run:
                 with contextlib.suppress(BlobNotFound):
                     await self._call(
@@ -530,11 +535,14 @@ class S3BlobStore:
                         UploadId=upload["UploadId"],
                     )
 
-    async def _uploaded_bytes(self, key: str, upload_id: str) -> int:
+    async def _uploaded_bytes(self, key: str, upload_id: str, pages: int) -> tuple[int, int]:
         """Bytes of the parts an abandoned upload holds (what aborting it frees), over at
-        most :data:`_MAX_PART_PAGES` pages of 1,000 parts (S3's limit is 10,000 parts)."""
-        total, marker = 0, 0
-        for _ in range(_MAX_PART_PAGES):
+        most ``pages`` pages of 1,000 parts (S3's limit is 10,000 parts), and the pages
+        read. A run reads at most :data:`_MAX_PART_PAGES_PER_RUN` in all: past that the
+        uploads are still aborted, their bytes no longer counted."""
+        total, marker, used = 0, 0, 0
+        while used < pages:
+            used += 1
             try:
                 page = await self._call(
                     self._client.list_parts,
@@ -548,7 +556,7 @@ class S3BlobStore:
                 # the sizes only inform the report: an upload aborted meanwhile, or a
                 # store that does not let us list parts, must not stop the collection
                 log.debug("parts of an abandoned upload not counted: %s", exc)
-                return total
+                return total, used
             total += sum(
                 size
                 for part in page.get("Parts", [])
@@ -558,11 +566,29 @@ class S3BlobStore:
             if not page.get("IsTruncated") or not isinstance(following, int) or following <= marker:
                 break
             marker = following
-        return total
+        return total, used
+
+
+def _is_stale_upload(upload: object, root: str, cutoff: datetime) -> bool:
+    """An upload of the listing (hostile: any field may be missing or of another type)
+    that is one of our objects' and was initiated before ``cutoff``."""
+    if not isinstance(upload, dict):
+        return False
+    key, upload_id, initiated = upload.get("Key"), upload.get("UploadId"), upload.get("Initiated")
+    return (
+        isinstance(key, str)
+        and key.startswith(root)
+        and _is_object_name(key[len(root) :])
+        and isinstance(upload_id, str)
+        and isinstance(initiated, datetime)
+        and initiated < cutoff
+    )
 
 
 #: pages of ``list_parts`` read per abandoned upload (10 x 1,000 = S3's largest upload)
 _MAX_PART_PAGES = 10
+#: pages of ``list_parts`` read by one gc run, over all its abandoned uploads
+_MAX_PART_PAGES_PER_RUN = 100
 #: S3's largest part: a listed size above it is not a real part's, and is not counted
 _MAX_PART_SIZE = 5 << 30
 

@@ -406,5 +406,55 @@ def test_s3_part_listing_is_bounded_against_a_hostile_server(
 ) -> None:
     client = _HostileParts(pages)
     store = S3BlobStore(client, "bucket")  # type: ignore[arg-type]
-    assert anyio.run(store._uploaded_bytes, "objects/x", "upload") == counted
+    got = anyio.run(store._uploaded_bytes, "objects/x", "upload", 10)
+    assert got == (counted, len(markers))
     assert client.markers == markers
+
+
+class _HostileUploads(_HostileParts):
+    """A listing of multipart uploads as a hostile server may send it: more entries than
+    asked for, entries of the wrong shape or outside the prefix, and parts without end."""
+
+    def __init__(self, uploads: list[object]) -> None:
+        super().__init__(
+            lambda m: {"Parts": [{"Size": 1}], "IsTruncated": True, "NextPartNumberMarker": m + 1}
+        )
+        self.uploads = uploads
+        self.aborted: list[str] = []
+
+    def list_multipart_uploads(self, **kwargs: object) -> dict[str, object]:
+        return {"Uploads": self.uploads}
+
+    def abort_multipart_upload(self, **kwargs: object) -> dict[str, object]:
+        key = kwargs["Key"]
+        assert isinstance(key, str)
+        self.aborted.append(key)
+        return {}
+
+
+def test_s3_a_hostile_upload_listing_is_bounded_and_filtered() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    old = now - timedelta(days=3)
+    ours = [
+        {"Key": f"p/objects/{i:032x}", "UploadId": f"u{i}", "Initiated": old} for i in range(30)
+    ]
+    odd: list[object] = [
+        "not an upload",
+        {"Key": "p/objects/" + "e" * 32, "UploadId": "young", "Initiated": now},
+        {"Key": "p/objects/" + "f" * 32, "UploadId": 7, "Initiated": old},
+        {"Key": "p/objects/" + "f" * 32, "UploadId": "no-time"},
+        {"Key": "elsewhere/" + "f" * 32, "UploadId": "outside", "Initiated": old},
+        {"Key": "p/objects/not-ours", "UploadId": "foreign", "Initiated": old},
+    ]
+    client = _HostileUploads([*odd, *ours, *ours])  # the second copy is past the cap
+    store = S3BlobStore(client, "bucket", prefix="p")  # type: ignore[arg-type]
+    report = GcReport(dry_run=False, grace=3600)
+    cap = len(odd) + len(ours)
+    anyio.run(store._abort_stale_uploads, report, "p/objects/", now, 3600.0, cap)
+    assert client.aborted == [u["Key"] for u in ours]  # each once, nothing else
+    assert report.stale_uploads == 30
+    # ten pages for each of the first ten uploads, then the run's budget is spent
+    assert len(client.markers) == 100
+    assert report.stale_upload_bytes == 100
