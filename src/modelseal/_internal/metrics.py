@@ -87,9 +87,11 @@ __all__ = [
     "MOUNT_GAUGES",
     "GATEWAY_CONNECTIONS",
     "GATEWAY_CONNECTION_RESULTS",
+    "GATEWAY_DIRECTIONS",
     "GATEWAY_FRESH_EVIDENCE",
     "GATEWAY_FRESH_RESULTS",
     "GATEWAY_GAUGES",
+    "GATEWAY_RELAYED_BYTES",
     "GATEWAY_RENEWALS",
     "GATEWAY_RENEWAL_RESULTS",
     "HTTP_METHODS",
@@ -320,6 +322,14 @@ GATEWAY_FRESH_EVIDENCE: Final = _counter(
     "modelseal_gateway_fresh_evidence",
     "Fresh-evidence requests to the gateway by result (ok, rejected, error)",
     ("result",),
+)
+#: body bytes the gateway relayed: request (client to upstream), response (upstream to client)
+GATEWAY_DIRECTIONS: Final = ("request", "response")
+GATEWAY_RELAYED_BYTES: Final = _counter(
+    "modelseal_gateway_relayed_bytes",
+    "Body bytes relayed by the gateway: request (client to upstream), response (upstream "
+    "to client); a body cut off counts what passed",
+    ("direction",),
 )
 #: renewals of the gateway's attested certificate: ok, failed (the old one is still served)
 GATEWAY_RENEWAL_RESULTS: Final = ("ok", "failed")

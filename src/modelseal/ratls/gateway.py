@@ -149,6 +149,9 @@ class Gateway:
         self._outcomes = {
             r: metrics.GATEWAY_CONNECTIONS.labels(r) for r in metrics.GATEWAY_CONNECTION_RESULTS
         }
+        self.relayed = {
+            d: metrics.GATEWAY_RELAYED_BYTES.labels(d) for d in metrics.GATEWAY_DIRECTIONS
+        }
         self.fresh_results = {
             r: metrics.GATEWAY_FRESH_EVIDENCE.labels(r) for r in metrics.GATEWAY_FRESH_RESULTS
         }
@@ -445,12 +448,18 @@ class _Exchange:
         self._send_all(h11.Response(status_code=200, headers=headers), h11.Data(data=body))
 
     def _body(self) -> Iterator[bytes]:
-        while True:
-            event = self._next()
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
+        passed = 0  # counted once, when the body ends or is abandoned
+        try:
+            while True:
+                event = self._next()
+                if isinstance(event, h11.Data):
+                    piece = bytes(event.data)
+                    passed += len(piece)
+                    yield piece
+                elif isinstance(event, h11.EndOfMessage):
+                    return
+        finally:
+            self.gateway.relayed["request"].inc(passed)
 
     def _forward(self, request: h11.Request) -> None:
         gateway = self.gateway
@@ -501,13 +510,20 @@ class _Exchange:
         self.status = head.status
         self._send(h11.Response(status_code=head.status, headers=out, reason=head.reason))
         send = self.h11.send_with_data_passthrough
-        for pieces in response.batches():
-            wire: list[bytes | memoryview] = []
-            for piece in pieces:
-                # h11's writers take len() of the data and pass the object on: a view
-                # goes out uncopied, whatever the annotation says
-                wire += send(h11.Data(data=cast(bytes, piece))) or ()
-            self.stream.write_all(wire)
+        passed = 0  # counted once, when the body ends or is cut off
+        try:
+            for pieces in response.batches():
+                wire: list[bytes | memoryview] = []
+                batch = 0
+                for piece in pieces:
+                    # h11's writers take len() of the data and pass the object on: a view
+                    # goes out uncopied, whatever the annotation says
+                    wire += send(h11.Data(data=cast(bytes, piece))) or ()
+                    batch += len(piece)
+                self.stream.write_all(wire)
+                passed += batch
+        finally:
+            self.gateway.relayed["response"].inc(passed)
         self._send(h11.EndOfMessage())
 
 

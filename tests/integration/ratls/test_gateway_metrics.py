@@ -146,10 +146,18 @@ class TestOneGateway:
         gw = setup["gw"]
         before = scrape(gw)
         with setup["client"](fresh=False) as client:
-            assert client.post(setup["url"] + "/v1/classify", content=b"a").status_code == 200
-            assert client.post(setup["url"] + "/v1/classify", content=b"b").status_code == 200
-            assert client.get(setup["url"] + "/models").status_code == 200
+            answers = [
+                client.post(setup["url"] + "/v1/classify", content=b"a"),
+                client.post(setup["url"] + "/v1/classify", content=b"bc"),
+                client.get(setup["url"] + "/models"),
+            ]
+        assert [a.status_code for a in answers] == [200, 200, 200]
         after = settled_outcomes(gw, before, {"served": 1})
+        relayed = "modelseal_gateway_relayed_bytes_total"
+        assert grew(before, after, relayed, direction="request") == 3
+        answered = sum(len(a.content) for a in answers)
+        assert answered > 0
+        assert grew(before, after, relayed, direction="response") == answered
         assert grew(before, after, REQUESTS, **route("upstream", "POST", "2xx")) == 2
         assert grew(before, after, REQUESTS, **route("upstream", "GET", "2xx")) == 1
         # no fresh evidence was asked for (fresh=False)
@@ -318,6 +326,9 @@ def test_an_upstream_breaking_off_mid_body_is_cut_off(tmp_path: Path) -> None:
         after = settled_outcomes(gw, before, {"cut_off": 1})
         # the head was sent, the body never ended: not an answered request
         assert grew(before, after, REQUESTS, **route("upstream", "GET", "2xx")) == 0
+        # but the 50 bytes that did pass are counted
+        relayed = "modelseal_gateway_relayed_bytes_total"
+        assert grew(before, after, relayed, direction="response") == 50
 
 
 def _renewals(result: str) -> float:
