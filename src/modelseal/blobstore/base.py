@@ -22,6 +22,7 @@ __all__ = [
     "BlobStore",
     "BlobTooLarge",
     "CollectingStore",
+    "DEFAULT_GC_MAX_OBJECTS",
     "DEFAULT_GRACE",
     "GcReport",
     "DigestMismatch",
@@ -35,6 +36,8 @@ DEFAULT_CHUNK: Final = 1 << 20
 #: Garbage collection deletes only objects at least this old (seconds): a day, far longer
 #: than any upload between its first byte and its commit.
 DEFAULT_GRACE: Final = 24 * 3600
+#: Objects one garbage collection run examines by default (a capped run can be resumed).
+DEFAULT_GC_MAX_OBJECTS: Final = 100_000
 
 
 class BlobTooLarge(ConfigError):
@@ -174,7 +177,7 @@ class CollectingStore(Protocol):
         *,
         grace: float = DEFAULT_GRACE,
         dry_run: bool = False,
-        max_objects: int = 100_000,
+        max_objects: int = DEFAULT_GC_MAX_OBJECTS,
         start_after: str = "",
     ) -> GcReport:
         """Delete objects no reference names that are older than ``grace`` seconds, and

@@ -42,6 +42,7 @@ import anyio.to_thread
 from modelseal._internal.bounded import load_json
 from modelseal.blobstore.base import (
     DEFAULT_CHUNK,
+    DEFAULT_GC_MAX_OBJECTS,
     DEFAULT_GRACE,
     BlobInfo,
     BlobTooLarge,
@@ -284,7 +285,7 @@ class LocalBlobStore:
         *,
         grace: float = DEFAULT_GRACE,
         dry_run: bool = False,
-        max_objects: int = 100_000,
+        max_objects: int = DEFAULT_GC_MAX_OBJECTS,
         start_after: str = "",
     ) -> GcReport:
         """Remove objects no ref names and abandoned temporary files, older than ``grace``

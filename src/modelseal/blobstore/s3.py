@@ -60,6 +60,7 @@ import anyio.to_thread
 from modelseal._internal.bounded import load_json
 from modelseal.blobstore.base import (
     DEFAULT_CHUNK,
+    DEFAULT_GC_MAX_OBJECTS,
     DEFAULT_GRACE,
     BlobInfo,
     BlobTooLarge,
@@ -434,7 +435,7 @@ class S3BlobStore:
         *,
         grace: float = DEFAULT_GRACE,
         dry_run: bool = False,
-        max_objects: int = 100_000,
+        max_objects: int = DEFAULT_GC_MAX_OBJECTS,
         start_after: str = "",
     ) -> GcReport:
         """Delete objects no ref names, older than ``grace`` by the server's clock (see the

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from modelseal.blobstore.base import DEFAULT_GRACE
+from modelseal.blobstore.base import DEFAULT_GC_MAX_OBJECTS, DEFAULT_GRACE
 from modelseal.cli._ops_options import apply_log_format, metrics_endpoint, ops_options
 from modelseal.registry.settings import DEFAULT_MAX_BLOB_SIZE, DEFAULT_PORT
 
@@ -148,7 +148,7 @@ def serve(
 )
 @click.option(
     "--max-objects",
-    default=100_000,
+    default=DEFAULT_GC_MAX_OBJECTS,
     show_default=True,
     type=click.IntRange(1),
     envvar="MODELSEAL_GC_MAX_OBJECTS",
