@@ -19,10 +19,14 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
+from modelseal.blobstore.s3 import S3BlobStore
 from tests.conftest import free_port
 
 __all__ = ["RgwServer", "available"]
@@ -205,3 +209,22 @@ rgw dns name = 127.0.0.1
             proc.wait(30)
         self._daemons.clear()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextmanager
+def rgw_store(
+    rgw: RgwServer, monkeypatch: pytest.MonkeyPatch, path: str, query: str = ""
+) -> Iterator[S3BlobStore]:
+    """An S3 blob store on a fresh bucket of ``rgw``, at ``s3://BUCKET/PATH`` with the
+    endpoint and ``query`` (more store URL parameters); the credentials come from the
+    environment, as for a registry."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw.secret_key)
+    bucket = f"b{os.urandom(4).hex()}"
+    params = f"endpoint={rgw.endpoint}" + (f"&{query}" if query else "")
+    store = S3BlobStore.from_url(f"s3://{bucket}/{path}?{params}")
+    store._client.create_bucket(Bucket=bucket)
+    try:
+        yield store
+    finally:
+        store._client.close()

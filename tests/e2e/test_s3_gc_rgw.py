@@ -26,7 +26,7 @@ import pytest
 
 from modelseal.blobstore.s3 import S3BlobStore
 from tests.e2e.test_registry_http import start_registry
-from tests.rgw import RgwServer
+from tests.rgw import RgwServer, rgw_store
 from tests.unit.blobstore.test_gc import (  # the same tests, collected again here
     DEADLINE,
     GRACE,
@@ -46,15 +46,8 @@ CLI = [sys.executable, "-c", "from modelseal.cli import main; main()"]
 
 @pytest.fixture
 def store(rgw: RgwServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3BlobStore]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw.secret_key)
-    bucket = f"b{os.urandom(4).hex()}"
-    s = S3BlobStore.from_url(
-        f"s3://{bucket}/reg?endpoint={rgw.endpoint}&commit-deadline={DEADLINE}"
-    )
-    s._client.create_bucket(Bucket=bucket)
-    yield s
-    s._client.close()
+    with rgw_store(rgw, monkeypatch, "reg", f"commit-deadline={DEADLINE}") as s:
+        yield s
 
 
 class RefGate:

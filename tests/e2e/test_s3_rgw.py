@@ -17,7 +17,7 @@ import pytest
 
 from modelseal.blobstore.s3 import S3BlobStore
 from tests.e2e.test_registry_http import RegistryServer
-from tests.rgw import RgwServer
+from tests.rgw import RgwServer, rgw_store
 from tests.unit.blobstore.test_s3 import (  # the same tests, collected again here
     test_an_overwrite_cut_off_before_its_metadata_keeps_the_old_blob,
     test_hostile_metadata_in_the_bucket_is_a_backend_error,
@@ -43,14 +43,9 @@ __all__ = [
 
 @pytest.fixture
 def store(rgw: RgwServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3BlobStore]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", rgw.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw.secret_key)
-    bucket = f"b{os.urandom(4).hex()}"
-    s = S3BlobStore.from_url(f"s3://{bucket}/reg/prefix?endpoint={rgw.endpoint}")
-    s._client.create_bucket(Bucket=bucket)
-    s.part_size = 5 << 20
-    yield s
-    s._client.close()
+    with rgw_store(rgw, monkeypatch, "reg/prefix") as s:
+        s.part_size = 5 << 20
+        yield s
 
 
 @contextlib.contextmanager
