@@ -549,6 +549,13 @@ class MetricsServer:
         )
         self._thread.start()
 
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT/metrics`` as a scraper reaches it (the port may have been
+        chosen by the kernel; an IPv6 host in brackets)."""
+        host = self.host.strip("[]")
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
+
     @contextmanager
     def collecting(self, collector: SnapshotCollector) -> Iterator[None]:
         """Serve ``collector``'s series while the block runs: a server bound early (before

@@ -249,5 +249,5 @@ def _start_metrics(
     if endpoint is None:
         return None
     exporter = MetricsServer(endpoint, multiprocess_dir=multiprocess_dir)
-    log.info("KBS metrics on http://%s:%d/metrics", endpoint.host, exporter.port)
+    log.info("KBS metrics on %s", exporter.url)
     return exporter

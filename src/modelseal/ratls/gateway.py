@@ -180,11 +180,7 @@ class Gateway:
     def metrics_url(self) -> str | None:
         """``http://HOST:PORT/metrics`` when metrics are served (the port may have been
         chosen by the kernel), else None."""
-        if self.exporter is None:
-            return None
-        host = self.exporter.host
-        host = f"[{host.strip('[]')}]" if ":" in host else host
-        return f"http://{host}:{self.exporter.port}/metrics"
+        return self.exporter.url if self.exporter is not None else None
 
     def gauges(self) -> dict[str, float]:
         """The values of :data:`~modelseal._internal.metrics.GATEWAY_GAUGES`, read at

@@ -62,7 +62,7 @@ def serve(settings: RegistrySettings, *, metrics_endpoint: MetricsEndpoint | Non
     )
     exporter = MetricsServer(metrics_endpoint) if metrics_endpoint is not None else None
     if exporter is not None:
-        log.warning("registry metrics on http://%s:%d/metrics", exporter.host, exporter.port)
+        log.warning("registry metrics on %s", exporter.url)
     try:
         uvicorn.Server(config).run()
     finally:

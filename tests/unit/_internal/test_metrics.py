@@ -271,3 +271,17 @@ def test_collecting_the_same_series_twice_is_a_config_error() -> None:
         )
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]"])
+def test_the_url_is_what_a_scraper_reaches(host: str) -> None:
+    try:
+        server = MetricsServer(MetricsEndpoint(host=host, port=0))
+    except ConfigError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        expected = "[::1]" if ":" in host else host
+        assert server.url == f"http://{expected}:{server.port}/metrics"
+        assert httpx.get(server.url).status_code == 200
+    finally:
+        server.close()

@@ -309,9 +309,7 @@ class _Lifecycle:
             "timings": self.opened.timings.steps,
         }
         if self.exporter is not None:  # its port may have been chosen by the kernel
-            host = self.exporter.host
-            host = f"[{host.strip('[]')}]" if ":" in host else host
-            marker["metrics_url"] = f"http://{host}:{self.exporter.port}/metrics"
+            marker["metrics_url"] = self.exporter.url
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(marker) + "\n", encoding="utf-8")
