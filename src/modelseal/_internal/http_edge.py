@@ -348,8 +348,7 @@ class RequestObserver:
         self.prefixes = sorted(prefixes, key=len, reverse=True)
         #: endpoint -> template of the router's plain Starlette routes, built on first use
         self._templates: dict[Any, str] | None = None
-        #: (template, method, status // 100) -> the histogram child of that series
-        self._series: dict[tuple[str, str, int], Any] = {}
+        self._series = metrics.RequestSeries(server)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -416,14 +415,7 @@ class RequestObserver:
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         template = self._template(scope)
         method = metrics.method_label(scope.get("method", ""))
-        key = (template, method, status // 100)
-        series = self._series.get(key)
-        if series is None:  # labels() takes a lock and builds tuples: once per series
-            series = metrics.HTTP_REQUEST_SECONDS.labels(
-                self.server, template, method, metrics.status_class(status)
-            )
-            self._series[key] = series
-        series.observe(seconds)
+        self._series.observe(template, method, status, seconds)
         if not _access_log.isEnabledFor(self.access_level):
             return
         # escaped: a decoded path may hold line breaks that would forge text log lines

@@ -98,6 +98,7 @@ __all__ = [
     "OTHER_METHOD",
     "MetricsEndpoint",
     "MetricsServer",
+    "RequestSeries",
     "SnapshotCollector",
     "check_environment",
     "key_label",
@@ -219,6 +220,25 @@ OTHER_METHOD: Final = "OTHER"
 def method_label(method: str) -> str:
     """The bounded form of a request method: a standard one, else ``OTHER``."""
     return method if method in HTTP_METHODS else OTHER_METHOD
+
+
+class RequestSeries:
+    """The :data:`HTTP_REQUEST_SECONDS` children one server records into, each resolved
+    once: ``labels()`` takes a lock and builds tuples, too much for every request. The
+    labels are bounded by the caller (route templates or constants, :func:`method_label`),
+    so the cache is too. Two threads resolving the same child at once get the same one."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status // 100)
+        child = self._children.get(key)
+        if child is None:
+            child = HTTP_REQUEST_SECONDS.labels(self.server, route, method, status_class(status))
+            self._children[key] = child
+        child.observe(seconds)
 
 
 # -- multiprocess mode -----------------------------------------------------------------------

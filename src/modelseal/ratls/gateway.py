@@ -155,9 +155,9 @@ class Gateway:
         self.fresh_results = {
             r: metrics.GATEWAY_FRESH_EVIDENCE.labels(r) for r in metrics.GATEWAY_FRESH_RESULTS
         }
-        #: (route, method label, status // 100) -> its histogram child; bounded by the
-        #: constant routes, methods and the three-digit status codes h11 accepts
-        self._request_series: dict[tuple[str, str, int], Any] = {}
+        #: bounded by the constant routes, methods and the three-digit status codes h11
+        #: accepts
+        self._request_series = metrics.RequestSeries("gateway")
         gateway = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -279,14 +279,7 @@ class Gateway:
     def _observe(self, route: str, method: bytes, status: int, seconds: float) -> None:
         """One answered request into ``modelseal_http_request_duration_seconds``."""
         label = _METHOD_LABELS.get(method, metrics.OTHER_METHOD)
-        key = (route, label, status // 100)
-        series = self._request_series.get(key)
-        if series is None:
-            series = metrics.HTTP_REQUEST_SECONDS.labels(
-                "gateway", route, label, metrics.status_class(status)
-            )
-            self._request_series[key] = series
-        series.observe(seconds)
+        self._request_series.observe(route, label, status, seconds)
 
 
 class _NoEvidence(Exception):
